@@ -1,0 +1,1 @@
+"""Command line: parsing, rendering and the mapping of errors to exit codes."""

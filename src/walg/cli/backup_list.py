@@ -1,0 +1,89 @@
+"""``walg backup-list [--pretty] [--json] [--detail]`` in WAL-G's output formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from walg.cli.context import Context
+from walg.cli.render import box_table, rfc850, tabwriter
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "backup-list",
+        help="list backups, oldest first",
+        description="List the backups in storage, oldest first (by sentinel time).",
+    )
+    p.add_argument("--pretty", action="store_true", help="box table / indented JSON")
+    p.add_argument("--json", action="store_true", help="JSON array")
+    p.add_argument("--detail", action="store_true", help="add each backup's metadata")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.core.lsn import format_lsn
+    from walg.ops.backup_list import backup_list
+
+    items = backup_list(ctx.storage(), args.detail, ctx.settings.download_concurrency)
+    if not items:
+        log.info("No backups found")
+        if args.json:
+            ctx.stdout.write("[]\n")
+        return 0
+    if args.json:
+        docs: list[dict[str, Any]] = []
+        for item in items:
+            doc: dict[str, Any] = {
+                "backup_name": item.ref.name,
+                "time": item.ref.modified.utc().format(),
+                "wal_file_name": item.ref.wal_file_name,
+                "storage_name": "default",
+            }
+            if item.metadata is not None:
+                doc.update(item.metadata.to_json())
+            docs.append(doc)
+        text = json.dumps(docs, indent=4 if args.pretty else None)
+        ctx.stdout.write(text + "\n")
+        return 0
+    headers = ["backup_name", "modified", "wal_file_name", "storage_name"]
+    if args.detail:
+        headers += [
+            "start_time",
+            "finish_time",
+            "hostname",
+            "data_dir",
+            "pg_version",
+            "start_lsn",
+            "finish_lsn",
+            "is_permanent",
+        ]
+    rows = []
+    for item in items:
+        when = rfc850(item.ref.modified) if args.pretty else item.ref.modified.format_seconds()
+        row = [item.ref.name, when, item.ref.wal_file_name, "default"]
+        meta = item.metadata
+        if meta is not None:
+            fmt = rfc850 if args.pretty else (lambda t: t.utc().format() if t else "-")
+            row += [
+                fmt(meta.start_time),
+                fmt(meta.finish_time),
+                meta.hostname,
+                meta.data_dir,
+                str(meta.pg_version),
+                format_lsn(meta.start_lsn),
+                format_lsn(meta.finish_lsn),
+                str(meta.is_permanent).lower(),
+            ]
+        rows.append(row)
+    if args.pretty:
+        pretty = [h.replace("_", " ").replace("data dir", "datadir") for h in headers]
+        pretty = [("permanent" if h == "is permanent" else h) for h in pretty]
+        ctx.stdout.write(box_table(pretty, rows))
+    else:
+        ctx.stdout.write(tabwriter([headers, *rows]))
+    return 0

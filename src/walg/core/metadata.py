@@ -1,0 +1,450 @@
+"""The JSON documents of a backup: sentinel, ``metadata.json`` and ``files_metadata.json``.
+
+Keys, types and optionality follow WAL-G (see the project's format notes). Reading follows Go's
+encoding/json v1: keys match case-insensitively and unknown keys are ignored, so documents from
+old WAL-G releases and WAL-E parse too. walg's own additions (per-file and per-object checksums,
+its version) live under keys that start with ``Walg``; WAL-G ignores them, and walg never changes
+the meaning of a key WAL-G writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from walg.core.gotime import GoTime
+from walg.errors import FormatError
+
+DATE_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
+SENTINEL_VERSION = 2
+
+
+def _ci(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Go v1 decoding: the first key that matches case-insensitively wins."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        out.setdefault(key.lower(), value)
+    return out
+
+
+def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
+    value = doc.get(key.lower())
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _int(doc: Mapping[str, Any], key: str) -> int:
+    value = _opt_int(doc, key)
+    return 0 if value is None else value
+
+
+def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key.lower())
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FormatError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _opt_time(doc: Mapping[str, Any], key: str) -> GoTime | None:
+    value = doc.get(key.lower())
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FormatError(f"{key} must be a time string, got {value!r}")
+    return GoTime.parse(value)
+
+
+def _load(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what} must be a JSON object")
+    return doc
+
+
+def dumps(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Tablespace:
+    name: str
+    location: str
+    link: str
+
+
+@dataclass(frozen=True)
+class TablespaceSpec:
+    """WAL-G's (and WAL-E's) tablespace spec: where each ``pg_tblspc/<oid>`` link pointed."""
+
+    base_prefix: str
+    tablespaces: tuple[Tablespace, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "base_prefix": self.base_prefix,
+            "tablespaces": [t.name for t in self.tablespaces],
+        }
+        for t in self.tablespaces:
+            doc[t.name] = {"loc": t.location, "link": t.link}
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> TablespaceSpec:
+        if not isinstance(doc, dict):
+            raise FormatError("tablespace spec must be a JSON object")
+        names = doc.get("tablespaces")
+        base = doc.get("base_prefix")
+        if not isinstance(names, list) or not isinstance(base, str):
+            raise FormatError("tablespace spec needs base_prefix and tablespaces")
+        items = []
+        for name in names:
+            entry = doc.get(name)
+            if not isinstance(name, str) or not isinstance(entry, dict):
+                raise FormatError(f"tablespace spec has no entry for {name!r}")
+            loc, link = entry.get("loc"), entry.get("link")
+            if not isinstance(loc, str) or not isinstance(link, str):
+                raise FormatError(f"tablespace spec entry {name!r} needs loc and link")
+            items.append(Tablespace(name, loc, link))
+        return cls(base, tuple(items))
+
+
+@dataclass(frozen=True)
+class Sentinel:
+    """``<name>_backup_stop_sentinel.json``: the object whose existence makes a backup exist."""
+
+    lsn: int | None
+    finish_lsn: int | None
+    pg_version: int
+    start_time: GoTime | None = None
+    finish_time: GoTime | None = None
+    hostname: str = ""
+    data_dir: str = ""
+    system_identifier: int | None = None
+    uncompressed_size: int = 0
+    compressed_size: int = 0
+    data_catalog_size: int = 0
+    spec: TablespaceSpec | None = None
+    user_data: Any = None
+    files_metadata_disabled: bool = False
+    is_permanent: bool = False
+    delta_lsn: int | None = None
+    delta_from: str | None = None
+    delta_full_name: str | None = None
+    delta_count: int = 0
+    version: int = SENTINEL_VERSION
+    walg_version: str | None = None
+    # Files metadata carried inside the sentinel by WAL-G < 2.0 and WAL-E-era documents.
+    legacy_files: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.delta_from is not None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"LSN": self.lsn}
+        if self.delta_lsn:
+            doc["DeltaLSN"] = self.delta_lsn
+        if self.delta_from:
+            doc["DeltaFrom"] = self.delta_from
+        if self.delta_full_name:
+            doc["DeltaFullName"] = self.delta_full_name
+        if self.delta_count:
+            doc["DeltaCount"] = self.delta_count
+        doc["PgVersion"] = self.pg_version
+        doc["FinishLSN"] = self.finish_lsn
+        if self.system_identifier:
+            doc["SystemIdentifier"] = self.system_identifier
+        doc["UncompressedSize"] = self.uncompressed_size
+        doc["CompressedSize"] = self.compressed_size
+        if self.data_catalog_size:
+            doc["DataCatalogSize"] = self.data_catalog_size
+        if self.spec is not None:
+            doc["Spec"] = self.spec.to_json()
+        if self.user_data is not None:
+            doc["UserData"] = self.user_data
+        if self.files_metadata_disabled:
+            doc["FilesMetadataDisabled"] = True
+        doc["ChkpNum"] = None
+        doc["Version"] = self.version
+        doc["StartTime"] = self.start_time.format() if self.start_time else None
+        doc["FinishTime"] = self.finish_time.format() if self.finish_time else None
+        doc["DateFmt"] = DATE_FMT
+        doc["Hostname"] = self.hostname
+        doc["DataDir"] = self.data_dir
+        doc["IsPermanent"] = self.is_permanent
+        if self.walg_version:
+            doc["WalgVersion"] = self.walg_version
+        return doc
+
+    def dumps(self) -> bytes:
+        return dumps(self.to_json())
+
+    @classmethod
+    def loads(cls, text: str | bytes, what: str = "sentinel") -> Sentinel:
+        return cls.from_json(_load(text, what))
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Sentinel:
+        doc = _ci(raw)
+        spec_doc = doc.get("spec")
+        delta_lsn = _opt_int(doc, "DeltaLSN")
+        if delta_lsn is None:
+            delta_lsn = _opt_int(doc, "DeltaFromLSN")
+        delta_from = _opt_str(doc, "DeltaFrom")
+        delta_full = _opt_str(doc, "DeltaFullName")
+        delta_count = _int(doc, "DeltaCount")
+        if delta_from and (delta_lsn is None or not delta_full or not delta_count):
+            raise FormatError(
+                "sentinel of a delta backup lacks DeltaLSN, DeltaFullName or DeltaCount"
+            )
+        legacy = doc.get("files")
+        version = _opt_int(doc, "Version")
+        return cls(
+            lsn=_opt_int(doc, "LSN"),
+            finish_lsn=_opt_int(doc, "FinishLSN"),
+            pg_version=_int(doc, "PgVersion"),
+            start_time=_opt_time(doc, "StartTime"),
+            finish_time=_opt_time(doc, "FinishTime"),
+            hostname=_opt_str(doc, "Hostname") or "",
+            data_dir=_opt_str(doc, "DataDir") or "",
+            system_identifier=_opt_int(doc, "SystemIdentifier"),
+            uncompressed_size=_int(doc, "UncompressedSize"),
+            compressed_size=_int(doc, "CompressedSize"),
+            data_catalog_size=_int(doc, "DataCatalogSize"),
+            spec=TablespaceSpec.from_json(spec_doc) if spec_doc else None,
+            user_data=doc.get("userdata"),
+            files_metadata_disabled=bool(doc.get("filesmetadatadisabled")),
+            is_permanent=bool(doc.get("ispermanent")),
+            delta_lsn=delta_lsn,
+            delta_from=delta_from,
+            delta_full_name=delta_full,
+            delta_count=delta_count,
+            version=version if version is not None else 0,
+            walg_version=_opt_str(doc, "WalgVersion"),
+            legacy_files=legacy if isinstance(legacy, dict) else None,
+        )
+
+
+@dataclass(frozen=True)
+class BackupMetadata:
+    """``<name>/metadata.json`` (WAL-G's ExtendedMetadataDto)."""
+
+    start_time: GoTime | None
+    finish_time: GoTime | None
+    hostname: str
+    data_dir: str
+    pg_version: int
+    start_lsn: int
+    finish_lsn: int
+    is_permanent: bool
+    system_identifier: int | None
+    uncompressed_size: int
+    compressed_size: int
+    user_data: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "start_time": self.start_time.format() if self.start_time else None,
+            "finish_time": self.finish_time.format() if self.finish_time else None,
+            "date_fmt": DATE_FMT,
+            "hostname": self.hostname,
+            "data_dir": self.data_dir,
+            "pg_version": self.pg_version,
+            "start_lsn": self.start_lsn,
+            "finish_lsn": self.finish_lsn,
+            "is_permanent": self.is_permanent,
+            "system_identifier": self.system_identifier,
+            "uncompressed_size": self.uncompressed_size,
+            "compressed_size": self.compressed_size,
+        }
+        if self.user_data is not None:
+            doc["user_data"] = self.user_data
+        return doc
+
+    def dumps(self) -> bytes:
+        return dumps(self.to_json())
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> BackupMetadata:
+        doc = _ci(_load(text, "metadata.json"))
+        return cls(
+            start_time=_opt_time(doc, "start_time"),
+            finish_time=_opt_time(doc, "finish_time"),
+            hostname=_opt_str(doc, "hostname") or "",
+            data_dir=_opt_str(doc, "data_dir") or "",
+            pg_version=_int(doc, "pg_version"),
+            start_lsn=_int(doc, "start_lsn"),
+            finish_lsn=_int(doc, "finish_lsn"),
+            is_permanent=bool(doc.get("is_permanent")),
+            system_identifier=_opt_int(doc, "system_identifier"),
+            uncompressed_size=_int(doc, "uncompressed_size"),
+            compressed_size=_int(doc, "compressed_size"),
+            user_data=doc.get("user_data"),
+        )
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """walg's record of a byte stream: its length and SHA-256."""
+
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Size": self.size, "Sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Checksum | None:
+        if not isinstance(raw, dict):
+            return None
+        doc = _ci(raw)
+        size, digest = doc.get("size"), doc.get("sha256")
+        if isinstance(size, int) and isinstance(digest, str):
+            return cls(size, digest)
+        return None
+
+
+@dataclass(frozen=True)
+class FileDescription:
+    """One entry of ``Files``: a tar member as WAL-G describes it, plus walg's checksum."""
+
+    mtime: GoTime | None = None
+    is_incremented: bool = False
+    is_skipped: bool = False
+    checksum: Checksum | None = None
+    updates_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.is_incremented:
+            doc["IsIncremented"] = True
+        if self.is_skipped:
+            doc["IsSkipped"] = True
+        doc["MTime"] = self.mtime.format() if self.mtime else "0001-01-01T00:00:00Z"
+        doc["UpdatesCount"] = self.updates_count
+        if self.checksum is not None:
+            doc["WalgSize"] = self.checksum.size
+            doc["WalgSha256"] = self.checksum.sha256
+        return doc
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FileDescription:
+        if not isinstance(raw, dict):
+            raise FormatError("file description must be a JSON object")
+        doc = _ci(raw)
+        mtime_raw = doc.get("mtime")
+        mtime = None
+        if isinstance(mtime_raw, str) and not mtime_raw.startswith("0001-01-01"):
+            mtime = GoTime.parse(mtime_raw)
+        size, digest = doc.get("walgsize"), doc.get("walgsha256")
+        checksum = (
+            Checksum(size, digest) if isinstance(size, int) and isinstance(digest, str) else None
+        )
+        return cls(
+            mtime=mtime,
+            is_incremented=bool(doc.get("isincremented")),
+            is_skipped=bool(doc.get("isskipped")),
+            checksum=checksum,
+            updates_count=_int(doc, "UpdatesCount"),
+        )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """walg's record of one tar object: bytes as stored and the tar stream before compression."""
+
+    stored: Checksum
+    raw_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "StoredSize": self.stored.size,
+            "Sha256": self.stored.sha256,
+            "RawSize": self.raw_size,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> StoredObject | None:
+        if not isinstance(raw, dict):
+            return None
+        doc = _ci(raw)
+        size, digest, raw_size = doc.get("storedsize"), doc.get("sha256"), doc.get("rawsize")
+        if isinstance(size, int) and isinstance(digest, str) and isinstance(raw_size, int):
+            return cls(Checksum(size, digest), raw_size)
+        return None
+
+
+@dataclass(frozen=True)
+class FilesMetadata:
+    """``<name>/files_metadata.json``: the member list of a backup and where each member is."""
+
+    files: Mapping[str, FileDescription]
+    tar_file_sets: Mapping[str, tuple[str, ...]]
+    # walg additions: checksums of members that are not in Files (pg_control, label files)
+    # and of every stored tar object.
+    utility_files: Mapping[str, Checksum] = field(default_factory=dict)
+    objects: Mapping[str, StoredObject] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.files:
+            doc["Files"] = {name: d.to_json() for name, d in self.files.items()}
+        if self.tar_file_sets:
+            doc["TarFileSets"] = {name: list(m) for name, m in self.tar_file_sets.items()}
+        if self.utility_files:
+            doc["WalgUtilityFiles"] = {k: c.to_json() for k, c in self.utility_files.items()}
+        if self.objects:
+            doc["WalgObjects"] = {k: o.to_json() for k, o in self.objects.items()}
+        return doc
+
+    def dumps(self) -> bytes:
+        return dumps(self.to_json())
+
+    def checksum_of(self, member: str) -> Checksum | None:
+        description = self.files.get(member)
+        if description is not None:
+            return description.checksum
+        return self.utility_files.get(member)
+
+    @classmethod
+    def empty(cls) -> FilesMetadata:
+        return cls({}, {})
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> FilesMetadata:
+        return cls.from_json(_load(text, "files_metadata.json"))
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FilesMetadata:
+        doc = _ci(raw)
+        files_doc = doc.get("files") or {}
+        sets_doc = doc.get("tarfilesets") or {}
+        if not isinstance(files_doc, dict) or not isinstance(sets_doc, dict):
+            raise FormatError("files metadata: Files and TarFileSets must be JSON objects")
+        files = {name: FileDescription.from_json(d) for name, d in files_doc.items()}
+        sets = {
+            name: tuple(str(m) for m in members)
+            for name, members in sets_doc.items()
+            if isinstance(members, list)
+        }
+        utility: dict[str, Checksum] = {}
+        for name, value in (doc.get("walgutilityfiles") or {}).items():
+            checksum = Checksum.from_json(value)
+            if checksum is not None:
+                utility[name] = checksum
+        objects: dict[str, StoredObject] = {}
+        for name, value in (doc.get("walgobjects") or {}).items():
+            stored = StoredObject.from_json(value)
+            if stored is not None:
+                objects[name] = stored
+        return cls(files, sets, utility, objects)

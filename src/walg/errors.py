@@ -1,0 +1,83 @@
+"""The one exception tree of walg.
+
+Every error a command can raise derives from :class:`WalgError` and carries the process exit
+code the CLI should use. Codes stay below 126 because PostgreSQL treats higher exit codes from
+``archive_command``/``restore_command`` as fatal signals. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+# sysexits.h values; WAL-G uses 74 (EX_IOERR) for "WAL file not in the archive".
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 74
+EXIT_CONFIG = 78
+
+
+class WalgError(Exception):
+    """Base of every error walg raises on purpose."""
+
+    exit_code: int = EXIT_FAILURE
+
+
+class ConfigError(WalgError):
+    """A setting is missing, malformed or contradicts another one."""
+
+    exit_code = EXIT_CONFIG
+
+
+class UsageError(WalgError):
+    """The command line is wrong (bad arguments, refused destination...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class StorageError(WalgError):
+    """Storage could not complete an operation.
+
+    ``transient`` tells the retry wrapper whether trying again may help.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class ObjectNotFound(StorageError):
+    """The object does not exist in storage."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object not found in storage: {key}")
+        self.key = key
+
+
+class BackupNotFound(WalgError):
+    """The named backup (or LATEST) does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class WalNotFound(WalgError):
+    """The WAL file asked for is not in the archive (wal-fetch exits 74, as WAL-G)."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class WalOverwriteError(WalgError):
+    """A different file is already archived under the same WAL name."""
+
+
+class IntegrityError(WalgError):
+    """Stored or restored data does not match its recorded checksum, size or format."""
+
+
+class UnsafeArchiveError(IntegrityError):
+    """A tar member would be written outside the destination or is of a forbidden type."""
+
+
+class FormatError(WalgError):
+    """A stored JSON document or name does not follow the expected format."""
+
+
+class PostgresError(WalgError):
+    """PostgreSQL could not be reached or refused an operation needed by walg."""

@@ -1,0 +1,35 @@
+"""backup-list: the backups in storage, oldest first, optionally with their metadata."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from walg.core.metadata import BackupMetadata
+from walg.errors import WalgError
+from walg.ops import catalog
+from walg.storage.base import Storage
+
+
+@dataclass(frozen=True)
+class BackupListing:
+    ref: catalog.BackupRef
+    metadata: BackupMetadata | None
+
+
+def backup_list(storage: Storage, detail: bool, concurrency: int = 10) -> list[BackupListing]:
+    refs = catalog.list_backups(storage)
+    if not detail:
+        return [BackupListing(r, None) for r in refs]
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        metas = list(pool.map(lambda r: catalog.read_metadata(storage, r.name), refs))
+    for ref, meta in zip(refs, metas, strict=True):
+        if meta is None:
+            raise WalgError(f"backup {ref.name} has no metadata.json; cannot show details")
+    items = [BackupListing(r, m) for r, m in zip(refs, metas, strict=True)]
+    items.sort(
+        key=lambda i: (
+            i.metadata.start_time if i.metadata and i.metadata.start_time else i.ref.modified
+        )
+    )
+    return items

@@ -1,0 +1,371 @@
+"""backup-push: a non-exclusive base backup of a running cluster, in WAL-G's layout.
+
+Order of objects (DESIGN.md §1, promise 1): data partitions (several filled and uploaded at
+once), ``pg_control.tar``, then — after ``pg_backup_stop`` — ``backup_label.tar``,
+``metadata.json``, ``files_metadata.json`` and the sentinel last. Any failure before the sentinel
+aborts the backup on the server, removes what was uploaded (best effort) and leaves no backup
+that lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from walg import __version__
+from walg.core.gotime import GoTime
+from walg.core.metadata import (
+    BackupMetadata,
+    Checksum,
+    FileDescription,
+    FilesMetadata,
+    Sentinel,
+    StoredObject,
+)
+from walg.core.naming import (
+    BACKUP_LABEL_MEMBER,
+    PG_CONTROL_MEMBER,
+    TABLESPACE_MAP_MEMBER,
+    backup_folder,
+    backup_name,
+    files_metadata_key,
+    metadata_key,
+    part_object_name,
+    partitions_prefix,
+    sentinel_key,
+    with_ext,
+)
+from walg.errors import PostgresError, UsageError
+from walg.ops.pipeline import upload
+from walg.postgres import datadir
+from walg.postgres.backup_session import BackupSession, BackupStart, ServerInfo, server_info
+from walg.postgres.connection import connect, query_one
+from walg.settings import Settings
+from walg.storage.base import Storage
+from walg.streams.compression import Codec, codec_for_method
+from walg.tarball.writer import TarWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupPushResult:
+    name: str
+    start_lsn: int
+    finish_lsn: int
+    uncompressed_size: int
+    compressed_size: int
+    parts: int
+    files: int
+
+
+@dataclass
+class _Collected:
+    """What the partition workers report, guarded by a lock."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    files: dict[str, FileDescription] = field(default_factory=dict)
+    tar_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    objects: dict[str, StoredObject] = field(default_factory=dict)
+    payload: int = 0
+    next_part: int = 1
+
+    def part_number(self) -> int:
+        with self.lock:
+            number = self.next_part
+            self.next_part += 1
+            return number
+
+
+def _local_time(ns: int) -> GoTime:
+    return GoTime(ns, time.localtime(ns // 1_000_000_000).tm_gmtoff)
+
+
+def _now_utc_us() -> GoTime:
+    ns = time.time_ns()
+    return GoTime(-(-ns // 1000) * 1000)
+
+
+def partition_workers(settings: Settings) -> int:
+    if settings.upload_disk_concurrency is not None:
+        return settings.upload_disk_concurrency
+    return max(1, min(os.cpu_count() or 1, settings.upload_concurrency))
+
+
+class _Partitions:
+    """Fills tar partitions from a shared list of entries with several workers."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        codec: Codec,
+        prefix: str,
+        threshold: int,
+        entries: list[datadir.Entry],
+        collected: _Collected,
+    ) -> None:
+        self._storage = storage
+        self._codec = codec
+        self._prefix = prefix
+        self._threshold = threshold
+        self._entries = entries
+        self._next = 0
+        self._lock = threading.Lock()
+        self._collected = collected
+        self.failed = threading.Event()
+
+    def _take(self) -> datadir.Entry | None:
+        with self._lock:
+            if self._next >= len(self._entries) or self.failed.is_set():
+                return None
+            entry = self._entries[self._next]
+            self._next += 1
+            return entry
+
+    def run_worker(self) -> None:
+        try:
+            entry = self._take()
+            while entry is not None:
+                entry = self._one_partition(entry)
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def _one_partition(self, first: datadir.Entry) -> datadir.Entry | None:
+        number = self._collected.part_number()
+        object_name = part_object_name(number, self._codec.extension)
+        files: dict[str, FileDescription] = {}
+        next_entry: datadir.Entry | None = None
+        with upload(self._storage, self._prefix + object_name, self._codec) as up:
+            tar = TarWriter(up.writer)
+            entry: datadir.Entry | None = first
+            while entry is not None:
+                checksum = tar.add_entry(entry)
+                if entry.kind == datadir.KIND_DIR or checksum is not None:
+                    files[entry.member] = FileDescription(
+                        mtime=_local_time(entry.mtime_ns), checksum=checksum
+                    )
+                if tar.payload_size >= self._threshold:
+                    next_entry = self._take()
+                    break
+                entry = self._take()
+            tar.finish()
+        assert up.result is not None
+        with self._collected.lock:
+            self._collected.files.update(files)
+            self._collected.tar_sets[object_name] = tuple(tar.members)
+            self._collected.objects[object_name] = up.result
+            self._collected.payload += tar.payload_size
+        log.info(
+            "uploaded %s: %d members, %d bytes stored",
+            object_name,
+            len(tar.members),
+            up.result.stored.size,
+        )
+        return next_entry
+
+
+def _single_member_tar(
+    storage: Storage, codec: Codec, key: str, members: list[tuple[str, bytes, int]]
+) -> tuple[StoredObject, dict[str, Checksum], int]:
+    sums: dict[str, Checksum] = {}
+    with upload(storage, key, codec) as up:
+        tar = TarWriter(up.writer)
+        for name, data, mtime in members:
+            sums[name] = tar.add_bytes(name, data, mtime=mtime)
+        tar.finish()
+    assert up.result is not None
+    return up.result, sums, tar.payload_size
+
+
+def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) -> BackupPushResult:
+    pgdata = settings.require_pgdata(pgdata_arg)
+    datadir.check_data_directory(pgdata)
+    codec = codec_for_method(settings.compression)
+    start_time = _now_utc_us()
+    conn = connect(settings.pg)
+    info = server_info(conn)
+    if os.path.realpath(pgdata) != os.path.realpath(info.data_directory):
+        conn.close()
+        raise UsageError(
+            f"{pgdata} is not the data directory of the server walg connected to "
+            f"({info.data_directory}); check PGHOST/PGPORT"
+        )
+    if not info.in_recovery and info.archive_mode == "off":
+        log.warning(
+            "archive_mode is off: the WAL this backup needs will not be archived, "
+            "so it cannot be restored from the archive alone"
+        )
+    session, start = _start(conn, info, settings, storage)
+    name = backup_name(start.segment_name)
+    log.info("backup %s started at LSN %s", name, _lsn(start.lsn))
+    try:
+        result = _upload_backup(
+            settings, storage, codec, session, info, start, name, pgdata, start_time
+        )
+    except BaseException:
+        session.abort()
+        _cleanup(storage, name)
+        raise
+    session.abort()
+    return result
+
+
+def _lsn(lsn: int) -> str:
+    from walg.core.lsn import format_lsn
+
+    return format_lsn(lsn)
+
+
+def _start(
+    conn: Any, info: ServerInfo, settings: Settings, storage: Storage
+) -> tuple[BackupSession, BackupStart]:
+    label = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    session = BackupSession(conn, info, settings.pg)
+    start = session.start(label)
+    if not storage.exists(sentinel_key(backup_name(start.segment_name))):
+        return session, start
+    if info.in_recovery:
+        session.abort()
+        raise PostgresError(
+            f"a backup named {backup_name(start.segment_name)} already exists and a standby "
+            "cannot switch WAL segments; retry after the primary has written more WAL"
+        )
+    # Same start segment as an existing backup: stop, switch to a new segment and start again,
+    # rather than overwrite the existing backup's objects.
+    session.abort()
+    conn = connect(settings.pg)
+    query_one(conn, "SELECT pg_switch_wal()::text")
+    session = BackupSession(conn, info, settings.pg)
+    start = session.start(label)
+    if storage.exists(sentinel_key(backup_name(start.segment_name))):
+        session.abort()
+        raise PostgresError(f"a backup named {backup_name(start.segment_name)} already exists")
+    return session, start
+
+
+def _upload_backup(
+    settings: Settings,
+    storage: Storage,
+    codec: Codec,
+    session: BackupSession,
+    info: ServerInfo,
+    start: BackupStart,
+    name: str,
+    pgdata: str,
+    start_time: GoTime,
+) -> BackupPushResult:
+    prefix = partitions_prefix(name)
+    walk = datadir.walk(pgdata)
+    if walk.pg_control is None:
+        raise UsageError(f"{pgdata}/global/pg_control is missing")
+    collected = _Collected()
+    parts = _Partitions(
+        storage, codec, prefix, settings.tar_size_threshold, walk.entries, collected
+    )
+    workers = partition_workers(settings)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part") as pool:
+        futures = [pool.submit(parts.run_worker) for _ in range(workers)]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+    # pg_control goes last among the data, so a restored directory is only startable once
+    # everything else is in place.
+    control_bytes = Path(walk.pg_control.path).read_bytes()
+    control_obj, control_sums, control_payload = _single_member_tar(
+        storage,
+        codec,
+        prefix + with_ext("pg_control.tar", codec.extension),
+        [(PG_CONTROL_MEMBER, control_bytes, walk.pg_control.mtime_ns // 1_000_000_000)],
+    )
+
+    stop = session.stop(settings.stop_backup_timeout)
+    label_name = with_ext("backup_label.tar", codec.extension)
+    now = int(time.time())
+    label_obj, label_sums, label_payload = _single_member_tar(
+        storage,
+        codec,
+        prefix + label_name,
+        [
+            (BACKUP_LABEL_MEMBER, stop.label_file.encode(), now),
+            (TABLESPACE_MAP_MEMBER, stop.tablespace_map.encode(), now),
+        ],
+    )
+    collected.tar_sets[label_name] = (TABLESPACE_MAP_MEMBER, BACKUP_LABEL_MEMBER)
+    collected.objects[with_ext("pg_control.tar", codec.extension)] = control_obj
+    collected.objects[label_name] = label_obj
+
+    uncompressed = collected.payload + control_payload + label_payload
+    compressed = sum(o.stored.size for o in collected.objects.values())
+    files_meta = FilesMetadata(
+        files=dict(sorted(collected.files.items())),
+        tar_file_sets=dict(sorted(collected.tar_sets.items())),
+        utility_files={**control_sums, **label_sums},
+        objects=dict(sorted(collected.objects.items())),
+    )
+    finish_time = _now_utc_us()
+    hostname = socket.gethostname()
+    data_dir = os.path.realpath(info.data_directory)
+    metadata = BackupMetadata(
+        start_time=start_time,
+        finish_time=finish_time,
+        hostname=hostname,
+        data_dir=data_dir,
+        pg_version=info.version_num,
+        start_lsn=start.lsn,
+        finish_lsn=stop.lsn,
+        is_permanent=False,
+        system_identifier=info.system_identifier,
+        uncompressed_size=uncompressed,
+        compressed_size=compressed,
+        user_data=settings.sentinel_user_data,
+    )
+    sentinel = Sentinel(
+        lsn=start.lsn,
+        finish_lsn=stop.lsn,
+        pg_version=info.version_num,
+        start_time=start_time,
+        finish_time=finish_time,
+        hostname=hostname,
+        data_dir=data_dir,
+        system_identifier=info.system_identifier,
+        uncompressed_size=uncompressed,
+        compressed_size=compressed,
+        data_catalog_size=walk.total_size,
+        spec=walk.spec(data_dir),
+        user_data=settings.sentinel_user_data,
+        walg_version=__version__,
+    )
+    storage.put_bytes(metadata_key(name), metadata.dumps())
+    storage.put_bytes(files_metadata_key(name), files_meta.dumps())
+    storage.put_bytes(sentinel_key(name), sentinel.dumps())
+    log.info("Wrote backup with name %s to storage default", name)
+    return BackupPushResult(
+        name=name,
+        start_lsn=start.lsn,
+        finish_lsn=stop.lsn,
+        uncompressed_size=uncompressed,
+        compressed_size=compressed,
+        parts=len(collected.tar_sets),
+        files=sum(1 for d in collected.files.values() if d.checksum is not None),
+    )
+
+
+def _cleanup(storage: Storage, name: str) -> None:
+    """Best effort: remove the objects of a backup that failed before its sentinel."""
+    try:
+        keys = [o.key for o in storage.list(backup_folder(name))]
+        storage.delete(keys)
+        if keys:
+            log.info("removed %d objects of the failed backup %s", len(keys), name)
+    except Exception as exc:
+        log.warning("could not remove the objects of the failed backup %s: %s", name, exc)

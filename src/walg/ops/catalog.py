@@ -1,0 +1,99 @@
+"""Which backups exist and what they are made of, read from storage as WAL-G reads it.
+
+A backup exists iff its sentinel exists. LATEST is the backup whose sentinel was modified last.
+Files metadata comes from ``files_metadata.json``, from inside old sentinels, or is empty for
+backups that predate it, following WAL-G's reader rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from walg.core.gotime import GoTime
+from walg.core.metadata import BackupMetadata, FilesMetadata, Sentinel
+from walg.core.naming import (
+    BASEBACKUPS,
+    backup_name_from_sentinel_key,
+    files_metadata_key,
+    first_wal_token,
+    metadata_key,
+    sentinel_key,
+)
+from walg.errors import BackupNotFound, FormatError, IntegrityError, ObjectNotFound
+from walg.storage.base import Storage
+
+LATEST = "LATEST"
+
+
+@dataclass(frozen=True)
+class BackupRef:
+    name: str
+    modified: GoTime
+    wal_file_name: str
+
+
+def list_backups(storage: Storage) -> list[BackupRef]:
+    """Backups oldest first by sentinel modification time."""
+    refs = []
+    for info in storage.list(BASEBACKUPS, recursive=False):
+        name = backup_name_from_sentinel_key(info.key)
+        if name is None:
+            continue
+        refs.append(BackupRef(name, info.modified, first_wal_token(name) or "Z" * 24))
+    refs.sort(key=lambda r: (r.modified, r.name))
+    return refs
+
+
+def resolve(storage: Storage, name: str) -> str:
+    """A backup name, or the newest one for LATEST; BackupNotFound otherwise."""
+    if name == LATEST:
+        refs = list_backups(storage)
+        if not refs:
+            raise BackupNotFound(f"no backups found in {storage.location}")
+        return refs[-1].name
+    if "/" in name or not name:
+        raise BackupNotFound(f"{name!r} is not a backup name")
+    if not storage.exists(sentinel_key(name)):
+        raise BackupNotFound(f"backup {name} does not exist in {storage.location}")
+    return name
+
+
+def read_sentinel(storage: Storage, name: str) -> Sentinel:
+    try:
+        data = storage.get_bytes(sentinel_key(name))
+    except ObjectNotFound:
+        raise BackupNotFound(f"backup {name} does not exist in {storage.location}") from None
+    try:
+        return Sentinel.loads(data, f"sentinel of {name}")
+    except FormatError as exc:
+        raise IntegrityError(f"sentinel of backup {name} is unreadable: {exc}") from None
+
+
+def read_metadata(storage: Storage, name: str) -> BackupMetadata | None:
+    try:
+        data = storage.get_bytes(metadata_key(name))
+    except ObjectNotFound:
+        return None
+    try:
+        return BackupMetadata.loads(data)
+    except FormatError as exc:
+        raise IntegrityError(f"metadata.json of backup {name} is unreadable: {exc}") from None
+
+
+def read_files_metadata(storage: Storage, name: str, sentinel: Sentinel) -> FilesMetadata:
+    if sentinel.files_metadata_disabled:
+        return FilesMetadata.empty()
+    try:
+        data = storage.get_bytes(files_metadata_key(name))
+    except ObjectNotFound:
+        if sentinel.version >= 2:
+            raise IntegrityError(
+                f"backup {name}: files_metadata.json is missing but the sentinel says it exists"
+            ) from None
+        if sentinel.legacy_files:
+            return FilesMetadata.from_json({"Files": sentinel.legacy_files})
+        return FilesMetadata.empty()
+    try:
+        return FilesMetadata.loads(data)
+    except FormatError as exc:
+        raise IntegrityError(f"files_metadata.json of backup {name} is unreadable: {exc}") from None

@@ -1,0 +1,65 @@
+"""The object pipeline shared by every command: raw bytes ⇄ codec ⇄ (crypter) ⇄ storage.
+
+Upload: raw → count → compress → hash stored bytes → ``storage.open_write``. Download is the
+mirror, with the stored bytes hashed as they arrive so they can be checked against metadata.
+Encryption slots in between the codec and the stored-bytes hash when it lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from walg.core.metadata import Checksum, StoredObject
+from walg.storage.base import Storage
+from walg.streams.base import Sink, Source
+from walg.streams.compression import Codec
+from walg.streams.hashing import HashingReader, HashingWriter
+
+
+class CountingWriter:
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+
+@dataclass
+class Upload:
+    """What an upload wrote; ``result`` is set when the ``with`` block has finished."""
+
+    writer: CountingWriter
+    result: StoredObject | None = None
+
+
+@contextmanager
+def upload(storage: Storage, key: str, codec: Codec) -> Iterator[Upload]:
+    with storage.open_write(key) as sink:
+        stored = HashingWriter(sink)
+        compressor = codec.writer(stored)
+        raw = CountingWriter(compressor)
+        handle = Upload(raw)
+        yield handle
+        compressor.close()
+    handle.result = StoredObject(stored.checksum(), raw.size)
+
+
+@dataclass
+class Download:
+    reader: Source
+    stored: HashingReader
+
+    def stored_checksum(self) -> Checksum:
+        return self.stored.checksum()
+
+
+@contextmanager
+def download(storage: Storage, key: str, codec: Codec, what: str) -> Iterator[Download]:
+    with storage.open_read(key) as source:
+        stored = HashingReader(source)
+        yield Download(codec.reader(stored, what), stored)

@@ -1,0 +1,49 @@
+"""wal-fetch: restore one archived WAL file (the ``restore_command``).
+
+The file is written to a temporary name beside the destination and renamed into place only when
+complete, so PostgreSQL never sees a partial file. A file that is not archived raises
+:class:`~walg.errors.WalNotFound` (exit 74), which PostgreSQL takes as "end of archive".
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from walg.core.lsn import check_wal_file_name
+from walg.errors import WalNotFound
+from walg.ops.pipeline import download
+from walg.ops.wal import find_wal_object
+from walg.storage.base import Storage
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WalFetchResult:
+    name: str
+    key: str
+    size: int
+
+
+def wal_fetch(storage: Storage, name: str, destination: str) -> WalFetchResult:
+    check_wal_file_name(name)
+    found = find_wal_object(storage, name)
+    if found is None:
+        raise WalNotFound(f"WAL file {name} is not in the archive")
+    key, codec = found
+    dest = Path(destination)
+    tmp = dest.with_name(f".{dest.name}.walg-{secrets.token_hex(4)}")
+    size = 0
+    try:
+        with download(storage, key, codec, key) as dl, open(tmp, "xb") as out:
+            while chunk := dl.reader.read(CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return WalFetchResult(name, key, size)

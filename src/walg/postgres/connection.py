@@ -1,0 +1,50 @@
+"""Connections to the server being backed up (psycopg 3, imported only here).
+
+Every wait has a timeout: the connect timeout from PGCONNECT_TIMEOUT (default 30 s), and
+callers set ``statement_timeout`` for queries that may block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from walg.errors import PostgresError
+from walg.settings import PgConnection
+
+
+def _where(pg: PgConnection) -> str:
+    host = pg.host or "the default socket"
+    return f"{host}:{pg.port}" if pg.port else host
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(pg: PgConnection) -> Any:
+    """An autocommit connection, or a one-line :class:`PostgresError` saying where it failed."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise PostgresError(f"psycopg is not installed: {exc}") from None
+    try:
+        return psycopg.connect(autocommit=True, **pg.libpq_kwargs())
+    except psycopg.Error as exc:
+        raise PostgresError(
+            f"cannot connect to PostgreSQL at {_where(pg)}: {first_line(exc)}"
+        ) from None
+
+
+def query_one(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    import psycopg
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        raise PostgresError(f"query failed: {first_line(exc)}") from None
+    if row is None:
+        raise PostgresError(f"query returned no row: {sql}")
+    return tuple(row)

@@ -1,0 +1,157 @@
+"""Walking a data directory the way WAL-G does.
+
+Yields one :class:`Entry` per tar member: the root directory ``/``, every directory and regular
+file, with member names relative to PGDATA and a leading ``/``. Names in
+:data:`EXCLUDED_NAMES` are matched against the basename at any depth: an excluded directory is
+kept as an empty directory member, an excluded file is dropped. ``pg_tblspc/<oid>`` links are
+followed and their targets walked under ``/pg_tblspc/<oid>/…``; the links themselves are not
+members but are returned as the tablespace spec. ``global/pg_control`` is held back: the caller
+archives it last, in its own tar. Files that vanish during the walk (dropped relations) are
+skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from walg.core.metadata import Tablespace, TablespaceSpec
+from walg.core.naming import PG_CONTROL_MEMBER
+from walg.errors import UsageError
+
+EXCLUDED_NAMES = frozenset(
+    {
+        "log",
+        "pg_log",
+        "pg_xlog",
+        "pg_wal",
+        "pgsql_tmp",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_replslot",
+        "pg_serial",
+        "pg_stat_tmp",
+        "pg_snapshots",
+        "pg_subtrans",
+        "postgresql.auto.conf.tmp",
+        "postmaster.pid",
+        "postmaster.opts",
+        "recovery.conf",
+        "standby.signal",
+    }
+)
+
+KIND_FILE = "file"
+KIND_DIR = "dir"
+
+
+@dataclass(frozen=True)
+class Entry:
+    member: str
+    path: str
+    kind: str
+    size: int
+    mode: int
+    mtime_ns: int
+    uid: int
+    gid: int
+
+
+@dataclass
+class Walk:
+    """The result of walking PGDATA: members in walk order, plus what is held back."""
+
+    entries: list[Entry] = field(default_factory=list)
+    pg_control: Entry | None = None
+    tablespaces: list[Tablespace] = field(default_factory=list)
+    total_size: int = 0
+
+    def spec(self, base: str) -> TablespaceSpec | None:
+        if not self.tablespaces:
+            return None
+        return TablespaceSpec(base.rstrip("/"), tuple(self.tablespaces))
+
+
+def check_data_directory(path: str) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise UsageError(f"data directory {path} does not exist or is not a directory")
+    for required in ("PG_VERSION", "global/pg_control"):
+        if not (root / required).is_file():
+            raise UsageError(f"{path} is not a PostgreSQL data directory (no {required})")
+    return root
+
+
+def _entry(member: str, path: str, st: os.stat_result, kind: str) -> Entry:
+    return Entry(
+        member=member,
+        path=path,
+        kind=kind,
+        size=st.st_size if kind == KIND_FILE else 0,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
+    )
+
+
+def walk(pgdata: str) -> Walk:
+    root = check_data_directory(pgdata)
+    result = Walk()
+    st = os.lstat(root)
+    result.entries.append(_entry("/", str(root), st, KIND_DIR))
+    result.total_size += st.st_size
+    _walk_dir(str(root), "", result)
+    return result
+
+
+def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
+    try:
+        with os.scandir(path) as it:
+            children = sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for child in children:
+        member = f"{member_dir}/{child.name}"
+        try:
+            st = child.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        result.total_size += st.st_size
+        if child.name in EXCLUDED_NAMES:
+            if stat.S_ISDIR(st.st_mode):
+                result.entries.append(_entry(member, child.path, st, KIND_DIR))
+            continue
+        if member_dir == "/pg_tblspc" and stat.S_ISLNK(st.st_mode):
+            _walk_tablespace(child.path, child.name, member, result)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            result.entries.append(_entry(member, child.path, st, KIND_DIR))
+            _walk_dir(child.path, member, result)
+        elif stat.S_ISREG(st.st_mode):
+            entry = _entry(member, child.path, st, KIND_FILE)
+            if member == PG_CONTROL_MEMBER:
+                result.pg_control = entry
+            else:
+                result.entries.append(entry)
+        # Symlinks elsewhere, sockets and FIFOs are not archived (WAL-G's walk drops them too).
+
+
+def _walk_tablespace(link_path: str, oid: str, member: str, result: Walk) -> None:
+    target = os.path.realpath(link_path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        raise UsageError(f"tablespace link {link_path} points to missing {target}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"tablespace link {link_path} does not point to a directory")
+    result.tablespaces.append(Tablespace(oid, target.rstrip("/"), f"pg_tblspc/{oid}"))
+    result.entries.append(_entry(member, target, st, KIND_DIR))
+    _walk_dir(target, member, result)
+
+
+def iter_files(result: Walk) -> Iterator[Entry]:
+    return (e for e in result.entries if e.kind == KIND_FILE)

@@ -1,0 +1,105 @@
+"""The storage contract (DESIGN.md §4).
+
+A backend MUST:
+
+* ``open_write(key)``: return a context manager yielding a writer; the object becomes visible
+  under ``key`` only when the block exits without an exception, and replaces any object of that
+  name atomically; on error nothing new is visible (temp file removed, multipart aborted).
+* ``open_read(key, offset=0, length=None)``: return a context manager yielding a reader of the
+  object's bytes (from ``offset``, at most ``length`` bytes); raise :class:`ObjectNotFound` when
+  entering if the key does not exist.
+* ``stat(key)``: return the object's size and modification time, or raise
+  :class:`ObjectNotFound`; a point lookup, never a listing.
+* ``list(prefix, recursive=True)``: return every object whose key starts with ``prefix``
+  (``recursive=False``: only keys with no ``/`` after the prefix); a missing prefix is empty.
+  Order is unspecified.
+* ``delete(keys)``: remove the objects; keys that do not exist are ignored (idempotent).
+
+Errors other than "not found" are raised as :class:`StorageError` with ``transient`` set when a
+retry could help. Retrying lives in :mod:`walg.storage.retry`, never inside a backend.
+Keys use ``/`` separators and never start with ``/``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from walg.core.gotime import GoTime
+from walg.errors import StorageError
+from walg.streams.base import Sink, Source
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: GoTime
+
+
+class Storage(abc.ABC):
+    """Abstract object store rooted at a prefix."""
+
+    #: human-readable location for messages (never contains credentials)
+    location: str = ""
+
+    @abc.abstractmethod
+    def open_write(self, key: str) -> AbstractContextManager[Sink]: ...
+
+    @abc.abstractmethod
+    def open_read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AbstractContextManager[Source]: ...
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]: ...
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections."""
+
+    # Convenience built on the contract.
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as sink:
+            sink.write(data)
+
+    def get_bytes(self, key: str, limit: int = 64 << 20) -> bytes:
+        """Read a small object whole (metadata documents); refuses anything over ``limit``."""
+        with self.open_read(key) as source:
+            data = source.read(limit + 1)
+            chunks = [data]
+            total = len(data)
+            while data and total <= limit:
+                data = source.read(limit + 1 - total)
+                chunks.append(data)
+                total += len(data)
+        if total > limit:
+            raise StorageError(f"{key} is larger than {limit} bytes; refusing to load it whole")
+        return b"".join(chunks)
+
+    def exists(self, key: str) -> bool:
+        from walg.errors import ObjectNotFound
+
+        try:
+            self.stat(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the storage root or are not normalised."""
+    if not key or key.startswith("/") or "\\" in key or "\0" in key:
+        raise StorageError(f"invalid storage key {key!r}")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key

@@ -1,0 +1,171 @@
+"""Local-folder storage (``WALG_FILE_PREFIX``), laid out as WAL-G's fs storage.
+
+Writes go to ``<path>.tmp.<UTC YYYYMMDDThhmmssZ>-<16 hex>``, are fsynced, renamed over the final
+name and the directory is fsynced, so an object is either absent or complete after a crash.
+Listings hide those temporary names. Deleting removes parent directories left empty.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from walg.core.gotime import GoTime
+from walg.errors import ObjectNotFound, StorageError
+from walg.storage.base import ObjectInfo, Storage, check_key
+from walg.streams.base import Sink, Source
+
+TEMP_SUFFIX_RE = re.compile(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
+
+
+def _error(exc: OSError, what: str) -> StorageError:
+    return StorageError(f"{what}: {exc.strerror or exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LimitedReader:
+    def __init__(self, handle: Source, length: int | None) -> None:
+        self._handle = handle
+        self._left = length
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._left is None:
+            return self._handle.read(size)
+        if self._left <= 0:
+            return b""
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._handle.read(size)
+        self._left -= len(data)
+        return data
+
+
+class FileStorage(Storage):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        text = str(root)
+        if text.startswith("file://localhost"):
+            text = text[len("file://localhost") :]
+        elif text.startswith("file://"):
+            text = text[len("file://") :]
+        self.root = Path(text)
+        self.location = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[Sink]:
+        path = self._path(key)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        tmp = path.with_name(f"{path.name}.tmp.{stamp}-{secrets.token_hex(8)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed below on every path
+        except OSError as exc:
+            raise _error(exc, f"cannot create {tmp}") from None
+        try:
+            yield handle
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException as exc:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _error(exc, f"cannot write {path}") from None
+            raise
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
+        path = self._path(key)
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise _error(exc, f"cannot open {path}") from None
+        try:
+            if offset:
+                handle.seek(offset)
+            yield _LimitedReader(handle, length)
+        finally:
+            handle.close()
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise _error(exc, f"cannot stat {path}") from None
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
+
+    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+        folder, _, name_prefix = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        out: list[ObjectInfo] = []
+        try:
+            entries = list(os.scandir(start))
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        except OSError as exc:
+            raise _error(exc, f"cannot list {start}") from None
+        base = f"{folder}/" if folder else ""
+        stack = [(base, e) for e in entries if e.name.startswith(name_prefix)]
+        while stack:
+            rel, entry = stack.pop()
+            key = rel + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        stack.extend((key + "/", e) for e in os.scandir(entry.path))
+                    continue
+                if TEMP_SUFFIX_RE.search(entry.name) or not entry.is_file():
+                    continue
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _error(exc, f"cannot list {entry.path}") from None
+            out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
+        return out
+
+    def delete(self, keys: Iterable[str]) -> None:
+        parents: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _error(exc, f"cannot delete {path}") from None
+            parents.add(path.parent)
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            self._prune(parent)
+
+    def _prune(self, folder: Path) -> None:
+        root = self.root.resolve()
+        while folder.resolve() != root and root in folder.resolve().parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent

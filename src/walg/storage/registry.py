@@ -1,0 +1,22 @@
+"""Opens the storage named by the settings, importing only that backend's module."""
+
+from __future__ import annotations
+
+from walg.errors import ConfigError
+from walg.settings import Settings
+from walg.storage.base import Storage
+
+
+def open_storage(settings: Settings) -> Storage:
+    kind, prefix = settings.require_storage()
+    if kind == "file":
+        from walg.storage.file import FileStorage
+
+        root = prefix.rstrip("/") or "/"
+        if settings.storage_subfolder:
+            root = f"{root}/{settings.storage_subfolder}"
+        return FileStorage(root)
+    raise ConfigError(
+        f"{settings.storage_prefix_key}: {kind} storage is not supported by this walg yet "
+        "(use WALG_FILE_PREFIX)"
+    )

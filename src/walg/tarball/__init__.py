@@ -1,0 +1,1 @@
+"""Tar members in WAL-G's shape: writing partitions, and reading them back safely."""

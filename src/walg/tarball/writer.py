@@ -1,0 +1,129 @@
+"""Writes tar members with WAL-G's names (leading ``/``) into a byte sink.
+
+Headers are built by hand because :mod:`tarfile`'s ``add``/``gettarinfo`` strip the leading
+slash. A regular file's payload is exactly the size seen when it was walked: a file that shrank
+is padded with zeros and one that grew is cut, as WAL-G does (PostgreSQL's WAL replay repairs
+torn pages). The payload's SHA-256 is returned for the backup's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+
+from walg.core.metadata import Checksum
+from walg.postgres.datadir import KIND_DIR, Entry
+from walg.streams.base import Sink
+
+BLOCK = 512
+READ_SIZE = 1 << 20
+_ZEROS = bytes(BLOCK)
+
+
+def header(
+    name: str,
+    *,
+    kind: bytes = tarfile.REGTYPE,
+    size: int = 0,
+    mode: int = 0o600,
+    mtime: int = 0,
+    uid: int = 0,
+    gid: int = 0,
+) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.mode = mode
+    info.mtime = mtime
+    info.uid = uid
+    info.gid = gid
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+class TarWriter:
+    """Appends members to ``sink``; ``finish()`` writes the end-of-archive blocks."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.payload_size = 0
+        self.members: list[str] = []
+        self._buffer = bytearray(READ_SIZE)
+
+    def add_directory(self, entry: Entry) -> None:
+        self._sink.write(
+            header(
+                entry.member,
+                kind=tarfile.DIRTYPE,
+                mode=entry.mode,
+                mtime=entry.mtime_ns // 1_000_000_000,
+                uid=entry.uid,
+                gid=entry.gid,
+            )
+        )
+        self.members.append(entry.member)
+
+    def add_entry(self, entry: Entry) -> Checksum | None:
+        """Archive a walked entry; a file that vanished since the walk is skipped (None)."""
+        if entry.kind == KIND_DIR:
+            self.add_directory(entry)
+            return None
+        try:
+            handle = open(entry.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return None
+        with handle:
+            return self._add_file(entry, handle)
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o600, mtime: int = 0) -> Checksum:
+        self._sink.write(header(name, size=len(data), mode=mode, mtime=mtime))
+        self._sink.write(data)
+        self._pad(len(data))
+        self.payload_size += len(data)
+        self.members.append(name)
+        return Checksum(len(data), hashlib.sha256(data).hexdigest())
+
+    def _add_file(self, entry: Entry, handle: object) -> Checksum:
+        fd = handle.fileno()  # type: ignore[attr-defined]
+        size = entry.size
+        self._sink.write(
+            header(
+                entry.member,
+                size=size,
+                mode=entry.mode,
+                mtime=entry.mtime_ns // 1_000_000_000,
+                uid=entry.uid,
+                gid=entry.gid,
+            )
+        )
+        digest = hashlib.sha256()
+        view = memoryview(self._buffer)
+        left = size
+        while left > 0:
+            got = os.readv(fd, [view[: min(READ_SIZE, left)]])
+            if got == 0:
+                break
+            chunk = view[:got]
+            digest.update(chunk)
+            self._sink.write(chunk)
+            left -= got
+        if left > 0:
+            # The file shrank while we read it: keep the announced size.
+            zeros = bytes(min(left, READ_SIZE))
+            while left > 0:
+                piece = zeros[: min(left, len(zeros))]
+                digest.update(piece)
+                self._sink.write(piece)
+                left -= len(piece)
+        self._pad(size)
+        self.payload_size += size
+        self.members.append(entry.member)
+        return Checksum(size, digest.hexdigest())
+
+    def _pad(self, size: int) -> None:
+        rest = size % BLOCK
+        if rest:
+            self._sink.write(_ZEROS[: BLOCK - rest])
+
+    def finish(self) -> None:
+        self._sink.write(_ZEROS + _ZEROS)
