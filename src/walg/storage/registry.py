@@ -8,6 +8,16 @@ from walg.storage.base import Storage
 
 
 def open_storage(settings: Settings) -> Storage:
+    storage = _open_backend(settings)
+    faults = settings.values.get("WALG_FAULT_INJECTION", "").strip()
+    if faults:
+        from walg.storage.faults import FaultyStorage, parse_rules
+
+        storage = FaultyStorage(storage, parse_rules(faults))
+    return storage
+
+
+def _open_backend(settings: Settings) -> Storage:
     kind, prefix = settings.require_storage()
     if kind == "file":
         from walg.storage.file import FileStorage

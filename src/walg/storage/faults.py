@@ -1,0 +1,96 @@
+"""Fault injection around any backend, for tests of failure paths (never on by default).
+
+Configured by ``WALG_FAULT_INJECTION``: a JSON list of rules, each
+``{"op": "write"|"read"|"stat"|"list"|"delete", "key": "<regex>", "delay": seconds,
+"fail": "message", "transient": bool}``. A matching operation first sleeps ``delay`` seconds,
+then raises :class:`StorageError` with ``fail`` if given. Rules apply to every matching call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from walg.errors import ConfigError, StorageError
+from walg.storage.base import ObjectInfo, Storage
+from walg.streams.base import Sink, Source
+
+_OPS = ("write", "read", "stat", "list", "delete")
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    op: str
+    key: re.Pattern[str]
+    delay: float = 0.0
+    fail: str | None = None
+    transient: bool = False
+
+
+def parse_rules(text: str) -> list[FaultRule]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"WALG_FAULT_INJECTION is not JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise ConfigError("WALG_FAULT_INJECTION must be a JSON list of rules")
+    rules = []
+    for item in doc:
+        if not isinstance(item, dict) or item.get("op") not in _OPS:
+            raise ConfigError(f"WALG_FAULT_INJECTION: bad rule {item!r}")
+        rules.append(
+            FaultRule(
+                op=item["op"],
+                key=re.compile(str(item.get("key", ""))),
+                delay=float(item.get("delay", 0)),
+                fail=item.get("fail"),
+                transient=bool(item.get("transient", False)),
+            )
+        )
+    return rules
+
+
+class FaultyStorage(Storage):
+    def __init__(self, inner: Storage, rules: list[FaultRule]) -> None:
+        self._inner = inner
+        self._rules = rules
+        self.location = inner.location
+
+    def _apply(self, op: str, key: str) -> None:
+        for rule in self._rules:
+            if rule.op == op and rule.key.search(key):
+                if rule.delay:
+                    time.sleep(rule.delay)
+                if rule.fail:
+                    raise StorageError(f"{rule.fail} ({op} {key})", transient=rule.transient)
+
+    def open_write(self, key: str) -> AbstractContextManager[Sink]:
+        self._apply("write", key)
+        return self._inner.open_write(key)
+
+    def open_read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AbstractContextManager[Source]:
+        self._apply("read", key)
+        return self._inner.open_read(key, offset, length)
+
+    def stat(self, key: str) -> ObjectInfo:
+        self._apply("stat", key)
+        return self._inner.stat(key)
+
+    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+        self._apply("list", prefix)
+        return self._inner.list(prefix, recursive)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for key in keys:
+            self._apply("delete", key)
+        self._inner.delete(keys)
+
+    def close(self) -> None:
+        self._inner.close()

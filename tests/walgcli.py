@@ -1,0 +1,120 @@
+"""Running the real ``walg`` command in tests, as the user that runs PostgreSQL.
+
+A :class:`WalgSetup` is one storage folder plus a config file naming it, so the same
+configuration serves commands run by the test and ``archive_command``/``restore_command``
+run by the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgcluster import Cluster, make_shared_dir, pg_user_env, run_as_pg
+
+
+@dataclass
+class WalgSetup:
+    walg_bin: str
+    store: Path
+    config: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, walg_bin: str, workdir: Path, **settings: str) -> WalgSetup:
+        store = make_shared_dir(workdir / "store", 0o755)
+        config = workdir / "walg.json"
+        config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store), **settings}))
+        config.chmod(0o644)
+        return cls(walg_bin, store, config)
+
+    def command(self, *args: str) -> str:
+        """A shell command line for archive_command / restore_command."""
+        quoted = " ".join(args)
+        return f"{self.walg_bin} --config {self.config} {quoted}"
+
+    def env(
+        self, cluster: Cluster | None = None, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "WALG_", "WALE_"))}
+        env.update(pg_user_env())
+        if cluster is not None:
+            env.update(cluster.conninfo_env())
+        env.update(self.extra)
+        if extra:
+            env.update(extra)
+        return env
+
+    def run(
+        self,
+        args: Sequence[str],
+        cluster: Cluster | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [self.walg_bin, "--config", str(self.config), *args]
+        return run_as_pg(argv, env=self.env(cluster, env), check=check, timeout=timeout)
+
+    def popen(
+        self,
+        args: Sequence[str],
+        cluster: Cluster | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[str]:
+        argv = [self.walg_bin, "--config", str(self.config), *args]
+        return popen_as_pg(argv, self.env(cluster, env))
+
+
+def popen_as_pg(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:
+        import pwd
+
+        pw = pwd.getpwnam("pgtest")
+        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        list(argv),
+        env=dict(env),
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def archive_now(cluster: Cluster, timeout: float = 60) -> str:
+    """Switch WAL and wait until the finished segment is archived; returns its name."""
+    segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + timeout
+    while True:
+        last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        if last and last >= segment:
+            return segment
+        if time.monotonic() > deadline:
+            failed = cluster.psql("SELECT last_failed_wal, failed_count FROM pg_stat_archiver")
+            raise TimeoutError(
+                f"{segment} not archived after {timeout}s (archiver: {failed})\n{cluster.log_tail()}"
+            )
+        time.sleep(0.1)
+
+
+def start_load(cluster: Cluster, seconds: int, clients: int = 2) -> subprocess.Popen[str]:
+    """pgbench TPC-B load in the background for ``seconds``."""
+    argv = [
+        cluster.install.tool("pgbench"),
+        "-n",
+        "-T",
+        str(seconds),
+        "-c",
+        str(clients),
+        "postgres",
+    ]
+    return popen_as_pg(argv, cluster.env())
