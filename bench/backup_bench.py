@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import filecmp
 import json
 import os
 import platform
@@ -341,6 +342,8 @@ class Measurement:
     sampler_cpu_s: float = 0.0
     stored_bytes: int | None = None
     stored_files: int | None = None
+    loadavg_before: str = ""
+    verify: dict[str, Any] | None = None
 
 
 class Measurer:
@@ -367,6 +370,8 @@ class Measurer:
         full_env = {**self.user.base_env(), **env}
         os.sync()  # do not let the previous step's dirty pages be written back during this one
         srv_before = tree_cpu_seconds(server_pid) if server_pid else None
+        with open("/proc/loadavg") as f:
+            m.loadavg_before = f.read().strip()
         timed_out = threading.Event()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             t0 = time.perf_counter()
@@ -734,6 +739,8 @@ class Bench:
             )
             fetch.stored_bytes = dir_size(dest)
             fetch.stored_files = file_count(dest)
+            if fetch.ok:
+                fetch.verify = self.verify(datadir, dest, fetch)
             self.remove(dest)
         else:
             self.skipped("walg-fetch", scale, rep, "walg-push failed")
@@ -806,6 +813,8 @@ class Bench:
                 )
                 restore.stored_bytes = dir_size(dest)
                 restore.stored_files = file_count(dest)
+                if restore.ok:
+                    restore.verify = self.verify(datadir, dest, restore)
                 self.remove(dest)
             else:
                 self.skipped("pgbackrest-restore", scale, rep, "pgbackrest backup failed")
@@ -813,6 +822,51 @@ class Bench:
             self.skipped("pgbackrest-backup", scale, rep, "stanza-create failed")
             self.skipped("pgbackrest-restore", scale, rep, "stanza-create failed")
         self.remove(repo)
+
+    def verify(self, source: Path, restored: Path, m: Measurement) -> dict[str, Any]:
+        """Compare the restored relation files (base/, global/) with the source PGDATA.
+
+        The cluster is idle after the CHECKPOINT, so the files should be identical; sizes are
+        always compared, contents too with --verify.
+        """
+        missing: list[str] = []
+        size_diff: list[str] = []
+        content_diff: list[str] = []
+        checked = 0
+        for sub in ("base", "global"):
+            for dirpath, _dirs, files in os.walk(source / sub):
+                for name in files:
+                    if name in ("pg_internal.init", "pg_filenode.map.tmp") or name.startswith(
+                        "pgsql_tmp"
+                    ):
+                        continue
+                    src = Path(dirpath) / name
+                    rel = src.relative_to(source)
+                    dst = restored / rel
+                    checked += 1
+                    if not dst.exists():
+                        missing.append(str(rel))
+                    elif dst.stat().st_size != src.stat().st_size:
+                        size_diff.append(str(rel))
+                    elif self.args.verify and not filecmp.cmp(src, dst, shallow=False):
+                        content_diff.append(str(rel))
+        result: dict[str, Any] = {
+            "files_checked": checked,
+            "contents_compared": bool(self.args.verify),
+            "missing": missing[:20],
+            "missing_count": len(missing),
+            "size_mismatch": size_diff[:20],
+            "size_mismatch_count": len(size_diff),
+            "content_mismatch": content_diff[:20],
+            "content_mismatch_count": len(content_diff),
+            "backup_label": (restored / "backup_label").exists(),
+        }
+        if missing or size_diff or content_diff:
+            log(
+                f"  {m.step} rep {m.rep}: VERIFY: {len(missing)} missing, {len(size_diff)} size "
+                f"and {len(content_diff)} content mismatches of {checked} files"
+            )
+        return result
 
     def write_pgbackrest_conf(self, conf: Path, repo: Path, cluster: Cluster) -> None:
         pgbr_dir = self.rundir / "pgbackrest"
@@ -886,6 +940,18 @@ def summarize(results: Sequence[Measurement], scales: Sequence[ScaleInfo]) -> di
                 for m in runs
                 if not m.ok
             ]
+            verified = [m.verify for m in ok if m.verify is not None]
+            if verified:
+                entry["verify"] = {
+                    key: max(v[key] for v in verified)
+                    for key in (
+                        "files_checked",
+                        "missing_count",
+                        "size_mismatch_count",
+                        "content_mismatch_count",
+                    )
+                }
+                entry["verify"]["contents_compared"] = all(v["contents_compared"] for v in verified)
             per_step[step] = entry
         ratios: dict[str, float | None] = {}
 
@@ -942,6 +1008,16 @@ def print_table(summary: Mapping[str, Any], repeat: int) -> None:
         print("ratios (walg / other):")
         for name, value in s["ratios"].items():
             print(f"   {name:<48} {fmt(value)}")
+        for step, e in s["steps"].items():
+            if "verify" in e:
+                v = e["verify"]
+                what = "sizes and contents" if v["contents_compared"] else "sizes"
+                print(
+                    f"verify {step}: {v['files_checked']} files of base/ and global/ "
+                    f"({what}): worst run had {v['missing_count']} missing, "
+                    f"{v['size_mismatch_count']} size and {v['content_mismatch_count']} "
+                    "content mismatches"
+                )
         for step, e in s["steps"].items():
             for failure in e["failures"]:
                 print(f"FAILED {step} rep {failure['rep']}: {failure['error']}")
@@ -1071,6 +1147,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--pgbackrest", type=Path, default=Path("/usr/bin/pgbackrest"))
     p.add_argument("--pgbackrest-process-max", type=int, default=2)
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also compare the contents of restored relation files with PGDATA (sizes always)",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="per-step timeout in seconds")
     p.add_argument("--interval", type=float, default=0.02, help="RSS sampling interval (s)")
     p.add_argument(
