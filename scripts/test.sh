@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what the tests need (scripts/setup.sh), lint, type-check, run the test suite.
+# Extra arguments go to pytest, e.g.: scripts/test.sh -k pgcluster -x
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OPT=${WALG_OPT:-/opt/walg}
+PY=$OPT/venv/bin/python
+
+step() {
+    local name=$1
+    shift
+    echo "==> $name"
+    local start=$SECONDS rc=0
+    "$@" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        echo "FAILED: $name (exit $rc)" >&2
+        exit "$rc"
+    fi
+    echo "    $name ok ($((SECONDS - start))s)"
+}
+
+step "setup" bash "$REPO/scripts/setup.sh"
+cd "$REPO" || exit 1
+
+lint_paths=()
+for d in src tests bench; do
+    [[ -d $d ]] && lint_paths+=("$d")
+done
+
+step "ruff check" "$PY" -m ruff check "${lint_paths[@]}"
+step "ruff format --check" "$PY" -m ruff format --check "${lint_paths[@]}"
+step "mypy" "$PY" -m mypy
+
+echo "==> pytest"
+rc=0
+"$PY" -m pytest -q -p no:cacheprovider tests "$@" || rc=$?
+if [[ $rc -eq 5 ]]; then
+    echo "FAILED: pytest collected no tests (exit 5)" >&2
+    exit 5
+elif [[ $rc -ne 0 ]]; then
+    echo "FAILED: pytest (exit $rc)" >&2
+    exit "$rc"
+fi
+echo "    pytest ok"
