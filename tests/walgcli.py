@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgcluster import Cluster, make_shared_dir, pg_user_env, run_as_pg
+from pgcluster import Cluster, PgInstall, make_shared_dir, pg_user_env, run_as_pg
 
 
 @dataclass
@@ -101,7 +101,8 @@ def archive_now(cluster: Cluster, timeout: float = 60) -> str:
         if time.monotonic() > deadline:
             failed = cluster.psql("SELECT last_failed_wal, failed_count FROM pg_stat_archiver")
             raise TimeoutError(
-                f"{segment} not archived after {timeout}s (archiver: {failed})\n{cluster.log_tail()}"
+                f"{segment} not archived after {timeout}s (archiver: {failed})\n"
+                + cluster.log_tail()
             )
         time.sleep(0.1)
 
@@ -118,3 +119,36 @@ def start_load(cluster: Cluster, seconds: int, clients: int = 2) -> subprocess.P
         "postgres",
     ]
     return popen_as_pg(argv, cluster.env())
+
+
+def restore_and_recover(
+    install: PgInstall,
+    workdir: Path,
+    walg: WalgSetup,
+    args: list[str] | None = None,
+    name: str = "LATEST",
+) -> Cluster:
+    dest = workdir / "restored"
+    """backup-fetch into ``workdir/restored``, then archive recovery to the end of the WAL."""
+    result = walg.run(["backup-fetch", str(dest), name, *(args or [])])
+    assert "restored" in result.stderr
+    restored = Cluster.from_existing(
+        install,
+        dest,
+        conf={
+            "restore_command": walg.command("wal-fetch", "%f", "%p"),
+            "archive_mode": "off",
+        },
+    )
+    restored.touch("recovery.signal")
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    return restored
+
+
+def normalized_dump(text: str) -> str:
+    """pg_dumpall output without the per-run random ``\\restrict`` keys of recent releases."""
+    return "\n".join(
+        line for line in text.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    )

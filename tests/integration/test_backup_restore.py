@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, start_load
+from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover, start_load
 
 
 def _source(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
@@ -31,38 +31,6 @@ def _source(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
     )
     cluster.start()
     return cluster
-
-
-def _restore(
-    install: PgInstall,
-    workdir: Path,
-    walg: WalgSetup,
-    args: list[str] | None = None,
-    name: str = "LATEST",
-) -> Cluster:
-    dest = workdir / "restored"
-    result = walg.run(["backup-fetch", str(dest), name, *(args or [])])
-    assert "restored" in result.stderr
-    restored = Cluster.from_existing(
-        install,
-        dest,
-        conf={
-            "restore_command": walg.command("wal-fetch", "%f", "%p"),
-            "archive_mode": "off",
-        },
-    )
-    restored.touch("recovery.signal")
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
-    return restored
-
-
-def normalized_dump(text: str) -> str:
-    """pg_dumpall output without the per-run random ``\\restrict`` keys of recent releases."""
-    return "\n".join(
-        line for line in text.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
-    )
 
 
 def _write_after_backup(cluster: Cluster, rows: int) -> None:
@@ -128,7 +96,7 @@ def test_backup_under_load_restores_identical_cluster(
         spec_file.chmod(0o644)
         args = ["--restore-spec", str(spec_file)]
 
-    restored = _restore(pg_install, pg_workdir, walg, args)
+    restored = restore_and_recover(pg_install, pg_workdir, walg, args)
     actual = normalized_dump(restored.pg_dumpall())
     if ts_location is not None:
         assert restored.tablespaces() == {"ts1": str(pg_workdir / "ts1-restored")}

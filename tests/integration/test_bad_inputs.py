@@ -1,0 +1,204 @@
+"""Bad input gets a clear error and loses nothing: configuration, PostgreSQL, storage objects.
+
+One real PostgreSQL 15 backup is made per module; each test works on its own copy of the
+storage folder, damages it in one way, and checks that ``backup-fetch`` fails naming what is
+wrong, with nothing written outside the destination.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from pgcluster import Cluster, PgInstall, make_shared_dir, pg_tmpdir, stop_clusters_under
+from walgcli import WalgSetup
+
+
+@dataclass
+class Backup:
+    walg: WalgSetup
+    name: str
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def backup(walg_bin: str) -> Iterator[Backup]:
+    install = PgInstall.load(15)
+    workdir = pg_tmpdir("bad-inputs-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_TAR_SIZE_THRESHOLD="2000000")
+    cluster = Cluster.create(install, workdir / "src", conf={"archive_mode": "off"})
+    cluster.start()
+    cluster.pgbench(["-i", "-s", "1", "-q"])
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    cluster.stop()
+    name = json.loads(walg.run(["backup-list", "--json"]).stdout)[0]["backup_name"]
+    yield Backup(walg, name, workdir)
+    stop_clusters_under(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def damaged(backup: Backup, pg_workdir: Path) -> WalgSetup:
+    """A private copy of the module's storage folder, for one test to damage."""
+    walg = WalgSetup.create(backup.walg.walg_bin, pg_workdir)
+    shutil.rmtree(walg.store)
+    shutil.copytree(backup.walg.store, walg.store)
+    return walg
+
+
+def _parts(walg: WalgSetup, name: str) -> list[Path]:
+    folder = walg.store / "basebackups_005" / name / "tar_partitions"
+    return sorted(folder.glob("part_*.tar.lz4"))
+
+
+def _fetch_fails(walg: WalgSetup, dest: Path, name: str = "LATEST") -> str:
+    result = walg.run(["backup-fetch", str(dest), name], check=False)
+    assert result.returncode != 0, result.stderr
+    assert result.returncode < 126
+    return result.stderr
+
+
+def test_missing_storage_prefix_is_a_one_line_error(walg_bin: str, pg_workdir: Path) -> None:
+    walg = WalgSetup(walg_bin, pg_workdir, pg_workdir / "empty.json")
+    walg.config.write_text("{}")
+    walg.config.chmod(0o644)
+    result = walg.run(["backup-list"], check=False)
+    assert result.returncode == 78
+    assert "WALG_FILE_PREFIX" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_contradictory_storage_prefixes_are_refused(walg_bin: str, pg_workdir: Path) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALE_S3_PREFIX="s3://bucket/x")
+    result = walg.run(["backup-list"], check=False)
+    assert result.returncode == 78
+    assert "WALG_FILE_PREFIX" in result.stderr and "WALE_S3_PREFIX" in result.stderr
+
+
+def test_unreachable_postgres_fails_cleanly(backup: Backup, pg_workdir: Path) -> None:
+    install = PgInstall.load(15)
+    cluster = Cluster.create(install, pg_workdir / "stopped")  # never started
+    walg = WalgSetup.create(backup.walg.walg_bin, pg_workdir)
+    result = walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, check=False)
+    assert result.returncode == 1
+    assert "cannot connect to PostgreSQL" in result.stderr
+    assert not any(walg.store.rglob("*")), "nothing may be written to storage"
+
+
+def test_fetch_refuses_non_empty_destination(backup: Backup, pg_workdir: Path) -> None:
+    dest = make_shared_dir(pg_workdir / "dest", 0o700)
+    keep = dest / "precious.txt"
+    keep.write_text("keep me")
+    stderr = _fetch_fails(backup.walg, dest)
+    assert "not empty" in stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["precious.txt"]
+    assert keep.read_text() == "keep me"
+
+
+def test_fetch_of_unknown_backup_name(backup: Backup, pg_workdir: Path) -> None:
+    dest = pg_workdir / "dest"
+    stderr = _fetch_fails(backup.walg, dest, "base_000000010000000000000099")
+    assert "base_000000010000000000000099 does not exist" in stderr
+    assert not dest.exists()
+
+
+def test_truncated_part_is_detected_and_named(damaged: WalgSetup, backup: Backup) -> None:
+    part = _parts(damaged, backup.name)[0]
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert part.name in stderr
+    assert "truncated" in stderr or "ends inside" in stderr
+
+
+def test_corrupted_part_is_detected_and_named(damaged: WalgSetup, backup: Backup) -> None:
+    part = _parts(damaged, backup.name)[0]
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert part.name in stderr
+
+
+def _rewrite_part(part: Path, change: callable) -> None:  # type: ignore[valid-type]
+    """Decompress a part, let ``change`` edit its tar, recompress it as valid LZ4."""
+    members = []
+    with tarfile.open(fileobj=io.BytesIO(lz4.frame.decompress(part.read_bytes()))) as tar:
+        for info in tar.getmembers():
+            payload = tar.extractfile(info).read() if info.isfile() else None  # type: ignore[union-attr]
+            members.append((info, payload))
+    members = change(members)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, payload in members:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    part.write_bytes(lz4.frame.compress(out.getvalue()))
+
+
+def test_file_content_mismatch_names_the_file(damaged: WalgSetup, backup: Backup) -> None:
+    part = _parts(damaged, backup.name)[0]
+    victim: list[str] = []
+
+    def flip(members: list) -> list:  # type: ignore[type-arg]
+        out = []
+        for info, payload in members:
+            data = payload
+            if data and not victim and info.size > 100:
+                victim.append(info.name)
+                data = bytes([data[0] ^ 1]) + data[1:]
+            out.append((info, data))
+        return out
+
+    _rewrite_part(part, flip)
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert victim and victim[0].lstrip("/") in stderr
+    assert "checksum" in stderr
+
+
+def test_hostile_member_name_is_refused(damaged: WalgSetup, backup: Backup) -> None:
+    part = _parts(damaged, backup.name)[0]
+    escape = damaged.store.parent / "escaped.txt"
+
+    def add_hostile(members: list) -> list:  # type: ignore[type-arg]
+        info = tarfile.TarInfo("/../../escaped.txt")
+        info.size = 5
+        return [(info, b"owned"), *members]
+
+    _rewrite_part(part, add_hostile)
+    stderr = _fetch_fails(damaged, damaged.store.parent / "a" / "b" / "dest")
+    assert "outside the destination" in stderr
+    assert not escape.exists()
+    assert not (damaged.store.parent / "a" / "escaped.txt").exists()
+
+
+def test_missing_part_is_detected(damaged: WalgSetup, backup: Backup) -> None:
+    part = _parts(damaged, backup.name)[-1]
+    part.unlink()
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert part.name in stderr and "missing" in stderr
+
+
+def test_wal_fetch_of_missing_segment_exits_74_quietly(backup: Backup, pg_workdir: Path) -> None:
+    result = backup.walg.run(
+        ["wal-fetch", "0000000100000000000000FE", str(pg_workdir / "x")], check=False
+    )
+    assert result.returncode == 74
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (pg_workdir / "x").exists()
+
+
+def test_wal_push_of_a_name_that_is_not_wal(backup: Backup, pg_workdir: Path) -> None:
+    bogus = pg_workdir / "not-a-wal-file"
+    bogus.write_bytes(b"x" * 100)
+    bogus.chmod(0o644)
+    result = backup.walg.run(["wal-push", str(bogus)], check=False)
+    assert result.returncode != 0
+    assert "not a WAL file name" in result.stderr
