@@ -24,7 +24,7 @@ step "setup" bash "$REPO/scripts/setup.sh"
 cd "$REPO" || exit 1
 
 lint_paths=()
-for d in src tests bench; do
+for d in src tests bench scripts; do
     [[ -d $d ]] && lint_paths+=("$d")
 done
 
@@ -32,9 +32,18 @@ step "ruff check" "$PY" -m ruff check "${lint_paths[@]}"
 step "ruff format --check" "$PY" -m ruff format --check "${lint_paths[@]}"
 step "mypy" "$PY" -m mypy
 
+# Test paths given on the command line replace the default "tests".
+targets=(tests)
+for arg in "$@"; do
+    if [[ $arg != -* && -e ${arg%%::*} ]]; then
+        targets=()
+        break
+    fi
+done
+
 echo "==> pytest"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider tests "$@" || rc=$?
+"$PY" -m pytest -q -p no:cacheprovider "${targets[@]}" "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
     echo "FAILED: pytest collected no tests (exit 5)" >&2
     exit 5
