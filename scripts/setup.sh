@@ -28,6 +28,7 @@ ENV_FORMAT=2
 APT_PACKAGES=(postgresql-15 python3-venv liblzo2-dev lz4 pgbackrest util-linux)
 
 T0=$(date +%s%N)
+CHANGED=0 # set when anything was installed: permissions are fixed up at the end
 log() {
     local now
     now=$(date +%s%N)
@@ -88,6 +89,7 @@ if [[ ${#missing[@]} -gt 0 || ${#reinstall[@]} -gt 0 ]]; then
         die "apt-get failed (full log: $LOGDIR/apt.log)"
     }
     log "Debian packages installed"
+    CHANGED=1
 else
     log "Debian packages present"
 fi
@@ -103,6 +105,7 @@ if ! "$VENV/bin/python" -c 'import sys; assert sys.prefix != sys.base_prefix' >/
     log "creating $VENV from /usr/bin/python3"
     rm -rf "$VENV"
     /usr/bin/python3 -m venv "$VENV"
+    CHANGED=1
 fi
 # Build the project without build isolation (saves seconds per run): needs these in the venv.
 if ! "$VENV/bin/python" - >/dev/null 2>&1 <<'EOF'; then
@@ -311,6 +314,7 @@ else
         die "pip install of $REPO[test] failed"
     fi
     echo "$want" >"$STAMP"
+    CHANGED=1
     log "walg installed: $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("walg"))')"
 fi
 [[ -x $VENV/bin/walg ]] || warn "$VENV/bin/walg console script is missing"
@@ -325,6 +329,7 @@ log "pg 15: ${pg15_out##*$'\n'} (Debian)"
 for major in $(printf '%s\n' "${!JOBS[@]}" | sort -n); do
     if wait "${JOBS[$major]}"; then
         log "pg $major: $(tail -n 1 "$LOGDIR/pg$major.log")"
+        grep -qx "already installed" "$LOGDIR/pg$major.log" || CHANGED=1
     else
         warn "PostgreSQL $major unavailable (tests skip it); log $LOGDIR/pg$major.log:"
         tail -n 10 "$LOGDIR/pg$major.log" >&2
@@ -339,5 +344,7 @@ for envfile in "$PG_ROOT"/*/env; do
 done
 
 # Everything under $OPT readable (and directories/executables traversable) by pgtest.
-chmod -R a+rX "$OPT"
+if [[ $CHANGED -eq 1 ]] || ! runuser -u "$PG_USER" -- test -x "$VENV/bin/python" -a -r "$STAMP"; then
+    chmod -R a+rX "$OPT"
+fi
 log "done: majors $(cd "$PG_ROOT" && ls -d */env 2>/dev/null | cut -d/ -f1 | sort -n | tr '\n' ' ')"

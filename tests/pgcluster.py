@@ -291,12 +291,13 @@ def _chown_tree_to_pg(path: Path) -> None:
 def make_shared_dir(path: str | os.PathLike[str], mode: int = 0o700) -> Path:
     """Create ``path`` (and parents) as a directory owned by the server user, with ``mode``.
 
-    Parents are created mode 0755 so that the server user can reach ``path``.
+    Missing parents are created the same way, with mode 0755.
     """
     p = Path(path)
     for parent in reversed(p.parents):
         if not parent.exists():
             parent.mkdir(mode=0o755)
+            _chown_to_pg(parent)
     p.mkdir(exist_ok=True)
     _chown_to_pg(p)
     p.chmod(mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -149,3 +150,16 @@ def test_stop_all_and_workdir_permissions(pg_install: PgInstall, pg_workdir: Pat
     stopped = pgcluster.stop_clusters_under(pg_workdir)
     assert sorted(stopped) == sorted(str(c.datadir) for c in clusters)
     assert not any(c.is_running() for c in clusters)
+
+
+def test_port_clash_moves_to_free_port(pg_workdir: Path) -> None:
+    cluster = Cluster.create(PgInstall.load(15), pg_workdir / "data")
+    taken = cluster.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        cluster.start()
+        assert cluster.port != taken
+        assert cluster.psql("SHOW port") == str(cluster.port)
+    cluster.stop()
