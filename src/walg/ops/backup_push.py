@@ -21,6 +21,7 @@ from typing import Any
 
 from walg import __version__
 from walg.core.gotime import GoTime
+from walg.core.lsn import Segment, format_lsn
 from walg.core.metadata import (
     BackupMetadata,
     Checksum,
@@ -44,8 +45,15 @@ from walg.core.naming import (
 )
 from walg.errors import PostgresError, UsageError
 from walg.ops.pipeline import upload
+from walg.ops.wal import find_wal_object
 from walg.postgres import datadir
-from walg.postgres.backup_session import BackupSession, BackupStart, ServerInfo, server_info
+from walg.postgres.backup_session import (
+    ArchiverStatus,
+    BackupSession,
+    BackupStart,
+    ServerInfo,
+    server_info,
+)
 from walg.postgres.connection import connect, query_one
 from walg.settings import Settings
 from walg.storage.base import Storage
@@ -205,7 +213,7 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
         )
     session, start = _start(conn, info, settings, storage)
     name = backup_name(start.segment_name)
-    log.info("backup %s started at LSN %s", name, _lsn(start.lsn))
+    log.info("backup %s started at LSN %s", name, format_lsn(start.lsn))
     try:
         result = _upload_backup(
             settings, storage, codec, session, info, start, name, pgdata, start_time
@@ -216,12 +224,6 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
         raise
     session.abort()
     return result
-
-
-def _lsn(lsn: int) -> str:
-    from walg.core.lsn import format_lsn
-
-    return format_lsn(lsn)
 
 
 def _start(
@@ -288,7 +290,23 @@ def _upload_backup(
         [(PG_CONTROL_MEMBER, control_bytes, walk.pg_control.mtime_ns // 1_000_000_000)],
     )
 
+    stop_started = time.monotonic()
+    archiving = not info.in_recovery and info.archive_mode != "off"
+    baseline = session.archiver_status() if archiving else None
     stop = session.stop(settings.stop_backup_timeout)
+    last_segment = Segment.before(start.timeline, stop.lsn, info.segment_size).name(
+        info.segment_size
+    )
+    if baseline is not None:
+        remaining = settings.stop_backup_timeout - (time.monotonic() - stop_started)
+        _wait_for_archived(storage, session, last_segment, baseline, remaining)
+    elif info.in_recovery:
+        log.info(
+            "backup taken on a standby: it is restorable once the primary has archived %s",
+            last_segment,
+        )
+    else:
+        log.warning("archive_mode is off: %s will not be archived", last_segment)
     label_name = with_ext("backup_label.tar", codec.extension)
     now = int(time.time())
     label_obj, label_sums, label_payload = _single_member_tar(
@@ -358,6 +376,49 @@ def _upload_backup(
         parts=len(collected.tar_sets),
         files=sum(1 for d in collected.files.values() if d.checksum is not None),
     )
+
+
+def _wait_for_archived(
+    storage: Storage,
+    session: BackupSession,
+    segment: str,
+    baseline: ArchiverStatus,
+    timeout: float,
+) -> None:
+    """Wait until ``segment`` (the last one the backup needs) is in storage.
+
+    A backup whose WAL is not archived cannot be restored, so exiting 0 before would be a lie.
+    Polls storage quickly at first; reports a failing ``archive_command`` as soon as
+    ``pg_stat_archiver`` shows it, and gives up after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + max(timeout, 1.0)
+    delay = 0.02
+    warned = False
+    next_status = time.monotonic() + 2.0
+    while find_wal_object(storage, segment) is None:
+        now = time.monotonic()
+        if now >= next_status:
+            next_status = now + 5.0
+            status = session.archiver_status()
+            if status.failing_since(baseline) and not warned:
+                warned = True
+                log.warning(
+                    "WAL archiving is failing (%s); the backup needs %s archived",
+                    status.describe(),
+                    segment,
+                )
+            else:
+                log.info("waiting for %s to be archived (%s)", segment, status.describe())
+        if now >= deadline:
+            status = session.archiver_status()
+            failing = "archive_command is FAILING; " if status.failing_since(baseline) else ""
+            raise PostgresError(
+                f"WAL segment {segment}, which this backup needs, was not archived to "
+                f"{storage.location} within the stop timeout (WALG_STOP_BACKUP_TIMEOUT): "
+                f"{failing}pg_stat_archiver: {status.describe()}; check archive_command"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _cleanup(storage: Storage, name: str) -> None:

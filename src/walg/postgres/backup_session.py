@@ -1,29 +1,27 @@
 """Non-exclusive base backup start and stop, per server version, on one connection.
 
-PostgreSQL 15+ has ``pg_backup_start``/``pg_backup_stop``; 9.6–14 the non-exclusive forms of
+PostgreSQL 15+ has ``pg_backup_start``/``pg_backup_stop``; 10–14 the non-exclusive forms of
 ``pg_start_backup``/``pg_stop_backup``. The backup lives as long as the connection, so a crash of
-walg aborts it on the server. The stop call waits for WAL archiving; it runs under a statement
-timeout and, while it waits, a second connection watches ``pg_stat_archiver`` so that broken
-archiving is reported instead of waited on forever. On a standby the timeline is checked at
-start and stop, and a promotion during the backup fails it.
+walg aborts it on the server. The stop call does not wait for archiving (the caller checks that
+the WAL reached storage, with a timeout, reading ``pg_stat_archiver`` to explain a delay) and
+runs under a statement timeout. On a standby the timeline is checked at start and stop, and a
+promotion during the backup fails it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from walg.core.lsn import Segment, format_lsn, parse_lsn
 from walg.errors import PostgresError
-from walg.postgres.connection import connect, first_line, query_one
+from walg.postgres.connection import first_line, query_one
 from walg.settings import PgConnection
 
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = 100000
-ARCHIVER_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,29 @@ class BackupStart:
     lsn: int
     timeline: int
     segment_name: str
+
+
+@dataclass(frozen=True)
+class ArchiverStatus:
+    failed_count: int
+    last_failed_wal: str
+    last_failed_time: str
+    last_archived_wal: str
+    last_archived_time: str
+
+    def failing_since(self, baseline: ArchiverStatus) -> bool:
+        """True when archiving failed after ``baseline`` and nothing was archived since."""
+        return self.failed_count > baseline.failed_count and (
+            self.last_failed_time > self.last_archived_time
+        )
+
+    def describe(self) -> str:
+        text = f"last archived {self.last_archived_wal or 'none'}"
+        if self.last_archived_time:
+            text += f" at {self.last_archived_time}"
+        if self.last_failed_wal:
+            text += f"; last failed {self.last_failed_wal} at {self.last_failed_time}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -108,48 +129,53 @@ class BackupSession:
         return self._started
 
     def stop(self, timeout: float) -> BackupStop:
+        """End the backup without letting the server wait for archiving.
+
+        The caller waits for the WAL the backup needs to reach storage itself (see
+        ``ops.backup_push``), which is faster than the server's one-second polling and can
+        report a broken archive_command instead of blocking.
+        """
         import psycopg
 
         if self._started is None:
             raise PostgresError("backup was not started")
         if self._info.version_num >= 150000:
-            sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+            sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         else:
-            sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
-        watcher = _ArchiverWatch(self._pg) if not self._info.in_recovery else None
+            sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         try:
             with self._conn.cursor() as cur:
                 cur.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-                if watcher is not None:
-                    watcher.start()
-                try:
-                    cur.execute(sql)
-                    row = cur.fetchone()
-                except psycopg.errors.QueryCanceled:
-                    status = watcher.describe() if watcher else ""
-                    raise PostgresError(
-                        f"stopping the backup did not finish within {timeout:.0f} s "
-                        "(WALG_STOP_BACKUP_TIMEOUT): PostgreSQL waits until the WAL the backup "
-                        f"needs is archived{status}; check archive_command"
-                    ) from None
-                except psycopg.Error as exc:
-                    message = first_line(exc)
-                    if "promoted" in message:
-                        raise PostgresError(
-                            "the standby was promoted while the backup was running: "
-                            f"the backup is not usable ({message})"
-                        ) from None
-                    raise PostgresError(f"stopping the backup failed: {message}") from None
+                cur.execute(sql)
+                row = cur.fetchone()
                 cur.execute("SET statement_timeout = 0")
-        finally:
-            if watcher is not None:
-                watcher.stop()
+        except psycopg.errors.QueryCanceled:
+            raise PostgresError(
+                f"stopping the backup did not finish within {timeout:.0f} s "
+                "(WALG_STOP_BACKUP_TIMEOUT)"
+            ) from None
+        except psycopg.Error as exc:
+            message = first_line(exc)
+            if "promoted" in message:
+                raise PostgresError(
+                    "the standby was promoted while the backup was running: "
+                    f"the backup is not usable ({message})"
+                ) from None
+            raise PostgresError(f"stopping the backup failed: {message}") from None
         if row is None:
             raise PostgresError("stopping the backup returned nothing")
         lsn_text, label_file, spcmap = row
         if self._info.in_recovery:
             self._check_still_standby()
         return BackupStop(parse_lsn(lsn_text), label_file or "", spcmap or "")
+
+    def archiver_status(self) -> ArchiverStatus:
+        row = query_one(
+            self._conn,
+            "SELECT failed_count, coalesce(last_failed_wal, ''), last_failed_time::text,"
+            " coalesce(last_archived_wal, ''), last_archived_time::text FROM pg_stat_archiver",
+        )
+        return ArchiverStatus(int(row[0]), row[1], row[2] or "", row[3], row[4] or "")
 
     def _check_still_standby(self) -> None:
         assert self._started is not None
@@ -173,67 +199,6 @@ class BackupSession:
             self._conn.close()
         except Exception as exc:  # pragma: no cover - best effort
             log.debug("closing the backup connection failed: %s", exc)
-
-
-class _ArchiverWatch:
-    """Polls pg_stat_archiver on its own connection while pg_backup_stop waits."""
-
-    def __init__(self, pg: PgConnection) -> None:
-        self._pg = pg
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="archiver-watch", daemon=True)
-        self._baseline: int | None = None
-        self._last: tuple[Any, ...] | None = None
-        self._warned = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            conn = connect(self._pg)
-        except PostgresError as exc:
-            log.debug("cannot watch the archiver: %s", exc)
-            return
-        try:
-            while not self._stop.is_set():
-                row = query_one(
-                    conn,
-                    "SELECT failed_count, last_failed_wal, last_failed_time,"
-                    " last_archived_wal, last_archived_time FROM pg_stat_archiver",
-                )
-                self._last = row
-                if self._baseline is None:
-                    self._baseline = int(row[0])
-                elif int(row[0]) > self._baseline and not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "WAL archiving is failing (last failed: %s at %s); "
-                        "the backup cannot finish until archive_command succeeds",
-                        row[1],
-                        row[2],
-                    )
-                self._stop.wait(ARCHIVER_POLL_SECONDS)
-        except PostgresError as exc:
-            log.debug("archiver watch stopped: %s", exc)
-        finally:
-            conn.close()
-
-    def describe(self) -> str:
-        row = self._last
-        if row is None:
-            return ""
-        failed_count, failed_wal, failed_time, archived_wal, archived_time = row
-        text = f"; pg_stat_archiver: last archived {archived_wal or 'none'}"
-        if archived_time:
-            text += f" at {archived_time}"
-        if failed_count and self._baseline is not None and int(failed_count) > self._baseline:
-            text += f", archiving FAILING: last failed {failed_wal} at {failed_time}"
-        return text
 
 
 def describe_lsn(lsn: int) -> str:
