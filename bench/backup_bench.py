@@ -4,9 +4,11 @@
 One run of this script, for each requested pgbench scale:
 
 1. creates a fresh PostgreSQL 15 cluster (run as the unprivileged user ``pgtest``; a port chosen
-   at run time, never 5432; ``jit=off``, ``archive_mode=on`` with ``archive_command=/bin/true``
-   so that stop-backup does not wait, ``wal_level=replica``), fills it with
-   ``pgbench -i -s SCALE`` and runs ``CHECKPOINT``;
+   at run time, never 5432; ``jit=off``, ``wal_level=replica``, fsync on, autovacuum off,
+   ``archive_mode=on`` with an ``archive_command`` that always succeeds: it does nothing, like
+   ``/bin/true``, so that stop-backup does not wait, except while walg-push is measured, when it
+   runs ``walg wal-push`` into walg's storage, because walg backup-push waits for the backup's
+   last WAL segment to be there), fills it with ``pgbench -i -s SCALE`` and runs ``CHECKPOINT``;
 2. measures, ``--repeat`` times on the same warm page cache and interleaved per repetition:
 
    * ``walg backup-push PGDATA`` to local storage (``WALG_FILE_PREFIX``, lz4),
@@ -28,9 +30,10 @@ What is measured for each step (the tool runs as a child of this script, in its 
   before each step so that one step's dirty pages are not flushed during the next one.
 * ``cpu_s``: user + system CPU of the tool's process tree, from ``os.wait4`` (the rusage of the
   child plus all its descendants that were waited for).
-* ``server_cpu_s``: CPU consumed meanwhile by the PostgreSQL server (postmaster's own, its
-  reaped children's, and its live children's utime+stime from /proc, delta over the step).
-  This matters for pg_basebackup, whose files are read and sent by a walsender in the server.
+* ``server_cpu_s``: CPU consumed meanwhile by the PostgreSQL server tree (utime+stime+cutime+
+  cstime of its live processes from /proc, delta over the step). This matters for
+  pg_basebackup, whose files are read and sent by a walsender in the server, and for walg-push,
+  whose last WAL segment is pushed by ``walg wal-push`` run by the server's archiver.
 * ``peak_rss_mb``: the maximum over time of the SUM of the resident set sizes (VmRSS, from
   /proc/PID/statm) of the tool's process and all its descendants, sampled every 20 ms by scanning
   /proc. Shared pages (libraries, fork-shared memory) are counted once per process, so this
@@ -60,6 +63,7 @@ import json
 import os
 import platform
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -250,7 +254,12 @@ def pss_bytes(pid: int) -> int:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU of a process, of its reaped children and of its live descendants (from /proc)."""
+    """CPU of a live process tree including everything its members have reaped (from /proc).
+
+    A reaped process's CPU lands in its reaper's cutime/cstime, so summing own + children's
+    time over the live members counts every process, dead or alive, exactly once (e.g. the
+    archive_command children of the archiver).
+    """
     table = process_table()
     total = 0
     for pid in descendants(root, table):
@@ -258,9 +267,7 @@ def tree_cpu_seconds(root: int) -> float:
         if fields is None:
             continue
         # utime, stime, cutime, cstime are fields 14-17 of stat, i.e. 11-14 after the name.
-        total += int(fields[11]) + int(fields[12])
-        if pid == root:
-            total += int(fields[13]) + int(fields[14])
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / CLK_TCK
 
 
@@ -481,8 +488,11 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, user: PgUser, bindir: Path, datadir: Path, sockdir: Path) -> None:
+    def __init__(
+        self, user: PgUser, bindir: Path, datadir: Path, sockdir: Path, archive_command: str
+    ) -> None:
         self.user = user
+        self.archive_command = archive_command
         self.bindir = bindir
         self.datadir = datadir
         self.sockdir = sockdir
@@ -526,10 +536,13 @@ class Cluster:
             "wal_level": "replica",
             "max_wal_senders": "4",
             "archive_mode": "on",
-            "archive_command": "'/bin/true'",
+            "archive_command": "'" + self.archive_command.replace("'", "''") + "'",
             "shared_buffers": "128MB",
             "max_wal_size": "2GB",
             "logging_collector": "off",
+            # pgbench -i vacuums; autovacuum would only add background noise and change
+            # catalog files (template1's pg_statistic) between a backup and its verification.
+            "autovacuum": "off",
         }
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# walg backup benchmark\n")
@@ -684,7 +697,8 @@ class Bench:
         sdir = self.user.mkdir(self.rundir / f"scale-{scale}", 0o755)
         datadir = sdir / "pgdata"
         sockdir = self.user.mkdir(sdir / "sock", 0o755)
-        cluster = Cluster(self.user, self.bindir, datadir, sockdir)
+        archive_script = self.write_archive_script(sdir)
+        cluster = Cluster(self.user, self.bindir, datadir, sockdir, f"{archive_script} %p")
         self.cluster = cluster
         try:
             log(f"scale {scale}: initdb + start on port {cluster.port}")
@@ -712,6 +726,42 @@ class Bench:
             self.cluster = None
             self.remove(sdir)
 
+    def write_archive_script(self, sdir: Path) -> Path:
+        """The cluster's archive_command: /bin/true, except while walg is measured.
+
+        walg backup-push (like WAL-G with archive checking) does not finish before the last WAL
+        segment of the backup is in its storage, so while walg-push runs, sdir/archive-target
+        names walg's storage and the segments go there with `walg wal-push` (run by the
+        server's archiver: its CPU shows in the server CPU, not in walg's). Otherwise the
+        script does nothing. It always exits 0, so that a broken walg cannot stall the other
+        tools' stop-backup (walg-push then fails on its own stop timeout).
+        """
+        target = sdir / "archive-target"
+        target.write_text("")
+        target.chmod(0o644)
+        extra = "".join(
+            f"export {shlex.quote(kv)}\n"
+            for kv in ["WALG_COMPRESSION_METHOD=lz4", *self.args.walg_env]
+        )
+        q_log = shlex.quote(str(sdir / "archive.log"))
+        script = sdir / "archive.sh"
+        script.write_text(
+            "#!/bin/sh\n"
+            "# archive_command of the walg benchmark cluster (see backup_bench.py)\n"
+            f"target=$(cat {shlex.quote(str(target))} 2>/dev/null)\n"
+            '[ -n "$target" ] || exit 0\n'
+            'export WALG_FILE_PREFIX="$target"\n'
+            f"{extra}"
+            f'{shlex.quote(str(self.walg))} wal-push "$1" >>{q_log} 2>&1 || '
+            f'echo "wal-push $1 failed with exit code $?" >>{q_log}\n'
+            "exit 0\n"
+        )
+        script.chmod(0o755)
+        return script
+
+    def set_archive_target(self, sdir: Path, store: Path | None) -> None:
+        (sdir / "archive-target").write_text(f"{store}\n" if store is not None else "")
+
     def run_rep(self, cluster: Cluster, sdir: Path, scale: int, rep: int) -> None:
         env = cluster.env()
         pid = cluster.pid
@@ -723,8 +773,10 @@ class Bench:
             **env,
             "WALG_FILE_PREFIX": str(store),
             "WALG_COMPRESSION_METHOD": "lz4",
+            "WALG_STOP_BACKUP_TIMEOUT": "300",
             **dict(kv.split("=", 1) for kv in self.args.walg_env),
         }
+        self.set_archive_target(sdir, store)
         push = self.record(
             self.measurer.run(
                 "walg-push",
@@ -758,6 +810,7 @@ class Bench:
             self.remove(dest)
         else:
             self.skipped("walg-fetch", scale, rep, "walg-push failed")
+        self.set_archive_target(sdir, None)
         self.remove(store)
 
         # 3: pg_basebackup
@@ -1125,7 +1178,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sizes",
         type=parse_scales,
         default=[100],
-        help="comma-separated pgbench scales, one cluster each (default 100 = ~1.5 GB PGDATA)",
+        help="comma-separated pgbench scales, one cluster each "
+        "(default 100: ~1.5 GB of relation data, PGDATA ~2.7 GB with pg_wal)",
     )
     p.add_argument("--repeat", type=int, default=3, help="runs per step; medians are reported")
     p.add_argument(
