@@ -1,0 +1,37 @@
+"""Fixtures shared by the unit tests: real storage backends (no mocks) and logging hygiene."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from walg.storage.base import Storage
+from walg.storage.file import FileStorage
+from walg.storage.memory import MemoryStorage
+
+
+def make_storage(kind: str, tmp_path: Path) -> Storage:
+    if kind == "memory":
+        return MemoryStorage()
+    return FileStorage(tmp_path / "store")
+
+
+@pytest.fixture(params=["memory", "file"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    """Every backend that needs no server: the contract and the ops run against both."""
+    backend = make_storage(request.param, tmp_path)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """The CLI replaces the root logger's handlers; put them back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -1,0 +1,176 @@
+"""walg.ops.catalog: which backups exist, LATEST, and WAL-G's rules for reading their documents."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from walg.core import naming
+from walg.core.metadata import FilesMetadata
+from walg.errors import BackupNotFound, IntegrityError
+from walg.ops import catalog
+from walg.storage.base import Storage
+from walg.storage.file import FileStorage
+
+GOLDEN = Path(__file__).parent / "golden"
+OLD = "base_000000010000000000000002"
+NEW = "base_000000010000000000000009"  # larger name
+MID = "base_000000010000000000000005_D_000000010000000000000002"
+
+
+def put_sentinel(storage: Storage, name: str, golden: str = "sentinel_v2_full.json") -> None:
+    storage.put_bytes(naming.sentinel_key(name), (GOLDEN / golden).read_bytes())
+
+
+def set_mtime(storage: Storage, name: str, seconds: int) -> None:
+    if isinstance(storage, FileStorage):
+        path = storage.root / naming.sentinel_key(name)
+        os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
+
+
+def test_empty_storage_lists_nothing_and_latest_is_not_found(storage: Storage) -> None:
+    assert catalog.list_backups(storage) == []
+    with pytest.raises(BackupNotFound) as info:
+        catalog.resolve(storage, catalog.LATEST)
+    assert info.value.exit_code == 74
+
+
+def test_list_orders_by_sentinel_modified_time_not_by_name(storage: Storage) -> None:
+    # Written newest-name first, so the lexicographically largest name is the oldest backup.
+    put_sentinel(storage, NEW)
+    set_mtime(storage, NEW, 1_700_000_000)
+    put_sentinel(storage, MID, "sentinel_v2_delta.json")
+    set_mtime(storage, MID, 1_700_000_100)
+    put_sentinel(storage, OLD)
+    set_mtime(storage, OLD, 1_700_000_200)
+    refs = catalog.list_backups(storage)
+    assert [r.name for r in refs] == [NEW, MID, OLD]
+    assert refs[0].modified < refs[1].modified < refs[2].modified
+    assert [r.wal_file_name for r in refs] == [
+        "000000010000000000000009",
+        "000000010000000000000005",
+        "000000010000000000000002",
+    ]
+    assert catalog.resolve(storage, "LATEST") == OLD
+
+
+def test_latest_follows_a_rewritten_sentinel(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    set_mtime(storage, OLD, 1_700_000_000)
+    put_sentinel(storage, NEW)
+    set_mtime(storage, NEW, 1_700_000_100)
+    assert catalog.resolve(storage, "LATEST") == NEW
+    put_sentinel(storage, OLD)  # re-uploaded (e.g. copied): now the newest sentinel
+    set_mtime(storage, OLD, 1_700_000_200)
+    assert catalog.resolve(storage, "LATEST") == OLD
+
+
+def test_only_sentinels_directly_in_basebackups_count(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    # A folder without sentinel is garbage from an unfinished backup.
+    storage.put_bytes(naming.metadata_key(NEW), b"{}")
+    storage.put_bytes(naming.partitions_prefix(NEW) + "part_001.tar.lz4", b"x")
+    storage.put_bytes(f"basebackups_005/{NEW}/nested_backup_stop_sentinel.json", b"{}")
+    storage.put_bytes(f"wal_005/{NEW}_backup_stop_sentinel.json", b"{}")
+    storage.put_bytes("basebackups_005/README", b"not a backup")
+    assert [r.name for r in catalog.list_backups(storage)] == [OLD]
+    with pytest.raises(BackupNotFound):
+        catalog.resolve(storage, NEW)
+
+
+def test_backup_without_wal_token_gets_wal_g_placeholder(storage: Storage) -> None:
+    put_sentinel(storage, "custom_name")
+    assert catalog.list_backups(storage)[0].wal_file_name == "Z" * 24
+
+
+def test_resolve_by_name(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    assert catalog.resolve(storage, OLD) == OLD
+
+
+@pytest.mark.parametrize(
+    "name",
+    [NEW, "", "base_000000010000000000000002/", "../base_000000010000000000000002", "latest"],
+)
+def test_resolve_missing_backup_is_backup_not_found(storage: Storage, name: str) -> None:
+    put_sentinel(storage, OLD)
+    with pytest.raises(BackupNotFound) as info:
+        catalog.resolve(storage, name)
+    assert info.value.exit_code == 74
+
+
+def test_read_sentinel(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    sentinel = catalog.read_sentinel(storage, OLD)
+    assert sentinel.lsn == 50331688
+    with pytest.raises(BackupNotFound):
+        catalog.read_sentinel(storage, NEW)
+
+
+def test_unreadable_sentinel_is_an_integrity_error_naming_the_backup(storage: Storage) -> None:
+    storage.put_bytes(naming.sentinel_key(OLD), b'{"LSN": "not a number"')
+    with pytest.raises(IntegrityError) as info:
+        catalog.read_sentinel(storage, OLD)
+    assert OLD in str(info.value)
+
+
+def test_read_metadata(storage: Storage) -> None:
+    assert catalog.read_metadata(storage, OLD) is None
+    storage.put_bytes(naming.metadata_key(OLD), (GOLDEN / "metadata.json").read_bytes())
+    meta = catalog.read_metadata(storage, OLD)
+    assert meta is not None and meta.start_lsn == 50331688
+    storage.put_bytes(naming.metadata_key(NEW), b"[]")
+    with pytest.raises(IntegrityError):
+        catalog.read_metadata(storage, NEW)
+
+
+def test_files_metadata_present(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    storage.put_bytes(naming.files_metadata_key(OLD), (GOLDEN / "files_metadata.json").read_bytes())
+    sentinel = catalog.read_sentinel(storage, OLD)
+    files = catalog.read_files_metadata(storage, OLD, sentinel)
+    assert "/base/16384/2619" in files.files
+    assert files.files["/base/16384/2619"].is_incremented
+
+
+def test_files_metadata_missing_for_v2_sentinel_is_an_error(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    sentinel = catalog.read_sentinel(storage, OLD)
+    with pytest.raises(IntegrityError) as info:
+        catalog.read_files_metadata(storage, OLD, sentinel)
+    assert OLD in str(info.value)
+
+
+def test_files_metadata_disabled_means_empty(storage: Storage) -> None:
+    storage.put_bytes(
+        naming.sentinel_key(OLD),
+        b'{"LSN":1,"FinishLSN":2,"PgVersion":160000,"FilesMetadataDisabled":true,"Version":2}',
+    )
+    sentinel = catalog.read_sentinel(storage, OLD)
+    assert catalog.read_files_metadata(storage, OLD, sentinel) == FilesMetadata.empty()
+
+
+def test_old_walg_sentinel_carries_files_itself(storage: Storage) -> None:
+    put_sentinel(storage, MID, "sentinel_walg_1x.json")
+    sentinel = catalog.read_sentinel(storage, MID)
+    files = catalog.read_files_metadata(storage, MID, sentinel)
+    assert set(files.files) == {"/", "/PG_VERSION", "/base/1/1259"}
+    assert files.files["/base/1/1259"].is_incremented
+
+
+def test_wale_sentinel_without_files_means_unwrap_everything(storage: Storage) -> None:
+    name = "base_000000010000000000000004_00000028"
+    put_sentinel(storage, name, "sentinel_wale.json")
+    sentinel = catalog.read_sentinel(storage, name)
+    assert catalog.read_files_metadata(storage, name, sentinel) == FilesMetadata.empty()
+    assert [r.name for r in catalog.list_backups(storage)] == [name]
+
+
+def test_unreadable_files_metadata_is_an_integrity_error(storage: Storage) -> None:
+    put_sentinel(storage, OLD)
+    storage.put_bytes(naming.files_metadata_key(OLD), b'{"Files": [1, 2]}')
+    sentinel = catalog.read_sentinel(storage, OLD)
+    with pytest.raises(IntegrityError):
+        catalog.read_files_metadata(storage, OLD, sentinel)

@@ -1,0 +1,217 @@
+"""walg.cli.main.main in-process: exit codes and stderr, with the environment set per test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from walg import __version__
+from walg.cli.main import main
+
+SEG = "000000010000000000000007"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No WAL-G/PG settings from the outer environment; HOME without a ~/.walg.* file."""
+    for name in list(os.environ):
+        if name.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    # No detached wal-prefetch children outliving the test.
+    monkeypatch.setenv("WALG_DOWNLOAD_CONCURRENCY", "1")
+    return tmp_path
+
+
+@pytest.fixture
+def file_store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    store = clean_env / "store"
+    monkeypatch.setenv("WALG_FILE_PREFIX", str(store))
+    return store
+
+
+def stderr_lines(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
+    captured = capsys.readouterr()
+    return captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def test_missing_storage_prefix_exits_78(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["wal-fetch", SEG, str(clean_env / "out")])
+    out, err = stderr_lines(capsys)
+    assert code == 78
+    assert out == ""
+    assert len(err) == 1
+    assert "WALG_FILE_PREFIX" in err[0]
+    assert not (clean_env / "out").exists()
+
+
+def test_wal_fetch_missing_exits_74_with_one_stderr_line(
+    file_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = file_store.parent / "RECOVERYXLOG"
+    code = main(["wal-fetch", SEG, str(dest)])
+    out, err = stderr_lines(capsys)
+    assert code == 74
+    assert out == ""
+    assert len(err) == 1, err
+    assert SEG in err[0]
+    assert not dest.exists()
+
+
+def test_wal_push_then_fetch_round_trip(
+    file_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pg_wal = file_store.parent / "pg_wal"
+    pg_wal.mkdir()
+    data = os.urandom(4096) * 64
+    (pg_wal / SEG).write_bytes(data)
+    assert main(["wal-push", str(pg_wal / SEG)]) == 0
+    assert (file_store / "wal_005" / f"{SEG}.lz4").is_file()
+    dest = file_store.parent / "RECOVERYXLOG"
+    assert main(["wal-fetch", SEG, str(dest)]) == 0
+    assert dest.read_bytes() == data
+    out, err = stderr_lines(capsys)
+    assert out == ""
+    assert not any(line.startswith("ERROR") for line in err)
+
+
+def test_wal_push_of_different_content_fails_below_126(
+    file_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, content in enumerate((b"first", b"second")):
+        directory = file_store.parent / f"wal{i}"
+        directory.mkdir()
+        (directory / SEG).write_bytes(content)
+        code = main(["wal-push", str(directory / SEG)])
+    _, err = stderr_lines(capsys)
+    assert code not in (0, 74)
+    assert 0 < code < 126
+    assert err[-1].startswith("ERROR:")
+    assert SEG in err[-1]
+
+
+def test_wal_push_bad_name_fails(file_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = file_store.parent / "not-a-wal-file"
+    bad.write_bytes(b"x")
+    code = main(["wal-push", str(bad)])
+    _, err = stderr_lines(capsys)
+    assert code not in (0, 74) and code < 126
+    assert "not-a-wal-file" in err[-1]
+    assert not (file_store / "wal_005").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WALG_COMPRESSION_METHOD", "gzip"),
+        ("WALG_UPLOAD_CONCURRENCY", "lots"),
+        ("WALG_S3_PREFIX", "s3://bucket/path"),  # a second prefix beside WALG_FILE_PREFIX
+    ],
+)
+def test_bad_configuration_exits_78_naming_the_variable(
+    file_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    code = main(["wal-fetch", SEG, str(file_store.parent / "out")])
+    _, err = stderr_lines(capsys)
+    assert code == 78
+    assert len(err) == 1
+    assert variable in err[0]
+
+
+def test_missing_config_file_exits_78(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = clean_env / "nope.json"
+    code = main(["--config", str(missing), "wal-fetch", SEG, str(clean_env / "out")])
+    _, err = stderr_lines(capsys)
+    assert code == 78
+    assert str(missing) in err[0]
+
+
+def test_config_file_supplies_the_prefix(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = clean_env / "walg.json"
+    store = clean_env / "from-config"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
+    code = main(["--config", str(config), "wal-fetch", SEG, str(clean_env / "out")])
+    assert code == 74  # storage configured (from the file), the file is just not archived
+    _, err = stderr_lines(capsys)
+    assert len(err) == 1
+
+
+def test_password_never_printed_on_errors(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "hunter2-very-secret")
+    monkeypatch.setenv("PGPORT", "not-a-port")
+    code = main(["wal-fetch", SEG, str(clean_env / "out")])
+    captured = capsys.readouterr()
+    assert code == 78
+    assert "hunter2-very-secret" not in captured.err + captured.out
+
+
+def test_usage_errors_exit_2(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["no-such-command"], ["wal-fetch", SEG]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_version(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"walg {__version__}"
+
+
+def test_backup_list_empty_and_one(file_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backup-list"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["backup-list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    name = "base_000000010000000000000003"
+    sentinel = file_store / "basebackups_005" / f"{name}_backup_stop_sentinel.json"
+    sentinel.parent.mkdir(parents=True)
+    sentinel.write_bytes((GOLDEN / "sentinel_v2_full.json").read_bytes())
+    os.utime(sentinel, (1_766_196_019, 1_766_196_019))
+    assert main(["backup-list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["backup_name", "modified", "wal_file_name", "storage_name"]
+    assert lines[1].split() == [
+        name,
+        "2025-12-20T02:00:19Z",
+        "000000010000000000000003",
+        "default",
+    ]
+    assert main(["backup-list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == [
+        {
+            "backup_name": name,
+            "time": "2025-12-20T02:00:19Z",
+            "wal_file_name": "000000010000000000000003",
+            "storage_name": "default",
+        }
+    ]
+
+
+def test_backup_fetch_of_missing_backup_exits_74(
+    file_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["backup-fetch", str(file_store.parent / "restore"), "LATEST"])
+    _, err = stderr_lines(capsys)
+    assert code == 74
+    assert err[-1].startswith("ERROR:")

@@ -1,0 +1,426 @@
+"""walg.settings.load: WAL-G's environment names, config files, validation and redaction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from walg import settings as settings_module
+from walg.errors import ConfigError
+from walg.settings import load
+
+SECRET = "s3cr3t-PGPASSWORD-value"
+
+
+def env(tmp_path: Path, **values: str) -> dict[str, str]:
+    """An environment with HOME pointing at an empty directory (no ~/.walg.* picked up)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), **values}
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path))
+    assert s.storage_kind is None
+    assert s.storage_prefix is None
+    assert s.compression == "lz4"
+    assert s.upload_concurrency == 16
+    assert s.upload_disk_concurrency is None
+    assert s.download_concurrency == 10
+    assert s.tar_size_threshold == 1073741823
+    assert s.sentinel_user_data is None
+    assert s.pgdata is None
+    assert s.prevent_wal_overwrite is True  # walg: archived WAL is immutable by default
+    assert s.stop_backup_timeout == settings_module.DEFAULT_STOP_BACKUP_TIMEOUT
+    assert s.tar_disable_fsync is False
+    assert s.log_level == "NORMAL"
+    assert s.config_file is None
+    assert s.pg.application_name == "walg"
+    assert s.pg.libpq_kwargs() == {
+        "application_name": "walg",
+        "connect_timeout": 30,
+        "dbname": "postgres",
+    }
+    with pytest.raises(ConfigError) as info:
+        s.require_storage()
+    assert "WALG_FILE_PREFIX" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["WALG_FILE_PREFIX", "WALE_FILE_PREFIX"])
+def test_file_prefix(tmp_path: Path, name: str) -> None:
+    s = load(environ=env(tmp_path, **{name: "/var/backups/pg"}))
+    assert s.storage_kind == "file"
+    assert s.storage_prefix == "/var/backups/pg"
+    assert s.storage_prefix_key == name
+    assert s.require_storage() == ("file", "/var/backups/pg")
+
+
+def test_walg_prefix_wins_over_wale_spelling_of_the_same_storage(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_FILE_PREFIX="/new", WALE_FILE_PREFIX="/old"))
+    assert (s.storage_prefix, s.storage_prefix_key) == ("/new", "WALG_FILE_PREFIX")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("WALG_FILE_PREFIX", "WALG_S3_PREFIX"),
+        ("WALE_S3_PREFIX", "WALG_GS_PREFIX"),
+        ("WALG_SSH_PREFIX", "WALE_FILE_PREFIX"),
+    ],
+)
+def test_two_storage_prefixes_are_an_error_naming_both(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, **{first: "x://a", second: "y://b"}))
+    assert first in str(info.value)
+    assert second in str(info.value)
+
+
+def test_empty_prefix_is_unset(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_FILE_PREFIX="", WALG_S3_PREFIX="  "))
+    assert s.storage_kind is None
+
+
+def test_storage_subfolder(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_FILE_PREFIX="/b", WALG_STORAGE_PREFIX="/sub/dir/"))
+    assert s.storage_subfolder == "sub/dir"
+
+
+@pytest.mark.parametrize("method", ["lz4", "lzma", "zstd", "brotli", "none", "LZ4"])
+def test_known_compression_methods(tmp_path: Path, method: str) -> None:
+    assert load(environ=env(tmp_path, WALG_COMPRESSION_METHOD=method)).compression == (
+        method.lower()
+    )
+
+
+def test_bad_compression_method_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, WALG_COMPRESSION_METHOD="gzip"))
+    assert "WALG_COMPRESSION_METHOD" in str(info.value)
+    assert "gzip" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WALG_UPLOAD_CONCURRENCY",
+        "WALG_DOWNLOAD_CONCURRENCY",
+        "WALG_UPLOAD_DISK_CONCURRENCY",
+        "WALG_TAR_SIZE_THRESHOLD",
+    ],
+)
+@pytest.mark.parametrize("value", ["many", "1.5", "-4", "0"])
+def test_bad_integers_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, **{name: value}))
+    assert name in str(info.value)
+
+
+def test_integers_are_parsed(tmp_path: Path) -> None:
+    s = load(
+        environ=env(
+            tmp_path,
+            WALG_UPLOAD_CONCURRENCY="3",
+            WALG_DOWNLOAD_CONCURRENCY=" 7 ",
+            WALG_UPLOAD_DISK_CONCURRENCY="2",
+            WALG_TAR_SIZE_THRESHOLD="1000000",
+        )
+    )
+    assert (s.upload_concurrency, s.download_concurrency) == (3, 7)
+    assert s.upload_disk_concurrency == 2
+    assert s.tar_size_threshold == 1000000
+
+
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("FALSE", False), ("1", True)])
+def test_booleans(tmp_path: Path, raw: str, value: bool) -> None:
+    s = load(environ=env(tmp_path, WALG_PREVENT_WAL_OVERWRITE=raw, WALG_TAR_DISABLE_FSYNC=raw))
+    assert s.prevent_wal_overwrite is value
+    assert s.tar_disable_fsync is value
+
+
+def test_bad_boolean_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, WALG_PREVENT_WAL_OVERWRITE="maybe"))
+    assert "WALG_PREVENT_WAL_OVERWRITE" in str(info.value)
+
+
+def test_sentinel_user_data_json(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA='{"env": "prod", "n": [1, 2]}'))
+    assert s.sentinel_user_data == {"env": "prod", "n": [1, 2]}
+    assert load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA="42")).sentinel_user_data == 42
+
+
+def test_sentinel_user_data_not_json_is_kept_as_a_string(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA="nightly backup"))
+    assert s.sentinel_user_data == "nightly backup"
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("30s", 30.0),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        ("1.5h", 5400.0),
+        ("250ms", 0.25),
+        ("45", 45.0),
+        ("2m0.5s", 120.5),
+    ],
+)
+def test_stop_backup_timeout_durations(tmp_path: Path, raw: str, seconds: float) -> None:
+    s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT=raw))
+    assert s.stop_backup_timeout == pytest.approx(seconds)
+
+
+def test_stop_backup_timeout_zero_means_bounded_default(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT="0"))
+    assert s.stop_backup_timeout == settings_module.DEFAULT_STOP_BACKUP_TIMEOUT
+    assert s.stop_backup_timeout > 0
+
+
+@pytest.mark.parametrize("raw", ["soon", "5 minutes", "10x", "s", "1m-3s"])
+def test_bad_duration_names_the_variable(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT=raw))
+    assert "WALG_STOP_BACKUP_TIMEOUT" in str(info.value)
+
+
+# --- config files -----------------------------------------------------------------------------
+
+
+CONFIG_TEXTS = {
+    "walg.json": json.dumps(
+        {
+            "WALG_FILE_PREFIX": "/from/file",
+            "WALG_COMPRESSION_METHOD": "none",
+            "WALG_UPLOAD_CONCURRENCY": 4,
+            "WALG_PREVENT_WAL_OVERWRITE": False,
+            "WALG_SENTINEL_USER_DATA": {"from": "file"},
+            "PGHOST": "db.example",
+            "PGPORT": 6543,
+            "PGUSER": "backup",
+            "PGDATABASE": "app",
+            "PGPASSWORD": SECRET,
+            "WALG_S3_SSE": "aws:kms",
+        }
+    ),
+    "walg.yaml": (
+        "WALG_FILE_PREFIX: /from/file\n"
+        "WALG_COMPRESSION_METHOD: none\n"
+        "WALG_UPLOAD_CONCURRENCY: 4\n"
+        "WALG_PREVENT_WAL_OVERWRITE: false\n"
+        "WALG_SENTINEL_USER_DATA:\n  from: file\n"
+        "PGHOST: db.example\n"
+        "PGPORT: 6543\n"
+        "PGUSER: backup\n"
+        "PGDATABASE: app\n"
+        f"PGPASSWORD: {SECRET}\n"
+        "WALG_S3_SSE: aws:kms\n"
+    ),
+    "walg.toml": (
+        'WALG_FILE_PREFIX = "/from/file"\n'
+        'WALG_COMPRESSION_METHOD = "none"\n'
+        "WALG_UPLOAD_CONCURRENCY = 4\n"
+        "WALG_PREVENT_WAL_OVERWRITE = false\n"
+        'PGHOST = "db.example"\n'
+        "PGPORT = 6543\n"
+        'PGUSER = "backup"\n'
+        'PGDATABASE = "app"\n'
+        f'PGPASSWORD = "{SECRET}"\n'
+        'WALG_S3_SSE = "aws:kms"\n'
+        "[WALG_SENTINEL_USER_DATA]\n"
+        'from = "file"\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("file_name", sorted(CONFIG_TEXTS))
+def test_config_file_formats(tmp_path: Path, file_name: str) -> None:
+    path = tmp_path / file_name
+    path.write_text(CONFIG_TEXTS[file_name])
+    s = load(environ=env(tmp_path), config_path=str(path))
+    assert s.config_file == str(path)
+    assert s.storage_kind == "file"
+    assert s.storage_prefix == "/from/file"
+    assert s.compression == "none"
+    assert s.upload_concurrency == 4
+    assert s.prevent_wal_overwrite is False
+    assert s.sentinel_user_data == {"from": "file"}
+    assert s.lookup("S3_SSE") == "aws:kms"
+    kwargs = s.pg.libpq_kwargs()
+    assert kwargs["host"] == "db.example"
+    assert kwargs["port"] == 6543
+    assert kwargs["user"] == "backup"
+    assert kwargs["dbname"] == "app"
+    assert kwargs["password"] == SECRET
+    assert SECRET not in repr(s)
+
+
+@pytest.mark.parametrize("file_name", sorted(CONFIG_TEXTS))
+def test_environment_wins_over_config_file(tmp_path: Path, file_name: str) -> None:
+    path = tmp_path / file_name
+    path.write_text(CONFIG_TEXTS[file_name])
+    s = load(
+        environ=env(
+            tmp_path,
+            WALG_COMPRESSION_METHOD="lz4",
+            WALG_UPLOAD_CONCURRENCY="9",
+            PGHOST="db.env",
+        ),
+        config_path=str(path),
+    )
+    assert s.compression == "lz4"
+    assert s.upload_concurrency == 9
+    assert s.pg.libpq_kwargs()["host"] == "db.env"
+    assert s.storage_prefix == "/from/file"  # not set in the environment: the file's value
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"WALG_FILE_PREFIX": "/via/env/path"}))
+    s = load(environ=env(tmp_path, WALG_CONFIG_PATH=str(path)))
+    assert s.storage_prefix == "/via/env/path"
+    assert s.config_file == str(path)
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(missing))
+    assert str(missing) in str(info.value)
+    with pytest.raises(ConfigError):
+        load(environ=env(tmp_path, WALG_CONFIG_PATH=str(missing)))
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text"),
+    [
+        ("bad.json", "{not json"),
+        ("bad.yaml", "a: [unclosed"),
+        ("bad.toml", "a = "),
+        ("list.json", "[1, 2]"),
+    ],
+)
+def test_malformed_config_file_is_a_config_error(tmp_path: Path, file_name: str, text: str) -> None:
+    path = tmp_path / file_name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_home_walg_json_is_used_by_default(tmp_path: Path) -> None:
+    environ = env(tmp_path)
+    home_config = Path(environ["HOME"]) / ".walg.json"
+    home_config.write_text(json.dumps({"WALG_FILE_PREFIX": "/from/home", "PGPORT": "7000"}))
+    s = load(environ=environ)
+    assert s.config_file == str(home_config)
+    assert s.storage_prefix == "/from/home"
+    assert s.pg.port == 7000
+
+
+def test_home_yaml_is_used_when_there_is_no_json(tmp_path: Path) -> None:
+    environ = env(tmp_path)
+    (Path(environ["HOME"]) / ".walg.yaml").write_text("WALG_FILE_PREFIX: /yaml/home\n")
+    assert load(environ=environ).storage_prefix == "/yaml/home"
+
+
+def test_no_home_no_config(tmp_path: Path) -> None:
+    s = load(environ={"WALG_FILE_PREFIX": "/x"})
+    assert s.config_file is None
+
+
+def test_empty_environment_value_does_not_hide_config_file_value(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"WALG_FILE_PREFIX": "/from/file"}))
+    s = load(environ=env(tmp_path, WALG_FILE_PREFIX=""), config_path=str(path))
+    assert s.storage_prefix == "/from/file"
+
+
+# --- PG connection and secrets ----------------------------------------------------------------
+
+
+def test_pg_environment_reaches_libpq_kwargs(tmp_path: Path) -> None:
+    s = load(
+        environ=env(
+            tmp_path,
+            PGHOST="/run/postgresql",
+            PGPORT="5433",
+            PGUSER="postgres",
+            PGPASSWORD=SECRET,
+            PGDATABASE="db",
+            PGSSLMODE="require",
+            PGAPPNAME="myapp",
+            PGCONNECT_TIMEOUT="5",
+            PGDATA="/pgdata",
+        )
+    )
+    assert s.pg.libpq_kwargs() == {
+        "application_name": "myapp",
+        "connect_timeout": 5,
+        "host": "/run/postgresql",
+        "port": 5433,
+        "user": "postgres",
+        "password": SECRET,
+        "sslmode": "require",
+        "dbname": "db",
+    }
+    assert s.pgdata == "/pgdata"
+    assert s.require_pgdata(None) == "/pgdata"
+    assert s.require_pgdata("/other") == "/other"
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000", "-1"])
+def test_bad_pgport(tmp_path: Path, port: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, PGPORT=port))
+    assert "PGPORT" in str(info.value)
+
+
+def test_require_pgdata_without_pgdata(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load(environ=env(tmp_path)).require_pgdata(None)
+
+
+def test_repr_never_contains_the_password(tmp_path: Path) -> None:
+    s = load(
+        environ=env(
+            tmp_path,
+            PGPASSWORD=SECRET,
+            WALG_FILE_PREFIX="/b",
+            AWS_SECRET_ACCESS_KEY="aws-" + SECRET,
+        )
+    )
+    assert s.pg.password == SECRET
+    assert SECRET not in repr(s)
+    assert SECRET not in str(s)
+    assert SECRET not in repr(s.pg)
+
+
+def test_errors_never_contain_the_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path, PGPASSWORD=SECRET, PGPORT="bad", WALG_COMPRESSION_METHOD="x"))
+    assert SECRET not in str(info.value)
+
+
+def test_lookup_order_walg_then_wale_then_bare(tmp_path: Path) -> None:
+    all_three = env(tmp_path, WALG_S3_SSE="g", WALE_S3_SSE="e", S3_SSE="bare")
+    assert load(environ=all_three).lookup("S3_SSE") == "g"
+    wale_and_bare = env(tmp_path, WALE_S3_SSE="e", S3_SSE="bare")
+    assert load(environ=wale_and_bare).lookup("S3_SSE") == "e"
+    assert load(environ=env(tmp_path, S3_SSE="bare")).lookup("S3_SSE") == "bare"
+    assert load(environ=env(tmp_path, WALG_S3_SSE="", S3_SSE="bare")).lookup("S3_SSE") == "bare"
+    assert load(environ=env(tmp_path)).lookup("S3_SSE") is None
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path))
+    with pytest.raises(AttributeError):
+        s.compression = "none"  # type: ignore[misc]
+
+
+def test_log_level(tmp_path: Path) -> None:
+    assert load(environ=env(tmp_path, WALG_LOG_LEVEL="devel")).log_level == "DEVEL"
