@@ -112,6 +112,9 @@ class Settings:
     prevent_wal_overwrite: bool
     stop_backup_timeout: float
     tar_disable_fsync: bool
+    total_bg_uploaded_limit: int
+    prefetch_dir: str | None
+    wal_segment_size: int
     log_level: str
     config_file: str | None
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -343,6 +346,9 @@ def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),
         stop_backup_timeout=stop_timeout,
         tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),
+        total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=0),
+        prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
+        wal_segment_size=_int(values, "WALG_PG_WAL_SIZE", 16) * 1024 * 1024,
         log_level=values.get("WALG_LOG_LEVEL", "").strip().upper() or "NORMAL",
         config_file=config_file,
         values=dict(values),

@@ -1,8 +1,15 @@
-"""``walg wal-fetch NAME DEST`` (for ``restore_command = 'walg wal-fetch %f %p'``)."""
+"""``walg wal-fetch NAME DEST`` (for ``restore_command = 'walg wal-fetch %f %p'``).
+
+After a segment is restored, a detached ``walg wal-prefetch`` child downloads the next
+``WALG_DOWNLOAD_CONCURRENCY`` segments, so the following calls are served from local disk.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 from walg.cli.context import Context
 
@@ -16,11 +23,52 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("destination", metavar="DEST")
+    p.add_argument("--no-prefetch", action="store_true", help="do not prefetch what follows")
     p.set_defaults(run=run)
+
+    q = sub.add_parser(
+        "wal-prefetch",
+        help="download the WAL segments after NAME into the prefetch folder",
+        description="Used by wal-fetch: download the segments after NAME into "
+        "<DEST dir>/.wal-g/prefetch (or $WALG_PREFETCH_DIR/.wal-g/prefetch).",
+    )
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("destination", metavar="DEST")
+    q.set_defaults(run=run_prefetch)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.core.lsn import SEGMENT_NAME_RE
     from walg.ops.wal_fetch import wal_fetch
 
-    wal_fetch(ctx.storage(), args.name, args.destination)
+    wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination)
+    if (
+        not args.no_prefetch
+        and ctx.settings.download_concurrency > 1
+        and SEGMENT_NAME_RE.match(args.name)
+    ):
+        _spawn_prefetch(ctx, args.name, args.destination)
+    return 0
+
+
+def _spawn_prefetch(ctx: Context, name: str, destination: str) -> None:
+    argv = [sys.executable, "-m", "walg.cli"]
+    if ctx.settings.config_file:
+        argv += ["--config", ctx.settings.config_file]
+    argv += ["wal-prefetch", name, os.path.abspath(destination)]
+    subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.ops.wal_prefetch import Prefetcher, prefetch_root
+
+    root = prefetch_root(ctx.settings, args.destination)
+    Prefetcher(ctx.settings, ctx.storage(), root).run(args.name, ctx.settings.download_concurrency)
     return 0

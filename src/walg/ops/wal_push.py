@@ -1,29 +1,41 @@
-"""wal-push: archive one WAL file (the ``archive_command``), never overwriting different content.
+"""wal-push: archive WAL files (the ``archive_command``), never overwriting different content.
 
 Archived WAL is immutable (DESIGN.md promise 2): if the name is already archived with identical
 content the push succeeds without rewriting; with different content it fails and leaves the
 archive as it was. ``.history`` files are always checked; other files unless
 ``WALG_PREVENT_WAL_OVERWRITE=false``.
+
+While the requested file uploads, a look-ahead uploader pushes other files PostgreSQL has
+marked ``.ready`` (``WALG_UPLOAD_CONCURRENCY - 1`` at a time, at most
+``TOTAL_BG_UPLOADED_LIMIT - 1`` per call) and records each in walg's own status folder,
+``<pg_wal>/walg_data/walg_archive_status/<name>``. When PostgreSQL later asks for one of those,
+the marker is consumed and the call returns at once. PostgreSQL's ``.ready`` files are never
+renamed: PostgreSQL stays the only writer of its archive status.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from walg.core.lsn import check_wal_file_name
+from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
-from walg.errors import UsageError, WalOverwriteError
+from walg.errors import UsageError, WalgError, WalOverwriteError
 from walg.ops.pipeline import download, upload
 from walg.ops.wal import find_wal_object
 from walg.settings import Settings
 from walg.storage.base import Storage
-from walg.streams.compression import codec_for_method
+from walg.streams.compression import Codec, codec_for_method
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+STATUS_DIR = Path("walg_data") / "walg_archive_status"
+SCAN_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -33,13 +45,18 @@ class WalPushResult:
     uploaded: bool
     raw_size: int
     stored_size: int
+    background: tuple[str, ...] = ()
 
 
-def wal_push(settings: Settings, storage: Storage, path: str) -> WalPushResult:
-    source = Path(path)
+def status_dir(wal_dir: Path) -> Path:
+    return wal_dir / STATUS_DIR
+
+
+def push_one(settings: Settings, storage: Storage, source: Path) -> WalPushResult:
+    """Upload one WAL file with the overwrite rules; no look-ahead, no markers."""
     name = check_wal_file_name(source.name)
     if not source.is_file():
-        raise UsageError(f"WAL file {path} does not exist")
+        raise UsageError(f"WAL file {source} does not exist")
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
     if settings.prevent_wal_overwrite or name.endswith(".history"):
@@ -59,10 +76,160 @@ def wal_push(settings: Settings, storage: Storage, path: str) -> WalPushResult:
     return WalPushResult(name, key, True, up.result.raw_size, up.result.stored.size)
 
 
-def _same_content(storage: Storage, key: str, codec: object, source: Path) -> bool:
-    from walg.streams.compression import Codec
+def wal_push(
+    settings: Settings, storage: Storage, path: str, lookahead: bool = True
+) -> WalPushResult:
+    source = Path(path)
+    name = check_wal_file_name(source.name)
+    wal_dir = source.absolute().parent
+    marker = status_dir(wal_dir) / name
+    if marker.exists():
+        marker.unlink(missing_ok=True)
+        log.info("WAL file %s was already archived by a look-ahead upload", name)
+        return WalPushResult(name, "", False, 0, 0)
+    uploader = None
+    if lookahead:
+        uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
+    if uploader is not None:
+        uploader.start()
+    try:
+        result = push_one(settings, storage, source)
+    finally:
+        background = uploader.stop() if uploader is not None else ()
+    if background:
+        log.info("also archived %d more WAL files ahead of time", len(background))
+    return WalPushResult(
+        result.name, result.key, result.uploaded, result.raw_size, result.stored_size, background
+    )
 
-    assert isinstance(codec, Codec)
+
+class LookaheadUploader:
+    """Uploads other ``.ready`` WAL files in the background and leaves markers for them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        wal_dir: Path,
+        workers: int,
+        budget: int | None,
+        exclude: set[str] | None = None,
+        on_error: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._wal_dir = wal_dir
+        self._archive_status = wal_dir / "archive_status"
+        self._status = status_dir(wal_dir)
+        self._budget = budget
+        self._exclude = set(exclude or ())
+        self._started: set[str] = set()
+        self._done: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead")
+        self._futures: dict[str, Future[None]] = {}
+        self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
+        self._on_error = on_error
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, storage: Storage, wal_dir: Path, exclude: set[str]
+    ) -> LookaheadUploader | None:
+        workers = settings.upload_concurrency - 1
+        budget = settings.total_bg_uploaded_limit - 1
+        if workers < 1 or budget < 1 or not (wal_dir / "archive_status").is_dir():
+            return None
+        return cls(settings, storage, wal_dir, workers, budget, exclude)
+
+    def start(self) -> None:
+        self._status.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.scan_once()
+        self._scanner.start()
+
+    def _scan_loop(self) -> None:
+        while not self._stop.wait(SCAN_INTERVAL):
+            self.scan_once()
+
+    def scan_once(self) -> None:
+        """Queue every ``.ready`` file not yet archived, oldest first, within the budget."""
+        try:
+            names = sorted(
+                entry.name[: -len(".ready")]
+                for entry in self._archive_status.iterdir()
+                if entry.name.endswith(".ready")
+            )
+        except OSError:
+            return
+        with self._lock:
+            # Forget names PostgreSQL has finished with, so a long-lived uploader stays small.
+            ready = set(names)
+            self._started = {
+                n for n in self._started if n in ready or not self._futures.get(n, _DONE).done()
+            }
+            self._futures = {n: f for n, f in self._futures.items() if n in self._started}
+            for name in names:
+                if self._stop.is_set() or (self._budget is not None and self._budget <= 0):
+                    return
+                if name in self._started or name in self._exclude or not is_wal_file_name(name):
+                    continue
+                if (self._status / name).exists():
+                    continue
+                self._started.add(name)
+                if self._budget is not None:
+                    self._budget -= 1
+                self._futures[name] = self._pool.submit(self._upload, name)
+
+    def _upload(self, name: str) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            push_one(self._settings, self._storage, self._wal_dir / name)
+        except (WalgError, OSError) as exc:
+            # PostgreSQL will call archive_command for this file and see the error itself.
+            log.warning("look-ahead upload of %s failed: %s", name, exc)
+            if self._on_error is not None:
+                self._on_error(name, exc)
+            with self._lock:
+                self._started.discard(name)
+            return
+        (self._status / name).touch()
+        with self._lock:
+            self._done.append(name)
+
+    def wait_for(self, name: str, timeout: float) -> bool:
+        """True if the look-ahead uploaded ``name`` (waiting if it is uploading it now).
+
+        Otherwise the name is reserved for the caller, who uploads it, and False is returned.
+        """
+        with self._lock:
+            future = self._futures.get(name)
+            if future is None:
+                self._started.add(name)
+                return False
+        try:
+            future.result(timeout=timeout)
+        except Exception:
+            return False
+        return (self._status / name).exists()
+
+    def stop(self) -> tuple[str, ...]:
+        """Stop queueing; wait for uploads in flight; the names archived ahead of time."""
+        self._stop.set()
+        if self._scanner.is_alive():
+            self._scanner.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            done = tuple(self._done)
+            self._done.clear()
+            return done
+
+
+_DONE: Future[None] = Future()
+_DONE.set_result(None)
+
+
+def _same_content(storage: Storage, key: str, codec: Codec, source: Path) -> bool:
     with open(source, "rb") as local, download(storage, key, codec, key) as dl:
         while True:
             theirs = dl.reader.read(CHUNK)

@@ -1,0 +1,222 @@
+"""``walg daemon SOCKET``: a resident process that serves archive and restore commands.
+
+It speaks WAL-G's daemon protocol on a UNIX socket (see :mod:`walg.daemon_client`), so WAL-G's
+own client and ``walg_archive`` library work with it too. Storage stays open, a look-ahead
+uploader keeps archiving ``.ready`` files as PostgreSQL produces them, and a prefetcher keeps
+the next segments on local disk during recovery. Every request has a timeout; a reply of ``O``
+is sent only after the work is durable in storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+import stat
+import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+from walg.core.lsn import SEGMENT_NAME_RE, check_wal_file_name
+from walg.errors import UsageError, WalgError, WalNotFound
+from walg.ops.wal_fetch import wal_fetch
+from walg.ops.wal_prefetch import Prefetcher, prefetch_root
+from walg.ops.wal_push import LookaheadUploader, push_one, status_dir
+from walg.settings import Settings
+from walg.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+OK, ERROR, NOT_FOUND = b"O", b"E", b"N"
+MAX_MESSAGE = 65535
+READ_TIMEOUT = 30.0
+
+
+class Daemon:
+    """The request handlers, independent of the socket plumbing (testable directly)."""
+
+    def __init__(self, settings: Settings, storage: Storage, pgdata: str, timeout: float) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.pgdata = Path(pgdata)
+        self.timeout = timeout
+        self.wal_dir = self.pgdata / "pg_wal"
+        self._work = ThreadPoolExecutor(
+            max_workers=max(2, settings.upload_concurrency), thread_name_prefix="request"
+        )
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._prefetch_pending: Future[Any] | None = None
+        self._lock = threading.Lock()
+        self.lookahead: LookaheadUploader | None = None
+        if settings.upload_concurrency > 1 and (self.wal_dir / "archive_status").is_dir():
+            self.lookahead = LookaheadUploader(
+                settings, storage, self.wal_dir, settings.upload_concurrency - 1, budget=None
+            )
+
+    def start(self) -> None:
+        if self.lookahead is not None:
+            self.lookahead.start()
+
+    def close(self) -> None:
+        if self.lookahead is not None:
+            self.lookahead.stop()
+        self._prefetch.shutdown(wait=True, cancel_futures=True)
+        self._work.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        future = self._work.submit(fn, *args)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise WalgError(f"request did not finish within {self.timeout:.0f} s") from None
+
+    def push(self, name: str) -> bytes:
+        check_wal_file_name(name)
+        marker = status_dir(self.wal_dir) / name
+        if self.lookahead is not None and self.lookahead.wait_for(name, self.timeout):
+            marker.unlink(missing_ok=True)
+            return OK
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+            return OK
+        self._run(push_one, self.settings, self.storage, self.wal_dir / name)
+        return OK
+
+    def fetch(self, name: str, destination: str) -> bytes:
+        dest = destination if os.path.isabs(destination) else str(self.pgdata / destination)
+        try:
+            self._run(wal_fetch, self.settings, self.storage, name, dest)
+        except WalNotFound:
+            return NOT_FOUND
+        if self.settings.download_concurrency > 1 and SEGMENT_NAME_RE.match(name):
+            self._schedule_prefetch(name, dest)
+        return OK
+
+    def _schedule_prefetch(self, name: str, dest: str) -> None:
+        with self._lock:
+            if self._prefetch_pending is not None and not self._prefetch_pending.done():
+                return
+            prefetcher = Prefetcher(self.settings, self.storage, prefetch_root(self.settings, dest))
+            self._prefetch_pending = self._prefetch.submit(
+                prefetcher.run, name, self.settings.download_concurrency
+            )
+
+    def handle(self, kind: bytes, body: bytes) -> bytes:
+        if kind == b"C":
+            return OK
+        if kind == b"F":
+            return self.push(body.decode())
+        if kind == b"f":
+            args = parse_args(body)
+            if len(args) != 2:
+                raise UsageError("wal-fetch needs 2 arguments")
+            return self.fetch(args[0], args[1])
+        raise UsageError(f"unknown message type {kind!r}")
+
+
+def parse_args(body: bytes) -> list[str]:
+    if not body:
+        raise UsageError("corrupt message body")
+    count, pos, out = body[0], 1, []
+    for _ in range(count):
+        if pos + 2 > len(body):
+            raise UsageError("corrupt message body")
+        (size,) = struct.unpack_from(">H", body, pos)
+        pos += 2
+        if pos + size > len(body):
+            raise UsageError("corrupt message body")
+        out.append(body[pos : pos + size].decode())
+        pos += size
+    if pos != len(body):
+        raise UsageError("corrupt message body")
+    return out
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("client closed the connection")
+        data += chunk
+    return data
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.settimeout(READ_TIMEOUT)
+        daemon = self.server.daemon
+        while True:
+            try:
+                header = _read_exactly(conn, 3)
+            except (ConnectionError, TimeoutError, OSError):
+                return
+            kind = header[:1]
+            (length,) = struct.unpack(">H", header[1:])
+            try:
+                if length < 3:
+                    raise UsageError("corrupt message length")
+                body = _read_exactly(conn, length - 3)
+                reply = daemon.handle(kind, body)
+            except WalgError as exc:
+                log.error("%s request failed: %s", kind.decode(errors="replace"), exc)
+                reply = ERROR
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                log.error("connection failed: %s", exc)
+                return
+            except Exception as exc:
+                log.exception("unexpected error handling a request: %s", exc)
+                reply = ERROR
+            try:
+                conn.sendall(reply)
+            except OSError:
+                return
+            if kind in (b"F", b"f") or reply == ERROR:
+                return
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    daemon: Daemon
+
+
+def prepare_socket_path(path: str) -> None:
+    """Remove a stale socket; refuse if another daemon answers on it or it is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise UsageError(f"another daemon is already listening on {path}")
+
+
+def serve(daemon: Daemon, socket_path: str, ready: threading.Event | None = None) -> _Server:
+    """Bind the socket and return the server (call ``serve_forever`` on it)."""
+    prepare_socket_path(socket_path)
+    old = os.umask(0o177)
+    try:
+        server = _Server(socket_path, _Handler)
+    finally:
+        os.umask(old)
+    server.daemon = daemon
+    daemon.start()
+    if ready is not None:
+        ready.set()
+    return server

@@ -1,0 +1,223 @@
+"""Prefetching archived WAL segments ahead of PostgreSQL's ``restore_command`` calls.
+
+Layout, as WAL-G's: ``<dir of the destination>/.wal-g/prefetch/<name>`` for complete files
+(or under ``WALG_PREFETCH_DIR``), ``…/prefetch/running/<name>`` while downloading. A file is
+written in ``running/`` and renamed into ``prefetch/`` only when complete and valid, and before
+it is served it is checked again (size, WAL page magic, page address and segment size in its
+long page header), so a truncated, stale or foreign file is never handed to PostgreSQL.
+
+The next segment names follow the timeline history found in the archive: after a switch,
+segments past the switch point are taken from the newer timeline, as PostgreSQL reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from walg.core.lsn import SEGMENT_NAME_RE, Segment
+from walg.core.timeline import History, history_file_name
+from walg.errors import ObjectNotFound, WalgError
+from walg.ops.pipeline import download
+from walg.ops.wal import find_wal_object
+from walg.settings import Settings
+from walg.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+XLP_LONG_HEADER = 0x0002
+MIN_PAGE_MAGIC = 0xD061
+STALE_RUNNING_SECONDS = 600
+RUNNING_STALL_SECONDS = 0.2
+_LONG_HEADER = struct.Struct("<HHIQI4xQII")
+
+
+def prefetch_root(settings: Settings, destination: str) -> Path:
+    base = (
+        Path(settings.prefetch_dir)
+        if settings.prefetch_dir
+        else Path(destination).absolute().parent
+    )
+    return base / ".wal-g" / "prefetch"
+
+
+def valid_segment_file(path: Path, name: str, segment_size: int) -> bool:
+    """Is ``path`` a complete WAL segment that really is ``name``?"""
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size != segment_size:
+                return False
+            head = handle.read(_LONG_HEADER.size)
+    except OSError:
+        return False
+    if len(head) != _LONG_HEADER.size:
+        return False
+    magic, info, _tli, pageaddr, _rem, _sysid, seg_size, _blcksz = _LONG_HEADER.unpack(head)
+    segno = Segment.parse(name, segment_size).segno
+    return (
+        magic >= MIN_PAGE_MAGIC
+        and bool(info & XLP_LONG_HEADER)
+        and pageaddr == segno * segment_size
+        and seg_size == segment_size
+    )
+
+
+def take_prefetched(root: Path, name: str, destination: Path, segment_size: int) -> bool:
+    """Move a valid prefetched ``name`` to ``destination``; False if there is none."""
+    if not SEGMENT_NAME_RE.match(name):
+        return False
+    _wait_for_running(root, name)
+    candidate = root / name
+    if not candidate.exists():
+        return False
+    if not valid_segment_file(candidate, name, segment_size):
+        log.warning("discarding invalid prefetched WAL file %s", candidate)
+        candidate.unlink(missing_ok=True)
+        return False
+    try:
+        os.replace(candidate, destination)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _wait_for_running(root: Path, name: str) -> None:
+    """If a prefetcher is downloading ``name`` right now, give it a moment to finish."""
+    running = root / "running" / name
+    last_size = -1
+    last_change = time.monotonic()
+    while True:
+        try:
+            size = running.stat().st_size
+        except FileNotFoundError:
+            return
+        now = time.monotonic()
+        if size != last_size:
+            last_size, last_change = size, now
+        elif now - last_change > RUNNING_STALL_SECONDS:
+            return
+        time.sleep(0.002)
+
+
+class Prefetcher:
+    """Downloads the segments after a given one into the prefetch folder."""
+
+    def __init__(self, settings: Settings, storage: Storage, root: Path) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._root = root
+        self._running = root / "running"
+        self._segment_size = settings.wal_segment_size
+        self._histories: dict[int, History | None] = {}
+
+    def upcoming(self, name: str, count: int) -> list[str]:
+        """The next ``count`` segment names after ``name``, following the archive's history."""
+        current = Segment.parse(name, self._segment_size)
+        history = self._latest_history(current.timeline)
+        names = []
+        for offset in range(1, count + 1):
+            segno = current.segno + offset
+            segment = (
+                history.segment(segno, self._segment_size)
+                if history is not None
+                else Segment(current.timeline, segno)
+            )
+            names.append(segment.name(self._segment_size))
+        return names
+
+    def _latest_history(self, timeline: int) -> History | None:
+        """The history of the newest timeline archived after ``timeline``, if any."""
+        newest = None
+        probe = timeline + 1
+        while find_wal_object(self._storage, history_file_name(probe)) is not None:
+            newest = probe
+            probe += 1
+        if newest is None:
+            return None
+        if newest not in self._histories:
+            self._histories[newest] = self._read_history(newest)
+        history = self._histories[newest]
+        if history is None or timeline not in history.timelines():
+            return None
+        return history
+
+    def _read_history(self, timeline: int) -> History | None:
+        found = find_wal_object(self._storage, history_file_name(timeline))
+        if found is None:
+            return None
+        key, codec = found
+        try:
+            with download(self._storage, key, codec, key) as dl:
+                text = dl.reader.read().decode("utf-8", "replace")
+            return History.parse(timeline, text)
+        except (WalgError, OSError) as exc:
+            log.warning("cannot read %s: %s", key, exc)
+            return None
+
+    def run(self, name: str, count: int) -> list[str]:
+        """Prefetch the segments after ``name``; returns the names now waiting in the folder."""
+        self._running.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cleanup(name)
+        wanted = [
+            n
+            for n in self.upcoming(name, count)
+            if not (self._root / n).exists() and not (self._running / n).exists()
+        ]
+        if not wanted:
+            return []
+        workers = max(1, min(len(wanted), self._settings.download_concurrency))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
+            results = list(pool.map(self._fetch_one, wanted))
+        return [n for n, ok in zip(wanted, results, strict=True) if ok]
+
+    def _fetch_one(self, name: str) -> bool:
+        found = find_wal_object(self._storage, name)
+        if found is None:
+            return False
+        key, codec = found
+        running = self._running / name
+        try:
+            fd = os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as out, download(self._storage, key, codec, key) as dl:
+                while chunk := dl.reader.read(CHUNK):
+                    out.write(chunk)
+            if not valid_segment_file(running, name, self._segment_size):
+                log.warning("archived %s is not a valid WAL segment; not prefetching it", key)
+                running.unlink(missing_ok=True)
+                return False
+            os.replace(running, self._root / name)
+            return True
+        except (WalgError, OSError, ObjectNotFound) as exc:
+            log.debug("prefetch of %s failed: %s", name, exc)
+            running.unlink(missing_ok=True)
+            return False
+
+    def cleanup(self, current: str) -> None:
+        """Drop prefetched files PostgreSQL has moved past, and abandoned downloads."""
+        try:
+            segno = Segment.parse(current, self._segment_size).segno
+        except WalgError:
+            return
+        now = time.time()
+        for folder in (self._root, self._running):
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if not entry.is_file() or not SEGMENT_NAME_RE.match(entry.name):
+                    continue
+                old = Segment.parse(entry.name, self._segment_size).segno < segno
+                stale = folder == self._running and now - entry.stat().st_mtime > (
+                    STALE_RUNNING_SECONDS
+                )
+                if old or stale:
+                    Path(entry.path).unlink(missing_ok=True)
