@@ -270,7 +270,7 @@ JOBS[13]=$!
 # checkout and carry deleted modules along from a stale build/lib.
 src_paths() {
     local f
-    for f in pyproject.toml README.md README.rst README LICENSE setup.cfg setup.py MANIFEST.in src; do
+    for f in pyproject.toml README.md README.rst README LICENSE setup.cfg setup.py MANIFEST.in src bin; do
         [[ -e $REPO/$f ]] && printf '%s\n' "$f"
     done
     return 0

@@ -1,5 +1,5 @@
 #!/bin/sh
-"exec${0%/*}/python3-S-E$0$@"  # noqa: B018 - sh re-runs this file without site
+"exec" "${0%/*}/python3" "-S" "-E" "$0" "$@"  # fmt: skip
 
 """``walg-daemon-client``: a tiny, stdlib-only client of ``walg daemon`` for PostgreSQL.
 

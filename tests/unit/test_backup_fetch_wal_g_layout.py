@@ -142,11 +142,6 @@ def test_restore_wal_g_3_0_9_uncompressed_backup(tmp_path: Path) -> None:
     assert_restored(dest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PG_CONTROL_TAR_RE does not match WAL-G < 3.0.9's 'pg_control.tar.' (trailing "
-    "dot, compression none), so the restore fails with 'expected a pg_control archive'",
-)
 def test_restore_old_wal_g_uncompressed_backup_with_trailing_dots(tmp_path: Path) -> None:
     storage = MemoryStorage()
     put_wal_g_backup(storage, method="none", ext=".")

@@ -207,12 +207,6 @@ def test_directory_member_after_its_files_fixes_the_mode(dest: Path) -> None:
     assert (dest / "base/1/1259").read_bytes() == b"x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Extractor._file creates missing parents with Path.mkdir(parents=True, "
-    "mode=0o700), but Python applies mode only to the last directory: intermediate ones get "
-    "0777 & ~umask (0755 here, 0777 under umask 0), beyond the 0750 cap the module promises",
-)
 def test_files_in_missing_directories_get_private_parents(dest: Path) -> None:
     raw = hostile_tar([member("/deep/er/file")], {"/deep/er/file": b"x"})
     old_umask = os.umask(0o022)

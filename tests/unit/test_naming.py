@@ -87,23 +87,16 @@ def test_tar_object_extension_rejects_non_tar_names(object_name: str) -> None:
     ],
 )
 def test_pg_control_tar_regex(name: str, matches: bool) -> None:
-    assert bool(naming.PG_CONTROL_TAR_RE.match(name)) is matches
+    assert bool(naming.PG_CONTROL_TAR_RE.fullmatch(name)) is matches
 
 
 def test_backup_label_tar_regex() -> None:
-    assert naming.BACKUP_LABEL_TAR_RE.match("backup_label.tar.zst")
-    assert naming.BACKUP_LABEL_TAR_RE.match("backup_label.tar")
-    assert not naming.BACKUP_LABEL_TAR_RE.match("backup_label")
-    assert not naming.BACKUP_LABEL_TAR_RE.match("pg_control.tar.lz4")
+    assert naming.BACKUP_LABEL_TAR_RE.fullmatch("backup_label.tar.zst")
+    assert naming.BACKUP_LABEL_TAR_RE.fullmatch("backup_label.tar")
+    assert not naming.BACKUP_LABEL_TAR_RE.fullmatch("backup_label")
+    assert not naming.BACKUP_LABEL_TAR_RE.fullmatch("pg_control.tar.lz4")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PG_CONTROL_TAR_RE / BACKUP_LABEL_TAR_RE require at least one character after "
-    "the dot, so WAL-G < 3.0.9's uncompressed 'pg_control.tar.' / 'backup_label.tar.' are not "
-    "recognised; backup_fetch then treats pg_control as a regular part and refuses the backup "
-    "('expected a pg_control archive, but it is missing')",
-)
 @pytest.mark.parametrize(
     ("regex", "name"),
     [("PG_CONTROL_TAR_RE", "pg_control.tar."), ("BACKUP_LABEL_TAR_RE", "backup_label.tar.")],
@@ -122,7 +115,7 @@ def test_special_tar_regexes_accept_legacy_trailing_dot(regex: str, name: str) -
     ],
 )
 def test_backup_name_regex_accepts(name: str) -> None:
-    assert naming.BACKUP_NAME_RE.match(name)
+    assert naming.BACKUP_NAME_RE.fullmatch(name)
     assert naming.check_backup_name(name) == name
 
 
@@ -141,7 +134,7 @@ def test_backup_name_regex_accepts(name: str) -> None:
     ],
 )
 def test_backup_name_regex_rejects(name: str) -> None:
-    assert not naming.BACKUP_NAME_RE.match(name)
+    assert not naming.BACKUP_NAME_RE.fullmatch(name)
     with pytest.raises(FormatError):
         naming.check_backup_name(name)
 

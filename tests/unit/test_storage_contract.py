@@ -251,11 +251,6 @@ def test_check_key_accepts_normal_keys() -> None:
         assert check_key(key) == key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_key accepts a trailing '/' (empty last segment); FileStorage then "
-    "writes 'a/' to the file 'a' (pathlib drops the slash) while MemoryStorage stores key 'a/'",
-)
 def test_check_key_rejects_trailing_slash() -> None:
     with pytest.raises(StorageError):
         check_key("a/")
@@ -341,18 +336,15 @@ def test_file_stat_modified_time_is_the_file_mtime(tmp_path: Path) -> None:
     assert storage.list("k")[0].modified.ns == 1_700_000_000_123_456_789
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FileStorage.list does not validate its prefix, so list('../') walks the "
-    "parent of the storage root and returns keys like '../outside/secret'",
-)
 def test_file_list_never_leaves_the_root(tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret").write_bytes(b"x")
     storage = FileStorage(tmp_path / "root")
     storage.put_bytes("inside", b"1")
-    found = keys(storage, "../") + keys(storage, "../outside/")
-    assert found == []
+    for hostile in ("../", "../outside/", "a/../../"):
+        with pytest.raises(StorageError):
+            storage.list(hostile)
+    assert keys(storage, "") == ["inside"]
 
 
 def test_memory_storage_helpers_for_corruption_tests() -> None:

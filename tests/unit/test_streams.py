@@ -206,12 +206,6 @@ def test_truncated_second_frame_raises() -> None:
         decompress(raw[:-3])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Lz4Reader returns b'' for an empty source (the _started guard skips the "
-    "truncation check); a 0-byte .lz4 object is never valid (the writer emits >= 15 bytes) so "
-    "it must raise IntegrityError like any other truncation",
-)
 def test_zero_byte_lz4_object_is_truncated() -> None:
     with pytest.raises(IntegrityError):
         decompress(b"")

@@ -172,12 +172,6 @@ def test_root_directory_member_is_written_as_slash() -> None:
     assert raw_header_names(sink.getvalue()) == [("/", tarfile.DIRTYPE)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TarReader takes names from tarfile.TarInfo.frombuf, which strips trailing "
-    "slashes from directory names, so WAL-G's root member '/' is returned as '' (and never "
-    "matches the '/' key in Files); the reader should return the name as stored",
-)
 def test_reader_returns_root_member_name_as_stored() -> None:
     sink = io.BytesIO()
     tar = TarWriter(sink)
@@ -186,12 +180,6 @@ def test_reader_returns_root_member_name_as_stored() -> None:
     assert [g[0] for g in read_all(sink.getvalue())] == ["/"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: writer.header() builds headers with TarInfo.tobuf, which appends '/' to "
-    "directory names: '/base' is stored as '/base/', while Files / TarFileSets key it as '/base' "
-    "and WAL-G (Go archive/tar) writes '/base' (format §1.6/§12.6: keys equal header names)",
-)
 def test_directory_header_names_equal_the_walked_member_names() -> None:
     sink = io.BytesIO()
     tar = TarWriter(sink)

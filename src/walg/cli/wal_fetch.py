@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if (
         not args.no_prefetch
         and ctx.settings.download_concurrency > 1
-        and SEGMENT_NAME_RE.match(args.name)
+        and SEGMENT_NAME_RE.fullmatch(args.name)
     ):
         _spawn_prefetch(ctx, args.name, args.destination)
     return 0

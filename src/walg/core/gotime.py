@@ -52,7 +52,11 @@ class GoTime:
         """RFC3339Nano: trailing zeros of the fraction dropped, ``Z`` for UTC."""
         local_ns = self.ns + self.offset * _NS
         seconds, frac = divmod(local_ns, _NS)
-        stamp = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+        when = _EPOCH + timedelta(seconds=seconds)
+        stamp = (
+            f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
+            f"T{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
+        )
         if frac:
             stamp += "." + f"{frac:09d}".rstrip("0")
         if self.offset == 0:
@@ -63,7 +67,7 @@ class GoTime:
 
     def format_seconds(self) -> str:
         """RFC3339 without fraction, in UTC (what ``backup-list`` prints)."""
-        return (_EPOCH + timedelta(seconds=self.ns // _NS)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return GoTime(self.ns - self.ns % _NS).format()
 
     @classmethod
     def parse(cls, text: str) -> GoTime:

@@ -14,21 +14,21 @@ from walg.errors import FormatError
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-SEGMENT_NAME_RE = re.compile(r"^[0-9A-F]{24}$")
-HISTORY_NAME_RE = re.compile(r"^[0-9A-F]{8}\.history$")
-PARTIAL_NAME_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
-BACKUP_HISTORY_NAME_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
+SEGMENT_NAME_RE = re.compile(r"[0-9A-F]{24}")
+HISTORY_NAME_RE = re.compile(r"[0-9A-F]{8}\.history")
+PARTIAL_NAME_RE = re.compile(r"[0-9A-F]{24}\.partial")
+BACKUP_HISTORY_NAME_RE = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
+
+
+_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
 def parse_lsn(text: str) -> int:
     """``'16/B374D848'`` → integer."""
-    hi, sep, lo = text.strip().partition("/")
-    if not sep:
+    match = _LSN_RE.fullmatch(text.strip())
+    if not match:
         raise FormatError(f"not an LSN: {text!r}")
-    try:
-        return (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise FormatError(f"not an LSN: {text!r}") from None
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
 
 
 def format_lsn(lsn: int) -> str:
@@ -55,7 +55,7 @@ class Segment:
 
     @classmethod
     def parse(cls, name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
-        if not SEGMENT_NAME_RE.match(name):
+        if not SEGMENT_NAME_RE.fullmatch(name):
             raise FormatError(f"not a WAL segment name: {name!r}")
         per = segments_per_xlogid(segment_size)
         timeline = int(name[0:8], 16)
@@ -80,10 +80,10 @@ class Segment:
 def is_wal_file_name(name: str) -> bool:
     """True for every name PostgreSQL hands to ``archive_command`` / ``restore_command``."""
     return bool(
-        SEGMENT_NAME_RE.match(name)
-        or HISTORY_NAME_RE.match(name)
-        or PARTIAL_NAME_RE.match(name)
-        or BACKUP_HISTORY_NAME_RE.match(name)
+        SEGMENT_NAME_RE.fullmatch(name)
+        or HISTORY_NAME_RE.fullmatch(name)
+        or PARTIAL_NAME_RE.fullmatch(name)
+        or BACKUP_HISTORY_NAME_RE.fullmatch(name)
     )
 
 

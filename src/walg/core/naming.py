@@ -18,10 +18,10 @@ METADATA = "metadata.json"
 FILES_METADATA = "files_metadata.json"
 TAR_PARTITIONS = "tar_partitions/"
 
-BACKUP_NAME_RE = re.compile(r"^base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?$")
+BACKUP_NAME_RE = re.compile(r"base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?")
 _WAL_TOKEN_RE = re.compile(r"[0-9A-F]{24}")
-PG_CONTROL_TAR_RE = re.compile(r"^pg_control\.tar(\.[a-z0-9]+)?$")
-BACKUP_LABEL_TAR_RE = re.compile(r"^backup_label\.tar(\.[a-z0-9]+)?$")
+PG_CONTROL_TAR_RE = re.compile(r"pg_control\.tar(\.[a-z0-9]*)?")
+BACKUP_LABEL_TAR_RE = re.compile(r"backup_label\.tar(\.[a-z0-9]*)?")
 
 PG_CONTROL_MEMBER = "/global/pg_control"
 BACKUP_LABEL_MEMBER = "backup_label"
@@ -29,7 +29,7 @@ TABLESPACE_MAP_MEMBER = "tablespace_map"
 
 
 def check_backup_name(name: str) -> str:
-    if not BACKUP_NAME_RE.match(name):
+    if not BACKUP_NAME_RE.fullmatch(name):
         raise FormatError(f"{name!r} is not a backup name (base_ followed by 24 hex digits)")
     return name
 

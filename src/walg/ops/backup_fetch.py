@@ -154,9 +154,9 @@ def _classify(
     control = label = None
     for info in objects:
         base = info.key.rsplit("/", 1)[-1]
-        if PG_CONTROL_TAR_RE.match(base):
+        if PG_CONTROL_TAR_RE.fullmatch(base):
             control = info
-        elif BACKUP_LABEL_TAR_RE.match(base):
+        elif BACKUP_LABEL_TAR_RE.fullmatch(base):
             label = info
         else:
             regular.append(info)

@@ -92,7 +92,7 @@ class Daemon:
             self._run(wal_fetch, self.settings, self.storage, name, dest)
         except WalNotFound:
             return NOT_FOUND
-        if self.settings.download_concurrency > 1 and SEGMENT_NAME_RE.match(name):
+        if self.settings.download_concurrency > 1 and SEGMENT_NAME_RE.fullmatch(name):
             self._schedule_prefetch(name, dest)
         return OK
 

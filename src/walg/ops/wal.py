@@ -1,16 +1,21 @@
-"""Locating WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``)."""
+"""Locating WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``).
+
+Every extension WAL-G may have written is probed, including those this build cannot decode yet:
+a segment that exists but cannot be read must be an error, never "not in the archive" (which
+would make PostgreSQL end recovery early) and never a reason to upload a second copy.
+"""
 
 from __future__ import annotations
 
 from walg.core.naming import wal_key
 from walg.errors import ObjectNotFound
 from walg.storage.base import Storage
-from walg.streams.compression import Codec, codec_for_extension, known_extensions
+from walg.streams.compression import FETCH_PROBE_ORDER
 
 
-def find_wal_object(storage: Storage, file_name: str) -> tuple[str, Codec] | None:
-    """The stored key of a WAL file and the codec to read it, or None if it is not archived."""
-    for ext in known_extensions():
+def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
+    """The stored key of a WAL file and its compression extension, or None if not archived."""
+    for ext in FETCH_PROBE_ORDER:
         keys = [wal_key(file_name, ext)]
         if ext == "":
             # Older WAL-G wrote uncompressed objects with a trailing dot.
@@ -20,5 +25,5 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, Codec] | Non
                 storage.stat(key)
             except ObjectNotFound:
                 continue
-            return key, codec_for_extension(ext)
+            return key, ext
     return None

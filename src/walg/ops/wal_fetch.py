@@ -20,6 +20,7 @@ from walg.ops.wal import find_wal_object
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
 from walg.settings import Settings
 from walg.storage.base import Storage
+from walg.streams.compression import codec_for_extension
 
 CHUNK = 1 << 20
 
@@ -44,7 +45,8 @@ def wal_fetch(
     found = find_wal_object(storage, name)
     if found is None:
         raise WalNotFound(f"WAL file {name} is not in the archive")
-    key, codec = found
+    key, ext = found
+    codec = codec_for_extension(ext)
     tmp = dest.with_name(f".{dest.name}.walg-{secrets.token_hex(4)}")
     size = 0
     try:

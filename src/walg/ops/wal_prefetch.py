@@ -26,6 +26,7 @@ from walg.ops.pipeline import download
 from walg.ops.wal import find_wal_object
 from walg.settings import Settings
 from walg.storage.base import Storage
+from walg.streams.compression import codec_for_extension
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def valid_segment_file(path: Path, name: str, segment_size: int) -> bool:
 
 def take_prefetched(root: Path, name: str, destination: Path, segment_size: int) -> bool:
     """Move a valid prefetched ``name`` to ``destination``; False if there is none."""
-    if not SEGMENT_NAME_RE.match(name):
+    if not SEGMENT_NAME_RE.fullmatch(name):
         return False
     _wait_for_running(root, name)
     candidate = root / name
@@ -150,9 +151,9 @@ class Prefetcher:
         found = find_wal_object(self._storage, history_file_name(timeline))
         if found is None:
             return None
-        key, codec = found
+        key, ext = found
         try:
-            with download(self._storage, key, codec, key) as dl:
+            with download(self._storage, key, codec_for_extension(ext), key) as dl:
                 text = dl.reader.read().decode("utf-8", "replace")
             return History.parse(timeline, text)
         except (WalgError, OSError) as exc:
@@ -179,13 +180,14 @@ class Prefetcher:
         found = find_wal_object(self._storage, name)
         if found is None:
             return False
-        key, codec = found
+        key, ext = found
         running = self._running / name
         try:
             fd = os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
         try:
+            codec = codec_for_extension(ext)
             with os.fdopen(fd, "wb") as out, download(self._storage, key, codec, key) as dl:
                 while chunk := dl.reader.read(CHUNK):
                     out.write(chunk)
@@ -213,7 +215,7 @@ class Prefetcher:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if not entry.is_file() or not SEGMENT_NAME_RE.match(entry.name):
+                if not entry.is_file() or not SEGMENT_NAME_RE.fullmatch(entry.name):
                     continue
                 old = Segment.parse(entry.name, self._segment_size).segno < segno
                 stale = folder == self._running and now - entry.stat().st_mtime > (

@@ -29,7 +29,7 @@ from walg.ops.pipeline import download, upload
 from walg.ops.wal import find_wal_object
 from walg.settings import Settings
 from walg.storage.base import Storage
-from walg.streams.compression import Codec, codec_for_method
+from walg.streams.compression import Codec, codec_for_extension, codec_for_method
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def push_one(settings: Settings, storage: Storage, source: Path) -> WalPushResul
     if settings.prevent_wal_overwrite or name.endswith(".history"):
         existing = find_wal_object(storage, name)
         if existing is not None:
-            if _same_content(storage, existing[0], existing[1], source):
+            if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
                 log.info("WAL file %s is already archived with equal content", name)
                 return WalPushResult(name, existing[0], False, source.stat().st_size, 0)
             raise WalOverwriteError(

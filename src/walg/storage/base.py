@@ -99,7 +99,13 @@ def check_key(key: str) -> str:
     """Reject keys that could escape the storage root or are not normalised."""
     if not key or key.startswith("/") or "\\" in key or "\0" in key:
         raise StorageError(f"invalid storage key {key!r}")
-    parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+    if any(p in ("", ".", "..") for p in key.split("/")):
         raise StorageError(f"invalid storage key {key!r}")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: like a key, but empty and a trailing ``/`` are allowed."""
+    if prefix and (prefix.startswith("/") or not check_key(prefix.rstrip("/") or "x")):
+        raise StorageError(f"invalid storage prefix {prefix!r}")
+    return prefix

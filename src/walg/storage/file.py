@@ -18,7 +18,7 @@ from pathlib import Path
 
 from walg.core.gotime import GoTime
 from walg.errors import ObjectNotFound, StorageError
-from walg.storage.base import ObjectInfo, Storage, check_key
+from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 from walg.streams.base import Sink, Source
 
 TEMP_SUFFIX_RE = re.compile(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
@@ -118,7 +118,7 @@ class FileStorage(Storage):
         return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
 
     def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
-        folder, _, name_prefix = prefix.rpartition("/")
+        folder, _, name_prefix = check_prefix(prefix).rpartition("/")
         start = self.root / folder if folder else self.root
         out: list[ObjectInfo] = []
         try:

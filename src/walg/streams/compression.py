@@ -86,7 +86,9 @@ class Lz4Reader:
             self._pending = b""
             if not data:
                 self._eof = True
-                if self._started and not self._dec.eof:
+                if not self._started:
+                    raise IntegrityError(f"{self._what}: LZ4 stream is empty")
+                if not self._dec.eof:
                     raise IntegrityError(f"{self._what}: LZ4 stream is truncated")
                 return
             if self._dec.eof:
@@ -168,7 +170,10 @@ def codec_for_extension(ext: str) -> Codec:
             return codec
     if ext == "tar":
         return CODECS["none"]
-    raise IntegrityError(f"objects compressed as .{ext} cannot be read by this walg yet")
+    raise IntegrityError(
+        f"objects compressed as .{ext} cannot be read by this walg yet "
+        f"(readable: {', '.join(repr(c.extension) for c in CODECS.values())})"
+    )
 
 
 def known_extensions() -> tuple[str, ...]:

@@ -84,16 +84,32 @@ class Extractor:
             written.append(member.name)
         return written
 
+    def _makedirs(self, path: Path) -> None:
+        """Create the missing directories of ``path`` under ``dest``, each mode 0700."""
+        missing = []
+        current = path
+        while current != self.dest and not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise UnsafeArchiveError(
+                        f"{folder.relative_to(self.dest)} exists and is not a directory"
+                    ) from None
+
     def _directory(self, rel: str, mode: int) -> None:
         path = self.dest / rel if rel else self.dest
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._makedirs(path)
         os.chmod(path, (mode & 0o750) | 0o700)
 
     def _file(self, member: Member, rel: str, payload: Source, what: str) -> None:
         if not rel:
             raise UnsafeArchiveError(f"{what}: tar member {member.name!r} names the root as a file")
         path = self.dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._makedirs(path.parent)
         try:
             fd = os.open(path, _OPEN_FLAGS, (member.mode & 0o640) | 0o600)
         except OSError as exc:

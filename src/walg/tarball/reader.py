@@ -116,6 +116,9 @@ class TarReader:
                 except ValueError:
                     raise IntegrityError(f"{self.what}: bad PAX size for {name!r}") from None
             pax, long_name, long_link = {}, None, None
+            if info.type == tarfile.DIRTYPE:
+                # WAL-G names directories without a trailing slash; the root is "/".
+                name = name.rstrip("/") or "/"
             if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 size = (
                     0 if info.type in (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE) else size

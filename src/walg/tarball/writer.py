@@ -32,13 +32,22 @@ def header(
     gid: int = 0,
 ) -> bytes:
     info = tarfile.TarInfo(name)
-    info.type = kind
+    # tarfile appends "/" to directory names; WAL-G's names (and Files keys) have none, so the
+    # header is built as a regular file and its type flag patched afterwards.
+    info.type = tarfile.REGTYPE if kind == tarfile.DIRTYPE else kind
     info.size = size
     info.mode = mode
     info.mtime = mtime
     info.uid = uid
     info.gid = gid
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    buf = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    if kind != tarfile.DIRTYPE:
+        return buf
+    block = bytearray(buf[-BLOCK:])
+    block[156:157] = tarfile.DIRTYPE
+    block[148:156] = b"        "
+    block[148:155] = b"%06o\0" % sum(block)
+    return buf[:-BLOCK] + bytes(block)
 
 
 class TarWriter:
