@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from walg.cli.context import Context
 from walg.errors import UsageError
+
+if TYPE_CHECKING:
+    from walg.ops.recovery import RecoveryTarget
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +29,56 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="JSON tablespace spec (as in the sentinel) giving new tablespace locations",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    r = p.add_argument_group(
+        "recovery settings",
+        "With --restore-command, the restored directory is made ready for archive recovery "
+        "(recovery.signal and postgresql.auto.conf on PostgreSQL 12+, recovery.conf before).",
+    )
+    r.add_argument("--restore-command", metavar="CMD", help="e.g. 'walg wal-fetch %%f %%p'")
+    r.add_argument("--target-time", metavar="TIMESTAMP", help="recovery_target_time")
+    r.add_argument("--target-lsn", metavar="LSN", help="recovery_target_lsn")
+    r.add_argument("--target-name", metavar="NAME", help="recovery_target_name (a restore point)")
+    r.add_argument("--target-xid", metavar="XID", help="recovery_target_xid")
+    r.add_argument("--target-timeline", metavar="TLI", help="recovery_target_timeline")
+    r.add_argument(
+        "--target-action", choices=("pause", "promote", "shutdown"), help="default: promote"
+    )
+    r.add_argument(
+        "--target-exclusive",
+        action="store_true",
+        help="stop just before the target (recovery_target_inclusive = off)",
+    )
+    r.add_argument("--standby", action="store_true", help="standby.signal instead")
     p.set_defaults(run=run)
+
+
+def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
+    from walg.ops.recovery import RecoveryTarget
+
+    wanted = (
+        args.target_time,
+        args.target_lsn,
+        args.target_name,
+        args.target_xid,
+        args.target_timeline,
+        args.target_action,
+        args.standby,
+    )
+    if not args.restore_command:
+        if any(wanted) or args.target_exclusive:
+            raise UsageError("recovery targets need --restore-command")
+        return None
+    return RecoveryTarget(
+        restore_command=args.restore_command,
+        time=args.target_time,
+        lsn=args.target_lsn,
+        name=args.target_name,
+        xid=args.target_xid,
+        timeline=args.target_timeline,
+        action=args.target_action,
+        inclusive=False if args.target_exclusive else None,
+        standby=args.standby,
+    )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -39,7 +92,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             spec = TablespaceSpec.from_json(json.loads(Path(args.restore_spec).read_text()))
         except (OSError, ValueError, FormatError) as exc:
             raise UsageError(f"--restore-spec {args.restore_spec}: {exc}") from None
+    target = _recovery_target(args)
+    if target is not None:
+        target.check()
     result = backup_fetch(ctx.settings, ctx.storage(), args.destination, args.name, spec)
+    if target is not None:
+        from walg.ops import catalog
+        from walg.ops.recovery import write_recovery_config
+
+        sentinel = catalog.read_sentinel(ctx.storage(), result.name)
+        write_recovery_config(Path(result.destination), sentinel.pg_version, target)
     if args.json:
         ctx.stdout.write(json.dumps(result.__dict__) + "\n")
     return 0
