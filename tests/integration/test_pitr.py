@@ -1,0 +1,124 @@
+"""Point-in-time recovery lands exactly on its target, and recovery follows timeline switches.
+
+Rows committed before a target must be present after recovery, rows committed after it absent.
+Targets: a timestamp, an LSN and a named restore point, written with backup-fetch's recovery
+options. Then a restored copy is promoted (timeline 2), keeps writing and archiving, and a
+second restore of the same timeline-1 backup must follow the history onto timeline 2.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup, archive_now, normalized_dump
+
+
+def _mark(cluster: Cluster, phase: str) -> None:
+    cluster.psql(f"INSERT INTO marks VALUES ('{phase}')")
+
+
+def _recover(
+    install: PgInstall,
+    walg: WalgSetup,
+    dest: Path,
+    *target: str,
+    conf: dict[str, str] | None = None,
+) -> Cluster:
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+            *target,
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off", **(conf or {})})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    return restored
+
+
+def _phases(cluster: Cluster) -> list[str]:
+    return cluster.psql("SELECT phase FROM marks ORDER BY phase").splitlines()
+
+
+def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    src.pgbench(["-i", "-s", "1", "-q"])
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+
+    _mark(src, "a")
+    target_time = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "b")
+    _mark(src, "c")
+    target_lsn = src.psql("SELECT pg_current_wal_insert_lsn()")
+    _mark(src, "d")
+    _mark(src, "e")
+    src.psql("SELECT pg_create_restore_point('walg_rp')")
+    _mark(src, "f")
+    archive_now(src)
+    src.stop()
+
+    by_time = _recover(pg_install, walg, pg_workdir / "by-time", "--target-time", target_time)
+    assert _phases(by_time) == ["a"]
+    by_time.stop()
+
+    by_lsn = _recover(pg_install, walg, pg_workdir / "by-lsn", "--target-lsn", target_lsn)
+    assert _phases(by_lsn) == ["a", "b", "c"]
+    by_lsn.stop()
+
+    by_name = _recover(pg_install, walg, pg_workdir / "by-name", "--target-name", "walg_rp")
+    assert _phases(by_name) == ["a", "b", "c", "d", "e"]
+    assert by_name.psql("SELECT count(*) FROM pgbench_accounts") == "100000"
+    by_name.stop()
+
+
+def test_recovery_follows_a_timeline_switch(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=archiving)
+    src.start()
+    src.pgbench(["-i", "-s", "1", "-q"])
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "tl1")
+    archive_now(src)
+    src.stop()
+
+    # A restored copy recovers to the end of timeline 1, is promoted onto timeline 2 and keeps
+    # writing, archiving into the same storage (00000002.history included).
+    first = _recover(pg_install, walg, pg_workdir / "first", conf=archiving)
+    assert first.psql("SELECT timeline_id FROM pg_control_checkpoint()") in ("1", "2")
+    first.checkpoint()
+    assert first.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "2"
+    _mark(first, "tl2")
+    first.pgbench(["-n", "-t", "300", "-c", "2"])
+    archive_now(first)
+    assert (walg.store / "wal_005" / "00000002.history.lz4").exists()
+    expected = normalized_dump(first.pg_dumpall())
+    first.stop()
+
+    # The same timeline-1 backup, restored again, must follow the history onto timeline 2.
+    second = _recover(pg_install, walg, pg_workdir / "second", "--target-timeline", "latest")
+    assert _phases(second) == ["tl1", "tl2"]
+    assert normalized_dump(second.pg_dumpall()) == expected
+    second.checkpoint()
+    assert second.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "3"
+    second.stop()
