@@ -1,0 +1,226 @@
+"""WAL archiving and restore paths on real clusters: overwrite protection, prefetch safety,
+the look-ahead uploader draining a backlog, and the resident daemon with its tiny client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
+from walgcli import WalgSetup, archive_now, normalized_dump
+
+
+@pytest.fixture
+def install() -> PgInstall:
+    return PgInstall.load(15)
+
+
+def _segments(cluster: Cluster, count: int) -> list[str]:
+    """Write enough to fill ``count`` segments, switching after each; their names."""
+    names = []
+    cluster.psql("CREATE TABLE IF NOT EXISTS filler (x text)")
+    for _ in range(count):
+        cluster.psql("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 1000)")
+        names.append(cluster.psql("SELECT pg_walfile_name(pg_switch_wal())"))
+    return names
+
+
+def test_pushing_a_segment_twice_and_a_different_one_under_its_name(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = Cluster.create(install, pg_workdir / "data", conf={"archive_mode": "off"})
+    cluster.start()
+    name = _segments(cluster, 1)[0]
+    copy_dir = make_shared_dir(pg_workdir / "copies", 0o755)
+    segment = copy_dir / name
+    shutil.copyfile(cluster.datadir / "pg_wal" / name, segment)
+    segment.chmod(0o644)
+    cluster.stop()
+
+    walg.run(["wal-push", str(segment)])
+    stored = walg.store / "wal_005" / f"{name}.lz4"
+    first = stored.read_bytes()
+    first_mtime = stored.stat().st_mtime_ns
+
+    again = walg.run(["wal-push", str(segment)])
+    assert "already archived with equal content" in again.stderr
+    assert stored.stat().st_mtime_ns == first_mtime
+
+    data = bytearray(segment.read_bytes())
+    data[5000] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    different = walg.run(["wal-push", str(segment)], check=False)
+    assert different.returncode == 1
+    assert "different content" in different.stderr
+    assert stored.read_bytes() == first
+    assert stored.stat().st_mtime_ns == first_mtime
+
+
+@pytest.fixture
+def archived(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> Iterator[tuple[WalgSetup, list[str]]]:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    names = _segments(cluster, 5)
+    archive_now(cluster)
+    cluster.stop()
+    yield walg, names
+
+
+def _fetch(walg: WalgSetup, name: str, dest: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return walg.run(["wal-fetch", *extra, name, str(dest)], env={"WALG_DOWNLOAD_CONCURRENCY": "4"})
+
+
+def test_prefetch_serves_next_segments_but_never_a_truncated_one(
+    archived: tuple[WalgSetup, list[str]], pg_workdir: Path
+) -> None:
+    walg, names = archived
+    pg_wal = make_shared_dir(pg_workdir / "restore" / "pg_wal", 0o700)
+    reference = make_shared_dir(pg_workdir / "reference", 0o755)
+    for name in names[:4]:
+        walg.run(["wal-fetch", "--no-prefetch", name, str(reference / name)])
+
+    _fetch(walg, names[0], pg_wal / "RECOVERYXLOG")
+    prefetch = pg_wal / ".wal-g" / "prefetch"
+    deadline = time.monotonic() + 30
+    while not all((prefetch / n).exists() for n in names[1:4]):
+        assert time.monotonic() < deadline, sorted(os.listdir(prefetch))
+        time.sleep(0.05)
+
+    # A prefetched file served as is.
+    _fetch(walg, names[1], pg_wal / "RECOVERYXLOG", "--no-prefetch")
+    assert (pg_wal / "RECOVERYXLOG").read_bytes() == (reference / names[1]).read_bytes()
+    assert not (prefetch / names[1]).exists(), "served by moving the prefetched file"
+
+    # A prefetched file truncated on disk is discarded and the segment downloaded again.
+    victim = prefetch / names[2]
+    with open(victim, "r+b") as handle:
+        handle.truncate(1 << 20)
+    result = _fetch(walg, names[2], pg_wal / "RECOVERYXLOG", "--no-prefetch")
+    assert "discarding invalid prefetched WAL file" in result.stderr
+    assert (pg_wal / "RECOVERYXLOG").read_bytes() == (reference / names[2]).read_bytes()
+
+    # A prefetched file holding another segment's bytes (stale) is not served either.
+    shutil.copyfile(reference / names[1], prefetch / names[3])
+    result = _fetch(walg, names[3], pg_wal / "RECOVERYXLOG", "--no-prefetch")
+    assert "discarding invalid prefetched WAL file" in result.stderr
+    assert (pg_wal / "RECOVERYXLOG").read_bytes() == (reference / names[3]).read_bytes()
+
+
+def test_lookahead_drains_a_backlog_without_touching_ready_files(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="4")
+    cluster = Cluster.create(
+        install, pg_workdir / "src", conf={"archive_mode": "on", "archive_command": "false"}
+    )
+    cluster.start()
+    names = _segments(cluster, 8)
+    ready = sorted(p.name for p in (cluster.datadir / "pg_wal" / "archive_status").glob("*.ready"))
+    assert len(ready) >= 8
+    cluster.set_conf({"archive_command": walg.command("wal-push", "%p")})
+    cluster.reload()
+    deadline = time.monotonic() + 60
+    while cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < names[-1]:
+        assert time.monotonic() < deadline, cluster.log_tail()
+        time.sleep(0.1)
+    for name in names:
+        assert (walg.store / "wal_005" / f"{name}.lz4").exists()
+    log = cluster.log_tail(400)
+    assert "more WAL files ahead of time" in log
+    assert "was already archived by a look-ahead upload" in log
+    status = cluster.datadir / "pg_wal" / "walg_data" / "walg_archive_status"
+    assert status.is_dir()
+    assert not [p for p in status.iterdir() if p.name <= names[-1]], "markers are consumed"
+    cluster.stop()
+
+
+def _start_daemon(walg: WalgSetup, socket: Path, pgdata: Path) -> subprocess.Popen[str]:
+    proc = walg.popen(["daemon", str(socket), str(pgdata)])
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def _stop_daemon(proc: subprocess.Popen[str]) -> str:
+    run_as_pg(["kill", "-TERM", str(proc.pid)])
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_daemon_archives_and_restores_through_the_tiny_client(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    sockets = make_shared_dir(pg_workdir / "sock", 0o755)
+    src_dir = pg_workdir / "src"
+    push_socket = sockets / "push.sock"
+    cluster = Cluster.create(
+        install,
+        src_dir,
+        conf={"archive_mode": "on", "archive_command": f"{client} {push_socket} wal-push %p"},
+    )
+    daemon = _start_daemon(walg, push_socket, src_dir)
+    try:
+        cluster.start()
+        cluster.pgbench(["-i", "-s", "1", "-q"])
+        walg.run(["backup-push", str(src_dir)], cluster=cluster)
+        cluster.pgbench(["-n", "-t", "500", "-c", "2"])
+        archive_now(cluster)
+        expected = normalized_dump(cluster.pg_dumpall())
+        cluster.stop()
+    finally:
+        _stop_daemon(daemon)
+
+    # Daemon down: the client says so and fails, so PostgreSQL keeps the WAL and retries.
+    down = run_as_pg(
+        [client, str(push_socket), "wal-push", "pg_wal/000000010000000000000099"], check=False
+    )
+    assert down.returncode == 1
+    assert "not running" in down.stderr
+
+    dest = pg_workdir / "restored"
+    fetch_socket = sockets / "fetch.sock"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            f"{client} {fetch_socket} wal-fetch %f %p",
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    daemon = _start_daemon(walg, fetch_socket, dest)
+    try:
+        restored.start(wait_ready=False)
+        restored.wait_ready(timeout=300)
+        restored.wait_for_recovery_end(timeout=300)
+        assert normalized_dump(restored.pg_dumpall()) == expected
+        assert "restored log file" in restored.log_tail(400)
+        assert "fetching directly" not in restored.log_tail(400), "served by the daemon"
+        restored.stop()
+    finally:
+        log = _stop_daemon(daemon)
+    assert "request failed" not in log
+    listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
+    assert len(listing) == 1
