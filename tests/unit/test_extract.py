@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 
 from walg.core.metadata import Checksum
@@ -221,7 +221,7 @@ def test_files_in_missing_directories_get_private_parents(dest: Path) -> None:
 
 
 def checksums_for(files: dict[str, bytes]) -> dict[str, Checksum]:
-    return {n: Checksum(len(d), hashlib.sha256(d).hexdigest()) for n, d in files.items()}
+    return {n: Checksum(len(d), blake3.blake3(d).hexdigest()) for n, d in files.items()}
 
 
 def test_checksums_verified(dest: Path) -> None:

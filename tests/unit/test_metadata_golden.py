@@ -537,16 +537,16 @@ def test_written_files_metadata_shape() -> None:
     rel = doc["Files"]["/base/1/1259"]
     assert re.search(r"\.\d{9}[+-]\d{2}:\d{2}$", rel["MTime"]), rel["MTime"]
     assert rel["WalgSize"] == 8192
-    assert rel["WalgSha256"] == SHA_A
+    assert rel["WalgBlake3"] == SHA_A
     assert isinstance(rel["UpdatesCount"], int)
     assert doc["Files"]["/base/1/1249"]["IsIncremented"] is True
     assert doc["Files"]["/base/1/2608"]["IsSkipped"] is True
     for entry in doc["Files"].values():
         assert RFC3339NANO_RE.match(entry["MTime"])
     assert doc["TarFileSets"] == {"part_001.tar.lz4": ["/", "/base/1/1259", "/base/1/1249"]}
-    assert doc["WalgUtilityFiles"] == {"/global/pg_control": {"Size": 8192, "Sha256": SHA_C}}
+    assert doc["WalgUtilityFiles"] == {"/global/pg_control": {"Size": 8192, "Blake3": SHA_C}}
     assert doc["WalgObjects"] == {
-        "part_001.tar.lz4": {"StoredSize": 300, "Sha256": SHA_A, "RawSize": 20000}
+        "part_001.tar.lz4": {"StoredSize": 300, "Blake3": SHA_A, "RawSize": 20000}
     }
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import struct
 
+import blake3
 import lz4.frame
 import pytest
 from hypothesis import given, settings
@@ -306,7 +306,7 @@ def test_hashing_writer(parts: list[bytes]) -> None:
     assert writer.size == len(whole)
     checksum = writer.checksum()
     assert checksum.size == len(whole)
-    assert checksum.sha256 == hashlib.sha256(whole).hexdigest()
+    assert checksum.digest == blake3.blake3(whole).hexdigest()
 
 
 def test_hashing_writer_accepts_memoryview() -> None:
@@ -314,7 +314,7 @@ def test_hashing_writer_accepts_memoryview() -> None:
     writer = HashingWriter(sink)
     writer.write(memoryview(b"abcdef")[1:4])
     assert sink.getvalue() == b"bcd"
-    assert writer.checksum().sha256 == hashlib.sha256(b"bcd").hexdigest()
+    assert writer.checksum().digest == blake3.blake3(b"bcd").hexdigest()
 
 
 @given(data=st.binary(max_size=20_000), read_size=st.integers(min_value=1, max_value=5000))
@@ -325,7 +325,7 @@ def test_hashing_reader(data: bytes, read_size: int) -> None:
         got += chunk
     assert bytes(got) == data
     assert reader.checksum().size == len(data)
-    assert reader.checksum().sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.checksum().digest == blake3.blake3(data).hexdigest()
 
 
 def test_hashing_reader_drain_and_partial_reads() -> None:
@@ -335,7 +335,7 @@ def test_hashing_reader_drain_and_partial_reads() -> None:
     assert reader.size == 10
     reader.drain(chunk=1 << 16)
     assert reader.size == len(data)
-    assert reader.checksum().sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.checksum().digest == blake3.blake3(data).hexdigest()
 
 
 def test_hashing_reader_over_the_decompressor_hashes_raw_bytes() -> None:
@@ -344,7 +344,7 @@ def test_hashing_reader_over_the_decompressor_hashes_raw_bytes() -> None:
     stored = HashingReader(io.BytesIO(raw))
     out = codec_for_extension("lz4").reader(stored, "x").read()
     assert out == data
-    assert stored.checksum().sha256 == hashlib.sha256(raw).hexdigest()
+    assert stored.checksum().digest == blake3.blake3(raw).hexdigest()
     assert stored.size == len(raw)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 
 from walg.core.metadata import Checksum
@@ -121,7 +121,7 @@ def test_round_trip_names_types_modes_and_payloads(
         assert by_name[member][1] == tarfile.REGTYPE
         assert by_name[member][2] == 0o640
         assert by_name[member][3] == data
-        assert sums[member] == Checksum(len(data), hashlib.sha256(data).hexdigest())
+        assert sums[member] == Checksum(len(data), blake3.blake3(data).hexdigest())
     assert by_name["/base"][1] == tarfile.DIRTYPE
     assert by_name["/base"][3] == b""
     assert by_name["backup_label"][3] == b"START WAL LOCATION: 0/3000028\n"
@@ -235,7 +235,7 @@ def test_walked_data_directory_members_match_tar_headers(tmp_path: Path) -> None
         if entry.kind == KIND_FILE:
             data = Path(entry.path).read_bytes()
             assert restored[entry.member] == data
-            assert files[entry.member] == Checksum(len(data), hashlib.sha256(data).hexdigest())
+            assert files[entry.member] == Checksum(len(data), blake3.blake3(data).hexdigest())
 
 
 def test_file_that_shrinks_is_zero_padded_to_walked_size(tmp_path: Path) -> None:
@@ -248,7 +248,7 @@ def test_file_that_shrinks_is_zero_padded_to_walked_size(tmp_path: Path) -> None
     tar.add_bytes("/after", b"next member still aligned")
     tar.finish()
     expected = b"B" * 3000 + bytes(7000)
-    assert checksum == Checksum(10_000, hashlib.sha256(expected).hexdigest())
+    assert checksum == Checksum(10_000, blake3.blake3(expected).hexdigest())
     got = dict((g[0], g[3]) for g in read_all(sink.getvalue()))
     assert got["/base/1/16384"] == expected
     assert got["/after"] == b"next member still aligned"
@@ -279,7 +279,7 @@ def test_file_that_grows_is_cut_at_walked_size(tmp_path: Path) -> None:
     got = dict((g[0], g[3]) for g in read_all(sink.getvalue()))
     assert got["/base/1/16384"] == b"A" * 100
     assert got["/after"] == b"ok"
-    assert checksum == Checksum(100, hashlib.sha256(b"A" * 100).hexdigest())
+    assert checksum == Checksum(100, blake3.blake3(b"A" * 100).hexdigest())
 
 
 def test_vanished_file_is_skipped(tmp_path: Path) -> None:

@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 
 from walg import __version__
-from walg.cli import backup_fetch, backup_list, backup_push, daemon, wal_fetch, wal_push
+from walg.cli import (
+    backup_fetch,
+    backup_list,
+    backup_push,
+    daemon,
+    wal_fetch,
+    wal_push,
+    wal_show,
+    wal_verify,
+)
 from walg.cli.context import Context
 from walg.errors import EXIT_FAILURE, EXIT_NOT_FOUND, WalgError, WalNotFound
 
@@ -33,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (JSON, YAML or TOML; default $WALG_CONFIG_PATH or ~/.walg.json)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (backup_push, backup_fetch, backup_list, wal_push, wal_fetch, daemon):
+    for module in (
+        backup_push,
+        backup_fetch,
+        backup_list,
+        wal_push,
+        wal_fetch,
+        wal_show,
+        wal_verify,
+        daemon,
+    ):
         module.register(sub)
     return parser
 

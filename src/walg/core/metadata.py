@@ -295,20 +295,20 @@ class BackupMetadata:
 
 @dataclass(frozen=True)
 class Checksum:
-    """walg's record of a byte stream: its length and SHA-256."""
+    """walg's record of a byte stream: its length and BLAKE3 digest (hex)."""
 
     size: int
-    sha256: str
+    digest: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"Size": self.size, "Sha256": self.sha256}
+        return {"Size": self.size, "Blake3": self.digest}
 
     @classmethod
     def from_json(cls, raw: Any) -> Checksum | None:
         if not isinstance(raw, dict):
             return None
         doc = _ci(raw)
-        size, digest = doc.get("size"), doc.get("sha256")
+        size, digest = doc.get("size"), doc.get("blake3")
         if isinstance(size, int) and isinstance(digest, str):
             return cls(size, digest)
         return None
@@ -334,7 +334,7 @@ class FileDescription:
         doc["UpdatesCount"] = self.updates_count
         if self.checksum is not None:
             doc["WalgSize"] = self.checksum.size
-            doc["WalgSha256"] = self.checksum.sha256
+            doc["WalgBlake3"] = self.checksum.digest
         return doc
 
     @classmethod
@@ -346,7 +346,7 @@ class FileDescription:
         mtime = None
         if isinstance(mtime_raw, str) and not mtime_raw.startswith("0001-01-01"):
             mtime = GoTime.parse(mtime_raw)
-        size, digest = doc.get("walgsize"), doc.get("walgsha256")
+        size, digest = doc.get("walgsize"), doc.get("walgblake3")
         checksum = (
             Checksum(size, digest) if isinstance(size, int) and isinstance(digest, str) else None
         )
@@ -369,7 +369,7 @@ class StoredObject:
     def to_json(self) -> dict[str, Any]:
         return {
             "StoredSize": self.stored.size,
-            "Sha256": self.stored.sha256,
+            "Blake3": self.stored.digest,
             "RawSize": self.raw_size,
         }
 
@@ -378,7 +378,7 @@ class StoredObject:
         if not isinstance(raw, dict):
             return None
         doc = _ci(raw)
-        size, digest, raw_size = doc.get("storedsize"), doc.get("sha256"), doc.get("rawsize")
+        size, digest, raw_size = doc.get("storedsize"), doc.get("blake3"), doc.get("rawsize")
         if isinstance(size, int) and isinstance(digest, str) and isinstance(raw_size, int):
             return cls(Checksum(size, digest), raw_size)
         return None

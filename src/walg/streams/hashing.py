@@ -1,11 +1,22 @@
-"""Counting and SHA-256 hashing pass-through stages (hashlib releases the GIL on big buffers)."""
+"""Counting and hashing pass-through stages.
+
+walg's content checksum is BLAKE3: cryptographic, and several times faster than SHA-256 on
+the same core (the ``blake3`` binding also releases the GIL), which matters when every byte of
+a database is hashed during a backup.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from typing import Any
 
 from walg.core.metadata import Checksum
 from walg.streams.base import Sink, Source
+
+
+def new_hasher() -> Any:
+    import blake3
+
+    return blake3.blake3()
 
 
 class HashingWriter:
@@ -13,7 +24,7 @@ class HashingWriter:
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
-        self._hash = hashlib.sha256()
+        self._hash = new_hasher()
         self.size = 0
 
     def write(self, data: bytes | memoryview, /) -> int:
@@ -31,7 +42,7 @@ class HashingReader:
 
     def __init__(self, source: Source) -> None:
         self._source = source
-        self._hash = hashlib.sha256()
+        self._hash = new_hasher()
         self.size = 0
 
     def read(self, size: int = -1, /) -> bytes:

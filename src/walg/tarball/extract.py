@@ -12,7 +12,6 @@ file. Safe for several threads extracting different tar objects at once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from walg.core.metadata import Checksum
 from walg.errors import IntegrityError, UnsafeArchiveError
 from walg.streams.base import Source
+from walg.streams.hashing import new_hasher
 from walg.tarball.reader import Member, TarReader
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Extractor:
             raise UnsafeArchiveError(
                 f"{what}: cannot create {rel} ({exc.strerror}); refusing the member"
             ) from None
-        digest = hashlib.sha256()
+        digest = new_hasher()
         size = 0
         try:
             while True:
@@ -135,12 +135,12 @@ class Extractor:
             os.close(fd)
         expected = self._checksum_of(member.name)
         if expected is not None and (
-            expected.size != size or expected.sha256 != digest.hexdigest()
+            expected.size != size or expected.digest != digest.hexdigest()
         ):
             raise IntegrityError(
                 f"restored file {rel} does not match its checksum in the backup metadata "
-                f"(got {size} bytes sha256 {digest.hexdigest()[:16]}…, expected "
-                f"{expected.size} bytes sha256 {expected.sha256[:16]}…; from {what})"
+                f"(got {size} bytes blake3 {digest.hexdigest()[:16]}…, expected "
+                f"{expected.size} bytes blake3 {expected.digest[:16]}…; from {what})"
             )
         with self._lock:
             if expected is not None:

@@ -8,13 +8,13 @@ torn pages). The payload's SHA-256 is returned for the backup's metadata.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 
 from walg.core.metadata import Checksum
 from walg.postgres.datadir import KIND_DIR, Entry
 from walg.streams.base import Sink
+from walg.streams.hashing import new_hasher
 
 BLOCK = 512
 READ_SIZE = 1 << 20
@@ -90,7 +90,9 @@ class TarWriter:
         self._pad(len(data))
         self.payload_size += len(data)
         self.members.append(name)
-        return Checksum(len(data), hashlib.sha256(data).hexdigest())
+        digest = new_hasher()
+        digest.update(data)
+        return Checksum(len(data), digest.hexdigest())
 
     def _add_file(self, entry: Entry, handle: object) -> Checksum:
         fd = handle.fileno()  # type: ignore[attr-defined]
@@ -105,7 +107,7 @@ class TarWriter:
                 gid=entry.gid,
             )
         )
-        digest = hashlib.sha256()
+        digest = new_hasher()
         view = memoryview(self._buffer)
         left = size
         while left > 0:

@@ -1,0 +1,163 @@
+"""``walg wal-show [--detailed-json] [--without-backups]`` in WAL-G's output formats.
+
+The table is go-pretty's default style as WAL-G renders it (no row-number column; a column
+whose every cell is a number, the switch point LSN included, is right-aligned, header too);
+the JSON is one compact line, an array of timelines sorted by id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from walg.cli.context import Context
+
+if TYPE_CHECKING:
+    from walg.ops.backup_list import BackupListing
+    from walg.ops.wal_show import TimelineInfo
+
+log = logging.getLogger(__name__)
+
+
+class Number(str):
+    """A table cell that go-pretty treats as a number (right-aligned) but prints as text."""
+
+    __slots__ = ()
+
+
+Cell = str | int
+
+
+def pretty_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    """go-pretty's ``StyleDefault`` table without auto-index, as WAL-G renders it.
+
+    Headers are upper-cased. A column whose data cells are all numbers (``int`` or
+    :class:`Number`; vacuously so when there are no rows) is right-aligned, header included;
+    other columns are left-aligned.
+    """
+    head = [h.upper() for h in headers]
+    body = [[str(c) for c in row] for row in rows]
+    numeric = [all(isinstance(row[i], int | Number) for row in rows) for i in range(len(head))]
+    widths = [len(h) for h in head]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            text = cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
+            out.append(f" {text} ")
+        return "|" + "|".join(out) + "|"
+
+    lines = [sep, line(head), sep, *(line(row) for row in body), sep]
+    return "\n".join(lines) + "\n"
+
+
+def go_json(doc: Any) -> str:
+    """``json.Marshal``'s shape: one line, no spaces, UTF-8 kept."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "wal-show",
+        help="show WAL segments in storage grouped by timeline",
+        description="Show the WAL segments in storage grouped by timeline: range, count, "
+        "missing segments (status LOST_SEGMENTS), parent timeline and switch point from the "
+        ".history file, and the backups taken on each timeline.",
+    )
+    p.add_argument(
+        "--detailed-json",
+        "--json",
+        dest="detailed_json",
+        action="store_true",
+        help="output detailed information (missing segments, backups) as JSON",
+    )
+    p.add_argument(
+        "--without-backups",
+        action="store_true",
+        help="do not look up the backups of each timeline",
+    )
+    p.set_defaults(run=run)
+
+
+def backup_doc(item: BackupListing) -> dict[str, Any]:
+    """One backup as ``backup-list --json --detail`` shows it."""
+    doc: dict[str, Any] = {
+        "backup_name": item.ref.name,
+        "time": item.ref.modified.utc().format(),
+        "wal_file_name": item.ref.wal_file_name,
+        "storage_name": "default",
+    }
+    if item.metadata is not None:
+        doc.update(item.metadata.to_json())
+    return doc
+
+
+def timeline_doc(info: TimelineInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": info.id,
+        "parent_id": info.parent_id,
+        "switch_point_lsn": info.switch_point_lsn,
+        "start_segment": info.start_segment,
+        "end_segment": info.end_segment,
+        "segments_count": info.segments_count,
+        "missing_segments": list(info.missing_segments),
+    }
+    if info.backups:
+        doc["backups"] = [backup_doc(b) for b in info.backups]
+    doc["segment_range_size"] = info.segment_range_size
+    doc["status"] = info.status
+    return doc
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.core.lsn import format_lsn
+    from walg.ops.wal_show import wal_show
+
+    with_backups = not args.without_backups
+    result = wal_show(
+        ctx.storage(),
+        with_backups=with_backups,
+        segment_size=ctx.settings.wal_segment_size,
+        concurrency=ctx.settings.download_concurrency,
+    )
+    for name in result.skipped_backups:
+        log.warning("backup %s has no readable metadata.json; not shown", name)
+    if args.detailed_json:
+        ctx.stdout.write(go_json([timeline_doc(t) for t in result.timelines]) + "\n")
+        return 0
+    headers = [
+        "TLI",
+        "Parent TLI",
+        "Switchpoint LSN",
+        "Start segment",
+        "End segment",
+        "Segment range",
+        "Segments count",
+        "Status",
+    ]
+    if with_backups:
+        headers.append("Backups count")
+    rows: list[list[Cell]] = []
+    for info in result.timelines:
+        row: list[Cell] = [
+            info.id,
+            info.parent_id,
+            Number(format_lsn(info.switch_point_lsn)),
+            info.start_segment,
+            info.end_segment,
+            info.segment_range_size,
+            info.segments_count,
+            info.status,
+        ]
+        if with_backups:
+            row.append(len(info.backups))
+        rows.append(row)
+    ctx.stdout.write(pretty_table(headers, rows))
+    return 0

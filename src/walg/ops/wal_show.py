@@ -1,0 +1,234 @@
+"""wal-show: the WAL segments in storage grouped by timeline, with gaps and backups.
+
+What WAL-G's ``wal-show`` reports, computed the same way: ``wal_005/`` is listed without
+recursing, one extension is stripped from each object name (``.lz4``, ``.br``, the trailing dot
+of old uncompressed objects, or none), and the names that are 24-hex-digit WAL segment names
+are grouped by timeline. For each timeline the gaps between its lowest and highest segment are
+reported (highest first, as WAL-G lists them), and its ``<TLI>.history`` file, read with the
+same probe by extension as ``wal-fetch``, gives the parent timeline and the switch point. A
+backup belongs to a timeline when it started on that timeline and both its start and finish
+segments lie inside the timeline's segment range.
+
+Two deliberate differences from WAL-G: ``<segment>.json`` objects (per-segment upload
+metadata, ``WALG_UPLOAD_WAL_METADATA=INDIVIDUAL``) do not count as the segment itself, and a
+backup without a readable ``metadata.json`` is skipped and named in the result instead of
+failing the whole listing.
+
+The listing and the history files are read; nothing is written. The result is a snapshot: WAL
+archived while it runs may or may not be counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
+from walg.core.metadata import BackupMetadata
+from walg.core.naming import WAL
+from walg.core.timeline import History, history_file_name
+from walg.errors import FormatError, IntegrityError
+from walg.ops import catalog
+from walg.ops.backup_list import BackupListing
+from walg.ops.pipeline import download
+from walg.ops.wal import find_wal_object
+from walg.storage.base import Storage
+from walg.streams.compression import codec_for_extension
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = "OK"
+STATUS_LOST_SEGMENTS = "LOST_SEGMENTS"
+
+# A timeline history file has one short line per ancestor; anything this large is not one.
+HISTORY_SIZE_LIMIT = 16 << 20
+
+_HISTORY_OBJECT_RE = re.compile(r"([0-9A-Fa-f]{8})\.history(\.[A-Za-z0-9]*)?")
+
+
+@dataclass(frozen=True)
+class TimelineInfo:
+    """One timeline as found in ``wal_005/``."""
+
+    id: int
+    parent_id: int
+    switch_point_lsn: int
+    start_segment: str
+    end_segment: str
+    segments_count: int
+    missing_segments: tuple[str, ...]
+    segment_range_size: int
+    backups: tuple[BackupListing, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return STATUS_LOST_SEGMENTS if self.missing_segments else STATUS_OK
+
+
+@dataclass(frozen=True)
+class WalShowResult:
+    timelines: tuple[TimelineInfo, ...]
+    with_backups: bool
+    #: backups left out because their metadata.json is missing or has no WAL name
+    skipped_backups: tuple[str, ...] = ()
+
+
+def list_wal_object_names(storage: Storage) -> list[str]:
+    """Names of the objects directly under ``wal_005/`` (no sub-folders)."""
+    return [info.key[len(WAL) :] for info in storage.list(WAL, recursive=False)]
+
+
+def strip_extension(name: str) -> str:
+    """Go's ``TrimFileExtension``: drop the last ``.suffix`` (a bare trailing dot too)."""
+    dot = name.rfind(".")
+    return name if dot < 0 else name[:dot]
+
+
+def segments_from_names(
+    names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> set[Segment]:
+    """The WAL segments among stored object names (one extension stripped)."""
+    found = set()
+    for name in names:
+        if name.endswith(".json"):
+            continue
+        try:
+            found.add(Segment.parse(strip_extension(name), segment_size))
+        except FormatError:
+            continue
+    return found
+
+
+def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """The highest timeline named by a stored segment or ``.history`` object; 0 if none."""
+    highest = 0
+    for name in names:
+        match = _HISTORY_OBJECT_RE.fullmatch(name)
+        if match:
+            highest = max(highest, int(match.group(1), 16))
+            continue
+        if name.endswith(".json"):
+            continue
+        try:
+            highest = max(highest, Segment.parse(strip_extension(name), segment_size).timeline)
+        except FormatError:
+            continue
+    return highest
+
+
+def read_history(storage: Storage, timeline: int) -> History | None:
+    """``<TLI>.history`` from storage, in any compression walg reads; None if not archived."""
+    found = find_wal_object(storage, history_file_name(timeline))
+    if found is None:
+        return None
+    key, ext = found
+    with download(storage, key, codec_for_extension(ext), key) as dl:
+        data = dl.reader.read(HISTORY_SIZE_LIMIT + 1)
+    if len(data) > HISTORY_SIZE_LIMIT:
+        raise IntegrityError(f"{key} is larger than {HISTORY_SIZE_LIMIT} bytes")
+    try:
+        return History.parse(timeline, data.decode("utf-8", "replace"))
+    except FormatError as exc:
+        raise IntegrityError(f"{key} is not a timeline history file: {exc}") from None
+
+
+def missing_segments(timeline: int, present: set[int], segment_size: int) -> tuple[str, ...]:
+    """Names of the segments absent between the lowest and highest present, highest first."""
+    low, high = min(present), max(present)
+    return tuple(
+        Segment(timeline, segno).name(segment_size)
+        for segno in range(high - 1, low, -1)
+        if segno not in present
+    )
+
+
+def _load_backups(storage: Storage, concurrency: int) -> tuple[list[BackupListing], list[str]]:
+    refs = catalog.list_backups(storage)
+    if not refs:
+        return [], []
+
+    def load(ref: catalog.BackupRef) -> BackupMetadata | None:
+        try:
+            return catalog.read_metadata(storage, ref.name)
+        except IntegrityError as exc:
+            log.warning("%s", exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(refs)))) as pool:
+        metas = list(pool.map(load, refs))
+    listed: list[BackupListing] = []
+    skipped: list[str] = []
+    for ref, meta in zip(refs, metas, strict=True):
+        if meta is None:
+            skipped.append(ref.name)
+        else:
+            listed.append(BackupListing(ref, meta))
+    listed.sort(
+        key=lambda i: (
+            i.metadata.start_time if i.metadata and i.metadata.start_time else i.ref.modified
+        )
+    )
+    return listed, skipped
+
+
+def backup_timeline(listing: BackupListing, segment_size: int) -> int | None:
+    """The timeline a backup started on, from the WAL name in its backup name."""
+    try:
+        return Segment.parse(listing.ref.wal_file_name, segment_size).timeline
+    except FormatError:
+        return None
+
+
+def wal_show(
+    storage: Storage,
+    with_backups: bool = True,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    concurrency: int = 10,
+) -> WalShowResult:
+    """Every timeline with segments in ``wal_005/``, sorted by timeline id."""
+    by_timeline: dict[int, set[int]] = {}
+    for segment in segments_from_names(list_wal_object_names(storage), segment_size):
+        by_timeline.setdefault(segment.timeline, set()).add(segment.segno)
+
+    backups: list[BackupListing] = []
+    skipped: list[str] = []
+    if with_backups and by_timeline:
+        backups, skipped = _load_backups(storage, concurrency)
+        if not backups and not skipped:
+            log.info("No backups found in storage.")
+
+    timelines = []
+    for tli in sorted(by_timeline):
+        present = by_timeline[tli]
+        low, high = min(present), max(present)
+        history = read_history(storage, tli)
+        parent, switch_lsn = 0, 0
+        if history is not None and history.switches:
+            parent, switch_lsn = history.switches[-1].parent, history.switches[-1].lsn
+        attached = []
+        for item in backups:
+            meta = item.metadata
+            if meta is None or backup_timeline(item, segment_size) != tli:
+                continue
+            if low <= meta.start_lsn // segment_size and meta.finish_lsn // segment_size <= high:
+                attached.append(item)
+        timelines.append(
+            TimelineInfo(
+                id=tli,
+                parent_id=parent,
+                switch_point_lsn=switch_lsn,
+                start_segment=Segment(tli, low).name(segment_size),
+                end_segment=Segment(tli, high).name(segment_size),
+                segments_count=len(present),
+                missing_segments=missing_segments(tli, present, segment_size),
+                segment_range_size=high - low + 1,
+                backups=tuple(attached),
+            )
+        )
+    for item in backups:
+        if backup_timeline(item, segment_size) is None:
+            skipped.append(item.ref.name)
+    return WalShowResult(tuple(timelines), with_backups, tuple(skipped))

@@ -1,0 +1,473 @@
+"""wal-verify: can the archive replay from the oldest backup to where the cluster is now?
+
+Two checks, computed as WAL-G computes them:
+
+``integrity``
+    Walks the segment numbers backwards from just before the cluster's current segment (the one
+    holding ``current LSN - 1``, still being written) down to the start segment of the oldest
+    usable backup (segment 1 when there is none), taking each segment from the timeline the
+    current timeline's history says PostgreSQL would read it from. A stored segment is
+    ``FOUND``. A missing one is ``MISSING_DELAYED`` while the walk is within
+    ``max_delayed`` segments of the start and has found nothing yet (PostgreSQL may not have
+    handed it to ``archive_command`` yet), ``MISSING_UPLOADING`` within the next
+    ``upload_concurrency`` segments (an upload may be in flight), and ``MISSING_LOST`` beyond.
+    The result is ``FAILURE`` if anything is lost, ``WARNING`` if something is missing but not
+    lost, else ``OK``; lost segments below the first found one only warn when no backup could be
+    used as the starting point (there is no telling where the archive was meant to begin).
+    Permanent backups are not used as the starting point, nor backups that the history shows
+    to lie outside their timeline.
+
+``timeline``
+    ``OK`` when the cluster's timeline is the highest one named in ``wal_005/`` (segments and
+    ``.history`` files), ``FAILURE`` when it differs (another cluster is archiving a newer
+    timeline here, or this one was restored without a fresh archive), ``WARNING`` when storage
+    names no timeline at all.
+
+The operations take the cluster position as a value, so they run without PostgreSQL;
+:func:`query_cluster_position` asks a server for it. Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_lsn
+from walg.core.metadata import BackupMetadata
+from walg.core.timeline import History
+from walg.errors import (
+    BackupNotFound,
+    ConfigError,
+    FormatError,
+    IntegrityError,
+    PostgresError,
+    UsageError,
+)
+from walg.ops import catalog
+from walg.ops.wal_show import (
+    list_wal_object_names,
+    read_history,
+    segments_from_names,
+    timelines_from_names,
+)
+from walg.settings import PgConnection
+from walg.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+INTEGRITY = "integrity"
+TIMELINE = "timeline"
+CHECKS = (INTEGRITY, TIMELINE)
+
+
+class SegmentStatus(enum.Enum):
+    FOUND = "FOUND"
+    MISSING_DELAYED = "MISSING_DELAYED"
+    MISSING_UPLOADING = "MISSING_UPLOADING"
+    MISSING_LOST = "MISSING_LOST"
+
+
+class CheckStatus(enum.Enum):
+    OK = "OK"
+    WARNING = "WARNING"
+    FAILURE = "FAILURE"
+
+
+@dataclass(frozen=True)
+class ClusterPosition:
+    """Where the cluster is: its timeline and current LSN (write LSN, or replay LSN)."""
+
+    timeline: int
+    lsn: int
+    in_recovery: bool = False
+
+    def current_segment(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
+        """The segment holding ``lsn - 1``: the one being written (WAL-G's current segment)."""
+        return Segment.before(self.timeline, max(self.lsn, 1), segment_size)
+
+
+@dataclass(frozen=True)
+class SegmentRun:
+    """Consecutive segments of one timeline with the same status."""
+
+    timeline: int
+    start_segment: str
+    end_segment: str
+    segments_count: int
+    status: SegmentStatus
+
+
+@dataclass(frozen=True)
+class IntegrityResult:
+    status: CheckStatus
+    runs: tuple[SegmentRun, ...]
+    current_segment: str
+    #: the backup whose start segment bounded the walk; None when none was usable
+    earliest_backup: str | None
+    #: the lowest segment number examined (the backup's start segment, or 1)
+    stop_segno: int
+
+
+@dataclass(frozen=True)
+class TimelineResult:
+    status: CheckStatus
+    current_timeline: int
+    highest_storage_timeline: int
+
+
+@dataclass(frozen=True)
+class WalVerifyResult:
+    integrity: IntegrityResult | None
+    timeline: TimelineResult | None
+
+    @property
+    def failed(self) -> bool:
+        return any(r is not None and r.status is CheckStatus.FAILURE for r in self.results())
+
+    def results(self) -> list[IntegrityResult | TimelineResult | None]:
+        return [self.integrity, self.timeline]
+
+
+@dataclass(frozen=True)
+class BackupStart:
+    """What the integrity check needs to know about one backup."""
+
+    name: str
+    timeline: int
+    segno: int
+    is_permanent: bool
+
+
+# --- the cluster ---------------------------------------------------------------------------
+
+_POSITION_SQL = (
+    "SELECT pg_catalog.pg_is_in_recovery(),"
+    " (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
+    " ELSE pg_catalog.pg_current_wal_lsn() END)::text,"
+    " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
+    " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init())"
+)
+
+
+def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPosition:
+    """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary,
+    ``pg_last_wal_replay_lsn()`` on a standby, the timeline of the last checkpoint.
+
+    Fails when the server's WAL segment size is not ``segment_size`` (``WALG_PG_WAL_SIZE``):
+    segment names would mean other segments.
+    """
+    from walg.postgres.connection import connect, query_one
+
+    conn = connect(pg)
+    try:
+        query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
+        in_recovery, lsn_text, timeline, server_segment_size = query_one(conn, _POSITION_SQL)
+    finally:
+        conn.close()
+    if lsn_text is None:
+        raise PostgresError("the server reports no current WAL position (standby not replaying?)")
+    if int(server_segment_size) != segment_size:
+        raise ConfigError(
+            f"the server's WAL segments are {int(server_segment_size)} bytes but "
+            f"WALG_PG_WAL_SIZE says {segment_size // (1024 * 1024)} MiB"
+        )
+    return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery))
+
+
+def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
+    """A position given on the command line (``--timeline`` and ``--lsn``)."""
+    if timeline < 1:
+        raise UsageError(f"--timeline must be a positive timeline id, not {timeline}")
+    try:
+        lsn = parse_lsn(lsn_text)
+    except FormatError:
+        raise UsageError(f"--lsn {lsn_text!r} is not an LSN like 0/16B3748") from None
+    return ClusterPosition(timeline, lsn)
+
+
+# --- the integrity check ---------------------------------------------------------------------
+
+
+def _switch_segnos(history: History | None, segment_size: int) -> dict[int, int]:
+    """Timeline → segment number of the LSN where it ended, from the current history."""
+    if history is None:
+        return {}
+    return {s.parent: s.lsn // segment_size for s in history.switches}
+
+
+def backup_is_usable(
+    backup: BackupStart,
+    current_timeline: int,
+    switch_segnos: dict[int, int],
+    allow_permanent: bool = False,
+) -> bool:
+    """WAL-G's ``checkBackupIsCorrect``: may this backup bound the integrity walk?"""
+    if backup.is_permanent and not allow_permanent:
+        log.warning(
+            "%s: backup is permanent, it is not used as the earliest backup for wal-verify",
+            backup.name,
+        )
+        return False
+    if not switch_segnos:
+        return True
+    if backup.timeline > 1:
+        begins = switch_segnos.get(backup.timeline - 1)
+        if begins is not None and backup.segno < begins:
+            log.warning(
+                "%s: backup starts before its timeline %d begins", backup.name, backup.timeline
+            )
+            return False
+    if backup.timeline == current_timeline:
+        return True
+    ends = switch_segnos.get(backup.timeline)
+    if ends is None:
+        log.warning(
+            "%s: backup timeline %d is neither current nor in the current history",
+            backup.name,
+            backup.timeline,
+        )
+        return False
+    if backup.segno >= ends:
+        log.warning("%s: backup starts after its timeline %d ended", backup.name, backup.timeline)
+        return False
+    return True
+
+
+def load_backup_starts(
+    storage: Storage, segment_size: int, concurrency: int = 10
+) -> list[BackupStart]:
+    """Every listed backup whose name carries its start segment, with its permanence.
+
+    Permanence comes from ``metadata.json``, falling back to the sentinel; a backup with
+    neither readable is left out (and logged).
+    """
+    refs = []
+    for ref in catalog.list_backups(storage):
+        try:
+            refs.append((ref, Segment.parse(ref.wal_file_name, segment_size)))
+        except FormatError:
+            log.warning("%s: no WAL segment in the backup name; ignored", ref.name)
+
+    def load(item: tuple[catalog.BackupRef, Segment]) -> BackupStart | None:
+        ref, segment = item
+        meta: BackupMetadata | None
+        try:
+            meta = catalog.read_metadata(storage, ref.name)
+        except IntegrityError as exc:
+            log.warning("%s", exc)
+            meta = None
+        if meta is not None:
+            permanent = meta.is_permanent
+        else:
+            try:
+                permanent = catalog.read_sentinel(storage, ref.name).is_permanent
+            except (IntegrityError, BackupNotFound) as exc:
+                log.warning("%s; ignored", exc)
+                return None
+        return BackupStart(ref.name, segment.timeline, segment.segno, permanent)
+
+    if not refs:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(refs)))) as pool:
+        return [b for b in pool.map(load, refs) if b is not None]
+
+
+def _classify(
+    walk: Iterable[tuple[int, int]],
+    present: set[Segment],
+    max_delayed: int,
+    upload_concurrency: int,
+) -> Iterable[tuple[int, int, SegmentStatus]]:
+    """WAL-G's three scans over the walk (newest first): delayed, uploading, lost."""
+    phase = 0  # 0: delayed, 1: uploading, 2: lost
+    taken = 0
+    if max_delayed <= 0:
+        phase = 1 if upload_concurrency > 0 else 2
+    for timeline, segno in walk:
+        found = Segment(timeline, segno) in present
+        if found:
+            status = SegmentStatus.FOUND
+        else:
+            status = (
+                SegmentStatus.MISSING_DELAYED,
+                SegmentStatus.MISSING_UPLOADING,
+                SegmentStatus.MISSING_LOST,
+            )[phase]
+        yield timeline, segno, status
+        taken += 1
+        if phase == 0 and (found or taken >= max_delayed):
+            phase, taken = (1 if upload_concurrency > 0 else 2), 0
+        elif phase == 1 and taken >= upload_concurrency:
+            phase, taken = 2, 0
+
+
+def _collapse(
+    classified: Iterable[tuple[int, int, SegmentStatus]], segment_size: int
+) -> list[SegmentRun]:
+    """Runs of one timeline and status, oldest first (input comes newest first)."""
+    runs: list[SegmentRun] = []
+    current: tuple[int, SegmentStatus] | None = None
+    low = high = count = 0
+
+    def close() -> None:
+        assert current is not None
+        runs.append(
+            SegmentRun(
+                current[0],
+                Segment(current[0], low).name(segment_size),
+                Segment(current[0], high).name(segment_size),
+                count,
+                current[1],
+            )
+        )
+
+    for timeline, segno, status in classified:
+        if current == (timeline, status):
+            low = segno
+            count += 1
+            continue
+        if current is not None:
+            close()
+        current, low, high, count = (timeline, status), segno, segno, 1
+    if current is not None:
+        close()
+    runs.reverse()
+    return runs
+
+
+def _integrity_status(runs: Sequence[SegmentRun], no_backup: bool) -> CheckStatus:
+    status = CheckStatus.OK
+    found_before = False
+    for run in runs:
+        if run.status is SegmentStatus.FOUND:
+            found_before = True
+        elif run.status is SegmentStatus.MISSING_LOST:
+            if no_backup and not found_before:
+                status = CheckStatus.WARNING
+            else:
+                return CheckStatus.FAILURE
+        else:
+            status = CheckStatus.WARNING
+    return status
+
+
+def verify_integrity(
+    storage: Storage,
+    position: ClusterPosition,
+    *,
+    max_delayed: int = 0,
+    upload_concurrency: int = 16,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    backup_name: str | None = None,
+    wal_names: Sequence[str] | None = None,
+    concurrency: int = 10,
+) -> IntegrityResult:
+    """The ``integrity`` check. ``wal_names`` reuses a listing of ``wal_005/``."""
+    if max_delayed < 0 or upload_concurrency < 0:
+        raise ConfigError("delayed and uploading WAL counts must not be negative")
+    names = list_wal_object_names(storage) if wal_names is None else wal_names
+    present = segments_from_names(names, segment_size)
+    history = read_history(storage, position.timeline)
+    if history is None and position.timeline > 1:
+        log.warning(
+            "%08X.history is not in storage: every segment is looked for on timeline %d",
+            position.timeline,
+            position.timeline,
+        )
+    switch_segnos = _switch_segnos(history, segment_size)
+
+    backups = load_backup_starts(storage, segment_size, concurrency)
+    earliest: BackupStart | None = None
+    if backup_name is not None:
+        chosen = [b for b in backups if b.name == backup_name]
+        if not chosen:
+            raise BackupNotFound(f"backup {backup_name} does not exist in storage")
+        if not backup_is_usable(chosen[0], position.timeline, switch_segnos, True):
+            raise UsageError(f"backup {backup_name} does not lie on the current timeline's history")
+        earliest = chosen[0]
+    else:
+        for backup in backups:
+            if not backup_is_usable(backup, position.timeline, switch_segnos):
+                continue
+            if earliest is None or backup.segno < earliest.segno:
+                earliest = backup
+        if earliest is None:
+            log.warning(
+                "no usable backup found: checking every segment down to segment 1 "
+                "(lost segments below the oldest archived one only warn)"
+            )
+    stop = earliest.segno if earliest is not None else 1
+
+    current = position.current_segment(segment_size)
+
+    def timeline_of(segno: int) -> int:
+        return history.timeline_of(segno, segment_size) if history else position.timeline
+
+    walk = ((timeline_of(segno), segno) for segno in range(current.segno - 1, stop - 1, -1))
+    classified = _classify(walk, present, max_delayed, upload_concurrency)
+    runs = _collapse(classified, segment_size)
+    return IntegrityResult(
+        status=_integrity_status(runs, earliest is None),
+        runs=tuple(runs),
+        current_segment=current.name(segment_size),
+        earliest_backup=earliest.name if earliest else None,
+        stop_segno=stop,
+    )
+
+
+# --- the timeline check ------------------------------------------------------------------------
+
+
+def verify_timeline(
+    storage: Storage,
+    position: ClusterPosition,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    wal_names: Sequence[str] | None = None,
+) -> TimelineResult:
+    names = list_wal_object_names(storage) if wal_names is None else wal_names
+    highest = timelines_from_names(names, segment_size)
+    if highest == 0:
+        status = CheckStatus.WARNING
+    elif highest == position.timeline:
+        status = CheckStatus.OK
+    else:
+        status = CheckStatus.FAILURE
+    return TimelineResult(status, position.timeline, highest)
+
+
+def wal_verify(
+    storage: Storage,
+    checks: Sequence[str],
+    position: ClusterPosition,
+    *,
+    max_delayed: int = 0,
+    upload_concurrency: int = 16,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    backup_name: str | None = None,
+    concurrency: int = 10,
+) -> WalVerifyResult:
+    """Run the named checks (both when ``checks`` is empty) on one listing of ``wal_005/``."""
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"unknown check {unknown[0]!r} (available: {', '.join(CHECKS)})")
+    wanted = set(checks) or set(CHECKS)
+    names = list_wal_object_names(storage)
+    integrity = timeline = None
+    if INTEGRITY in wanted:
+        integrity = verify_integrity(
+            storage,
+            position,
+            max_delayed=max_delayed,
+            upload_concurrency=upload_concurrency,
+            segment_size=segment_size,
+            backup_name=backup_name,
+            wal_names=names,
+            concurrency=concurrency,
+        )
+    if TIMELINE in wanted:
+        timeline = verify_timeline(storage, position, segment_size=segment_size, wal_names=names)
+    return WalVerifyResult(integrity, timeline)

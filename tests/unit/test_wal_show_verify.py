@@ -1,0 +1,697 @@
+"""wal-show and wal-verify: timelines, gaps, history, backups, segment statuses, output shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from walg.cli.main import main
+from walg.cli.wal_show import Number, pretty_table
+from walg.core import naming
+from walg.core.gotime import GoTime
+from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
+from walg.core.metadata import BackupMetadata, Sentinel
+from walg.errors import BackupNotFound, IntegrityError, UsageError
+from walg.ops.pipeline import upload
+from walg.ops.wal_show import (
+    STATUS_LOST_SEGMENTS,
+    STATUS_OK,
+    segments_from_names,
+    timelines_from_names,
+    wal_show,
+)
+from walg.ops.wal_verify import (
+    CheckStatus,
+    ClusterPosition,
+    IntegrityResult,
+    SegmentStatus,
+    verify_integrity,
+    verify_timeline,
+    wal_verify,
+)
+from walg.storage.base import Storage
+from walg.storage.file import FileStorage
+from walg.storage.memory import MemoryStorage
+from walg.streams.compression import codec_for_method
+
+SEG = DEFAULT_SEGMENT_SIZE
+
+
+def name(tli: int, segno: int) -> str:
+    return Segment(tli, segno).name()
+
+
+def put_wal(storage: Storage, file_name: str, data: bytes = b"wal", method: str = "lz4") -> str:
+    codec = codec_for_method(method)
+    key = naming.wal_key(file_name, codec.extension)
+    with upload(storage, key, codec) as up:
+        up.writer.write(data)
+    return key
+
+
+def put_segments(storage: Storage, tli: int, segnos: range | list[int]) -> None:
+    for segno in segnos:
+        put_wal(storage, name(tli, segno))
+
+
+def put_history(storage: Storage, tli: int, switches: list[tuple[int, str]], method: str) -> None:
+    text = "".join(f"{parent}\t{lsn}\tno recovery target specified\n" for parent, lsn in switches)
+    put_wal(storage, f"{tli:08X}.history", text.encode(), method)
+
+
+def put_backup(
+    storage: Storage,
+    tli: int,
+    start_lsn: int,
+    finish_lsn: int,
+    *,
+    permanent: bool = False,
+    metadata: bool = True,
+    start_time: int = 1_700_000_000,
+) -> str:
+    backup = naming.backup_name(Segment.containing(tli, start_lsn).name())
+    if metadata:
+        meta = BackupMetadata(
+            start_time=GoTime(start_time * 10**9),
+            finish_time=GoTime((start_time + 60) * 10**9),
+            hostname="db1",
+            data_dir="/var/lib/postgresql/15/main",
+            pg_version=150004,
+            start_lsn=start_lsn,
+            finish_lsn=finish_lsn,
+            is_permanent=permanent,
+            system_identifier=7000000000000000001,
+            uncompressed_size=100,
+            compressed_size=50,
+        )
+        storage.put_bytes(naming.metadata_key(backup), meta.dumps())
+    sentinel = Sentinel(
+        lsn=start_lsn, finish_lsn=finish_lsn, pg_version=150004, is_permanent=permanent
+    )
+    storage.put_bytes(naming.sentinel_key(backup), sentinel.dumps())
+    return backup
+
+
+def statuses(result: IntegrityResult) -> dict[str, SegmentStatus]:
+    """Segment name → status, expanded from the runs."""
+    out = {}
+    for run in result.runs:
+        low = Segment.parse(run.start_segment)
+        high = Segment.parse(run.end_segment)
+        assert low.timeline == high.timeline == run.timeline
+        assert high.segno - low.segno + 1 == run.segments_count
+        for segno in range(low.segno, high.segno + 1):
+            out[name(run.timeline, segno)] = run.status
+    return out
+
+
+def at(tli: int, segno: int, offset: int = 0x100) -> ClusterPosition:
+    """A cluster writing segment ``segno`` of ``tli``."""
+    return ClusterPosition(tli, segno * SEG + offset)
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def test_segment_names_strip_one_extension_and_skip_other_files() -> None:
+    names = [
+        name(1, 1) + ".lz4",
+        name(1, 2) + ".",  # old uncompressed layout
+        name(1, 3),  # current uncompressed layout
+        name(1, 4) + ".br",
+        name(1, 5) + ".partial.lz4",
+        name(1, 6) + ".00000028.backup.lz4",
+        name(1, 7) + ".json",  # per-segment upload metadata is not the segment
+        name(1, 8)[:23] + ".json",
+        name(1, 9) + "_delta.lz4",
+        "00000002.history.lz4",
+        "garbage.lz4",
+        name(1, 10).lower() + ".lz4",
+    ]
+    assert segments_from_names(names) == {Segment(1, n) for n in (1, 2, 3, 4)}
+
+
+def test_highest_timeline_counts_history_files_in_every_layout() -> None:
+    assert timelines_from_names([]) == 0
+    assert timelines_from_names(["junk", name(1, 1) + ".json"]) == 0
+    assert timelines_from_names([name(2, 1) + ".lz4", name(1, 9)]) == 2
+    assert timelines_from_names([name(2, 1) + ".lz4", "00000003.history.lz4"]) == 3
+    assert timelines_from_names([name(2, 1), "0000000A.history"]) == 10
+    assert timelines_from_names([name(2, 1), "0000000B.history."]) == 11
+    assert timelines_from_names([name(5, 1) + ".partial.lz4"]) == 0
+
+
+# --- wal-show ----------------------------------------------------------------------------------
+
+
+def test_wal_show_empty_storage(storage: Storage) -> None:
+    result = wal_show(storage)
+    assert result.timelines == ()
+
+
+def test_wal_show_finds_gaps_highest_first(storage: Storage) -> None:
+    put_segments(storage, 1, [2, 3, 6, 7, 9])
+    (info,) = wal_show(storage).timelines
+    assert info.id == 1
+    assert (info.parent_id, info.switch_point_lsn) == (0, 0)
+    assert info.start_segment == name(1, 2)
+    assert info.end_segment == name(1, 9)
+    assert info.segments_count == 5
+    assert info.segment_range_size == 8
+    assert info.missing_segments == (name(1, 8), name(1, 5), name(1, 4))
+    assert info.status == STATUS_LOST_SEGMENTS
+    assert info.backups == ()
+
+
+def test_wal_show_single_segment_is_ok(storage: Storage) -> None:
+    put_segments(storage, 1, [0x1FF])
+    (info,) = wal_show(storage).timelines
+    assert info.missing_segments == ()
+    assert info.status == STATUS_OK
+    assert info.segment_range_size == 1
+    assert info.start_segment == info.end_segment == "0000000100000001000000FF"
+
+
+def test_wal_show_timelines_with_history_in_any_compression(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 9))
+    put_segments(storage, 3, range(8, 12))
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    put_history(storage, 3, [(1, "0/5000000"), (2, "0/8800028")], "none")
+    # Not segments of the listing: a sub-folder, a partial, a backup history file.
+    storage.put_bytes("wal_005/sub/" + name(1, 20) + ".lz4", b"x")
+    put_wal(storage, name(1, 5) + ".partial")
+    put_wal(storage, name(2, 5) + ".00000028.backup")
+
+    timelines = wal_show(storage).timelines
+    assert [t.id for t in timelines] == [1, 2, 3]
+    one, two, three = timelines
+    assert (one.parent_id, one.switch_point_lsn) == (0, 0)
+    assert (two.parent_id, two.switch_point_lsn) == (1, 0x5000000)
+    assert (three.parent_id, three.switch_point_lsn) == (2, 0x8800028)
+    assert [t.status for t in timelines] == [STATUS_OK] * 3
+    assert one.end_segment == name(1, 5)
+
+
+def test_wal_show_unreadable_history_is_an_error(storage: Storage) -> None:
+    put_segments(storage, 2, [1])
+    put_wal(storage, "00000002.history", b"this is not a history\n")
+    with pytest.raises(IntegrityError, match=r"00000002\.history"):
+        wal_show(storage)
+
+
+def test_wal_show_attaches_backups_inside_the_timeline_range(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 11))
+    put_segments(storage, 2, range(10, 16))
+    put_history(storage, 2, [(1, "0/A000000")], "lz4")
+    inside1 = put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG + 0x100, start_time=1)
+    inside2 = put_backup(storage, 2, 12 * SEG + 0x28, 12 * SEG + 0x200, start_time=2)
+    # Finishes past the end of timeline 1's range: belongs to no timeline.
+    put_backup(storage, 1, 9 * SEG + 0x28, 11 * SEG, start_time=3)
+    no_meta = put_backup(storage, 2, 14 * SEG + 0x28, 14 * SEG + 0x100, metadata=False)
+
+    result = wal_show(storage)
+    one, two = result.timelines
+    assert [b.ref.name for b in one.backups] == [inside1]
+    assert [b.ref.name for b in two.backups] == [inside2]
+    assert result.skipped_backups == (no_meta,)
+
+    without = wal_show(storage, with_backups=False)
+    assert [t.backups for t in without.timelines] == [(), ()]
+    assert without.skipped_backups == ()
+
+
+# --- wal-verify: statuses --------------------------------------------------------------------
+
+
+def test_all_found_is_ok_and_the_current_segment_is_not_checked(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 21))
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=3)
+    assert result.status is CheckStatus.OK
+    assert len(result.runs) == 1
+    run = result.runs[0]
+    assert (run.start_segment, run.end_segment, run.segments_count) == (
+        name(1, 1),
+        name(1, 20),
+        20,
+    )
+    assert result.current_segment == name(1, 21)
+    assert result.earliest_backup is None
+    # Segment 21 is being written: its absence is not reported.
+    assert name(1, 21) not in statuses(result)
+
+
+def test_lsn_on_a_segment_boundary_belongs_to_the_previous_segment(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 20))
+    result = verify_integrity(storage, ClusterPosition(1, 21 * SEG), upload_concurrency=0)
+    assert result.current_segment == name(1, 20)
+    assert result.status is CheckStatus.OK
+    assert result.runs[-1].end_segment == name(1, 19)
+
+
+def test_uploading_window_then_lost(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 16))  # 16..20 missing
+    result = verify_integrity(storage, at(1, 21), max_delayed=0, upload_concurrency=3)
+    got = statuses(result)
+    assert [got[name(1, n)] for n in (20, 19, 18)] == [SegmentStatus.MISSING_UPLOADING] * 3
+    assert [got[name(1, n)] for n in (17, 16)] == [SegmentStatus.MISSING_LOST] * 2
+    assert got[name(1, 15)] is SegmentStatus.FOUND
+    assert result.status is CheckStatus.FAILURE
+    assert [(r.status, r.segments_count) for r in result.runs] == [
+        (SegmentStatus.FOUND, 15),
+        (SegmentStatus.MISSING_LOST, 2),
+        (SegmentStatus.MISSING_UPLOADING, 3),
+    ]
+
+
+def test_missing_within_uploading_window_only_warns(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 18))  # 18..20 missing
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=3)
+    assert result.status is CheckStatus.WARNING
+    assert result.runs[-1].status is SegmentStatus.MISSING_UPLOADING
+    assert result.runs[-1].segments_count == 3
+
+
+def test_delayed_window_then_uploading_then_lost(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 14))  # 14..20 missing
+    result = verify_integrity(storage, at(1, 21), max_delayed=2, upload_concurrency=3)
+    got = statuses(result)
+    assert [got[name(1, n)] for n in (20, 19)] == [SegmentStatus.MISSING_DELAYED] * 2
+    assert [got[name(1, n)] for n in (18, 17, 16)] == [SegmentStatus.MISSING_UPLOADING] * 3
+    assert [got[name(1, n)] for n in (15, 14)] == [SegmentStatus.MISSING_LOST] * 2
+    assert result.status is CheckStatus.FAILURE
+
+
+def test_delayed_window_ends_at_the_first_found_segment(storage: Storage) -> None:
+    put_segments(storage, 1, [*range(1, 15), 19])  # 20 and 15..18 missing
+    result = verify_integrity(storage, at(1, 21), max_delayed=5, upload_concurrency=3)
+    got = statuses(result)
+    assert got[name(1, 20)] is SegmentStatus.MISSING_DELAYED
+    assert got[name(1, 19)] is SegmentStatus.FOUND
+    # The uploading window starts right after the found segment, whatever the delayed limit.
+    assert [got[name(1, n)] for n in (18, 17, 16)] == [SegmentStatus.MISSING_UPLOADING] * 3
+    assert got[name(1, 15)] is SegmentStatus.MISSING_LOST
+    assert result.status is CheckStatus.FAILURE
+
+
+def test_only_delayed_is_a_warning(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 19))
+    result = verify_integrity(storage, at(1, 21), max_delayed=2, upload_concurrency=0)
+    assert result.status is CheckStatus.WARNING
+    assert statuses(result)[name(1, 20)] is SegmentStatus.MISSING_DELAYED
+    assert statuses(result)[name(1, 19)] is SegmentStatus.MISSING_DELAYED
+
+
+def test_gap_far_below_the_current_segment_is_lost(storage: Storage) -> None:
+    put_segments(storage, 1, [*range(1, 5), *range(6, 40)])
+    result = verify_integrity(storage, at(1, 40), max_delayed=3, upload_concurrency=16)
+    assert result.status is CheckStatus.FAILURE
+    lost = [r for r in result.runs if r.status is SegmentStatus.MISSING_LOST]
+    assert [(r.start_segment, r.end_segment) for r in lost] == [(name(1, 5), name(1, 5))]
+
+
+# --- wal-verify: where the walk starts and stops --------------------------------------------
+
+
+def test_walk_stops_at_the_oldest_backup_start(storage: Storage) -> None:
+    put_segments(storage, 1, range(10, 21))  # nothing below 10
+    backup = put_backup(storage, 1, 10 * SEG + 0x28, 11 * SEG)
+    put_backup(storage, 1, 15 * SEG + 0x28, 16 * SEG)
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=3)
+    assert result.earliest_backup == backup
+    assert result.stop_segno == 10
+    assert result.status is CheckStatus.OK
+    assert result.runs[0].start_segment == name(1, 10)
+
+
+def test_permanent_backups_do_not_bound_the_walk_unless_named(storage: Storage) -> None:
+    put_segments(storage, 1, range(10, 21))
+    permanent = put_backup(storage, 1, 5 * SEG + 0x28, 6 * SEG, permanent=True)
+    regular = put_backup(storage, 1, 12 * SEG + 0x28, 13 * SEG)
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=0)
+    assert result.earliest_backup == regular
+    assert result.status is CheckStatus.OK
+
+    named = verify_integrity(storage, at(1, 21), upload_concurrency=0, backup_name=permanent)
+    assert named.earliest_backup == permanent
+    assert named.status is CheckStatus.FAILURE  # 5..9 are missing
+    with pytest.raises(BackupNotFound):
+        verify_integrity(storage, at(1, 21), backup_name="base_000000010000000000000099")
+
+
+def test_permanence_from_the_sentinel_when_metadata_is_missing(storage: Storage) -> None:
+    put_segments(storage, 1, range(10, 21))
+    put_backup(storage, 1, 5 * SEG, 6 * SEG, permanent=True, metadata=False)
+    regular = put_backup(storage, 1, 10 * SEG, 11 * SEG, metadata=False)
+    assert verify_integrity(storage, at(1, 21)).earliest_backup == regular
+
+
+def test_without_backups_leading_lost_segments_only_warn(storage: Storage) -> None:
+    put_segments(storage, 1, range(5, 21))  # archiving began at segment 5
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    assert result.stop_segno == 1
+    assert result.runs[0].status is SegmentStatus.MISSING_LOST
+    assert result.runs[0].start_segment == name(1, 1)
+    assert result.status is CheckStatus.WARNING
+
+    storage.delete([naming.wal_key(name(1, 10), "lz4")])
+    assert verify_integrity(storage, at(1, 21), upload_concurrency=2).status is (
+        CheckStatus.FAILURE
+    )
+
+
+def test_backup_at_the_current_segment_checks_nothing(storage: Storage) -> None:
+    put_backup(storage, 1, 21 * SEG + 0x28, 21 * SEG + 0x1000)
+    result = verify_integrity(storage, at(1, 21))
+    assert result.runs == ()
+    assert result.status is CheckStatus.OK
+
+
+# --- wal-verify: timelines -------------------------------------------------------------------
+
+
+def test_walk_follows_the_current_timeline_history(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 7))  # timeline 1 went on to segment 6 (not ours)
+    put_segments(storage, 2, range(5, 9))
+    put_segments(storage, 3, range(8, 12))
+    put_history(storage, 2, [(1, "0/5800000")], "lz4")
+    put_history(storage, 3, [(1, "0/5800000"), (2, "0/8000000")], "none")
+    backup = put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG)
+
+    result = verify_integrity(storage, at(3, 12), upload_concurrency=0)
+    assert result.earliest_backup == backup
+    assert result.status is CheckStatus.OK
+    assert [(r.timeline, r.start_segment, r.end_segment) for r in result.runs] == [
+        (1, name(1, 2), name(1, 4)),
+        (2, name(2, 5), name(2, 7)),
+        (3, name(3, 8), name(3, 11)),
+    ]
+
+    storage.delete([naming.wal_key(name(2, 6), "lz4")])
+    broken = verify_integrity(storage, at(3, 12), upload_concurrency=0)
+    assert broken.status is CheckStatus.FAILURE
+    assert statuses(broken)[name(2, 6)] is SegmentStatus.MISSING_LOST
+
+
+def test_backups_outside_the_current_history_are_not_used(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 12))
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    # On timeline 1 but after timeline 1 ended at segment 5: not on our history.
+    put_backup(storage, 1, 7 * SEG + 0x28, 8 * SEG)
+    # On timeline 2 but before timeline 2 began.
+    put_backup(storage, 2, 3 * SEG + 0x28, 3 * SEG + 0x100)
+    # On timeline 4, neither current nor an ancestor.
+    put_backup(storage, 4, 2 * SEG + 0x28, 2 * SEG + 0x100)
+    good = put_backup(storage, 1, 4 * SEG + 0x28, 4 * SEG + 0x100)
+    result = verify_integrity(storage, at(2, 12), upload_concurrency=0)
+    assert result.earliest_backup == good
+    assert result.status is CheckStatus.OK
+
+
+def test_missing_history_keeps_the_walk_on_the_current_timeline(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 5))
+    put_segments(storage, 2, range(5, 10))
+    put_backup(storage, 1, 2 * SEG, 2 * SEG + 0x100)
+    result = verify_integrity(storage, at(2, 10), upload_concurrency=0)
+    assert {r.timeline for r in result.runs} == {2}
+    assert result.status is CheckStatus.FAILURE
+
+
+def test_timeline_check(storage: Storage) -> None:
+    assert verify_timeline(storage, at(1, 5)).status is CheckStatus.WARNING
+    put_segments(storage, 1, range(1, 5))
+    assert verify_timeline(storage, at(1, 5)).status is CheckStatus.OK
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    result = verify_timeline(storage, at(1, 5))
+    assert result.status is CheckStatus.FAILURE
+    assert (result.current_timeline, result.highest_storage_timeline) == (1, 2)
+    assert verify_timeline(storage, at(3, 5)).status is CheckStatus.FAILURE
+    assert verify_timeline(storage, at(2, 5)).status is CheckStatus.OK
+
+
+def test_wal_verify_runs_the_named_checks(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 5))
+    both = wal_verify(storage, [], at(1, 5))
+    assert both.integrity is not None and both.timeline is not None
+    only = wal_verify(storage, ["timeline"], at(1, 5))
+    assert only.integrity is None and only.timeline is not None
+    assert not only.failed
+    with pytest.raises(UsageError):
+        wal_verify(storage, ["everything"], at(1, 5))
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def test_pretty_table_aligns_numbers_right_like_go_pretty() -> None:
+    text = pretty_table(["TLI", "Start", "Status"], [[1, "abc", Number("FOUND")], [12, "d", "X"]])
+    assert text == (
+        "+-----+-------+--------+\n"
+        "| TLI | START | STATUS |\n"
+        "+-----+-------+--------+\n"
+        "|   1 | abc   | FOUND  |\n"
+        "|  12 | d     | X      |\n"
+        "+-----+-------+--------+\n"
+    )
+    assert pretty_table(["a", "bb"], []) == ("+---+----+\n| A | BB |\n+---+----+\n+---+----+\n")
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FileStorage:
+    for var in list(os.environ):
+        if var.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
+            monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WALG_FILE_PREFIX", str(tmp_path / "store"))
+    return FileStorage(tmp_path / "store")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_wal_show_table(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:
+    put_segments(store, 1, [1, 2, 4])
+    put_segments(store, 2, [4, 5])
+    put_history(store, 2, [(1, "0/4000000")], "lz4")
+    put_backup(store, 1, 1 * SEG + 0x28, 2 * SEG)
+    code, out, _ = run_cli(capsys, "wal-show")
+    assert code == 0
+    assert out == (
+        "+-----+------------+-----------------+--------------------------+"
+        "--------------------------+---------------+----------------+---------------+"
+        "---------------+\n"
+        "| TLI | PARENT TLI | SWITCHPOINT LSN | START SEGMENT            | END SEGMENT"
+        "              | SEGMENT RANGE | SEGMENTS COUNT | STATUS        | BACKUPS COUNT |\n"
+        "+-----+------------+-----------------+--------------------------+"
+        "--------------------------+---------------+----------------+---------------+"
+        "---------------+\n"
+        "|   1 |          0 |             0/0 | 000000010000000000000001 | "
+        "000000010000000000000004 |             4 |              3 | LOST_SEGMENTS |"
+        "             1 |\n"
+        "|   2 |          1 |       0/4000000 | 000000020000000000000004 | "
+        "000000020000000000000005 |             2 |              2 | OK            |"
+        "             0 |\n"
+        "+-----+------------+-----------------+--------------------------+"
+        "--------------------------+---------------+----------------+---------------+"
+        "---------------+\n"
+    )
+    code, out, _ = run_cli(capsys, "wal-show", "--without-backups")
+    assert "BACKUPS COUNT" not in out
+    assert out.count("\n") == 6
+
+
+def test_wal_show_detailed_json(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:
+    put_segments(store, 1, [1, 2, 4])
+    put_segments(store, 2, [4, 5])
+    put_history(store, 2, [(1, "0/4000000")], "lz4")
+    backup = put_backup(store, 1, 1 * SEG + 0x28, 2 * SEG)
+    code, out, _ = run_cli(capsys, "wal-show", "--detailed-json")
+    assert code == 0
+    assert out.endswith("\n") and out.count("\n") == 1
+    assert '"id":1,"parent_id":0' in out  # compact, as Go's json.Marshal
+    doc = json.loads(out)
+    assert [list(t) for t in doc] == [
+        [
+            "id",
+            "parent_id",
+            "switch_point_lsn",
+            "start_segment",
+            "end_segment",
+            "segments_count",
+            "missing_segments",
+            "backups",
+            "segment_range_size",
+            "status",
+        ],
+        [
+            "id",
+            "parent_id",
+            "switch_point_lsn",
+            "start_segment",
+            "end_segment",
+            "segments_count",
+            "missing_segments",
+            "segment_range_size",
+            "status",
+        ],
+    ]
+    one, two = doc
+    assert one["missing_segments"] == [name(1, 3)]
+    assert one["status"] == "LOST_SEGMENTS"
+    assert one["segment_range_size"] == 4
+    assert two["switch_point_lsn"] == 0x4000000
+    assert two["parent_id"] == 1
+    assert two["missing_segments"] == []
+    (b,) = one["backups"]
+    assert b["backup_name"] == backup
+    assert b["wal_file_name"] == name(1, 1)
+    assert b["storage_name"] == "default"
+    assert b["start_lsn"] == SEG + 0x28 and b["finish_lsn"] == 2 * SEG
+    assert b["is_permanent"] is False
+    assert b["hostname"] == "db1"
+
+    code, out2, _ = run_cli(capsys, "wal-show", "--json", "--without-backups")
+    assert all("backups" not in t for t in json.loads(out2))
+
+
+def test_wal_show_empty_json(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(capsys, "wal-show", "--detailed-json")[:2] == (0, "[]\n")
+
+
+def test_wal_verify_plain_output(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:
+    put_segments(store, 1, range(1, 10))
+    put_backup(store, 1, 2 * SEG + 0x28, 3 * SEG)
+    code, out, err = run_cli(capsys, "wal-verify", "--timeline", "1", "--lsn", "0/A000100")
+    assert code == 0
+    assert out == (
+        "[wal-verify] integrity check status: OK\n"
+        "[wal-verify] integrity check details:\n"
+        "+-----+--------------------------+--------------------------+----------------+--------+\n"
+        "| TLI | START                    | END                      | SEGMENTS COUNT | STATUS |\n"
+        "+-----+--------------------------+--------------------------+----------------+--------+\n"
+        "|   1 | 000000010000000000000002 | 000000010000000000000009 |              8 |  FOUND |\n"
+        "+-----+--------------------------+--------------------------+----------------+--------+\n"
+        "[wal-verify] timeline check status: OK\n"
+        "[wal-verify] timeline check details:\n"
+        "Highest timeline found in storage: 1\n"
+        "Current cluster timeline: 1\n"
+    )
+    assert "Current WAL segment: 00000001000000000000000A" in err
+
+
+def test_wal_verify_json_and_fail_on_problem(
+    store: FileStorage, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_segments(store, 1, [*range(1, 5), *range(6, 20)])
+    put_backup(store, 1, 1 * SEG + 0x28, 2 * SEG)
+    position = ["--timeline", "1", "--lsn", "0/14000100"]  # writing segment 0x14
+    monkeypatch.setenv("WALG_UPLOAD_CONCURRENCY", "2")
+    code, out, _ = run_cli(capsys, "wal-verify", "integrity", "timeline", "--json", *position)
+    assert code == 0  # as WAL-G: the status is in the output
+    assert out.count("\n") == 1 and ", " not in out
+    doc = json.loads(out)
+    assert list(doc) == ["integrity", "timeline"]
+    assert doc["integrity"]["status"] == "FAILURE"
+    assert doc["integrity"]["details"] == [
+        {
+            "timeline_id": 1,
+            "start_segment": name(1, 1),
+            "end_segment": name(1, 4),
+            "segments_count": 4,
+            "status": "FOUND",
+        },
+        {
+            "timeline_id": 1,
+            "start_segment": name(1, 5),
+            "end_segment": name(1, 5),
+            "segments_count": 1,
+            "status": "MISSING_LOST",
+        },
+        {
+            "timeline_id": 1,
+            "start_segment": name(1, 6),
+            "end_segment": name(1, 19),
+            "segments_count": 14,
+            "status": "FOUND",
+        },
+    ]
+    assert doc["timeline"] == {
+        "status": "OK",
+        "details": {"current_timeline_id": 1, "highest_storage_timeline_id": 1},
+    }
+
+    code, out, _ = run_cli(capsys, "wal-verify", "integrity", "--fail-on-problem", *position)
+    assert code == 1
+    assert out.startswith("[wal-verify] integrity check status: FAILURE\n")
+    assert "timeline check" not in out
+    code, out, _ = run_cli(capsys, "wal-verify", "timeline", "--fail-on-problem", *position)
+    assert code == 0
+
+    # Segments 18..19 missing instead: within the delayed window, a warning, exit 0.
+    put_wal(store, name(1, 5))
+    store.delete([naming.wal_key(name(1, n), "lz4") for n in (18, 19)])
+    monkeypatch.setenv("WALG_INTEGRITY_MAX_DELAYED_WALS", "2")
+    monkeypatch.setenv("WALG_UPLOAD_CONCURRENCY", "1")
+    code, out, _ = run_cli(
+        capsys, "wal-verify", "integrity", "--json", "--fail-on-problem", *position
+    )
+    assert code == 0
+    details = json.loads(out)["integrity"]
+    assert details["status"] == "WARNING"
+    assert details["details"][-1]["status"] == "MISSING_DELAYED"
+    assert details["details"][-1]["segments_count"] == 2
+
+
+def test_wal_verify_bad_input(
+    store: FileStorage, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    position = ["--timeline", "1", "--lsn", "0/5000000"]
+    assert run_cli(capsys, "wal-verify", "everything", *position)[0] == 2
+    assert run_cli(capsys, "wal-verify", "--timeline", "1")[0] == 2
+    assert run_cli(capsys, "wal-verify", "--timeline", "1", "--lsn", "nope")[0] == 2
+    monkeypatch.setenv("WALG_INTEGRITY_MAX_DELAYED_WALS", "-1")
+    code, _, err = run_cli(capsys, "wal-verify", *position)
+    assert code == 78
+    assert "WALG_INTEGRITY_MAX_DELAYED_WALS" in err
+
+
+def test_wal_verify_help_documents_fail_on_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["wal-verify", "--help"])
+    assert "--fail-on-problem" in capsys.readouterr().out
+
+
+def test_wal_show_does_not_import_psycopg(store: FileStorage) -> None:
+    put_segments(store, 1, [1, 2])
+    code = (
+        "import sys\n"
+        "from walg.cli.main import main\n"
+        "assert main(['wal-show']) == 0\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "000000010000000000000001" in done.stdout
+
+
+def test_memory_storage_helpers_round_trip() -> None:
+    storage = MemoryStorage()
+    key = put_wal(storage, name(1, 1), b"payload")
+    assert key == "wal_005/000000010000000000000001.lz4"
+    assert storage.raw(key) != b"payload"  # stored lz4-compressed
