@@ -1,0 +1,112 @@
+"""wal-show and wal-verify against a real archive written by ``walg wal-push`` from PostgreSQL 15.
+
+A healthy archive is reported OK by both commands; after one archived segment is deleted from
+the store, wal-show names it as missing and wal-verify's integrity check fails (exit 1 only
+with ``--fail-on-problem``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup, archive_now
+
+
+def _switch(cluster: Cluster, n: int) -> str:
+    """Write something, then finish and archive the segment; returns its name."""
+    cluster.psql(f"INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, {n}) g")
+    return archive_now(cluster)
+
+
+def test_wal_show_and_verify_on_a_real_archive(pg_workdir: Path, walg_bin: str) -> None:
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = Cluster.create(
+        install,
+        pg_workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    cluster.psql("CREATE TABLE t (id int, pad text)")
+    _switch(cluster, 1000)
+    pushed = walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    assert "Wrote backup with name base_" in pushed.stderr
+    archived = [_switch(cluster, 100 * (i + 1)) for i in range(4)]
+    assert len(set(archived)) == 4
+
+    # --- healthy ---------------------------------------------------------------------------
+    verify = walg.run(["wal-verify", "integrity", "timeline", "--json"], cluster=cluster)
+    doc = json.loads(verify.stdout)
+    assert doc["integrity"]["status"] == "OK", verify.stdout
+    assert doc["timeline"] == {
+        "status": "OK",
+        "details": {"current_timeline_id": 1, "highest_storage_timeline_id": 1},
+    }
+    assert {row["status"] for row in doc["integrity"]["details"]} == {"FOUND"}
+    assert doc["integrity"]["details"][-1]["end_segment"] >= archived[-2]
+
+    show = walg.run(["wal-show", "--detailed-json"])
+    (timeline,) = json.loads(show.stdout)
+    assert timeline["id"] == 1
+    assert timeline["parent_id"] == 0
+    assert timeline["status"] == "OK"
+    assert timeline["missing_segments"] == []
+    assert timeline["end_segment"] >= archived[-1]
+    assert timeline["segments_count"] == timeline["segment_range_size"]
+    (backup,) = timeline["backups"]
+    assert backup["backup_name"].startswith("base_")
+    assert backup["start_lsn"] <= backup["finish_lsn"]
+
+    table = walg.run(["wal-show"]).stdout
+    assert "| TLI | PARENT TLI | SWITCHPOINT LSN |" in table
+    assert "| OK " in table
+
+    plain = walg.run(["wal-verify"], cluster=cluster).stdout
+    assert plain.startswith("[wal-verify] integrity check status: OK\n")
+    assert "[wal-verify] timeline check status: OK\n" in plain
+    assert "Current cluster timeline: 1\n" in plain
+
+    # --- one archived segment lost ---------------------------------------------------------
+    lost = archived[0]
+    obj = walg.store / "wal_005" / f"{lost}.lz4"
+    assert obj.is_file()
+    obj.unlink()
+
+    show = walg.run(["wal-show", "--detailed-json", "--without-backups"])
+    (timeline,) = json.loads(show.stdout)
+    assert timeline["status"] == "LOST_SEGMENTS"
+    assert timeline["missing_segments"] == [lost]
+    assert "backups" not in timeline
+    assert "LOST_SEGMENTS" in walg.run(["wal-show"]).stdout
+
+    # Only the newest segment may still be "uploading": the deleted one is older.
+    env = {"WALG_UPLOAD_CONCURRENCY": "1"}
+    verify = walg.run(["wal-verify", "integrity", "--json"], cluster=cluster, env=env)
+    assert verify.returncode == 0  # as WAL-G: the verdict is in the output
+    doc = json.loads(verify.stdout)
+    assert list(doc) == ["integrity"]
+    assert doc["integrity"]["status"] == "FAILURE"
+    lost_rows = [r for r in doc["integrity"]["details"] if r["status"] == "MISSING_LOST"]
+    assert lost_rows == [
+        {
+            "timeline_id": 1,
+            "start_segment": lost,
+            "end_segment": lost,
+            "segments_count": 1,
+            "status": "MISSING_LOST",
+        }
+    ]
+
+    failing = walg.run(
+        ["wal-verify", "integrity", "--fail-on-problem"], cluster=cluster, env=env, check=False
+    )
+    assert failing.returncode == 1, failing.stderr
+    assert failing.stdout.startswith("[wal-verify] integrity check status: FAILURE\n")
+    assert "MISSING_LOST" in failing.stdout
+
+    # With the default 16-segment uploading window the gap is too recent to call lost.
+    recent = walg.run(["wal-verify", "integrity", "--json", "--fail-on-problem"], cluster=cluster)
+    assert json.loads(recent.stdout)["integrity"]["status"] == "WARNING"
+    cluster.stop()
