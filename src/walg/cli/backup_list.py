@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
 
 from walg.cli.context import Context
-from walg.cli.render import box_table, rfc850, tabwriter
+from walg.cli.render import backup_doc, box_table, rfc850, tabwriter
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.stdout.write("[]\n")
         return 0
     if args.json:
-        docs: list[dict[str, Any]] = []
-        for item in items:
-            doc: dict[str, Any] = {
-                "backup_name": item.ref.name,
-                "time": item.ref.modified.utc().format(),
-                "wal_file_name": item.ref.wal_file_name,
-                "storage_name": "default",
-            }
-            if item.metadata is not None:
-                doc.update(item.metadata.to_json())
-            docs.append(doc)
+        docs = [backup_doc(item) for item in items]
         text = json.dumps(docs, indent=4 if args.pretty else None)
         ctx.stdout.write(text + "\n")
         return 0

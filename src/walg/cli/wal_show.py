@@ -8,59 +8,16 @@ the JSON is one compact line, an array of timelines sorted by id.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from walg.cli.context import Context
+from walg.cli.render import Cell, Number, backup_doc, go_json, pretty_table
 
 if TYPE_CHECKING:
-    from walg.ops.backup_list import BackupListing
     from walg.ops.wal_show import TimelineInfo
 
 log = logging.getLogger(__name__)
-
-
-class Number(str):
-    """A table cell that go-pretty treats as a number (right-aligned) but prints as text."""
-
-    __slots__ = ()
-
-
-Cell = str | int
-
-
-def pretty_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
-    """go-pretty's ``StyleDefault`` table without auto-index, as WAL-G renders it.
-
-    Headers are upper-cased. A column whose data cells are all numbers (``int`` or
-    :class:`Number`; vacuously so when there are no rows) is right-aligned, header included;
-    other columns are left-aligned.
-    """
-    head = [h.upper() for h in headers]
-    body = [[str(c) for c in row] for row in rows]
-    numeric = [all(isinstance(row[i], int | Number) for row in rows) for i in range(len(head))]
-    widths = [len(h) for h in head]
-    for row in body:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(cells: Sequence[str]) -> str:
-        out = []
-        for i, cell in enumerate(cells):
-            text = cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
-            out.append(f" {text} ")
-        return "|" + "|".join(out) + "|"
-
-    lines = [sep, line(head), sep, *(line(row) for row in body), sep]
-    return "\n".join(lines) + "\n"
-
-
-def go_json(doc: Any) -> str:
-    """``json.Marshal``'s shape: one line, no spaces, UTF-8 kept."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,19 +41,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="do not look up the backups of each timeline",
     )
     p.set_defaults(run=run)
-
-
-def backup_doc(item: BackupListing) -> dict[str, Any]:
-    """One backup as ``backup-list --json --detail`` shows it."""
-    doc: dict[str, Any] = {
-        "backup_name": item.ref.name,
-        "time": item.ref.modified.utc().format(),
-        "wal_file_name": item.ref.wal_file_name,
-        "storage_name": "default",
-    }
-    if item.metadata is not None:
-        doc.update(item.metadata.to_json())
-    return doc
 
 
 def timeline_doc(info: TimelineInfo) -> dict[str, Any]:

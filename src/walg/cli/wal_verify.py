@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from walg.cli.context import Context
-from walg.cli.wal_show import Cell, Number, go_json, pretty_table
+from walg.cli.render import Cell, Number, go_json, pretty_table
 from walg.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
