@@ -18,6 +18,8 @@ from walg.errors import ConfigError, IntegrityError
 from walg.streams.base import Sink, Source
 
 READ_CHUNK = 1 << 20
+INPUT_CHUNK = 256 << 10
+OUTPUT_CHUNK = 1 << 20
 
 
 class CompressWriter:
@@ -82,20 +84,28 @@ class Lz4Reader:
 
     def _fill(self) -> None:
         while self._pos >= len(self._buffer) and not self._eof:
-            data = self._pending or self._source.read(READ_CHUNK)
-            self._pending = b""
-            if not data:
-                self._eof = True
-                if not self._started:
-                    raise IntegrityError(f"{self._what}: LZ4 stream is empty")
-                if not self._dec.eof:
-                    raise IntegrityError(f"{self._what}: LZ4 stream is truncated")
-                return
             if self._dec.eof:
+                # A frame ended; anything after it is another frame (or trailing data).
+                data = self._pending or self._source.read(INPUT_CHUNK)
+                self._pending = b""
+                if not data:
+                    self._eof = True
+                    return
                 self._dec = self._lz4.LZ4FrameDecompressor()
+            elif self._dec.needs_input:
+                data = self._source.read(INPUT_CHUNK)
+                if not data:
+                    self._eof = True
+                    if not self._started:
+                        raise IntegrityError(f"{self._what}: LZ4 stream is empty")
+                    raise IntegrityError(f"{self._what}: LZ4 stream is truncated")
+            else:
+                data = b""
             self._started = True
             try:
-                self._buffer = self._dec.decompress(data)
+                # Bounded output per call: highly compressible pages would otherwise inflate
+                # one input chunk into tens of megabytes per reader thread.
+                self._buffer = self._dec.decompress(data, max_length=OUTPUT_CHUNK)
                 self._pos = 0
             except RuntimeError as exc:
                 raise IntegrityError(f"{self._what}: corrupt LZ4 data ({exc})") from None
