@@ -110,20 +110,12 @@ def backup_fetch(
     )
     log.info("restoring backup %s into %s (%d objects)", name, dest, len(objects))
 
-    workers = max(1, min(settings.download_concurrency, len(regular) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        futures = [pool.submit(_extract_object, storage, extractor, files_meta, o) for o in regular]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failure = next((f.exception() for f in done if f.exception() is not None), None)
-        if failure is not None:
-            extractor.cancelled.set()
-            for f in futures:
-                f.cancel()
-    if failure is not None:
-        raise failure
-    for special in (control, label):
-        if special is not None:
-            _extract_object(storage, extractor, files_meta, special)
+    try:
+        _extract_all(storage, extractor, files_meta, regular, control, label, settings)
+    except BaseException:
+        extractor.abandon()
+        raise
+    extractor.finish()
 
     _check_all_restored(files_meta, extractor, restore_spec is not None)
     if not settings.tar_disable_fsync:
@@ -145,6 +137,34 @@ def backup_fetch(
         bytes=extractor.bytes,
         verified_files=len(extractor.verified),
     )
+
+
+def _extract_all(
+    storage: Storage,
+    extractor: Extractor,
+    files_meta: FilesMetadata,
+    regular: list[ObjectInfo],
+    control: ObjectInfo | None,
+    label: ObjectInfo | None,
+    settings: Settings,
+) -> None:
+    workers = max(1, min(settings.download_concurrency, len(regular) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        futures = [pool.submit(_extract_object, storage, extractor, files_meta, o) for o in regular]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failure = next((f.exception() for f in done if f.exception() is not None), None)
+        if failure is not None:
+            extractor.cancelled.set()
+            for f in futures:
+                f.cancel()
+    if failure is not None:
+        raise failure
+    # Everything else is durable before pg_control lands: a restore interrupted by a crash
+    # never leaves a startable directory with missing data.
+    extractor.barrier()
+    for special in (control, label):
+        if special is not None:
+            _extract_object(storage, extractor, files_meta, special)
 
 
 def _classify(

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from walg.core.metadata import Checksum
@@ -53,7 +54,7 @@ class Extractor:
         self.dest = dest
         self._checksum_of = checksum_of
         self._wanted = wanted
-        self._fsync = fsync
+        self._syncer = _Syncer() if fsync else None
         self._lock = threading.Lock()
         self.verified: set[str] = set()
         self.files = 0
@@ -118,6 +119,7 @@ class Extractor:
             ) from None
         digest = new_hasher()
         size = 0
+        handed_over = False
         try:
             while True:
                 chunk = payload.read(CHUNK)
@@ -129,10 +131,12 @@ class Extractor:
                     done = os.write(fd, view)
                     view = view[done:]
                 size += len(chunk)
-            if self._fsync:
-                os.fsync(fd)
+            if self._syncer is not None:
+                self._syncer.submit(fd, rel)
+                handed_over = True
         finally:
-            os.close(fd)
+            if not handed_over:
+                os.close(fd)
         expected = self._checksum_of(member.name)
         if expected is not None and (
             expected.size != size or expected.digest != digest.hexdigest()
@@ -147,6 +151,71 @@ class Extractor:
                 self.verified.add(member.name)
             self.files += 1
             self.bytes += size
+
+    def barrier(self) -> None:
+        """Wait until every file written so far is durable."""
+        if self._syncer is not None:
+            self._syncer.drain()
+
+    def finish(self) -> None:
+        """Wait until every file written is durable (fsynced and closed)."""
+        if self._syncer is not None:
+            self._syncer.finish()
+
+    def abandon(self) -> None:
+        """Close what is still open after a failure, without waiting for durability."""
+        if self._syncer is not None:
+            self._syncer.finish(raise_errors=False)
+
+
+class _Syncer:
+    """fsyncs and closes written files on background threads.
+
+    The kernel writes a file back while the extraction goes on with the next ones, instead of
+    each file's fsync stalling its extracting thread. At most ``MAX_PENDING`` files wait, which
+    bounds the open descriptors.
+    """
+
+    MAX_PENDING = 64
+    THREADS = 2
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.THREADS, thread_name_prefix="fsync")
+        self._slots = threading.BoundedSemaphore(self.MAX_PENDING)
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self._futures: list[Future[None]] = []
+
+    def submit(self, fd: int, rel: str) -> None:
+        self._slots.acquire()
+        future = self._pool.submit(self._sync, fd, rel)
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(future)
+
+    def drain(self) -> None:
+        """Wait for every fsync submitted so far; raise if any failed."""
+        with self._lock:
+            pending = list(self._futures)
+        for future in pending:
+            future.result()
+        if self._errors:
+            raise IntegrityError(f"could not make restored files durable: {self._errors[0]}")
+
+    def _sync(self, fd: int, rel: str) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._errors.append(f"{rel}: {exc.strerror}")
+        finally:
+            os.close(fd)
+            self._slots.release()
+
+    def finish(self, raise_errors: bool = True) -> None:
+        self._pool.shutdown(wait=True)
+        if self._errors and raise_errors:
+            raise IntegrityError(f"could not make restored files durable: {self._errors[0]}")
 
 
 def fsync_tree(root: Path) -> None:
