@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from walg.core.metadata import Checksum
+from walg.core.checksum import Checksum
 from walg.errors import IntegrityError, UnsafeArchiveError
 from walg.tarball.extract import Extractor, safe_relative
 from walg.tarball.writer import header

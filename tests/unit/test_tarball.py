@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from walg.core.metadata import Checksum
+from walg.core.checksum import Checksum
 from walg.errors import IntegrityError
 from walg.postgres import datadir
 from walg.postgres.datadir import KIND_DIR, KIND_FILE, Entry

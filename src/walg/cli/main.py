@@ -1,34 +1,42 @@
 """Entry point of the ``walg`` command: parse, load settings, run, map errors to exit codes.
 
-Only this package prints or chooses exit codes. Imports of heavy modules happen inside each
-command's ``run`` so that ``wal-push`` starts fast.
+Only this package prints or chooses exit codes. ``archive_command`` and ``restore_command``
+calls (``wal-push PATH``, ``wal-fetch NAME DEST``) take a fast path that skips argparse and the
+other commands' modules, because PostgreSQL pays the start-up of every call.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Sequence
+from importlib import import_module
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from walg import __version__
-from walg.cli import (
-    backup_fetch,
-    backup_list,
-    backup_push,
-    daemon,
-    wal_fetch,
-    wal_push,
-    wal_show,
-    wal_verify,
-)
-from walg.cli.context import Context
 from walg.errors import EXIT_FAILURE, EXIT_NOT_FOUND, WalgError, WalNotFound
 
-log = logging.getLogger("walg")
+if TYPE_CHECKING:
+    import argparse
+
+    from walg.cli.context import Context
+
+# Command modules in the order --help lists them; each has register(sub) and run(args, ctx).
+COMMAND_MODULES = (
+    "backup_push",
+    "backup_fetch",
+    "backup_list",
+    "wal_push",
+    "wal_fetch",
+    "wal_show",
+    "wal_verify",
+    "daemon",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="walg",
         description="Continuous archiving and point-in-time recovery for PostgreSQL, "
@@ -42,29 +50,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (JSON, YAML or TOML; default $WALG_CONFIG_PATH or ~/.walg.json)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (
-        backup_push,
-        backup_fetch,
-        backup_list,
-        wal_push,
-        wal_fetch,
-        wal_show,
-        wal_verify,
-        daemon,
-    ):
-        module.register(sub)
+    for name in COMMAND_MODULES:
+        import_module(f"walg.cli.{name}").register(sub)
     return parser
 
 
+def _fast_args(argv: Sequence[str]) -> Any | None:
+    """The parsed arguments of a plain wal-push / wal-fetch call, or None for argparse."""
+    config = None
+    rest = list(argv)
+    if len(rest) >= 2 and rest[0] == "--config":
+        config, rest = rest[1], rest[2:]
+    if any(a.startswith("-") for a in rest):
+        return None
+    if len(rest) == 2 and rest[0] == "wal-push":
+        from walg.cli import wal_push
+
+        return SimpleNamespace(config=config, run=wal_push.run, path=rest[1])
+    if len(rest) == 3 and rest[0] == "wal-fetch":
+        from walg.cli import wal_fetch
+
+        return SimpleNamespace(
+            config=config, run=wal_fetch.run, name=rest[1], destination=rest[2], no_prefetch=False
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = _fast_args(arguments) or build_parser().parse_args(arguments)
     from walg import settings as settings_module
 
     ctx: Context | None = None
     try:
         settings = settings_module.load(config_path=args.config)
         from walg.cli import logs
+        from walg.cli.context import Context
 
         logs.setup(settings.log_level)
         ctx = Context(settings)
@@ -80,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("ERROR: interrupted\n")
         return EXIT_FAILURE
     except Exception as exc:
-        log.debug("unexpected error", exc_info=True)
+        import logging
+
+        logging.getLogger("walg").debug("unexpected error", exc_info=True)
         sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
         return EXIT_FAILURE
     finally:

@@ -6,12 +6,14 @@ After a segment is restored, a detached ``walg wal-prefetch`` child downloads th
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from walg.cli.context import Context
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _spawn_prefetch(ctx: Context, name: str, destination: str) -> None:
+    import subprocess
+
     argv = [sys.executable, "-m", "walg.cli"]
     if ctx.settings.config_file:
         argv += ["--config", ctx.settings.config_file]

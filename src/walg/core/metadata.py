@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from walg.core.checksum import Checksum, StoredObject, ci_keys
 from walg.core.gotime import GoTime
 from walg.errors import FormatError
 
@@ -21,12 +22,7 @@ DATE_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
 SENTINEL_VERSION = 2
 
 
-def _ci(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """Go v1 decoding: the first key that matches case-insensitively wins."""
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        out.setdefault(key.lower(), value)
-    return out
+_ci = ci_keys
 
 
 def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
@@ -294,27 +290,6 @@ class BackupMetadata:
 
 
 @dataclass(frozen=True)
-class Checksum:
-    """walg's record of a byte stream: its length and BLAKE3 digest (hex)."""
-
-    size: int
-    digest: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"Size": self.size, "Blake3": self.digest}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Checksum | None:
-        if not isinstance(raw, dict):
-            return None
-        doc = _ci(raw)
-        size, digest = doc.get("size"), doc.get("blake3")
-        if isinstance(size, int) and isinstance(digest, str):
-            return cls(size, digest)
-        return None
-
-
-@dataclass(frozen=True)
 class FileDescription:
     """One entry of ``Files``: a tar member as WAL-G describes it, plus walg's checksum."""
 
@@ -357,31 +332,6 @@ class FileDescription:
             checksum=checksum,
             updates_count=_int(doc, "UpdatesCount"),
         )
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """walg's record of one tar object: bytes as stored and the tar stream before compression."""
-
-    stored: Checksum
-    raw_size: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "StoredSize": self.stored.size,
-            "Blake3": self.stored.digest,
-            "RawSize": self.raw_size,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Any) -> StoredObject | None:
-        if not isinstance(raw, dict):
-            return None
-        doc = _ci(raw)
-        size, digest, raw_size = doc.get("storedsize"), doc.get("blake3"), doc.get("rawsize")
-        if isinstance(size, int) and isinstance(digest, str) and isinstance(raw_size, int):
-            return cls(Checksum(size, digest), raw_size)
-        return None
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from walg import __version__
+from walg.core.checksum import Checksum, StoredObject
 from walg.core.gotime import GoTime
 from walg.core.lsn import Segment, format_lsn
-from walg.core.metadata import (
-    BackupMetadata,
-    Checksum,
-    FileDescription,
-    FilesMetadata,
-    Sentinel,
-    StoredObject,
-)
+from walg.core.metadata import BackupMetadata, FileDescription, FilesMetadata, Sentinel
 from walg.core.naming import (
     BACKUP_LABEL_MEMBER,
     PG_CONTROL_MEMBER,

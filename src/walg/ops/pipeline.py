@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from walg.core.metadata import Checksum, StoredObject
+from walg.core.checksum import Checksum, StoredObject
 from walg.storage.base import Storage
 from walg.streams.base import Sink, Source
 from walg.streams.compression import Codec

@@ -9,7 +9,6 @@ PostgreSQL never sees a partial file. A file that is not archived raises
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def wal_fetch(
         raise WalNotFound(f"WAL file {name} is not in the archive")
     key, ext = found
     codec = codec_for_extension(ext)
-    tmp = dest.with_name(f".{dest.name}.walg-{secrets.token_hex(4)}")
+    tmp = dest.with_name(f".{dest.name}.walg-{os.urandom(4).hex()}")
     size = 0
     try:
         with download(storage, key, codec, key) as dl, open(tmp, "xb") as out:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -70,7 +69,7 @@ class FileStorage(Storage):
     def open_write(self, key: str) -> Iterator[Sink]:
         path = self._path(key)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        tmp = path.with_name(f"{path.name}.tmp.{stamp}-{secrets.token_hex(8)}")
+        tmp = path.with_name(f"{path.name}.tmp.{stamp}-{os.urandom(8).hex()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed below on every path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from walg.core.metadata import Checksum
+from walg.core.checksum import Checksum
 from walg.streams.base import Sink, Source
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from walg.core.metadata import Checksum
+from walg.core.checksum import Checksum
 from walg.errors import IntegrityError, UnsafeArchiveError
 from walg.streams.base import Source
 from walg.streams.hashing import new_hasher

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tarfile
 
-from walg.core.metadata import Checksum
+from walg.core.checksum import Checksum
 from walg.postgres.datadir import KIND_DIR, Entry
 from walg.streams.base import Sink
 from walg.streams.hashing import new_hasher
