@@ -1,0 +1,85 @@
+"""Recovery settings written by backup-fetch, the daemon's protocol, and import hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from walg.errors import UsageError
+from walg.ops.daemon import parse_args
+from walg.ops.recovery import RecoveryTarget, write_recovery_config
+
+
+def test_recovery_settings_for_pg12_and_later(tmp_path: Path) -> None:
+    (tmp_path / "postgresql.auto.conf").write_text("port = 5999\n")
+    target = RecoveryTarget("walg wal-fetch %f %p", time="2026-11-25 12:00:00+00", action=None)
+    written = write_recovery_config(tmp_path, 150004, target)
+    auto = (tmp_path / "postgresql.auto.conf").read_text()
+    assert auto.startswith("port = 5999\n")
+    assert "restore_command = 'walg wal-fetch %f %p'" in auto
+    assert "recovery_target_time = '2026-11-25 12:00:00+00'" in auto
+    assert "recovery_target_action = 'promote'" in auto
+    assert (tmp_path / "recovery.signal").exists()
+    assert str(tmp_path / "recovery.signal") in written
+
+
+def test_recovery_conf_before_pg12_and_quoting(tmp_path: Path) -> None:
+    target = RecoveryTarget("cmd 'quoted' %f %p", name="rp", inclusive=False, standby=True)
+    write_recovery_config(tmp_path, 110010, target)
+    conf = (tmp_path / "recovery.conf").read_text()
+    assert "restore_command = 'cmd ''quoted'' %f %p'" in conf
+    assert "recovery_target_name = 'rp'" in conf
+    assert "recovery_target_inclusive = 'off'" in conf
+    assert "standby_mode = 'on'" in conf
+    assert not (tmp_path / "recovery.signal").exists()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        RecoveryTarget("c", time="t", lsn="0/1"),
+        RecoveryTarget("c", lsn="nope"),
+        RecoveryTarget("c", xid="12a"),
+        RecoveryTarget("c", timeline="newest"),
+        RecoveryTarget("c", action="explode"),
+    ],
+)
+def test_bad_recovery_targets_are_refused(target: RecoveryTarget, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as info:
+        write_recovery_config(tmp_path, 150000, target)
+    assert info.type.__name__ in ("UsageError", "FormatError")
+    assert not (tmp_path / "recovery.signal").exists()
+
+
+def test_daemon_argument_framing() -> None:
+    body = bytes([2]) + (3).to_bytes(2, "big") + b"abc" + (2).to_bytes(2, "big") + b"de"
+    assert parse_args(body) == ["abc", "de"]
+    for broken in (b"", bytes([1]), bytes([1, 0, 5]) + b"ab", body + b"x"):
+        with pytest.raises(UsageError):
+            parse_args(broken)
+
+
+def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> None:
+    wal = tmp_path / "pg_wal"
+    wal.mkdir()
+    (wal / "000000010000000000000001").write_bytes(b"\0" * 8192)
+    code = (
+        "import sys\n"
+        "from walg.cli.main import main\n"
+        f"rc = main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
+        "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata')"
+        " if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    env = {
+        "WALG_FILE_PREFIX": str(tmp_path / "store"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.stdout.strip() == "0 []", out.stderr

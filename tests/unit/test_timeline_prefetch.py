@@ -1,0 +1,106 @@
+"""Timeline histories and the prefetcher's choice of the next segment names."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from walg.core.lsn import Segment, parse_lsn
+from walg.core.timeline import History, history_file_name
+from walg.errors import FormatError
+from walg.ops.wal_prefetch import Prefetcher, prefetch_root, take_prefetched, valid_segment_file
+from walg.settings import load
+from walg.storage.memory import MemoryStorage
+
+SEG = 16 * 1024 * 1024
+
+
+def test_history_parse_and_timeline_of_segment() -> None:
+    text = "1\t0/5000000\tno recovery target specified\n\n2\t0/9000100\tbefore 2026\n"
+    history = History.parse(3, text)
+    assert history.timelines() == [1, 2, 3]
+    assert history.begin_lsn(1) == 0
+    assert history.begin_lsn(2) == parse_lsn("0/5000000")
+    assert history.begin_lsn(3) == parse_lsn("0/9000100")
+    assert history.timeline_of(4) == 1
+    assert history.timeline_of(5) == 2  # the switch segment is read from the new timeline
+    assert history.timeline_of(8) == 2
+    assert history.timeline_of(9) == 3
+    assert history.segment(10).name() == "00000003000000000000000A"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1\n", "x\t0/1\treason\n", "1\tnot-an-lsn\n", "2\t0/5\n1\t0/9\n", "3\t0/5\n"],
+)
+def test_history_parse_rejects_garbage(text: str) -> None:
+    with pytest.raises(FormatError):
+        History.parse(3, text)
+
+
+def _storage_with(names: list[str], histories: dict[int, str]) -> MemoryStorage:
+    storage = MemoryStorage()
+    for name in names:
+        storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(b"x"))
+    for tli, text in histories.items():
+        storage.put_bytes(
+            f"wal_005/{history_file_name(tli)}.lz4", lz4.frame.compress(text.encode())
+        )
+    return storage
+
+
+def _prefetcher(storage: MemoryStorage, root: Path) -> Prefetcher:
+    return Prefetcher(load(environ={"WALG_FILE_PREFIX": "/x"}), storage, root)
+
+
+def test_upcoming_follows_the_newest_history(tmp_path: Path) -> None:
+    storage = _storage_with([], {2: "1\t0/6000000\tpromoted\n"})
+    names = _prefetcher(storage, tmp_path).upcoming("000000010000000000000003", 5)
+    assert names == [
+        "000000010000000000000004",
+        "000000010000000000000005",
+        "000000020000000000000006",
+        "000000020000000000000007",
+        "000000020000000000000008",
+    ]
+
+
+def test_upcoming_stays_on_the_timeline_without_history(tmp_path: Path) -> None:
+    storage = _storage_with([], {})
+    names = _prefetcher(storage, tmp_path).upcoming("0000000100000000000000FE", 3)
+    assert names == [Segment(1, 0xFF + i).name() for i in range(3)]
+
+
+def _segment_bytes(name: str) -> bytes:
+    segno = Segment.parse(name).segno
+    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    header += (segno * SEG).to_bytes(8, "little") + bytes(4) + bytes(4)
+    header += (7).to_bytes(8, "little") + SEG.to_bytes(4, "little") + (8192).to_bytes(4, "little")
+    return header + bytes(SEG - len(header))
+
+
+def test_prefetch_downloads_validates_and_serves(tmp_path: Path) -> None:
+    names = [Segment(1, n).name() for n in range(1, 5)]
+    storage = MemoryStorage()
+    for name in names:
+        buf = io.BytesIO(lz4.frame.compress(_segment_bytes(name)))
+        storage.put_bytes(f"wal_005/{name}.lz4", buf.getvalue())
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "3"})
+    root = prefetch_root(settings, str(tmp_path / "RECOVERYXLOG"))
+    got = Prefetcher(settings, storage, root).run(names[0], 5)
+    assert sorted(got) == names[1:]
+    assert all(valid_segment_file(root / n, n, SEG) for n in names[1:])
+    assert not list((root / "running").iterdir())
+    dest = tmp_path / "RECOVERYXLOG"
+    assert take_prefetched(root, names[1], dest, SEG)
+    assert dest.read_bytes() == _segment_bytes(names[1])
+    # A file of the right size but another segment's content is refused and removed.
+    (root / names[2]).write_bytes(_segment_bytes(names[3]))
+    assert not take_prefetched(root, names[2], dest, SEG)
+    assert not (root / names[2]).exists()
+    # Prefetching again from a later segment drops the older files.
+    Prefetcher(settings, storage, root).run(names[3], 2)
+    assert not (root / names[3 - 1]).exists()
