@@ -70,7 +70,8 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         "import sys\n"
         "from walg.cli.main import main\n"
         f"rc = main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
-        "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata')"
+        "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata',"
+        " 'concurrent.futures')"
         " if m in sys.modules]\n"
         "print(rc, heavy)\n"
     )

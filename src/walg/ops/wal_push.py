@@ -16,11 +16,12 @@ renamed: PostgreSQL stays the only writer of its archive status.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
@@ -30,6 +31,9 @@ from walg.ops.wal import find_wal_object
 from walg.settings import Settings
 from walg.storage.base import Storage
 from walg.streams.compression import Codec, codec_for_extension, codec_for_method
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,9 @@ class LookaheadUploader:
         self._done: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Imported here: a wal-push with no backlog never starts a thread nor pays the import.
+        from concurrent.futures import ThreadPoolExecutor
+
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead")
         self._futures: dict[str, Future[None]] = {}
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
@@ -138,7 +145,7 @@ class LookaheadUploader:
     ) -> LookaheadUploader | None:
         workers = settings.upload_concurrency - 1
         budget = settings.total_bg_uploaded_limit - 1
-        if workers < 1 or budget < 1 or not (wal_dir / "archive_status").is_dir():
+        if workers < 1 or budget < 1 or not _backlog(wal_dir / "archive_status", exclude):
             return None
         return cls(settings, storage, wal_dir, workers, budget, exclude)
 
@@ -165,7 +172,9 @@ class LookaheadUploader:
             # Forget names PostgreSQL has finished with, so a long-lived uploader stays small.
             ready = set(names)
             self._started = {
-                n for n in self._started if n in ready or not self._futures.get(n, _DONE).done()
+                n
+                for n in self._started
+                if n in ready or ((f := self._futures.get(n)) is not None and not f.done())
             }
             self._futures = {n: f for n, f in self._futures.items() if n in self._started}
             for name in names:
@@ -225,8 +234,13 @@ class LookaheadUploader:
             return done
 
 
-_DONE: Future[None] = Future()
-_DONE.set_result(None)
+def _backlog(archive_status: Path, exclude: set[str]) -> bool:
+    """Does PostgreSQL have other files waiting to be archived?"""
+    try:
+        names = os.listdir(archive_status)
+    except OSError:
+        return False
+    return any(n.endswith(".ready") and n[: -len(".ready")] not in exclude for n in names)
 
 
 def _same_content(storage: Storage, key: str, codec: Codec, source: Path) -> bool:
