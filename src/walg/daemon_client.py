@@ -1,13 +1,9 @@
-#!/bin/sh
-"exec" "${0%/*}/python3" "-S" "-E" "$0" "$@"  # fmt: skip
-
 """``walg-daemon-client``: a tiny, stdlib-only client of ``walg daemon`` for PostgreSQL.
 
     archive_command = 'walg-daemon-client /run/walg.sock wal-push %p'
     restore_command = 'walg-daemon-client /run/walg.sock wal-fetch %f %p'
 
-Installed as a script that is both a shell script and Python: the shell line above re-runs
-it with the venv's interpreter and ``-S -E`` (no site, no PYTHON* variables), because the
+The installed script (``bin/walg-daemon-client``) runs this module with ``python -S -E``: the
 ``site`` machinery alone would cost PostgreSQL several milliseconds per call.
 
 It speaks WAL-G's daemon protocol (one type byte, a big-endian uint16 total length, the body;
