@@ -142,9 +142,10 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
         assert (walg.store / "wal_005" / f"{name}.lz4").exists()
     log = cluster.log_tail(400)
     assert "more WAL files ahead of time" in log
-    assert "was already archived by a look-ahead upload" in log
     status = cluster.datadir / "pg_wal" / "walg_data" / "walg_archive_status"
     assert status.is_dir()
+    # Markers are only ever removed by a wal-push of that name: all consumed means PostgreSQL's
+    # own calls for the look-ahead files ended on the marker.
     assert not [p for p in status.iterdir() if p.name <= names[-1]], "markers are consumed"
     cluster.stop()
 

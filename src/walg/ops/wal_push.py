@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 READ_BLOCK = 4 << 20
-STATUS_DIR = Path("walg_data") / "walg_archive_status"
+STATUS_DIR = Path("walg_data") / "walg_archive_status"  # also walg.cli.main.STATUS_PARTS
 SCAN_INTERVAL = 0.1
 
 
