@@ -84,3 +84,29 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert out.stdout.strip() == "0 []", out.stderr
+
+
+def test_wal_push_ends_on_a_look_ahead_marker_without_settings(tmp_path: Path) -> None:
+    wal = tmp_path / "pg_wal"
+    status = wal / "walg_data" / "walg_archive_status"
+    status.mkdir(parents=True)
+    name = "000000010000000000000007"
+    (wal / name).write_bytes(b"\0" * 8192)
+    (status / name).touch()
+    code = (
+        "import sys\n"
+        "from walg.cli.main import main\n"
+        f"print(main(['wal-push', '{wal / name}']), 'walg.settings' in sys.modules)\n"
+    )
+    # No storage configured at all: the marker alone must answer the call.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.stdout.split() == ["0", "False"], out.stderr
+    assert not (status / name).exists()
+    # Without a marker the same call needs storage, and says so.
+    again = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert again.stdout.split()[0] == "78"
