@@ -365,15 +365,16 @@ class Runner:
     def timed(self, command: str, cwd: Path, out: IO[bytes], timeout: float) -> Finished:
         """Run ``command`` through ``/bin/sh`` as PostgreSQL would; wall time spawn -> reap.
 
-        The shell starts the command in the background, prints its PID and exits; the command
-        is then re-parented to this subreaper and reaped with ``wait4``. That costs one extra
+        The shell starts the command in the background and replaces itself with ``echo`` of its
+        PID (no shell is left that could reap the command); the command is then re-parented to
+        this subreaper and reaped with ``wait4``. That costs one extra
         fork of the (1 MB) shell but gives the command a fresh ``ru_maxrss``: a direct child
         of this script would report at least this Python process's size, which it inherited
         before its exec. CPU is the shell's plus the command tree's.
         """
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"{command} >&2 & echo $!"],
+            ["/bin/sh", "-c", f"{command} >&2 & exec /bin/echo $!"],
             env=self.env(),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -402,6 +403,9 @@ class Runner:
             timer.start()
             try:
                 _pid, status, ru = os.wait4(pid, 0)
+            except ChildProcessError:
+                # Not re-parented here (should not happen): its status and rusage are lost.
+                return Finished(-1000, time.perf_counter() - t0, shell.cpu_s, 0.0, False)
             finally:
                 timer.cancel()
                 self.reaper.owned.discard(pid)
@@ -576,6 +580,8 @@ class Server:
                 [
                     str(self.bindir / "pg_isready"),
                     "-q",
+                    "-d",
+                    "postgres",
                     "-h",
                     str(self.sockdir),
                     "-p",
@@ -710,6 +716,8 @@ class Series:
     daemon: DaemonStats | None = None
     stored_objects: int | None = None
     stored_mb: float | None = None
+    walg_before: str = ""
+    walg_after: str = ""
     loadavg_before: str = ""
     error: str = ""
 
@@ -737,8 +745,12 @@ class Drain:
     archived_delta: int | None = None
     failed_delta: int | None = None
     last_archived_wal: str = ""
+    archiver_replaced: bool = False
+    server_log_notes: list[str] = dataclasses.field(default_factory=list)
     stored_objects: int | None = None
     stored_mb: float | None = None
+    walg_before: str = ""
+    walg_after: str = ""
     loadavg_before: str = ""
 
 
@@ -768,6 +780,8 @@ class Replay:
     max_proc_mb: float = 0.0
     peak_procs: int = 0
     sampler_cpu_s: float = 0.0
+    walg_before: str = ""
+    walg_after: str = ""
     loadavg_before: str = ""
 
 
@@ -889,6 +903,13 @@ class Bench:
         self._n = 0
 
     # ---------------------------------------------------------------- small helpers
+    def walg_digest(self) -> str:
+        """Digest of the installed walg (package and scripts): other sessions reinstall it."""
+        root = installed_walg(self.args.walg)
+        if root is None:
+            return "unknown"
+        return package_digest(root, [self.args.walg, Path(self.client)])
+
     def mkdir(self, name: str, mode: int = 0o755) -> Path:
         return self.user.mkdir(self.rundir / name, mode)
 
@@ -1130,15 +1151,14 @@ class Bench:
         log(f"template: pgbench TPC-B until {count} segments are .ready")
         self.tpcb_until(
             server,
-            lambda: len(self.ready_names(datadir)) >= count - 3,
+            lambda: len(self.ready_names(datadir)) >= count - 1,
             "template-pgbench.log",
         )
-        # Short bursts, each closed by pg_switch_wal(): the last thing written before the
-        # shutdown is a switch, so the backlog holds every committed transaction.
-        while len(self.ready_names(datadir)) < count:
-            server.pgbench(["-n", "-c", "1", "-t", "200", "-M", "prepared"])
-            server.psql("SELECT pg_switch_wal()")
-            time.sleep(0.1)
+        # The last thing written before the shutdown is a switch, so the backlog holds every
+        # committed transaction. If pgbench filled one more segment before it stopped (a
+        # race of a few ms against seconds per segment), the backlog is one longer.
+        server.psql("SELECT pg_switch_wal()")
+        time.sleep(0.2)
         self.expected = server.psql("SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
         self.stop_server(server)
         self.backlog = self.ready_names(datadir)
@@ -1245,6 +1265,7 @@ class Bench:
         logfile = pgdata.parent / f"{pgdata.name}-calls.log"
         daemon_log = pgdata.parent / f"{pgdata.name}-daemon.log"
         series = Series(v.name, rep, "")
+        series.walg_before = self.walg_digest()
         self.series.append(series)
         daemon: subprocess.Popen[bytes] | None = None
         sock: Path | None = None
@@ -1336,6 +1357,9 @@ class Bench:
             if daemon is not None:
                 self.stop_daemon(daemon, series.daemon or DaemonStats(), daemon_log)
             self.reaper.settle()
+        series.walg_after = self.walg_digest()
+        if series.walg_after != series.walg_before:
+            series.error = series.error or "walg was reinstalled during the series"
         failed = [c for c in series.calls if not c.ok]
         if failed:
             text = tail(logfile.read_text(errors="replace"), 10) if logfile.exists() else ""
@@ -1366,6 +1390,7 @@ class Bench:
         pgdata = self.rundir / f"{tag}-pgdata"
         names = list(self.backlog)
         d = Drain(v.name, rep, "", len(names))
+        d.walg_before = self.walg_digest()
         self.drains.append(d)
         store = self.mkdir(f"{tag}-store")
         daemon_log = self.rundir / f"{tag}-daemon.log"
@@ -1425,6 +1450,10 @@ class Bench:
             arch_after = cpu_ticks(archiver)
             if arch_before is not None and arch_after is not None:
                 d.archiver_children_cpu_s = (arch_after[1] - arch_before[1]) / CLK_TCK
+            else:
+                # The archiver exited (PostgreSQL restarts it): the CPU of the commands it
+                # ran is not known.
+                d.archiver_replaced = True
             if daemon is not None and d.daemon is not None:
                 ticks = cpu_ticks(daemon.pid)
                 d.daemon.window_cpu_s = ticks[0] / CLK_TCK if ticks else 0.0
@@ -1460,6 +1489,17 @@ class Bench:
             d.stored_mb = dir_size(target) / MB
             if d.stored_objects < len(names):
                 problems.append(f"only {d.stored_objects} objects stored")
+            if d.archiver_replaced:
+                problems.append("the archiver process exited during the drain")
+            d.walg_after = self.walg_digest()
+            if d.walg_after != d.walg_before:
+                problems.append("walg was reinstalled during the drain")
+            d.server_log_notes = [
+                line
+                for line in server.logfile.read_text(errors="replace").splitlines()
+                if re.search(r"FATAL|ERROR|PANIC|terminated|archive command|archiver", line)
+                and "yet archiving is not configured" not in line
+            ][:30]
             d.error = "; ".join(problems)
             d.ok = not problems
         except Exception as exc:
@@ -1522,6 +1562,7 @@ class Bench:
         self._n += 1
         dest = self.rundir / f"{tag}-pgdata"
         r = Replay(v.name, rep, "")
+        r.walg_before = self.walg_digest()
         self.replays.append(r)
         daemon: subprocess.Popen[bytes] | None = None
         daemon_log = self.rundir / f"{tag}-daemon.log"
@@ -1667,6 +1708,9 @@ class Bench:
                 problems.append("still in recovery")
             if not r.data_ok:
                 problems.append(f"pgbench_history {r.data} != source {expected}")
+            r.walg_after = self.walg_digest()
+            if r.walg_after != r.walg_before:
+                problems.append("walg was reinstalled during the replay")
             r.error = "; ".join(problems)
             r.ok = not problems
         except Exception as exc:
@@ -1713,6 +1757,10 @@ class Bench:
 
 def summarize(bench: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"a": {}, "b": {}, "c": {}, "targets": {}}
+    records: list[Series | Drain | Replay] = [*bench.series, *bench.drains, *bench.replays]
+    out["walg_digests"] = sorted(
+        ({x.walg_before for x in records} | {x.walg_after for x in records}) - {""}
+    )
     names: list[str] = []
     for s in bench.series:
         if s.variant not in names:
@@ -1893,6 +1941,11 @@ def print_report(summary: Mapping[str, Any], args: argparse.Namespace) -> None:
         print("\n== targets ==")
         for key, value in summary["targets"].items():
             print(f"   {key:<62} {fmt(value, '.2f')}")
+    if len(summary["walg_digests"]) > 1:
+        print(
+            "\nWARNING: the installed walg changed during the run (digests "
+            f"{', '.join(summary['walg_digests'])}): results mix walg versions"
+        )
     for part in PARTS:
         for name, e in summary[part].items():
             for err in e["errors"]:
@@ -1919,7 +1972,10 @@ def others_running() -> list[str]:
         if not name.isdigit() or int(name) in mine:
             continue
         text = cmdline(int(name))
-        if re.search(r"backup_bench\.py|wal_bench\.py|pytest|py\.test", text):
+        if re.search(
+            r"backup_bench\.py|wal_bench\.py|pytest|py\.test|scripts/(setup|test)\.sh|pip install",
+            text,
+        ):
             found.append(f"{name}: {text[:120]}")
     return found
 
@@ -1996,12 +2052,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def package_digest(root: Path) -> str:
-    """sha256 over the .py files of a walg source tree (to tell which walg was measured)."""
+def package_digest(root: Path, extra: Sequence[Path] = ()) -> str:
+    """sha256 over the .py files of a walg tree and ``extra`` files (which walg was measured)."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for path in [*sorted(root.rglob("*.py")), *extra]:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b"(missing)"
+        h.update(str(path).encode() + b"\0" + data)
     return h.hexdigest()[:16]
+
+
+def installed_walg(walg: Path) -> Path | None:
+    """The walg package directory of the venv that ``walg`` belongs to."""
+    found = sorted((walg.parent.parent / "lib").glob("python3*/site-packages/walg"))
+    return found[0] if found else None
 
 
 def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
@@ -2011,15 +2077,8 @@ def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
         text=True,
         check=False,
     )
-    site = subprocess.run(
-        [str(args.walg.parent / "python3"), "-c", "import walg, os; print(walg.__file__)"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    installed = (
-        package_digest(Path(site.stdout.strip()).parent) if site.returncode == 0 else "unknown"
-    )
+    root = installed_walg(args.walg)
+    installed = package_digest(root) if root is not None else "unknown"
     checkout = package_digest(REPO_DIR / "src" / "walg")
     return {
         "command": [sys.executable, *sys.argv],
