@@ -25,7 +25,7 @@ from walg.core.lsn import SEGMENT_NAME_RE, check_wal_file_name
 from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
-from walg.ops.wal_push import LookaheadUploader, push_one, status_dir
+from walg.ops.wal_push import LookaheadUploader, lookahead_workers, push_one, status_dir
 from walg.settings import Settings
 from walg.storage.base import Storage
 
@@ -52,9 +52,10 @@ class Daemon:
         self._prefetch_pending: Future[Any] | None = None
         self._lock = threading.Lock()
         self.lookahead: LookaheadUploader | None = None
-        if settings.upload_concurrency > 1 and (self.wal_dir / "archive_status").is_dir():
+        workers = lookahead_workers(settings)
+        if workers > 0 and (self.wal_dir / "archive_status").is_dir():
             self.lookahead = LookaheadUploader(
-                settings, storage, self.wal_dir, settings.upload_concurrency - 1, budget=None
+                settings, storage, self.wal_dir, workers, budget=None
             )
 
     def start(self) -> None:
