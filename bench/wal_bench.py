@@ -117,7 +117,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -1067,7 +1067,7 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError("pgbench backends did not go away")
 
-    def tpcb_until(self, server: Server, done: Any, logname: str) -> None:
+    def tpcb_until(self, server: Server, done: Callable[[], bool], logname: str) -> None:
         """Run pgbench TPC-B in the background until ``done()`` is true, then stop it."""
         bg = server.pgbench_background(
             ["-n", "-c", "4", "-j", "2", "-T", "7200", "-M", "prepared"],
@@ -1077,7 +1077,7 @@ class Bench:
             while not done():
                 if bg.poll() is not None:
                     raise RuntimeError(f"pgbench exited early with {bg.returncode}")
-                time.sleep(0.02)
+                time.sleep(0.05)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 bg.send_signal(signal.SIGINT)
@@ -1148,17 +1148,23 @@ class Bench:
         time.sleep(1.0)
         if self.ready_names(datadir):
             raise RuntimeError(f"unexpected .ready files: {self.ready_names(datadir)}")
+        # Stop by the insert position, not by counting .ready files: with
+        # synchronous_commit=off those appear only when the WAL writer has flushed the
+        # segment, which can be a whole segment late.
+        segsize = 16 * MB
+
+        def segno() -> int:
+            return int(server.psql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")) // segsize
+
+        first = segno()
         log(f"template: pgbench TPC-B until {count} segments are .ready")
-        self.tpcb_until(
-            server,
-            lambda: len(self.ready_names(datadir)) >= count - 1,
-            "template-pgbench.log",
-        )
+        self.tpcb_until(server, lambda: segno() >= first + count - 1, "template-pgbench.log")
         # The last thing written before the shutdown is a switch, so the backlog holds every
-        # committed transaction. If pgbench filled one more segment before it stopped (a
-        # race of a few ms against seconds per segment), the backlog is one longer.
+        # committed transaction.
         server.psql("SELECT pg_switch_wal()")
-        time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while len(self.ready_names(datadir)) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.expected = server.psql("SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
         self.stop_server(server)
         self.backlog = self.ready_names(datadir)
