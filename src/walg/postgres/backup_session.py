@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from walg.core.lsn import Segment, format_lsn, parse_lsn
+from walg.core.lsn import Segment, parse_lsn
 from walg.errors import PostgresError
 from walg.postgres.connection import first_line, query_one
 from walg.settings import PgConnection
@@ -199,7 +199,3 @@ class BackupSession:
             self._conn.close()
         except Exception as exc:  # pragma: no cover - best effort
             log.debug("closing the backup connection failed: %s", exc)
-
-
-def describe_lsn(lsn: int) -> str:
-    return format_lsn(lsn)

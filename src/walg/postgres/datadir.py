@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +150,3 @@ def _walk_tablespace(link_path: str, oid: str, member: str, result: Walk) -> Non
     result.tablespaces.append(Tablespace(oid, target.rstrip("/"), f"pg_tblspc/{oid}"))
     result.entries.append(_entry(member, target, st, KIND_DIR))
     _walk_dir(target, member, result)
-
-
-def iter_files(result: Walk) -> Iterator[Entry]:
-    return (e for e in result.entries if e.kind == KIND_FILE)
