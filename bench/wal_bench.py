@@ -91,6 +91,13 @@ gives their exact CPU time and ``ru_maxrss``.
   ``maxproc``: the largest single-process high-water mark seen (sampled VmHWM, ``ru_maxrss``
   of detached processes, the daemon's VmHWM).
 
+Noise. These VMs give freed memory back to the host (free page reporting); memory allocated
+again after that is faulted in by the host at ~2.5 ms per MB, so a 16 MB write can cost ~40 ms
+more than usual, in phases that come and go (a loop of 16 MB cp's: ~8 ms each, then ~49 ms
+after ~570 MB). It hits whichever tool runs then, so every step is repeated (``--repeat``,
+variants interleaved) and medians are reported; parts (a) and (b) start with an unrecorded
+``cp`` round, and the ``cp`` rows are the yardstick for the state of the machine.
+
 Before measuring, the script waits up to ``--quiet-wait`` minutes for no other
 ``backup_bench.py`` / ``wal_bench.py`` / pytest process and a 1-minute load average below
 ``--max-load`` (before each part it only waits for the other processes: its own set-up raises
@@ -1157,15 +1164,20 @@ class Bench:
             return int(server.psql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")) // segsize
 
         first = segno()
-        log(f"template: pgbench TPC-B until {count} segments are .ready")
-        self.tpcb_until(server, lambda: segno() >= first + count - 1, "template-pgbench.log")
-        # The last thing written before the shutdown is a switch, so the backlog holds every
-        # committed transaction.
-        server.psql("SELECT pg_switch_wal()")
-        deadline = time.monotonic() + 60
-        while len(self.ready_names(datadir)) < count and time.monotonic() < deadline:
-            time.sleep(0.1)
+        first_name = server.psql("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+        log(f"template: pgbench TPC-B until {count} segments are .ready, from {first_name}")
+        # Two segments short, then small bursts: after a checkpoint, full-page images make
+        # TPC-B write WAL several times faster, fast enough to cross a whole segment while a
+        # background run is being stopped.
+        self.tpcb_until(server, lambda: segno() >= first + count - 3, "template-pgbench.log")
+        while segno() < first + count - 1:
+            server.pgbench(["-n", "-c", "1", "-t", "20", "-M", "prepared"])
         self.expected = server.psql("SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
+        # No pg_switch_wal() here: with archive_mode=on, the shutdown itself switches to a new
+        # segment when anything was written since the last switch (as the bgwriter's
+        # running-xacts records are, every 15 s), so an explicit switch could be followed by
+        # one more. The shutdown closes the last segment, which then holds every committed
+        # transaction; the shutdown checkpoint goes into the next one, never archived.
         self.stop_server(server)
         self.backlog = self.ready_names(datadir)
         self.template = datadir
@@ -1246,6 +1258,18 @@ class Bench:
             finally:
                 self.stop_server(server, immediate=True)
                 self.remove(copy)
+        # An unrecorded cp series first: the first writes after the set-up are the dearest.
+        log("(a) warm-up (not recorded)")
+        self._n += 1
+        self.call_series(
+            CALL_VARIANTS[0],
+            0,
+            segs,
+            self.fake_pgdata(f"a{self._n}-warmup-pgdata", segs),
+            self.user.mkdir(self.rundir / f"a{self._n}-warmup-store", 0o755),
+            [],
+        )
+        self.series = [x for x in self.series if x.rep != 0]
         for rep in range(1, self.args.repeat + 1):
             for v in variants:
                 if v.kind == "pgbackrest":
@@ -1386,6 +1410,9 @@ class Bench:
 
     # ---------------------------------------------------------------- (b) backlog drain
     def part_b(self) -> None:
+        log("(b) warm-up (not recorded)")
+        self.drain(DRAIN_VARIANTS[0], 0)
+        self.drains = [x for x in self.drains if x.rep != 0]
         for rep in range(1, self.args.repeat + 1):
             for v in self.selected(DRAIN_VARIANTS):
                 self.drain(v, rep)
