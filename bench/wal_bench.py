@@ -2088,12 +2088,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def package_digest(root: Path, extra: Sequence[Path] = ()) -> str:
     """sha256 over the .py files of a walg tree and ``extra`` files (which walg was measured)."""
     h = hashlib.sha256()
-    for path in [*sorted(root.rglob("*.py")), *extra]:
+    files = [(str(p.relative_to(root)), p) for p in sorted(root.rglob("*.py"))]
+    for name, path in [*files, *((str(p), p) for p in extra)]:
         try:
             data = path.read_bytes()
         except OSError:
             data = b"(missing)"
-        h.update(str(path).encode() + b"\0" + data)
+        h.update(name.encode() + b"\0" + data)
     return h.hexdigest()[:16]
 
 
