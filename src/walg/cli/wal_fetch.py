@@ -48,9 +48,30 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         not args.no_prefetch
         and ctx.settings.download_concurrency > 1
         and SEGMENT_NAME_RE.fullmatch(args.name)
+        and not _already_prefetched(ctx, args.name, args.destination)
     ):
         _spawn_prefetch(ctx, args.name, args.destination)
     return 0
+
+
+def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:
+    """Are the next segments (same timeline) all downloaded or downloading already?
+
+    Then a prefetch process would only start Python to find nothing to do; during a replay
+    that is most calls.
+    """
+    from walg.core.lsn import Segment
+    from walg.ops.wal_prefetch import prefetch_root
+
+    root = prefetch_root(ctx.settings, destination)
+    size = ctx.settings.wal_segment_size
+    segment = Segment.parse(name, size)
+    for _ in range(ctx.settings.download_concurrency):
+        segment = segment.next()
+        following = segment.name(size)
+        if not ((root / following).exists() or (root / "running" / following).exists()):
+            return False
+    return True
 
 
 def _spawn_prefetch(ctx: Context, name: str, destination: str) -> None:
