@@ -38,14 +38,20 @@ class Upload:
 
 
 @contextmanager
-def upload(storage: Storage, key: str, codec: Codec) -> Iterator[Upload]:
+def upload(storage: Storage, key: str, codec: Codec, threads: int = 1) -> Iterator[Upload]:
+    """``threads`` > 1 lets the codec compress on that many threads."""
     with storage.open_write(key) as sink:
         stored = HashingWriter(sink)
-        compressor = codec.writer(stored)
+        compressor = codec.writer(stored, threads=threads)
         raw = CountingWriter(compressor)
         handle = Upload(raw)
-        yield handle
-        compressor.close()
+        try:
+            yield handle
+            compressor.close()
+        except BaseException:
+            # The compressor's threads must not outlive a failed upload.
+            compressor.abort()
+            raise
     handle.result = StoredObject(stored.checksum(), raw.size)
 
 
