@@ -11,15 +11,18 @@ Secrets (passwords, keys) are kept out of ``repr`` and error messages.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from walg.errors import ConfigError
+
+# Not typing.TYPE_CHECKING: every archive_command call loads settings, and importing typing,
+# json or pathlib would cost it milliseconds (mypy treats this name as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 # Storage prefixes in WAL-G's precedence order; each is also accepted with WALE_ instead of WALG_.
 STORAGE_PREFIX_KEYS: tuple[tuple[str, str], ...] = (
@@ -115,6 +118,7 @@ class Settings:
     total_bg_uploaded_limit: int
     prefetch_dir: str | None
     wal_segment_size: int
+    daemon_follow_wal: bool
     log_level: str
     config_file: str | None
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -162,10 +166,10 @@ def _default_config(env: Mapping[str, str]) -> str | None:
     if not home:
         return None
     for name in _CONFIG_NAMES:
-        candidate = Path(home) / name
+        candidate = os.path.join(home, name)
         try:
-            if candidate.is_file():
-                return str(candidate)
+            if os.path.isfile(candidate):
+                return candidate
         except OSError:
             return None
     return None
@@ -173,14 +177,15 @@ def _default_config(env: Mapping[str, str]) -> str | None:
 
 def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {path} does not exist") from None
         raise ConfigError(f"WALG_CONFIG_PATH: config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    suffix = Path(path).suffix.lower()
+    suffix = os.path.splitext(path)[1].lower()
     data: Any
     try:
         if suffix in (".yaml", ".yml"):
@@ -192,6 +197,8 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
 
             data = tomllib.loads(text)
         else:
+            import json
+
             data = json.loads(text) if text.strip() else {}
     except Exception as exc:
         raise ConfigError(f"config file {path} is not valid {suffix or 'JSON'}: {exc}") from None
@@ -206,6 +213,8 @@ def _config_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict | list):
+        import json
+
         return json.dumps(value)
     if value is None:
         return ""
@@ -313,6 +322,8 @@ def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
     user_data: Any = None
     raw_user_data = values.get("WALG_SENTINEL_USER_DATA", "").strip()
     if raw_user_data:
+        import json
+
         try:
             user_data = json.loads(raw_user_data)
         except json.JSONDecodeError:
@@ -349,6 +360,7 @@ def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
         total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=0),
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
         wal_segment_size=_int(values, "WALG_PG_WAL_SIZE", 16) * 1024 * 1024,
+        daemon_follow_wal=_bool(values, "WALG_DAEMON_FOLLOW_WAL", True),
         log_level=values.get("WALG_LOG_LEVEL", "").strip().upper() or "NORMAL",
         config_file=config_file,
         values=dict(values),

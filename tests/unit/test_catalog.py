@@ -26,7 +26,7 @@ def put_sentinel(storage: Storage, name: str, golden: str = "sentinel_v2_full.js
 
 def set_mtime(storage: Storage, name: str, seconds: int) -> None:
     if isinstance(storage, FileStorage):
-        path = storage.root / naming.sentinel_key(name)
+        path = Path(storage.root) / naming.sentinel_key(name)
         os.utime(path, ns=(seconds * 10**9, seconds * 10**9))
 
 

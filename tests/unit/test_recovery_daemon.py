@@ -70,8 +70,10 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         "import sys\n"
         "from walg.cli.main import main\n"
         f"rc = main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
+        # Beyond database and cloud libraries: modules that cost an archive_command call
+        # milliseconds each (typing, logging, pathlib, json, datetime, concurrent.futures).
         "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata',"
-        " 'concurrent.futures')"
+        " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime')"
         " if m in sys.modules]\n"
         "print(rc, heavy)\n"
     )

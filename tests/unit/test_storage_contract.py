@@ -89,7 +89,7 @@ class TestStorageContract:
         assert not storage.exists("x/obj")
         assert keys(storage, "") == []
         if isinstance(storage, FileStorage):
-            assert files_under(storage.root) == []  # no temp file left behind
+            assert files_under(Path(storage.root)) == []  # no temp file left behind
 
     def test_exception_inside_replacing_write_keeps_old_object(self, storage: Storage) -> None:
         storage.put_bytes("k", b"old")
@@ -98,7 +98,7 @@ class TestStorageContract:
             raise Boom
         assert storage.get_bytes("k") == b"old"
         if isinstance(storage, FileStorage):
-            assert files_under(storage.root) == ["k"]
+            assert files_under(Path(storage.root)) == ["k"]
 
     def test_replace_existing_atomically(self, storage: Storage) -> None:
         storage.put_bytes("k", b"old content")
@@ -230,7 +230,7 @@ class TestStorageContract:
         assert not isinstance(info.value, ObjectNotFound)
         assert keys(storage, "") == []
         if isinstance(storage, FileStorage):
-            assert files_under(storage.root.parent) == []
+            assert files_under(Path(storage.root).parent) == []
 
     @pytest.mark.parametrize("key", ["../x", "/abs", "a//b"])
     def test_invalid_keys_never_read(self, storage: Storage, key: str) -> None:
@@ -288,7 +288,7 @@ def test_file_list_hides_leftover_temp_files(tmp_path: Path) -> None:
 def test_file_prefix_url_forms(tmp_path: Path) -> None:
     for root in (f"file://localhost{tmp_path}", f"file://{tmp_path}", str(tmp_path)):
         storage = FileStorage(root)
-        assert storage.root == tmp_path
+        assert storage.root == str(tmp_path)
         storage.put_bytes("k", root.encode())
         assert (tmp_path / "k").read_bytes() == root.encode()
 

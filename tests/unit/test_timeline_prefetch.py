@@ -53,7 +53,7 @@ def _storage_with(names: list[str], histories: dict[int, str]) -> MemoryStorage:
 
 
 def _prefetcher(storage: MemoryStorage, root: Path) -> Prefetcher:
-    return Prefetcher(load(environ={"WALG_FILE_PREFIX": "/x"}), storage, root)
+    return Prefetcher(load(environ={"WALG_FILE_PREFIX": "/x"}), storage, str(root))
 
 
 def test_upcoming_follows_the_newest_history(tmp_path: Path) -> None:
@@ -89,18 +89,18 @@ def test_prefetch_downloads_validates_and_serves(tmp_path: Path) -> None:
         buf = io.BytesIO(lz4.frame.compress(_segment_bytes(name)))
         storage.put_bytes(f"wal_005/{name}.lz4", buf.getvalue())
     settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "3"})
-    root = prefetch_root(settings, str(tmp_path / "RECOVERYXLOG"))
-    got = Prefetcher(settings, storage, root).run(names[0], 5)
+    root = Path(prefetch_root(settings, str(tmp_path / "RECOVERYXLOG")))
+    got = Prefetcher(settings, storage, str(root)).run(names[0], 5)
     assert sorted(got) == names[1:]
-    assert all(valid_segment_file(root / n, n, SEG) for n in names[1:])
+    assert all(valid_segment_file(str(root / n), n, SEG) for n in names[1:])
     assert not list((root / "running").iterdir())
     dest = tmp_path / "RECOVERYXLOG"
-    assert take_prefetched(root, names[1], dest, SEG)
+    assert take_prefetched(str(root), names[1], str(dest), SEG)
     assert dest.read_bytes() == _segment_bytes(names[1])
     # A file of the right size but another segment's content is refused and removed.
     (root / names[2]).write_bytes(_segment_bytes(names[3]))
-    assert not take_prefetched(root, names[2], dest, SEG)
+    assert not take_prefetched(str(root), names[2], str(dest), SEG)
     assert not (root / names[2]).exists()
     # Prefetching again from a later segment drops the older files.
-    Prefetcher(settings, storage, root).run(names[3], 2)
+    Prefetcher(settings, storage, str(root)).run(names[3], 2)
     assert not (root / names[3 - 1]).exists()

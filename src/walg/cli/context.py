@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
 
-from walg.settings import Settings
-from walg.storage.base import Storage
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from walg.settings import Settings
+    from walg.storage.base import Storage
 
 
 @dataclass

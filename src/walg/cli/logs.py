@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
+
+from walg.core import log
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
-        micros = int((record.created % 1) * 1_000_000)
-        level = {"WARNING": "WARNING", "CRITICAL": "ERROR"}.get(record.levelname, record.levelname)
-        text = f"{level}: {stamp}.{micros:06d} {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+def threshold(level_name: str) -> int:
+    """The lowest level shown for ``WALG_LOG_LEVEL``."""
+    if level_name in ("DEVEL", "DEBUG"):
+        return log.DEBUG
+    if level_name in ("ERROR", "QUIET"):
+        return log.WARNING
+    return log.INFO
 
 
 def setup(level_name: str) -> None:
-    level = logging.DEBUG if level_name in ("DEVEL", "DEBUG") else logging.INFO
-    if level_name in ("ERROR", "QUIET"):
-        level = logging.WARNING
+    import logging
+
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            import time
+
+            stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+            micros = int((record.created % 1) * 1_000_000)
+            level = {"WARNING": "WARNING", "CRITICAL": "ERROR"}.get(
+                record.levelname, record.levelname
+            )
+            text = f"{level}: {stamp}.{micros:06d} {record.getMessage()}"
+            if record.exc_info:
+                text += "\n" + self.formatException(record.exc_info)
+            return text
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(threshold(level_name))
+
+
+def setup_lazily(level_name: str) -> None:
+    """Like :func:`setup`, deferred until walg first logs something at an enabled level."""
+    log.configure_lazily(threshold(level_name), lambda: setup(level_name))

@@ -8,16 +8,16 @@ other commands' modules, because PostgreSQL pays the start-up of every call.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from importlib import import_module
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
 
 from walg import __version__
 from walg.errors import EXIT_FAILURE, EXIT_NOT_FOUND, WalgError, WalNotFound
 
+TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
+    from typing import Any
 
     from walg.cli.context import Context
 
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (JSON, YAML or TOML; default $WALG_CONFIG_PATH or ~/.walg.json)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from importlib import import_module
+
     for name in COMMAND_MODULES:
         import_module(f"walg.cli.{name}").register(sub)
     return parser
@@ -108,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _fast_args(arguments)
     if args is not None and args.command == "wal-push" and _archived_ahead(args.path):
         return 0
+    fast = args is not None
     args = args or build_parser().parse_args(arguments)
     from walg import settings as settings_module
 
@@ -117,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from walg.cli import logs
         from walg.cli.context import Context
 
-        logs.setup(settings.log_level)
+        if fast:
+            logs.setup_lazily(settings.log_level)
+        else:
+            logs.setup(settings.log_level)
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
@@ -131,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("ERROR: interrupted\n")
         return EXIT_FAILURE
     except Exception as exc:
-        import logging
+        from walg.core.log import get_logger
 
-        logging.getLogger("walg").debug("unexpected error", exc_info=True)
+        get_logger("walg").debug("unexpected error", exc_info=True)
         sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
         return EXIT_FAILURE
     finally:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
     import argparse
 
@@ -69,7 +69,10 @@ def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:
     for _ in range(ctx.settings.download_concurrency):
         segment = segment.next()
         following = segment.name(size)
-        if not ((root / following).exists() or (root / "running" / following).exists()):
+        if not (
+            os.path.exists(os.path.join(root, following))
+            or os.path.exists(os.path.join(root, "running", following))
+        ):
             return False
     return True
 

@@ -8,16 +8,16 @@ the JSON is one compact line, an array of timelines sorted by id.
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import TYPE_CHECKING, Any
 
 from walg.cli.context import Context
 from walg.cli.render import Cell, Number, backup_doc, go_json, pretty_table
+from walg.core.log import get_logger
 
 if TYPE_CHECKING:
     from walg.ops.wal_show import TimelineInfo
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,17 +13,17 @@ give it; ``WALG_INTEGRITY_MAX_DELAYED_WALS`` and ``WALG_UPLOAD_CONCURRENCY`` siz
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import TYPE_CHECKING, Any
 
 from walg.cli.context import Context
 from walg.cli.render import Cell, Number, go_json, pretty_table
+from walg.core.log import get_logger
 from walg.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from walg.ops.wal_verify import IntegrityResult, TimelineResult
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXIT_PROBLEM = 1
 MAX_DELAYED_SETTING = "WALG_INTEGRITY_MAX_DELAYED_WALS"

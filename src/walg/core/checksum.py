@@ -6,9 +6,12 @@ Kept apart from :mod:`walg.core.metadata` so that the WAL path (``wal-push`` fro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 
 def ci_keys(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,12 @@ fails the restore, naming it.
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from walg.core.log import get_logger
 from walg.core.metadata import FilesMetadata, TablespaceSpec
 from walg.core.naming import (
     BACKUP_LABEL_MEMBER,
@@ -33,7 +33,7 @@ from walg.storage.base import ObjectInfo, Storage
 from walg.streams.compression import codec_for_extension
 from walg.tarball.extract import Extractor, fsync_tree
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ that lists.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 from walg import __version__
 from walg.core.checksum import Checksum, StoredObject
 from walg.core.gotime import GoTime
+from walg.core.log import get_logger
 from walg.core.lsn import Segment, format_lsn
 from walg.core.metadata import BackupMetadata, FileDescription, FilesMetadata, Sentinel
 from walg.core.naming import (
@@ -54,7 +54,7 @@ from walg.storage.base import Storage
 from walg.streams.compression import Codec, codec_for_method
 from walg.tarball.writer import TarWriter
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ is sent only after the work is durable in storage.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import socket
 import socketserver
@@ -18,18 +18,19 @@ import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import Any
 
+from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, check_wal_file_name
 from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal_fetch import wal_fetch
+from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
 from walg.ops.wal_push import LookaheadUploader, lookahead_workers, push_one, status_dir
 from walg.settings import Settings
 from walg.storage.base import Storage
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OK, ERROR, NOT_FOUND = b"O", b"E", b"N"
 MAX_MESSAGE = 65535
@@ -42,9 +43,9 @@ class Daemon:
     def __init__(self, settings: Settings, storage: Storage, pgdata: str, timeout: float) -> None:
         self.settings = settings
         self.storage = storage
-        self.pgdata = Path(pgdata)
+        self.pgdata = pgdata
         self.timeout = timeout
-        self.wal_dir = self.pgdata / "pg_wal"
+        self.wal_dir = os.path.join(pgdata, "pg_wal")
         self._work = ThreadPoolExecutor(
             max_workers=max(2, settings.upload_concurrency), thread_name_prefix="request"
         )
@@ -52,17 +53,27 @@ class Daemon:
         self._prefetch_pending: Future[Any] | None = None
         self._lock = threading.Lock()
         self.lookahead: LookaheadUploader | None = None
+        self.follower: WalFollower | None = None
         workers = lookahead_workers(settings)
-        if workers > 0 and (self.wal_dir / "archive_status").is_dir():
+        if workers > 0 and os.path.isdir(os.path.join(self.wal_dir, "archive_status")):
             self.lookahead = LookaheadUploader(
                 settings, storage, self.wal_dir, workers, budget=None
             )
+            if settings.daemon_follow_wal and settings.compression == "lz4":
+                self.follower = WalFollower(
+                    settings, storage, self.wal_dir, claim=self.lookahead.claim
+                )
+                self.lookahead.skip = self.follower.following
 
     def start(self) -> None:
         if self.lookahead is not None:
             self.lookahead.start()
+        if self.follower is not None:
+            self.follower.start()
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.lookahead is not None:
             self.lookahead.stop()
         self._prefetch.shutdown(wait=True, cancel_futures=True)
@@ -77,18 +88,21 @@ class Daemon:
 
     def push(self, name: str) -> bytes:
         check_wal_file_name(name)
-        marker = status_dir(self.wal_dir) / name
+        marker = os.path.join(status_dir(self.wal_dir), name)
+        if self.follower is not None and self.follower.wait_for(name, self.timeout):
+            _remove(marker)
+            return OK
         if self.lookahead is not None and self.lookahead.wait_for(name, self.timeout):
-            marker.unlink(missing_ok=True)
+            _remove(marker)
             return OK
-        if marker.exists():
-            marker.unlink(missing_ok=True)
+        if os.path.exists(marker):
+            _remove(marker)
             return OK
-        self._run(push_one, self.settings, self.storage, self.wal_dir / name)
+        self._run(push_one, self.settings, self.storage, os.path.join(self.wal_dir, name))
         return OK
 
     def fetch(self, name: str, destination: str) -> bytes:
-        dest = destination if os.path.isabs(destination) else str(self.pgdata / destination)
+        dest = destination if os.path.isabs(destination) else os.path.join(self.pgdata, destination)
         try:
             self._run(wal_fetch, self.settings, self.storage, name, dest)
         except WalNotFound:
@@ -117,6 +131,11 @@ class Daemon:
                 raise UsageError("wal-fetch needs 2 arguments")
             return self.fetch(args[0], args[1])
         raise UsageError(f"unknown message type {kind!r}")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def parse_args(body: bytes) -> list[str]:

@@ -7,15 +7,20 @@ Encryption slots in between the codec and the stored-bytes hash when it lands.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from walg.core.checksum import Checksum, StoredObject
-from walg.storage.base import Storage
-from walg.streams.base import Sink, Source
-from walg.streams.compression import Codec
+from walg.core.checksum import StoredObject
 from walg.streams.hashing import HashingReader, HashingWriter
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from walg.core.checksum import Checksum
+    from walg.storage.base import Storage
+    from walg.streams.base import Sink, Source
+    from walg.streams.compression import Codec
 
 
 class CountingWriter:

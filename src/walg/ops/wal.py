@@ -1,4 +1,4 @@
-"""Locating WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``).
+"""Locating and reading WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``).
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which
@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from walg.core.naming import wal_key
 from walg.errors import ObjectNotFound
-from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from walg.storage.base import Storage
+    from walg.streams.base import Sink
+
+CHUNK = 1 << 20
 
 
 def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
@@ -27,3 +33,16 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
                 continue
             return key, ext
     return None
+
+
+def download_wal(storage: Storage, key: str, ext: str, out: Sink) -> int:
+    """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size."""
+    from walg.ops.pipeline import download
+    from walg.streams.compression import codec_for_extension
+
+    size = 0
+    with download(storage, key, codec_for_extension(ext), key) as dl:
+        while chunk := dl.reader.read(CHUNK):
+            out.write(chunk)
+            size += len(chunk)
+    return size

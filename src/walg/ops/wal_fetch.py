@@ -8,20 +8,19 @@ PostgreSQL never sees a partial file. A file that is not archived raises
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from walg.core.lsn import check_wal_file_name
 from walg.errors import WalNotFound
-from walg.ops.pipeline import download
-from walg.ops.wal import find_wal_object
+from walg.ops.wal import download_wal, find_wal_object
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
-from walg.settings import Settings
-from walg.storage.base import Storage
-from walg.streams.compression import codec_for_extension
 
-CHUNK = 1 << 20
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from walg.settings import Settings
+    from walg.storage.base import Storage
 
 
 @dataclass(frozen=True)
@@ -36,25 +35,23 @@ def wal_fetch(
     settings: Settings, storage: Storage, name: str, destination: str, use_prefetch: bool = True
 ) -> WalFetchResult:
     check_wal_file_name(name)
-    dest = Path(destination)
+    dest = os.fspath(destination)
     if use_prefetch:
-        root = prefetch_root(settings, destination)
+        root = prefetch_root(settings, dest)
         if take_prefetched(root, name, dest, settings.wal_segment_size):
-            return WalFetchResult(name, "", dest.stat().st_size, True)
+            return WalFetchResult(name, "", os.stat(dest).st_size, True)
     found = find_wal_object(storage, name)
     if found is None:
         raise WalNotFound(f"WAL file {name} is not in the archive")
     key, ext = found
-    codec = codec_for_extension(ext)
-    tmp = dest.with_name(f".{dest.name}.walg-{os.urandom(4).hex()}")
-    size = 0
+    folder, base = os.path.split(dest)
+    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
     try:
-        with download(storage, key, codec, key) as dl, open(tmp, "xb") as out:
-            while chunk := dl.reader.read(CHUNK):
-                out.write(chunk)
-                size += len(chunk)
+        with open(tmp, "xb") as out:
+            size = download_wal(storage, key, ext, out)
         os.replace(tmp, dest)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     return WalFetchResult(name, key, size, False)

@@ -12,23 +12,25 @@ segments past the switch point are taken from the newer timeline, as PostgreSQL 
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
+from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
-from walg.core.timeline import History, history_file_name
 from walg.errors import ObjectNotFound, WalgError
-from walg.ops.pipeline import download
-from walg.ops.wal import find_wal_object
-from walg.settings import Settings
-from walg.storage.base import Storage
-from walg.streams.compression import codec_for_extension
+from walg.ops.wal import download_wal, find_wal_object
 
-log = logging.getLogger(__name__)
+# restore_command loads this module on every call to look for a prefetched file: paths are
+# strings, and the thread pool and timeline history are imported only by the prefetcher.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from walg.core.timeline import History
+    from walg.settings import Settings
+    from walg.storage.base import Storage
+
+log = get_logger(__name__)
 
 CHUNK = 1 << 20
 XLP_LONG_HEADER = 0x0002
@@ -38,16 +40,17 @@ RUNNING_STALL_SECONDS = 0.2
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
-def prefetch_root(settings: Settings, destination: str) -> Path:
-    base = (
-        Path(settings.prefetch_dir)
-        if settings.prefetch_dir
-        else Path(destination).absolute().parent
-    )
-    return base / ".wal-g" / "prefetch"
+def prefetch_root(settings: Settings, destination: str) -> str:
+    base = settings.prefetch_dir or os.path.dirname(os.path.abspath(destination))
+    return os.path.join(base, ".wal-g", "prefetch")
 
 
-def valid_segment_file(path: Path, name: str, segment_size: int) -> bool:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def valid_segment_file(path: str, name: str, segment_size: int) -> bool:
     """Is ``path`` a complete WAL segment that really is ``name``?"""
     try:
         with open(path, "rb") as handle:
@@ -68,17 +71,17 @@ def valid_segment_file(path: Path, name: str, segment_size: int) -> bool:
     )
 
 
-def take_prefetched(root: Path, name: str, destination: Path, segment_size: int) -> bool:
+def take_prefetched(root: str, name: str, destination: str, segment_size: int) -> bool:
     """Move a valid prefetched ``name`` to ``destination``; False if there is none."""
     if not SEGMENT_NAME_RE.fullmatch(name):
         return False
     _wait_for_running(root, name)
-    candidate = root / name
-    if not candidate.exists():
+    candidate = os.path.join(root, name)
+    if not os.path.exists(candidate):
         return False
     if not valid_segment_file(candidate, name, segment_size):
         log.warning("discarding invalid prefetched WAL file %s", candidate)
-        candidate.unlink(missing_ok=True)
+        _unlink(candidate)
         return False
     try:
         os.replace(candidate, destination)
@@ -87,14 +90,14 @@ def take_prefetched(root: Path, name: str, destination: Path, segment_size: int)
     return True
 
 
-def _wait_for_running(root: Path, name: str) -> None:
+def _wait_for_running(root: str, name: str) -> None:
     """If a prefetcher is downloading ``name`` right now, give it a moment to finish."""
-    running = root / "running" / name
+    running = os.path.join(root, "running", name)
     last_size = -1
     last_change = time.monotonic()
     while True:
         try:
-            size = running.stat().st_size
+            size = os.stat(running).st_size
         except FileNotFoundError:
             return
         now = time.monotonic()
@@ -108,11 +111,11 @@ def _wait_for_running(root: Path, name: str) -> None:
 class Prefetcher:
     """Downloads the segments after a given one into the prefetch folder."""
 
-    def __init__(self, settings: Settings, storage: Storage, root: Path) -> None:
+    def __init__(self, settings: Settings, storage: Storage, root: str) -> None:
         self._settings = settings
         self._storage = storage
-        self._root = root
-        self._running = root / "running"
+        self._root = os.fspath(root)
+        self._running = os.path.join(self._root, "running")
         self._segment_size = settings.wal_segment_size
         self._histories: dict[int, History | None] = {}
 
@@ -133,6 +136,8 @@ class Prefetcher:
 
     def _latest_history(self, timeline: int) -> History | None:
         """The history of the newest timeline archived after ``timeline``, if any."""
+        from walg.core.timeline import history_file_name
+
         newest = None
         probe = timeline + 1
         while find_wal_object(self._storage, history_file_name(probe)) is not None:
@@ -148,29 +153,36 @@ class Prefetcher:
         return history
 
     def _read_history(self, timeline: int) -> History | None:
+        import io
+
+        from walg.core.timeline import History, history_file_name
+
         found = find_wal_object(self._storage, history_file_name(timeline))
         if found is None:
             return None
         key, ext = found
         try:
-            with download(self._storage, key, codec_for_extension(ext), key) as dl:
-                text = dl.reader.read().decode("utf-8", "replace")
-            return History.parse(timeline, text)
+            text = io.BytesIO()
+            download_wal(self._storage, key, ext, text)
+            return History.parse(timeline, text.getvalue().decode("utf-8", "replace"))
         except (WalgError, OSError) as exc:
             log.warning("cannot read %s: %s", key, exc)
             return None
 
     def run(self, name: str, count: int) -> list[str]:
         """Prefetch the segments after ``name``; returns the names now waiting in the folder."""
-        self._running.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(self._running, mode=0o700, exist_ok=True)
         self.cleanup(name)
         wanted = [
             n
             for n in self.upcoming(name, count)
-            if not (self._root / n).exists() and not (self._running / n).exists()
+            if not os.path.exists(os.path.join(self._root, n))
+            and not os.path.exists(os.path.join(self._running, n))
         ]
         if not wanted:
             return []
+        from concurrent.futures import ThreadPoolExecutor
+
         workers = max(1, min(len(wanted), self._settings.download_concurrency))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
             results = list(pool.map(self._fetch_one, wanted))
@@ -181,25 +193,23 @@ class Prefetcher:
         if found is None:
             return False
         key, ext = found
-        running = self._running / name
+        running = os.path.join(self._running, name)
         try:
             fd = os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
         try:
-            codec = codec_for_extension(ext)
-            with os.fdopen(fd, "wb") as out, download(self._storage, key, codec, key) as dl:
-                while chunk := dl.reader.read(CHUNK):
-                    out.write(chunk)
+            with os.fdopen(fd, "wb") as out:
+                download_wal(self._storage, key, ext, out)
             if not valid_segment_file(running, name, self._segment_size):
                 log.warning("archived %s is not a valid WAL segment; not prefetching it", key)
-                running.unlink(missing_ok=True)
+                _unlink(running)
                 return False
-            os.replace(running, self._root / name)
+            os.replace(running, os.path.join(self._root, name))
             return True
         except (WalgError, OSError, ObjectNotFound) as exc:
             log.debug("prefetch of %s failed: %s", name, exc)
-            running.unlink(missing_ok=True)
+            _unlink(running)
             return False
 
     def cleanup(self, current: str) -> None:
@@ -222,4 +232,4 @@ class Prefetcher:
                     STALE_RUNNING_SECONDS
                 )
                 if old or stale:
-                    Path(entry.path).unlink(missing_ok=True)
+                    _unlink(entry.path)

@@ -15,31 +15,35 @@ renamed: PostgreSQL stays the only writer of its archive status.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
 from walg.errors import UsageError, WalgError, WalOverwriteError
 from walg.ops.pipeline import download, upload
 from walg.ops.wal import find_wal_object
-from walg.settings import Settings
-from walg.storage.base import Storage
-from walg.streams.compression import Codec, codec_for_extension, codec_for_method
+from walg.streams.compression import codec_for_extension, codec_for_method
 
+# Paths are plain strings on this path and typing stays unimported: archive_command runs
+# this module once per WAL segment (see walg.settings).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Future
 
-log = logging.getLogger(__name__)
+    from walg.settings import Settings
+    from walg.storage.base import Storage
+    from walg.streams.compression import Codec
+
+log = get_logger(__name__)
 
 CHUNK = 1 << 20
 READ_BLOCK = 4 << 20
-STATUS_DIR = Path("walg_data") / "walg_archive_status"  # also walg.cli.main.STATUS_PARTS
+STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also walg.cli.main.STATUS_PARTS
 SCAN_INTERVAL = 0.1
 
 
@@ -53,14 +57,15 @@ class WalPushResult:
     background: tuple[str, ...] = ()
 
 
-def status_dir(wal_dir: Path) -> Path:
-    return wal_dir / STATUS_DIR
+def status_dir(wal_dir: str) -> str:
+    return os.path.join(wal_dir, STATUS_DIR)
 
 
-def push_one(settings: Settings, storage: Storage, source: Path) -> WalPushResult:
+def push_one(settings: Settings, storage: Storage, source: str) -> WalPushResult:
     """Upload one WAL file with the overwrite rules; no look-ahead, no markers."""
-    name = check_wal_file_name(source.name)
-    if not source.is_file():
+    source = os.fspath(source)
+    name = check_wal_file_name(os.path.basename(source))
+    if not os.path.isfile(source):
         raise UsageError(f"WAL file {source} does not exist")
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
@@ -69,7 +74,7 @@ def push_one(settings: Settings, storage: Storage, source: Path) -> WalPushResul
         if existing is not None:
             if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
                 log.info("WAL file %s is already archived with equal content", name)
-                return WalPushResult(name, existing[0], False, source.stat().st_size, 0)
+                return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
             raise WalOverwriteError(
                 f"WAL file {name} is already archived as {existing[0]} with different "
                 "content; refusing to overwrite it"
@@ -88,12 +93,13 @@ def push_one(settings: Settings, storage: Storage, source: Path) -> WalPushResul
 def wal_push(
     settings: Settings, storage: Storage, path: str, lookahead: bool = True
 ) -> WalPushResult:
-    source = Path(path)
-    name = check_wal_file_name(source.name)
-    wal_dir = source.absolute().parent
-    marker = status_dir(wal_dir) / name
-    if marker.exists():
-        marker.unlink(missing_ok=True)
+    source = os.fspath(path)
+    name = check_wal_file_name(os.path.basename(source))
+    wal_dir = os.path.dirname(os.path.abspath(source))
+    marker = os.path.join(status_dir(wal_dir), name)
+    if os.path.exists(marker):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
         log.info("WAL file %s was already archived by a look-ahead upload", name)
         return WalPushResult(name, "", False, 0, 0)
     uploader = None
@@ -119,7 +125,7 @@ class LookaheadUploader:
         self,
         settings: Settings,
         storage: Storage,
-        wal_dir: Path,
+        wal_dir: str,
         workers: int,
         budget: int | None,
         exclude: set[str] | None = None,
@@ -128,7 +134,7 @@ class LookaheadUploader:
         self._settings = settings
         self._storage = storage
         self._wal_dir = wal_dir
-        self._archive_status = wal_dir / "archive_status"
+        self._archive_status = os.path.join(wal_dir, "archive_status")
         self._status = status_dir(wal_dir)
         self._budget = budget
         self._exclude = set(exclude or ())
@@ -143,19 +149,24 @@ class LookaheadUploader:
         self._futures: dict[str, Future[None]] = {}
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
         self._on_error = on_error
+        self.skip: Callable[[str], bool] | None = None
 
     @classmethod
     def for_settings(
-        cls, settings: Settings, storage: Storage, wal_dir: Path, exclude: set[str]
+        cls, settings: Settings, storage: Storage, wal_dir: str, exclude: set[str]
     ) -> LookaheadUploader | None:
         workers = lookahead_workers(settings)
         budget = settings.total_bg_uploaded_limit - 1
-        if workers < 1 or budget < 1 or not _backlog(wal_dir / "archive_status", exclude):
+        if (
+            workers < 1
+            or budget < 1
+            or not _backlog(os.path.join(wal_dir, "archive_status"), exclude)
+        ):
             return None
         return cls(settings, storage, wal_dir, workers, budget, exclude)
 
     def start(self) -> None:
-        self._status.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(self._status, mode=0o700, exist_ok=True)
         self.scan_once()
         self._scanner.start()
 
@@ -167,9 +178,9 @@ class LookaheadUploader:
         """Queue every ``.ready`` file not yet archived, oldest first, within the budget."""
         try:
             names = sorted(
-                entry.name[: -len(".ready")]
-                for entry in self._archive_status.iterdir()
-                if entry.name.endswith(".ready")
+                entry[: -len(".ready")]
+                for entry in os.listdir(self._archive_status)
+                if entry.endswith(".ready")
             )
         except OSError:
             return
@@ -187,7 +198,9 @@ class LookaheadUploader:
                     return
                 if name in self._started or name in self._exclude or not is_wal_file_name(name):
                     continue
-                if (self._status / name).exists():
+                if self.skip is not None and self.skip(name):
+                    continue
+                if os.path.exists(os.path.join(self._status, name)):
                     continue
                 self._started.add(name)
                 if self._budget is not None:
@@ -198,7 +211,7 @@ class LookaheadUploader:
         if self._stop.is_set():
             return
         try:
-            push_one(self._settings, self._storage, self._wal_dir / name)
+            push_one(self._settings, self._storage, os.path.join(self._wal_dir, name))
         except (WalgError, OSError) as exc:
             # PostgreSQL will call archive_command for this file and see the error itself.
             log.warning("look-ahead upload of %s failed: %s", name, exc)
@@ -207,9 +220,17 @@ class LookaheadUploader:
             with self._lock:
                 self._started.discard(name)
             return
-        (self._status / name).touch()
+        touch(os.path.join(self._status, name))
         with self._lock:
             self._done.append(name)
+
+    def claim(self, name: str) -> bool:
+        """Reserve ``name`` for the caller's own upload; False if an upload has it already."""
+        with self._lock:
+            if name in self._started:
+                return False
+            self._started.add(name)
+            return True
 
     def wait_for(self, name: str, timeout: float) -> bool:
         """True if the look-ahead uploaded ``name`` (waiting if it is uploading it now).
@@ -225,7 +246,7 @@ class LookaheadUploader:
             future.result(timeout=timeout)
         except Exception:
             return False
-        return (self._status / name).exists()
+        return os.path.exists(os.path.join(self._status, name))
 
     def stop(self) -> tuple[str, ...]:
         """Stop queueing; wait for uploads in flight; the names archived ahead of time."""
@@ -249,7 +270,13 @@ def lookahead_workers(settings: Settings) -> int:
     return max(0, min(settings.upload_concurrency - 1, 2 * (os.cpu_count() or 1)))
 
 
-def _backlog(archive_status: Path, exclude: set[str]) -> bool:
+def touch(path: str) -> None:
+    """Create an empty marker file (or leave an existing one)."""
+
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _backlog(archive_status: str, exclude: set[str]) -> bool:
     """Does PostgreSQL have other files waiting to be archived?"""
     try:
         names = os.listdir(archive_status)
@@ -258,7 +285,7 @@ def _backlog(archive_status: Path, exclude: set[str]) -> bool:
     return any(n.endswith(".ready") and n[: -len(".ready")] not in exclude for n in names)
 
 
-def _same_content(storage: Storage, key: str, codec: Codec, source: Path) -> bool:
+def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool:
     with open(source, "rb") as local, download(storage, key, codec, key) as dl:
         while True:
             theirs = dl.reader.read(CHUNK)

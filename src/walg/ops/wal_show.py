@@ -20,12 +20,12 @@ archived while it runs may or may not be counted.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL
@@ -38,7 +38,7 @@ from walg.ops.wal import find_wal_object
 from walg.storage.base import Storage
 from walg.streams.compression import codec_for_extension
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STATUS_OK = "OK"
 STATUS_LOST_SEGMENTS = "LOST_SEGMENTS"

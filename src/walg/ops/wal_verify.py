@@ -30,11 +30,11 @@ The operations take the cluster position as a value, so they run without Postgre
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_lsn
 from walg.core.metadata import BackupMetadata
 from walg.core.timeline import History
@@ -56,7 +56,7 @@ from walg.ops.wal_show import (
 from walg.settings import PgConnection
 from walg.storage.base import Storage
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 INTEGRITY = "integrity"
 TIMELINE = "timeline"

@@ -10,16 +10,16 @@ promotion during the backup fails it.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
+from walg.core.log import get_logger
 from walg.core.lsn import Segment, parse_lsn
 from walg.errors import PostgresError
 from walg.postgres.connection import first_line, query_one
 from walg.settings import PgConnection
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MIN_SERVER_VERSION = 100000
 

@@ -23,13 +23,17 @@ Keys use ``/`` separators and never start with ``/``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from walg.core.gotime import GoTime
 from walg.errors import StorageError
-from walg.streams.base import Sink, Source
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from contextlib import AbstractContextManager
+
+    from walg.core.gotime import GoTime
+    from walg.streams.base import Sink, Source
 
 
 @dataclass(frozen=True)

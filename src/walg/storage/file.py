@@ -7,18 +7,23 @@ Listings hide those temporary names. Deleting removes parent directories left em
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import stat
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from walg.core.gotime import GoTime
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
-from walg.streams.base import Sink, Source
+
+# Paths are plain strings and time stamps are imported late: wal-push loads this module on
+# every archive_command call (typing, pathlib and datetime would cost it milliseconds).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from walg.streams.base import Sink, Source
 
 TEMP_SUFFIX_RE = re.compile(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
@@ -28,7 +33,7 @@ def _error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -59,19 +64,20 @@ class FileStorage(Storage):
             text = text[len("file://localhost") :]
         elif text.startswith("file://"):
             text = text[len("file://") :]
-        self.root = Path(text)
-        self.location = str(self.root)
+        self.root = os.path.normpath(text) if text else "."
+        self.location = self.root
 
-    def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, check_key(key))
 
-    @contextmanager
+    @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[Sink]:
         path = self._path(key)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        tmp = path.with_name(f"{path.name}.tmp.{stamp}-{os.urandom(8).hex()}")
+        tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
+        parent = os.path.dirname(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             handle = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed below on every path
         except OSError as exc:
             raise _error(exc, f"cannot create {tmp}") from None
@@ -80,15 +86,16 @@ class FileStorage(Storage):
             os.fsync(handle.fileno())
             handle.close()
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            _fsync_dir(parent)
         except BaseException as exc:
             handle.close()
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             if isinstance(exc, OSError):
                 raise _error(exc, f"cannot write {path}") from None
             raise
 
-    @contextmanager
+    @contextlib.contextmanager
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
         path = self._path(key)
         try:
@@ -107,18 +114,22 @@ class FileStorage(Storage):
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise _error(exc, f"cannot stat {path}") from None
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key)
+        from walg.core.gotime import GoTime
+
         return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
 
     def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
         folder, _, name_prefix = check_prefix(prefix).rpartition("/")
-        start = self.root / folder if folder else self.root
+        from walg.core.gotime import GoTime
+
+        start = os.path.join(self.root, folder) if folder else self.root
         out: list[ObjectInfo] = []
         try:
             entries = list(os.scandir(start))
@@ -147,24 +158,27 @@ class FileStorage(Storage):
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
-        parents: set[Path] = set()
+        parents: set[str] = set()
         for key in keys:
             path = self._path(key)
             try:
-                path.unlink()
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 raise _error(exc, f"cannot delete {path}") from None
-            parents.add(path.parent)
-        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            parents.add(os.path.dirname(path))
+        for parent in sorted(parents, key=lambda p: p.count(os.sep), reverse=True):
             self._prune(parent)
 
-    def _prune(self, folder: Path) -> None:
-        root = self.root.resolve()
-        while folder.resolve() != root and root in folder.resolve().parents:
+    def _prune(self, folder: str) -> None:
+        root = os.path.realpath(self.root)
+        while True:
+            real = os.path.realpath(folder)
+            if real == root or not real.startswith(root.rstrip(os.sep) + os.sep):
+                return
             try:
-                folder.rmdir()
+                os.rmdir(folder)
             except OSError:
                 return
-            folder = folder.parent
+            folder = os.path.dirname(folder)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    # Structural types matter only to mypy; at run time they are plain classes, which spares
+    # every archive_command call the import of typing.
+    Protocol = object
 
 
 class Sink(Protocol):

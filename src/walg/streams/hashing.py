@@ -7,10 +7,13 @@ a database is hashed during a backup.
 
 from __future__ import annotations
 
-from typing import Any
-
 from walg.core.checksum import Checksum
-from walg.streams.base import Sink, Source
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from typing import Any
+
+    from walg.streams.base import Sink, Source
 
 
 def new_hasher() -> Any:

@@ -12,7 +12,6 @@ file. Safe for several threads extracting different tar objects at once.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -20,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from walg.core.checksum import Checksum
+from walg.core.log import get_logger
 from walg.errors import IntegrityError, UnsafeArchiveError
 from walg.streams.base import Source
 from walg.streams.hashing import new_hasher
 from walg.tarball.reader import Member, TarReader
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CHUNK = 1 << 20
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -1,0 +1,408 @@
+"""Following the WAL segment PostgreSQL is writing, so that archiving it is nearly done when asked.
+
+``walg daemon SOCKET PGDATA`` runs one follower. PostgreSQL writes WAL in order, page after page,
+so once a later page of the current segment carries a valid header (page magic, the page's own
+address) everything before it is final. The follower reads the segment in 1 MiB blocks as they
+become final, compresses each into the LZ4 frame of the segment's object and writes it to storage
+straight away (syncing as it goes). When the segment is ``.ready`` (seen by polling, or because
+``archive_command`` asks for it) only the last block, the frame's end and one short sync remain.
+
+Nothing is trusted from the early reads: before the object is committed the whole file is read
+again and compared byte for byte with what was compressed. Any difference (a file rewritten or
+replaced, a filesystem that shows writes out of order) discards the prepared object and the
+segment is archived from scratch by the usual path. The overwrite rules of ``wal-push`` apply: a
+name that is already archived is handed to that path too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+import time
+
+from walg.core.log import get_logger
+from walg.core.lsn import SEGMENT_NAME_RE, Segment
+from walg.core.naming import wal_key
+from walg.ops.wal import find_wal_object
+from walg.ops.wal_push import status_dir, touch
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+    from types import TracebackType
+
+    from walg.settings import Settings
+    from walg.storage.base import Storage
+    from walg.streams.base import Sink
+
+log = get_logger(__name__)
+
+BLOCK = 1 << 20
+PAGE_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pageaddr
+LONG_HEADER = struct.Struct("<HHIQI4xQII")  # ... xlp_rem_len, pad, xlp_sysid, seg_size, blcksz
+XLP_LONG_HEADER = 0x0002
+MIN_PAGE_MAGIC = 0xD061
+FAST_POLL = 0.002  # while the last block of a segment is being written
+SLOW_POLL = 0.02
+FAST_POLL_SPAN = 10.0  # seconds of fast polling after the last progress
+REPICK_AFTER = 1.0  # seconds without progress before looking for another segment
+
+
+class _Followed:
+    """One segment being followed: the prepared part of its object, open in storage."""
+
+    def __init__(
+        self, name: str, path: str, fd: int, segment_size: int, magic: int, raw: bytearray
+    ) -> None:
+        import lz4.block
+        import xxhash
+
+        self.name = name
+        self.path = path
+        self.fd = fd
+        self.segment_size = segment_size
+        self.base = Segment.parse(name, segment_size).segno * segment_size
+        self.magic = magic
+        self.raw = raw
+        self.view = memoryview(raw)
+        self.prepared = 0
+        self.stored = 0
+        self.lz4 = lz4.block
+        self.hash = xxhash.xxh32()
+        self.writer: AbstractContextManager[Sink] | None = None
+        self.sink: Sink | None = None
+        self.last_progress = time.monotonic()
+
+    def page_valid(self, offset: int) -> bool:
+        head = os.pread(self.fd, PAGE_HEADER.size, offset)
+        if len(head) != PAGE_HEADER.size:
+            return False
+        magic, _info, _tli, pageaddr = PAGE_HEADER.unpack(head)
+        return bool(magic == self.magic and pageaddr == self.base + offset)
+
+    def append(self, block: memoryview) -> None:
+        from walg.streams import lz4frame
+
+        assert self.sink is not None
+        self.hash.update(block)
+        for part in lz4frame.block_record(self.lz4, block):
+            self.sink.write(part)
+            self.stored += len(part)
+
+    def sync(self) -> None:
+        # Local storage hands out the file itself: syncing each block as it is written keeps
+        # the final fsync short. Other storages stream their own way.
+        fileno = getattr(self.sink, "fileno", None)
+        if fileno is not None:
+            os.fdatasync(fileno())
+
+    def close(self, exc: BaseException | None) -> None:
+        """Commit the object (``exc`` None) or abandon it; close the file. Idempotent."""
+        writer, self.writer, self.sink = self.writer, None, None
+        fd, self.fd = self.fd, -1
+        try:
+            if writer is not None:
+                if exc is None:
+                    writer.__exit__(None, None, None)
+                else:
+                    tb: TracebackType | None = exc.__traceback__
+                    writer.__exit__(type(exc), exc, tb)
+        finally:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class _Discarded(Exception):
+    """The prepared object cannot be used; the segment goes through the usual path."""
+
+
+class WalFollower:
+    """Prepares the object of the segment being written; finishes it when it is ``.ready``.
+
+    ``claim(name)`` is asked before a segment is finished (the daemon's look-ahead uploader
+    answers it, so a segment is never uploaded twice at once); ``following(name)`` tells that
+    uploader to leave the followed segment alone.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        wal_dir: str,
+        claim: Callable[[str], bool],
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._wal_dir = wal_dir
+        self._archive_status = os.path.join(wal_dir, "archive_status")
+        self._claim = claim
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._current: _Followed | None = None
+        self._next_name: str | None = None
+        self._next_since = 0.0
+        self._requested: str | None = None
+        self._results: dict[str, threading.Event] = {}
+        self._archived: set[str] = set()
+        self._buffers = [bytearray(settings.wal_segment_size), bytearray(settings.wal_segment_size)]
+        self._thread = threading.Thread(target=self._loop, name="wal-follower", daemon=True)
+        self.stats = {"finished": 0, "discarded": 0}
+
+    # -- the daemon's side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._drop(None)
+
+    def following(self, name: str) -> bool:
+        current = self._current
+        return current is not None and current.name == name
+
+    def wait_for(self, name: str, timeout: float) -> bool:
+        """True if the follower archived ``name`` (finishing it now if it was following it)."""
+        with self._lock:
+            if name in self._archived:
+                self._archived.discard(name)
+                return True
+            current = self._current
+            if current is None or current.name != name:
+                return False
+            done = self._results.setdefault(name, threading.Event())
+            self._requested = name
+        self._wake.set()
+        if not done.wait(timeout):
+            return False
+        with self._lock:
+            self._results.pop(name, None)
+            if name in self._archived:
+                self._archived.discard(name)
+                return True
+        return False
+
+    # -- the follower thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                interval = self._step()
+            except Exception as exc:
+                log.warning("WAL follower: %s", exc)
+                self._drop(exc)
+                interval = SLOW_POLL
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _step(self) -> float:
+        current = self._current
+        if current is None:
+            current = self._open_next()
+            if current is None:
+                return SLOW_POLL
+        self._advance(current)
+        last_block = current.prepared + BLOCK >= current.segment_size
+        with self._lock:
+            requested = self._requested == current.name
+        if requested or (last_block and self._is_ready(current.name)):
+            self._finish(current)
+            return 0.0
+        idle = time.monotonic() - current.last_progress
+        if idle > REPICK_AFTER and not last_block:
+            newer = self._pick()
+            if newer is not None and newer != current.name:
+                log.debug("WAL follower: %s stalled, following %s", current.name, newer)
+                self._drop(None)
+                self._next_name = newer
+                self._next_since = time.monotonic()
+                return 0.0
+        return FAST_POLL if last_block and idle < FAST_POLL_SPAN else SLOW_POLL
+
+    def _is_ready(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
+
+    def _open_next(self) -> _Followed | None:
+        if self._next_name and time.monotonic() - self._next_since > REPICK_AFTER:
+            self._next_name = None  # e.g. a new timeline: look at what is written instead
+        name = self._next_name or self._pick()
+        if name is None:
+            return None
+        path = os.path.join(self._wal_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, LONG_HEADER.size, 0)
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        segment_size = self._settings.wal_segment_size
+        if len(head) != LONG_HEADER.size or size != segment_size:
+            os.close(fd)
+            return None
+        magic, info, _tli, pageaddr, _rem, _sysid, seg_size, _blcksz = LONG_HEADER.unpack(head)
+        base = Segment.parse(name, segment_size).segno * segment_size
+        if magic < MIN_PAGE_MAGIC or not info & XLP_LONG_HEADER or pageaddr != base:
+            # Not written yet in this life (a recycled file still holds an older segment).
+            os.close(fd)
+            return None
+        if seg_size != segment_size:
+            os.close(fd)
+            raise ValueError(
+                f"{name} has {seg_size}-byte segments, WALG_PG_WAL_SIZE says {segment_size}"
+            )
+        raw = self._buffers[0]
+        self._buffers.reverse()
+        followed = _Followed(name, path, fd, segment_size, magic, raw)
+        with self._lock:
+            self._current = followed
+            self._next_name = None
+        return followed
+
+    def _pick(self) -> str | None:
+        """The segment PostgreSQL writes now: the newest one not yet marked for archiving."""
+        try:
+            names = [n for n in os.listdir(self._wal_dir) if SEGMENT_NAME_RE.fullmatch(n)]
+            marked = {n.split(".", 1)[0] for n in os.listdir(self._archive_status)}
+        except OSError:
+            return None
+        stamped: list[tuple[int, str]] = []
+        for name in names:
+            if name in marked:
+                continue
+            try:
+                stamped.append((os.stat(os.path.join(self._wal_dir, name)).st_mtime_ns, name))
+            except OSError:
+                continue
+        # Newest first; a file preallocated or recycled ahead is newer at times but does not
+        # start with its own page address yet.
+        for _mtime, name in sorted(stamped, reverse=True):
+            if self._starts_as(name):
+                return name
+        return None
+
+    def _starts_as(self, name: str) -> bool:
+        size = self._settings.wal_segment_size
+        try:
+            with open(os.path.join(self._wal_dir, name), "rb", buffering=0) as handle:
+                head = handle.read(LONG_HEADER.size)
+        except OSError:
+            return False
+        if len(head) != LONG_HEADER.size:
+            return False
+        magic, info, _tli, pageaddr, _rem, _sysid, _seg, _blcksz = LONG_HEADER.unpack(head)
+        base = Segment.parse(name, size).segno * size
+        return bool(magic >= MIN_PAGE_MAGIC and info & XLP_LONG_HEADER and pageaddr == base)
+
+    def _advance(self, current: _Followed) -> None:
+        """Compress every block followed by a valid page header."""
+        while current.prepared + BLOCK < current.segment_size and current.page_valid(
+            current.prepared + BLOCK
+        ):
+            self._prepare_block(current, current.prepared, BLOCK)
+
+    def _prepare_block(self, current: _Followed, offset: int, size: int, read: bool = True) -> None:
+        from walg.streams import lz4frame
+
+        block = current.view[offset : offset + size]
+        if read and os.preadv(current.fd, [block], offset) != size:
+            raise _Discarded(f"{current.name} is shorter than a segment")
+        if current.sink is None:
+            codec_key = wal_key(current.name, "lz4")
+            current.writer = self._storage.open_write(codec_key)
+            current.sink = current.writer.__enter__()
+            header = lz4frame.frame_header()
+            current.sink.write(header)
+            current.stored += len(header)
+        current.append(block)
+        current.sync()
+        current.prepared = offset + size
+        current.last_progress = time.monotonic()
+
+    def _finish(self, current: _Followed) -> None:
+        name = current.name
+        archived = False
+        try:
+            if not self._claim(name):
+                raise _Discarded("another upload has it")
+            if find_wal_object(self._storage, name) is not None:
+                raise _Discarded("already archived; wal-push compares it")
+            self._verify(current)
+            rest = current.segment_size - current.prepared
+            while rest > 0:
+                # _verify copied the rest of the file into the buffer already.
+                self._prepare_block(current, current.prepared, min(BLOCK, rest), read=False)
+                rest = current.segment_size - current.prepared
+            from walg.streams import lz4frame
+
+            assert current.sink is not None
+            tail = lz4frame.END_MARK + current.hash.intdigest().to_bytes(4, "little")
+            current.sink.write(tail)
+            current.stored += len(tail)
+            writer, current.writer, current.sink = current.writer, None, None
+            assert writer is not None
+            writer.__exit__(None, None, None)
+            markers = status_dir(self._wal_dir)
+            os.makedirs(markers, mode=0o700, exist_ok=True)
+            touch(os.path.join(markers, name))
+            archived = True
+            self.stats["finished"] += 1
+            log.debug("WAL follower archived %s (%d bytes)", name, current.stored)
+        except _Discarded as exc:
+            self.stats["discarded"] += 1
+            log.debug("WAL follower: %s goes the usual way: %s", name, exc)
+            current.close(exc)
+        except BaseException as exc:
+            current.close(exc)
+            raise
+        finally:
+            current.close(None)  # the file; the object was committed or abandoned above
+            with self._lock:
+                self._current = None
+                self._requested = None
+                if archived:
+                    self._archived.add(name)
+                    segment = Segment.parse(name, current.segment_size)
+                    self._next_name = segment.next().name(current.segment_size)
+                    self._next_since = time.monotonic()
+                done = self._results.get(name)
+            if done is not None:
+                done.set()
+
+    def _verify(self, current: _Followed) -> None:
+        """The file, read again now that it is complete, must hold what was compressed."""
+        check = self._buffers[0]
+        view = memoryview(check)
+        if os.preadv(current.fd, [view], 0) != current.segment_size:
+            raise _Discarded("the file is shorter than a segment")
+        # bytearray equality is one memcmp; comparing memoryviews would go item by item.
+        # The unprepared tail is copied over first so the whole buffers can be compared.
+        current.view[current.prepared :] = view[current.prepared :]
+        if current.raw != check:
+            log.warning(
+                "WAL follower: %s changed after it was read; archiving it from scratch",
+                current.name,
+            )
+            raise _Discarded("content changed")
+
+    def _drop(self, exc: BaseException | None) -> None:
+        with self._lock:
+            current, self._current = self._current, None
+            self._next_name = None
+            requested, self._requested = self._requested, None
+            done = self._results.get(requested) if requested else None
+        if current is not None:
+            current.close(exc or _Discarded("follower stopped"))
+        if done is not None:
+            done.set()

@@ -1,0 +1,226 @@
+"""walg.ops.wal_follow: the daemon's follower of the segment being written (no PostgreSQL).
+
+A fake pg_wal is written the way PostgreSQL writes it: pages in order, each with a header that
+carries the page's own WAL address, so the follower sees blocks become final one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from walg.core.lsn import Segment
+from walg.ops.wal import find_wal_object
+from walg.ops.wal_follow import BLOCK, WalFollower
+from walg.settings import Settings, load
+from walg.storage.file import FileStorage
+
+SEG_SIZE = 4 * 1024 * 1024  # WALG_PG_WAL_SIZE=4: four follower blocks per segment
+PAGE = 8192
+MAGIC = 0xD110
+NAME = "000000010000000000000005"
+
+
+def make_settings(tmp_path: Path) -> Settings:
+    return load(
+        environ={
+            "HOME": str(tmp_path),
+            "WALG_FILE_PREFIX": str(tmp_path / "store"),
+            "WALG_PG_WAL_SIZE": "4",
+        }
+    )
+
+
+def page_bytes(name: str, page: int, fill: int) -> bytes:
+    """One WAL page of segment ``name``: the (long, on page 0) header, then varied content."""
+    segno = Segment.parse(name, SEG_SIZE).segno
+    address = segno * SEG_SIZE + page * PAGE
+    if page == 0:
+        head = struct.pack("<HHIQI4xQII", MAGIC, 2, 1, address, 0, 7, SEG_SIZE, PAGE)
+    else:
+        head = struct.pack("<HHIQI4x", MAGIC, 0, 1, address, 0)
+    body = bytes((fill + page + i) % 251 for i in range(64)) * (PAGE // 64)
+    return head + body[len(head) :]
+
+
+class FakeWal:
+    """pg_wal with archive_status; segments written page by page like PostgreSQL's WAL writer."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "pg_wal"
+        self.status = self.dir / "archive_status"
+        self.status.mkdir(parents=True)
+
+    def recycled(self, name: str) -> None:
+        """A preallocated file holding an older segment's pages (what recycling leaves)."""
+        old = Segment.parse(name, SEG_SIZE)
+        older = Segment(old.timeline, max(0, old.segno - 3)).name(SEG_SIZE)
+        data = b"".join(page_bytes(older, p, 3) for p in range(SEG_SIZE // PAGE))
+        (self.dir / name).write_bytes(data)
+
+    def write_pages(self, name: str, start: int, stop: int, fill: int = 0) -> None:
+        path = self.dir / name
+        if not path.exists():
+            self.recycled(name)
+        with open(path, "r+b") as handle:
+            handle.seek(start * PAGE)
+            handle.write(b"".join(page_bytes(name, p, fill) for p in range(start, stop)))
+
+    def ready(self, name: str) -> None:
+        (self.status / f"{name}.ready").touch()
+
+
+def wait_until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path)
+    storage = FileStorage(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    claimed: list[str] = []
+
+    def claim(name: str) -> bool:
+        claimed.append(name)
+        return True
+
+    follower = WalFollower(settings, storage, str(wal.dir), claim=claim)
+    yield settings, storage, wal, follower, claimed
+    follower.stop()
+
+
+def stored_content(storage: FileStorage, name: str) -> bytes:
+    with storage.open_read(f"wal_005/{name}.lz4") as source:
+        return lz4.frame.decompress(source.read())
+
+
+def temp_files(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "store").rglob("*") if ".tmp." in p.name]
+
+
+def test_blocks_are_prepared_as_they_become_final_and_finished_on_ready(
+    setup, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, claimed = setup
+    wal.write_pages(NAME, 0, 10)
+    follower.start()
+    pages_per_block = BLOCK // PAGE
+    # Block 0 is final only once the first page of block 1 has its header.
+    wal.write_pages(NAME, 10, pages_per_block + 1)
+    wait_until(lambda: follower.following(NAME) and follower._current.prepared == BLOCK)  # type: ignore[union-attr]
+    wal.write_pages(NAME, pages_per_block + 1, 3 * pages_per_block + 1)
+    wait_until(lambda: follower._current is not None and follower._current.prepared == 3 * BLOCK)
+    # Nothing is visible in storage before the segment is finished.
+    assert find_wal_object(storage, NAME) is None
+    wal.write_pages(NAME, 3 * pages_per_block + 1, SEG_SIZE // PAGE)
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    assert claimed == [NAME]
+    assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+    assert (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
+    assert follower.wait_for(NAME, 5) is True
+    assert follower.wait_for(NAME, 5) is False  # reported once
+    assert temp_files(tmp_path) == []
+
+
+def test_a_request_finishes_the_followed_segment_without_waiting_for_the_poll(setup) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, _claimed = setup
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == 3 * BLOCK)
+    # archive_command asks before the follower has seen .ready (there is none here at all).
+    assert follower.wait_for(NAME, 5) is True
+    assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+
+
+def test_next_segment_is_followed_after_one_is_finished(setup) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, _claimed = setup
+    nxt = Segment.parse(NAME, SEG_SIZE).next().name(SEG_SIZE)
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    wal.recycled(nxt)  # preallocated, still old content: must not be followed yet
+    follower.start()
+    wait_until(lambda: follower.following(NAME))
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    time.sleep(0.1)
+    assert not follower.following(nxt)
+    wal.write_pages(nxt, 0, SEG_SIZE // PAGE, fill=9)
+    wait_until(lambda: follower.following(nxt))
+    wal.ready(nxt)
+    wait_until(lambda: follower.stats["finished"] == 2)
+    assert stored_content(storage, nxt) == (wal.dir / nxt).read_bytes()
+
+
+def test_content_changed_after_it_was_read_is_never_archived(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, _claimed = setup
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == 3 * BLOCK)
+    # Bytes of an already compressed block change (as if a reader had seen writes out of
+    # order): the prepared object must be thrown away, not committed.
+    with open(wal.dir / NAME, "r+b") as handle:
+        handle.seek(PAGE + 100)
+        handle.write(b"changed")
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["discarded"] == 1)
+    assert find_wal_object(storage, NAME) is None
+    assert follower.wait_for(NAME, 1) is False
+    assert not (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
+    assert temp_files(tmp_path) == []
+
+
+def test_an_archived_name_is_left_to_wal_push(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, _claimed = setup
+    with storage.open_write(f"wal_005/{NAME}.lz4") as sink:
+        sink.write(lz4.frame.compress(b"other content"))
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    follower.start()
+    wait_until(lambda: follower.following(NAME))
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["discarded"] == 1)
+    assert stored_content(storage, NAME) == b"other content"  # untouched
+    assert follower.wait_for(NAME, 1) is False
+
+
+def test_a_claim_refused_leaves_the_segment_to_the_uploader(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    storage = FileStorage(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: False)
+    try:
+        wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+        follower.start()
+        wait_until(lambda: follower.following(NAME))
+        wal.ready(NAME)
+        wait_until(lambda: follower.stats["discarded"] == 1)
+        assert find_wal_object(storage, NAME) is None
+    finally:
+        follower.stop()
+    assert temp_files(tmp_path) == []
+
+
+def test_stop_abandons_the_prepared_object_and_leaves_no_threads(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    storage = FileStorage(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    before = set(threading.enumerate())
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True)
+    wal.write_pages(NAME, 0, 2 * BLOCK // PAGE + 1)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == 2 * BLOCK)
+    assert temp_files(tmp_path)  # the object is being written...
+    follower.stop()
+    assert temp_files(tmp_path) == []  # ...and abandoned, never committed
+    assert find_wal_object(storage, NAME) is None
+    assert set(threading.enumerate()) <= before
+    os.sync()
