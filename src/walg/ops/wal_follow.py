@@ -7,10 +7,11 @@ become final, compresses each into the LZ4 frame of the segment's object and wri
 straight away (syncing as it goes). When the segment is ``.ready`` (seen by polling, or because
 ``archive_command`` asks for it) only the last block, the frame's end and one short sync remain.
 
-Nothing is trusted from the early reads: before the object is committed the whole file is read
-again and compared byte for byte with what was compressed. Any difference (a file rewritten or
-replaced, a filesystem that shows writes out of order) discards the prepared object and the
-segment is archived from scratch by the usual path. The overwrite rules of ``wal-push`` apply: a
+Nothing is trusted from the early reads: before the object is committed the file is opened
+again by name, and the BLAKE3 digest of its prepared part must equal the digest of the bytes
+that were compressed. Any difference (a file rewritten or replaced, a filesystem that shows
+writes out of order) discards the prepared object and the segment is archived from scratch by
+the usual path. The overwrite rules of ``wal-push`` apply: a
 name that is already archived is handed to that path too.
 """
 
@@ -30,7 +31,7 @@ from walg.ops.wal_push import status_dir, touch
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -55,8 +56,9 @@ class _Followed:
     """One segment being followed: the prepared part of its object, open in storage."""
 
     def __init__(
-        self, name: str, path: str, fd: int, segment_size: int, magic: int, raw: bytearray
+        self, name: str, path: str, fd: int, segment_size: int, magic: int, buffer: bytearray
     ) -> None:
+        import blake3
         import lz4.block
         import xxhash
 
@@ -66,12 +68,12 @@ class _Followed:
         self.segment_size = segment_size
         self.base = Segment.parse(name, segment_size).segno * segment_size
         self.magic = magic
-        self.raw = raw
-        self.view = memoryview(raw)
+        self.buffer = memoryview(buffer)
         self.prepared = 0
         self.stored = 0
         self.lz4 = lz4.block
-        self.hash = xxhash.xxh32()
+        self.hash = xxhash.xxh32()  # the frame's content checksum
+        self.digest = blake3.blake3()  # what was read, for the check before commit
         self.writer: AbstractContextManager[Sink] | None = None
         self.sink: Sink | None = None
         self.last_progress = time.monotonic()
@@ -88,6 +90,7 @@ class _Followed:
 
         assert self.sink is not None
         self.hash.update(block)
+        self.digest.update(block)
         for part in lz4frame.block_record(self.lz4, block):
             self.sink.write(part)
             self.stored += len(part)
@@ -114,6 +117,23 @@ class _Followed:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+@contextlib.contextmanager
+def _mapped(path: str, size: int) -> Iterator[memoryview]:
+    """The file at ``path``, opened again by name and mapped read-only; exactly ``size`` bytes."""
+    import mmap
+
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size != size:
+            raise _Discarded("the file is not a whole segment")
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        with mmap.mmap(handle.fileno(), size, flags=flags, prot=mmap.PROT_READ) as mapping:
+            view = memoryview(mapping)
+            try:
+                yield view
+            finally:
+                view.release()
 
 
 class _Discarded(Exception):
@@ -149,7 +169,7 @@ class WalFollower:
         self._requested: str | None = None
         self._results: dict[str, threading.Event] = {}
         self._archived: set[str] = set()
-        self._buffers = [bytearray(settings.wal_segment_size), bytearray(settings.wal_segment_size)]
+        self._buffer = bytearray(BLOCK)
         self._thread = threading.Thread(target=self._loop, name="wal-follower", daemon=True)
         self.stats = {"finished": 0, "discarded": 0}
 
@@ -262,9 +282,7 @@ class WalFollower:
             raise ValueError(
                 f"{name} has {seg_size}-byte segments, WALG_PG_WAL_SIZE says {segment_size}"
             )
-        raw = self._buffers[0]
-        self._buffers.reverse()
-        followed = _Followed(name, path, fd, segment_size, magic, raw)
+        followed = _Followed(name, path, fd, segment_size, magic, self._buffer)
         with self._lock:
             self._current = followed
             self._next_name = None
@@ -312,12 +330,16 @@ class WalFollower:
         ):
             self._prepare_block(current, current.prepared, BLOCK)
 
-    def _prepare_block(self, current: _Followed, offset: int, size: int, read: bool = True) -> None:
+    def _prepare_block(
+        self, current: _Followed, offset: int, size: int, block: memoryview | None = None
+    ) -> None:
+        """Compress and store the block at ``offset`` (read now unless it is given)."""
         from walg.streams import lz4frame
 
-        block = current.view[offset : offset + size]
-        if read and os.preadv(current.fd, [block], offset) != size:
-            raise _Discarded(f"{current.name} is shorter than a segment")
+        if block is None:
+            block = current.buffer[:size]
+            if os.preadv(current.fd, [block], offset) != size:
+                raise _Discarded(f"{current.name} is shorter than a segment")
         if current.sink is None:
             codec_key = wal_key(current.name, "lz4")
             current.writer = self._storage.open_write(codec_key)
@@ -338,12 +360,11 @@ class WalFollower:
                 raise _Discarded("another upload has it")
             if find_wal_object(self._storage, name) is not None:
                 raise _Discarded("already archived; wal-push compares it")
-            self._verify(current)
-            rest = current.segment_size - current.prepared
-            while rest > 0:
-                # _verify copied the rest of the file into the buffer already.
-                self._prepare_block(current, current.prepared, min(BLOCK, rest), read=False)
-                rest = current.segment_size - current.prepared
+            with _mapped(current.path, current.segment_size) as final:
+                self._verify(current, final)
+                while (offset := current.prepared) < current.segment_size:
+                    size = min(BLOCK, current.segment_size - offset)
+                    self._prepare_block(current, offset, size, final[offset : offset + size])
             from walg.streams import lz4frame
 
             assert current.sink is not None
@@ -380,16 +401,11 @@ class WalFollower:
             if done is not None:
                 done.set()
 
-    def _verify(self, current: _Followed) -> None:
-        """The file, read again now that it is complete, must hold what was compressed."""
-        check = self._buffers[0]
-        view = memoryview(check)
-        if os.preadv(current.fd, [view], 0) != current.segment_size:
-            raise _Discarded("the file is shorter than a segment")
-        # bytearray equality is one memcmp; comparing memoryviews would go item by item.
-        # The unprepared tail is copied over first so the whole buffers can be compared.
-        current.view[current.prepared :] = view[current.prepared :]
-        if current.raw != check:
+    def _verify(self, current: _Followed, final: memoryview) -> None:
+        """The complete file must start with exactly the bytes compressed so far."""
+        import blake3
+
+        if blake3.blake3(final[: current.prepared]).digest() != current.digest.digest():
             log.warning(
                 "WAL follower: %s changed after it was read; archiving it from scratch",
                 current.name,

@@ -52,6 +52,12 @@ def _record(block: memoryview, compressed: bytes | None) -> tuple[bytes, bytes |
     return len(compressed).to_bytes(4, "little"), compressed
 
 
+def _stable(view: memoryview) -> bool:
+    import mmap
+
+    return isinstance(view.obj, bytes) or (view.readonly and isinstance(view.obj, mmap.mmap))
+
+
 class _Job:
     __slots__ = ("block", "buffer", "compressed", "done", "error", "finished")
 
@@ -159,8 +165,9 @@ class Lz4FrameWriter:
         try:
             pos = 0
             # Whole blocks skip the copy when nothing can change them while they are compressed:
-            # immutable bytes, or any buffer when compressing synchronously within this call.
-            if self._fill == 0 and (self._workers is None or isinstance(view.obj, bytes)):
+            # immutable bytes, a read-only map of a file (see walg.ops.wal_push), or any buffer
+            # when compressing synchronously within this call.
+            if self._fill == 0 and (self._workers is None or _stable(view)):
                 while size - pos >= BLOCK_SIZE:
                     self._submit(view[pos : pos + BLOCK_SIZE], None)
                     pos += BLOCK_SIZE
