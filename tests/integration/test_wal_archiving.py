@@ -150,8 +150,10 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
     cluster.stop()
 
 
-def _start_daemon(walg: WalgSetup, socket: Path, pgdata: Path) -> subprocess.Popen[str]:
-    proc = walg.popen(["daemon", str(socket), str(pgdata)])
+def _start_daemon(
+    walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    proc = walg.popen(["daemon", str(socket), str(pgdata)], env=env)
     deadline = time.monotonic() + 30
     while not socket.exists():
         assert proc.poll() is None, proc.communicate()
@@ -180,17 +182,21 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
         src_dir,
         conf={"archive_mode": "on", "archive_command": f"{client} {push_socket} wal-push %p"},
     )
-    daemon = _start_daemon(walg, push_socket, src_dir)
+    daemon = _start_daemon(walg, push_socket, src_dir, env={"WALG_LOG_LEVEL": "DEVEL"})
     try:
         cluster.start()
-        cluster.pgbench(["-i", "-s", "1", "-q"])
+        cluster.pgbench(["-i", "-s", "3", "-q"])
         walg.run(["backup-push", str(src_dir)], cluster=cluster)
-        cluster.pgbench(["-n", "-t", "500", "-c", "2"])
+        cluster.pgbench(["-n", "-t", "3000", "-c", "2"])
         archive_now(cluster)
         expected = normalized_dump(cluster.pg_dumpall())
         cluster.stop()
     finally:
-        _stop_daemon(daemon)
+        push_log = _stop_daemon(daemon)
+    # The follower read segments while PostgreSQL wrote them, and every one it committed was
+    # checked against the finished file (the restore below proves their content).
+    assert "WAL follower archived" in push_log, push_log[-3000:]
+    assert "changed after it was read" not in push_log
 
     # Daemon down: the client says so and fails, so PostgreSQL keeps the WAL and retries.
     down = run_as_pg(
