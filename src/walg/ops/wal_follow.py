@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import threading
 import time
 
 from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
 from walg.core.naming import wal_key
+from walg.core.walpage import LONG_HEADER, PAGE_HEADER, segment_magic
 from walg.ops.wal import find_wal_object
-from walg.ops.wal_push import status_dir, touch
+from walg.ops.wal_push import mapped_file, status_dir, touch
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -42,10 +42,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 BLOCK = 1 << 20
-PAGE_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pageaddr
-LONG_HEADER = struct.Struct("<HHIQI4xQII")  # ... xlp_rem_len, pad, xlp_sysid, seg_size, blcksz
-XLP_LONG_HEADER = 0x0002
-MIN_PAGE_MAGIC = 0xD061
 FAST_POLL = 0.002  # while the last block of a segment is being written
 SLOW_POLL = 0.02
 FAST_POLL_SPAN = 10.0  # seconds of fast polling after the last progress
@@ -117,23 +113,6 @@ class _Followed:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-
-
-@contextlib.contextmanager
-def _mapped(path: str, size: int) -> Iterator[memoryview]:
-    """The file at ``path``, opened again by name and mapped read-only; exactly ``size`` bytes."""
-    import mmap
-
-    with open(path, "rb", buffering=0) as handle:
-        if os.fstat(handle.fileno()).st_size != size:
-            raise _Discarded("the file is not a whole segment")
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        with mmap.mmap(handle.fileno(), size, flags=flags, prot=mmap.PROT_READ) as mapping:
-            view = memoryview(mapping)
-            try:
-                yield view
-            finally:
-                view.release()
 
 
 class _Discarded(Exception):
@@ -268,20 +247,12 @@ class WalFollower:
             os.close(fd)
             raise
         segment_size = self._settings.wal_segment_size
-        if len(head) != LONG_HEADER.size or size != segment_size:
-            os.close(fd)
-            return None
-        magic, info, _tli, pageaddr, _rem, _sysid, seg_size, _blcksz = LONG_HEADER.unpack(head)
-        base = Segment.parse(name, segment_size).segno * segment_size
-        if magic < MIN_PAGE_MAGIC or not info & XLP_LONG_HEADER or pageaddr != base:
+        segno = Segment.parse(name, segment_size).segno
+        magic = segment_magic(head, segno, segment_size)
+        if magic is None or size != segment_size:
             # Not written yet in this life (a recycled file still holds an older segment).
             os.close(fd)
             return None
-        if seg_size != segment_size:
-            os.close(fd)
-            raise ValueError(
-                f"{name} has {seg_size}-byte segments, WALG_PG_WAL_SIZE says {segment_size}"
-            )
         followed = _Followed(name, path, fd, segment_size, magic, self._buffer)
         with self._lock:
             self._current = followed
@@ -317,11 +288,7 @@ class WalFollower:
                 head = handle.read(LONG_HEADER.size)
         except OSError:
             return False
-        if len(head) != LONG_HEADER.size:
-            return False
-        magic, info, _tli, pageaddr, _rem, _sysid, _seg, _blcksz = LONG_HEADER.unpack(head)
-        base = Segment.parse(name, size).segno * size
-        return bool(magic >= MIN_PAGE_MAGIC and info & XLP_LONG_HEADER and pageaddr == base)
+        return segment_magic(head, Segment.parse(name, size).segno, size) is not None
 
     def _advance(self, current: _Followed) -> None:
         """Compress every block followed by a valid page header."""
@@ -360,11 +327,20 @@ class WalFollower:
                 raise _Discarded("another upload has it")
             if find_wal_object(self._storage, name) is not None:
                 raise _Discarded("already archived; wal-push compares it")
-            with _mapped(current.path, current.segment_size) as final:
+            with (
+                open(current.path, "rb", buffering=0) as handle,
+                mapped_file(handle) as final,
+            ):
+                if len(final) != current.segment_size:
+                    raise _Discarded("the file is not a whole segment")
                 self._verify(current, final)
-                while (offset := current.prepared) < current.segment_size:
-                    size = min(BLOCK, current.segment_size - offset)
-                    self._prepare_block(current, offset, size, final[offset : offset + size])
+                view = memoryview(final)
+                try:
+                    while (offset := current.prepared) < current.segment_size:
+                        size = min(BLOCK, current.segment_size - offset)
+                        self._prepare_block(current, offset, size, view[offset : offset + size])
+                finally:
+                    view.release()
             from walg.streams import lz4frame
 
             assert current.sink is not None
@@ -401,7 +377,7 @@ class WalFollower:
             if done is not None:
                 done.set()
 
-    def _verify(self, current: _Followed, final: memoryview) -> None:
+    def _verify(self, current: _Followed, final: bytes | memoryview) -> None:
         """The complete file must start with exactly the bytes compressed so far."""
         import blake3
 

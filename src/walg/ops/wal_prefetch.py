@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
 
 from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
+from walg.core.walpage import LONG_HEADER, segment_magic
 from walg.errors import ObjectNotFound, WalgError
 from walg.ops.wal import download_wal, find_wal_object
 
@@ -33,11 +33,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 CHUNK = 1 << 20
-XLP_LONG_HEADER = 0x0002
-MIN_PAGE_MAGIC = 0xD061
 STALE_RUNNING_SECONDS = 600
 RUNNING_STALL_SECONDS = 0.2
-_LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
 def prefetch_root(settings: Settings, destination: str) -> str:
@@ -56,19 +53,11 @@ def valid_segment_file(path: str, name: str, segment_size: int) -> bool:
         with open(path, "rb") as handle:
             if os.fstat(handle.fileno()).st_size != segment_size:
                 return False
-            head = handle.read(_LONG_HEADER.size)
+            head = handle.read(LONG_HEADER.size)
     except OSError:
         return False
-    if len(head) != _LONG_HEADER.size:
-        return False
-    magic, info, _tli, pageaddr, _rem, _sysid, seg_size, _blcksz = _LONG_HEADER.unpack(head)
     segno = Segment.parse(name, segment_size).segno
-    return (
-        magic >= MIN_PAGE_MAGIC
-        and bool(info & XLP_LONG_HEADER)
-        and pageaddr == segno * segment_size
-        and seg_size == segment_size
-    )
+    return segment_magic(head, segno, segment_size) is not None
 
 
 def take_prefetched(root: str, name: str, destination: str, segment_size: int) -> bool:

@@ -87,7 +87,7 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
     # (PostgreSQL never truncates a segment it has handed to archive_command.)
     with (
         open(source, "rb", buffering=0) as handle,
-        _mapped(handle) as data,
+        mapped_file(handle) as data,
         upload(storage, key, codec, threads=threads) as up,
     ):
         up.writer.write(data)
@@ -283,7 +283,8 @@ def lookahead_workers(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _mapped(handle: BinaryIO) -> Iterator[bytes | memoryview]:
+def mapped_file(handle: BinaryIO) -> Iterator[bytes | memoryview]:
+    """The whole file open in ``handle``, mapped read-only (``b""`` when it is empty)."""
     import mmap
 
     size = os.fstat(handle.fileno()).st_size
