@@ -136,15 +136,25 @@ def test_integers_are_parsed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("raw", "value"), [("true", True), ("FALSE", False), ("1", True)])
 def test_booleans(tmp_path: Path, raw: str, value: bool) -> None:
-    s = load(environ=env(tmp_path, WALG_PREVENT_WAL_OVERWRITE=raw, WALG_TAR_DISABLE_FSYNC=raw))
+    s = load(
+        environ=env(
+            tmp_path,
+            WALG_PREVENT_WAL_OVERWRITE=raw,
+            WALG_TAR_DISABLE_FSYNC=raw,
+            WALG_DAEMON_FOLLOW_WAL=raw,
+        )
+    )
     assert s.prevent_wal_overwrite is value
     assert s.tar_disable_fsync is value
+    assert s.daemon_follow_wal is value
+    assert load(environ=env(tmp_path)).daemon_follow_wal is True  # on by default
 
 
-def test_bad_boolean_names_the_variable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["WALG_PREVENT_WAL_OVERWRITE", "WALG_DAEMON_FOLLOW_WAL"])
+def test_bad_boolean_names_the_variable(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load(environ=env(tmp_path, WALG_PREVENT_WAL_OVERWRITE="maybe"))
-    assert "WALG_PREVENT_WAL_OVERWRITE" in str(info.value)
+        load(environ=env(tmp_path, **{name: "maybe"}))
+    assert name in str(info.value)
 
 
 def test_sentinel_user_data_json(tmp_path: Path) -> None:
