@@ -17,7 +17,7 @@ import pytest
 
 from walg.core.lsn import Segment
 from walg.ops.wal import find_wal_object
-from walg.ops.wal_follow import BLOCK, WalFollower
+from walg.ops.wal_follow import BLOCK, REPICK_AFTER, WalFollower
 from walg.settings import Settings, load
 from walg.storage.file import FileStorage
 
@@ -224,3 +224,21 @@ def test_stop_abandons_the_prepared_object_and_leaves_no_threads(tmp_path: Path)
     assert find_wal_object(storage, NAME) is None
     assert set(threading.enumerate()) <= before
     os.sync()
+
+
+def test_a_stalled_segment_is_abandoned_for_the_one_now_written(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Promotion: the followed file becomes .partial and never .ready; the new timeline's
+    segment is written instead. The follower moves on and leaves nothing half-written."""
+    _settings, storage, wal, follower, _claimed = setup
+    wal.write_pages(NAME, 0, BLOCK // PAGE + 1)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == BLOCK)
+    other = "000000020000000000000005"
+    time.sleep(0.01)
+    wal.write_pages(other, 0, SEG_SIZE // PAGE, fill=5)
+    wait_until(lambda: follower.following(other), timeout=REPICK_AFTER + 10)
+    assert not [p for p in temp_files(tmp_path) if NAME in p]  # the old object was abandoned
+    wal.ready(other)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    assert stored_content(storage, other) == (wal.dir / other).read_bytes()
+    assert find_wal_object(storage, NAME) is None
