@@ -242,3 +242,16 @@ def test_a_stalled_segment_is_abandoned_for_the_one_now_written(setup, tmp_path:
     wait_until(lambda: follower.stats["finished"] == 1)
     assert stored_content(storage, other) == (wal.dir / other).read_bytes()
     assert find_wal_object(storage, NAME) is None
+
+
+def test_a_segment_switched_early_is_finished_when_ready(setup) -> None:  # type: ignore[no-untyped-def]
+    """pg_switch_wal / archive_timeout: the rest of the segment stays zeroed, so no later page
+    ever looks final; .ready alone must start the finish."""
+    _settings, storage, wal, follower, _claimed = setup
+    (wal.dir / NAME).write_bytes(bytes(SEG_SIZE))  # preallocated with zeros
+    wal.write_pages(NAME, 0, BLOCK // PAGE + 10)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == BLOCK)
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()

@@ -212,7 +212,9 @@ class WalFollower:
         last_block = current.prepared + BLOCK >= current.segment_size
         with self._lock:
             requested = self._requested == current.name
-        if requested or (last_block and self._is_ready(current.name)):
+        # Not only in the last block: a segment switched early (archive_timeout,
+        # pg_switch_wal) ends in zeroed pages that never look final.
+        if requested or self._is_ready(current.name):
             self._finish(current)
             return 0.0
         idle = time.monotonic() - current.last_progress
