@@ -75,7 +75,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -85,6 +85,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 DEFAULT_PG_BINDIR = Path("/usr/lib/postgresql/15/bin")
 STEPS = ("walg-push", "walg-fetch", "pg_basebackup", "pgbackrest-backup", "pgbackrest-restore")
+PSQL_FLAGS = ("-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c")
 
 
 def log(msg: str) -> None:
@@ -242,15 +243,20 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
-def pss_bytes(pid: int) -> int:
+def proc_kb_field(pid: int, name: str, field: bytes) -> int:
+    """A ``kB`` field of /proc/PID/<name> in bytes; 0 when the process or the field is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
             for line in f:
-                if line.startswith(b"Pss:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
         return 0
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    return proc_kb_field(pid, "smaps_rollup", b"Pss:")
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -474,7 +480,7 @@ class Measurer:
 
 
 # --------------------------------------------------------------------------------------------
-# The PostgreSQL cluster
+# PostgreSQL servers
 # --------------------------------------------------------------------------------------------
 
 
@@ -487,18 +493,32 @@ def free_port() -> int:
             return port
 
 
-class Cluster:
+class PgServer:
+    """A PostgreSQL data directory and its postmaster, run as the PostgreSQL user.
+
+    The class attributes are the waits and messages of this script's Cluster; wal_bench.py's
+    Server, a subclass, sets its own.
+    """
+
+    READY_TIMEOUT: float = 60
+    READY_POLL = 0.1
+    ISREADY_ARGS: tuple[str, ...] = ()
+    EXITED = "postgres exited with {rc}:\n{log}"
+    NOT_READY = "postgres did not become ready within {timeout} s"
+    LOG_LINES = 25
+    PSQL_TIMEOUT: float = 3600
+    STOP_TIMEOUT: float = 60
+
     def __init__(
-        self, user: PgUser, bindir: Path, datadir: Path, sockdir: Path, archive_command: str
+        self, user: PgUser, bindir: Path, datadir: Path, sockdir: Path, logfile: Path
     ) -> None:
         self.user = user
-        self.archive_command = archive_command
         self.bindir = bindir
         self.datadir = datadir
         self.sockdir = sockdir
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.logfile = datadir.parent / "postgres.log"
+        self.logfile = logfile
 
     def env(self) -> dict[str, str]:
         return {
@@ -527,6 +547,122 @@ class Cluster:
             ),
             "initdb",
         )
+
+    def spawn(self, argv: Sequence[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            env=self.user.base_env(),
+            cwd=self.datadir.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            **self.user.popen_kwargs(),
+        )
+
+    def start(self, wait: bool = True) -> float:
+        """Spawn postgres; returns the perf_counter time just before the spawn."""
+        t0 = time.perf_counter()
+        with open(self.logfile, "ab") as logf:
+            self.proc = self.spawn([str(self.bindir / "postgres"), "-D", str(self.datadir)], logf)
+        if wait:
+            self.wait_ready()
+        return t0
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        timeout = self.READY_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                rc = self.proc.returncode if self.proc is not None else None
+                raise RuntimeError(self.EXITED.format(rc=rc, log=self.log_tail()))
+            ready = run_plain(
+                self.user,
+                [
+                    str(self.bindir / "pg_isready"),
+                    "-q",
+                    *self.ISREADY_ARGS,
+                    "-h",
+                    str(self.sockdir),
+                    "-p",
+                    str(self.port),
+                ],
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(self.READY_POLL)
+        raise RuntimeError(self.NOT_READY.format(timeout=timeout, log=self.log_tail()))
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("server not running")
+        return self.proc.pid
+
+    def log_tail(self, lines: int | None = None) -> str:
+        try:
+            return tail(
+                self.logfile.read_text(errors="replace"), self.LOG_LINES if lines is None else lines
+            )
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def psql(self, sql: str, timeout: float | None = None) -> str:
+        return must(
+            run_plain(
+                self.user,
+                [str(self.bindir / "psql"), *PSQL_FLAGS, sql],
+                env=self.env(),
+                timeout=self.PSQL_TIMEOUT if timeout is None else timeout,
+            ),
+            f"psql {sql!r}",
+        ).strip()
+
+    def pgbench(self, args: Sequence[str], timeout: float = 3600, what: str = "") -> str:
+        return must(
+            run_plain(
+                self.user,
+                [str(self.bindir / "pgbench"), *args],
+                env=self.env(),
+                timeout=timeout,
+            ),
+            what or f"pgbench {' '.join(args)}",
+        )
+
+    def stop(self, immediate: bool = False) -> None:
+        """Fast shutdown, or immediate (no shutdown checkpoint, no final WAL switch and
+        archive_command: for throwaway copies, so they add nothing to an archive)."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
+            try:
+                proc.wait(timeout=self.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGQUIT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.proc = None
+
+
+class Cluster(PgServer):
+    """The benchmark's one server per scale; its settings go into postgresql.conf."""
+
+    def __init__(
+        self, user: PgUser, bindir: Path, datadir: Path, sockdir: Path, archive_command: str
+    ) -> None:
+        super().__init__(user, bindir, datadir, sockdir, datadir.parent / "postgres.log")
+        self.archive_command = archive_command
+
+    def initdb(self) -> None:
+        super().initdb()
         conf = {
             "port": str(self.port),
             "listen_addresses": "''",
@@ -548,96 +684,6 @@ class Cluster:
             f.write("\n# walg backup benchmark\n")
             for key, value in conf.items():
                 f.write(f"{key} = {value}\n")
-
-    def start(self) -> None:
-        with open(self.logfile, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.datadir)],
-                env=self.user.base_env(),
-                cwd=self.datadir.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                start_new_session=True,
-                **self.user.popen_kwargs(),
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"postgres exited with {self.proc.returncode}:\n"
-                    + tail(self.logfile.read_text(errors="replace"))
-                )
-            ready = run_plain(
-                self.user,
-                [
-                    str(self.bindir / "pg_isready"),
-                    "-q",
-                    "-h",
-                    str(self.sockdir),
-                    "-p",
-                    str(self.port),
-                ],
-            )
-            if ready.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError("postgres did not become ready within 60 s")
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def psql(self, sql: str) -> str:
-        return must(
-            run_plain(
-                self.user,
-                [
-                    str(self.bindir / "psql"),
-                    "-X",
-                    "-q",
-                    "-A",
-                    "-t",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-c",
-                    sql,
-                ],
-                env=self.env(),
-            ),
-            f"psql {sql!r}",
-        ).strip()
-
-    def pgbench_init(self, scale: int) -> None:
-        must(
-            run_plain(
-                self.user,
-                [str(self.bindir / "pgbench"), "-i", "-q", "-s", str(scale)],
-                env=self.env(),
-                timeout=7200,
-            ),
-            "pgbench -i",
-        )
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        self.proc = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,7 +752,7 @@ class Bench:
             cluster.start()
             t0 = time.perf_counter()
             log(f"scale {scale}: pgbench -i -s {scale}")
-            cluster.pgbench_init(scale)
+            cluster.pgbench(["-i", "-q", "-s", str(scale)], timeout=7200, what="pgbench -i")
             cluster.psql("CHECKPOINT")
             info.load_s = time.perf_counter() - t0
             info.pgdata_bytes = dir_size(datadir)
@@ -1113,18 +1159,22 @@ def tool_version(user: PgUser, argv: Sequence[str]) -> str:
     )
 
 
-def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
+def git_head() -> str:
     git = subprocess.run(
         ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"],
         capture_output=True,
         text=True,
         check=False,
     )
+    return git.stdout.strip()
+
+
+def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem = f.readline().split()[1]
     return {
         "command": [sys.executable, *sys.argv],
-        "git_head": git.stdout.strip(),
+        "git_head": git_head(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "mem_total_kb": int(mem),
@@ -1241,13 +1291,30 @@ def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def interrupt_on_signals() -> None:
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_keyboard_interrupt)
+
+
+def bench_user(pgbackrest: Path) -> PgUser:
+    """The user the servers and tools run as (created if missing, see ensure_prerequisites)."""
+    ensure_prerequisites(pgbackrest)
+    user = PgUser.resolve(PG_USER)
+    if user.uid == 0:
+        raise SystemExit("refusing to run PostgreSQL as root")
+    return user
+
+
 @contextlib.contextmanager
-def run_directory(args: argparse.Namespace, user: PgUser, stamp: str) -> Iterator[Path]:
+def run_directory(
+    args: argparse.Namespace, user: PgUser, stamp: str, prefix: str = "run"
+) -> Iterator[Path]:
     parent: Path = args.workdir
     parent.mkdir(parents=True, exist_ok=True)
     if user.switch:
         parent.chmod(0o755)
-    rundir = user.mkdir(parent / f"run-{stamp}-{os.getpid()}", 0o755)
+    rundir = user.mkdir(parent / f"{prefix}-{stamp}-{os.getpid()}", 0o755)
     try:
         yield rundir
     finally:
@@ -1259,13 +1326,8 @@ def run_directory(args: argparse.Namespace, user: PgUser, stamp: str) -> Iterato
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_keyboard_interrupt)
-    ensure_prerequisites(args.pgbackrest)
-    user = PgUser.resolve(PG_USER)
-    if user.uid == 0:
-        raise SystemExit("refusing to run PostgreSQL as root")
+    interrupt_on_signals()
+    user = bench_user(args.pgbackrest)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     env_info = environment(args, user)
     log(

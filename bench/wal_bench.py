@@ -128,7 +128,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -139,16 +139,20 @@ if str(BENCH_DIR) not in sys.path:
 from backup_bench import (  # noqa: E402
     CLK_TCK,
     MB,
-    PAGE_SIZE,
-    PG_USER,
+    PgServer,
     PgUser,
+    TreeSampler,
+    bench_user,
     default_pg_bindir,
     dir_size,
-    ensure_prerequisites,
-    free_port,
+    git_head,
+    interrupt_on_signals,
     log,
+    median,
     must,
-    raise_keyboard_interrupt,
+    proc_kb_field,
+    rss_bytes,
+    run_directory,
     run_plain,
     tail,
     tool_version,
@@ -159,7 +163,6 @@ PARTS = ("a", "b", "c")
 TOOL_COMMS = frozenset({"walg", "pgbackrest", "python3", "sh", "cp", "walg-daemon-cl"})
 PR_SET_CHILD_SUBREAPER = 36
 CHECK_FLOOR = "floor: walg-daemon-client check"
-PSQL_FLAGS = ("-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c")
 READY_LINE = "database system is ready to accept connections"
 LOG_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 TARGETS = {
@@ -196,14 +199,7 @@ def cpu_ticks(pid: int) -> tuple[int, int] | None:
 
 
 def hwm_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0
-    return 0
+    return proc_kb_field(pid, "status", b"VmHWM:")
 
 
 def proc_table(min_pid: int = 0) -> dict[int, tuple[int, str, str]]:
@@ -441,48 +437,25 @@ class Runner:
             self.current = None
 
 
-class ToolSampler(threading.Thread):
-    """Peak summed VmRSS of the tool processes (descendants of this script, by command name)."""
+class ToolSampler(TreeSampler):
+    """Peak summed VmRSS of the tool processes (descendants of ``root``, this script, by
+    command name) and the largest VmHWM among them; no PSS."""
 
-    FULL_SCAN_EVERY = 10
-
-    def __init__(self, me: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.me = me
-        self.interval = interval
-        self.peak_rss = 0
+    def __init__(self, root: int, interval: float = 0.02) -> None:
+        super().__init__(root, interval)
         self.peak_hwm = 0
-        self.peak_procs = 0
-        self.samples = 0
-        self.own_cpu_s = 0.0
-        self._stop_event = threading.Event()
 
     def sample(self) -> None:
         full = self.samples % self.FULL_SCAN_EVERY == 0
-        table = proc_table(0 if full else self.me)
-        pids = [p for p in subtree(self.me, table) if table[p][2] in TOOL_COMMS]
+        table = proc_table(0 if full else self.root)
+        pids = [p for p in subtree(self.root, table) if table[p][2] in TOOL_COMMS]
         rss = 0
         for pid in pids:
-            try:
-                with open(f"/proc/{pid}/statm", "rb") as f:
-                    rss += int(f.read().split()[1]) * PAGE_SIZE
-            except (OSError, ValueError, IndexError):
-                continue
+            rss += rss_bytes(pid)
             self.peak_hwm = max(self.peak_hwm, hwm_bytes(pid))
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, len(pids))
         self.samples += 1
-
-    def run(self) -> None:
-        start = time.thread_time()
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-        self.own_cpu_s = time.thread_time() - start
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,46 +467,31 @@ def conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class Server:
+class Server(PgServer):
     """One PostgreSQL data directory and its postmaster (a direct child of this script)."""
 
+    READY_TIMEOUT = 120
+    READY_POLL = 0.05
+    ISREADY_ARGS = ("-d", "postgres")
+    EXITED = "postgres exited:\n{log}"
+    NOT_READY = "postgres not ready after {timeout} s:\n{log}"
+    LOG_LINES = 30
+    PSQL_TIMEOUT = 600
+    STOP_TIMEOUT = 120
+
     def __init__(self, bench: Bench, datadir: Path, sockdir: Path) -> None:
-        self.bench = bench
-        self.user = bench.user
-        self.bindir: Path = bench.args.pg_bindir
-        self.datadir = datadir
-        self.sockdir = sockdir
-        self.port = free_port()
-        self.logfile = datadir.parent / f"{datadir.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        return {
-            "PGHOST": str(self.sockdir),
-            "PGPORT": str(self.port),
-            "PGUSER": self.user.name,
-            "PGDATABASE": "postgres",
-        }
-
-    def initdb(self) -> None:
-        must(
-            run_plain(
-                self.user,
-                [
-                    str(self.bindir / "initdb"),
-                    "-D",
-                    str(self.datadir),
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-instructions",
-                ],
-                cwd=self.datadir.parent,
-            ),
-            "initdb",
+        super().__init__(
+            bench.user,
+            bench.args.pg_bindir,
+            datadir,
+            sockdir,
+            datadir.parent / f"{datadir.name}.log",
         )
+        self.bench = bench
+
+    def spawn(self, argv: Sequence[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+        # Through the runner: the subreaper must not reap the postmaster, Popen waits for it.
+        return self.bench.runner.spawn(argv, cwd=self.datadir.parent, out=out)
 
     def set_conf(self, settings: Mapping[str, str]) -> None:
         """Set server settings in postgresql.auto.conf (the same keys' old lines dropped)."""
@@ -568,76 +526,6 @@ class Server:
             "log_line_prefix": "%m [%p] ",
         }
 
-    def start(self, wait: bool = True) -> float:
-        """Spawn postgres; returns the perf_counter time just before the spawn."""
-        t0 = time.perf_counter()
-        with open(self.logfile, "ab") as logf:
-            self.proc = self.bench.runner.spawn(
-                [str(self.bindir / "postgres"), "-D", str(self.datadir)],
-                cwd=self.datadir.parent,
-                out=logf,
-            )
-        if wait:
-            self.wait_ready()
-        return t0
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited:\n{self.log_tail()}")
-            ready = run_plain(
-                self.user,
-                [
-                    str(self.bindir / "pg_isready"),
-                    "-q",
-                    "-d",
-                    "postgres",
-                    "-h",
-                    str(self.sockdir),
-                    "-p",
-                    str(self.port),
-                ],
-            )
-            if ready.returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"postgres not ready after {timeout} s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError("server not running")
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return tail(self.logfile.read_text(errors="replace"), lines)
-        except OSError as exc:
-            return f"(no log: {exc})"
-
-    def psql(self, sql: str, timeout: float = 600) -> str:
-        return must(
-            run_plain(
-                self.user,
-                [str(self.bindir / "psql"), *PSQL_FLAGS, sql],
-                env=self.env(),
-                timeout=timeout,
-            ),
-            f"psql {sql!r}",
-        ).strip()
-
-    def pgbench(self, args: Sequence[str], timeout: float = 3600) -> str:
-        return must(
-            run_plain(
-                self.user,
-                [str(self.bindir / "pgbench"), *args],
-                env=self.env(),
-                timeout=timeout,
-            ),
-            f"pgbench {' '.join(args)}",
-        )
-
     def pgbench_background(self, args: Sequence[str], out: Path) -> subprocess.Popen[bytes]:
         with open(out, "ab") as f:
             return self.bench.runner.spawn(
@@ -665,27 +553,10 @@ class Server:
         return dict(zip(("archived", "failed", "last_archived", "last_failed"), row, strict=True))
 
     def stop(self, immediate: bool = False) -> None:
-        """Fast shutdown, or immediate (no shutdown checkpoint, no final WAL switch and
-        archive_command: for throwaway copies, so they add nothing to an archive)."""
         proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGQUIT)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        self.bench.reaper.owned.discard(proc.pid)
-        self.proc = None
+        super().stop(immediate)
+        if proc is not None:
+            self.bench.reaper.owned.discard(proc.pid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -814,10 +685,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -2142,18 +2009,12 @@ def installed_walg(walg: Path) -> Path | None:
 
 
 def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
-    git = subprocess.run(
-        ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
     root = installed_walg(args.walg)
     installed = package_digest(root) if root is not None else "unknown"
     checkout = package_digest(REPO_DIR / "src" / "walg")
     return {
         "command": [sys.executable, *sys.argv],
-        "git_head": git.stdout.strip(),
+        "git_head": git_head(),
         "cpus": os.cpu_count(),
         "loadavg_at_start": loadavg(),
         "walg_version": tool_version(user, [str(args.walg), "--version"]),
@@ -2165,34 +2026,14 @@ def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def run_directory(args: argparse.Namespace, user: PgUser, stamp: str) -> Iterator[Path]:
-    parent: Path = args.workdir
-    parent.mkdir(parents=True, exist_ok=True)
-    if user.switch:
-        parent.chmod(0o755)
-    rundir = user.mkdir(parent / f"wal-{stamp}-{os.getpid()}", 0o755)
-    try:
-        yield rundir
-    finally:
-        if args.keep:
-            log(f"kept {rundir}")
-        else:
-            shutil.rmtree(rundir, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_keyboard_interrupt)
+    interrupt_on_signals()
     # The servers inherit this environment; walg must only see what each variant sets.
     for key in list(os.environ):
         if key.startswith(("WALG_", "WALE_", "PG")) or key == "TOTAL_BG_UPLOADED_LIMIT":
             del os.environ[key]
-    ensure_prerequisites(args.pgbackrest)
-    user = PgUser.resolve(PG_USER)
-    if user.uid == 0:
-        raise SystemExit("refusing to run PostgreSQL as root")
+    user = bench_user(args.pgbackrest)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     env_info = environment(args, user)
     log(f"{env_info['walg_version']}; {env_info['pgbackrest_version']}")
@@ -2205,7 +2046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = False
     error = ""
     bench: Bench | None = None
-    with run_directory(args, user, stamp) as rundir:
+    with run_directory(args, user, stamp, "wal") as rundir:
         bench = Bench(args, user, rundir)
         try:
             bench.make_template()
