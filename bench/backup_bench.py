@@ -813,6 +813,13 @@ class Bench:
         pid = cluster.pid
         datadir = cluster.datadir
 
+        def measure(step: str, argv: Sequence[str], step_env: Mapping[str, str]) -> Measurement:
+            return self.record(self.measurer.run(step, scale, rep, argv, step_env, sdir, pid))
+
+        def stored(m: Measurement, path: Path) -> None:
+            m.stored_bytes = dir_size(path)
+            m.stored_files = file_count(path)
+
         # 1 + 2: walg backup-push, backup-fetch
         store = self.user.mkdir(sdir / f"walg-store-{rep}")
         walg_env = {
@@ -823,34 +830,14 @@ class Bench:
             **dict(kv.split("=", 1) for kv in self.args.walg_env),
         }
         self.set_archive_target(sdir, store)
-        push = self.record(
-            self.measurer.run(
-                "walg-push",
-                scale,
-                rep,
-                [str(self.walg), "backup-push", str(datadir)],
-                walg_env,
-                sdir,
-                pid,
-            )
-        )
+        push = measure("walg-push", [str(self.walg), "backup-push", str(datadir)], walg_env)
         if push.ok:
-            push.stored_bytes = dir_size(store)
-            push.stored_files = file_count(store)
+            stored(push, store)
             dest = self.user.mkdir(sdir / f"walg-restore-{rep}")
-            fetch = self.record(
-                self.measurer.run(
-                    "walg-fetch",
-                    scale,
-                    rep,
-                    [str(self.walg), "backup-fetch", str(dest), "LATEST"],
-                    walg_env,
-                    sdir,
-                    pid,
-                )
+            fetch = measure(
+                "walg-fetch", [str(self.walg), "backup-fetch", str(dest), "LATEST"], walg_env
             )
-            fetch.stored_bytes = dir_size(dest)
-            fetch.stored_files = file_count(dest)
+            stored(fetch, dest)
             if fetch.ok:
                 fetch.verify = self.verify(datadir, dest, fetch)
             self.remove(dest)
@@ -861,30 +848,23 @@ class Bench:
 
         # 3: pg_basebackup
         bbdir = sdir / f"basebackup-{rep}"
-        bb = self.record(
-            self.measurer.run(
-                "pg_basebackup",
-                scale,
-                rep,
-                [
-                    str(self.bindir / "pg_basebackup"),
-                    "-D",
-                    str(bbdir),
-                    "-Ft",
-                    "--compress=client-lz4",
-                    "-X",
-                    "none",
-                    "-c",
-                    "fast",
-                ],
-                env,
-                sdir,
-                pid,
-            )
+        bb = measure(
+            "pg_basebackup",
+            [
+                str(self.bindir / "pg_basebackup"),
+                "-D",
+                str(bbdir),
+                "-Ft",
+                "--compress=client-lz4",
+                "-X",
+                "none",
+                "-c",
+                "fast",
+            ],
+            env,
         )
         if bb.ok:
-            bb.stored_bytes = dir_size(bbdir)
-            bb.stored_files = file_count(bbdir)
+            stored(bb, bbdir)
         self.remove(bbdir)
 
         # 4: pgBackRest
@@ -892,40 +872,16 @@ class Bench:
         conf = sdir / f"pgbackrest-{rep}.conf"
         self.write_pgbackrest_conf(conf, repo, cluster)
         pgbr = [str(self.pgbackrest), f"--config={conf}", "--stanza=bench"]
-        stanza = self.record(
-            self.measurer.run(
-                "pgbackrest-stanza", scale, rep, [*pgbr, "stanza-create"], env, sdir, pid
-            )
-        )
+        stanza = measure("pgbackrest-stanza", [*pgbr, "stanza-create"], env)
         if stanza.ok:
-            backup = self.record(
-                self.measurer.run(
-                    "pgbackrest-backup",
-                    scale,
-                    rep,
-                    [*pgbr, "--type=full", "backup"],
-                    env,
-                    sdir,
-                    pid,
-                )
-            )
+            backup = measure("pgbackrest-backup", [*pgbr, "--type=full", "backup"], env)
             if backup.ok:
-                backup.stored_bytes = dir_size(repo)
-                backup.stored_files = file_count(repo)
+                stored(backup, repo)
                 dest = self.user.mkdir(sdir / f"pgbackrest-restore-{rep}")
-                restore = self.record(
-                    self.measurer.run(
-                        "pgbackrest-restore",
-                        scale,
-                        rep,
-                        [*pgbr, f"--pg1-path={dest}", "restore"],
-                        env,
-                        sdir,
-                        pid,
-                    )
+                restore = measure(
+                    "pgbackrest-restore", [*pgbr, f"--pg1-path={dest}", "restore"], env
                 )
-                restore.stored_bytes = dir_size(dest)
-                restore.stored_files = file_count(dest)
+                stored(restore, dest)
                 if restore.ok:
                     restore.verify = self.verify(datadir, dest, restore)
                 self.remove(dest)

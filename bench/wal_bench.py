@@ -667,6 +667,18 @@ class Replay:
     loadavg_before: str = ""
 
 
+def set_memory(rec: Drain | Replay, sampler: ToolSampler, detached: Sequence[Reaped]) -> None:
+    """The memory columns of (b) and (c), counted alike (see the module docstring)."""
+    rec.peak_rss_mb = sampler.peak_rss / MB
+    rec.max_proc_mb = max(
+        [sampler.peak_hwm / MB]
+        + [x.maxrss_mb for x in detached]
+        + ([rec.daemon.hwm_mb] if rec.daemon else [])
+    )
+    rec.peak_procs = sampler.peak_procs
+    rec.sampler_cpu_s = sampler.own_cpu_s
+
+
 def count_segments(root: Path) -> int:
     """Files under ``root`` whose name starts with a WAL segment name."""
     return sum(1 for _d, _s, files in os.walk(root) for f in files if re.match(r"[0-9A-F]{24}", f))
@@ -1403,14 +1415,7 @@ class Bench:
             d.tool_cpu_s = d.archiver_children_cpu_s + d.detached_cpu_s
             if d.daemon is not None:
                 d.tool_cpu_s += d.daemon.total_cpu_s
-            d.peak_rss_mb = sampler.peak_rss / MB
-            d.max_proc_mb = max(
-                [sampler.peak_hwm / MB]
-                + [r.maxrss_mb for r in detached]
-                + ([d.daemon.hwm_mb] if d.daemon else [])
-            )
-            d.peak_procs = sampler.peak_procs
-            d.sampler_cpu_s = sampler.own_cpu_s
+            set_memory(d, sampler, detached)
             problems = []
             if d.archived_delta != len(names):
                 problems.append(f"archived_count grew by {d.archived_delta}, not {len(names)}")
@@ -1609,14 +1614,7 @@ class Bench:
             r.tool_cpu_s = r.restore_children_cpu_s + r.detached_cpu_s
             if r.daemon is not None:
                 r.tool_cpu_s += r.daemon.window_cpu_s
-            r.peak_rss_mb = sampler.peak_rss / MB
-            r.max_proc_mb = max(
-                [sampler.peak_hwm / MB]
-                + [x.maxrss_mb for x in detached]
-                + ([r.daemon.hwm_mb] if r.daemon else [])
-            )
-            r.peak_procs = sampler.peak_procs
-            r.sampler_cpu_s = sampler.own_cpu_s
+            set_memory(r, sampler, detached)
             text = server.logfile.read_text(errors="replace")
             restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', text)
             r.segments_restored = len(set(restored))
