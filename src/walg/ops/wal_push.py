@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 CHUNK = 1 << 20
+BLOCK = 4 << 20  # the LZ4 frame's block size
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also walg.cli.main.STATUS_PARTS
 SCAN_INTERVAL = 0.1
 
@@ -82,15 +83,22 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
                 f"WAL file {name} is already archived as {existing[0]} with different "
                 "content; refusing to overwrite it"
             )
-    # The file is mapped, not read: its page-cache pages go to the compressor threads as they
-    # are, while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
-    # (PostgreSQL never truncates a segment it has handed to archive_command.)
-    with (
-        open(source, "rb", buffering=0) as handle,
-        mapped_file(handle) as data,
-        upload(storage, key, codec, threads=threads) as up,
-    ):
-        up.writer.write(data)
+    with open(source, "rb", buffering=0) as handle:
+        if threads > 1:
+            # Mapped, not read: its page-cache pages go to the compressor threads as they are,
+            # while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
+            # The mapping outlives the upload, whose writer holds views of it until it closes.
+            # (PostgreSQL never truncates a segment it has handed to archive_command.)
+            with mapped_file(handle) as data, upload(storage, key, codec, threads=threads) as up:
+                up.writer.write(data)
+        else:
+            # One thread compresses each block within write(): one reused buffer is enough,
+            # and hashing it is faster than hashing a mapping (measured ~9 vs ~12 ms).
+            buffer = bytearray(BLOCK)
+            view = memoryview(buffer)
+            with upload(storage, key, codec) as up:
+                while got := handle.readinto(buffer):
+                    up.writer.write(view[:got])
     assert up.result is not None
     return WalPushResult(name, key, True, up.result.raw_size, up.result.stored.size)
 
