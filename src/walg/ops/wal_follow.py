@@ -11,8 +11,8 @@ Nothing is trusted from the early reads: before the object is committed the file
 again by name, and the BLAKE3 digest of its prepared part must equal the digest of the bytes
 that were compressed. Any difference (a file rewritten or replaced, a filesystem that shows
 writes out of order) discards the prepared object and the segment is archived from scratch by
-the usual path. The overwrite rules of ``wal-push`` apply: a
-name that is already archived is handed to that path too.
+the usual path. The overwrite rules of ``wal-push`` apply: a name that is already archived is
+handed to that path too.
 """
 
 from __future__ import annotations
@@ -98,21 +98,25 @@ class _Followed:
         if fileno is not None:
             os.fdatasync(fileno())
 
-    def close(self, exc: BaseException | None) -> None:
-        """Commit the object (``exc`` None) or abandon it; close the file. Idempotent."""
+    def abandon(self, exc: BaseException) -> None:
+        """Drop the object being written, if any (storage removes it), and close the file.
+
+        Committing is never done here: only :meth:`WalFollower._finish` does that, after the
+        whole segment has been checked. Idempotent.
+        """
         writer, self.writer, self.sink = self.writer, None, None
-        fd, self.fd = self.fd, -1
         try:
             if writer is not None:
-                if exc is None:
-                    writer.__exit__(None, None, None)
-                else:
-                    tb: TracebackType | None = exc.__traceback__
-                    writer.__exit__(type(exc), exc, tb)
+                tb: TracebackType | None = exc.__traceback__
+                writer.__exit__(type(exc), exc, tb)
         finally:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            self.close_file()
+
+    def close_file(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _Discarded(Exception):
@@ -361,12 +365,12 @@ class WalFollower:
         except _Discarded as exc:
             self.stats["discarded"] += 1
             log.debug("WAL follower: %s goes the usual way: %s", name, exc)
-            current.close(exc)
+            current.abandon(exc)
         except BaseException as exc:
-            current.close(exc)
+            current.abandon(exc)
             raise
         finally:
-            current.close(None)  # the file; the object was committed or abandoned above
+            current.close_file()  # the object was committed or abandoned above
             with self._lock:
                 self._current = None
                 self._requested = None
@@ -397,6 +401,6 @@ class WalFollower:
             requested, self._requested = self._requested, None
             done = self._results.get(requested) if requested else None
         if current is not None:
-            current.close(exc or _Discarded("follower stopped"))
+            current.abandon(exc or _Discarded("follower stopped"))
         if done is not None:
             done.set()
