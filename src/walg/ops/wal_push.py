@@ -92,8 +92,9 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
             with mapped_file(handle) as data, upload(storage, key, codec, threads=threads) as up:
                 up.writer.write(data)
         else:
-            # One thread compresses each block within write(): one reused buffer is enough,
-            # and hashing it is faster than hashing a mapping (measured ~9 vs ~12 ms).
+            # One thread compresses each block within write(): one reused buffer is enough.
+            # Same CPU as a mapping (interleaved A/B), but mapped pages count in RSS: a daemon
+            # draining a backlog peaked at 61 MB this way against 109 MB mapped.
             buffer = bytearray(BLOCK)
             view = memoryview(buffer)
             with upload(storage, key, codec) as up:
