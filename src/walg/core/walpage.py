@@ -2,12 +2,16 @@
 
 Every page starts with ``XLogPageHeaderData`` (magic, info, timeline, the page's own WAL
 address, remaining length); the first page of a segment has the long form, which adds the
-system identifier, the segment size and the page size (``access/xlog_internal.h``).
+system identifier, the segment size and the page size (``access/xlog_internal.h``). Also here:
+telling from a file's first page whether it is the segment its name says.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+
+from walg.core.lsn import Segment
 
 PAGE_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pageaddr
 LONG_HEADER = struct.Struct("<HHIQI4xQII")  # + xlp_rem_len, pad, sysid, seg_size, blcksz
@@ -32,3 +36,28 @@ def segment_magic(head: bytes, segno: int, segment_size: int) -> int | None:
     ):
         return None
     return int(magic)
+
+
+def segment_file_magic(fd: int, name: str, segment_size: int) -> int | None:
+    """The page magic if open file ``fd`` is a whole segment that really is ``name``, else None.
+
+    OSError from the file goes to the caller.
+    """
+    if os.fstat(fd).st_size != segment_size:
+        return None
+    head = os.pread(fd, LONG_HEADER.size, 0)
+    return segment_magic(head, Segment.parse(name, segment_size).segno, segment_size)
+
+
+def valid_segment_file(path: str, name: str, segment_size: int) -> bool:
+    """Is ``path`` a complete WAL segment that really is ``name``?"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return segment_file_magic(fd, name, segment_size) is not None
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ is sent only after the work is durable in storage.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import socketserver
@@ -23,6 +22,7 @@ from typing import Any
 from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, check_wal_file_name
 from walg.errors import UsageError, WalgError, WalNotFound
+from walg.ops.wal import remove
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
@@ -96,13 +96,12 @@ class Daemon:
         check_wal_file_name(name)
         marker = os.path.join(status_dir(self.wal_dir), name)
         if self.follower is not None and self.follower.wait_for(name, self.timeout):
-            _remove(marker)
+            remove(marker)
             return OK
         if self.lookahead is not None and self.lookahead.wait_for(name, self.timeout):
-            _remove(marker)
+            remove(marker)
             return OK
-        if os.path.exists(marker):
-            _remove(marker)
+        if remove(marker):
             return OK
         path = os.path.join(self.wal_dir, name)
         self._run(push_one, self.settings, self.storage, path, solo_threads())
@@ -138,11 +137,6 @@ class Daemon:
                 raise UsageError("wal-fetch needs 2 arguments")
             return self.fetch(args[0], args[1])
         raise UsageError(f"unknown message type {kind!r}")
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def parse_args(body: bytes) -> list[str]:

@@ -1,11 +1,16 @@
 """Locating and reading WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``).
 
+Also the two file operations the WAL commands share for their markers and temporary files:
+:func:`touch` and :func:`remove`.
+
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which
 would make PostgreSQL end recovery early) and never a reason to upload a second copy.
 """
 
 from __future__ import annotations
+
+import os
 
 from walg.core.naming import wal_key
 from walg.errors import ObjectNotFound
@@ -46,3 +51,17 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink) -> int:
             out.write(chunk)
             size += len(chunk)
     return size
+
+
+def touch(path: str) -> None:
+    """Create an empty file (or leave an existing one)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def remove(path: str) -> bool:
+    """Delete ``path`` if it is there; whether it was."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

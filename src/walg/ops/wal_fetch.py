@@ -8,13 +8,12 @@ PostgreSQL never sees a partial file. A file that is not archived raises
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
 from walg.core.lsn import check_wal_file_name
 from walg.errors import WalNotFound
-from walg.ops.wal import download_wal, find_wal_object
+from walg.ops.wal import download_wal, find_wal_object, remove
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -51,7 +50,6 @@ def wal_fetch(
             size = download_wal(storage, key, ext, out)
         os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        remove(tmp)
         raise
     return WalFetchResult(name, key, size, False)

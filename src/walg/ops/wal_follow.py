@@ -25,9 +25,9 @@ import time
 from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
 from walg.core.naming import wal_key
-from walg.core.walpage import LONG_HEADER, PAGE_HEADER, segment_magic
-from walg.ops.wal import find_wal_object
-from walg.ops.wal_push import mapped_file, status_dir, touch
+from walg.core.walpage import PAGE_HEADER, segment_file_magic, valid_segment_file
+from walg.ops.wal import find_wal_object, touch
+from walg.ops.wal_push import mapped_file, status_dir
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -246,16 +246,13 @@ class WalFollower:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        segment_size = self._settings.wal_segment_size
         try:
-            head = os.pread(fd, LONG_HEADER.size, 0)
-            size = os.fstat(fd).st_size
+            magic = segment_file_magic(fd, name, segment_size)
         except OSError:
             os.close(fd)
             raise
-        segment_size = self._settings.wal_segment_size
-        segno = Segment.parse(name, segment_size).segno
-        magic = segment_magic(head, segno, segment_size)
-        if magic is None or size != segment_size:
+        if magic is None:
             # Not written yet in this life (a recycled file still holds an older segment).
             os.close(fd)
             return None
@@ -272,6 +269,7 @@ class WalFollower:
             marked = {n.split(".", 1)[0] for n in os.listdir(self._archive_status)}
         except OSError:
             return None
+        size = self._settings.wal_segment_size
         stamped: list[tuple[int, str]] = []
         for name in names:
             if name in marked:
@@ -283,18 +281,9 @@ class WalFollower:
         # Newest first; a file preallocated or recycled ahead is newer at times but does not
         # start with its own page address yet.
         for _mtime, name in sorted(stamped, reverse=True):
-            if self._starts_as(name):
+            if valid_segment_file(os.path.join(self._wal_dir, name), name, size):
                 return name
         return None
-
-    def _starts_as(self, name: str) -> bool:
-        size = self._settings.wal_segment_size
-        try:
-            with open(os.path.join(self._wal_dir, name), "rb", buffering=0) as handle:
-                head = handle.read(LONG_HEADER.size)
-        except OSError:
-            return False
-        return segment_magic(head, Segment.parse(name, size).segno, size) is not None
 
     def _advance(self, current: _Followed) -> None:
         """Compress every block followed by a valid page header."""

@@ -12,15 +12,14 @@ segments past the switch point are taken from the newer timeline, as PostgreSQL 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
-from walg.core.walpage import LONG_HEADER, segment_magic
+from walg.core.walpage import valid_segment_file
 from walg.errors import ObjectNotFound, WalgError
-from walg.ops.wal import download_wal, find_wal_object
+from walg.ops.wal import download_wal, find_wal_object, remove
 
 # restore_command loads this module on every call to look for a prefetched file: paths are
 # strings, and the thread pool and timeline history are imported only by the prefetcher.
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-CHUNK = 1 << 20
 STALE_RUNNING_SECONDS = 600
 RUNNING_STALL_SECONDS = 0.2
 
@@ -40,24 +38,6 @@ RUNNING_STALL_SECONDS = 0.2
 def prefetch_root(settings: Settings, destination: str) -> str:
     base = settings.prefetch_dir or os.path.dirname(os.path.abspath(destination))
     return os.path.join(base, ".wal-g", "prefetch")
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def valid_segment_file(path: str, name: str, segment_size: int) -> bool:
-    """Is ``path`` a complete WAL segment that really is ``name``?"""
-    try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size != segment_size:
-                return False
-            head = handle.read(LONG_HEADER.size)
-    except OSError:
-        return False
-    segno = Segment.parse(name, segment_size).segno
-    return segment_magic(head, segno, segment_size) is not None
 
 
 def take_prefetched(root: str, name: str, destination: str, segment_size: int) -> bool:
@@ -70,7 +50,7 @@ def take_prefetched(root: str, name: str, destination: str, segment_size: int) -
         return False
     if not valid_segment_file(candidate, name, segment_size):
         log.warning("discarding invalid prefetched WAL file %s", candidate)
-        _unlink(candidate)
+        remove(candidate)
         return False
     try:
         os.replace(candidate, destination)
@@ -192,13 +172,13 @@ class Prefetcher:
                 download_wal(self._storage, key, ext, out)
             if not valid_segment_file(running, name, self._segment_size):
                 log.warning("archived %s is not a valid WAL segment; not prefetching it", key)
-                _unlink(running)
+                remove(running)
                 return False
             os.replace(running, os.path.join(self._root, name))
             return True
         except (WalgError, OSError, ObjectNotFound) as exc:
             log.debug("prefetch of %s failed: %s", name, exc)
-            _unlink(running)
+            remove(running)
             return False
 
     def cleanup(self, current: str) -> None:
@@ -221,4 +201,4 @@ class Prefetcher:
                     STALE_RUNNING_SECONDS
                 )
                 if old or stale:
-                    _unlink(entry.path)
+                    remove(entry.path)

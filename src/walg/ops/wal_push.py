@@ -25,7 +25,7 @@ from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
 from walg.errors import UsageError, WalgError, WalOverwriteError
 from walg.ops.pipeline import download, upload
-from walg.ops.wal import find_wal_object
+from walg.ops.wal import find_wal_object, remove, touch
 from walg.streams.compression import codec_for_extension, codec_for_method
 
 # Paths are plain strings on this path and typing stays unimported: archive_command runs
@@ -111,9 +111,7 @@ def wal_push(
     name = check_wal_file_name(os.path.basename(source))
     wal_dir = os.path.dirname(os.path.abspath(source))
     marker = os.path.join(status_dir(wal_dir), name)
-    if os.path.exists(marker):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(marker)
+    if remove(marker):
         log.info("WAL file %s was already archived by a look-ahead upload", name)
         return WalPushResult(name, "", False, 0, 0)
     uploader = None
@@ -308,12 +306,6 @@ def mapped_file(handle: BinaryIO) -> Iterator[bytes | memoryview]:
             yield view
         finally:
             view.release()
-
-
-def touch(path: str) -> None:
-    """Create an empty marker file (or leave an existing one)."""
-
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _backlog(archive_status: str, exclude: set[str]) -> bool:
