@@ -160,9 +160,15 @@ from backup_bench import (  # noqa: E402
 
 REPO_DIR = BENCH_DIR.parent
 PARTS = ("a", "b", "c")
-TOOL_COMMS = frozenset({"walg", "pgbackrest", "python3", "sh", "cp", "walg-daemon-cl"})
+TOOL_COMMS = frozenset(
+    {"walg", "pgbackrest", "python3", "sh", "cp", "walg-daemon-cl", "walg-daemon-cli"}
+)
 PR_SET_CHILD_SUBREAPER = 36
-CHECK_FLOOR = "floor: walg-daemon-client check"
+# The daemon round trip doing nothing, per client: a floor for a daemon-backed call.
+CHECK_FLOORS = {
+    "python": "floor: walg-daemon-client check",
+    "native": "floor: native client check",
+}
 READY_LINE = "database system is ready to accept connections"
 LOG_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})")
 TARGETS = {
@@ -712,6 +718,7 @@ class PushVariant:
     pgbr_async: bool = False
     process_max: int = 2
     note: str = ""
+    client: str = "python"  # daemon variants: walg-daemon-client (python) or the native one
 
 
 CALL_VARIANTS = (
@@ -740,6 +747,12 @@ CALL_VARIANTS = (
         "daemon",
         note="daemon defaults: look-ahead and the WAL follower",
     ),
+    PushVariant(
+        "walg daemon (defaults, native client)",
+        "daemon",
+        note="daemon defaults; walg-daemon-client-native (walg build-daemon-client)",
+        client="native",
+    ),
     PushVariant("pgbackrest sync", "pgbackrest", note="archive-push, archive-async=n"),
     PushVariant(
         "pgbackrest async",
@@ -756,6 +769,12 @@ DRAIN_VARIANTS = (
     PushVariant("cp", "cp", note="cp %p DIR/%f"),
     PushVariant("walg cold (defaults)", "walg", note="walg wal-push %p, look-ahead 16/32"),
     PushVariant("walg daemon", "daemon", note="walg-daemon-client; daemon defaults"),
+    PushVariant(
+        "walg daemon (native client)",
+        "daemon",
+        note="walg-daemon-client-native; daemon defaults",
+        client="native",
+    ),
     PushVariant("pgbackrest async pm=2", "pgbackrest", pgbr_async=True, process_max=2),
     PushVariant("pgbackrest async pm=4", "pgbackrest", pgbr_async=True, process_max=4),
     PushVariant("pgbackrest sync", "pgbackrest"),
@@ -765,6 +784,12 @@ REPLAY_VARIANTS = (
     PushVariant("cp", "cp", note="cp DIR/%f %p (walg's base backup)"),
     PushVariant("walg cold", "walg", note="walg wal-fetch %f %p, prefetch 10"),
     PushVariant("walg daemon", "daemon", note="walg-daemon-client SOCK wal-fetch %f %p"),
+    PushVariant(
+        "walg daemon (native client)",
+        "daemon",
+        note="walg-daemon-client-native SOCK wal-fetch %f %p",
+        client="native",
+    ),
     PushVariant("pgbackrest async", "pgbackrest", pgbr_async=True, process_max=2),
     PushVariant("pgbackrest sync", "pgbackrest"),
 )
@@ -787,7 +812,18 @@ class Bench:
         self.reaper = Reaper()
         self.runner = Runner(user, self.reaper)
         self.walg = str(args.walg)
-        self.client = str(args.walg.parent / "walg-daemon-client")
+        self.clients = {
+            "python": str(args.walg.parent / "walg-daemon-client"),
+            "native": str(args.walg.parent / "walg-daemon-client-native"),
+        }
+        if not os.access(self.clients["native"], os.X_OK):
+            # scripts/setup.sh builds it into the venv; otherwise build one for this run.
+            self.clients["native"] = str(rundir / "walg-daemon-client-native")
+            subprocess.run(
+                [self.walg, "build-daemon-client", self.clients["native"]],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         self.python = str(args.walg.parent / "python3")
         self.pgbackrest = str(args.pgbackrest)
         self.servers: list[Server] = []
@@ -808,7 +844,7 @@ class Bench:
         root = installed_walg(self.args.walg)
         if root is None:
             return "unknown"
-        return package_digest(root, [self.args.walg, Path(self.client)])
+        return package_digest(root, [self.args.walg, *map(Path, self.clients.values())])
 
     def mkdir(self, name: str, mode: int = 0o755) -> Path:
         return self.user.mkdir(self.rundir / name, mode)
@@ -1229,7 +1265,8 @@ class Bench:
                 env = self.walg_env(store, v.walg_env)
                 daemon, sock, start_s = self.start_daemon(pgdata, env, daemon_log)
                 series.daemon = DaemonStats(start_s=start_s)
-                series.command = f"{shlex.quote(self.client)} {sock} wal-push %p"
+                client = shlex.quote(self.clients[v.client])
+                series.command = f"{client} {sock} wal-push %p"
             series.loadavg_before = loadavg()
             daemon_before = cpu_ticks(daemon.pid) if daemon is not None else None
             status = pgdata / "pg_wal" / "archive_status"
@@ -1265,14 +1302,15 @@ class Bench:
                 after = cpu_ticks(daemon.pid)
                 if after is not None:
                     series.daemon.window_cpu_s = (after[0] - daemon_before[0]) / CLK_TCK
+            check_floor = CHECK_FLOORS[v.client]
             if (
                 daemon is not None
                 and sock is not None
-                and not any(x.variant == CHECK_FLOOR and x.rep == rep for x in self.series)
+                and not any(x.variant == check_floor and x.rep == rep for x in self.series)
             ):
                 # The client's no-op round trip, as a floor for a daemon-backed call.
-                floor = Series(CHECK_FLOOR, rep, "")
-                floor.command = f"{shlex.quote(self.client)} {sock} check"
+                floor = Series(check_floor, rep, "")
+                floor.command = f"{shlex.quote(self.clients[v.client])} {sock} check"
                 floor.loadavg_before = loadavg()
                 with open(logfile, "ab") as out:
                     for seg in segs:
@@ -1354,7 +1392,7 @@ class Bench:
                 d.command = self.walg_cmd(store, (), "wal-push %p")
             elif v.kind == "daemon":
                 env = self.walg_env(store)
-                d.command = f"{self.client} SOCK wal-push %p"
+                d.command = f"{self.clients[v.client]} SOCK wal-push %p"
             else:
                 pgbr = self.write_pgbr_conf(
                     self.rundir / f"{tag}.conf", store, pgdata, server, v.pgbr_async, v.process_max
@@ -1527,7 +1565,7 @@ class Bench:
                 elif v.kind == "walg":
                     cmd = self.walg_cmd(walg_store, (), "wal-fetch %f %p")
                 else:
-                    cmd = f"{self.client} SOCK wal-fetch %f %p"
+                    cmd = f"{self.clients[v.client]} SOCK wal-fetch %f %p"
                 self.user.mkdir(dest, 0o700)
                 must(
                     run_plain(
@@ -1770,10 +1808,11 @@ def summarize(bench: Bench) -> dict[str, Any]:
 
     t = out["targets"]
     # The target is met by the daemon as it runs by default (look-ahead and WAL follower).
-    dm = get("a", "walg daemon (defaults)", "median_ms")
-    if dm is not None:
-        t["daemon call median ms (target <= 10)"] = dm
-        t["daemon call ok"] = dm <= TARGETS["daemon_call_ms"]
+    for name in ("walg daemon (defaults)", "walg daemon (defaults, native client)"):
+        dm = get("a", name, "median_ms")
+        if dm is not None:
+            t[f"{name} call median ms (target <= 10)"] = dm
+            t[f"{name} call ok"] = dm <= TARGETS["daemon_call_ms"]
     c = get("a", "walg cold (no look-ahead)", "median_ms")
     if c is not None:
         t["cold call median ms (target <= 40)"] = c
@@ -1781,7 +1820,7 @@ def summarize(bench: Bench) -> dict[str, Any]:
         p = get("a", "pgbackrest sync", "median_ms")
         if p:
             t["cold call / pgbackrest sync"] = c / p
-    for walg_name in ("walg cold (defaults)", "walg daemon"):
+    for walg_name in ("walg cold (defaults)", "walg daemon", "walg daemon (native client)"):
         rate = get("b", walg_name, "segments_per_s")
         if rate is None:
             continue
@@ -1791,7 +1830,7 @@ def summarize(bench: Bench) -> dict[str, Any]:
             other = get("b", pg, "segments_per_s")
             if other:
                 t[f"drain {walg_name} / {pg} (target >= 2)"] = rate / other
-    for walg_name in ("walg cold", "walg daemon"):
+    for walg_name in ("walg cold", "walg daemon", "walg daemon (native client)"):
         mine = get("c", walg_name, "wall_s")
         other = get("c", "pgbackrest async", "wall_s")
         if mine is not None and other:

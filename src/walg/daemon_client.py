@@ -50,6 +50,22 @@ def _ask(path: str, message: bytes, timeout: float) -> bytes:
         sock.close()
 
 
+def _timeout(text: "str | None") -> "float | None":
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 1e9:
+        sys.stderr.write(
+            f"walg-daemon-client: WALG_DAEMON_CLIENT_TIMEOUT={text} is not a positive number "
+            "of seconds; nothing was done\n"
+        )
+        return None
+    return seconds
+
+
 def _direct_fetch(name: str, dest: str) -> int:
     walg = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "walg")
     os.execv(walg, [walg, "wal-fetch", name, dest])
@@ -63,7 +79,9 @@ def main(argv: "list[str] | None" = None) -> int:
         sys.stderr.write(usage + "\n")
         return 2
     path, command, rest = args[0], args[1], args[2:]
-    timeout = float(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT", DEFAULT_TIMEOUT))
+    timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
+    if timeout is None:
+        return EXIT_FAILURE
     if command == "wal-push" and len(rest) == 1:
         message = _message(b"F", os.path.basename(rest[0]).encode())
     elif command == "wal-fetch" and len(rest) == 2:

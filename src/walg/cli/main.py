@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "wal_show",
     "wal_verify",
     "daemon",
+    "build_daemon_client",
 )
 
 

@@ -1,0 +1,264 @@
+"""Both walg-daemon-clients (the Python script and the compiled one) against a real walg daemon.
+
+Every behaviour PostgreSQL relies on is checked for each: exit codes, overwrite refusal,
+"not in the archive", a daemon that is down (push fails, fetch falls back to walg wal-fetch),
+a daemon that never answers (timeout), and usage errors.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SEG = "000000010000000000000003"
+MISSING = "0000000100000000000000F0"
+
+
+@pytest.fixture(scope="module")
+def clients(walg_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    native = tmp_path_factory.mktemp("native") / "walg-daemon-client-native"
+    built = subprocess.run(
+        [walg_bin, "build-daemon-client", str(native)], capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == str(native)
+    return {"python": str(Path(walg_bin).with_name("walg-daemon-client")), "native": str(native)}
+
+
+@pytest.fixture(params=["python", "native"])
+def client(request: pytest.FixtureRequest, clients: dict[str, str]) -> str:
+    return clients[request.param]
+
+
+class Env:
+    def __init__(self, root: Path, walg_bin: str) -> None:
+        self.root = root
+        self.store = root / "store"
+        self.pgdata = root / "pgdata"
+        (self.pgdata / "pg_wal").mkdir(parents=True)
+        self.socket = root / "d.sock"
+        self.walg_bin = walg_bin
+        keep = ("PATH", "HOME", "LANG", "TMPDIR")
+        self.env = {k: v for k, v in os.environ.items() if k in keep}
+        self.env.update(
+            {
+                "WALG_FILE_PREFIX": str(self.store),
+                "WALG_DOWNLOAD_CONCURRENCY": "1",
+                "WALG_DAEMON_FOLLOW_WAL": "false",
+            }
+        )
+        self.daemon: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.daemon = subprocess.Popen(
+            [self.walg_bin, "daemon", str(self.socket), str(self.pgdata)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            assert self.daemon.poll() is None, self.daemon.communicate()
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> str:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGTERM)
+        _, err = self.daemon.communicate(timeout=30)
+        assert self.daemon.returncode == 0, err
+        self.daemon = None
+        return err
+
+    def run(
+        self, client: str, *args: str, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **(extra or {}))
+        return subprocess.run(
+            [client, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+
+@pytest.fixture
+def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
+    e = Env(tmp_path, walg_bin)
+    try:
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.kill()
+            e.daemon.wait()
+
+
+def test_check_push_fetch_and_missing(env: Env, client: str) -> None:
+    data = os.urandom(4096) * 64
+    (env.pgdata / "pg_wal" / SEG).write_bytes(data)
+    env.start()
+    sock = str(env.socket)
+    assert env.run(client, sock, "check").returncode == 0
+    pushed = env.run(client, sock, "wal-push", f"pg_wal/{SEG}")
+    assert pushed.returncode == 0, pushed.stderr
+    assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
+    # The same content again succeeds without rewriting.
+    assert env.run(client, sock, "wal-push", f"pg_wal/{SEG}").returncode == 0
+
+    dest = env.root / "RECOVERYXLOG"
+    fetched = env.run(client, sock, "wal-fetch", SEG, str(dest))
+    assert fetched.returncode == 0, fetched.stderr
+    assert dest.read_bytes() == data
+
+    missing = env.run(client, sock, "wal-fetch", MISSING, str(env.root / "other"))
+    assert missing.returncode == 74
+    assert not (env.root / "other").exists()
+    env.stop()
+
+
+def test_different_content_under_an_archived_name_fails(env: Env, client: str) -> None:
+    path = env.pgdata / "pg_wal" / SEG
+    path.write_bytes(b"first" * 1000)
+    env.start()
+    assert env.run(client, str(env.socket), "wal-push", str(path)).returncode == 0
+    stored = (env.store / "wal_005" / f"{SEG}.lz4").read_bytes()
+    path.write_bytes(b"second" * 1000)
+    again = env.run(client, str(env.socket), "wal-push", str(path))
+    assert again.returncode == 1
+    assert "failed" in again.stderr and "error" in again.stderr
+    assert (env.store / "wal_005" / f"{SEG}.lz4").read_bytes() == stored
+    log = env.stop()
+    assert SEG in log
+
+
+def test_daemon_down_push_fails_and_fetch_runs_walg_directly(env: Env, client: str) -> None:
+    path = env.pgdata / "pg_wal" / SEG
+    data = os.urandom(1 << 16)
+    path.write_bytes(data)
+    down = env.run(client, str(env.socket), "wal-push", str(path))
+    assert down.returncode == 1
+    assert "not running" in down.stderr and "nothing was done" in down.stderr
+    assert not env.store.exists()
+
+    # Archive it with walg itself, then fetch with no daemon listening.
+    pushed = subprocess.run(
+        [env.walg_bin, "wal-push", str(path)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    dest = env.root / "RECOVERYXLOG"
+    fetched = env.run(client, str(env.socket), "wal-fetch", SEG, str(dest))
+    assert fetched.returncode == 0, fetched.stderr
+    assert "fetching directly" in fetched.stderr
+    assert dest.read_bytes() == data
+    missing = env.run(client, str(env.socket), "wal-fetch", MISSING, str(env.root / "x"))
+    assert missing.returncode == 74
+
+
+def _silent_server(path: Path, close_at_once: bool) -> tuple[socket.socket, threading.Thread]:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            if close_at_once:
+                conn.close()
+            else:
+                held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+def test_a_daemon_that_never_answers_times_out(env: Env, client: str) -> None:
+    srv, thread = _silent_server(env.socket, close_at_once=False)
+    try:
+        start = time.monotonic()
+        res = env.run(
+            client,
+            str(env.socket),
+            "wal-push",
+            f"pg_wal/{SEG}",
+            extra={"WALG_DAEMON_CLIENT_TIMEOUT": "0.3"},
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        srv.close()
+        thread.join(5)
+    assert res.returncode == 1
+    assert "timed out" in res.stderr and "nothing is known to be done" in res.stderr
+    assert elapsed < 10
+
+
+def test_a_daemon_that_closes_without_a_reply_is_a_failure(env: Env, client: str) -> None:
+    srv, thread = _silent_server(env.socket, close_at_once=True)
+    try:
+        res = env.run(client, str(env.socket), "wal-fetch", SEG, str(env.root / "x"))
+    finally:
+        srv.close()
+        thread.join(5)
+    assert res.returncode == 1
+    assert "failed" in res.stderr
+    assert not (env.root / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["SOCK"],
+        ["SOCK", "wal-push"],
+        ["SOCK", "wal-fetch", SEG],
+        ["SOCK", "check", "extra"],
+        ["SOCK", "backup-push", "x"],
+    ],
+)
+def test_usage_errors_exit_2(env: Env, client: str, args: list[str]) -> None:
+    res = env.run(client, *args)
+    assert res.returncode == 2
+    assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
+def test_a_bad_timeout_is_refused_before_anything_is_done(
+    env: Env, client: str, value: str
+) -> None:
+    res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": value})
+    assert res.returncode == 1
+    assert "WALG_DAEMON_CLIENT_TIMEOUT" in res.stderr
+
+
+def test_a_socket_path_too_long_for_unix_sockets_fails(env: Env, client: str) -> None:
+    res = env.run(client, "/tmp/" + "s" * 200, "check")
+    assert res.returncode == 1
+    assert "nothing" in res.stderr
+
+
+def test_build_reports_a_compiler_failure(walg_bin: str, tmp_path: Path) -> None:
+    res = subprocess.run(
+        [walg_bin, "build-daemon-client", str(tmp_path / "c"), "--cc", "/bin/false"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), "WALG_FILE_PREFIX": str(tmp_path / "s")},
+    )
+    assert res.returncode == 1
+    assert "/bin/false failed" in res.stderr
+    assert not (tmp_path / "c").exists()
+    assert os.listdir(tmp_path) == [], "no temporary directory is left"
