@@ -70,14 +70,20 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         "import sys\n"
         "from walg.cli.main import main\n"
         f"rc = main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
+        f"rc += main(['wal-fetch', '000000010000000000000001', '{tmp_path / 'fetched'}'])\n"
         # Beyond database and cloud libraries: modules that cost an archive_command call
-        # milliseconds each (typing, logging, pathlib, json, datetime, concurrent.futures).
+        # milliseconds each (typing, logging, pathlib, json, datetime, concurrent.futures,
+        # blake3: WAL objects carry no BLAKE3, their codec's checksum guards them).
         "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata',"
-        " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime')"
+        " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime', 'blake3')"
         " if m in sys.modules]\n"
+        # Again: the overwrite check reads the archived copy back (and logs that it did).
+        f"rc += main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
+        "heavy += [m for m in ('blake3',) if m in sys.modules]\n"
         "print(rc, heavy)\n"
     )
     env = {
+        "WALG_DOWNLOAD_CONCURRENCY": "1",
         "WALG_FILE_PREFIX": str(tmp_path / "store"),
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
@@ -86,6 +92,7 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert out.stdout.strip() == "0 []", out.stderr
+    assert (tmp_path / "fetched").read_bytes() == b"\0" * 8192
 
 
 def test_wal_push_ends_on_a_look_ahead_marker_without_settings(tmp_path: Path) -> None:

@@ -218,7 +218,6 @@ def _extract_object(
     try:
         with download(storage, info.key, codec, what) as dl:
             extractor.extract(dl.reader, what)
-            dl.stored.drain()
             stored = dl.stored_checksum()
     except WalgError:
         raise

@@ -36,17 +36,27 @@ class CountingWriter:
 
 @dataclass
 class Upload:
-    """What an upload wrote; ``result`` is set when the ``with`` block has finished."""
+    """What an upload wrote, filled in when the ``with`` block has finished: the sizes, and
+    ``result`` (with the stored bytes' checksum) when they were hashed."""
 
     writer: CountingWriter
+    raw_size: int = 0
+    stored_size: int = 0
     result: StoredObject | None = None
 
 
 @contextmanager
-def upload(storage: Storage, key: str, codec: Codec, threads: int = 1) -> Iterator[Upload]:
-    """``threads`` > 1 lets the codec compress on that many threads."""
+def upload(
+    storage: Storage, key: str, codec: Codec, threads: int = 1, hash_stored: bool = True
+) -> Iterator[Upload]:
+    """``threads`` > 1 lets the codec compress on that many threads.
+
+    ``hash_stored=False`` skips the BLAKE3 of the stored bytes, for objects whose checksum is
+    recorded nowhere (WAL files: WAL-G's layout has no place for it, and the codec's own
+    content checksum guards them).
+    """
     with storage.open_write(key) as sink:
-        stored = HashingWriter(sink)
+        stored = HashingWriter(sink) if hash_stored else CountingWriter(sink)
         compressor = codec.writer(stored, threads=threads)
         raw = CountingWriter(compressor)
         handle = Upload(raw)
@@ -57,20 +67,32 @@ def upload(storage: Storage, key: str, codec: Codec, threads: int = 1) -> Iterat
             # The compressor's threads must not outlive a failed upload.
             compressor.abort()
             raise
-    handle.result = StoredObject(stored.checksum(), raw.size)
+    handle.raw_size, handle.stored_size = raw.size, stored.size
+    if isinstance(stored, HashingWriter):
+        handle.result = StoredObject(stored.checksum(), raw.size)
 
 
 @dataclass
 class Download:
     reader: Source
-    stored: HashingReader
+    stored: HashingReader | None
 
     def stored_checksum(self) -> Checksum:
+        """The checksum of the whole stored object, reading whatever the reader left."""
+        if self.stored is None:
+            raise AssertionError("download(hash_stored=False) has no checksum")
+        self.stored.drain()
         return self.stored.checksum()
 
 
 @contextmanager
-def download(storage: Storage, key: str, codec: Codec, what: str) -> Iterator[Download]:
+def download(
+    storage: Storage, key: str, codec: Codec, what: str, hash_stored: bool = True
+) -> Iterator[Download]:
+    """``hash_stored=False``: as for :func:`upload`, for objects with no recorded checksum."""
     with storage.open_read(key) as source:
+        if not hash_stored:
+            yield Download(codec.reader(source, what), None)
+            return
         stored = HashingReader(source)
         yield Download(codec.reader(stored, what), stored)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 from walg.core.naming import wal_key
-from walg.errors import ObjectNotFound
 from walg.streams.compression import FETCH_PROBE_ORDER
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -32,11 +31,8 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
             # Older WAL-G wrote uncompressed objects with a trailing dot.
             keys.append(wal_key(file_name, "") + ".")
         for key in keys:
-            try:
-                storage.stat(key)
-            except ObjectNotFound:
-                continue
-            return key, ext
+            if storage.exists(key):
+                return key, ext
     return None
 
 
@@ -46,7 +42,7 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink) -> int:
     from walg.streams.compression import codec_for_extension
 
     size = 0
-    with download(storage, key, codec_for_extension(ext), key) as dl:
+    with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
         while chunk := dl.reader.read(CHUNK):
             out.write(chunk)
             size += len(chunk)

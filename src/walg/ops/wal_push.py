@@ -89,7 +89,10 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
             # while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
             # The mapping outlives the upload, whose writer holds views of it until it closes.
             # (PostgreSQL never truncates a segment it has handed to archive_command.)
-            with mapped_file(handle) as data, upload(storage, key, codec, threads=threads) as up:
+            with (
+                mapped_file(handle) as data,
+                upload(storage, key, codec, threads=threads, hash_stored=False) as up,
+            ):
                 up.writer.write(data)
         else:
             # One thread compresses each block within write(): one reused buffer is enough.
@@ -97,11 +100,10 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
             # draining a backlog peaked at 61 MB this way against 109 MB mapped.
             buffer = bytearray(BLOCK)
             view = memoryview(buffer)
-            with upload(storage, key, codec) as up:
+            with upload(storage, key, codec, hash_stored=False) as up:
                 while got := handle.readinto(buffer):
                     up.writer.write(view[:got])
-    assert up.result is not None
-    return WalPushResult(name, key, True, up.result.raw_size, up.result.stored.size)
+    return WalPushResult(name, key, True, up.raw_size, up.stored_size)
 
 
 def wal_push(
@@ -318,7 +320,7 @@ def _backlog(archive_status: str, exclude: set[str]) -> bool:
 
 
 def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool:
-    with open(source, "rb") as local, download(storage, key, codec, key) as dl:
+    with open(source, "rb") as local, download(storage, key, codec, key, hash_stored=False) as dl:
         while True:
             theirs = dl.reader.read(CHUNK)
             ours = local.read(len(theirs) if theirs else CHUNK)

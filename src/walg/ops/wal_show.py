@@ -125,7 +125,7 @@ def read_history(storage: Storage, timeline: int) -> History | None:
     if found is None:
         return None
     key, ext = found
-    with download(storage, key, codec_for_extension(ext), key) as dl:
+    with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
         data = dl.reader.read(HISTORY_SIZE_LIMIT + 1)
     if len(data) > HISTORY_SIZE_LIMIT:
         raise IntegrityError(f"{key} is larger than {HISTORY_SIZE_LIMIT} bytes")

@@ -111,15 +111,23 @@ class FileStorage(Storage):
         finally:
             handle.close()
 
-    def stat(self, key: str) -> ObjectInfo:
+    def _stat_object(self, key: str) -> os.stat_result | None:
         path = self._path(key)
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise ObjectNotFound(key) from None
+            return None
         except OSError as exc:
             raise _error(exc, f"cannot stat {path}") from None
-        if not stat.S_ISREG(st.st_mode):
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    def exists(self, key: str) -> bool:
+        # Without stat()'s ObjectInfo: its GoTime would import datetime on the WAL path.
+        return self._stat_object(key) is not None
+
+    def stat(self, key: str) -> ObjectInfo:
+        st = self._stat_object(key)
+        if st is None:
             raise ObjectNotFound(key)
         from walg.core.gotime import GoTime
 
