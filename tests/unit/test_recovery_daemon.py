@@ -75,7 +75,8 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         # milliseconds each (typing, logging, pathlib, json, datetime, concurrent.futures,
         # blake3: WAL objects carry no BLAKE3, their codec's checksum guards them).
         "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata',"
-        " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime', 'blake3')"
+        " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime', 'blake3',"
+        " 'inspect')"
         " if m in sys.modules]\n"
         # Again: the overwrite check reads the archived copy back (and logs that it did).
         f"rc += main(['wal-push', '{wal / '000000010000000000000001'}'])\n"

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Context:
+    """Settings, the storage opened on first use, and where output goes."""
+
     settings: Settings
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     _storage: Storage | None = None

@@ -73,6 +73,8 @@ def dumps(doc: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class Tablespace:
+    """One tablespace of a backup: its OID name, location and pg_tblspc link."""
+
     name: str
     location: str
     link: str

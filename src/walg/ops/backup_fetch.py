@@ -38,6 +38,8 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class BackupFetchResult:
+    """What a backup-fetch restored and how much of it was checked."""
+
     name: str
     destination: str
     objects: int

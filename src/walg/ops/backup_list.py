@@ -13,6 +13,8 @@ from walg.storage.base import Storage
 
 @dataclass(frozen=True)
 class BackupListing:
+    """A backup in the catalog, with its metadata when details were asked for."""
+
     ref: catalog.BackupRef
     metadata: BackupMetadata | None
 

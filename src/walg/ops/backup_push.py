@@ -59,6 +59,8 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class BackupPushResult:
+    """What a backup-push stored: its name, WAL range and sizes."""
+
     name: str
     start_lsn: int
     finish_lsn: int

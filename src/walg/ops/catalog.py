@@ -27,6 +27,8 @@ LATEST = "LATEST"
 
 @dataclass(frozen=True)
 class BackupRef:
+    """A backup as its sentinel names it: name, sentinel mtime, start WAL file."""
+
     name: str
     modified: GoTime
     wal_file_name: str

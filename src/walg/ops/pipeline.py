@@ -74,6 +74,8 @@ def upload(
 
 @dataclass
 class Download:
+    """The decompressed reader of a download and, if hashed, its stored-bytes hasher."""
+
     reader: Source
     stored: HashingReader | None
 

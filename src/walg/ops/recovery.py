@@ -19,6 +19,8 @@ RECOVERY_ACTIONS = ("pause", "promote", "shutdown")
 
 @dataclass(frozen=True)
 class RecoveryTarget:
+    """The recovery settings backup-fetch writes: restore_command and a target."""
+
     restore_command: str
     time: str | None = None
     lsn: str | None = None

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WalFetchResult:
+    """What a wal-fetch delivered, and whether the prefetch had it ready."""
+
     name: str
     key: str
     size: int

@@ -50,6 +50,8 @@ SCAN_INTERVAL = 0.1
 
 @dataclass(frozen=True)
 class WalPushResult:
+    """What a wal-push did: uploaded or already archived, sizes, look-ahead names."""
+
     name: str
     key: str
     uploaded: bool

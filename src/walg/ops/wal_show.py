@@ -70,6 +70,8 @@ class TimelineInfo:
 
 @dataclass(frozen=True)
 class WalShowResult:
+    """wal-show's answer: the archive's timelines and their segment ranges."""
+
     timelines: tuple[TimelineInfo, ...]
     with_backups: bool
     #: backups left out because their metadata.json is missing or has no WAL name

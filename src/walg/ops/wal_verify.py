@@ -102,6 +102,8 @@ class SegmentRun:
 
 @dataclass(frozen=True)
 class IntegrityResult:
+    """wal-verify integrity: the segment runs found and the overall status."""
+
     status: CheckStatus
     runs: tuple[SegmentRun, ...]
     current_segment: str
@@ -113,6 +115,8 @@ class IntegrityResult:
 
 @dataclass(frozen=True)
 class TimelineResult:
+    """wal-verify timeline: the server's timeline against storage's highest."""
+
     status: CheckStatus
     current_timeline: int
     highest_storage_timeline: int
@@ -120,6 +124,8 @@ class TimelineResult:
 
 @dataclass(frozen=True)
 class WalVerifyResult:
+    """The checks wal-verify ran; a check not asked for is None."""
+
     integrity: IntegrityResult | None
     timeline: TimelineResult | None
 

@@ -26,6 +26,8 @@ MIN_SERVER_VERSION = 100000
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """What a backup needs to know about the server it connects to."""
+
     version_num: int
     data_directory: str
     in_recovery: bool
@@ -38,6 +40,8 @@ class ServerInfo:
 
 @dataclass(frozen=True)
 class BackupStart:
+    """Where a base backup starts: LSN, timeline and WAL file."""
+
     lsn: int
     timeline: int
     segment_name: str
@@ -45,6 +49,8 @@ class BackupStart:
 
 @dataclass(frozen=True)
 class ArchiverStatus:
+    """pg_stat_archiver's view of failed and archived WAL files."""
+
     failed_count: int
     last_failed_wal: str
     last_failed_time: str
@@ -68,6 +74,8 @@ class ArchiverStatus:
 
 @dataclass(frozen=True)
 class BackupStop:
+    """Where a base backup ends, with the label and tablespace map to store."""
+
     lsn: int
     label_file: str
     tablespace_map: str

@@ -49,6 +49,8 @@ KIND_DIR = "dir"
 
 @dataclass(frozen=True)
 class Entry:
+    """One file, directory or link of the data directory as a backup sees it."""
+
     member: str
     path: str
     kind: str

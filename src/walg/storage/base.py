@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """An object in storage: its key, size and modification time."""
+
     key: str
     size: int
     modified: GoTime

@@ -24,6 +24,8 @@ _OPS = ("write", "read", "stat", "list", "delete")
 
 @dataclass(frozen=True)
 class FaultRule:
+    """Which operations on which keys a fault-injecting storage delays or fails."""
+
     op: str
     key: re.Pattern[str]
     delay: float = 0.0

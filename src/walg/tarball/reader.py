@@ -22,6 +22,8 @@ _MAX_META = 1 << 20  # PAX / GNU long-name payloads larger than this are refused
 
 @dataclass(frozen=True)
 class Member:
+    """One tar member's header as the reader parsed it."""
+
     name: str
     type: bytes
     size: int
