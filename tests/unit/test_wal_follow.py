@@ -137,10 +137,14 @@ def test_a_request_finishes_the_followed_segment_without_waiting_for_the_poll(se
     _settings, storage, wal, follower, _claimed = setup
     wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
     follower.start()
-    wait_until(lambda: follower._current is not None and follower._current.prepared == 3 * BLOCK)
+    wait_until(
+        lambda: follower._current is not None and follower._current.prepared == SEG_SIZE - BLOCK
+    )
     # archive_command asks before the follower has seen .ready (there is none here at all).
     assert follower.wait_for(NAME, 5) is True
     assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+    # The answer went to the request: no marker is left behind for a wal-push to consume.
+    assert not (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
 
 
 def test_next_segment_is_followed_after_one_is_finished(setup) -> None:  # type: ignore[no-untyped-def]
@@ -165,7 +169,9 @@ def test_content_changed_after_it_was_read_is_never_archived(setup, tmp_path: Pa
     _settings, storage, wal, follower, _claimed = setup
     wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
     follower.start()
-    wait_until(lambda: follower._current is not None and follower._current.prepared == 3 * BLOCK)
+    wait_until(
+        lambda: follower._current is not None and follower._current.prepared == SEG_SIZE - BLOCK
+    )
     # Bytes of an already compressed block change (as if a reader had seen writes out of
     # order): the prepared object must be thrown away, not committed.
     with open(wal.dir / NAME, "r+b") as handle:
@@ -255,3 +261,70 @@ def test_a_segment_switched_early_is_finished_when_ready(setup) -> None:  # type
     wal.ready(NAME)
     wait_until(lambda: follower.stats["finished"] == 1)
     assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+
+
+def mapped_paths() -> str:
+    with open("/proc/self/maps") as maps:
+        return maps.read()
+
+
+def test_a_file_replaced_under_the_followed_name_is_never_archived(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The follower reads through a mapping of the file it opened; if another file now has the
+    segment's name (renamed over it, recycled), the prepared object must not be committed."""
+    _settings, storage, wal, follower, _claimed = setup
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    follower.start()
+    wait_until(
+        lambda: follower._current is not None and follower._current.prepared == SEG_SIZE - BLOCK
+    )
+    replacement = wal.dir / "replacement"
+    data = bytearray((wal.dir / NAME).read_bytes())
+    data[PAGE + 100 : PAGE + 107] = b"changed"
+    replacement.write_bytes(bytes(data))
+    os.replace(replacement, wal.dir / NAME)
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["discarded"] == 1)
+    assert find_wal_object(storage, NAME) is None
+    assert follower.wait_for(NAME, 1) is False
+    assert temp_files(tmp_path) == []
+    assert str(wal.dir / NAME) not in mapped_paths(), "the old mapping was released"
+
+
+def test_no_mapping_or_descriptor_outlives_a_finished_segment(setup) -> None:  # type: ignore[no-untyped-def]
+    _settings, storage, wal, follower, _claimed = setup
+    fds_before = set(os.listdir("/proc/self/fd"))
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    follower.start()
+    wait_until(lambda: follower.following(NAME))
+    assert str(wal.dir / NAME) in mapped_paths()
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    wait_until(lambda: str(wal.dir / NAME) not in mapped_paths())
+    follower.stop()
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+    assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+
+
+def test_names_nobody_asks_for_are_remembered_only_up_to_the_bound(tmp_path: Path) -> None:
+    """With archive_command not going through the daemon, wait_for is never called: the set of
+    finished names must not grow without bound (their markers answer those wal-pushes)."""
+    settings = make_settings(tmp_path)
+    storage = FileStorage(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True, remember=1)
+    first = NAME
+    second = Segment.parse(NAME, SEG_SIZE).next().name(SEG_SIZE)
+    try:
+        follower.start()
+        for count, name in enumerate((first, second), start=1):
+            wal.write_pages(name, 0, SEG_SIZE // PAGE, fill=count)
+            wait_until(lambda name=name: follower.following(name))
+            wal.ready(name)
+            wait_until(lambda count=count: follower.stats["finished"] == count)
+    finally:
+        follower.stop()
+    markers = wal.dir / "walg_data" / "walg_archive_status"
+    assert (markers / first).exists() and (markers / second).exists()
+    assert follower.wait_for(second, 1) is True
+    assert follower.wait_for(first, 1) is False  # forgotten; its marker still answers
+    assert stored_content(storage, first) == (wal.dir / first).read_bytes()
