@@ -3,6 +3,7 @@ that needs no server: MemoryStorage and FileStorage on a temporary directory."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import Storage, check_key
-from walg.storage.file import TEMP_SUFFIX_RE, FileStorage
+from walg.storage.file import TEMP_SUFFIX_RE, WRITEBACK_EVERY, FileStorage, _UploadFile
 from walg.storage.memory import MemoryStorage
 
 
@@ -364,3 +365,30 @@ def test_memory_storage_modified_times_strictly_increase() -> None:
     stamps = [storage.stat(f"k{i}").modified for i in range(50)]
     assert stamps == sorted(stamps)
     assert len(set(stamps)) == 50
+
+
+class _ShortWrites(io.FileIO):
+    """A real file whose writes stop after at most 1000 bytes, as a signal can make them."""
+
+    def write(self, data: bytes | memoryview, /) -> int:  # type: ignore[override]
+        return super().write(memoryview(data)[:1000])
+
+
+def test_file_upload_writes_are_whole_even_when_the_system_writes_short(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    data = os.urandom(3 * WRITEBACK_EVERY + 12345)
+    with _ShortWrites(path, "wb") as handle:
+        sink = _UploadFile(handle)
+        for start in range(0, len(data), 700_000):
+            chunk = data[start : start + 700_000]
+            assert sink.write(chunk) == len(chunk)
+    assert path.read_bytes() == data
+
+
+def test_file_upload_of_many_megabytes_round_trips(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path / "store")
+    data = os.urandom(5 * WRITEBACK_EVERY + 7)
+    with storage.open_write("big/object") as sink:
+        for start in range(0, len(data), 300_000):
+            sink.write(data[start : start + 300_000])
+    assert storage.get_bytes("big/object") == data
