@@ -328,3 +328,22 @@ def test_names_nobody_asks_for_are_remembered_only_up_to_the_bound(tmp_path: Pat
     assert follower.wait_for(second, 1) is True
     assert follower.wait_for(first, 1) is False  # forgotten; its marker still answers
     assert stored_content(storage, first) == (wal.dir / first).read_bytes()
+
+
+def test_a_segment_that_appears_after_the_start_is_followed(setup) -> None:  # type: ignore[no-untyped-def]
+    """A daemon started on an empty or quiet pg_wal follows the first segment that is written,
+    and keeps following the ones after it."""
+    _settings, storage, wal, follower, _claimed = setup
+    follower.start()
+    wal.ready("000000010000000000000001")  # a .ready of something else wakes it meanwhile
+    time.sleep(0.05)
+    wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+    wait_until(lambda: follower.following(NAME))
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["finished"] == 1)
+    nxt = Segment.parse(NAME, SEG_SIZE).next().name(SEG_SIZE)
+    wal.write_pages(nxt, 0, SEG_SIZE // PAGE, fill=4)
+    wait_until(lambda: follower.following(nxt))
+    wal.ready(nxt)
+    wait_until(lambda: follower.stats["finished"] == 2)
+    assert stored_content(storage, nxt) == (wal.dir / nxt).read_bytes()
