@@ -846,6 +846,13 @@ class Bench:
             return "unknown"
         return package_digest(root, [self.args.walg, *map(Path, self.clients.values())])
 
+    def client_command(self, kind: str) -> str:
+        """The shell words that run a daemon client: the installed script runs the compiled
+        client beside it when there is one, so the Python variant asks for Python."""
+        if kind == "python":
+            return f"WALG_DAEMON_CLIENT_PYTHON=1 {shlex.quote(self.clients['python'])}"
+        return shlex.quote(self.clients[kind])
+
     def mkdir(self, name: str, mode: int = 0o755) -> Path:
         return self.user.mkdir(self.rundir / name, mode)
 
@@ -1265,7 +1272,7 @@ class Bench:
                 env = self.walg_env(store, v.walg_env)
                 daemon, sock, start_s = self.start_daemon(pgdata, env, daemon_log)
                 series.daemon = DaemonStats(start_s=start_s)
-                client = shlex.quote(self.clients[v.client])
+                client = self.client_command(v.client)
                 series.command = f"{client} {sock} wal-push %p"
             series.loadavg_before = loadavg()
             daemon_before = cpu_ticks(daemon.pid) if daemon is not None else None
@@ -1310,7 +1317,7 @@ class Bench:
             ):
                 # The client's no-op round trip, as a floor for a daemon-backed call.
                 floor = Series(check_floor, rep, "")
-                floor.command = f"{shlex.quote(self.clients[v.client])} {sock} check"
+                floor.command = f"{self.client_command(v.client)} {sock} check"
                 floor.loadavg_before = loadavg()
                 with open(logfile, "ab") as out:
                     for seg in segs:
@@ -1392,7 +1399,7 @@ class Bench:
                 d.command = self.walg_cmd(store, (), "wal-push %p")
             elif v.kind == "daemon":
                 env = self.walg_env(store)
-                d.command = f"{self.clients[v.client]} SOCK wal-push %p"
+                d.command = f"{self.client_command(v.client)} SOCK wal-push %p"
             else:
                 pgbr = self.write_pgbr_conf(
                     self.rundir / f"{tag}.conf", store, pgdata, server, v.pgbr_async, v.process_max
@@ -1565,7 +1572,7 @@ class Bench:
                 elif v.kind == "walg":
                     cmd = self.walg_cmd(walg_store, (), "wal-fetch %f %p")
                 else:
-                    cmd = f"{self.clients[v.client]} SOCK wal-fetch %f %p"
+                    cmd = f"{self.client_command(v.client)} SOCK wal-fetch %f %p"
                 self.user.mkdir(dest, 0o700)
                 must(
                     run_plain(

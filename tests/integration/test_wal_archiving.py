@@ -150,6 +150,9 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
     cluster.stop()
 
 
+SEG99 = "pg_wal/000000010000000000000099"
+
+
 def _start_daemon(
     walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
@@ -174,7 +177,8 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
     # PostgreSQL archives through the compiled client (scripts/setup.sh builds it) and
-    # restores through the Python one: both are proven against a real server.
+    # restores through the Python one (the script would run the compiled one beside it
+    # unless told not to): both are proven against a real server.
     native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
     client = str(Path(walg_bin).with_name("walg-daemon-client"))
     sockets = make_shared_dir(pg_workdir / "sock", 0o755)
@@ -204,7 +208,8 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
     # Daemon down: the client says so and fails, so PostgreSQL keeps the WAL and retries.
     for either in (native, client):
         down = run_as_pg(
-            [either, str(push_socket), "wal-push", "pg_wal/000000010000000000000099"], check=False
+            ["env", "WALG_DAEMON_CLIENT_PYTHON=1", either, str(push_socket), "wal-push", SEG99],
+            check=False,
         )
         assert down.returncode == 1
         assert "not running" in down.stderr
@@ -217,7 +222,7 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
             str(dest),
             "LATEST",
             "--restore-command",
-            f"{client} {fetch_socket} wal-fetch %f %p",
+            f"WALG_DAEMON_CLIENT_PYTHON=1 {client} {fetch_socket} wal-fetch %f %p",
         ]
     )
     restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,19 +24,31 @@ MISSING = "0000000100000000000000F0"
 
 
 @pytest.fixture(scope="module")
-def clients(walg_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def clients(walg_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Client]:
     native = tmp_path_factory.mktemp("native") / "walg-daemon-client-native"
     built = subprocess.run(
         [walg_bin, "build-daemon-client", str(native)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     assert built.stdout.strip() == str(native)
-    return {"python": str(Path(walg_bin).with_name("walg-daemon-client")), "native": str(native)}
+    script = str(Path(walg_bin).with_name("walg-daemon-client"))
+    return {
+        # The installed script runs the compiled client beside it when there is one (setup.sh
+        # builds it); this variable makes it run the Python client instead.
+        "python": Client(script, {"WALG_DAEMON_CLIENT_PYTHON": "1"}),
+        "native": Client(str(native), {}),
+    }
 
 
 @pytest.fixture(params=["python", "native"])
-def client(request: pytest.FixtureRequest, clients: dict[str, str]) -> str:
+def client(request: pytest.FixtureRequest, clients: dict[str, Client]) -> Client:
     return clients[request.param]
+
+
+@dataclass(frozen=True)
+class Client:
+    path: str
+    env: dict[str, str]
 
 
 class Env:
@@ -80,11 +93,11 @@ class Env:
         return err
 
     def run(
-        self, client: str, *args: str, extra: dict[str, str] | None = None
+        self, client: Client, *args: str, extra: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        env = dict(self.env, **(extra or {}))
+        env = dict(self.env, **client.env, **(extra or {}))
         return subprocess.run(
-            [client, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+            [client.path, *args], env=env, capture_output=True, text=True, timeout=60, check=False
         )
 
 
@@ -99,7 +112,7 @@ def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
             e.daemon.wait()
 
 
-def test_check_push_fetch_and_missing(env: Env, client: str) -> None:
+def test_check_push_fetch_and_missing(env: Env, client: Client) -> None:
     data = os.urandom(4096) * 64
     (env.pgdata / "pg_wal" / SEG).write_bytes(data)
     env.start()
@@ -122,7 +135,7 @@ def test_check_push_fetch_and_missing(env: Env, client: str) -> None:
     env.stop()
 
 
-def test_different_content_under_an_archived_name_fails(env: Env, client: str) -> None:
+def test_different_content_under_an_archived_name_fails(env: Env, client: Client) -> None:
     path = env.pgdata / "pg_wal" / SEG
     path.write_bytes(b"first" * 1000)
     env.start()
@@ -137,7 +150,7 @@ def test_different_content_under_an_archived_name_fails(env: Env, client: str) -
     assert SEG in log
 
 
-def test_daemon_down_push_fails_and_fetch_runs_walg_directly(env: Env, client: str) -> None:
+def test_daemon_down_push_fails_and_fetch_runs_walg_directly(env: Env, client: Client) -> None:
     path = env.pgdata / "pg_wal" / SEG
     data = os.urandom(1 << 16)
     path.write_bytes(data)
@@ -186,7 +199,7 @@ def _silent_server(path: Path, close_at_once: bool) -> tuple[socket.socket, thre
     return srv, thread
 
 
-def test_a_daemon_that_never_answers_times_out(env: Env, client: str) -> None:
+def test_a_daemon_that_never_answers_times_out(env: Env, client: Client) -> None:
     srv, thread = _silent_server(env.socket, close_at_once=False)
     try:
         start = time.monotonic()
@@ -206,7 +219,7 @@ def test_a_daemon_that_never_answers_times_out(env: Env, client: str) -> None:
     assert elapsed < 10
 
 
-def test_a_daemon_that_closes_without_a_reply_is_a_failure(env: Env, client: str) -> None:
+def test_a_daemon_that_closes_without_a_reply_is_a_failure(env: Env, client: Client) -> None:
     srv, thread = _silent_server(env.socket, close_at_once=True)
     try:
         res = env.run(client, str(env.socket), "wal-fetch", SEG, str(env.root / "x"))
@@ -229,7 +242,7 @@ def test_a_daemon_that_closes_without_a_reply_is_a_failure(env: Env, client: str
         ["SOCK", "backup-push", "x"],
     ],
 )
-def test_usage_errors_exit_2(env: Env, client: str, args: list[str]) -> None:
+def test_usage_errors_exit_2(env: Env, client: Client, args: list[str]) -> None:
     res = env.run(client, *args)
     assert res.returncode == 2
     assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
@@ -237,14 +250,14 @@ def test_usage_errors_exit_2(env: Env, client: str, args: list[str]) -> None:
 
 @pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
 def test_a_bad_timeout_is_refused_before_anything_is_done(
-    env: Env, client: str, value: str
+    env: Env, client: Client, value: str
 ) -> None:
     res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": value})
     assert res.returncode == 1
     assert "WALG_DAEMON_CLIENT_TIMEOUT" in res.stderr
 
 
-def test_a_socket_path_too_long_for_unix_sockets_fails(env: Env, client: str) -> None:
+def test_a_socket_path_too_long_for_unix_sockets_fails(env: Env, client: Client) -> None:
     res = env.run(client, "/tmp/" + "s" * 200, "check")
     assert res.returncode == 1
     assert "nothing" in res.stderr
@@ -262,3 +275,28 @@ def test_build_reports_a_compiler_failure(walg_bin: str, tmp_path: Path) -> None
     assert "/bin/false failed" in res.stderr
     assert not (tmp_path / "c").exists()
     assert os.listdir(tmp_path) == [], "no temporary directory is left"
+
+
+def test_the_script_prefers_the_compiled_client_beside_it(walg_bin: str, tmp_path: Path) -> None:
+    """bin/walg-daemon-client as PostgreSQL runs it (through /bin/sh), with stand-ins for the
+    programs it may exec: the compiled client when present, else python3 on itself."""
+    script = tmp_path / "walg-daemon-client"
+    script.write_bytes(Path(walg_bin).with_name("walg-daemon-client").read_bytes())
+    for name in ("python3", "walg-daemon-client-native"):
+        stub = tmp_path / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*"\n')
+    script.chmod(0o755)
+    (tmp_path / "python3").chmod(0o755)
+
+    def run(extra: dict[str, str]) -> str:
+        env = {"PATH": os.environ.get("PATH", ""), **extra}
+        out = subprocess.run(
+            [str(script), "SOCK", "check"], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+
+    # Not executable: not used.
+    assert run({}) == f"python3 -S -E {script} SOCK check"
+    (tmp_path / "walg-daemon-client-native").chmod(0o755)
+    assert run({}) == "walg-daemon-client-native SOCK check"
+    assert run({"WALG_DAEMON_CLIENT_PYTHON": "1"}) == f"python3 -S -E {script} SOCK check"
