@@ -347,3 +347,19 @@ def test_a_segment_that_appears_after_the_start_is_followed(setup) -> None:  # t
     wal.ready(nxt)
     wait_until(lambda: follower.stats["finished"] == 2)
     assert stored_content(storage, nxt) == (wal.dir / nxt).read_bytes()
+
+
+def test_a_followed_file_cut_short_is_dropped_without_touching_missing_pages(setup) -> None:  # type: ignore[no-untyped-def]
+    """pg_rewind (server stopped) may rewrite a file the follower has mapped. Reading a mapped
+    page past the new end would kill the daemon with SIGBUS (and this test process with it):
+    polls read page headers from the file, and the finish checks the size first."""
+    _settings, storage, wal, follower, _claimed = setup
+    wal.write_pages(NAME, 0, 2 * BLOCK // PAGE + 1)
+    follower.start()
+    wait_until(lambda: follower._current is not None and follower._current.prepared == 2 * BLOCK)
+    os.truncate(wal.dir / NAME, PAGE)
+    time.sleep(0.5)  # several polls of the shortened file
+    wal.ready(NAME)
+    wait_until(lambda: follower.stats["discarded"] == 1)
+    assert find_wal_object(storage, NAME) is None
+    assert follower.wait_for(NAME, 1) is False

@@ -4,9 +4,9 @@
 so once a later page of the current segment carries a valid header (page magic, the page's own
 address) everything before it is final. The follower reads the segment in 256 KiB blocks as
 they become final, compresses each into the LZ4 frame of the segment's object and writes it to
-storage straight away (syncing every 1 MiB). When the segment is ``.ready`` (seen by polling, or
-because ``archive_command`` asks for it) only the last block, the frame's end and one short sync
-remain.
+storage straight away (syncing every 1 MiB). When the segment is ``.ready`` (reported by inotify,
+seen by a poll, or because ``archive_command`` asks for it) only the last block, the frame's end
+and one short sync remain.
 
 Nothing is trusted from the early reads: before the object is committed, the file now at the
 segment's path must still be the one followed (same inode, full size), and the XXH3-128 digest of
@@ -56,7 +56,7 @@ FAST_POLL_TAIL = 1 << 20
 SLOW_POLL = 0.02  # pages arriving
 IDLE_POLL = 0.2  # nothing arrived for ACTIVE_SPAN, or no segment to follow
 ACTIVE_SPAN = 0.5
-ARCHIVED_MEMORY = 1024
+ARCHIVED_MEMORY = 1024  # finished names kept for a request that may come (see WalFollower)
 REPICK_AFTER = 1.0  # seconds without progress before looking for another segment
 # Looking for a newer segment than a stalled one lists pg_wal and opens candidates: on an idle
 # server it would otherwise run at every poll. (With nothing followed, the poll is IDLE_POLL.)
@@ -69,7 +69,7 @@ class _Followed:
     The file is mapped (read-only, shared) for as long as it is followed: blocks are compressed
     straight from the page cache, and at the finish the check reads pages already mapped
     instead of paying for a new mapping while archive_command waits. (PostgreSQL allocates a
-    segment at its full size and never truncates it, so the mapping stays valid.)
+    segment at its full size and never truncates it; see :meth:`page_valid` for the rest.)
     """
 
     def __init__(self, name: str, path: str, fd: int, segment_size: int, magic: int) -> None:
@@ -99,7 +99,14 @@ class _Followed:
         self.last_progress = time.monotonic()
 
     def page_valid(self, offset: int) -> bool:
-        magic, _info, _tli, pageaddr = PAGE_HEADER.unpack_from(self.view, offset)
+        # Read, not taken from the mapping: polls go on while the server is stopped, when
+        # something else (pg_rewind) may rewrite the file, and a mapped page past a shortened
+        # end would kill the daemon with SIGBUS. The mapping is read only for blocks whose
+        # next page was just read from the file, and at the finish after a size check.
+        head = os.pread(self.fd, PAGE_HEADER.size, offset)
+        if len(head) != PAGE_HEADER.size:
+            return False
+        magic, _info, _tli, pageaddr = PAGE_HEADER.unpack(head)
         return bool(magic == self.magic and pageaddr == self.base + offset)
 
     def same_file(self) -> bool:
