@@ -4,9 +4,10 @@ On Python 3.11 ``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``
 and more: about as long again as the rest of a ``wal-push``'s imports) for one use, the
 generated ``__doc__`` of a class that has none. So the package root imports ``dataclasses``
 once with a placeholder in place of ``inspect`` and then gives it a stand-in that imports the
-real module on first use. Nothing else ever sees the placeholder; where ``dataclasses`` or
-``inspect`` is already loaded, or a Python version needs ``inspect`` while importing
-``dataclasses``, the ordinary import happens.
+real module on first use. Nothing else ever sees the placeholder (it exists only while the
+package is first imported, before walg starts any thread); where ``dataclasses`` or ``inspect``
+is already loaded, or a Python version needs ``inspect`` while importing ``dataclasses``, the
+ordinary import happens.
 """
 
 from __future__ import annotations

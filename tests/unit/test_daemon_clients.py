@@ -300,3 +300,17 @@ def test_the_script_prefers_the_compiled_client_beside_it(walg_bin: str, tmp_pat
     (tmp_path / "walg-daemon-client-native").chmod(0o755)
     assert run({}) == "walg-daemon-client-native SOCK check"
     assert run({"WALG_DAEMON_CLIENT_PYTHON": "1"}) == f"python3 -S -E {script} SOCK check"
+
+
+def test_build_into_a_missing_directory_says_so(walg_bin: str, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "dir" / "client"
+    res = subprocess.run(
+        [walg_bin, "build-daemon-client", str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert res.returncode == 1
+    assert "is not a directory" in res.stderr
+    assert "unexpected" not in res.stderr

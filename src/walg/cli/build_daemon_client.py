@@ -53,6 +53,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     output = os.path.abspath(args.output or os.path.join(os.path.dirname(walg), DEFAULT_NAME))
     source = resources.files("walg").joinpath("daemon_client.c").read_bytes()
     directory = os.path.dirname(output)
+    if not os.path.isdir(directory):
+        raise WalgError(f"cannot build {output}: {directory} is not a directory")
     with tempfile.TemporaryDirectory(prefix=".walg-client-", dir=directory) as tmp:
         c_file = os.path.join(tmp, "daemon_client.c")
         with open(c_file, "wb") as f:
