@@ -385,6 +385,14 @@ def test_file_upload_writes_are_whole_even_when_the_system_writes_short(tmp_path
     assert path.read_bytes() == data
 
 
+def test_file_upload_counts_bytes_not_items_of_a_wide_view(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path / "store")
+    data = os.urandom(3 * WRITEBACK_EVERY)
+    with storage.open_write("wide") as sink:
+        assert sink.write(memoryview(data).cast("Q")) == len(data)
+    assert storage.get_bytes("wide") == data
+
+
 def test_file_upload_of_many_megabytes_round_trips(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path / "store")
     data = os.urandom(5 * WRITEBACK_EVERY + 7)

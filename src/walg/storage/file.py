@@ -74,7 +74,7 @@ class _UploadFile:
         self._kicked = 0
 
     def write(self, data: bytes | memoryview, /) -> int:
-        size = len(data)
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
         done = self._handle.write(data)
         if done != size:  # a short write (a signal, a full disk): finish it or get the error
             view = memoryview(data).cast("B")
