@@ -4,9 +4,9 @@
 so once a later page of the current segment carries a valid header (page magic, the page's own
 address) everything before it is final. The follower reads the segment in 256 KiB blocks as
 they become final, compresses each into the LZ4 frame of the segment's object and writes it to
-storage straight away (syncing every 1 MiB). When the segment is ``.ready`` (reported by inotify,
-seen by a poll, or because ``archive_command`` asks for it) only the last block, the frame's end
-and one short sync remain.
+storage straight away (local storage starts writing it to disk as it goes). When the segment is
+``.ready`` (reported by inotify, seen by a poll, or because ``archive_command`` asks for it) only
+the last block, the frame's end and one short sync remain.
 
 Nothing is trusted from the early reads: before the object is committed, the file now at the
 segment's path must still be the one followed (same inode, full size), and the XXH3-128 digest of
@@ -48,7 +48,6 @@ log = get_logger(__name__)
 # Small enough that little is left to do at .ready; LZ4 looks back only 64 KiB, so smaller
 # blocks cost next to nothing in ratio.
 BLOCK = 256 << 10
-SYNC_EVERY = 1 << 20
 # How often the follower looks at the segment. Every wake-up costs CPU (about 0.14 ms on these
 # VMs), so it looks often only while pages arrive; inotify reports .ready at once in any case.
 FAST_POLL = 0.002  # pages arriving in the last FAST_POLL_TAIL bytes of the segment
@@ -93,7 +92,6 @@ class _Followed:
         self.lz4 = lz4.block
         self.hash = xxhash.xxh32()  # the frame's content checksum
         self.digest = xxhash.xxh3_128()  # what was read, for the check before commit
-        self.synced = 0
         self.writer: AbstractContextManager[Sink] | None = None
         self.sink: Sink | None = None
         self.last_progress = time.monotonic()
@@ -129,16 +127,6 @@ class _Followed:
         for part in lz4frame.block_record(self.lz4, block):
             self.sink.write(part)
             self.stored += len(part)
-
-    def sync(self) -> None:
-        # Local storage hands out the file itself: syncing as blocks are written keeps the
-        # final fsync short. Other storages stream their own way.
-        if self.prepared - self.synced < SYNC_EVERY:
-            return
-        fileno = getattr(self.sink, "fileno", None)
-        if fileno is not None:
-            os.fdatasync(fileno())
-        self.synced = self.prepared
 
     def abandon(self, exc: BaseException) -> None:
         """Drop the object being written, if any (storage removes it), and close the file.
@@ -371,10 +359,8 @@ class WalFollower:
         ):
             self._prepare_block(current, current.prepared, BLOCK)
 
-    def _prepare_block(
-        self, current: _Followed, offset: int, size: int, finishing: bool = False
-    ) -> None:
-        """Compress and store the block at ``offset``; while finishing, the commit syncs."""
+    def _prepare_block(self, current: _Followed, offset: int, size: int) -> None:
+        """Compress and store the block at ``offset``."""
         from walg.streams import lz4frame
 
         if current.sink is None:
@@ -387,8 +373,6 @@ class WalFollower:
         with current.view[offset : offset + size] as block:
             current.append(block)
         current.prepared = offset + size
-        if not finishing:
-            current.sync()
         current.last_progress = time.monotonic()
 
     def _finish(self, current: _Followed) -> None:
@@ -404,7 +388,7 @@ class WalFollower:
             self._verify(current)
             while (offset := current.prepared) < current.segment_size:
                 size = min(BLOCK, current.segment_size - offset)
-                self._prepare_block(current, offset, size, finishing=True)
+                self._prepare_block(current, offset, size)
             from walg.streams import lz4frame
 
             assert current.sink is not None
