@@ -1,4 +1,5 @@
-"""Locating and reading WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``).
+"""Locating and reading WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``),
+and timeline history files read from storage.
 
 Also the two file operations the WAL commands share for their markers and temporary files:
 :func:`touch` and :func:`remove`.
@@ -17,10 +18,13 @@ from walg.streams.compression import FETCH_PROBE_ORDER
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
+    from walg.core.timeline import History
     from walg.storage.base import Storage
     from walg.streams.base import Sink
 
 CHUNK = 1 << 20
+# A timeline history file has one short line per ancestor; anything this large is not one.
+HISTORY_SIZE_LIMIT = 16 << 20
 
 
 def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
@@ -47,6 +51,27 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink) -> int:
             out.write(chunk)
             size += len(chunk)
     return size
+
+
+def read_history(storage: Storage, timeline: int) -> History | None:
+    """``<TLI>.history`` from storage, in any compression walg reads; None if not archived."""
+    from walg.core.timeline import History, history_file_name
+    from walg.errors import FormatError, IntegrityError
+    from walg.ops.pipeline import download
+    from walg.streams.compression import codec_for_extension
+
+    found = find_wal_object(storage, history_file_name(timeline))
+    if found is None:
+        return None
+    key, ext = found
+    with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
+        data = dl.reader.read(HISTORY_SIZE_LIMIT + 1)
+    if len(data) > HISTORY_SIZE_LIMIT:
+        raise IntegrityError(f"{key} is larger than {HISTORY_SIZE_LIMIT} bytes")
+    try:
+        return History.parse(timeline, data.decode("utf-8", "replace"))
+    except FormatError as exc:
+        raise IntegrityError(f"{key} is not a timeline history file: {exc}") from None
 
 
 def touch(path: str) -> None:

@@ -19,7 +19,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import SEGMENT_NAME_RE, Segment
 from walg.core.walpage import valid_segment_file
 from walg.errors import ObjectNotFound, WalgError
-from walg.ops.wal import download_wal, find_wal_object, remove
+from walg.ops.wal import download_wal, find_wal_object, read_history, remove
 
 # restore_command loads this module on every call to look for a prefetched file: paths are
 # strings, and the thread pool and timeline history are imported only by the prefetcher.
@@ -122,20 +122,10 @@ class Prefetcher:
         return history
 
     def _read_history(self, timeline: int) -> History | None:
-        import io
-
-        from walg.core.timeline import History, history_file_name
-
-        found = find_wal_object(self._storage, history_file_name(timeline))
-        if found is None:
-            return None
-        key, ext = found
         try:
-            text = io.BytesIO()
-            download_wal(self._storage, key, ext, text)
-            return History.parse(timeline, text.getvalue().decode("utf-8", "replace"))
+            return read_history(self._storage, timeline)
         except (WalgError, OSError) as exc:
-            log.warning("cannot read %s: %s", key, exc)
+            log.warning("cannot read the history of timeline %d: %s", timeline, exc)
             return None
 
     def run(self, name: str, count: int) -> list[str]:

@@ -29,22 +29,16 @@ from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL
-from walg.core.timeline import History, history_file_name
 from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing
-from walg.ops.pipeline import download
-from walg.ops.wal import find_wal_object
+from walg.ops.wal import read_history
 from walg.storage.base import Storage
-from walg.streams.compression import codec_for_extension
 
 log = get_logger(__name__)
 
 STATUS_OK = "OK"
 STATUS_LOST_SEGMENTS = "LOST_SEGMENTS"
-
-# A timeline history file has one short line per ancestor; anything this large is not one.
-HISTORY_SIZE_LIMIT = 16 << 20
 
 _HISTORY_OBJECT_RE = re.compile(r"([0-9A-Fa-f]{8})\.history(\.[A-Za-z0-9]*)?")
 
@@ -119,22 +113,6 @@ def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGME
         except FormatError:
             continue
     return highest
-
-
-def read_history(storage: Storage, timeline: int) -> History | None:
-    """``<TLI>.history`` from storage, in any compression walg reads; None if not archived."""
-    found = find_wal_object(storage, history_file_name(timeline))
-    if found is None:
-        return None
-    key, ext = found
-    with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
-        data = dl.reader.read(HISTORY_SIZE_LIMIT + 1)
-    if len(data) > HISTORY_SIZE_LIMIT:
-        raise IntegrityError(f"{key} is larger than {HISTORY_SIZE_LIMIT} bytes")
-    try:
-        return History.parse(timeline, data.decode("utf-8", "replace"))
-    except FormatError as exc:
-        raise IntegrityError(f"{key} is not a timeline history file: {exc}") from None
 
 
 def missing_segments(timeline: int, present: set[int], segment_size: int) -> tuple[str, ...]:

@@ -47,9 +47,9 @@ from walg.errors import (
     UsageError,
 )
 from walg.ops import catalog
+from walg.ops.wal import read_history
 from walg.ops.wal_show import (
     list_wal_object_names,
-    read_history,
     segments_from_names,
     timelines_from_names,
 )
