@@ -5,14 +5,12 @@ from __future__ import annotations
 import io
 import os
 import random
-import struct
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import lz4.block
 import lz4.frame
@@ -21,6 +19,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lz4frames import Frame, parse_frame
 from walg.errors import IntegrityError
 from walg.ops.pipeline import download, upload
 from walg.storage.memory import MemoryStorage
@@ -92,39 +91,6 @@ def wal_g_reference(data: bytes) -> bytes:
         auto_flush=False,
     )
     return bytes(comp.begin() + comp.compress(data) + comp.flush())
-
-
-@dataclass
-class Frame:
-    flg: int
-    bd: int
-    blocks: list[tuple[bool, bytes]]  # (stored raw, payload)
-    checksum: int | None
-    end: int
-
-
-def parse_frame(raw: bytes) -> Frame:
-    """One frame per the LZ4 frame spec, restricted to what this layout may contain."""
-    assert raw[:4] == b"\x04\x22\x4d\x18"
-    flg, bd = raw[4], raw[5]
-    assert raw[6] == (xxhash.xxh32_intdigest(raw[4:6]) >> 8) & 0xFF
-    assert not flg & 0x08 and not flg & 0x01  # no content size, no dictionary id
-    pos = 7
-    blocks: list[tuple[bool, bytes]] = []
-    while True:
-        (word,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if word == 0:
-            break
-        size = word & 0x7FFFFFFF
-        blocks.append((bool(word & 0x80000000), raw[pos : pos + size]))
-        assert len(blocks[-1][1]) == size
-        pos += size + (4 if flg & 0x10 else 0)
-    checksum = None
-    if flg & 0x04:
-        (checksum,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-    return Frame(flg, bd, blocks, checksum, pos)
 
 
 def block_contents(blocks: list[tuple[bool, bytes]]) -> list[bytes]:

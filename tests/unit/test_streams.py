@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 
 import blake3
 import lz4.frame
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lz4frames import parse_frame
 from walg.errors import ConfigError, IntegrityError
 from walg.streams.base import read_exactly
 from walg.streams.compression import (
@@ -60,45 +60,6 @@ def compressible(size: int, seed: int = 7) -> bytes:
     return (page * (size // len(page) + 1))[:size]
 
 
-def lz4_frame_layout(raw: bytes) -> dict[str, object]:
-    """Parse one LZ4 frame (the spec, section 'General Structure'): descriptor and block sizes."""
-    assert raw[:4] == LZ4_MAGIC
-    flg, bd = raw[4], raw[5]
-    pos = 6
-    content_size_flag = bool(flg & 0x08)
-    dict_id_flag = bool(flg & 0x01)
-    if content_size_flag:
-        pos += 8
-    if dict_id_flag:
-        pos += 4
-    pos += 1  # header checksum
-    block_checksum = bool(flg & 0x10)
-    blocks = []
-    while True:
-        (word,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if word == 0:
-            break
-        size = word & 0x7FFFFFFF
-        blocks.append(size)
-        pos += size + (4 if block_checksum else 0)
-    if flg & 0x04:
-        pos += 4  # content checksum
-    return {
-        "version": flg >> 6,
-        "independent": bool(flg & 0x20),
-        "block_checksum": block_checksum,
-        "content_size": content_size_flag,
-        "content_checksum": bool(flg & 0x04),
-        "reserved_flg": flg & 0x02,
-        "dict_id": dict_id_flag,
-        "block_max_code": (bd >> 4) & 0x7,
-        "reserved_bd": bd & 0x8F,
-        "blocks": blocks,
-        "end": pos,
-    }
-
-
 # --- lz4 round trips --------------------------------------------------------------------------
 
 
@@ -120,9 +81,9 @@ def test_lz4_round_trip_multi_megabyte_compressible_data() -> None:
     assert len(raw) < len(data) // 4
     assert decompress(raw, 1 << 16) == data
     assert lz4.frame.decompress(raw) == data
-    layout = lz4_frame_layout(raw)
-    assert len(layout["blocks"]) >= 3  # type: ignore[arg-type]
-    assert all(size <= 4 * MIB for size in layout["blocks"])  # type: ignore[attr-defined]
+    frame = parse_frame(raw)
+    assert len(frame.blocks) >= 3
+    assert all(len(payload) <= 4 * MIB for _, payload in frame.blocks)
 
 
 def test_lz4_incompressible_data_round_trips() -> None:
@@ -143,17 +104,17 @@ def test_lz4_output_is_one_frame_with_wal_g_descriptor() -> None:
     data = compressible(6 * MIB)
     raw = compress(data)
     assert raw[:4] == LZ4_MAGIC
-    layout = lz4_frame_layout(raw)
-    assert layout["version"] == 1
-    assert layout["independent"] is True  # B.Indep: independent blocks, as pierrec/lz4
-    assert layout["block_checksum"] is False
-    assert layout["content_size"] is False
-    assert layout["content_checksum"] is True
-    assert layout["dict_id"] is False
-    assert layout["reserved_flg"] == 0
-    assert layout["block_max_code"] == 7  # 7 = 4 MiB maximum block size
-    assert layout["reserved_bd"] == 0
-    assert layout["end"] == len(raw)  # exactly one frame, nothing after it
+    frame = parse_frame(raw)  # also: the header checksum, no content size, no dictionary id
+    assert frame.flg >> 6 == 1  # version
+    assert frame.flg & 0x20  # B.Indep: independent blocks, as pierrec/lz4
+    assert not frame.flg & 0x10  # no block checksums
+    assert not frame.flg & 0x08  # no content size
+    assert frame.flg & 0x04  # content checksum
+    assert not frame.flg & 0x01  # no dictionary id
+    assert frame.flg & 0x02 == 0  # reserved
+    assert (frame.bd >> 4) & 0x7 == 7  # 7 = 4 MiB maximum block size
+    assert frame.bd & 0x8F == 0  # reserved
+    assert frame.end == len(raw)  # exactly one frame, nothing after it
     assert raw[4] == 0x64 and raw[5] == 0x70
 
 
