@@ -96,27 +96,58 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
     assert (tmp_path / "fetched").read_bytes() == b"\0" * 8192
 
 
-def test_wal_push_ends_on_a_look_ahead_marker_without_settings(tmp_path: Path) -> None:
+def test_wal_push_ends_on_a_look_ahead_marker_before_walg_is_imported(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    wal = tmp_path / "pg_wal"
+    status = wal / "walg_data" / "walg_archive_status"
+    status.mkdir(parents=True)
+    name = "000000010000000000000007"
+    (wal / name).write_bytes(b"\0" * 8192)
+    # No storage configured at all: the marker alone must answer the call.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def push(*args: str) -> subprocess.CompletedProcess[str]:
+        # -X importtime lists every module the call imported.
+        command = [sys.executable, "-X", "importtime", walg_bin, *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    for args in (
+        ["wal-push", str(wal / name)],
+        ["--config", "/nowhere", "wal-push", str(wal / name)],
+    ):
+        (status / name).touch()
+        out = push(*args)
+        assert out.returncode == 0, out.stderr
+        assert "| walg" not in out.stderr and "| lz4" not in out.stderr, out.stderr
+        assert not (status / name).exists()
+    # Without a marker the same call needs storage, and says so.
+    again = push("wal-push", str(wal / name))
+    assert again.returncode == 78, again.stderr
+    assert "| walg.settings" in again.stderr
+    # A marker under a name that is not a WAL segment's is not a short cut.
+    (wal / "not-a-segment").write_bytes(b"x")
+    (status / "not-a-segment").touch()
+    odd = push("wal-push", str(wal / "not-a-segment"))
+    assert odd.returncode != 0
+    assert (status / "not-a-segment").exists()
+
+
+def test_wal_push_in_process_honours_the_marker_too(tmp_path: Path) -> None:
+    """walg.cli.main without the launcher: the look-ahead marker is still taken (by wal_push)."""
     wal = tmp_path / "pg_wal"
     status = wal / "walg_data" / "walg_archive_status"
     status.mkdir(parents=True)
     name = "000000010000000000000007"
     (wal / name).write_bytes(b"\0" * 8192)
     (status / name).touch()
-    code = (
-        "import sys\n"
-        "from walg.cli.main import main\n"
-        f"print(main(['wal-push', '{wal / name}']), 'walg.settings' in sys.modules)\n"
-    )
-    # No storage configured at all: the marker alone must answer the call.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    store = tmp_path / "store"
+    store.mkdir()
+    code = f"from walg.cli.main import main; print(main(['wal-push', {str(wal / name)!r}]))"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
-    assert out.stdout.split() == ["0", "False"], out.stderr
+    assert out.stdout.split() == ["0"], out.stderr
     assert not (status / name).exists()
-    # Without a marker the same call needs storage, and says so.
-    again = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    assert again.stdout.split()[0] == "78"
+    assert not any(p.is_file() for p in store.rglob("*")), "nothing may be uploaded"

@@ -44,7 +44,7 @@ log = get_logger(__name__)
 
 CHUNK = 1 << 20
 BLOCK = 4 << 20  # the LZ4 frame's block size
-STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also walg.cli.main.STATUS_PARTS
+STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
 
 
