@@ -12,9 +12,9 @@ Secrets (passwords, keys) are kept out of ``repr`` and error messages.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
+from walg.core.pattern import LazyPattern
 from walg.errors import ConfigError
 
 # Not typing.TYPE_CHECKING: every archive_command call loads settings, and importing typing,
@@ -41,7 +41,7 @@ DEFAULT_TAR_SIZE_THRESHOLD = 1073741823
 DEFAULT_STOP_BACKUP_TIMEOUT = 1800.0
 DEFAULT_PG_CONNECT_TIMEOUT = 30
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_RE = LazyPattern(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walg.core.lsn import (
@@ -11,6 +13,10 @@ from walg.core.lsn import (
     Segment,
     check_wal_file_name,
     format_lsn,
+    is_backup_history_name,
+    is_history_name,
+    is_partial_name,
+    is_segment_name,
     is_wal_file_name,
     parse_lsn,
     segments_per_xlogid,
@@ -218,3 +224,58 @@ def test_bad_wal_file_names_rejected(name: str) -> None:
 @pytest.mark.parametrize("name", ["000000010000000000000001\n", "00000002.history\n"])
 def test_trailing_newline_is_not_a_wal_file_name(name: str) -> None:
     assert not is_wal_file_name(name)
+
+
+# The name checks use string operations (they run in every archive_command call); these regular
+# expressions say what PostgreSQL's names are, and the checks must agree with them exactly.
+_NAME_PATTERNS = {
+    "segment": r"[0-9A-F]{24}",
+    "history": r"[0-9A-F]{8}\.history",
+    "partial": r"[0-9A-F]{24}\.partial",
+    "backup": r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup",
+}
+_HEXISH = "0123456789ABCDEFabcdefG.\u0661\uff10"
+
+
+_SAMPLES = [
+    "00000001000000A2000000FF",
+    "0000001F.history",
+    "00000003000000000000000B.partial",
+    "000000010000000000000002.00000028.backup",
+]
+
+
+def _neighbours(name: str) -> set[str]:
+    """Every name one character away from ``name``: changed, inserted or removed."""
+    out = {name}
+    for at in range(len(name) + 1):
+        out.add(name[:at] + name[at + 1 :])
+        for char in _HEXISH:
+            out.add(name[:at] + char + name[at + 1 :])
+            out.add(name[:at] + char + name[at:])
+    return out
+
+
+def _checks_agree(name: str) -> None:
+    checks = {
+        "segment": is_segment_name,
+        "history": is_history_name,
+        "partial": is_partial_name,
+        "backup": is_backup_history_name,
+    }
+    for kind, pattern in _NAME_PATTERNS.items():
+        assert checks[kind](name) is bool(re.fullmatch(pattern, name)), (kind, name)
+    assert is_wal_file_name(name) is any(re.fullmatch(p, name) for p in _NAME_PATTERNS.values())
+
+
+def test_name_checks_agree_with_the_patterns_next_to_real_names() -> None:
+    for sample in _SAMPLES:
+        assert is_wal_file_name(sample)
+        for name in _neighbours(sample):
+            _checks_agree(name)
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet=_HEXISH, max_size=42) | st.text(max_size=42))
+def test_name_checks_agree_with_the_patterns(name: str) -> None:
+    _checks_agree(name)

@@ -40,14 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from walg.core.lsn import SEGMENT_NAME_RE
+    from walg.core.lsn import is_segment_name
     from walg.ops.wal_fetch import wal_fetch
 
     wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination)
     if (
         not args.no_prefetch
         and ctx.settings.download_concurrency > 1
-        and SEGMENT_NAME_RE.fullmatch(args.name)
+        and is_segment_name(args.name)
         and not _already_prefetched(ctx, args.name, args.destination)
     ):
         _spawn_prefetch(ctx, args.name, args.destination)

@@ -7,20 +7,49 @@ timeline, ``segno // segments_per_xlogid`` and ``segno % segments_per_xlogid`` w
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from walg.core.pattern import LazyPattern
 from walg.errors import FormatError
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-SEGMENT_NAME_RE = re.compile(r"[0-9A-F]{24}")
-HISTORY_NAME_RE = re.compile(r"[0-9A-F]{8}\.history")
-PARTIAL_NAME_RE = re.compile(r"[0-9A-F]{24}\.partial")
-BACKUP_HISTORY_NAME_RE = re.compile(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup")
+_UPPER_HEX = frozenset("0123456789ABCDEF")
+
+_LSN_RE = LazyPattern(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
-_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+def _is_upper_hex(text: str) -> bool:
+    return _UPPER_HEX.issuperset(text)
+
+
+# WAL file names are checked with string operations, not regular expressions: every
+# archive_command and restore_command call checks one, and ``re`` costs such a call more
+# than everything else it checks.
+def is_segment_name(name: str) -> bool:
+    """24 upper-case hex digits: timeline, log and segment (``000000010000000A000000FF``)."""
+    return len(name) == 24 and _is_upper_hex(name)
+
+
+def is_history_name(name: str) -> bool:
+    """``TTTTTTTT.history``."""
+    return len(name) == 16 and name.endswith(".history") and _is_upper_hex(name[:8])
+
+
+def is_partial_name(name: str) -> bool:
+    """A segment name followed by ``.partial``."""
+    return len(name) == 32 and name.endswith(".partial") and _is_upper_hex(name[:24])
+
+
+def is_backup_history_name(name: str) -> bool:
+    """A segment name, ``.``, 8 hex digits (the start offset) and ``.backup``."""
+    return (
+        len(name) == 40
+        and name[24] == "."
+        and name.endswith(".backup")
+        and _is_upper_hex(name[:24])
+        and _is_upper_hex(name[25:33])
+    )
 
 
 def parse_lsn(text: str) -> int:
@@ -55,7 +84,7 @@ class Segment:
 
     @classmethod
     def parse(cls, name: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
-        if not SEGMENT_NAME_RE.fullmatch(name):
+        if not is_segment_name(name):
             raise FormatError(f"not a WAL segment name: {name!r}")
         per = segments_per_xlogid(segment_size)
         timeline = int(name[0:8], 16)
@@ -79,11 +108,11 @@ class Segment:
 
 def is_wal_file_name(name: str) -> bool:
     """True for every name PostgreSQL hands to ``archive_command`` / ``restore_command``."""
-    return bool(
-        SEGMENT_NAME_RE.fullmatch(name)
-        or HISTORY_NAME_RE.fullmatch(name)
-        or PARTIAL_NAME_RE.fullmatch(name)
-        or BACKUP_HISTORY_NAME_RE.fullmatch(name)
+    return (
+        is_segment_name(name)
+        or is_history_name(name)
+        or is_partial_name(name)
+        or is_backup_history_name(name)
     )
 
 

@@ -7,8 +7,7 @@
 
 from __future__ import annotations
 
-import re
-
+from walg.core.pattern import LazyPattern
 from walg.errors import FormatError
 
 BASEBACKUPS = "basebackups_005/"
@@ -18,10 +17,10 @@ METADATA = "metadata.json"
 FILES_METADATA = "files_metadata.json"
 TAR_PARTITIONS = "tar_partitions/"
 
-BACKUP_NAME_RE = re.compile(r"base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?")
-_WAL_TOKEN_RE = re.compile(r"[0-9A-F]{24}")
-PG_CONTROL_TAR_RE = re.compile(r"pg_control\.tar(\.[a-z0-9]*)?")
-BACKUP_LABEL_TAR_RE = re.compile(r"backup_label\.tar(\.[a-z0-9]*)?")
+BACKUP_NAME_RE = LazyPattern(r"base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?")
+_WAL_TOKEN_RE = LazyPattern(r"[0-9A-F]{24}")
+PG_CONTROL_TAR_RE = LazyPattern(r"pg_control\.tar(\.[a-z0-9]*)?")
+BACKUP_LABEL_TAR_RE = LazyPattern(r"backup_label\.tar(\.[a-z0-9]*)?")
 
 PG_CONTROL_MEMBER = "/global/pg_control"
 BACKUP_LABEL_MEMBER = "backup_label"

@@ -20,7 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from walg.core.log import get_logger
-from walg.core.lsn import SEGMENT_NAME_RE, check_wal_file_name
+from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal import remove
 from walg.ops.wal_fetch import wal_fetch
@@ -113,7 +113,7 @@ class Daemon:
             self._run(wal_fetch, self.settings, self.storage, name, dest)
         except WalNotFound:
             return NOT_FOUND
-        if self.settings.download_concurrency > 1 and SEGMENT_NAME_RE.fullmatch(name):
+        if self.settings.download_concurrency > 1 and is_segment_name(name):
             self._schedule_prefetch(name, dest)
         return OK
 

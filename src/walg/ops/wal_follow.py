@@ -26,7 +26,7 @@ import threading
 import time
 
 from walg.core.log import get_logger
-from walg.core.lsn import SEGMENT_NAME_RE, Segment
+from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
 from walg.core.walpage import PAGE_HEADER, segment_file_magic, valid_segment_file
 from walg.ops.wal import find_wal_object, touch
@@ -332,7 +332,7 @@ class WalFollower:
     def _pick(self) -> str | None:
         """The segment PostgreSQL writes now: the newest one not yet marked for archiving."""
         try:
-            names = [n for n in os.listdir(self._wal_dir) if SEGMENT_NAME_RE.fullmatch(n)]
+            names = [n for n in os.listdir(self._wal_dir) if is_segment_name(n)]
             marked = {n.split(".", 1)[0] for n in os.listdir(self._archive_status)}
         except OSError:
             return None

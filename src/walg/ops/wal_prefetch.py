@@ -16,7 +16,7 @@ import os
 import time
 
 from walg.core.log import get_logger
-from walg.core.lsn import SEGMENT_NAME_RE, Segment
+from walg.core.lsn import Segment, is_segment_name
 from walg.core.walpage import valid_segment_file
 from walg.errors import ObjectNotFound, WalgError
 from walg.ops.wal import download_wal, find_wal_object, read_history, remove
@@ -42,7 +42,7 @@ def prefetch_root(settings: Settings, destination: str) -> str:
 
 def take_prefetched(root: str, name: str, destination: str, segment_size: int) -> bool:
     """Move a valid prefetched ``name`` to ``destination``; False if there is none."""
-    if not SEGMENT_NAME_RE.fullmatch(name):
+    if not is_segment_name(name):
         return False
     _wait_for_running(root, name)
     candidate = os.path.join(root, name)
@@ -184,7 +184,7 @@ class Prefetcher:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if not entry.is_file() or not SEGMENT_NAME_RE.fullmatch(entry.name):
+                if not entry.is_file() or not is_segment_name(entry.name):
                     continue
                 old = Segment.parse(entry.name, self._segment_size).segno < segno
                 stale = folder == self._running and now - entry.stat().st_mtime > (

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 import time
 
+from walg.core.pattern import LazyPattern
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from walg.streams.base import Sink, Source
 
-TEMP_SUFFIX_RE = re.compile(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
+TEMP_SUFFIX_RE = LazyPattern(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
 
 
