@@ -240,3 +240,75 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
     assert "request failed" not in log
     listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
     assert len(listing) == 1
+
+
+WAL_G_CLIENT_ENV = "WALG_TEST_WAL_G_DAEMON_CLIENT"
+
+
+@pytest.mark.skipif(
+    not os.environ.get(WAL_G_CLIENT_ENV),
+    reason=f"{WAL_G_CLIENT_ENV} names no WAL-G walg-daemon-client (built from WAL-G's "
+    "cmd/daemonclient; its sources are not part of this repository)",
+)
+def test_wal_g_own_daemon_client_archives_and_restores(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """A WAL-G user keeps WAL-G's compiled client in archive_command and restore_command."""
+    wal_g_client = os.environ[WAL_G_CLIENT_ENV]
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    sockets = make_shared_dir(pg_workdir / "sock", 0o755)
+    src_dir = pg_workdir / "src"
+    push_socket = sockets / "push.sock"
+    cluster = Cluster.create(
+        install,
+        src_dir,
+        # %f, as WAL-G documents it (the daemon takes %p as well; the refusal below uses it).
+        conf={"archive_mode": "on", "archive_command": f"{wal_g_client} {push_socket} wal-push %f"},
+    )
+    daemon = _start_daemon(walg, push_socket, src_dir)
+    try:
+        cluster.start()
+        cluster.pgbench(["-i", "-s", "2", "-q"])
+        walg.run(["backup-push", str(src_dir)], cluster=cluster)
+        cluster.pgbench(["-n", "-t", "2000", "-c", "2"])
+        last = archive_now(cluster)
+        expected = normalized_dump(cluster.pg_dumpall())
+        cluster.stop()
+        # Different content under an archived name (the server is down, and this copy of it
+        # is never started again): WAL-G's client reports the daemon's refusal.
+        run_as_pg(["sh", "-c", f"head -c 16777216 /dev/zero > {src_dir}/pg_wal/{last}"])
+        refused = run_as_pg(
+            [wal_g_client, str(push_socket), "wal-push", f"pg_wal/{last}"], check=False
+        )
+        assert refused.returncode == 1, refused
+    finally:
+        _stop_daemon(daemon)
+
+    dest = pg_workdir / "restored"
+    fetch_socket = sockets / "fetch.sock"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            f"{wal_g_client} {fetch_socket} wal-fetch %f %p",
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    daemon = _start_daemon(walg, fetch_socket, dest)
+    try:
+        # Past the end of the archive: WAL-G's client exits 74, as PostgreSQL expects.
+        missing = run_as_pg(
+            [wal_g_client, str(fetch_socket), "wal-fetch", "0000000100000000000000FE", "x"],
+            check=False,
+        )
+        assert missing.returncode == 74, missing
+        restored.start(wait_ready=False)
+        restored.wait_ready(timeout=300)
+        restored.wait_for_recovery_end(timeout=300)
+        assert normalized_dump(restored.pg_dumpall()) == expected
+        assert "restored log file" in restored.log_tail(400)
+        restored.stop()
+    finally:
+        _stop_daemon(daemon)

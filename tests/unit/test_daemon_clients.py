@@ -314,3 +314,37 @@ def test_build_into_a_missing_directory_says_so(walg_bin: str, tmp_path: Path) -
     assert res.returncode == 1
     assert "is not a directory" in res.stderr
     assert "unexpected" not in res.stderr
+
+
+def _request(sock: Path, kind: bytes, body: bytes) -> bytes:
+    """One request in WAL-G's framing, as WAL-G's own client writes it; the one-byte reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(60)
+        conn.connect(str(sock))
+        conn.sendall(kind + (len(body) + 3).to_bytes(2, "big") + body)
+        return conn.recv(1)
+
+
+def test_push_requests_as_wal_g_client_sends_them(env: Env) -> None:
+    """WAL-G's client sends its argument unchanged: ``%f`` as WAL-G documents, or ``%p``."""
+    wal = env.pgdata / "pg_wal"
+    names = [f"0000000100000000000000{n:02X}" for n in range(0x10, 0x14)]
+    for name in names:
+        (wal / name).write_bytes(os.urandom(8192))
+    env.start()
+    bodies = [names[0], f"pg_wal/{names[1]}", str(wal / names[2]), f"./pg_wal/../pg_wal/{names[3]}"]
+    for body in bodies:
+        assert _request(env.socket, b"F", body.encode()) == b"O", body
+    stored = sorted(p.name for p in (env.store / "wal_005").iterdir())
+    assert stored == [f"{name}.lz4" for name in names]
+    # A path outside the pg_wal the daemon serves is refused, never archived from its pg_wal.
+    elsewhere = env.root / "elsewhere"
+    elsewhere.mkdir()
+    other = "000000010000000000000020"
+    (elsewhere / other).write_bytes(b"x" * 8192)
+    (wal / other).write_bytes(b"y" * 8192)
+    for body in (str(elsewhere / other), f"elsewhere/{other}", f"../elsewhere/{other}"):
+        assert _request(env.socket, b"F", body.encode()) == b"E", body
+    assert not (env.store / "wal_005" / f"{other}.lz4").exists()
+    log = env.stop()
+    assert "is not in" in log and "the pg_wal this daemon serves" in log, log

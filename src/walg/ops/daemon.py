@@ -107,6 +107,22 @@ class Daemon:
         self._run(push_one, self.settings, self.storage, path, solo_threads())
         return OK
 
+    def _pushed_name(self, given: str) -> str:
+        """The WAL file name in a push request.
+
+        walg's clients send the name. WAL-G's client sends its argument as it is: ``%f`` in
+        WAL-G's documented ``archive_command``, but ``%p`` (``pg_wal/NAME``, relative to
+        PGDATA) is as likely. A path is accepted only if it is in the pg_wal this daemon
+        serves: archiving a same-named file from there for a request about another directory
+        would archive the wrong file.
+        """
+        directory, name = os.path.split(given)
+        if directory and os.path.realpath(os.path.join(self.pgdata, directory)) != (
+            os.path.realpath(self.wal_dir)
+        ):
+            raise UsageError(f"{given} is not in {self.wal_dir}, the pg_wal this daemon serves")
+        return name
+
     def fetch(self, name: str, destination: str) -> bytes:
         dest = destination if os.path.isabs(destination) else os.path.join(self.pgdata, destination)
         try:
@@ -130,7 +146,7 @@ class Daemon:
         if kind == b"C":
             return OK
         if kind == b"F":
-            return self.push(body.decode())
+            return self.push(self._pushed_name(body.decode()))
         if kind == b"f":
             args = parse_args(body)
             if len(args) != 2:
