@@ -334,6 +334,7 @@ _handed_ports: set[int] = set()
 _running: dict[int, Cluster] = {}
 _templates: dict[tuple[int, str, tuple[str, ...]], Path] = {}
 _template_root: list[Path] = []  # at most one: this process's template directory
+_socket_dirs: set[Path] = set()  # short socket directories made in /tmp, removed at exit
 
 
 def free_port() -> int:
@@ -388,6 +389,11 @@ def _cleanup_templates() -> None:
 def _at_exit() -> None:
     stop_all(mode="immediate")
     _cleanup_templates()
+    with _lock:
+        dirs = list(_socket_dirs)
+        _socket_dirs.clear()
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 atexit.register(_at_exit)
@@ -474,7 +480,6 @@ class Cluster:
         self.logfile = self.datadir.with_name(self.datadir.name + ".log")
         self._auto_port = False
         self._pid: int | None = None
-        self._owned_socket_dir = False
 
     def __repr__(self) -> str:
         return f"Cluster(pg{self.install.major}, {self.datadir}, port={self.port})"
@@ -557,15 +562,14 @@ class Cluster:
     @classmethod
     def _configured(cls, install: PgInstall, path: Path, port: int | None) -> Cluster:
         sock = path.with_name(path.name + ".sock")
-        owned = False
         # sun_path holds 107 bytes: "<dir>/.s.PGSQL.<port>.lock" must fit.
         if len(str(sock).encode()) > 80:
             sock = Path(tempfile.mkdtemp(prefix="walgsock-", dir="/tmp"))
-            owned = True
+            with _lock:
+                _socket_dirs.add(sock)
         make_shared_dir(sock, 0o700)
         cluster = cls(install, path, port if port is not None else free_port(), sock)
         cluster._auto_port = port is None
-        cluster._owned_socket_dir = owned
         return cluster
 
     # ------------------------------------------------------------------ configuration
