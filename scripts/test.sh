@@ -24,8 +24,8 @@ step "setup" bash "$REPO/scripts/setup.sh"
 cd "$REPO" || exit 1
 
 lint_paths=()
-for d in src tests bench scripts; do
-    [[ -d $d ]] && lint_paths+=("$d")
+for d in src tests bench scripts bin/walg; do
+    [[ -e $d ]] && lint_paths+=("$d")
 done
 
 step "ruff check" "$PY" -m ruff check "${lint_paths[@]}"
