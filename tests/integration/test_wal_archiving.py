@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,43 @@ def _stop_daemon(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What a restore through the daemon left to check: the dump and the server log's tail."""
+
+    dump: str
+    tail: str
+
+
+def _restore_through_daemon(
+    walg: WalgSetup,
+    install: PgInstall,
+    pg_workdir: Path,
+    socket: Path,
+    client: str,
+    before_start: Callable[[], None] | None = None,
+) -> tuple[Restored, str]:
+    """backup-fetch LATEST, then recovery with ``client SOCKET wal-fetch %f %p`` against a
+    daemon serving the restored PGDATA; the recovered server's dump, and the daemon's log."""
+    dest = pg_workdir / "restored"
+    command = f"{client} {socket} wal-fetch %f %p"
+    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    daemon = _start_daemon(walg, socket, dest)
+    try:
+        if before_start is not None:
+            before_start()
+        restored.start(wait_ready=False)
+        restored.wait_ready(timeout=300)
+        restored.wait_for_recovery_end(timeout=300)
+        result = Restored(restored.pg_dumpall(), restored.log_tail(400))
+        assert "restored log file" in result.tail
+        restored.stop()
+    finally:
+        log = _stop_daemon(daemon)
+    return result, log
+
+
 def test_daemon_archives_and_restores_through_the_tiny_client(
     install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -214,29 +252,11 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
         assert down.returncode == 1
         assert "not running" in down.stderr
 
-    dest = pg_workdir / "restored"
-    fetch_socket = sockets / "fetch.sock"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            f"WALG_DAEMON_CLIENT_PYTHON=1 {client} {fetch_socket} wal-fetch %f %p",
-        ]
+    server_log, log = _restore_through_daemon(
+        walg, install, pg_workdir, sockets / "fetch.sock", f"WALG_DAEMON_CLIENT_PYTHON=1 {client}"
     )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    daemon = _start_daemon(walg, fetch_socket, dest)
-    try:
-        restored.start(wait_ready=False)
-        restored.wait_ready(timeout=300)
-        restored.wait_for_recovery_end(timeout=300)
-        assert normalized_dump(restored.pg_dumpall()) == expected
-        assert "restored log file" in restored.log_tail(400)
-        assert "fetching directly" not in restored.log_tail(400), "served by the daemon"
-        restored.stop()
-    finally:
-        log = _stop_daemon(daemon)
+    assert normalized_dump(server_log.dump) == expected
+    assert "fetching directly" not in server_log.tail, "served by the daemon"
     assert "request failed" not in log
     listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
     assert len(listing) == 1
@@ -284,31 +304,17 @@ def test_wal_g_own_daemon_client_archives_and_restores(
     finally:
         _stop_daemon(daemon)
 
-    dest = pg_workdir / "restored"
     fetch_socket = sockets / "fetch.sock"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            f"{wal_g_client} {fetch_socket} wal-fetch %f %p",
-        ]
-    )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    daemon = _start_daemon(walg, fetch_socket, dest)
-    try:
+
+    def past_the_end() -> None:
         # Past the end of the archive: WAL-G's client exits 74, as PostgreSQL expects.
         missing = run_as_pg(
             [wal_g_client, str(fetch_socket), "wal-fetch", "0000000100000000000000FE", "x"],
             check=False,
         )
         assert missing.returncode == 74, missing
-        restored.start(wait_ready=False)
-        restored.wait_ready(timeout=300)
-        restored.wait_for_recovery_end(timeout=300)
-        assert normalized_dump(restored.pg_dumpall()) == expected
-        assert "restored log file" in restored.log_tail(400)
-        restored.stop()
-    finally:
-        _stop_daemon(daemon)
+
+    restored, _ = _restore_through_daemon(
+        walg, install, pg_workdir, fetch_socket, wal_g_client, before_start=past_the_end
+    )
+    assert normalized_dump(restored.dump) == expected
