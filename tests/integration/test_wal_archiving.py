@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
+from walg.ops.wal_push import uploader_running
 from walgcli import WalgSetup, archive_now, normalized_dump
 
 
@@ -141,13 +142,20 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
         time.sleep(0.1)
     for name in names:
         assert (walg.store / "wal_005" / f"{name}.lz4").exists()
-    log = cluster.log_tail(400)
-    assert "more WAL files ahead of time" in log
+    # The detached uploader (walg wal-push-ahead) archived ahead; it says so in the server
+    # log when it exits, a second after it runs out of work.
     status = cluster.datadir / "pg_wal" / "walg_data" / "walg_archive_status"
+    while uploader_running(str(status)):
+        assert time.monotonic() < deadline + 30, "the detached uploader did not exit"
+        time.sleep(0.1)
+    log = cluster.log_tail(400)
+    assert "WAL files ahead of time" in log
     assert status.is_dir()
-    # Markers are only ever removed by a wal-push of that name: all consumed means PostgreSQL's
-    # own calls for the look-ahead files ended on the marker.
-    assert not [p for p in status.iterdir() if p.name <= names[-1]], "markers are consumed"
+    # Markers are removed by a wal-push of that name (or, once PostgreSQL is done with the
+    # file, by the next uploader): none left means PostgreSQL's own calls ended on them.
+    left = [p.name for p in status.iterdir() if len(p.name) == 24 and p.name <= names[-1]]
+    assert not left, "markers are consumed"
+    assert not list(status.glob("0*.lock")), "no per-file lock is left behind"
     cluster.stop()
 
 

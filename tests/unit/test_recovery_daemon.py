@@ -11,6 +11,7 @@ import pytest
 from walg.errors import UsageError
 from walg.ops.daemon import parse_args
 from walg.ops.recovery import RecoveryTarget, write_recovery_config
+from walg.ops.wal import file_identity, write_marker
 
 
 def test_recovery_settings_for_pg12_and_later(tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_wal_push_ends_on_a_look_ahead_marker_before_walg_is_imported(
         ["wal-push", str(wal / name)],
         ["--config", "/nowhere", "wal-push", str(wal / name)],
     ):
-        (status / name).touch()
+        write_marker(str(status / name), file_identity(str(wal / name)))
         out = push(*args)
         assert out.returncode == 0, out.stderr
         assert "| walg" not in out.stderr and "| lz4" not in out.stderr, out.stderr
@@ -125,6 +126,15 @@ def test_wal_push_ends_on_a_look_ahead_marker_before_walg_is_imported(
     again = push("wal-push", str(wal / name))
     assert again.returncode == 78, again.stderr
     assert "| walg.settings" in again.stderr
+    # A marker that vouches for another file (the segment rewritten under its name since, as
+    # after pg_rewind) or for none (empty, as walg wrote before) is no short cut.
+    for recorded in (file_identity(str(wal / name)), b""):
+        (status / name).write_bytes(recorded)
+        if recorded:
+            (wal / name).unlink()
+            (wal / name).write_bytes(b"\1" * 8192)
+        stale = push("wal-push", str(wal / name))
+        assert stale.returncode == 78, stale.stderr
     # A marker under a name that is not a WAL segment's is not a short cut.
     (wal / "not-a-segment").write_bytes(b"x")
     (status / "not-a-segment").touch()
@@ -140,14 +150,24 @@ def test_wal_push_in_process_honours_the_marker_too(tmp_path: Path) -> None:
     status.mkdir(parents=True)
     name = "000000010000000000000007"
     (wal / name).write_bytes(b"\0" * 8192)
-    (status / name).touch()
+    write_marker(str(status / name), file_identity(str(wal / name)))
     store = tmp_path / "store"
     store.mkdir()
     code = f"from walg.cli.main import main; print(main(['wal-push', {str(wal / name)!r}]))"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
+
+    def push() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+        )
+
+    out = push()
     assert out.stdout.split() == ["0"], out.stderr
     assert not (status / name).exists()
     assert not any(p.is_file() for p in store.rglob("*")), "nothing may be uploaded"
+    # A marker for a file that is no longer the one at the path: archived the ordinary way.
+    (status / name).write_bytes(b"0:0:8192:0\n")
+    out = push()
+    assert out.stdout.split() == ["0"], out.stderr
+    assert [p.name for p in store.rglob("*") if p.is_file()] == [f"{name}.lz4"]
+    assert not (status / name).exists()

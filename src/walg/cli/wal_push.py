@@ -1,6 +1,10 @@
-"""``walg wal-push PATH`` (for ``archive_command = 'walg wal-push %p'``)."""
+"""``walg wal-push PATH`` (for ``archive_command = 'walg wal-push %p'``) and the detached
+uploader it starts for a backlog, ``walg wal-push-ahead PG_WAL``."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -18,10 +22,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("path", metavar="PATH")
     p.set_defaults(run=run)
+    q = sub.add_parser(
+        "wal-push-ahead",
+        help="the detached uploader wal-push starts for a backlog",
+        description="Upload the .ready WAL files of PG_WAL ahead of PostgreSQL's calls and "
+        "leave a marker for each; exits when there is nothing left to do for a second.",
+    )
+    q.add_argument("wal_dir", metavar="PG_WAL")
+    q.add_argument("--exclude", action="append", default=[], metavar="NAME")
+    q.set_defaults(run=run_ahead)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal_push import wal_push
 
-    wal_push(ctx.settings, ctx.storage(), args.path)
+    def spawn(wal_dir: str, name: str) -> None:
+        _spawn_uploader(ctx, wal_dir, name)
+
+    wal_push(ctx.settings, ctx.storage(), args.path, spawn_uploader=spawn)
+    return 0
+
+
+def _spawn_uploader(ctx: Context, wal_dir: str, name: str) -> None:
+    import subprocess
+
+    argv = [sys.executable, "-m", "walg.cli"]
+    if ctx.settings.config_file:
+        argv += ["--config", ctx.settings.config_file]
+    argv += ["wal-push-ahead", os.path.abspath(wal_dir), "--exclude", name]
+    # stderr stays PostgreSQL's: a failed look-ahead upload is logged where the operator looks.
+    subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.core.log import get_logger
+    from walg.ops.wal_push import archive_ahead
+
+    done = archive_ahead(ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude))
+    if done:
+        get_logger(__name__).info("archived %d WAL files ahead of time", len(done))
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.errors import UsageError, WalgError, WalNotFound
-from walg.ops.wal import remove
+from walg.ops.wal import remove, take_marker
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
@@ -101,9 +101,9 @@ class Daemon:
         if self.lookahead is not None and self.lookahead.wait_for(name, self.timeout):
             remove(marker)
             return OK
-        if remove(marker):
-            return OK
         path = os.path.join(self.wal_dir, name)
+        if take_marker(marker, path):
+            return OK
         self._run(push_one, self.settings, self.storage, path, solo_threads())
         return OK
 

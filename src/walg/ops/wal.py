@@ -74,9 +74,47 @@ def read_history(storage: Storage, timeline: int) -> History | None:
         raise IntegrityError(f"{key} is not a timeline history file: {exc}") from None
 
 
-def touch(path: str) -> None:
-    """Create an empty file (or leave an existing one)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+def file_identity(path: str) -> bytes:
+    """What a marker records of the file it vouches for: device, inode, size, mtime."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+
+
+def write_marker(marker: str, identity: bytes) -> None:
+    """Record that the file with ``identity`` is archived (written whole, then renamed).
+
+    A marker names the file's identity, not only its name: a segment that is rewritten under
+    the same name later (pg_rewind, a restore into the same directory) is not vouched for.
+    """
+    directory, name = os.path.split(marker)
+    temporary = os.path.join(directory, f".{name}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, identity)
+    finally:
+        os.close(fd)
+    os.replace(temporary, marker)
+
+
+def take_marker(marker: str, source: str) -> bool:
+    """Consume ``marker`` if it vouches for ``source`` as it is now.
+
+    A marker for another file (or an empty one, as walg wrote before markers named the file)
+    vouches for nothing: it is removed, and the caller archives ``source`` the ordinary way,
+    overwrite check included. (Markers are renamed into place, so one is never read half
+    written; removing a valid one that replaced a stale one meanwhile costs only that work.)
+    """
+    try:
+        with open(marker, "rb") as handle:
+            recorded = handle.read(256)
+    except FileNotFoundError:
+        return False
+    try:
+        valid = recorded == file_identity(source)
+    except FileNotFoundError:
+        valid = False
+    remove(marker)
+    return valid
 
 
 def remove(path: str) -> bool:

@@ -5,12 +5,16 @@ content the push succeeds without rewriting; with different content it fails and
 archive as it was. ``.history`` files are always checked; other files unless
 ``WALG_PREVENT_WAL_OVERWRITE=false``.
 
-While the requested file uploads, a look-ahead uploader pushes other files PostgreSQL has
-marked ``.ready`` (``WALG_UPLOAD_CONCURRENCY - 1`` at a time, at most
-``TOTAL_BG_UPLOADED_LIMIT - 1`` per call) and records each in walg's own status folder,
-``<pg_wal>/walg_data/walg_archive_status/<name>``. When PostgreSQL later asks for one of those,
-the marker is consumed and the call returns at once. PostgreSQL's ``.ready`` files are never
-renamed: PostgreSQL stays the only writer of its archive status.
+A look-ahead uploader pushes other files PostgreSQL has marked ``.ready``
+(``WALG_UPLOAD_CONCURRENCY - 1`` at a time, at most ``TOTAL_BG_UPLOADED_LIMIT``) and records
+each in walg's own status folder, ``<pg_wal>/walg_data/walg_archive_status/<name>``, with the
+identity of the file it uploaded (:func:`walg.ops.wal.write_marker`). When PostgreSQL later
+asks for one of those, the marker is consumed and the call returns at once. From the command
+line the uploader is a detached process (``walg wal-push-ahead``) that outlives the call which
+started it; in the daemon, and for callers of :func:`wal_push` that pass no spawner, it runs in
+the process. A per-file lock (:func:`segment_lock`) keeps a call and the uploader from
+archiving the same file at once. PostgreSQL's ``.ready`` files are never renamed: PostgreSQL
+stays the only writer of its archive status.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from walg.core.log import get_logger
@@ -25,7 +30,7 @@ from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
 from walg.errors import UsageError, WalgError, WalOverwriteError
 from walg.ops.pipeline import download, upload
-from walg.ops.wal import find_wal_object, remove, touch
+from walg.ops.wal import file_identity, find_wal_object, remove, take_marker, write_marker
 from walg.streams.compression import codec_for_extension, codec_for_method
 
 # Paths are plain strings on this path and typing stays unimported: archive_command runs
@@ -46,6 +51,9 @@ CHUNK = 1 << 20
 BLOCK = 4 << 20  # the LZ4 frame's block size
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
+UPLOADER_LOCK = ".uploader.lock"  # held by a detached uploader (walg wal-push-ahead) for life
+LOCK_WAIT = 60.0  # how long a wal-push waits for another process's upload of its file
+IDLE_EXIT = 1.0  # a detached uploader exits after this long with nothing to upload
 
 
 @dataclass(frozen=True)
@@ -109,15 +117,49 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
 
 
 def wal_push(
-    settings: Settings, storage: Storage, path: str, lookahead: bool = True
+    settings: Settings,
+    storage: Storage,
+    path: str,
+    lookahead: bool = True,
+    spawn_uploader: Callable[[str, str], None] | None = None,
 ) -> WalPushResult:
+    """Archive ``path``; look ahead in this process, or in a detached uploader.
+
+    Without ``spawn_uploader`` the look-ahead uploads run in this process, which waits for them
+    before it returns. With it (the command line passes one that starts
+    ``walg wal-push-ahead``), a backlog is left to a detached uploader that outlives this
+    call, so PostgreSQL's next calls overlap its uploads. Both sides take a per-file lock
+    (:func:`segment_lock`): a call whose file the uploader is writing waits for it and then
+    takes its marker.
+    """
     source = os.fspath(path)
     name = check_wal_file_name(os.path.basename(source))
     wal_dir = os.path.dirname(os.path.abspath(source))
-    marker = os.path.join(status_dir(wal_dir), name)
-    if remove(marker):
+    status = status_dir(wal_dir)
+    marker = os.path.join(status, name)
+    if take_marker(marker, source):
         log.info("WAL file %s was already archived by a look-ahead upload", name)
         return WalPushResult(name, "", False, 0, 0)
+    if spawn_uploader is not None:
+        os.makedirs(status, mode=0o700, exist_ok=True)
+        detached = uploader_running(status)
+        if not detached and lookahead and _wants_lookahead(settings, wal_dir, name):
+            spawn_uploader(wal_dir, name)
+            detached = True
+        # Locked even with no uploader seen: one just started by the previous call may not
+        # hold its own lock yet, and must find this file taken.
+        with segment_lock(status, name, LOCK_WAIT) as locked:
+            if take_marker(marker, source):
+                log.info("WAL file %s was archived by the detached uploader", name)
+                return WalPushResult(name, "", False, 0, 0)
+            if not locked:
+                log.warning(
+                    "the detached uploader did not finish %s in %.0f s; archiving it here",
+                    name,
+                    LOCK_WAIT,
+                )
+            # With uploads running beside it the CPUs are busy already.
+            return push_one(settings, storage, source, 1 if detached else solo_threads())
     uploader = None
     if lookahead:
         uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
@@ -133,6 +175,116 @@ def wal_push(
         log.info("also archived %d more WAL files ahead of time", len(background))
     return WalPushResult(
         result.name, result.key, result.uploaded, result.raw_size, result.stored_size, background
+    )
+
+
+def archive_ahead(
+    settings: Settings, storage: Storage, wal_dir: str, exclude: set[str], idle: float = IDLE_EXIT
+) -> tuple[str, ...] | None:
+    """A detached uploader's whole life; None when another one is running already.
+
+    It uploads ``.ready`` files (at most ``TOTAL_BG_UPLOADED_LIMIT``) and exits once it has
+    had nothing to do for ``idle`` seconds. Markers of files PostgreSQL has finished with are
+    removed first: a marker is useful only while its ``.ready`` file exists.
+    """
+    import fcntl
+
+    status = status_dir(wal_dir)
+    os.makedirs(status, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(status, UPLOADER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        forget_finished_markers(wal_dir)
+        workers = max(1, lookahead_workers(settings))
+        budget = max(1, settings.total_bg_uploaded_limit)
+        uploader = LookaheadUploader(settings, storage, wal_dir, workers, budget, exclude)
+        uploader.start()
+        uploader.wait_idle(idle)
+        return uploader.stop()
+    finally:
+        os.close(fd)
+
+
+def uploader_running(status: str) -> bool:
+    """Does a detached uploader hold its lock in ``status``?"""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(status, UPLOADER_LOCK), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return False
+
+
+@contextlib.contextmanager
+def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
+    """Hold ``<status>/<name>.lock`` while the body runs; yields whether it was got in time.
+
+    The holder removes the lock file before it lets go, so none are left behind; a process
+    that locked a file removed meanwhile sees another inode at the path and tries again.
+    """
+    import fcntl
+
+    path = os.path.join(status, f"{name}.lock")
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.005)
+            continue
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def forget_finished_markers(wal_dir: str) -> list[str]:
+    """Remove markers whose file has no ``.ready`` any more (PostgreSQL will not ask again)."""
+    status = status_dir(wal_dir)
+    archive_status = os.path.join(wal_dir, "archive_status")
+    removed: list[str] = []
+    try:
+        names = os.listdir(status)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if is_wal_file_name(name) and not os.path.exists(
+            os.path.join(archive_status, f"{name}.ready")
+        ):
+            remove(os.path.join(status, name))
+            removed.append(name)
+    return removed
+
+
+def _wants_lookahead(settings: Settings, wal_dir: str, name: str) -> bool:
+    return (
+        lookahead_workers(settings) > 0
+        and settings.total_bg_uploaded_limit > 1
+        and _backlog(os.path.join(wal_dir, "archive_status"), {name})
     )
 
 
@@ -167,6 +319,7 @@ class LookaheadUploader:
         self._futures: dict[str, Future[None]] = {}
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
         self._on_error = on_error
+        self._last_queued = time.monotonic()
         self.skip: Callable[[str], bool] | None = None
 
     @classmethod
@@ -224,21 +377,36 @@ class LookaheadUploader:
                 if self._budget is not None:
                     self._budget -= 1
                 self._futures[name] = self._pool.submit(self._upload, name)
+                self._last_queued = time.monotonic()
 
     def _upload(self, name: str) -> None:
         if self._stop.is_set():
             return
-        try:
-            push_one(self._settings, self._storage, os.path.join(self._wal_dir, name))
-        except (WalgError, OSError) as exc:
-            # PostgreSQL will call archive_command for this file and see the error itself.
-            log.warning("look-ahead upload of %s failed: %s", name, exc)
-            if self._on_error is not None:
-                self._on_error(name, exc)
-            with self._lock:
-                self._started.discard(name)
-            return
-        touch(os.path.join(self._status, name))
+        marker = os.path.join(self._status, name)
+        with segment_lock(self._status, name, 0) as locked:
+            # Not locked: a wal-push of this very file is archiving it. No .ready: PostgreSQL
+            # has archived it meanwhile. A marker: archived by another uploader.
+            if (
+                not locked
+                or not os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
+                or os.path.exists(marker)
+            ):
+                with self._lock:
+                    self._started.discard(name)
+                return
+            path = os.path.join(self._wal_dir, name)
+            try:
+                identity = file_identity(path)
+                push_one(self._settings, self._storage, path)
+            except (WalgError, OSError) as exc:
+                # PostgreSQL will call archive_command for this file and see the error itself.
+                log.warning("look-ahead upload of %s failed: %s", name, exc)
+                if self._on_error is not None:
+                    self._on_error(name, exc)
+                with self._lock:
+                    self._started.discard(name)
+                return
+            write_marker(marker, identity)
         with self._lock:
             self._done.append(name)
 
@@ -265,6 +433,17 @@ class LookaheadUploader:
         except Exception:
             return False
         return os.path.exists(os.path.join(self._status, name))
+
+    def wait_idle(self, idle: float) -> None:
+        """Return when no upload is queued or running and, for ``idle`` seconds, nothing new
+        was queued (or the budget is spent)."""
+        while not self._stop.wait(SCAN_INTERVAL):
+            with self._lock:
+                busy = any(not f.done() for f in self._futures.values())
+                spent = self._budget is not None and self._budget <= 0
+                quiet = time.monotonic() - self._last_queued >= idle
+            if not busy and (spent or quiet):
+                return
 
     def stop(self) -> tuple[str, ...]:
         """Stop queueing; wait for uploads in flight; the names archived ahead of time."""
