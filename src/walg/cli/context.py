@@ -28,6 +28,24 @@ class Context:
             self._storage = open_storage(self.settings)
         return self._storage
 
+    def spawn_detached(self, *arguments: str, keep_stderr: bool = False) -> None:
+        """Start ``walg ARGUMENTS`` (with this config file) in its own session, not waited
+        for. ``keep_stderr``: it writes to this process's stderr (PostgreSQL's log, under
+        archive_command) instead of nowhere."""
+        import subprocess
+
+        argv = [sys.executable, "-m", "walg.cli"]
+        if self.settings.config_file:
+            argv += ["--config", self.settings.config_file]
+        subprocess.Popen(
+            [*argv, *arguments],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None if keep_stderr else subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
     def close(self) -> None:
         if self._storage is not None:
             self._storage.close()

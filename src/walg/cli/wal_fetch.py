@@ -7,7 +7,6 @@ After a segment is restored, a detached ``walg wal-prefetch`` child downloads th
 from __future__ import annotations
 
 import os
-import sys
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         and is_segment_name(args.name)
         and not _already_prefetched(ctx, args.name, args.destination)
     ):
-        _spawn_prefetch(ctx, args.name, args.destination)
+        ctx.spawn_detached("wal-prefetch", args.name, os.path.abspath(args.destination))
     return 0
 
 
@@ -75,23 +74,6 @@ def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:
         ):
             return False
     return True
-
-
-def _spawn_prefetch(ctx: Context, name: str, destination: str) -> None:
-    import subprocess
-
-    argv = [sys.executable, "-m", "walg.cli"]
-    if ctx.settings.config_file:
-        argv += ["--config", ctx.settings.config_file]
-    argv += ["wal-prefetch", name, os.path.abspath(destination)]
-    subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
 
 
 def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:

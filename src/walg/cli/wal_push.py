@@ -4,7 +4,6 @@ uploader it starts for a backlog, ``walg wal-push-ahead PG_WAL``."""
 from __future__ import annotations
 
 import os
-import sys
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -37,27 +36,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal_push import wal_push
 
     def spawn(wal_dir: str, name: str) -> None:
-        _spawn_uploader(ctx, wal_dir, name)
+        # stderr stays PostgreSQL's: a failed look-ahead upload is logged where operators look.
+        ctx.spawn_detached(
+            "wal-push-ahead", os.path.abspath(wal_dir), "--exclude", name, keep_stderr=True
+        )
 
     wal_push(ctx.settings, ctx.storage(), args.path, spawn_uploader=spawn)
     return 0
-
-
-def _spawn_uploader(ctx: Context, wal_dir: str, name: str) -> None:
-    import subprocess
-
-    argv = [sys.executable, "-m", "walg.cli"]
-    if ctx.settings.config_file:
-        argv += ["--config", ctx.settings.config_file]
-    argv += ["wal-push-ahead", os.path.abspath(wal_dir), "--exclude", name]
-    # stderr stays PostgreSQL's: a failed look-ahead upload is logged where the operator looks.
-    subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
 
 
 def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
