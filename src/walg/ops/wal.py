@@ -1,8 +1,9 @@
 """Locating and reading WAL objects: WAL-G's probe by extension (``wal_005/<name>.<ext>``),
 and timeline history files read from storage.
 
-Also the two file operations the WAL commands share for their markers and temporary files:
-:func:`touch` and :func:`remove`.
+Also what the WAL commands share for their markers and temporary files: a marker's record of
+the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`) and
+:func:`remove`.
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which

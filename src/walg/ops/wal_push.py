@@ -143,7 +143,7 @@ def wal_push(
     if spawn_uploader is not None:
         os.makedirs(status, mode=0o700, exist_ok=True)
         detached = uploader_running(status)
-        if not detached and lookahead and _wants_lookahead(settings, wal_dir, name):
+        if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
             spawn_uploader(wal_dir, name)
             detached = True
         # Locked even with no uploader seen: one just started by the previous call may not
@@ -187,15 +187,11 @@ def archive_ahead(
     had nothing to do for ``idle`` seconds. Markers of files PostgreSQL has finished with are
     removed first: a marker is useful only while its ``.ready`` file exists.
     """
-    import fcntl
-
     status = status_dir(wal_dir)
     os.makedirs(status, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(status, UPLOADER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_now(fd):
             return None
         forget_finished_markers(wal_dir)
         workers = max(1, lookahead_workers(settings))
@@ -210,19 +206,25 @@ def archive_ahead(
 
 def uploader_running(status: str) -> bool:
     """Does a detached uploader hold its lock in ``status``?"""
-    import fcntl
-
     try:
         fd = os.open(os.path.join(status, UPLOADER_LOCK), os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        return not _lock_now(fd)
     finally:
         os.close(fd)  # closing releases a lock this probe took
-    return False
+
+
+def _lock_now(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` if no other process holds one; whether it did."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -232,15 +234,11 @@ def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
     The holder removes the lock file before it lets go, so none are left behind; a process
     that locked a file removed meanwhile sees another inode at the path and tries again.
     """
-    import fcntl
-
     path = os.path.join(status, f"{name}.lock")
     deadline = time.monotonic() + wait
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_now(fd):
             os.close(fd)
             if time.monotonic() >= deadline:
                 yield False
@@ -280,11 +278,12 @@ def forget_finished_markers(wal_dir: str) -> list[str]:
     return removed
 
 
-def _wants_lookahead(settings: Settings, wal_dir: str, name: str) -> bool:
+def _wants_lookahead(settings: Settings, wal_dir: str, exclude: set[str]) -> bool:
+    """Look-ahead is on (a worker, a budget beyond the call's own file) and files wait."""
     return (
         lookahead_workers(settings) > 0
         and settings.total_bg_uploaded_limit > 1
-        and _backlog(os.path.join(wal_dir, "archive_status"), {name})
+        and _backlog(os.path.join(wal_dir, "archive_status"), exclude)
     )
 
 
@@ -326,15 +325,10 @@ class LookaheadUploader:
     def for_settings(
         cls, settings: Settings, storage: Storage, wal_dir: str, exclude: set[str]
     ) -> LookaheadUploader | None:
-        workers = lookahead_workers(settings)
-        budget = settings.total_bg_uploaded_limit - 1
-        if (
-            workers < 1
-            or budget < 1
-            or not _backlog(os.path.join(wal_dir, "archive_status"), exclude)
-        ):
+        if not _wants_lookahead(settings, wal_dir, exclude):
             return None
-        return cls(settings, storage, wal_dir, workers, budget, exclude)
+        budget = settings.total_bg_uploaded_limit - 1
+        return cls(settings, storage, wal_dir, lookahead_workers(settings), budget, exclude)
 
     def start(self) -> None:
         os.makedirs(self._status, mode=0o700, exist_ok=True)
