@@ -44,3 +44,43 @@ def parse_frame(raw: bytes) -> Frame:
         (checksum,) = struct.unpack_from("<I", raw, pos)
         pos += 4
     return Frame(flg, bd, blocks, checksum, pos)
+
+
+SKIPPABLE_MAGICS = range(0x184D2A50, 0x184D2A60)
+WALG_TRAILER_MAGIC = 0x184D2A5A
+
+
+@dataclass
+class Skippable:
+    """One skippable frame: its magic number, its payload, where it ends."""
+
+    magic: int
+    payload: bytes
+    end: int
+
+
+def parse_skippable(raw: bytes, pos: int) -> Skippable:
+    magic, size = struct.unpack_from("<II", raw, pos)
+    assert magic in SKIPPABLE_MAGICS
+    payload = raw[pos + 8 : pos + 8 + size]
+    assert len(payload) == size
+    return Skippable(magic, payload, pos + 8 + size)
+
+
+def walg_trailer(size: int, content_xxh3_128: bytes) -> bytes:
+    """The payload walg's digest trailer must have (docs/FORMAT.md)."""
+    return b"WALG\x01" + size.to_bytes(8, "little") + content_xxh3_128
+
+
+def check_trailer_object(raw: bytes) -> bytes:
+    """A WAL object as walg writes it: one frame without content checksum, then walg's
+    trailer, then nothing; returns the content, decoded by python-lz4."""
+    import lz4.frame
+
+    frame = parse_frame(raw)
+    assert frame.flg == 0x60 and frame.checksum is None
+    trailer = parse_skippable(raw, frame.end)
+    assert trailer.magic == WALG_TRAILER_MAGIC and trailer.end == len(raw)
+    content: bytes = lz4.frame.decompress(raw[: frame.end])
+    assert trailer.payload == walg_trailer(len(content), xxhash.xxh3_128_digest(content))
+    return content

@@ -19,7 +19,14 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lz4frames import Frame, parse_frame
+from lz4frames import (
+    WALG_TRAILER_MAGIC,
+    Frame,
+    check_trailer_object,
+    parse_frame,
+    parse_skippable,
+    walg_trailer,
+)
 from walg.errors import IntegrityError
 from walg.ops.pipeline import download, upload
 from walg.storage.memory import MemoryStorage
@@ -29,6 +36,7 @@ from walg.streams.lz4frame import (
     END_MARK,
     Lz4FrameWriter,
     block_record,
+    digest_trailer,
     frame_header,
 )
 
@@ -43,19 +51,23 @@ def compressible(size: int, seed: int = 7) -> bytes:
     return (page * (size // len(page) + 1))[:size]
 
 
-def lz4_writer(sink: io.BytesIO, threads: int) -> Lz4FrameWriter:
-    writer = codec_for_method("lz4").writer(sink, threads=threads)
+def lz4_writer(sink: io.BytesIO, threads: int, trailer: bool = False) -> Lz4FrameWriter:
+    writer = codec_for_method("lz4").writer(sink, threads=threads, trailer=trailer)
     assert isinstance(writer, Lz4FrameWriter)
     return writer
 
 
 def compress(
-    data: bytes, threads: int, chunks: list[int] | None = None, reuse: bool = False
+    data: bytes,
+    threads: int,
+    chunks: list[int] | None = None,
+    reuse: bool = False,
+    trailer: bool = False,
 ) -> bytes:
     """Write ``data`` in ``chunks`` (the rest in one go); ``reuse``: from one overwritten buffer,
     as wal-push does, so a writer that kept a view of the caller's memory would corrupt blocks."""
     sink = io.BytesIO()
-    writer = lz4_writer(sink, threads)
+    writer = lz4_writer(sink, threads, trailer)
     sizes = [*(chunks or []), len(data)]
     scratch = bytearray(max(sizes, default=0))
     pos = 0
@@ -233,6 +245,214 @@ def test_frame_assembled_from_the_public_pieces() -> None:
     assert [stored_raw for stored_raw, _ in parse_frame(raw).blocks] == [False, False, True, True]
     assert lz4.frame.decompress(raw) == data
     assert walg_decompress(raw) == data
+
+
+# --- the digest trailer (objects whose checksum walg records nowhere else: WAL) ----------------
+
+
+def lz4_tool_decompress(raw: bytes) -> bytes:
+    """The reference implementation's reader (the ``lz4`` tool, which scripts/setup.sh installs)."""
+    done = subprocess.run(["lz4", "-dc"], input=raw, capture_output=True, check=True)
+    return done.stdout
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_trailer_round_trip(case: str, threads: int) -> None:
+    data = CASES[case]
+    raw = compress(data, threads, chunks=[1, 100_000], reuse=True, trailer=True)
+    assert check_trailer_object(raw) == data
+    frame = parse_frame(raw)
+    assert frame.bd == 0x70 and b"".join(block_contents(frame.blocks)) == data
+    # The frame's blocks are those of the checksummed layout: only the flag and the end differ.
+    reference = parse_frame(compress(data, threads))
+    assert frame.blocks == reference.blocks
+    assert lz4.frame.decompress(raw) == data
+    assert walg_decompress(raw) == data
+    assert walg_decompress(raw, 333_333) == data
+
+
+def test_trailer_objects_are_read_by_the_lz4_tool() -> None:
+    data = compressible(BLOCK_SIZE + 12345) + os.urandom(5000)
+    raw = compress(data, 2, trailer=True)
+    assert lz4_tool_decompress(raw) == data
+
+
+def test_frame_with_trailer_assembled_from_the_public_pieces() -> None:
+    """As the daemon's WAL follower writes it: smaller blocks, then END_MARK and the trailer."""
+    data = compressible(MIB + 5) + os.urandom(MIB)
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = [frame_header(content_checksum=False)]
+    for pos in range(0, len(data), 256 << 10):
+        parts.extend(block_record(lz4.block, view[pos : pos + (256 << 10)]))
+    parts += [END_MARK, digest_trailer(len(data), xxhash.xxh3_128_digest(data))]
+    raw = b"".join(parts)
+    assert check_trailer_object(raw) == data
+    assert walg_decompress(raw) == data
+
+
+def trailer_object(data: bytes) -> tuple[bytes, int]:
+    """An object with a trailer and the offset where its trailer starts."""
+    raw = compress(data, 1, trailer=True)
+    return raw, parse_frame(raw).end
+
+
+@pytest.mark.parametrize(
+    "where", ["raw_block_payload", "block_payload", "size", "digest", "tag", "length"]
+)
+def test_trailer_catches_corruption(where: str) -> None:
+    # A block stored raw has no structure of its own: only the trailer can see damage there.
+    data = compressible(BLOCK_SIZE) + os.urandom(300_000)
+    raw, start = trailer_object(data)
+    bad = bytearray(raw)
+    positions = {
+        "raw_block_payload": start - 4 - 1000,
+        "block_payload": 7 + 4 + 5000,
+        "tag": start + 8 + 2,
+        "size": start + 8 + 5 + 1,
+        "digest": len(raw) - 3,
+        "length": start + 4,
+    }
+    bad[positions[where]] ^= 0x5A
+    with pytest.raises(IntegrityError) as info:
+        walg_decompress(bytes(bad))
+    assert "test object" in str(info.value)
+    if where == "raw_block_payload":
+        assert "checksum trailer" in str(info.value)
+        assert lz4.frame.decompress(bytes(bad)) != data  # python-lz4 alone cannot tell
+
+
+def test_no_single_byte_corruption_of_a_trailer_object_passes_silently() -> None:
+    data = os.urandom(300) + b"a" * 3000 + os.urandom(300)
+    raw, _ = trailer_object(data)
+    for pos in range(len(raw)):
+        for mask in (0x01, 0x80, 0xFF):
+            bad = bytearray(raw)
+            bad[pos] ^= mask
+            try:
+                out = walg_decompress(bytes(bad))
+            except IntegrityError:
+                continue
+            assert out == data, f"byte {pos} ^ {mask:#x} changed the data without an error"
+
+
+def test_trailer_truncated_anywhere_is_an_error() -> None:
+    data = compressible(100_000)
+    raw, start = trailer_object(data)
+    for cut in range(start + 1, len(raw)):
+        with pytest.raises(IntegrityError, match="truncated"):
+            walg_decompress(raw[:cut])
+    # Cut exactly at the frame's end, the content is whole but unchecked (as any frame
+    # without content checksum that another tool wrote): it decodes.
+    assert walg_decompress(raw[:start]) == data
+
+
+def test_trailer_must_follow_a_frame_without_checksum() -> None:
+    data = b"x" * 1000
+    trailer = digest_trailer(len(data), xxhash.xxh3_128_digest(data))
+    for raw in (trailer, compress(data, 1) + trailer):  # alone; after a checksummed frame
+        with pytest.raises(IntegrityError, match="trailer"):
+            walg_decompress(raw)
+
+
+def test_trailer_checks_the_frame_it_follows_in_a_concatenation() -> None:
+    a, b = compressible(70_000, seed=1), os.urandom(5000)
+    raw = compress(a, 1, trailer=True) + compress(b, 2, trailer=True)
+    assert walg_decompress(raw, 4096) == a + b
+    (raw_a, end_a), (raw_b, end_b) = trailer_object(a), trailer_object(b)
+    swapped = raw_a[:end_a] + raw_b[end_b:]  # b's trailer after a's frame
+    with pytest.raises(IntegrityError, match="trailer says"):
+        walg_decompress(swapped)
+
+
+def foreign_skippable(payload: bytes, magic: int = 0x184D2A50) -> bytes:
+    return magic.to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
+
+
+def test_other_skippable_frames_are_skipped() -> None:
+    data = compressible(50_000)
+    raw, start = trailer_object(data)
+    big = os.urandom(3 * MIB)  # larger than one read of the source
+    stream = (
+        foreign_skippable(b"before")
+        + raw[:start]
+        + foreign_skippable(big, 0x184D2A5F)
+        + raw[start:]
+        + foreign_skippable(b"")
+        + compress(b"more", 1)
+    )
+    assert walg_decompress(stream) == data + b"more"
+    assert lz4_tool_decompress(stream) == data + b"more"
+
+
+def test_skippable_frame_claiming_more_than_there_is_is_truncated() -> None:
+    raw = compress(b"data" * 100, 1) + foreign_skippable(b"abc")[:4] + b"\xff\xff\xff\xff" + b"abc"
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="truncated"):
+            walg_decompress(raw)
+        assert tracemalloc.get_traced_memory()[1] < 4 * MIB
+    finally:
+        tracemalloc.stop()
+
+
+def test_walg_magic_with_another_size_is_a_damaged_trailer() -> None:
+    raw = compress(b"data" * 100, 1, trailer=True)
+    start = parse_frame(raw).end
+    assert parse_skippable(raw, start).magic == WALG_TRAILER_MAGIC
+    other = raw[:start] + foreign_skippable(b"not walg's", WALG_TRAILER_MAGIC)
+    with pytest.raises(IntegrityError, match="damaged checksum trailer"):
+        walg_decompress(other)
+    assert (
+        walg_trailer(400, xxhash.xxh3_128_digest(b"data" * 100))
+        == parse_skippable(raw, start).payload
+    )
+
+
+def test_upload_without_stored_hash_writes_the_trailer() -> None:
+    storage = MemoryStorage()
+    codec = codec_for_method("lz4")
+    data = compressible(5 * MIB + 3)
+    with upload(storage, "wal.lz4", codec, threads=2, hash_stored=False) as up:
+        up.writer.write(data)
+    with upload(storage, "part.lz4", codec, threads=2) as up:
+        up.writer.write(data)
+    assert check_trailer_object(storage.get_bytes("wal.lz4")) == data
+    check_frame(storage.get_bytes("part.lz4"), data)  # tar parts keep WAL-G's layout
+    with download(storage, "wal.lz4", codec, "wal", hash_stored=False) as down:
+        assert down.reader.read() == data
+
+
+PIERREC_ENV = "WALG_TEST_PIERREC_LZ4_READER"
+
+
+@pytest.mark.skipif(
+    not os.environ.get(PIERREC_ENV),
+    reason=f"{PIERREC_ENV} names no build of tests/interop/pierrec_lz4_read (WAL-G's LZ4 reader)",
+)
+def test_wal_g_lz4_reader_reads_trailer_objects() -> None:
+    """WAL-G's reader (pierrec/lz4 v4) decodes walg's WAL objects and ignores the trailer."""
+    reader = os.environ[PIERREC_ENV]
+    data = compressible(16 * MIB, seed=5)[: 15 * MIB] + os.urandom(MIB)
+    view = memoryview(data)
+    followed: list[bytes | memoryview] = [frame_header(content_checksum=False)]
+    for pos in range(0, len(data), 256 << 10):
+        followed.extend(block_record(lz4.block, view[pos : pos + (256 << 10)]))
+    followed += [END_MARK, digest_trailer(len(data), xxhash.xxh3_128_digest(data))]
+    objects = {
+        "wal-push": compress(data, 2, trailer=True),
+        "follower": b"".join(followed),
+        "tar part": compress(data, 2),
+    }
+    for what, raw in objects.items():
+        done = subprocess.run([reader], input=raw, capture_output=True, check=False)
+        assert done.returncode == 0, (what, done.stderr)
+        assert done.stdout == data, what
+    # The reader checks what it can: a damaged content checksum fails it.
+    bad = bytearray(objects["tar part"])
+    bad[-2] ^= 0x5A
+    done = subprocess.run([reader], input=bytes(bad), capture_output=True, check=False)
+    assert done.returncode != 0 and b"checksum" in done.stderr
 
 
 # --- errors, shutdown, memory -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
+from lz4frames import check_trailer_object
 from walg.errors import FormatError, IntegrityError, UsageError, WalNotFound, WalOverwriteError
 from walg.ops.wal import find_wal_object
 from walg.ops.wal_fetch import wal_fetch
@@ -69,6 +70,8 @@ def test_push_stores_lz4_object_under_wal_005(
     assert result.stored_size == len(raw) < SEG_SIZE
     assert raw[:4] == bytes.fromhex("04224D18")
     assert lz4.frame.decompress(raw) == wal_a  # what WAL-G's lz4 reader will see
+    # No content checksum in the frame: walg's digest trailer follows it.
+    assert check_trailer_object(raw) == wal_a
 
 
 def test_push_with_none_compression_has_no_extension(

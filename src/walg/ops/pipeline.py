@@ -52,12 +52,12 @@ def upload(
     """``threads`` > 1 lets the codec compress on that many threads.
 
     ``hash_stored=False`` skips the BLAKE3 of the stored bytes, for objects whose checksum is
-    recorded nowhere (WAL files: WAL-G's layout has no place for it, and the codec's own
-    content checksum guards them).
+    recorded nowhere (WAL files: WAL-G's layout has no place for it); such an object carries
+    its own, the codec's digest trailer.
     """
     with storage.open_write(key) as sink:
         stored = HashingWriter(sink) if hash_stored else CountingWriter(sink)
-        compressor = codec.writer(stored, threads=threads)
+        compressor = codec.writer(stored, threads=threads, trailer=not hash_stored)
         raw = CountingWriter(compressor)
         handle = Upload(raw)
         try:

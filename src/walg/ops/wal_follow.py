@@ -90,8 +90,8 @@ class _Followed:
         self.prepared = 0
         self.stored = 0
         self.lz4 = lz4.block
-        self.hash = xxhash.xxh32()  # the frame's content checksum
-        self.digest = xxhash.xxh3_128()  # what was read, for the check before commit
+        # What was read: for the check before commit, then the object's digest trailer.
+        self.digest = xxhash.xxh3_128()
         self.writer: AbstractContextManager[Sink] | None = None
         self.sink: Sink | None = None
         self.last_progress = time.monotonic()
@@ -122,7 +122,6 @@ class _Followed:
         from walg.streams import lz4frame
 
         assert self.sink is not None
-        self.hash.update(block)
         self.digest.update(block)
         for part in lz4frame.block_record(self.lz4, block):
             self.sink.write(part)
@@ -367,7 +366,7 @@ class WalFollower:
             codec_key = wal_key(current.name, "lz4")
             current.writer = self._storage.open_write(codec_key)
             current.sink = current.writer.__enter__()
-            header = lz4frame.frame_header()
+            header = lz4frame.frame_header(content_checksum=False)
             current.sink.write(header)
             current.stored += len(header)
         with current.view[offset : offset + size] as block:
@@ -394,7 +393,8 @@ class WalFollower:
             from walg.streams import lz4frame
 
             assert current.sink is not None
-            tail = lz4frame.END_MARK + current.hash.intdigest().to_bytes(4, "little")
+            trailer = lz4frame.digest_trailer(current.prepared, current.digest.digest())
+            tail = lz4frame.END_MARK + trailer
             current.sink.write(tail)
             current.stored += len(tail)
             writer, current.writer, current.sink = current.writer, None, None

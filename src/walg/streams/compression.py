@@ -7,7 +7,8 @@ lets a writer compress in parallel) and a :class:`Source` into a decompressing r
 codec is first used, so a command pays only for the codec it needs.
 
 LZ4 output mirrors WAL-G's Go writer: one frame, independent 4 MiB blocks, content checksum
-(written by :mod:`walg.streams.lz4frame`).
+(written by :mod:`walg.streams.lz4frame`); with ``trailer=True`` (objects whose checksum walg
+records nowhere else) the content checksum gives way to walg's XXH3-128 digest trailer.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
         def abort(self) -> None: ...
 
     class WriterFactory(Protocol):
-        def __call__(self, sink: Sink, /, *, threads: int = 1) -> CodecWriter: ...
+        def __call__(
+            self, sink: Sink, /, *, threads: int = 1, trailer: bool = False
+        ) -> CodecWriter: ...
 
 
 READ_CHUNK = 1 << 20
@@ -43,9 +46,10 @@ OUTPUT_CHUNK = 1 << 20
 
 
 class PassWriter:
-    """Identity "compression" (``threads`` is accepted and ignored)."""
+    """Identity "compression" (``threads`` and ``trailer`` are accepted and ignored: the stored
+    bytes are the file's, with no room for a checksum)."""
 
-    def __init__(self, sink: Sink, threads: int = 1) -> None:
+    def __init__(self, sink: Sink, threads: int = 1, trailer: bool = False) -> None:
         self._sink = sink
 
     def write(self, data: bytes | memoryview, /) -> int:
@@ -59,7 +63,12 @@ class PassWriter:
 
 
 class Lz4Reader:
-    """Decompresses one or more concatenated LZ4 frames from ``source``."""
+    """Decompresses one or more concatenated LZ4 frames from ``source``.
+
+    A frame without content checksum is hashed with XXH3-128 as it is decoded, and checked
+    against walg's digest trailer when one follows it (:mod:`walg.streams.lz4frame`); other
+    skippable frames are skipped, as the frame format says.
+    """
 
     def __init__(self, source: Source, what: str) -> None:
         import lz4.frame
@@ -67,42 +76,113 @@ class Lz4Reader:
         self._lz4 = lz4.frame
         self._source = source
         self._what = what
-        self._dec: Any = lz4.frame.LZ4FrameDecompressor()
+        self._dec: Any = None  # the current frame's decompressor; None between frames
+        self._hash: Any = None  # XXH3-128 of the current frame's content, if it has no checksum
+        self._content = 0
+        self._ended: tuple[int, bytes] | None = None  # size and digest of the frame just ended
+        self._input = b""  # read from the source, not yet decoded
         self._buffer = b""
         self._pos = 0
-        self._pending = b""
-        self._started = False
+        self._frames = 0
         self._eof = False
+
+    def _more(self, need: int) -> bool:
+        """Read until ``need`` bytes wait to be decoded; False if the source ends first."""
+        while len(self._input) < need:
+            data = self._source.read(INPUT_CHUNK)
+            if not data:
+                return False
+            self._input += data
+        return True
 
     def _fill(self) -> None:
         while self._pos >= len(self._buffer) and not self._eof:
-            if self._dec.eof:
-                # A frame ended; anything after it is another frame (or trailing data).
-                data = self._pending or self._source.read(INPUT_CHUNK)
-                self._pending = b""
-                if not data:
-                    self._eof = True
-                    return
-                self._dec = self._lz4.LZ4FrameDecompressor()
-            elif self._dec.needs_input:
-                data = self._source.read(INPUT_CHUNK)
-                if not data:
-                    self._eof = True
-                    if not self._started:
-                        raise IntegrityError(f"{self._what}: LZ4 stream is empty")
+            if self._dec is None:
+                self._between_frames()
+                continue
+            if self._dec.needs_input:
+                if not self._more(1):
                     raise IntegrityError(f"{self._what}: LZ4 stream is truncated")
+                data, self._input = self._input, b""
             else:
                 data = b""
-            self._started = True
             try:
                 # Bounded output per call: highly compressible pages would otherwise inflate
                 # one input chunk into tens of megabytes per reader thread.
                 self._buffer = self._dec.decompress(data, max_length=OUTPUT_CHUNK)
-                self._pos = 0
             except RuntimeError as exc:
                 raise IntegrityError(f"{self._what}: corrupt LZ4 data ({exc})") from None
-            if self._dec.eof and self._dec.unused_data:
-                self._pending = self._dec.unused_data
+            self._pos = 0
+            if self._hash is not None:
+                self._hash.update(self._buffer)
+                self._content += len(self._buffer)
+            if self._dec.eof:
+                self._input = (self._dec.unused_data or b"") + self._input
+                self._dec = None
+                self._ended = None if self._hash is None else (self._content, self._hash.digest())
+
+    def _between_frames(self) -> None:
+        """Start the next frame, or check or skip a skippable one, or end the stream."""
+        from walg.streams import lz4frame
+
+        if not self._more(8) and not self._input:
+            if not self._frames:
+                raise IntegrityError(f"{self._what}: LZ4 stream is empty")
+            self._eof = True
+            return
+        head = self._input[:8]
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) == 8 and magic & lz4frame.SKIPPABLE_MAGIC_MASK == lz4frame.SKIPPABLE_MAGIC:
+            self._skippable(lz4frame, 8 + int.from_bytes(head[4:8], "little"))
+            return
+        # A frame without content checksum and without trailer (not walg's) stays unchecked.
+        self._ended = None
+        checksum = len(head) > 4 and head[4] & lz4frame.CONTENT_CHECKSUM_FLAG
+        self._hash = None
+        if not checksum and head[:4] == lz4frame.MAGIC:
+            import xxhash
+
+            self._hash = xxhash.xxh3_128()
+            self._content = 0
+        self._dec = self._lz4.LZ4FrameDecompressor()
+        self._frames += 1
+
+    def _skippable(self, lz4frame: Any, size: int) -> None:
+        if self._input[:4] == lz4frame.TRAILER_MAGIC:
+            # walg's magic number: damage to the trailer must not pass as some other frame.
+            if size != lz4frame.TRAILER_SIZE:
+                raise IntegrityError(f"{self._what}: LZ4 stream has a damaged checksum trailer")
+            if not self._more(size):
+                raise IntegrityError(f"{self._what}: LZ4 stream is truncated (in its trailer)")
+            frame, self._input = self._input[:size], self._input[size:]
+            trailer = lz4frame.parse_trailer(frame)
+            if trailer is None:
+                raise IntegrityError(f"{self._what}: LZ4 stream has a damaged checksum trailer")
+            self._check(trailer)
+            return
+        while size:
+            if not self._more(1):
+                raise IntegrityError(f"{self._what}: LZ4 stream is truncated (in a skipped frame)")
+            skip = min(size, len(self._input))
+            self._input = self._input[skip:]
+            size -= skip
+
+    def _check(self, trailer: tuple[int, bytes]) -> None:
+        ended, self._ended = self._ended, None
+        if ended is None:
+            raise IntegrityError(
+                f"{self._what}: LZ4 stream has a checksum trailer that follows no frame "
+                "without content checksum"
+            )
+        if ended[0] != trailer[0]:
+            raise IntegrityError(
+                f"{self._what}: LZ4 content is {ended[0]} bytes, its trailer says {trailer[0]}"
+            )
+        if ended[1] != trailer[1]:
+            raise IntegrityError(
+                f"{self._what}: LZ4 content does not match its checksum trailer "
+                f"(XXH3-128 {ended[1].hex()}, trailer {trailer[1].hex()})"
+            )
 
     def read(self, size: int = -1, /) -> bytes:
         if size < 0:
@@ -131,10 +211,10 @@ class Codec:
     reader: Callable[[Source, str], Source]
 
 
-def _lz4_writer(sink: Sink, threads: int = 1) -> Lz4FrameWriter:
+def _lz4_writer(sink: Sink, threads: int = 1, trailer: bool = False) -> Lz4FrameWriter:
     # Also for threads=1: compressing each block in place measured a little faster than
     # python-lz4's LZ4FrameCompressor, which writes the same bytes.
-    return Lz4FrameWriter(sink, threads)
+    return Lz4FrameWriter(sink, threads, trailer)
 
 
 def _none_reader(source: Source, what: str) -> Source:

@@ -1,12 +1,19 @@
-"""A parallel writer for WAL-G's LZ4 frame layout.
+"""A parallel writer for WAL-G's LZ4 frame layout, and walg's digest trailer.
 
 This module owns the frame bytes (header, block size words, end mark, content checksum) of one
 layout: version 1, independent 4 MiB blocks, content checksum, no block checksums, no content
 size — what WAL-G's Go writer and python-lz4's ``LZ4FrameCompressor`` with those settings write.
 :class:`Lz4FrameWriter` compresses blocks on a few worker threads while the caller's thread
 computes the content checksum; blocks reach the sink in input order. The frame pieces
-(:func:`frame_header`, :func:`block_record`, :data:`END_MARK`) are public for code that
-assembles such a frame block by block itself.
+(:func:`frame_header`, :func:`block_record`, :data:`END_MARK`, :func:`digest_trailer`) are
+public for code that assembles such a frame block by block itself.
+
+The digest trailer replaces the content checksum on objects whose checksum walg records
+nowhere else (WAL files): the frame's checksum flag is off and a skippable frame follows it,
+holding the size and XXH3-128 of the content. XXH32, the frame's own checksum, costs about as
+much CPU as compressing a WAL segment; XXH3 a sixth of that. Skippable frames are part of the
+LZ4 frame format: WAL-G's reader (pierrec/lz4 v4) stops at the end of the first frame, the
+``lz4`` tool and liblz4 skip them.
 """
 
 from __future__ import annotations
@@ -21,17 +28,47 @@ if TYPE_CHECKING:
 
 MAGIC = b"\x04\x22\x4d\x18"
 FLG = 0x64  # version 01, independent blocks, content checksum
+CONTENT_CHECKSUM_FLAG = 0x04
 BD = 0x70  # maximum block size code 7: 4 MiB
 BLOCK_SIZE = 4 << 20
 RAW_BLOCK = 0x80000000
 END_MARK = b"\0\0\0\0"
+# Skippable frames have the magic numbers 0x184D2A50-0x184D2A5F; walg's trailer uses one.
+SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0
+SKIPPABLE_MAGIC = 0x184D2A50
+TRAILER_MAGIC = (0x184D2A5A).to_bytes(4, "little")
+TRAILER_TAG = b"WALG\x01"  # then the content size (8 bytes, little-endian), then the digest
+TRAILER_PAYLOAD = len(TRAILER_TAG) + 8 + 16
+TRAILER_SIZE = 8 + TRAILER_PAYLOAD
 
 
-def frame_header() -> bytes:
+def frame_header(content_checksum: bool = True) -> bytes:
     import xxhash
 
-    descriptor = bytes((FLG, BD))
+    flg = FLG if content_checksum else FLG & ~CONTENT_CHECKSUM_FLAG
+    descriptor = bytes((flg, BD))
     return MAGIC + descriptor + bytes(((xxhash.xxh32_intdigest(descriptor) >> 8) & 0xFF,))
+
+
+def digest_trailer(size: int, xxh3_128: bytes) -> bytes:
+    """The skippable frame that follows a frame without content checksum: ``size`` bytes of
+    content whose XXH3-128 (canonical, big-endian) is ``xxh3_128``."""
+    payload = TRAILER_TAG + size.to_bytes(8, "little") + xxh3_128
+    return TRAILER_MAGIC + len(payload).to_bytes(4, "little") + payload
+
+
+def parse_trailer(frame: bytes) -> tuple[int, bytes] | None:
+    """(size, digest) from a whole skippable frame if it is walg's trailer, else None."""
+    payload = frame[8:]
+    if (
+        frame[:4] != TRAILER_MAGIC
+        or len(payload) != TRAILER_PAYLOAD
+        or int.from_bytes(frame[4:8], "little") != TRAILER_PAYLOAD
+        or not payload.startswith(TRAILER_TAG)
+    ):
+        return None
+    tag = len(TRAILER_TAG)
+    return int.from_bytes(payload[tag : tag + 8], "little"), payload[tag + 8 :]
 
 
 def block_record(lz4_block: Any, block: memoryview) -> tuple[bytes, bytes | memoryview]:
@@ -131,19 +168,23 @@ class _Workers:
 class Lz4FrameWriter:
     """Writes one LZ4 frame to ``sink``; ``threads`` > 1 compresses blocks concurrently.
 
+    With ``trailer`` the frame has no content checksum and the digest trailer follows it.
+
     At most ``threads`` blocks wait for the workers while one more is being filled, so memory
     stays near ``threads + 1`` raw 4 MiB blocks plus their compressed copies. An exception from
     ``write`` or ``close`` aborts the writer. A caller that gives up must call ``abort()`` (it
     stops the threads); ``close()`` then refuses to end the truncated frame.
     """
 
-    def __init__(self, sink: Sink, threads: int = 1) -> None:
+    def __init__(self, sink: Sink, threads: int = 1, trailer: bool = False) -> None:
         import lz4.block
         import xxhash
 
         self._sink = sink
         self._lz4 = lz4.block
-        self._hash = xxhash.xxh32()
+        self._trailer = trailer
+        self._hash: Any = xxhash.xxh3_128() if trailer else xxhash.xxh32()
+        self._content_size = 0
         self._threads = max(1, threads)
         self._workers = _Workers(self._threads, lz4.block) if self._threads > 1 else None
         self._pending: list[_Job] = []
@@ -156,7 +197,7 @@ class Lz4FrameWriter:
         # For tests: the most blocks ever handed to the workers at once, buffers ever made.
         self.peak_pending = 0
         self.buffers_allocated = 0
-        sink.write(frame_header())
+        sink.write(frame_header(content_checksum=not trailer))
 
     def write(self, data: bytes | memoryview, /) -> int:
         self._check_open()
@@ -195,7 +236,10 @@ class Lz4FrameWriter:
                 self._submit_buffer()
             while self._pending:
                 self._retire()
-            self._sink.write(END_MARK + self._hash.intdigest().to_bytes(4, "little"))
+            if self._trailer:
+                self._sink.write(END_MARK + digest_trailer(self._content_size, self._hash.digest()))
+            else:
+                self._sink.write(END_MARK + self._hash.intdigest().to_bytes(4, "little"))
         except BaseException:
             self.abort()
             raise
@@ -233,6 +277,7 @@ class Lz4FrameWriter:
         self._submit(buffer[:fill], buffer)
 
     def _submit(self, block: memoryview, buffer: memoryview | None) -> None:
+        self._content_size += len(block)
         if self._workers is None:
             self._hash.update(block)
             self._emit(block_record(self._lz4, block))
