@@ -3,7 +3,9 @@ that needs no server: MemoryStorage and FileStorage on a temporary directory."""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import mmap
 import os
 import re
 import time
@@ -13,7 +15,13 @@ import pytest
 
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import Storage, check_key
-from walg.storage.file import TEMP_SUFFIX_RE, WRITEBACK_EVERY, FileStorage, _UploadFile
+from walg.storage.file import (
+    DIRECT_CHUNK,
+    TEMP_SUFFIX_RE,
+    WRITEBACK_EVERY,
+    FileStorage,
+    _UploadFile,
+)
 from walg.storage.memory import MemoryStorage
 
 
@@ -400,3 +408,61 @@ def test_file_upload_of_many_megabytes_round_trips(tmp_path: Path) -> None:
         for start in range(0, len(data), 300_000):
             sink.write(data[start : start + 300_000])
     assert storage.get_bytes("big/object") == data
+
+
+def _is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 4095, 4096, DIRECT_CHUNK - 1, DIRECT_CHUNK, DIRECT_CHUNK + 1, 3 * DIRECT_CHUNK + 12345],
+)
+def test_file_upload_writes_direct_and_round_trips(tmp_path: Path, size: int) -> None:
+    storage = FileStorage(tmp_path / "store")
+    data = os.urandom(size)
+    with storage.open_write("obj") as sink:
+        assert isinstance(sink, _UploadFile)
+        if not sink.direct:
+            pytest.skip("this filesystem takes no O_DIRECT")
+        assert _is_direct(sink.fileno())
+        for start in range(0, size, 333_333):
+            sink.write(data[start : start + 333_333])
+        if not size:
+            sink.write(b"")
+    assert storage.get_bytes("obj") == data
+    assert not [p for p in (tmp_path / "store").iterdir() if TEMP_SUFFIX_RE.search(p.name)]
+
+
+def test_file_upload_staging_buffer_is_reused(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path / "store")
+    for i in range(3):
+        with storage.open_write(f"obj{i}") as sink:
+            assert isinstance(sink, _UploadFile)
+            if not sink.direct:
+                pytest.skip("this filesystem takes no O_DIRECT")
+            sink.write(b"x" * (DIRECT_CHUNK + i))
+    assert len(storage._stages) == 1
+    assert [storage.get_bytes(f"obj{i}") for i in range(3)] == [
+        b"x" * (DIRECT_CHUNK + i) for i in range(3)
+    ]
+
+
+def test_file_upload_goes_on_buffered_when_a_direct_write_is_refused(tmp_path: Path) -> None:
+    """A short write breaks O_DIRECT's alignment: the kernel refuses the next direct write
+    (EINVAL) and the file goes on through the page cache from where it was."""
+    path = tmp_path / "object"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+    except OSError:
+        pytest.skip("this filesystem takes no O_DIRECT")
+    data = os.urandom(3 * DIRECT_CHUNK + 777)
+    with _ShortWrites(fd, "wb") as handle:
+        sink = _UploadFile(handle, mmap.mmap(-1, DIRECT_CHUNK))
+        assert sink.direct
+        for start in range(0, len(data), 700_000):
+            chunk = data[start : start + 700_000]
+            assert sink.write(chunk) == len(chunk)
+        assert not sink.direct and not _is_direct(fd)
+        assert sink.finish() is None
+    assert path.read_bytes() == data

@@ -1,7 +1,8 @@
 """Local-folder storage (``WALG_FILE_PREFIX``), laid out as WAL-G's fs storage.
 
-Writes go to ``<path>.tmp.<UTC YYYYMMDDThhmmssZ>-<16 hex>``, are fsynced, renamed over the final
-name and the directory is fsynced, so an object is either absent or complete after a crash.
+Writes go to ``<path>.tmp.<UTC YYYYMMDDThhmmssZ>-<16 hex>`` (with direct I/O where the
+filesystem takes it, see :class:`_UploadFile`), are fsynced, renamed over the final name and
+the directory is fsynced, so an object is either absent or complete after a crash.
 Listings hide those temporary names. Deleting removes parent directories left empty.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import mmap
 import os
 import stat
 import time
@@ -21,7 +24,6 @@ from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 # every archive_command call (typing, pathlib and datetime would cost it milliseconds).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import io
     from collections.abc import Iterable, Iterator
 
     from walg.streams.base import Sink, Source
@@ -59,37 +61,96 @@ class _LimitedReader:
 
 
 WRITEBACK_EVERY = 1 << 20
+DIRECT_CHUNK = 1 << 20  # a multiple of every logical block size; the staging buffer's size
 
 
 class _UploadFile:
-    """The temporary file of an upload. Every write is whole, and writeback of what was written
-    is started every ``WRITEBACK_EVERY`` bytes, so the disk works while the producer is still
-    compressing and the fsync that commits the object has little left to wait for.
-    (``POSIX_FADV_DONTNEED`` starts writeback of dirty pages without waiting for it.)"""
+    """The temporary file of an upload; every write is whole.
 
-    def __init__(self, handle: io.FileIO) -> None:
+    Direct (``O_DIRECT``, when the filesystem takes it): bytes are gathered in a page-aligned
+    buffer and written a whole ``DIRECT_CHUNK`` at a time straight to the disk, and the last,
+    shorter piece is written through the page cache after ``O_DIRECT`` is switched off. An
+    archived object is not read back soon, and page-cache pages are costly here: on these VMs
+    writing and fsyncing 6.4 MB took 15–17 ms of CPU through the page cache when the host had
+    to hand the memory back, against 0.5 ms direct. A write the filesystem refuses with EINVAL
+    (no direct I/O after all, or a short write that broke the alignment) switches the file to
+    buffered writes and goes on from where it was.
+
+    Buffered: writeback of what was written is started every ``WRITEBACK_EVERY`` bytes, so the
+    disk works while the producer is still compressing and the fsync that commits the object
+    has little left to wait for (``POSIX_FADV_DONTNEED`` starts writeback of dirty pages
+    without waiting for it).
+    """
+
+    def __init__(self, handle: io.FileIO, stage: mmap.mmap | None = None) -> None:
         self._handle = handle
         self._fd = handle.fileno()
+        self._stage = stage  # a DIRECT_CHUNK buffer while the file is written direct
+        self._fill = 0
         self._written = 0
         self._kicked = 0
 
+    @property
+    def direct(self) -> bool:
+        return self._stage is not None
+
     def write(self, data: bytes | memoryview, /) -> int:
-        size = data.nbytes if isinstance(data, memoryview) else len(data)
-        done = self._handle.write(data)
-        if done != size:  # a short write (a signal, a full disk): finish it or get the error
-            view = memoryview(data).cast("B")
-            while done < size:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        stage = self._stage
+        if stage is None:
+            self._write_buffered(view)
+            return size
+        pos = 0
+        while pos < size and self._stage is not None:
+            take = min(DIRECT_CHUNK - self._fill, size - pos)
+            stage[self._fill : self._fill + take] = view[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == DIRECT_CHUNK:
+                self._fill = 0
+                self._write_all(memoryview(stage))
+        if pos < size:  # switched to buffered writes on the way
+            self._write_buffered(view[pos:])
+        return size
+
+    def finish(self) -> mmap.mmap | None:
+        """Write what is staged; returns the staging buffer for reuse."""
+        stage, fill = self._stage, self._fill
+        if stage is not None and fill:
+            self._buffered()
+            self._write_all(memoryview(stage)[:fill])
+        self._stage, self._fill = None, 0
+        return stage
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _buffered(self) -> None:
+        import fcntl
+
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+
+    def _write_all(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            try:
                 done += self._handle.write(view[done:])
-        self._written += size
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or self._stage is None:
+                    raise
+                # Not direct after all: the rest goes through the page cache.
+                self._buffered()
+                self._stage = None
+        self._written += len(view)
+
+    def _write_buffered(self, view: memoryview) -> None:
+        self._write_all(view)
         if self._written - self._kicked >= WRITEBACK_EVERY:
             os.posix_fadvise(
                 self._fd, self._kicked, self._written - self._kicked, os.POSIX_FADV_DONTNEED
             )
             self._kicked = self._written
-        return size
-
-    def fileno(self) -> int:
-        return self._fd
 
 
 class FileStorage(Storage):
@@ -101,6 +162,9 @@ class FileStorage(Storage):
             text = text[len("file://") :]
         self.root = os.path.normpath(text) if text else "."
         self.location = self.root
+        self._direct = True  # until the filesystem refuses O_DIRECT
+        # Staging buffers of direct writes, reused: fresh pages cost a page fault each.
+        self._stages: list[mmap.mmap] = []
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, check_key(key))
@@ -113,11 +177,20 @@ class FileStorage(Storage):
         parent = os.path.dirname(path)
         try:
             os.makedirs(parent, exist_ok=True)
-            handle = open(tmp, "xb", buffering=0)  # noqa: SIM115 - closed below on every path
+            handle, direct = self._create(tmp)
         except OSError as exc:
             raise _error(exc, f"cannot create {tmp}") from None
         try:
-            yield _UploadFile(handle)
+            stage = None
+            if direct:
+                try:
+                    stage = self._stages.pop()  # uploads run in several threads of a daemon
+                except IndexError:
+                    stage = mmap.mmap(-1, DIRECT_CHUNK)
+            sink = _UploadFile(handle, stage)
+            yield sink
+            if (stage := sink.finish()) is not None:
+                self._stages.append(stage)
             os.fsync(handle.fileno())
             handle.close()
             os.replace(tmp, path)
@@ -129,6 +202,20 @@ class FileStorage(Storage):
             if isinstance(exc, OSError):
                 raise _error(exc, f"cannot write {path}") from None
             raise
+
+    def _create(self, tmp: str) -> tuple[io.FileIO, bool]:
+        """The new temporary file, and whether it is open for direct I/O."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if self._direct:
+            try:
+                return io.FileIO(os.open(tmp, flags | os.O_DIRECT, 0o666), "wb"), True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # this filesystem has no direct I/O
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return io.FileIO(os.open(tmp, flags, 0o666), "wb"), False
 
     @contextlib.contextmanager
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
