@@ -50,7 +50,8 @@ segment to an archive). So every tool handles the very same segments.
     because after a failure the archiver sleeps 1 s between retries (``pg_usleep``), which
     would delay picking up the new command by up to a second. Variants: ``cp``, ``walg
     wal-push %p`` (defaults: ``WALG_UPLOAD_CONCURRENCY=16``, ``TOTAL_BG_UPLOADED_LIMIT=32``),
-    walg daemon + client (defaults), pgBackRest async ``process-max`` 2 and 4, pgBackRest sync,
+    walg daemon + client (defaults; the compiled client also with ``WALG_FILE_DIRECT_IO=false``,
+    writes through the page cache), pgBackRest async ``process-max`` 2 and 4, pgBackRest sync,
     and WAL-E 1.1.1's parallel push (``wal-e wal-push --pool-size 8 %p``: lzop, and up to 7
     other ``.ready`` segments per call, whose status files WAL-E itself renames to ``.done``;
     so PostgreSQL counts only its own calls and ``archived_count``/``last_archived_wal`` are
@@ -779,6 +780,13 @@ DRAIN_VARIANTS = (
         note="walg-daemon-client-native; daemon defaults",
         client="native",
     ),
+    PushVariant(
+        "walg daemon (native client, buffered writes)",
+        "daemon",
+        (("WALG_FILE_DIRECT_IO", "false"),),
+        note="walg-daemon-client-native; WALG_FILE_DIRECT_IO=false",
+        client="native",
+    ),
     PushVariant("pgbackrest async pm=2", "pgbackrest", pgbr_async=True, process_max=2),
     PushVariant("pgbackrest async pm=4", "pgbackrest", pgbr_async=True, process_max=4),
     PushVariant("pgbackrest sync", "pgbackrest"),
@@ -1408,9 +1416,9 @@ class Bench:
             if v.kind == "cp":
                 d.command = f"cp %p {store}/%f"
             elif v.kind == "walg":
-                d.command = self.walg_cmd(store, (), "wal-push %p")
+                d.command = self.walg_cmd(store, v.walg_env, "wal-push %p")
             elif v.kind == "daemon":
-                env = self.walg_env(store)
+                env = self.walg_env(store, v.walg_env)
                 d.command = f"{self.client_command(v.client)} SOCK wal-push %p"
             elif v.kind == "wale":
                 assert self.wale is not None

@@ -4,6 +4,7 @@ what walg writes is checked against the specification, not against walg's own re
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
@@ -84,3 +85,19 @@ def check_trailer_object(raw: bytes) -> bytes:
     content: bytes = lz4.frame.decompress(raw[: frame.end])
     assert trailer.payload == walg_trailer(len(content), xxhash.xxh3_128_digest(content))
     return content
+
+
+def assert_no_silent_corruption(raw: bytes, data: bytes, decode: Callable[[bytes], bytes]) -> None:
+    """Flip bits of every byte of ``raw``: ``decode`` must raise walg's IntegrityError or
+    (harmlessly) return ``data`` unchanged."""
+    from walg.errors import IntegrityError
+
+    for pos in range(len(raw)):
+        for mask in (0x01, 0x80, 0xFF):
+            bad = bytearray(raw)
+            bad[pos] ^= mask
+            try:
+                out = decode(bytes(bad))
+            except IntegrityError:
+                continue
+            assert out == data, f"byte {pos} ^ {mask:#x} changed the data without an error"

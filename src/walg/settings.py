@@ -119,6 +119,7 @@ class Settings:
     prefetch_dir: str | None
     wal_segment_size: int
     daemon_follow_wal: bool
+    file_direct_io: bool
     log_level: str
     config_file: str | None
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -361,6 +362,7 @@ def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
         wal_segment_size=_int(values, "WALG_PG_WAL_SIZE", 16) * 1024 * 1024,
         daemon_follow_wal=_bool(values, "WALG_DAEMON_FOLLOW_WAL", True),
+        file_direct_io=_bool(values, "WALG_FILE_DIRECT_IO", True),
         log_level=values.get("WALG_LOG_LEVEL", "").strip().upper() or "NORMAL",
         config_file=config_file,
         values=dict(values),

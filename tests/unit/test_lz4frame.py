@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from lz4frames import (
     WALG_TRAILER_MAGIC,
     Frame,
+    assert_no_silent_corruption,
     check_trailer_object,
     parse_frame,
     parse_skippable,
@@ -325,15 +326,7 @@ def test_trailer_catches_corruption(where: str) -> None:
 def test_no_single_byte_corruption_of_a_trailer_object_passes_silently() -> None:
     data = os.urandom(300) + b"a" * 3000 + os.urandom(300)
     raw, _ = trailer_object(data)
-    for pos in range(len(raw)):
-        for mask in (0x01, 0x80, 0xFF):
-            bad = bytearray(raw)
-            bad[pos] ^= mask
-            try:
-                out = walg_decompress(bytes(bad))
-            except IntegrityError:
-                continue
-            assert out == data, f"byte {pos} ^ {mask:#x} changed the data without an error"
+    assert_no_silent_corruption(raw, data, walg_decompress)
 
 
 def test_trailer_truncated_anywhere_is_an_error() -> None:

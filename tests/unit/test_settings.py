@@ -142,15 +142,20 @@ def test_booleans(tmp_path: Path, raw: str, value: bool) -> None:
             WALG_PREVENT_WAL_OVERWRITE=raw,
             WALG_TAR_DISABLE_FSYNC=raw,
             WALG_DAEMON_FOLLOW_WAL=raw,
+            WALG_FILE_DIRECT_IO=raw,
         )
     )
     assert s.prevent_wal_overwrite is value
     assert s.tar_disable_fsync is value
     assert s.daemon_follow_wal is value
+    assert s.file_direct_io is value
     assert load(environ=env(tmp_path)).daemon_follow_wal is True  # on by default
+    assert load(environ=env(tmp_path)).file_direct_io is True
 
 
-@pytest.mark.parametrize("name", ["WALG_PREVENT_WAL_OVERWRITE", "WALG_DAEMON_FOLLOW_WAL"])
+@pytest.mark.parametrize(
+    "name", ["WALG_PREVENT_WAL_OVERWRITE", "WALG_DAEMON_FOLLOW_WAL", "WALG_FILE_DIRECT_IO"]
+)
 def test_bad_boolean_names_the_variable(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(environ=env(tmp_path, **{name: "maybe"}))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from walg.errors import ObjectNotFound, StorageError
+from walg.settings import load
 from walg.storage.base import Storage, check_key
 from walg.storage.file import (
     DIRECT_CHUNK,
@@ -23,6 +24,7 @@ from walg.storage.file import (
     _UploadFile,
 )
 from walg.storage.memory import MemoryStorage
+from walg.storage.registry import open_storage
 
 
 class Boom(Exception):
@@ -466,3 +468,20 @@ def test_file_upload_goes_on_buffered_when_a_direct_write_is_refused(tmp_path: P
         assert not sink.direct and not _is_direct(fd)
         assert sink.finish() is None
     assert path.read_bytes() == data
+
+
+def test_file_upload_through_the_page_cache_when_direct_io_is_off(tmp_path: Path) -> None:
+    """WALG_FILE_DIRECT_IO=false, through the settings to the storage walg opens."""
+    (tmp_path / "home").mkdir()
+    environ = {
+        "HOME": str(tmp_path / "home"),
+        "WALG_FILE_PREFIX": str(tmp_path / "store"),
+        "WALG_FILE_DIRECT_IO": "false",
+    }
+    storage = open_storage(load(environ=environ))
+    data = os.urandom(2 * DIRECT_CHUNK + 5)
+    with storage.open_write("obj") as sink:
+        assert isinstance(sink, _UploadFile)
+        assert not sink.direct and not _is_direct(sink.fileno())
+        sink.write(data)
+    assert storage.get_bytes("obj") == data

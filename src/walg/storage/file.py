@@ -154,7 +154,8 @@ class _UploadFile:
 
 
 class FileStorage(Storage):
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], direct_io: bool = True) -> None:
+        """``direct_io=False`` (``WALG_FILE_DIRECT_IO=false``) writes through the page cache."""
         text = str(root)
         if text.startswith("file://localhost"):
             text = text[len("file://localhost") :]
@@ -162,7 +163,7 @@ class FileStorage(Storage):
             text = text[len("file://") :]
         self.root = os.path.normpath(text) if text else "."
         self.location = self.root
-        self._direct = True  # until the filesystem refuses O_DIRECT
+        self._direct = direct_io  # until the filesystem refuses O_DIRECT
         # Staging buffers of direct writes, reused: fresh pages cost a page fault each.
         self._stages: list[mmap.mmap] = []
 

@@ -25,7 +25,7 @@ def _open_backend(settings: Settings) -> Storage:
         root = prefix.rstrip("/") or "/"
         if settings.storage_subfolder:
             root = f"{root}/{settings.storage_subfolder}"
-        return FileStorage(root)
+        return FileStorage(root, direct_io=settings.file_direct_io)
     raise ConfigError(
         f"{settings.storage_prefix_key}: {kind} storage is not supported by this walg yet "
         "(use WALG_FILE_PREFIX)"
