@@ -245,3 +245,23 @@ def test_the_uploader_leaves_files_it_cannot_have(pg_wal: PgWal) -> None:
     assert pg_wal.stored() == [], "neither the locked file nor one PostgreSQL finished"
     assert not (pg_wal.status / locked).exists()
     holder.wait(timeout=30)
+
+
+def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
+    """A wal-push has just archived the file and PostgreSQL has not yet marked it done: the
+    uploader neither archives it again nor leaves a marker that no call would take."""
+    stored, other = SEGMENTS[0], SEGMENTS[1]
+    pg_wal.add(stored)
+    pg_wal.add(other)
+    pg_wal.env["TOTAL_BG_UPLOADED_LIMIT"] = "1"  # this call alone, no uploader
+    assert pg_wal.walg("wal-push", f"pg_wal/{stored}").returncode == 0
+    del pg_wal.env["TOTAL_BG_UPLOADED_LIMIT"]
+    before = (pg_wal.store / "wal_005" / f"{stored}.lz4").stat()
+    assert (pg_wal.dir / "archive_status" / f"{stored}.ready").exists()
+    out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
+    assert out.returncode == 0, pg_wal.log.read_text()
+    assert pg_wal.stored() == [f"{stored}.lz4", f"{other}.lz4"]
+    assert not (pg_wal.status / stored).exists()
+    assert (pg_wal.status / other).exists()  # the file it did archive ahead
+    after = (pg_wal.store / "wal_005" / f"{stored}.lz4").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

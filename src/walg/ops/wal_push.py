@@ -302,6 +302,7 @@ class LookaheadUploader:
     ) -> None:
         self._settings = settings
         self._storage = storage
+        self._extension = codec_for_method(settings.compression).extension
         self._wal_dir = wal_dir
         self._archive_status = os.path.join(wal_dir, "archive_status")
         self._status = status_dir(wal_dir)
@@ -379,11 +380,14 @@ class LookaheadUploader:
         marker = os.path.join(self._status, name)
         with segment_lock(self._status, name, 0) as locked:
             # Not locked: a wal-push of this very file is archiving it. No .ready: PostgreSQL
-            # has archived it meanwhile. A marker: archived by another uploader.
+            # has archived it meanwhile. A marker: archived by another uploader. Stored
+            # already: a wal-push archived it just now and PostgreSQL has not yet marked it
+            # done (or it was archived before): a marker would outlive every call for it.
             if (
                 not locked
                 or not os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
                 or os.path.exists(marker)
+                or self._storage.exists(wal_key(name, self._extension))
             ):
                 with self._lock:
                     self._started.discard(name)
