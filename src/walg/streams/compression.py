@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from walg.errors import ConfigError, IntegrityError
+from walg.streams import lz4frame
 from walg.streams.lz4frame import Lz4FrameWriter
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -123,8 +124,6 @@ class Lz4Reader:
 
     def _between_frames(self) -> None:
         """Start the next frame, or check or skip a skippable one, or end the stream."""
-        from walg.streams import lz4frame
-
         if not self._more(8) and not self._input:
             if not self._frames:
                 raise IntegrityError(f"{self._what}: LZ4 stream is empty")
@@ -133,7 +132,7 @@ class Lz4Reader:
         head = self._input[:8]
         magic = int.from_bytes(head[:4], "little")
         if len(head) == 8 and magic & lz4frame.SKIPPABLE_MAGIC_MASK == lz4frame.SKIPPABLE_MAGIC:
-            self._skippable(lz4frame, 8 + int.from_bytes(head[4:8], "little"))
+            self._skippable(8 + int.from_bytes(head[4:8], "little"))
             return
         # A frame without content checksum and without trailer (not walg's) stays unchecked.
         self._ended = None
@@ -147,7 +146,7 @@ class Lz4Reader:
         self._dec = self._lz4.LZ4FrameDecompressor()
         self._frames += 1
 
-    def _skippable(self, lz4frame: Any, size: int) -> None:
+    def _skippable(self, size: int) -> None:
         if self._input[:4] == lz4frame.TRAILER_MAGIC:
             # walg's magic number: damage to the trailer must not pass as some other frame.
             if size != lz4frame.TRAILER_SIZE:
