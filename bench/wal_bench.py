@@ -768,6 +768,11 @@ CALL_VARIANTS = (
     PushVariant("floor: /bin/true", "floor", note="the harness: sh, a fork, /bin/true"),
     PushVariant("floor: python3 -S -E", "floor", note="venv python3 -S -E -c pass"),
     PushVariant("floor: walg --version", "floor", note="walg --version (CLI imports)"),
+    PushVariant(
+        "floor: minimal Python push",
+        "floor",
+        note="bench/floor_push.py %p DIR: map, LZ4 on 2 threads, XXH3, write, fsync, rename",
+    ),
 )
 
 DRAIN_VARIANTS = (
@@ -842,6 +847,9 @@ class Bench:
                 stdout=subprocess.DEVNULL,
             )
         self.python = str(args.walg.parent / "python3")
+        # Copied: the checkout may be unreadable for the PostgreSQL user that runs the calls.
+        self.floor_push = rundir / "floor_push.py"
+        shutil.copyfile(BENCH_DIR / "floor_push.py", self.floor_push)
         self.pgbackrest = str(args.pgbackrest)
         self.wale = str(args.wale) if os.access(args.wale, os.X_OK) else None
         self.servers: list[Server] = []
@@ -1284,6 +1292,11 @@ class Bench:
             series.command = "/bin/true"
         elif v.name.endswith("-S -E"):
             series.command = f"{shlex.quote(self.python)} -S -E -c pass"
+        elif v.name.endswith("minimal Python push"):
+            series.command = (
+                f"{shlex.quote(self.python)} {shlex.quote(str(self.floor_push))} %p "
+                f"{shlex.quote(str(store))}"
+            )
         elif v.kind == "floor":
             series.command = f"{shlex.quote(self.walg)} --version"
         try:
@@ -1373,7 +1386,7 @@ class Bench:
             series.error = series.error or f"{len(failed)} calls failed: {text}"
             for c in failed:
                 c.error = c.error or f"exit {c.rc}"
-        if v.kind != "floor":
+        if v.kind != "floor" or v.name.endswith("minimal Python push"):
             series.stored_objects = count_segments(store)
             series.stored_mb = dir_size(store) / MB
         walls = [c.wall_ms for c in series.calls if c.ok]
@@ -1855,6 +1868,10 @@ def summarize(bench: Bench) -> dict[str, Any]:
         p = get("a", "pgbackrest sync", "median_ms")
         if p:
             t["cold call / pgbackrest sync"] = c / p
+        f = get("a", "floor: minimal Python push", "median_ms")
+        if f is not None:
+            t["minimal Python push median ms (the floor of a Python cold call)"] = f
+            t["cold call - minimal Python push, ms (walg's own cost)"] = c - f
     for walg_name in ("walg cold (defaults)", "walg daemon", "walg daemon (native client)"):
         rate = get("b", walg_name, "segments_per_s")
         if rate is None:
