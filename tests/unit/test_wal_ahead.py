@@ -21,11 +21,14 @@ import pytest
 from walg.ops.wal import file_identity, take_marker, write_marker
 from walg.ops.wal_push import (
     UPLOADER_LOCK,
+    LookaheadUploader,
     forget_finished_markers,
     segment_lock,
     status_dir,
     uploader_running,
 )
+from walg.settings import load
+from walg.storage.memory import MemoryStorage
 
 SEGMENTS = [f"0000000100000000000000{n:02X}" for n in range(0x20, 0x28)]
 
@@ -265,3 +268,53 @@ def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
     assert (pg_wal.status / other).exists()  # the file it did archive ahead
     after = (pg_wal.store / "wal_005" / f"{stored}.lz4").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_the_uploader_leaves_files_stored_under_another_compression(pg_wal: PgWal) -> None:
+    """Archived before with another compression method: the uploader does not store a second
+    copy next to it nor vouch for it; PostgreSQL's own call compares the content."""
+    name, other = SEGMENTS[0], SEGMENTS[1]
+    pg_wal.add(name)
+    pg_wal.add(other)
+    (pg_wal.store / "wal_005").mkdir(parents=True)
+    (pg_wal.store / "wal_005" / f"{name}.zst").write_bytes(b"archived by another configuration")
+    out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
+    assert out.returncode == 0, pg_wal.log.read_text()
+    assert pg_wal.stored() == [f"{name}.zst", f"{other}.lz4"]
+    assert not (pg_wal.status / name).exists()
+    assert (pg_wal.status / other).exists()
+
+
+class ProbeCountingStorage(MemoryStorage):
+    """In-memory storage that records every existence probe (a HEAD request on a cloud)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes: list[str] = []
+
+    def exists(self, key: str) -> bool:
+        self.probes.append(key)
+        return super().exists(key)
+
+
+def test_a_look_ahead_upload_probes_each_key_once(tmp_path: Path) -> None:
+    """The uploader's "already stored?" question is the overwrite check's answer too: the
+    upload does not probe the same keys again (each probe is a request on cloud storage)."""
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    name = SEGMENTS[0]
+    data = os.urandom(4096) * 16
+    (wal_dir / name).write_bytes(data)
+    (wal_dir / "archive_status" / f"{name}.ready").touch()
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    storage = ProbeCountingStorage()
+    uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=1, budget=None)
+    uploader.start()
+    try:
+        assert uploader.wait_for(name, 30)
+    finally:
+        assert uploader.stop() == (name,)
+    assert storage.probes, "the uploader must ask whether the file is archived already"
+    assert len(storage.probes) == len(set(storage.probes)), storage.probes
+    assert storage.get_bytes(f"wal_005/{name}.lz4") != b""
+    assert (Path(status_dir(str(wal_dir))) / name).exists()

@@ -72,10 +72,14 @@ def status_dir(wal_dir: str) -> str:
     return os.path.join(wal_dir, STATUS_DIR)
 
 
-def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1) -> WalPushResult:
+def push_one(
+    settings: Settings, storage: Storage, source: str, threads: int = 1, absent: bool = False
+) -> WalPushResult:
     """Upload one WAL file with the overwrite rules; no look-ahead, no markers.
 
     ``threads`` compress it in parallel: worth it when this is the only upload running.
+    ``absent``: the caller has just found no object of this file in storage (under any
+    extension), so the overwrite check need not ask again.
     """
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
@@ -83,7 +87,7 @@ def push_one(settings: Settings, storage: Storage, source: str, threads: int = 1
         raise UsageError(f"WAL file {source} does not exist")
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
-    if settings.prevent_wal_overwrite or name.endswith(".history"):
+    if not absent and (settings.prevent_wal_overwrite or name.endswith(".history")):
         existing = find_wal_object(storage, name)
         if existing is not None:
             if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
@@ -302,7 +306,6 @@ class LookaheadUploader:
     ) -> None:
         self._settings = settings
         self._storage = storage
-        self._extension = codec_for_method(settings.compression).extension
         self._wal_dir = wal_dir
         self._archive_status = os.path.join(wal_dir, "archive_status")
         self._status = status_dir(wal_dir)
@@ -378,35 +381,42 @@ class LookaheadUploader:
         if self._stop.is_set():
             return
         marker = os.path.join(self._status, name)
-        with segment_lock(self._status, name, 0) as locked:
-            # Not locked: a wal-push of this very file is archiving it. No .ready: PostgreSQL
-            # has archived it meanwhile. A marker: archived by another uploader. Stored
-            # already: a wal-push archived it just now and PostgreSQL has not yet marked it
-            # done (or it was archived before): a marker would outlive every call for it.
-            if (
-                not locked
-                or not os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
-                or os.path.exists(marker)
-                or self._storage.exists(wal_key(name, self._extension))
-            ):
-                with self._lock:
+        archived = False
+        try:
+            with segment_lock(self._status, name, 0) as locked:
+                # Not locked: a wal-push of this very file is archiving it. No .ready:
+                # PostgreSQL has archived it meanwhile. A marker: archived by another uploader.
+                if (
+                    not locked
+                    or not os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
+                    or os.path.exists(marker)
+                ):
+                    return
+                path = os.path.join(self._wal_dir, name)
+                try:
+                    # Stored already: a wal-push archived it just now and PostgreSQL has not
+                    # yet marked it done (or it was archived before, maybe compressed
+                    # otherwise): PostgreSQL's own call compares it. A marker would outlive
+                    # every call for it.
+                    if find_wal_object(self._storage, name) is not None:
+                        return
+                    identity = file_identity(path)
+                    push_one(self._settings, self._storage, path, absent=True)
+                except (WalgError, OSError) as exc:
+                    # PostgreSQL will call archive_command for this file and see the error
+                    # itself.
+                    log.warning("look-ahead upload of %s failed: %s", name, exc)
+                    if self._on_error is not None:
+                        self._on_error(name, exc)
+                    return
+                write_marker(marker, identity)
+                archived = True
+        finally:
+            with self._lock:
+                if archived:
+                    self._done.append(name)
+                else:
                     self._started.discard(name)
-                return
-            path = os.path.join(self._wal_dir, name)
-            try:
-                identity = file_identity(path)
-                push_one(self._settings, self._storage, path)
-            except (WalgError, OSError) as exc:
-                # PostgreSQL will call archive_command for this file and see the error itself.
-                log.warning("look-ahead upload of %s failed: %s", name, exc)
-                if self._on_error is not None:
-                    self._on_error(name, exc)
-                with self._lock:
-                    self._started.discard(name)
-                return
-            write_marker(marker, identity)
-        with self._lock:
-            self._done.append(name)
 
     def claim(self, name: str) -> bool:
         """Reserve ``name`` for the caller's own upload; False if an upload has it already."""
