@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from walg import __version__
-from walg.cli.main import main
+from walg.cli.main import _fast_args, build_parser, main
 
 SEG = "000000010000000000000007"
 GOLDEN = Path(__file__).parent / "golden"
@@ -215,3 +215,37 @@ def test_backup_fetch_of_missing_backup_exits_74(
     _, err = stderr_lines(capsys)
     assert code == 74
     assert err[-1].startswith("ERROR:")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["wal-push", "pg_wal/" + SEG],
+        ["--config", "/etc/walg.json", "wal-push", "pg_wal/" + SEG],
+        ["wal-fetch", SEG, "pg_wal/RECOVERYXLOG"],
+        ["daemon", "/run/walg.sock"],
+        ["daemon", "/run/walg.sock", "/var/lib/postgresql/data"],
+        ["--config", "/etc/walg.json", "daemon", "/run/walg.sock", "/srv/pg"],
+    ],
+)
+def test_the_fast_path_parses_as_argparse_does(argv: list[str]) -> None:
+    """The calls that skip argparse get the very arguments argparse would give them."""
+    fast = vars(_fast_args(argv))
+    full = vars(build_parser().parse_args(argv))
+    assert fast == {k: full.get(k, fast[k]) for k in fast}, (fast, full)
+    assert {k: v for k, v in full.items() if k not in fast} == {}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["daemon"],
+        ["daemon", "--help"],
+        ["daemon", "a", "b", "c"],
+        ["wal-push"],
+        ["wal-push", "-x", "p"],
+        ["backup-list"],
+    ],
+)
+def test_other_calls_go_to_argparse(argv: list[str]) -> None:
+    assert _fast_args(argv) is None

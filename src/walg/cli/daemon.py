@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 
-from walg.cli.context import Context
 from walg.core.log import get_logger
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    import argparse
+
+    from walg.cli.context import Context
 
 log = get_logger(__name__)
 
