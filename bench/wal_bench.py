@@ -34,8 +34,10 @@ segment to an archive). So every tool handles the very same segments.
     with ``WALG_UPLOAD_CONCURRENCY=1`` (no look-ahead: every call uploads) and with defaults;
     ``pgbackrest archive-push`` sync and ``archive-async=y`` (``process-max=2``, own spool).
     Floors: ``/bin/true`` (this harness: the spawn, ``sh``, one fork), the venv's ``python3 -S
-    -E -c pass``, ``walg --version`` and ``walg-daemon-client SOCK check`` (a daemon round trip
-    doing nothing). Reported: median and p95 of the wall time per call, spawn to reap.
+    -E -c pass``, ``walg --version``, ``walg-daemon-client SOCK check`` (a daemon round trip
+    doing nothing) and ``bench/floor_push.py`` (the least work a Python program does to store
+    the segment durably as walg does: map, LZ4 on two threads, XXH3, write, fsync, rename; no
+    walg import, no checks). Reported: median and p95 of the wall time per call, spawn to reap.
 
 (b) **backlog drain** (``--only b``). Per variant and repetition, a fresh copy of the template
     is started with all ``--segments`` segments ``.ready`` and ``archive_command=''``; the
