@@ -13,7 +13,7 @@ from lz4frames import check_trailer_object
 from walg.errors import FormatError, IntegrityError, UsageError, WalNotFound, WalOverwriteError
 from walg.ops.wal import find_wal_object
 from walg.ops.wal_fetch import wal_fetch
-from walg.ops.wal_push import wal_push
+from walg.ops.wal_push import push_one, wal_push
 from walg.settings import Settings, load
 from walg.storage.base import Storage
 
@@ -330,3 +330,19 @@ def test_push_does_not_add_a_second_object_beside_unsupported_compression(
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do
         wal_push(make_settings(tmp_path), storage, str(write_wal(tmp_path, SEG, b"other")))
     assert [i.key for i in storage.list("")] == [f"wal_005/{SEG}.zst"]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 4095, 4 << 20, (4 << 20) + 1, (9 << 20) + 4097], ids=lambda n: f"{n}B"
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_push_one_stores_every_byte_whatever_the_size(
+    storage: Storage, tmp_path: Path, size: int, threads: int
+) -> None:
+    """One thread maps the file a 4 MiB block at a time, several map it whole: both store
+    exactly the file, with the digest trailer, for sizes on and off block boundaries."""
+    data = (os.urandom(1 << 16) * ((size >> 16) + 1))[:size]
+    path = write_wal(tmp_path / "pg_wal", SEG, data)
+    result = push_one(make_settings(tmp_path), storage, str(path), threads)
+    assert result.uploaded and (result.raw_size, result.key) == (size, f"wal_005/{SEG}.lz4")
+    assert check_trailer_object(stored(storage, result.key)) == data

@@ -109,14 +109,19 @@ def push_one(
             ):
                 up.writer.write(data)
         else:
-            # One thread compresses each block within write(): one reused buffer is enough.
-            # Same CPU as a mapping (interleaved A/B), but mapped pages count in RSS: a daemon
-            # draining a backlog peaked at 61 MB this way against 109 MB mapped.
-            buffer = bytearray(BLOCK)
-            view = memoryview(buffer)
+            # One thread compresses each block within write(), so one block of the file is
+            # mapped at a time: no copy out of the page cache and no fresh buffer to fault in
+            # (in a drain, 28 ms of daemon CPU per segment against 31.5-33 read into a new
+            # 4 MiB buffer and 29-30 into a reused one), and mapped pages stay one block's
+            # worth (a daemon draining a backlog peaked at 50 MB, as reading; 98 MB with the
+            # whole file mapped). A file truncated while mapped would end the process with
+            # SIGBUS rather than store a torn copy; PostgreSQL never truncates a segment it
+            # has marked .ready.
+            size = os.fstat(handle.fileno()).st_size
             with upload(storage, key, codec, hash_stored=False) as up:
-                while got := handle.readinto(buffer):
-                    up.writer.write(view[:got])
+                for offset in range(0, size, BLOCK):
+                    with mapped_file(handle, offset, min(BLOCK, size - offset)) as block:
+                        up.writer.write(block)
     return WalPushResult(name, key, True, up.raw_size, up.stored_size)
 
 
@@ -481,17 +486,22 @@ def lookahead_workers(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def mapped_file(handle: BinaryIO) -> Iterator[bytes | memoryview]:
-    """The whole file open in ``handle``, mapped read-only (``b""`` when it is empty)."""
+def mapped_file(
+    handle: BinaryIO, offset: int = 0, length: int | None = None
+) -> Iterator[bytes | memoryview]:
+    """``length`` bytes (default: to the end) of the file open in ``handle`` from ``offset``
+    (a multiple of the page size), mapped read-only; ``b""`` when that is nothing."""
     import mmap
 
-    size = os.fstat(handle.fileno()).st_size
-    if size == 0:
+    size = os.fstat(handle.fileno()).st_size - offset if length is None else length
+    if size <= 0:
         yield b""
         return
     # MAP_POPULATE maps every page up front, cheaper than one fault per page later.
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with mmap.mmap(handle.fileno(), size, flags=flags, prot=mmap.PROT_READ) as mapping:
+    with mmap.mmap(
+        handle.fileno(), size, flags=flags, prot=mmap.PROT_READ, offset=offset
+    ) as mapping:
         view = memoryview(mapping)
         try:
             yield view
