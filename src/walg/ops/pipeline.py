@@ -54,7 +54,7 @@ def upload(
     its own, the codec's digest trailer.
     """
     # The hashing stages are imported only when used: WAL calls, which run once per segment,
-    # do not hash the stored bytes (about 1 ms of imports).
+    # do not hash the stored bytes (about 0.7 ms of imports).
     with storage.open_write(key) as sink:
         if hash_stored:
             from walg.streams.hashing import HashingWriter
