@@ -56,12 +56,12 @@ def upload(
     # The hashing stages are imported only when used: WAL calls, which run once per segment,
     # do not hash the stored bytes (about 0.7 ms of imports).
     with storage.open_write(key) as sink:
+        hasher = None
         if hash_stored:
             from walg.streams.hashing import HashingWriter
 
-            stored: CountingWriter | HashingWriter = HashingWriter(sink)
-        else:
-            stored = CountingWriter(sink)
+            hasher = HashingWriter(sink)
+        stored = hasher if hasher is not None else CountingWriter(sink)
         compressor = codec.writer(stored, threads=threads, trailer=not hash_stored)
         raw = CountingWriter(compressor)
         handle = Upload(raw)
@@ -73,11 +73,10 @@ def upload(
             compressor.abort()
             raise
     handle.raw_size, handle.stored_size = raw.size, stored.size
-    if hash_stored:
+    if hasher is not None:
         from walg.core.checksum import StoredObject
 
-        assert not isinstance(stored, CountingWriter)
-        handle.result = StoredObject(stored.checksum(), raw.size)
+        handle.result = StoredObject(hasher.checksum(), raw.size)
 
 
 @dataclass
