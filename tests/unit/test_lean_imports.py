@@ -1,4 +1,4 @@
-"""walg._lean_imports: dataclasses without inspect and re until they are really needed."""
+"""walg._lean_imports: dataclasses without inspect, re and copy until they are really needed."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_walg_values_load_without_inspect_and_dataclasses_still_work() -> None:
     code = """
 import sys
 import walg.settings, walg.ops.wal_push, walg.storage.file, walg.cli.main
-print(*(m in sys.modules for m in ('inspect', 're', 'enum', 'dataclasses')))
+print(*(m in sys.modules for m in ('inspect', 're', 'enum', 'copy', 'weakref', 'dataclasses')))
 import dataclasses
 from walg.core.lsn import Segment
 seg = Segment(1, 5)
@@ -42,16 +42,29 @@ class NoDoc:
     y: str = 'a'
 
 # The generated __doc__ is dataclasses' one use of inspect: it imports it now.
-print(NoDoc.__doc__, dataclasses.asdict(NoDoc(1)))
-import inspect
+print(NoDoc.__doc__, 'copy' in sys.modules)
+
+@dataclasses.dataclass
+class Holder:
+    'A field whose value asdict must copy deeply.'
+
+    items: list[list[int]]
+
+# asdict deep-copies field values: copy is imported on that first use, and really copies.
+held = Holder([[1]])
+out = dataclasses.asdict(held)
+out['items'][0].append(2)
+import copy, inspect
+print(out, held.items, dataclasses.copy is copy)
 print('inspect' in sys.modules, dataclasses.inspect is inspect)
 """
     assert run(code).splitlines() == [
-        "False False False True",
+        "False False False False False True",
         "7 ['timeline', 'segno']",
         "frozen",
         "False",
-        "NoDoc(x: int, y: str = 'a') {'x': 1, 'y': 'a'}",
+        "NoDoc(x: int, y: str = 'a') False",
+        "{'items': [[1, 2]]} [[1]] True",
         "True True",
     ]
 
@@ -63,6 +76,15 @@ import walg, dataclasses
 print(dataclasses.inspect is inspect, sys.modules['inspect'] is inspect)
 """
     assert run(code) == "True True"
+
+
+def test_a_copy_loaded_first_is_used() -> None:
+    code = """
+import copy, sys
+import walg, dataclasses
+print(dataclasses.copy is copy, 'inspect' in sys.modules)
+"""
+    assert run(code) == "True False"
 
 
 def test_a_dataclasses_loaded_first_is_left_alone() -> None:

@@ -75,10 +75,11 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         # Beyond database and cloud libraries: modules that cost an archive_command call
         # milliseconds each (typing, logging, pathlib, json, datetime, concurrent.futures,
         # re with enum, blake3: WAL objects carry no BLAKE3, their codec's checksum guards them;
-        # nor the stages and records of that checksum).
+        # nor the stages and records of that checksum; copy with weakref, for asdict alone).
         "heavy = [m for m in ('psycopg', 'boto3', 'yaml', 'argparse', 'walg.core.metadata',"
         " 'concurrent.futures', 'typing', 'logging', 'pathlib', 'json', 'datetime', 'blake3',"
-        " 'inspect', 're', 'enum', 'walg.core.checksum', 'walg.streams.hashing')"
+        " 'inspect', 're', 'enum', 'walg.core.checksum', 'walg.streams.hashing', 'copy',"
+        " 'weakref')"
         " if m in sys.modules]\n"
         # Again: the overwrite check reads the archived copy back (and logs that it did).
         f"rc += main(['wal-push', '{wal / '000000010000000000000001'}'])\n"
