@@ -2108,6 +2108,12 @@ def installed_walg(walg: Path) -> Path | None:
     return found[0] if found else None
 
 
+def dataclass_table_bytes(root: Path | None) -> int | None:
+    """The size of the installed walg's cache of compiled dataclass methods; None if absent."""
+    tables = sorted((root / "__pycache__").glob("dataclass-code.*.marshal")) if root else []
+    return tables[0].stat().st_size if tables else None
+
+
 def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
     root = installed_walg(args.walg)
     installed = package_digest(root) if root is not None else "unknown"
@@ -2121,6 +2127,9 @@ def environment(args: argparse.Namespace, user: PgUser) -> dict[str, Any]:
         "walg_installed_digest": installed,
         "walg_checkout_digest": checkout,
         "walg_installed_is_checkout": installed == checkout,
+        # The dataclass methods setup.sh caches (walg._dataclass_code): a cold call without
+        # them compiles those methods again, about 3 ms.
+        "walg_dataclass_table_bytes": dataclass_table_bytes(root),
         "pgbackrest_version": tool_version(user, [str(args.pgbackrest), "version"]),
         "postgres_version": tool_version(user, [str(args.pg_bindir / "postgres"), "--version"]),
     }

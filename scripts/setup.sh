@@ -319,6 +319,13 @@ else
     log "walg installed: $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("walg"))')"
 fi
 [[ -x $VENV/bin/walg ]] || warn "$VENV/bin/walg console script is missing"
+# The methods dataclasses compiles for walg's classes, cached beside walg's .pyc files where the
+# user PostgreSQL runs as could not write them (see walg._dataclass_code).
+TABLE=$("$VENV/bin/python" -c 'from walg._dataclass_code import table_path; print(table_path())')
+if [[ ! -s $TABLE || $STAMP -nt $TABLE ]]; then
+    warmed=$("$VENV/bin/walg" warm-cache) || die "walg warm-cache failed"
+    log "$warmed"
+fi
 NATIVE_CLIENT=$VENV/bin/walg-daemon-client-native
 if [[ ! -x $NATIVE_CLIENT || $STAMP -nt $NATIVE_CLIENT ]]; then
     "$VENV/bin/walg" build-daemon-client "$NATIVE_CLIENT" >/dev/null ||

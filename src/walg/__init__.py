@@ -8,4 +8,11 @@ from walg._lean_imports import import_dataclasses_lean
 
 import_dataclasses_lean()
 
+import dataclasses  # noqa: E402 - after the lean import, which it finds in sys.modules
+
+from walg._dataclass_code import install  # noqa: E402
+
+install(dataclasses)
+del dataclasses, install, import_dataclasses_lean
+
 __version__ = "0.1.0"

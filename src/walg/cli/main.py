@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "wal_verify",
     "daemon",
     "build_daemon_client",
+    "warm_cache",
 )
 
 
