@@ -9,14 +9,14 @@ classes an ``archive_command`` call creates that compiling is most of the class 
 :func:`install` hands ``dataclasses`` an ``exec`` that looks the text up in a table of code
 objects compiled earlier from that same text by this same interpreter, and compiles only what
 is missing. The table is one marshal file in the ``__pycache__`` folder that holds walg's own
-``.pyc`` files, with the same rules: it is written only where Python would write bytecode, is
-keyed by the interpreter's version, and anything unreadable in it is ignored. A process that
-compiled something new writes the merged table when it exits. Only classes defined in walg's
-own modules are cached, so the table stays as small as walg's source.
+``.pyc`` files (under ``sys.pycache_prefix`` when that is set), trusted as they are. It is keyed
+by the interpreter's version, and anything unreadable in it is ignored. A process that compiled
+something new merges it into the table when it exits, where Python would write bytecode. Only
+classes defined in walg's own modules are cached, so the table stays as small as walg's source.
 
 Where walg's folder is not writable (a package installed by root, run by ``postgres``), the
-table is whatever the installer's :func:`warm` wrote; without one every class is compiled as
-before, only slower.
+table is what ``walg warm-cache`` (:func:`warm`) wrote at installation; without one every
+class is compiled as before, only slower.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def warm() -> tuple[str, int]:
         raise WalgError("this Python caches no bytecode (sys.implementation.cache_tag is None)")
     hook = getattr(sys.modules.get("dataclasses"), "exec", None)
     if not isinstance(hook, CachedExec):
-        raise WalgError("dataclasses was loaded before walg: nothing was cached")
+        raise WalgError("dataclasses in this process does not use walg's cache: nothing cached")
     if not write_table(path, hook.seen, merge=False):
         raise WalgError(f"cannot write {path}: run this as the user who installed walg")
     hook.compiled = {}
