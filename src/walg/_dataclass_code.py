@@ -136,20 +136,22 @@ class CachedExec:
     ) -> None:
         if isinstance(source, str):
             module = "" if globals_ is None else str(globals_.get("__name__", ""))
-            code = None
             if module.startswith(MODULE_PREFIX):
-                table = self.tables.get(module)
-                if table is None:
-                    table = self.tables[module] = decode(self.blobs.pop(module, b""))
-                code = table.get(source)
-            if code is None:
-                code = compile_as_dataclasses(source)
-                if module.startswith(MODULE_PREFIX):
-                    self.compiled.setdefault(module, {})[source] = code
-            if module.startswith(MODULE_PREFIX):
-                self.seen.setdefault(module, {})[source] = code
-            source = code
+                source = self._code(module, source)
+            else:
+                source = compile_as_dataclasses(source)
         exec(source, globals_, locals_)  # the very call dataclasses makes
+
+    def _code(self, module: str, source: str) -> CodeType:
+        table = self.tables.get(module)
+        if table is None:
+            table = self.tables[module] = decode(self.blobs.pop(module, b""))
+        code = table.get(source)
+        if code is None:
+            code = compile_as_dataclasses(source)
+            self.compiled.setdefault(module, {})[source] = code
+        self.seen.setdefault(module, {})[source] = code
+        return code
 
 
 def install(dataclasses: ModuleType) -> None:
