@@ -302,6 +302,32 @@ def test_the_script_prefers_the_compiled_client_beside_it(walg_bin: str, tmp_pat
     assert run({"WALG_DAEMON_CLIENT_PYTHON": "1"}) == f"python3 -S -E {script} SOCK check"
 
 
+def test_the_python_client_loads_nothing_of_walg_but_itself(walg_bin: str, tmp_path: Path) -> None:
+    """The installed script as its shell part runs it (python3 -S -E), with an import log: the
+    client module, and neither walg's __init__ (dataclasses, the compiled-methods table) nor
+    anything else of walg or the heavy standard modules."""
+    script = Path(walg_bin).with_name("walg-daemon-client")
+    python = Path(walg_bin).with_name("python3")
+    out = subprocess.run(
+        [str(python), "-S", "-E", "-X", "importtime", str(script), str(tmp_path / "s"), "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "nothing" in out.stderr  # no daemon there: an honest failure
+    imported = {
+        line.split("|")[-1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:") and not line.rstrip().endswith("package")
+    }
+    assert "walg.daemon_client" in imported
+    walg_modules = {name for name in imported if name.startswith("walg")}
+    assert walg_modules == {"walg.daemon_client"}, walg_modules
+    heavy = {"dataclasses", "socket", "enum", "re", "functools", "typing", "atexit"} & imported
+    assert heavy == set(), heavy
+
+
 def test_build_into_a_missing_directory_says_so(walg_bin: str, tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "dir" / "client"
     res = subprocess.run(
