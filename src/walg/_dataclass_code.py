@@ -187,6 +187,12 @@ def warm() -> tuple[str, int]:
     import walg
     from walg.errors import WalgError
 
+    path = table_path()
+    if path is None:
+        raise WalgError("this Python caches no bytecode (sys.implementation.cache_tag is None)")
+    hook = getattr(sys.modules.get("dataclasses"), "exec", None)
+    if not isinstance(hook, CachedExec):
+        raise WalgError("dataclasses in this process does not use walg's cache: nothing cached")
     for info in pkgutil.walk_packages(walg.__path__, MODULE_PREFIX):
         if info.name.endswith("__main__"):
             continue
@@ -194,13 +200,8 @@ def warm() -> tuple[str, int]:
             importlib.import_module(info.name)
         except ImportError:
             continue
-    path = table_path()
-    if path is None:
-        raise WalgError("this Python caches no bytecode (sys.implementation.cache_tag is None)")
-    hook = getattr(sys.modules.get("dataclasses"), "exec", None)
-    if not isinstance(hook, CachedExec):
-        raise WalgError("dataclasses in this process does not use walg's cache: nothing cached")
     if not write_table(path, hook.seen, merge=False):
         raise WalgError(f"cannot write {path}: run this as the user who installed walg")
     hook.compiled = {}
-    return path, sum(len(decode(blob)) for blob in read_blobs(path).values())
+    # Written fresh, so the table holds exactly what this process met.
+    return path, sum(map(len, hook.seen.values()))

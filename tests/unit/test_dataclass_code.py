@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -122,8 +123,6 @@ print(json.dumps({
 def test_an_unreadable_table_is_ignored_and_replaced(tmp_path: Path, content: bytes | str) -> None:
     path = Path(str(run(REPORT, tmp_path)["path"]))
     good = path.read_bytes()
-    import marshal
-
     if content == "truncated":
         data = good[: len(good) // 2]
     elif content == "another python":
@@ -167,8 +166,6 @@ def test_without_bytecode_writing_nothing_is_written(tmp_path: Path) -> None:
 
 def test_warm_writes_every_walg_class_and_drops_stale_entries(tmp_path: Path) -> None:
     path = Path(str(run(REPORT, tmp_path)["path"]))
-    import marshal
-
     stale = compile("x = 1", "<string>", "exec")
     assert cache.write_table(str(path), {"walg.gone": {"x = 1": stale}})
     assert "walg.gone" in cache.read_blobs(str(path))
