@@ -2,7 +2,8 @@
 
 Every error a command can raise derives from :class:`WalgError` and carries the process exit
 code the CLI should use. Codes stay below 126 because PostgreSQL treats higher exit codes from
-``archive_command``/``restore_command`` as fatal signals. Messages never contain secrets.
+``archive_command``/``restore_command`` as fatal signals; the one exception is chosen by the
+CLI, not raised: :data:`EXIT_ABORT_RECOVERY`. Messages never contain secrets.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 74
 EXIT_CONFIG = 78
+# A restore_command that exits 1-125 tells PostgreSQL "not in the archive": in archive recovery
+# it then ends recovery and promotes, without the rest of the WAL. A failed wal-fetch (a corrupt
+# object, unreachable storage) therefore exits above 125 there, which makes recovery stop with
+# an error instead; see walg.cli.wal_fetch.failure_exit_code.
+EXIT_ABORT_RECOVERY = 128
 
 
 class WalgError(Exception):
@@ -61,6 +67,13 @@ class WalNotFound(WalgError):
     """The WAL file asked for is not in the archive (wal-fetch exits 74, as WAL-G)."""
 
     exit_code = EXIT_NOT_FOUND
+
+
+class RequestAbandoned(WalgError):
+    """The daemon's caller gave up on a wal-fetch before its file was put in place."""
+
+    def __init__(self) -> None:
+        super().__init__("the request was abandoned before the file was in place")
 
 
 class WalOverwriteError(WalgError):

@@ -8,10 +8,11 @@ second restore of the same timeline-1 backup must follow the history onto timeli
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall
+from pgcluster import Cluster, CommandError, PgInstall
 from walgcli import WalgSetup, archive_now, normalized_dump
 
 
@@ -122,3 +123,53 @@ def test_recovery_follows_a_timeline_switch(
     second.checkpoint()
     assert second.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "3"
     second.stop()
+
+
+def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """PostgreSQL takes a restore_command exit code up to 125 for the end of the archive: a
+    corrupt segment must stop recovery with an error, not promote a server without the rest."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    src.psql("CREATE TABLE t (i int)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
+    damaged = archive_now(src)
+    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
+    archive_now(src)
+    src.stop()
+    stored = walg.store / "wal_005" / f"{damaged}.lz4"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+        ]
+    )
+    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    # pg_ctl may report a failed start: recovery can stop before the server is ready.
+    with contextlib.suppress(CommandError):
+        restored.start(wait_ready=False)
+    deadline = time.monotonic() + 120
+    while restored.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = restored.log_tail(200)
+    assert not restored.is_running(), log
+    assert f'could not restore file "{damaged}" from archive' in log, log
+    assert "exit code 128" in log, log
+    assert "selected new timeline ID" not in log, log
+    assert not (dest / "pg_wal" / "00000002.history").exists()
+    assert (dest / "recovery.signal").exists()  # still to be recovered, once the archive is fixed

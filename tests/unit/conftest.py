@@ -16,6 +16,7 @@ from walg.storage.memory import MemoryStorage
 def make_storage(kind: str, tmp_path: Path) -> Storage:
     if kind == "memory":
         return MemoryStorage()
+    (tmp_path / "store").mkdir(exist_ok=True)  # an archive; a missing one is not available
     return FileStorage(tmp_path / "store")
 
 

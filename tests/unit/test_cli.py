@@ -32,6 +32,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 @pytest.fixture
 def file_store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store = clean_env / "store"
+    store.mkdir()  # an archive folder that is not there is a failure, not "not found"
     monkeypatch.setenv("WALG_FILE_PREFIX", str(store))
     return store
 
@@ -144,6 +145,7 @@ def test_config_file_supplies_the_prefix(
 ) -> None:
     config = clean_env / "walg.json"
     store = clean_env / "from-config"
+    store.mkdir()
     config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
     code = main(["--config", str(config), "wal-fetch", SEG, str(clean_env / "out")])
     assert code == 74  # storage configured (from the file), the file is just not archived

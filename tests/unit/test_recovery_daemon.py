@@ -38,6 +38,46 @@ def test_recovery_conf_before_pg12_and_quoting(tmp_path: Path) -> None:
     assert not (tmp_path / "recovery.signal").exists()
 
 
+def test_an_earlier_recovery_block_is_disabled(tmp_path: Path) -> None:
+    # A cluster restored with a target, promoted and backed up still has that block.
+    earlier = (
+        "port = 5999\n"
+        "# recovery settings written by walg backup-fetch\n"
+        "restore_command = 'old %f %p'\n"
+        "recovery_target_time = '2024-01-01 00:00:00+00'\n"
+        "  Recovery_Target_Action='pause'\n"
+        "recovery_target_timeline 'latest'"  # no "=" and no final newline: both legal
+    )
+    auto = tmp_path / "postgresql.auto.conf"
+    auto.write_text(earlier)
+    write_recovery_config(tmp_path, 160000, RecoveryTarget("new %f %p", lsn="0/3000000"))
+    lines = auto.read_text().splitlines()
+    active = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert active == [
+        "port = 5999",
+        "restore_command = 'new %f %p'",
+        "recovery_target_lsn = '0/3000000'",
+        "recovery_target_action = 'promote'",
+    ]
+    assert "# disabled by walg backup-fetch: recovery_target_time = '2024-01-01 00:00:00+00'" in (
+        lines
+    )
+    assert "# disabled by walg backup-fetch:   Recovery_Target_Action='pause'" in lines
+
+
+def test_backslashes_are_escaped_and_line_breaks_refused(tmp_path: Path) -> None:
+    write_recovery_config(tmp_path, 150000, RecoveryTarget(r"echo 'no\tfile' %f %p"))
+    auto = (tmp_path / "postgresql.auto.conf").read_text()
+    assert r"restore_command = 'echo ''no\\tfile'' %f %p'" in auto
+    (tmp_path / "recovery.signal").unlink()
+    for bad in ("a\nrecovery_target_time = 'x'", "a\rb", "a\0b"):
+        with pytest.raises(UsageError, match="line break or NUL"):
+            RecoveryTarget(bad).check()
+        with pytest.raises(UsageError):
+            write_recovery_config(tmp_path, 150000, RecoveryTarget("c", name=bad))
+    assert not (tmp_path / "recovery.signal").exists()
+
+
 @pytest.mark.parametrize(
     "target",
     [

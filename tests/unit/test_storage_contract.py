@@ -339,6 +339,15 @@ def test_file_missing_root_lists_empty_and_is_created_on_write(tmp_path: Path) -
     assert keys(storage, "") == ["wal_005/x"]
 
 
+def test_file_missing_root_is_not_available(tmp_path: Path) -> None:
+    FileStorage(tmp_path).check_available()
+    with pytest.raises(StorageError, match="does not exist"):
+        FileStorage(tmp_path / "unmounted").check_available()
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(StorageError, match="not a folder"):
+        FileStorage(tmp_path / "a-file").check_available()
+
+
 def test_file_stat_modified_time_is_the_file_mtime(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     storage.put_bytes("k", b"1")

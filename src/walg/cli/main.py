@@ -120,22 +120,26 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     except WalNotFound as exc:
         # PostgreSQL asks for files past the end of the archive all the time: one quiet line.
         sys.stderr.write(f"walg: {exc}\n")
-        return EXIT_NOT_FOUND, fast
+        code = EXIT_NOT_FOUND
     except WalgError as exc:
         sys.stderr.write(f"ERROR: {exc}\n")
-        return exc.exit_code, fast
+        code = exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("ERROR: interrupted\n")
-        return EXIT_FAILURE, fast
+        code = EXIT_FAILURE
     except Exception as exc:
         from walg.core.log import get_logger
 
         get_logger("walg").debug("unexpected error", exc_info=True)
         sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
-        return EXIT_FAILURE, fast
+        code = EXIT_FAILURE
     finally:
         if ctx is not None:
             ctx.close()
+    if code and args.command == "wal-fetch":
+        from walg.cli.wal_fetch import failure_exit_code
+
+        code = failure_exit_code(args.destination, code)
     return code, fast
 
 

@@ -2,11 +2,18 @@
 
 After a segment is restored, a detached ``walg wal-prefetch`` child downloads the next
 ``WALG_DOWNLOAD_CONCURRENCY`` segments, so the following calls are served from local disk.
+
+Exit codes: 0 restored, 74 not in the archive; any other failure exits 1, or
+``EXIT_ABORT_RECOVERY`` (128) when DEST is in a data directory in archive recovery, where
+PostgreSQL would take a code up to 125 for "end of the archive" and promote without the rest
+of the WAL (:func:`failure_exit_code`).
 """
 
 from __future__ import annotations
 
 import os
+
+from walg.errors import WalgError
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -47,10 +54,38 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         not args.no_prefetch
         and ctx.settings.download_concurrency > 1
         and is_segment_name(args.name)
-        and not _already_prefetched(ctx, args.name, args.destination)
     ):
-        ctx.spawn_detached("wal-prefetch", args.name, os.path.abspath(args.destination))
+        # The file is in place: from here on nothing may turn this call into a failure, which
+        # PostgreSQL would take for the end of the archive.
+        try:
+            if not _already_prefetched(ctx, args.name, args.destination):
+                ctx.spawn_detached("wal-prefetch", args.name, os.path.abspath(args.destination))
+        except (OSError, WalgError) as exc:
+            from walg.core.log import get_logger
+
+            get_logger(__name__).warning("not prefetching after %s: %s", args.name, exc)
     return 0
+
+
+def failure_exit_code(destination: str, code: int) -> int:
+    """The exit code of a wal-fetch to ``destination`` that failed with ``code``.
+
+    PostgreSQL runs restore_command in its data directory with ``%p`` = ``pg_wal/…``. When that
+    directory is in archive recovery (``recovery.signal`` without ``standby.signal``), any code
+    up to 125 ends recovery as if the archive ended here, so a failure exits
+    ``EXIT_ABORT_RECOVERY`` and recovery stops with an error the DBA sees. A standby keeps the
+    ordinary code: it goes on streaming and asks again later.
+    """
+    from walg.errors import EXIT_ABORT_RECOVERY, EXIT_NOT_FOUND
+
+    if code in (0, EXIT_NOT_FOUND):
+        return code
+    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+    if os.path.exists(os.path.join(pgdata, "recovery.signal")) and not os.path.exists(
+        os.path.join(pgdata, "standby.signal")
+    ):
+        return EXIT_ABORT_RECOVERY
+    return code
 
 
 def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:

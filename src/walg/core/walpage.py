@@ -3,7 +3,8 @@
 Every page starts with ``XLogPageHeaderData`` (magic, info, timeline, the page's own WAL
 address, remaining length); the first page of a segment has the long form, which adds the
 system identifier, the segment size and the page size (``access/xlog_internal.h``). Also here:
-telling from a file's first page whether it is the segment its name says.
+telling from a file's first page whether it is the segment its name says, and of which cluster
+(the system identifier, also the first field of ``global/pg_control``).
 """
 
 from __future__ import annotations
@@ -17,28 +18,47 @@ PAGE_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pagead
 LONG_HEADER = struct.Struct("<HHIQI4xQII")  # + xlp_rem_len, pad, sysid, seg_size, blcksz
 XLP_LONG_HEADER = 0x0002
 MIN_PAGE_MAGIC = 0xD061  # PostgreSQL 9.3's; every later major has a larger one
+SYSTEM_ID = struct.Struct("=Q")  # ControlFileData.system_identifier, in the server's byte order
 
 
-def segment_magic(head: bytes, segno: int, segment_size: int) -> int | None:
+def segment_magic(
+    head: bytes, segno: int, segment_size: int, system_id: int | None = None
+) -> int | None:
     """The page magic if ``head`` is the first page header of segment ``segno``, else None.
 
     A preallocated or recycled file holds zeros or an older segment's pages until PostgreSQL
-    writes it, so its header names another address.
+    writes it, so its header names another address. With ``system_id``, a segment of another
+    cluster is refused too: every cluster starts at the same segment names.
     """
     if len(head) < LONG_HEADER.size:
         return None
-    magic, info, _tli, pageaddr, _rem, _sysid, seg_size, _blcksz = LONG_HEADER.unpack_from(head)
+    magic, info, _tli, pageaddr, _rem, sysid, seg_size, _blcksz = LONG_HEADER.unpack_from(head)
     if (
         magic < MIN_PAGE_MAGIC
         or not info & XLP_LONG_HEADER
         or pageaddr != segno * segment_size
         or seg_size != segment_size
+        or (system_id is not None and sysid != system_id)
     ):
         return None
     return int(magic)
 
 
-def segment_file_magic(fd: int, name: str, segment_size: int) -> int | None:
+def cluster_system_id(pgdata: str) -> int | None:
+    """The system identifier in ``pgdata/global/pg_control``; None where there is none."""
+    try:
+        with open(os.path.join(pgdata, "global", "pg_control"), "rb") as handle:
+            head = handle.read(SYSTEM_ID.size)
+    except OSError:
+        return None
+    if len(head) < SYSTEM_ID.size:
+        return None
+    return int(SYSTEM_ID.unpack(head)[0])
+
+
+def segment_file_magic(
+    fd: int, name: str, segment_size: int, system_id: int | None = None
+) -> int | None:
     """The page magic if open file ``fd`` is a whole segment that really is ``name``, else None.
 
     OSError from the file goes to the caller.
@@ -46,17 +66,19 @@ def segment_file_magic(fd: int, name: str, segment_size: int) -> int | None:
     if os.fstat(fd).st_size != segment_size:
         return None
     head = os.pread(fd, LONG_HEADER.size, 0)
-    return segment_magic(head, Segment.parse(name, segment_size).segno, segment_size)
+    return segment_magic(head, Segment.parse(name, segment_size).segno, segment_size, system_id)
 
 
-def valid_segment_file(path: str, name: str, segment_size: int) -> bool:
-    """Is ``path`` a complete WAL segment that really is ``name``?"""
+def valid_segment_file(
+    path: str, name: str, segment_size: int, system_id: int | None = None
+) -> bool:
+    """Is ``path`` a complete WAL segment that really is ``name`` (of cluster ``system_id``)?"""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
-        return segment_file_magic(fd, name, segment_size) is not None
+        return segment_file_magic(fd, name, segment_size, system_id) is not None
     except OSError:
         return False
     finally:

@@ -8,11 +8,16 @@ PostgreSQL requires; with a target the default action is ``promote`` (PostgreSQL
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from walg.core.lsn import parse_lsn
 from walg.errors import UsageError
+
+TYPE_CHECKING = False  # not typing's: see walg.settings
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RECOVERY_ACTIONS = ("pause", "promote", "shutdown")
 
@@ -49,6 +54,8 @@ class RecoveryTarget:
             )
         if self.action and self.action not in RECOVERY_ACTIONS:
             raise UsageError(f"--target-action must be one of {', '.join(RECOVERY_ACTIONS)}")
+        for value in self.settings().values():
+            _quote(value)
 
     def settings(self) -> dict[str, str]:
         out = {"restore_command": self.restore_command}
@@ -71,8 +78,77 @@ class RecoveryTarget:
         return out
 
 
+# Every setting a restore's recovery block may set. A data directory restored earlier (and
+# backed up since) still has its old block: PostgreSQL does not remove it at promotion.
+RECOVERY_KEYS = frozenset(
+    (
+        "restore_command",
+        "recovery_target",
+        "recovery_target_time",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_xid",
+        "recovery_target_timeline",
+        "recovery_target_action",
+        "recovery_target_inclusive",
+    )
+)
+DISABLED_PREFIX = "# disabled by walg backup-fetch: "
+
+
 def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A configuration-file string literal: the parser reads ``''`` and backslash escapes."""
+    if any(c in value for c in "\r\n\0"):
+        raise UsageError(f"recovery setting {value!r} contains a line break or NUL byte")
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _setting_name(line: str) -> str:
+    """The parameter a configuration line sets (lower case), or "" for none."""
+    text = line.strip()
+    end = 0
+    while end < len(text) and (text[end].isalnum() or text[end] in "_."):
+        end += 1
+    return text[:end].lower()
+
+
+def _disable_recovery_settings(text: str) -> str:
+    """``text`` with every line that sets one of RECOVERY_KEYS commented out.
+
+    Earlier targets would otherwise still apply where the new block sets none (PostgreSQL
+    takes the last line of each parameter), or clash with a target of another kind.
+    """
+    return "".join(
+        DISABLED_PREFIX + line if _setting_name(line) in RECOVERY_KEYS else line
+        for line in text.splitlines(keepends=True)
+    )
+
+
+_BLOCK_HEADER = "\n# recovery settings written by walg backup-fetch\n"
+
+
+def _rewrite(path: Path, change: Callable[[str], str]) -> None:
+    """Replace ``path`` with ``change(its text)``, keeping its owner and mode.
+
+    Run as root, a new file would otherwise belong to root, and the server could not read it.
+    """
+    try:
+        old = path.read_text(encoding="utf-8")
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        old, st = "", None
+    if old and not old.endswith("\n"):
+        old += "\n"
+    tmp = path.with_name(path.name + ".walg-tmp")
+    try:
+        tmp.write_text(change(old), encoding="utf-8")
+        tmp.chmod(0o600 if st is None else st.st_mode & 0o7777)
+        if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_recovery_config(dest: Path, pg_version: int, target: RecoveryTarget) -> list[str]:
@@ -81,8 +157,7 @@ def write_recovery_config(dest: Path, pg_version: int, target: RecoveryTarget) -
     lines = "".join(f"{k} = {_quote(v)}\n" for k, v in target.settings().items())
     if pg_version >= 120000:
         auto = dest / "postgresql.auto.conf"
-        with open(auto, "a", encoding="utf-8") as handle:
-            handle.write("\n# recovery settings written by walg backup-fetch\n" + lines)
+        _rewrite(auto, lambda old: _disable_recovery_settings(old) + _BLOCK_HEADER + lines)
         signal = dest / ("standby.signal" if target.standby else "recovery.signal")
         signal.touch(mode=0o600)
         return [str(auto), str(signal)]

@@ -12,12 +12,14 @@ import os
 from dataclasses import dataclass
 
 from walg.core.lsn import check_wal_file_name
-from walg.errors import WalNotFound
+from walg.errors import RequestAbandoned, WalNotFound
 from walg.ops.wal import download_wal, find_wal_object, remove
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from walg.settings import Settings
     from walg.storage.base import Storage
 
@@ -33,16 +35,29 @@ class WalFetchResult:
 
 
 def wal_fetch(
-    settings: Settings, storage: Storage, name: str, destination: str, use_prefetch: bool = True
+    settings: Settings,
+    storage: Storage,
+    name: str,
+    destination: str,
+    use_prefetch: bool = True,
+    *,
+    commit: Callable[[], bool] | None = None,
 ) -> WalFetchResult:
+    """Put the archived ``name`` at ``destination``.
+
+    ``commit``, if given, is asked just before the file is put in place; when it answers False
+    (the daemon's caller gave up), nothing is put in place and :class:`RequestAbandoned` is
+    raised: a late rename could replace the file PostgreSQL was given for its next request.
+    """
     check_wal_file_name(name)
     dest = os.fspath(destination)
     if use_prefetch:
         root = prefetch_root(settings, dest)
-        if take_prefetched(root, name, dest, settings.wal_segment_size):
+        if take_prefetched(root, name, dest, settings.wal_segment_size, commit):
             return WalFetchResult(name, "", os.stat(dest).st_size, True)
     found = find_wal_object(storage, name)
     if found is None:
+        storage.check_available()
         raise WalNotFound(f"WAL file {name} is not in the archive")
     key, ext = found
     folder, base = os.path.split(dest)
@@ -50,6 +65,8 @@ def wal_fetch(
     try:
         with open(tmp, "xb") as out:
             size = download_wal(storage, key, ext, out)
+        if commit is not None and not commit():
+            raise RequestAbandoned()
         os.replace(tmp, dest)
     except BaseException:
         remove(tmp)

@@ -4,7 +4,9 @@ Layout, as WAL-G's: ``<dir of the destination>/.wal-g/prefetch/<name>`` for comp
 (or under ``WALG_PREFETCH_DIR``), ``…/prefetch/running/<name>`` while downloading. A file is
 written in ``running/`` and renamed into ``prefetch/`` only when complete and valid, and before
 it is served it is checked again (size, WAL page magic, page address and segment size in its
-long page header), so a truncated, stale or foreign file is never handed to PostgreSQL.
+long page header, and the system identifier against the cluster's ``global/pg_control``), so a
+truncated, stale or foreign file is never handed to PostgreSQL: a prefetch folder shared by
+several clusters (``WALG_PREFETCH_DIR``) holds the same names for all of them.
 
 The next segment names follow the timeline history found in the archive: after a switch,
 segments past the switch point are taken from the newer timeline, as PostgreSQL reads them.
@@ -12,19 +14,22 @@ segments past the switch point are taken from the newer timeline, as PostgreSQL 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
-from walg.core.walpage import valid_segment_file
-from walg.errors import ObjectNotFound, WalgError
+from walg.core.walpage import cluster_system_id, valid_segment_file
+from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
 from walg.ops.wal import download_wal, find_wal_object, read_history, remove
 
 # restore_command loads this module on every call to look for a prefetched file: paths are
 # strings, and the thread pool and timeline history are imported only by the prefetcher.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from walg.core.timeline import History
     from walg.settings import Settings
     from walg.storage.base import Storage
@@ -40,22 +45,63 @@ def prefetch_root(settings: Settings, destination: str) -> str:
     return os.path.join(base, ".wal-g", "prefetch")
 
 
-def take_prefetched(root: str, name: str, destination: str, segment_size: int) -> bool:
-    """Move a valid prefetched ``name`` to ``destination``; False if there is none."""
+def take_prefetched(
+    root: str,
+    name: str,
+    destination: str,
+    segment_size: int,
+    commit: Callable[[], bool] | None = None,
+) -> bool:
+    """Move a valid prefetched ``name`` to ``destination``; False if there is none.
+
+    Where ``destination`` is in a data directory (``PGDATA/pg_wal/…``, as PostgreSQL passes
+    ``%p``), the file must also carry that cluster's system identifier. Anything that goes
+    wrong here only means the file is downloaded instead: prefetching is an optimisation.
+    ``commit`` is as for :func:`walg.ops.wal_fetch.wal_fetch`.
+    """
     if not is_segment_name(name):
         return False
-    _wait_for_running(root, name)
     candidate = os.path.join(root, name)
-    if not os.path.exists(candidate):
+    try:
+        _wait_for_running(root, name)
+        if not os.path.exists(candidate):
+            return False
+    except OSError as exc:
+        log.warning("cannot look into the prefetch folder %s (%s); downloading %s", root, exc, name)
         return False
-    if not valid_segment_file(candidate, name, segment_size):
-        log.warning("discarding invalid prefetched WAL file %s", candidate)
+    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+    if not valid_segment_file(candidate, name, segment_size, cluster_system_id(pgdata)):
+        log.warning("discarding invalid or foreign prefetched WAL file %s", candidate)
         remove(candidate)
         return False
+    if commit is not None and not commit():
+        raise RequestAbandoned()
     try:
         os.replace(candidate, destination)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            log.warning("cannot move prefetched %s into place (%s); downloading it", name, exc)
+            return False
+        return _copy_into_place(candidate, destination)
+    return True
+
+
+def _copy_into_place(candidate: str, destination: str) -> bool:
+    """Copy a prefetched file from another file system beside ``destination``, then rename."""
+    folder, base = os.path.split(destination)
+    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+    try:
+        with open(candidate, "rb") as source, open(tmp, "xb") as target:
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+        os.replace(tmp, destination)
+    except OSError as exc:
+        log.warning("cannot copy prefetched %s into place (%s); downloading it", candidate, exc)
+        remove(tmp)
+        return False
+    remove(candidate)
     return True
 
 

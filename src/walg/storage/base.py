@@ -14,6 +14,9 @@ A backend MUST:
   (``recursive=False``: only keys with no ``/`` after the prefix); a missing prefix is empty.
   Order is unspecified.
 * ``delete(keys)``: remove the objects; keys that do not exist are ignored (idempotent).
+* ``check_available()``: raise :class:`StorageError` when the storage itself (root folder,
+  bucket) is missing or unreachable, so that "not found" is never reported for an archive that
+  could not be looked at (a restore_command's "not found" ends PostgreSQL's recovery).
 
 Errors other than "not found" are raised as :class:`StorageError` with ``transient`` set when a
 retry could help. Retrying lives in :mod:`walg.storage.retry`, never inside a backend.
@@ -70,6 +73,9 @@ class Storage(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
+
+    @abc.abstractmethod
+    def check_available(self) -> None: ...
 
     # Convenience built on the contract.
 

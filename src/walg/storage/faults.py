@@ -94,5 +94,9 @@ class FaultyStorage(Storage):
             self._apply("delete", key)
         self._inner.delete(keys)
 
+    def check_available(self) -> None:
+        self._apply("stat", "")
+        self._inner.check_available()
+
     def close(self) -> None:
         self._inner.close()

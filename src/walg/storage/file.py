@@ -248,6 +248,11 @@ class FileStorage(Storage):
         # Without stat()'s ObjectInfo: its GoTime would import datetime on the WAL path.
         return self._stat_object(key) is not None
 
+    def check_available(self) -> None:
+        # An unmounted backup volume looks like an empty archive to every lookup.
+        if not os.path.isdir(self.root):
+            raise StorageError(f"storage folder {self.root} does not exist or is not a folder")
+
     def stat(self, key: str) -> ObjectInfo:
         st = self._stat_object(key)
         if st is None:

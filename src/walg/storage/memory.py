@@ -48,6 +48,9 @@ class MemoryStorage(Storage):
         data = item[0][offset:] if length is None else item[0][offset : offset + length]
         yield io.BytesIO(data)
 
+    def check_available(self) -> None:
+        pass  # a dictionary in this process is always there
+
     def stat(self, key: str) -> ObjectInfo:
         with self._lock:
             item = self._objects.get(key)

@@ -1,0 +1,38 @@
+"""PostgreSQL itself reads the recovery settings backup-fetch writes as they were meant:
+backslashes and quotes survive its parser, and the block of an earlier restore (still in a
+data directory that was restored, promoted and backed up) no longer applies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgcluster import Cluster, PgInstall, run_as_pg
+from walg.ops.recovery import RecoveryTarget, write_recovery_config
+
+
+def _setting(cluster: Cluster, name: str) -> str:
+    got = run_as_pg([cluster.install.tool("postgres"), "-C", name, "-D", str(cluster.datadir)])
+    return got.stdout.rstrip("\n")
+
+
+def test_postgres_reads_the_settings_backup_fetch_writes(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    auto = cluster.datadir / "postgresql.auto.conf"
+    owner = auto.stat().st_uid
+    with auto.open("a") as handle:
+        handle.write(
+            "restore_command = 'old %f %p'\n"
+            "recovery_target_time = '2024-01-01 00:00:00+00'\n"
+            "recovery_target_action = 'pause'\n"
+        )
+    command = r"""printf 'a\tb' >/dev/null && test "it's" && walg wal-fetch %f %p"""
+    target = RecoveryTarget(command, lsn="0/3000000")
+    write_recovery_config(cluster.datadir, pg_install.major * 10000, target)
+    # Written as root, the file still belongs to the server's user, or it could not start.
+    assert auto.stat().st_uid == owner
+    assert _setting(cluster, "restore_command") == command
+    assert _setting(cluster, "recovery_target_lsn") == "0/3000000"
+    assert _setting(cluster, "recovery_target_time") == ""
+    assert _setting(cluster, "recovery_target_action") == "promote"
