@@ -7,20 +7,33 @@
  *   walg-daemon-client SOCKET wal-fetch NAME DEST
  *   walg-daemon-client SOCKET check
  * A message is one type byte, a big-endian uint16 total length, the body; the reply is one
- * byte: O done, N not in the archive, E error. Exit codes: 0 done, 74 not in the archive,
- * 1 anything else, 2 usage. A push whose daemon is not running fails (PostgreSQL keeps the WAL
- * and retries); a fetch whose daemon is not running execs `walg wal-fetch` directly, because
- * failing it would end recovery early. WALG_DAEMON_CLIENT_TIMEOUT (seconds, default 300)
- * bounds the wait for the daemon.
+ * byte: O done, N not in the archive, E error. PATH and DEST are sent as absolute paths
+ * (PostgreSQL runs the command in its data directory, so %p is relative to it): a daemon
+ * serving another cluster refuses them instead of archiving or overwriting its files. Before
+ * anything is sent, the process listening on SOCKET must run as this user or as root
+ * (SO_PEERCRED): anyone else's listener could answer "done" to every push.
+ *
+ * Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
+ * wal-fetch in archive recovery (recovery.signal and no standby.signal in the directory above
+ * DEST's directory, as %p is pg_wal/RECOVERYXLOG): 128 there. PostgreSQL takes a
+ * restore_command status of 1 to 125 for "not in the archive" and would end recovery and
+ * promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A standby
+ * retries (and streams), so it gets 1. A push whose daemon is not running fails (PostgreSQL
+ * keeps the WAL and retries); a fetch whose daemon is not running execs `walg wal-fetch`
+ * directly, because failing it would end recovery early. WALG_DAEMON_CLIENT_TIMEOUT (seconds,
+ * default 300) bounds the wait for the daemon, a full listen queue included.
  *
  * Built by `walg build-daemon-client`, which defines WALG_PATH (the walg executable for the
  * direct fetch). libc only.
  */
+#define _GNU_SOURCE /* struct ucred */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -33,6 +46,7 @@
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_NOT_FOUND 74
+#define EXIT_ABORT_RECOVERY 128
 #define MAX_MESSAGE 65535
 #define DEFAULT_TIMEOUT 300.0
 
@@ -44,9 +58,13 @@ struct message {
     size_t len;
 };
 
+/* The absolute path sent for PATH or DEST; for a fetch, also what decides the exit code. */
+static char target[MAX_MESSAGE + 1];
+static int fetch;
+
 static int put_bytes(struct message *m, const void *bytes, size_t n)
 {
-    if (m->len + n > MAX_MESSAGE)
+    if (n > MAX_MESSAGE - m->len)
         return -1;
     memcpy(m->data + m->len, bytes, n);
     m->len += n;
@@ -66,21 +84,94 @@ static int put_arg(struct message *m, const char *value)
     return put_u16(m, n) == 0 ? put_bytes(m, value, n) : -1;
 }
 
+/*
+ * Lexical normalisation of an absolute path, as Python's os.path.abspath does it: no "." or
+ * ".." components, no repeated or trailing slashes. Symbolic links are not followed: pg_wal is
+ * often one, and the data directory is the parent of the name, not of the link's target. Done
+ * in place: every component written was preceded by at least one slash read, so the writing
+ * never overtakes the reading.
+ */
+static void normalize(char *path)
+{
+    const char *in = path;
+    size_t len = 0;
+    while (*in != '\0') {
+        while (*in == '/')
+            in++;
+        if (*in == '\0')
+            break;
+        const char *end = strchr(in, '/');
+        size_t n = end != NULL ? (size_t)(end - in) : strlen(in);
+        if (n == 2 && in[0] == '.' && in[1] == '.') {
+            while (len > 0 && path[len - 1] != '/')
+                len--;
+            if (len > 0)
+                len--;
+        } else if (!(n == 1 && in[0] == '.')) {
+            path[len++] = '/';
+            memmove(path + len, in, n);
+            len += n;
+        }
+        in += n;
+    }
+    if (len == 0)
+        path[len++] = '/';
+    path[len] = '\0';
+}
+
+/*
+ * target = the absolute, normalised form of path; -1 (errno set, target empty) when that is
+ * impossible.
+ */
+static int make_target(const char *path)
+{
+    size_t n = strlen(path), used = 0;
+    if (path[0] != '/') {
+        if (getcwd(target, sizeof(target)) == NULL) {
+            target[0] = '\0';
+            return -1;
+        }
+        used = strlen(target);
+        if (used + 1 >= sizeof(target)) {
+            target[0] = '\0';
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        target[used++] = '/';
+    }
+    if (n >= sizeof(target) - used) {
+        target[0] = '\0';
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(target + used, path, n + 1);
+    normalize(target);
+    return 0;
+}
+
+/* 0 built; -1 usage error; -2 the arguments cannot be sent (errno set). */
 static int build(struct message *m, int argc, char **argv)
 {
     const char *command = argv[2];
     m->len = 3;
     if (strcmp(command, "wal-push") == 0 && argc == 4) {
-        const char *slash = strrchr(argv[3], '/');
-        const char *name = slash ? slash + 1 : argv[3];
         m->data[0] = 'F';
-        if (put_bytes(m, name, strlen(name)) != 0)
-            return -1;
+        if (make_target(argv[3]) != 0)
+            return -2;
+        if (put_bytes(m, target, strlen(target)) != 0) {
+            errno = ENAMETOOLONG;
+            return -2;
+        }
     } else if (strcmp(command, "wal-fetch") == 0 && argc == 5) {
         unsigned char count = 2;
         m->data[0] = 'f';
-        if (put_bytes(m, &count, 1) != 0 || put_arg(m, argv[3]) != 0 || put_arg(m, argv[4]) != 0)
-            return -1;
+        fetch = 1;
+        if (make_target(argv[4]) != 0)
+            return -2;
+        if (put_bytes(m, &count, 1) != 0 || put_arg(m, argv[3]) != 0 || put_arg(m, target) != 0) {
+            errno = ENAMETOOLONG;
+            return -2;
+        }
     } else if (strcmp(command, "check") == 0 && argc == 3) {
         m->data[0] = 'C';
     } else {
@@ -89,6 +180,40 @@ static int build(struct message *m, int argc, char **argv)
     m->data[1] = (unsigned char)(m->len >> 8);
     m->data[2] = (unsigned char)(m->len & 0xff);
     return 0;
+}
+
+/* Whether the file named by dir + "/" + name exists (stat follows links, as Python's does). */
+static int exists_in(const char *dir, const char *name)
+{
+    static char buf[MAX_MESSAGE + 32];
+    struct stat st;
+    int n = snprintf(buf, sizeof(buf), "%s/%s", dir, name);
+    return n > 0 && (size_t)n < sizeof(buf) && stat(buf, &st) == 0;
+}
+
+/* The exit code of a failure other than "not in the archive" (see the comment at the top). */
+static int failed(void)
+{
+    char *slash;
+    if (!fetch || target[0] == '\0')
+        return EXIT_FAILED;
+    /* PGDATA: DEST's directory's directory ("/" stays "/"). */
+    for (int i = 0; i < 2; i++) {
+        slash = strrchr(target, '/');
+        if (slash == NULL) { /* a relative DEST, only when the working directory is unknown */
+            strcpy(target, strcmp(target, ".") == 0 ? ".." : ".");
+            continue;
+        }
+        if (slash == target)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+    }
+    if (strcmp(target, "/") == 0)
+        target[0] = '\0'; /* so that "/recovery.signal" is not "//recovery.signal" */
+    if (exists_in(target, "recovery.signal") && !exists_in(target, "standby.signal"))
+        return EXIT_ABORT_RECOVERY;
+    return EXIT_FAILED;
 }
 
 static int timeout_from_env(struct timeval *tv)
@@ -139,38 +264,48 @@ int main(int argc, char **argv)
     static struct message m;
     struct sockaddr_un addr;
     struct timeval tv;
+    struct ucred cred;
+    socklen_t cred_len = sizeof(cred);
     unsigned char reply;
     ssize_t got;
-    int fd;
+    int fd, built;
 
-    if (argc < 3 || build(&m, argc, argv) != 0) {
+    if (argc < 3 || (built = build(&m, argc, argv)) == -1) {
         fputs(usage, stderr);
         return EXIT_USAGE;
     }
     const char *path = argv[1], *command = argv[2];
-    int fetch = m.data[0] == 'f';
+    if (built != 0) {
+        fprintf(stderr, "walg-daemon-client: %s: %s; nothing was done\n", command,
+                strerror(errno));
+        /* Without the absolute DEST, the relative one decides (it is relative to PGDATA). */
+        if (fetch && target[0] == '\0' && strlen(argv[4]) < sizeof(target))
+            memcpy(target, argv[4], strlen(argv[4]) + 1);
+        return failed();
+    }
     if (timeout_from_env(&tv) != 0)
-        return EXIT_FAILED;
+        return failed();
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "walg-daemon-client: socket path %s is too long; nothing was done\n", path);
-        return EXIT_FAILED;
+        return failed();
     }
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
     memcpy(addr.sun_path, path, strlen(path));
 
+    /* Blocking, with SO_SNDTIMEO: connect waits for room in a full listen queue that long. */
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
         fprintf(stderr, "walg-daemon-client: no socket: %s; nothing was done\n", strerror(errno));
-        return EXIT_FAILED;
+        return failed();
     }
     while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
         int err = errno;
         if (err == EINTR)
             continue;
+        (void)close(fd);
         if (err == ENOENT || err == ECONNREFUSED) {
-            close(fd);
             if (fetch) {
                 fprintf(stderr,
                         "walg-daemon-client: no daemon at %s (%s); fetching directly\n", path,
@@ -178,7 +313,7 @@ int main(int argc, char **argv)
                 execl(WALG_PATH, WALG_PATH, "wal-fetch", argv[3], argv[4], (char *)NULL);
                 fprintf(stderr, "walg-daemon-client: cannot run %s: %s\n", WALG_PATH,
                         strerror(errno));
-                return EXIT_FAILED;
+                return failed();
             }
             fprintf(stderr,
                     "walg-daemon-client: walg daemon is not running at %s (%s); nothing was "
@@ -189,13 +324,30 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(err));
-        return EXIT_FAILED;
+        return failed();
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 ||
+        cred_len != sizeof(cred)) {
+        fprintf(stderr, "walg-daemon-client: %s: cannot tell who serves the socket (%s); "
+                        "nothing was sent\n",
+                path, strerror(errno));
+        (void)close(fd);
+        return failed();
+    }
+    if (cred.uid != geteuid() && cred.uid != 0) {
+        fprintf(stderr,
+                "walg-daemon-client: %s: the socket is served by uid %lu, neither this user "
+                "nor root; nothing was sent\n",
+                path, (unsigned long)cred.uid);
+        (void)close(fd);
+        return failed();
     }
     if (send_all(fd, m.data, m.len) != 0) {
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(errno));
-        return EXIT_FAILED;
+        (void)close(fd);
+        return failed();
     }
     do {
         got = recv(fd, &reply, 1, 0);
@@ -204,9 +356,10 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(errno));
-        return EXIT_FAILED;
+        (void)close(fd);
+        return failed();
     }
-    close(fd);
+    (void)close(fd);
     if (got == 1 && reply == 'O')
         return EXIT_DONE;
     if (got == 1 && reply == 'N')
@@ -222,5 +375,5 @@ int main(int argc, char **argv)
     else
         fprintf(stderr, "walg-daemon-client: %s failed: the daemon closed without a reply\n",
                 command);
-    return EXIT_FAILED;
+    return failed();
 }

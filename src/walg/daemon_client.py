@@ -10,9 +10,20 @@ It speaks WAL-G's daemon protocol (one type byte, a big-endian uint16 total leng
 a one-byte reply ``O`` ok, ``E`` error, ``N`` not in the archive) and imports nothing beyond
 the standard library so that a call costs little more than the interpreter's start.
 
-Exit codes: 0 done, 74 not in the archive, 1 anything else. A push whose daemon is not
-running fails (PostgreSQL keeps the WAL and retries). A fetch whose daemon is not running runs
-``walg wal-fetch`` directly instead: failing it would make PostgreSQL end recovery early.
+The daemon is told the absolute path of ``%p`` (PostgreSQL runs the command in its data
+directory), so a daemon serving another cluster refuses the request instead of archiving or
+overwriting that cluster's files. Before anything is sent, the process listening on the socket
+must belong to this user or to root: on a directory others can write, anyone else's listener
+could answer "done" to every push.
+
+Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
+``wal-fetch`` in archive recovery (``recovery.signal`` and no ``standby.signal`` in the data
+directory that holds DEST's directory, as ``%p`` is ``pg_wal/RECOVERYXLOG``): 128 there.
+PostgreSQL takes a restore_command status of 1 to 125 for "not in the archive" and would end
+recovery and promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A
+standby retries (and streams), so it gets 1. A push whose daemon is not running fails
+(PostgreSQL keeps the WAL and retries). A fetch whose daemon is not running runs ``walg
+wal-fetch`` directly instead, which follows the same exit code rule.
 """
 
 # _socket, not socket: the socket module pulls in enum and selectors, which would more than
@@ -20,11 +31,18 @@ running fails (PostgreSQL keeps the WAL and retries). A fetch whose daemon is no
 import _socket
 import os
 import sys
+import time
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_NOT_FOUND = 74
+EXIT_ABORT_RECOVERY = 128
 DEFAULT_TIMEOUT = 300.0
+CONNECT_RETRY = 0.002
+
+
+class UntrustedPeer(OSError):
+    """The socket is served by another user's process."""
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
@@ -39,15 +57,49 @@ def _args(*values: str) -> bytes:
     return out
 
 
+def _connect(sock: "_socket.socket", path: str, timeout: float) -> None:
+    # With a timeout set the socket is non-blocking, and a UNIX socket whose listen queue is
+    # full refuses such a connect at once with EAGAIN: a busy daemon is waited for instead.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError("timed out") from None
+            time.sleep(CONNECT_RETRY)
+
+
+def _check_peer(sock: "_socket.socket") -> None:
+    # struct ucred is three native ints (pid, uid, gid); struct itself would cost an import.
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    uid = int.from_bytes(cred[4:8], sys.byteorder)
+    if uid not in (os.geteuid(), 0):
+        raise UntrustedPeer(f"the socket is served by uid {uid}, neither this user nor root")
+
+
 def _ask(path: str, message: bytes, timeout: float) -> bytes:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        sock.connect(path)
+        _connect(sock, path, timeout)
+        _check_peer(sock)
         sock.sendall(message)
         return sock.recv(1)
     finally:
         sock.close()
+
+
+def _failed(command: str, dest: str) -> int:
+    """The exit code of a failure other than "not in the archive" (see the module's text)."""
+    if command != "wal-fetch":
+        return EXIT_FAILURE
+    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(dest)))
+    recovery = os.path.exists(os.path.join(pgdata, "recovery.signal"))
+    if recovery and not os.path.exists(os.path.join(pgdata, "standby.signal")):
+        return EXIT_ABORT_RECOVERY
+    return EXIT_FAILURE
 
 
 def _timeout(text: "str | None") -> "float | None":
@@ -79,18 +131,24 @@ def main(argv: "list[str] | None" = None) -> int:
         sys.stderr.write(usage + "\n")
         return 2
     path, command, rest = args[0], args[1], args[2:]
-    timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
-    if timeout is None:
-        return EXIT_FAILURE
+    # The absolute paths: the daemon refuses files outside the data directory it serves
+    # (PostgreSQL runs the command in its own, so %p is relative to it).
     if command == "wal-push" and len(rest) == 1:
-        message = _message(b"F", os.path.basename(rest[0]).encode())
+        message = _message(b"F", os.path.abspath(rest[0]).encode())
     elif command == "wal-fetch" and len(rest) == 2:
-        message = _message(b"f", _args(rest[0], rest[1]))
+        message = _message(b"f", _args(rest[0], os.path.abspath(rest[1])))
     elif command == "check" and not rest:
         message = _message(b"C", b"")
     else:
         sys.stderr.write(usage + "\n")
         return 2
+    dest = rest[1] if command == "wal-fetch" else ""
+    timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
+    if timeout is None:
+        return _failed(command, dest)
+    if len(message) > 65535:
+        sys.stderr.write(f"walg-daemon-client: {command}: arguments too long; nothing was done\n")
+        return _failed(command, dest)
     try:
         reply = _ask(path, message, timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -104,18 +162,21 @@ def main(argv: "list[str] | None" = None) -> int:
             f"({exc.strerror}); nothing was done\n"
         )
         return EXIT_FAILURE
+    except UntrustedPeer as exc:
+        sys.stderr.write(f"walg-daemon-client: {path}: {exc}; nothing was sent\n")
+        return _failed(command, dest)
     except OSError as exc:
         sys.stderr.write(
             f"walg-daemon-client: talking to {path} failed: {exc}; nothing is known to be done\n"
         )
-        return EXIT_FAILURE
+        return _failed(command, dest)
     if reply == b"O":
         return EXIT_OK
     if reply == b"N":
         return EXIT_NOT_FOUND
     detail = "an error (see the daemon's log)" if reply == b"E" else f"no valid reply {reply!r}"
     sys.stderr.write(f"walg-daemon-client: {command} failed: the daemon answered {detail}\n")
-    return EXIT_FAILURE
+    return _failed(command, dest)
 
 
 if __name__ == "__main__":

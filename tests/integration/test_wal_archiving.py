@@ -315,9 +315,10 @@ def test_wal_g_own_daemon_client_archives_and_restores(
     fetch_socket = sockets / "fetch.sock"
 
     def past_the_end() -> None:
-        # Past the end of the archive: WAL-G's client exits 74, as PostgreSQL expects.
+        # Past the end of the archive: WAL-G's client exits 74, as PostgreSQL expects. DEST is
+        # relative to PGDATA, as %p; the daemon refuses destinations outside its pg_wal.
         missing = run_as_pg(
-            [wal_g_client, str(fetch_socket), "wal-fetch", "0000000100000000000000FE", "x"],
+            [wal_g_client, str(fetch_socket), "wal-fetch", "0000000100000000000000FE", "pg_wal/x"],
             check=False,
         )
         assert missing.returncode == 74, missing

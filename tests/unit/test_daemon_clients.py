@@ -2,15 +2,21 @@
 
 Every behaviour PostgreSQL relies on is checked for each: exit codes, overwrite refusal,
 "not in the archive", a daemon that is down (push fails, fetch falls back to walg wal-fetch),
-a daemon that never answers (timeout), and usage errors.
+a daemon that never answers (timeout), usage errors, requests for another data directory
+(refused), a listener of another user (not trusted), a full listen queue (waited for), and the
+exit code of a failed fetch in archive recovery (128, so that PostgreSQL stops instead of
+promoting).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -93,11 +99,22 @@ class Env:
         return err
 
     def run(
-        self, client: Client, *args: str, extra: dict[str, str] | None = None
+        self,
+        client: Client,
+        *args: str,
+        extra: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run the client; ``cwd`` as PostgreSQL sets it (its data directory) for ``%p``."""
         env = dict(self.env, **client.env, **(extra or {}))
         return subprocess.run(
-            [client.path, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+            [client.path, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=cwd,
         )
 
 
@@ -118,20 +135,21 @@ def test_check_push_fetch_and_missing(env: Env, client: Client) -> None:
     env.start()
     sock = str(env.socket)
     assert env.run(client, sock, "check").returncode == 0
-    pushed = env.run(client, sock, "wal-push", f"pg_wal/{SEG}")
+    # %p as PostgreSQL passes it: relative to the data directory, the command's cwd.
+    pushed = env.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata)
     assert pushed.returncode == 0, pushed.stderr
     assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
     # The same content again succeeds without rewriting.
-    assert env.run(client, sock, "wal-push", f"pg_wal/{SEG}").returncode == 0
+    assert env.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata).returncode == 0
 
-    dest = env.root / "RECOVERYXLOG"
-    fetched = env.run(client, sock, "wal-fetch", SEG, str(dest))
+    fetched = env.run(client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata)
     assert fetched.returncode == 0, fetched.stderr
-    assert dest.read_bytes() == data
+    assert (env.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
 
-    missing = env.run(client, sock, "wal-fetch", MISSING, str(env.root / "other"))
+    other = env.pgdata / "pg_wal" / "other"
+    missing = env.run(client, sock, "wal-fetch", MISSING, str(other))
     assert missing.returncode == 74
-    assert not (env.root / "other").exists()
+    assert not other.exists()
     env.stop()
 
 
@@ -177,11 +195,29 @@ def test_daemon_down_push_fails_and_fetch_runs_walg_directly(env: Env, client: C
     assert missing.returncode == 74
 
 
-def _silent_server(path: Path, close_at_once: bool) -> tuple[socket.socket, threading.Thread]:
+def _silent_server(
+    path: Path, close_at_once: bool, reply: bytes | None = None
+) -> tuple[socket.socket, threading.Thread]:
+    """A listener that closes each connection at once, holds it unanswered, or (``reply``)
+    reads one request and answers ``reply``."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     srv.listen(4)
     held: list[socket.socket] = []
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                header = conn.recv(3, socket.MSG_WAITALL)
+                if len(header) == 3:
+                    length = int.from_bytes(header[1:], "big")
+                    if length > 3:
+                        conn.recv(length - 3, socket.MSG_WAITALL)
+                    assert reply is not None
+                    conn.sendall(reply)
+            except OSError:
+                pass
 
     def serve() -> None:
         while True:
@@ -189,7 +225,9 @@ def _silent_server(path: Path, close_at_once: bool) -> tuple[socket.socket, thre
                 conn, _ = srv.accept()
             except OSError:
                 return
-            if close_at_once:
+            if reply is not None:
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            elif close_at_once:
                 conn.close()
             else:
                 held.append(conn)
@@ -374,3 +412,231 @@ def test_push_requests_as_wal_g_client_sends_them(env: Env) -> None:
     assert not (env.store / "wal_005" / f"{other}.lz4").exists()
     log = env.stop()
     assert "is not in" in log and "the pg_wal this daemon serves" in log, log
+
+
+def _stop_server(srv: socket.socket, thread: threading.Thread) -> None:
+    # shutdown, not close alone: close does not wake an accept() blocked in another thread.
+    with contextlib.suppress(OSError):
+        srv.shutdown(socket.SHUT_RDWR)
+    srv.close()
+    thread.join(5)
+
+
+def test_requests_for_another_data_directory_are_refused(env: Env, client: Client) -> None:
+    """Cluster B's postgresql.conf names cluster A's daemon (a copied configuration): B's
+    push must not archive A's file of the same name, B's fetch must not write into A's pg_wal;
+    both fail, and nothing is archived or written. A's own requests are served."""
+    a_wal = env.pgdata / "pg_wal"
+    b_data = env.root / "other-cluster"
+    b_wal = b_data / "pg_wal"
+    b_wal.mkdir(parents=True)
+    a_bytes, b_bytes = os.urandom(8192), os.urandom(8192)
+    (a_wal / SEG).write_bytes(a_bytes)
+    (b_wal / SEG).write_bytes(b_bytes)
+    env.start()
+    sock = str(env.socket)
+    refused = env.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=b_data)
+    assert refused.returncode == 1, refused.stderr
+    assert not (env.store / "wal_005").exists() or not list((env.store / "wal_005").iterdir())
+
+    pushed = env.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata)
+    assert pushed.returncode == 0, pushed.stderr
+    refused = env.run(client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=b_data)
+    assert refused.returncode == 1, refused.stderr
+    assert not (b_wal / "RECOVERYXLOG").exists()
+    assert not (a_wal / "RECOVERYXLOG").exists()
+    assert sorted(p.name for p in a_wal.iterdir()) == [SEG], "nothing written into A's pg_wal"
+
+    fetched = env.run(client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (a_wal / "RECOVERYXLOG").read_bytes() == a_bytes
+
+    # WAL-G's client sends DEST as PostgreSQL gives it, relative to PGDATA: still served; any
+    # destination outside the daemon's pg_wal is refused.
+    def fetch_request(dest: str) -> bytes:
+        body = bytes([2])
+        for arg in (SEG, dest):
+            body += len(arg.encode()).to_bytes(2, "big") + arg.encode()
+        return _request(env.socket, b"f", body)
+
+    assert fetch_request("pg_wal/RECOVERYXLOG2") == b"O"
+    assert (a_wal / "RECOVERYXLOG2").read_bytes() == a_bytes
+    for dest in ("RECOVERYXLOG", "../other-cluster/pg_wal/X", str(b_wal / "X"), "pg_wal/"):
+        assert fetch_request(dest) == b"E", dest
+    assert sorted(p.name for p in b_wal.iterdir()) == [SEG]
+    assert not (env.pgdata / "RECOVERYXLOG").exists()
+    log = env.stop()
+    assert "is not in" in log and "the pg_wal this daemon serves" in log, log
+
+
+def test_a_listener_of_another_user_is_not_trusted(env: Env, client: Client) -> None:
+    """A socket in a directory others can write may be anyone's: a listener running as
+    another user (not root) is refused before a byte is sent."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a listener as another user (pgtest)")
+    import pgcluster
+
+    try:
+        other = pwd.getpwnam(pgcluster.PG_USER)
+    except KeyError:
+        pytest.skip(f"no user {pgcluster.PG_USER} (scripts/setup.sh creates it)")
+    shared = pgcluster.pg_tmpdir(prefix="squat-")
+    sock = shared / "d.sock"
+    squatter = (
+        "import socket, sys\n"
+        "srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        f"srv.bind({str(sock)!r}); srv.listen(4)\n"
+        "print('ready', flush=True)\n"
+        "srv.settimeout(30)\n"
+        "for _ in range(2):\n"
+        "    conn, _ = srv.accept(); conn.settimeout(2)\n"
+        "    try:\n"
+        "        got = conn.recv(65536)\n"
+        "    except OSError:\n"
+        "        got = b''\n"
+        "    print(len(got), flush=True)\n"
+        "    try:\n"
+        "        conn.sendall(b'O')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    conn.close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", squatter],
+        user=other.pw_uid,
+        group=other.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr
+        pushed = env.run(client, str(sock), "wal-push", str(env.pgdata / "pg_wal" / SEG))
+        checked = env.run(client, str(sock), "check")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+    for res in (pushed, checked):
+        assert res.returncode == 1, res.stderr
+        assert f"uid {other.pw_uid}" in res.stderr and "nothing was sent" in res.stderr
+    assert out.split() == ["0", "0"], (out, err)  # the squatter received nothing
+
+
+def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
+    """A busy daemon whose listen queue is full: the client waits for room (within its
+    timeout) instead of failing at once."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(env.socket))
+    srv.listen(0)
+    queued: list[socket.socket] = []
+    for _ in range(64):
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(env.socket))
+        except BlockingIOError:
+            filler.close()
+            break
+        queued.append(filler)
+    else:
+        pytest.fail("the listen queue never filled")
+    assert queued, "at least one connection is queued"
+    stop = threading.Event()
+
+    def serve_later() -> None:
+        time.sleep(0.5)
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.settimeout(0.5)
+            try:
+                if len(conn.recv(3, socket.MSG_WAITALL)) == 3:
+                    conn.sendall(b"O")
+            except OSError:
+                pass
+            conn.close()
+
+    thread = threading.Thread(target=serve_later, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": "20"})
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        for filler in queued:
+            filler.close()
+    assert res.returncode == 0, res.stderr
+    assert elapsed >= 0.4, "the answer can only have come once the listener accepted"
+
+
+@pytest.mark.parametrize("failure", ["error", "closes", "silent"])
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+def test_a_failed_fetch_in_archive_recovery_exits_128(
+    env: Env, client: Client, failure: str, signals: tuple[str, ...], expected: int
+) -> None:
+    """PostgreSQL takes 1..125 from restore_command for "not in the archive": in archive
+    recovery it would promote without the WAL it could not read. Above 125 it stops. A
+    standby (or no recovery at all) gets 1: it retries and streams."""
+    for name in signals:
+        (env.pgdata / name).touch()
+    reply = b"E" if failure == "error" else None
+    srv, thread = _silent_server(env.socket, close_at_once=failure == "closes", reply=reply)
+    timeout = {"WALG_DAEMON_CLIENT_TIMEOUT": "0.3"}
+    try:
+        fetched = env.run(
+            client,
+            str(env.socket),
+            "wal-fetch",
+            SEG,
+            "pg_wal/RECOVERYXLOG",
+            extra=timeout,
+            cwd=env.pgdata,
+        )
+        # archive_command must stay below 126 whatever the data directory's state.
+        pushed = env.run(
+            client, str(env.socket), "wal-push", f"pg_wal/{SEG}", extra=timeout, cwd=env.pgdata
+        )
+    finally:
+        _stop_server(srv, thread)
+    assert fetched.returncode == expected, fetched.stderr
+    assert "failed" in fetched.stderr
+    assert pushed.returncode == 1, pushed.stderr
+    assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_a_daemon_error_in_archive_recovery_stops_recovery(env: Env, client: Client) -> None:
+    """A real daemon's E (here: a corrupt archived object) in archive recovery: 128; the
+    same file missing altogether is still 74 (the end of the archive)."""
+    (env.pgdata / "recovery.signal").touch()
+    wal = env.store / "wal_005"
+    wal.mkdir(parents=True)
+    (wal / f"{SEG}.lz4").write_bytes(b"not an lz4 frame at all" * 100)
+    env.start()
+    broken = env.run(
+        client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+    )
+    missing = env.run(
+        client, str(env.socket), "wal-fetch", MISSING, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+    )
+    env.stop()
+    assert broken.returncode == 128, broken.stderr
+    assert "answered an error" in broken.stderr
+    assert missing.returncode == 74, missing.stderr
+    assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()

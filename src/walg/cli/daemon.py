@@ -30,15 +30,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, ctx: Context) -> int:
-    from walg.ops.daemon import Daemon, serve
+def _duration(ctx: Context, name: str, default: str) -> float:
     from walg.settings import parse_duration
+
+    return parse_duration(name, ctx.settings.values.get(name, "").strip() or default)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.ops.daemon import Daemon, release_socket_path, serve
 
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
-    raw_timeout = settings.values.get("WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "").strip() or "60s"
-    timeout = parse_duration("WALG_DAEMON_WAL_UPLOAD_TIMEOUT", raw_timeout)
-    daemon = Daemon(settings, ctx.storage(), pgdata, timeout)
+    # WAL-G applies its upload timeout to pushes only; fetches get a limit of their own.
+    timeout = _duration(ctx, "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "60s")
+    fetch_timeout = _duration(ctx, "WALG_DAEMON_WAL_FETCH_TIMEOUT", "300s")
+    daemon = Daemon(settings, ctx.storage(), pgdata, timeout, fetch_timeout)
     server = serve(daemon, args.socket)
     stop = threading.Event()
 
@@ -47,16 +53,32 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def on_usr1(_signum: int, _frame: object) -> None:
+        # WAL-G reopens its log file on SIGUSR1 and logrotate scripts send it; walg writes
+        # its log to stderr only (walg.cli.logs), so there is nothing to reopen: flush it.
+        import logging
+
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        log.info("SIGUSR1: walg logs to stderr only, there is no log file to reopen")
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        log.info("SIGHUP ignored: the daemon rereads no configuration; restart it instead")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGHUP, on_hup)
     log.info("walg daemon listening on %s for %s", args.socket, pgdata)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
         daemon.close()
-        import os
-
-        if os.path.exists(args.socket):
-            os.unlink(args.socket)
+        # Handler threads are daemon threads (an idle connection must not keep the process
+        # alive), so work that finished during close() would lose its reply if the process
+        # ended now: the client would report a failure for WAL that is archived or in place.
+        if not server.wait_idle(max(timeout, 1.0)):
+            log.warning("some requests were still unanswered at exit")
+        release_socket_path(server)
     return 0

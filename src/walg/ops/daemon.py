@@ -5,18 +5,32 @@ own client and ``walg_archive`` library work with it too. Storage stays open, a 
 uploader keeps archiving ``.ready`` files as PostgreSQL produces them, and a prefetcher keeps
 the next segments on local disk during recovery. Every request has a timeout; a reply of ``O``
 is sent only after the work is durable in storage.
+
+A request is served only for the data directory the daemon was started for: a push whose file
+is not in its pg_wal, or a fetch whose destination is not there, is refused (``E``). Several
+clusters can share a ``postgresql.conf`` and so a socket; answering one cluster's request with
+another's files would archive the wrong WAL or feed recovery the wrong segment.
+
+A fetch either puts its file in place before the reply or never: once a request was answered
+(with an error after its time limit) or its client went away, a download still running is
+discarded instead of being renamed over a file PostgreSQL may since have been given.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import socket
 import socketserver
 import stat
 import struct
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from walg.core.log import get_logger
@@ -41,16 +55,108 @@ log = get_logger(__name__)
 OK, ERROR, NOT_FOUND = b"O", b"E", b"N"
 MAX_MESSAGE = 65535
 READ_TIMEOUT = 30.0
+# WAL-G bounds only pushes (WALG_DAEMON_WAL_UPLOAD_TIMEOUT); fetches have their own limit.
+DEFAULT_FETCH_TIMEOUT = 300.0
+# Request names come from whoever can reach the socket: up to 64 KiB, any bytes.
+SHOWN_CHARS = 200
+
+
+def shown(text: str) -> str:
+    """A request's argument fit for a message: escaped as ``%r`` does, cut to SHOWN_CHARS."""
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
+def loggable(message: str) -> str:
+    """An error message fit for one log line: it may quote a request's bytes unescaped."""
+    cut = message[: SHOWN_CHARS * 2]
+    if not cut.isprintable():
+        cut = repr(cut)[1:-1]
+    if len(message) > len(cut) or len(cut) > SHOWN_CHARS * 2:
+        cut = f"{cut[: SHOWN_CHARS * 2]}... ({len(message)} characters)"
+    return cut
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"request argument is not UTF-8: {shown(repr(data))}") from None
+
+
+class FetchGate:
+    """Decides, once, whether a fetch may still put its file in place.
+
+    The download runs in a worker; the request handler may give up on it (time limit) while
+    it runs. ``commit`` (called by wal_fetch just before its rename) and ``abandon`` (called by
+    the handler) take the same lock, so exactly one of them wins: after ``commit`` answered
+    True the handler waits for the rename and replies O; after ``abandon`` every ``commit``
+    answers False and the file is discarded.
+    """
+
+    def __init__(self, client_open: Callable[[], bool] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._state = "pending"
+        self._client_open = client_open
+
+    def commit(self) -> bool:
+        with self._lock:
+            if self._state == "pending":
+                # A client that gave up (its own timeout) gets no file it no longer expects:
+                # PostgreSQL may have moved on to another segment at the same path.
+                if self._client_open is not None and not self._client_open():
+                    self._state = "abandoned"
+                else:
+                    self._state = "committed"
+            return self._state == "committed"
+
+    def abandon(self) -> bool:
+        """Give up; False if too late because the file is already being put in place."""
+        with self._lock:
+            if self._state == "pending":
+                self._state = "abandoned"
+            return self._state == "abandoned"
+
+
+def client_open(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` still has its end open (without waiting or reading)."""
+    try:
+        events = select.poll()
+        events.register(conn.fileno(), select.POLLIN | select.POLLRDHUP)
+        ready = events.poll(0)
+    except (OSError, ValueError):
+        return False
+    if not ready:
+        return True
+    flags = ready[0][1]
+    if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP):
+        return False
+    try:
+        # Readable: either more bytes (still there) or the end of the stream.
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 class Daemon:
     """The request handlers, independent of the socket plumbing (testable directly)."""
 
-    def __init__(self, settings: Settings, storage: Storage, pgdata: str, timeout: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        pgdata: str,
+        timeout: float,
+        fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.pgdata = pgdata
         self.timeout = timeout
+        self.fetch_timeout = fetch_timeout
         self.wal_dir = os.path.join(pgdata, "pg_wal")
         self._work = ThreadPoolExecutor(
             max_workers=max(2, settings.upload_concurrency), thread_name_prefix="request"
@@ -107,28 +213,72 @@ class Daemon:
         self._run(push_one, self.settings, self.storage, path, solo_threads())
         return OK
 
+    def _in_wal_dir(self, directory: str) -> bool:
+        """Whether ``directory`` (absolute, or relative to PGDATA) is the pg_wal served here."""
+        here = os.path.realpath(os.path.join(self.pgdata, directory))
+        return here == os.path.realpath(self.wal_dir)
+
     def _pushed_name(self, given: str) -> str:
         """The WAL file name in a push request.
 
-        walg's clients send the name. WAL-G's client sends its argument as it is: ``%f`` in
-        WAL-G's documented ``archive_command``, but ``%p`` (``pg_wal/NAME``, relative to
-        PGDATA) is as likely. A path is accepted only if it is in the pg_wal this daemon
-        serves: archiving a same-named file from there for a request about another directory
-        would archive the wrong file.
+        walg's clients send the absolute path of ``%p``. WAL-G's client sends its argument as
+        it is: ``%f`` in WAL-G's documented ``archive_command``, but ``%p`` (``pg_wal/NAME``,
+        relative to PGDATA) is as likely. A path is accepted only if it is in the pg_wal this
+        daemon serves: archiving a same-named file from there for a request about another
+        directory would archive the wrong file.
         """
         directory, name = os.path.split(given)
-        if directory and os.path.realpath(os.path.join(self.pgdata, directory)) != (
-            os.path.realpath(self.wal_dir)
-        ):
-            raise UsageError(f"{given} is not in {self.wal_dir}, the pg_wal this daemon serves")
+        if directory and not self._in_wal_dir(directory):
+            raise UsageError(
+                f"{shown(given)} is not in {self.wal_dir}, the pg_wal this daemon serves"
+            )
         return name
 
-    def fetch(self, name: str, destination: str) -> bytes:
-        dest = destination if os.path.isabs(destination) else os.path.join(self.pgdata, destination)
+    def _fetch_destination(self, given: str) -> str:
+        """The absolute destination of a fetch request, if it is in the pg_wal served here.
+
+        walg's clients send the absolute path of ``%p``; WAL-G's sends ``%p`` as it is,
+        relative to PGDATA. Writing into this daemon's pg_wal for another cluster's request
+        (a copied postgresql.conf naming the same socket) would hand that cluster nothing and
+        put a stray file here, so anything else is refused.
+        """
+        dest = os.path.join(self.pgdata, given)  # join keeps an absolute ``given`` as it is
+        directory, base = os.path.split(dest)
+        if not base or not self._in_wal_dir(directory):
+            raise UsageError(
+                f"destination {shown(given)} is not in {self.wal_dir}, the pg_wal this daemon "
+                "serves"
+            )
+        return dest
+
+    def fetch(
+        self, name: str, destination: str, client_open: Callable[[], bool] | None = None
+    ) -> bytes:
+        """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
+        dest = self._fetch_destination(destination)
+        gate = FetchGate(client_open)
         try:
-            self._run(wal_fetch, self.settings, self.storage, name, dest)
+            future = self._work.submit(
+                wal_fetch, self.settings, self.storage, name, dest, commit=gate.commit
+            )
+        except RuntimeError:  # the pool is shut down: the daemon is stopping
+            raise WalgError("the daemon is shutting down") from None
+        try:
+            try:
+                future.result(timeout=self.fetch_timeout)
+            except FutureTimeout:
+                if gate.abandon():
+                    future.cancel()
+                    raise WalgError(
+                        f"fetch of {shown(name)} did not finish within "
+                        f"{self.fetch_timeout:g} s; it will not be put in place"
+                    ) from None
+                # Committed: the rename is under way and the reply must say so.
+                future.result()
         except WalNotFound:
             return NOT_FOUND
+        except CancelledError:
+            raise WalgError("the daemon is shutting down") from None
         if self.settings.download_concurrency > 1 and is_segment_name(name):
             self._schedule_prefetch(name, dest)
         return OK
@@ -138,20 +288,25 @@ class Daemon:
             if self._prefetch_pending is not None and not self._prefetch_pending.done():
                 return
             prefetcher = Prefetcher(self.settings, self.storage, prefetch_root(self.settings, dest))
-            self._prefetch_pending = self._prefetch.submit(
-                prefetcher.run, name, self.settings.download_concurrency
-            )
+            # RuntimeError: shutting down. The file is in place and the reply must say so; the
+            # prefetch is only an optimisation.
+            with suppress(RuntimeError):
+                self._prefetch_pending = self._prefetch.submit(
+                    prefetcher.run, name, self.settings.download_concurrency
+                )
 
-    def handle(self, kind: bytes, body: bytes) -> bytes:
+    def handle(
+        self, kind: bytes, body: bytes, client_open: Callable[[], bool] | None = None
+    ) -> bytes:
         if kind == b"C":
             return OK
         if kind == b"F":
-            return self.push(self._pushed_name(body.decode()))
+            return self.push(self._pushed_name(_text(body)))
         if kind == b"f":
             args = parse_args(body)
             if len(args) != 2:
                 raise UsageError("wal-fetch needs 2 arguments")
-            return self.fetch(args[0], args[1])
+            return self.fetch(args[0], args[1], client_open)
         raise UsageError(f"unknown message type {kind!r}")
 
 
@@ -166,7 +321,7 @@ def parse_args(body: bytes) -> list[str]:
         pos += 2
         if pos + size > len(body):
             raise UsageError("corrupt message body")
-        out.append(body[pos : pos + size].decode())
+        out.append(_text(body[pos : pos + size]))
         pos += size
     if pos != len(body):
         raise UsageError("corrupt message body")
@@ -197,35 +352,75 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             kind = header[:1]
             (length,) = struct.unpack(">H", header[1:])
-            try:
-                if length < 3:
-                    raise UsageError("corrupt message length")
-                body = _read_exactly(conn, length - 3)
-                reply = daemon.handle(kind, body)
-            except WalgError as exc:
-                log.error("%s request failed: %s", kind.decode(errors="replace"), exc)
-                reply = ERROR
-            except (ConnectionError, TimeoutError, OSError) as exc:
-                log.error("connection failed: %s", exc)
-                return
-            except Exception as exc:
-                log.exception("unexpected error handling a request: %s", exc)
-                reply = ERROR
-            try:
-                conn.sendall(reply)
-            except OSError:
-                return
+            with self.server.busy():
+                try:
+                    if length < 3:
+                        raise UsageError("corrupt message length")
+                    body = _read_exactly(conn, length - 3)
+                    reply = daemon.handle(kind, body, lambda: client_open(conn))
+                except WalgError as exc:
+                    log.error("%r request failed: %s", kind, loggable(str(exc)))
+                    reply = ERROR
+                except (ConnectionError, TimeoutError, OSError) as exc:
+                    log.error("connection failed: %s", loggable(str(exc)))
+                    return
+                except Exception as exc:
+                    # The frames, not the message: it may quote the request's bytes.
+                    frames = "".join(traceback.format_tb(exc.__traceback__))
+                    log.error(
+                        "unexpected error handling a %r request: %s: %s\n%s",
+                        kind,
+                        type(exc).__name__,
+                        loggable(str(exc)),
+                        frames,
+                    )
+                    reply = ERROR
+                try:
+                    conn.sendall(reply)
+                except OSError:
+                    return
             if kind in (b"F", b"f") or reply == ERROR:
                 return
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    # Idle connections must not keep the process alive; requests being answered are waited
+    # for by wait_idle instead.
     daemon_threads = True
     daemon: Daemon
+    socket_path: str
+    socket_identity: tuple[int, int] = (-1, -1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Around the work and the reply of one request."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is between being read and being answered; False on time."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
 
 def prepare_socket_path(path: str) -> None:
-    """Remove a stale socket; refuse if another daemon answers on it or it is not a socket."""
+    """Remove a stale socket; refuse if another daemon answers on it or it is not a socket.
+
+    Only a refused connection (or none at the path) proves the socket stale. Anything else
+    (a full listen backlog answers EAGAIN, another user's socket EACCES) may be a live daemon,
+    and unlinking its socket would cut PostgreSQL off from it.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -236,12 +431,32 @@ def prepare_socket_path(path: str) -> None:
     try:
         probe.settimeout(2)
         probe.connect(path)
-    except OSError:
-        os.unlink(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        remove(path)
         return
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            reason = "its listen queue is full: a daemon may be busy there"
+        raise UsageError(
+            f"cannot tell whether a daemon is listening on {path} ({reason}); "
+            "remove it if it is stale"
+        ) from None
     finally:
         probe.close()
     raise UsageError(f"another daemon is already listening on {path}")
+
+
+def release_socket_path(server: _Server) -> None:
+    """Unlink the server's socket, unless the path is now another daemon's socket."""
+    try:
+        st = os.lstat(server.socket_path)
+    except FileNotFoundError:
+        return
+    if (st.st_dev, st.st_ino) != server.socket_identity:
+        log.info("%s is no longer this daemon's socket; left in place", server.socket_path)
+        return
+    remove(server.socket_path)
 
 
 def serve(daemon: Daemon, socket_path: str, ready: threading.Event | None = None) -> _Server:
@@ -253,6 +468,9 @@ def serve(daemon: Daemon, socket_path: str, ready: threading.Event | None = None
     finally:
         os.umask(old)
     server.daemon = daemon
+    server.socket_path = socket_path
+    st = os.lstat(socket_path)
+    server.socket_identity = (st.st_dev, st.st_ino)
     daemon.start()
     if ready is not None:
         ready.set()

@@ -1,0 +1,237 @@
+"""``walg daemon`` itself, run as a real process: what it does with its socket path, signals,
+a shutdown with requests in flight, hostile request names, and fetches that outlive their
+request (time limit, or a client that went away): such a fetch must never put its file in
+place, since PostgreSQL may by then have been given another file at the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_daemon_clients import SEG, Env, _request
+
+BIG = 16 << 20  # a segment takes a daemon more than a few milliseconds to store or fetch
+
+
+@pytest.fixture
+def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
+    e = Env(tmp_path, walg_bin)
+    try:
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.kill()
+            e.daemon.wait()
+
+
+def _fetch_body(name: str, dest: str) -> bytes:
+    body = bytes([2])
+    for arg in (name, dest):
+        body += len(arg.encode()).to_bytes(2, "big") + arg.encode()
+    return body
+
+
+def _archive(env: Env, data: bytes) -> None:
+    """Store ``data`` as SEG with walg itself (no daemon)."""
+    source = env.root / "src" / "pg_wal"
+    source.mkdir(parents=True)
+    (source / SEG).write_bytes(data)
+    import subprocess
+
+    done = subprocess.run(
+        [env.walg_bin, "wal-push", str(source / SEG)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _full_queue(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener at ``path`` that never accepts, its listen queue full."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(0)
+    queued = []
+    for _ in range(64):
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(path))
+        except BlockingIOError:
+            filler.close()
+            return srv, queued
+        queued.append(filler)
+    raise AssertionError("the listen queue never filled")
+
+
+def test_a_busy_live_socket_is_not_taken_over_and_a_stale_one_is(env: Env) -> None:
+    """A connect that fails with anything but "refused" (here EAGAIN: a live daemon whose
+    queue is full) does not prove the socket stale: the new daemon refuses to start and leaves
+    it. A socket nobody listens on any more is replaced."""
+    srv, queued = _full_queue(env.socket)
+    try:
+        identity = env.socket.stat().st_ino
+        import subprocess
+
+        refused = subprocess.run(
+            [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "cannot tell whether a daemon is listening" in refused.stderr
+        assert env.socket.stat().st_ino == identity, "the live socket is still there"
+    finally:
+        srv.close()
+        for filler in queued:
+            filler.close()
+    # Closed without unlinking (a daemon that was killed): connect is refused, so it is stale.
+    assert env.socket.exists()
+    env.start()
+    # The old path exists from the start (an inode number may even be reused): ask until the
+    # daemon answers on its own socket.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert _request(env.socket, b"C", b"") == b"O"
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            assert env.daemon is not None and env.daemon.poll() is None, env.daemon
+            assert time.monotonic() < deadline, "the stale socket was not replaced"
+            time.sleep(0.02)
+    env.stop()
+    assert not env.socket.exists(), "a daemon removes its own socket at exit"
+
+
+def test_an_exiting_daemon_leaves_a_newer_daemons_socket(env: Env) -> None:
+    env.start()
+    # What a newer daemon does once this one's socket is gone: its own socket at the path.
+    env.socket.unlink()
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    newer.bind(str(env.socket))
+    newer.listen(1)
+    try:
+        identity = env.socket.stat().st_ino
+        log = env.stop()
+        assert env.socket.exists() and env.socket.stat().st_ino == identity, log
+    finally:
+        newer.close()
+
+
+def test_sigusr1_and_sighup_do_not_stop_the_daemon(env: Env) -> None:
+    """logrotate sends SIGUSR1 (WAL-G reopens its log file then); SIGHUP is ignored."""
+    env.start()
+    assert env.daemon is not None
+    for signum in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
+        env.daemon.send_signal(signum)
+        time.sleep(0.2)
+        assert env.daemon.poll() is None, env.daemon.communicate()
+        assert _request(env.socket, b"C", b"") == b"O"
+    log = env.stop()
+    assert "SIGUSR1" in log and "SIGHUP ignored" in log, log
+
+
+def test_requests_in_flight_at_sigterm_are_answered(env: Env) -> None:
+    """SIGTERM while a push is being stored: the push completes and its client gets O, not
+    a closed connection (which PostgreSQL would take for a failure and retry)."""
+    (env.pgdata / "pg_wal" / SEG).write_bytes(os.urandom(BIG) * 4)
+    env.start()
+    assert env.daemon is not None
+    wal = env.store / "wal_005"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(60)
+        conn.connect(str(env.socket))
+        body = str(env.pgdata / "pg_wal" / SEG).encode()
+        conn.sendall(b"F" + (len(body) + 3).to_bytes(2, "big") + body)
+        # The object's temporary file appears as the upload begins.
+        deadline = time.monotonic() + 30
+        while not (wal.exists() and any(wal.iterdir())):
+            assert time.monotonic() < deadline, "the push never started"
+            time.sleep(0.001)
+        env.daemon.send_signal(signal.SIGTERM)
+        reply = conn.recv(1)
+    log = env.stop()
+    assert reply == b"O", log
+    assert (wal / f"{SEG}.lz4").is_file()
+
+
+def test_hostile_names_are_logged_escaped_and_cut(env: Env) -> None:
+    env.start()
+    name = "\0\n" * 50 + "A" * 65000
+    assert _request(env.socket, b"F", name.encode()) == b"E"
+    assert _request(env.socket, b"f", _fetch_body(name, "pg_wal/RECOVERYXLOG")) == b"E"
+    log = env.stop()
+    assert "\0" not in log
+    assert "AAAA" * 100 not in log
+    assert all(len(line) < 1000 for line in log.splitlines()), max(map(len, log.splitlines()))
+    assert log.count("\\x00\\n") >= 20, log  # escaped once, readable
+
+
+def test_a_fetch_past_its_limit_is_never_put_in_place(env: Env) -> None:
+    """The fetch limit (not the upload one) ends the request with E, and the download still
+    running is discarded: the file never appears at DEST later."""
+    data = os.urandom(BIG)
+    _archive(env, data)
+    env.env["WALG_DAEMON_WAL_FETCH_TIMEOUT"] = "1ms"
+    env.start()
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    assert _request(env.socket, b"f", _fetch_body(SEG, str(dest))) == b"E"
+    log = env.stop()  # waits for the abandoned download
+    assert not dest.exists()
+    assert os.listdir(env.pgdata / "pg_wal") == [], "no temporary file is left either"
+    assert "did not finish within" in log, log
+
+    # The upload timeout does not apply to fetches.
+    env.env.pop("WALG_DAEMON_WAL_FETCH_TIMEOUT")
+    env.env["WALG_DAEMON_WAL_UPLOAD_TIMEOUT"] = "1ms"
+    env.start()
+    assert _request(env.socket, b"f", _fetch_body(SEG, str(dest))) == b"O"
+    env.stop()
+    assert dest.read_bytes() == data
+
+
+def test_a_client_that_went_away_gets_no_late_file(env: Env) -> None:
+    """A client that gave up (its own timeout) before the download finished: nothing is put
+    at DEST afterwards."""
+    _archive(env, os.urandom(BIG))
+    env.start()
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(env.socket))
+        body = _fetch_body(SEG, str(dest))
+        conn.sendall(b"f" + (len(body) + 3).to_bytes(2, "big") + body)
+    time.sleep(1)
+    log = env.stop()
+    assert not dest.exists(), log
+    assert os.listdir(env.pgdata / "pg_wal") == []
+    assert "abandoned" in log, log
+
+
+def test_bad_fetch_limit_is_a_configuration_error(env: Env) -> None:
+    import subprocess
+
+    env.env["WALG_DAEMON_WAL_FETCH_TIMEOUT"] = "soon"
+    res = subprocess.run(
+        [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 78, res.stderr
+    assert "WALG_DAEMON_WAL_FETCH_TIMEOUT" in res.stderr
+    with contextlib.suppress(FileNotFoundError):
+        assert not env.socket.exists()
