@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from walg.core.pattern import LazyPattern
 from walg.errors import ConfigError
+from walg_destination import CONFIG_NAMES, destination_key
 
 # Not typing.TYPE_CHECKING: every archive_command call loads settings, and importing typing,
 # json or pathlib would cost it milliseconds (mypy treats this name as true).
@@ -51,8 +52,6 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-
-_CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")
 
 
 @dataclass(frozen=True)
@@ -122,6 +121,9 @@ class Settings:
     file_direct_io: bool
     log_level: str
     config_file: str | None
+    # Which archive this process writes to, as a digest (see walg_destination): the suffix of
+    # the look-ahead markers it may write and take.
+    destination_key: str
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     def lookup(self, key: str) -> str | None:
@@ -133,7 +135,12 @@ class Settings:
         return None
 
     def require_storage(self) -> tuple[str, str]:
-        """The configured storage kind and prefix, or a one-line error naming the variables."""
+        """The configured storage kind and prefix, or a one-line error naming the variables.
+
+        Also refuses while an encryption setting is set (see :func:`refuse_encryption`):
+        every command that reads or writes storage comes through here.
+        """
+        refuse_encryption(self.values)
         if self.storage_kind is None or self.storage_prefix is None:
             raise ConfigError(
                 "no storage configured: set WALG_FILE_PREFIX (or WALE_S3_PREFIX, WALG_S3_PREFIX, "
@@ -154,19 +161,22 @@ def load(
 ) -> Settings:
     """Build :class:`Settings` from the environment and the config file it points to."""
     env = dict(os.environ if environ is None else environ)
+    # Before the file is read: if it changes meanwhile, the key names the older file and
+    # matches no later call (a mismatch only costs an upload).
+    key = destination_key(env, config_path)
     file_path = config_path or env.get("WALG_CONFIG_PATH") or _default_config(env)
     merged: dict[str, str] = {}
     if file_path:
         merged.update(_read_config_file(file_path, explicit=bool(config_path)))
     merged.update({k: v for k, v in env.items() if v != "" or k not in merged})
-    return _build(merged, file_path)
+    return _build(merged, file_path, key)
 
 
 def _default_config(env: Mapping[str, str]) -> str | None:
     home = env.get("HOME")
     if not home:
         return None
-    for name in _CONFIG_NAMES:
+    for name in CONFIG_NAMES:
         candidate = os.path.join(home, name)
         try:
             if os.path.isfile(candidate):
@@ -265,6 +275,53 @@ def _bool(values: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (true or false)")
 
 
+# WAL-G's encryption settings (its config.go and docs; the format notes, sections 4 and 8):
+# client-side crypters, then storage-side encryption of the S3 and GCS backends.
+ENCRYPTION_KEYS: tuple[str, ...] = (
+    "WALG_LIBSODIUM_KEY",
+    "WALG_LIBSODIUM_KEY_PATH",
+    "WALG_LIBSODIUM_KEY_TRANSFORM",
+    "WALG_PGP_KEY",
+    "WALG_PGP_KEY_PATH",
+    "WALG_PGP_KEY_PASSPHRASE",
+    "WALG_GPG_KEY_ID",
+    "WALE_GPG_KEY_ID",
+    "GPG_KEY_ID",
+    "WALG_ENVELOPE_PGP_KEY",
+    "WALG_ENVELOPE_PGP_KEY_PATH",
+    "WALG_ENVELOPE_PGP_YC_ENDPOINT",
+    "WALG_ENVELOPE_PGP_YC_CSE_KMS_KEY_ID",
+    "WALG_ENVELOPE_PGP_YC_SERVICE_ACCOUNT_KEY_FILE",
+    "WALG_ENVELOPE_CACHE_EXPIRATION",
+    "WALG_CSE_KMS_ID",
+    "WALG_CSE_KMS_REGION",
+    "YC_CSE_KMS_KEY_ID",
+    "YC_SERVICE_ACCOUNT_KEY_FILE",
+    *(
+        f"{prefix}{key}"
+        for key in ("S3_SSE", "S3_SSE_C", "S3_SSE_KMS_ID", "GCS_ENCRYPTION_KEY")
+        for prefix in ("WALG_", "WALE_", "")
+    ),
+)
+
+
+def refuse_encryption(values: Mapping[str, str]) -> None:
+    """ConfigError naming every encryption setting that is set (never its value).
+
+    walg cannot encrypt or decrypt yet. Ignoring such a setting, as it did, would let a WAL-G
+    user who switches store backups and WAL in clear without a word, so nothing that touches
+    storage runs while one is set.
+    """
+    found = [name for name in ENCRYPTION_KEYS if values.get(name, "").strip()]
+    if found:
+        raise ConfigError(
+            f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} set, but walg does not "
+            "support encryption yet: it would store backups and WAL unencrypted (and cannot "
+            "read encrypted ones), so it refuses to touch storage; unset "
+            f"{'it' if len(found) == 1 else 'them'} only if unencrypted storage is what you want"
+        )
+
+
 def _storage(values: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
     found: list[tuple[str, str, str]] = []
     for suffix, kind in STORAGE_PREFIX_KEYS:
@@ -312,7 +369,7 @@ def _pg(values: Mapping[str, str]) -> PgConnection:
     )
 
 
-def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
+def _build(values: Mapping[str, str], config_file: str | None, destination_key: str) -> Settings:
     kind, prefix, prefix_key = _storage(values)
     compression = values.get("WALG_COMPRESSION_METHOD", "").strip().lower() or "lz4"
     if compression not in COMPRESSION_METHODS:
@@ -365,5 +422,6 @@ def _build(values: Mapping[str, str], config_file: str | None) -> Settings:
         file_direct_io=_bool(values, "WALG_FILE_DIRECT_IO", True),
         log_level=values.get("WALG_LOG_LEVEL", "").strip().upper() or "NORMAL",
         config_file=config_file,
+        destination_key=destination_key,
         values=dict(values),
     )

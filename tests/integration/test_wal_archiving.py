@@ -113,13 +113,13 @@ def test_prefetch_serves_next_segments_but_never_a_truncated_one(
     with open(victim, "r+b") as handle:
         handle.truncate(1 << 20)
     result = _fetch(walg, names[2], pg_wal / "RECOVERYXLOG", "--no-prefetch")
-    assert "discarding invalid prefetched WAL file" in result.stderr
+    assert "discarding invalid or foreign prefetched WAL file" in result.stderr
     assert (pg_wal / "RECOVERYXLOG").read_bytes() == (reference / names[2]).read_bytes()
 
     # A prefetched file holding another segment's bytes (stale) is not served either.
     shutil.copyfile(reference / names[1], prefetch / names[3])
     result = _fetch(walg, names[3], pg_wal / "RECOVERYXLOG", "--no-prefetch")
-    assert "discarding invalid prefetched WAL file" in result.stderr
+    assert "discarding invalid or foreign prefetched WAL file" in result.stderr
     assert (pg_wal / "RECOVERYXLOG").read_bytes() == (reference / names[3]).read_bytes()
 
 

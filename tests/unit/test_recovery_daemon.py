@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,19 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
     assert (tmp_path / "fetched").read_bytes() == b"\0" * 8192
 
 
+def _key(env: dict[str, str], *config: str) -> str:
+    """The destination key (walg_destination) of a walg process started with ``env`` in this
+    folder (``--config`` FILE when given), computed by a process started the same way."""
+    code = (
+        "import os, sys, walg_destination as d;"
+        "print(d.destination_key(os.environ, sys.argv[1] if len(sys.argv) > 1 else None))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *config], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
 def test_wal_push_ends_on_a_look_ahead_marker_before_walg_is_imported(
     tmp_path: Path, walg_bin: str
 ) -> None:
@@ -155,23 +169,34 @@ def test_wal_push_ends_on_a_look_ahead_marker_before_walg_is_imported(
         command = [sys.executable, "-X", "importtime", walg_bin, *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
 
-    for args in (
-        ["wal-push", str(wal / name)],
-        ["--config", "/nowhere", "wal-push", str(wal / name)],
+    key = _key(env)
+    marker = status / f"{name}.{key}"
+    for config, args in (
+        ((), ["wal-push", str(wal / name)]),
+        (("/nowhere",), ["--config", "/nowhere", "wal-push", str(wal / name)]),
     ):
-        write_marker(str(status / name), file_identity(str(wal / name)))
+        mine = status / f"{name}.{_key(env, *config)}"
+        write_marker(str(mine), file_identity(str(wal / name)))
         out = push(*args)
         assert out.returncode == 0, out.stderr
-        assert "| walg" not in out.stderr and "| lz4" not in out.stderr, out.stderr
-        assert not (status / name).exists()
-    # Without a marker the same call needs storage, and says so.
+        # Only the key's module beside the package, none of walg itself.
+        imported = re.findall(r"\|\s+(\S+)$", out.stderr, re.MULTILINE)
+        assert not [m for m in imported if m == "walg" or m.startswith(("walg.", "lz4"))]
+        assert "walg_destination" in imported, out.stderr
+        assert not mine.exists()
+    # Without a marker of its own destination the same call needs storage, and says so: a
+    # marker for another one (another key, or none as WAL-G and walg before keys wrote) is
+    # left for that destination.
+    for other in (status / f"{name}.{'0' * 32}", status / name):
+        write_marker(str(other), file_identity(str(wal / name)))
     again = push("wal-push", str(wal / name))
     assert again.returncode == 78, again.stderr
     assert "| walg.settings" in again.stderr
+    assert (status / name).exists() and (status / f"{name}.{'0' * 32}").exists()
     # A marker that vouches for another file (the segment rewritten under its name since, as
     # after pg_rewind) or for none (empty, as walg wrote before) is no short cut.
     for recorded in (file_identity(str(wal / name)), b""):
-        (status / name).write_bytes(recorded)
+        marker.write_bytes(recorded)
         if recorded:
             (wal / name).unlink()
             (wal / name).write_bytes(b"\1" * 8192)
@@ -192,11 +217,12 @@ def test_wal_push_in_process_honours_the_marker_too(tmp_path: Path) -> None:
     status.mkdir(parents=True)
     name = "000000010000000000000007"
     (wal / name).write_bytes(b"\0" * 8192)
-    write_marker(str(status / name), file_identity(str(wal / name)))
     store = tmp_path / "store"
     store.mkdir()
     code = f"from walg.cli.main import main; print(main(['wal-push', {str(wal / name)!r}]))"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    marker = status / f"{name}.{_key(env)}"
+    write_marker(str(marker), file_identity(str(wal / name)))
 
     def push() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -205,11 +231,11 @@ def test_wal_push_in_process_honours_the_marker_too(tmp_path: Path) -> None:
 
     out = push()
     assert out.stdout.split() == ["0"], out.stderr
-    assert not (status / name).exists()
+    assert not marker.exists()
     assert not any(p.is_file() for p in store.rglob("*")), "nothing may be uploaded"
     # A marker for a file that is no longer the one at the path: archived the ordinary way.
-    (status / name).write_bytes(b"0:0:8192:0\n")
+    marker.write_bytes(b"0:0:8192:0\n")
     out = push()
     assert out.stdout.split() == ["0"], out.stderr
     assert [p.name for p in store.rglob("*") if p.is_file()] == [f"{name}.lz4"]
-    assert not (status / name).exists()
+    assert not marker.exists()

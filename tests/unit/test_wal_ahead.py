@@ -7,18 +7,21 @@ The command-line flows run the installed ``walg`` as PostgreSQL would (one call 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from walg.ops.wal import file_identity, take_marker, write_marker
+from walg.ops.wal import file_identity, marker_path, take_marker, write_marker
 from walg.ops.wal_push import (
     UPLOADER_LOCK,
     LookaheadUploader,
@@ -27,10 +30,32 @@ from walg.ops.wal_push import (
     status_dir,
     uploader_running,
 )
-from walg.settings import load
+from walg.settings import Settings, load
+from walg.storage.file import FileStorage
 from walg.storage.memory import MemoryStorage
+from walg.streams.base import Sink
 
 SEGMENTS = [f"0000000100000000000000{n:02X}" for n in range(0x20, 0x28)]
+KEY_A, KEY_B = "a" * 32, "b" * 32
+
+
+def key_of(env: dict[str, str], cwd: Path, *config: str) -> str:
+    """The destination key of a walg process run with ``env`` in ``cwd`` (``--config`` FILE
+    when given), computed by a process started the same way: the interpreter may add to its
+    environment (PEP 538 sets LC_CTYPE), and the key covers all of it."""
+    code = (
+        "import os, sys, walg_destination as d;"
+        "print(d.destination_key(os.environ, sys.argv[1] if len(sys.argv) > 1 else None))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *config],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
 
 
 class PgWal:
@@ -54,17 +79,29 @@ class PgWal:
         (self.dir / "archive_status" / f"{name}.ready").touch()
         return path
 
-    def stored(self) -> list[str]:
-        wal = self.store / "wal_005"
+    def stored(self, store: Path | None = None) -> list[str]:
+        wal = (store or self.store) / "wal_005"
         return sorted(p.name for p in wal.iterdir()) if wal.is_dir() else []
 
-    def walg(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def key(self) -> str:
+        """The destination key of the calls :meth:`walg` makes."""
+        return key_of(self.env, self.root)
+
+    def marker(self, name: str, key: str | None = None) -> Path:
+        return Path(marker_path(str(self.status), name, key or self.key()))
+
+    def markers(self) -> list[str]:
+        return sorted(p.name for p in self.status.iterdir() if not p.name.endswith(".lock"))
+
+    def walg(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         # stderr to a file, as PostgreSQL's log: a detached uploader keeps it open after the
         # call, and a pipe would make this wait for the uploader too.
         with self.log.open("a") as err:
             out = subprocess.run(
                 [self.walg_bin, *args],
-                env=self.env,
+                env=self.env if env is None else env,
                 cwd=self.root,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -137,7 +174,7 @@ def test_segment_lock_is_exclusive_between_processes_and_leaves_nothing(tmp_path
 def test_a_marker_vouches_for_one_file_only(tmp_path: Path) -> None:
     segment = tmp_path / SEGMENTS[0]
     segment.write_bytes(b"a" * 8192)
-    marker = tmp_path / "marker"
+    marker = Path(marker_path(str(tmp_path), SEGMENTS[0], KEY_A))
     write_marker(str(marker), file_identity(str(segment)))
     assert take_marker(str(marker), str(segment))
     assert not marker.exists()
@@ -148,22 +185,52 @@ def test_a_marker_vouches_for_one_file_only(tmp_path: Path) -> None:
     segment.write_bytes(b"b" * 8192)
     assert not take_marker(str(marker), str(segment))
     assert not marker.exists()
-    # Empty markers (walg before this change) vouch for nothing either.
+    # Empty markers (walg before markers named the file) vouch for nothing either.
     marker.touch()
     assert not take_marker(str(marker), str(segment))
-    assert not take_marker(str(tmp_path / "none"), str(segment))
+    assert not take_marker(str(tmp_path / f"{SEGMENTS[0]}.{KEY_B}"), str(segment))
+
+
+def test_a_marker_answers_only_the_destination_it_was_written_for(tmp_path: Path) -> None:
+    """Markers of two destinations for one file live side by side; a call with one key never
+    takes, nor removes, the other's; a marker without a key (walg before keys, WAL-G's own
+    empty marker) says nothing about where the file went and is left alone."""
+    name = SEGMENTS[0]
+    segment = tmp_path / name
+    segment.write_bytes(b"a" * 8192)
+    for key in (KEY_A, KEY_B):
+        write_marker(marker_path(str(tmp_path), name, key), file_identity(str(segment)))
+    unkeyed = tmp_path / name
+    unkeyed_status = tmp_path / "status"
+    unkeyed_status.mkdir()
+    write_marker(str(unkeyed_status / name), file_identity(str(segment)))
+    assert not take_marker(str(unkeyed_status / name), str(segment))
+    assert (unkeyed_status / name).exists(), "an unkeyed marker is not ours to take"
+    assert take_marker(marker_path(str(tmp_path), name, KEY_A), str(segment))
+    assert not Path(marker_path(str(tmp_path), name, KEY_A)).exists()
+    assert Path(marker_path(str(tmp_path), name, KEY_B)).exists(), "B's marker stays for B"
+    assert not take_marker(marker_path(str(tmp_path), name, KEY_A), str(unkeyed))
+    assert take_marker(marker_path(str(tmp_path), name, KEY_B), str(segment))
 
 
 def test_markers_of_files_postgresql_finished_are_forgotten(pg_wal: PgWal) -> None:
     pg_wal.status.mkdir(parents=True)
     kept, done = SEGMENTS[0], SEGMENTS[1]
     for name in (kept, done):
-        write_marker(str(pg_wal.status / name), file_identity(str(pg_wal.add(name))))
+        identity = file_identity(str(pg_wal.add(name)))
+        for key in (KEY_A, KEY_B):  # every destination's markers
+            write_marker(marker_path(str(pg_wal.status), name, key), identity)
+    # An unkeyed one (walg before keys, WAL-G) is as finished as the others.
+    write_marker(str(pg_wal.status / done), b"")
     ready = pg_wal.dir / "archive_status" / f"{done}.ready"
     ready.rename(ready.with_suffix(".done"))
     (pg_wal.status / f"{kept}.lock").touch()
-    assert forget_finished_markers(str(pg_wal.dir)) == [done]
-    assert sorted(p.name for p in pg_wal.status.iterdir()) == [kept, f"{kept}.lock"]
+    assert forget_finished_markers(str(pg_wal.dir)) == [done, f"{done}.{KEY_A}", f"{done}.{KEY_B}"]
+    assert sorted(p.name for p in pg_wal.status.iterdir()) == [
+        f"{kept}.{KEY_A}",
+        f"{kept}.{KEY_B}",
+        f"{kept}.lock",
+    ]
 
 
 def test_a_backlog_drains_through_the_detached_uploader(pg_wal: PgWal) -> None:
@@ -196,7 +263,7 @@ def test_wal_push_waits_for_the_uploader_writing_its_file(pg_wal: PgWal) -> None
     writer = _hold(
         pg_wal.status / f"{name}.lock",
         0.8,
-        f"write_marker({str(pg_wal.status / name)!r}, file_identity({str(segment)!r}))",
+        f"write_marker({str(pg_wal.marker(name))!r}, file_identity({str(segment)!r}))",
     )
     start = time.monotonic()
     out = pg_wal.archive(name)
@@ -204,7 +271,7 @@ def test_wal_push_waits_for_the_uploader_writing_its_file(pg_wal: PgWal) -> None
     assert time.monotonic() - start >= 0.4, "it waited for the lock"
     assert "archived by the detached uploader" in pg_wal.log.read_text()
     assert pg_wal.stored() == [], "the call took the uploader's marker, nothing uploaded twice"
-    assert not (pg_wal.status / name).exists()
+    assert pg_wal.markers() == []
     writer.wait(timeout=30)
     uploader.wait(timeout=30)
 
@@ -225,7 +292,7 @@ def test_only_one_uploader_runs(pg_wal: PgWal) -> None:
     assert out.returncode == 0
     assert pg_wal.stored() == [f"{name}.lz4" for name in SEGMENTS[1:3]]
     for name in SEGMENTS[1:3]:
-        assert take_marker(str(pg_wal.status / name), str(pg_wal.dir / name))
+        assert take_marker(str(pg_wal.marker(name)), str(pg_wal.dir / name))
 
 
 def test_the_uploader_leaves_files_it_cannot_have(pg_wal: PgWal) -> None:
@@ -246,7 +313,7 @@ def test_the_uploader_leaves_files_it_cannot_have(pg_wal: PgWal) -> None:
     out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
     assert out.returncode == 0
     assert pg_wal.stored() == [], "neither the locked file nor one PostgreSQL finished"
-    assert not (pg_wal.status / locked).exists()
+    assert not pg_wal.marker(locked).exists()
     holder.wait(timeout=30)
 
 
@@ -264,8 +331,8 @@ def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
     out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
     assert out.returncode == 0, pg_wal.log.read_text()
     assert pg_wal.stored() == [f"{stored}.lz4", f"{other}.lz4"]
-    assert not (pg_wal.status / stored).exists()
-    assert (pg_wal.status / other).exists()  # the file it did archive ahead
+    assert not pg_wal.marker(stored).exists()
+    assert pg_wal.marker(other).exists()  # the file it did archive ahead
     after = (pg_wal.store / "wal_005" / f"{stored}.lz4").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -281,8 +348,8 @@ def test_the_uploader_leaves_files_stored_under_another_compression(pg_wal: PgWa
     out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
     assert out.returncode == 0, pg_wal.log.read_text()
     assert pg_wal.stored() == [f"{name}.zst", f"{other}.lz4"]
-    assert not (pg_wal.status / name).exists()
-    assert (pg_wal.status / other).exists()
+    assert not pg_wal.marker(name).exists()
+    assert pg_wal.marker(other).exists()
 
 
 class ProbeCountingStorage(MemoryStorage):
@@ -317,4 +384,342 @@ def test_a_look_ahead_upload_probes_each_key_once(tmp_path: Path) -> None:
     assert storage.probes, "the uploader must ask whether the file is archived already"
     assert len(storage.probes) == len(set(storage.probes)), storage.probes
     assert storage.get_bytes(f"wal_005/{name}.lz4") != b""
-    assert (Path(status_dir(str(wal_dir))) / name).exists()
+    # wait_for took the marker: its caller answers for the file.
+    assert not Path(marker_path(status_dir(str(wal_dir)), name, settings.destination_key)).exists()
+
+
+# Destinations: a marker answers only calls configured for the archive it was written to.
+
+
+def _archive_everything(pg_wal: PgWal, calls: list[tuple[list[str], dict[str, str]]]) -> None:
+    """PostgreSQL's archiver with ``archive_command = 'CALL1 %p && CALL2 %p ...'``: each file,
+    oldest first, is marked done once every call has succeeded."""
+    ready_dir = pg_wal.dir / "archive_status"
+    while names := sorted(p.name[: -len(".ready")] for p in ready_dir.glob("*.ready")):
+        name = names[0]
+        for args, env in calls:
+            out = pg_wal.walg(*args, "wal-push", f"pg_wal/{name}", env=env)
+            assert out.returncode == 0, pg_wal.log.read_text()
+        (ready_dir / f"{name}.ready").rename(ready_dir / f"{name}.done")
+
+
+def test_two_destinations_each_get_every_segment(pg_wal: PgWal) -> None:
+    """The reviewer's loss: ``walg wal-push %p && walg --config b.json wal-push %p`` with a
+    backlog. A's look-ahead markers must not end B's calls (nor B's A's): each archive gets
+    every segment, and what each stored is the file's content."""
+    contents = {name: pg_wal.add(name).read_bytes() for name in SEGMENTS}
+    store_b = pg_wal.root / "store-b"
+    config_b = pg_wal.root / "b.json"
+    config_b.write_text(json.dumps({"WALG_FILE_PREFIX": str(store_b)}))
+    env_b = {k: v for k, v in pg_wal.env.items() if k != "WALG_FILE_PREFIX"}
+    _archive_everything(pg_wal, [([], pg_wal.env), (["--config", str(config_b)], env_b)])
+    pg_wal.wait_uploader_gone()
+    for store in (pg_wal.store, store_b):
+        assert pg_wal.stored(store) == [f"{name}.lz4" for name in SEGMENTS], store
+    for name, data in contents.items():
+        for args, env in (([], pg_wal.env), (["--config", str(config_b)], env_b)):
+            fetched = pg_wal.root / f"fetched-{name}"
+            out = pg_wal.walg(*args, "wal-fetch", name, str(fetched), env=env)
+            assert out.returncode == 0, pg_wal.log.read_text()
+            assert fetched.read_bytes() == data
+
+
+def test_a_config_edited_during_a_backlog_sends_the_rest_to_the_new_archive(
+    pg_wal: PgWal,
+) -> None:
+    """The config file is part of the key (path and identity): markers the uploader left for
+    the old archive are not taken by calls that read the edited file."""
+    for name in SEGMENTS:
+        pg_wal.add(name)
+    config = pg_wal.root / "walg.json"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": str(pg_wal.store)}))
+    env = {k: v for k, v in pg_wal.env.items() if k != "WALG_FILE_PREFIX"}
+    first = pg_wal.walg("--config", str(config), "wal-push", f"pg_wal/{SEGMENTS[0]}", env=env)
+    assert first.returncode == 0, pg_wal.log.read_text()
+    ready = pg_wal.dir / "archive_status" / f"{SEGMENTS[0]}.ready"
+    ready.rename(ready.with_suffix(".done"))
+    deadline = time.monotonic() + 60
+    while len(pg_wal.stored()) < len(SEGMENTS):
+        assert time.monotonic() < deadline, "the uploader did not archive the backlog ahead"
+        time.sleep(0.05)
+    pg_wal.wait_uploader_gone()
+    assert len(pg_wal.markers()) == len(SEGMENTS) - 1
+    store_b = pg_wal.root / "store-b"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store_b)}))
+    _archive_everything(pg_wal, [(["--config", str(config)], env)])
+    pg_wal.wait_uploader_gone()
+    assert pg_wal.stored(store_b) == [f"{name}.lz4" for name in SEGMENTS[1:]]
+
+
+def test_the_detached_uploader_marks_with_the_key_of_the_call_that_started_it(
+    pg_wal: PgWal,
+) -> None:
+    """Configured by ~/.walg.json, a call starts the uploader with ``--config`` naming that
+    file: another key, were it computed there. Its markers carry the caller's key, so the
+    later calls take them (nothing archived twice, every marker consumed), and
+    ``--destination-key`` names them as given."""
+    home = pg_wal.root / "home"
+    home.mkdir()
+    (home / ".walg.json").write_text(json.dumps({"WALG_FILE_PREFIX": str(pg_wal.store)}))
+    env = {k: v for k, v in pg_wal.env.items() if k != "WALG_FILE_PREFIX"}
+    env["HOME"] = str(home)
+    for name in SEGMENTS:
+        pg_wal.add(name)
+    _archive_everything(pg_wal, [([], env)])
+    pg_wal.wait_uploader_gone()
+    log = pg_wal.log.read_text()
+    assert re.search(r"archived \d+ WAL files ahead of time", log), log
+    assert "already archived with equal content" not in log, log
+    assert pg_wal.markers() == []
+    assert pg_wal.stored() == [f"{name}.lz4" for name in SEGMENTS]
+
+    more = [f"0000000100000000000000{n:02X}" for n in range(0x30, 0x32)]
+    for name in more:
+        pg_wal.add(name)
+    out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir), "--destination-key", KEY_A, env=env)
+    assert out.returncode == 0, pg_wal.log.read_text()
+    assert pg_wal.markers() == [f"{name}.{KEY_A}" for name in more]
+    bad = pg_wal.walg("wal-push-ahead", str(pg_wal.dir), "--destination-key", "x", env=env)
+    assert bad.returncode == 2
+
+
+def test_the_launcher_takes_its_own_marker_and_leaves_the_others(pg_wal: PgWal) -> None:
+    """bin/walg's fast path (before walg is imported): with markers of another destination
+    and of its own for the file, it takes only its own and archives nothing; with only the
+    other's it goes on to walg, which archives the file."""
+    name = SEGMENTS[0]
+    segment = pg_wal.add(name)
+    pg_wal.status.mkdir(parents=True)
+    identity = file_identity(str(segment))
+    write_marker(str(pg_wal.marker(name, KEY_B)), identity)
+    write_marker(str(pg_wal.marker(name)), identity)
+    assert pg_wal.walg("wal-push", f"pg_wal/{name}").returncode == 0
+    assert pg_wal.stored() == [], "its own marker answered the call"
+    assert pg_wal.markers() == [f"{name}.{KEY_B}"]
+    assert pg_wal.walg("wal-push", f"pg_wal/{name}").returncode == 0
+    assert pg_wal.stored() == [f"{name}.lz4"]
+    assert pg_wal.markers() == [f"{name}.{KEY_B}"], "the other destination's marker stays"
+
+
+# A stalled look-ahead upload and PostgreSQL recycling the file under it.
+
+
+def test_wal_push_fails_rather_than_archive_beside_a_stalled_uploader(tmp_path: Path) -> None:
+    """The uploader holds the file's lock past the wait: the call fails (PostgreSQL retries)
+    and stores nothing, instead of archiving the file beside an upload still reading it."""
+    from walg.errors import WalgError
+    from walg.ops.wal_push import wal_push
+    from walg.storage.file import FileStorage
+
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    name = SEGMENTS[0]
+    (wal_dir / name).write_bytes(os.urandom(8192))
+    (wal_dir / "archive_status" / f"{name}.ready").touch()
+    status = Path(status_dir(str(wal_dir)))
+    status.mkdir(parents=True)
+    holder = _hold(status / f"{name}.lock", 5)
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "store")})
+    storage = FileStorage(tmp_path / "store")
+    try:
+        with pytest.raises(WalgError, match="has not finished it in 1 s"):
+            wal_push(
+                settings, storage, str(wal_dir / name), spawn_uploader=lambda *a: None, lock_wait=1
+            )
+        assert not (tmp_path / "store" / "wal_005").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+class _MidUpload(FileStorage):
+    """File storage that runs ``action`` once, when an upload has written ``after`` bytes:
+    what happens meanwhile in pg_wal (or in storage) while a slow upload is under way."""
+
+    def __init__(self, root: Path, after: int, action: Callable[[], None]) -> None:
+        super().__init__(root)
+        self._after = after
+        self._action: Callable[[], None] | None = action
+
+    @contextlib.contextmanager
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
+        with super().open_write(key, overwrite) as sink:
+            yield _HookedSink(sink, self)
+
+    def written(self, total: int) -> None:
+        if self._action is not None and total >= self._after:
+            action, self._action = self._action, None
+            action()
+
+
+class _HookedSink:
+    def __init__(self, inner: Sink, owner: _MidUpload) -> None:
+        self._inner, self._owner, self._total = inner, owner, 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        written = self._inner.write(data)
+        self._total += len(data)
+        self._owner.written(self._total)
+        return written
+
+
+def _lookahead_setup(tmp_path: Path) -> tuple[Path, Path, Settings]:
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    name = SEGMENTS[0]
+    data = os.urandom(12 << 20)  # three 4 MiB blocks, read one after the other
+    segment = wal_dir / name
+    segment.write_bytes(data)
+    ready = wal_dir / "archive_status" / f"{name}.ready"
+    ready.touch()
+    # The segment was written long before it was archived: its times are in an older tick.
+    old = time.time_ns() - 10**9
+    os.utime(segment, ns=(old, old))
+    time.sleep(0.02)
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "store")})
+    return segment, ready, settings
+
+
+def test_a_look_ahead_upload_of_a_recycled_file_is_abandoned(tmp_path: Path) -> None:
+    """The reviewer's race: while a look-ahead upload is under way PostgreSQL finishes with
+    the file (.ready -> .done) and recycles it (renamed, the next segment written into the
+    same inode). The upload must not commit what it read: nothing is stored, no marker."""
+    from walg.errors import WalgError
+    from walg.ops.wal_push import push_one
+
+    segment, ready, settings = _lookahead_setup(tmp_path)
+    later = segment.with_name(SEGMENTS[5])
+
+    def recycle() -> None:
+        ready.rename(ready.with_suffix(".done"))
+        segment.rename(later)
+        with later.open("r+b") as f:
+            f.write(os.urandom(12 << 20))
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, recycle)
+    with pytest.raises(WalgError, match="look-ahead upload abandoned"):
+        push_one(settings, storage, str(segment), absent=True, ready=str(ready))
+    assert storage.list("") == []
+    assert [p.name for p in (tmp_path / "store" / "wal_005").iterdir()] == [], "no temporary"
+
+
+@pytest.mark.parametrize("change", ["rewritten", "not-ready"])
+def test_a_look_ahead_upload_checks_the_file_after_its_last_read(
+    tmp_path: Path, change: str
+) -> None:
+    """Either sign alone abandons the upload: the file changed in place (same inode and
+    name), or PostgreSQL no longer has it .ready. Unchanged, the same upload commits and
+    returns the identity its marker records."""
+    from walg.errors import WalgError
+    from walg.ops.wal_push import push_one
+
+    segment, ready, settings = _lookahead_setup(tmp_path)
+
+    def meddle() -> None:
+        if change == "rewritten":
+            with segment.open("r+b") as f:
+                f.write(os.urandom(4096))
+        else:
+            ready.unlink()
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, meddle)
+    with pytest.raises(WalgError, match="look-ahead upload abandoned"):
+        push_one(settings, storage, str(segment), absent=True, ready=str(ready))
+    assert storage.list("") == []
+    if change == "not-ready":
+        ready.touch()
+    identity = file_identity(str(segment))
+    result = push_one(
+        settings, FileStorage(tmp_path / "store"), str(segment), absent=True, ready=str(ready)
+    )
+    assert result.uploaded and result.identity == identity
+
+
+def test_a_look_ahead_upload_never_replaces_an_object(tmp_path: Path) -> None:
+    """An object stored under the key while a look-ahead upload runs (a standby archiving the
+    same WAL, another host) is kept: equal content is success without writing; different
+    content is an error and the stored object stays as it was."""
+    from walg.errors import WalOverwriteError
+    from walg.ops.wal_fetch import wal_fetch
+    from walg.ops.wal_push import push_one
+
+    segment, ready, settings = _lookahead_setup(tmp_path)
+    key = f"wal_005/{SEGMENTS[0]}.lz4"
+    plain = FileStorage(tmp_path / "store")
+
+    def archived_meanwhile() -> None:
+        push_one(settings, plain, str(segment))
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, archived_meanwhile)
+    result = push_one(settings, storage, str(segment), absent=True, ready=str(ready))
+    assert not result.uploaded and result.identity == file_identity(str(segment))
+
+    other = tmp_path / "other" / SEGMENTS[0]
+    other.parent.mkdir()
+    other.write_bytes(os.urandom(12 << 20))
+    plain.delete([key])
+
+    def other_archived_meanwhile() -> None:
+        push_one(settings, plain, str(other))
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, other_archived_meanwhile)
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(segment), absent=True, ready=str(ready))
+    fetched = tmp_path / "fetched"
+    wal_fetch(settings, plain, SEGMENTS[0], str(fetched))
+    assert fetched.read_bytes() == other.read_bytes(), "the object stored first is kept"
+    assert [p.name for p in (tmp_path / "store" / "wal_005").iterdir()] == [f"{SEGMENTS[0]}.lz4"]
+
+
+# A status folder another user made.
+
+
+def test_a_status_folder_of_another_user_means_no_look_ahead(tmp_path: Path, walg_bin: str) -> None:
+    """A wal-push once run as root leaves walg_data/ (mode 0700) owned by root; the server's
+    own calls must still archive (the ordinary way, with a warning naming the folder and its
+    owner), not fail until pg_wal fills."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a call as root and the next ones as pgtest")
+    from pgcluster import pg_tmpdir, pg_user_env, run_as_pg
+
+    root = pg_tmpdir(prefix="status-owner-")
+    try:
+        wal_dir = root / "pg_wal"
+        store = root / "store"
+        for folder in (wal_dir, wal_dir / "archive_status", store, store / "wal_005"):
+            folder.mkdir()
+            shutil.chown(folder, "pgtest", "pgtest")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WALG_FILE_PREFIX": str(store)}
+        names = SEGMENTS[:3]
+        for name in names:
+            (wal_dir / name).write_bytes(os.urandom(4096) * 64)
+            shutil.chown(wal_dir / name, "pgtest", "pgtest")
+        (wal_dir / "archive_status" / f"{names[0]}.ready").touch()
+        as_root = subprocess.run(
+            [walg_bin, "wal-push", str(wal_dir / names[0])],
+            env={**env, "HOME": "/root"},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert as_root.returncode == 0, as_root.stderr
+        status = Path(status_dir(str(wal_dir)))
+        assert status.stat().st_uid == 0 and status.stat().st_mode & 0o777 == 0o700
+        for name in names[1:]:
+            (wal_dir / "archive_status" / f"{name}.ready").touch()
+        for name in names[1:]:
+            out = run_as_pg(
+                [walg_bin, "wal-push", str(wal_dir / name)],
+                env={**env, **pg_user_env()},
+                check=False,
+                timeout=120,
+            )
+            assert out.returncode == 0, out.stderr
+            assert "cannot use walg's status folder" in out.stderr, out.stderr
+            assert f"{status} is owned by root, mode 0700" in out.stderr, out.stderr
+        assert sorted(p.name for p in (store / "wal_005").iterdir()) == [
+            f"{name}.lz4" for name in names
+        ]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -17,8 +17,9 @@ import pytest
 
 from lz4frames import check_trailer_object
 from walg.core.lsn import Segment
-from walg.ops.wal import find_wal_object
+from walg.ops.wal import find_wal_object, marker_path
 from walg.ops.wal_follow import BLOCK, REPICK_AFTER, WalFollower
+from walg.ops.wal_push import status_dir
 from walg.settings import Settings, load
 from walg.storage.file import FileStorage
 
@@ -110,6 +111,11 @@ def temp_files(tmp_path: Path) -> list[str]:
     return [p.name for p in (tmp_path / "store").rglob("*") if ".tmp." in p.name]
 
 
+def marker(wal: FakeWal, settings: Settings, name: str) -> Path:
+    """The follower's marker for ``name``: named with its destination's key."""
+    return Path(marker_path(status_dir(str(wal.dir)), name, settings.destination_key))
+
+
 def test_blocks_are_prepared_as_they_become_final_and_finished_on_ready(
     setup, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +135,7 @@ def test_blocks_are_prepared_as_they_become_final_and_finished_on_ready(
     wait_until(lambda: follower.stats["finished"] == 1)
     assert claimed == [NAME]
     assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
-    assert (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
+    assert marker(wal, _settings, NAME).exists()
     assert follower.wait_for(NAME, 5) is True
     assert follower.wait_for(NAME, 5) is False  # reported once
     assert temp_files(tmp_path) == []
@@ -146,7 +152,7 @@ def test_a_request_finishes_the_followed_segment_without_waiting_for_the_poll(se
     assert follower.wait_for(NAME, 5) is True
     assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
     # The answer went to the request: no marker is left behind for a wal-push to consume.
-    assert not (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
+    assert not marker(wal, _settings, NAME).exists()
 
 
 def test_next_segment_is_followed_after_one_is_finished(setup) -> None:  # type: ignore[no-untyped-def]
@@ -183,7 +189,7 @@ def test_content_changed_after_it_was_read_is_never_archived(setup, tmp_path: Pa
     wait_until(lambda: follower.stats["discarded"] == 1)
     assert find_wal_object(storage, NAME) is None
     assert follower.wait_for(NAME, 1) is False
-    assert not (wal.dir / "walg_data" / "walg_archive_status" / NAME).exists()
+    assert not marker(wal, _settings, NAME).exists()
     assert temp_files(tmp_path) == []
 
 
@@ -326,8 +332,7 @@ def test_names_nobody_asks_for_are_remembered_only_up_to_the_bound(tmp_path: Pat
             wait_until(lambda count=count: follower.stats["finished"] == count)
     finally:
         follower.stop()
-    markers = wal.dir / "walg_data" / "walg_archive_status"
-    assert (markers / first).exists() and (markers / second).exists()
+    assert marker(wal, settings, first).exists() and marker(wal, settings, second).exists()
     assert follower.wait_for(second, 1) is True
     assert follower.wait_for(first, 1) is False  # forgotten; its marker still answers
     assert stored_content(storage, first) == (wal.dir / first).read_bytes()

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     q.add_argument("wal_dir", metavar="PG_WAL")
     q.add_argument("--exclude", action="append", default=[], metavar="NAME")
+    q.add_argument(
+        "--destination-key",
+        metavar="KEY",
+        help="name markers with this key (that of the wal-push which starts the uploader)",
+    )
     q.set_defaults(run=run_ahead)
 
 
@@ -37,8 +42,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     def spawn(wal_dir: str, name: str) -> None:
         # stderr stays PostgreSQL's: a failed look-ahead upload is logged where operators look.
+        # The key is this call's: the uploader's own arguments differ (--config is explicit).
         ctx.spawn_detached(
-            "wal-push-ahead", os.path.abspath(wal_dir), "--exclude", name, keep_stderr=True
+            "wal-push-ahead",
+            os.path.abspath(wal_dir),
+            "--exclude",
+            name,
+            "--destination-key",
+            ctx.settings.destination_key,
+            keep_stderr=True,
         )
 
     wal_push(ctx.settings, ctx.storage(), args.path, spawn_uploader=spawn)
@@ -47,9 +59,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
     from walg.core.log import get_logger
-    from walg.ops.wal_push import archive_ahead
+    from walg.errors import UsageError
+    from walg.ops.wal_push import IDLE_EXIT, archive_ahead
+    from walg_destination import is_key
 
-    done = archive_ahead(ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude))
+    key = args.destination_key
+    if key is not None and not is_key(key):
+        raise UsageError(f"--destination-key {key!r} is not a destination key")
+    done = archive_ahead(
+        ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude), IDLE_EXIT, key
+    )
     if done:
         get_logger(__name__).info("archived %d WAL files ahead of time", len(done))
     return 0

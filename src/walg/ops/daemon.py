@@ -36,7 +36,7 @@ from typing import Any
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.errors import UsageError, WalgError, WalNotFound
-from walg.ops.wal import remove, take_marker
+from walg.ops.wal import marker_path, remove, take_marker
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root
@@ -200,18 +200,30 @@ class Daemon:
 
     def push(self, name: str) -> bytes:
         check_wal_file_name(name)
-        marker = os.path.join(status_dir(self.wal_dir), name)
-        if self.follower is not None and self.follower.wait_for(name, self.timeout):
-            remove(marker)
-            return OK
-        if self.lookahead is not None and self.lookahead.wait_for(name, self.timeout):
-            remove(marker)
-            return OK
+        marker = marker_path(status_dir(self.wal_dir), name, self.settings.destination_key)
         path = os.path.join(self.wal_dir, name)
-        if take_marker(marker, path):
+        if (self.follower is not None and self.follower.wait_for(name, self.timeout)) or (
+            self.lookahead is not None and self.lookahead.wait_for(name, self.timeout)
+        ):
+            self._forget_marker(marker)
+            return OK
+        try:
+            taken = take_marker(marker, path)
+        except OSError as exc:
+            # walg's status folder is only an optimisation: archive the file the ordinary way.
+            log.warning("cannot use the look-ahead marker %s (%s); archiving %s", marker, exc, name)
+            taken = False
+        if taken:
             return OK
         self._run(push_one, self.settings, self.storage, path, solo_threads())
         return OK
+
+    @staticmethod
+    def _forget_marker(marker: str) -> None:
+        try:
+            remove(marker)
+        except OSError as exc:
+            log.warning("cannot remove the look-ahead marker %s: %s", marker, exc)
 
     def _in_wal_dir(self, directory: str) -> bool:
         """Whether ``directory`` (absolute, or relative to PGDATA) is the pg_wal served here."""

@@ -45,17 +45,23 @@ class Upload:
 
 @contextmanager
 def upload(
-    storage: Storage, key: str, codec: Codec, threads: int = 1, hash_stored: bool = True
+    storage: Storage,
+    key: str,
+    codec: Codec,
+    threads: int = 1,
+    hash_stored: bool = True,
+    overwrite: bool = True,
 ) -> Iterator[Upload]:
     """``threads`` > 1 lets the codec compress on that many threads.
 
     ``hash_stored=False`` skips the BLAKE3 of the stored bytes, for objects whose checksum is
     recorded nowhere (WAL files: WAL-G's layout has no place for it); such an object carries
-    its own, the codec's digest trailer.
+    its own, the codec's digest trailer. ``overwrite=False``: an object already stored under
+    ``key`` when the upload commits is kept, and the upload fails (see the storage contract).
     """
     # The hashing stages are imported only when used: WAL calls, which run once per segment,
     # do not hash the stored bytes (about 0.7 ms of imports).
-    with storage.open_write(key) as sink:
+    with storage.open_write(key, overwrite) as sink:
         hasher = None
         if hash_stored:
             from walg.streams.hashing import HashingWriter

@@ -2,7 +2,8 @@
 and timeline history files read from storage.
 
 Also what the WAL commands share for their markers and temporary files: a marker's record of
-the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`) and
+the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`), its
+name, which carries the key of the destination it was written for (:func:`marker_path`), and
 :func:`remove`.
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import os
 
+from walg.core.lsn import is_wal_file_name
 from walg.core.naming import wal_key
 from walg.streams.compression import FETCH_PROBE_ORDER
+from walg_destination import is_key
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -77,8 +80,31 @@ def read_history(storage: Storage, timeline: int) -> History | None:
 
 def file_identity(path: str) -> bytes:
     """What a marker records of the file it vouches for: device, inode, size, mtime."""
-    st = os.stat(path)
+    return stat_identity(os.stat(path))
+
+
+def stat_identity(st: os.stat_result) -> bytes:
+    """:func:`file_identity` of a file already open (``os.fstat``)."""
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode()
+
+
+def marker_path(status: str, name: str, key: str) -> str:
+    """The marker of WAL file ``name`` archived to the destination with ``key`` (see
+    walg_destination): ``<status>/<name>.<key>``. Markers of several destinations for one
+    file live side by side; each call sees only its own."""
+    return os.path.join(status, f"{name}.{key}")
+
+
+def marker_name(entry: str) -> str | None:
+    """The WAL file name a status folder entry is a marker of, or None if it is none.
+
+    Markers without a key (walg before keys, WAL-G's own) count: they are stale for every
+    destination, and whoever cleans the folder may remove them.
+    """
+    if is_wal_file_name(entry):
+        return entry
+    name, _, key = entry.rpartition(".")
+    return name if is_key(key) and is_wal_file_name(name) else None
 
 
 def write_marker(marker: str, identity: bytes) -> None:
@@ -98,13 +124,18 @@ def write_marker(marker: str, identity: bytes) -> None:
 
 
 def take_marker(marker: str, source: str) -> bool:
-    """Consume ``marker`` if it vouches for ``source`` as it is now.
+    """Consume ``marker`` (a :func:`marker_path`) if it vouches for ``source`` as it is now.
 
-    A marker for another file (or an empty one, as walg wrote before markers named the file)
-    vouches for nothing: it is removed, and the caller archives ``source`` the ordinary way,
-    overwrite check included. (Markers are renamed into place, so one is never read half
-    written; removing a valid one that replaced a stale one meanwhile costs only that work.)
+    Only a marker whose name carries a destination key is ever taken: one without (walg
+    before keys, WAL-G's own) says nothing about where the file went, and is left alone.
+    A keyed marker for another file (or an empty one) vouches for nothing: it is removed, and
+    the caller archives ``source`` the ordinary way, overwrite check included. (Markers are
+    renamed into place, so one is never read half written; removing a valid one that replaced
+    a stale one meanwhile costs only that work.) Markers of other destinations have other
+    names and are never looked at.
     """
+    if not is_key(os.path.basename(marker).rpartition(".")[2]):
+        return False
     try:
         with open(marker, "rb") as handle:
             recorded = handle.read(256)

@@ -29,7 +29,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
 from walg.core.walpage import PAGE_HEADER, segment_file_magic, valid_segment_file
-from walg.ops.wal import file_identity, find_wal_object, write_marker
+from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
 from walg.ops.wal_push import status_dir
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -408,7 +408,7 @@ class WalFollower:
                 # and would only remove the marker again.
                 markers = status_dir(self._wal_dir)
                 os.makedirs(markers, mode=0o700, exist_ok=True)
-                write_marker(os.path.join(markers, name), identity)
+                write_marker(marker_path(markers, name, self._settings.destination_key), identity)
             archived = True
             self.stats["finished"] += 1
             log.debug("WAL follower archived %s (%d bytes)", name, current.stored)

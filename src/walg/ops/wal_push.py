@@ -7,9 +7,12 @@ archive as it was. ``.history`` files are always checked; other files unless
 
 A look-ahead uploader pushes other files PostgreSQL has marked ``.ready``
 (``WALG_UPLOAD_CONCURRENCY - 1`` at a time, at most ``TOTAL_BG_UPLOADED_LIMIT``) and records
-each in walg's own status folder, ``<pg_wal>/walg_data/walg_archive_status/<name>``, with the
-identity of the file it uploaded (:func:`walg.ops.wal.write_marker`). When PostgreSQL later
-asks for one of those, the marker is consumed and the call returns at once. From the command
+each in walg's own status folder, ``<pg_wal>/walg_data/walg_archive_status/<name>.<key>``, with
+the identity of the file it uploaded (:func:`walg.ops.wal.write_marker`); ``<key>`` names the
+destination it was archived to (walg_destination), so a call configured for another archive
+never takes it. When PostgreSQL later asks for one of those, the marker is consumed and the
+call returns at once. A look-ahead upload never replaces an object, and commits only if the
+file is still the one it read and still ``.ready`` (see :func:`push_one`). From the command
 line the uploader is a detached process (``walg wal-push-ahead``) that outlives the call which
 started it; in the daemon, and for callers of :func:`wal_push` that pass no spawner, it runs in
 the process. A per-file lock (:func:`segment_lock`) keeps a call and the uploader from
@@ -28,9 +31,17 @@ from dataclasses import dataclass
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
-from walg.errors import UsageError, WalgError, WalOverwriteError
+from walg.errors import StorageError, UsageError, WalgError, WalOverwriteError
 from walg.ops.pipeline import download, upload
-from walg.ops.wal import file_identity, find_wal_object, remove, take_marker, write_marker
+from walg.ops.wal import (
+    find_wal_object,
+    marker_name,
+    marker_path,
+    remove,
+    stat_identity,
+    take_marker,
+    write_marker,
+)
 from walg.streams.compression import codec_for_extension, codec_for_method
 
 # Paths are plain strings on this path and typing stays unimported: archive_command runs
@@ -41,6 +52,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import BinaryIO
 
+    from walg.ops.pipeline import Upload
     from walg.settings import Settings
     from walg.storage.base import Storage
     from walg.streams.compression import Codec
@@ -66,6 +78,9 @@ class WalPushResult:
     raw_size: int
     stored_size: int
     background: tuple[str, ...] = ()
+    # What a marker records of the file archived (walg.ops.wal.stat_identity), as it was
+    # when reading began and still was after the last read; empty when nothing was read.
+    identity: bytes = b""
 
 
 def status_dir(wal_dir: str) -> str:
@@ -73,13 +88,27 @@ def status_dir(wal_dir: str) -> str:
 
 
 def push_one(
-    settings: Settings, storage: Storage, source: str, threads: int = 1, absent: bool = False
+    settings: Settings,
+    storage: Storage,
+    source: str,
+    threads: int = 1,
+    absent: bool = False,
+    ready: str | None = None,
 ) -> WalPushResult:
     """Upload one WAL file with the overwrite rules; no look-ahead, no markers.
 
     ``threads`` compress it in parallel: worth it when this is the only upload running.
     ``absent``: the caller has just found no object of this file in storage (under any
     extension), so the overwrite check need not ask again.
+
+    ``ready``: this is a look-ahead upload, of a file PostgreSQL has not asked for yet, and
+    ``ready`` is its ``.ready`` file. Such an upload may be slow and PostgreSQL may finish with
+    the file meanwhile (archived by another call) and recycle it: rename it and write a later
+    segment into the same inode. So before it commits, after its last read, the file must be
+    the one it opened, unchanged (inode, size, mtime, ctime) and still ``.ready`` (PostgreSQL
+    removes that before it may recycle the file); otherwise the upload is abandoned. And it
+    never replaces an object: one stored meanwhile is compared instead, and an equal one is
+    success (``uploaded`` False).
     """
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
@@ -98,31 +127,91 @@ def push_one(
                 "content; refusing to overwrite it"
             )
     with open(source, "rb", buffering=0) as handle:
-        if threads > 1:
-            # Mapped, not read: its page-cache pages go to the compressor threads as they are,
-            # while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
-            # The mapping outlives the upload, whose writer holds views of it until it closes.
-            # (PostgreSQL never truncates a segment it has handed to archive_command.)
-            with (
-                mapped_file(handle) as data,
-                upload(storage, key, codec, threads=threads, hash_stored=False) as up,
-            ):
-                up.writer.write(data)
-        else:
-            # One thread compresses each block within write(), so one block of the file is
-            # mapped at a time: no copy out of the page cache and no fresh buffer to fault in
-            # (in a drain, 28 ms of daemon CPU per segment against 31.5-33 read into a new
-            # 4 MiB buffer and 29-30 into a reused one), and mapped pages stay one block's
-            # worth (a daemon draining a backlog peaked at 50 MB, as reading; 98 MB with the
-            # whole file mapped). A file truncated while mapped would end the process with
-            # SIGBUS rather than store a torn copy; PostgreSQL never truncates a segment it
-            # has marked .ready.
-            size = os.fstat(handle.fileno()).st_size
-            with upload(storage, key, codec, hash_stored=False) as up:
-                for offset in range(0, size, BLOCK):
-                    with mapped_file(handle, offset, min(BLOCK, size - offset)) as block:
-                        up.writer.write(block)
-    return WalPushResult(name, key, True, up.raw_size, up.stored_size)
+        opened = os.fstat(handle.fileno())
+        try:
+            up = _upload_file(storage, key, codec, source, handle, opened, threads, ready)
+        except StorageError:
+            if ready is None or not storage.exists(key):
+                raise
+            # Stored meanwhile by a writer this upload's lock does not keep out: a standby
+            # archiving the same WAL (archive_mode = always), WAL-G, another host.
+            if not _same_content(storage, key, codec, source):
+                raise WalOverwriteError(
+                    f"WAL file {name} was archived as {key} during a look-ahead upload, with "
+                    "different content; left as it is"
+                ) from None
+            _check_unchanged(handle, opened, source, ready)
+            log.info("WAL file %s was archived meanwhile with equal content", name)
+            return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
+    return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))
+
+
+def _upload_file(
+    storage: Storage,
+    key: str,
+    codec: Codec,
+    source: str,
+    handle: BinaryIO,
+    opened: os.stat_result,
+    threads: int,
+    ready: str | None,
+) -> Upload:
+    """Compress and store ``source``, open in ``handle``; see :func:`push_one` for ``ready``."""
+    overwrite = ready is None
+    # A look-ahead upload compresses in this thread: its check must come after the last read,
+    # and the compressor threads of a parallel upload read the mapping until it closes.
+    if threads > 1 and ready is None:
+        # Mapped, not read: its page-cache pages go to the compressor threads as they are,
+        # while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
+        # The mapping outlives the upload, whose writer holds views of it until it closes.
+        # (PostgreSQL never truncates a segment it has handed to archive_command.)
+        with (
+            mapped_file(handle) as data,
+            upload(storage, key, codec, threads=threads, hash_stored=False) as up,
+        ):
+            up.writer.write(data)
+        return up
+    # One thread compresses each block within write(), so one block of the file is mapped at
+    # a time: no copy out of the page cache and no fresh buffer to fault in (in a drain, 28 ms
+    # of daemon CPU per segment against 31.5-33 read into a new 4 MiB buffer and 29-30 into a
+    # reused one), and mapped pages stay one block's worth (a daemon draining a backlog peaked
+    # at 50 MB, as reading; 98 MB with the whole file mapped). A file truncated while mapped
+    # would end the process with SIGBUS rather than store a torn copy; PostgreSQL never
+    # truncates a segment it has marked .ready.
+    size = opened.st_size
+    with upload(storage, key, codec, hash_stored=False, overwrite=overwrite) as up:
+        for offset in range(0, size, BLOCK):
+            with mapped_file(handle, offset, min(BLOCK, size - offset)) as block:
+                up.writer.write(block)
+        # Inside the upload, so that a failed check leaves nothing visible.
+        if ready is not None:
+            _check_unchanged(handle, opened, source, ready)
+    return up
+
+
+def _check_unchanged(handle: BinaryIO, opened: os.stat_result, path: str, ready: str) -> None:
+    """Raise unless the file open in ``handle`` is as it was when opened, still at ``path``,
+    and PostgreSQL has not finished with it (``ready`` exists): called after the last read,
+    it proves that what was read is the segment that was asked for, whole."""
+
+    def identity(st: os.stat_result) -> tuple[int, ...]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    now = os.fstat(handle.fileno())
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        at_path = None
+    if (
+        identity(now) != identity(opened)
+        or at_path is None
+        or identity(at_path) != identity(opened)
+        or not os.path.exists(ready)
+    ):
+        raise WalgError(
+            f"{path} changed while it was read, or PostgreSQL finished with it meanwhile: "
+            "look-ahead upload abandoned"
+        )
 
 
 def wal_push(
@@ -131,6 +220,7 @@ def wal_push(
     path: str,
     lookahead: bool = True,
     spawn_uploader: Callable[[str, str], None] | None = None,
+    lock_wait: float = LOCK_WAIT,
 ) -> WalPushResult:
     """Archive ``path``; look ahead in this process, or in a detached uploader.
 
@@ -139,41 +229,60 @@ def wal_push(
     ``walg wal-push-ahead``), a backlog is left to a detached uploader that outlives this
     call, so PostgreSQL's next calls overlap its uploads. Both sides take a per-file lock
     (:func:`segment_lock`): a call whose file the uploader is writing waits for it and then
-    takes its marker.
+    takes its marker; one that waits in vain (``lock_wait`` seconds) fails, and PostgreSQL calls
+    again later: archiving the file beside a stalled upload of it would let PostgreSQL recycle
+    the file under that upload.
+
+    Markers carry the key of their destination (``settings.destination_key``): a call takes
+    only its own. A status folder this process cannot use (made by another user) means no
+    markers and no look-ahead: the file is archived the ordinary way, with one warning.
     """
     source = os.fspath(path)
     name = check_wal_file_name(os.path.basename(source))
     wal_dir = os.path.dirname(os.path.abspath(source))
     status = status_dir(wal_dir)
-    marker = os.path.join(status, name)
-    if take_marker(marker, source):
-        log.info("WAL file %s was already archived by a look-ahead upload", name)
-        return WalPushResult(name, "", False, 0, 0)
-    if spawn_uploader is not None:
-        os.makedirs(status, mode=0o700, exist_ok=True)
-        detached = uploader_running(status)
-        if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
-            spawn_uploader(wal_dir, name)
-            detached = True
-        # Locked even with no uploader seen: one just started by the previous call may not
-        # hold its own lock yet, and must find this file taken.
-        with segment_lock(status, name, LOCK_WAIT) as locked:
+    marker = marker_path(status, name, settings.destination_key)
+    with contextlib.ExitStack() as held:
+        try:
             if take_marker(marker, source):
-                log.info("WAL file %s was archived by the detached uploader", name)
+                log.info("WAL file %s was already archived by a look-ahead upload", name)
                 return WalPushResult(name, "", False, 0, 0)
+            if spawn_uploader is not None:
+                os.makedirs(status, mode=0o700, exist_ok=True)
+                detached = uploader_running(status)
+                # Locked even with no uploader seen: one just started by the previous call may
+                # not hold its own lock yet, and must find this file taken.
+                locked = held.enter_context(segment_lock(status, name, lock_wait))
+                if locked and take_marker(marker, source):
+                    log.info("WAL file %s was archived by the detached uploader", name)
+                    return WalPushResult(name, "", False, 0, 0)
+        except OSError as exc:
+            _status_unusable(status, exc)
+            return push_one(settings, storage, source, solo_threads())
+        if spawn_uploader is not None:
             if not locked:
-                log.warning(
-                    "the detached uploader did not finish %s in %.0f s; archiving it here",
-                    name,
-                    LOCK_WAIT,
+                raise WalgError(
+                    f"WAL file {name} is being archived by walg's look-ahead uploader, which "
+                    f"has not finished it in {lock_wait:.0f} s (stalled storage?); not archiving "
+                    "it beside that upload (PostgreSQL will retry)"
                 )
+            # The uploader leaves this file to this call (it is excluded, and locked here).
+            if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
+                spawn_uploader(wal_dir, name)
+                detached = True
             # With uploads running beside it the CPUs are busy already.
             return push_one(settings, storage, source, 1 if detached else solo_threads())
     uploader = None
     if lookahead:
-        uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
-    if uploader is not None:
-        uploader.start()
+        try:
+            uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
+            if uploader is not None:
+                uploader.start()
+        except OSError as exc:
+            _status_unusable(status, exc)
+            if uploader is not None:
+                uploader.stop()
+            uploader = None
     try:
         # With look-ahead uploads running the CPUs are busy already.
         threads = 1 if uploader is not None else solo_threads()
@@ -187,14 +296,50 @@ def wal_push(
     )
 
 
+def _status_unusable(status: str, exc: OSError) -> None:
+    """Warn that walg's status folder cannot be used, naming it and its owner."""
+    owner = ""
+    folder = status
+    while folder and folder != os.path.dirname(folder):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            folder = os.path.dirname(folder)
+            continue
+        import pwd
+
+        try:
+            user = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            user = str(st.st_uid)
+        owner = f" ({folder} is owned by {user}, mode {st.st_mode & 0o7777:04o})"
+        break
+    log.warning(
+        "cannot use walg's status folder %s%s: %s; archiving without look-ahead",
+        status,
+        owner,
+        exc.strerror or exc,
+    )
+
+
 def archive_ahead(
-    settings: Settings, storage: Storage, wal_dir: str, exclude: set[str], idle: float = IDLE_EXIT
+    settings: Settings,
+    storage: Storage,
+    wal_dir: str,
+    exclude: set[str],
+    idle: float = IDLE_EXIT,
+    destination_key: str | None = None,
 ) -> tuple[str, ...] | None:
     """A detached uploader's whole life; None when another one is running already.
 
     It uploads ``.ready`` files (at most ``TOTAL_BG_UPLOADED_LIMIT``) and exits once it has
     had nothing to do for ``idle`` seconds. Markers of files PostgreSQL has finished with are
     removed first: a marker is useful only while its ``.ready`` file exists.
+
+    ``destination_key``: the key of the call that started it, for its markers (default: this
+    process's own). The caller's, not one computed here: this process was started with other
+    arguments (and maybe another environment), and its markers must answer that caller's
+    destination, the one its settings were taken from.
     """
     status = status_dir(wal_dir)
     os.makedirs(status, mode=0o700, exist_ok=True)
@@ -205,7 +350,9 @@ def archive_ahead(
         forget_finished_markers(wal_dir)
         workers = max(1, lookahead_workers(settings))
         budget = max(1, settings.total_bg_uploaded_limit)
-        uploader = LookaheadUploader(settings, storage, wal_dir, workers, budget, exclude)
+        uploader = LookaheadUploader(
+            settings, storage, wal_dir, workers, budget, exclude, destination_key=destination_key
+        )
         uploader.start()
         uploader.wait_idle(idle)
         return uploader.stop()
@@ -270,20 +417,21 @@ def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
 
 
 def forget_finished_markers(wal_dir: str) -> list[str]:
-    """Remove markers whose file has no ``.ready`` any more (PostgreSQL will not ask again)."""
+    """Remove markers whose file has no ``.ready`` any more (PostgreSQL will not ask again);
+    the names of the entries removed."""
     status = status_dir(wal_dir)
     archive_status = os.path.join(wal_dir, "archive_status")
     removed: list[str] = []
     try:
-        names = os.listdir(status)
+        entries = os.listdir(status)
     except FileNotFoundError:
         return removed
-    for name in names:
-        if is_wal_file_name(name) and not os.path.exists(
-            os.path.join(archive_status, f"{name}.ready")
-        ):
-            remove(os.path.join(status, name))
-            removed.append(name)
+    for entry in sorted(entries):
+        # Every destination's markers: PostgreSQL asks no destination about a finished file.
+        name = marker_name(entry)
+        if name is not None and not os.path.exists(os.path.join(archive_status, f"{name}.ready")):
+            remove(os.path.join(status, entry))
+            removed.append(entry)
     return removed
 
 
@@ -308,8 +456,11 @@ class LookaheadUploader:
         budget: int | None,
         exclude: set[str] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
+        destination_key: str | None = None,
     ) -> None:
+        """``destination_key``: the key of its markers (default: the settings')."""
         self._settings = settings
+        self._key = destination_key or settings.destination_key
         self._storage = storage
         self._wal_dir = wal_dir
         self._archive_status = os.path.join(wal_dir, "archive_status")
@@ -374,7 +525,7 @@ class LookaheadUploader:
                     continue
                 if self.skip is not None and self.skip(name):
                     continue
-                if os.path.exists(os.path.join(self._status, name)):
+                if os.path.exists(self._marker(name)):
                     continue
                 self._started.add(name)
                 if self._budget is not None:
@@ -382,20 +533,20 @@ class LookaheadUploader:
                 self._futures[name] = self._pool.submit(self._upload, name)
                 self._last_queued = time.monotonic()
 
+    def _marker(self, name: str) -> str:
+        return marker_path(self._status, name, self._key)
+
     def _upload(self, name: str) -> None:
         if self._stop.is_set():
             return
-        marker = os.path.join(self._status, name)
+        marker = self._marker(name)
+        ready = os.path.join(self._archive_status, f"{name}.ready")
         archived = False
         try:
             with segment_lock(self._status, name, 0) as locked:
                 # Not locked: a wal-push of this very file is archiving it. No .ready:
                 # PostgreSQL has archived it meanwhile. A marker: archived by another uploader.
-                if (
-                    not locked
-                    or not os.path.exists(os.path.join(self._archive_status, f"{name}.ready"))
-                    or os.path.exists(marker)
-                ):
+                if not locked or not os.path.exists(ready) or os.path.exists(marker):
                     return
                 path = os.path.join(self._wal_dir, name)
                 try:
@@ -405,8 +556,8 @@ class LookaheadUploader:
                     # every call for it.
                     if find_wal_object(self._storage, name) is not None:
                         return
-                    identity = file_identity(path)
-                    push_one(self._settings, self._storage, path, absent=True)
+                    # Checked and never replacing an object: see push_one.
+                    result = push_one(self._settings, self._storage, path, absent=True, ready=ready)
                 except (WalgError, OSError) as exc:
                     # PostgreSQL will call archive_command for this file and see the error
                     # itself.
@@ -414,8 +565,9 @@ class LookaheadUploader:
                     if self._on_error is not None:
                         self._on_error(name, exc)
                     return
-                write_marker(marker, identity)
-                archived = True
+                if result.identity:
+                    write_marker(marker, result.identity)
+                    archived = True
         finally:
             with self._lock:
                 if archived:
@@ -432,7 +584,8 @@ class LookaheadUploader:
             return True
 
     def wait_for(self, name: str, timeout: float) -> bool:
-        """True if the look-ahead uploaded ``name`` (waiting if it is uploading it now).
+        """True if the look-ahead uploaded ``name`` (waiting if it is uploading it now); its
+        marker is consumed.
 
         Otherwise the name is reserved for the caller, who uploads it, and False is returned.
         """
@@ -445,7 +598,9 @@ class LookaheadUploader:
             future.result(timeout=timeout)
         except Exception:
             return False
-        return os.path.exists(os.path.join(self._status, name))
+        # Taken: the caller answers for the file now, and would otherwise look for the marker
+        # under a name of its own choosing.
+        return remove(self._marker(name))
 
     def wait_idle(self, idle: float) -> None:
         """Return when no upload is queued or running and, for ``idle`` seconds, nothing new

@@ -2,9 +2,13 @@
 
 A backend MUST:
 
-* ``open_write(key)``: return a context manager yielding a writer; the object becomes visible
-  under ``key`` only when the block exits without an exception, and replaces any object of that
-  name atomically; on error nothing new is visible (temp file removed, multipart aborted).
+* ``open_write(key, overwrite=True)``: return a context manager yielding a writer; the object
+  becomes visible under ``key`` only when the block exits without an exception, and replaces any
+  object of that name atomically; on error nothing new is visible (temp file removed, multipart
+  aborted). With ``overwrite=False`` an object already under ``key`` when the write commits is
+  kept as it is: nothing new becomes visible and :class:`StorageError` is raised (atomically:
+  a hard link or ``If-None-Match: *``; a backend that cannot do that checks just before
+  committing and says so). The caller tells "exists" from other failures with ``exists``.
 * ``open_read(key, offset=0, length=None)``: return a context manager yielding a reader of the
   object's bytes (from ``offset``, at most ``length`` bytes); raise :class:`ObjectNotFound` when
   entering if the key does not exist.
@@ -55,7 +59,7 @@ class Storage(abc.ABC):
     location: str = ""
 
     @abc.abstractmethod
-    def open_write(self, key: str) -> AbstractContextManager[Sink]: ...
+    def open_write(self, key: str, overwrite: bool = True) -> AbstractContextManager[Sink]: ...
 
     @abc.abstractmethod
     def open_read(

@@ -70,9 +70,9 @@ class FaultyStorage(Storage):
                 if rule.fail:
                     raise StorageError(f"{rule.fail} ({op} {key})", transient=rule.transient)
 
-    def open_write(self, key: str) -> AbstractContextManager[Sink]:
+    def open_write(self, key: str, overwrite: bool = True) -> AbstractContextManager[Sink]:
         self._apply("write", key)
-        return self._inner.open_write(key)
+        return self._inner.open_write(key, overwrite)
 
     def open_read(
         self, key: str, offset: int = 0, length: int | None = None

@@ -1,8 +1,9 @@
 """Local-folder storage (``WALG_FILE_PREFIX``), laid out as WAL-G's fs storage.
 
 Writes go to ``<path>.tmp.<UTC YYYYMMDDThhmmssZ>-<16 hex>`` (with direct I/O where the
-filesystem takes it, see :class:`_UploadFile`), are fsynced, renamed over the final name and
-the directory is fsynced, so an object is either absent or complete after a crash.
+filesystem takes it, see :class:`_UploadFile`), are fsynced, renamed over the final name (or,
+for a write that must not replace an object, hard-linked to it) and the directory is fsynced,
+so an object is either absent or complete after a crash.
 Listings hide those temporary names. Deleting removes parent directories left empty.
 """
 
@@ -153,6 +154,28 @@ class _UploadFile:
             self._kicked = self._written
 
 
+def _commit_if_absent(tmp: str, path: str, key: str) -> None:
+    """Give the written ``tmp`` the name ``path`` unless something has that name already.
+
+    A hard link fails with EEXIST when the name exists, and creates it whole otherwise (no
+    window in which another writer's object could be replaced); the temporary name is dropped
+    afterwards. Where the filesystem has no hard links, the check and the rename are two steps:
+    an object committed by another process between them would still be replaced.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise StorageError(f"{key} exists already; not replaced") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise StorageError(f"{key} exists already; not replaced") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 class FileStorage(Storage):
     def __init__(self, root: str | os.PathLike[str], direct_io: bool = True) -> None:
         """``direct_io=False`` (``WALG_FILE_DIRECT_IO=false``) writes through the page cache."""
@@ -171,7 +194,7 @@ class FileStorage(Storage):
         return os.path.join(self.root, check_key(key))
 
     @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[Sink]:
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
         path = self._path(key)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
@@ -194,7 +217,10 @@ class FileStorage(Storage):
                 self._stages.append(stage)
             os.fsync(handle.fileno())
             handle.close()
-            os.replace(tmp, path)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _commit_if_absent(tmp, path, key)
             _fsync_dir(parent)
         except BaseException as exc:
             handle.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from walg.core.gotime import GoTime
-from walg.errors import ObjectNotFound
+from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key
 from walg.streams.base import Sink, Source
 
@@ -31,12 +31,14 @@ class MemoryStorage(Storage):
             return GoTime(self._last_ns)
 
     @contextmanager
-    def open_write(self, key: str) -> Iterator[Sink]:
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
         check_key(key)
         buffer = io.BytesIO()
         yield buffer
         stamp = self._now()
         with self._lock:
+            if not overwrite and key in self._objects:
+                raise StorageError(f"{key} exists already; not replaced")
             self._objects[key] = (buffer.getvalue(), stamp)
 
     @contextmanager

@@ -1,0 +1,77 @@
+"""The destination key of a walg process: which archive its WAL uploads go to, as a digest.
+
+A look-ahead upload leaves a marker under pg_wal saying "this file is archived"; that is true
+only for the archive it was written to. A server may archive every file to two places
+(``archive_command = 'walg wal-push %p && walg --config b.json wal-push %p'``) or be pointed at
+another one while a backlog waits, so each marker's name carries the key of the destination it
+was written for, and a call consumes only markers with its own key.
+
+The key digests everything that decides the destination of a process: its whole environment
+(PostgreSQL runs ``archive_command`` with the same environment every time), its working folder
+(a relative ``WALG_FILE_PREFIX`` or ``--config`` is resolved against it) and the config file
+walg would read, as the path and the identity (device, inode, size, mtime, ctime) of the file,
+or its absence. That is more than decides the destination: a change of something irrelevant
+only makes a marker unusable, which costs an upload (a false "same destination" would lose
+WAL). The config file is chosen by :mod:`walg.settings`'s rule: ``--config FILE``, else
+``$WALG_CONFIG_PATH``, else ``~/.walg.{json,yaml,yml,toml}`` (all four are recorded).
+
+This module lives beside the ``walg`` package, not in it: the ``walg`` launcher computes the key
+before walg itself is imported (importing the package costs milliseconds), and walg computes it
+with the same function from the environment :mod:`walg.settings` hands it. It imports only
+``os`` and the interpreter's built-in BLAKE2.
+"""
+
+import os
+
+try:
+    from _blake2 import blake2b  # built into CPython; hashlib would load OpenSSL (~9 ms)
+except ImportError:  # pragma: no cover - other interpreters
+    from hashlib import blake2b
+
+# No typing, and no ``from __future__ import annotations`` (an import of its own): annotations
+# naming typing-only names are strings. This runs on every archive_command call.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+KEY_LENGTH = 32  # hex digits: 128 bits, so two destinations never share a key by chance
+CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")  # as walg.settings
+
+
+def config_candidates(environ: "Mapping[str, str]", config_path: str | None) -> list[str]:
+    """The config files walg.settings may read, in its order of preference."""
+    if config_path:
+        return [config_path]
+    named = environ.get("WALG_CONFIG_PATH")
+    if named:
+        return [named]
+    home = environ.get("HOME")
+    return [os.path.join(home, name) for name in CONFIG_NAMES] if home else []
+
+
+def destination_key(environ: "Mapping[str, str]", config_path: str | None) -> str:
+    """The key of the destination of a process with ``environ`` and ``--config config_path``."""
+    parts = ["walg-destination-1"]
+    try:
+        parts.append(os.getcwd())
+    except OSError as exc:
+        parts.append(f"cwd?{exc.errno}")
+    for path in config_candidates(environ, config_path):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            parts.append(f"{path}\0?{exc.errno}")
+        else:
+            parts.append(
+                f"{path}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            )
+    parts.append("")
+    parts.extend(f"{k}={v}" for k, v in sorted(environ.items()))
+    # Undecodable bytes in the environment reach Python as surrogates; keep them distinct.
+    data = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return blake2b(data, digest_size=KEY_LENGTH // 2).hexdigest()
+
+
+def is_key(text: str) -> bool:
+    """Does ``text`` look like a destination key (a marker name's suffix)?"""
+    return len(text) == KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
