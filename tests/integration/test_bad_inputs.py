@@ -186,6 +186,54 @@ def test_missing_part_is_detected(damaged: WalgSetup, backup: Backup) -> None:
     assert part.name in stderr and "missing" in stderr
 
 
+def _as_wal_g_wrote_it(walg: WalgSetup, name: str) -> dict:  # type: ignore[type-arg]
+    """Strip walg's completeness keys (object and file checksums) from files_metadata.json,
+    leaving what WAL-G writes; returns the document."""
+    path = walg.store / "basebackups_005" / name / "files_metadata.json"
+    doc = json.loads(path.read_text())
+    doc.pop("WalgObjects", None)
+    doc.pop("WalgUtilityFiles", None)
+    for description in doc["Files"].values():
+        description.pop("WalgSize", None)
+        description.pop("WalgBlake3", None)
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+def _fetch_fails_leaving_nothing(walg: WalgSetup) -> str:
+    dest = walg.store.parent / "dest"
+    stderr = _fetch_fails(walg, dest)
+    assert not dest.exists() or not any(dest.iterdir()), "nothing may be extracted"
+    return stderr
+
+
+def test_missing_part_of_a_backup_in_wal_g_layout_is_refused(
+    damaged: WalgSetup, backup: Backup
+) -> None:
+    doc = _as_wal_g_wrote_it(damaged, backup.name)
+    part = _parts(damaged, backup.name)[0]
+    assert part.name in doc["TarFileSets"]
+    part.unlink()
+    stderr = _fetch_fails_leaving_nothing(damaged)
+    assert part.name in stderr and "missing from storage" in stderr
+
+
+def test_files_in_no_part_fail_the_restore_by_name(damaged: WalgSetup, backup: Backup) -> None:
+    # Neither walg's keys nor TarFileSets name the lost part: only Files can tell.
+    doc = _as_wal_g_wrote_it(damaged, backup.name)
+    part = _parts(damaged, backup.name)[0]
+    lost = [m for m in doc["TarFileSets"].pop(part.name) if m in doc["Files"]]
+    (damaged.store / "basebackups_005" / backup.name / "files_metadata.json").write_text(
+        json.dumps(doc)
+    )
+    part.unlink()
+    dest = damaged.store.parent / "dest"
+    stderr = _fetch_fails(damaged, dest)
+    assert "were not restored" in stderr
+    assert any(m in stderr for m in lost), stderr
+    assert not (dest / "global" / "pg_control").exists(), "a partial restore must not start"
+
+
 def test_wal_fetch_of_missing_segment_exits_74_quietly(backup: Backup, pg_workdir: Path) -> None:
     result = backup.walg.run(
         ["wal-fetch", "0000000100000000000000FE", str(pg_workdir / "x")], check=False

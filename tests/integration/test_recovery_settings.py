@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall, run_as_pg
+from pgcluster import Cluster, PgInstall
 from walg.ops.recovery import RecoveryTarget, write_recovery_config
 
 
 def _setting(cluster: Cluster, name: str) -> str:
-    got = run_as_pg([cluster.install.tool("postgres"), "-C", name, "-D", str(cluster.datadir)])
+    got = cluster.run(["postgres", "-C", name, "-D", str(cluster.datadir)])
     return got.stdout.rstrip("\n")
 
 

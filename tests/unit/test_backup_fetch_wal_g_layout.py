@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from walg.core import naming
-from walg.errors import BackupNotFound, UsageError
+from walg.core.metadata import TablespaceSpec
+from walg.errors import BackupNotFound, IntegrityError, UsageError
 from walg.ops.backup_fetch import backup_fetch
 from walg.settings import Settings, load
 from walg.storage.base import Storage
@@ -167,3 +171,178 @@ def test_restore_of_unknown_backup(tmp_path: Path) -> None:
     put_wal_g_backup(storage)
     with pytest.raises(BackupNotFound):
         backup_fetch(settings_for(tmp_path), storage, str(tmp_path / "r"), "base_" + "0" * 24)
+
+
+# ---------------------------------------------------------------- completeness and repairs
+
+
+def _edit_files_metadata(storage: Storage, edit: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads(storage.get_bytes(naming.files_metadata_key(NAME)))
+    edit(doc)
+    storage.put_bytes(naming.files_metadata_key(NAME), json.dumps(doc).encode())
+
+
+def _put_part(storage: Storage, object_name: str, members: list[tuple[str, bytes | None]]) -> None:
+    data = compressed(tar_bytes(members), "lz4")
+    storage.put_bytes(naming.partitions_prefix(NAME) + object_name, data)
+
+
+def test_a_missing_partition_named_in_tar_file_sets_is_refused_before_extracting(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    storage.delete([naming.partitions_prefix(NAME) + "part_003.tar.lz4"])
+    dest = tmp_path / "restore"
+    with pytest.raises(IntegrityError, match=r"part_003\.tar\.lz4 missing from storage"):
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert not dest.exists()  # nothing written: the same command can run again once repaired
+
+
+def test_a_file_in_no_partition_fails_the_restore_naming_it(tmp_path: Path) -> None:
+    # The partition is there but lacks a member Files lists (a lost partition that
+    # TarFileSets does not name either, or a truncated one): no checksum to miss, yet the
+    # restore must not exit 0.
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    _put_part(
+        storage,
+        "part_003.tar.lz4",
+        [(d, None) for d in DIRS[3:]] + [("/postgresql.conf", FILES["/postgresql.conf"])],
+    )
+    with pytest.raises(IntegrityError, match=r"not restored: /base/1/1259_fsm$"):
+        backup_fetch(settings_for(tmp_path), storage, str(tmp_path / "restore"), NAME)
+
+
+def test_files_entries_that_are_skipped_or_implicit_directories_are_not_missing(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+
+    def edit(doc: dict[str, Any]) -> None:
+        # A delta's unchanged file has no member; a directory entry whose header is not in
+        # any tar still exists once its files are restored.
+        doc["Files"]["/base/1/9999"] = {"IsSkipped": True, "MTime": MTIME, "UpdatesCount": 0}
+        doc["Files"]["/base"] = {"MTime": MTIME, "UpdatesCount": 0}
+
+    _edit_files_metadata(storage, edit)
+    _put_part(
+        storage,
+        "part_001.tar.lz4",
+        [
+            ("/", None),
+            ("/base/1", None),
+            ("/PG_VERSION", FILES["/PG_VERSION"]),
+            ("/base/1/1259", FILES["/base/1/1259"]),
+        ],
+    )
+    dest = tmp_path / "restore"
+    backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert_restored(dest)
+
+
+def test_a_backup_without_pg_wal_gets_an_empty_one(tmp_path: Path) -> None:
+    # WAL-G archives nothing for a pg_wal that is a symbolic link (initdb --waldir).
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    _put_part(
+        storage,
+        "part_003.tar.lz4",
+        [("/global", None), ("/pg_replslot", None)]
+        + [(n, FILES[n]) for n in ("/base/1/1259_fsm", "/postgresql.conf")],
+    )
+    _edit_files_metadata(storage, lambda doc: doc["Files"].pop("/pg_wal"))
+    dest = tmp_path / "restore"
+    backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert_restored(dest)
+    assert stat.S_IMODE((dest / "pg_wal").stat().st_mode) == 0o700
+    assert not (dest / "pg_wal").is_symlink()
+
+
+OID = "16385"
+TS_MEMBERS: list[tuple[str, bytes | None]] = [
+    (f"/pg_tblspc/{OID}", None),
+    (f"/pg_tblspc/{OID}/PG_16_202307071", None),
+    (f"/pg_tblspc/{OID}/PG_16_202307071/5", None),
+    (f"/pg_tblspc/{OID}/PG_16_202307071/5/16386", b"\5" * 8192),
+]
+
+
+def _put_tablespace_backup(storage: Storage, location: Path, map_path: str) -> None:
+    """The backup with one tablespace whose spec says ``location`` and whose tablespace_map
+    names ``map_path`` (the unresolved path the server saw, when it was a symbolic link)."""
+    put_wal_g_backup(storage)
+    _put_part(storage, "part_004.tar.lz4", TS_MEMBERS)
+    _put_part(
+        storage,
+        "backup_label.tar.lz4",
+        [("backup_label", LABEL), ("tablespace_map", f"{OID} {map_path}\n".encode())],
+    )
+
+    def edit(doc: dict[str, Any]) -> None:
+        for name, _ in TS_MEMBERS:
+            doc["Files"][name] = {"MTime": MTIME, "UpdatesCount": 0}
+        doc["TarFileSets"]["part_004.tar.lz4"] = [name for name, _ in TS_MEMBERS]
+
+    _edit_files_metadata(storage, edit)
+    sentinel = json.loads((GOLDEN / "sentinel_v2_full.json").read_text())
+    sentinel["Spec"] = {
+        "base_prefix": "/var/lib/postgresql/16/main",
+        "tablespaces": [OID],
+        OID: {"loc": str(location), "link": f"pg_tblspc/{OID}"},
+    }
+    storage.put_bytes(naming.sentinel_key(NAME), json.dumps(sentinel).encode())
+
+
+def test_links_made_from_the_spec_are_not_overridden_by_tablespace_map(tmp_path: Path) -> None:
+    # PostgreSQL would relink pg_tblspc/<oid> to the map's path at start-up: a path that may
+    # not exist here, while the files are where the spec said.
+    storage = MemoryStorage()
+    location = tmp_path / "mnt" / "real"
+    _put_tablespace_backup(storage, location, str(tmp_path / "link-that-is-gone"))
+    dest = tmp_path / "restore"
+    backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    link = dest / "pg_tblspc" / OID
+    assert link.is_symlink() and Path(os.readlink(link)) == location
+    assert (location / "PG_16_202307071/5/16386").read_bytes() == b"\5" * 8192
+    assert not (dest / "tablespace_map").exists()
+    assert (dest / "backup_label").read_bytes() == LABEL
+
+
+def test_a_refused_tablespace_location_leaves_the_destination_untouched(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    location = tmp_path / "busy"
+    location.mkdir()
+    (location / "PG_16_202307071").mkdir()
+    _put_tablespace_backup(storage, location, str(location))
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    with pytest.raises(UsageError, match="is not an empty directory"):
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert list(dest.iterdir()) == []
+    # Once the DBA has made room, the very same command succeeds.
+    (location / "PG_16_202307071").rmdir()
+    backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert (location / "PG_16_202307071/5/16386").is_file()
+
+
+def test_all_tablespace_locations_are_checked_before_any_is_created(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    _put_tablespace_backup(storage, tmp_path / "ts-a", str(tmp_path / "ts-a"))
+    spec = {
+        "base_prefix": "/var/lib/postgresql/16/main",
+        "tablespaces": [OID, "16390"],
+        OID: {"loc": str(tmp_path / "new" / "ts-a"), "link": f"pg_tblspc/{OID}"},
+        "16390": {"loc": "relative/ts-b", "link": "pg_tblspc/16390"},
+    }
+    with pytest.raises(UsageError, match="not an absolute path"):
+        backup_fetch(
+            settings_for(tmp_path),
+            storage,
+            str(tmp_path / "restore"),
+            NAME,
+            TablespaceSpec.from_json(spec),
+        )
+    assert not (tmp_path / "restore").exists()
+    assert not (tmp_path / "new").exists()

@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from walg.core.checksum import Checksum
-from walg.errors import IntegrityError
+from walg.errors import IntegrityError, WalgError
 from walg.postgres import datadir
 from walg.postgres.datadir import KIND_DIR, KIND_FILE, Entry
 from walg.tarball.reader import TarReader
@@ -291,6 +291,34 @@ def test_vanished_file_is_skipped(tmp_path: Path) -> None:
     assert tar.add_entry(entry) is None
     assert tar.members == []
     assert sink.getvalue() == b""
+
+
+def test_unreadable_file_fails_naming_the_data_directory_file(tmp_path: Path) -> None:
+    # Root reads any file, so "unreadable" is a directory where the walk saw a file; the
+    # integration test (test_backup_push_refusals.py) has the real EACCES as pgtest.
+    path = write_file(tmp_path / "rel", b"A" * 100)
+    entry = file_entry("/base/1/16384", path)
+    path.unlink()
+    path.mkdir()
+    tar = TarWriter(io.BytesIO())
+    with pytest.raises(WalgError, match=rf"cannot read {path} \(member /base/1/16384 "):
+        tar.add_entry(entry)
+
+
+def test_symlinked_pg_wal_is_archived_as_an_empty_0700_directory(tmp_path: Path) -> None:
+    pgdata = make_pgdata(tmp_path)
+    wal = pgdata / "pg_wal"
+    elsewhere = tmp_path / "waldir"
+    wal.rename(elsewhere)
+    wal.symlink_to(elsewhere)
+    walk = datadir.walk(str(pgdata))
+    entries = {e.member: e for e in walk.entries}
+    assert entries["/pg_wal"].kind == KIND_DIR
+    assert entries["/pg_wal"].mode == 0o700
+    assert not any(m.startswith("/pg_wal/") for m in entries)
+    # Other excluded names that are links are still dropped, as WAL-G drops them.
+    (pgdata / "base" / "pg_wal").symlink_to(elsewhere)
+    assert "/base/pg_wal" not in {e.member for e in datadir.walk(str(pgdata)).entries}
 
 
 def test_big_uid_and_mtime_survive_via_pax() -> None:

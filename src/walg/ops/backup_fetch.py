@@ -3,8 +3,11 @@
 Regular partitions are extracted in parallel (``WALG_DOWNLOAD_CONCURRENCY``); ``pg_control.tar``
 and then ``backup_label.tar`` only after all of them, so a half-restored directory is never
 startable. Every file with a recorded checksum is verified while written, every stored object
-against its recorded size and hash, and a file listed in the metadata but found in no partition
-fails the restore, naming it.
+against its recorded size and hash. Every object the metadata names must be in storage before
+anything is written, and a file listed in the metadata but found in no partition fails the
+restore, naming it. A WAL directory the backup lacks (WAL-G drops a symlinked pg_wal) is
+created empty. When the tablespace links are made from a spec, ``tablespace_map`` is not
+restored (see :func:`backup_fetch`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from walg.ops.pipeline import download
 from walg.settings import Settings
 from walg.storage.base import ObjectInfo, Storage
 from walg.streams.compression import codec_for_extension
-from walg.tarball.extract import Extractor, fsync_tree
+from walg.tarball.extract import Extractor, fsync_tree, safe_relative
 
 log = get_logger(__name__)
 
@@ -59,25 +62,45 @@ def prepare_destination(dest: Path) -> None:
     os.chmod(dest, 0o700)
 
 
-def _prepare_tablespaces(dest: Path, spec: TablespaceSpec) -> list[Path]:
-    """Create each tablespace location (empty or new) and its ``pg_tblspc/<oid>`` link."""
-    locations = []
-    tblspc = dest / "pg_tblspc"
-    tblspc.mkdir(mode=0o700, exist_ok=True)
+def _check_tablespaces(dest: Path, spec: TablespaceSpec) -> None:
+    """Refuse a spec whose locations cannot be filled, before anything is created.
+
+    A refusal must leave DEST as it was (empty or missing), so that the same command can be
+    run again once the DBA has made room or written a --restore-spec.
+    """
+    seen: dict[Path, str] = {}
     for ts in spec.tablespaces:
         if not ts.name.isdigit():
             raise IntegrityError(f"tablespace spec names {ts.name!r}, which is not an OID")
         location = Path(ts.location)
         if not location.is_absolute():
             raise UsageError(f"tablespace location {ts.location} is not an absolute path")
-        if location.exists():
-            if not location.is_dir() or any(location.iterdir()):
-                raise UsageError(
-                    f"tablespace location {location} exists and is not an empty directory; "
-                    "relocate it with --restore-spec"
-                )
-        else:
-            location.mkdir(parents=True, mode=0o700)
+        if location in seen:
+            raise UsageError(
+                f"tablespaces {seen[location]} and {ts.name} would both be restored into "
+                f"{location}; relocate one with --restore-spec"
+            )
+        seen[location] = ts.name
+        if location == dest or dest in location.parents:
+            raise UsageError(
+                f"tablespace location {location} is inside the destination {dest}; "
+                "relocate it with --restore-spec"
+            )
+        if location.exists() and (not location.is_dir() or any(location.iterdir())):
+            raise UsageError(
+                f"tablespace location {location} exists and is not an empty directory; "
+                "relocate it with --restore-spec"
+            )
+
+
+def _prepare_tablespaces(dest: Path, spec: TablespaceSpec) -> list[Path]:
+    """Create each tablespace location (checked by _check_tablespaces) and its link."""
+    locations = []
+    tblspc = dest / "pg_tblspc"
+    tblspc.mkdir(mode=0o700, exist_ok=True)
+    for ts in spec.tablespaces:
+        location = Path(ts.location)
+        location.mkdir(parents=True, mode=0o700, exist_ok=True)
         os.chmod(location, 0o700)
         (tblspc / ts.name).symlink_to(location)
         locations.append(location)
@@ -103,10 +126,18 @@ def backup_fetch(
     regular, control, label = _classify(objects, name)
     _check_objects_present(files_meta, objects, name)
 
-    prepare_destination(dest)
     spec = restore_spec or sentinel.spec
+    if spec:
+        _check_tablespaces(dest, spec)
+    prepare_destination(dest)
     locations = _prepare_tablespaces(dest, spec) if spec else []
-    wanted = _wanted_members(files_meta, dropping_map=restore_spec is not None)
+    # The links made here are the tablespaces' truth. PostgreSQL, finding a tablespace_map at
+    # start-up, would replace each link by the path the map names: the unresolved path the
+    # source server saw, which may not exist here or may lead elsewhere than where the files
+    # were put. So, as pg_basebackup does in plain format (it makes the links itself and
+    # asks for no map), the map is not restored whenever the links are made from a spec.
+    dropping_map = spec is not None
+    wanted = _wanted_members(files_meta, dropping_map=dropping_map)
     extractor = Extractor(
         dest, files_meta.checksum_of, wanted, fsync=not settings.tar_disable_fsync
     )
@@ -119,7 +150,7 @@ def backup_fetch(
         raise
     extractor.finish()
 
-    _check_all_restored(files_meta, extractor, restore_spec is not None)
+    _check_all_restored(files_meta, extractor, dropping_map)
     if not settings.tar_disable_fsync:
         fsync_tree(dest)
         for location in locations:
@@ -161,12 +192,38 @@ def _extract_all(
                 f.cancel()
     if failure is not None:
         raise failure
+    # Checked before pg_control lands, so that a restore missing files is never startable.
+    _check_files_restored(files_meta, extractor)
+    _ensure_wal_directory(extractor.dest)
     # Everything else is durable before pg_control lands: a restore interrupted by a crash
     # never leaves a startable directory with missing data.
     extractor.barrier()
     for special in (control, label):
         if special is not None:
             _extract_object(storage, extractor, files_meta, special)
+
+
+def _ensure_wal_directory(dest: Path) -> None:
+    """Create an empty pg_wal (pg_xlog before PostgreSQL 10) if the backup had none.
+
+    WAL-G archives nothing for a pg_wal that is a symbolic link (``initdb --waldir``), and
+    walg did the same before it archived such a link as a directory: without this, the
+    restored cluster would refuse to start ("required WAL directory does not exist").
+    """
+    try:
+        version = (dest / "PG_VERSION").read_text().strip()
+    except FileNotFoundError:
+        return
+    try:
+        major = int(version.split(".", 1)[0])
+    except ValueError:
+        raise IntegrityError(f"restored PG_VERSION holds {version[:20]!r}, not a version") from None
+    wal_dir = dest / ("pg_wal" if major >= 10 else "pg_xlog")
+    if wal_dir.is_symlink() or wal_dir.exists():
+        return
+    log.info("the backup has no %s directory; creating an empty one", wal_dir.name)
+    wal_dir.mkdir(mode=0o700)
+    os.chmod(wal_dir, 0o700)
 
 
 def _classify(
@@ -195,10 +252,26 @@ def _pg_control_required(name: str) -> bool:
 
 
 def _check_objects_present(files_meta: FilesMetadata, objects: list[ObjectInfo], name: str) -> None:
+    """Every object the metadata names must be in storage before anything is extracted.
+
+    walg's own backups list their objects with checksums (WalgObjects); WAL-G's list only
+    their members' tars (TarFileSets, which leave out pg_control's: its presence is decided
+    by the backup name, see _classify).
+    """
     present = {o.key.rsplit("/", 1)[-1] for o in objects}
-    for object_name in files_meta.objects:
-        if object_name not in present:
-            raise IntegrityError(f"backup {name}: object {object_name} is missing from storage")
+    named = set(files_meta.objects)
+    named.update(o for o in files_meta.tar_file_sets if not PG_CONTROL_TAR_RE.fullmatch(o))
+    missing = sorted(named - present)
+    if missing:
+        raise IntegrityError(
+            f"backup {name} is incomplete: {_listing(missing)} missing from storage "
+            f"(under {partitions_prefix(name)})"
+        )
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _wanted_members(files_meta: FilesMetadata, dropping_map: bool) -> set[str] | None:
@@ -234,16 +307,40 @@ def _extract_object(
     log.debug("extracted %s", object_name)
 
 
+def _check_files_restored(files_meta: FilesMetadata, extractor: Extractor) -> None:
+    """Fail, naming them, if files ``Files`` lists are not in the regular partitions.
+
+    Files with walg's checksums must have been written and verified. Every other entry of
+    WAL-G's ``Files`` (it lists files, directories and symbolic links, with no type) must at
+    least have been met in some tar, unless it is skipped (a delta's unchanged file) or stands
+    for a directory that exists now: a lost partition that no other key names shows up here.
+    """
+    missing = set()
+    for member, description in files_meta.files.items():
+        if description.checksum is not None:
+            if member not in extractor.verified:
+                missing.add(member)
+        elif not (
+            description.is_skipped
+            or member in extractor.seen
+            or (extractor.dest / safe_relative(member)).is_dir()
+        ):
+            missing.add(member)
+    _fail_if_missing(missing)
+
+
 def _check_all_restored(
     files_meta: FilesMetadata, extractor: Extractor, dropping_map: bool
 ) -> None:
-    expected = {name for name, d in files_meta.files.items() if d.checksum is not None}
-    expected.update(files_meta.utility_files)
+    """After the special tars too: the members walg recorded checksums for outside Files."""
+    expected = set(files_meta.utility_files)
     if dropping_map:
         expected.discard(TABLESPACE_MAP_MEMBER)
-    missing = sorted(expected - extractor.verified)
+    _fail_if_missing(expected - extractor.verified)
+
+
+def _fail_if_missing(missing: set[str]) -> None:
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise IntegrityError(
-            f"files listed in the backup metadata were not restored: {', '.join(missing[:5])}{more}"
+            f"files listed in the backup metadata were not restored: {_listing(sorted(missing))}"
         )

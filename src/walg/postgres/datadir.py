@@ -3,15 +3,17 @@
 Yields one :class:`Entry` per tar member: the root directory ``/``, every directory and regular
 file, with member names relative to PGDATA and a leading ``/``. Names in
 :data:`EXCLUDED_NAMES` are matched against the basename at any depth: an excluded directory is
-kept as an empty directory member, an excluded file is dropped. ``pg_tblspc/<oid>`` links are
-followed and their targets walked under ``/pg_tblspc/<oid>/…``; the links themselves are not
-members but are returned as the tablespace spec. ``global/pg_control`` is held back: the caller
-archives it last, in its own tar. Files that vanish during the walk (dropped relations) are
-skipped.
+kept as an empty directory member, an excluded file is dropped; a top-level ``pg_wal`` (or
+``pg_xlog``) that is a symbolic link to a directory is kept as an empty directory member too.
+``pg_tblspc/<oid>`` links are followed and their targets walked under ``/pg_tblspc/<oid>/…``;
+the links themselves are not members but are returned as the tablespace spec.
+``global/pg_control`` is held back: the caller archives it last, in its own tar. Files that
+vanish during the walk (dropped relations) are skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from walg.core.metadata import Tablespace, TablespaceSpec
 from walg.core.naming import PG_CONTROL_MEMBER
-from walg.errors import UsageError
+from walg.errors import UsageError, WalgError
 
 EXCLUDED_NAMES = frozenset(
     {
@@ -42,6 +44,10 @@ EXCLUDED_NAMES = frozenset(
         "standby.signal",
     }
 )
+
+# The WAL directory (pg_xlog before PostgreSQL 10): when it is a symbolic link it is still
+# archived, as an empty directory (see _wal_dir_link).
+WAL_DIR_MEMBERS = frozenset({"/pg_wal", "/pg_xlog"})
 
 KIND_FILE = "file"
 KIND_DIR = "dir"
@@ -115,6 +121,10 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
             children = sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise WalgError(
+            f"cannot read directory {path} of the data directory: {exc.strerror or exc}"
+        ) from None
     for child in children:
         member = f"{member_dir}/{child.name}"
         try:
@@ -125,6 +135,8 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
         if child.name in EXCLUDED_NAMES:
             if stat.S_ISDIR(st.st_mode):
                 result.entries.append(_entry(member, child.path, st, KIND_DIR))
+            elif member in WAL_DIR_MEMBERS and stat.S_ISLNK(st.st_mode):
+                _wal_dir_link(child.path, member, result)
             continue
         if member_dir == "/pg_tblspc" and stat.S_ISLNK(st.st_mode):
             _walk_tablespace(child.path, child.name, member, result)
@@ -139,6 +151,24 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
             else:
                 result.entries.append(entry)
         # Symlinks elsewhere, sockets and FIFOs are not archived (WAL-G's walk drops them too).
+
+
+def _wal_dir_link(path: str, member: str, result: Walk) -> None:
+    """Archive a symlinked pg_wal (``initdb --waldir``) as an empty 0700 directory.
+
+    PostgreSQL refuses to start without pg_wal, and a restore cannot recreate the link (its
+    target is a path of the backed-up host), so the member stands for the directory as
+    pg_basebackup's does. WAL-G drops the link entirely (see the format notes, §6.1); its
+    backups are repaired at restore instead.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path} is a symbolic link to a missing directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path} is a symbolic link to something that is not a directory")
+    entry = _entry(member, path, st, KIND_DIR)
+    result.entries.append(dataclasses.replace(entry, mode=0o700))
 
 
 def _walk_tablespace(link_path: str, oid: str, member: str, result: Walk) -> None:

@@ -57,6 +57,9 @@ class Extractor:
         self._syncer = _Syncer() if fsync else None
         self._lock = threading.Lock()
         self.verified: set[str] = set()
+        # Every wanted member met in a tar stream, whatever its type (symbolic links included,
+        # though they are not created): what a completeness check compares the metadata with.
+        self.seen: set[str] = set()
         self.files = 0
         self.bytes = 0
         self.cancelled = threading.Event()
@@ -71,6 +74,8 @@ class Extractor:
             if self._wanted is not None and member.name not in self._wanted:
                 log.debug("skipping %s: not listed in the backup's files metadata", member.name)
                 continue
+            with self._lock:
+                self.seen.add(member.name)
             if member.is_dir:
                 self._directory(rel, member.mode)
             elif member.is_file:

@@ -3,7 +3,8 @@
 Headers are built by hand because :mod:`tarfile`'s ``add``/``gettarinfo`` strip the leading
 slash. A regular file's payload is exactly the size seen when it was walked: a file that shrank
 is padded with zeros and one that grew is cut, as WAL-G does (PostgreSQL's WAL replay repairs
-torn pages). The payload's SHA-256 is returned for the backup's metadata.
+torn pages). The payload's checksum is returned for the backup's metadata. A file that cannot
+be read fails with an error naming it (not the storage object it was going to).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import tarfile
 
 from walg.core.checksum import Checksum
+from walg.errors import WalgError
 from walg.postgres.datadir import KIND_DIR, Entry
 from walg.streams.base import Sink
 from walg.streams.hashing import new_hasher
@@ -50,6 +52,15 @@ def header(
     return buf[:-BLOCK] + bytes(block)
 
 
+def _unreadable(entry: Entry, exc: OSError) -> WalgError:
+    # Raised inside the upload's block, a bare OSError would be reported by the storage as
+    # failing to write the object, sending the DBA to the wrong place.
+    return WalgError(
+        f"cannot read {entry.path} (member {entry.member} of the data directory): "
+        f"{exc.strerror or exc}"
+    )
+
+
 class TarWriter:
     """Appends members to ``sink``; ``finish()`` writes the end-of-archive blocks."""
 
@@ -81,6 +92,8 @@ class TarWriter:
             handle = open(entry.path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _unreadable(entry, exc) from None
         with handle:
             return self._add_file(entry, handle)
 
@@ -111,7 +124,10 @@ class TarWriter:
         view = memoryview(self._buffer)
         left = size
         while left > 0:
-            got = os.readv(fd, [view[: min(READ_SIZE, left)]])
+            try:
+                got = os.readv(fd, [view[: min(READ_SIZE, left)]])
+            except OSError as exc:
+                raise _unreadable(entry, exc) from None
             if got == 0:
                 break
             chunk = view[:got]
