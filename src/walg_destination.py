@@ -6,14 +6,19 @@ only for the archive it was written to. A server may archive every file to two p
 another one while a backlog waits, so each marker's name carries the key of the destination it
 was written for, and a call consumes only markers with its own key.
 
-The key digests everything that decides the destination of a process: its whole environment
-(PostgreSQL runs ``archive_command`` with the same environment every time), its working folder
-(a relative ``WALG_FILE_PREFIX`` or ``--config`` is resolved against it) and the config file
-walg would read, as the path and the identity (device, inode, size, mtime, ctime) of the file,
-or its absence. That is more than decides the destination: a change of something irrelevant
-only makes a marker unusable, which costs an upload (a false "same destination" would lose
-WAL). The config file is chosen by :mod:`walg.settings`'s rule: ``--config FILE``, else
-``$WALG_CONFIG_PATH``, else ``~/.walg.{json,yaml,yml,toml}`` (all four are recorded).
+The key digests what decides the destination of a process: the environment variables walg
+and the storage libraries read (PostgreSQL runs ``archive_command`` with the same environment
+every time), its working folder (a relative ``WALG_FILE_PREFIX`` or ``--config`` is resolved
+against it) and the config file walg would read, as the path and the identity (device, inode,
+size, mtime, ctime) of the file, or its absence. That is more than decides the destination: a
+change of something irrelevant only makes a marker unusable, which costs an upload (a false
+"same destination" would lose WAL). The config file is chosen by :mod:`walg.settings`'s rule:
+``--config FILE``, else ``$WALG_CONFIG_PATH``, else ``~/.walg.{json,yaml,yml,toml}`` (all four
+are recorded).
+
+No secret goes into it (a variable whose name says password, secret, token, key...): the key
+names marker files, and a digest of a password is a way to test guesses at it. A secret never
+decides where WAL goes, so leaving it out cannot make two destinations look the same.
 
 This module lives beside the ``walg`` package, not in it: the ``walg`` launcher computes the key
 before walg itself is imported (importing the package costs milliseconds), and walg computes it
@@ -35,6 +40,21 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 KEY_LENGTH = 32  # hex digits: 128 bits, so two destinations never share a key by chance
+# walg's variables and those of the storage SDKs it uses or will use; HOME is covered by the
+# config file candidates.
+DESTINATION_PREFIXES = (
+    "WALG_", "WALE_", "AWS_", "S3_", "GOOGLE_", "GCS_", "GS_", "AZURE_", "AZ_", "SSH_", "YC_",
+    "OSS_", "SWIFT_", "OS_",
+)  # fmt: skip
+SECRET_WORDS = ("PASS", "SECRET", "TOKEN", "CRED", "PRIVATE", "KEY", "AUTH", "SAS", "SIGN")
+
+
+def counts(name: str) -> bool:
+    """Does the variable ``name`` go into the key: one walg may read, and no secret?"""
+    upper = name.upper()
+    return upper.startswith(DESTINATION_PREFIXES) and not any(w in upper for w in SECRET_WORDS)
+
+
 CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")  # as walg.settings
 
 
@@ -66,7 +86,7 @@ def destination_key(environ: "Mapping[str, str]", config_path: str | None) -> st
                 f"{path}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
             )
     parts.append("")
-    parts.extend(f"{k}={v}" for k, v in sorted(environ.items()))
+    parts.extend(f"{k}={v}" for k, v in sorted(environ.items()) if counts(k))
     # Undecodable bytes in the environment reach Python as surrogates; keep them distinct.
     data = "\0".join(parts).encode("utf-8", "surrogateescape")
     return blake2b(data, digest_size=KEY_LENGTH // 2).hexdigest()

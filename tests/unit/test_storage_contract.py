@@ -8,6 +8,9 @@ import io
 import mmap
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -494,3 +497,40 @@ def test_file_upload_through_the_page_cache_when_direct_io_is_off(tmp_path: Path
         assert not sink.direct and not _is_direct(sink.fileno())
         sink.write(data)
     assert storage.get_bytes("obj") == data
+
+
+def test_file_new_folders_are_made_durable_in_their_parents(tmp_path: Path) -> None:
+    """Each folder a write creates is fsynced in its parent (the object's own folder is
+    fsynced after the rename): watched with strace, as a crash cannot be staged here."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    root = tmp_path / "store"
+    (tmp_path / "existing").mkdir()
+    code = (
+        "import sys; from walg.storage.file import FileStorage;"
+        "s = FileStorage(sys.argv[1]); s.put_bytes('basebackups_005/b/tar_partitions/p', b'x');"
+        "s.put_bytes('basebackups_005/b/tar_partitions/q', b'y')"
+    )
+    trace = tmp_path / "trace"
+    watch = [strace, "-f", "-qq", "-y", "-e", "trace=mkdir,mkdirat,fsync", "-o", str(trace)]
+    subprocess.run([*watch, sys.executable, "-c", code, str(root)], check=True, timeout=60)
+    created: list[str] = []
+    synced: list[str] = []
+    for line in trace.read_text().splitlines():
+        made = re.search(r'mkdir(?:at)?\((?:AT_FDCWD<[^>]*>, )?"([^"]+)", \d+\) = 0', line)
+        if made:
+            created.append(made.group(1))
+        done = re.search(r"fsync\(\d+<([^>]+)>\) = 0", line)
+        if done:
+            synced.append(done.group(1))
+    assert created == [
+        str(root),
+        str(root / "basebackups_005"),
+        str(root / "basebackups_005" / "b"),
+        str(root / "basebackups_005" / "b" / "tar_partitions"),
+    ]
+    for folder in created:
+        assert os.path.dirname(folder) in synced, (folder, synced)
+    # The second write creates nothing and syncs only its object and its folder.
+    assert synced.count(str(root / "basebackups_005" / "b" / "tar_partitions")) == 2

@@ -94,7 +94,7 @@ class PgWal:
         return sorted(p.name for p in self.status.iterdir() if not p.name.endswith(".lock"))
 
     def walg(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         # stderr to a file, as PostgreSQL's log: a detached uploader keeps it open after the
         # call, and a pipe would make this wait for the uploader too.
@@ -103,6 +103,7 @@ class PgWal:
                 [self.walg_bin, *args],
                 env=self.env if env is None else env,
                 cwd=self.root,
+                input=stdin,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -476,11 +477,40 @@ def test_the_detached_uploader_marks_with_the_key_of_the_call_that_started_it(
     more = [f"0000000100000000000000{n:02X}" for n in range(0x30, 0x32)]
     for name in more:
         pg_wal.add(name)
-    out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir), "--destination-key", KEY_A, env=env)
+    # The key comes through a pipe: a command line is anyone's to read (ps).
+    args = ("wal-push-ahead", str(pg_wal.dir), "--destination-key-on-stdin")
+    out = pg_wal.walg(*args, env=env, stdin=f"{KEY_A}\n")
     assert out.returncode == 0, pg_wal.log.read_text()
     assert pg_wal.markers() == [f"{name}.{KEY_A}" for name in more]
-    bad = pg_wal.walg("wal-push-ahead", str(pg_wal.dir), "--destination-key", "x", env=env)
-    assert bad.returncode == 2
+    assert pg_wal.walg(*args, env=env, stdin="x\n").returncode == 2
+    assert pg_wal.walg(*args, env=env, stdin="").returncode == 2
+
+
+def test_the_destination_key_holds_no_secret(tmp_path: Path) -> None:
+    """The key names marker files: a digest of a password would let anyone who sees it test
+    guesses. Secrets and unrelated variables leave it alone; what decides the destination
+    changes it."""
+    base = {"HOME": str(tmp_path), "PATH": "/usr/bin", "WALG_FILE_PREFIX": "/backups/a"}
+    key = key_of(base, tmp_path)
+    for name, value in (
+        ("PGPASSWORD", "hunter2"),
+        ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
+        ("AWS_SESSION_TOKEN", "t0k3n"),
+        ("AZURE_STORAGE_SAS_TOKEN", "sv=2020"),
+        ("WALG_LIBSODIUM_KEY", "0123456789abcdef"),
+        ("WALG_PGP_KEY_PASSPHRASE", "pass"),
+        ("WALG_SSH_PRIVATE_KEY_PATH", "/root/.ssh/id"),
+        ("MY_DB_PW", "hunter2"),
+    ):
+        assert key_of({**base, name: value}, tmp_path) == key, name
+    for name, value in (
+        ("WALG_FILE_PREFIX", "/backups/b"),
+        ("WALE_S3_PREFIX", "s3://bucket/x"),
+        ("AWS_ENDPOINT", "http://127.0.0.1:9000"),
+        ("WALG_CONFIG_PATH", str(tmp_path / "walg.json")),
+    ):
+        assert key_of({**base, name: value}, tmp_path) != key, name
+    assert key_of(base, tmp_path / "..") != key  # a relative prefix would mean elsewhere
 
 
 def test_the_launcher_takes_its_own_marker_and_leaves_the_others(pg_wal: PgWal) -> None:
@@ -721,5 +751,37 @@ def test_a_status_folder_of_another_user_means_no_look_ahead(tmp_path: Path, wal
         assert sorted(p.name for p in (store / "wal_005").iterdir()) == [
             f"{name}.lz4" for name in names
         ]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_uploader_that_cannot_start_does_not_fail_the_push(walg_bin: str) -> None:
+    """With a backlog, a call starts the detached uploader; when no process can be started
+    (EAGAIN: the user's process limit), it archives its own file and exits 0."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run walg as pgtest with a process limit")
+    from pgcluster import pg_tmpdir, pg_user_env, run_as_pg
+
+    root = pg_tmpdir(prefix="no-spawn-")
+    try:
+        wal_dir = root / "pg_wal"
+        store = root / "store"
+        for folder in (wal_dir, wal_dir / "archive_status", store):
+            folder.mkdir()
+            shutil.chown(folder, "pgtest", "pgtest")
+        for name in SEGMENTS[:4]:
+            (wal_dir / name).write_bytes(os.urandom(4096) * 64)
+            shutil.chown(wal_dir / name, "pgtest", "pgtest")
+            (wal_dir / "archive_status" / f"{name}.ready").touch()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WALG_FILE_PREFIX": str(store)}
+        out = run_as_pg(
+            ["prlimit", "--nproc=1", walg_bin, "wal-push", str(wal_dir / SEGMENTS[0])],
+            env={**env, **pg_user_env()},
+            check=False,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "cannot start the look-ahead uploader" in out.stderr, out.stderr
+        assert sorted(p.name for p in (store / "wal_005").iterdir()) == [f"{SEGMENTS[0]}.lz4"]
     finally:
         shutil.rmtree(root, ignore_errors=True)

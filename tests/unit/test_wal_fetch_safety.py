@@ -16,7 +16,7 @@ import pytest
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
-from walg.errors import RequestAbandoned
+from walg.errors import IntegrityError, RequestAbandoned
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_prefetch import take_prefetched
 from walg.settings import load
@@ -226,3 +226,18 @@ def test_a_prefetch_folder_the_server_cannot_read_means_a_download(
     assert got.returncode == 0, got.stderr
     assert "cannot look into the prefetch folder" in got.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == _segment_bytes(good, 5)
+
+
+def test_an_object_that_inflates_past_a_segment_is_refused(tmp_path: Path) -> None:
+    """LZ4 expands up to 255 times: a corrupt or foreign object under a WAL name must not
+    fill pg_wal's disk, nor hand PostgreSQL a file of the wrong size."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_PREFETCH_DIR": str(tmp_path)})
+    storage = MemoryStorage()
+    huge = lz4.frame.compress(bytes(SEG + (1 << 20)))
+    assert len(huge) < SEG // 100
+    storage.put_bytes(f"wal_005/{NAME}.lz4", huge)
+    with pytest.raises(IntegrityError, match="more than 16777216 bytes"):
+        wal_fetch(settings, storage, NAME, str(dest))
+    assert list(dest.parent.iterdir()) == []

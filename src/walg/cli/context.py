@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 
@@ -28,23 +29,31 @@ class Context:
             self._storage = open_storage(self.settings)
         return self._storage
 
-    def spawn_detached(self, *arguments: str, keep_stderr: bool = False) -> None:
+    def spawn_detached(
+        self, *arguments: str, keep_stderr: bool = False, stdin: bytes | None = None
+    ) -> None:
         """Start ``walg ARGUMENTS`` (with this config file) in its own session, not waited
         for. ``keep_stderr``: it writes to this process's stderr (PostgreSQL's log, under
-        archive_command) instead of nowhere."""
+        archive_command) instead of nowhere. ``stdin``: what it reads on its standard input
+        (a pipe: anyone can read a command line, only its owner a pipe)."""
         import subprocess
 
         argv = [sys.executable, "-m", "walg.cli"]
         if self.settings.config_file:
             argv += ["--config", self.settings.config_file]
-        subprocess.Popen(
+        child = subprocess.Popen(
             [*argv, *arguments],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=None if keep_stderr else subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
         )
+        if child.stdin is not None:
+            # Far less than a pipe's buffer: written at once, whatever the child is doing (a
+            # child already gone has nothing left to tell).
+            with contextlib.suppress(BrokenPipeError), child.stdin:
+                child.stdin.write(stdin or b"")
 
     def close(self) -> None:
         if self._storage is not None:

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("wal_dir", metavar="PG_WAL")
     q.add_argument("--exclude", action="append", default=[], metavar="NAME")
     q.add_argument(
-        "--destination-key",
-        metavar="KEY",
-        help="name markers with this key (that of the wal-push which starts the uploader)",
+        "--destination-key-on-stdin",
+        action="store_true",
+        help="read the key to name markers with (that of the wal-push which starts the "
+        "uploader) from standard input",
     )
     q.set_defaults(run=run_ahead)
 
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             os.path.abspath(wal_dir),
             "--exclude",
             name,
-            "--destination-key",
-            ctx.settings.destination_key,
+            "--destination-key-on-stdin",
             keep_stderr=True,
+            stdin=f"{ctx.settings.destination_key}\n".encode(),
         )
 
     wal_push(ctx.settings, ctx.storage(), args.path, spawn_uploader=spawn)
@@ -63,9 +64,13 @@ def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal_push import IDLE_EXIT, archive_ahead
     from walg_destination import is_key
 
-    key = args.destination_key
-    if key is not None and not is_key(key):
-        raise UsageError(f"--destination-key {key!r} is not a destination key")
+    key = None
+    if args.destination_key_on_stdin:
+        import sys
+
+        key = sys.stdin.readline(64).strip()
+        if not is_key(key):
+            raise UsageError("standard input holds no destination key")
     done = archive_ahead(
         ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude), IDLE_EXIT, key
     )

@@ -44,16 +44,23 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
     return None
 
 
-def download_wal(storage: Storage, key: str, ext: str, out: Sink) -> int:
-    """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size."""
+def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | None = None) -> int:
+    """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size.
+
+    More than ``limit`` bytes is an IntegrityError, raised before they are written: LZ4
+    expands up to 255 times, and a corrupt or foreign object must not fill pg_wal's disk.
+    """
+    from walg.errors import IntegrityError
     from walg.ops.pipeline import download
     from walg.streams.compression import codec_for_extension
 
     size = 0
     with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
         while chunk := dl.reader.read(CHUNK):
-            out.write(chunk)
             size += len(chunk)
+            if limit is not None and size > limit:
+                raise IntegrityError(f"{key} holds more than {limit} bytes: not a WAL file")
+            out.write(chunk)
     return size
 
 

@@ -64,7 +64,7 @@ def wal_fetch(
     tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
     try:
         with open(tmp, "xb") as out:
-            size = download_wal(storage, key, ext, out)
+            size = download_wal(storage, key, ext, out, settings.wal_segment_size)
         if commit is not None and not commit():
             raise RequestAbandoned()
         os.replace(tmp, dest)

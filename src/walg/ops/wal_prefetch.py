@@ -205,7 +205,7 @@ class Prefetcher:
             return False
         try:
             with os.fdopen(fd, "wb") as out:
-                download_wal(self._storage, key, ext, out)
+                download_wal(self._storage, key, ext, out, self._segment_size)
             if not valid_segment_file(running, name, self._segment_size):
                 log.warning("archived %s is not a valid WAL segment; not prefetching it", key)
                 remove(running)

@@ -268,8 +268,11 @@ def wal_push(
                 )
             # The uploader leaves this file to this call (it is excluded, and locked here).
             if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
-                spawn_uploader(wal_dir, name)
-                detached = True
+                try:
+                    spawn_uploader(wal_dir, name)
+                    detached = True
+                except OSError as exc:  # no process to spare (EAGAIN): archive this one alone
+                    log.warning("cannot start the look-ahead uploader: %s", exc)
             # With uploads running beside it the CPUs are busy already.
             return push_one(settings, storage, source, 1 if detached else solo_threads())
     uploader = None

@@ -45,6 +45,26 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _make_dirs(path: str) -> None:
+    """Create folder ``path`` and its missing parents, each made durable in its parent.
+
+    The fsync of the folder an object is renamed in makes the object's name durable, not the
+    folder's own name in its parent: after a crash, a new ``wal_005/`` could vanish with the
+    first WAL files archived in it, which PostgreSQL has since recycled.
+    """
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        _make_dirs(os.path.dirname(path))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            return  # made meanwhile by another writer, who makes it durable
+    _fsync_dir(os.path.dirname(path))
+
+
 class _LimitedReader:
     def __init__(self, handle: Source, length: int | None) -> None:
         self._handle = handle
@@ -200,7 +220,7 @@ class FileStorage(Storage):
         tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
         parent = os.path.dirname(path)
         try:
-            os.makedirs(parent, exist_ok=True)
+            _make_dirs(parent)
             handle, direct = self._create(tmp)
         except OSError as exc:
             raise _error(exc, f"cannot create {tmp}") from None

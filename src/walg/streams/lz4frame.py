@@ -130,14 +130,22 @@ class _Workers:
     def submit(self, job: _Job, unfinished: int) -> None:
         job.finished = self._threading.Lock()
         job.finished.acquire()
-        self._queue.put(job)
         # Threads start on demand: a small file needs no more threads than it has blocks.
         if len(self._threads) < min(self._size, unfinished):
             thread = self._threading.Thread(
                 target=self._run, name=f"walg-lz4-{len(self._threads)}", daemon=True
             )
-            thread.start()
-            self._threads.append(thread)
+            try:
+                thread.start()
+            except RuntimeError:
+                # No thread to spare (the user's process limit): the threads there are do the
+                # work, or with none this one does, rather than fail an archive_command.
+                if not self._threads:
+                    self._work(job)
+                    return
+            else:
+                self._threads.append(thread)
+        self._queue.put(job)
 
     def wait(self, job: _Job) -> None:
         if not job.done:
@@ -155,14 +163,17 @@ class _Workers:
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
-            if not self._stopping:
-                try:
-                    job.compressed = _compress_block(self._lz4, job.block)
-                except BaseException as exc:
-                    job.error = exc
-            job.done = True
-            assert job.finished is not None
-            job.finished.release()
+            self._work(job)
+
+    def _work(self, job: _Job) -> None:
+        if not self._stopping:
+            try:
+                job.compressed = _compress_block(self._lz4, job.block)
+            except BaseException as exc:
+                job.error = exc
+        job.done = True
+        assert job.finished is not None
+        job.finished.release()
 
 
 class Lz4FrameWriter:
