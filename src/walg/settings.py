@@ -11,8 +11,10 @@ Secrets (passwords, keys) are kept out of ``repr`` and error messages.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from walg.core.pattern import LazyPattern
 from walg.errors import ConfigError
@@ -54,44 +56,88 @@ _DURATION_UNITS = {
 }
 
 
+# libpq's environment variables and the connection keywords they stand for (libpq's
+# "Environment Variables" page; PQconndefaults of libpq 18 lists the same pairs). WAL-G exports
+# every config-file value into its environment, where libpq finds them; walg passes them as
+# keywords instead, from the file and the environment alike, so that the environment wins
+# over the file here too.
+LIBPQ_VARIABLES: dict[str, str] = {
+    "PGHOST": "host",
+    "PGHOSTADDR": "hostaddr",
+    "PGPORT": "port",
+    "PGDATABASE": "dbname",
+    "PGUSER": "user",
+    "PGPASSWORD": "password",
+    "PGPASSFILE": "passfile",
+    "PGREQUIREAUTH": "require_auth",
+    "PGCHANNELBINDING": "channel_binding",
+    "PGSERVICE": "service",
+    "PGOPTIONS": "options",
+    "PGAPPNAME": "application_name",
+    "PGSSLMODE": "sslmode",
+    "PGSSLNEGOTIATION": "sslnegotiation",
+    "PGSSLCOMPRESSION": "sslcompression",
+    "PGSSLCERT": "sslcert",
+    "PGSSLKEY": "sslkey",
+    "PGSSLCERTMODE": "sslcertmode",
+    "PGSSLROOTCERT": "sslrootcert",
+    "PGSSLCRL": "sslcrl",
+    "PGSSLCRLDIR": "sslcrldir",
+    "PGSSLSNI": "sslsni",
+    "PGREQUIREPEER": "requirepeer",
+    "PGSSLMINPROTOCOLVERSION": "ssl_min_protocol_version",
+    "PGSSLMAXPROTOCOLVERSION": "ssl_max_protocol_version",
+    "PGMINPROTOCOLVERSION": "min_protocol_version",
+    "PGMAXPROTOCOLVERSION": "max_protocol_version",
+    "PGGSSENCMODE": "gssencmode",
+    "PGKRBSRVNAME": "krbsrvname",
+    "PGGSSLIB": "gsslib",
+    "PGGSSDELEGATION": "gssdelegation",
+    "PGCONNECT_TIMEOUT": "connect_timeout",
+    "PGCLIENTENCODING": "client_encoding",
+    "PGTARGETSESSIONATTRS": "target_session_attrs",
+    "PGLOADBALANCEHOSTS": "load_balance_hosts",
+}
+# libpq reads these from its environment only: no connection keyword carries them, so a
+# config file cannot hand them to libpq (walg does not change its own environment).
+LIBPQ_ENVIRONMENT_ONLY = (
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGLOCALEDIR",
+    "PGDATESTYLE",
+    "PGTZ",
+    "PGGEQO",
+)
+# PG* names that are not libpq's: PGDATA is walg's (and WAL-G's) data directory; PGREQUIRESSL
+# was libpq's until PostgreSQL 17 and is translated into sslmode (see pg_connection).
+OTHER_PG_VARIABLES = ("PGDATA", "PGREQUIRESSL")
+_STRONG_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class PgConnection:
-    """libpq connection parameters, from PG* variables (environment or config file)."""
+    """libpq connection parameters, from PG* variables (environment or config file).
+
+    ``host`` and ``port`` have fields of their own because messages name them; ``params``
+    holds every other keyword, except the password, which stays out of ``repr``.
+    """
 
     host: str | None = None
-    port: int | None = None
-    user: str | None = None
+    port: str | None = None
     password: str | None = field(default=None, repr=False)
-    passfile: str | None = None
-    database: str | None = None
-    sslmode: str | None = None
-    sslcert: str | None = None
-    sslkey: str | None = None
-    sslrootcert: str | None = None
-    application_name: str = "walg"
+    params: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: int = DEFAULT_PG_CONNECT_TIMEOUT
 
     def libpq_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``psycopg.connect``; unset values are left to libpq."""
-        out: dict[str, Any] = {
-            "application_name": self.application_name,
-            "connect_timeout": self.connect_timeout,
-        }
-        for name in (
-            "host",
-            "port",
-            "user",
-            "password",
-            "passfile",
-            "sslmode",
-            "sslcert",
-            "sslkey",
-            "sslrootcert",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        out["dbname"] = self.database or "postgres"
+        out: dict[str, Any] = dict(self.params)
+        if self.host is not None:
+            out["host"] = self.host
+        if self.port is not None:
+            out["port"] = self.port
+        if self.password is not None:
+            out["password"] = self.password
+        out["connect_timeout"] = self.connect_timeout
         return out
 
 
@@ -110,9 +156,7 @@ class Settings:
     tar_size_threshold: int
     sentinel_user_data: Any
     pgdata: str | None
-    pg: PgConnection
     prevent_wal_overwrite: bool
-    stop_backup_timeout: float
     tar_disable_fsync: bool
     total_bg_uploaded_limit: int
     prefetch_dir: str | None
@@ -125,6 +169,28 @@ class Settings:
     # the look-ahead markers it may write and take.
     destination_key: str
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
+    # The (upper-cased) keys the config file set: PG* names among them that libpq cannot take
+    # are worth a warning, the environment's are not (it holds whatever other tools need).
+    config_keys: frozenset[str] = frozenset()
+
+    # pg and stop_backup_timeout are checked when first used, not by load(): only commands
+    # that connect to PostgreSQL use them, and a value valid for libpq but not for walg (or
+    # a typo) in the environment of the server must never stop wal-push, wal-fetch or the
+    # daemon, that is archiving and recovery. backup-push reads both before it starts.
+    @cached_property
+    def pg(self) -> PgConnection:
+        """The libpq parameters; ConfigError naming the variable when one is malformed."""
+        return pg_connection(self.values, self.config_keys)
+
+    @cached_property
+    def stop_backup_timeout(self) -> float:
+        """Seconds ``pg_backup_stop`` may take (``WALG_STOP_BACKUP_TIMEOUT``)."""
+        raw = self.values.get("WALG_STOP_BACKUP_TIMEOUT", "").strip()
+        if not raw:
+            return DEFAULT_STOP_BACKUP_TIMEOUT
+        timeout = parse_duration("WALG_STOP_BACKUP_TIMEOUT", raw)
+        # WAL-G's 0 means "wait forever"; walg promises never to hang, so 0 means our default.
+        return timeout if timeout > 0 else DEFAULT_STOP_BACKUP_TIMEOUT
 
     def lookup(self, key: str) -> str | None:
         """A storage key as WAL-G resolves it: ``WALG_KEY``, then ``WALE_KEY``, then ``KEY``."""
@@ -168,8 +234,9 @@ def load(
     merged: dict[str, str] = {}
     if file_path:
         merged.update(_read_config_file(file_path, explicit=bool(config_path)))
+    config_keys = frozenset(merged)
     merged.update({k: v for k, v in env.items() if v != "" or k not in merged})
-    return _build(merged, file_path, key)
+    return _build(merged, file_path, key, config_keys)
 
 
 def _default_config(env: Mapping[str, str]) -> str | None:
@@ -196,6 +263,9 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
         raise ConfigError(f"WALG_CONFIG_PATH: config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        # Its own message shows the offending byte: file content, so only the offset here.
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     suffix = os.path.splitext(path)[1].lower()
     data: Any
     try:
@@ -212,12 +282,71 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
 
             data = json.loads(text) if text.strip() else {}
     except Exception as exc:
-        raise ConfigError(f"config file {path} is not valid {suffix or 'JSON'}: {exc}") from None
+        raise ConfigError(
+            f"config file {path} is not valid {suffix.lstrip('.').upper() or 'JSON'}: "
+            + _parse_error(exc)
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting names to values")
-    return {str(k): _config_value(v) for k, v in data.items()}
+    # Keys match in any case, as WAL-G's (viper) do: `walg_file_prefix` is WALG_FILE_PREFIX.
+    out: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    for raw_key, value in data.items():
+        name = str(raw_key).upper()
+        if name in spelled:
+            raise ConfigError(
+                f"config file {path} sets {name} twice ({spelled[name]!r} and {str(raw_key)!r}): "
+                "keys are compared without regard to case"
+            )
+        spelled[name] = str(raw_key)
+        out[name] = _config_value(value)
+    return out
+
+
+def _parse_error(exc: Exception) -> str:
+    """What a parser found wrong and where, without the text of the file.
+
+    The parsers' own messages can quote the offending line (PyYAML prints it with a caret),
+    and that line may hold a password. So only the problem and the position are kept, and
+    any quoted piece longer than a punctuation mark or a token name (``'<stream end>'``) is
+    masked, since it could be a value from the file.
+    """
+    import json
+
+    problem: str
+    line: int | None = None
+    column: int | None = None
+    if isinstance(exc, json.JSONDecodeError):
+        problem, line, column = exc.msg, exc.lineno, exc.colno
+    elif type(exc).__module__.startswith("yaml"):
+        problem = str(getattr(exc, "problem", None) or type(exc).__name__)
+        context = getattr(exc, "context", None)
+        if context:
+            problem = f"{context}: {problem}"
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            line, column = mark.line + 1, mark.column + 1
+    elif type(exc).__name__ == "TOMLDecodeError":
+        # tomllib's message is the problem followed by "(at line L, column C)".
+        problem = str(exc)
+    else:
+        problem = type(exc).__name__
+    import re
+
+    problem = re.sub(
+        r"'([^']*)'|\"([^\"]*)\"",
+        lambda m: m.group(0) if _harmless_quote(m.group(1) or m.group(2) or "") else "'…'",
+        problem.splitlines()[0] if problem.strip() else type(exc).__name__,
+    )
+    if line is not None:
+        problem += f" at line {line}, column {column}"
+    return problem
+
+
+def _harmless_quote(text: str) -> bool:
+    return len(text) <= 2 or (text.startswith("<") and text.endswith(">"))
 
 
 def _config_value(value: Any) -> str:
@@ -232,22 +361,34 @@ def _config_value(value: Any) -> str:
     return str(value)
 
 
+# Go's time.ParseDuration refuses anything longer (an int64 of nanoseconds, about 292 years),
+# so WAL-G does too; it also keeps every duration within what threading's waits accept.
+MAX_DURATION = (2**63 - 1) / 1e9
+
+
 def parse_duration(name: str, text: str) -> float:
-    """Seconds from a Go-style duration (``90s``, ``1m30s``) or a plain number of seconds."""
+    """Seconds from a Go-style duration (``90s``, ``1m30s``) or a plain number of seconds.
+
+    Negative, infinite and NaN values (``float`` parses ``inf``, ``nan`` and ``1e400``) are
+    refused, as are durations longer than Go's: no caller could honour them.
+    """
     text = text.strip()
     try:
-        return float(text)
+        total = float(text)
     except ValueError:
-        pass
-    pos = 0
-    total = 0.0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ConfigError(f"{name}={text!r} is not a duration (e.g. 30s, 5m, 1h)")
+        pos = 0
+        total = 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ConfigError(f"{name}={text!r} is not a duration (e.g. 30s, 5m, 1h)") from None
+    if not math.isfinite(total) or total < 0:
+        raise ConfigError(f"{name}={text!r} is not a duration of zero or more seconds")
+    if total > MAX_DURATION:
+        raise ConfigError(f"{name}={text!r} is longer than the longest duration, 2562047h")
     return total
 
 
@@ -339,37 +480,88 @@ def _storage(values: Mapping[str, str]) -> tuple[str | None, str | None, str | N
     return kind, value, name
 
 
-def _pg(values: Mapping[str, str]) -> PgConnection:
-    def opt(name: str) -> str | None:
-        value = values.get(name, "").strip()
-        return value or None
+def pg_connection(
+    values: Mapping[str, str], config_keys: frozenset[str] = frozenset()
+) -> PgConnection:
+    """libpq parameters from the PG* variables libpq knows, checked as libpq checks them.
 
-    port_raw = opt("PGPORT")
-    port: int | None = None
-    if port_raw is not None:
+    Walg's own choices: the database ``postgres`` unless PGDATABASE or a service names one,
+    ``walg`` as the fallback application name, and a connect timeout even where libpq would
+    wait forever. PG* variables given here are explicit keywords, so they take precedence over
+    the entries of a PGSERVICE service file (libpq lets the service file override its
+    environment variables).
+    """
+    from walg.core.log import get_logger
+
+    log = get_logger(__name__)
+    for name in sorted(config_keys):
+        if not (len(name) > 2 and name.startswith("PG") and name[2] != "_"):
+            continue  # not a PG* name (PG_READY_RENAME is one of WAL-G's own settings)
+        if name in LIBPQ_ENVIRONMENT_ONLY:
+            log.warning(
+                "%s in the config file is ignored: libpq reads it only from the environment",
+                name,
+            )
+        elif name not in LIBPQ_VARIABLES and name not in OTHER_PG_VARIABLES:
+            log.warning("%s in the config file is not a libpq variable walg knows: ignored", name)
+
+    params: dict[str, str] = {}
+    for name, keyword in LIBPQ_VARIABLES.items():
+        value = values.get(name, "").strip()
+        if value and name not in ("PGHOST", "PGPORT", "PGPASSWORD", "PGCONNECT_TIMEOUT"):
+            params[keyword] = value
+    # libpq before 17 took PGREQUIRESSL=1 for sslmode=require; later ones ignore it. Dropping
+    # it would weaken what the user asked for, so it still means at least "require".
+    if values.get("PGREQUIRESSL", "").strip().startswith("1") and (
+        params.get("sslmode") not in _STRONG_SSLMODES
+    ):
+        params["sslmode"] = "require"
+    if "dbname" not in params and "service" not in params:
+        params["dbname"] = "postgres"
+    if "application_name" not in params:
+        # A fallback, so a service file's application_name still wins, as it would in psql.
+        params["fallback_application_name"] = "walg"
+
+    port = values.get("PGPORT", "").strip() or None
+    if port is not None:
+        # libpq takes one port per host (PGHOST=h1,h2 PGPORT=5432,5433); an empty entry means
+        # the default port. Pairing ports with hosts is left to libpq.
+        for raw_entry in port.split(","):
+            entry = raw_entry.strip()
+            if entry and not (entry.isascii() and entry.isdigit() and 0 < int(entry) < 65536):
+                raise ConfigError(f"PGPORT={port!r}: {entry!r} is not a port number")
+
+    connect_timeout = DEFAULT_PG_CONNECT_TIMEOUT
+    raw_timeout = values.get("PGCONNECT_TIMEOUT", "").strip()
+    if raw_timeout:
         try:
-            port = int(port_raw)
+            seconds = int(raw_timeout)
         except ValueError:
-            raise ConfigError(f"PGPORT={port_raw!r} is not a port number") from None
-        if not 0 < port < 65536:
-            raise ConfigError(f"PGPORT={port} is not a port number")
+            raise ConfigError(f"PGCONNECT_TIMEOUT={raw_timeout!r} is not an integer") from None
+        if seconds > 0:
+            connect_timeout = seconds
+        else:
+            # libpq waits forever for 0 or less; walg promises that no wait is unbounded.
+            log.warning(
+                "PGCONNECT_TIMEOUT=%s means no time limit to libpq; walg waits at most %d s",
+                raw_timeout,
+                DEFAULT_PG_CONNECT_TIMEOUT,
+            )
     return PgConnection(
-        host=opt("PGHOST"),
+        host=values.get("PGHOST", "").strip() or None,
         port=port,
-        user=opt("PGUSER"),
         password=values.get("PGPASSWORD") or None,
-        passfile=opt("PGPASSFILE"),
-        database=opt("PGDATABASE"),
-        sslmode=opt("PGSSLMODE"),
-        sslcert=opt("PGSSLCERT"),
-        sslkey=opt("PGSSLKEY"),
-        sslrootcert=opt("PGSSLROOTCERT"),
-        application_name=opt("PGAPPNAME") or "walg",
-        connect_timeout=_int(values, "PGCONNECT_TIMEOUT", DEFAULT_PG_CONNECT_TIMEOUT),
+        params=params,
+        connect_timeout=connect_timeout,
     )
 
 
-def _build(values: Mapping[str, str], config_file: str | None, destination_key: str) -> Settings:
+def _build(
+    values: Mapping[str, str],
+    config_file: str | None,
+    destination_key: str,
+    config_keys: frozenset[str] = frozenset(),
+) -> Settings:
     kind, prefix, prefix_key = _storage(values)
     compression = values.get("WALG_COMPRESSION_METHOD", "").strip().lower() or "lz4"
     if compression not in COMPRESSION_METHODS:
@@ -388,15 +580,6 @@ def _build(values: Mapping[str, str], config_file: str | None, destination_key: 
             # WAL-G stores a value that is not JSON as a JSON string.
             user_data = raw_user_data
     disk_raw = values.get("WALG_UPLOAD_DISK_CONCURRENCY", "").strip()
-    stop_timeout_raw = values.get("WALG_STOP_BACKUP_TIMEOUT", "").strip()
-    stop_timeout = (
-        parse_duration("WALG_STOP_BACKUP_TIMEOUT", stop_timeout_raw)
-        if stop_timeout_raw
-        else DEFAULT_STOP_BACKUP_TIMEOUT
-    )
-    if stop_timeout <= 0:
-        # WAL-G's 0 means "wait forever"; walg promises never to hang, so 0 means our default.
-        stop_timeout = DEFAULT_STOP_BACKUP_TIMEOUT
     return Settings(
         storage_kind=kind,
         storage_prefix=prefix,
@@ -411,9 +594,7 @@ def _build(values: Mapping[str, str], config_file: str | None, destination_key: 
         tar_size_threshold=_int(values, "WALG_TAR_SIZE_THRESHOLD", DEFAULT_TAR_SIZE_THRESHOLD),
         sentinel_user_data=user_data,
         pgdata=values.get("PGDATA", "").strip() or None,
-        pg=_pg(values),
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),
-        stop_backup_timeout=stop_timeout,
         tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),
         total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=0),
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
@@ -424,4 +605,5 @@ def _build(values: Mapping[str, str], config_file: str | None, destination_key: 
         config_file=config_file,
         destination_key=destination_key,
         values=dict(values),
+        config_keys=config_keys,
     )

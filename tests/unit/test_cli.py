@@ -153,15 +153,122 @@ def test_config_file_supplies_the_prefix(
     assert len(err) == 1
 
 
+def fake_data_directory(root: Path) -> Path:
+    """Enough of a data directory for backup-push to get as far as connecting."""
+    pgdata = root / "pgdata"
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    (pgdata / "global" / "pg_control").write_bytes(bytes(8192))
+    return pgdata
+
+
 def test_password_never_printed_on_errors(
-    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    file_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PGPASSWORD", "hunter2-very-secret")
     monkeypatch.setenv("PGPORT", "not-a-port")
-    code = main(["wal-fetch", SEG, str(clean_env / "out")])
+    code = main(["backup-push", str(fake_data_directory(file_store.parent))])
     captured = capsys.readouterr()
     assert code == 78
+    assert "PGPORT" in captured.err
     assert "hunter2-very-secret" not in captured.err + captured.out
+
+
+# Valid for libpq (a multi-host list, "wait forever"), or wrong for walg only when connecting:
+# none of it may stop archiving or recovery, which never connect to PostgreSQL.
+PG_ONLY_SETTINGS = [
+    {"PGHOST": "h1,h2", "PGPORT": "5432,5433"},
+    {"PGCONNECT_TIMEOUT": "0"},
+    {"PGPORT": "not-a-port", "PGCONNECT_TIMEOUT": "soon"},
+    {"WALG_STOP_BACKUP_TIMEOUT": "inf"},
+    {"PGUNKNOWN": "x", "PGREQUIREAUTH": "scram-sha-256"},
+]
+
+
+@pytest.mark.parametrize("extra", PG_ONLY_SETTINGS)
+def test_pg_settings_never_stop_wal_push_or_wal_fetch(
+    file_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: dict[str, str],
+) -> None:
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    pg_wal = file_store.parent / "pg_wal"
+    pg_wal.mkdir()
+    (pg_wal / SEG).write_bytes(b"wal" * 1000)
+    assert main(["wal-push", str(pg_wal / SEG)]) == 0
+    assert main(["wal-fetch", SEG, str(file_store.parent / "RECOVERYXLOG")]) == 0
+    _, err = stderr_lines(capsys)
+    assert not any(line.startswith(("ERROR", "WARNING")) for line in err), err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PGPORT", "not-a-port"),
+        ("PGCONNECT_TIMEOUT", "soon"),
+        ("WALG_STOP_BACKUP_TIMEOUT", "inf"),
+        ("WALG_STOP_BACKUP_TIMEOUT", "-1"),
+    ],
+)
+def test_backup_push_refuses_bad_pg_settings_before_connecting(
+    file_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+) -> None:
+    # A server that is not there: had walg tried to connect, the error would be exit 1.
+    monkeypatch.setenv("PGHOST", str(file_store.parent / "no-server"))
+    monkeypatch.setenv(name, value)
+    code = main(["backup-push", str(fake_data_directory(file_store.parent))])
+    _, err = stderr_lines(capsys)
+    assert code == 78, err
+    assert name in err[-1]
+    assert not (file_store / "basebackups_005").exists()
+
+
+def test_wal_verify_reports_bad_pg_settings(
+    file_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PGPORT", "5432,abc")
+    code = main(["wal-verify", "integrity"])
+    _, err = stderr_lines(capsys)
+    assert code == 78
+    assert "PGPORT" in err[-1]
+
+
+def test_daemon_serves_despite_pg_settings_it_does_not_use(file_store: Path) -> None:
+    """The real command, run from this source tree: it listens instead of exiting 78."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pgdata = file_store.parent / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    sock = file_store.parent / "d.sock"
+    environ = dict(os.environ, PGPORT="not-a-port", PGCONNECT_TIMEOUT="0")
+    environ["WALG_STOP_BACKUP_TIMEOUT"] = "nan"
+    environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "walg.cli", "daemon", str(sock), str(pgdata)],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert b"ERROR" not in err, err
 
 
 def test_usage_errors_exit_2(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,9 +37,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.tar_disable_fsync is False
     assert s.log_level == "NORMAL"
     assert s.config_file is None
-    assert s.pg.application_name == "walg"
     assert s.pg.libpq_kwargs() == {
-        "application_name": "walg",
+        "fallback_application_name": "walg",
         "connect_timeout": 30,
         "dbname": "postgres",
     }
@@ -198,9 +197,34 @@ def test_stop_backup_timeout_zero_means_bounded_default(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("raw", ["soon", "5 minutes", "10x", "s", "1m-3s"])
 def test_bad_duration_names_the_variable(tmp_path: Path, raw: str) -> None:
+    s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT=raw))  # only backup-push reads it
     with pytest.raises(ConfigError) as info:
-        load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT=raw))
+        _ = s.stop_backup_timeout
     assert "WALG_STOP_BACKUP_TIMEOUT" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "raw", ["inf", "-inf", "nan", "NaN", "infinity", "1e400", "-1", "-0.5", "9" * 400 + "h"]
+)
+def test_non_finite_and_negative_durations_are_refused(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_module.parse_duration("WALG_STOP_BACKUP_TIMEOUT", raw)
+    assert "WALG_STOP_BACKUP_TIMEOUT" in str(info.value)
+    s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT=raw))
+    with pytest.raises(ConfigError, match="WALG_STOP_BACKUP_TIMEOUT"):
+        _ = s.stop_backup_timeout
+
+
+def test_durations_longer_than_go_allows_are_refused() -> None:
+    # Go's time.ParseDuration (so WAL-G) stops at 2562047h47m16.854775807s.
+    assert settings_module.parse_duration("X", "2562047h") == 2562047 * 3600.0
+    with pytest.raises(ConfigError, match="X="):
+        settings_module.parse_duration("X", "2562048h")
+
+
+def test_long_stop_backup_timeout_is_accepted(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT="720h"))
+    assert s.stop_backup_timeout == 720 * 3600.0
 
 
 # --- config files -----------------------------------------------------------------------------
@@ -267,7 +291,7 @@ def test_config_file_formats(tmp_path: Path, file_name: str) -> None:
     assert s.lookup("S3_SSE") == "aws:kms"
     kwargs = s.pg.libpq_kwargs()
     assert kwargs["host"] == "db.example"
-    assert kwargs["port"] == 6543
+    assert kwargs["port"] == "6543"
     assert kwargs["user"] == "backup"
     assert kwargs["dbname"] == "app"
     assert kwargs["password"] == SECRET
@@ -334,7 +358,7 @@ def test_home_walg_json_is_used_by_default(tmp_path: Path) -> None:
     s = load(environ=environ)
     assert s.config_file == str(home_config)
     assert s.storage_prefix == "/from/home"
-    assert s.pg.port == 7000
+    assert s.pg.port == "7000"
 
 
 def test_home_yaml_is_used_when_there_is_no_json(tmp_path: Path) -> None:
@@ -377,7 +401,7 @@ def test_pg_environment_reaches_libpq_kwargs(tmp_path: Path) -> None:
         "application_name": "myapp",
         "connect_timeout": 5,
         "host": "/run/postgresql",
-        "port": 5433,
+        "port": "5433",
         "user": "postgres",
         "password": SECRET,
         "sslmode": "require",
@@ -388,10 +412,11 @@ def test_pg_environment_reaches_libpq_kwargs(tmp_path: Path) -> None:
     assert s.require_pgdata("/other") == "/other"
 
 
-@pytest.mark.parametrize("port", ["abc", "0", "70000", "-1"])
+@pytest.mark.parametrize("port", ["abc", "0", "70000", "-1", "5432,x", "5432;5433", "+5432"])
 def test_bad_pgport(tmp_path: Path, port: str) -> None:
+    s = load(environ=env(tmp_path, PGPORT=port))  # commands that never connect don't care
     with pytest.raises(ConfigError) as info:
-        load(environ=env(tmp_path, PGPORT=port))
+        _ = s.pg
     assert "PGPORT" in str(info.value)
 
 
@@ -439,3 +464,202 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 
 def test_log_level(tmp_path: Path) -> None:
     assert load(environ=env(tmp_path, WALG_LOG_LEVEL="devel")).log_level == "DEVEL"
+
+
+# --- PG* variables as libpq takes them ------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["5432,5433", "5432, 5433", ",5433", "5432,", "65535"])
+def test_port_lists_are_accepted_as_libpq_does(tmp_path: Path, port: str) -> None:
+    s = load(environ=env(tmp_path, PGHOST="h1,h2", PGPORT=port))
+    assert s.pg.libpq_kwargs()["host"] == "h1,h2"
+    assert s.pg.libpq_kwargs()["port"] == port.strip()
+
+
+@pytest.mark.parametrize("raw", ["0", "-1"])
+def test_connect_timeout_without_limit_keeps_walgs_bound_and_says_so(
+    tmp_path: Path, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = load(environ=env(tmp_path, PGCONNECT_TIMEOUT=raw))
+    with caplog.at_level("WARNING"):
+        assert s.pg.libpq_kwargs()["connect_timeout"] == settings_module.DEFAULT_PG_CONNECT_TIMEOUT
+    assert any("PGCONNECT_TIMEOUT" in r.getMessage() for r in caplog.records)
+
+
+def test_connect_timeout_not_an_integer(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, PGCONNECT_TIMEOUT="soon"))
+    with pytest.raises(ConfigError, match="PGCONNECT_TIMEOUT"):
+        _ = s.pg
+
+
+def test_the_variable_table_is_the_linked_libpqs() -> None:
+    """Every pair matches libpq's own PQconndefaults table, and no variable of it is missing
+    (apart from the ones handled apart), so none is forwarded under a wrong keyword."""
+    from psycopg import pq
+
+    libpq = {d.envvar.decode(): d.keyword.decode() for d in pq.Conninfo.get_defaults() if d.envvar}
+    for name, keyword in settings_module.LIBPQ_VARIABLES.items():
+        if name in libpq:  # an older libpq lacks the newest ones
+            assert libpq[name] == keyword, name
+    if pq.version() >= 180000:
+        assert set(libpq) == set(settings_module.LIBPQ_VARIABLES)
+
+
+# Each of these was dropped before, silently: several are security settings.
+FORWARDED = {
+    "PGCHANNELBINDING": ("channel_binding", "require"),
+    "PGSSLCRL": ("sslcrl", "/etc/ssl/crl.pem"),
+    "PGSSLCRLDIR": ("sslcrldir", "/etc/ssl/crls"),
+    "PGREQUIREAUTH": ("require_auth", "scram-sha-256"),
+    "PGTARGETSESSIONATTRS": ("target_session_attrs", "read-write"),
+    "PGOPTIONS": ("options", "-c statement_timeout=5s"),
+    "PGSSLMINPROTOCOLVERSION": ("ssl_min_protocol_version", "TLSv1.3"),
+    "PGGSSENCMODE": ("gssencmode", "disable"),
+    "PGHOSTADDR": ("hostaddr", "127.0.0.1"),
+    "PGLOADBALANCEHOSTS": ("load_balance_hosts", "random"),
+    "PGSSLCERTMODE": ("sslcertmode", "require"),
+}
+
+
+@pytest.mark.parametrize("where", ["config", "environment"])
+def test_every_libpq_variable_reaches_libpq(tmp_path: Path, where: str) -> None:
+    values = {name: value for name, (_, value) in FORWARDED.items()}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(values if where == "config" else {}))
+    environ = env(tmp_path, **(values if where == "environment" else {}))
+    kwargs = load(environ=environ, config_path=str(path)).pg.libpq_kwargs()
+    for keyword, value in FORWARDED.values():
+        assert kwargs[keyword] == value
+
+
+def test_environment_wins_over_config_file_for_libpq_variables(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("PGCHANNELBINDING: prefer\nPGSSLMODE: require\n")
+    s = load(environ=env(tmp_path, PGCHANNELBINDING="require"), config_path=str(path))
+    kwargs = s.pg.libpq_kwargs()
+    assert (kwargs["channel_binding"], kwargs["sslmode"]) == ("require", "require")
+
+
+def test_a_service_supplies_the_database_and_application_name(tmp_path: Path) -> None:
+    kwargs = load(environ=env(tmp_path, PGSERVICE="backup")).pg.libpq_kwargs()
+    assert kwargs["service"] == "backup"
+    assert "dbname" not in kwargs  # the service file's, else libpq's default
+    assert "application_name" not in kwargs
+    assert kwargs["fallback_application_name"] == "walg"
+
+
+@pytest.mark.parametrize(
+    ("sslmode", "expected"),
+    [
+        (None, "require"),
+        ("disable", "require"),
+        ("prefer", "require"),
+        ("verify-full", "verify-full"),
+    ],
+)
+def test_requiressl_still_requires_ssl(tmp_path: Path, sslmode: str | None, expected: str) -> None:
+    extra = {"PGSSLMODE": sslmode} if sslmode else {}
+    kwargs = load(environ=env(tmp_path, PGREQUIRESSL="1", **extra)).pg.libpq_kwargs()
+    assert kwargs["sslmode"] == expected
+    assert "requiressl" not in kwargs
+
+
+def test_unknown_pg_names_in_the_config_file_warn_and_do_not_fail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(
+        json.dumps(
+            {
+                "PGHOSTNAME": "typo",
+                "PGSERVICEFILE": "/etc/pg_service.conf",
+                "PGDATA": "/pgdata",
+                "PG_READY_RENAME": "true",
+                "PGSSLMODE": "verify-full",
+            }
+        )
+    )
+    environ = env(tmp_path, PGSOMETHING_ELSE="set by another tool")
+    s = load(environ=environ, config_path=str(path))
+    with caplog.at_level("WARNING"):
+        kwargs = s.pg.libpq_kwargs()
+    assert kwargs["sslmode"] == "verify-full"
+    assert "typo" not in kwargs.values()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "PGHOSTNAME" in warned
+    assert "PGSERVICEFILE" in warned
+    for quiet in ("PGDATA", "PG_READY_RENAME", "PGSSLMODE", "PGSOMETHING_ELSE"):
+        assert quiet not in warned
+
+
+# --- config-file keys in any case -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text"),
+    [
+        ("c.json", json.dumps({"walg_file_prefix": "/lower", "PgPassword": SECRET})),
+        ("c.yaml", f"walg_file_prefix: /lower\nPgPassword: {SECRET}\n"),
+        ("c.toml", f'walg_file_prefix = "/lower"\nPgPassword = "{SECRET}"\n'),
+    ],
+)
+def test_config_file_keys_match_in_any_case(tmp_path: Path, file_name: str, text: str) -> None:
+    path = tmp_path / file_name
+    path.write_text(text)
+    s = load(environ=env(tmp_path), config_path=str(path))
+    assert s.require_storage() == ("file", "/lower")
+    assert s.pg.password == SECRET
+
+
+def test_environment_names_stay_case_sensitive(tmp_path: Path) -> None:
+    assert load(environ=env(tmp_path, walg_file_prefix="/lower")).storage_prefix is None
+
+
+def test_a_key_set_twice_in_different_cases_is_an_error_without_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"PGPASSWORD": SECRET, "pgpassword": SECRET + "2"}))
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(path))
+    assert "PGPASSWORD" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+# --- parse errors never quote the file --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text", "line"),
+    [
+        ("bad.yaml", f"WALG_FILE_PREFIX: /x\nPGPASSWORD: {SECRET}: pw\n", 2),
+        ("bad.yaml", f'WALG_FILE_PREFIX: /x\nPGPASSWORD: "{SECRET}\\q"\n', 2),
+        ("bad.yaml", f"a: 1\nb: !!python/object:{SECRET} {{}}\n", 2),
+        ("bad.yaml", f"a: 1\n\tPGPASSWORD: {SECRET}\n", 2),
+        ("bad.yml", f"PGPASSWORD: [{SECRET}\n", None),
+        ("bad.json", f'{{\n"PGPASSWORD": {SECRET}\n}}', 2),
+        ("bad.json", f'{{\n"PGPASSWORD": "{SECRET}\\q"\n}}', 2),
+        ("bad.toml", f"WALG_FILE_PREFIX = '/x'\nPGPASSWORD = {SECRET}\n", 2),
+        ("bad.toml", f"[{SECRET}]\n[{SECRET}]\n", 2),
+        ("bad.toml", f'PGPASSWORD = "{SECRET}\\q"\n', 1),
+    ],
+)
+def test_parse_errors_give_the_position_never_the_text(
+    tmp_path: Path, file_name: str, text: str, line: int | None
+) -> None:
+    path = tmp_path / file_name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert len(message.splitlines()) == 1
+    for piece in (SECRET, "s3cr3t", "pw", "PGPASSWORD"):
+        assert piece not in message
+    if line is not None:
+        assert f"line {line}" in message
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_bytes(b'{"PGPASSWORD": "\xff\xfe"}')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(environ=env(tmp_path), config_path=str(path))

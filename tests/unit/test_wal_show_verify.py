@@ -132,6 +132,8 @@ def test_segment_names_strip_one_extension_and_skip_other_files() -> None:
         "00000002.history.lz4",
         "garbage.lz4",
         name(1, 10).lower() + ".lz4",
+        name(1, 11) + ".partial",  # uncompressed partial: not the segment once ".partial" goes
+        name(1, 12) + ".partial.",  # old uncompressed layout of a partial
     ]
     assert segments_from_names(names) == {Segment(1, n) for n in (1, 2, 3, 4)}
 
@@ -144,6 +146,7 @@ def test_highest_timeline_counts_history_files_in_every_layout() -> None:
     assert timelines_from_names([name(2, 1), "0000000A.history"]) == 10
     assert timelines_from_names([name(2, 1), "0000000B.history."]) == 11
     assert timelines_from_names([name(5, 1) + ".partial.lz4"]) == 0
+    assert timelines_from_names([name(5, 1) + ".partial", name(1, 1)]) == 1
 
 
 # --- wal-show ----------------------------------------------------------------------------------
@@ -198,11 +201,54 @@ def test_wal_show_timelines_with_history_in_any_compression(storage: Storage) ->
     assert one.end_segment == name(1, 5)
 
 
-def test_wal_show_unreadable_history_is_an_error(storage: Storage) -> None:
-    put_segments(storage, 2, [1])
-    put_wal(storage, "00000002.history", b"this is not a history\n")
-    with pytest.raises(IntegrityError, match=r"00000002\.history"):
-        wal_show(storage)
+def test_wal_show_unusable_history_costs_only_its_timeline(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 4))
+    put_segments(storage, 2, range(3, 6))
+    put_segments(storage, 3, range(5, 8))
+    put_segments(storage, 4, range(7, 9))
+    # Timeline 2: text that is no history; 3: an lz4 object that does not decompress; 4: sound.
+    put_wal(storage, "00000002.history", b"this is not a history\n", "none")
+    storage.put_bytes("wal_005/00000003.history.lz4", b"not an lz4 frame")
+    put_history(storage, 4, [(1, "0/3000000"), (2, "0/5000000"), (3, "0/7000000")], "lz4")
+
+    result = wal_show(storage)
+    assert [(t.id, t.parent_id, t.switch_point_lsn) for t in result.timelines] == [
+        (1, 0, 0),
+        (2, 0, 0),
+        (3, 0, 0),
+        (4, 3, 0x7000000),
+    ]
+    assert [t.segments_count for t in result.timelines] == [3, 3, 3, 2]
+    two, three = result.history_errors
+    assert two.startswith("timeline 2: ") and "00000002.history" in two
+    assert three.startswith("timeline 3: ") and "00000003.history.lz4" in three
+
+
+def test_bare_partial_object_is_not_the_segment(storage: Storage) -> None:
+    # WALG_COMPRESSION_METHOD=none stores the partial as "<segment>.partial", no extension.
+    put_segments(storage, 1, [*range(1, 5), *range(6, 10)])
+    put_wal(storage, name(1, 5) + ".partial", method="none")
+    assert storage.exists("wal_005/" + name(1, 5) + ".partial")
+
+    (info,) = wal_show(storage).timelines
+    assert info.missing_segments == (name(1, 5),)
+    assert info.status == STATUS_LOST_SEGMENTS
+
+    result = verify_integrity(storage, at(1, 10), upload_concurrency=0)
+    assert result.status is CheckStatus.FAILURE
+    assert statuses(result)[name(1, 5)] is SegmentStatus.MISSING_LOST
+
+
+def test_wal_verify_refuses_an_unusable_history(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 9))
+    put_wal(storage, "00000002.history", b"1\t0/5000000\tok\ngarbage\n", "none")
+    with pytest.raises(IntegrityError, match=r"history of timeline 2 cannot be used") as info:
+        verify_integrity(storage, at(2, 9))
+    assert "00000002.history" in str(info.value)
+    assert "garbage" in str(info.value)
+    # The timeline check needs no history and still answers.
+    assert verify_timeline(storage, at(2, 9)).status is CheckStatus.OK
 
 
 def test_wal_show_attaches_backups_inside_the_timeline_range(storage: Storage) -> None:
@@ -570,6 +616,37 @@ def test_wal_show_detailed_json(store: FileStorage, capsys: pytest.CaptureFixtur
 
 def test_wal_show_empty_json(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(capsys, "wal-show", "--detailed-json")[:2] == (0, "[]\n")
+
+
+def test_wal_show_warns_about_an_unusable_history_and_shows_the_rest(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_segments(store, 1, [1, 2])
+    put_segments(store, 2, [2, 3])
+    put_wal(store, "00000002.history", b"no history here\n", "none")
+    code, out, err = run_cli(capsys, "wal-show", "--detailed-json", "--without-backups")
+    assert code == 0
+    doc = json.loads(out)
+    assert [(t["id"], t["parent_id"], t["switch_point_lsn"]) for t in doc] == [(1, 0, 0), (2, 0, 0)]
+    warnings = [line for line in err.splitlines() if "00000002.history" in line]
+    assert len(warnings) == 1
+    assert "timeline 2" in warnings[0] and "without parent timeline" in warnings[0]
+
+    code, out, _ = run_cli(capsys, "wal-show")
+    assert code == 0
+    assert "| 000000020000000000000002 |" in out
+
+
+def test_wal_verify_cli_refuses_an_unusable_history(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_segments(store, 1, range(1, 6))
+    put_segments(store, 2, range(5, 9))
+    put_wal(store, "00000002.history", b"no history here\n", "none")
+    code, out, err = run_cli(capsys, "wal-verify", "--timeline", "2", "--lsn", "0/9000100")
+    assert code == 1
+    assert out == ""
+    assert "cannot check integrity: the history of timeline 2 cannot be used" in err
 
 
 def test_wal_verify_plain_output(store: FileStorage, capsys: pytest.CaptureFixture[str]) -> None:

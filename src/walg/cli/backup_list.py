@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from walg.cli.context import Context
-from walg.cli.render import backup_doc, box_table, rfc850, tabwriter
+from walg.cli.render import backup_doc, box_table, go_json, rfc850, rfc3339, tabwriter
 from walg.core.log import get_logger
 
 log = get_logger(__name__)
@@ -35,9 +34,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.stdout.write("[]\n")
         return 0
     if args.json:
+        # WAL-G's json.Encoder: compact, or indented by four spaces with --pretty.
         docs = [backup_doc(item) for item in items]
-        text = json.dumps(docs, indent=4 if args.pretty else None)
-        ctx.stdout.write(text + "\n")
+        ctx.stdout.write(go_json(docs, indent=4 if args.pretty else None) + "\n")
         return 0
     headers = ["backup_name", "modified", "wal_file_name", "storage_name"]
     if args.detail:
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         row = [item.ref.name, when, item.ref.wal_file_name, "default"]
         meta = item.metadata
         if meta is not None:
-            fmt = rfc850 if args.pretty else (lambda t: t.utc().format() if t else "-")
+            fmt = rfc850 if args.pretty else rfc3339
             row += [
                 fmt(meta.start_time),
                 fmt(meta.finish_time),

@@ -68,9 +68,36 @@ def pretty_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def go_json(doc: Any) -> str:
-    """``json.Marshal``'s shape: one line, no spaces, UTF-8 kept."""
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+# What Go's encoding/json escapes beyond what Python's json does with ensure_ascii=False:
+# <, > and & (HTML-safe output, the default of json.Marshal and of json.Encoder without
+# SetEscapeHTML(false)) and U+2028/U+2029 (always). These characters occur only inside strings
+# of the JSON text, so replacing them afterwards cannot touch its structure.
+_GO_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def go_json(doc: Any, indent: int | None = None) -> str:
+    """Go's encoding/json text, without the final newline ``Encoder.Encode`` adds.
+
+    Compact (``json.Marshal``, ``Encoder.Encode``) or, with ``indent``, as ``SetIndent("",
+    " " * indent)``; UTF-8 kept, HTML characters escaped (see ``_GO_ESCAPES``).
+    """
+    if indent is None:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = json.dumps(doc, indent=indent, separators=(",", ": "), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate reaches a Python string only from a "\ud800"-style escape in a
+        # document; Go decodes that to U+FFFD, and it could not be written as UTF-8 anyway.
+        text = "".join("\ufffd" if 0xD800 <= ord(c) < 0xE000 else c for c in text)
+    return text.translate(_GO_ESCAPES)
 
 
 def backup_doc(item: BackupListing) -> dict[str, Any]:
@@ -87,6 +114,21 @@ def backup_doc(item: BackupListing) -> dict[str, Any]:
 
 
 def rfc850(value: GoTime | None) -> str:
-    if value is None or value.ns == 0:
+    """Go's ``Format(time.RFC850)`` as WAL-G's ``PrettyFormatTime``: ``-`` for the zero time.
+
+    The time is shown in its own offset; Go names a parsed non-UTC offset ``-0700``-style.
+    """
+    if value is None or value.is_zero:
         return "-"
-    return value.utc().to_datetime().strftime("%A, %d-%b-%y %H:%M:%S UTC")
+    zone = "UTC"
+    if value.offset:
+        minutes = abs(value.offset) // 60
+        zone = f"{'-' if value.offset < 0 else '+'}{minutes // 60:02d}{minutes % 60:02d}"
+    return value.to_datetime().strftime("%A, %d-%b-%y %H:%M:%S ") + zone
+
+
+def rfc3339(value: GoTime | None) -> str:
+    """Go's ``Format(time.RFC3339)`` as WAL-G's ``FormatTime``: ``-`` for the zero time."""
+    if value is None or value.is_zero:
+        return "-"
+    return value.format_rfc3339()

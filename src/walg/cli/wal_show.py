@@ -73,6 +73,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     for name in result.skipped_backups:
         log.warning("backup %s has no readable metadata.json; not shown", name)
+    for problem in result.history_errors:
+        log.warning("%s; shown without parent timeline and switch point", problem)
     if args.detailed_json:
         ctx.stdout.write(go_json([timeline_doc(t) for t in result.timelines]) + "\n")
         return 0

@@ -19,6 +19,10 @@ _RFC3339_RE = re.compile(
 )
 _NS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Go's zero time.Time, 0001-01-01T00:00:00Z, in nanoseconds from the Unix epoch: what Go's
+# encoding/json leaves in (and writes for) a time field that a document lacks or holds null.
+GO_ZERO_NS = -62_135_596_800 * _NS
+GO_ZERO_TEXT = "0001-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True, order=True)
@@ -48,6 +52,11 @@ class GoTime:
     def utc(self) -> GoTime:
         return GoTime(self.ns, 0)
 
+    @property
+    def is_zero(self) -> bool:
+        """Go's ``Time.IsZero``: the instant 0001-01-01T00:00:00Z, whatever the offset."""
+        return self.ns == GO_ZERO_NS
+
     def format(self) -> str:
         """RFC3339Nano: trailing zeros of the fraction dropped, ``Z`` for UTC."""
         local_ns = self.ns + self.offset * _NS
@@ -68,6 +77,14 @@ class GoTime:
     def format_seconds(self) -> str:
         """RFC3339 without fraction, in UTC (what ``backup-list`` prints)."""
         return GoTime(self.ns - self.ns % _NS).format()
+
+    def format_rfc3339(self) -> str:
+        """Go's ``Format(time.RFC3339)``: the fraction dropped, in the offset the time has.
+
+        Go keeps the offset a time was parsed with, so a ``metadata.json`` time written with
+        ``+03:00`` prints with it; only a time in UTC ends in ``Z``.
+        """
+        return GoTime(self.ns - self.ns % _NS, self.offset).format()
 
     @classmethod
     def parse(cls, text: str) -> GoTime:

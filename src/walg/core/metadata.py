@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from walg.core.checksum import Checksum, StoredObject, ci_keys
-from walg.core.gotime import GoTime
+from walg.core.gotime import GO_ZERO_TEXT, GoTime
 from walg.errors import FormatError
 
 DATE_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -49,12 +49,20 @@ def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
 
 
 def _opt_time(doc: Mapping[str, Any], key: str) -> GoTime | None:
+    """A time field; None when absent, null, empty or Go's zero time (all one value to Go)."""
     value = doc.get(key.lower())
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise FormatError(f"{key} must be a time string, got {value!r}")
-    return GoTime.parse(value)
+    parsed = GoTime.parse(value)
+    return None if parsed.is_zero else parsed
+
+
+def _time_json(value: GoTime | None) -> str:
+    # WAL-G's time fields are time.Time, never pointers: a time it does not know is written
+    # as Go's zero time, not null.
+    return value.format() if value is not None else GO_ZERO_TEXT
 
 
 def _load(text: str | bytes, what: str) -> dict[str, Any]:
@@ -174,8 +182,8 @@ class Sentinel:
             doc["FilesMetadataDisabled"] = True
         doc["ChkpNum"] = None
         doc["Version"] = self.version
-        doc["StartTime"] = self.start_time.format() if self.start_time else None
-        doc["FinishTime"] = self.finish_time.format() if self.finish_time else None
+        doc["StartTime"] = _time_json(self.start_time)
+        doc["FinishTime"] = _time_json(self.finish_time)
         doc["DateFmt"] = DATE_FMT
         doc["Hostname"] = self.hostname
         doc["DataDir"] = self.data_dir
@@ -252,8 +260,8 @@ class BackupMetadata:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "start_time": self.start_time.format() if self.start_time else None,
-            "finish_time": self.finish_time.format() if self.finish_time else None,
+            "start_time": _time_json(self.start_time),
+            "finish_time": _time_json(self.finish_time),
             "date_fmt": DATE_FMT,
             "hostname": self.hostname,
             "data_dir": self.data_dir,
@@ -307,7 +315,7 @@ class FileDescription:
             doc["IsIncremented"] = True
         if self.is_skipped:
             doc["IsSkipped"] = True
-        doc["MTime"] = self.mtime.format() if self.mtime else "0001-01-01T00:00:00Z"
+        doc["MTime"] = _time_json(self.mtime)
         doc["UpdatesCount"] = self.updates_count
         if self.checksum is not None:
             doc["WalgSize"] = self.checksum.size

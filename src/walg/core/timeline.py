@@ -32,6 +32,13 @@ class History:
 
     @classmethod
     def parse(cls, timeline: int, text: str) -> History:
+        """Parse as PostgreSQL's ``readTimeLineHistory`` does: any line that is not blank, a
+        ``#`` comment or ``<tli> <lsn> ...`` is an error.
+
+        WAL-G skips such lines instead. Not here: the prefetcher and wal-verify follow a history
+        the way PostgreSQL will during recovery, and PostgreSQL refuses such a file, so a
+        lenient reading would let wal-verify vouch for an archive recovery cannot follow.
+        """
         switches = []
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()

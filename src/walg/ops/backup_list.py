@@ -29,9 +29,19 @@ def backup_list(storage: Storage, detail: bool, concurrency: int = 10) -> list[B
         if meta is None:
             raise WalgError(f"backup {ref.name} has no metadata.json; cannot show details")
     items = [BackupListing(r, m) for r, m in zip(refs, metas, strict=True)]
-    items.sort(
-        key=lambda i: (
-            i.metadata.start_time if i.metadata and i.metadata.start_time else i.ref.modified
-        )
-    )
+    sort_by_start_time(items)
     return items
+
+
+def sort_by_start_time(items: list[BackupListing]) -> None:
+    """WAL-G's ``SortBackupDetails``: by start time, or all by sentinel time if one lacks it.
+
+    One ordering for all: mixing start times with sentinel times would interleave backups
+    by two clocks, and WAL-G falls back to the sentinel time for every backup instead.
+    """
+    starts = [i.metadata.start_time if i.metadata is not None else None for i in items]
+    if None in starts:
+        items.sort(key=lambda i: i.ref.modified)
+        return
+    order = sorted(range(len(items)), key=lambda n: starts[n] or items[n].ref.modified)
+    items[:] = [items[n] for n in order]

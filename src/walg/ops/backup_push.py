@@ -192,6 +192,9 @@ def _single_member_tar(
 def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) -> BackupPushResult:
     pgdata = settings.require_pgdata(pgdata_arg)
     datadir.check_data_directory(pgdata)
+    # Settings checks this one when it is first read; read now, a bad value fails the command
+    # before the backup starts, not at pg_backup_stop after all of it is uploaded.
+    _ = settings.stop_backup_timeout
     codec = codec_for_method(settings.compression)
     start_time = _now_utc_us()
     conn = connect(settings.pg)

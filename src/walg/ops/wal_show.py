@@ -9,9 +9,13 @@ same probe by extension as ``wal-fetch``, gives the parent timeline and the swit
 backup belongs to a timeline when it started on that timeline and both its start and finish
 segments lie inside the timeline's segment range.
 
-Two deliberate differences from WAL-G: ``<segment>.json`` objects (per-segment upload
-metadata, ``WALG_UPLOAD_WAL_METADATA=INDIVIDUAL``) do not count as the segment itself, and a
-backup without a readable ``metadata.json`` is skipped and named in the result instead of
+Deliberate differences from WAL-G: ``<segment>.json`` objects (per-segment upload metadata,
+``WALG_UPLOAD_WAL_METADATA=INDIVIDUAL``) and ``<segment>.partial`` objects (the unfinished last
+segment of a timeline, which ``wal-fetch`` never serves for the segment; stored bare with
+``WALG_COMPRESSION_METHOD=none``) count as the segment itself neither here nor in
+wal-verify; a backup without a readable ``metadata.json`` is skipped and named in the result
+instead of failing the whole listing; and a ``.history`` file that cannot be read or parsed is
+named in the result, its timeline shown without parent (0) and switch point (0/0), instead of
 failing the whole listing.
 
 The listing and the history files are read; nothing is written. The result is a snapshot: WAL
@@ -29,9 +33,9 @@ from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL
-from walg.errors import FormatError, IntegrityError
+from walg.errors import FormatError, IntegrityError, WalgError
 from walg.ops import catalog
-from walg.ops.backup_list import BackupListing
+from walg.ops.backup_list import BackupListing, sort_by_start_time
 from walg.ops.wal import read_history
 from walg.storage.base import Storage
 
@@ -70,6 +74,8 @@ class WalShowResult:
     with_backups: bool
     #: backups left out because their metadata.json is missing or has no WAL name
     skipped_backups: tuple[str, ...] = ()
+    #: why a timeline's ``.history`` could not be used (that timeline shows parent 0 at 0/0)
+    history_errors: tuple[str, ...] = ()
 
 
 def list_wal_object_names(storage: Storage) -> list[str]:
@@ -89,13 +95,25 @@ def segments_from_names(
     """The WAL segments among stored object names (one extension stripped)."""
     found = set()
     for name in names:
-        if name.endswith(".json"):
-            continue
-        try:
-            found.add(Segment.parse(strip_extension(name), segment_size))
-        except FormatError:
-            continue
+        segment = _segment_of(name, segment_size)
+        if segment is not None:
+            found.add(segment)
     return found
+
+
+def _segment_of(name: str, segment_size: int) -> Segment | None:
+    """The segment a stored object name stands for, or None if it is not a whole segment."""
+    if name.endswith(".json"):
+        return None
+    stem = strip_extension(name)
+    # A bare "<segment>.partial" (uncompressed) would otherwise pass for the segment once its
+    # last suffix is stripped, and wal-verify would vouch for a segment wal-fetch cannot fetch.
+    if name.endswith(".partial") or stem.endswith(".partial"):
+        return None
+    try:
+        return Segment.parse(stem, segment_size)
+    except FormatError:
+        return None
 
 
 def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
@@ -106,12 +124,9 @@ def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGME
         if match:
             highest = max(highest, int(match.group(1), 16))
             continue
-        if name.endswith(".json"):
-            continue
-        try:
-            highest = max(highest, Segment.parse(strip_extension(name), segment_size).timeline)
-        except FormatError:
-            continue
+        segment = _segment_of(name, segment_size)
+        if segment is not None:
+            highest = max(highest, segment.timeline)
     return highest
 
 
@@ -146,11 +161,7 @@ def _load_backups(storage: Storage, concurrency: int) -> tuple[list[BackupListin
             skipped.append(ref.name)
         else:
             listed.append(BackupListing(ref, meta))
-    listed.sort(
-        key=lambda i: (
-            i.metadata.start_time if i.metadata and i.metadata.start_time else i.ref.modified
-        )
-    )
+    sort_by_start_time(listed)
     return listed, skipped
 
 
@@ -181,10 +192,17 @@ def wal_show(
             log.info("No backups found in storage.")
 
     timelines = []
+    history_errors: list[str] = []
     for tli in sorted(by_timeline):
         present = by_timeline[tli]
         low, high = min(present), max(present)
-        history = read_history(storage, tli)
+        # wal-show only describes the archive: one damaged history must not hide every other
+        # timeline, so it costs that timeline its parent and switch point, with a warning.
+        try:
+            history = read_history(storage, tli)
+        except WalgError as exc:
+            history_errors.append(f"timeline {tli}: {exc}")
+            history = None
         parent, switch_lsn = 0, 0
         if history is not None and history.switches:
             parent, switch_lsn = history.switches[-1].parent, history.switches[-1].lsn
@@ -211,4 +229,4 @@ def wal_show(
     for item in backups:
         if backup_timeline(item, segment_size) is None:
             skipped.append(item.ref.name)
-    return WalShowResult(tuple(timelines), with_backups, tuple(skipped))
+    return WalShowResult(tuple(timelines), with_backups, tuple(skipped), tuple(history_errors))

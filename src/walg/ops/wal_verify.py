@@ -376,7 +376,16 @@ def verify_integrity(
         raise ConfigError("delayed and uploading WAL counts must not be negative")
     names = list_wal_object_names(storage) if wal_names is None else wal_names
     present = segments_from_names(names, segment_size)
-    history = read_history(storage, position.timeline)
+    try:
+        history = read_history(storage, position.timeline)
+    except IntegrityError as exc:
+        # Without the history there is no telling which timeline PostgreSQL reads each older
+        # segment from, so no status could be trusted: refuse rather than guess.
+        raise IntegrityError(
+            f"cannot check integrity: the history of timeline {position.timeline} "
+            f"cannot be used, so it is unknown which timeline each segment must come from "
+            f"({exc})"
+        ) from None
     if history is None and position.timeline > 1:
         log.warning(
             "%08X.history is not in storage: every segment is looked for on timeline %d",

@@ -10,6 +10,7 @@ promotion during the backup fails it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,21 @@ from walg.settings import PgConnection
 log = get_logger(__name__)
 
 MIN_SERVER_VERSION = 100000
+# statement_timeout is an int of milliseconds: PostgreSQL refuses to SET more (about 24.8 days).
+MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1
+
+
+def statement_timeout_ms(seconds: float) -> int:
+    """The ``statement_timeout`` that bounds a statement to ``seconds``.
+
+    Longer limits are capped at PostgreSQL's maximum: the server would refuse the SET and so
+    fail a backup whose data is all uploaded (WAL-G sends any value and fails so). Capping
+    rather than sending 0 keeps walg's promise that nothing waits without a bound. A limit
+    under a millisecond becomes 1 ms, since 0 would mean no limit at all.
+    """
+    if not seconds * 1000 < MAX_STATEMENT_TIMEOUT_MS:  # also infinity and NaN
+        return MAX_STATEMENT_TIMEOUT_MS
+    return max(1, math.ceil(seconds * 1000))
 
 
 @dataclass(frozen=True)
@@ -151,15 +167,16 @@ class BackupSession:
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         else:
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        timeout_ms = statement_timeout_ms(timeout)
         try:
             with self._conn.cursor() as cur:
-                cur.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+                cur.execute(f"SET statement_timeout = {timeout_ms}")
                 cur.execute(sql)
                 row = cur.fetchone()
                 cur.execute("SET statement_timeout = 0")
         except psycopg.errors.QueryCanceled:
             raise PostgresError(
-                f"stopping the backup did not finish within {timeout:.0f} s "
+                f"stopping the backup did not finish within {timeout_ms / 1000:.0f} s "
                 "(WALG_STOP_BACKUP_TIMEOUT)"
             ) from None
         except psycopg.Error as exc:

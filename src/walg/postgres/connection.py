@@ -1,7 +1,10 @@
 """Connections to the server being backed up (psycopg 3, imported only here).
 
-Every wait has a timeout: the connect timeout from PGCONNECT_TIMEOUT (default 30 s), and
-callers set ``statement_timeout`` for queries that may block.
+Every wait has a timeout: the connect timeout from PGCONNECT_TIMEOUT (default 30 s, also where
+libpq would wait forever), and callers set ``statement_timeout`` for queries that may block.
+Every PG* variable libpq knows, from the environment or the config file, is passed on as a
+keyword (see ``walg.settings.pg_connection``); one the linked libpq does not know makes the
+connection fail rather than being dropped, since it may be a security setting.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from walg.settings import PgConnection
 
 
 def _where(pg: PgConnection) -> str:
-    host = pg.host or "the default socket"
+    # Never the password; a service file may supply the host, so name the service then.
+    host = pg.host or pg.params.get("hostaddr")
+    if host is None and "service" in pg.params:
+        return f"service {pg.params['service']}"
+    host = host or "the default socket"
     return f"{host}:{pg.port}" if pg.port else host
 
 

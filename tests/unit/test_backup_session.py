@@ -1,0 +1,39 @@
+"""walg.postgres.backup_session.statement_timeout_ms: what bounds pg_backup_stop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from walg.postgres.backup_session import MAX_STATEMENT_TIMEOUT_MS, statement_timeout_ms
+from walg.settings import DEFAULT_STOP_BACKUP_TIMEOUT, load
+
+
+def test_postgresql_limit() -> None:
+    # statement_timeout is an int GUC in milliseconds: SET refuses anything above INT_MAX.
+    assert MAX_STATEMENT_TIMEOUT_MS == 2147483647
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ms"),
+    [
+        (DEFAULT_STOP_BACKUP_TIMEOUT, 1_800_000),
+        (30.0, 30_000),
+        (0.25, 250),
+        (1.0005, 1001),  # rounded up, never below what was asked
+        (0.0001, 1),  # never 0, which would mean no limit at all
+        (2147483.647, MAX_STATEMENT_TIMEOUT_MS),
+        (720 * 3600.0, MAX_STATEMENT_TIMEOUT_MS),  # 720h: what PostgreSQL refused
+        (2562047 * 3600.0, MAX_STATEMENT_TIMEOUT_MS),  # the longest duration walg accepts
+        (math.inf, MAX_STATEMENT_TIMEOUT_MS),
+    ],
+)
+def test_statement_timeout_ms(seconds: float, ms: int) -> None:
+    assert statement_timeout_ms(seconds) == ms
+    assert 0 < statement_timeout_ms(seconds) <= MAX_STATEMENT_TIMEOUT_MS
+
+
+def test_720h_from_the_environment_gives_a_valid_statement_timeout() -> None:
+    settings = load(environ={"WALG_STOP_BACKUP_TIMEOUT": "720h"})
+    assert statement_timeout_ms(settings.stop_backup_timeout) == MAX_STATEMENT_TIMEOUT_MS
