@@ -314,29 +314,43 @@ class FileStorage(Storage):
         start = os.path.join(self.root, folder) if folder else self.root
         out: list[ObjectInfo] = []
         try:
-            entries = list(os.scandir(start))
+            top = os.scandir(start)
         except (FileNotFoundError, NotADirectoryError):
             return out
         except OSError as exc:
             raise _error(exc, f"cannot list {start}") from None
-        base = f"{folder}/" if folder else ""
-        stack = [(base, e) for e in entries if e.name.startswith(name_prefix)]
-        while stack:
-            rel, entry = stack.pop()
-            key = rel + entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        stack.extend((key + "/", e) for e in os.scandir(entry.path))
+        # Depth first over open directory iterators: a wal_005/ of 10^5 files is read as it is
+        # listed, not first held whole as DirEntry objects beside the result (1 KB each).
+        stack = [(f"{folder}/" if folder else "", top, name_prefix)]
+        try:
+            while stack:
+                rel, entries, wanted = stack[-1]
+                try:
+                    entry = next(entries, None)
+                except OSError as exc:
+                    raise _error(exc, f"cannot list {os.path.join(self.root, rel)}") from None
+                if entry is None:
+                    stack.pop()[1].close()
                     continue
-                if TEMP_SUFFIX_RE.search(entry.name) or not entry.is_file():
+                if not entry.name.startswith(wanted):
                     continue
-                st = entry.stat()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise _error(exc, f"cannot list {entry.path}") from None
-            out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
+                key = rel + entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if recursive:
+                            stack.append((key + "/", os.scandir(entry.path), ""))
+                        continue
+                    if TEMP_SUFFIX_RE.search(entry.name) or not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise _error(exc, f"cannot list {entry.path}") from None
+                out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
+        finally:
+            for _, entries, _ in stack:
+                entries.close()
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
