@@ -241,3 +241,29 @@ def test_an_object_that_inflates_past_a_segment_is_refused(tmp_path: Path) -> No
     with pytest.raises(IntegrityError, match="more than 16777216 bytes"):
         wal_fetch(settings, storage, NAME, str(dest))
     assert list(dest.parent.iterdir()) == []
+
+
+def test_commit_is_asked_once_the_prefetched_file_is_taken(tmp_path: Path) -> None:
+    """The daemon answers as soon as ``commit`` agrees, so what follows it must not be able to
+    fail: the prefetched file is first taken to a private name beside DEST (a failure there
+    means a download, still before ``commit``), and after ``commit`` only renamed."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = tmp_path / "prefetch"
+    root.mkdir()
+    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    seen: list[tuple[bool, list[str]]] = []
+
+    def commit() -> bool:
+        seen.append(((root / NAME).exists(), sorted(p.name for p in dest.parent.iterdir())))
+        return True
+
+    assert take_prefetched(str(root), NAME, str(dest), SEG, commit)
+    assert len(seen) == 1
+    taken, beside = seen[0]
+    assert not taken
+    assert len(beside) == 1 and beside[0].startswith(".RECOVERYXLOG.walg-")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["RECOVERYXLOG"]
+    # Nothing to take: no commit asked (the download that follows asks it).
+    assert not take_prefetched(str(root), NAME, str(dest), SEG, commit)
+    assert len(seen) == 1

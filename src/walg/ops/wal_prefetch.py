@@ -14,6 +14,7 @@ segments past the switch point are taken from the newer timeline, as PostgreSQL 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -69,36 +70,48 @@ def take_prefetched(
     except OSError as exc:
         log.warning("cannot look into the prefetch folder %s (%s); downloading %s", root, exc, name)
         return False
-    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    if not valid_segment_file(candidate, name, segment_size, cluster_system_id(pgdata)):
-        log.warning("discarding invalid or foreign prefetched WAL file %s", candidate)
-        remove(candidate)
+    # Taken first, to a private name beside DEST: checked there, nothing can change it, and
+    # what is left after ``commit`` is a rename within one folder, which cannot half-fail
+    # (the daemon answers as soon as ``commit`` has agreed).
+    folder, base = os.path.split(destination)
+    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+    if not _take(candidate, tmp):
         return False
-    if commit is not None and not commit():
-        raise RequestAbandoned()
     try:
-        os.replace(candidate, destination)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            log.warning("cannot move prefetched %s into place (%s); downloading it", name, exc)
+        pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+        if not valid_segment_file(tmp, name, segment_size, cluster_system_id(pgdata)):
+            log.warning("discarding invalid or foreign prefetched WAL file %s", candidate)
+            remove(tmp)
             return False
-        return _copy_into_place(candidate, destination)
+        if commit is not None and not commit():
+            # Left for the next request, as it was found.
+            with contextlib.suppress(OSError):
+                os.replace(tmp, candidate)
+            raise RequestAbandoned()
+        os.replace(tmp, destination)
+    except BaseException:
+        remove(tmp)
+        raise
     return True
 
 
-def _copy_into_place(candidate: str, destination: str) -> bool:
-    """Copy a prefetched file from another file system beside ``destination``, then rename."""
-    folder, base = os.path.split(destination)
-    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+def _take(candidate: str, tmp: str) -> bool:
+    """Move (or, from another file system, copy) the prefetched ``candidate`` to ``tmp``."""
+    try:
+        os.replace(candidate, tmp)
+        return True
+    except FileNotFoundError:
+        return False  # taken by a prefetcher's cleanup meanwhile: downloaded instead
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            log.warning("cannot take prefetched %s (%s); downloading it", candidate, exc)
+            return False
     try:
         with open(candidate, "rb") as source, open(tmp, "xb") as target:
             while chunk := source.read(1 << 20):
                 target.write(chunk)
-        os.replace(tmp, destination)
     except OSError as exc:
-        log.warning("cannot copy prefetched %s into place (%s); downloading it", candidate, exc)
+        log.warning("cannot copy prefetched %s (%s); downloading it", candidate, exc)
         remove(tmp)
         return False
     remove(candidate)
