@@ -55,7 +55,7 @@ def counts(name: str) -> bool:
     return upper.startswith(DESTINATION_PREFIXES) and not any(w in upper for w in SECRET_WORDS)
 
 
-CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")  # as walg.settings
+CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")  # walg.settings reads these
 
 
 def config_candidates(environ: "Mapping[str, str]", config_path: str | None) -> list[str]:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from walg.core.pattern import LazyPattern
 from walg.errors import ConfigError
-from walg_destination import CONFIG_NAMES, destination_key
+from walg_destination import config_candidates, destination_key
 
 # Not typing.TYPE_CHECKING: every archive_command call loads settings, and importing typing,
 # json or pathlib would cost it milliseconds (mypy treats this name as true).
@@ -240,11 +240,8 @@ def load(
 
 
 def _default_config(env: Mapping[str, str]) -> str | None:
-    home = env.get("HOME")
-    if not home:
-        return None
-    for name in CONFIG_NAMES:
-        candidate = os.path.join(home, name)
+    """The first ``~/.walg.*`` file, in the order the look-ahead key follows them."""
+    for candidate in config_candidates(env, None):
         try:
             if os.path.isfile(candidate):
                 return candidate

@@ -3,8 +3,8 @@ and timeline history files read from storage.
 
 Also what the WAL commands share for their markers and temporary files: a marker's record of
 the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`), its
-name, which carries the key of the destination it was written for (:func:`marker_path`), and
-:func:`remove`.
+name, which carries the key of the destination it was written for (:func:`marker_path`),
+:func:`temporary_beside` and :func:`remove`.
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which
@@ -154,6 +154,13 @@ def take_marker(marker: str, source: str) -> bool:
         valid = False
     remove(marker)
     return valid
+
+
+def temporary_beside(destination: str) -> str:
+    """A private name in ``destination``'s folder for a file that is renamed over it when
+    complete (the same file system, so the rename is atomic; hidden by its leading dot)."""
+    folder, base = os.path.split(destination)
+    return os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
 
 
 def remove(path: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from walg.core.lsn import check_wal_file_name
 from walg.errors import RequestAbandoned, WalNotFound
-from walg.ops.wal import download_wal, find_wal_object, remove
+from walg.ops.wal import download_wal, find_wal_object, remove, temporary_beside
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -60,8 +60,7 @@ def wal_fetch(
         storage.check_available()
         raise WalNotFound(f"WAL file {name} is not in the archive")
     key, ext = found
-    folder, base = os.path.split(dest)
-    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+    tmp = temporary_beside(dest)
     try:
         with open(tmp, "xb") as out:
             size = download_wal(storage, key, ext, out, settings.wal_segment_size)

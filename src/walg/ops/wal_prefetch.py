@@ -23,7 +23,13 @@ from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.walpage import cluster_system_id, valid_segment_file
 from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
-from walg.ops.wal import download_wal, find_wal_object, read_history, remove
+from walg.ops.wal import (
+    download_wal,
+    find_wal_object,
+    read_history,
+    remove,
+    temporary_beside,
+)
 
 # restore_command loads this module on every call to look for a prefetched file: paths are
 # strings, and the thread pool and timeline history are imported only by the prefetcher.
@@ -73,8 +79,7 @@ def take_prefetched(
     # Taken first, to a private name beside DEST: checked there, nothing can change it, and
     # what is left after ``commit`` is a rename within one folder, which cannot half-fail
     # (the daemon answers as soon as ``commit`` has agreed).
-    folder, base = os.path.split(destination)
-    tmp = os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+    tmp = temporary_beside(destination)
     if not _take(candidate, tmp):
         return False
     try:
