@@ -90,6 +90,17 @@ class Env:
             assert time.monotonic() < deadline, "daemon did not start"
             time.sleep(0.02)
 
+    def run_daemon(self) -> subprocess.CompletedProcess[str]:
+        """Run the daemon in the foreground: for one that must refuse to start."""
+        return subprocess.run(
+            [self.walg_bin, "daemon", str(self.socket), str(self.pgdata)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def stop(self) -> str:
         assert self.daemon is not None
         self.daemon.send_signal(signal.SIGTERM)
@@ -380,6 +391,14 @@ def test_build_into_a_missing_directory_says_so(walg_bin: str, tmp_path: Path) -
     assert "unexpected" not in res.stderr
 
 
+def fetch_body(name: str, dest: str) -> bytes:
+    """The body of a wal-fetch (``f``) message: two length-prefixed arguments."""
+    body = bytes([2])
+    for arg in (name, dest):
+        body += len(arg.encode()).to_bytes(2, "big") + arg.encode()
+    return body
+
+
 def _request(sock: Path, kind: bytes, body: bytes) -> bytes:
     """One request in WAL-G's framing, as WAL-G's own client writes it; the one-byte reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -454,10 +473,7 @@ def test_requests_for_another_data_directory_are_refused(env: Env, client: Clien
     # WAL-G's client sends DEST as PostgreSQL gives it, relative to PGDATA: still served; any
     # destination outside the daemon's pg_wal is refused.
     def fetch_request(dest: str) -> bytes:
-        body = bytes([2])
-        for arg in (SEG, dest):
-            body += len(arg.encode()).to_bytes(2, "big") + arg.encode()
-        return _request(env.socket, b"f", body)
+        return _request(env.socket, b"f", fetch_body(SEG, dest))
 
     assert fetch_request("pg_wal/RECOVERYXLOG2") == b"O"
     assert (a_wal / "RECOVERYXLOG2").read_bytes() == a_bytes

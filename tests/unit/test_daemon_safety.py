@@ -10,12 +10,13 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_clients import SEG, Env, _request
+from test_daemon_clients import SEG, Env, _request, fetch_body
 
 BIG = 16 << 20  # a segment takes a daemon more than a few milliseconds to store or fetch
 
@@ -31,20 +32,11 @@ def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
             e.daemon.wait()
 
 
-def _fetch_body(name: str, dest: str) -> bytes:
-    body = bytes([2])
-    for arg in (name, dest):
-        body += len(arg.encode()).to_bytes(2, "big") + arg.encode()
-    return body
-
-
 def _archive(env: Env, data: bytes) -> None:
     """Store ``data`` as SEG with walg itself (no daemon)."""
     source = env.root / "src" / "pg_wal"
     source.mkdir(parents=True)
     (source / SEG).write_bytes(data)
-    import subprocess
-
     done = subprocess.run(
         [env.walg_bin, "wal-push", str(source / SEG)],
         env=env.env,
@@ -80,16 +72,7 @@ def test_a_busy_live_socket_is_not_taken_over_and_a_stale_one_is(env: Env) -> No
     srv, queued = _full_queue(env.socket)
     try:
         identity = env.socket.stat().st_ino
-        import subprocess
-
-        refused = subprocess.run(
-            [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
-            env=env.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        refused = env.run_daemon()
         assert refused.returncode == 2, refused.stderr
         assert "cannot tell whether a daemon is listening" in refused.stderr
         assert env.socket.stat().st_ino == identity, "the live socket is still there"
@@ -171,7 +154,7 @@ def test_hostile_names_are_logged_escaped_and_cut(env: Env) -> None:
     env.start()
     name = "\0\n" * 50 + "A" * 65000
     assert _request(env.socket, b"F", name.encode()) == b"E"
-    assert _request(env.socket, b"f", _fetch_body(name, "pg_wal/RECOVERYXLOG")) == b"E"
+    assert _request(env.socket, b"f", fetch_body(name, "pg_wal/RECOVERYXLOG")) == b"E"
     log = env.stop()
     assert "\0" not in log
     assert "AAAA" * 100 not in log
@@ -187,7 +170,7 @@ def test_a_fetch_past_its_limit_is_never_put_in_place(env: Env) -> None:
     env.env["WALG_DAEMON_WAL_FETCH_TIMEOUT"] = "1ms"
     env.start()
     dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
-    assert _request(env.socket, b"f", _fetch_body(SEG, str(dest))) == b"E"
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"E"
     log = env.stop()  # waits for the abandoned download
     assert not dest.exists()
     assert os.listdir(env.pgdata / "pg_wal") == [], "no temporary file is left either"
@@ -197,7 +180,7 @@ def test_a_fetch_past_its_limit_is_never_put_in_place(env: Env) -> None:
     env.env.pop("WALG_DAEMON_WAL_FETCH_TIMEOUT")
     env.env["WALG_DAEMON_WAL_UPLOAD_TIMEOUT"] = "1ms"
     env.start()
-    assert _request(env.socket, b"f", _fetch_body(SEG, str(dest))) == b"O"
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"O"
     env.stop()
     assert dest.read_bytes() == data
 
@@ -210,7 +193,7 @@ def test_a_client_that_went_away_gets_no_late_file(env: Env) -> None:
     dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(str(env.socket))
-        body = _fetch_body(SEG, str(dest))
+        body = fetch_body(SEG, str(dest))
         conn.sendall(b"f" + (len(body) + 3).to_bytes(2, "big") + body)
     time.sleep(1)
     log = env.stop()
@@ -220,17 +203,8 @@ def test_a_client_that_went_away_gets_no_late_file(env: Env) -> None:
 
 
 def test_bad_fetch_limit_is_a_configuration_error(env: Env) -> None:
-    import subprocess
-
     env.env["WALG_DAEMON_WAL_FETCH_TIMEOUT"] = "soon"
-    res = subprocess.run(
-        [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
-        env=env.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = env.run_daemon()
     assert res.returncode == 78, res.stderr
     assert "WALG_DAEMON_WAL_FETCH_TIMEOUT" in res.stderr
     with contextlib.suppress(FileNotFoundError):
