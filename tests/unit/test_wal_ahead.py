@@ -785,3 +785,31 @@ def test_an_uploader_that_cannot_start_does_not_fail_the_push(walg_bin: str) -> 
         assert sorted(p.name for p in (store / "wal_005").iterdir()) == [f"{SEGMENTS[0]}.lz4"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_resident_uploader_clears_finished_markers(tmp_path: Path) -> None:
+    """The daemon's uploader never exits, so it removes markers of files PostgreSQL has
+    finished with as it goes (a cold ``wal-push`` beside it leaves some), not only at start."""
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    status = Path(status_dir(str(wal_dir)))
+    status.mkdir(parents=True)
+    waiting, finished = SEGMENTS[0], SEGMENTS[1]
+    for name in (waiting, finished):
+        (wal_dir / name).write_bytes(b"\0" * 8192)
+        write_marker(marker_path(str(status), name, KEY_A), file_identity(str(wal_dir / name)))
+    (wal_dir / "archive_status" / f"{waiting}.ready").touch()
+    (wal_dir / "archive_status" / f"{finished}.done").touch()
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    uploader = LookaheadUploader(
+        settings, MemoryStorage(), str(wal_dir), workers=1, budget=0, sweep_interval=0.2
+    )
+    uploader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (status / f"{finished}.{KEY_A}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        uploader.stop()
+    assert not (status / f"{finished}.{KEY_A}").exists()
+    assert (status / f"{waiting}.{KEY_A}").exists()

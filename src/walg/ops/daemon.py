@@ -57,6 +57,8 @@ MAX_MESSAGE = 65535
 READ_TIMEOUT = 30.0
 # WAL-G bounds only pushes (WALG_DAEMON_WAL_UPLOAD_TIMEOUT); fetches have their own limit.
 DEFAULT_FETCH_TIMEOUT = 300.0
+# How often the resident look-ahead removes markers of files PostgreSQL has finished with.
+MARKER_SWEEP = 60.0
 # Request names come from whoever can reach the socket: up to 64 KiB, any bytes.
 SHOWN_CHARS = 200
 
@@ -169,7 +171,7 @@ class Daemon:
         workers = lookahead_workers(settings)
         if workers > 0 and os.path.isdir(os.path.join(self.wal_dir, "archive_status")):
             self.lookahead = LookaheadUploader(
-                settings, storage, self.wal_dir, workers, budget=None
+                settings, storage, self.wal_dir, workers, budget=None, sweep_interval=MARKER_SWEEP
             )
             if settings.daemon_follow_wal and settings.compression == "lz4":
                 self.follower = WalFollower(

@@ -460,8 +460,17 @@ class LookaheadUploader:
         exclude: set[str] | None = None,
         on_error: Callable[[str, BaseException], None] | None = None,
         destination_key: str | None = None,
+        sweep_interval: float | None = None,
     ) -> None:
-        """``destination_key``: the key of its markers (default: the settings')."""
+        """``destination_key``: the key of its markers (default: the settings').
+
+        ``sweep_interval``: for a resident uploader (the daemon's), every so many seconds the
+        markers of files PostgreSQL has finished with are removed (:func:`forget_finished_markers`),
+        as a detached uploader does when it starts; otherwise markers a cold ``wal-push``
+        left beside the daemon would pile up for as long as it runs.
+        """
+        self._sweep_interval = sweep_interval
+        self._last_sweep = time.monotonic()
         self._settings = settings
         self._key = destination_key or settings.destination_key
         self._storage = storage
@@ -501,6 +510,17 @@ class LookaheadUploader:
     def _scan_loop(self) -> None:
         while not self._stop.wait(SCAN_INTERVAL):
             self.scan_once()
+            self._sweep_if_due()
+
+    def _sweep_if_due(self) -> None:
+        interval = self._sweep_interval
+        if interval is None or time.monotonic() - self._last_sweep < interval:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            forget_finished_markers(self._wal_dir)
+        except OSError as exc:
+            log.warning("cannot clear finished look-ahead markers in %s: %s", self._status, exc)
 
     def scan_once(self) -> None:
         """Queue every ``.ready`` file not yet archived, oldest first, within the budget."""
