@@ -36,3 +36,46 @@ def test_postgres_reads_the_settings_backup_fetch_writes(
     assert _setting(cluster, "recovery_target_lsn") == "0/3000000"
     assert _setting(cluster, "recovery_target_time") == ""
     assert _setting(cluster, "recovery_target_action") == "promote"
+
+
+def test_targets_left_in_postgresql_conf_do_not_apply(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """A target in postgresql.conf or a file it includes (where WAL-G's recovery instructions
+    put them; ignored outside recovery) must not stop a restore that asked for another target,
+    or for none: replay would end at the old target and promote, short of the archive."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    conf = cluster.datadir / "postgresql.conf"
+    included = cluster.datadir / "recovery_old.conf"
+    included.write_text("recovery_target_name = 'before-upgrade'\nrecovery_target = 'immediate'\n")
+    with conf.open("a") as handle:
+        handle.write(
+            "recovery_target_time = '2020-01-01 00:00:00+00'\n"
+            "recovery_target_action = 'shutdown'\n"
+            "recovery_target_timeline = '1'\n"
+            "recovery_target_inclusive = off\n"
+            f"include '{included.name}'\n"
+        )
+    write_recovery_config(
+        cluster.datadir, pg_install.major * 10000, RecoveryTarget("walg wal-fetch %f %p")
+    )
+    for name in (
+        "recovery_target",
+        "recovery_target_time",
+        "recovery_target_name",
+        "recovery_target_lsn",
+        "recovery_target_xid",
+    ):
+        assert _setting(cluster, name) == "", name
+    assert _setting(cluster, "recovery_target_timeline") == "latest"
+    assert _setting(cluster, "recovery_target_inclusive") == "on"
+    # Another kind of target: the only one PostgreSQL sees (two would refuse to start).
+    write_recovery_config(
+        cluster.datadir,
+        pg_install.major * 10000,
+        RecoveryTarget("walg wal-fetch %f %p", xid="1234", action="promote"),
+    )
+    assert _setting(cluster, "recovery_target_xid") == "1234"
+    assert _setting(cluster, "recovery_target_time") == ""
+    assert _setting(cluster, "recovery_target_name") == ""
+    assert _setting(cluster, "recovery_target_action") == "promote"

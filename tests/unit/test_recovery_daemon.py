@@ -57,6 +57,13 @@ def test_an_earlier_recovery_block_is_disabled(tmp_path: Path) -> None:
     assert active == [
         "port = 5999",
         "restore_command = 'new %f %p'",
+        # The other targets emptied before the one asked for (see complete_settings).
+        "recovery_target = ''",
+        "recovery_target_time = ''",
+        "recovery_target_name = ''",
+        "recovery_target_xid = ''",
+        "recovery_target_timeline = 'latest'",
+        "recovery_target_inclusive = 'on'",
         "recovery_target_lsn = '0/3000000'",
         "recovery_target_action = 'promote'",
     ]

@@ -77,6 +77,41 @@ class RecoveryTarget:
                 out["recovery_target_inclusive"] = "on" if self.inclusive else "off"
         return out
 
+    def complete_settings(self) -> dict[str, str]:
+        """:meth:`settings` with every other recovery target setting back at its default.
+
+        ``postgresql.auto.conf`` is read last and PostgreSQL applies the last line of each
+        parameter, so these win over a target left in ``postgresql.conf`` or a file it
+        includes (WAL-G's own recovery instructions put them there, and they are harmless
+        outside recovery): a restore asked for no target would otherwise stop at that old
+        one, and one asked for another kind of target would fail with "multiple recovery
+        targets". Only for servers that read recovery settings as parameters (12+).
+
+        The emptied targets come before the one asked for: PostgreSQL assigns them in file
+        order, and emptying a target after another is set counts as a second target.
+        """
+        asked = self.settings()
+        out = {"restore_command": asked.pop("restore_command")}
+        for key in TARGET_KEYS:
+            if key not in asked:
+                out[key] = ""
+        out["recovery_target_timeline"] = "latest"
+        out["recovery_target_inclusive"] = "on"
+        out["recovery_target_action"] = "pause"
+        for key in [k for k in out if k in asked]:
+            del out[key]
+        out.update(asked)  # the asked-for target last
+        return out
+
+
+TARGET_KEYS = (
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_xid",
+)
+
 
 # Every setting a restore's recovery block may set. A data directory restored earlier (and
 # backed up since) still has its old block: PostgreSQL does not remove it at promotion.
@@ -154,13 +189,14 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
 def write_recovery_config(dest: Path, pg_version: int, target: RecoveryTarget) -> list[str]:
     """Write the settings and signal file; returns the files written."""
     target.check()
-    lines = "".join(f"{k} = {_quote(v)}\n" for k, v in target.settings().items())
     if pg_version >= 120000:
+        lines = "".join(f"{k} = {_quote(v)}\n" for k, v in target.complete_settings().items())
         auto = dest / "postgresql.auto.conf"
         _rewrite(auto, lambda old: _disable_recovery_settings(old) + _BLOCK_HEADER + lines)
         signal = dest / ("standby.signal" if target.standby else "recovery.signal")
         signal.touch(mode=0o600)
         return [str(auto), str(signal)]
+    lines = "".join(f"{k} = {_quote(v)}\n" for k, v in target.settings().items())
     conf = dest / "recovery.conf"
     extra = "standby_mode = 'on'\n" if target.standby else ""
     conf.write_text("# written by walg backup-fetch\n" + lines + extra, encoding="utf-8")
