@@ -656,3 +656,36 @@ def test_a_daemon_error_in_archive_recovery_stops_recovery(env: Env, client: Cli
     assert "answered an error" in broken.stderr
     assert missing.returncode == 74, missing.stderr
     assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+@pytest.mark.parametrize("python", [False, True], ids=["native-if-built", "python"])
+def test_the_client_works_through_a_link(walg_bin: str, tmp_path: Path, python: bool) -> None:
+    """Linked into another folder (pipx, ``ln -s`` into a bin folder), the client still finds
+    its venv: no "python3: not found" (127) nor an import error (1, which a recovering server
+    takes for "not in the archive")."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    link = bin_dir / "walg-daemon-client"
+    link.symlink_to(Path(walg_bin).with_name("walg-daemon-client"))
+    pgdata = tmp_path / "data"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    env = {"PATH": "/usr/bin:/bin", "WALG_DAEMON_CLIENT_TIMEOUT": "5"}
+    if python:
+        env["WALG_DAEMON_CLIENT_PYTHON"] = "1"
+    sock = str(tmp_path / "none.sock")
+    check = subprocess.run(
+        [str(link), sock, "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert check.returncode == 1 and "nothing" in check.stderr, check.stderr
+    assert "Traceback" not in check.stderr
+    # A push with no daemon fails honestly (PostgreSQL keeps the file and retries).
+    push = subprocess.run(
+        [str(link), sock, "wal-push", str(pgdata / "pg_wal" / SEG)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert push.returncode == 1 and "Traceback" not in push.stderr, push.stderr
