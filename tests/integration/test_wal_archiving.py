@@ -97,11 +97,16 @@ def test_prefetch_serves_next_segments_but_never_a_truncated_one(
         walg.run(["wal-fetch", "--no-prefetch", name, str(reference / name)])
 
     _fetch(walg, names[0], pg_wal / "RECOVERYXLOG")
-    prefetch = pg_wal / ".wal-g" / "prefetch"
+    # One folder per archive under .wal-g/prefetch (named by the destination key).
+    folders = pg_wal / ".wal-g" / "prefetch"
     deadline = time.monotonic() + 30
-    while not all((prefetch / n).exists() for n in names[1:4]):
-        assert time.monotonic() < deadline, sorted(os.listdir(prefetch))
+    while not any(
+        all((folder / n).exists() for n in names[1:4])
+        for folder in (folders.iterdir() if folders.exists() else ())
+    ):
+        assert time.monotonic() < deadline, list(folders.rglob("*"))
         time.sleep(0.05)
+    (prefetch,) = folders.iterdir()
 
     # A prefetched file served as is.
     _fetch(walg, names[1], pg_wal / "RECOVERYXLOG", "--no-prefetch")
@@ -327,3 +332,45 @@ def test_wal_g_own_daemon_client_archives_and_restores(
         walg, install, pg_workdir, fetch_socket, wal_g_client, before_start=past_the_end
     )
     assert normalized_dump(restored.dump) == expected
+
+
+def test_a_cluster_with_64_mib_segments_is_restored_with_no_segment_size_set(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """initdb --wal-segsize=64 and WALG_PG_WAL_SIZE not set (WAL-G needs it only for its
+    prefetch): archived, restored through wal-fetch with prefetch, and the same data."""
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_DOWNLOAD_CONCURRENCY="3")
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(
+        install, pg_workdir / "src", initdb_args=("--wal-segsize=64",), conf=archiving
+    )
+    src.start()
+    src.pgbench(["-i", "-s", "1", "-q"])
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    names = []
+    for _ in range(3):
+        src.pgbench(["-n", "-t", "300", "-c", "2"])
+        names.append(archive_now(src))
+    # 64 MiB segments are named by that size: 64 of them per 4 GiB, not 256.
+    assert all(int(n[16:], 16) < 0x40 for n in names), names
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    log = restored.log_tail()
+    assert "more than" not in log and "FATAL" not in log, log
+    restored.stop()

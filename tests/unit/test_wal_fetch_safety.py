@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import lz4.frame
@@ -18,7 +19,7 @@ from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
 from walg.errors import IntegrityError, RequestAbandoned
 from walg.ops.wal_fetch import wal_fetch
-from walg.ops.wal_prefetch import take_prefetched
+from walg.ops.wal_prefetch import Prefetcher, prefetch_root, take_prefetched
 from walg.settings import load
 from walg.storage.memory import MemoryStorage
 
@@ -26,12 +27,14 @@ SEG = 16 * 1024 * 1024
 NAME = Segment(1, 3).name()
 
 
-def _segment_bytes(name: str, sysid: int) -> bytes:
-    segno = Segment.parse(name).segno
+def _segment_bytes(name: str, sysid: int, size: int = SEG, fill: bytes = b"\0") -> bytes:
+    segno = Segment.parse(name, size).segno
     header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
-    header += (segno * SEG).to_bytes(8, "little") + bytes(4) + bytes(4)
-    header += sysid.to_bytes(8, "little") + SEG.to_bytes(4, "little") + (8192).to_bytes(4, "little")
-    return header + bytes(SEG - len(header))
+    header += (segno * size).to_bytes(8, "little") + bytes(4) + bytes(4)
+    header += (
+        sysid.to_bytes(8, "little") + size.to_bytes(4, "little") + (8192).to_bytes(4, "little")
+    )
+    return header + fill * (size - len(header))
 
 
 def _pgdata(base: Path, sysid: int) -> Path:
@@ -65,12 +68,12 @@ def test_a_prefetched_segment_of_another_cluster_is_not_served(tmp_path: Path) -
 def test_wal_fetch_downloads_when_the_prefetched_file_is_foreign(tmp_path: Path) -> None:
     pgdata = _pgdata(tmp_path, 2222)
     settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_PREFETCH_DIR": str(tmp_path)})
-    root = tmp_path / ".wal-g" / "prefetch"
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = Path(prefetch_root(settings, str(dest)))
     root.mkdir(parents=True)
     (root / NAME).write_bytes(_segment_bytes(NAME, 1111))
     storage = MemoryStorage()
     storage.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(_segment_bytes(NAME, 2222)))
-    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     result = wal_fetch(settings, storage, NAME, str(dest))
     assert not result.from_prefetch
     assert dest.read_bytes() == _segment_bytes(NAME, 2222)
@@ -121,7 +124,7 @@ def test_an_abandoned_request_puts_nothing_in_place(tmp_path: Path) -> None:
     assert asked
     assert list(dest.parent.iterdir()) == []  # no file, no temporary left
     # The same for a prefetched file: it stays where it is for the next request.
-    root = tmp_path / ".wal-g" / "prefetch"
+    root = Path(prefetch_root(settings, str(dest)))
     root.mkdir(parents=True)
     (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
     with pytest.raises(RequestAbandoned):
@@ -267,3 +270,79 @@ def test_commit_is_asked_once_the_prefetched_file_is_taken(tmp_path: Path) -> No
     # Nothing to take: no commit asked (the download that follows asks it).
     assert not take_prefetched(str(root), NAME, str(dest), SEG, commit)
     assert len(seen) == 1
+
+
+def test_a_prefetched_segment_of_another_archive_is_not_served(tmp_path: Path) -> None:
+    """Clones of one cluster (a DR copy, a restore given its own archive) share its system
+    identifier and its segment names: what was prefetched from one archive into a shared
+    WALG_PREFETCH_DIR must not be served to a restore from the other."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    shared = str(tmp_path / "shared")
+    first = load(environ={"WALG_FILE_PREFIX": "/archive-a", "WALG_PREFETCH_DIR": shared})
+    second = load(environ={"WALG_FILE_PREFIX": "/archive-b", "WALG_PREFETCH_DIR": shared})
+    ours, theirs = _segment_bytes(NAME, 2222, fill=b"B"), _segment_bytes(NAME, 2222, fill=b"A")
+    store_a, store_b = MemoryStorage(), MemoryStorage()
+    store_a.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(theirs))
+    store_b.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(ours))
+    before = Segment(1, 2).name()
+    # A restore from archive A prefetched NAME into the shared folder.
+    assert Prefetcher(first, store_a, prefetch_root(first, str(dest))).run(before, 1) == [NAME]
+    assert prefetch_root(first, str(dest)) != prefetch_root(second, str(dest))
+    result = wal_fetch(second, store_b, NAME, str(dest))
+    assert not result.from_prefetch
+    assert dest.read_bytes() == ours
+    # Archive A's own restore is still served from its folder.
+    assert wal_fetch(first, store_a, NAME, str(dest)).from_prefetch
+    assert dest.read_bytes() == theirs
+
+
+def test_other_archives_stale_prefetch_files_are_cleared(tmp_path: Path) -> None:
+    """What another archive's restore left in a shared folder goes once it is stale, as do the
+    files of walg before one folder per archive (they are never served now)."""
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_PREFETCH_DIR": str(tmp_path)})
+    dest = str(tmp_path / "pg_wal" / "RECOVERYXLOG")
+    root = Path(prefetch_root(settings, dest))
+    parent = root.parent
+    other = parent / ("f" * 32)
+    (other / "running").mkdir(parents=True)
+    stale, fresh = Segment(1, 7).name(), Segment(1, 8).name()
+    for path in (other / stale, other / "running" / stale, other / fresh, parent / stale):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    for path in (other / stale, other / "running" / stale):
+        os.utime(path, (old, old))
+    storage = MemoryStorage()
+    Prefetcher(settings, storage, str(root)).run(Segment(1, 5).name(), 2)
+    assert not (parent / stale).exists()
+    assert not (other / stale).exists() and not (other / "running").exists()
+    assert (other / fresh).exists(), "another restore may still want a fresh one"
+
+
+def test_segments_of_a_cluster_made_with_another_segment_size(tmp_path: Path) -> None:
+    """initdb --wal-segsize=64: WALG_PG_WAL_SIZE left at 16, the segments are fetched (their
+    first page states their size) and prefetched by the names of that size."""
+    size = 64 << 20
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    settings = load(environ={"WALG_FILE_PREFIX": "/x"})
+    storage = MemoryStorage()
+    # With 64 MiB segments the name after ...00000003F is ...000010000000000.
+    last, first_of_next = Segment(1, 63).name(size), Segment(1, 64).name(size)
+    assert first_of_next == "000000010000000100000000"
+    for name in (last, first_of_next):
+        data = lz4.frame.compress(_segment_bytes(name, 2222, size))
+        storage.put_bytes(f"wal_005/{name}.lz4", data)
+    wal_fetch(settings, storage, last, str(dest))
+    assert dest.stat().st_size == size
+    root = prefetch_root(settings, str(dest))
+    assert Prefetcher(settings, storage, root, size).run(last, 2) == [first_of_next]
+    assert wal_fetch(settings, storage, first_of_next, str(dest)).from_prefetch
+    assert dest.read_bytes() == _segment_bytes(first_of_next, 2222, size)
+    # Still refused: more than the size the object's first page states.
+    storage.put_bytes(
+        f"wal_005/{last}.lz4",
+        lz4.frame.compress(_segment_bytes(last, 2222, size) + bytes(1 << 20)),
+    )
+    with pytest.raises(IntegrityError, match=f"more than {size} bytes"):
+        wal_fetch(settings, storage, last, str(dest), use_prefetch=False)

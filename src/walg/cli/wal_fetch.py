@@ -38,10 +38,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "wal-prefetch",
         help="download the WAL segments after NAME into the prefetch folder",
         description="Used by wal-fetch: download the segments after NAME into "
-        "<DEST dir>/.wal-g/prefetch (or $WALG_PREFETCH_DIR/.wal-g/prefetch).",
+        "<DEST dir>/.wal-g/prefetch/<archive key> (or under $WALG_PREFETCH_DIR).",
     )
     q.add_argument("name", metavar="NAME")
     q.add_argument("destination", metavar="DEST")
+    q.add_argument(
+        "--segment-size",
+        type=int,
+        default=None,
+        help="bytes per segment (default: WALG_PG_WAL_SIZE)",
+    )
     q.set_defaults(run=run_prefetch)
 
 
@@ -58,8 +64,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         # The file is in place: from here on nothing may turn this call into a failure, which
         # PostgreSQL would take for the end of the archive.
         try:
-            if not _already_prefetched(ctx, args.name, args.destination):
-                ctx.spawn_detached("wal-prefetch", args.name, os.path.abspath(args.destination))
+            size = _segment_size(ctx, args.destination)
+            if not _already_prefetched(ctx, args.name, args.destination, size):
+                ctx.spawn_detached(
+                    "wal-prefetch",
+                    args.name,
+                    os.path.abspath(args.destination),
+                    f"--segment-size={size}",
+                )
         except (OSError, WalgError) as exc:
             from walg.core.log import get_logger
 
@@ -88,7 +100,16 @@ def failure_exit_code(destination: str, code: int) -> int:
     return code
 
 
-def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:
+def _segment_size(ctx: Context, destination: str) -> int:
+    """The size of the segment just put at ``destination``, as its first page states (a
+    cluster made with ``initdb --wal-segsize`` names its segments by that size, whatever
+    ``WALG_PG_WAL_SIZE`` says), else the settings'."""
+    from walg.core.walpage import file_segment_size
+
+    return file_segment_size(destination) or ctx.settings.wal_segment_size
+
+
+def _already_prefetched(ctx: Context, name: str, destination: str, size: int) -> bool:
     """Are the next segments (same timeline) all downloaded or downloading already?
 
     Then a prefetch process would only start Python to find nothing to do; during a replay
@@ -98,7 +119,6 @@ def _already_prefetched(ctx: Context, name: str, destination: str) -> bool:
     from walg.ops.wal_prefetch import prefetch_root
 
     root = prefetch_root(ctx.settings, destination)
-    size = ctx.settings.wal_segment_size
     segment = Segment.parse(name, size)
     for _ in range(ctx.settings.download_concurrency):
         segment = segment.next()
@@ -115,5 +135,7 @@ def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal_prefetch import Prefetcher, prefetch_root
 
     root = prefetch_root(ctx.settings, args.destination)
-    Prefetcher(ctx.settings, ctx.storage(), root).run(args.name, ctx.settings.download_concurrency)
+    Prefetcher(ctx.settings, ctx.storage(), root, args.segment_size).run(
+        args.name, ctx.settings.download_concurrency
+    )
     return 0

@@ -18,6 +18,8 @@ PAGE_HEADER = struct.Struct("<HHIQ")  # xlp_magic, xlp_info, xlp_tli, xlp_pagead
 LONG_HEADER = struct.Struct("<HHIQI4xQII")  # + xlp_rem_len, pad, sysid, seg_size, blcksz
 XLP_LONG_HEADER = 0x0002
 MIN_PAGE_MAGIC = 0xD061  # PostgreSQL 9.3's; every later major has a larger one
+# initdb --wal-segsize: a power of two from 1 MiB to 1 GiB.
+MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE = 1 << 20, 1 << 30
 SYSTEM_ID = struct.Struct("=Q")  # ControlFileData.system_identifier, in the server's byte order
 
 
@@ -42,6 +44,30 @@ def segment_magic(
     ):
         return None
     return int(magic)
+
+
+def stated_segment_size(head: bytes) -> int | None:
+    """The segment size a segment's first page header states, if ``head`` starts with one."""
+    if len(head) < LONG_HEADER.size:
+        return None
+    magic, info, _tli, _pageaddr, _rem, _sysid, seg_size, _blcksz = LONG_HEADER.unpack_from(head)
+    if (
+        magic < MIN_PAGE_MAGIC
+        or not info & XLP_LONG_HEADER
+        or not MIN_SEGMENT_SIZE <= seg_size <= MAX_SEGMENT_SIZE
+        or seg_size & (seg_size - 1)
+    ):
+        return None
+    return int(seg_size)
+
+
+def file_segment_size(path: str) -> int | None:
+    """The segment size the first page header of the file at ``path`` states, if any."""
+    try:
+        with open(path, "rb") as handle:
+            return stated_segment_size(handle.read(LONG_HEADER.size))
+    except OSError:
+        return None
 
 
 def cluster_system_id(pgdata: str) -> int | None:
@@ -70,16 +96,25 @@ def segment_file_magic(
 
 
 def valid_segment_file(
-    path: str, name: str, segment_size: int, system_id: int | None = None
+    path: str, name: str, segment_size: int | None, system_id: int | None = None
 ) -> bool:
-    """Is ``path`` a complete WAL segment that really is ``name`` (of cluster ``system_id``)?"""
+    """Is ``path`` a complete WAL segment that really is ``name`` (of cluster ``system_id``)?
+
+    ``segment_size`` None: the size its own first page header states.
+    """
+    from walg.errors import WalgError
+
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
+        if segment_size is None:
+            segment_size = stated_segment_size(os.pread(fd, LONG_HEADER.size, 0))
+            if segment_size is None:
+                return False
         return segment_file_magic(fd, name, segment_size, system_id) is not None
-    except OSError:
+    except (OSError, WalgError):  # WalgError: a name no segment of that size has
         return False
     finally:
         os.close(fd)

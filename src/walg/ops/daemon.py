@@ -35,6 +35,7 @@ from typing import Any
 
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
+from walg.core.walpage import file_segment_size
 from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal import marker_path, remove, take_marker
 from walg.ops.wal_fetch import wal_fetch
@@ -301,7 +302,12 @@ class Daemon:
         with self._lock:
             if self._prefetch_pending is not None and not self._prefetch_pending.done():
                 return
-            prefetcher = Prefetcher(self.settings, self.storage, prefetch_root(self.settings, dest))
+            prefetcher = Prefetcher(
+                self.settings,
+                self.storage,
+                prefetch_root(self.settings, dest),
+                file_segment_size(dest),  # initdb --wal-segsize names segments by it
+            )
             # RuntimeError: shutting down. The file is in place and the reply must say so; the
             # prefetch is only an optimisation.
             with suppress(RuntimeError):

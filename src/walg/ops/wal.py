@@ -48,8 +48,11 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | N
     """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size.
 
     More than ``limit`` bytes is an IntegrityError, raised before they are written: LZ4
-    expands up to 255 times, and a corrupt or foreign object must not fill pg_wal's disk.
+    expands up to 255 times, and a corrupt or foreign object must not fill pg_wal's disk. A
+    segment whose first page states a larger segment size (a cluster made with ``initdb
+    --wal-segsize``, ``WALG_PG_WAL_SIZE`` left at 16) may be that large: at most 1 GiB.
     """
+    from walg.core.walpage import stated_segment_size
     from walg.errors import IntegrityError
     from walg.ops.pipeline import download
     from walg.streams.compression import codec_for_extension
@@ -57,6 +60,8 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | N
     size = 0
     with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
         while chunk := dl.reader.read(CHUNK):
+            if size == 0 and limit is not None:
+                limit = max(limit, stated_segment_size(chunk) or 0)
             size += len(chunk)
             if limit is not None and size > limit:
                 raise IntegrityError(f"{key} holds more than {limit} bytes: not a WAL file")

@@ -53,7 +53,7 @@ def wal_fetch(
     dest = os.fspath(destination)
     if use_prefetch:
         root = prefetch_root(settings, dest)
-        if take_prefetched(root, name, dest, settings.wal_segment_size, commit):
+        if take_prefetched(root, name, dest, None, commit):
             return WalFetchResult(name, "", os.stat(dest).st_size, True)
     found = find_wal_object(storage, name)
     if found is None:

@@ -1,7 +1,8 @@
 """Prefetching archived WAL segments ahead of PostgreSQL's ``restore_command`` calls.
 
-Layout, as WAL-G's: ``<dir of the destination>/.wal-g/prefetch/<name>`` for complete files
-(or under ``WALG_PREFETCH_DIR``), ``…/prefetch/running/<name>`` while downloading. A file is
+Layout, as WAL-G's one folder further down: ``<dir of the destination>/.wal-g/prefetch/<key>/
+<name>`` for complete files (or under ``WALG_PREFETCH_DIR``), ``…/<key>/running/<name>`` while
+downloading; ``<key>`` is the archive's destination key (see :func:`prefetch_root`). A file is
 written in ``running/`` and renamed into ``prefetch/`` only when complete and valid, and before
 it is served it is checked again (size, WAL page magic, page address and segment size in its
 long page header, and the system identifier against the cluster's ``global/pg_control``), so a
@@ -30,6 +31,7 @@ from walg.ops.wal import (
     remove,
     temporary_beside,
 )
+from walg_destination import is_key
 
 # restore_command loads this module on every call to look for a prefetched file: paths are
 # strings, and the thread pool and timeline history are imported only by the prefetcher.
@@ -48,18 +50,27 @@ RUNNING_STALL_SECONDS = 0.2
 
 
 def prefetch_root(settings: Settings, destination: str) -> str:
+    """The folder of prefetched files for this archive: ``…/.wal-g/prefetch/<key>``.
+
+    ``<key>`` is the destination key (walg_destination): clones of one cluster (a DR copy, a
+    restore given its own archive) share its system identifier and its segment names, so a
+    file prefetched from one archive must not be served to a restore from another.
+    """
     base = settings.prefetch_dir or os.path.dirname(os.path.abspath(destination))
-    return os.path.join(base, ".wal-g", "prefetch")
+    return os.path.join(base, ".wal-g", "prefetch", settings.destination_key)
 
 
 def take_prefetched(
     root: str,
     name: str,
     destination: str,
-    segment_size: int,
+    segment_size: int | None = None,
     commit: Callable[[], bool] | None = None,
 ) -> bool:
     """Move a valid prefetched ``name`` to ``destination``; False if there is none.
+
+    ``segment_size`` None: as the file's first page states (a segment of a cluster made with
+    ``initdb --wal-segsize``, whatever ``WALG_PG_WAL_SIZE`` says).
 
     Where ``destination`` is in a data directory (``PGDATA/pg_wal/…``, as PostgreSQL passes
     ``%p``), the file must also carry that cluster's system identifier. Anything that goes
@@ -144,12 +155,15 @@ def _wait_for_running(root: str, name: str) -> None:
 class Prefetcher:
     """Downloads the segments after a given one into the prefetch folder."""
 
-    def __init__(self, settings: Settings, storage: Storage, root: str) -> None:
+    def __init__(
+        self, settings: Settings, storage: Storage, root: str, segment_size: int | None = None
+    ) -> None:
+        """``segment_size``: that of the segment just fetched (default: the settings')."""
         self._settings = settings
         self._storage = storage
         self._root = os.fspath(root)
         self._running = os.path.join(self._root, "running")
-        self._segment_size = settings.wal_segment_size
+        self._segment_size = segment_size or settings.wal_segment_size
         self._histories: dict[int, History | None] = {}
 
     def upcoming(self, name: str, count: int) -> list[str]:
@@ -256,3 +270,44 @@ class Prefetcher:
                 )
                 if old or stale:
                     remove(entry.path)
+        self._sweep_others(now)
+
+    def _sweep_others(self, now: float) -> None:
+        """Drop what other archives' prefetchers left beside this one's folder once it is
+        stale, and the files of walg before folders per archive (never served now)."""
+        parent = os.path.dirname(self._root)
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and is_segment_name(entry.name):
+                    remove(entry.path)
+                elif (
+                    entry.is_dir(follow_symlinks=False)
+                    and (is_key(entry.name) or entry.name == "running")
+                    and entry.path != self._root
+                ):
+                    _drop_stale(entry.path, now)
+            except OSError as exc:
+                log.debug("cannot clear %s: %s", entry.path, exc)
+
+
+def _drop_stale(folder: str, now: float) -> None:
+    """Remove segments in ``folder`` and its ``running/`` not touched for a while, then the
+    folders themselves if empty (another restore may be using them: it downloads again)."""
+    for directory in (os.path.join(folder, "running"), folder):
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if (
+                entry.is_file(follow_symlinks=False)
+                and is_segment_name(entry.name)
+                and now - entry.stat().st_mtime > STALE_RUNNING_SECONDS
+            ):
+                remove(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
