@@ -119,14 +119,23 @@ def marker_name(entry: str) -> str | None:
     return name if is_key(key) and is_wal_file_name(name) else None
 
 
-def write_marker(marker: str, identity: bytes) -> None:
+MARKER_READ = 8192  # an identity line and a path: far less
+
+
+def write_marker(marker: str, identity: bytes, stored: str | None = None) -> None:
     """Record that the file with ``identity`` is archived (written whole, then renamed).
 
     A marker names the file's identity, not only its name: a segment that is rewritten under
     the same name later (pg_rewind, a restore into the same directory) is not vouched for.
+    ``stored``: the path of the object written, where storage is a local folder
+    (:meth:`~walg.storage.base.Storage.local_path`), on a second line; the marker vouches only
+    while that file is there, so an archive folder swapped under the same name (a link
+    pointed at a new volume, another file system mounted there) is archived to again.
     """
     directory, name = os.path.split(marker)
     temporary = os.path.join(directory, f".{name}.new")
+    if stored is not None:
+        identity += os.fsencode(stored) + b"\n"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, identity)
@@ -150,15 +159,29 @@ def take_marker(marker: str, source: str) -> bool:
         return False
     try:
         with open(marker, "rb") as handle:
-            recorded = handle.read(256)
+            recorded = handle.read(MARKER_READ)
     except FileNotFoundError:
         return False
     try:
-        valid = recorded == file_identity(source)
+        valid = vouches(recorded, file_identity(source))
     except FileNotFoundError:
         valid = False
     remove(marker)
     return valid
+
+
+def vouches(recorded: bytes, identity: bytes) -> bool:
+    """Does a marker holding ``recorded`` vouch for the file with ``identity``: the same file,
+    and the object it names (if any: see :func:`write_marker`) still there? The ``walg``
+    launcher reads markers by the same rule without importing this module."""
+    if not recorded.startswith(identity):
+        return False
+    stored = recorded[len(identity) :]
+    if not stored:
+        return True
+    if not stored.endswith(b"\n") or b"\n" in stored[:-1]:
+        return False
+    return os.path.isfile(stored[:-1])
 
 
 def temporary_beside(destination: str) -> str:

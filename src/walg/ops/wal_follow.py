@@ -408,7 +408,11 @@ class WalFollower:
                 # and would only remove the marker again.
                 markers = status_dir(self._wal_dir)
                 os.makedirs(markers, mode=0o700, exist_ok=True)
-                write_marker(marker_path(markers, name, self._settings.destination_key), identity)
+                write_marker(
+                    marker_path(markers, name, self._settings.destination_key),
+                    identity,
+                    self._storage.local_path(wal_key(name, "lz4")),
+                )
             archived = True
             self.stats["finished"] += 1
             log.debug("WAL follower archived %s (%d bytes)", name, current.stored)

@@ -589,14 +589,16 @@ class LookaheadUploader:
                         self._on_error(name, exc)
                     return
                 if result.identity:
-                    write_marker(marker, result.identity)
+                    write_marker(marker, result.identity, self._storage.local_path(result.key))
                     archived = True
         finally:
             with self._lock:
-                if archived:
-                    self._done.append(name)
-                else:
+                if not archived:
                     self._started.discard(name)
+                elif self._budget is not None:
+                    # A resident uploader (no budget: the daemon's) never reports its names,
+                    # and would keep one for every segment it ever archived.
+                    self._done.append(name)
 
     def claim(self, name: str) -> bool:
         """Reserve ``name`` for the caller's own upload; False if an upload has it already."""
@@ -637,7 +639,8 @@ class LookaheadUploader:
                 return
 
     def stop(self) -> tuple[str, ...]:
-        """Stop queueing; wait for uploads in flight; the names archived ahead of time."""
+        """Stop queueing; wait for uploads in flight; the names archived ahead of time (none
+        for a resident uploader, one without a budget)."""
         self._stop.set()
         if self._scanner.is_alive():
             self._scanner.join()

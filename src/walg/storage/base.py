@@ -101,6 +101,12 @@ class Storage(abc.ABC):
             raise StorageError(f"{key} is larger than {limit} bytes; refusing to load it whole")
         return b"".join(chunks)
 
+    def local_path(self, key: str) -> str | None:
+        """The absolute path of ``key``'s object where objects are files on this machine, for
+        records that vouch for an object (a look-ahead marker checks it is still there, so a
+        storage folder swapped under the same name is noticed); None elsewhere."""
+        return None
+
     def exists(self, key: str) -> bool:
         from walg.errors import ObjectNotFound
 

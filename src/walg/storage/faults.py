@@ -98,5 +98,8 @@ class FaultyStorage(Storage):
         self._apply("stat", "")
         self._inner.check_available()
 
+    def local_path(self, key: str) -> str | None:
+        return self._inner.local_path(key)
+
     def close(self) -> None:
         self._inner.close()

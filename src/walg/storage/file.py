@@ -290,6 +290,10 @@ class FileStorage(Storage):
             raise _error(exc, f"cannot stat {path}") from None
         return st if stat.S_ISREG(st.st_mode) else None
 
+    def local_path(self, key: str) -> str | None:
+        # Not resolved: a link or mount point pointed elsewhere later must not find it.
+        return os.path.abspath(self._path(key))
+
     def exists(self, key: str) -> bool:
         # Without stat()'s ObjectInfo: its GoTime would import datetime on the WAL path.
         return self._stat_object(key) is not None
