@@ -555,3 +555,14 @@ def test_file_list_memory_is_the_result_not_the_folder_twice(tmp_path: Path) -> 
         tracemalloc.stop()
     assert len(listed) == count
     assert peak / count < 600, f"{peak / count:.0f} bytes per object"
+
+
+def test_a_relative_storage_folder_is_made_on_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WALG_FILE_PREFIX=relstore (or a number in a JSON config): the first write into a fresh
+    store makes relstore/ and relstore/wal_005/, durably, in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    storage = FileStorage("relstore")
+    storage.put_bytes("wal_005/000000010000000000000007.lz4", b"x")
+    assert (tmp_path / "relstore" / "wal_005" / "000000010000000000000007.lz4").read_bytes() == b"x"

@@ -52,17 +52,21 @@ def _make_dirs(path: str) -> None:
     folder's own name in its parent: after a crash, a new ``wal_005/`` could vanish with the
     first WAL files archived in it, which PostgreSQL has since recycled.
     """
+    # A relative path's top folder has "" for its parent: the working folder.
+    parent = os.path.dirname(path) or "."
     try:
         os.mkdir(path)
     except FileExistsError:
         return
     except FileNotFoundError:
-        _make_dirs(os.path.dirname(path))
+        if os.path.normpath(parent) == os.path.normpath(path):
+            raise  # the root (or working folder) itself is gone: nothing to make it in
+        _make_dirs(parent)
         try:
             os.mkdir(path)
         except FileExistsError:
             return  # made meanwhile by another writer, who makes it durable
-    _fsync_dir(os.path.dirname(path))
+    _fsync_dir(parent)
 
 
 class _LimitedReader:
