@@ -92,5 +92,9 @@ class FormatError(WalgError):
     """A stored JSON document or name does not follow the expected format."""
 
 
+class OutputError(WalgError):
+    """Standard output is closed or cannot be written (a full disk behind a redirection)."""
+
+
 class PostgresError(WalgError):
     """PostgreSQL could not be reached or refused an operation needed by walg."""

@@ -14,12 +14,48 @@ if TYPE_CHECKING:
     from walg.storage.base import Storage
 
 
+class Output:
+    """A command's standard output. Closed (``walg backup-list >&-``) or failing (a full disk
+    behind a redirection), it raises :class:`~walg.errors.OutputError` naming the cause; a
+    reader that has gone (``| head -1``) raises BrokenPipeError, which the CLI ends on quietly.
+    Each write is flushed, so a failure surfaces here and not at the interpreter's exit."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from walg.errors import OutputError
+
+        if self._stream is None:
+            raise OutputError("standard output is closed; nothing was written")
+        try:
+            written = self._stream.write(text)
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            silence_stdout()
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+        return written
+
+
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that what is left in the buffer of a stdout
+    that failed is dropped there, not reported again by the interpreter's flush at exit."""
+    import os
+
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+
+
 @dataclass
 class Context:
     """Settings, the storage opened on first use, and where output goes."""
 
     settings: Settings
-    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stdout: Output | TextIO = field(default_factory=lambda: Output(sys.stdout))
     _storage: Storage | None = None
 
     def storage(self) -> Storage:

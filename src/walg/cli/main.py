@@ -102,7 +102,23 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     """The exit code, and whether this was a plain wal-push / wal-fetch call."""
     args = _fast_args(arguments)
     fast = args is not None and args.command != "daemon"
-    args = args or build_parser().parse_args(arguments)
+    if args is None:
+        try:
+            try:
+                args = build_parser().parse_args(arguments)
+            finally:
+                # --help ends in SystemExit with the text still buffered: a full or gone
+                # stdout must fail here, not in the interpreter's flush at exit.
+                if sys.stdout is not None:
+                    sys.stdout.flush()
+        except BrokenPipeError:
+            return _reader_gone(), fast
+        except OSError as exc:  # --help or a usage message to a full or closed stream
+            from walg.cli.context import silence_stdout
+
+            silence_stdout()
+            _say(f"ERROR: cannot write the help text: {exc.strerror or exc}\n")
+            return EXIT_FAILURE, fast
     from walg import settings as settings_module
 
     ctx: Context | None = None
@@ -124,6 +140,8 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     except WalgError as exc:
         sys.stderr.write(f"ERROR: {exc}\n")
         code = exc.exit_code
+    except BrokenPipeError:
+        code = _reader_gone()
     except KeyboardInterrupt:
         sys.stderr.write("ERROR: interrupted\n")
         code = EXIT_FAILURE
@@ -141,6 +159,24 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
 
         code = failure_exit_code(args.destination, code)
     return code, fast
+
+
+def _reader_gone() -> int:
+    """Exit code of a command whose output's reader went away (``walg backup-list | head -1``):
+    a failure, as not all was delivered, but no message. Standard output is pointed at
+    /dev/null first, or the interpreter's own flush at exit would report the broken pipe."""
+    from walg.cli.context import silence_stdout
+
+    silence_stdout()
+    return EXIT_FAILURE
+
+
+def _say(text: str) -> None:
+    """A line on stderr, if stderr is there to take it."""
+    import contextlib
+
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sys.stderr.write(text)
 
 
 def entry() -> None:
