@@ -502,6 +502,13 @@ def pg_connection(
         elif name not in LIBPQ_VARIABLES and name not in OTHER_PG_VARIABLES:
             log.warning("%s in the config file is not a libpq variable walg knows: ignored", name)
 
+    for name in LIBPQ_VARIABLES:
+        try:
+            values.get(name, "").encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 reach Python as surrogates, which libpq's keywords
+            # cannot carry; the password's value is never shown.
+            raise ConfigError(f"{name} is not valid UTF-8") from None
     params: dict[str, str] = {}
     for name, keyword in LIBPQ_VARIABLES.items():
         value = values.get(name, "").strip()

@@ -79,3 +79,28 @@ def test_targets_left_in_postgresql_conf_do_not_apply(
     assert _setting(cluster, "recovery_target_time") == ""
     assert _setting(cluster, "recovery_target_name") == ""
     assert _setting(cluster, "recovery_target_action") == "promote"
+
+
+def test_postgres_reads_every_target_time_walg_accepts(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """backup-fetch refuses a --target-time it cannot check before restoring anything; what
+    it accepts, the server must read (else it would refuse to start after the restore)."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    for time in (
+        "2026-11-25 12:00:00+00",
+        "2026-11-25 12:00:00.123456+05:30",
+        "2026-11-25T12:00:00+00",
+        "2026-11-25 12:00:00 europe/paris",
+        "2026-11-25 12:00:00 EST",
+        "2026-11-25 12:00:00 +0530",
+        "2026-11-25 12:00:00 Europe/Paris",
+        "2026-11-25 12:00 UTC",
+        "2026-11-25",
+        "2026-11-25 24:00:00",
+        "2026-12-31 23:59:60+00",
+    ):
+        target = RecoveryTarget("walg wal-fetch %f %p", time=time)
+        target.check()
+        write_recovery_config(cluster.datadir, pg_install.major * 10000, target)
+        assert _setting(cluster, "recovery_target_time") == time

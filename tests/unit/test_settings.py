@@ -663,3 +663,12 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b'{"PGPASSWORD": "\xff\xfe"}')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(environ=env(tmp_path), config_path=str(path))
+
+
+@pytest.mark.parametrize("name", ["PGHOST", "PGUSER", "PGPASSWORD", "PGOPTIONS"])
+def test_libpq_settings_that_are_not_utf8_are_named(name: str) -> None:
+    """Bytes that are not UTF-8 reach Python as surrogates: a clear error naming the variable
+    (never its value, which may be a password), not an encoding error from the driver."""
+    s = load(environ={"WALG_FILE_PREFIX": "/x", name: "db\udcff"})
+    with pytest.raises(ConfigError, match=f"^{name} is not valid UTF-8$"):
+        _ = s.pg

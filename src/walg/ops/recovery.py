@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from walg.core.lsn import parse_lsn
-from walg.errors import UsageError
+from walg.errors import FormatError, UsageError
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -43,7 +43,14 @@ class RecoveryTarget:
                 "give at most one of --target-time, --target-lsn, --target-name, --target-xid"
             )
         if self.lsn:
-            parse_lsn(self.lsn)
+            try:
+                parse_lsn(self.lsn)
+            except FormatError:
+                raise UsageError(
+                    f"--target-lsn {self.lsn!r} is not an LSN (like 0/3000028)"
+                ) from None
+        if self.time:
+            check_target_time(self.time)
         if self.xid and not self.xid.isdigit():
             raise UsageError(f"--target-xid {self.xid!r} is not a transaction id")
         if self.timeline and not (
@@ -131,10 +138,65 @@ RECOVERY_KEYS = frozenset(
 DISABLED_PREFIX = "# disabled by walg backup-fetch: "
 
 
+# The ISO 8601 forms of a timestamp PostgreSQL reads: a date, a time, an offset or zone name.
+_TIME_RE = (
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.\d{1,6})?)?)?"
+    r"\s*(?:[+-]\d{1,2}(?::?\d{2})?|(?P<zone>[A-Za-z][A-Za-z0-9_/+-]*))?"
+)
+
+
+def check_target_time(text: str) -> None:
+    """Refuse a ``--target-time`` that is not a timestamp in ISO 8601 form.
+
+    PostgreSQL reads a bad ``recovery_target_time`` only when the restored server starts, and
+    then refuses to start: found after the whole restore. It also reads other forms (``Nov 25
+    2026``, ``25/11/2026`` by DateStyle); walg takes the unambiguous ones only. A zone is an
+    offset or a name of the time zone database: PostgreSQL refuses abbreviations there
+    (``Z``, ``CEST``), whose table is not loaded when it reads its configuration.
+    """
+    import re
+    from datetime import date
+
+    match = re.fullmatch(_TIME_RE, text.strip())
+    valid = match is not None
+    if match is not None:
+        year, month, day = (int(part) for part in match["date"].split("-"))
+        try:
+            date(year, month, day)
+        except ValueError:
+            valid = False
+        if match["zone"] is not None:
+            valid = valid and _known_zone(match["zone"])
+        if match["h"] is not None:
+            hour, minute, second = int(match["h"]), int(match["m"]), int(match["s"] or 0)
+            # PostgreSQL reads 24:00:00 (the next midnight) and a leap second.
+            clock = hour < 24 or (hour, minute, second) == (24, 0, 0)
+            valid = valid and clock and minute < 60 and second <= 60
+    if not valid:
+        raise UsageError(
+            f"--target-time {text!r} is not a timestamp walg can check; use ISO 8601, like "
+            "'2026-11-25 12:00:00+00' (a time zone name instead of the offset works too)"
+        )
+
+
+def _known_zone(name: str) -> bool:
+    """Is ``name`` in the system's time zone database (as PostgreSQL matches: in any case)?
+    True where there is no database to look in."""
+    import zoneinfo
+
+    names = {zone.lower() for zone in zoneinfo.available_timezones()}
+    return not names or name.lower() in names
+
+
 def _quote(value: str) -> str:
     """A configuration-file string literal: the parser reads ``''`` and backslash escapes."""
     if any(c in value for c in "\r\n\0"):
         raise UsageError(f"recovery setting {value!r} contains a line break or NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"recovery setting {value!r} is not valid UTF-8") from None
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
