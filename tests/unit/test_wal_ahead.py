@@ -856,3 +856,22 @@ def test_a_resident_uploader_clears_finished_markers(tmp_path: Path) -> None:
         uploader.stop()
     assert not (status / f"{finished}.{KEY_A}").exists()
     assert (status / f"{waiting}.{KEY_A}").exists()
+
+
+def test_a_failed_upload_of_a_mapped_file_reports_its_own_error(tmp_path: Path) -> None:
+    """An upload that fails (a full disk) while its compressor threads still hold views of the
+    mapped segment: the storage error is what the caller sees, not the mapping's BufferError
+    ("cannot close exported pointers exist"), which said nothing of the cause."""
+    from walg.errors import StorageError
+    from walg.ops.wal_push import mapped_file
+
+    segment = tmp_path / SEGMENTS[0]
+    segment.write_bytes(os.urandom(1 << 20))
+    with (
+        pytest.raises(StorageError, match="No space left"),
+        segment.open("rb") as handle,
+        mapped_file(handle) as data,
+    ):
+        held = memoryview(data)[: 1 << 16]  # what a compressor thread still holds
+        raise StorageError("cannot write: No space left on device")
+    held.release()

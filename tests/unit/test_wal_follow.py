@@ -6,10 +6,12 @@ carries the page's own WAL address, so the follower sees blocks become final one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lz4.frame
@@ -17,11 +19,13 @@ import pytest
 
 from lz4frames import check_trailer_object
 from walg.core.lsn import Segment
+from walg.errors import StorageError
 from walg.ops.wal import find_wal_object, marker_path
 from walg.ops.wal_follow import BLOCK, REPICK_AFTER, WalFollower
 from walg.ops.wal_push import status_dir
 from walg.settings import Settings, load
 from walg.storage.file import FileStorage
+from walg.streams.base import Sink
 
 SEG_SIZE = 4 * 1024 * 1024  # WALG_PG_WAL_SIZE=4: four follower blocks per segment
 PAGE = 8192
@@ -371,3 +375,66 @@ def test_a_followed_file_cut_short_is_dropped_without_touching_missing_pages(set
     wait_until(lambda: follower.stats["discarded"] == 1)
     assert find_wal_object(storage, NAME) is None
     assert follower.wait_for(NAME, 1) is False
+
+
+class _FullDisk(FileStorage):
+    """File storage on a disk that fills up while ``full`` is set: every write then fails as
+    a full disk does, and so does dropping a write that failed (its buffered tail)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.full = False
+
+    @contextlib.contextmanager
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
+        with super().open_write(key, overwrite) as sink:
+            try:
+                yield _FullDiskSink(sink, self)
+            except BaseException:
+                if self.full:
+                    raise StorageError(f"cannot write {key}: No space left on device") from None
+                raise
+
+
+class _FullDiskSink:
+    def __init__(self, inner: Sink, owner: _FullDisk) -> None:
+        self._inner, self._owner = inner, owner
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        if self._owner.full:
+            raise StorageError("cannot write: [Errno 28] No space left on device")
+        return self._inner.write(data)
+
+
+def test_the_follower_survives_a_full_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storage fills up mid-segment: the segment is dropped (wal-push will report the error),
+    and once there is room again the next segments are followed and archived as before."""
+    settings = make_settings(tmp_path)
+    storage = _FullDisk(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True)
+    try:
+        wal.write_pages(NAME, 0, BLOCK // PAGE + 1)
+        follower.start()
+        wait_until(lambda: follower._current is not None and follower._current.prepared == BLOCK)
+        storage.full = True
+        wal.write_pages(NAME, BLOCK // PAGE + 1, SEG_SIZE // PAGE)
+        wal.ready(NAME)
+        wait_until(lambda: "No space left on device" in caplog.text)
+        assert find_wal_object(storage, NAME) is None
+        storage.full = False
+        following = Segment(1, Segment.parse(NAME, SEG_SIZE).segno + 1).name(SEG_SIZE)
+        # The segment PostgreSQL writes next (one being written is what the follower takes).
+        wal.write_pages(following, 0, BLOCK // PAGE + 1)
+        wait_until(lambda: follower.following(following), timeout=30)
+        wal.write_pages(following, BLOCK // PAGE + 1, SEG_SIZE // PAGE)
+        wal.ready(following)
+        wait_until(lambda: find_wal_object(storage, following) is not None, timeout=30)
+        assert stored_content(storage, following) == (wal.dir / following).read_bytes()
+        if find_wal_object(storage, NAME) is not None:  # followed again once there was room
+            assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
+        assert "Traceback" not in caplog.text and "BufferError" not in caplog.text
+    finally:
+        follower.stop()

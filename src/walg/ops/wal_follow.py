@@ -138,14 +138,22 @@ class _Followed:
             if writer is not None:
                 tb: TracebackType | None = exc.__traceback__
                 writer.__exit__(type(exc), exc, tb)
+        except Exception as failure:
+            # Dropping a write that failed (a full disk) may fail again the same way: what is
+            # left is storage's temporary object, never a visible one.
+            log.debug("WAL follower: dropping the object of %s: %s", self.name, failure)
         finally:
             self.close_file()
 
     def close_file(self) -> None:
         mapping, self.map = self.map, None
         if mapping is not None:
-            self.view.release()
-            mapping.close()
+            try:
+                self.view.release()
+                mapping.close()
+            except BufferError:
+                # A writer that failed still holds views of it: freed when they go.
+                log.debug("WAL follower: the mapping of %s is still in use", self.name)
         fd, self.fd = self.fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
@@ -460,7 +468,10 @@ class WalFollower:
             self._next_name = None
             requested, self._requested = self._requested, None
             done = self._results.get(requested) if requested else None
-        if current is not None:
-            current.abandon(exc or _Discarded("follower stopped"))
-        if done is not None:
-            done.set()
+        try:
+            if current is not None:
+                current.abandon(exc or _Discarded("follower stopped"))
+        finally:
+            # The request waiting for this segment archives it itself (wait_for is False).
+            if done is not None:
+                done.set()

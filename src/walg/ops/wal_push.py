@@ -680,14 +680,21 @@ def mapped_file(
         return
     # MAP_POPULATE maps every page up front, cheaper than one fault per page later.
     flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with mmap.mmap(
-        handle.fileno(), size, flags=flags, prot=mmap.PROT_READ, offset=offset
-    ) as mapping:
-        view = memoryview(mapping)
+    mapping = mmap.mmap(handle.fileno(), size, flags=flags, prot=mmap.PROT_READ, offset=offset)
+    view = memoryview(mapping)
+    failed = True
+    try:
+        yield view
+        failed = False
+    finally:
         try:
-            yield view
-        finally:
             view.release()
+            mapping.close()
+        except BufferError:
+            # Views are still held by an upload that failed (its compressor threads): the
+            # mapping goes with them, and its error, not this one, is the one to report.
+            if not failed:
+                raise
 
 
 def _backlog(archive_status: str, exclude: set[str]) -> bool:
