@@ -6,6 +6,7 @@ prefetch child that cannot be started after the file is in place."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -178,8 +179,8 @@ def test_exit_codes_of_a_failed_fetch(
     )
     pgdata = make_shared_dir(base / "pgdata", 0o700)
     make_shared_dir(pgdata / "pg_wal", 0o700)
-    for signal in signals:
-        (pgdata / signal).touch()
+    for signal_file in signals:
+        (pgdata / signal_file).touch()
     ok = _fetch(walg_bin, store, pgdata, good, WALG_DOWNLOAD_CONCURRENCY="1")
     assert ok.returncode == 0, ok.stderr
     corrupt = _fetch(walg_bin, store, pgdata, NAME, WALG_DOWNLOAD_CONCURRENCY="1")
@@ -346,3 +347,46 @@ def test_segments_of_a_cluster_made_with_another_segment_size(tmp_path: Path) ->
     )
     with pytest.raises(IntegrityError, match=f"more than {size} bytes"):
         wal_fetch(settings, storage, last, str(dest), use_prefetch=False)
+
+
+@pytest.mark.parametrize("command", ["wal-fetch", "wal-push"])
+def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
+    walg_bin: str, tmp_path: Path, command: str
+) -> None:
+    """PostgreSQL reads a restore_command or archive_command killed by SIGTERM as part of its
+    shutdown (any exit code means something else), so the call must still end by SIGTERM;
+    but first its clean-up runs: a wal-fetch's temporary file beside DEST (up to a segment,
+    never removed otherwise) is gone."""
+    name = Segment(1, 2).name()
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(name, 5)))
+    pgdata = _pgdata(tmp_path, 5)
+    pushed = Segment(1, 3).name()
+    (pgdata / "pg_wal" / pushed).write_bytes(_segment_bytes(pushed, 5))
+    # Slow storage: the call is under way (DEST's temporary file made) when the signal comes.
+    slow = (
+        '[{"op": "read", "key": "wal_005", "delay": 30}, {"op": "stat", "key": "x", "delay": 30}]'
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_DOWNLOAD_CONCURRENCY": "1",
+        "WALG_FAULT_INJECTION": slow.replace('"x"', '"wal_005"') if command == "wal-push" else slow,
+    }
+    args = [name, "pg_wal/RECOVERYXLOG"] if command == "wal-fetch" else [f"pg_wal/{pushed}"]
+    proc = subprocess.Popen(
+        [walg_bin, command, *args], cwd=pgdata, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while command == "wal-fetch" and len(list((pgdata / "pg_wal").iterdir())) < 2:
+        assert time.monotonic() < deadline, "the fetch never made its temporary file"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    left = sorted(p.name for p in (pgdata / "pg_wal").iterdir() if p.name != "walg_data")
+    assert left == [pushed]
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "terminated" in err

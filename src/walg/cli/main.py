@@ -122,6 +122,8 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     from walg import settings as settings_module
 
     ctx: Context | None = None
+    if fast:
+        _end_cleanly_on_sigterm()
     try:
         settings = settings_module.load(config_path=args.config)
         from walg.cli import logs
@@ -142,6 +144,9 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         code = exc.exit_code
     except BrokenPipeError:
         code = _reader_gone()
+    except _Terminated:
+        sys.stderr.write("ERROR: terminated\n")
+        code = EXIT_TERMINATED
     except KeyboardInterrupt:
         sys.stderr.write("ERROR: interrupted\n")
         code = EXIT_FAILURE
@@ -154,7 +159,7 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     finally:
         if ctx is not None:
             ctx.close()
-    if code and args.command == "wal-fetch":
+    if code and code != EXIT_TERMINATED and args.command == "wal-fetch":
         from walg.cli.wal_fetch import failure_exit_code
 
         code = failure_exit_code(args.destination, code)
@@ -179,8 +184,42 @@ def _say(text: str) -> None:
         sys.stderr.write(text)
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived during an archive_command / restore_command call."""
+
+
+# Not an exit code: the call ends by SIGTERM itself once its clean-up has run.
+EXIT_TERMINATED = -1
+
+
+def _end_cleanly_on_sigterm() -> None:
+    """Make SIGTERM raise in an archive_command / restore_command call, so that its clean-up
+    runs (a wal-fetch's temporary file beside DEST, up to a segment, an upload's temporary
+    object) before it ends, by the same signal (:func:`entry`): PostgreSQL reads a command
+    killed by SIGTERM as part of its shutdown, and any exit code as something else."""
+    # The builtin: the signal module would import enum on every call.
+    import _signal  # type: ignore[import-not-found]
+
+    def terminated(_signum: int, _frame: object) -> None:
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # once is enough
+        raise _Terminated()
+
+    _signal.signal(_signal.SIGTERM, terminated)
+
+
 def entry() -> None:
     code, fast = _run(sys.argv[1:])
+    if code == EXIT_TERMINATED:
+        import contextlib
+        import os
+        import signal
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(128 + signal.SIGTERM)  # only if the signal could not end it
     if fast:
         _exit_without_teardown(code)
     sys.exit(code)
