@@ -154,7 +154,6 @@ class Settings:
     upload_disk_concurrency: int | None
     download_concurrency: int
     tar_size_threshold: int
-    sentinel_user_data: Any
     pgdata: str | None
     prevent_wal_overwrite: bool
     tar_disable_fsync: bool
@@ -191,6 +190,15 @@ class Settings:
         timeout = parse_duration("WALG_STOP_BACKUP_TIMEOUT", raw)
         # WAL-G's 0 means "wait forever"; walg promises never to hang, so 0 means our default.
         return timeout if timeout > 0 else DEFAULT_STOP_BACKUP_TIMEOUT
+
+    @cached_property
+    def sentinel_user_data(self) -> Any:
+        """``WALG_SENTINEL_USER_DATA`` as stored in the sentinel and metadata (None: unset).
+
+        Checked when first used, as ``pg``: a bad value must not stop archiving; backup-push
+        reads it before the backup starts, not after everything is uploaded.
+        """
+        return parse_user_data(self.values.get("WALG_SENTINEL_USER_DATA", ""))
 
     def lookup(self, key: str) -> str | None:
         """A storage key as WAL-G resolves it: ``WALG_KEY``, then ``WALE_KEY``, then ``KEY``."""
@@ -560,6 +568,56 @@ def pg_connection(
     )
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _float64_int(text: str) -> int:
+    # Go reads every JSON number of an interface{} as a float64.
+    if not math.isfinite(float(text)):
+        raise ValueError(f"{text} is out of range")
+    return int(text)
+
+
+def _reject_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def parse_user_data(raw: str) -> Any:
+    """User data for the sentinel: the JSON value, or the text itself when it is not JSON.
+
+    WAL-G (Go's encoding/json) has no NaN, Infinity or numbers beyond float64: such a value is
+    not JSON to it, so it is kept as a string here too, rather than written as the invalid
+    JSON ``NaN`` that no reader would accept. Text that cannot be stored as UTF-8 (a lone
+    surrogate, bytes that are not UTF-8 in the environment) is refused.
+    """
+    import json
+
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value: Any = json.loads(
+            raw,
+            parse_float=_finite_float,
+            parse_int=_float64_int,
+            parse_constant=_reject_constant,
+        )
+    except ValueError:
+        value = raw
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:
+        raise ConfigError(
+            f"WALG_SENTINEL_USER_DATA cannot be stored as UTF-8 JSON ({exc}); "
+            "use valid UTF-8 text without lone \\u surrogate escapes"
+        ) from None
+    return value
+
+
 def _build(
     values: Mapping[str, str],
     config_file: str | None,
@@ -573,16 +631,6 @@ def _build(
             f"WALG_COMPRESSION_METHOD={compression!r} is not one of "
             + ", ".join(COMPRESSION_METHODS)
         )
-    user_data: Any = None
-    raw_user_data = values.get("WALG_SENTINEL_USER_DATA", "").strip()
-    if raw_user_data:
-        import json
-
-        try:
-            user_data = json.loads(raw_user_data)
-        except json.JSONDecodeError:
-            # WAL-G stores a value that is not JSON as a JSON string.
-            user_data = raw_user_data
     disk_raw = values.get("WALG_UPLOAD_DISK_CONCURRENCY", "").strip()
     return Settings(
         storage_kind=kind,
@@ -596,7 +644,6 @@ def _build(
         ),
         download_concurrency=_int(values, "WALG_DOWNLOAD_CONCURRENCY", 10),
         tar_size_threshold=_int(values, "WALG_TAR_SIZE_THRESHOLD", DEFAULT_TAR_SIZE_THRESHOLD),
-        sentinel_user_data=user_data,
         pgdata=values.get("PGDATA", "").strip() or None,
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),
         tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),

@@ -169,6 +169,15 @@ def test_go_json_escapes_as_go() -> None:
     assert go_json({"x": {}}, indent=4) == '{\n    "x": {}\n}'
 
 
+def test_go_json_never_writes_non_finite_numbers() -> None:
+    # Sentinels written by walg before 2026-11 may hold NaN / Infinity user data.
+    doc = {"user_data": {"a": float("nan"), "b": [float("inf"), -float("inf")], "c": 1.5}}
+    text = go_json(doc)
+    assert json.loads(text, parse_constant=pytest.fail) == {
+        "user_data": {"a": "NaN", "b": ["Infinity", "-Infinity"], "c": 1.5}
+    }
+
+
 def test_time_renderings() -> None:
     # The Unix epoch is a real time; only Go's zero time is "-".
     assert rfc850(GoTime(0)) == "Thursday, 01-Jan-70 00:00:00 UTC"

@@ -173,6 +173,30 @@ def test_sentinel_user_data_not_json_is_kept_as_a_string(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
+    "raw", ["NaN", '{"x": 1e400}', '{"x": -Infinity}', "[Infinity]", "1" + "0" * 400]
+)
+def test_sentinel_user_data_beyond_json_numbers_is_kept_as_a_string(
+    tmp_path: Path, raw: str
+) -> None:
+    # Go's encoding/json has no NaN, Infinity or numbers beyond float64: not JSON to WAL-G,
+    # so stored as the string itself, never written out as the invalid JSON NaN.
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA=raw))
+    assert s.sentinel_user_data == raw
+    json.dumps(s.sentinel_user_data, allow_nan=False)
+
+
+@pytest.mark.parametrize("raw", ['"\\ud800"', "caf\udce9", '{"k": "\\udfff"}'])
+def test_sentinel_user_data_that_is_not_utf8_is_a_config_error_when_read(
+    tmp_path: Path, raw: str
+) -> None:
+    # A lone surrogate escape, or a non-UTF-8 byte as os.environ carries it (surrogateescape).
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA=raw))  # wal-push must still work
+    with pytest.raises(ConfigError) as info:
+        _ = s.sentinel_user_data
+    assert "WALG_SENTINEL_USER_DATA" in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("raw", "seconds"),
     [
         ("30s", 30.0),

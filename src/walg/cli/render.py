@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -81,16 +82,37 @@ _GO_ESCAPES = {
 }
 
 
+def _dumps(doc: Any, indent: int | None) -> str:
+    if indent is None:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        doc, indent=indent, separators=(",", ": "), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _without_non_finite(doc: Any) -> Any:
+    """``doc`` with every NaN / Infinity float replaced by its name as a string."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return repr(doc).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(doc, dict):
+        return {k: _without_non_finite(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_without_non_finite(v) for v in doc]
+    return doc
+
+
 def go_json(doc: Any, indent: int | None = None) -> str:
     """Go's encoding/json text, without the final newline ``Encoder.Encode`` adds.
 
     Compact (``json.Marshal``, ``Encoder.Encode``) or, with ``indent``, as ``SetIndent("",
     " " * indent)``; UTF-8 kept, HTML characters escaped (see ``_GO_ESCAPES``).
     """
-    if indent is None:
-        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-    else:
-        text = json.dumps(doc, indent=indent, separators=(",", ": "), ensure_ascii=False)
+    try:
+        text = _dumps(doc, indent)
+    except ValueError:
+        # NaN or Infinity, which walg before 2026-11 stored from WALG_SENTINEL_USER_DATA: not
+        # JSON, so no reader of this output could load them; Go has no such numbers either.
+        text = _dumps(_without_non_finite(doc), indent)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

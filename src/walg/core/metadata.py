@@ -76,7 +76,10 @@ def _load(text: str | bytes, what: str) -> dict[str, Any]:
 
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # allow_nan=False: NaN and Infinity are not JSON; no reader (WAL-G's least) would load them.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 @dataclass(frozen=True)

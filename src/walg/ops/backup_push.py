@@ -195,6 +195,7 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     # Settings checks this one when it is first read; read now, a bad value fails the command
     # before the backup starts, not at pg_backup_stop after all of it is uploaded.
     _ = settings.stop_backup_timeout
+    _ = settings.sentinel_user_data
     codec = codec_for_method(settings.compression)
     start_time = _now_utc_us()
     conn = connect(settings.pg)
