@@ -80,6 +80,10 @@ class WalOverwriteError(WalgError):
     """A different file is already archived under the same WAL name."""
 
 
+class BackupInProgress(WalgError):
+    """Another backup-push holds the name this one would write (its claim is in storage)."""
+
+
 class IntegrityError(WalgError):
     """Stored or restored data does not match its recorded checksum, size or format."""
 

@@ -16,6 +16,8 @@ SENTINEL_SUFFIX = "_backup_stop_sentinel.json"
 METADATA = "metadata.json"
 FILES_METADATA = "files_metadata.json"
 TAR_PARTITIONS = "tar_partitions/"
+# walg's own: who is taking the backup of this name (WAL-G ignores objects it does not know).
+CLAIM = "walg_claim.json"
 
 BACKUP_NAME_RE = LazyPattern(r"base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?")
 _WAL_TOKEN_RE = LazyPattern(r"[0-9A-F]{24}")
@@ -54,6 +56,10 @@ def sentinel_key(name: str) -> str:
 
 def backup_folder(name: str) -> str:
     return f"{BASEBACKUPS}{name}/"
+
+
+def claim_key(name: str) -> str:
+    return f"{backup_folder(name)}{CLAIM}"
 
 
 def metadata_key(name: str) -> str:

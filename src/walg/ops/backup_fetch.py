@@ -122,7 +122,7 @@ def backup_fetch(
             f"backup {name} is a delta backup; restoring delta backups is not supported yet"
         )
     files_meta = catalog.read_files_metadata(storage, name, sentinel)
-    objects = storage.list(partitions_prefix(name))
+    objects = _listed_objects(files_meta, storage.list(partitions_prefix(name)), name)
     regular, control, label = _classify(objects, name)
     _check_objects_present(files_meta, objects, name)
 
@@ -224,6 +224,39 @@ def _ensure_wal_directory(dest: Path) -> None:
     log.info("the backup has no %s directory; creating an empty one", wal_dir.name)
     wal_dir.mkdir(mode=0o700)
     os.chmod(wal_dir, 0o700)
+
+
+def _listed_objects(
+    files_meta: FilesMetadata, objects: list[ObjectInfo], name: str
+) -> list[ObjectInfo]:
+    """The objects the backup's metadata names, when it names them; a warning for others.
+
+    Objects left under tar_partitions/ by an interrupted run of the same name (a standby
+    names backups by restart point) must not be extracted over the backup's own files.
+    WAL-G's TarFileSets leaves pg_control's tar out: one is kept unless the list names one.
+    Metadata that names no object (WAL-G before files_metadata.json) leaves all of them.
+    """
+    named = set(files_meta.objects) | set(files_meta.tar_file_sets)
+    if not named:
+        return objects
+    names_control = any(PG_CONTROL_TAR_RE.fullmatch(n) for n in named)
+    kept: list[ObjectInfo] = []
+    extra: list[str] = []
+    for info in objects:
+        base = info.key.rsplit("/", 1)[-1]
+        if base in named or (not names_control and PG_CONTROL_TAR_RE.fullmatch(base)):
+            kept.append(info)
+        else:
+            extra.append(base)
+    if extra:
+        log.warning(
+            "backup %s: ignoring %d objects its metadata does not list (left by an "
+            "interrupted backup of the same name?): %s",
+            name,
+            len(extra),
+            _listing(sorted(extra)),
+        )
+    return kept
 
 
 def _classify(

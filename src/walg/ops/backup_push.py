@@ -9,6 +9,7 @@ that lists.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -30,6 +31,7 @@ from walg.core.naming import (
     TABLESPACE_MAP_MEMBER,
     backup_folder,
     backup_name,
+    claim_key,
     files_metadata_key,
     metadata_key,
     part_object_name,
@@ -37,7 +39,7 @@ from walg.core.naming import (
     sentinel_key,
     with_ext,
 )
-from walg.errors import PostgresError, UsageError
+from walg.errors import BackupInProgress, PostgresError, StorageError, UsageError
 from walg.ops.pipeline import upload
 from walg.ops.wal import find_wal_object
 from walg.postgres import datadir
@@ -215,6 +217,7 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     name = backup_name(start.segment_name)
     log.info("backup %s started at LSN %s", name, format_lsn(start.lsn))
     try:
+        _remove_leftovers(storage, name)
         result = _upload_backup(
             settings, storage, codec, session, info, start, name, pgdata, start_time
         )
@@ -223,34 +226,153 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
         _cleanup(storage, name)
         raise
     session.abort()
+    _release_claim(storage, name)
     return result
 
 
 def _start(
     conn: Any, info: ServerInfo, settings: Settings, storage: Storage
 ) -> tuple[BackupSession, BackupStart]:
+    """Start the backup and claim its name; the name is this run's alone when this returns."""
     label = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     session = BackupSession(conn, info, settings.pg)
     start = session.start(label)
-    if not storage.exists(sentinel_key(backup_name(start.segment_name))):
-        return session, start
-    if info.in_recovery:
+    if not _claimed_and_new(session, storage, backup_name(start.segment_name)):
+        if info.in_recovery:
+            session.abort()
+            raise PostgresError(
+                f"a backup named {backup_name(start.segment_name)} already exists and a "
+                "standby cannot switch WAL segments; retry after the primary has written "
+                "more WAL"
+            )
+        # Same start segment as an existing backup: stop, switch to a new segment and start
+        # again, rather than overwrite the existing backup's objects.
         session.abort()
-        raise PostgresError(
-            f"a backup named {backup_name(start.segment_name)} already exists and a standby "
-            "cannot switch WAL segments; retry after the primary has written more WAL"
-        )
-    # Same start segment as an existing backup: stop, switch to a new segment and start again,
-    # rather than overwrite the existing backup's objects.
-    session.abort()
-    conn = connect(settings.pg)
-    query_one(conn, "SELECT pg_switch_wal()::text")
-    session = BackupSession(conn, info, settings.pg)
-    start = session.start(label)
-    if storage.exists(sentinel_key(backup_name(start.segment_name))):
-        session.abort()
-        raise PostgresError(f"a backup named {backup_name(start.segment_name)} already exists")
+        conn = connect(settings.pg)
+        query_one(conn, "SELECT pg_switch_wal()::text")
+        session = BackupSession(conn, info, settings.pg)
+        start = session.start(label)
+        if not _claimed_and_new(session, storage, backup_name(start.segment_name)):
+            session.abort()
+            raise PostgresError(f"a backup named {backup_name(start.segment_name)} already exists")
     return session, start
+
+
+def _claimed_and_new(session: BackupSession, storage: Storage, name: str) -> bool:
+    """Claim ``name``; True when no backup of that name exists, else the claim is let go.
+
+    The sentinel is looked for only once the claim is held: a run that finished meanwhile
+    wrote its sentinel before it deleted its claim, so it is seen here.
+    """
+    try:
+        _claim(storage, name)
+    except BaseException:
+        session.abort()
+        raise
+    try:
+        exists = storage.exists(sentinel_key(name))
+    except BaseException:
+        _release_claim(storage, name)
+        session.abort()
+        raise
+    if exists:
+        _release_claim(storage, name)
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who is taking a backup: stored as ``<name>/walg_claim.json`` while it runs."""
+
+    host: str
+    pid: int
+    start_time: str
+
+    def dumps(self) -> bytes:
+        doc = {"host": self.host, "pid": self.pid, "start_time": self.start_time}
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Claim | None:
+        try:
+            doc = json.loads(data)
+            return cls(str(doc["host"]), int(doc["pid"]), str(doc["start_time"]))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def describe(self) -> str:
+        return f"process {self.pid} on host {self.host}, started {self.start_time}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _claim(storage: Storage, name: str) -> None:
+    """Write the claim of ``name`` with a write that never replaces; refuse a live one.
+
+    Two backup-push runs that start in the same WAL segment would otherwise both write
+    ``base_<segment>`` and overwrite (or, failing, delete) each other's objects. A claim left
+    by a run that died on this host (its process is gone) is taken over.
+    """
+    key = claim_key(name)
+    mine = Claim(socket.gethostname(), os.getpid(), _now_utc_us().format())
+    for attempt in range(2):
+        try:
+            with storage.open_write(key, overwrite=False) as sink:
+                sink.write(mine.dumps())
+            return
+        except StorageError:
+            if not storage.exists(key):
+                raise
+        try:
+            holder = Claim.loads(storage.get_bytes(key, limit=1 << 16))
+        except StorageError:
+            holder = None  # deleted meanwhile, or unreadable: treated as held
+        stale = holder is not None and holder.host == mine.host and not _pid_alive(holder.pid)
+        if holder is not None and stale and attempt == 0:
+            log.warning(
+                "taking over backup %s: its claim was left by %s, which is no longer running",
+                name,
+                holder.describe(),
+            )
+            storage.delete([key])
+            continue
+        who = holder.describe() if holder is not None else "an unknown process"
+        raise BackupInProgress(
+            f"backup {name} is being taken by another backup-push ({who}); wait for it to "
+            f"end and run backup-push again. If that process is gone for good, delete "
+            f"{key} in {storage.location} and retry"
+        )
+
+
+def _release_claim(storage: Storage, name: str) -> None:
+    try:
+        storage.delete([claim_key(name)])
+    except StorageError as exc:
+        log.warning("could not remove the claim %s: %s", claim_key(name), exc)
+
+
+def _remove_leftovers(storage: Storage, name: str) -> None:
+    """Delete what a dead run of the same name left in the folder (this run holds the claim).
+
+    A standby names its backup by its restart point, so a run killed there is followed by
+    one of the same name; its stray partitions would otherwise sit among the new ones.
+    """
+    claim = claim_key(name)
+    keys = [o.key for o in storage.list(backup_folder(name)) if o.key != claim]
+    if keys:
+        storage.delete(keys)
+        log.info("removed %d objects left in %s by an earlier run", len(keys), backup_folder(name))
 
 
 def _upload_backup(
@@ -424,9 +546,12 @@ def _wait_for_archived(
 def _cleanup(storage: Storage, name: str) -> None:
     """Best effort: remove the objects of a backup that failed before its sentinel."""
     try:
-        keys = [o.key for o in storage.list(backup_folder(name))]
+        claim = claim_key(name)
+        keys = [o.key for o in storage.list(backup_folder(name)) if o.key != claim]
         storage.delete(keys)
         if keys:
             log.info("removed %d objects of the failed backup %s", len(keys), name)
+        # Last: until the objects are gone, no other run may take the name.
+        storage.delete([claim])
     except Exception as exc:
         log.warning("could not remove the objects of the failed backup %s: %s", name, exc)

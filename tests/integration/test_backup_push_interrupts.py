@@ -1,0 +1,80 @@
+"""backup-push runs that meet each other or a signal: the real ``walg`` against a real cluster.
+
+Two runs that start in the same WAL segment (always, on a standby) would both be named
+``base_<segment>``; the second must be refused, touching nothing of the first. Storage writes
+are slowed with WALG_FAULT_INJECTION so that a backup of a fresh cluster lasts several seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup
+
+# About 25 partitions of 1 MiB for a fresh cluster, one at a time.
+SMALL_PARTS = {"WALG_TAR_SIZE_THRESHOLD": str(1 << 20), "WALG_UPLOAD_DISK_CONCURRENCY": "1"}
+
+
+def _slow(op: str, seconds: float) -> dict[str, str]:
+    return {"WALG_FAULT_INJECTION": json.dumps([{"op": op, "key": "part_", "delay": seconds}])}
+
+
+@pytest.fixture
+def setup(pg_workdir: Path, walg_bin: str) -> tuple[WalgSetup, Cluster]:
+    walg = WalgSetup.create(walg_bin, pg_workdir, **SMALL_PARTS)
+    cluster = Cluster.create(
+        PgInstall.load(15),
+        pg_workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    return walg, cluster
+
+
+def _stored(walg: WalgSetup) -> list[str]:
+    folder = walg.store / "basebackups_005"
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _wait_for(path_glob: str, root: Path, proc: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(path_glob)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"nothing matched {path_glob}"
+        time.sleep(0.02)
+
+
+def test_a_second_backup_push_of_the_same_name_is_refused(
+    setup: tuple[WalgSetup, Cluster], pg_workdir: Path
+) -> None:
+    # On a standby two runs always get the same name: it is that of the restart point (a
+    # primary switches segments at each start, so only runs started at the same moment meet).
+    walg, primary = setup
+    standby = primary.make_standby(pg_workdir / "standby")
+    first = walg.popen(
+        ["backup-push", str(standby.datadir)], cluster=standby, env=_slow("write", 0.2)
+    )
+    _wait_for("basebackups_005/*/walg_claim.json", walg.store, first)
+    second = walg.run(["backup-push", str(standby.datadir)], cluster=standby, check=False)
+    assert second.returncode == 1, second.stderr
+    assert "is being taken by another backup-push" in second.stderr, second.stderr
+    assert f"process {first.pid} on host" in second.stderr
+
+    # The first one finishes once the primary has archived the WAL it needs.
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline:
+        primary.psql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+    _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 0, stderr
+    listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
+    assert len(listing) == 1
+    assert not [k for k in _stored(walg) if k.endswith("walg_claim.json")]
+    # The refused run removed nothing of the first one's: it restores whole.
+    walg.run(["backup-fetch", str(pg_workdir / "restored"), "LATEST"])
+    standby.stop()
