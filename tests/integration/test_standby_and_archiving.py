@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
 import time
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall
+from pgcluster import Cluster, PgInstall, run_as_pg
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
 
@@ -21,6 +24,22 @@ def _primary(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
     return cluster
 
 
+def _push_on_standby(walg: WalgSetup, primary: Cluster, standby: Cluster) -> str:
+    """backup-push on the standby, switching WAL on the primary until it is done.
+
+    A standby's backup waits until the primary has archived the last segment it needs; an
+    idle primary only finishes that segment when told to (or by archive_timeout).
+    """
+    proc = walg.popen(["backup-push", str(standby.datadir)], cluster=standby)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        primary.psql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    return stderr
+
+
 def test_backup_from_standby_restores(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -30,8 +49,8 @@ def test_backup_from_standby_restores(
     primary.pgbench(["-n", "-t", "200", "-c", "2"])
     primary.wait_for_replay(standby)
 
-    pushed = walg.run(["backup-push", str(standby.datadir)], cluster=standby)
-    assert "Wrote backup with name base_" in pushed.stderr
+    pushed = _push_on_standby(walg, primary, standby)
+    assert "Wrote backup with name base_" in pushed
     primary.psql("CREATE TABLE after_standby_backup AS SELECT generate_series(1, 1000) AS g")
     archive_now(primary)
     expected = normalized_dump(primary.pg_dumpall())
@@ -93,3 +112,74 @@ def test_broken_archiving_fails_stop_with_a_clear_message(pg_workdir: Path, walg
     assert walg.run(["backup-list", "--json"]).stdout.strip() == "[]"
     assert not list(walg.store.rglob("*.json"))
     cluster.stop(mode="immediate")
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _plant(path: Path, data: str) -> None:
+    run_as_pg(["mkdir", "-p", str(path.parent)])
+    run_as_pg(["dd", "status=none", f"of={path}"], input=data)
+
+
+def test_standby_backup_waits_for_its_wal_and_replaces_a_dead_runs_leftovers(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="3s")
+    primary = _primary(pg_install, pg_workdir, walg)
+    standby = primary.make_standby(pg_workdir / "standby")
+    primary.wait_for_replay(standby)
+    backups = walg.store / "basebackups_005"
+
+    # The primary is idle: the last segment the backup needs is never archived. Exiting 0
+    # would list a backup that cannot be restored; it fails within the stop timeout instead.
+    failed = walg.run(["backup-push", str(standby.datadir)], cluster=standby, check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert "WALG_STOP_BACKUP_TIMEOUT" in failed.stderr, failed.stderr
+    assert "archive_timeout" in failed.stderr
+    match = re.search(r"backup (base_[0-9A-F]{24}) started", failed.stderr)
+    assert match, failed.stderr
+    name = match.group(1)
+    assert _files_under(backups) == [], "the failed backup's objects must be removed"
+
+    # A run killed on this host left its claim and a partition under the same name (a standby
+    # names its backups by restart point, so the next run takes that name again).
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim = {"host": socket.gethostname(), "pid": dead.pid, "start_time": "2026-01-01T00:00:00Z"}
+    _plant(backups / name / "walg_claim.json", json.dumps(claim))
+    _plant(backups / name / "tar_partitions" / "part_099.tar.lz4", "junk of a dead run")
+
+    proc = walg.popen(
+        ["backup-push", str(standby.datadir)],
+        cluster=standby,
+        env={"WALG_STOP_BACKUP_TIMEOUT": "120s"},
+    )
+    control = backups / name / "tar_partitions" / "pg_control.tar.lz4"
+    deadline = time.monotonic() + 60
+    while not control.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backup-push never wrote pg_control"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    # Still waiting for the primary: no sentinel yet.
+    assert proc.poll() is None, proc.communicate()
+    assert not (backups / f"{name}_backup_stop_sentinel.json").exists()
+    primary.psql("SELECT pg_switch_wal()")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"Wrote backup with name {name}" in stderr
+    assert "taking over" in stderr and f"process {dead.pid}" in stderr
+    assert "removed 1 objects left" in stderr
+    assert "to be archived by the primary" in stderr
+    assert "part_099.tar.lz4" not in _files_under(backups)
+    assert "walg_claim.json" not in str(_files_under(backups)), "the claim is removed at the end"
+
+    # An object the backup's metadata does not list is ignored by a restore, with a warning.
+    _plant(backups / name / "tar_partitions" / "part_099.tar.lz4", "junk of a dead run")
+    fetched = walg.run(["backup-fetch", str(pg_workdir / "restored"), name], check=False)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "ignoring 1 objects" in fetched.stderr and "part_099.tar.lz4" in fetched.stderr
+    standby.stop()
+    primary.stop()

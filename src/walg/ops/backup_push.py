@@ -413,20 +413,19 @@ def _upload_backup(
     )
 
     stop_started = time.monotonic()
-    archiving = not info.in_recovery and info.archive_mode != "off"
+    # Where this server archives, pg_stat_archiver tells early that archiving fails; a
+    # standby without archive_mode=always leaves its WAL to the primary, which it cannot see.
+    archiving = info.archive_mode != "off" and (
+        not info.in_recovery or info.archive_mode == "always"
+    )
     baseline = session.archiver_status() if archiving else None
     stop = session.stop(settings.stop_backup_timeout)
     last_segment = Segment.before(start.timeline, stop.lsn, info.segment_size).name(
         info.segment_size
     )
-    if baseline is not None:
+    if archiving or info.in_recovery:
         remaining = settings.stop_backup_timeout - (time.monotonic() - stop_started)
         _wait_for_archived(storage, session, last_segment, baseline, remaining)
-    elif info.in_recovery:
-        log.info(
-            "backup taken on a standby: it is restorable once the primary has archived %s",
-            last_segment,
-        )
     else:
         log.warning("archive_mode is off: %s will not be archived", last_segment)
     label_name = with_ext("backup_label.tar", codec.extension)
@@ -504,22 +503,41 @@ def _wait_for_archived(
     storage: Storage,
     session: BackupSession,
     segment: str,
-    baseline: ArchiverStatus,
+    baseline: ArchiverStatus | None,
     timeout: float,
 ) -> None:
     """Wait until ``segment`` (the last one the backup needs) is in storage.
 
     A backup whose WAL is not archived cannot be restored, so exiting 0 before would be a lie.
     Polls storage quickly at first; reports a failing ``archive_command`` as soon as
-    ``pg_stat_archiver`` shows it, and gives up after ``timeout`` seconds.
+    ``pg_stat_archiver`` shows it, and gives up after ``timeout`` seconds. ``baseline`` is
+    None where another server archives the segment (the primary of a standby): then only
+    storage is watched.
     """
     deadline = time.monotonic() + max(timeout, 1.0)
     delay = 0.02
     warned = False
-    next_status = time.monotonic() + 2.0
+    # Without pg_stat_archiver to report, say at once what is waited for.
+    next_status = time.monotonic() + (2.0 if baseline is not None else 0.0)
     while find_wal_object(storage, segment) is None:
         now = time.monotonic()
-        if now >= next_status:
+        if baseline is None:
+            if now >= next_status:
+                next_status = now + 30.0
+                log.info(
+                    "waiting for %s, which this backup needs, to be archived by the primary "
+                    "(or this standby, with archive_mode=always); an idle primary switches "
+                    "segments only when archive_timeout is set",
+                    segment,
+                )
+            if now >= deadline:
+                raise PostgresError(
+                    f"WAL segment {segment}, which this backup taken on a standby needs, did "
+                    f"not reach {storage.location} within the stop timeout "
+                    "(WALG_STOP_BACKUP_TIMEOUT): check the primary's archive_command, and set "
+                    "archive_timeout on an idle primary so that it switches segments"
+                )
+        elif now >= next_status:
             next_status = now + 5.0
             status = session.archiver_status()
             if status.failing_since(baseline) and not warned:
@@ -531,7 +549,7 @@ def _wait_for_archived(
                 )
             else:
                 log.info("waiting for %s to be archived (%s)", segment, status.describe())
-        if now >= deadline:
+        if baseline is not None and now >= deadline:
             status = session.archiver_status()
             failing = "archive_command is FAILING; " if status.failing_since(baseline) else ""
             raise PostgresError(
