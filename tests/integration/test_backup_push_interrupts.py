@@ -1,13 +1,16 @@
 """backup-push runs that meet each other or a signal: the real ``walg`` against a real cluster.
 
 Two runs that start in the same WAL segment (always, on a standby) would both be named
-``base_<segment>``; the second must be refused, touching nothing of the first. Storage writes
-are slowed with WALG_FAULT_INJECTION so that a backup of a fresh cluster lasts several seconds.
+``base_<segment>``; the second must be refused, touching nothing of the first. SIGINT or
+SIGTERM must stop a backup (and a restore) within about one partition's time, remove what it
+wrote and exit 1, and the next backup-push must work. Storage writes are slowed with
+WALG_FAULT_INJECTION so that a backup of a fresh cluster lasts several seconds.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -78,3 +81,43 @@ def test_a_second_backup_push_of_the_same_name_is_refused(
     # The refused run removed nothing of the first one's: it restores whole.
     walg.run(["backup-fetch", str(pg_workdir / "restored"), "LATEST"])
     standby.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_backup_push_and_backup_fetch_promptly(
+    setup: tuple[WalgSetup, Cluster], pg_workdir: Path, signum: signal.Signals
+) -> None:
+    walg, cluster = setup
+    proc = walg.popen(
+        ["backup-push", str(cluster.datadir)], cluster=cluster, env=_slow("write", 0.5)
+    )
+    _wait_for("basebackups_005/*/tar_partitions/part_001.*", walg.store, proc)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    # Exits on its own (not killed by the signal), with the failure code, within a couple
+    # of partitions' time: the rest (about 20 more, 10 s here) is never uploaded.
+    assert took < 5, f"took {took:.1f}s to stop\n{stderr}"
+    assert proc.returncode == 1, stderr
+    assert f"interrupted ({signum.name})" in stderr
+    assert _stored(walg) == [], "no sentinel, and the partial backup's objects removed"
+
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    assert len(json.loads(walg.run(["backup-list", "--json"]).stdout)) == 1
+
+    dest = pg_workdir / "restored"
+    fetch = walg.popen(
+        ["backup-fetch", str(dest), "LATEST"],
+        env={"WALG_DOWNLOAD_CONCURRENCY": "1", **_slow("read", 0.5)},
+    )
+    _wait_for("base/*", dest, fetch)
+    sent = time.monotonic()
+    fetch.send_signal(signum)
+    _, stderr = fetch.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert took < 5, f"took {took:.1f}s to stop\n{stderr}"
+    assert fetch.returncode == 1, stderr
+    assert f"interrupted ({signum.name})" in stderr
+    assert not (dest / "global" / "pg_control").exists()
+    cluster.stop()

@@ -94,6 +94,22 @@ def _fast_args(argv: Sequence[str]) -> Any | None:
     return None
 
 
+# Commands that SIGTERM interrupts as SIGINT does: they stop their workers, clean up (a
+# backup's objects are removed; a restore stops before pg_control, so the directory is never
+# startable) and exit 1, instead of dying with uploads half done and the backup's objects and
+# claim left behind. wal-push and wal-fetch clean up and still end by SIGTERM, as PostgreSQL
+# expects of them (_end_cleanly_on_sigterm).
+SIGTERM_INTERRUPTS = ("backup-push", "backup-fetch")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as KeyboardInterrupt is for SIGINT."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return _run(sys.argv[1:] if argv is None else list(argv))[0]
 
@@ -124,6 +140,10 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     ctx: Context | None = None
     if fast:
         _end_cleanly_on_sigterm()
+    elif args.command in SIGTERM_INTERRUPTS:
+        import signal
+
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         settings = settings_module.load(config_path=args.config)
         from walg.cli import logs
@@ -147,8 +167,9 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     except _Terminated:
         sys.stderr.write("ERROR: terminated\n")
         code = EXIT_TERMINATED
-    except KeyboardInterrupt:
-        sys.stderr.write("ERROR: interrupted\n")
+    except KeyboardInterrupt as exc:
+        signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        sys.stderr.write(f"ERROR: interrupted ({signame})\n")
         code = EXIT_FAILURE
     except Exception as exc:
         from walg.core.log import get_logger

@@ -184,7 +184,14 @@ def _extract_all(
     workers = max(1, min(settings.download_concurrency, len(regular) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         futures = [pool.submit(_extract_object, storage, extractor, files_meta, o) for o in regular]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            # SIGINT / SIGTERM: stop the workers before the pool joins them.
+            extractor.cancelled.set()
+            for f in futures:
+                f.cancel()
+            raise
         failure = next((f.exception() for f in done if f.exception() is not None), None)
         if failure is not None:
             extractor.cancelled.set()

@@ -105,6 +105,10 @@ def partition_workers(settings: Settings) -> int:
     return max(1, min(os.cpu_count() or 1, settings.upload_concurrency))
 
 
+class _Abandoned(Exception):
+    """A partition worker stops because the backup failed or was interrupted elsewhere."""
+
+
 class _Partitions:
     """Fills tar partitions from a shared list of entries with several workers."""
 
@@ -153,6 +157,9 @@ class _Partitions:
             tar = TarWriter(up.writer)
             entry: datadir.Entry | None = first
             while entry is not None:
+                if self.failed.is_set():
+                    # Abandon this partition's upload: the backup is being given up.
+                    raise _Abandoned
                 checksum = tar.add_entry(entry)
                 if entry.kind == datadir.KIND_DIR or checksum is not None:
                     files[entry.member] = FileDescription(
@@ -162,6 +169,8 @@ class _Partitions:
                     next_entry = self._take()
                     break
                 entry = self._take()
+            if self.failed.is_set():
+                raise _Abandoned
             tar.finish()
         assert up.result is not None
         with self._collected.lock:
@@ -396,10 +405,16 @@ def _upload_backup(
     )
     workers = partition_workers(settings)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part") as pool:
-        futures = [pool.submit(parts.run_worker) for _ in range(workers)]
-        errors = [f.exception() for f in futures]
+        try:
+            futures = [pool.submit(parts.run_worker) for _ in range(workers)]
+            errors = [f.exception() for f in futures]
+        except BaseException:
+            # SIGINT / SIGTERM (KeyboardInterrupt) while waiting: stop the workers before the
+            # pool joins them, or every remaining partition would be uploaded first.
+            parts.failed.set()
+            raise
     for error in errors:
-        if error is not None:
+        if error is not None and not isinstance(error, _Abandoned):
             raise error
 
     # pg_control goes last among the data, so a restored directory is only startable once
