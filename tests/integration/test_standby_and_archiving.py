@@ -129,6 +129,9 @@ def test_standby_backup_waits_for_its_wal_and_replaces_a_dead_runs_leftovers(
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="3s")
     primary = _primary(pg_install, pg_workdir, walg)
     standby = primary.make_standby(pg_workdir / "standby")
+    # WAL past the segment pg_basebackup finished (and had archived), replayed by the standby:
+    # its backup will need this unfinished segment.
+    primary.psql("CREATE TABLE after_standby AS SELECT 1 AS x")
     primary.wait_for_replay(standby)
     backups = walg.store / "basebackups_005"
 
