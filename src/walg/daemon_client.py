@@ -110,12 +110,22 @@ def _timeout(text: "str | None") -> "float | None":
     except ValueError:
         seconds = 0.0
     if not 0 < seconds <= 1e9:
-        sys.stderr.write(
+        _say(
             f"walg-daemon-client: WALG_DAEMON_CLIENT_TIMEOUT={text} is not a positive number "
             "of seconds; nothing was done\n"
         )
         return None
     return seconds
+
+
+def _say(text: str) -> None:
+    """A line on stderr. A log that cannot take it (a full disk, a closed descriptor) must
+    not change the exit code: a failed wal-fetch exiting 1 instead of 128 ends recovery."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _direct_fetch(name: str, dest: str) -> int:
@@ -128,7 +138,7 @@ def main(argv: "list[str] | None" = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     usage = "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check)"
     if len(args) < 2:
-        sys.stderr.write(usage + "\n")
+        _say(usage + "\n")
         return 2
     path, command, rest = args[0], args[1], args[2:]
     # The absolute paths: the daemon refuses files outside the data directory it serves
@@ -140,44 +150,52 @@ def main(argv: "list[str] | None" = None) -> int:
     elif command == "check" and not rest:
         message = _message(b"C", b"")
     else:
-        sys.stderr.write(usage + "\n")
+        _say(usage + "\n")
         return 2
     dest = rest[1] if command == "wal-fetch" else ""
     timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
     if timeout is None:
         return _failed(command, dest)
     if len(message) > 65535:
-        sys.stderr.write(f"walg-daemon-client: {command}: arguments too long; nothing was done\n")
+        _say(f"walg-daemon-client: {command}: arguments too long; nothing was done\n")
         return _failed(command, dest)
     try:
         reply = _ask(path, message, timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         if command == "wal-fetch":
-            sys.stderr.write(
-                f"walg-daemon-client: no daemon at {path} ({exc.strerror}); fetching directly\n"
-            )
+            _say(f"walg-daemon-client: no daemon at {path} ({exc.strerror}); fetching directly\n")
             return _direct_fetch(rest[0], rest[1])
-        sys.stderr.write(
+        _say(
             f"walg-daemon-client: walg daemon is not running at {path} "
             f"({exc.strerror}); nothing was done\n"
         )
         return EXIT_FAILURE
     except UntrustedPeer as exc:
-        sys.stderr.write(f"walg-daemon-client: {path}: {exc}; nothing was sent\n")
+        _say(f"walg-daemon-client: {path}: {exc}; nothing was sent\n")
         return _failed(command, dest)
     except OSError as exc:
-        sys.stderr.write(
-            f"walg-daemon-client: talking to {path} failed: {exc}; nothing is known to be done\n"
-        )
+        _say(f"walg-daemon-client: talking to {path} failed: {exc}; nothing is known to be done\n")
         return _failed(command, dest)
     if reply == b"O":
         return EXIT_OK
     if reply == b"N":
         return EXIT_NOT_FOUND
     detail = "an error (see the daemon's log)" if reply == b"E" else f"no valid reply {reply!r}"
-    sys.stderr.write(f"walg-daemon-client: {command} failed: the daemon answered {detail}\n")
+    _say(f"walg-daemon-client: {command} failed: the daemon answered {detail}\n")
     return _failed(command, dest)
 
 
+def entry() -> None:
+    """Run :func:`main` and exit with its code, whatever the standard streams can take (the
+    interpreter's own flush at exit would turn a failure to write into exit code 120)."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - contextlib would be one more import on every call
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

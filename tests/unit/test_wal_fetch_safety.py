@@ -5,6 +5,7 @@ prefetch child that cannot be started after the file is in place."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -349,7 +350,11 @@ def test_segments_of_a_cluster_made_with_another_segment_size(tmp_path: Path) ->
         wal_fetch(settings, storage, last, str(dest), use_prefetch=False)
 
 
-@pytest.mark.parametrize("command", ["wal-fetch", "wal-push"])
+def fetch_call(command: str) -> bool:
+    return command.startswith("wal-fetch")
+
+
+@pytest.mark.parametrize("command", ["wal-fetch", "wal-fetch --no-prefetch", "wal-push"])
 def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
     walg_bin: str, tmp_path: Path, command: str
 ) -> None:
@@ -373,14 +378,15 @@ def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
         "HOME": str(tmp_path),
         "WALG_FILE_PREFIX": str(store),
         "WALG_DOWNLOAD_CONCURRENCY": "1",
-        "WALG_FAULT_INJECTION": slow.replace('"x"', '"wal_005"') if command == "wal-push" else slow,
+        "WALG_FAULT_INJECTION": slow if fetch_call(command) else slow.replace('"x"', '"wal_005"'),
     }
-    args = [name, "pg_wal/RECOVERYXLOG"] if command == "wal-fetch" else [f"pg_wal/{pushed}"]
+    fetch = fetch_call(command)
+    args = [name, "pg_wal/RECOVERYXLOG"] if fetch else [f"pg_wal/{pushed}"]
     proc = subprocess.Popen(
-        [walg_bin, command, *args], cwd=pgdata, env=env, stderr=subprocess.PIPE, text=True
+        [walg_bin, *command.split(), *args], cwd=pgdata, env=env, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 30
-    while command == "wal-fetch" and len(list((pgdata / "pg_wal").iterdir())) < 2:
+    while fetch and len(list((pgdata / "pg_wal").iterdir())) < 2:
         assert time.monotonic() < deadline, "the fetch never made its temporary file"
         time.sleep(0.02)
     time.sleep(0.5)
@@ -390,3 +396,117 @@ def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
     assert left == [pushed]
     assert proc.returncode == -signal.SIGTERM, err
     assert "terminated" in err
+
+
+def test_the_prefetch_child_fills_the_folder_its_parent_takes_from(
+    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Configured by ~/.walg.json (no --config): the detached prefetcher is started with an
+    explicit --config, so a key of its own would name another folder, and no prefetched file
+    would ever be served. It fills the folder of the wal-fetch that started it."""
+    names = [Segment(1, n).name() for n in (2, 3, 4)]
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    for name in names:
+        data = lz4.frame.compress(_segment_bytes(name, 5))
+        (store / "wal_005" / f"{name}.lz4").write_bytes(data)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".walg.json").write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
+    pgdata = _pgdata(tmp_path, 5)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "WALG_DOWNLOAD_CONCURRENCY": "3"}
+    fetch = [walg_bin, "wal-fetch", names[0], "pg_wal/RECOVERYXLOG"]
+    done = subprocess.run(
+        fetch, cwd=pgdata, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(pgdata)  # the key covers the working folder, as the call's did
+    root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
+    deadline = time.monotonic() + 30
+    while not all((root / name).exists() for name in names[1:]):
+        found = sorted(str(p.relative_to(pgdata)) for p in (pgdata / "pg_wal").rglob("0*"))
+        assert time.monotonic() < deadline, f"not in {root}: {found}"
+        time.sleep(0.05)
+
+
+def test_a_log_that_cannot_be_written_changes_no_exit_code(walg_bin: str, tmp_path: Path) -> None:
+    """stderr on a full disk or closed (PostgreSQL's log): a failed wal-fetch in archive
+    recovery still exits 128 (1 would end recovery and promote), the Python daemon client's
+    too, and a wal-push that stored its file, or a fetch that put it in place, exits 0."""
+    good, corrupt, pushed = Segment(1, 2).name(), Segment(1, 3).name(), Segment(1, 4).name()
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    (store / "wal_005" / f"{corrupt}.lz4").write_bytes(b"\x04\x22\x4d\x18 not a frame")
+    pgdata = _pgdata(tmp_path, 5)
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / pushed).write_bytes(_segment_bytes(pushed, 5))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_DOWNLOAD_CONCURRENCY": "1",
+        "WALG_DAEMON_CLIENT_PYTHON": "1",
+    }
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    calls = {
+        (walg_bin, "wal-fetch", corrupt, "pg_wal/RECOVERYXLOG"): 128,
+        (walg_bin, "wal-fetch", "--no-prefetch", corrupt, "pg_wal/RECOVERYXLOG"): 128,
+        (client, str(tmp_path / "none.sock"), "wal-fetch", corrupt, "pg_wal/RECOVERYXLOG"): 128,
+        (walg_bin, "wal-fetch", good, "pg_wal/RECOVERYXLOG"): 0,
+        (walg_bin, "wal-push", f"pg_wal/{pushed}"): 0,
+    }
+    for closed in (False, True):
+        for argv, expected in calls.items():
+            with open("/dev/full", "w") as full:
+                done = subprocess.run(
+                    argv,
+                    cwd=pgdata,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=full,
+                    # Closed: the descriptors gone, as under a postmaster started with >&- 2>&-.
+                    preexec_fn=(lambda: (os.close(1), os.close(2))) if closed else None,
+                    timeout=60,
+                    check=False,
+                )
+            assert done.returncode == expected, (argv, closed, done.returncode)
+
+
+def test_a_header_stating_a_larger_segment_is_believed_only_for_its_own_segment(
+    tmp_path: Path,
+) -> None:
+    """A corrupt object whose first page says 1 GiB, but is not that segment at 1 GiB (its
+    page address), is held to WALG_PG_WAL_SIZE: it must not fill pg_wal's disk."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    settings = load(environ={"WALG_FILE_PREFIX": "/x"})
+    storage = MemoryStorage()
+    name = Segment(1, 5).name()  # no such segment at 1 GiB (four per 4 GiB)
+    forged = bytearray(_segment_bytes(name, 2222))
+    forged[32:36] = (1 << 30).to_bytes(4, "little")
+    storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(bytes(forged) + bytes(SEG)))
+    with pytest.raises(IntegrityError, match="more than 16777216 bytes"):
+        wal_fetch(settings, storage, name, str(dest), use_prefetch=False)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_temporary_files_of_killed_fetches_are_removed(tmp_path: Path) -> None:
+    """A wal-fetch killed outright (SIGKILL, an immediate shutdown) leaves its temporary
+    file beside DEST, up to a segment in pg_wal: the prefetcher removes those untouched for
+    ten minutes, and nothing else."""
+    from walg.ops.wal import forget_stale_temporaries
+
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    stale, fresh = pg_wal / ".RECOVERYXLOG.walg-0a1b2c3d", pg_wal / ".RECOVERYXLOG.walg-99999999"
+    others = [pg_wal / ".other.walg-0a1b2c3d", pg_wal / Segment(1, 2).name()]
+    for path in (stale, fresh, *others):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    for path in (stale, *others):
+        os.utime(path, (old, old))
+    assert forget_stale_temporaries(str(pg_wal / "RECOVERYXLOG")) == [stale.name]
+    assert sorted(p.name for p in pg_wal.iterdir()) == sorted(
+        [fresh.name, *(p.name for p in others)]
+    )

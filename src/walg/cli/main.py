@@ -138,7 +138,7 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     from walg import settings as settings_module
 
     ctx: Context | None = None
-    if fast:
+    if args.command in ("wal-push", "wal-fetch"):
         _end_cleanly_on_sigterm()
     elif args.command in SIGTERM_INTERRUPTS:
         import signal
@@ -157,25 +157,25 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
         # PostgreSQL asks for files past the end of the archive all the time: one quiet line.
-        sys.stderr.write(f"walg: {exc}\n")
+        _say(f"walg: {exc}\n")
         code = EXIT_NOT_FOUND
     except WalgError as exc:
-        sys.stderr.write(f"ERROR: {exc}\n")
+        _say(f"ERROR: {exc}\n")
         code = exc.exit_code
     except BrokenPipeError:
         code = _reader_gone()
     except _Terminated:
-        sys.stderr.write("ERROR: terminated\n")
+        _say("ERROR: terminated\n")
         code = EXIT_TERMINATED
     except KeyboardInterrupt as exc:
         signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        sys.stderr.write(f"ERROR: interrupted ({signame})\n")
+        _say(f"ERROR: interrupted ({signame})\n")
         code = EXIT_FAILURE
     except Exception as exc:
         from walg.core.log import get_logger
 
         get_logger("walg").debug("unexpected error", exc_info=True)
-        sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
+        _say(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
         code = EXIT_FAILURE
     finally:
         if ctx is not None:
@@ -243,6 +243,7 @@ def entry() -> None:
         os._exit(128 + signal.SIGTERM)  # only if the signal could not end it
     if fast:
         _exit_without_teardown(code)
+    _flush_quietly()  # the interpreter's own flush would turn a failure to write into 120
     sys.exit(code)
 
 
@@ -253,16 +254,38 @@ def _exit_without_teardown(code: int) -> None:
     exit handlers still run (they flush the log) and the standard streams are flushed; only
     when another thread is still alive is the ordinary exit left to do its work.
     """
-    threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
-        return
-    import atexit
     import os
 
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        _flush_quietly()
+        return
+    import atexit
+
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    _flush_quietly()
+    os._exit(code)
+
+
+def _flush_quietly() -> None:
+    """Flush stdout and stderr; one that cannot take its last lines is pointed at /dev/null.
+
+    A log that cannot take them (a full disk; a closed descriptor, where the stream is None)
+    does not undo the work: a push that stored its file, or a fetch that put it in place,
+    still exits 0, and a failed fetch keeps its code (the interpreter's own flush at exit
+    would make it 120, and 1 to 125 tells a server in archive recovery "not in the archive").
+    """
+    import os
+
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         try:
             stream.flush()
+        except AttributeError:
+            pass
         except (OSError, ValueError):
-            code = code or EXIT_FAILURE  # a failure, as the ordinary exit would report it
-    os._exit(code)
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:
+                pass

@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("name", metavar="NAME")
     q.add_argument("destination", metavar="DEST")
     q.add_argument(
+        "--root",
+        default=None,
+        help="the prefetch folder (default: that of DEST and this process's destination key)",
+    )
+    q.add_argument(
         "--segment-size",
         type=int,
         default=None,
@@ -64,13 +69,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         # The file is in place: from here on nothing may turn this call into a failure, which
         # PostgreSQL would take for the end of the archive.
         try:
+            from walg.ops.wal_prefetch import prefetch_root
+
             size = _segment_size(ctx, args.destination)
-            if not _already_prefetched(ctx, args.name, args.destination, size):
+            root = prefetch_root(ctx.settings, args.destination)
+            if not _already_prefetched(ctx, args.name, root, size):
+                # The folder is this call's: the child's own arguments differ (--config is
+                # explicit), and so may the key it would compute (walg_destination).
                 ctx.spawn_detached(
                     "wal-prefetch",
                     args.name,
                     os.path.abspath(args.destination),
                     f"--segment-size={size}",
+                    f"--root={root}",
                 )
         except (OSError, WalgError) as exc:
             from walg.core.log import get_logger
@@ -109,16 +120,14 @@ def _segment_size(ctx: Context, destination: str) -> int:
     return file_segment_size(destination) or ctx.settings.wal_segment_size
 
 
-def _already_prefetched(ctx: Context, name: str, destination: str, size: int) -> bool:
+def _already_prefetched(ctx: Context, name: str, root: str, size: int) -> bool:
     """Are the next segments (same timeline) all downloaded or downloading already?
 
     Then a prefetch process would only start Python to find nothing to do; during a replay
     that is most calls.
     """
     from walg.core.lsn import Segment
-    from walg.ops.wal_prefetch import prefetch_root
 
-    root = prefetch_root(ctx.settings, destination)
     segment = Segment.parse(name, size)
     for _ in range(ctx.settings.download_concurrency):
         segment = segment.next()
@@ -132,9 +141,12 @@ def _already_prefetched(ctx: Context, name: str, destination: str, size: int) ->
 
 
 def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:
+    from walg.ops.wal import forget_stale_temporaries
     from walg.ops.wal_prefetch import Prefetcher, prefetch_root
 
-    root = prefetch_root(ctx.settings, args.destination)
+    forget_stale_temporaries(args.destination)
+
+    root = args.root or prefetch_root(ctx.settings, args.destination)
     Prefetcher(ctx.settings, ctx.storage(), root, args.segment_size).run(
         args.name, ctx.settings.download_concurrency
     )

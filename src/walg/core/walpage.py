@@ -61,6 +61,25 @@ def stated_segment_size(head: bytes) -> int | None:
     return int(seg_size)
 
 
+def named_segment_size(head: bytes, name: str) -> int | None:
+    """The segment size ``head`` states, if it is the first page of the segment ``name``
+    (its first 24 characters: ``.partial`` names too) at that size; else None.
+
+    A corrupt object may state anything: only a header whose page address is that of the
+    named segment at the stated size is believed.
+    """
+    from walg.errors import WalgError
+
+    size = stated_segment_size(head)
+    if size is None:
+        return None
+    try:
+        segno = Segment.parse(name[:24], size).segno
+    except WalgError:
+        return None
+    return size if segment_magic(head, segno, size) is not None else None
+
+
 def file_segment_size(path: str) -> int | None:
     """The segment size the first page header of the file at ``path`` states, if any."""
     try:

@@ -4,7 +4,7 @@ and timeline history files read from storage.
 Also what the WAL commands share for their markers and temporary files: a marker's record of
 the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`), its
 name, which carries the key of the destination it was written for (:func:`marker_path`),
-:func:`temporary_beside` and :func:`remove`.
+:func:`temporary_beside` (and :func:`forget_stale_temporaries`) and :func:`remove`.
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which
@@ -50,9 +50,10 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | N
     More than ``limit`` bytes is an IntegrityError, raised before they are written: LZ4
     expands up to 255 times, and a corrupt or foreign object must not fill pg_wal's disk. A
     segment whose first page states a larger segment size (a cluster made with ``initdb
-    --wal-segsize``, ``WALG_PG_WAL_SIZE`` left at 16) may be that large: at most 1 GiB.
+    --wal-segsize``, ``WALG_PG_WAL_SIZE`` left at 16) may be that large, at most 1 GiB, if
+    that page is the named segment's at that size.
     """
-    from walg.core.walpage import stated_segment_size
+    from walg.core.walpage import named_segment_size
     from walg.errors import IntegrityError
     from walg.ops.pipeline import download
     from walg.streams.compression import codec_for_extension
@@ -61,7 +62,7 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | N
     with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
         while chunk := dl.reader.read(CHUNK):
             if size == 0 and limit is not None:
-                limit = max(limit, stated_segment_size(chunk) or 0)
+                limit = max(limit, named_segment_size(chunk, os.path.basename(key)) or 0)
             size += len(chunk)
             if limit is not None and size > limit:
                 raise IntegrityError(f"{key} holds more than {limit} bytes: not a WAL file")
@@ -189,6 +190,40 @@ def temporary_beside(destination: str) -> str:
     complete (the same file system, so the rename is atomic; hidden by its leading dot)."""
     folder, base = os.path.split(destination)
     return os.path.join(folder, f".{base}.walg-{os.urandom(4).hex()}")
+
+
+# A temporary file beside DEST untouched this long is a killed call's (SIGKILL, an immediate
+# shutdown): a live download writes to it all the time, and every one has a time limit.
+STALE_TEMPORARY_SECONDS = 600
+
+
+def forget_stale_temporaries(destination: str) -> list[str]:
+    """Remove :func:`temporary_beside` files of ``destination`` left by calls that were
+    killed (each up to a segment, in pg_wal); the names removed. Off the restore path: run by
+    the prefetcher."""
+    import re
+    import time
+
+    folder, base = os.path.split(os.path.abspath(destination))
+    pattern = re.compile(rf"\.{re.escape(base)}\.walg-[0-9a-f]{{8}}")
+    removed: list[str] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if (
+                pattern.fullmatch(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS
+                and remove(entry.path)
+            ):
+                removed.append(entry.name)
+        except OSError:
+            continue
+    return removed
 
 
 def remove(path: str) -> bool:
