@@ -13,7 +13,7 @@ restored (see :func:`backup_fetch`).
 from __future__ import annotations
 
 import os
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from walg.core.naming import (
 )
 from walg.errors import IntegrityError, UsageError, WalgError
 from walg.ops import catalog
-from walg.ops.pipeline import download
+from walg.ops.pipeline import SIGNAL_POLL, download
 from walg.settings import Settings
 from walg.storage.base import ObjectInfo, Storage
 from walg.streams.compression import codec_for_extension
@@ -183,9 +183,16 @@ def _extract_all(
 ) -> None:
     workers = max(1, min(settings.download_concurrency, len(regular) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        futures = [pool.submit(_extract_object, storage, extractor, files_meta, o) for o in regular]
+        futures: list[Future[None]] = []
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            # Submitted inside: a signal between two submissions must cancel those already in.
+            for info in regular:
+                futures.append(pool.submit(_extract_object, storage, extractor, files_meta, info))
+            while True:
+                # In slices: see walg.ops.pipeline.SIGNAL_POLL.
+                done, pending = wait(futures, timeout=SIGNAL_POLL, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() is not None for f in done):
+                    break
         except BaseException:
             # SIGINT / SIGTERM: stop the workers before the pool joins them.
             extractor.cancelled.set()

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from walg.core.naming import (
     with_ext,
 )
 from walg.errors import BackupInProgress, PostgresError, StorageError, UsageError
-from walg.ops.pipeline import upload
+from walg.ops.pipeline import SIGNAL_POLL, upload
 from walg.ops.wal import find_wal_object
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
@@ -407,6 +407,10 @@ def _upload_backup(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part") as pool:
         try:
             futures = [pool.submit(parts.run_worker) for _ in range(workers)]
+            # In slices: a signal the kernel hands to a worker thread only sets a flag, which
+            # the main thread acts on when it wakes (see walg.ops.pipeline.SIGNAL_POLL).
+            while wait(futures, timeout=SIGNAL_POLL).not_done:
+                pass
             errors = [f.exception() for f in futures]
         except BaseException:
             # SIGINT / SIGTERM (KeyboardInterrupt) while waiting: stop the workers before the

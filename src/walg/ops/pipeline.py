@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from walg.streams.hashing import HashingReader
 
 
+# Seconds a main thread waits for its workers at a time. A signal (Ctrl-C, SIGTERM) that the
+# kernel hands to a worker thread only sets a flag, which the main thread acts on when it
+# wakes: one endless wait would make Ctrl-C wait for the whole backup or restore.
+SIGNAL_POLL = 0.2
+
+
 class CountingWriter:
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
