@@ -16,7 +16,7 @@ import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walg.ops.wal_push import uploader_running
-from walgcli import WalgSetup, archive_now, normalized_dump
+from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
 
 @pytest.fixture
@@ -356,20 +356,7 @@ def test_a_cluster_with_64_mib_segments_is_restored_with_no_segment_size_set(
     expected = normalized_dump(src.pg_dumpall())
     src.stop()
 
-    dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-        ]
-    )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    restored = restore_and_recover(install, pg_workdir, walg)
     assert normalized_dump(restored.pg_dumpall()) == expected
     log = restored.log_tail()
     assert "more than" not in log and "FATAL" not in log, log

@@ -32,13 +32,12 @@ def segment_magic(
     writes it, so its header names another address. With ``system_id``, a segment of another
     cluster is refused too: every cluster starts at the same segment names.
     """
-    if len(head) < LONG_HEADER.size:
+    header = _long_header(head)
+    if header is None:
         return None
-    magic, info, _tli, pageaddr, _rem, sysid, seg_size, _blcksz = LONG_HEADER.unpack_from(head)
+    magic, _info, _tli, pageaddr, _rem, sysid, seg_size, _blcksz = header
     if (
-        magic < MIN_PAGE_MAGIC
-        or not info & XLP_LONG_HEADER
-        or pageaddr != segno * segment_size
+        pageaddr != segno * segment_size
         or seg_size != segment_size
         or (system_id is not None and sysid != system_id)
     ):
@@ -46,17 +45,24 @@ def segment_magic(
     return int(magic)
 
 
-def stated_segment_size(head: bytes) -> int | None:
-    """The segment size a segment's first page header states, if ``head`` starts with one."""
+def _long_header(head: bytes) -> tuple[int, ...] | None:
+    """The fields of a segment's first page header, if ``head`` starts with one."""
     if len(head) < LONG_HEADER.size:
         return None
-    magic, info, _tli, _pageaddr, _rem, _sysid, seg_size, _blcksz = LONG_HEADER.unpack_from(head)
-    if (
-        magic < MIN_PAGE_MAGIC
-        or not info & XLP_LONG_HEADER
-        or not MIN_SEGMENT_SIZE <= seg_size <= MAX_SEGMENT_SIZE
-        or seg_size & (seg_size - 1)
-    ):
+    fields: tuple[int, ...] = LONG_HEADER.unpack_from(head)
+    magic, info = fields[0], fields[1]
+    if magic < MIN_PAGE_MAGIC or not info & XLP_LONG_HEADER:
+        return None
+    return fields
+
+
+def stated_segment_size(head: bytes) -> int | None:
+    """The segment size a segment's first page header states, if ``head`` starts with one."""
+    header = _long_header(head)
+    if header is None:
+        return None
+    seg_size = header[6]
+    if not MIN_SEGMENT_SIZE <= seg_size <= MAX_SEGMENT_SIZE or seg_size & (seg_size - 1):
         return None
     return int(seg_size)
 
