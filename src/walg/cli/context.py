@@ -34,19 +34,20 @@ class Output:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            silence_stdout()
+            silence(1)
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
         return written
 
 
-def silence_stdout() -> None:
-    """Point file descriptor 1 at /dev/null, so that what is left in the buffer of a stdout
-    that failed is dropped there, not reported again by the interpreter's flush at exit."""
+def silence(fd: int) -> None:
+    """Point file descriptor ``fd`` (1 or 2) at /dev/null, so that what is left in the buffer
+    of a stream that failed is dropped there, not reported again by the interpreter's flush at
+    exit."""
     import os
 
     with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
+        os.dup2(null, fd)
         os.close(null)
 
 

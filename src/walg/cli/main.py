@@ -130,9 +130,9 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         except BrokenPipeError:
             return _reader_gone(), fast
         except OSError as exc:  # --help or a usage message to a full or closed stream
-            from walg.cli.context import silence_stdout
+            from walg.cli.context import silence
 
-            silence_stdout()
+            silence(1)
             _say(f"ERROR: cannot write the help text: {exc.strerror or exc}\n")
             return EXIT_FAILURE, fast
     from walg import settings as settings_module
@@ -191,9 +191,9 @@ def _reader_gone() -> int:
     """Exit code of a command whose output's reader went away (``walg backup-list | head -1``):
     a failure, as not all was delivered, but no message. Standard output is pointed at
     /dev/null first, or the interpreter's own flush at exit would report the broken pipe."""
-    from walg.cli.context import silence_stdout
+    from walg.cli.context import silence
 
-    silence_stdout()
+    silence(1)
     return EXIT_FAILURE
 
 
@@ -231,13 +231,10 @@ def _end_cleanly_on_sigterm() -> None:
 def entry() -> None:
     code, fast = _run(sys.argv[1:])
     if code == EXIT_TERMINATED:
-        import contextlib
         import os
         import signal
 
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                stream.flush()
+        _flush_quietly()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         os._exit(128 + signal.SIGTERM)  # only if the signal could not end it
@@ -254,13 +251,11 @@ def _exit_without_teardown(code: int) -> None:
     exit handlers still run (they flush the log) and the standard streams are flushed; only
     when another thread is still alive is the ordinary exit left to do its work.
     """
-    import os
-
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
-        _flush_quietly()
-        return
+        return  # entry flushes the streams (quietly) before the ordinary exit
     import atexit
+    import os
 
     atexit._run_exitfuncs()
     _flush_quietly()
@@ -275,7 +270,7 @@ def _flush_quietly() -> None:
     still exits 0, and a failed fetch keeps its code (the interpreter's own flush at exit
     would make it 120, and 1 to 125 tells a server in archive recovery "not in the archive").
     """
-    import os
+    from walg.cli.context import silence
 
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         try:
@@ -283,9 +278,4 @@ def _flush_quietly() -> None:
         except AttributeError:
             pass
         except (OSError, ValueError):
-            try:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
-            except OSError:
-                pass
+            silence(fd)

@@ -22,6 +22,8 @@ from walg_destination import is_key
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from walg.core.timeline import History
     from walg.storage.base import Storage
     from walg.streams.base import Sink
@@ -206,8 +208,21 @@ def forget_stale_temporaries(destination: str) -> list[str]:
 
     folder, base = os.path.split(os.path.abspath(destination))
     pattern = re.compile(rf"\.{re.escape(base)}\.walg-[0-9a-f]{{8}}")
+    return remove_stale_files(
+        folder,
+        lambda name: pattern.fullmatch(name) is not None,
+        STALE_TEMPORARY_SECONDS,
+        time.time(),
+    )
+
+
+def remove_stale_files(
+    folder: str, wanted: Callable[[str], bool], age: float, now: float
+) -> list[str]:
+    """Remove the files in ``folder`` whose names ``wanted`` takes and that nothing has
+    written for ``age`` seconds before ``now``; the names removed. A folder or file that
+    cannot be looked at is left alone."""
     removed: list[str] = []
-    now = time.time()
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -215,9 +230,9 @@ def forget_stale_temporaries(destination: str) -> list[str]:
     for entry in entries:
         try:
             if (
-                pattern.fullmatch(entry.name)
+                wanted(entry.name)
                 and entry.is_file(follow_symlinks=False)
-                and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS
+                and now - entry.stat(follow_symlinks=False).st_mtime > age
                 and remove(entry.path)
             ):
                 removed.append(entry.name)

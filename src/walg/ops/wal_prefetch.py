@@ -29,6 +29,7 @@ from walg.ops.wal import (
     find_wal_object,
     read_history,
     remove,
+    remove_stale_files,
     temporary_beside,
 )
 from walg_destination import is_key
@@ -298,16 +299,6 @@ def _drop_stale(folder: str, now: float) -> None:
     """Remove segments in ``folder`` and its ``running/`` not touched for a while, then the
     folders themselves if empty (another restore may be using them: it downloads again)."""
     for directory in (os.path.join(folder, "running"), folder):
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if (
-                entry.is_file(follow_symlinks=False)
-                and is_segment_name(entry.name)
-                and now - entry.stat().st_mtime > STALE_RUNNING_SECONDS
-            ):
-                remove(entry.path)
+        remove_stale_files(directory, is_segment_name, STALE_RUNNING_SECONDS, now)
         with contextlib.suppress(OSError):
             os.rmdir(directory)
