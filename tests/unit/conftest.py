@@ -1,8 +1,10 @@
-"""Fixtures shared by the unit tests: real storage backends (no mocks) and logging hygiene."""
+"""Fixtures shared by the unit tests: real storage backends (no mocks), an environment
+without the caller's walg settings, and logging hygiene."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +38,16 @@ def _restore_root_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No WAL-G/PG settings from the outer environment; HOME without a ~/.walg.* file.
+    Returns ``tmp_path``."""
+    for name in list(os.environ):
+        if name.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return tmp_path

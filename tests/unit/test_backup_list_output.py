@@ -29,14 +29,8 @@ NEWER = "base_000000010000000000000009"
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for var in list(os.environ):
-        if var.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
-            monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    root = tmp_path / "store"
+def store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = clean_env / "store"
     root.mkdir()
     monkeypatch.setenv("WALG_FILE_PREFIX", str(root))
     return root

@@ -16,17 +16,10 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No WAL-G/PG settings from the outer environment; HOME without a ~/.walg.* file."""
-    for name in list(os.environ):
-        if name.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
-            monkeypatch.delenv(name, raising=False)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    # No detached wal-prefetch children outliving the test.
+def clean_env(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """conftest's clean environment, and no detached wal-prefetch children outliving a test."""
     monkeypatch.setenv("WALG_DOWNLOAD_CONCURRENCY", "1")
-    return tmp_path
+    return clean_env
 
 
 @pytest.fixture

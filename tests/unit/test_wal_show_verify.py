@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -512,15 +511,9 @@ def test_pretty_table_aligns_numbers_right_like_go_pretty() -> None:
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FileStorage:
-    for var in list(os.environ):
-        if var.startswith(("WALG_", "WALE_", "PG", "AWS_", "GOOGLE_", "AZURE_", "SSH_")):
-            monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("WALG_FILE_PREFIX", str(tmp_path / "store"))
-    return FileStorage(tmp_path / "store")
+def store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> FileStorage:
+    monkeypatch.setenv("WALG_FILE_PREFIX", str(clean_env / "store"))
+    return FileStorage(clean_env / "store")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
