@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, PgInstall
+from walg.errors import UsageError
 from walg.ops.recovery import RecoveryTarget, write_recovery_config
 
 
@@ -99,8 +102,38 @@ def test_postgres_reads_every_target_time_walg_accepts(
         "2026-11-25",
         "2026-11-25 24:00:00",
         "2026-12-31 23:59:60+00",
+        "2026-12-31 23:59:60.000+00",
+        "2026-11-25 12:00:00+05:30:15",
+        "2026-11-25 12:00:00 -15:59:59",
+        "2026-11-25 12:00:00.1234567+00",
+        "2026-11-25 12:00:00+5",
     ):
         target = RecoveryTarget("walg wal-fetch %f %p", time=time)
         target.check()
         write_recovery_config(cluster.datadir, pg_install.major * 10000, target)
         assert _setting(cluster, "recovery_target_time") == time
+
+
+def test_postgres_refuses_the_target_times_walg_refuses(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """The forms walg refuses near PostgreSQL's limits are ones the server refuses too: walg
+    is not stricter than it needs to be there, and not looser."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    auto = cluster.datadir / "postgresql.auto.conf"
+    base = auto.read_text()
+    for time in (
+        "2026-11-25 12:00:00+16",
+        "2026-11-25 12:00:00+05:60",
+        "2026-11-25 12:00:00-05:30:60",
+        "2026-11-25 24:00:00.5+00",
+        "2026-12-31 23:59:60.5+00",
+    ):
+        with pytest.raises(UsageError):
+            RecoveryTarget("walg wal-fetch %f %p", time=time).check()
+        auto.write_text(base + f"recovery_target_time = '{time}'\n")
+        got = cluster.run(
+            ["postgres", "-C", "recovery_target_time", "-D", str(cluster.datadir)], check=False
+        )
+        assert got.returncode != 0, time
+        assert "invalid value" in got.stderr, (time, got.stderr)

@@ -99,6 +99,12 @@ def test_backslashes_are_escaped_and_line_breaks_refused(tmp_path: Path) -> None
         RecoveryTarget("c", time="2026-13-45 99:00"),
         RecoveryTarget("c", time="2026-11-25 12:61:00+00"),
         RecoveryTarget("c", time="2026-02-30"),
+        # Offsets beyond PostgreSQL's 15:59:59, and moments past 24:00:00 or a leap second.
+        RecoveryTarget("c", time="2026-11-25 12:00:00+16"),
+        RecoveryTarget("c", time="2026-11-25 12:00:00+05:60"),
+        RecoveryTarget("c", time="2026-11-25 12:00:00-05:30:60"),
+        RecoveryTarget("c", time="2026-11-25 24:00:00.5+00"),
+        RecoveryTarget("c", time="2026-12-31 23:59:60.5+00"),
         # Abbreviations: PostgreSQL refuses them in recovery_target_time.
         RecoveryTarget("c", time="2026-11-25T12:00:00Z"),
         RecoveryTarget("c", time="2026-11-25 12:00:00 CEST"),

@@ -141,8 +141,9 @@ DISABLED_PREFIX = "# disabled by walg backup-fetch: "
 # The ISO 8601 forms of a timestamp PostgreSQL reads: a date, a time, an offset or zone name.
 _TIME_RE = (
     r"(?P<date>\d{4}-\d{2}-\d{2})"
-    r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.\d{1,6})?)?)?"
-    r"\s*(?:[+-]\d{1,2}(?::?\d{2})?|(?P<zone>[A-Za-z][A-Za-z0-9_/+-]*))?"
+    r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.(?P<frac>\d+))?)?)?"
+    r"\s*(?:[+-](?P<oh>\d{1,2})(?::?(?P<om>\d{2})(?::(?P<os>\d{2}))?)?"
+    r"|(?P<zone>[A-Za-z][A-Za-z0-9_/+-]*))?"
 )
 
 
@@ -170,9 +171,16 @@ def check_target_time(text: str) -> None:
             valid = valid and _known_zone(match["zone"])
         if match["h"] is not None:
             hour, minute, second = int(match["h"]), int(match["m"]), int(match["s"] or 0)
-            # PostgreSQL reads 24:00:00 (the next midnight) and a leap second.
+            # PostgreSQL reads 24:00:00 (the next midnight) and a leap second, but nothing
+            # past either (24:00:00.5, 23:59:60.5).
             clock = hour < 24 or (hour, minute, second) == (24, 0, 0)
-            valid = valid and clock and minute < 60 and second <= 60
+            edge = hour == 24 or second == 60
+            past = edge and (match["frac"] or "0").strip("0") != ""
+            valid = valid and clock and minute < 60 and second <= 60 and not past
+        if match["oh"] is not None:
+            # Its limit for an offset: 15:59:59 either way.
+            offset = (int(match["oh"]), int(match["om"] or 0), int(match["os"] or 0))
+            valid = valid and offset[0] <= 15 and offset[1] < 60 and offset[2] < 60
     if not valid:
         raise UsageError(
             f"--target-time {text!r} is not a timestamp walg can check; use ISO 8601, like "
