@@ -68,6 +68,44 @@ def test_upcoming_follows_the_newest_history(tmp_path: Path) -> None:
     ]
 
 
+def test_upcoming_follows_the_branch_recovery_reads(tmp_path: Path) -> None:
+    """Timelines 2 and 3 both branch from 1 (two promotions of one backup's restores). With
+    ``recovery_target_timeline = 2`` PostgreSQL asks for timeline 2's segments past the point
+    where 3 began: the prefetcher follows 2 there, not the newest timeline."""
+    storage = _storage_with(
+        [], {2: "1\t0/6000000\tpromoted\n", 3: "1\t0/4000000\tpromoted again\n"}
+    )
+    prefetcher = _prefetcher(storage, tmp_path)
+    # Before either switch, the newest branch is the best guess (recovery_target_timeline
+    # latest, the default, follows it).
+    assert prefetcher.upcoming("000000010000000000000002", 3) == [
+        "000000010000000000000003",
+        "000000030000000000000004",
+        "000000030000000000000005",
+    ]
+    # A request on timeline 1 past 3's start: recovery does not follow 3; it follows 2.
+    assert prefetcher.upcoming("000000010000000000000004", 3) == [
+        "000000010000000000000005",
+        "000000020000000000000006",
+        "000000020000000000000007",
+    ]
+    # On timeline 2 itself: 3 does not lead through 2, so 2 it is.
+    assert prefetcher.upcoming("000000020000000000000006", 2) == [
+        "000000020000000000000007",
+        "000000020000000000000008",
+    ]
+
+
+def test_upcoming_stays_on_an_older_target_timeline(tmp_path: Path) -> None:
+    """``recovery_target_timeline = 1`` with a child timeline 2 archived: past the switch,
+    PostgreSQL still asks for timeline 1's segments, and those are what gets prefetched."""
+    storage = _storage_with([], {2: "1\t0/6000000\tpromoted\n"})
+    assert _prefetcher(storage, tmp_path).upcoming("000000010000000000000007", 2) == [
+        "000000010000000000000008",
+        "000000010000000000000009",
+    ]
+
+
 def test_upcoming_stays_on_the_timeline_without_history(tmp_path: Path) -> None:
     storage = _storage_with([], {})
     names = _prefetcher(storage, tmp_path).upcoming("0000000100000000000000FE", 3)

@@ -11,6 +11,9 @@ several clusters (``WALG_PREFETCH_DIR``) holds the same names for all of them.
 
 The next segment names follow the timeline history found in the archive: after a switch,
 segments past the switch point are taken from the newer timeline, as PostgreSQL reads them.
+Which history recovery follows is judged from the segment it asked for, so a
+``recovery_target_timeline`` older than the newest, or one of two sibling branches, is followed
+too.
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ class Prefetcher:
     def upcoming(self, name: str, count: int) -> list[str]:
         """The next ``count`` segment names after ``name``, following the archive's history."""
         current = Segment.parse(name, self._segment_size)
-        history = self._latest_history(current.timeline)
+        history = self._followed_history(current)
         names = []
         for offset in range(1, count + 1):
             segno = current.segno + offset
@@ -182,23 +185,28 @@ class Prefetcher:
             names.append(segment.name(self._segment_size))
         return names
 
-    def _latest_history(self, timeline: int) -> History | None:
-        """The history of the newest timeline archived after ``timeline``, if any."""
+    def _followed_history(self, current: Segment) -> History | None:
+        """The history recovery follows, judged from the segment it asked for: the newest
+        archived history that leads through ``current``'s timeline and reads ``current`` from
+        it. PostgreSQL asks for a segment on an older timeline only when it does not follow a
+        newer one there (a ``recovery_target_timeline`` of that timeline, a sibling branch).
+        """
         from walg.core.timeline import history_file_name
 
-        newest = None
-        probe = timeline + 1
-        while find_wal_object(self._storage, history_file_name(probe)) is not None:
-            newest = probe
-            probe += 1
-        if newest is None:
-            return None
-        if newest not in self._histories:
-            self._histories[newest] = self._read_history(newest)
-        history = self._histories[newest]
-        if history is None or timeline not in history.timelines():
-            return None
-        return history
+        newest = current.timeline
+        while find_wal_object(self._storage, history_file_name(newest + 1)) is not None:
+            newest += 1
+        for timeline in range(newest, current.timeline, -1):
+            if timeline not in self._histories:
+                self._histories[timeline] = self._read_history(timeline)
+            history = self._histories[timeline]
+            if (
+                history is not None
+                and current.timeline in history.timelines()
+                and history.timeline_of(current.segno, self._segment_size) == current.timeline
+            ):
+                return history
+        return None
 
     def _read_history(self, timeline: int) -> History | None:
         try:
