@@ -57,6 +57,10 @@ class ObjectNotFound(StorageError):
         self.key = key
 
 
+class ObjectTooLarge(StorageError):
+    """An object read whole is larger than the caller allows."""
+
+
 class BackupNotFound(WalgError):
     """The named backup (or LATEST) does not exist."""
 

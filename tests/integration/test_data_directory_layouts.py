@@ -101,3 +101,49 @@ def test_tablespace_at_a_symlinked_path_restores_where_the_spec_says(
     if pg_install.has_amcheck:
         assert restored.amcheck() > 0
     restored.stop()
+
+
+def test_backup_whose_file_list_exceeds_64_mib_restores(pg_workdir: Path, walg_bin: str) -> None:
+    """files_metadata.json grows with the number and length of file names (about 190 bytes a
+    file: 64 MiB is some 350,000 relation files). Such a backup used to be written and then
+    refused by backup-fetch ("larger than 67108864 bytes"). Here 9,000 files with names of
+    about 4,000 bytes make a document of over 64 MiB cheaply; the restore must bring them all
+    back, checked against the checksums of a document the sentinel vouches for."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        PgInstall.load(15),
+        pg_workdir / "src",
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    deep = src.datadir / "extra"
+    for level in range(15):
+        deep = deep / (f"{level:02d}" + "d" * 240)
+    deep.mkdir(parents=True)
+    names = [f"{n:05d}" + "f" * 190 for n in range(9000)]
+    for name in names:
+        (deep / name).write_bytes(name[:5].encode())
+    for path in [src.datadir / "extra", *(src.datadir / "extra").rglob("*")]:
+        os.chown(path, src.datadir.stat().st_uid, src.datadir.stat().st_gid)
+    src.start()
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    src.stop()
+    [document] = walg.store.rglob("files_metadata.json")
+    assert document.stat().st_size > 64 << 20
+
+    dest = make_shared_dir(pg_workdir / "restored", 0o700)
+    walg.run(["backup-fetch", str(dest), "LATEST"])
+    restored = dest / deep.relative_to(src.datadir)
+    assert sorted(os.listdir(restored)) == names
+    assert all((restored / name).read_bytes() == name[:5].encode() for name in names[::500])
+    # A document that differs from what the sentinel records is refused, naming it.
+    with document.open("r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 1]))
+    shutil.rmtree(dest)
+    dest = make_shared_dir(pg_workdir / "restored2", 0o700)
+    failed = walg.run(["backup-fetch", str(dest), "LATEST"], check=False)
+    assert failed.returncode == 1
+    assert "files_metadata.json" in failed.stderr and "checksum" in failed.stderr

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 
 from walg.core import naming
-from walg.core.metadata import FilesMetadata
+from walg.core.checksum import Checksum
+from walg.core.metadata import FilesMetadata, Sentinel
 from walg.errors import BackupNotFound, IntegrityError
 from walg.ops import catalog
 from walg.storage.base import Storage
@@ -174,3 +179,57 @@ def test_unreadable_files_metadata_is_an_integrity_error(storage: Storage) -> No
     sentinel = catalog.read_sentinel(storage, OLD)
     with pytest.raises(IntegrityError):
         catalog.read_files_metadata(storage, OLD, sentinel)
+
+
+def _written_backup(storage: Storage) -> tuple[Sentinel, bytes]:
+    """A files_metadata.json written as backup-push writes it, and a sentinel recording it."""
+    files = FilesMetadata.loads((GOLDEN / "files_metadata.json").read_bytes())
+    checksum = catalog.write_files_metadata(storage, OLD, files)
+    put_sentinel(storage, OLD)
+    sentinel = dataclasses.replace(
+        catalog.read_sentinel(storage, OLD), files_metadata_checksum=checksum
+    )
+    storage.put_bytes(naming.sentinel_key(OLD), sentinel.dumps())
+    return catalog.read_sentinel(storage, OLD), files.dumps()
+
+
+def test_written_files_metadata_is_checked_against_the_sentinel(storage: Storage) -> None:
+    sentinel, document = _written_backup(storage)
+    assert storage.get_bytes(naming.files_metadata_key(OLD)) == document
+    assert sentinel.files_metadata_checksum == Checksum(
+        len(document), blake3.blake3(document).hexdigest()
+    )
+    files = catalog.read_files_metadata(storage, OLD, sentinel)
+    assert files.files["/base/16384/2619"].is_incremented
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda doc: doc[:-1] + b" ",  # same size, other bytes
+        lambda doc: doc[:-1],  # truncated
+        lambda doc: doc + b" ",  # longer than recorded
+        lambda doc: doc.replace(b'"IsIncremented":true', b'"IsIncremented":false'),
+    ],
+)
+def test_files_metadata_unlike_the_sentinels_record_is_refused(
+    storage: Storage, damage: Callable[[bytes], bytes]
+) -> None:
+    sentinel, document = _written_backup(storage)
+    storage.put_bytes(naming.files_metadata_key(OLD), damage(document))
+    with pytest.raises(IntegrityError) as info:
+        catalog.read_files_metadata(storage, OLD, sentinel)
+    assert "files_metadata.json" in str(info.value) and OLD in str(info.value)
+
+
+def test_large_files_metadata_without_a_recorded_size_is_read(storage: Storage) -> None:
+    """WAL-G's sentinels record no size: a document over the 64 MiB that other small
+    documents are held to (a backup of ~350,000 files) is still read."""
+    put_sentinel(storage, OLD)
+    files = {f"/base/1/{n:06d}" + "x" * 1000: {"UpdatesCount": 0} for n in range(70_000)}
+    document = json.dumps({"Files": files}).encode()
+    assert len(document) > 64 << 20
+    storage.put_bytes(naming.files_metadata_key(OLD), document)
+    sentinel = catalog.read_sentinel(storage, OLD)
+    assert sentinel.files_metadata_checksum is None
+    assert len(catalog.read_files_metadata(storage, OLD, sentinel).files) == 70_000

@@ -576,3 +576,27 @@ def test_malformed_walg_extras_are_ignored_not_fatal() -> None:
     assert fm.files["/a"].checksum is None
     assert fm.utility_files == {}
     assert fm.objects == {}
+
+
+def test_files_metadata_written_in_pieces_is_the_one_document() -> None:
+    """iter_json (what backup-push streams into storage) writes exactly what the document
+    encoded at once would be, odd member names and empty sections included."""
+    fm = files_metadata()
+    odd = FilesMetadata(
+        files={'/é "quoted"\n': FileDescription(), "/\\": FileDescription(is_skipped=True)},
+        tar_file_sets={"part_001.tar.lz4": ('/é "quoted"\n', "/\\"), "part_002.tar.lz4": ()},
+    )
+    for doc in (fm, odd, FilesMetadata.empty(), FilesMetadata({}, {"p": ("/a",)})):
+        whole = json.dumps(doc.to_json(), separators=(",", ":"), ensure_ascii=False)
+        assert "".join(doc.iter_json()) == whole
+        assert doc.dumps() == whole.encode("utf-8")
+        assert FilesMetadata.loads(doc.dumps()) == doc
+
+
+def test_sentinel_records_the_files_metadata_checksum() -> None:
+    checksum = Checksum(1234, SHA_A)
+    written = full_sentinel(files_metadata_checksum=checksum)
+    doc = json.loads(written.dumps())
+    assert doc["WalgFilesMetadata"] == {"Size": 1234, "Blake3": SHA_A}
+    assert Sentinel.loads(written.dumps()).files_metadata_checksum == checksum
+    assert "WalgFilesMetadata" not in json.loads(full_sentinel().dumps())

@@ -22,7 +22,7 @@ def ci_keys(doc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Checksum:
     """walg's record of a byte stream: its length and BLAKE3 digest (hex)."""
 

@@ -25,7 +25,7 @@ GO_ZERO_NS = -62_135_596_800 * _NS
 GO_ZERO_TEXT = "0001-01-01T00:00:00Z"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class GoTime:
     """An instant with nanosecond precision and the UTC offset (seconds) it is shown in."""
 

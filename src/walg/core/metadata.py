@@ -10,7 +10,7 @@ the meaning of a key WAL-G writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,11 +75,13 @@ def _load(text: str | bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def dumps(doc: Mapping[str, Any]) -> bytes:
+def _encoder() -> json.JSONEncoder:
     # allow_nan=False: NaN and Infinity are not JSON; no reader (WAL-G's least) would load them.
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def dumps(doc: Mapping[str, Any]) -> bytes:
+    return _encoder().encode(doc).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class Sentinel:
     delta_count: int = 0
     version: int = SENTINEL_VERSION
     walg_version: str | None = None
+    # walg's checksum of files_metadata.json: the list of every other checksum, vouched for by
+    # the object written last.
+    files_metadata_checksum: Checksum | None = None
     # Files metadata carried inside the sentinel by WAL-G < 2.0 and WAL-E-era documents.
     legacy_files: Mapping[str, Any] | None = field(default=None, compare=False)
 
@@ -193,6 +198,8 @@ class Sentinel:
         doc["IsPermanent"] = self.is_permanent
         if self.walg_version:
             doc["WalgVersion"] = self.walg_version
+        if self.files_metadata_checksum is not None:
+            doc["WalgFilesMetadata"] = self.files_metadata_checksum.to_json()
         return doc
 
     def dumps(self) -> bytes:
@@ -240,6 +247,7 @@ class Sentinel:
             delta_count=delta_count,
             version=version if version is not None else 0,
             walg_version=_opt_str(doc, "WalgVersion"),
+            files_metadata_checksum=Checksum.from_json(doc.get("walgfilesmetadata")),
             legacy_files=legacy if isinstance(legacy, dict) else None,
         )
 
@@ -302,7 +310,7 @@ class BackupMetadata:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileDescription:
     """One entry of ``Files``: a tar member as WAL-G describes it, plus walg's checksum."""
 
@@ -347,6 +355,25 @@ class FileDescription:
         )
 
 
+def _object(key: str, entries: Iterable[Iterable[str]]) -> Iterator[str]:
+    """``"key":{...}`` in pieces, each entry given as the pieces of its text."""
+    yield f'"{key}":{{'
+    for number, entry in enumerate(entries):
+        if number:
+            yield ","
+        yield from entry
+    yield "}"
+
+
+def _tar_set(name: str, members: Iterable[str]) -> Iterator[str]:
+    """One ``TarFileSets`` entry, name and members already encoded."""
+    yield name
+    yield ":["
+    for number, member in enumerate(members):
+        yield "," + member if number else member
+    yield "]"
+
+
 @dataclass(frozen=True)
 class FilesMetadata:
     """``<name>/files_metadata.json``: the member list of a backup and where each member is."""
@@ -371,7 +398,42 @@ class FilesMetadata:
         return doc
 
     def dumps(self) -> bytes:
-        return dumps(self.to_json())
+        return "".join(self.iter_json()).encode("utf-8")
+
+    def iter_json(self) -> Iterator[str]:
+        """The text of :meth:`to_json` as :func:`dumps` writes it, in pieces of about one
+        member each: a backup of a million files never holds its whole document (hundreds of
+        MB as Python objects) at once."""
+        enc = _encoder().encode
+        sections: list[Iterator[str]] = []
+        if self.files:
+            sections.append(
+                _object(
+                    "Files", ((enc(name), ":", enc(d.to_json())) for name, d in self.files.items())
+                )
+            )
+        if self.tar_file_sets:
+            sections.append(
+                _object(
+                    "TarFileSets",
+                    (
+                        _tar_set(enc(name), (enc(member) for member in members))
+                        for name, members in self.tar_file_sets.items()
+                    ),
+                )
+            )
+        if self.utility_files:
+            doc = {k: c.to_json() for k, c in self.utility_files.items()}
+            sections.append(iter(['"WalgUtilityFiles":', enc(doc)]))
+        if self.objects:
+            doc = {k: o.to_json() for k, o in self.objects.items()}
+            sections.append(iter(['"WalgObjects":', enc(doc)]))
+        yield "{"
+        for number, section in enumerate(sections):
+            if number:
+                yield ","
+            yield from section
+        yield "}"
 
     def checksum_of(self, member: str) -> Checksum | None:
         description = self.files.get(member)

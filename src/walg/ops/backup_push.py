@@ -2,7 +2,8 @@
 
 Order of objects (DESIGN.md §1, promise 1): data partitions (several filled and uploaded at
 once), ``pg_control.tar``, then — after ``pg_backup_stop`` — ``backup_label.tar``,
-``metadata.json``, ``files_metadata.json`` and the sentinel last. Any failure before the sentinel
+``files_metadata.json`` (whose checksum the sentinel records), ``metadata.json`` and the
+sentinel last. Any failure before the sentinel
 aborts the backup on the server, removes what was uploaded (best effort) and leaves no backup
 that lists.
 """
@@ -32,7 +33,6 @@ from walg.core.naming import (
     backup_folder,
     backup_name,
     claim_key,
-    files_metadata_key,
     metadata_key,
     part_object_name,
     partitions_prefix,
@@ -40,6 +40,7 @@ from walg.core.naming import (
     with_ext,
 )
 from walg.errors import BackupInProgress, PostgresError, StorageError, UsageError
+from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
 from walg.ops.wal import find_wal_object
 from walg.postgres import datadir
@@ -110,7 +111,11 @@ class _Abandoned(Exception):
 
 
 class _Partitions:
-    """Fills tar partitions from a shared list of entries with several workers."""
+    """Fills tar partitions from a shared list of entries with several workers.
+
+    The list is consumed: each entry is dropped from it when taken, so what a backup of many
+    files holds shrinks as it goes instead of keeping every entry to the end.
+    """
 
     def __init__(
         self,
@@ -125,19 +130,17 @@ class _Partitions:
         self._codec = codec
         self._prefix = prefix
         self._threshold = threshold
+        entries.reverse()  # taken from the end, in walk order
         self._entries = entries
-        self._next = 0
         self._lock = threading.Lock()
         self._collected = collected
         self.failed = threading.Event()
 
     def _take(self) -> datadir.Entry | None:
         with self._lock:
-            if self._next >= len(self._entries) or self.failed.is_set():
+            if not self._entries or self.failed.is_set():
                 return None
-            entry = self._entries[self._next]
-            self._next += 1
-            return entry
+            return self._entries.pop()
 
     def run_worker(self) -> None:
         try:
@@ -465,11 +468,13 @@ def _upload_backup(
     uncompressed = collected.payload + control_payload + label_payload
     compressed = sum(o.stored.size for o in collected.objects.values())
     files_meta = FilesMetadata(
-        files=dict(sorted(collected.files.items())),
+        files={member: collected.files[member] for member in sorted(collected.files)},
         tar_file_sets=dict(sorted(collected.tar_sets.items())),
         utility_files={**control_sums, **label_sums},
         objects=dict(sorted(collected.objects.items())),
     )
+    files_sum = write_files_metadata(storage, name, files_meta)
+    del files_meta
     finish_time = _now_utc_us()
     hostname = socket.gethostname()
     data_dir = os.path.realpath(info.data_directory)
@@ -502,9 +507,9 @@ def _upload_backup(
         spec=walk.spec(data_dir),
         user_data=settings.sentinel_user_data,
         walg_version=__version__,
+        files_metadata_checksum=files_sum,
     )
     storage.put_bytes(metadata_key(name), metadata.dumps())
-    storage.put_bytes(files_metadata_key(name), files_meta.dumps())
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
     log.info("Wrote backup with name %s to storage default", name)
     return BackupPushResult(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from walg.errors import StorageError
+from walg.errors import ObjectTooLarge, StorageError
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Storage(abc.ABC):
                 chunks.append(data)
                 total += len(data)
         if total > limit:
-            raise StorageError(f"{key} is larger than {limit} bytes; refusing to load it whole")
+            raise ObjectTooLarge(f"{key} is larger than {limit} bytes; refusing to load it whole")
         return b"".join(chunks)
 
     def local_path(self, key: str) -> str | None:
