@@ -351,3 +351,23 @@ def test_the_fast_path_parses_as_argparse_does(argv: list[str]) -> None:
 )
 def test_other_calls_go_to_argparse(argv: list[str]) -> None:
     assert _fast_args(argv) is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--restore-command", ""],
+        ["--restore-command", "c", "--target-name", ""],
+        ["--restore-command", "c", "--target-action", "shutdown"],
+        ["--restore-command", "c", "--target-timeline", "010"],
+    ],
+)
+def test_backup_fetch_refuses_empty_or_pointless_recovery_options(
+    file_store: Path, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    """Refused before anything is read or restored: DEST is not even created."""
+    dest = file_store.parent / "restore"
+    assert main(["backup-fetch", str(dest), "LATEST", *options]) == 2
+    _, err = stderr_lines(capsys)
+    assert err[-1].startswith("ERROR:")
+    assert not dest.exists()

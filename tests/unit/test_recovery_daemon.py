@@ -108,6 +108,26 @@ def test_backslashes_are_escaped_and_line_breaks_refused(tmp_path: Path) -> None
         # Abbreviations: PostgreSQL refuses them in recovery_target_time.
         RecoveryTarget("c", time="2026-11-25T12:00:00Z"),
         RecoveryTarget("c", time="2026-11-25 12:00:00 CEST"),
+        # Empty (an unset shell variable): no target would replay everything and promote.
+        RecoveryTarget("c", name=""),
+        RecoveryTarget("c", time=" "),
+        RecoveryTarget("c", xid=""),
+        RecoveryTarget("c", lsn=""),
+        RecoveryTarget("c", timeline=""),
+        RecoveryTarget("", name="p"),
+        # An action or exclusivity without a target, which PostgreSQL would ignore.
+        RecoveryTarget("c", action="shutdown"),
+        RecoveryTarget("c", inclusive=False),
+        # PostgreSQL reads a leading 0 as octal: 010 would be timeline or xid 8.
+        RecoveryTarget("c", timeline="010"),
+        RecoveryTarget("c", timeline="0"),
+        RecoveryTarget("c", timeline=str(1 << 32)),
+        RecoveryTarget("c", xid="0755"),
+        RecoveryTarget("c", xid=str(1 << 64)),
+        RecoveryTarget("c", xid="١٢"),  # digits, but not ASCII ones
+        # Refused by the server only when it starts.
+        RecoveryTarget("c", lsn=" 0/3000028"),
+        RecoveryTarget("c", lsn="0/3000028\n"),
         # Not UTF-8 (bytes Python could not decode): found only after the whole download.
         RecoveryTarget("walg wal-fetch \udcff %f %p"),
     ],

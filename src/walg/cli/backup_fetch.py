@@ -64,6 +64,8 @@ def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
         args.target_action,
         args.standby,
     )
+    if args.restore_command is not None and not args.restore_command.strip():
+        raise UsageError("--restore-command is empty")
     if not args.restore_command:
         if any(wanted) or args.target_exclusive:
             raise UsageError("recovery targets need --restore-command")

@@ -37,13 +37,33 @@ class RecoveryTarget:
     standby: bool = False
 
     def check(self) -> None:
+        named = {
+            "--restore-command": self.restore_command,
+            "--target-time": self.time,
+            "--target-lsn": self.lsn,
+            "--target-name": self.name,
+            "--target-xid": self.xid,
+            "--target-timeline": self.timeline,
+        }
+        for option, value in named.items():
+            # An unset shell variable (--target-name "$POINT"): no target at all would replay
+            # the whole archive and promote, the opposite of what was asked.
+            if value is not None and not value.strip():
+                raise UsageError(f"{option} is empty")
         targets = [t for t in (self.time, self.lsn, self.name, self.xid) if t]
         if len(targets) > 1:
             raise UsageError(
                 "give at most one of --target-time, --target-lsn, --target-name, --target-xid"
             )
+        if not targets and (self.action or self.inclusive is not None):
+            raise UsageError(
+                "--target-action and --target-exclusive need a target (--target-time, "
+                "--target-lsn, --target-name or --target-xid)"
+            )
         if self.lsn:
             try:
+                if self.lsn != self.lsn.strip():
+                    raise FormatError(self.lsn)
                 parse_lsn(self.lsn)
             except FormatError:
                 raise UsageError(
@@ -51,13 +71,16 @@ class RecoveryTarget:
                 ) from None
         if self.time:
             check_target_time(self.time)
-        if self.xid and not self.xid.isdigit():
+        # PostgreSQL reads both numbers with base prefixes (a leading 0 is octal): only plain
+        # decimal means what it says.
+        if self.xid and not _plain_number(self.xid, 1 << 64):
             raise UsageError(f"--target-xid {self.xid!r} is not a transaction id")
         if self.timeline and not (
-            self.timeline.isdigit() or self.timeline in ("latest", "current")
+            _plain_number(self.timeline, 1 << 32) or self.timeline in ("latest", "current")
         ):
             raise UsageError(
-                f"--target-timeline {self.timeline!r}: use a number, latest or current"
+                f"--target-timeline {self.timeline!r}: use a number (decimal, no leading "
+                "zeros), latest or current"
             )
         if self.action and self.action not in RECOVERY_ACTIONS:
             raise UsageError(f"--target-action must be one of {', '.join(RECOVERY_ACTIONS)}")
@@ -136,6 +159,11 @@ RECOVERY_KEYS = frozenset(
     )
 )
 DISABLED_PREFIX = "# disabled by walg backup-fetch: "
+
+
+def _plain_number(text: str, limit: int) -> bool:
+    """A decimal number from 1 to ``limit - 1`` without sign, spaces or leading zeros."""
+    return text.isascii() and text.isdigit() and text[0] != "0" and int(text) < limit
 
 
 # The ISO 8601 forms of a timestamp PostgreSQL reads: a date, a time, an offset or zone name.
