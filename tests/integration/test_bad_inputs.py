@@ -188,7 +188,12 @@ def test_missing_part_is_detected(damaged: WalgSetup, backup: Backup) -> None:
 
 def _as_wal_g_wrote_it(walg: WalgSetup, name: str) -> dict:  # type: ignore[type-arg]
     """Strip walg's completeness keys (object and file checksums) from files_metadata.json,
-    leaving what WAL-G writes; returns the document."""
+    and the sentinel's checksum of that document, leaving what WAL-G writes; returns the
+    document."""
+    sentinel = walg.store / "basebackups_005" / f"{name}_backup_stop_sentinel.json"
+    sentinel_doc = json.loads(sentinel.read_text())
+    sentinel_doc.pop("WalgFilesMetadata")
+    sentinel.write_text(json.dumps(sentinel_doc))
     path = walg.store / "basebackups_005" / name / "files_metadata.json"
     doc = json.loads(path.read_text())
     doc.pop("WalgObjects", None)

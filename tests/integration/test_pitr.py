@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now, normalized_dump
+from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
@@ -173,3 +173,49 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     assert "selected new timeline ID" not in log, log
     assert not (dest / "pg_wal" / "00000002.history").exists()
     assert (dest / "recovery.signal").exists()  # still to be recovered, once the archive is fixed
+
+
+def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A server restored to a time keeps that target in postgresql.auto.conf after promotion,
+    and so do its backups. A later restore of such a backup "files only" (restore_command in
+    postgresql.conf, as WAL-G documents) used to stop at the old target and promote, leaving
+    out what was archived after it; and LATEST with a time target restored a backup that
+    finished after the target, so rows committed after it came back too."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(install, pg_workdir / "src", conf=archiving)
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    first_target = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "b")
+    archive_now(src)
+    src.stop()
+
+    pitr = _recover(
+        install, walg, pg_workdir / "pitr", "--target-time", first_target, conf=archiving
+    )
+    assert _phases(pitr) == ["a"]
+    _mark(pitr, "c")
+    second_target = pitr.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    pushed = walg.run(["backup-push", str(pitr.datadir)], cluster=pitr)
+    assert "recovery_target_time" in pushed.stderr and "ALTER SYSTEM RESET" in pushed.stderr
+    _mark(pitr, "d")
+    archive_now(pitr)
+    pitr.stop()
+
+    files_only = restore_and_recover(install, pg_workdir, walg)
+    assert _phases(files_only) == ["a", "c", "d"]
+    files_only.stop()
+
+    # The newest backup finished after second_target: LATEST means the first one, which
+    # replays onto timeline 2 and stops there.
+    by_time = _recover(install, walg, pg_workdir / "by-time", "--target-time", second_target)
+    assert _phases(by_time) == ["a", "c"]
+    by_time.stop()

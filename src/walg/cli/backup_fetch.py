@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from walg.cli.context import Context
+from walg.core.log import get_logger
 from walg.errors import UsageError
 
 if TYPE_CHECKING:
     from walg.ops.recovery import RecoveryTarget
+
+log = get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,16 +97,36 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             spec = TablespaceSpec.from_json(json.loads(Path(args.restore_spec).read_text()))
         except (OSError, ValueError, FormatError) as exc:
             raise UsageError(f"--restore-spec {args.restore_spec}: {exc}") from None
+    from walg.ops import catalog
+    from walg.ops.recovery import disable_inherited_targets, write_recovery_config
+    from walg.ops.target_backup import backup_for_target
+
     target = _recovery_target(args)
     if target is not None:
         target.check()
-    result = backup_fetch(ctx.settings, ctx.storage(), args.destination, args.name, spec)
+    name = backup_for_target(ctx.storage(), args.name, target)
+    result = backup_fetch(ctx.settings, ctx.storage(), args.destination, name, spec)
+    sentinel = catalog.read_sentinel(ctx.storage(), result.name)
+    dest = Path(result.destination)
     if target is not None:
-        from walg.ops import catalog
-        from walg.ops.recovery import write_recovery_config
-
-        sentinel = catalog.read_sentinel(ctx.storage(), result.name)
-        write_recovery_config(Path(result.destination), sentinel.pg_version, target)
+        write_recovery_config(dest, sentinel.pg_version, target)
+        if any((target.time, target.lsn, target.name, target.xid)):
+            log.warning(
+                "after recovery, remove the target: ALTER SYSTEM RESET recovery_target_%s; "
+                "PostgreSQL keeps it in postgresql.auto.conf, and a standby cloned from this "
+                "server (pg_basebackup) would stop replicating at it and promote",
+                "time" if target.time else "lsn" if target.lsn else "name" if target.name
+                else "xid",
+            )  # fmt: skip
+    else:
+        for setting in disable_inherited_targets(dest, sentinel.pg_version):
+            log.warning(
+                "postgresql.auto.conf of backup %s sets %s, left by an earlier "
+                "point-in-time restore; commented out so that it cannot stop this restore's "
+                "recovery",
+                result.name,
+                setting,
+            )
     if args.json:
         ctx.stdout.write(json.dumps(result.__dict__) + "\n")
     return 0

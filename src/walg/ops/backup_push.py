@@ -225,6 +225,7 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
             "archive_mode is off: the WAL this backup needs will not be archived, "
             "so it cannot be restored from the archive alone"
         )
+    _warn_of_inherited_targets(pgdata)
     session, start = _start(conn, info, settings, storage)
     name = backup_name(start.segment_name)
     log.info("backup %s started at LSN %s", name, format_lsn(start.lsn))
@@ -240,6 +241,29 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     session.abort()
     _release_claim(storage, name)
     return result
+
+
+def _warn_of_inherited_targets(pgdata: str) -> None:
+    """Name a recovery target an earlier point-in-time restore left in postgresql.auto.conf.
+
+    PostgreSQL keeps it after promotion and ignores it on a primary; but a standby cloned
+    from this server stops replicating there and promotes, and a restore of this backup that
+    does not write its own recovery settings stops there (walg's backup-fetch comments it out).
+    """
+    from walg.ops.recovery import active_targets
+
+    try:
+        text = (Path(pgdata) / "postgresql.auto.conf").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return
+    for setting in active_targets(text):
+        log.warning(
+            "postgresql.auto.conf sets %s, left by a point-in-time restore: a standby cloned "
+            "from this server would stop replicating at it and promote; remove it with "
+            "ALTER SYSTEM RESET %s",
+            setting,
+            setting.split(" ", 1)[0],
+        )
 
 
 def _start(

@@ -167,7 +167,7 @@ def _plain_number(text: str, limit: int) -> bool:
 
 
 # The ISO 8601 forms of a timestamp PostgreSQL reads: a date, a time, an offset or zone name.
-_TIME_RE = (
+TIME_RE = (
     r"(?P<date>\d{4}-\d{2}-\d{2})"
     r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.(?P<frac>\d+))?)?)?"
     r"\s*(?:[+-](?P<oh>\d{1,2})(?::?(?P<om>\d{2})(?::(?P<os>\d{2}))?)?"
@@ -187,7 +187,7 @@ def check_target_time(text: str) -> None:
     import re
     from datetime import date
 
-    match = re.fullmatch(_TIME_RE, text.strip())
+    match = re.fullmatch(TIME_RE, text.strip())
     valid = match is not None
     if match is not None:
         year, month, day = (int(part) for part in match["date"].split("-"))
@@ -245,19 +245,77 @@ def _setting_name(line: str) -> str:
     return text[:end].lower()
 
 
-def _disable_recovery_settings(text: str) -> str:
-    """``text`` with every line that sets one of RECOVERY_KEYS commented out.
+def _disable_recovery_settings(text: str, keys: frozenset[str] = RECOVERY_KEYS) -> str:
+    """``text`` with every line that sets one of ``keys`` commented out.
 
     Earlier targets would otherwise still apply where the new block sets none (PostgreSQL
     takes the last line of each parameter), or clash with a target of another kind.
     """
     return "".join(
-        DISABLED_PREFIX + line if _setting_name(line) in RECOVERY_KEYS else line
+        DISABLED_PREFIX + line if _setting_name(line) in keys else line
         for line in text.splitlines(keepends=True)
     )
 
 
+# What an earlier point-in-time restore leaves that would stop a later recovery early.
+TARGET_SETTING_KEYS = RECOVERY_KEYS - {"restore_command"}
+
+
+def _setting_value(line: str) -> str:
+    """The value a ``name = value`` line sets, unquoted (enough to tell empty from not)."""
+    _, _, rest = line.partition("=")
+    value = rest.strip()
+    if value.startswith("'"):
+        end = 1
+        while end < len(value):
+            if value[end] == "'" and value[end + 1 : end + 2] != "'":
+                break
+            end += 2 if value[end] in "'\\" else 1
+        return value[1:end]
+    return value.split("#", 1)[0].strip()
+
+
+def active_targets(text: str) -> list[str]:
+    """The recovery targets a configuration text sets to something (the last line of each
+    parameter wins, as in PostgreSQL), as ``name = value`` for messages."""
+    last: dict[str, str] = {}
+    for line in text.splitlines():
+        name = _setting_name(line)
+        if name in TARGET_KEYS:
+            last[name] = _setting_value(line)
+    return [f"{name} = {value!r}" for name, value in last.items() if value]
+
+
+def disable_inherited_targets(dest: Path, pg_version: int) -> list[str]:
+    """Comment out the recovery targets in a restored ``postgresql.auto.conf``; returns the
+    targets that were active.
+
+    A server restored to a point in time keeps its target there after promotion, and so do
+    its later backups: restored "files only" (restore_command in postgresql.conf, as WAL-G
+    documents), such a backup would stop at the old target and promote, leaving out
+    everything archived after it. restore_command is left as it is.
+    """
+    if pg_version < 120000:
+        return []  # recovery.conf: renamed recovery.done by the server once used
+    auto = dest / "postgresql.auto.conf"
+    try:
+        text = _read_conf(auto)
+    except FileNotFoundError:
+        return []
+    if not any(_setting_name(line) in TARGET_SETTING_KEYS for line in text.splitlines()):
+        return []
+    active = active_targets(text)
+    _rewrite(auto, lambda old: _disable_recovery_settings(old, TARGET_SETTING_KEYS))
+    return active
+
+
 _BLOCK_HEADER = "\n# recovery settings written by walg backup-fetch\n"
+
+
+def _read_conf(path: Path) -> str:
+    # ALTER SYSTEM on a server whose encoding is not UTF-8 (SQL_ASCII, LATIN1) writes its
+    # bytes as they are: kept as they were, byte for byte.
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _rewrite(path: Path, change: Callable[[str], str]) -> None:
@@ -266,7 +324,7 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
     Run as root, a new file would otherwise belong to root, and the server could not read it.
     """
     try:
-        old = path.read_text(encoding="utf-8")
+        old = _read_conf(path)
         st: os.stat_result | None = path.stat()
     except FileNotFoundError:
         old, st = "", None
@@ -274,7 +332,7 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
         old += "\n"
     tmp = path.with_name(path.name + ".walg-tmp")
     try:
-        tmp.write_text(change(old), encoding="utf-8")
+        tmp.write_bytes(change(old).encode("utf-8", "surrogateescape"))
         tmp.chmod(0o600 if st is None else st.st_mode & 0o7777)
         if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
             os.chown(tmp, st.st_uid, st.st_gid)
