@@ -395,6 +395,26 @@ def test_sentinel_loads_rejects_non_objects(text: bytes) -> None:
         FilesMetadata.loads(text)
 
 
+@pytest.mark.parametrize("field", ["LSN", "FinishLSN", "DeltaLSN", "DeltaFromLSN"])
+@pytest.mark.parametrize("value", [-1, -5, 1 << 64])
+def test_sentinel_lsns_outside_uint64_are_refused(field: str, value: int) -> None:
+    # WAL-G decodes LSNs into uint64; walg printed -5 as -1/FFFFFFFB.
+    with pytest.raises(FormatError, match=field):
+        Sentinel.from_json({"LSN": 1, field: value})
+    assert Sentinel.from_json({"LSN": 1, field: (1 << 64) - 1}) is not None
+
+
+@pytest.mark.parametrize("field", ["start_lsn", "finish_lsn"])
+@pytest.mark.parametrize("value", [-1, -5, 1 << 64])
+def test_metadata_lsns_outside_uint64_are_refused(field: str, value: int) -> None:
+    doc = json.loads(golden("metadata.json"))
+    doc[field] = value
+    with pytest.raises(FormatError, match=field):
+        BackupMetadata.loads(json.dumps(doc))
+    doc[field] = (1 << 64) - 1
+    assert getattr(BackupMetadata.loads(json.dumps(doc)), field) == (1 << 64) - 1
+
+
 # ============================================================================================
 # What walg writes
 # ============================================================================================

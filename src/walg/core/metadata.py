@@ -34,6 +34,14 @@ def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
+def _opt_lsn(doc: Mapping[str, Any], key: str) -> int | None:
+    """An LSN field: Go reads it into a uint64 and refuses anything outside."""
+    value = _opt_int(doc, key)
+    if value is not None and not 0 <= value < 1 << 64:
+        raise FormatError(f"{key} must be an LSN between 0 and 2^64-1, got {value}")
+    return value
+
+
 def _int(doc: Mapping[str, Any], key: str) -> int:
     value = _opt_int(doc, key)
     return 0 if value is None else value
@@ -213,9 +221,9 @@ class Sentinel:
     def from_json(cls, raw: Mapping[str, Any]) -> Sentinel:
         doc = _ci(raw)
         spec_doc = doc.get("spec")
-        delta_lsn = _opt_int(doc, "DeltaLSN")
+        delta_lsn = _opt_lsn(doc, "DeltaLSN")
         if delta_lsn is None:
-            delta_lsn = _opt_int(doc, "DeltaFromLSN")
+            delta_lsn = _opt_lsn(doc, "DeltaFromLSN")
         delta_from = _opt_str(doc, "DeltaFrom")
         delta_full = _opt_str(doc, "DeltaFullName")
         delta_count = _int(doc, "DeltaCount")
@@ -226,8 +234,8 @@ class Sentinel:
         legacy = doc.get("files")
         version = _opt_int(doc, "Version")
         return cls(
-            lsn=_opt_int(doc, "LSN"),
-            finish_lsn=_opt_int(doc, "FinishLSN"),
+            lsn=_opt_lsn(doc, "LSN"),
+            finish_lsn=_opt_lsn(doc, "FinishLSN"),
             pg_version=_int(doc, "PgVersion"),
             start_time=_opt_time(doc, "StartTime"),
             finish_time=_opt_time(doc, "FinishTime"),
@@ -300,8 +308,8 @@ class BackupMetadata:
             hostname=_opt_str(doc, "hostname") or "",
             data_dir=_opt_str(doc, "data_dir") or "",
             pg_version=_int(doc, "pg_version"),
-            start_lsn=_int(doc, "start_lsn"),
-            finish_lsn=_int(doc, "finish_lsn"),
+            start_lsn=_opt_lsn(doc, "start_lsn") or 0,
+            finish_lsn=_opt_lsn(doc, "finish_lsn") or 0,
             is_permanent=bool(doc.get("is_permanent")),
             system_identifier=_opt_int(doc, "system_identifier"),
             uncompressed_size=_int(doc, "uncompressed_size"),
