@@ -765,3 +765,30 @@ def test_memory_storage_helpers_round_trip() -> None:
     key = put_wal(storage, name(1, 1), b"payload")
     assert key == "wal_005/000000010000000000000001.lz4"
     assert storage.raw(key) != b"payload"  # stored lz4-compressed
+
+
+# --- what a restore could not use ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".bak", ".LZ4", ".lz4~", ".lz4.tmp", ".gzip", ".."])
+def test_an_extension_wal_fetch_never_tries_is_not_the_segment(
+    storage: Storage, suffix: str
+) -> None:
+    put_segments(storage, 1, [*range(1, 10), *range(11, 20)])
+    storage.put_bytes(
+        "wal_005/" + name(1, 10) + suffix, storage.get_bytes(naming.wal_key(name(1, 9), "lz4"))
+    )
+    result = verify_integrity(storage, at(1, 20), upload_concurrency=0)
+    assert result.status is CheckStatus.FAILURE
+    assert statuses(result)[name(1, 10)] is SegmentStatus.MISSING_LOST
+    (info,) = wal_show(storage).timelines
+    assert info.missing_segments == (name(1, 10),)
+    assert timelines_from_names([name(1, 1), "00000002.history" + suffix]) == 1
+
+
+def test_every_form_wal_fetch_tries_is_the_segment() -> None:
+    forms = [name(1, 1) + "." + ext for ext in ("lz4", "lzma", "gz", "br", "lzo", "zst")]
+    forms += [name(1, 7) + ".", name(1, 8)]
+    assert segments_from_names(forms) == {Segment(1, n) for n in (1, 7, 8)}
+    assert timelines_from_names(["00000005.history.zst"]) == 5
+    assert timelines_from_names(["00000006.history."]) == 6

@@ -1,22 +1,24 @@
 """wal-show: the WAL segments in storage grouped by timeline, with gaps and backups.
 
 What WAL-G's ``wal-show`` reports, computed the same way: ``wal_005/`` is listed without
-recursing, one extension is stripped from each object name (``.lz4``, ``.br``, the trailing dot
-of old uncompressed objects, or none), and the names that are 24-hex-digit WAL segment names
-are grouped by timeline. For each timeline the gaps between its lowest and highest segment are
-reported (highest first, as WAL-G lists them), and its ``<TLI>.history`` file, read with the
-same probe by extension as ``wal-fetch``, gives the parent timeline and the switch point. A
+recursing, the compression extension is stripped from each object name (``.lz4``, ``.br``, the
+trailing dot of old uncompressed objects, or none), and the names that are 24-hex-digit WAL
+segment names are grouped by timeline. For each timeline the gaps between its lowest and
+highest segment are reported (highest first, as WAL-G lists them), and its ``<TLI>.history``
+file, read with the same probe by extension as ``wal-fetch``, gives the parent timeline and the
+switch point. A
 backup belongs to a timeline when it started on that timeline and both its start and finish
 segments lie inside the timeline's segment range.
 
-Deliberate differences from WAL-G: ``<segment>.json`` objects (per-segment upload metadata,
-``WALG_UPLOAD_WAL_METADATA=INDIVIDUAL``) and ``<segment>.partial`` objects (the unfinished last
-segment of a timeline, which ``wal-fetch`` never serves for the segment; stored bare with
-``WALG_COMPRESSION_METHOD=none``) count as the segment itself neither here nor in
-wal-verify; a backup without a readable ``metadata.json`` is skipped and named in the result
-instead of failing the whole listing; and a ``.history`` file that cannot be read or parsed is
-named in the result, its timeline shown without parent (0) and switch point (0/0), instead of
-failing the whole listing.
+Deliberate differences from WAL-G: only an extension ``wal-fetch`` probes is stripped (WAL-G
+strips any), so ``<segment>.bak``, ``.LZ4`` or ``.lz4~``, which ``wal-fetch`` never finds, do
+not count as the segment here nor in wal-verify; neither do ``<segment>.json`` objects
+(per-segment upload metadata, ``WALG_UPLOAD_WAL_METADATA=INDIVIDUAL``) nor ``<segment>.partial``
+objects (the unfinished last segment of a timeline, which ``wal-fetch`` never serves for the
+segment; stored bare with ``WALG_COMPRESSION_METHOD=none``); a backup without a readable
+``metadata.json`` is skipped and named in the result instead of failing the whole listing; and
+a ``.history`` file that cannot be read or parsed is named in the result, its timeline shown
+without parent (0) and switch point (0/0), instead of failing the whole listing.
 
 The listing and the history files are read; nothing is written. The result is a snapshot: WAL
 archived while it runs may or may not be counted.
@@ -38,13 +40,15 @@ from walg.ops import catalog
 from walg.ops.backup_list import BackupListing, sort_by_start_time
 from walg.ops.wal import read_history
 from walg.storage.base import Storage
+from walg.streams.compression import FETCH_PROBE_ORDER
 
 log = get_logger(__name__)
 
 STATUS_OK = "OK"
 STATUS_LOST_SEGMENTS = "LOST_SEGMENTS"
 
-_HISTORY_OBJECT_RE = re.compile(r"([0-9A-Fa-f]{8})\.history(\.[A-Za-z0-9]*)?")
+_HISTORY_FILE_RE = re.compile(r"([0-9A-F]{8})\.history")
+_PROBED_EXTENSIONS = frozenset(FETCH_PROBE_ORDER)  # "" is the old trailing-dot form
 
 
 @dataclass(frozen=True)
@@ -83,16 +87,24 @@ def list_wal_object_names(storage: Storage) -> list[str]:
     return [info.key[len(WAL) :] for info in storage.list(WAL, recursive=False)]
 
 
-def strip_extension(name: str) -> str:
-    """Go's ``TrimFileExtension``: drop the last ``.suffix`` (a bare trailing dot too)."""
-    dot = name.rfind(".")
-    return name if dot < 0 else name[:dot]
+def fetched_as(name: str) -> str:
+    """The file name ``wal-fetch`` would find stored as object ``name``.
+
+    Only the forms :func:`walg.ops.wal.find_wal_object` probes count: ``<file>.<ext>`` for an
+    extension of ``FETCH_PROBE_ORDER``, the old uncompressed ``<file>.`` and the bare
+    ``<file>``. Any other suffix (``.bak``, ``.LZ4``, ``.lz4~``) is left on, so the name is
+    not a WAL file name: wal-verify must not vouch for an object ``wal-fetch`` never tries.
+    """
+    stem, dot, ext = name.rpartition(".")
+    if dot and ext in _PROBED_EXTENSIONS:
+        return stem
+    return name
 
 
 def segments_from_names(
     names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE
 ) -> set[Segment]:
-    """The WAL segments among stored object names (one extension stripped)."""
+    """The WAL segments among stored object names (in a form wal-fetch finds)."""
     found = set()
     for name in names:
         segment = _segment_of(name, segment_size)
@@ -102,31 +114,32 @@ def segments_from_names(
 
 
 def _segment_of(name: str, segment_size: int) -> Segment | None:
-    """The segment a stored object name stands for, or None if it is not a whole segment."""
-    if name.endswith(".json"):
-        return None
-    stem = strip_extension(name)
-    # A bare "<segment>.partial" (uncompressed) would otherwise pass for the segment once its
-    # last suffix is stripped, and wal-verify would vouch for a segment wal-fetch cannot fetch.
-    if name.endswith(".partial") or stem.endswith(".partial"):
-        return None
+    """The segment a stored object name stands for, or None if it is not a whole segment.
+
+    ``<segment>.partial`` and ``<segment>.json`` keep a suffix that is no segment name's.
+    """
     try:
-        return Segment.parse(stem, segment_size)
+        return Segment.parse(fetched_as(name), segment_size)
     except FormatError:
         return None
+
+
+def history_timeline(name: str) -> int | None:
+    """The timeline whose ``.history`` file the stored object ``name`` is, or None."""
+    match = _HISTORY_FILE_RE.fullmatch(fetched_as(name))
+    return int(match.group(1), 16) if match else None
 
 
 def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
     """The highest timeline named by a stored segment or ``.history`` object; 0 if none."""
     highest = 0
     for name in names:
-        match = _HISTORY_OBJECT_RE.fullmatch(name)
-        if match:
-            highest = max(highest, int(match.group(1), 16))
-            continue
-        segment = _segment_of(name, segment_size)
-        if segment is not None:
-            highest = max(highest, segment.timeline)
+        timeline = history_timeline(name)
+        if timeline is None:
+            segment = _segment_of(name, segment_size)
+            timeline = segment.timeline if segment is not None else None
+        if timeline is not None:
+            highest = max(highest, timeline)
     return highest
 
 
