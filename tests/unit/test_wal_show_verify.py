@@ -165,7 +165,7 @@ def test_wal_show_finds_gaps_highest_first(storage: Storage) -> None:
     assert info.end_segment == name(1, 9)
     assert info.segments_count == 5
     assert info.segment_range_size == 8
-    assert info.missing_segments == (name(1, 8), name(1, 5), name(1, 4))
+    assert tuple(info.missing_segments()) == (name(1, 8), name(1, 5), name(1, 4))
     assert info.status == STATUS_LOST_SEGMENTS
     assert info.backups == ()
 
@@ -173,7 +173,7 @@ def test_wal_show_finds_gaps_highest_first(storage: Storage) -> None:
 def test_wal_show_single_segment_is_ok(storage: Storage) -> None:
     put_segments(storage, 1, [0x1FF])
     (info,) = wal_show(storage).timelines
-    assert info.missing_segments == ()
+    assert tuple(info.missing_segments()) == ()
     assert info.status == STATUS_OK
     assert info.segment_range_size == 1
     assert info.start_segment == info.end_segment == "0000000100000001000000FF"
@@ -230,7 +230,7 @@ def test_bare_partial_object_is_not_the_segment(storage: Storage) -> None:
     assert storage.exists("wal_005/" + name(1, 5) + ".partial")
 
     (info,) = wal_show(storage).timelines
-    assert info.missing_segments == (name(1, 5),)
+    assert tuple(info.missing_segments()) == (name(1, 5),)
     assert info.status == STATUS_LOST_SEGMENTS
 
     result = verify_integrity(storage, at(1, 10), upload_concurrency=0)
@@ -782,7 +782,7 @@ def test_an_extension_wal_fetch_never_tries_is_not_the_segment(
     assert result.status is CheckStatus.FAILURE
     assert statuses(result)[name(1, 10)] is SegmentStatus.MISSING_LOST
     (info,) = wal_show(storage).timelines
-    assert info.missing_segments == (name(1, 10),)
+    assert tuple(info.missing_segments()) == (name(1, 10),)
     assert timelines_from_names([name(1, 1), "00000002.history" + suffix]) == 1
 
 
@@ -792,3 +792,33 @@ def test_every_form_wal_fetch_tries_is_the_segment() -> None:
     assert segments_from_names(forms) == {Segment(1, n) for n in (1, 7, 8)}
     assert timelines_from_names(["00000005.history.zst"]) == 5
     assert timelines_from_names(["00000006.history."]) == 6
+
+
+FAR = Segment.parse("00000001FFFFFFFF000000FF").segno
+
+
+def test_wal_show_keeps_a_far_gap_as_a_range(storage: Storage) -> None:
+    put_segments(storage, 1, [1, 2, 4, FAR])
+    (info,) = wal_show(storage, with_backups=False).timelines
+    assert info.end_segment == "00000001FFFFFFFF000000FF"
+    assert info.segment_range_size == FAR
+    assert info.missing_count == FAR - 4
+    assert info.missing_ranges == ((5, FAR - 1), (3, 3))
+    names = info.missing_segments()
+    assert [next(names) for _ in range(2)] == [name(1, FAR - 1), name(1, FAR - 2)]
+
+
+def test_wal_show_detailed_json_caps_the_missing_names(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_segments(store, 1, [1, 2, 4, FAR])
+    code, out, err = run_cli(capsys, "wal-show", "--detailed-json", "--without-backups")
+    assert code == 0
+    (doc,) = json.loads(out)
+    missing = doc["missing_segments"]
+    assert len(missing) == 100_000
+    assert missing[0] == name(1, FAR - 1)
+    assert missing[-1] == name(1, FAR - 100_000)
+    assert doc["segment_range_size"] == FAR
+    assert doc["status"] == STATUS_LOST_SEGMENTS
+    assert f"{FAR - 4 - 100_000} left out" in err

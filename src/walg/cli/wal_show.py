@@ -2,12 +2,15 @@
 
 The table is go-pretty's default style as WAL-G renders it (no row-number column; a column
 whose every cell is a number, the switch point LSN included, is right-aligned, header too);
-the JSON is one compact line, an array of timelines sorted by id.
+the JSON is one compact line, an array of timelines sorted by id. Unlike WAL-G, the JSON names
+at most :data:`MISSING_NAMES_LIMIT` missing segments of a timeline (the highest), with a
+warning saying how many were left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from walg.cli.context import Context
@@ -43,7 +46,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-def timeline_doc(info: TimelineInfo) -> dict[str, Any]:
+#: --detailed-json names at most this many missing segments of a timeline: a stray far-off
+#: segment name leaves a gap of up to 2^40 segments, which no output could hold
+MISSING_NAMES_LIMIT = 100_000
+
+
+def timeline_doc(
+    info: TimelineInfo, segment_size: int, limit: int = MISSING_NAMES_LIMIT
+) -> dict[str, Any]:
+    missing = list(itertools.islice(info.missing_segments(segment_size), limit))
+    left_out = info.missing_count - len(missing)
+    if left_out:
+        log.warning(
+            "timeline %d: %d missing segments; only the highest %d are listed (%d left out)",
+            info.id,
+            info.missing_count,
+            len(missing),
+            left_out,
+        )
     doc: dict[str, Any] = {
         "id": info.id,
         "parent_id": info.parent_id,
@@ -51,7 +71,7 @@ def timeline_doc(info: TimelineInfo) -> dict[str, Any]:
         "start_segment": info.start_segment,
         "end_segment": info.end_segment,
         "segments_count": info.segments_count,
-        "missing_segments": list(info.missing_segments),
+        "missing_segments": missing,
     }
     if info.backups:
         doc["backups"] = [backup_doc(b) for b in info.backups]
@@ -76,7 +96,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for problem in result.history_errors:
         log.warning("%s; shown without parent timeline and switch point", problem)
     if args.detailed_json:
-        ctx.stdout.write(go_json([timeline_doc(t) for t in result.timelines]) + "\n")
+        docs = [timeline_doc(t, ctx.settings.wal_segment_size) for t in result.timelines]
+        ctx.stdout.write(go_json(docs) + "\n")
         return 0
     headers = [
         "TLI",

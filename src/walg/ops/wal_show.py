@@ -4,9 +4,9 @@ What WAL-G's ``wal-show`` reports, computed the same way: ``wal_005/`` is listed
 recursing, the compression extension is stripped from each object name (``.lz4``, ``.br``, the
 trailing dot of old uncompressed objects, or none), and the names that are 24-hex-digit WAL
 segment names are grouped by timeline. For each timeline the gaps between its lowest and
-highest segment are reported (highest first, as WAL-G lists them), and its ``<TLI>.history``
-file, read with the same probe by extension as ``wal-fetch``, gives the parent timeline and the
-switch point. A
+highest segment are reported (highest first, as WAL-G lists them; kept as ranges, so a stray
+far-off name costs no memory), and its ``<TLI>.history`` file, read with the same probe by
+extension as ``wal-fetch``, gives the parent timeline and the switch point. A
 backup belongs to a timeline when it started on that timeline and both its start and finish
 segments lie inside the timeline's segment range.
 
@@ -26,8 +26,9 @@ archived while it runs may or may not be counted.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -61,13 +62,25 @@ class TimelineInfo:
     start_segment: str
     end_segment: str
     segments_count: int
-    missing_segments: tuple[str, ...]
+    #: the gaps as (lowest, highest) segment numbers, highest gap first: a far-off stray name
+    #: makes a gap of up to 2^40 segments, too many to name one by one
+    missing_ranges: tuple[tuple[int, int], ...]
     segment_range_size: int
     backups: tuple[BackupListing, ...] = ()
 
     @property
     def status(self) -> str:
-        return STATUS_LOST_SEGMENTS if self.missing_segments else STATUS_OK
+        return STATUS_LOST_SEGMENTS if self.missing_ranges else STATUS_OK
+
+    @property
+    def missing_count(self) -> int:
+        return sum(high - low + 1 for low, high in self.missing_ranges)
+
+    def missing_segments(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Iterator[str]:
+        """Names of the missing segments, highest first (as WAL-G lists them), made lazily."""
+        for low, high in self.missing_ranges:
+            for segno in range(high, low - 1, -1):
+                yield Segment(self.id, segno).name(segment_size)
 
 
 @dataclass(frozen=True)
@@ -143,13 +156,14 @@ def timelines_from_names(names: Iterable[str], segment_size: int = DEFAULT_SEGME
     return highest
 
 
-def missing_segments(timeline: int, present: set[int], segment_size: int) -> tuple[str, ...]:
-    """Names of the segments absent between the lowest and highest present, highest first."""
-    low, high = min(present), max(present)
+def missing_ranges(present: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """The (lowest, highest) segment numbers of each gap between the present ones, highest
+    gap first."""
+    ordered = sorted(present, reverse=True)
     return tuple(
-        Segment(timeline, segno).name(segment_size)
-        for segno in range(high - 1, low, -1)
-        if segno not in present
+        (lower + 1, higher - 1)
+        for higher, lower in itertools.pairwise(ordered)
+        if higher - lower > 1
     )
 
 
@@ -234,7 +248,7 @@ def wal_show(
                 start_segment=Segment(tli, low).name(segment_size),
                 end_segment=Segment(tli, high).name(segment_size),
                 segments_count=len(present),
-                missing_segments=missing_segments(tli, present, segment_size),
+                missing_ranges=missing_ranges(present),
                 segment_range_size=high - low + 1,
                 backups=tuple(attached),
             )
