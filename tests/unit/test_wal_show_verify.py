@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -822,3 +823,88 @@ def test_wal_show_detailed_json_caps_the_missing_names(
     assert doc["segment_range_size"] == FAR
     assert doc["status"] == STATUS_LOST_SEGMENTS
     assert f"{FAR - 4 - 100_000} left out" in err
+
+
+def test_wal_verify_walk_far_from_the_archive_is_counted_not_walked(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 6))
+    result = verify_integrity(storage, at(1, FAR), upload_concurrency=3)
+    assert [(r.status, r.segments_count) for r in result.runs] == [
+        (SegmentStatus.FOUND, 5),
+        (SegmentStatus.MISSING_LOST, FAR - 1 - 5 - 3),
+        (SegmentStatus.MISSING_UPLOADING, 3),
+    ]
+    assert result.status is CheckStatus.FAILURE
+
+
+def _naive_runs(
+    present: set[Segment],
+    timeline_of: Any,
+    high: int,
+    low: int,
+    max_delayed: int,
+    upload_concurrency: int,
+) -> list[tuple[int, int, int, int, SegmentStatus]]:
+    """WAL-G's walk one segment at a time, as walg did before it walked in stretches."""
+    phase = 0 if max_delayed > 0 else (1 if upload_concurrency > 0 else 2)
+    taken = 0
+    runs: list[list[Any]] = []
+    for segno in range(high, low - 1, -1):
+        tli = timeline_of(segno)
+        found = Segment(tli, segno) in present
+        status = (
+            SegmentStatus.FOUND
+            if found
+            else (
+                SegmentStatus.MISSING_DELAYED,
+                SegmentStatus.MISSING_UPLOADING,
+                SegmentStatus.MISSING_LOST,
+            )[phase]
+        )
+        if runs and runs[-1][0] == tli and runs[-1][4] is status:
+            runs[-1][1] = segno
+            runs[-1][3] += 1
+        else:
+            runs.append([tli, segno, segno, 1, status])
+        taken += 1
+        if phase == 0 and (found or taken >= max_delayed):
+            phase, taken = (1 if upload_concurrency > 0 else 2), 0
+        elif phase == 1 and taken >= upload_concurrency:
+            phase, taken = 2, 0
+    return [tuple(r) for r in reversed(runs)]  # type: ignore[misc]
+
+
+def test_the_walk_in_stretches_matches_the_walk_segment_by_segment() -> None:
+    import random
+
+    rng = random.Random(20261126)
+    for _ in range(300):
+        storage = MemoryStorage()
+        present: set[Segment] = set()
+        for tli in (1, 2, 3):
+            for segno in rng.sample(range(1, 40), rng.randint(0, 30)):
+                storage.put_bytes(naming.wal_key(name(tli, segno), ""), b"x")
+                present.add(Segment(tli, segno))
+        first, second = sorted(rng.sample(range(2, 38), 2))
+        put_history(storage, 2, [(1, f"0/{first:X}000000")], "none")
+        put_history(storage, 3, [(1, f"0/{first:X}000000"), (2, f"0/{second:X}800000")], "none")
+        current = rng.randint(1, 40)
+        max_delayed, uploading = rng.randint(0, 5), rng.randint(0, 5)
+        result = verify_integrity(
+            storage, at(3, current), max_delayed=max_delayed, upload_concurrency=uploading
+        )
+
+        def timeline_of(segno: int, a: int = first, b: int = second) -> int:
+            return 3 if segno >= b else 2 if segno >= a else 1
+
+        expected = _naive_runs(present, timeline_of, current - 1, 1, max_delayed, uploading)
+        got = [
+            (
+                r.timeline,
+                Segment.parse(r.start_segment).segno,
+                Segment.parse(r.end_segment).segno,
+                r.segments_count,
+                r.status,
+            )
+            for r in result.runs
+        ]
+        assert got == expected, (first, second, current, max_delayed, uploading)

@@ -17,6 +17,9 @@ Two checks, computed as WAL-G computes them:
     Permanent backups are not used as the starting point, nor backups that the history shows
     to lie outside their timeline.
 
+    The walk is computed in stretches from the stored segments, so its length (up to 2^40
+    segments: no usable backup and an LSN far from 0) costs neither time nor memory.
+
 ``timeline``
     ``OK`` when the cluster's timeline is the highest one named in ``wal_005/`` (segments and
     ``.history`` files), ``FAILURE`` when it differs (another cluster is archiving a newer
@@ -29,8 +32,9 @@ The operations take the cluster position as a value, so they run without Postgre
 
 from __future__ import annotations
 
+import bisect
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -281,37 +285,82 @@ def load_backup_starts(
         return [b for b in pool.map(load, refs) if b is not None]
 
 
+#: a stretch of the walk, newest first: (timeline, highest segno, lowest segno, stored?)
+_Block = tuple[int, int, int, bool]
+
+
+def _walk_blocks(
+    pieces: Iterable[tuple[int, int, int]], present: dict[int, list[int]]
+) -> Iterator[_Block]:
+    """The walk over ``pieces`` ((timeline, highest, lowest) segment numbers, newest first) as
+    stretches of stored and of missing segments, newest first.
+
+    Built from the stored segments, never segment by segment: the walk spans up to 2^40
+    segments (no usable backup, an LSN far from 0), and its length must cost nothing.
+    """
+    for timeline, high, low in pieces:
+        stored = present.get(timeline, [])
+        index = bisect.bisect_right(stored, high) - 1
+        cursor = high
+        while cursor >= low:
+            if index >= 0 and stored[index] >= low:
+                segno = stored[index]
+                if segno < cursor:
+                    yield timeline, cursor, segno + 1, False
+                # Consecutive stored segments make one stretch.
+                bottom = segno
+                while index > 0 and stored[index - 1] == bottom - 1 and bottom - 1 >= low:
+                    index -= 1
+                    bottom -= 1
+                index -= 1
+                yield timeline, segno, bottom, True
+                cursor = bottom - 1
+            else:
+                yield timeline, cursor, low, False
+                break
+
+
 def _classify(
-    walk: Iterable[tuple[int, int]],
-    present: set[Segment],
-    max_delayed: int,
-    upload_concurrency: int,
-) -> Iterable[tuple[int, int, SegmentStatus]]:
-    """WAL-G's three scans over the walk (newest first): delayed, uploading, lost."""
+    blocks: Iterable[_Block], max_delayed: int, upload_concurrency: int
+) -> Iterator[tuple[int, int, int, SegmentStatus]]:
+    """WAL-G's three scans over the walk (newest first): delayed, uploading, lost.
+
+    The delayed window ends after ``max_delayed`` segments or at the first stored one, the
+    uploading window ``upload_concurrency`` segments later (stored ones count); a stretch is
+    split where a window ends.
+    """
     phase = 0  # 0: delayed, 1: uploading, 2: lost
     taken = 0
     if max_delayed <= 0:
         phase = 1 if upload_concurrency > 0 else 2
-    for timeline, segno in walk:
-        found = Segment(timeline, segno) in present
-        if found:
-            status = SegmentStatus.FOUND
-        else:
-            status = (
-                SegmentStatus.MISSING_DELAYED,
-                SegmentStatus.MISSING_UPLOADING,
-                SegmentStatus.MISSING_LOST,
-            )[phase]
-        yield timeline, segno, status
-        taken += 1
-        if phase == 0 and (found or taken >= max_delayed):
-            phase, taken = (1 if upload_concurrency > 0 else 2), 0
-        elif phase == 1 and taken >= upload_concurrency:
-            phase, taken = 2, 0
+    missing = (
+        SegmentStatus.MISSING_DELAYED,
+        SegmentStatus.MISSING_UPLOADING,
+        SegmentStatus.MISSING_LOST,
+    )
+    for timeline, top, low, stored in blocks:
+        high = top
+        while high >= low:
+            status = SegmentStatus.FOUND if stored else missing[phase]
+            if phase == 2:
+                yield timeline, high, low, status
+                break
+            if phase == 0 and stored:
+                take = 1
+            else:
+                window = max_delayed if phase == 0 else upload_concurrency
+                take = min(high - low + 1, window - taken)
+            yield timeline, high, high - take + 1, status
+            high -= take
+            taken += take
+            if phase == 0 and (stored or taken >= max_delayed):
+                phase, taken = (1 if upload_concurrency > 0 else 2), 0
+            elif phase == 1 and taken >= upload_concurrency:
+                phase, taken = 2, 0
 
 
 def _collapse(
-    classified: Iterable[tuple[int, int, SegmentStatus]], segment_size: int
+    classified: Iterable[tuple[int, int, int, SegmentStatus]], segment_size: int
 ) -> list[SegmentRun]:
     """Runs of one timeline and status, oldest first (input comes newest first)."""
     runs: list[SegmentRun] = []
@@ -330,18 +379,44 @@ def _collapse(
             )
         )
 
-    for timeline, segno, status in classified:
+    for timeline, top, bottom, status in classified:
         if current == (timeline, status):
-            low = segno
-            count += 1
+            low = bottom
+            count += top - bottom + 1
             continue
         if current is not None:
             close()
-        current, low, high, count = (timeline, status), segno, segno, 1
+        current, low, high, count = (timeline, status), bottom, top, top - bottom + 1
     if current is not None:
         close()
     runs.reverse()
     return runs
+
+
+def _walk_pieces(
+    history: History | None, timeline: int, high: int, low: int, segment_size: int
+) -> list[tuple[int, int, int]]:
+    """Segments ``high`` down to ``low`` as (timeline, highest, lowest) pieces, newest first,
+    each read from the timeline the history gives for it (``timeline`` without one)."""
+    if high < low:
+        return []
+    if history is None:
+        return [(timeline, high, low)]
+    # The timeline chosen for a segment changes only where some timeline begins.
+    starts = sorted(
+        {low}
+        | {
+            begin
+            for tli in history.timelines()
+            if low < (begin := history.begin_lsn(tli) // segment_size) <= high
+        }
+    )
+    pieces = []
+    for index, begin in enumerate(starts):
+        end = starts[index + 1] - 1 if index + 1 < len(starts) else high
+        pieces.append((history.timeline_of(begin, segment_size), end, begin))
+    pieces.reverse()
+    return pieces
 
 
 def _integrity_status(runs: Sequence[SegmentRun], no_backup: bool) -> CheckStatus:
@@ -375,7 +450,11 @@ def verify_integrity(
     if max_delayed < 0 or upload_concurrency < 0:
         raise ConfigError("delayed and uploading WAL counts must not be negative")
     names = list_wal_object_names(storage) if wal_names is None else wal_names
-    present = segments_from_names(names, segment_size)
+    present: dict[int, list[int]] = {}
+    for segment in segments_from_names(names, segment_size):
+        present.setdefault(segment.timeline, []).append(segment.segno)
+    for segnos in present.values():
+        segnos.sort()
     try:
         history = read_history(storage, position.timeline)
     except IntegrityError as exc:
@@ -418,12 +497,9 @@ def verify_integrity(
 
     current = position.current_segment(segment_size)
 
-    def timeline_of(segno: int) -> int:
-        return history.timeline_of(segno, segment_size) if history else position.timeline
-
-    walk = ((timeline_of(segno), segno) for segno in range(current.segno - 1, stop - 1, -1))
-    classified = _classify(walk, present, max_delayed, upload_concurrency)
-    runs = _collapse(classified, segment_size)
+    pieces = _walk_pieces(history, position.timeline, current.segno - 1, stop, segment_size)
+    blocks = _walk_blocks(pieces, present)
+    runs = _collapse(_classify(blocks, max_delayed, upload_concurrency), segment_size)
     return IntegrityResult(
         status=_integrity_status(runs, earliest is None),
         runs=tuple(runs),
