@@ -771,6 +771,71 @@ def test_memory_storage_helpers_round_trip() -> None:
 # --- what a restore could not use ------------------------------------------------------------
 
 
+def _abandoned_branch(storage: Storage) -> str:
+    """Timelines 1 -> 2 -> 3 (abandoned) and 2 -> 4 (current); a backup on timeline 2."""
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 11))
+    put_segments(storage, 3, range(9, 11))
+    put_segments(storage, 4, range(9, 13))
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    put_history(storage, 3, [(1, "0/5000000"), (2, "0/9000000")], "lz4")
+    put_history(storage, 4, [(1, "0/5000000"), (2, "0/9800000")], "lz4")
+    return put_backup(storage, 2, 6 * SEG + 0x28, 7 * SEG)
+
+
+def test_a_missing_history_of_an_abandoned_timeline_fails(storage: Storage) -> None:
+    backup = _abandoned_branch(storage)
+    sound = verify_integrity(storage, at(4, 13), upload_concurrency=0)
+    assert sound.earliest_backup == backup
+    assert sound.status is CheckStatus.OK
+
+    # Recovery probes 00000003.history first, finds none and stays on timeline 2, though
+    # every segment of the walk (timelines 2 and 4) is stored.
+    storage.delete(["wal_005/00000003.history.lz4"])
+    broken = verify_integrity(storage, at(4, 13), upload_concurrency=0)
+    assert broken.status is CheckStatus.FAILURE
+    assert {r.status for r in broken.runs} == {SegmentStatus.FOUND}
+    assert broken.missing_histories == ("00000003.history",)
+    assert "00000003.history" in broken.problems[0]
+    assert sound.missing_histories == () and sound.problems == ()
+
+
+def test_a_missing_history_between_backup_and_current_timeline_fails(storage: Storage) -> None:
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 9))
+    put_segments(storage, 3, range(8, 12))
+    put_history(storage, 2, [(1, "0/5000000")], "none")
+    put_history(storage, 3, [(1, "0/5000000"), (2, "0/8000000")], "lz4")
+    put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG, start_time=1)
+    assert verify_integrity(storage, at(3, 12)).status is CheckStatus.OK
+
+    storage.delete(["wal_005/00000002.history"])
+    result = verify_integrity(storage, at(3, 12))
+    assert result.status is CheckStatus.FAILURE
+    assert result.missing_histories == ("00000002.history",)
+
+    # A backup on the current timeline needs no older history.
+    newer = put_backup(storage, 3, 9 * SEG + 0x28, 10 * SEG, start_time=2)
+    named = verify_integrity(storage, at(3, 12), backup_name=newer)
+    assert named.status is CheckStatus.OK
+    assert named.missing_histories == ()
+
+
+def test_wal_verify_cli_names_the_missing_history(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _abandoned_branch(store)
+    store.delete(["wal_005/00000003.history.lz4"])
+    code, out, err = run_cli(
+        capsys, "wal-verify", "--json", "--fail-on-problem", "--timeline", "4", "--lsn", "0/C000188"
+    )
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["integrity"]["status"] == "FAILURE"
+    assert doc["timeline"]["status"] == "OK"
+    assert "00000003.history not in storage" in err
+
+
 @pytest.mark.parametrize("suffix", [".bak", ".LZ4", ".lz4~", ".lz4.tmp", ".gzip", ".."])
 def test_an_extension_wal_fetch_never_tries_is_not_the_segment(
     storage: Storage, suffix: str

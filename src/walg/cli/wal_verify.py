@@ -174,6 +174,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     )
     if result.integrity is not None and result.integrity.earliest_backup is not None:
         log.info("Detected earliest available backup: %s", result.integrity.earliest_backup)
+    if result.integrity is not None:
+        # WAL-G's output has no place for these; the status says FAILURE, stderr says why.
+        for problem in result.integrity.problems:
+            log.error("integrity: %s", problem)
 
     if args.json:
         doc: dict[str, Any] = {}

@@ -17,8 +17,12 @@ Two checks, computed as WAL-G computes them:
     Permanent backups are not used as the starting point, nor backups that the history shows
     to lie outside their timeline.
 
-    The walk is computed in stretches from the stored segments, so its length (up to 2^40
-    segments: no usable backup and an LSN far from 0) costs neither time nor memory.
+    Beyond WAL-G, the result is ``FAILURE`` (named in ``problems``) when a ``<TLI>.history``
+    is missing for a timeline id after the starting point's timeline, up to the current one:
+    PostgreSQL looks for the newest timeline by reading them in turn and stops at the first
+    missing one, abandoned branches included, so a restore would not reach the current
+    position. The walk is computed in stretches from the stored segments, so its length (up
+    to 2^40 segments: no usable backup and an LSN far from 0) costs neither time nor memory.
 
 ``timeline``
     ``OK`` when the cluster's timeline is the highest one named in ``wal_005/`` (segments and
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_lsn
 from walg.core.metadata import BackupMetadata
-from walg.core.timeline import History
+from walg.core.timeline import History, history_file_name
 from walg.errors import (
     BackupNotFound,
     ConfigError,
@@ -53,6 +57,7 @@ from walg.errors import (
 from walg.ops import catalog
 from walg.ops.wal import read_history
 from walg.ops.wal_show import (
+    history_timeline,
     list_wal_object_names,
     segments_from_names,
     timelines_from_names,
@@ -115,6 +120,10 @@ class IntegrityResult:
     earliest_backup: str | None
     #: the lowest segment number examined (the backup's start segment, or 1)
     stop_segno: int
+    #: ``<TLI>.history`` files a restore from ``earliest_backup`` needs that are not stored
+    missing_histories: tuple[str, ...] = ()
+    #: why the status is FAILURE beyond the runs' statuses, one sentence each
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -474,6 +483,7 @@ def verify_integrity(
     switch_segnos = _switch_segnos(history, segment_size)
 
     backups = load_backup_starts(storage, segment_size, concurrency)
+    problems: list[str] = []
     earliest: BackupStart | None = None
     if backup_name is not None:
         chosen = [b for b in backups if b.name == backup_name]
@@ -497,15 +507,39 @@ def verify_integrity(
 
     current = position.current_segment(segment_size)
 
+    def timeline_of(segno: int) -> int:
+        return history.timeline_of(segno, segment_size) if history else position.timeline
+
     pieces = _walk_pieces(history, position.timeline, current.segno - 1, stop, segment_size)
     blocks = _walk_blocks(pieces, present)
     runs = _collapse(_classify(blocks, max_delayed, upload_concurrency), segment_size)
+
+    # Recovery (recovery_target_timeline=latest) finds the newest timeline by reading
+    # <TLI+1>.history, <TLI+2>.history, ... from the backup's timeline on and stops at the
+    # first one missing: every timeline id up to the current one needs its history, even one
+    # of an abandoned branch, or the restore silently ends on an older timeline.
+    first = earliest.timeline if earliest is not None else timeline_of(stop)
+    stored_histories = {t for t in map(history_timeline, names) if t is not None}
+    missing_histories = tuple(
+        history_file_name(tli)
+        for tli in range(first + 1, position.timeline + 1)
+        if tli not in stored_histories
+    )
+    if missing_histories:
+        problems.append(
+            f"{', '.join(missing_histories)} not in storage: a restore from timeline {first} "
+            f"would stop before timeline {position.timeline}"
+        )
+
+    status = _integrity_status(runs, earliest is None)
     return IntegrityResult(
-        status=_integrity_status(runs, earliest is None),
+        status=CheckStatus.FAILURE if problems else status,
         runs=tuple(runs),
         current_segment=current.name(segment_size),
         earliest_backup=earliest.name if earliest else None,
         stop_segno=stop,
+        missing_histories=missing_histories,
+        problems=tuple(problems),
     )
 
 
