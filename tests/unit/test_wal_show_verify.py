@@ -836,6 +836,33 @@ def test_wal_verify_cli_names_the_missing_history(
     assert "00000003.history not in storage" in err
 
 
+def test_only_unusable_backups_is_a_failure(storage: Storage) -> None:
+    # Every backup is permanent (never a starting point) and their WAL is gone.
+    put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG, permanent=True)
+    put_backup(storage, 1, 4 * SEG + 0x28, 5 * SEG, permanent=True)
+    put_segments(storage, 1, range(8, 21))
+    result = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    assert result.earliest_backup is None
+    assert result.status is CheckStatus.FAILURE
+    assert "none of the 2 backups" in result.problems[0]
+
+
+def test_nothing_archived_is_a_failure(storage: Storage) -> None:
+    empty = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    assert empty.runs and all(r.status is not SegmentStatus.FOUND for r in empty.runs)
+    assert empty.status is CheckStatus.FAILURE
+    assert "no segment from 000000010000000000000001 to" in empty.problems[0]
+
+    # A backup whose WAL is all missing but within the uploading window: still nothing stored.
+    put_backup(storage, 1, 19 * SEG + 0x28, 20 * SEG)
+    recent = verify_integrity(storage, at(1, 21), upload_concurrency=16)
+    assert [r.status for r in recent.runs] == [SegmentStatus.MISSING_UPLOADING]
+    assert recent.status is CheckStatus.FAILURE
+
+    # Nothing to examine (the backup starts at the current segment) is no failure.
+    assert verify_integrity(storage, at(1, 19)).status is CheckStatus.OK
+
+
 @pytest.mark.parametrize("suffix", [".bak", ".LZ4", ".lz4~", ".lz4.tmp", ".gzip", ".."])
 def test_an_extension_wal_fetch_never_tries_is_not_the_segment(
     storage: Storage, suffix: str

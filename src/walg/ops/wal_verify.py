@@ -17,12 +17,13 @@ Two checks, computed as WAL-G computes them:
     Permanent backups are not used as the starting point, nor backups that the history shows
     to lie outside their timeline.
 
-    Beyond WAL-G, the result is ``FAILURE`` (named in ``problems``) when a ``<TLI>.history``
-    is missing for a timeline id after the starting point's timeline, up to the current one:
-    PostgreSQL looks for the newest timeline by reading them in turn and stops at the first
-    missing one, abandoned branches included, so a restore would not reach the current
-    position. The walk is computed in stretches from the stored segments, so its length (up
-    to 2^40 segments: no usable backup and an LSN far from 0) costs neither time nor memory.
+    Beyond WAL-G, three things make the result ``FAILURE`` (each named in ``problems``), as a
+    restore could not reach the current position: backups exist but none can be the starting
+    point; the walk examined segments and found none of them stored; or a ``<TLI>.history``
+    is missing for a timeline id after the starting point's timeline, up to the current one
+    (PostgreSQL looks for the newest timeline by reading them in turn and stops at the first
+    missing one, abandoned branches included). The walk is computed in stretches from the
+    stored segments, so its length (up to 2^40 segments) costs neither time nor memory.
 
 ``timeline``
     ``OK`` when the cluster's timeline is the highest one named in ``wal_005/`` (segments and
@@ -498,7 +499,15 @@ def verify_integrity(
                 continue
             if earliest is None or backup.segno < earliest.segno:
                 earliest = backup
-        if earliest is None:
+        if earliest is None and backups:
+            # WAL-G only warns; but then no backup in storage is known to restore to the
+            # current timeline with the WAL checked here, and a monitor must hear of it.
+            problems.append(
+                f"none of the {len(backups)} backups in storage can start a restore that "
+                "reaches the current position (each is permanent or off the current "
+                "timeline's history)"
+            )
+        elif earliest is None:
             log.warning(
                 "no usable backup found: checking every segment down to segment 1 "
                 "(lost segments below the oldest archived one only warn)"
@@ -513,6 +522,11 @@ def verify_integrity(
     pieces = _walk_pieces(history, position.timeline, current.segno - 1, stop, segment_size)
     blocks = _walk_blocks(pieces, present)
     runs = _collapse(_classify(blocks, max_delayed, upload_concurrency), segment_size)
+    if runs and not any(run.status is SegmentStatus.FOUND for run in runs):
+        problems.append(
+            f"no segment from {Segment(timeline_of(stop), stop).name(segment_size)} to "
+            f"{current.name(segment_size)} is archived"
+        )
 
     # Recovery (recovery_target_timeline=latest) finds the newest timeline by reading
     # <TLI+1>.history, <TLI+2>.history, ... from the backup's timeline on and stops at the
