@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall
+from pgcluster import Cluster, PgInstall, make_shared_dir
 from walgcli import WalgSetup, archive_now
 
 
@@ -68,6 +68,41 @@ def test_wal_show_and_verify_on_a_real_archive(pg_workdir: Path, walg_bin: str) 
     assert "[wal-verify] timeline check status: OK\n" in plain
     assert "Current cluster timeline: 1\n" in plain
 
+    # --- a segment under a name wal-fetch never tries ---------------------------------------
+    env = {"WALG_UPLOAD_CONCURRENCY": "1"}
+    hidden = archived[1]
+    stored = walg.store / "wal_005" / f"{hidden}.lz4"
+    for suffix in (".bak", ".LZ4", ".lz4~"):
+        renamed = stored.with_name(hidden + suffix)
+        stored.rename(renamed)
+        fetch = walg.run(["wal-fetch", hidden, str(pg_workdir / "fetched")], check=False)
+        assert fetch.returncode == 74, fetch.stderr
+        verify = walg.run(
+            ["wal-verify", "integrity", "--json", "--fail-on-problem"],
+            cluster=cluster,
+            env=env,
+            check=False,
+        )
+        assert verify.returncode == 1, (suffix, verify.stdout)
+        rows = json.loads(verify.stdout)["integrity"]["details"]
+        assert {"start_segment": hidden, "status": "MISSING_LOST"}.items() <= next(
+            r for r in rows if r["status"] != "FOUND"
+        ).items()
+        show = walg.run(["wal-show", "--detailed-json", "--without-backups"])
+        assert json.loads(show.stdout)[0]["missing_segments"] == [hidden]
+        renamed.rename(stored)
+
+    # --- nothing archived at all: an empty store -------------------------------------------
+    empty = walg.run(
+        ["wal-verify", "integrity", "--json", "--fail-on-problem"],
+        cluster=cluster,
+        env={"WALG_FILE_PREFIX": str(make_shared_dir(pg_workdir / "empty", 0o755))},
+        check=False,
+    )
+    assert empty.returncode == 1, empty.stdout
+    assert json.loads(empty.stdout)["integrity"]["status"] == "FAILURE"
+    assert "is archived" in empty.stderr
+
     # --- one archived segment lost ---------------------------------------------------------
     lost = archived[0]
     obj = walg.store / "wal_005" / f"{lost}.lz4"
@@ -82,7 +117,6 @@ def test_wal_show_and_verify_on_a_real_archive(pg_workdir: Path, walg_bin: str) 
     assert "LOST_SEGMENTS" in walg.run(["wal-show"]).stdout
 
     # Only the newest segment may still be "uploading": the deleted one is older.
-    env = {"WALG_UPLOAD_CONCURRENCY": "1"}
     verify = walg.run(["wal-verify", "integrity", "--json"], cluster=cluster, env=env)
     assert verify.returncode == 0  # as WAL-G: the verdict is in the output
     doc = json.loads(verify.stdout)
