@@ -12,8 +12,8 @@ Two checks, computed as WAL-G computes them:
     handed it to ``archive_command`` yet), ``MISSING_UPLOADING`` within the next
     ``upload_concurrency`` segments (an upload may be in flight), and ``MISSING_LOST`` beyond.
     The result is ``FAILURE`` if anything is lost, ``WARNING`` if something is missing but not
-    lost, else ``OK``; lost segments below the first found one only warn when no backup could be
-    used as the starting point (there is no telling where the archive was meant to begin).
+    lost, else ``OK``; lost segments below the first found one only warn when storage holds no
+    backup at all (there is no telling where the archive was meant to begin).
     Permanent backups are not used as the starting point, nor backups that the history shows
     to lie outside their timeline.
 
@@ -509,7 +509,7 @@ def verify_integrity(
             )
         elif earliest is None:
             log.warning(
-                "no usable backup found: checking every segment down to segment 1 "
+                "no backup in storage: checking every segment down to segment 1 "
                 "(lost segments below the oldest archived one only warn)"
             )
     stop = earliest.segno if earliest is not None else 1
