@@ -150,6 +150,60 @@ def test_requests_in_flight_at_sigterm_are_answered(env: Env) -> None:
     assert (wal / f"{SEG}.lz4").is_file()
 
 
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_connections_queued_at_sigterm_are_answered(env: Env, python: bool) -> None:
+    """systemctl restart during recovery: clients that connected before SIGTERM but were not
+    yet accepted (held in the listen queue; here the daemon is stopped with SIGSTOP while
+    they connect) get their answers. Closing the socket with them queued reset them, and a
+    recovering PostgreSQL stopped on the failed fetch (exit 128)."""
+    data = os.urandom(1 << 20)
+    _archive(env, data)
+    (env.pgdata / "recovery.signal").touch()
+    wal = env.pgdata / "pg_wal"
+    pushed = [f"0000000100000000000000{n:02X}" for n in (0x30, 0x31)]
+    for name in pushed:
+        (wal / name).write_bytes(name.encode() * 4096)
+    env.start()
+    assert env.daemon is not None
+    # The installed script runs the compiled client beside it (setup.sh builds it) unless
+    # told to run the Python one.
+    client = str(Path(env.walg_bin).with_name("walg-daemon-client"))
+    client_env = dict(env.env, WALG_DAEMON_CLIENT_PYTHON="1") if python else env.env
+    env.daemon.send_signal(signal.SIGSTOP)
+    try:
+        # The daemon's listen queue holds 5: the clients fit in it.
+        argv = [[client, str(env.socket), "wal-fetch", SEG, f"pg_wal/X{i}"] for i in range(3)]
+        argv += [[client, str(env.socket), "wal-push", f"pg_wal/{name}"] for name in pushed]
+        procs = [
+            subprocess.Popen(
+                args,
+                env=client_env,
+                cwd=env.pgdata,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in argv
+        ]
+        time.sleep(1.5)  # each has connected and sent its request, and waits for the reply
+        assert all(proc.poll() is None for proc in procs)
+        env.daemon.send_signal(signal.SIGTERM)
+    finally:
+        env.daemon.send_signal(signal.SIGCONT)
+    results = [(proc.wait(timeout=60), proc.communicate()[1]) for proc in procs]
+    _, log = env.daemon.communicate(timeout=60)
+    assert env.daemon.returncode == 0, log
+    env.daemon = None
+    assert [code for code, _ in results] == [0] * len(procs), (results, log)
+    for i in range(3):
+        assert (wal / f"X{i}").read_bytes() == data
+    for name in pushed:
+        assert (env.store / "wal_005" / f"{name}.lz4").is_file()
+    # Answered by the daemon, not by the clients' fallback to walg itself.
+    assert not any("directly" in err for _, err in results), results
+    assert not env.socket.exists()
+
+
 def test_hostile_names_are_logged_escaped_and_cut(env: Env) -> None:
     env.start()
     name = "\0\n" * 50 + "A" * 65000

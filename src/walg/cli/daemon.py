@@ -37,7 +37,7 @@ def _duration(ctx: Context, name: str, default: str) -> float:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from walg.ops.daemon import Daemon, release_socket_path, serve
+    from walg.ops.daemon import READ_TIMEOUT, Daemon, release_socket_path, serve
 
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
@@ -48,10 +48,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     server = serve(daemon, args.socket)
     stop = threading.Event()
 
+    def stop_serving() -> None:
+        # The path first: from then on a client finds no daemon and runs walg directly,
+        # instead of queueing on a socket about to close.
+        release_socket_path(server)
+        server.shutdown()
+
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: shutting down", signum)
         stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=stop_serving, daemon=True).start()
 
     def on_usr1(_signum: int, _frame: object) -> None:
         # WAL-G reopens its log file on SIGUSR1 and logrotate scripts send it; walg writes
@@ -73,12 +79,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
+        release_socket_path(server)
+        # Connections queued before the path went carry requests their clients wait for:
+        # closing the listening socket would reset them, and a recovering PostgreSQL whose
+        # fetch fails stops. They are served before anything is closed.
+        queued = server.drain()
+        if queued:
+            log.info("answering %d connection(s) queued at shutdown", queued)
+        # Handler threads are daemon threads (an idle connection must not keep the process
+        # alive), so a request still being answered would lose its reply if the process
+        # ended now: the client would report a failure for WAL that is archived or in place.
+        if not server.wait_idle(max(timeout, fetch_timeout, 1.0) + READ_TIMEOUT):
+            log.warning("some requests were still unanswered at exit")
         server.server_close()
         daemon.close()
-        # Handler threads are daemon threads (an idle connection must not keep the process
-        # alive), so work that finished during close() would lose its reply if the process
-        # ended now: the client would report a failure for WAL that is archived or in place.
-        if not server.wait_idle(max(timeout, 1.0)):
-            log.warning("some requests were still unanswered at exit")
-        release_socket_path(server)
     return 0

@@ -358,10 +358,32 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
+class _Once:
+    """A callable that calls ``fn`` the first time only."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn: Callable[[], None] | None = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
+        # process_request counted the connection as busy: its client sent a request with its
+        # connect and waits for the reply, also when a stopping daemon accepts it late. Once
+        # that request is being served (or the connection is over), busy() counts instead.
+        arrived = _Once(self.server.leave)
+        try:
+            self._serve(arrived)
+        finally:
+            arrived()
+
+    def _serve(self, arrived: Callable[[], None]) -> None:
         conn: socket.socket = self.request
         conn.settimeout(READ_TIMEOUT)
         daemon = self.server.daemon
@@ -373,6 +395,7 @@ class _Handler(socketserver.BaseRequestHandler):
             kind = header[:1]
             (length,) = struct.unpack(">H", header[1:])
             with self.server.busy():
+                arrived()
                 try:
                     if length < 3:
                         raise UsageError("corrupt message length")
@@ -404,8 +427,8 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    # Idle connections must not keep the process alive; requests being answered are waited
-    # for by wait_idle instead.
+    # Idle connections must not keep the process alive; requests being answered, and
+    # connections whose first request is not yet answered, are waited for by wait_idle.
     daemon_threads = True
     daemon: Daemon
     socket_path: str
@@ -416,22 +439,57 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._busy = 0
         self._idle = threading.Condition()
 
+    def _enter(self) -> None:
+        with self._idle:
+            self._busy += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._enter()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.leave()
+            raise
+
     @contextmanager
     def busy(self) -> Iterator[None]:
         """Around the work and the reply of one request."""
-        with self._idle:
-            self._busy += 1
+        self._enter()
         try:
             yield
         finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
+            self.leave()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is between being read and being answered; False on time."""
+        """Wait until no connection waits for its first reply and no request is between
+        being read and being answered; False on time."""
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def drain(self) -> int:
+        """Accept the connections still in the listen queue and serve them; how many.
+
+        Call once serve_forever has returned and the socket path is gone, so that no
+        connection can join the queue any more. Closing the listening socket would reset
+        them, and their clients would report a failure: a recovering PostgreSQL stops on it.
+        """
+        self.socket.setblocking(False)
+        served = 0
+        while True:
+            try:
+                request, address = self.get_request()
+            except (BlockingIOError, InterruptedError):
+                return served
+            except OSError as exc:
+                log.warning("accepting a queued connection failed: %s", exc)
+                return served
+            self.process_request(request, address)
+            served += 1
 
 
 def prepare_socket_path(path: str) -> None:
