@@ -20,8 +20,12 @@
  * promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A standby
  * retries (and streams), so it gets 1. A push whose daemon is not running fails (PostgreSQL
  * keeps the WAL and retries); a fetch whose daemon is not running execs `walg wal-fetch`
- * directly, because failing it would end recovery early. WALG_DAEMON_CLIENT_TIMEOUT (seconds,
- * default 300) bounds the wait for the daemon, a full listen queue included.
+ * directly, because failing it would end recovery early. A request the daemon accepted but
+ * closed without answering (reset, broken pipe, end of stream: it was stopped or died) is
+ * run by walg directly, a push too: the daemon discards a fetch whose client has gone, and
+ * `walg wal-push` never replaces an archived object (equal content is success).
+ * WALG_DAEMON_CLIENT_TIMEOUT (seconds, default 300) bounds the wait for the daemon, a full
+ * listen queue included.
  *
  * Built by `walg build-daemon-client`, which defines WALG_PATH (the walg executable for the
  * direct fetch). libc only.
@@ -239,6 +243,35 @@ static int timeout_from_env(struct timeval *tv)
     return 0;
 }
 
+/* Runs `walg wal-fetch NAME DEST` or `walg wal-push PATH` in this process's place. */
+static int direct(char **argv)
+{
+    if (fetch)
+        execl(WALG_PATH, WALG_PATH, "wal-fetch", argv[3], argv[4], (char *)NULL);
+    else
+        execl(WALG_PATH, WALG_PATH, "wal-push", argv[3], (char *)NULL);
+    fprintf(stderr, "walg-daemon-client: cannot run %s: %s\n", WALG_PATH, strerror(errno));
+    return failed();
+}
+
+/*
+ * The daemon closed the connection without answering (a restart, or it died): as if it had
+ * not been there, but for a push too. Failing a fetch would stop recovery.
+ */
+static int gone(int fd, const char *path, const char *command, const char *reason, char **argv)
+{
+    (void)close(fd);
+    if (strcmp(command, "check") == 0) {
+        fprintf(stderr, "walg-daemon-client: %s: the daemon stopped before answering\n", path);
+        return EXIT_FAILED;
+    }
+    fprintf(stderr,
+            "walg-daemon-client: the daemon at %s stopped before answering (%s); running walg "
+            "%s directly\n",
+            path, reason, command);
+    return direct(argv);
+}
+
 static int send_all(int fd, const unsigned char *data, size_t len)
 {
     while (len > 0) {
@@ -310,10 +343,7 @@ int main(int argc, char **argv)
                 fprintf(stderr,
                         "walg-daemon-client: no daemon at %s (%s); fetching directly\n", path,
                         strerror(err));
-                execl(WALG_PATH, WALG_PATH, "wal-fetch", argv[3], argv[4], (char *)NULL);
-                fprintf(stderr, "walg-daemon-client: cannot run %s: %s\n", WALG_PATH,
-                        strerror(errno));
-                return failed();
+                return direct(argv);
             }
             fprintf(stderr,
                     "walg-daemon-client: walg daemon is not running at %s (%s); nothing was "
@@ -343,6 +373,8 @@ int main(int argc, char **argv)
         return failed();
     }
     if (send_all(fd, m.data, m.len) != 0) {
+        if (errno == EPIPE || errno == ECONNRESET)
+            return gone(fd, path, command, strerror(errno), argv);
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(errno));
@@ -352,6 +384,10 @@ int main(int argc, char **argv)
     do {
         got = recv(fd, &reply, 1, 0);
     } while (got < 0 && errno == EINTR);
+    if (got == 0)
+        return gone(fd, path, command, "closed without a reply", argv);
+    if (got < 0 && errno == ECONNRESET)
+        return gone(fd, path, command, strerror(errno), argv);
     if (got < 0) {
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
@@ -369,11 +405,8 @@ int main(int argc, char **argv)
                 "walg-daemon-client: %s failed: the daemon answered an error (see the daemon's "
                 "log)\n",
                 command);
-    else if (got == 1)
+    else
         fprintf(stderr, "walg-daemon-client: %s failed: the daemon answered no valid reply 0x%02x\n",
                 command, reply);
-    else
-        fprintf(stderr, "walg-daemon-client: %s failed: the daemon closed without a reply\n",
-                command);
     return failed();
 }

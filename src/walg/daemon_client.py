@@ -23,7 +23,10 @@ PostgreSQL takes a restore_command status of 1 to 125 for "not in the archive" a
 recovery and promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A
 standby retries (and streams), so it gets 1. A push whose daemon is not running fails
 (PostgreSQL keeps the WAL and retries). A fetch whose daemon is not running runs ``walg
-wal-fetch`` directly instead, which follows the same exit code rule.
+wal-fetch`` directly instead, which follows the same exit code rule. A request the daemon
+accepted but closed without answering (reset, broken pipe, end of stream: it was stopped or
+died) is run by ``walg`` directly, a push too: the daemon discards a fetch whose client has
+gone, and ``walg wal-push`` never replaces an archived object (equal content is success).
 """
 
 # _socket, not socket: the socket module pulls in enum and selectors, which would more than
@@ -43,6 +46,10 @@ CONNECT_RETRY = 0.002
 
 class UntrustedPeer(OSError):
     """The socket is served by another user's process."""
+
+
+class DaemonGone(OSError):
+    """The daemon closed the connection before replying: it stopped (or died) meanwhile."""
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
@@ -85,8 +92,14 @@ def _ask(path: str, message: bytes, timeout: float) -> bytes:
         sock.settimeout(timeout)
         _connect(sock, path, timeout)
         _check_peer(sock)
-        sock.sendall(message)
-        return sock.recv(1)
+        try:
+            sock.sendall(message)
+            reply = sock.recv(1)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise DaemonGone(exc.errno, exc.strerror) from None
+        if not reply:
+            raise DaemonGone(0, "closed without a reply")
+        return reply
     finally:
         sock.close()
 
@@ -128,10 +141,14 @@ def _say(text: str) -> None:
         pass
 
 
-def _direct_fetch(name: str, dest: str) -> int:
+def _direct(command: str, rest: "list[str]") -> int:
+    """Run ``walg COMMAND ARGS...`` (beside this client) in this process's place."""
     walg = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "walg")
-    os.execv(walg, [walg, "wal-fetch", name, dest])
-    return EXIT_FAILURE  # pragma: no cover - execv does not return
+    try:
+        os.execv(walg, [walg, command, *rest])
+    except OSError as exc:
+        _say(f"walg-daemon-client: cannot run {walg}: {exc.strerror}\n")
+    return _failed(command, rest[-1])
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -164,12 +181,25 @@ def main(argv: "list[str] | None" = None) -> int:
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         if command == "wal-fetch":
             _say(f"walg-daemon-client: no daemon at {path} ({exc.strerror}); fetching directly\n")
-            return _direct_fetch(rest[0], rest[1])
+            return _direct(command, rest)
         _say(
             f"walg-daemon-client: walg daemon is not running at {path} "
             f"({exc.strerror}); nothing was done\n"
         )
         return EXIT_FAILURE
+    except DaemonGone as exc:
+        # The daemon stopped between accepting and answering (a restart): as if it had not
+        # been there. A fetch it had begun is discarded once its client is gone, and a push
+        # never replaces an archived object (equal content is success), so walg itself may
+        # do either now; failing a fetch would stop recovery.
+        if command == "check":
+            _say(f"walg-daemon-client: {path}: the daemon stopped before answering\n")
+            return EXIT_FAILURE
+        _say(
+            f"walg-daemon-client: the daemon at {path} stopped before answering "
+            f"({exc.strerror}); running walg {command} directly\n"
+        )
+        return _direct(command, rest)
     except UntrustedPeer as exc:
         _say(f"walg-daemon-client: {path}: {exc}; nothing was sent\n")
         return _failed(command, dest)
