@@ -361,3 +361,59 @@ def test_a_cluster_with_64_mib_segments_is_restored_with_no_segment_size_set(
     log = restored.log_tail()
     assert "more than" not in log and "FATAL" not in log, log
     restored.stop()
+
+
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_daemon_restarts_do_not_stop_a_recovery(
+    install: PgInstall, pg_workdir: Path, walg_bin: str, python: bool
+) -> None:
+    """The daemon is restarted (SIGTERM, a new one half a second later; systemctl restart)
+    three times while a server recovers through it. Fetches queued at the SIGTERM are still
+    answered, and those made while no daemon listens run walg directly. The server's
+    environment has no walg settings and the daemon reads a config file, so restore_command
+    names that file for the direct fetch (WALG_CONFIG_PATH), as the README says. Recovery
+    replays every segment; a fetch failing with 128 used to stop the server instead."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src_dir = pg_workdir / "src"
+    cluster = Cluster.create(
+        install,
+        src_dir,
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    cluster.psql("CREATE TABLE marks (i int PRIMARY KEY)")
+    walg.run(["backup-push", str(src_dir)], cluster=cluster)
+    rows = 30
+    for i in range(rows):
+        cluster.psql(f"INSERT INTO marks VALUES ({i}); SELECT pg_switch_wal();")
+    archive_now(cluster)
+    cluster.stop()
+
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    prefix = "WALG_DAEMON_CLIENT_PYTHON=1 " if python else ""
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "fetch.sock"
+    dest = pg_workdir / "restored"
+    # The pause makes recovery outlast the restarts.
+    command = f"sleep 0.2; {prefix}WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
+    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    daemon = _start_daemon(walg, socket, dest)
+    try:
+        restored.start(wait_ready=False)
+        for _ in range(3):
+            time.sleep(1.5)
+            _stop_daemon(daemon)
+            time.sleep(0.5)
+            daemon = _start_daemon(walg, socket, dest)
+        restored.wait_ready(timeout=300)
+        restored.wait_for_recovery_end(timeout=300)
+        counted = restored.psql("SELECT count(*), max(i) FROM marks")
+        tail = restored.log_tail(400)
+        restored.stop()
+    finally:
+        _stop_daemon(daemon)
+    assert counted == f"{rows}|{rows - 1}", tail
+    assert "exit code 128" not in tail and "FATAL" not in tail, tail
+    # The restarts fell within the recovery: some fetches found no daemon and ran walg with
+    # the configuration named in restore_command.
+    assert "fetching directly" in tail, tail
