@@ -92,6 +92,12 @@ class IntegrityError(WalgError):
     """Stored or restored data does not match its recorded checksum, size or format."""
 
 
+class DestinationError(WalgError):
+    """A restore's local destination cannot be written: a missing or read-only folder, a file
+    where a folder must be, a full disk. The message names the path the user gave (or the file
+    being restored), never a temporary name."""
+
+
 class UnsafeArchiveError(IntegrityError):
     """A tar member would be written outside the destination or is of a forbidden type."""
 

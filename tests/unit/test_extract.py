@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from walg.core.checksum import Checksum
-from walg.errors import IntegrityError, UnsafeArchiveError
+from walg.errors import DestinationError, IntegrityError, UnsafeArchiveError
 from walg.tarball.extract import Extractor, safe_relative
 from walg.tarball.writer import header
 
@@ -286,3 +286,30 @@ def test_wal_g_style_members_land_under_destination(dest: Path) -> None:
     assert (dest / "global/1262").read_bytes() == b"g"
     assert (dest / "backup_label").read_bytes() == b"START"
     assert (dest / "tablespace_map").read_bytes() == b""
+
+
+def test_member_larger_than_recorded_is_refused_before_writing(dest: Path) -> None:
+    # A forged or corrupt object: the metadata says 8 KiB, the header 8 MiB of (LZ4-cheap)
+    # zeros. Nothing may reach the disk before the refusal.
+    sums = checksums_for({"/base/1/bomb": bytes(8192)})
+    raw = hostile_tar([member("/base/1/bomb")], {"/base/1/bomb": bytes(8 << 20)})
+    extractor = Extractor(dest, sums.get, fsync=False)
+    with pytest.raises(IntegrityError) as info:
+        extractor.extract(io.BytesIO(raw), "part_003.tar.lz4")
+    message = str(info.value)
+    assert "base/1/bomb" in message and "part_003.tar.lz4" in message
+    assert "8388608" in message and "8192" in message
+    assert tree(dest) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_full_disk_names_the_file_being_written(dest: Path) -> None:
+    # The kernel's full device (1, 7) answers every write with ENOSPC, as a full disk does.
+    (dest / "base").mkdir()
+    os.mknod(dest / "base" / "16384", stat.S_IFCHR | 0o600, os.makedev(1, 7))
+    raw = hostile_tar([member("/base/16384")], {"/base/16384": b"x" * 8192})
+    with pytest.raises(DestinationError) as info:
+        Extractor(dest, no_checksums, fsync=False).extract(io.BytesIO(raw), "part_002.tar.lz4")
+    message = str(info.value)
+    assert str(dest / "base" / "16384") in message
+    assert "No space left on device" in message and "part_002.tar.lz4" in message

@@ -7,11 +7,14 @@ are refused with :class:`~walg.errors.UnsafeArchiveError`. Symbolic-link members
 data directory are the ``pg_tblspc/<oid>`` links made from the tablespace spec. Files are
 created with ``O_NOFOLLOW`` and PostgreSQL's modes (at most 0750 for directories, 0640 for files).
 Every file with a recorded checksum is hashed while written and compared; a mismatch names the
-file. Safe for several threads extracting different tar objects at once.
+file, and one whose header states another size is refused before any of it is written. Errors
+of the destination's file system (a full disk) are :class:`~walg.errors.DestinationError`
+naming the file. Safe for several threads extracting different tar objects at once.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from walg.core.checksum import Checksum
 from walg.core.log import get_logger
-from walg.errors import IntegrityError, UnsafeArchiveError
+from walg.errors import DestinationError, IntegrityError, UnsafeArchiveError
 from walg.streams.base import Source
 from walg.streams.hashing import new_hasher
 from walg.tarball.reader import Member, TarReader
@@ -105,6 +108,12 @@ class Extractor:
                     raise UnsafeArchiveError(
                         f"{folder.relative_to(self.dest)} exists and is not a directory"
                     ) from None
+            except OSError as exc:
+                if exc.errno in _SHAPE_ERRORS:
+                    raise UnsafeArchiveError(
+                        f"cannot create folder {folder.relative_to(self.dest)} ({exc.strerror})"
+                    ) from None
+                raise _unwritable(folder, exc) from None
 
     def _directory(self, rel: str, mode: int) -> None:
         path = self.dest / rel if rel else self.dest
@@ -114,14 +123,25 @@ class Extractor:
     def _file(self, member: Member, rel: str, payload: Source, what: str) -> None:
         if not rel:
             raise UnsafeArchiveError(f"{what}: tar member {member.name!r} names the root as a file")
+        expected = self._checksum_of(member.name)
+        # Before anything is written: the header's size is what the payload will hold, and a
+        # member larger than recorded (a corrupt or forged object; LZ4 expands up to 255
+        # times) must not fill the destination's disk before the checksum catches it.
+        if expected is not None and expected.size != member.size:
+            raise IntegrityError(
+                f"{what}: tar member {rel} holds {member.size} bytes, but the backup metadata "
+                f"records {expected.size}; refusing it before writing anything"
+            )
         path = self.dest / rel
         self._makedirs(path.parent)
         try:
             fd = os.open(path, _OPEN_FLAGS, (member.mode & 0o640) | 0o600)
         except OSError as exc:
-            raise UnsafeArchiveError(
-                f"{what}: cannot create {rel} ({exc.strerror}); refusing the member"
-            ) from None
+            if exc.errno in _SHAPE_ERRORS:
+                raise UnsafeArchiveError(
+                    f"{what}: cannot create {rel} ({exc.strerror}); refusing the member"
+                ) from None
+            raise _unwritable(path, exc, what) from None
         digest = new_hasher()
         size = 0
         handed_over = False
@@ -133,7 +153,10 @@ class Extractor:
                 digest.update(chunk)
                 view = memoryview(chunk)
                 while view:
-                    done = os.write(fd, view)
+                    try:
+                        done = os.write(fd, view)
+                    except OSError as exc:
+                        raise _unwritable(path, exc, what) from None
                     view = view[done:]
                 size += len(chunk)
             if self._syncer is not None:
@@ -142,7 +165,6 @@ class Extractor:
         finally:
             if not handed_over:
                 os.close(fd)
-        expected = self._checksum_of(member.name)
         if expected is not None and (
             expected.size != size or expected.digest != digest.hexdigest()
         ):
@@ -171,6 +193,17 @@ class Extractor:
         """Close what is still open after a failure, without waiting for durability."""
         if self._syncer is not None:
             self._syncer.finish(raise_errors=False)
+
+
+# What os.open answers when the path has the wrong shape (a link, a directory or a file in
+# the way), which only an archive naming a member twice or through a link can cause here.
+_SHAPE_ERRORS = frozenset({errno.ELOOP, errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+
+
+def _unwritable(path: Path, exc: OSError, what: str = "") -> DestinationError:
+    """The destination itself failed (a full disk, a read-only file system): name the file."""
+    source = f" (restoring {what})" if what else ""
+    return DestinationError(f"cannot write {path}: {exc.strerror or exc}{source}")
 
 
 class _Syncer:
