@@ -11,10 +11,11 @@ import io
 import json
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import lz4.frame
 import pytest
 
@@ -111,12 +112,53 @@ def test_fetch_of_unknown_backup_name(backup: Backup, pg_workdir: Path) -> None:
 
 
 def test_truncated_part_is_detected_and_named(damaged: WalgSetup, backup: Backup) -> None:
+    # Without walg's record of the object's size (as WAL-G writes it): found while reading.
+    _as_wal_g_wrote_it(damaged, backup.name)
     part = _parts(damaged, backup.name)[0]
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])
     stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
     assert part.name in stderr
     assert "truncated" in stderr or "ends inside" in stderr
+
+
+def test_part_of_another_size_than_recorded_is_refused_before_downloading(
+    damaged: WalgSetup, backup: Backup
+) -> None:
+    part = _parts(damaged, backup.name)[0]
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert f"object {part.name} is {len(data) // 2} bytes in storage" in stderr
+    assert f"records {len(data)}" in stderr and "before downloading" in stderr
+
+
+def test_member_larger_than_recorded_is_refused_before_it_is_written(
+    damaged: WalgSetup, backup: Backup
+) -> None:
+    # The object recorded anew (so it is read at all), the file's record kept: the member's
+    # header claims 16 MiB more than recorded, and not a byte of it may reach DEST's disk.
+    part = _parts(damaged, backup.name)[0]
+    victim: list[tuple[str, int]] = []
+
+    def inflate(members: list) -> list:  # type: ignore[type-arg]
+        out = []
+        for info, payload in members:
+            data = payload
+            if data and not victim and info.size > 100:
+                victim.append((info.name, info.size))
+                data += bytes(16 << 20)
+                info.size = len(data)
+            out.append((info, data))
+        return out
+
+    _rewrite_part(damaged, backup.name, part, inflate)
+    dest = damaged.store.parent / "dest"
+    stderr = _fetch_fails(damaged, dest)
+    name, size = victim[0]
+    assert f"{name.lstrip('/')} holds {size + (16 << 20)} bytes" in stderr
+    assert f"records {size}" in stderr and part.name in stderr
+    assert not (dest / name.lstrip("/")).exists()
 
 
 def test_corrupted_part_is_detected_and_named(damaged: WalgSetup, backup: Backup) -> None:
@@ -128,8 +170,24 @@ def test_corrupted_part_is_detected_and_named(damaged: WalgSetup, backup: Backup
     assert part.name in stderr
 
 
-def _rewrite_part(part: Path, change: callable) -> None:  # type: ignore[valid-type]
-    """Decompress a part, let ``change`` edit its tar, recompress it as valid LZ4."""
+def _edit_files_metadata(walg: WalgSetup, name: str, edit: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    """Let ``edit`` change files_metadata.json; the sentinel's record of the document
+    (WalgFilesMetadata) is dropped, as in a sentinel WAL-G wrote, so the edit is read."""
+    backups = walg.store / "basebackups_005"
+    path = backups / name / "files_metadata.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    sentinel_path = backups / f"{name}_backup_stop_sentinel.json"
+    sentinel = json.loads(sentinel_path.read_text())
+    sentinel.pop("WalgFilesMetadata", None)
+    sentinel_path.write_text(json.dumps(sentinel))
+
+
+def _rewrite_part(walg: WalgSetup, name: str, part: Path, change: Callable[[list], list]) -> None:  # type: ignore[type-arg]
+    """Decompress a part, let ``change`` edit its tar, recompress it as valid LZ4, and record
+    the new object in the metadata (WalgObjects), as a consistent forgery would: what is
+    tested is then the check of the members themselves."""
     members = []
     with tarfile.open(fileobj=io.BytesIO(lz4.frame.decompress(part.read_bytes()))) as tar:
         for info in tar.getmembers():
@@ -140,7 +198,17 @@ def _rewrite_part(part: Path, change: callable) -> None:  # type: ignore[valid-t
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, payload in members:
             tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    part.write_bytes(lz4.frame.compress(out.getvalue()))
+    stored = lz4.frame.compress(out.getvalue())
+    part.write_bytes(stored)
+
+    def record(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["WalgObjects"][part.name] = {
+            "StoredSize": len(stored),
+            "Blake3": blake3.blake3(stored).hexdigest(),
+            "RawSize": len(out.getvalue()),
+        }
+
+    _edit_files_metadata(walg, name, record)
 
 
 def test_file_content_mismatch_names_the_file(damaged: WalgSetup, backup: Backup) -> None:
@@ -157,7 +225,7 @@ def test_file_content_mismatch_names_the_file(damaged: WalgSetup, backup: Backup
             out.append((info, data))
         return out
 
-    _rewrite_part(part, flip)
+    _rewrite_part(damaged, backup.name, part, flip)
     stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
     assert victim and victim[0].lstrip("/") in stderr
     assert "checksum" in stderr
@@ -172,7 +240,7 @@ def test_hostile_member_name_is_refused(damaged: WalgSetup, backup: Backup) -> N
         info.size = 5
         return [(info, b"owned"), *members]
 
-    _rewrite_part(part, add_hostile)
+    _rewrite_part(damaged, backup.name, part, add_hostile)
     stderr = _fetch_fails(damaged, damaged.store.parent / "a" / "b" / "dest")
     assert "outside the destination" in stderr
     assert not escape.exists()
@@ -188,21 +256,19 @@ def test_missing_part_is_detected(damaged: WalgSetup, backup: Backup) -> None:
 
 def _as_wal_g_wrote_it(walg: WalgSetup, name: str) -> dict:  # type: ignore[type-arg]
     """Strip walg's completeness keys (object and file checksums) from files_metadata.json,
-    and the sentinel's checksum of that document, leaving what WAL-G writes; returns the
-    document."""
-    sentinel = walg.store / "basebackups_005" / f"{name}_backup_stop_sentinel.json"
-    sentinel_doc = json.loads(sentinel.read_text())
-    sentinel_doc.pop("WalgFilesMetadata")
-    sentinel.write_text(json.dumps(sentinel_doc))
-    path = walg.store / "basebackups_005" / name / "files_metadata.json"
-    doc = json.loads(path.read_text())
-    doc.pop("WalgObjects", None)
-    doc.pop("WalgUtilityFiles", None)
-    for description in doc["Files"].values():
-        description.pop("WalgSize", None)
-        description.pop("WalgBlake3", None)
-    path.write_text(json.dumps(doc))
-    return doc
+    leaving what WAL-G writes; returns the document."""
+    kept: list[dict] = []  # type: ignore[type-arg]
+
+    def strip(doc: dict) -> None:  # type: ignore[type-arg]
+        doc.pop("WalgObjects", None)
+        doc.pop("WalgUtilityFiles", None)
+        for description in doc["Files"].values():
+            description.pop("WalgSize", None)
+            description.pop("WalgBlake3", None)
+        kept.append(doc)
+
+    _edit_files_metadata(walg, name, strip)
+    return kept[0]
 
 
 def _fetch_fails_leaving_nothing(walg: WalgSetup) -> str:
@@ -228,9 +294,7 @@ def test_files_in_no_part_fail_the_restore_by_name(damaged: WalgSetup, backup: B
     doc = _as_wal_g_wrote_it(damaged, backup.name)
     part = _parts(damaged, backup.name)[0]
     lost = [m for m in doc["TarFileSets"].pop(part.name) if m in doc["Files"]]
-    (damaged.store / "basebackups_005" / backup.name / "files_metadata.json").write_text(
-        json.dumps(doc)
-    )
+    _edit_files_metadata(damaged, backup.name, lambda d: d["TarFileSets"].pop(part.name))
     part.unlink()
     dest = damaged.store.parent / "dest"
     stderr = _fetch_fails(damaged, dest)

@@ -346,3 +346,25 @@ def test_all_tablespace_locations_are_checked_before_any_is_created(tmp_path: Pa
         )
     assert not (tmp_path / "restore").exists()
     assert not (tmp_path / "new").exists()
+
+
+def test_an_object_of_another_size_than_recorded_is_refused_before_downloading(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    stored = len(storage.get_bytes(naming.partitions_prefix(NAME) + "part_001.tar.lz4"))
+
+    def record(doc: dict[str, Any]) -> None:
+        doc["WalgObjects"] = {
+            "part_001.tar.lz4": {"StoredSize": stored + 1, "Blake3": "0" * 64, "RawSize": 1}
+        }
+
+    _edit_files_metadata(storage, record)
+    dest = tmp_path / "restore"
+    with pytest.raises(IntegrityError) as info:
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    message = str(info.value)
+    assert "part_001.tar.lz4" in message and "before downloading" in message
+    assert f"{stored} bytes" in message and str(stored + 1) in message
+    assert not (dest / "PG_VERSION").exists(), "nothing of the object may be extracted"

@@ -3,11 +3,11 @@
 Regular partitions are extracted in parallel (``WALG_DOWNLOAD_CONCURRENCY``); ``pg_control.tar``
 and then ``backup_label.tar`` only after all of them, so a half-restored directory is never
 startable. Every file with a recorded checksum is verified while written, every stored object
-against its recorded size and hash. Every object the metadata names must be in storage before
-anything is written, and a file listed in the metadata but found in no partition fails the
-restore, naming it. A WAL directory the backup lacks (WAL-G drops a symlinked pg_wal) is
-created empty. When the tablespace links are made from a spec, ``tablespace_map`` is not
-restored (see :func:`backup_fetch`).
+against its recorded size (before it is downloaded) and hash. Every object the metadata names
+must be in storage before anything is written, and a file listed in the metadata but found in
+no partition fails the restore, naming it. A WAL directory the backup lacks (WAL-G drops a
+symlinked pg_wal) is created empty. When the tablespace links are made from a spec,
+``tablespace_map`` is not restored (see :func:`backup_fetch`).
 """
 
 from __future__ import annotations
@@ -337,6 +337,14 @@ def _extract_object(
     object_name = info.key.rsplit("/", 1)[-1]
     codec = codec_for_extension(tar_object_extension(object_name))
     what = f"object {object_name}"
+    recorded = files_meta.objects.get(object_name)
+    # The listing's size is known before a byte is read: an object of another size is not
+    # the one recorded, and neither its download nor what it expands to is worth a disk.
+    if recorded is not None and recorded.stored.size != info.size:
+        raise IntegrityError(
+            f"{what} is {info.size} bytes in storage, but the backup metadata records "
+            f"{recorded.stored.size}; refusing it before downloading"
+        )
     try:
         with download(storage, info.key, codec, what) as dl:
             extractor.extract(dl.reader, what)
@@ -345,7 +353,6 @@ def _extract_object(
         raise
     except OSError as exc:
         raise IntegrityError(f"{what}: extraction failed: {exc}") from None
-    recorded = files_meta.objects.get(object_name)
     if recorded is not None and recorded.stored != stored:
         raise IntegrityError(
             f"{what} does not match its checksum in the backup metadata "
