@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pwd
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
@@ -159,6 +161,58 @@ def test_member_larger_than_recorded_is_refused_before_it_is_written(
     assert f"{name.lstrip('/')} holds {size + (16 << 20)} bytes" in stderr
     assert f"records {size}" in stderr and part.name in stderr
     assert not (dest / name.lstrip("/")).exists()
+
+
+@pytest.mark.parametrize("shape", ["under a file", "in a read-only folder"])
+def test_fetch_into_an_unusable_destination_names_it(
+    backup: Backup, pg_workdir: Path, shape: str
+) -> None:
+    if shape == "under a file":
+        (pg_workdir / "afile").write_bytes(b"")
+        dest, reason = pg_workdir / "afile" / "dest", "Not a directory"
+    else:
+        make_shared_dir(pg_workdir / "ro", 0o555)
+        dest, reason = pg_workdir / "ro" / "dest", "Permission denied"
+    stderr = _fetch_fails(backup.walg, dest)
+    assert stderr.strip().splitlines()[-1] == (
+        f"ERROR: cannot create the destination {dest}: {reason}"
+    ), stderr
+    assert "unexpected" not in stderr
+
+
+def test_tablespace_location_that_cannot_be_created_leaves_dest_as_it_was(
+    backup: Backup, pg_workdir: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a folder the restoring user cannot write in")
+    locked = pg_workdir / "locked"
+    locked.mkdir(mode=0o755)  # root's: the restoring user (pgtest) may not write in it
+    location = locked / "ts"
+    spec_file = pg_workdir / "restore-spec.json"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "base_prefix": "/unused",
+                "tablespaces": ["16500"],
+                "16500": {"loc": str(location), "link": "pg_tblspc/16500"},
+            }
+        )
+    )
+    spec_file.chmod(0o644)
+    dest = pg_workdir / "dest"
+    command = ["backup-fetch", str(dest), "LATEST", "--restore-spec", str(spec_file)]
+    result = backup.walg.run(command, check=False)
+    assert result.returncode not in (0, 126, 127), result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert str(location) in last and "permission denied" in last.lower(), result.stderr
+    assert "unexpected" not in result.stderr
+    assert not dest.exists() or not any(dest.iterdir())
+    # The DBA fixes the permission; the very same command then restores.
+    pw = pwd.getpwnam("pgtest")
+    os.chown(locked, pw.pw_uid, pw.pw_gid)
+    backup.walg.run(command)
+    assert os.readlink(dest / "pg_tblspc" / "16500") == str(location)
+    assert (dest / "PG_VERSION").is_file()
 
 
 def test_corrupted_part_is_detected_and_named(damaged: WalgSetup, backup: Backup) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from walg.core import naming
 from walg.core.metadata import TablespaceSpec
-from walg.errors import BackupNotFound, IntegrityError, UsageError
+from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops.backup_fetch import backup_fetch
 from walg.settings import Settings, load
 from walg.storage.base import Storage
@@ -368,3 +368,22 @@ def test_an_object_of_another_size_than_recorded_is_refused_before_downloading(
     assert "part_001.tar.lz4" in message and "before downloading" in message
     assert f"{stored} bytes" in message and str(stored + 1) in message
     assert not (dest / "PG_VERSION").exists(), "nothing of the object may be extracted"
+
+
+def test_a_tablespace_location_that_cannot_be_created_leaves_the_destination_untouched(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    blocker = tmp_path / "mnt"
+    blocker.write_bytes(b"a file where a folder should be")
+    location = blocker / "ts"
+    _put_tablespace_backup(storage, location, str(location))
+    dest = tmp_path / "restore"
+    with pytest.raises(WalgError) as info:
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert str(location) in str(info.value)
+    assert not dest.exists()
+    # Once the DBA has made room, the very same command succeeds.
+    blocker.unlink()
+    backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert (location / "PG_16_202307071/5/16386").is_file()

@@ -6,12 +6,14 @@ startable. Every file with a recorded checksum is verified while written, every 
 against its recorded size (before it is downloaded) and hash. Every object the metadata names
 must be in storage before anything is written, and a file listed in the metadata but found in
 no partition fails the restore, naming it. A WAL directory the backup lacks (WAL-G drops a
-symlinked pg_wal) is created empty. When the tablespace links are made from a spec,
-``tablespace_map`` is not restored (see :func:`backup_fetch`).
+symlinked pg_wal) is created empty. DEST and the tablespace locations are checked before
+anything is created; one that cannot be used is named in one line. When the tablespace links
+are made from a spec, ``tablespace_map`` is not restored (see :func:`backup_fetch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from walg.core.naming import (
     partitions_prefix,
     tar_object_extension,
 )
-from walg.errors import IntegrityError, UsageError, WalgError
+from walg.errors import DestinationError, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
 from walg.ops.pipeline import SIGNAL_POLL, download
 from walg.settings import Settings
@@ -51,15 +53,29 @@ class BackupFetchResult:
     verified_files: int
 
 
-def prepare_destination(dest: Path) -> None:
-    if dest.exists():
-        if not dest.is_dir():
-            raise UsageError(f"destination {dest} exists and is not a directory")
-        if any(dest.iterdir()):
-            raise UsageError(f"destination {dest} is not empty; refusing to restore into it")
-    else:
-        dest.mkdir(parents=True, mode=0o700)
-    os.chmod(dest, 0o700)
+def prepare_destination(dest: Path) -> bool:
+    """Make ``dest`` an empty directory of mode 0700; whether it had to be created."""
+    try:
+        if dest.exists():
+            if not dest.is_dir():
+                raise UsageError(f"destination {dest} exists and is not a directory")
+            if any(dest.iterdir()):
+                raise UsageError(f"destination {dest} is not empty; refusing to restore into it")
+            created = False
+        else:
+            try:
+                dest.mkdir(parents=True, mode=0o700)
+            except OSError as exc:
+                raise DestinationError(
+                    f"cannot create the destination {dest}: {exc.strerror or exc}"
+                ) from None
+            created = True
+        os.chmod(dest, 0o700)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot use the destination {dest}: {exc.strerror or exc}"
+        ) from None
+    return created
 
 
 def _check_tablespaces(dest: Path, spec: TablespaceSpec) -> None:
@@ -86,25 +102,90 @@ def _check_tablespaces(dest: Path, spec: TablespaceSpec) -> None:
                 f"tablespace location {location} is inside the destination {dest}; "
                 "relocate it with --restore-spec"
             )
-        if location.exists() and (not location.is_dir() or any(location.iterdir())):
+        try:
+            _check_location_usable(location)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot use tablespace location {location}: {exc.strerror or exc}"
+            ) from None
+
+
+def _check_location_usable(location: Path) -> None:
+    """Refuse a location that is not an empty directory, or that this user cannot create
+    (its nearest existing ancestor must be a folder it may write in) or fill."""
+    if location.exists():
+        if not location.is_dir() or any(location.iterdir()):
             raise UsageError(
                 f"tablespace location {location} exists and is not an empty directory; "
                 "relocate it with --restore-spec"
             )
+        if not os.access(location, os.W_OK | os.X_OK):
+            raise DestinationError(
+                f"cannot write in tablespace location {location}: permission denied; "
+                "relocate it with --restore-spec or change its owner"
+            )
+        return
+    ancestor = location.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(
+            f"tablespace location {location} cannot be created: {ancestor} is not a directory; "
+            "relocate it with --restore-spec"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DestinationError(
+            f"cannot create tablespace location {location}: permission denied in {ancestor}; "
+            "relocate it with --restore-spec or change that folder's owner"
+        )
 
 
 def _prepare_tablespaces(dest: Path, spec: TablespaceSpec) -> list[Path]:
-    """Create each tablespace location (checked by _check_tablespaces) and its link."""
-    locations = []
-    tblspc = dest / "pg_tblspc"
-    tblspc.mkdir(mode=0o700, exist_ok=True)
-    for ts in spec.tablespaces:
-        location = Path(ts.location)
-        location.mkdir(parents=True, mode=0o700, exist_ok=True)
-        os.chmod(location, 0o700)
-        (tblspc / ts.name).symlink_to(location)
-        locations.append(location)
+    """Create each tablespace location (checked by _check_tablespaces) and its link.
+
+    On failure (the folders may have changed since they were checked) what was made here is
+    removed again, so that DEST is as empty as it was and the same command can be rerun.
+    """
+    made: list[Path] = []
+    try:
+        tblspc = dest / "pg_tblspc"
+        tblspc.mkdir(mode=0o700)
+        made.append(tblspc)
+        locations = []
+        for ts in spec.tablespaces:
+            location = Path(ts.location)
+            try:
+                for folder in _missing_folders(location):
+                    folder.mkdir(mode=0o700)
+                    made.append(folder)
+                os.chmod(location, 0o700)
+            except OSError as exc:
+                raise DestinationError(
+                    f"cannot create tablespace location {location}: {exc.strerror or exc}"
+                ) from None
+            link = tblspc / ts.name
+            link.symlink_to(location)
+            made.append(link)
+            locations.append(location)
+    except BaseException:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                if path.is_symlink():
+                    path.unlink()
+                else:
+                    path.rmdir()
+        raise
     return locations
+
+
+def _missing_folders(location: Path) -> list[Path]:
+    """The folders of ``location`` (itself included) that do not exist yet, outermost first."""
+    missing = []
+    current = location
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return list(reversed(missing))
 
 
 def backup_fetch(
@@ -129,8 +210,15 @@ def backup_fetch(
     spec = restore_spec or sentinel.spec
     if spec:
         _check_tablespaces(dest, spec)
-    prepare_destination(dest)
-    locations = _prepare_tablespaces(dest, spec) if spec else []
+    created = prepare_destination(dest)
+    try:
+        locations = _prepare_tablespaces(dest, spec) if spec else []
+    except OSError as exc:
+        _undo_destination(dest, created)
+        raise DestinationError(f"cannot prepare {dest}: {exc.strerror or exc}") from None
+    except BaseException:
+        _undo_destination(dest, created)
+        raise
     # The links made here are the tablespaces' truth. PostgreSQL, finding a tablespace_map at
     # start-up, would replace each link by the path the map names: the unresolved path the
     # source server saw, which may not exist here or may lead elsewhere than where the files
@@ -170,6 +258,13 @@ def backup_fetch(
         bytes=extractor.bytes,
         verified_files=len(extractor.verified),
     )
+
+
+def _undo_destination(dest: Path, created: bool) -> None:
+    """Remove ``dest`` again if this run created it (it is empty by now)."""
+    if created:
+        with contextlib.suppress(OSError):
+            dest.rmdir()
 
 
 def _extract_all(
