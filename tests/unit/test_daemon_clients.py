@@ -725,3 +725,26 @@ def test_the_client_works_through_a_link(walg_bin: str, tmp_path: Path, python: 
         timeout=60,
     )
     assert push.returncode == 1 and "Traceback" not in push.stderr, push.stderr
+
+
+def test_a_destination_the_daemon_cannot_write_is_answered_and_named(
+    env: Env, client: Client
+) -> None:
+    """The daemon answers E for a destination it cannot write (here a folder in the way), and
+    its log names that path: a local file system error is an error of the request, not of
+    the connection (which would be closed without a reply)."""
+    (env.pgdata / "recovery.signal").touch()
+    data = os.urandom(4096) * 64
+    (env.pgdata / "pg_wal" / SEG).write_bytes(data)
+    in_the_way = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    (in_the_way / "sub").mkdir(parents=True)
+    env.start()
+    sock = str(env.socket)
+    assert env.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata).returncode == 0
+    fetched = env.run(client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata)
+    log = env.stop()
+    assert fetched.returncode == 128, fetched.stderr
+    assert "answered an error" in fetched.stderr
+    assert f"cannot write {in_the_way}" in log, log
+    assert (in_the_way / "sub").is_dir()
+    assert not [p for p in (env.pgdata / "pg_wal").iterdir() if ".walg-" in p.name]

@@ -510,3 +510,27 @@ def test_temporary_files_of_killed_fetches_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in pg_wal.iterdir()) == sorted(
         [fresh.name, *(p.name for p in others)]
     )
+
+
+@pytest.mark.parametrize("shape", ["missing", "a file", "read-only"])
+def test_a_destination_that_cannot_be_written_is_named_and_stops_recovery(
+    walg_bin: str, pg_workdir: Path, shape: str
+) -> None:
+    if shape == "read-only" and os.geteuid() != 0:
+        pytest.skip("needs root to make a folder the server's user cannot write in")
+    good = Segment(1, 2).name()
+    store = _archive(pg_workdir, {f"{good}.lz4": lz4.frame.compress(_segment_bytes(good, 5))})
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    (pgdata / "recovery.signal").touch()
+    if shape == "a file":
+        (pgdata / "pg_wal").write_bytes(b"")
+    elif shape == "read-only":
+        (pgdata / "pg_wal").mkdir(mode=0o755)  # root's: the server's user may not write
+    got = _fetch(walg_bin, store, pgdata, good, WALG_DOWNLOAD_CONCURRENCY="1")
+    # Archive recovery: above 125, so PostgreSQL stops instead of promoting early.
+    assert got.returncode == 128, got.stderr
+    lines = got.stderr.strip().splitlines()
+    assert len(lines) == 1, got.stderr
+    # The path PostgreSQL gave, not the hidden temporary file beside it.
+    assert lines[0].startswith("ERROR: cannot write pg_wal/RECOVERYXLOG: "), lines
+    assert ".walg-" not in got.stderr and "unexpected" not in got.stderr

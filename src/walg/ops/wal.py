@@ -4,7 +4,8 @@ and timeline history files read from storage.
 Also what the WAL commands share for their markers and temporary files: a marker's record of
 the file it vouches for (:func:`file_identity`, :func:`write_marker`, :func:`take_marker`), its
 name, which carries the key of the destination it was written for (:func:`marker_path`),
-:func:`temporary_beside` (and :func:`forget_stale_temporaries`) and :func:`remove`.
+:func:`temporary_beside` (and :func:`forget_stale_temporaries`), :class:`DestinationFile` and
+:func:`put_in_place` (which name the destination in their errors) and :func:`remove`.
 
 Every extension WAL-G may have written is probed, including those this build cannot decode yet:
 a segment that exists but cannot be read must be an error, never "not in the archive" (which
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from walg.core.timeline import History
+    from walg.errors import DestinationError
     from walg.storage.base import Storage
     from walg.streams.base import Sink
 
@@ -187,6 +189,55 @@ def vouches(recorded: bytes, identity: bytes) -> bool:
     return os.path.isfile(stored[:-1])
 
 
+def destination_error(destination: str, exc: OSError) -> DestinationError:
+    """A WAL file cannot be put at ``destination`` (no such folder, no permission, a full
+    disk): the error names that path, the one PostgreSQL gave, and not the hidden temporary
+    file beside it that failed."""
+    from walg.errors import DestinationError
+
+    return DestinationError(f"cannot write {destination}: {exc.strerror or exc}")
+
+
+class DestinationFile:
+    """The temporary file ``path`` a WAL file is written to before it is renamed over
+    ``destination``; every error of the local file system is a :func:`destination_error`."""
+
+    def __init__(self, path: str, destination: str) -> None:
+        self._destination = destination
+        try:
+            self._file = open(path, "xb")  # noqa: SIM115 (closed by close or discard)
+        except OSError as exc:
+            raise destination_error(destination, exc) from None
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            raise destination_error(self._destination, exc) from None
+
+    def close(self) -> None:
+        """Close, writing out what is buffered: a full disk may only show here."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise destination_error(self._destination, exc) from None
+
+    def discard(self) -> None:
+        """Close after a failure, which is what is reported (the caller removes the file)."""
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+def put_in_place(path: str, destination: str) -> None:
+    """Rename the complete ``path`` over ``destination``."""
+    try:
+        os.replace(path, destination)
+    except OSError as exc:
+        raise destination_error(destination, exc) from None
+
+
 def temporary_beside(destination: str) -> str:
     """A private name in ``destination``'s folder for a file that is renamed over it when
     complete (the same file system, so the rename is atomic; hidden by its leading dot)."""
@@ -245,6 +296,6 @@ def remove(path: str) -> bool:
     """Delete ``path`` if it is there; whether it was."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where a folder of it should be
         return False
     return True

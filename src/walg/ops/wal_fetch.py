@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from walg.core.lsn import check_wal_file_name
 from walg.errors import RequestAbandoned, WalNotFound
-from walg.ops.wal import download_wal, find_wal_object, remove, temporary_beside
+from walg.ops.wal import (
+    DestinationFile,
+    download_wal,
+    find_wal_object,
+    put_in_place,
+    remove,
+    temporary_beside,
+)
 from walg.ops.wal_prefetch import prefetch_root, take_prefetched
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
@@ -62,11 +69,16 @@ def wal_fetch(
     key, ext = found
     tmp = temporary_beside(dest)
     try:
-        with open(tmp, "xb") as out:
+        out = DestinationFile(tmp, dest)
+        try:
             size = download_wal(storage, key, ext, out, settings.wal_segment_size)
+        except BaseException:
+            out.discard()
+            raise
+        out.close()
         if commit is not None and not commit():
             raise RequestAbandoned()
-        os.replace(tmp, dest)
+        put_in_place(tmp, dest)
     except BaseException:
         remove(tmp)
         raise

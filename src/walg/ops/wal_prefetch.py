@@ -30,6 +30,7 @@ from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
 from walg.ops.wal import (
     download_wal,
     find_wal_object,
+    put_in_place,
     read_history,
     remove,
     remove_stale_files,
@@ -108,7 +109,7 @@ def take_prefetched(
             with contextlib.suppress(OSError):
                 os.replace(tmp, candidate)
             raise RequestAbandoned()
-        os.replace(tmp, destination)
+        put_in_place(tmp, destination)
     except BaseException:
         remove(tmp)
         raise
@@ -146,7 +147,7 @@ def _wait_for_running(root: str, name: str) -> None:
     while True:
         try:
             size = os.stat(running).st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder: nothing running
             return
         now = time.monotonic()
         if size != last_size:
