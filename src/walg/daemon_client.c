@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef WALG_PATH
@@ -243,6 +244,48 @@ static int timeout_from_env(struct timeval *tv)
     return 0;
 }
 
+/*
+ * One deadline for the whole call: the connect (a full listen queue), the send and the wait for
+ * the answer share the timeout instead of each having all of it. Sets the socket's timeouts to
+ * what is left; -1 (errno ETIMEDOUT) once nothing is.
+ */
+static struct timespec deadline;
+
+static int start_deadline(const struct timeval *tv)
+{
+    if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
+        return -1;
+    deadline.tv_sec += tv->tv_sec;
+    deadline.tv_nsec += (long)tv->tv_usec * 1000;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    return 0;
+}
+
+static int time_left(int fd)
+{
+    struct timespec now;
+    struct timeval left;
+    long long ns;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0)
+        return -1;
+    ns = (long long)(deadline.tv_sec - now.tv_sec) * 1000000000LL + (deadline.tv_nsec - now.tv_nsec);
+    if (ns <= 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    left.tv_sec = (time_t)(ns / 1000000000LL);
+    left.tv_usec = (suseconds_t)((ns % 1000000000LL) / 1000);
+    if (left.tv_sec == 0 && left.tv_usec == 0)
+        left.tv_usec = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &left, sizeof(left)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &left, sizeof(left)) != 0)
+        return -1;
+    return 0;
+}
+
 /* Runs `walg wal-fetch NAME DEST` or `walg wal-push PATH` in this process's place. */
 static int direct(char **argv)
 {
@@ -328,7 +371,8 @@ int main(int argc, char **argv)
 
     /* Blocking, with SO_SNDTIMEO: connect waits for room in a full listen queue that long. */
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+    if (fd < 0 || start_deadline(&tv) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
         fprintf(stderr, "walg-daemon-client: no socket: %s; nothing was done\n", strerror(errno));
         return failed();
@@ -372,9 +416,16 @@ int main(int argc, char **argv)
         (void)close(fd);
         return failed();
     }
-    if (send_all(fd, m.data, m.len) != 0) {
+    if (time_left(fd) != 0 || send_all(fd, m.data, m.len) != 0) {
         if (errno == EPIPE || errno == ECONNRESET)
             return gone(fd, path, command, strerror(errno), argv);
+        fprintf(stderr,
+                "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
+                path, why(errno));
+        (void)close(fd);
+        return failed();
+    }
+    if (time_left(fd) != 0) {
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(errno));

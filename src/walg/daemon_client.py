@@ -64,10 +64,9 @@ def _args(*values: str) -> bytes:
     return out
 
 
-def _connect(sock: "_socket.socket", path: str, timeout: float) -> None:
+def _connect(sock: "_socket.socket", path: str, deadline: float) -> None:
     # With a timeout set the socket is non-blocking, and a UNIX socket whose listen queue is
     # full refuses such a connect at once with EAGAIN: a busy daemon is waited for instead.
-    deadline = time.monotonic() + timeout
     while True:
         try:
             sock.connect(path)
@@ -86,14 +85,26 @@ def _check_peer(sock: "_socket.socket") -> None:
         raise UntrustedPeer(f"the socket is served by uid {uid}, neither this user nor root")
 
 
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
 def _ask(path: str, message: bytes, timeout: float) -> bytes:
+    # One deadline for the whole call: the connect (a full listen queue), the send and the
+    # wait for the answer share the timeout, rather than each having all of it.
+    deadline = time.monotonic() + timeout
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        _connect(sock, path, timeout)
+        _connect(sock, path, deadline)
         _check_peer(sock)
         try:
+            sock.settimeout(_remaining(deadline))
             sock.sendall(message)
+            sock.settimeout(_remaining(deadline))
             reply = sock.recv(1)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonGone(exc.errno, exc.strerror) from None

@@ -634,6 +634,53 @@ def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
     assert elapsed >= 0.4, "the answer can only have come once the listener accepted"
 
 
+def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
+    """WALG_DAEMON_CLIENT_TIMEOUT is one deadline: time spent waiting in a full listen queue
+    is not given again to the wait for the answer (each step had the whole timeout, so a
+    call could last two or three times it)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(env.socket))
+    srv.listen(0)
+    queued: list[socket.socket] = []
+    for _ in range(64):
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(env.socket))
+        except BlockingIOError:
+            filler.close()
+            break
+        queued.append(filler)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_late_and_never_answer() -> None:
+        time.sleep(1.5)
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_late_and_never_answer, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": "2.5"})
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        for sock in queued + held:
+            sock.close()
+    assert res.returncode == 1
+    assert "timed out" in res.stderr
+    assert len(held) > len(queued), "the client's connection was accepted, then not answered"
+    assert 2.4 <= elapsed < 3.3, elapsed
+
+
 @pytest.mark.parametrize("failure", ["error", "silent"])
 @pytest.mark.parametrize(
     ("signals", "expected"),
