@@ -1,5 +1,6 @@
 """Data directories laid out with symbolic links restore and start: a pg_wal made by
-``initdb --waldir`` and a tablespace created at a path that is itself a symbolic link.
+``initdb --waldir`` and a tablespace created at a path that is itself a symbolic link. Also
+unusual contents: a database moved between tablespaces during the backup.
 
 Each test runs the real ``walg`` against real clusters, restores into an empty directory on
 a "new host" where the source's links are gone, recovers from the archive and compares the
@@ -8,6 +9,7 @@ data (``pg_dumpall`` and amcheck).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -147,3 +149,66 @@ def test_backup_whose_file_list_exceeds_64_mib_restores(pg_workdir: Path, walg_b
     failed = walg.run(["backup-fetch", str(dest), "LATEST"], check=False)
     assert failed.returncode == 1
     assert "files_metadata.json" in failed.stderr and "checksum" in failed.stderr
+
+
+def test_database_moved_to_another_tablespace_during_backup_fails_it(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """ALTER DATABASE ... SET TABLESPACE copies files without WAL-logging them; recovery
+    re-copies the old directory. Moved while backup-push read PGDATA, the database was in
+    neither place in the backup, and the restored cluster could not open it: backup-push and
+    backup-fetch exited 0. The move is made while part_002's upload is held (fault
+    injection), after the walk; the backup must fail and leave nothing, and the next one
+    restore the database."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    location = src.add_tablespace("ts1", pg_workdir / "ts1")
+    src.pgbench(["-i", "-s", "2", "-q"])
+    src.psql("CREATE DATABASE moved TABLESPACE ts1")
+    src.psql(
+        "CREATE TABLE keep AS SELECT g id, md5(g::text) v FROM generate_series(1, 100000) g",
+        dbname="moved",
+    )
+    src.checkpoint()
+    held = json.dumps([{"op": "write", "key": "part_002", "delay": 6}])
+    push = walg.popen(
+        ["backup-push", str(src.datadir)],
+        cluster=src,
+        env={
+            "WALG_UPLOAD_DISK_CONCURRENCY": "1",
+            "WALG_TAR_SIZE_THRESHOLD": "1000000",
+            "WALG_FAULT_INJECTION": held,
+        },
+    )
+    assert push.stderr is not None
+    seen = []
+    while not seen or "uploaded part_001" not in seen[-1]:
+        line = push.stderr.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    src.psql("ALTER DATABASE moved SET TABLESPACE pg_default")
+    _, rest = push.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert push.returncode == 1, stderr
+    assert "database moved moved to another tablespace" in stderr
+    assert not [p for p in walg.store.rglob("basebackups_005/**/*") if p.is_file()]
+
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO pgbench_history VALUES (1, 1, 1, 1, now(), 'after')")
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+    location.rename(pg_workdir / "ts1-of-the-old-host")
+
+    restored = restore_and_recover(install, pg_workdir, walg)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "100000"
+    if install.has_amcheck:
+        assert restored.amcheck() > 0
+    restored.stop()

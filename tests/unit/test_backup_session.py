@@ -1,4 +1,5 @@
-"""walg.postgres.backup_session.statement_timeout_ms: what bounds pg_backup_stop."""
+"""walg.postgres.backup_session: what bounds pg_backup_stop (statement_timeout_ms) and which
+databases moved between tablespaces during a backup (moved_databases)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import math
 
 import pytest
 
-from walg.postgres.backup_session import MAX_STATEMENT_TIMEOUT_MS, statement_timeout_ms
+from walg.postgres.backup_session import (
+    MAX_STATEMENT_TIMEOUT_MS,
+    DatabaseLocation,
+    moved_databases,
+    statement_timeout_ms,
+)
 from walg.settings import DEFAULT_STOP_BACKUP_TIMEOUT, load
 
 
@@ -37,3 +43,20 @@ def test_statement_timeout_ms(seconds: float, ms: int) -> None:
 def test_720h_from_the_environment_gives_a_valid_statement_timeout() -> None:
     settings = load(environ={"WALG_STOP_BACKUP_TIMEOUT": "720h"})
     assert statement_timeout_ms(settings.stop_backup_timeout) == MAX_STATEMENT_TIMEOUT_MS
+
+
+def test_moved_databases_are_those_whose_tablespace_changed() -> None:
+    before = {
+        5: DatabaseLocation("postgres", 1663),
+        16390: DatabaseLocation("moved", 16389),
+        16391: DatabaseLocation("dropped", 1663),
+        16392: DatabaseLocation("also moved", 1663),
+    }
+    after = {
+        5: DatabaseLocation("postgres", 1663),
+        16390: DatabaseLocation("moved", 1663),
+        16392: DatabaseLocation("also moved", 16389),
+        16393: DatabaseLocation("created", 16389),  # WAL-logged in full: no matter
+    }
+    assert moved_databases(before, after) == ["also moved", "moved"]
+    assert moved_databases(before, before) == []

@@ -321,6 +321,27 @@ def test_symlinked_pg_wal_is_archived_as_an_empty_0700_directory(tmp_path: Path)
     assert "/base/pg_wal" not in {e.member for e in datadir.walk(str(pgdata)).entries}
 
 
+def test_tablespaces_are_walked_before_the_rest_of_pgdata(tmp_path: Path) -> None:
+    """pg_basebackup's order: ALTER DATABASE SET TABLESPACE pg_default while a backup runs
+    is rebuilt by recovery from the old (tablespace) directory, so that must be read first."""
+    pgdata = make_pgdata(tmp_path)
+    location = tmp_path / "ts"
+    write_file(location / "PG_16_202307071" / "16390" / "16391", b"\5" * 8192)
+    (pgdata / "pg_tblspc").mkdir()
+    (pgdata / "pg_tblspc" / "16389").symlink_to(location)
+    members = [e.member for e in datadir.walk(str(pgdata)).entries]
+    assert members[:5] == [
+        "/",
+        "/pg_tblspc",
+        "/pg_tblspc/16389",
+        "/pg_tblspc/16389/PG_16_202307071",
+        "/pg_tblspc/16389/PG_16_202307071/16390",
+    ]
+    assert members.index("/pg_tblspc/16389/PG_16_202307071/16390/16391") < members.index("/base")
+    rest = [m for m in members[1:] if not m.startswith("/pg_tblspc")]
+    assert rest == sorted(rest)
+
+
 def test_big_uid_and_mtime_survive_via_pax() -> None:
     raw = header("/f", size=0, uid=3_000_000, gid=4_000_000, mtime=2**34) + bytes(1024)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:

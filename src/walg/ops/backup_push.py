@@ -3,7 +3,9 @@
 Order of objects (DESIGN.md §1, promise 1): data partitions (several filled and uploaded at
 once), ``pg_control.tar``, then — after ``pg_backup_stop`` — ``backup_label.tar``,
 ``files_metadata.json`` (whose checksum the sentinel records), ``metadata.json`` and the
-sentinel last. Any failure before the sentinel
+sentinel last. A database moved to
+another tablespace while the backup ran fails it, since recovery could not rebuild it. Any
+failure before the sentinel
 aborts the backup on the server, removes what was uploaded (best effort) and leaves no backup
 that lists.
 """
@@ -48,7 +50,10 @@ from walg.postgres.backup_session import (
     ArchiverStatus,
     BackupSession,
     BackupStart,
+    DatabaseLocation,
     ServerInfo,
+    database_locations,
+    moved_databases,
     server_info,
 )
 from walg.postgres.connection import connect, query_one
@@ -226,13 +231,16 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
             "so it cannot be restored from the archive alone"
         )
     _warn_of_inherited_targets(pgdata)
+    # Read before the backup starts: a move that commits later is seen as a change at the end,
+    # one committed earlier is all before the backup's starting checkpoint.
+    databases = database_locations(conn)
     session, start = _start(conn, info, settings, storage)
     name = backup_name(start.segment_name)
     log.info("backup %s started at LSN %s", name, format_lsn(start.lsn))
     try:
         _remove_leftovers(storage, name)
         result = _upload_backup(
-            settings, storage, codec, session, info, start, name, pgdata, start_time
+            settings, storage, codec, session, info, start, name, pgdata, start_time, databases
         )
     except BaseException:
         session.abort()
@@ -421,6 +429,7 @@ def _upload_backup(
     name: str,
     pgdata: str,
     start_time: GoTime,
+    databases: dict[int, DatabaseLocation],
 ) -> BackupPushResult:
     prefix = partitions_prefix(name)
     walk = datadir.walk(pgdata)
@@ -474,6 +483,14 @@ def _upload_backup(
         _wait_for_archived(storage, session, last_segment, baseline, remaining)
     else:
         log.warning("archive_mode is off: %s will not be archived", last_segment)
+    moved = moved_databases(databases, session.database_locations())
+    if moved:
+        which = f"database {moved[0]}" if len(moved) == 1 else f"databases {', '.join(moved)}"
+        raise PostgresError(
+            f"{which} moved to another tablespace (ALTER DATABASE ... SET TABLESPACE) while "
+            "the backup ran: recovery could not rebuild it from this backup, which is "
+            "removed; run backup-push again"
+        )
     label_name = with_ext("backup_label.tar", codec.extension)
     now = int(time.time())
     label_obj, label_sums, label_payload = _single_member_tar(

@@ -5,7 +5,9 @@ PostgreSQL 15+ has ``pg_backup_start``/``pg_backup_stop``; 10–14 the non-exclu
 walg aborts it on the server. The stop call does not wait for archiving (the caller checks that
 the WAL reached storage, with a timeout, reading ``pg_stat_archiver`` to explain a delay) and
 runs under a statement timeout. On a standby the timeline is checked at start and stop, and a
-promotion during the backup fails it.
+promotion during the backup fails it. Where each database lives (``pg_database.dattablespace``)
+is read for the caller to compare before and after: a database moved meanwhile is not in the
+backup (see :func:`moved_databases`).
 """
 
 from __future__ import annotations
@@ -95,6 +97,45 @@ class BackupStop:
     lsn: int
     label_file: str
     tablespace_map: str
+
+
+@dataclass(frozen=True)
+class DatabaseLocation:
+    """A database's name and the OID of the tablespace holding it."""
+
+    name: str
+    tablespace: int
+
+
+def database_locations(conn: Any) -> dict[int, DatabaseLocation]:
+    """Each database's tablespace, by database OID."""
+    oids, names, tablespaces = query_one(
+        conn,
+        "SELECT coalesce(array_agg(oid::bigint ORDER BY oid), '{}'),"
+        " coalesce(array_agg(datname::text ORDER BY oid), '{}'),"
+        " coalesce(array_agg(dattablespace::bigint ORDER BY oid), '{}') FROM pg_database",
+    )
+    return {
+        int(oid): DatabaseLocation(str(name), int(tablespace))
+        for oid, name, tablespace in zip(oids, names, tablespaces, strict=True)
+    }
+
+
+def moved_databases(
+    before: dict[int, DatabaseLocation], after: dict[int, DatabaseLocation]
+) -> list[str]:
+    """Names of the databases that changed tablespace between two readings.
+
+    ``ALTER DATABASE … SET TABLESPACE`` copies the files without WAL-logging them, and
+    recovery re-copies them from the old directory, which a backup reading while the move ran
+    may have found already removed: the restored database cannot be opened. Databases created
+    or dropped in between are WAL-logged in full and do not count.
+    """
+    return sorted(
+        location.name
+        for oid, location in after.items()
+        if oid in before and before[oid].tablespace != location.tablespace
+    )
 
 
 def server_info(conn: Any) -> ServerInfo:
@@ -193,6 +234,9 @@ class BackupSession:
         if self._info.in_recovery:
             self._check_still_standby()
         return BackupStop(parse_lsn(lsn_text), label_file or "", spcmap or "")
+
+    def database_locations(self) -> dict[int, DatabaseLocation]:
+        return database_locations(self._conn)
 
     def archiver_status(self) -> ArchiverStatus:
         row = query_one(

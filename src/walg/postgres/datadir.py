@@ -7,6 +7,12 @@ kept as an empty directory member, an excluded file is dropped; a top-level ``pg
 ``pg_xlog``) that is a symbolic link to a directory is kept as an empty directory member too.
 ``pg_tblspc/<oid>`` links are followed and their targets walked under ``/pg_tblspc/<oid>/…``;
 the links themselves are not members but are returned as the tablespace spec.
+
+Order: the root, then ``/pg_tblspc`` and its tablespaces, then the rest of PGDATA by name, as
+pg_basebackup reads them. ``ALTER DATABASE … SET TABLESPACE`` is not WAL-logged file by file:
+recovery re-copies the database's old directory, so the old directory must be read after the
+new one could have appeared (tablespaces before ``base`` when moving into ``pg_default``);
+the backup also checks that no database moved (see ``ops.backup_push``).
 ``global/pg_control`` is held back: the caller archives it last, in its own tar. Files that
 vanish during the walk (dropped relations) are skipped.
 """
@@ -120,6 +126,8 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
         # Names only: a scandir entry keeps its stat result, and a database folder of 100,000
         # relation files held that way cost 60 MB.
         names = sorted(os.listdir(path))
+        if not member_dir:
+            names.sort(key=lambda name: name != "pg_tblspc")  # stable: the rest stays sorted
     except FileNotFoundError:
         return
     except OSError as exc:
