@@ -1,6 +1,7 @@
 """Data directories laid out with symbolic links restore and start: a pg_wal made by
 ``initdb --waldir`` and a tablespace created at a path that is itself a symbolic link. Also
-unusual contents: a database moved between tablespaces during the backup.
+unusual contents: a database moved between tablespaces during the backup, a file whose name
+is not UTF-8.
 
 Each test runs the real ``walg`` against real clusters, restores into an empty directory on
 a "new host" where the source's links are gone, recovers from the archive and compares the
@@ -211,4 +212,36 @@ def test_database_moved_to_another_tablespace_during_backup_fails_it(
     assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "100000"
     if install.has_amcheck:
         assert restored.amcheck() > 0
+    restored.stop()
+
+
+def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """One such file anywhere in PGDATA made every backup-push fail at its end
+    (UnicodeEncodeError writing files_metadata.json)."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    name = b"stray\xff\xfe caf\xe9.txt"
+    odd = os.path.join(os.fsencode(src.datadir), name)
+    with open(odd, "wb") as handle:
+        handle.write(b"hello")
+    os.chown(odd, src.datadir.stat().st_uid, src.datadir.stat().st_gid)
+    src.start()
+    _fill(src)
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+
+    restored = restore_and_recover(install, pg_workdir, walg)
+    assert name in os.listdir(os.fsencode(restored.datadir))
+    with open(os.path.join(os.fsencode(restored.datadir), name), "rb") as handle:
+        assert handle.read() == b"hello"
+    assert normalized_dump(restored.pg_dumpall()) == expected
     restored.stop()

@@ -193,6 +193,29 @@ def _written_backup(storage: Storage) -> tuple[Sentinel, bytes]:
     return catalog.read_sentinel(storage, OLD), files.dumps()
 
 
+def test_names_that_are_not_utf8_round_trip_through_the_documents(storage: Storage) -> None:
+    """A file named with bytes that are not UTF-8 (str with lone surrogates, as os.listdir
+    gives it) made every backup-push fail at the end with UnicodeEncodeError."""
+    odd = os.fsdecode(b"/stray\xff\xfe.txt")
+    golden = FilesMetadata.loads((GOLDEN / "files_metadata.json").read_bytes())
+    files = dataclasses.replace(
+        golden,
+        files={**golden.files, odd: golden.files["/base/16384/2619"]},
+        tar_file_sets={"part_001.tar.lz4": (odd,)},
+    )
+    document = files.dumps()
+    assert b'"/stray\\udcff\\udcfe.txt"' in document
+    assert FilesMetadata.loads(document) == files
+    checksum = catalog.write_files_metadata(storage, OLD, files)
+    assert storage.get_bytes(naming.files_metadata_key(OLD)) == document
+    assert checksum == Checksum(len(document), blake3.blake3(document).hexdigest())
+    sentinel = dataclasses.replace(
+        Sentinel.loads((GOLDEN / "sentinel_v2_full.json").read_bytes()),
+        data_dir=os.fsdecode(b"/srv/caf\xe9"),
+    )
+    assert Sentinel.loads(sentinel.dumps()) == sentinel
+
+
 def test_written_files_metadata_is_checked_against_the_sentinel(storage: Storage) -> None:
     sentinel, document = _written_backup(storage)
     assert storage.get_bytes(naming.files_metadata_key(OLD)) == document

@@ -88,8 +88,20 @@ def _encoder() -> json.JSONEncoder:
     return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def encode_json_text(text: str) -> bytes:
+    """UTF-8 of JSON text, lone surrogates written as ``\\udcXX`` escapes.
+
+    File names that are not UTF-8 reach walg as str with lone surrogates (Python's
+    surrogateescape); UTF-8 has no bytes for them. They only occur inside string literals,
+    where ``backslashreplace`` writes exactly JSON's escape, so ``json.loads`` gives back the
+    same str and the restored name the same bytes. (Go's decoder reads such an escape as
+    U+FFFD: WAL-G restores these names changed.)
+    """
+    return text.encode("utf-8", "backslashreplace")
+
+
 def dumps(doc: Mapping[str, Any]) -> bytes:
-    return _encoder().encode(doc).encode("utf-8")
+    return encode_json_text(_encoder().encode(doc))
 
 
 @dataclass(frozen=True)
@@ -406,7 +418,7 @@ class FilesMetadata:
         return doc
 
     def dumps(self) -> bytes:
-        return "".join(self.iter_json()).encode("utf-8")
+        return encode_json_text("".join(self.iter_json()))
 
     def iter_json(self) -> Iterator[str]:
         """The text of :meth:`to_json` as :func:`dumps` writes it, in pieces of about one

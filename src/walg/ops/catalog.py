@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from walg.core.checksum import Checksum
 from walg.core.gotime import GoTime
-from walg.core.metadata import BackupMetadata, FilesMetadata, Sentinel
+from walg.core.metadata import BackupMetadata, FilesMetadata, Sentinel, encode_json_text
 from walg.core.naming import (
     BASEBACKUPS,
     backup_name_from_sentinel_key,
@@ -146,8 +146,8 @@ def write_files_metadata(storage: Storage, name: str, files: FilesMetadata) -> C
             pending.append(piece)
             size += len(piece)
             if size >= chunk:
-                out.write("".join(pending).encode("utf-8"))
+                out.write(encode_json_text("".join(pending)))
                 pending.clear()
                 size = 0
-        out.write("".join(pending).encode("utf-8"))
+        out.write(encode_json_text("".join(pending)))
     return out.checksum()
