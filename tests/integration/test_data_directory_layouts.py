@@ -245,3 +245,30 @@ def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
         assert handle.read() == b"hello"
     assert normalized_dump(restored.pg_dumpall()) == expected
     restored.stop()
+
+
+def test_sql_ascii_cluster_is_backed_up_and_restored(pg_workdir: Path, walg_bin: str) -> None:
+    """initdb under LANG=C makes SQL_ASCII clusters; backup-push refused them, saying the
+    data directory was not the server's (b'/…/src'): psycopg returned text as bytes."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        initdb_args=["--encoding=SQL_ASCII", "--locale=C"],
+        use_template=False,
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    assert src.psql("SHOW server_encoding") == "SQL_ASCII"
+    _fill(src)
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+
+    restored = restore_and_recover(install, pg_workdir, walg)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    if install.has_amcheck:
+        assert restored.amcheck() > 0
+    restored.stop()

@@ -2,7 +2,8 @@
 
 In-process (walg imported from the source tree): the config file's PG* values are passed to
 libpq, a multi-host PGHOST/PGPORT pair connects, and a WALG_STOP_BACKUP_TIMEOUT longer than
-PostgreSQL's statement_timeout allows still stops a backup (it used to discard it).
+PostgreSQL's statement_timeout allows still stops a backup (it used to discard it). Text
+comes back as str under client_encoding SQL_ASCII too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def test_channel_binding_from_the_config_file_is_enforced(
     settings = settings_for(pg_cluster, tmp_path, {"PGCHANNELBINDING": "require"})
     with pytest.raises(PostgresError, match="channel binding"):
         connect(settings.pg).close()
+
+
+def test_text_is_str_with_client_encoding_sql_ascii(pg_cluster: Cluster, tmp_path: Path) -> None:
+    # psycopg returns bytes for text under SQL_ASCII (a cluster initdb made under LANG=C, or
+    # PGCLIENTENCODING): backup-push compared b'/path' with PGDATA and refused the cluster.
+    settings = settings_for(pg_cluster, tmp_path, {}, PGCLIENTENCODING="SQL_ASCII")
+    conn = connect(settings.pg)
+    try:
+        assert query_one(conn, "SHOW client_encoding") == ("SQL_ASCII",)
+        info = server_info(conn)
+        assert info.data_directory == str(pg_cluster.datadir)
+        assert query_one(conn, "SELECT 'caf' || chr(233), 'x'::name, 'y'::varchar") == (
+            "café",
+            "x",
+            "y",
+        )
+    finally:
+        conn.close()
 
 
 def test_a_multi_host_list_connects(pg_cluster: Cluster, tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ libpq would wait forever), and callers set ``statement_timeout`` for queries tha
 Every PG* variable libpq knows, from the environment or the config file, is passed on as a
 keyword (see ``walg.settings.pg_connection``); one the linked libpq does not know makes the
 connection fail rather than being dropped, since it may be a security setting.
+
+Text comes back as str whatever the client encoding: with SQL_ASCII (the encoding of clusters
+made by ``initdb`` under ``LANG=C``) psycopg would return bytes, so walg decodes them as UTF-8
+with surrogateescape, as Python decodes file names (a path that is not UTF-8 compares equal).
 """
 
 from __future__ import annotations
@@ -36,11 +40,27 @@ def connect(pg: PgConnection) -> Any:
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise PostgresError(f"psycopg is not installed: {exc}") from None
     try:
-        return psycopg.connect(autocommit=True, **pg.libpq_kwargs())
+        conn = psycopg.connect(autocommit=True, **pg.libpq_kwargs())
     except psycopg.Error as exc:
         raise PostgresError(
             f"cannot connect to PostgreSQL at {_where(pg)}: {first_line(exc)}"
         ) from None
+    if conn.info.encoding == "ascii":  # SQL_ASCII: psycopg's text loaders return bytes
+        _load_text_as_str(conn)
+    return conn
+
+
+def _load_text_as_str(conn: Any) -> None:
+    from psycopg.abc import Buffer
+    from psycopg.adapt import Loader
+
+    class SurrogateEscapedText(Loader):
+        def load(self, data: Buffer) -> str:
+            return bytes(data).decode("utf-8", "surrogateescape")
+
+    for name in ("text", "varchar", "name", "bpchar", '"char"'):
+        conn.adapters.register_loader(name, SurrogateEscapedText)
+    conn.adapters.register_loader(0, SurrogateEscapedText)  # literals of unknown type
 
 
 def query_one(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
