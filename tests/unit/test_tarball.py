@@ -342,6 +342,21 @@ def test_tablespaces_are_walked_before_the_rest_of_pgdata(tmp_path: Path) -> Non
     assert rest == sorted(rest)
 
 
+def test_links_and_fifos_are_not_archived_but_listed_as_skipped(tmp_path: Path) -> None:
+    pgdata = make_pgdata(tmp_path)
+    conf = write_file(tmp_path / "etc" / "postgresql.conf", b"# conf")
+    (pgdata / "postgresql.conf").unlink()
+    (pgdata / "postgresql.conf").symlink_to(conf)
+    os.mkfifo(pgdata / "base" / "a_fifo")
+    walk = datadir.walk(str(pgdata))
+    members = {e.member for e in walk.entries}
+    assert "/postgresql.conf" not in members and "/base/a_fifo" not in members
+    assert walk.skipped == [
+        datadir.Skipped("/base/a_fifo", "FIFO"),
+        datadir.Skipped("/postgresql.conf", f"symbolic link to {conf}"),
+    ]
+
+
 def test_big_uid_and_mtime_survive_via_pax() -> None:
     raw = header("/f", size=0, uid=3_000_000, gid=4_000_000, mtime=2**34) + bytes(1024)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:

@@ -435,6 +435,7 @@ def _upload_backup(
     walk = datadir.walk(pgdata)
     if walk.pg_control is None:
         raise UsageError(f"{pgdata}/global/pg_control is missing")
+    _warn_skipped(walk.skipped)
     collected = _Collected()
     parts = _Partitions(
         storage, codec, prefix, settings.tar_size_threshold, walk.entries, collected
@@ -562,6 +563,26 @@ def _upload_backup(
         parts=len(collected.tar_sets),
         files=sum(1 for d in collected.files.values() if d.checksum is not None),
     )
+
+
+# Enough to name a stray file or two; a directory full of sockets is summed up.
+SKIPPED_NAMED = 10
+
+
+def _warn_skipped(skipped: list[datadir.Skipped]) -> None:
+    for item in skipped[:SKIPPED_NAMED]:
+        log.warning(
+            "not backed up: %s is a %s (only files and directories are archived; a restore "
+            "will not have it)",
+            item.member,
+            item.what,
+        )
+    if len(skipped) > SKIPPED_NAMED:
+        log.warning(
+            "not backed up: %d more symbolic links, FIFOs, sockets or devices in the data "
+            "directory",
+            len(skipped) - SKIPPED_NAMED,
+        )
 
 
 def _wait_for_archived(

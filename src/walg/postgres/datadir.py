@@ -14,7 +14,9 @@ recovery re-copies the database's old directory, so the old directory must be re
 new one could have appeared (tablespaces before ``base`` when moving into ``pg_default``);
 the backup also checks that no database moved (see ``ops.backup_push``).
 ``global/pg_control`` is held back: the caller archives it last, in its own tar. Files that
-vanish during the walk (dropped relations) are skipped.
+vanish during the walk (dropped relations) are skipped. Other symbolic links, FIFOs, sockets
+and devices are not archived (WAL-G's walk drops them too) but listed in :attr:`Walk.skipped`
+for the caller to report: a symlinked ``postgresql.conf`` is missing from the restore.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ class Entry:
     gid: int
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Something in PGDATA that is not archived: its member name and what it is."""
+
+    member: str
+    what: str
+
+
 @dataclass
 class Walk:
     """The result of walking PGDATA: members in walk order, plus what is held back."""
@@ -81,6 +91,7 @@ class Walk:
     pg_control: Entry | None = None
     tablespaces: list[Tablespace] = field(default_factory=list)
     total_size: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
 
     def spec(self, base: str) -> TablespaceSpec | None:
         if not self.tablespaces:
@@ -160,7 +171,21 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
                 result.pg_control = entry
             else:
                 result.entries.append(entry)
-        # Symlinks elsewhere, sockets and FIFOs are not archived (WAL-G's walk drops them too).
+        else:
+            result.skipped.append(Skipped(member, _what(child_path, st.st_mode)))
+
+
+def _what(path: str, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        try:
+            return f"symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device"
 
 
 def _wal_dir_link(path: str, member: str, result: Walk) -> None:
