@@ -1,7 +1,8 @@
 """Data directories laid out with symbolic links restore and start: a pg_wal made by
 ``initdb --waldir`` and a tablespace created at a path that is itself a symbolic link. Also
-unusual contents: a database moved between tablespaces during the backup, a file whose name
-is not UTF-8.
+unusual contents and clusters: a database moved between tablespaces during the backup, a
+file whose name is not UTF-8, a cluster whose encoding is SQL_ASCII, a symlinked
+postgresql.conf (not archived, but named) and PGDATA given as a symbolic link.
 
 Each test runs the real ``walg`` against real clusters, restores into an empty directory on
 a "new host" where the source's links are gone, recovers from the archive and compares the
@@ -272,3 +273,34 @@ def test_sql_ascii_cluster_is_backed_up_and_restored(pg_workdir: Path, walg_bin:
     if install.has_amcheck:
         assert restored.amcheck() > 0
     restored.stop()
+
+
+def test_pgdata_given_as_a_link_with_a_symlinked_postgresql_conf(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The symlinked postgresql.conf (a Debian-style /etc layout) is not archived, as in
+    WAL-G, but no longer silently: backup-push names it. PGDATA given as a link restored
+    with the link's mode (0777, group access on the restored root) instead of 0700."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    conf = pg_workdir / "etc-postgresql.conf"
+    shutil.move(src.datadir / "postgresql.conf", conf)
+    (src.datadir / "postgresql.conf").symlink_to(conf)
+    link = pg_workdir / "pgdata-link"
+    link.symlink_to(src.datadir)
+    assert stat.S_IMODE(src.datadir.stat().st_mode) == 0o700
+    src.start()
+    pushed = walg.run(["backup-push", str(link)], cluster=src)
+    assert f"not backed up: /postgresql.conf is a symbolic link to {conf}" in pushed.stderr
+    src.stop()
+
+    dest = pg_workdir / "restored"
+    walg.run(["backup-fetch", str(dest), "LATEST"])
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o700
+    assert (dest / "PG_VERSION").is_file()
+    assert not os.path.lexists(dest / "postgresql.conf")

@@ -357,6 +357,15 @@ def test_links_and_fifos_are_not_archived_but_listed_as_skipped(tmp_path: Path) 
     ]
 
 
+def test_pgdata_given_as_a_link_is_archived_with_the_directorys_mode(tmp_path: Path) -> None:
+    pgdata = make_pgdata(tmp_path)
+    pgdata.chmod(0o700)
+    link = tmp_path / "pgdata-link"
+    link.symlink_to(pgdata)
+    root = datadir.walk(str(link)).entries[0]
+    assert (root.member, root.mode) == ("/", 0o700)  # not the link's 0777
+
+
 def test_big_uid_and_mtime_survive_via_pax() -> None:
     raw = header("/f", size=0, uid=3_000_000, gid=4_000_000, mtime=2**34) + bytes(1024)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:

@@ -16,7 +16,8 @@ the backup also checks that no database moved (see ``ops.backup_push``).
 ``global/pg_control`` is held back: the caller archives it last, in its own tar. Files that
 vanish during the walk (dropped relations) are skipped. Other symbolic links, FIFOs, sockets
 and devices are not archived (WAL-G's walk drops them too) but listed in :attr:`Walk.skipped`
-for the caller to report: a symlinked ``postgresql.conf`` is missing from the restore.
+for the caller to report: a symlinked ``postgresql.conf`` is missing from the restore. PGDATA
+itself may be given as a symbolic link; the root member then has the directory's mode.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _entry(member: str, path: str, st: os.stat_result, kind: str) -> Entry:
 def walk(pgdata: str) -> Walk:
     root = check_data_directory(pgdata)
     result = Walk()
-    st = os.lstat(root)
+    st = os.stat(root)  # a link's own mode would be 0777
     result.entries.append(_entry("/", str(root), st, KIND_DIR))
     result.total_size += st.st_size
     _walk_dir(str(root), "", result)
