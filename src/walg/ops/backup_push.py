@@ -3,11 +3,9 @@
 Order of objects (DESIGN.md §1, promise 1): data partitions (several filled and uploaded at
 once), ``pg_control.tar``, then — after ``pg_backup_stop`` — ``backup_label.tar``,
 ``files_metadata.json`` (whose checksum the sentinel records), ``metadata.json`` and the
-sentinel last. A database moved to
-another tablespace while the backup ran fails it, since recovery could not rebuild it. Any
-failure before the sentinel
-aborts the backup on the server, removes what was uploaded (best effort) and leaves no backup
-that lists.
+sentinel last. A database moved to another tablespace while the backup ran fails it, since
+recovery could not rebuild it. Any failure before the sentinel aborts the backup on the
+server, removes what was uploaded (best effort) and leaves no backup that lists.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ walg aborts it on the server. The stop call does not wait for archiving (the cal
 the WAL reached storage, with a timeout, reading ``pg_stat_archiver`` to explain a delay) and
 runs under a statement timeout. On a standby the timeline is checked at start and stop, and a
 promotion during the backup fails it. Where each database lives (``pg_database.dattablespace``)
-is read for the caller to compare before and after: a database moved meanwhile is not in the
-backup (see :func:`moved_databases`).
+is read for the caller to compare before and after: a database moved meanwhile may be missing
+from the backup (see :func:`moved_databases`).
 """
 
 from __future__ import annotations
