@@ -566,3 +566,76 @@ def test_a_relative_storage_folder_is_made_on_first_write(
     storage = FileStorage("relstore")
     storage.put_bytes("wal_005/000000010000000000000007.lz4", b"x")
     assert (tmp_path / "relstore" / "wal_005" / "000000010000000000000007.lz4").read_bytes() == b"x"
+
+
+def test_remove_temporaries_takes_only_old_temporary_files_of_its_folder(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """Leftovers of killed writers go; a young temporary file (an upload in flight), objects,
+    and other folders stay. Backends that leave nothing behind do nothing."""
+    storage.put_bytes("wal_005/000000010000000000000001.lz4", b"archived")
+    storage.put_bytes("basebackups_005/x/part_1.tar.lz4", b"part")
+    if not isinstance(storage, FileStorage):
+        assert storage.remove_temporaries("wal_005/", 0) == 0
+        return
+    wal = tmp_path / "store" / "wal_005"
+
+    def temporary(folder: Path, age: float) -> Path:
+        when = time.time() - age
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+        path = folder / f"000000010000000000000002.lz4.tmp.{stamp}-{os.urandom(8).hex()}"
+        path.write_bytes(b"partial")
+        os.utime(path, (when, when))
+        return path
+
+    old, young = temporary(wal, 7200), temporary(wal, 10)
+    # Stamped long ago but written just now (a copy of an old one, a clock put right).
+    rewritten = temporary(wal, 7200)
+    os.utime(rewritten)
+    below = temporary(tmp_path / "store" / "basebackups_005" / "x", 7200)
+    assert storage.remove_temporaries("wal_005/", 3600) == 1
+    assert not old.exists()
+    assert young.exists() and rewritten.exists() and below.exists()
+    assert storage.get_bytes("wal_005/000000010000000000000001.lz4") == b"archived"
+    assert storage.remove_temporaries("nothing_here/", 0) == 0
+
+
+def test_a_temporary_file_that_could_not_be_removed_is_removed_later(tmp_path: Path) -> None:
+    """A write fails, and its temporary file cannot be removed then (the folder was made
+    unwritable): the write's own error is reported, and the next remove_temporaries removes
+    the file whatever its age. Run as the server user: root may remove files anyway."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the writer as another user")
+    import walg
+    from pgcluster import pg_tmpdir, pg_user_env, run_as_pg
+
+    root = pg_tmpdir(prefix="tmp-left-")
+    script = """
+import os, sys
+from walg.storage.file import FileStorage
+root = sys.argv[1]
+storage = FileStorage(root, direct_io=False)
+wal = os.path.join(root, "wal_005")
+try:
+    with storage.open_write("wal_005/000000010000000000000001.lz4") as sink:
+        sink.write(b"x" * 1000)
+        os.chmod(wal, 0o500)
+        raise OSError(28, "No space left on device")
+except Exception as exc:
+    print("error:", type(exc).__name__, exc)
+os.chmod(wal, 0o700)
+print("left:", len(os.listdir(wal)))
+print("removed:", storage.remove_temporaries("wal_005/", 3600))
+print("left:", len(os.listdir(wal)))
+"""
+    try:
+        source = str(Path(walg.__file__).parents[1])
+        env = {**pg_user_env(), "PATH": os.environ.get("PATH", ""), "PYTHONPATH": source}
+        out = run_as_pg([sys.executable, "-c", script, str(root)], env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("error: StorageError cannot write"), lines
+        assert lines[0].endswith("No space left on device"), lines
+        assert lines[1:] == ["left: 1", "removed: 1", "left: 0"], lines
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,11 @@ A backend MUST:
   (``recursive=False``: only keys with no ``/`` after the prefix); a missing prefix is empty.
   Order is unspecified.
 * ``delete(keys)``: remove the objects; keys that do not exist are ignored (idempotent).
+* ``remove_temporaries(prefix, older_than)`` (optional): remove what unfinished writes left
+  behind under ``prefix`` (a folder: ``wal_005/``), temporary objects last written more than
+  ``older_than`` seconds ago and ones this instance failed to remove; a write in flight whose
+  temporary object goes fails, it never commits a partial object. Backends whose writes leave
+  nothing (an aborted multipart upload is gone) keep the default, which does nothing.
 * ``check_available()``: raise :class:`StorageError` when the storage itself (root folder,
   bucket) is missing or unreachable, so that "not found" is never reported for an archive that
   could not be looked at (a restore_command's "not found" ends PostgreSQL's recovery).
@@ -77,6 +82,10 @@ class Storage(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections."""
+
+    def remove_temporaries(self, prefix: str, older_than: float) -> int:
+        """Remove leftovers of unfinished writes under ``prefix``; how many were removed."""
+        return 0
 
     @abc.abstractmethod
     def check_available(self) -> None: ...

@@ -94,6 +94,10 @@ class FaultyStorage(Storage):
             self._apply("delete", key)
         self._inner.delete(keys)
 
+    def remove_temporaries(self, prefix: str, older_than: float) -> int:
+        self._apply("delete", prefix)
+        return self._inner.remove_temporaries(prefix, older_than)
+
     def check_available(self) -> None:
         self._apply("stat", "")
         self._inner.check_available()

@@ -213,6 +213,9 @@ class FileStorage(Storage):
         self._direct = direct_io  # until the filesystem refuses O_DIRECT
         # Staging buffers of direct writes, reused: fresh pages cost a page fault each.
         self._stages: list[mmap.mmap] = []
+        # Temporary files of failed writes that could not be removed then (a folder made
+        # unwritable): remove_temporaries tries again whatever their age.
+        self._left: set[str] = set()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, check_key(key))
@@ -248,11 +251,74 @@ class FileStorage(Storage):
             _fsync_dir(parent)
         except BaseException as exc:
             handle.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            self._drop_temporary(tmp)
             if isinstance(exc, OSError):
                 raise _error(exc, f"cannot write {path}") from None
             raise
+
+    def _drop_temporary(self, tmp: str) -> None:
+        """Remove the temporary file of a failed write, or remember it for a later try: the
+        error to report is the write's, not this one."""
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._left.add(tmp)
+
+    def remove_temporaries(self, prefix: str, older_than: float) -> int:
+        """Remove temporary files in the folder ``prefix`` names (not below it) whose name
+        stamp and modification time are both more than ``older_than`` seconds old, and those
+        of this instance's failed writes. Raises :class:`StorageError` after the sweep if some
+        could not be removed (they are tried again next time)."""
+        folder = os.path.join(self.root, check_prefix(prefix).rpartition("/")[0])
+        removed = 0
+        failed: list[str] = []
+        for tmp in sorted(self._left):
+            if os.path.dirname(tmp) != os.path.normpath(folder):
+                continue
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed.append(f"{tmp}: {exc.strerror or exc}")
+                continue
+            else:
+                removed += 1
+            self._left.discard(tmp)
+        # Both clocks: the stamp is when the write began (a copy keeps no mtime from the
+        # original), the mtime when it last wrote.
+        cutoff = time.time() - older_than
+        stamp_cutoff = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cutoff))
+        try:
+            entries = os.scandir(folder)
+        except FileNotFoundError:
+            return removed
+        except OSError as exc:
+            raise _error(exc, f"cannot list {folder}") from None
+        with entries:
+            for entry in entries:
+                found = TEMP_SUFFIX_RE.search(entry.name)
+                # The stamp is .tmp.<YYYYMMDDThhmmssZ>-<hex>: 5 letters in, 16 long.
+                if found is None or found.group()[5:21] >= stamp_cutoff:
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failed.append(f"{entry.path}: {exc.strerror or exc}")
+                    continue
+                removed += 1
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise StorageError(f"cannot remove temporary file {failed[0]}{more}")
+        return removed
 
     def _create(self, tmp: str) -> tuple[io.FileIO, bool]:
         """The new temporary file, and whether it is open for direct I/O."""
