@@ -7,6 +7,7 @@ carries the page's own WAL address, so the follower sees blocks become final one
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import threading
@@ -437,4 +438,77 @@ def test_the_follower_survives_a_full_disk(
             assert stored_content(storage, NAME) == (wal.dir / NAME).read_bytes()
         assert "Traceback" not in caplog.text and "BufferError" not in caplog.text
     finally:
+        follower.stop()
+
+
+def held_by_this_process(path: Path) -> tuple[int, int]:
+    """How many descriptors of ``path`` this process has open, and how many mappings."""
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    maps = sum(line.rstrip("\n").endswith(f" {path}") for line in mapped_paths().splitlines())
+    return fds, maps
+
+
+class _DevFullDisk(FileStorage):
+    """Local storage on a disk that is full while ``full`` is set: the file of a new object
+    writes to /dev/full, so storage's own writer fails with ENOSPC as on a full disk."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.full = False
+
+    def _create(self, tmp: str) -> tuple[io.FileIO, bool]:
+        handle, direct = super()._create(tmp)
+        if not self.full:
+            return handle, direct
+        handle.close()
+        # "Direct": whole 1 MiB chunks are gathered before a write, as on most filesystems.
+        return io.FileIO("/dev/full", "wb"), True
+
+
+def write_random_pages(wal: FakeWal, name: str, start: int, stop: int) -> None:
+    """Pages whose content LZ4 cannot shrink: the frame stores them raw, straight from the
+    follower's mapping (as it does with random data PostgreSQL writes)."""
+    wal.write_pages(name, start, stop)
+    with open(wal.dir / name, "r+b") as handle:
+        for page in range(start, stop):
+            head = 40 if page == 0 else 24  # the long header on a segment's first page
+            handle.seek(page * PAGE + head)
+            handle.write(os.urandom(PAGE - head))
+
+
+def test_no_descriptor_or_mapping_outlives_a_failed_segment_without_the_collector(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failed write's frames hold views of the mapping; they must not keep the segment
+    open and mapped (16 MB) until the cyclic garbage collector happens to run."""
+    import gc
+
+    settings = make_settings(tmp_path)
+    storage = _DevFullDisk(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True)
+    write_random_pages(wal, NAME, 0, 2 * BLOCK // PAGE + 1)
+    gc.collect()
+    gc.disable()
+    try:
+        storage.full = True
+        follower.start()
+        # Two blocks are gathered in memory, not written yet.
+        wait_until(
+            lambda: follower._current is not None and follower._current.prepared == 2 * BLOCK
+        )
+        # Its descriptor, and the mapping's own (mmap keeps a duplicate).
+        assert held_by_this_process(wal.dir / NAME) == (2, 1)
+        # The fourth raw block fills the first chunk: its write fails.
+        write_random_pages(wal, NAME, 2 * BLOCK // PAGE + 1, SEG_SIZE // PAGE)
+        wait_until(lambda: "No space left on device" in caplog.text)
+        wait_until(lambda: follower._current is None)
+        time.sleep(0.5)
+        assert held_by_this_process(wal.dir / NAME) == (0, 0)
+        assert temp_files(tmp_path) == []
+    finally:
+        gc.enable()
         follower.stop()

@@ -140,24 +140,48 @@ class _Followed:
                 writer.__exit__(type(exc), exc, tb)
         except Exception as failure:
             # Dropping a write that failed (a full disk) may fail again the same way: what is
-            # left is storage's temporary object, never a visible one.
+            # left is storage's temporary object, never a visible one (its sweep removes it).
             log.debug("WAL follower: dropping the object of %s: %s", self.name, failure)
+            _clear_frames(failure)
         finally:
+            # The failed write's frames (compressor, storage's writer) still hold slices of the
+            # mapping, and the exception lives on in the caller: until the cyclic collector got
+            # to them (minutes), the mapping could not be closed and kept the segment open.
+            _clear_frames(exc)
             self.close_file()
 
-    def close_file(self) -> None:
-        mapping, self.map = self.map, None
+    def close_file(self) -> bool:
+        """Unmap and close the segment; False if views of the mapping are still held (the
+        mapping stays, for another try)."""
+        mapping = self.map
         if mapping is not None:
             try:
                 self.view.release()
                 mapping.close()
             except BufferError:
-                # A writer that failed still holds views of it: freed when they go.
                 log.debug("WAL follower: the mapping of %s is still in use", self.name)
+                return False
+            self.map = None
         fd, self.fd = self.fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        return True
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback and chain."""
+    import traceback
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        traceback.clear_frames(item.__traceback__)
+        todo += (item.__cause__, item.__context__)
 
 
 class _Discarded(Exception):
@@ -200,6 +224,8 @@ class WalFollower:
         self._remember = remember
         self._thread = threading.Thread(target=self._loop, name="wal-follower", daemon=True)
         self._watch: DirWatch | None = None
+        # Segments whose mapping could not be closed yet (views still held): tried again.
+        self._unclosed: list[_Followed] = []
         self.stats = {"finished": 0, "discarded": 0}
 
     # -- the daemon's side ---------------------------------------------------------------------
@@ -220,6 +246,7 @@ class WalFollower:
             self._watch.stop()
             self._watch = None
         self._drop(None)
+        self._close_leftovers()
 
     def _on_status_file(self, name: str) -> None:
         if not name or name.endswith(".ready"):
@@ -262,6 +289,7 @@ class WalFollower:
                 log.warning("WAL follower: %s", exc)
                 self._drop(exc)
                 interval = SLOW_POLL
+            self._close_leftovers()
             self._wake.wait(interval)
 
     def _step(self) -> float:
@@ -447,7 +475,7 @@ class WalFollower:
                 done.set()
             # After the answer: unmapping 16 MB takes a while. The object was committed or
             # abandoned above.
-            current.close_file()
+            self._close(current)
 
     def _verify(self, current: _Followed) -> None:
         """The complete file must start with exactly the bytes compressed so far."""
@@ -471,7 +499,15 @@ class WalFollower:
         try:
             if current is not None:
                 current.abandon(exc or _Discarded("follower stopped"))
+                self._close(current)
         finally:
             # The request waiting for this segment archives it itself (wait_for is False).
             if done is not None:
                 done.set()
+
+    def _close(self, followed: _Followed) -> None:
+        if not followed.close_file():
+            self._unclosed.append(followed)
+
+    def _close_leftovers(self) -> None:
+        self._unclosed = [f for f in self._unclosed if not f.close_file()]
