@@ -875,3 +875,82 @@ def test_a_failed_upload_of_a_mapped_file_reports_its_own_error(tmp_path: Path) 
         held = memoryview(data)[: 1 << 16]  # what a compressor thread still holds
         raise StorageError("cannot write: No space left on device")
     held.release()
+
+
+class _FullStorage(FileStorage):
+    """A storage folder on a full disk while ``full`` is set: no object can be created (as
+    FileStorage reports it, naming the temporary file); counts the tries per key."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.full = True
+        self.tries: dict[str, int] = {}
+
+    def open_write(
+        self, key: str, overwrite: bool = True
+    ) -> contextlib.AbstractContextManager[Sink]:
+        from walg.errors import StorageError
+
+        self.tries[key] = self.tries.get(key, 0) + 1
+        if self.full:
+            tmp = f"{self.root}/{key}.tmp.20260101T000000Z-{os.urandom(8).hex()}"
+            raise StorageError(f"cannot create {tmp}: No space left on device")
+        return super().open_write(key, overwrite)
+
+
+def _daemon_setup(tmp_path: Path, *names: str) -> tuple[Path, Settings]:
+    pgdata = tmp_path / "pgdata"
+    wal_dir = pgdata / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    for name in names:
+        (wal_dir / name).write_bytes(os.urandom(64 << 10))
+        (wal_dir / "archive_status" / f"{name}.ready").touch()
+    settings = load(
+        environ={
+            "HOME": str(tmp_path),
+            "WALG_FILE_PREFIX": str(tmp_path / "store"),
+            "WALG_UPLOAD_CONCURRENCY": "3",
+            "WALG_DAEMON_FOLLOW_WAL": "false",
+        }
+    )
+    return pgdata, settings
+
+
+def test_a_full_storage_is_retried_after_growing_delays_and_postgresql_calls_are_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's look-ahead on a full storage folder: each .ready file is tried again after
+    1, 2, 4... s (not at every 0.1 s scan, compressing it again each time), the same warning is
+    logged once, and PostgreSQL's own wal-push is tried at once and answered truthfully."""
+    import logging
+
+    from walg.errors import StorageError
+    from walg.ops.daemon import OK, Daemon
+
+    first, second = SEGMENTS[0], SEGMENTS[1]
+    pgdata, settings = _daemon_setup(tmp_path, first, second)
+    storage = _FullStorage(tmp_path / "store")
+    daemon = Daemon(settings, storage, str(pgdata), timeout=30)
+    caplog.set_level(logging.INFO)
+    daemon.start()
+    try:
+        time.sleep(2.5)  # tries at 0, 1 and 3 s: two so far (three on a slow machine)
+        assert sorted(storage.tries) == [f"wal_005/{first}.lz4", f"wal_005/{second}.lz4"]
+        assert all(1 <= n <= 3 for n in storage.tries.values()), storage.tries
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert "No space left on device; next look-ahead try in 1 s" in warnings[0]
+        tried = storage.tries[f"wal_005/{first}.lz4"]
+        with pytest.raises(StorageError, match="No space left"):
+            daemon.push(first)
+        assert storage.tries[f"wal_005/{first}.lz4"] == tried + 1
+        storage.full = False
+        assert daemon.push(first) == OK
+        assert storage.exists(f"wal_005/{first}.lz4")
+        # The other one is archived ahead once its delay is over.
+        deadline = time.monotonic() + 15
+        while not storage.exists(f"wal_005/{second}.lz4"):
+            assert time.monotonic() < deadline, "the look-ahead never tried again"
+            time.sleep(0.05)
+    finally:
+        daemon.close()

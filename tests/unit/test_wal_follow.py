@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import struct
 import threading
@@ -441,6 +442,20 @@ def test_the_follower_survives_a_full_disk(
         follower.stop()
 
 
+class _CountingFullDisk(_FullDisk):
+    """A full disk that counts the objects the follower starts."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.opened = 0
+
+    @contextlib.contextmanager
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
+        self.opened += 1
+        with super().open_write(key, overwrite) as sink:
+            yield sink
+
+
 def held_by_this_process(path: Path) -> tuple[int, int]:
     """How many descriptors of ``path`` this process has open, and how many mappings."""
     fds = 0
@@ -449,6 +464,38 @@ def held_by_this_process(path: Path) -> tuple[int, int]:
             fds += os.readlink(f"/proc/self/fd/{fd}") == str(path)
     maps = sum(line.rstrip("\n").endswith(f" {path}") for line in mapped_paths().splitlines())
     return fds, maps
+
+
+def test_a_segment_that_fails_is_followed_again_only_after_a_growing_delay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full storage folder fails every try the same way: the follower must not start a new
+    object for the segment (compressing it again) many times a second, nor log each failure;
+    PostgreSQL's own request for it is answered at once (archived the usual way)."""
+    settings = make_settings(tmp_path)
+    storage = _CountingFullDisk(str(tmp_path / "store"))
+    storage.full = True
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True)
+    try:
+        wal.write_pages(NAME, 0, BLOCK // PAGE + 1)
+        follower.start()
+        wait_until(lambda: storage.opened >= 1)
+        time.sleep(2.5)  # tries at 0, 1 and 3 s: two so far, perhaps three on a slow machine
+        assert 1 <= storage.opened <= 3, storage.opened
+        warnings = [
+            r
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and "No space left" in r.getMessage()
+        ]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "not followed for 1 s" in warnings[0].getMessage()
+        started = time.monotonic()
+        assert follower.wait_for(NAME, 5) is False
+        assert time.monotonic() - started < 1, "the request went the usual way at once"
+        assert temp_files(tmp_path) == []
+    finally:
+        follower.stop()
 
 
 class _DevFullDisk(FileStorage):

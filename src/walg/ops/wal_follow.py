@@ -25,6 +25,7 @@ import os
 import threading
 import time
 
+from walg.core.backoff import FailureBackoff
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
@@ -224,6 +225,10 @@ class WalFollower:
         self._remember = remember
         self._thread = threading.Thread(target=self._loop, name="wal-follower", daemon=True)
         self._watch: DirWatch | None = None
+        # Segments that failed (a full or unwritable storage folder) are not followed again
+        # until their delay is over; PostgreSQL's wal-push archives them the usual way.
+        self._backoff = FailureBackoff()
+        self._trying: str | None = None
         # Segments whose mapping could not be closed yet (views still held): tried again.
         self._unclosed: list[_Followed] = []
         self.stats = {"finished": 0, "discarded": 0}
@@ -283,12 +288,17 @@ class WalFollower:
         while not self._stop.is_set():
             # Cleared before the step, so that a wake-up during it is not lost.
             self._wake.clear()
+            self._trying = None
             try:
                 interval = self._step()
             except Exception as exc:
-                log.warning("WAL follower: %s", exc)
+                name = self._trying or ""
+                warning = self._backoff.failed(name, f"WAL follower: {exc}")
+                if warning is not None:
+                    delay = self._backoff.delay(name)
+                    log.warning("%s; %s is not followed for %.0f s", warning, name, delay)
                 self._drop(exc)
-                interval = SLOW_POLL
+                interval = IDLE_POLL
             self._close_leftovers()
             self._wake.wait(interval)
 
@@ -299,6 +309,7 @@ class WalFollower:
             if current is None:
                 # Right after a finish the next segment is expected any moment on a busy server.
                 return SLOW_POLL if self._next_name else IDLE_POLL
+        self._trying = current.name
         self._advance(current)
         tail = current.segment_size - current.prepared
         last_block = tail <= BLOCK
@@ -329,8 +340,9 @@ class WalFollower:
         if self._next_name and time.monotonic() - self._next_since > REPICK_AFTER:
             self._next_name = None  # e.g. a new timeline: look at what is written instead
         name = self._next_name or self._pick()
-        if name is None:
+        if name is None or self._backoff.waiting(name):
             return None
+        self._trying = name
         path = os.path.join(self._wal_dir, name)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -450,6 +462,7 @@ class WalFollower:
                     self._storage.local_path(wal_key(name, "lz4")),
                 )
             archived = True
+            self._backoff.succeeded(name)
             self.stats["finished"] += 1
             log.debug("WAL follower archived %s (%d bytes)", name, current.stored)
         except _Discarded as exc:

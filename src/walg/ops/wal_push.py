@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from walg.core.backoff import FailureBackoff
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import wal_key
@@ -490,6 +491,7 @@ class LookaheadUploader:
         self._futures: dict[str, Future[None]] = {}
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
         self._on_error = on_error
+        self._backoff = FailureBackoff()
         self._last_queued = time.monotonic()
         self.skip: Callable[[str], bool] | None = None
 
@@ -548,6 +550,8 @@ class LookaheadUploader:
                     continue
                 if self.skip is not None and self.skip(name):
                     continue
+                if self._backoff.waiting(name):
+                    continue
                 if os.path.exists(self._marker(name)):
                     continue
                 self._started.add(name)
@@ -565,6 +569,7 @@ class LookaheadUploader:
         marker = self._marker(name)
         ready = os.path.join(self._archive_status, f"{name}.ready")
         archived = False
+        failure: BaseException | None = None
         try:
             with segment_lock(self._status, name, 0) as locked:
                 # Not locked: a wal-push of this very file is archiving it. No .ready:
@@ -584,21 +589,37 @@ class LookaheadUploader:
                 except (WalgError, OSError) as exc:
                     # PostgreSQL will call archive_command for this file and see the error
                     # itself.
-                    log.warning("look-ahead upload of %s failed: %s", name, exc)
+                    failure = exc
                     if self._on_error is not None:
                         self._on_error(name, exc)
                     return
                 if result.identity:
                     write_marker(marker, result.identity, self._storage.local_path(result.key))
                     archived = True
+        except Exception as exc:  # the status folder (lock, marker): as unusable as storage
+            failure = exc
+            raise
         finally:
+            warning, retry = None, 0.0
             with self._lock:
+                if failure is not None:
+                    # Not retried at the next scan: a full or unwritable storage folder would
+                    # have every .ready file compressed again and a warning logged ten times a
+                    # second for as long as it lasts. PostgreSQL's own call is not held back.
+                    warning = self._backoff.failed(
+                        name, f"look-ahead upload of {name} failed: {failure}"
+                    )
+                    retry = self._backoff.delay(name)
+                elif archived:
+                    self._backoff.succeeded(name)
                 if not archived:
                     self._started.discard(name)
                 elif self._budget is not None:
                     # A resident uploader (no budget: the daemon's) never reports its names,
                     # and would keep one for every segment it ever archived.
                     self._done.append(name)
+            if warning is not None:
+                log.warning("%s; next look-ahead try in %.0f s", warning, retry)
 
     def claim(self, name: str) -> bool:
         """Reserve ``name`` for the caller's own upload; False if an upload has it already."""
