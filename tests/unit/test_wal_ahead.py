@@ -954,3 +954,44 @@ def test_a_full_storage_is_retried_after_growing_delays_and_postgresql_calls_are
             time.sleep(0.05)
     finally:
         daemon.close()
+
+
+def _temporary(folder: Path, key_name: str, age: float) -> Path:
+    """A temporary file as FileStorage names them, written ``age`` seconds ago."""
+    when = time.time() - age
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    path = folder / f"{key_name}.tmp.{stamp}-{os.urandom(8).hex()}"
+    path.write_bytes(b"x" * 1000)
+    os.utime(path, (when, when))
+    return path
+
+
+def test_the_daemon_removes_temporary_objects_abandoned_in_the_wal_folder(tmp_path: Path) -> None:
+    """A daemon killed while it wrote (its follower always has an object open) leaves a
+    temporary object of up to 16 MB that listings never show: the next daemon removes those
+    older than an hour when it starts. Younger ones may be uploads in flight and stay, as does
+    everything that is not a temporary object."""
+    from walg.ops.daemon import Daemon
+
+    pgdata, settings = _daemon_setup(tmp_path)
+    wal = tmp_path / "store" / "wal_005"
+    wal.mkdir(parents=True)
+    abandoned = _temporary(wal, f"{SEGMENTS[0]}.lz4", 2 * 3600)
+    in_flight = _temporary(wal, f"{SEGMENTS[1]}.lz4", 60)
+    archived = wal / f"{SEGMENTS[2]}.lz4"
+    archived.write_bytes(b"archived")
+    old = time.time() - 2 * 3600
+    os.utime(archived, (old, old))
+    other = tmp_path / "store" / "basebackups_005"
+    other.mkdir()
+    elsewhere = _temporary(other, "base_000000010000000000000002_backup_stop_sentinel.json", 7200)
+    daemon = Daemon(settings, FileStorage(tmp_path / "store"), str(pgdata), timeout=60)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while abandoned.exists():
+            assert time.monotonic() < deadline, "the abandoned temporary object is still there"
+            time.sleep(0.05)
+    finally:
+        daemon.close()
+    assert in_flight.exists() and archived.exists() and elsewhere.exists()

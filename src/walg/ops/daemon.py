@@ -58,8 +58,16 @@ MAX_MESSAGE = 65535
 READ_TIMEOUT = 30.0
 # WAL-G bounds only pushes (WALG_DAEMON_WAL_UPLOAD_TIMEOUT); fetches have their own limit.
 DEFAULT_FETCH_TIMEOUT = 300.0
-# How often the resident look-ahead removes markers of files PostgreSQL has finished with.
+# How often the resident look-ahead removes markers of files PostgreSQL has finished with,
+# and temporary objects in wal_005/ that unfinished writes left (a process killed mid-upload).
 MARKER_SWEEP = 60.0
+# The age from which such a temporary object counts as abandoned: at least an hour, and twice
+# the push timeout (WALG_DAEMON_WAL_UPLOAD_TIMEOUT) where that is longer. Uploads of local
+# storage take seconds; one PostgreSQL still waits for is younger than the timeout; the
+# follower prepares an object for at most wal_follow.PREPARED_MAX_AGE; the margin covers
+# clocks of other hosts writing the same folder. Removing one still being written anyway
+# (a stalled network filesystem) fails that upload: nothing partial is ever committed.
+STALE_TEMPORARY = 3600.0
 # Request names come from whoever can reach the socket: up to 64 KiB, any bytes.
 SHOWN_CHARS = 200
 
@@ -172,7 +180,13 @@ class Daemon:
         workers = lookahead_workers(settings)
         if workers > 0 and os.path.isdir(os.path.join(self.wal_dir, "archive_status")):
             self.lookahead = LookaheadUploader(
-                settings, storage, self.wal_dir, workers, budget=None, sweep_interval=MARKER_SWEEP
+                settings,
+                storage,
+                self.wal_dir,
+                workers,
+                budget=None,
+                sweep_interval=MARKER_SWEEP,
+                stale_temporaries=max(STALE_TEMPORARY, 2 * timeout),
             )
             if settings.daemon_follow_wal and settings.compression == "lz4":
                 self.follower = WalFollower(

@@ -61,6 +61,12 @@ REPICK_AFTER = 1.0  # seconds without progress before looking for another segmen
 # Looking for a newer segment than a stalled one lists pg_wal and opens candidates: on an idle
 # server it would otherwise run at every poll. (With nothing followed, the poll is IDLE_POLL.)
 PICK_EVERY = 1.0
+# The oldest a prepared object may get before it is dropped and prepared afresh. Storage's
+# sweep removes temporary objects older than walg.ops.daemon.STALE_TEMPORARY (at least an hour)
+# as left by a killed process, and a slow server may take longer than that to fill a segment;
+# an object only ever shows its creation time (a compressible segment may sit in the writer's
+# buffer without touching the file). Preparing 16 MB again costs a few tens of milliseconds.
+PREPARED_MAX_AGE = 20 * 60.0
 
 
 class _Followed:
@@ -95,6 +101,7 @@ class _Followed:
         self.digest = xxhash.xxh3_128()
         self.writer: AbstractContextManager[Sink] | None = None
         self.sink: Sink | None = None
+        self.opened_at = 0.0  # when the object was created in storage
         self.last_progress = time.monotonic()
 
     def page_valid(self, offset: int) -> bool:
@@ -320,6 +327,10 @@ class WalFollower:
         if requested or self._is_ready(current.name):
             self._finish(current)
             return 0.0
+        if current.writer is not None and time.monotonic() - current.opened_at > PREPARED_MAX_AGE:
+            log.debug("WAL follower: preparing %s afresh (its object is old)", current.name)
+            self._drop(None)
+            return 0.0
         idle = time.monotonic() - current.last_progress
         if idle > REPICK_AFTER and not last_block:
             newer = self._pick_now_and_then()
@@ -413,6 +424,7 @@ class WalFollower:
         if current.sink is None:
             codec_key = wal_key(current.name, "lz4")
             current.writer = self._storage.open_write(codec_key)
+            current.opened_at = time.monotonic()
             current.sink = current.writer.__enter__()
             header = lz4frame.frame_header(content_checksum=False)
             current.sink.write(header)
