@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
@@ -995,3 +996,56 @@ def test_the_daemon_removes_temporary_objects_abandoned_in_the_wal_folder(tmp_pa
     finally:
         daemon.close()
     assert in_flight.exists() and archived.exists() and elsewhere.exists()
+
+
+class _DevFullStorage(FileStorage):
+    """Local storage on a full disk: the file of a new object writes to /dev/full, so
+    storage's own writer fails with ENOSPC once it has gathered a 1 MiB chunk."""
+
+    def _create(self, tmp: str) -> tuple[io.FileIO, bool]:
+        handle, _direct = super()._create(tmp)
+        handle.close()
+        return io.FileIO("/dev/full", "wb"), True
+
+
+def test_failed_pushes_in_the_daemon_leave_no_descriptor_or_mapping_without_the_collector(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL's wal-push and the look-ahead fail on a full disk: the daemon must let go of
+    the segment at once. The failure's frames held views of the mapping, and the daemon keeps
+    such exceptions in reference cycles (a future and the frame waiting on it), so the segment
+    stayed open and mapped until the cyclic collector ran (minutes later)."""
+    import gc
+
+    from walg.errors import StorageError
+    from walg.ops.daemon import Daemon
+
+    first, second = SEGMENTS[0], SEGMENTS[1]
+    pgdata, settings = _daemon_setup(tmp_path, first, second)
+    for name in (first, second):
+        (pgdata / "pg_wal" / name).write_bytes(os.urandom(8 << 20))
+    storage = _DevFullStorage(tmp_path / "store")
+
+    def held() -> int:
+        paths = {str(pgdata / "pg_wal" / name) for name in (first, second)}
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}") in paths
+        with open("/proc/self/maps") as maps:
+            count += sum(line.rstrip("\n").split(" ")[-1] in paths for line in maps)
+        return count
+
+    gc.collect()
+    gc.disable()
+    daemon = Daemon(settings, storage, str(pgdata), timeout=30)
+    try:
+        daemon.start()
+        for _ in range(2):
+            with pytest.raises(StorageError, match="No space left on device"):
+                daemon.push(first)
+        time.sleep(1.5)  # the look-ahead tried the second one, twice
+        assert held() == 0
+    finally:
+        daemon.close()
+        gc.enable()

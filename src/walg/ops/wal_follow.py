@@ -26,6 +26,7 @@ import threading
 import time
 
 from walg.core.backoff import FailureBackoff
+from walg.core.frames import clear_frames
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
@@ -150,12 +151,12 @@ class _Followed:
             # Dropping a write that failed (a full disk) may fail again the same way: what is
             # left is storage's temporary object, never a visible one (its sweep removes it).
             log.debug("WAL follower: dropping the object of %s: %s", self.name, failure)
-            _clear_frames(failure)
+            clear_frames(failure)
         finally:
             # The failed write's frames (compressor, storage's writer) still hold slices of the
             # mapping, and the exception lives on in the caller: until the cyclic collector got
             # to them (minutes), the mapping could not be closed and kept the segment open.
-            _clear_frames(exc)
+            clear_frames(exc)
             self.close_file()
 
     def close_file(self) -> bool:
@@ -175,21 +176,6 @@ class _Followed:
             with contextlib.suppress(OSError):
                 os.close(fd)
         return True
-
-
-def _clear_frames(exc: BaseException) -> None:
-    """Drop the local variables of the finished frames in ``exc``'s traceback and chain."""
-    import traceback
-
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        item = todo.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        traceback.clear_frames(item.__traceback__)
-        todo += (item.__cause__, item.__context__)
 
 
 class _Discarded(Exception):
@@ -301,9 +287,11 @@ class WalFollower:
             except Exception as exc:
                 name = self._trying or ""
                 warning = self._backoff.failed(name, f"WAL follower: {exc}")
-                if warning is not None:
+                if warning is not None and name:
                     delay = self._backoff.delay(name)
                     log.warning("%s; %s is not followed for %.0f s", warning, name, delay)
+                elif warning is not None:
+                    log.warning("%s", warning)
                 self._drop(exc)
                 interval = IDLE_POLL
             self._close_leftovers()

@@ -586,7 +586,9 @@ class LookaheadUploader:
         marker = self._marker(name)
         ready = os.path.join(self._archive_status, f"{name}.ready")
         archived = False
-        failure: BaseException | None = None
+        # The message only: the exception itself, kept past its except block, would hold the
+        # frames of the failed upload (views of the mapped segment) in a cycle with this one.
+        failure: str | None = None
         try:
             with segment_lock(self._status, name, 0) as locked:
                 # Not locked: a wal-push of this very file is archiving it. No .ready:
@@ -606,7 +608,7 @@ class LookaheadUploader:
                 except (WalgError, OSError) as exc:
                     # PostgreSQL will call archive_command for this file and see the error
                     # itself.
-                    failure = exc
+                    failure = str(exc)
                     if self._on_error is not None:
                         self._on_error(name, exc)
                     return
@@ -614,7 +616,7 @@ class LookaheadUploader:
                     write_marker(marker, result.identity, self._storage.local_path(result.key))
                     archived = True
         except Exception as exc:  # the status folder (lock, marker): as unusable as storage
-            failure = exc
+            failure = str(exc)
             raise
         finally:
             warning, retry = None, 0.0
@@ -724,6 +726,13 @@ def mapped_file(
     try:
         yield view
         failed = False
+    except BaseException as exc:
+        # The failed write's frames hold slices of the mapping: without them it can be
+        # closed now, not when the cyclic collector frees the exception (minutes later).
+        from walg.core.frames import clear_frames
+
+        clear_frames(exc)
+        raise
     finally:
         try:
             view.release()
