@@ -417,3 +417,52 @@ def test_daemon_restarts_do_not_stop_a_recovery(
     # The restarts fell within the recovery: some fetches found no daemon and ran walg with
     # the configuration named in restore_command.
     assert "fetching directly" in tail, tail
+
+
+def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """Storage refuses every write (a full disk): the daemon's look-ahead and follower must
+    not retry each segment many times a second, logging each failure; PostgreSQL's own calls
+    are still tried and fail. Once storage works again everything is archived."""
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="3")
+    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
+    src_dir = pg_workdir / "src"
+    cluster = Cluster.create(
+        install,
+        src_dir,
+        conf={"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"},
+    )
+    full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
+    daemon = _start_daemon(walg, socket, src_dir, env={"WALG_FAULT_INJECTION": full})
+    try:
+        cluster.start()
+        names = _segments(cluster, 3)
+        cluster.psql("INSERT INTO filler SELECT repeat('y', 100) FROM generate_series(1, 20000)")
+        time.sleep(8)
+        assert int(cluster.psql("SELECT failed_count FROM pg_stat_archiver")) >= 1
+        assert cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") == ""
+    finally:
+        log = _stop_daemon(daemon)
+    background = [
+        line for line in log.splitlines() if "look-ahead upload of" in line or "follower" in line
+    ]
+    # One warning each, perhaps one more after a minute's worth of retries on a slow machine
+    # (before: about 80 a second).
+    assert 1 <= len(background) <= 4, log[-3000:]
+    assert "request failed" in log and "No space left on device" in log
+    daemon = _start_daemon(walg, socket, src_dir)
+    try:
+        names += _segments(cluster, 1)
+        deadline = time.monotonic() + 120
+        while (
+            cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < names[-1]
+        ):
+            assert time.monotonic() < deadline, cluster.log_tail()
+            time.sleep(0.2)
+        for name in names:
+            assert (walg.store / "wal_005" / f"{name}.lz4").exists()
+        cluster.stop()
+    finally:
+        _stop_daemon(daemon)
