@@ -107,6 +107,8 @@ def test_postgres_reads_every_target_time_walg_accepts(
         "2026-11-25 12:00:00 -15:59:59",
         "2026-11-25 12:00:00.1234567+00",
         "2026-11-25 12:00:00+5",
+        "2026-11-26 -05",
+        "2026-11-26+05",
     ):
         target = RecoveryTarget("walg wal-fetch %f %p", time=time)
         target.check()
@@ -128,6 +130,7 @@ def test_postgres_refuses_the_target_times_walg_refuses(
         "2026-11-25 12:00:00-05:30:60",
         "2026-11-25 24:00:00.5+00",
         "2026-12-31 23:59:60.5+00",
+        "2026-11-26-05",
     ):
         with pytest.raises(UsageError):
             RecoveryTarget("walg wal-fetch %f %p", time=time).check()

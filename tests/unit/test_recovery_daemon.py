@@ -105,6 +105,7 @@ def test_backslashes_are_escaped_and_line_breaks_refused(tmp_path: Path) -> None
         RecoveryTarget("c", time="2026-11-25 12:00:00-05:30:60"),
         RecoveryTarget("c", time="2026-11-25 24:00:00.5+00"),
         RecoveryTarget("c", time="2026-12-31 23:59:60.5+00"),
+        RecoveryTarget("c", time="2026-11-26-05"),  # no date and offset to PostgreSQL
         # Abbreviations: PostgreSQL refuses them in recovery_target_time.
         RecoveryTarget("c", time="2026-11-25T12:00:00Z"),
         RecoveryTarget("c", time="2026-11-25 12:00:00 CEST"),

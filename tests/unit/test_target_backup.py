@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import lz4.frame
 import pytest
 
 from walg.core.gotime import GoTime
 from walg.core.lsn import parse_lsn
-from walg.core.metadata import Sentinel
-from walg.core.naming import sentinel_key
+from walg.core.metadata import BackupMetadata, Sentinel
+from walg.core.naming import metadata_key, sentinel_key
 from walg.errors import BackupNotFound, UsageError
 from walg.ops.recovery import RecoveryTarget, active_targets, disable_inherited_targets
 from walg.ops.target_backup import backup_for_target, time_bounds
@@ -46,6 +47,10 @@ def _backup(storage: MemoryStorage, name: str, finish: str, finish_lsn: str) -> 
         finish_time=GoTime(_ns(finish)),
     )
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
+
+
+def _history(storage: MemoryStorage, timeline: int, text: str) -> None:
+    storage.put_bytes(f"wal_005/{timeline:08X}.history.lz4", lz4.frame.compress(text.encode()))
 
 
 @pytest.fixture
@@ -145,3 +150,90 @@ def test_a_files_only_restore_comments_out_inherited_targets(tmp_path: Path) -> 
     assert auto.stat().st_mtime_ns == before
     assert disable_inherited_targets(tmp_path / "nowhere", 160000) == []
     assert disable_inherited_targets(tmp_path, 110000) == []
+
+
+B1 = "base_000000010000000000000002"  # timeline 1, before timeline 2 branched off
+B3 = "base_000000010000000000000005"  # timeline 1, after it
+B2 = "base_000000020000000000000006"  # timeline 2
+
+
+@pytest.fixture
+def branched() -> MemoryStorage:
+    storage = MemoryStorage()
+    _history(storage, 2, "1\t0/4000000\tpromoted\n")
+    _backup(storage, B1, "2026-11-25T10:00:00+00:00", "0/2000100")
+    _backup(storage, B3, "2026-11-25T12:00:00+00:00", "0/5000100")
+    _backup(storage, B2, "2026-11-25T13:00:00+00:00", "0/6000100")
+    return storage
+
+
+def test_only_backups_on_the_recovered_timeline_are_chosen(branched: MemoryStorage) -> None:
+    """B3 was taken on timeline 1 after timeline 2 branched off: recovery onto timeline 2
+    cannot start from it ("could not locate required checkpoint record")."""
+
+    def chosen(**target: str) -> str:
+        return backup_for_target(branched, "LATEST", RecoveryTarget("c", **target))
+
+    # recovery_target_timeline latest (PostgreSQL 12+'s default) is timeline 2 here.
+    assert chosen(time="2026-11-25 12:30:00+00") == B1
+    assert chosen(time="2026-11-25 14:00:00+00") == B2
+    assert chosen(lsn="0/5000200", timeline="2") == B1
+    assert chosen(time="2026-11-25 12:30:00+00", timeline="1") == B3
+    assert chosen(time="2026-11-25 14:00:00+00", timeline="1") == B3
+    assert chosen(time="2026-11-25 14:00:00+00", timeline="current") == B2
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B3, RecoveryTarget("c", time="2026-11-25 12:30:00+00"))
+    assert "branched off" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B2, RecoveryTarget("c", lsn="0/7000000", timeline="1"))
+    assert "after the target timeline 1" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B1, RecoveryTarget("c", lsn="0/7000000", timeline="3"))
+    assert "00000003.history" in str(info.value)
+
+
+def test_the_backup_that_ended_last_is_chosen_not_the_newest_sentinel(
+    storage: MemoryStorage,
+) -> None:
+    """A sentinel written again later (WAL-G's backup-mark) does not make its backup the
+    newest: the end decides."""
+    _backup(storage, "base_000000010000000000000002", "2026-11-25T10:00:00+00:00", "0/2000100")
+    target = RecoveryTarget("c", time="2026-11-25 13:00:00+00")
+    assert backup_for_target(storage, "LATEST", target) == "base_000000010000000000000005"
+
+
+def test_the_end_comes_from_metadata_json_when_the_sentinel_has_none() -> None:
+    """Older WAL-G sentinels carry no FinishTime; their metadata.json does."""
+    storage = MemoryStorage()
+    for name, finish, lsn in (
+        (B1, "2026-11-25T10:00:00+00:00", 0x2000100),
+        (B3, "2026-11-25T12:00:00+00:00", 0x5000100),
+    ):
+        storage.put_bytes(
+            sentinel_key(name), Sentinel(lsn=lsn - 1, finish_lsn=lsn, pg_version=90600).dumps()
+        )
+        meta = BackupMetadata(
+            start_time=GoTime(_ns(finish) - 60 * NS),
+            finish_time=GoTime(_ns(finish)),
+            hostname="db1",
+            data_dir="/srv",
+            pg_version=90600,
+            start_lsn=lsn - 1,
+            finish_lsn=lsn,
+            is_permanent=False,
+            system_identifier=None,
+            uncompressed_size=0,
+            compressed_size=0,
+        )
+        storage.put_bytes(metadata_key(name), meta.dumps())
+    target = RecoveryTarget("c", time="2026-11-25 11:00:00+00")
+    assert backup_for_target(storage, "LATEST", target) == B1
+    with pytest.raises(UsageError):
+        backup_for_target(storage, B3, target)
+
+
+def test_times_the_clocks_pass_twice_or_skip_are_read_as_postgresql_reads_them() -> None:
+    # 02:30 happens twice in Paris on 2026-10-25: PostgreSQL takes the offset after (+01).
+    assert time_bounds("2026-10-25 02:30:00 Europe/Paris")[0] == _ns("2026-10-25T01:30:00+00:00")
+    # It never happens on 2026-03-29: the offset before the change (+01) is taken.
+    assert time_bounds("2026-03-29 02:30:00 Europe/Paris")[0] == _ns("2026-03-29T01:30:00+00:00")

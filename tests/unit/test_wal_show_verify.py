@@ -837,14 +837,32 @@ def test_wal_verify_cli_names_the_missing_history(
 
 
 def test_only_unusable_backups_is_a_failure(storage: Storage) -> None:
-    # Every backup is permanent (never a starting point) and their WAL is gone.
-    put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG, permanent=True)
-    put_backup(storage, 1, 4 * SEG + 0x28, 5 * SEG, permanent=True)
-    put_segments(storage, 1, range(8, 21))
-    result = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    # The only backup is on timeline 3, a sibling of the current timeline 2 (both from 1).
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    put_backup(storage, 3, 6 * SEG + 0x28, 7 * SEG)
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 21))
+    result = verify_integrity(storage, at(2, 21), upload_concurrency=2)
     assert result.earliest_backup is None
     assert result.status is CheckStatus.FAILURE
-    assert "none of the 2 backups" in result.problems[0]
+    assert "none of the 1 backups" in result.problems[0]
+
+
+def test_only_permanent_backups_start_the_walk_at_the_oldest(storage: Storage) -> None:
+    """WAL-G never starts at a permanent backup (it walks to segment 1 and only warns). A
+    restore from one works, so with no other the oldest starts the walk: a healthy archive is
+    OK, and WAL lost after it is a FAILURE."""
+    oldest = put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG, permanent=True)
+    put_backup(storage, 1, 4 * SEG + 0x28, 5 * SEG, permanent=True)
+    put_segments(storage, 1, range(2, 21))
+    healthy = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    assert healthy.earliest_backup == oldest
+    assert healthy.status is CheckStatus.OK, healthy
+    for segno in range(2, 8):
+        storage.delete([naming.wal_key(name(1, segno), "lz4")])
+    lost = verify_integrity(storage, at(1, 21), upload_concurrency=2)
+    assert lost.status is CheckStatus.FAILURE
+    assert statuses(lost)[name(1, 5)] is SegmentStatus.MISSING_LOST
 
 
 def test_nothing_archived_is_a_failure(storage: Storage) -> None:

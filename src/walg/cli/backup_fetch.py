@@ -67,8 +67,17 @@ def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
         args.target_action,
         args.standby,
     )
-    if args.restore_command is not None and not args.restore_command.strip():
-        raise UsageError("--restore-command is empty")
+    for option, value in (
+        ("--restore-command", args.restore_command),
+        ("--target-time", args.target_time),
+        ("--target-lsn", args.target_lsn),
+        ("--target-name", args.target_name),
+        ("--target-xid", args.target_xid),
+        ("--target-timeline", args.target_timeline),
+    ):
+        # An unset shell variable: not "no target", which would replay everything.
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty")
     if not args.restore_command:
         if any(wanted) or args.target_exclusive:
             raise UsageError("recovery targets need --restore-command")

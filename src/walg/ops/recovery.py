@@ -205,6 +205,9 @@ def check_target_time(text: str) -> None:
             edge = hour == 24 or second == 60
             past = edge and (match["frac"] or "0").strip("0") != ""
             valid = valid and clock and minute < 60 and second <= 60 and not past
+        if match["h"] is None and match["oh"] is not None:
+            # 2026-11-26-05 is no date with an offset to PostgreSQL (2026-11-26 -05 is).
+            valid = valid and text.strip()[len(match["date"])] != "-"
         if match["oh"] is not None:
             # Its limit for an offset: 15:59:59 either way.
             offset = (int(match["oh"]), int(match["om"] or 0), int(match["os"] or 0))

@@ -13,6 +13,16 @@ setting, which walg cannot see before the restore: such a time is taken as the w
 it may stand for (PostgreSQL's offsets reach 15:59:59 either way), and a backup is chosen only
 when it finished before all of it. Name and xid targets cannot be placed before a restore;
 they are left to PostgreSQL, which fails recovery when it ends before reaching them.
+
+A backup can reach a target only on a timeline recovery will follow: that of
+``--target-timeline`` (by default ``latest``, the newest timeline the archive's history files
+lead to from the backup's, as PostgreSQL 12+ finds it; ``current`` before 12). The backup's
+timeline must be that one or one of its ancestors, and the backup must have ended before the
+history leaves its timeline; a backup taken on timeline 1 after timeline 2 branched off cannot
+reach anything on timeline 2 (PostgreSQL: "could not locate required checkpoint record").
+Among the backups that can, LATEST takes the one that ended last. A backup's end is its
+sentinel's ``FinishTime`` and ``FinishLSN``, else ``metadata.json``'s (older WAL-G sentinels
+carry neither time).
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
+from walg.core.gotime import GoTime
 from walg.core.log import get_logger
 from walg.core.lsn import format_lsn, parse_lsn
-from walg.core.metadata import Sentinel
-from walg.errors import BackupNotFound, IntegrityError, UsageError
+from walg.core.naming import first_wal_token
+from walg.core.timeline import History, history_file_name
+from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
 from walg.ops.recovery import TIME_RE, RecoveryTarget
+from walg.ops.wal import find_wal_object, read_history
 from walg.storage.base import Storage
 
 log = get_logger(__name__)
@@ -64,25 +77,117 @@ class TargetBound:
             return cls(f"--target-time {target.time!r}", earliest_ns=low, latest_ns=high)
         return None
 
-    def fit(self, sentinel: Sentinel) -> Fit:
+    def fit(self, end: BackupEnd) -> Fit:
         if self.lsn is not None:
-            if sentinel.finish_lsn is None:
+            if end.finish_lsn is None:
                 return Fit.UNKNOWN
-            return Fit.BEFORE if sentinel.finish_lsn <= self.lsn else Fit.AFTER
+            return Fit.BEFORE if end.finish_lsn <= self.lsn else Fit.AFTER
         assert self.earliest_ns is not None and self.latest_ns is not None
-        if sentinel.finish_time is None:
+        if end.finish_time is None:
             return Fit.UNKNOWN
-        finish = sentinel.finish_time.ns
+        finish = end.finish_time.ns
         if finish <= self.earliest_ns:
             return Fit.BEFORE
         return Fit.AFTER if finish > self.latest_ns else Fit.UNSURE
 
-    def describe_end(self, sentinel: Sentinel) -> str:
-        if self.lsn is not None and sentinel.finish_lsn is not None:
-            return f"ends at LSN {format_lsn(sentinel.finish_lsn)}"
-        if sentinel.finish_time is not None:
-            return f"finished at {sentinel.finish_time.utc().format()}"
+    def order(self, end: BackupEnd) -> int:
+        """Sort key: later ends first among candidates."""
+        if self.lsn is not None:
+            return end.finish_lsn if end.finish_lsn is not None else -1
+        return end.finish_time.ns if end.finish_time is not None else -(1 << 80)
+
+    def describe_end(self, end: BackupEnd) -> str:
+        if self.lsn is not None and end.finish_lsn is not None:
+            return f"ends at LSN {format_lsn(end.finish_lsn)}"
+        if end.finish_time is not None:
+            return f"finished at {end.finish_time.utc().format()}"
         return "records no end"
+
+
+@dataclass(frozen=True)
+class BackupEnd:
+    """Where and when a backup became consistent, as its documents record it."""
+
+    name: str
+    timeline: int | None
+    finish_lsn: int | None
+    finish_time: GoTime | None
+    pg_version: int
+
+    @classmethod
+    def read(cls, storage: Storage, name: str) -> BackupEnd:
+        sentinel = catalog.read_sentinel(storage, name)
+        finish_lsn, finish_time = sentinel.finish_lsn, sentinel.finish_time
+        if finish_time is None or finish_lsn is None:
+            # WAL-G's older sentinels carry no times; its metadata.json does.
+            meta = catalog.read_metadata(storage, name)
+            if meta is not None:
+                finish_time = finish_time or meta.finish_time
+                finish_lsn = finish_lsn if finish_lsn is not None else meta.finish_lsn
+        token = first_wal_token(name)
+        return cls(
+            name,
+            int(token[:8], 16) if token else None,
+            finish_lsn,
+            finish_time,
+            sentinel.pg_version,
+        )
+
+
+class _Timelines:
+    """Which backups lie on the timeline recovery will follow, from the archive's history."""
+
+    def __init__(self, storage: Storage, asked: str | None) -> None:
+        self._storage = storage
+        self._asked = asked
+        self._histories: dict[int, History | None] = {}
+        self._newest: dict[int, int] = {}
+
+    def target(self, end: BackupEnd) -> int:
+        assert end.timeline is not None
+        asked = self._asked
+        if asked is None:
+            asked = "latest" if end.pg_version >= 120000 else "current"
+        if asked == "current":
+            return end.timeline
+        if asked != "latest":
+            return int(asked)
+        if end.timeline not in self._newest:
+            # As PostgreSQL's findNewestTimeLine: probe <TLI+1>.history, +2, ... up to the
+            # first one missing.
+            newest = end.timeline
+            while find_wal_object(self._storage, history_file_name(newest + 1)) is not None:
+                newest += 1
+            self._newest[end.timeline] = newest
+        return self._newest[end.timeline]
+
+    def why_not(self, end: BackupEnd) -> str | None:
+        """Why recovery from this backup cannot follow the target timeline; None if it can."""
+        if end.timeline is None:
+            return None  # no WAL name in the backup name: left to PostgreSQL
+        target = self.target(end)
+        if target == end.timeline:
+            return None
+        if target < end.timeline:
+            return f"it is on timeline {end.timeline}, after the target timeline {target}"
+        if target not in self._histories:
+            try:
+                self._histories[target] = read_history(self._storage, target)
+            except WalgError as exc:
+                log.warning("%s", exc)
+                self._histories[target] = None
+        history = self._histories[target]
+        if history is None:
+            return f"{history_file_name(target)} cannot be read from storage"
+        left = [s.lsn for s in history.switches if s.parent == end.timeline]
+        if not left:
+            return f"its timeline {end.timeline} is not in the history of timeline {target}"
+        if end.finish_lsn is not None and end.finish_lsn > left[0]:
+            return (
+                f"it ends at LSN {format_lsn(end.finish_lsn)}, after timeline {target} branched "
+                f"off timeline {end.timeline} at {format_lsn(left[0])}"
+            )
+        return None
 
 
 def time_bounds(text: str) -> tuple[int, int]:
@@ -124,9 +229,16 @@ def _in_zone(naive: datetime, name: str) -> datetime | None:
     # PostgreSQL matches zone names in any case; zoneinfo wants the database's spelling.
     canonical = {zone.lower(): zone for zone in zoneinfo.available_timezones()}
     try:
-        return naive.replace(tzinfo=zoneinfo.ZoneInfo(canonical.get(name.lower(), name)))
+        local = naive.replace(tzinfo=zoneinfo.ZoneInfo(canonical.get(name.lower(), name)))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return None
+    # A time the clocks pass twice (autumn) is read by PostgreSQL with the offset after the
+    # change, one they skip (spring) with the offset before it: the later reading, fold 1, in
+    # the first case, fold 0 (Python's default) in the second.
+    first, second = local.replace(fold=0).utcoffset(), local.replace(fold=1).utcoffset()
+    if first is not None and second is not None and first > second:
+        return local.replace(fold=1)
+    return local
 
 
 def _ns(moment: datetime, frac: str) -> int:
@@ -137,14 +249,21 @@ def _ns(moment: datetime, frac: str) -> int:
 def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None) -> str:
     """The backup to restore for ``name`` (a backup name or LATEST) and ``target``."""
     bound = TargetBound.of(target) if target is not None else None
-    if bound is None:
+    if bound is None or target is None:
         return name
+    timelines = _Timelines(storage, target.timeline)
     if name != catalog.LATEST:
-        sentinel = catalog.read_sentinel(storage, catalog.resolve(storage, name))
-        fit = bound.fit(sentinel)
+        end = BackupEnd.read(storage, catalog.resolve(storage, name))
+        reason = timelines.why_not(end)
+        if reason is not None:
+            raise UsageError(
+                f"backup {name} cannot reach {bound.what}: {reason}; name another backup, or "
+                "LATEST to have walg choose one"
+            )
+        fit = bound.fit(end)
         if fit is Fit.AFTER:
             raise UsageError(
-                f"backup {name} {bound.describe_end(sentinel)}, after {bound.what}: a restore "
+                f"backup {name} {bound.describe_end(end)}, after {bound.what}: a restore "
                 "from it cannot stop there; name an older backup, or LATEST to have walg "
                 "choose one"
             )
@@ -154,28 +273,41 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 "server's timezone",
                 bound.what,
                 name,
-                bound.describe_end(sentinel),
-            )
-        return name
-    for ref in reversed(catalog.list_backups(storage)):
-        try:
-            sentinel = catalog.read_sentinel(storage, ref.name)
-        except (IntegrityError, BackupNotFound) as exc:
-            log.warning("%s; not considered", exc)
-            continue
-        fit = bound.fit(sentinel)
-        if fit is Fit.BEFORE:
-            log.info(
-                "LATEST for %s: backup %s, which %s", bound.what, ref.name,
-                bound.describe_end(sentinel),
-            )  # fmt: skip
-            return ref.name
-        if fit is Fit.UNSURE:
-            raise UsageError(
-                f"{bound.what} has no time zone, and backup {ref.name} "
-                f"{bound.describe_end(sentinel)}: before or after it depends on the restored "
-                "server's timezone; give the offset (like +00) or a zone name"
+                bound.describe_end(end),
             )
         if fit is Fit.UNKNOWN:
-            log.warning("backup %s records no end; not considered for %s", ref.name, bound.what)
+            log.warning(
+                "backup %s records no end: walg cannot tell whether it finished before %s; "
+                "if it did not, the restore holds what was committed after the target",
+                name,
+                bound.what,
+            )
+        return name
+    ends = []
+    for ref in catalog.list_backups(storage):
+        try:
+            ends.append(BackupEnd.read(storage, ref.name))
+        except (IntegrityError, BackupNotFound) as exc:
+            log.warning("%s; not considered", exc)
+    for end in sorted(ends, key=bound.order, reverse=True):
+        fit = bound.fit(end)
+        if fit is Fit.AFTER:
+            continue
+        reason = timelines.why_not(end)
+        if reason is not None:
+            log.info("backup %s not considered for %s: %s", end.name, bound.what, reason)
+            continue
+        if fit is Fit.BEFORE:
+            log.info(
+                "LATEST for %s: backup %s, which %s", bound.what, end.name,
+                bound.describe_end(end),
+            )  # fmt: skip
+            return end.name
+        if fit is Fit.UNSURE:
+            raise UsageError(
+                f"{bound.what} has no time zone, and backup {end.name} "
+                f"{bound.describe_end(end)}: before or after it depends on the restored "
+                "server's timezone; give the offset (like +00) or a zone name"
+            )
+        log.warning("backup %s records no end; not considered for %s", end.name, bound.what)
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")

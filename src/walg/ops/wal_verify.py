@@ -14,16 +14,17 @@ Two checks, computed as WAL-G computes them:
     The result is ``FAILURE`` if anything is lost, ``WARNING`` if something is missing but not
     lost, else ``OK``; lost segments below the first found one only warn when storage holds no
     backup at all (there is no telling where the archive was meant to begin).
-    Permanent backups are not used as the starting point, nor backups that the history shows
-    to lie outside their timeline.
+    Permanent backups are not used as the starting point unless there is no other (then the
+    oldest of them is), nor backups that the history shows to lie outside their timeline.
 
     Beyond WAL-G, three things make the result ``FAILURE`` (each named in ``problems``), as a
-    restore could not reach the current position: backups exist but none can be the starting
-    point; the walk examined segments and found none of them stored; or a ``<TLI>.history``
-    is missing for a timeline id after the starting point's timeline, up to the current one
-    (PostgreSQL looks for the newest timeline by reading them in turn and stops at the first
-    missing one, abandoned branches included). The walk is computed in stretches from the
-    stored segments, so its length (up to 2^40 segments) costs neither time nor memory.
+    restore could not reach the current position: backups exist but none lies on the current
+    timeline's history; the walk examined segments and found none of them stored; or a
+    ``<TLI>.history`` is missing for a timeline id after the starting point's timeline, up to
+    the current one (PostgreSQL looks for the newest timeline by reading them in turn and stops
+    at the first missing one, abandoned branches included). The walk is computed in stretches
+    from the stored segments, so its length (up to 2^40 segments) costs neither time nor
+    memory.
 
 ``timeline``
     ``OK`` when the cluster's timeline is the highest one named in ``wal_005/`` (segments and
@@ -499,13 +500,25 @@ def verify_integrity(
                 continue
             if earliest is None or backup.segno < earliest.segno:
                 earliest = backup
+        if earliest is None:
+            # Only permanent backups: WAL-G then walks down to segment 1 and only warns of
+            # what it finds lost. A restore from the oldest of them works, so it starts the
+            # walk here, and WAL lost after it fails the check.
+            permanent = [
+                b
+                for b in backups
+                if b.is_permanent
+                and backup_is_usable(b, position.timeline, switch_segnos, allow_permanent=True)
+            ]
+            earliest = min(permanent, key=lambda b: b.segno, default=None)
+            if earliest is not None:
+                log.info("only permanent backups: the walk starts at %s", earliest.name)
         if earliest is None and backups:
             # WAL-G only warns; but then no backup in storage is known to restore to the
-            # current timeline with the WAL checked here, and a monitor must hear of it.
+            # current timeline, and a monitor must hear of it.
             problems.append(
                 f"none of the {len(backups)} backups in storage can start a restore that "
-                "reaches the current position (each is permanent or off the current "
-                "timeline's history)"
+                "reaches the current position (each is off the current timeline's history)"
             )
         elif earliest is None:
             log.warning(
