@@ -263,3 +263,54 @@ def test_bad_fetch_limit_is_a_configuration_error(env: Env) -> None:
     assert "WALG_DAEMON_WAL_FETCH_TIMEOUT" in res.stderr
     with contextlib.suppress(FileNotFoundError):
         assert not env.socket.exists()
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"], ids=["no-lookahead", "lookahead"])
+def test_a_shutdown_does_not_wait_for_storage_that_hangs(env: Env, concurrency: str) -> None:
+    """Storage stops answering (a hung mount): a push times out with an error, as before, and
+    SIGTERM then ends the daemon within about the upload timeout. It waited for the stuck
+    upload thread (with a hung NFS mount: forever), with the socket already gone."""
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    for n in (1, 2):
+        (wal / f"00000001000000000000000{n}").write_bytes(os.urandom(1 << 20))
+    (wal / "archive_status" / "000000010000000000000002.ready").touch()
+    env.env.update(
+        {
+            "WALG_UPLOAD_CONCURRENCY": concurrency,
+            "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "2s",
+            "WALG_FAULT_INJECTION": '[{"op": "write", "key": "wal_005", "delay": 120}]',
+        }
+    )
+    env.start()
+    assert env.daemon is not None
+    reply = _request(env.socket, b"F", b"pg_wal/000000010000000000000001")
+    assert reply == b"E"
+    start = time.monotonic()
+    env.daemon.send_signal(signal.SIGTERM)
+    _, log = env.daemon.communicate(timeout=60)
+    elapsed = time.monotonic() - start
+    assert elapsed < 15, (elapsed, log)
+    assert env.daemon.returncode == 1, log
+    assert "abandoned" in log, log
+    env.daemon = None
+    assert not list((env.store / "wal_005").glob("*.lz4")), "nothing was committed"
+
+
+def test_without_lookahead_abandoned_temporaries_are_swept_too(env: Env) -> None:
+    """The sweep of temporary objects left by killed uploads ran only with the look-ahead;
+    with WALG_UPLOAD_CONCURRENCY=1 they stayed for the daemon's whole life."""
+    folder = env.store / "wal_005"
+    folder.mkdir(parents=True)
+    stamp = int(time.time()) - 3 * 3600
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(stamp))
+    old = folder / f"{SEG}.lz4.tmp.{when}-0123456789abcdef"
+    old.write_bytes(b"x" * 1000)
+    os.utime(old, (stamp, stamp))
+    env.env["WALG_UPLOAD_CONCURRENCY"] = "1"
+    env.start()
+    deadline = time.monotonic() + 10
+    while old.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = env.stop()
+    assert not old.exists(), log

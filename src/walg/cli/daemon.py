@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 
 from walg.core.log import get_logger
@@ -92,5 +95,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if not server.wait_idle(max(timeout, fetch_timeout, 1.0) + READ_TIMEOUT):
             log.warning("some requests were still unanswered at exit")
         server.server_close()
-        daemon.close()
+        # Every request is answered; background work (look-ahead uploads, the follower) gets
+        # as long as an upload may take. Storage that does not answer must not keep a stopped
+        # daemon alive (systemctl restart would wait for its SIGKILL).
+        if not daemon.close(grace=max(timeout, 1.0)):
+            log.warning(
+                "background uploads still waiting on storage after %.0f s; abandoned "
+                "(nothing of them was committed)",
+                max(timeout, 1.0),
+            )
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            # The pools' threads would be joined at interpreter exit, waiting on storage.
+            os._exit(1)
     return 0

@@ -59,7 +59,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
-    from walg.core.log import get_logger
     from walg.errors import UsageError
     from walg.ops.wal_push import IDLE_EXIT, archive_ahead
     from walg_destination import is_key
@@ -71,9 +70,5 @@ def run_ahead(args: argparse.Namespace, ctx: Context) -> int:
         key = sys.stdin.readline(64).strip()
         if not is_key(key):
             raise UsageError("standard input holds no destination key")
-    done = archive_ahead(
-        ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude), IDLE_EXIT, key
-    )
-    if done:
-        get_logger(__name__).info("archived %d WAL files ahead of time", len(done))
+    archive_ahead(ctx.settings, ctx.storage(), args.wal_dir, set(args.exclude), IDLE_EXIT, key)
     return 0

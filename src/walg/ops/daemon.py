@@ -47,6 +47,7 @@ from walg.ops.wal_push import (
     push_one,
     solo_threads,
     status_dir,
+    sweep_leftovers,
 )
 from walg.settings import Settings
 from walg.storage.base import Storage
@@ -175,6 +176,7 @@ class Daemon:
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending: Future[Any] | None = None
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.lookahead: LookaheadUploader | None = None
         self.follower: WalFollower | None = None
         workers = lookahead_workers(settings)
@@ -197,10 +199,39 @@ class Daemon:
     def start(self) -> None:
         if self.lookahead is not None:
             self.lookahead.start()
+        else:
+            # The look-ahead sweeps as it scans; without one (WALG_UPLOAD_CONCURRENCY=1)
+            # leftovers of killed uploads would stay for the daemon's whole life.
+            threading.Thread(target=self._sweep_loop, name="sweep", daemon=True).start()
         if self.follower is not None:
             self.follower.start()
 
-    def close(self) -> None:
+    def _sweep_loop(self) -> None:
+        stale = max(STALE_TEMPORARY, 2 * self.timeout)
+        while True:
+            sweep_leftovers(self.storage, self.wal_dir, stale)
+            if self._closing.wait(MARKER_SWEEP):
+                return
+
+    def close(self, grace: float | None = None) -> bool:
+        """Stop background work and the worker pools. With ``grace``, wait that many seconds
+        at most: work stuck on storage that does not answer (a hung mount) is abandoned, and
+        False returned; it committed nothing, and its temporary objects are swept by the next
+        daemon."""
+        self._closing.set()
+        if grace is None:
+            self._close()
+            return True
+        finished = threading.Event()
+
+        def close_all() -> None:
+            self._close()
+            finished.set()
+
+        threading.Thread(target=close_all, name="close", daemon=True).start()
+        return finished.wait(grace)
+
+    def _close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
         if self.lookahead is not None:

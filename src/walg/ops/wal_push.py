@@ -359,9 +359,32 @@ def archive_ahead(
         )
         uploader.start()
         uploader.wait_idle(idle)
-        return uploader.stop()
+        done = uploader.stop()
+        # Said while the lock is held: whoever sees the uploader gone sees its account too.
+        if done:
+            log.info("archived %d WAL files ahead of time", len(done))
+        return done
     finally:
         os.close(fd)
+
+
+def sweep_leftovers(storage: Storage, wal_dir: str, stale_temporaries: float | None) -> None:
+    """Remove the markers of files PostgreSQL has finished with and, with
+    ``stale_temporaries``, the temporary objects in ``wal_005/`` older than that many seconds
+    (uploads killed outright); failures are logged, never raised."""
+    try:
+        forget_finished_markers(wal_dir)
+    except OSError as exc:
+        log.warning("cannot clear finished look-ahead markers in %s: %s", status_dir(wal_dir), exc)
+    if stale_temporaries is None:
+        return
+    try:
+        removed = storage.remove_temporaries(WAL, stale_temporaries)
+    except WalgError as exc:
+        log.warning("cannot remove abandoned temporary objects in %s: %s", WAL, exc)
+    else:
+        if removed:
+            log.info("removed %d abandoned temporary objects in %s", removed, WAL)
 
 
 def uploader_running(status: str) -> bool:
@@ -528,18 +551,7 @@ class LookaheadUploader:
         if interval is None or time.monotonic() - self._last_sweep < interval:
             return
         self._last_sweep = time.monotonic()
-        try:
-            forget_finished_markers(self._wal_dir)
-        except OSError as exc:
-            log.warning("cannot clear finished look-ahead markers in %s: %s", self._status, exc)
-        if self._stale_temporaries is not None:
-            try:
-                removed = self._storage.remove_temporaries(WAL, self._stale_temporaries)
-            except WalgError as exc:
-                log.warning("cannot remove abandoned temporary objects in %s: %s", WAL, exc)
-            else:
-                if removed:
-                    log.info("removed %d abandoned temporary objects in %s", removed, WAL)
+        sweep_leftovers(self._storage, self._wal_dir, self._stale_temporaries)
 
     def scan_once(self) -> None:
         """Queue every ``.ready`` file not yet archived, oldest first, within the budget."""
