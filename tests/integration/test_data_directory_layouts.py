@@ -17,6 +17,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, PgInstall, make_shared_dir
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
@@ -248,28 +250,53 @@ def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
     restored.stop()
 
 
-def test_sql_ascii_cluster_is_backed_up_and_restored(pg_workdir: Path, walg_bin: str) -> None:
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "UTF8"])
+def test_cluster_with_a_tablespace_path_that_is_not_utf8(
+    pg_workdir: Path, walg_bin: str, encoding: str
+) -> None:
     """initdb under LANG=C makes SQL_ASCII clusters; backup-push refused them, saying the
-    data directory was not the server's (b'/…/src'): psycopg returned text as bytes."""
+    data directory was not the server's (b'/…/src'): psycopg returned text as bytes. The
+    server hands over paths as the file system has them: a tablespace at a path that is not
+    UTF-8 then failed every backup at its end, with SQL_ASCII (the tablespace map's text
+    could not be encoded) and with UTF8 (psycopg could not decode it)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         install,
         pg_workdir / "src",
-        initdb_args=["--encoding=SQL_ASCII", "--locale=C"],
+        initdb_args=[f"--encoding={encoding}", "--locale=C"],
         use_template=False,
         conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
     )
+    plain = make_shared_dir(pg_workdir / "ts", 0o700)
     src.start()
-    assert src.psql("SHOW server_encoding") == "SQL_ASCII"
-    _fill(src)
+    assert src.psql("SHOW server_encoding") == encoding
+    src.psql(f"CREATE TABLESPACE odd LOCATION '{plain}'")
+    _fill(src, "odd")
+    src.stop()
+    # The same tablespace under a name that is not UTF-8, as PostgreSQL follows its link.
+    odd = pg_workdir / os.fsdecode(b"ts_\xff\xfe")
+    plain.rename(odd)
+    [link] = (src.datadir / "pg_tblspc").iterdir()
+    link.unlink()
+    link.symlink_to(odd)
+    os.lchown(link, src.datadir.stat().st_uid, src.datadir.stat().st_gid)
+    src.start()
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     archive_now(src)
-    expected = normalized_dump(src.pg_dumpall())
+    # pg_dumpall would print the location's bytes, which the test's text pipes cannot read.
+    check = (
+        "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM kept;"
+        "SELECT sum(abalance), count(*) FROM pgbench_accounts"
+    )
+    expected = src.psql(check)
     src.stop()
+    shutil.rmtree(odd)  # the restore puts it back where the tablespace map says
 
     restored = restore_and_recover(install, pg_workdir, walg)
-    assert normalized_dump(restored.pg_dumpall()) == expected
+    assert os.readlink(restored.datadir / "pg_tblspc" / link.name) == str(odd)
+    assert restored.psql(check) == expected
+    assert restored.psql("SELECT count(*) FROM kept") == "20000"
     if install.has_amcheck:
         assert restored.amcheck() > 0
     restored.stop()

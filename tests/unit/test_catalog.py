@@ -14,7 +14,7 @@ import pytest
 from walg.core import naming
 from walg.core.checksum import Checksum
 from walg.core.metadata import FilesMetadata, Sentinel
-from walg.errors import BackupNotFound, IntegrityError
+from walg.errors import BackupNotFound, IntegrityError, ObjectTooLarge
 from walg.ops import catalog
 from walg.storage.base import Storage
 from walg.storage.file import FileStorage
@@ -256,3 +256,13 @@ def test_large_files_metadata_without_a_recorded_size_is_read(storage: Storage) 
     sentinel = catalog.read_sentinel(storage, OLD)
     assert sentinel.files_metadata_checksum is None
     assert len(catalog.read_files_metadata(storage, OLD, sentinel).files) == 70_000
+
+
+def test_a_large_limit_allocates_nothing_up_front(storage: Storage) -> None:
+    """get_bytes read ``limit + 1`` bytes in one call, which allocated the limit (a sentinel
+    recording 1 TiB made backup-fetch fail with MemoryError)."""
+    storage.put_bytes("small", b"abc" * 1000)
+    assert storage.get_bytes("small", limit=1 << 40) == b"abc" * 1000
+    assert storage.get_bytes("small", limit=3000) == b"abc" * 1000
+    with pytest.raises(ObjectTooLarge):
+        storage.get_bytes("small", limit=2999)

@@ -620,3 +620,26 @@ def test_sentinel_records_the_files_metadata_checksum() -> None:
     assert doc["WalgFilesMetadata"] == {"Size": 1234, "Blake3": SHA_A}
     assert Sentinel.loads(written.dumps()).files_metadata_checksum == checksum
     assert "WalgFilesMetadata" not in json.loads(full_sentinel().dumps())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"Size": "1234", "Blake3": SHA_A},  # a string: the check would be skipped
+        {"Size": 1.5, "Blake3": SHA_A},
+        {"Size": True, "Blake3": SHA_A},
+        {"Size": -1, "Blake3": SHA_A},
+        {"Size": 1 << 63, "Blake3": SHA_A},
+        {"Size": 10, "Blake3": "xyz"},
+        {"Size": 10},
+        "yes",
+        [],
+    ],
+)
+def test_a_files_metadata_record_walg_did_not_write_makes_the_sentinel_unreadable(
+    value: Any,
+) -> None:
+    doc = json.loads(full_sentinel().dumps())
+    doc["WalgFilesMetadata"] = value
+    with pytest.raises(FormatError):
+        Sentinel.loads(json.dumps(doc))

@@ -10,6 +10,7 @@ the meaning of a key WAL-G writes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,9 +268,33 @@ class Sentinel:
             delta_count=delta_count,
             version=version if version is not None else 0,
             walg_version=_opt_str(doc, "WalgVersion"),
-            files_metadata_checksum=Checksum.from_json(doc.get("walgfilesmetadata")),
+            files_metadata_checksum=_files_metadata_checksum(doc),
             legacy_files=legacy if isinstance(legacy, dict) else None,
         )
+
+
+# What walg reads whole as files_metadata.json at most (about 200 bytes a file: some 80
+# million files); a sentinel recording more is not one walg wrote.
+FILES_METADATA_LIMIT = 16 << 30
+
+
+def _files_metadata_checksum(doc: Mapping[str, Any]) -> Checksum | None:
+    """WalgFilesMetadata, checked: once present, a value walg did not write makes the
+    sentinel unreadable rather than turning off the check of the document it vouches for."""
+    raw = doc.get("walgfilesmetadata")
+    if raw is None:
+        return None
+    checksum = Checksum.from_json(raw)
+    if (
+        checksum is None
+        or isinstance(checksum.size, bool)
+        or not 0 <= checksum.size <= FILES_METADATA_LIMIT
+        or re.fullmatch(r"[0-9a-f]{64}", checksum.digest) is None
+    ):
+        raise FormatError(
+            f"WalgFilesMetadata must be {{Size, Blake3}} as walg writes it, got {raw!r}"
+        )
+    return checksum
 
 
 @dataclass(frozen=True)

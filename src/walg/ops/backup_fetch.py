@@ -401,6 +401,15 @@ def _check_objects_present(files_meta: FilesMetadata, objects: list[ObjectInfo],
     by the backup name, see _classify).
     """
     present = {o.key.rsplit("/", 1)[-1] for o in objects}
+    # Sizes too, before DEST is touched: the listing tells them without a download.
+    for info in objects:
+        recorded = files_meta.objects.get(info.key.rsplit("/", 1)[-1])
+        if recorded is not None and recorded.stored.size != info.size:
+            raise IntegrityError(
+                f"object {info.key.rsplit('/', 1)[-1]} is {info.size} bytes in storage, but "
+                f"the backup metadata records {recorded.stored.size}; refusing it before "
+                "downloading"
+            )
     named = set(files_meta.objects)
     named.update(o for o in files_meta.tar_file_sets if not PG_CONTROL_TAR_RE.fullmatch(o))
     missing = sorted(named - present)

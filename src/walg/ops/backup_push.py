@@ -474,6 +474,9 @@ def _upload_backup(
     )
     baseline = session.archiver_status() if archiving else None
     stop = session.stop(settings.stop_backup_timeout)
+    # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
+    # the wait for the archive below may last long (a standby's idle primary).
+    now_located = session.database_locations()
     last_segment = Segment.before(start.timeline, stop.lsn, info.segment_size).name(
         info.segment_size
     )
@@ -482,7 +485,7 @@ def _upload_backup(
         _wait_for_archived(storage, session, last_segment, baseline, remaining)
     else:
         log.warning("archive_mode is off: %s will not be archived", last_segment)
-    moved = moved_databases(databases, session.database_locations())
+    moved = moved_databases(databases, now_located)
     if moved:
         which = f"database {moved[0]}" if len(moved) == 1 else f"databases {', '.join(moved)}"
         raise PostgresError(
@@ -497,8 +500,8 @@ def _upload_backup(
         codec,
         prefix + label_name,
         [
-            (BACKUP_LABEL_MEMBER, stop.label_file.encode(), now),
-            (TABLESPACE_MAP_MEMBER, stop.tablespace_map.encode(), now),
+            (BACKUP_LABEL_MEMBER, stop.label_file.encode("utf-8", "surrogateescape"), now),
+            (TABLESPACE_MAP_MEMBER, stop.tablespace_map.encode("utf-8", "surrogateescape"), now),
         ],
     )
     collected.tar_sets[label_name] = (TABLESPACE_MAP_MEMBER, BACKUP_LABEL_MEMBER)

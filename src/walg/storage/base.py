@@ -97,13 +97,15 @@ class Storage(abc.ABC):
             sink.write(data)
 
     def get_bytes(self, key: str, limit: int = 64 << 20) -> bytes:
-        """Read a small object whole (metadata documents); refuses anything over ``limit``."""
+        """Read a small object whole (metadata documents); refuses anything over ``limit``.
+        Read in pieces: a large limit allocates nothing up front."""
+        chunks = []
+        total = 0
         with self.open_read(key) as source:
-            data = source.read(limit + 1)
-            chunks = [data]
-            total = len(data)
-            while data and total <= limit:
-                data = source.read(limit + 1 - total)
+            while total <= limit:
+                data = source.read(min(1 << 20, limit + 1 - total))
+                if not data:
+                    break
                 chunks.append(data)
                 total += len(data)
         if total > limit:
