@@ -373,3 +373,35 @@ def test_wal_push_of_a_name_that_is_not_wal(backup: Backup, pg_workdir: Path) ->
     result = backup.walg.run(["wal-push", str(bogus)], check=False)
     assert result.returncode != 0
     assert "not a WAL file name" in result.stderr
+
+
+def test_a_storage_folder_that_is_not_there_is_refused_and_never_made(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """WALG_FILE_PREFIX on a volume not mounted: every command fails naming the folder (as
+    WAL-G's do), wal-push builds nothing on the file system beneath the mount point (where
+    the WAL would be hidden once the volume is mounted), and backup-list does not say "No
+    backups found"."""
+    mount = make_shared_dir(pg_workdir / "mnt", 0o755)
+    store = mount / "backupvol" / "pgarchive"
+    walg = WalgSetup(walg_bin, store, pg_workdir / "walg.json")
+    walg.config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
+    walg.config.chmod(0o644)
+    pg_wal = make_shared_dir(make_shared_dir(pg_workdir / "pgdata", 0o700) / "pg_wal", 0o700)
+    segment = pg_wal / "000000010000000000000001"
+    segment.write_bytes(bytes(16 << 20))
+    shutil.chown(segment, "pgtest")
+    for args in (
+        ["wal-push", str(segment)],
+        ["wal-fetch", "--no-prefetch", "000000010000000000000001", str(pg_wal / "RECOVERYXLOG")],
+        ["backup-list"],
+        ["backup-fetch", str(pg_workdir / "restore"), "LATEST"],
+        ["wal-show"],
+    ):
+        result = walg.run(args, check=False)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert f"storage folder {store} does not exist" in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "No backups found" not in result.stdout
+    assert list(mount.iterdir()) == []
+    assert not (pg_workdir / "restore").exists()

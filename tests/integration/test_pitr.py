@@ -12,6 +12,8 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, CommandError, PgInstall
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
@@ -125,11 +127,14 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "dangling-link", "folder"])
 def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
-    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str, damage: str
 ) -> None:
     """PostgreSQL takes a restore_command exit code up to 125 for the end of the archive: a
-    corrupt segment must stop recovery with an error, not promote a server without the rest."""
+    corrupt segment must stop recovery with an error, not promote a server without the rest.
+    So must one that is there but cannot be read: a symbolic link to a volume not mounted,
+    or a folder in its place (these ended recovery early, losing the later rows)."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         pg_install,
@@ -145,9 +150,16 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     archive_now(src)
     src.stop()
     stored = walg.store / "wal_005" / f"{damaged}.lz4"
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    if damage == "corrupt":
+        data = bytearray(stored.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        stored.write_bytes(bytes(data))
+    else:
+        stored.unlink()
+        if damage == "folder":
+            stored.mkdir()
+        else:
+            stored.symlink_to(f"/nonexistent/archive-volume/{damaged}.lz4")
 
     dest = pg_workdir / "restored"
     walg.run(

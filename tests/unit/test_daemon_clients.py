@@ -61,6 +61,7 @@ class Env:
     def __init__(self, root: Path, walg_bin: str) -> None:
         self.root = root
         self.store = root / "store"
+        self.store.mkdir()  # walg makes no storage folder
         self.pgdata = root / "pgdata"
         (self.pgdata / "pg_wal").mkdir(parents=True)
         self.socket = root / "d.sock"
@@ -186,7 +187,7 @@ def test_daemon_down_push_fails_and_fetch_runs_walg_directly(env: Env, client: C
     down = env.run(client, str(env.socket), "wal-push", str(path))
     assert down.returncode == 1
     assert "not running" in down.stderr and "nothing was done" in down.stderr
-    assert not env.store.exists()
+    assert not (env.store / "wal_005").exists()
 
     # Archive it with walg itself, then fetch with no daemon listening.
     pushed = subprocess.run(

@@ -172,6 +172,7 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         "heavy += [m for m in ('blake3',) if m in sys.modules]\n"
         "print(rc, heavy)\n"
     )
+    (tmp_path / "store").mkdir()
     env = {
         "WALG_DOWNLOAD_CONCURRENCY": "1",
         "WALG_FILE_PREFIX": str(tmp_path / "store"),

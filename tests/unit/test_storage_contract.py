@@ -44,6 +44,11 @@ def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def new_store(tmp_path: Path) -> FileStorage:
+    (tmp_path / "store").mkdir()  # walg makes no storage folder
+    return FileStorage(tmp_path / "store")
+
+
 def populate(storage: Storage) -> None:
     for key in (
         "basebackups_005/base_A_backup_stop_sentinel.json",
@@ -309,6 +314,7 @@ def test_file_prefix_url_forms(tmp_path: Path) -> None:
 
 def test_file_delete_prunes_empty_directories_but_not_root(tmp_path: Path) -> None:
     root = tmp_path / "store"
+    root.mkdir()
     storage = FileStorage(root)
     storage.put_bytes("basebackups_005/b/tar_partitions/part_001.tar.lz4", b"1")
     storage.put_bytes("basebackups_005/b/metadata.json", b"2")
@@ -325,21 +331,117 @@ def test_file_delete_prunes_empty_directories_but_not_root(tmp_path: Path) -> No
 
 
 def test_file_list_and_stat_of_directories(tmp_path: Path) -> None:
+    """A folder is listed into, but where an object is looked up it is no object and no
+    absence either: the archive is not what walg wrote, and "not found" would be a guess."""
     storage = FileStorage(tmp_path)
     storage.put_bytes("dir/obj", b"1")
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(StorageError, match="is a folder") as caught:
         storage.stat("dir")
-    with pytest.raises(StorageError), storage.open_read("dir"):
+    assert not isinstance(caught.value, ObjectNotFound)
+    with pytest.raises(StorageError, match="is a folder"):
+        storage.exists("dir")
+    with pytest.raises(StorageError, match="is a folder"), storage.open_read("dir"):
         pass
     assert keys(storage, "dir") == ["dir/obj"]
+    assert keys(storage, "", recursive=False) == []
 
 
-def test_file_missing_root_lists_empty_and_is_created_on_write(tmp_path: Path) -> None:
-    storage = FileStorage(tmp_path / "does" / "not" / "exist")
-    assert keys(storage, "") == []
-    assert keys(storage, "wal_005/") == []
-    storage.put_bytes("wal_005/x", b"1")
-    assert keys(storage, "") == ["wal_005/x"]
+def _unreadable_entries(root: Path) -> dict[str, str]:
+    """Entries that are not an object's file, by key, with what the error says."""
+    (root / "wal_005").mkdir()
+    os.symlink("/nonexistent/volume/seg.lz4", root / "wal_005" / "dangling.lz4")
+    os.mkfifo(root / "wal_005" / "fifo.lz4")
+    os.symlink("/dev/null", root / "wal_005" / "device.lz4")
+    os.symlink("/nonexistent/volume", root / "linked")
+    return {
+        "wal_005/dangling.lz4": "symbolic link to a missing file",
+        "wal_005/fifo.lz4": "is a FIFO",
+        "wal_005/device.lz4": "is a character device",
+        "linked/seg.lz4": "not a folder",
+    }
+
+
+def test_file_an_entry_that_is_no_object_is_an_error_not_absent(tmp_path: Path) -> None:
+    """A dangling link (an object moved to a volume not mounted), a FIFO, a device, a folder
+    that is a link to nothing: stat, exists and open_read raise a StorageError that is not
+    ObjectNotFound (wal-fetch answers "not in the archive" to that, and PostgreSQL promotes),
+    and open_read never blocks on the FIFO."""
+    storage = FileStorage(tmp_path)
+    for key, message in _unreadable_entries(tmp_path).items():
+        for look in (storage.stat, storage.exists):
+            with pytest.raises(StorageError, match=message) as caught:
+                look(key)
+            assert not isinstance(caught.value, ObjectNotFound), key
+        with pytest.raises(StorageError, match=message) as caught, storage.open_read(key):
+            pass
+        assert not isinstance(caught.value, ObjectNotFound), key
+    # A name with nothing at it is absent, in a folder that exists or not.
+    for key in ("wal_005/none.lz4", "basebackups_005/x/metadata.json"):
+        assert not storage.exists(key)
+        with pytest.raises(ObjectNotFound):
+            storage.stat(key)
+        with pytest.raises(ObjectNotFound), storage.open_read(key):
+            pass
+    # A link to an object's file is that object.
+    (tmp_path / "elsewhere").write_bytes(b"moved")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "wal_005" / "linked.lz4")
+    assert storage.stat("wal_005/linked.lz4").size == 5
+    assert storage.get_bytes("wal_005/linked.lz4") == b"moved"
+
+
+@pytest.mark.parametrize("name", ["dangling", "fifo", "device"])
+def test_file_listing_a_folder_with_an_entry_that_is_no_object_fails(
+    tmp_path: Path, name: str
+) -> None:
+    """Skipping it would show a gap (or a missing backup) where the archive has something
+    that cannot be read."""
+    storage = FileStorage(tmp_path)
+    _unreadable_entries(tmp_path)
+    storage.put_bytes("wal_005/good.lz4", b"1")
+    with pytest.raises(StorageError) as caught:
+        storage.list(f"wal_005/{name}", recursive=False)
+    assert not isinstance(caught.value, ObjectNotFound)
+    with pytest.raises(StorageError, match="not a folder"):
+        storage.list("linked/")
+    assert keys(storage, "wal_005/good") == ["wal_005/good.lz4"]
+
+
+def test_file_listing_follows_linked_folders_but_not_in_loops(tmp_path: Path) -> None:
+    storage = new_store(tmp_path)
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "part_001.tar.lz4").write_bytes(b"1")
+    storage.put_bytes("b/metadata.json", b"{}")
+    os.symlink(tmp_path / "parts", tmp_path / "store" / "b" / "tar_partitions")
+    assert keys(storage, "b/") == ["b/metadata.json", "b/tar_partitions/part_001.tar.lz4"]
+    os.symlink(tmp_path / "store" / "b", tmp_path / "parts" / "loop")
+    with pytest.raises(StorageError, match="links back"):
+        storage.list("b/")
+
+
+def test_file_missing_root_is_never_made_nor_listed_as_empty(tmp_path: Path) -> None:
+    """WALG_FILE_PREFIX's folder on a volume not mounted: walg neither reads it as an empty
+    archive nor builds it (and the archive with it) on the file system beneath, as WAL-G
+    refuses it ("FS storage root directory doesn't exist")."""
+    root = tmp_path / "mnt" / "volume" / "pgarchive"
+    storage = FileStorage(root)
+    for prefix in ("", "wal_005/", "basebackups_005/"):
+        with pytest.raises(StorageError, match="does not exist") as caught:
+            storage.list(prefix)
+        assert not isinstance(caught.value, ObjectNotFound)
+    for look in (storage.stat, storage.exists):
+        with pytest.raises(StorageError, match="does not exist") as caught:
+            look("wal_005/000000010000000000000001.lz4")
+        assert not isinstance(caught.value, ObjectNotFound)
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.put_bytes("wal_005/000000010000000000000001.lz4", b"1")
+    assert not (tmp_path / "mnt").exists()
+    # WALG_STORAGE_PREFIX names a folder inside it, which is made when first written.
+    (tmp_path / "top").mkdir()
+    sub = FileStorage(tmp_path / "top" / "a" / "b", top=tmp_path / "top")
+    sub.check_available()
+    assert keys(sub, "") == []
+    sub.put_bytes("wal_005/x", b"1")
+    assert (tmp_path / "top" / "a" / "b" / "wal_005" / "x").read_bytes() == b"1"
 
 
 def test_file_missing_root_is_not_available(tmp_path: Path) -> None:
@@ -362,6 +464,7 @@ def test_file_stat_modified_time_is_the_file_mtime(tmp_path: Path) -> None:
 def test_file_list_never_leaves_the_root(tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "secret").write_bytes(b"x")
+    (tmp_path / "root").mkdir()
     storage = FileStorage(tmp_path / "root")
     storage.put_bytes("inside", b"1")
     for hostile in ("../", "../outside/", "a/../../"):
@@ -408,7 +511,7 @@ def test_file_upload_writes_are_whole_even_when_the_system_writes_short(tmp_path
 
 
 def test_file_upload_counts_bytes_not_items_of_a_wide_view(tmp_path: Path) -> None:
-    storage = FileStorage(tmp_path / "store")
+    storage = new_store(tmp_path)
     data = os.urandom(3 * WRITEBACK_EVERY)
     with storage.open_write("wide") as sink:
         assert sink.write(memoryview(data).cast("Q")) == len(data)
@@ -416,7 +519,7 @@ def test_file_upload_counts_bytes_not_items_of_a_wide_view(tmp_path: Path) -> No
 
 
 def test_file_upload_of_many_megabytes_round_trips(tmp_path: Path) -> None:
-    storage = FileStorage(tmp_path / "store")
+    storage = new_store(tmp_path)
     data = os.urandom(5 * WRITEBACK_EVERY + 7)
     with storage.open_write("big/object") as sink:
         for start in range(0, len(data), 300_000):
@@ -433,7 +536,7 @@ def _is_direct(fd: int) -> bool:
     [0, 1, 4095, 4096, DIRECT_CHUNK - 1, DIRECT_CHUNK, DIRECT_CHUNK + 1, 3 * DIRECT_CHUNK + 12345],
 )
 def test_file_upload_writes_direct_and_round_trips(tmp_path: Path, size: int) -> None:
-    storage = FileStorage(tmp_path / "store")
+    storage = new_store(tmp_path)
     data = os.urandom(size)
     with storage.open_write("obj") as sink:
         assert isinstance(sink, _UploadFile)
@@ -449,7 +552,7 @@ def test_file_upload_writes_direct_and_round_trips(tmp_path: Path, size: int) ->
 
 
 def test_file_upload_staging_buffer_is_reused(tmp_path: Path) -> None:
-    storage = FileStorage(tmp_path / "store")
+    storage = new_store(tmp_path)
     for i in range(3):
         with storage.open_write(f"obj{i}") as sink:
             assert isinstance(sink, _UploadFile)
@@ -490,6 +593,7 @@ def test_file_upload_through_the_page_cache_when_direct_io_is_off(tmp_path: Path
         "WALG_FILE_PREFIX": str(tmp_path / "store"),
         "WALG_FILE_DIRECT_IO": "false",
     }
+    (tmp_path / "store").mkdir()
     storage = open_storage(load(environ=environ))
     data = os.urandom(2 * DIRECT_CHUNK + 5)
     with storage.open_write("obj") as sink:
@@ -506,7 +610,7 @@ def test_file_new_folders_are_made_durable_in_their_parents(tmp_path: Path) -> N
     if strace is None:
         pytest.skip("strace is not installed (scripts/setup.sh installs it)")
     root = tmp_path / "store"
-    (tmp_path / "existing").mkdir()
+    root.mkdir()
     code = (
         "import sys; from walg.storage.file import FileStorage;"
         "s = FileStorage(sys.argv[1]); s.put_bytes('basebackups_005/b/tar_partitions/p', b'x');"
@@ -525,7 +629,6 @@ def test_file_new_folders_are_made_durable_in_their_parents(tmp_path: Path) -> N
         if done:
             synced.append(done.group(1))
     assert created == [
-        str(root),
         str(root / "basebackups_005"),
         str(root / "basebackups_005" / "b"),
         str(root / "basebackups_005" / "b" / "tar_partitions"),
@@ -557,13 +660,16 @@ def test_file_list_memory_is_the_result_not_the_folder_twice(tmp_path: Path) -> 
     assert peak / count < 600, f"{peak / count:.0f} bytes per object"
 
 
-def test_a_relative_storage_folder_is_made_on_first_write(
+def test_a_relative_storage_folder_is_written_in_the_working_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """WALG_FILE_PREFIX=relstore (or a number in a JSON config): the first write into a fresh
-    store makes relstore/ and relstore/wal_005/, durably, in the working folder."""
+    store makes relstore/wal_005/, durably, in the working folder; relstore/ must exist."""
     monkeypatch.chdir(tmp_path)
     storage = FileStorage("relstore")
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.put_bytes("wal_005/000000010000000000000007.lz4", b"x")
+    (tmp_path / "relstore").mkdir()
     storage.put_bytes("wal_005/000000010000000000000007.lz4", b"x")
     assert (tmp_path / "relstore" / "wal_005" / "000000010000000000000007.lz4").read_bytes() == b"x"
 

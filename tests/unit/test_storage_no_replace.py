@@ -42,6 +42,7 @@ def test_an_object_stored_during_the_write_is_kept(storage: Storage) -> None:
 
 
 def test_file_storage_leaves_no_temporary_and_one_link(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
     store = FileStorage(tmp_path / "store")
     store.put_bytes("wal_005/a", b"first")
     with pytest.raises(StorageError), store.open_write("wal_005/a", overwrite=False) as sink:
@@ -54,6 +55,7 @@ def test_file_storage_leaves_no_temporary_and_one_link(tmp_path: Path) -> None:
 
 
 def test_racing_writes_that_must_not_replace_commit_exactly_one(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
     store = FileStorage(tmp_path / "store")
     barrier = threading.Barrier(8)
     outcomes: list[bytes | None] = []

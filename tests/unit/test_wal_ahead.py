@@ -68,6 +68,7 @@ class PgWal:
         (self.dir / "archive_status").mkdir(parents=True)
         self.status = Path(status_dir(str(self.dir)))
         self.store = root / "store"
+        self.store.mkdir()  # walg makes no storage folder
         self.walg_bin = walg_bin
         self.log = root / "walg.log"
         keep = ("PATH", "HOME", "LANG", "TMPDIR")
@@ -454,6 +455,7 @@ def test_two_destinations_each_get_every_segment(pg_wal: PgWal) -> None:
     every segment, and what each stored is the file's content."""
     contents = {name: pg_wal.add(name).read_bytes() for name in SEGMENTS}
     store_b = pg_wal.root / "store-b"
+    store_b.mkdir()
     config_b = pg_wal.root / "b.json"
     config_b.write_text(json.dumps({"WALG_FILE_PREFIX": str(store_b)}))
     env_b = {k: v for k, v in pg_wal.env.items() if k != "WALG_FILE_PREFIX"}
@@ -490,6 +492,7 @@ def test_a_config_edited_during_a_backlog_sends_the_rest_to_the_new_archive(
     pg_wal.wait_uploader_gone()
     assert len(pg_wal.markers()) == len(SEGMENTS) - 1
     store_b = pg_wal.root / "store-b"
+    store_b.mkdir()
     config.write_text(json.dumps({"WALG_FILE_PREFIX": str(store_b)}))
     _archive_everything(pg_wal, [(["--config", str(config)], env)])
     pg_wal.wait_uploader_gone()
@@ -594,6 +597,7 @@ def test_wal_push_fails_rather_than_archive_beside_a_stalled_uploader(tmp_path: 
     status.mkdir(parents=True)
     holder = _hold(status / f"{name}.lock", 5)
     settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "store")})
+    (tmp_path / "store").mkdir()
     storage = FileStorage(tmp_path / "store")
     try:
         with pytest.raises(WalgError, match="has not finished it in 1 s"):
@@ -650,6 +654,7 @@ def _lookahead_setup(tmp_path: Path) -> tuple[Path, Path, Settings]:
     old = time.time_ns() - 10**9
     os.utime(segment, ns=(old, old))
     time.sleep(0.02)
+    (tmp_path / "store").mkdir()  # walg makes no storage folder
     settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "store")})
     return segment, ready, settings
 

@@ -195,6 +195,37 @@ def test_exit_codes_of_a_failed_fetch(
     assert "does not exist" in unmounted.stderr
 
 
+@pytest.mark.parametrize("entry", ["dangling-link", "folder", "fifo", "linked-wal-folder"])
+def test_an_archived_name_that_cannot_be_read_is_a_failure_not_the_end_of_the_archive(
+    walg_bin: str, pg_workdir: Path, entry: str
+) -> None:
+    """Something at the segment's object path that is no readable file (its volume not
+    mounted, a copy gone wrong) exits 128 in archive recovery and 1 on a standby, never 74:
+    PostgreSQL would take 74 for the end of the archive and promote without the rest."""
+    base = pg_workdir
+    store = _archive(base, {})
+    obj = store / "wal_005" / f"{NAME}.lz4"
+    if entry == "dangling-link":
+        obj.symlink_to(f"/nonexistent/archive-volume/{NAME}.lz4")
+    elif entry == "folder":
+        obj.mkdir()
+    elif entry == "fifo":
+        os.mkfifo(obj)
+    else:
+        (store / "wal_005").rmdir()
+        (store / "wal_005").symlink_to("/nonexistent/archive-volume/wal_005")
+    pgdata = make_shared_dir(base / "pgdata", 0o700)
+    make_shared_dir(pgdata / "pg_wal", 0o700)
+    (pgdata / "recovery.signal").touch()
+    failed = _fetch(walg_bin, store, pgdata, NAME)
+    assert failed.returncode == 128, failed.stderr
+    assert "ERROR" in failed.stderr and str(store) in failed.stderr
+    (pgdata / "standby.signal").touch()
+    failed = _fetch(walg_bin, store, pgdata, NAME)
+    assert failed.returncode == 1, failed.stderr
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
 def test_a_prefetch_child_that_cannot_start_does_not_fail_the_fetch(
     walg_bin: str, pg_workdir: Path
 ) -> None:

@@ -36,6 +36,7 @@ NAME = "000000010000000000000005"
 
 
 def make_settings(tmp_path: Path) -> Settings:
+    (tmp_path / "store").mkdir(exist_ok=True)  # walg makes no storage folder
     return load(
         environ={
             "HOME": str(tmp_path),

@@ -514,6 +514,7 @@ def test_pretty_table_aligns_numbers_right_like_go_pretty() -> None:
 @pytest.fixture
 def store(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> FileStorage:
     monkeypatch.setenv("WALG_FILE_PREFIX", str(clean_env / "store"))
+    (clean_env / "store").mkdir()
     return FileStorage(clean_env / "store")
 
 

@@ -236,7 +236,12 @@ class Prefetcher:
         return [n for n, ok in zip(wanted, results, strict=True) if ok]
 
     def _fetch_one(self, name: str) -> bool:
-        found = find_wal_object(self._storage, name)
+        try:
+            found = find_wal_object(self._storage, name)
+        except WalgError as exc:
+            # Left for wal-fetch, which fails on it rather than report it absent.
+            log.debug("not prefetching %s: %s", name, exc)
+            return False
         if found is None:
             return False
         key, ext = found

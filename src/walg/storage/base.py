@@ -25,7 +25,13 @@ A backend MUST:
   nothing (an aborted multipart upload is gone) keep the default, which does nothing.
 * ``check_available()``: raise :class:`StorageError` when the storage itself (root folder,
   bucket) is missing or unreachable, so that "not found" is never reported for an archive that
-  could not be looked at (a restore_command's "not found" ends PostgreSQL's recovery).
+  could not be looked at (a restore_command's "not found" ends PostgreSQL's recovery). A
+  backend never creates its root folder or bucket: a missing one is this error.
+
+"Not found" (:class:`ObjectNotFound`, an empty listing) means that nothing is stored under the
+name. Something there that cannot be read as an object (a local folder's dangling link, a
+directory or FIFO at an object's path) is a :class:`StorageError` for ``stat``, ``exists``,
+``open_read`` and ``list`` alike, never skipped or reported absent.
 
 Errors other than "not found" are raised as :class:`StorageError` with ``transient`` set when a
 retry could help. Retrying lives in :mod:`walg.storage.retry`, never inside a backend.

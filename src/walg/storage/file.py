@@ -45,13 +45,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _make_dirs(path: str) -> None:
-    """Create folder ``path`` and its missing parents, each made durable in its parent.
+def _make_dirs(path: str, top: str) -> None:
+    """Create folder ``path`` and its missing parents below ``top``, each made durable in its
+    parent; ``top`` itself is never made.
 
     The fsync of the folder an object is renamed in makes the object's name durable, not the
     folder's own name in its parent: after a crash, a new ``wal_005/`` could vanish with the
-    first WAL files archived in it, which PostgreSQL has since recycled.
+    first WAL files archived in it, which PostgreSQL has since recycled. ``top`` is the folder
+    ``WALG_FILE_PREFIX`` names: made here, a missing one (an unmounted volume) would take the
+    archive onto the file system beneath, where it is hidden once the volume is mounted.
     """
+    if os.path.normpath(path) == top:
+        if not os.path.isdir(top):
+            raise _missing_root(top)
+        return
     # A relative path's top folder has "" for its parent: the working folder.
     parent = os.path.dirname(path) or "."
     try:
@@ -60,13 +67,31 @@ def _make_dirs(path: str) -> None:
         return
     except FileNotFoundError:
         if os.path.normpath(parent) == os.path.normpath(path):
-            raise  # the root (or working folder) itself is gone: nothing to make it in
-        _make_dirs(parent)
+            raise  # the file system root itself is gone: nothing to make it in
+        _make_dirs(parent, top)
         try:
             os.mkdir(path)
         except FileExistsError:
             return  # made meanwhile by another writer, who makes it durable
     _fsync_dir(parent)
+
+
+def _missing_root(top: str) -> StorageError:
+    return StorageError(
+        f"storage folder {top} does not exist or is not a folder: walg does not create it "
+        "(an unmounted volume?); create it or mount its volume"
+    )
+
+
+def _not_an_object(path: str, mode: int) -> StorageError:
+    kind = {
+        stat.S_IFDIR: "a folder",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }.get(stat.S_IFMT(mode), "not a regular file")
+    return StorageError(f"{path} is {kind}, not an object's file")
 
 
 class _LimitedReader:
@@ -200,15 +225,39 @@ def _commit_if_absent(tmp: str, path: str, key: str) -> None:
     os.unlink(tmp)
 
 
+def _local(path: str | os.PathLike[str]) -> str:
+    text = str(path)
+    if text.startswith("file://localhost"):
+        text = text[len("file://localhost") :]
+    elif text.startswith("file://"):
+        text = text[len("file://") :]
+    return os.path.normpath(text) if text else "."
+
+
 class FileStorage(Storage):
-    def __init__(self, root: str | os.PathLike[str], direct_io: bool = True) -> None:
-        """``direct_io=False`` (``WALG_FILE_DIRECT_IO=false``) writes through the page cache."""
-        text = str(root)
-        if text.startswith("file://localhost"):
-            text = text[len("file://localhost") :]
-        elif text.startswith("file://"):
-            text = text[len("file://") :]
-        self.root = os.path.normpath(text) if text else "."
+    """Objects are the regular files below ``root`` (a symbolic link to one counts as it).
+
+    Anything else found where an object's file would be (a directory, a FIFO, a device, a
+    symbolic link whose target is missing) is a :class:`StorageError` for ``stat``,
+    ``exists``, ``open_read`` and ``list``, never "not found": it is what an archive on an
+    unmounted or half-copied volume looks like, and a restore_command's "not found" ends
+    PostgreSQL's recovery. Only a name with nothing at it (in folders that exist) is absent.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        direct_io: bool = True,
+        top: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``direct_io=False`` (``WALG_FILE_DIRECT_IO=false``) writes through the page cache.
+
+        ``top``: the folder that must exist already (default ``root``; the folder of
+        ``WALG_FILE_PREFIX`` when ``WALG_STORAGE_PREFIX`` names one inside it). Writes make
+        the folders they need below it, never ``top`` itself.
+        """
+        self.root = _local(root)
+        self._top = self.root if top is None else _local(top)
         self.location = self.root
         self._direct = direct_io  # until the filesystem refuses O_DIRECT
         # Staging buffers of direct writes, reused: fresh pages cost a page fault each.
@@ -227,7 +276,7 @@ class FileStorage(Storage):
         tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
         parent = os.path.dirname(path)
         try:
-            _make_dirs(parent)
+            _make_dirs(parent, self._top)
             handle, direct = self._create(tmp)
         except OSError as exc:
             raise _error(exc, f"cannot create {tmp}") from None
@@ -338,11 +387,23 @@ class FileStorage(Storage):
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
         path = self._path(key)
         try:
-            handle = open(path, "rb", buffering=0)  # noqa: SIM115
+            # Non-blocking: opening a FIFO for reading would wait for a writer forever.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ObjectNotFound(key) from None
+            raise self._absent(path, key) from None
         except OSError as exc:
             raise _error(exc, f"cannot open {path}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_an_object(path, mode)
+            os.set_blocking(fd, True)
+            handle = io.FileIO(fd, "rb")
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise _error(exc, f"cannot open {path}") from None
+            raise
         try:
             if offset:
                 handle.seek(offset)
@@ -351,14 +412,38 @@ class FileStorage(Storage):
             handle.close()
 
     def _stat_object(self, key: str) -> os.stat_result | None:
+        """The object's stat result; None if nothing is at ``key``."""
         path = self._path(key)
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return None
+            absent = self._absent(path, key)
+            if isinstance(absent, ObjectNotFound):
+                return None
+            raise absent from None
         except OSError as exc:
             raise _error(exc, f"cannot stat {path}") from None
-        return st if stat.S_ISREG(st.st_mode) else None
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_an_object(path, st.st_mode)
+        return st
+
+    def _absent(self, path: str, key: str) -> StorageError:
+        """Why ``path`` was not found: :class:`ObjectNotFound` when nothing is there, else
+        (a symbolic link at it or at a folder above it whose target is missing, a missing
+        storage folder) a :class:`StorageError` saying what was found."""
+        if os.path.lexists(path):
+            return StorageError(f"{path} is a symbolic link to a missing file")
+        folder = os.path.dirname(path)
+        while True:
+            if folder == self._top or len(folder) <= len(self._top):
+                if not os.path.isdir(self._top):
+                    return _missing_root(self._top)
+                return ObjectNotFound(key)
+            if os.path.lexists(folder):
+                if os.path.isdir(folder):
+                    return ObjectNotFound(key)
+                return StorageError(f"{folder} is not a folder (a symbolic link to nothing?)")
+            folder = os.path.dirname(folder)
 
     def local_path(self, key: str) -> str | None:
         # Not resolved: a link or mount point pointed elsewhere later must not find it.
@@ -370,8 +455,10 @@ class FileStorage(Storage):
 
     def check_available(self) -> None:
         # An unmounted backup volume looks like an empty archive to every lookup.
-        if not os.path.isdir(self.root):
-            raise StorageError(f"storage folder {self.root} does not exist or is not a folder")
+        if not os.path.isdir(self._top):
+            raise _missing_root(self._top)
+        if self.root != self._top and os.path.lexists(self.root) and not os.path.isdir(self.root):
+            raise StorageError(f"storage folder {self.root} is not a folder")
 
     def stat(self, key: str) -> ObjectInfo:
         st = self._stat_object(key)
@@ -382,6 +469,8 @@ class FileStorage(Storage):
         return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
 
     def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+        """Regular files are objects and folders are descended into (links to either are
+        followed); any other entry whose name matches is a StorageError, as for ``stat``."""
         folder, _, name_prefix = check_prefix(prefix).rpartition("/")
         from walg.core.gotime import GoTime
 
@@ -389,12 +478,24 @@ class FileStorage(Storage):
         out: list[ObjectInfo] = []
         try:
             top = os.scandir(start)
-        except (FileNotFoundError, NotADirectoryError):
-            return out
+        except NotADirectoryError:
+            return out  # a prefix through an object's name
+        except FileNotFoundError:
+            # A listing of a folder not made yet is empty; of a storage that is not there,
+            # or of a folder that is a link to nothing, an error.
+            absent = self._absent(os.path.join(start, "x"), "x")
+            if isinstance(absent, ObjectNotFound):
+                return out
+            raise absent from None
         except OSError as exc:
             raise _error(exc, f"cannot list {start}") from None
         # Depth first over open directory iterators: a wal_005/ of 10^5 files is read as it is
         # listed, not first held whole as DirEntry objects beside the result (1 KB each).
+        # The folders being read, by identity: a link back to one of them is a loop.
+        open_folders: list[tuple[int, int]] = []
+        if recursive:
+            st = os.stat(start)
+            open_folders.append((st.st_dev, st.st_ino))
         stack = [(f"{folder}/" if folder else "", top, name_prefix)]
         try:
             while stack:
@@ -405,22 +506,35 @@ class FileStorage(Storage):
                     raise _error(exc, f"cannot list {os.path.join(self.root, rel)}") from None
                 if entry is None:
                     stack.pop()[1].close()
+                    if recursive:
+                        open_folders.pop()
                     continue
                 if not entry.name.startswith(wanted):
                     continue
                 key = rel + entry.name
                 try:
-                    if entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir():
                         if recursive:
+                            st = entry.stat()
+                            identity = (st.st_dev, st.st_ino)
+                            if identity in open_folders:
+                                raise StorageError(f"{entry.path} links back to a folder above it")
                             stack.append((key + "/", os.scandir(entry.path), ""))
+                            open_folders.append(identity)
                         continue
-                    if TEMP_SUFFIX_RE.search(entry.name) or not entry.is_file():
+                    if TEMP_SUFFIX_RE.search(entry.name):
                         continue
                     st = entry.stat()
                 except FileNotFoundError:
-                    continue
+                    if os.path.lexists(entry.path):
+                        raise StorageError(
+                            f"{entry.path} is a symbolic link to a missing file"
+                        ) from None
+                    continue  # deleted meanwhile
                 except OSError as exc:
                     raise _error(exc, f"cannot list {entry.path}") from None
+                if not stat.S_ISREG(st.st_mode):
+                    raise _not_an_object(entry.path, st.st_mode)
                 out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
         finally:
             for _, entries, _ in stack:

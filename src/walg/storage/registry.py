@@ -22,10 +22,14 @@ def _open_backend(settings: Settings) -> Storage:
     if kind == "file":
         from walg.storage.file import FileStorage
 
-        root = prefix.rstrip("/") or "/"
-        if settings.storage_subfolder:
-            root = f"{root}/{settings.storage_subfolder}"
-        return FileStorage(root, direct_io=settings.file_direct_io)
+        top = prefix.rstrip("/") or "/"
+        root = f"{top}/{settings.storage_subfolder}" if settings.storage_subfolder else top
+        storage = FileStorage(root, direct_io=settings.file_direct_io, top=top)
+        # As WAL-G does, every command refuses a WALG_FILE_PREFIX folder that is not there: a
+        # volume not mounted (yet) would otherwise read as an empty archive, and take WAL and
+        # backups onto the file system beneath it.
+        storage.check_available()
+        return storage
     raise ConfigError(
         f"{settings.storage_prefix_key}: {kind} storage is not supported by this walg yet "
         "(use WALG_FILE_PREFIX)"
