@@ -260,14 +260,13 @@ def _default_config(env: Mapping[str, str]) -> str | None:
 
 def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = _read_regular_file(path)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {path} does not exist") from None
         raise ConfigError(f"WALG_CONFIG_PATH: config file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         # Its own message shows the offending byte: file content, so only the offset here.
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
@@ -306,8 +305,28 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
                 "keys are compared without regard to case"
             )
         spelled[name] = str(raw_key)
-        out[name] = _config_value(value)
+        out[name] = _config_value(path, name, value)
     return out
+
+
+def _read_regular_file(path: str) -> str:
+    """The text of the regular file at ``path``; OSError for anything else.
+
+    Opened non-blocking and checked before reading: a FIFO would block the open (and every
+    archive_command call with it) until something writes to it, and a device may never end.
+    """
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file (a FIFO, a device?)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def _parse_error(exc: Exception) -> str:
@@ -354,16 +373,45 @@ def _harmless_quote(text: str) -> bool:
     return len(text) <= 2 or (text.startswith("<") and text.endswith(">"))
 
 
-def _config_value(value: Any) -> str:
+# Keys whose value may be a mapping or a list in a config file: it is used as its JSON text.
+STRUCTURED_KEYS = ("WALG_SENTINEL_USER_DATA",)
+
+
+def _config_value(path: str, name: str, value: Any) -> str:
+    """A config file's value as the text the environment would hold.
+
+    Only single values are settings (text, numbers, booleans; null is unset): a mapping or a
+    list turned into text would be taken as a path, a name or a number that nobody wrote
+    (``WALG_FILE_PREFIX: {path: /backups}`` was a folder named by its JSON in the working
+    folder). Structured values are kept, as JSON, for :data:`STRUCTURED_KEYS` only. Never
+    shows the value: it may be a secret.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict | list):
-        import json
-
-        return json.dumps(value)
     if value is None:
         return ""
-    return str(value)
+    if isinstance(value, str | int | float):
+        return str(value)
+    if name in STRUCTURED_KEYS and isinstance(value, dict | list):
+        import json
+
+        try:
+            return json.dumps(value)
+        except (ValueError, TypeError, RecursionError) as exc:
+            # A YAML alias that contains itself (`a: &a [*a]`), dates, nesting too deep.
+            raise ConfigError(
+                f"config file {path}: {name} cannot be written as JSON ({type(exc).__name__})"
+            ) from None
+    if isinstance(value, dict):
+        kind = "a mapping"
+    elif isinstance(value, list):
+        kind = "a list"
+    else:
+        kind = type(value).__name__
+    raise ConfigError(
+        f"config file {path}: {name} must be a single value (text, a number or true/false), "
+        f"not {kind}"
+    )
 
 
 # Go's time.ParseDuration refuses anything longer (an int64 of nanoseconds, about 292 years),
@@ -397,7 +445,19 @@ def parse_duration(name: str, text: str) -> float:
     return total
 
 
-def _int(values: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+# The most threads, parts or downloads a concurrency setting may ask for. WAL-G takes any int
+# (and so would start that many goroutines); walg starts one thread or future per unit, and
+# 10^20 of them only ever fill memory.
+MAX_CONCURRENCY = 1024
+
+
+def _int(
+    values: Mapping[str, str],
+    name: str,
+    default: int,
+    minimum: int = 1,
+    maximum: int | None = None,
+) -> int:
     raw = values.get(name, "").strip()
     if not raw:
         return default
@@ -407,6 +467,8 @@ def _int(values: Mapping[str, str], name: str, default: int, minimum: int = 1) -
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if number < minimum:
         raise ConfigError(f"{name}={number} must be at least {minimum}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name}={number} must be at most {maximum}")
     return number
 
 
@@ -638,11 +700,13 @@ def _build(
         storage_prefix_key=prefix_key,
         storage_subfolder=values.get("WALG_STORAGE_PREFIX", "").strip().strip("/"),
         compression=compression,
-        upload_concurrency=_int(values, "WALG_UPLOAD_CONCURRENCY", 16),
+        upload_concurrency=_int(values, "WALG_UPLOAD_CONCURRENCY", 16, maximum=MAX_CONCURRENCY),
         upload_disk_concurrency=(
-            _int(values, "WALG_UPLOAD_DISK_CONCURRENCY", 1) if disk_raw else None
+            _int(values, "WALG_UPLOAD_DISK_CONCURRENCY", 1, maximum=MAX_CONCURRENCY)
+            if disk_raw
+            else None
         ),
-        download_concurrency=_int(values, "WALG_DOWNLOAD_CONCURRENCY", 10),
+        download_concurrency=_int(values, "WALG_DOWNLOAD_CONCURRENCY", 10, maximum=MAX_CONCURRENCY),
         tar_size_threshold=_int(values, "WALG_TAR_SIZE_THRESHOLD", DEFAULT_TAR_SIZE_THRESHOLD),
         pgdata=values.get("PGDATA", "").strip() or None,
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),

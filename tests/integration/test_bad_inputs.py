@@ -21,7 +21,14 @@ import blake3
 import lz4.frame
 import pytest
 
-from pgcluster import Cluster, PgInstall, make_shared_dir, pg_tmpdir, stop_clusters_under
+from pgcluster import (
+    Cluster,
+    PgInstall,
+    make_shared_dir,
+    pg_tmpdir,
+    run_as_pg,
+    stop_clusters_under,
+)
 from walgcli import WalgSetup
 
 
@@ -405,3 +412,41 @@ def test_a_storage_folder_that_is_not_there_is_refused_and_never_made(
         assert "No backups found" not in result.stdout
     assert list(mount.iterdir()) == []
     assert not (pg_workdir / "restore").exists()
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text"),
+    [
+        ("mapping.json", '{"WALG_FILE_PREFIX": {"path": "/var/backups/pg"}}'),
+        ("list.yaml", "WALG_FILE_PREFIX:\n  - /var/backups/pg\n"),
+        ("alias.yaml", "a: &a [*a]\n"),
+        ("fifo.json", None),
+    ],
+)
+def test_a_config_file_walg_cannot_use_is_a_config_error(
+    walg_bin: str, pg_workdir: Path, file_name: str, text: str | None
+) -> None:
+    """A mapping or list was used as its JSON text (WALG_FILE_PREFIX a folder named so in
+    PGDATA, wal-push exit 0), a recursive alias ended in "unexpected ValueError" (exit 1), and
+    a FIFO hung every call. Each is exit 78, one line, and nothing is archived anywhere."""
+    import os
+
+    config = pg_workdir / file_name
+    if text is None:
+        os.mkfifo(config)
+    else:
+        config.write_text(text)
+    config.chmod(0o644)
+    walg = WalgSetup(walg_bin, pg_workdir / "store", config)
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    segment = make_shared_dir(pgdata / "pg_wal", 0o700) / "000000010000000000000001"
+    segment.write_bytes(bytes(16 << 20))
+    shutil.chown(segment, "pgtest")
+    for args in (["wal-push", "pg_wal/000000010000000000000001"], ["backup-list"]):
+        # In the data directory, as archive_command runs: a relative prefix lands there.
+        argv = [walg_bin, "--config", str(config), *args]
+        result = run_as_pg(argv, env=walg.env(), check=False, timeout=30, cwd=pgdata)
+        assert result.returncode == 78, (args, result.stderr)
+        assert str(config) in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert [p.name for p in pg_workdir.rglob("*.lz4")] == []

@@ -118,6 +118,30 @@ def test_bad_integers_name_the_variable(tmp_path: Path, name: str, value: str) -
     assert name in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name", ["WALG_UPLOAD_CONCURRENCY", "WALG_DOWNLOAD_CONCURRENCY", "WALG_UPLOAD_DISK_CONCURRENCY"]
+)
+def test_concurrency_has_an_upper_bound(tmp_path: Path, name: str) -> None:
+    """99999999999999999999 made backup-push submit that many futures (10 GB and growing) and
+    the prefetch child build a list of that many names; 1024 is the documented most."""
+    assert getattr(load(environ=env(tmp_path, **{name: "1024"})), name[5:].lower()) == 1024
+    for value in ("1025", "99999999999999999999"):
+        with pytest.raises(ConfigError, match=f"{name}={value} must be at most 1024"):
+            load(environ=env(tmp_path, **{name: value}))
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{name}: 99999999999999999999\n")
+    with pytest.raises(ConfigError, match="at most 1024"):
+        load(environ=env(tmp_path), config_path=str(path))
+
+
+def test_prefetch_depth_is_capped(tmp_path: Path) -> None:
+    from walg.ops.wal_prefetch import MAX_PREFETCH_DEPTH, prefetch_depth
+
+    assert prefetch_depth(load(environ=env(tmp_path, WALG_DOWNLOAD_CONCURRENCY="7"))) == 7
+    most = load(environ=env(tmp_path, WALG_DOWNLOAD_CONCURRENCY="1024"))
+    assert prefetch_depth(most) == MAX_PREFETCH_DEPTH == 64
+
+
 def test_integers_are_parsed(tmp_path: Path) -> None:
     s = load(
         environ=env(
@@ -373,6 +397,95 @@ def test_malformed_config_file_is_a_config_error(tmp_path: Path, file_name: str,
     with pytest.raises(ConfigError) as info:
         load(environ=env(tmp_path), config_path=str(path))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text", "kind"),
+    [
+        ("dict.json", '{"WALG_FILE_PREFIX": {"path": "/var/backups/pg"}}', "a mapping"),
+        ("list.yaml", "WALG_FILE_PREFIX:\n  - /var/backups/pg\n", "a list"),
+        ("list.json", '{"WALG_FILE_PREFIX": "/b", "WALG_UPLOAD_CONCURRENCY": [1, 2]}', "a list"),
+        ("table.toml", 'WALG_FILE_PREFIX = "/b"\n[WALG_COMPRESSION_METHOD]\na = 1\n', "a mapping"),
+        ("date.toml", "WALG_FILE_PREFIX = 1979-05-27T07:32:00Z\n", "datetime"),
+        ("date.yaml", "WALG_FILE_PREFIX: 2026-11-26\n", "date"),
+        ("bytes.yaml", "WALG_FILE_PREFIX: !!binary aGVsbG8=\n", "bytes"),
+        ("alias.yaml", "WALG_FILE_PREFIX: &a [*a]\n", "a list"),
+    ],
+)
+def test_config_values_that_are_not_single_values_are_refused(
+    tmp_path: Path, file_name: str, text: str, kind: str
+) -> None:
+    """A mapping or list was turned into its JSON text and used: WALG_FILE_PREFIX became a
+    relative folder named '{"path": ...}' in PostgreSQL's data directory, and wal-push
+    archived there with exit 0."""
+    path = tmp_path / file_name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(path))
+    name = "WALG_UPLOAD_CONCURRENCY" if "CONCURRENCY" in text else "WALG_FILE_PREFIX"
+    name = "WALG_COMPRESSION_METHOD" if "toml" in file_name and "[" in text else name
+    message = str(info.value)
+    assert str(path) in message and name in message and f"not {kind}" in message
+    assert "/var/backups" not in message  # values are never shown: they may be secrets
+
+
+def test_null_config_values_leave_the_setting_unset(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("WALG_FILE_PREFIX: /b\nWALG_COMPRESSION_METHOD:\nWALG_LOG_LEVEL: ~\n")
+    s = load(environ=env(tmp_path), config_path=str(path))
+    assert (s.compression, s.log_level) == ("lz4", "NORMAL")
+
+
+def test_sentinel_user_data_in_a_file_that_contains_itself_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """A recursive YAML alias was "unexpected ValueError: Circular reference detected", exit 1."""
+    path = tmp_path / "c.yaml"
+    path.write_text("WALG_FILE_PREFIX: /b\nWALG_SENTINEL_USER_DATA: &a {self: *a}\n")
+    with pytest.raises(ConfigError, match="WALG_SENTINEL_USER_DATA cannot be written as JSON"):
+        load(environ=env(tmp_path), config_path=str(path))
+    path.write_text("a: &a [*a]\n")
+    with pytest.raises(ConfigError, match="A must be a single value"):
+        load(environ=env(tmp_path), config_path=str(path))
+
+
+@pytest.mark.parametrize("how", ["--config", "WALG_CONFIG_PATH"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_config_file_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, how: str, kind: str
+) -> None:
+    """Opening a FIFO for reading waits for a writer: every walg call, archive_command's
+    included, hung on it."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "walg.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    environ = env(tmp_path, WALG_FILE_PREFIX="/b")
+    if how == "WALG_CONFIG_PATH":
+        environ["WALG_CONFIG_PATH"] = str(path)
+    # In a child, with a time limit: on the old code the open never returned.
+    code = (
+        "import json, sys; from walg.settings import load; from walg.errors import ConfigError\n"
+        "try:\n"
+        "    load(environ=json.loads(sys.argv[1]), config_path=sys.argv[2] or None)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    argv = [sys.executable, "-c", code, json.dumps(environ), str(path) if how == "--config" else ""]
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=30, env=child_env
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    assert "not a regular file" in result.stdout
 
 
 def test_home_walg_json_is_used_by_default(tmp_path: Path) -> None:

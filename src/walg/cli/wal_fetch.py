@@ -1,7 +1,8 @@
 """``walg wal-fetch NAME DEST`` (for ``restore_command = 'walg wal-fetch %f %p'``).
 
 After a segment is restored, a detached ``walg wal-prefetch`` child downloads the next
-``WALG_DOWNLOAD_CONCURRENCY`` segments, so the following calls are served from local disk.
+``WALG_DOWNLOAD_CONCURRENCY`` segments (at most 64), so the following calls are served from
+local disk.
 
 Exit codes: 0 restored, 74 not in the archive; any other failure exits 1, or
 ``EXIT_ABORT_RECOVERY`` (128) when DEST is in a data directory in archive recovery, where
@@ -127,9 +128,10 @@ def _already_prefetched(ctx: Context, name: str, root: str, size: int) -> bool:
     that is most calls.
     """
     from walg.core.lsn import Segment
+    from walg.ops.wal_prefetch import prefetch_depth
 
     segment = Segment.parse(name, size)
-    for _ in range(ctx.settings.download_concurrency):
+    for _ in range(prefetch_depth(ctx.settings)):
         segment = segment.next()
         following = segment.name(size)
         if not (
@@ -142,12 +144,12 @@ def _already_prefetched(ctx: Context, name: str, root: str, size: int) -> bool:
 
 def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal import forget_stale_temporaries
-    from walg.ops.wal_prefetch import Prefetcher, prefetch_root
+    from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
 
     forget_stale_temporaries(args.destination)
 
     root = args.root or prefetch_root(ctx.settings, args.destination)
     Prefetcher(ctx.settings, ctx.storage(), root, args.segment_size).run(
-        args.name, ctx.settings.download_concurrency
+        args.name, prefetch_depth(ctx.settings)
     )
     return 0

@@ -40,7 +40,7 @@ from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal import marker_path, remove, take_marker
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
-from walg.ops.wal_prefetch import Prefetcher, prefetch_root
+from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
 from walg.ops.wal_push import (
     LookaheadUploader,
     lookahead_workers,
@@ -357,7 +357,7 @@ class Daemon:
             # prefetch is only an optimisation.
             with suppress(RuntimeError):
                 self._prefetch_pending = self._prefetch.submit(
-                    prefetcher.run, name, self.settings.download_concurrency
+                    prefetcher.run, name, prefetch_depth(self.settings)
                 )
 
     def handle(

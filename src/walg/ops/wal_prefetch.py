@@ -157,6 +157,16 @@ def _wait_for_running(root: str, name: str) -> None:
         time.sleep(0.002)
 
 
+# Segments prefetched ahead at most, whatever WALG_DOWNLOAD_CONCURRENCY says (WAL-G prefetches
+# that many): 64 of 16 MiB is 1 GiB of pg_wal's file system, far more than replay needs.
+MAX_PREFETCH_DEPTH = 64
+
+
+def prefetch_depth(settings: Settings) -> int:
+    """How many segments after the one fetched are prefetched."""
+    return min(settings.download_concurrency, MAX_PREFETCH_DEPTH)
+
+
 class Prefetcher:
     """Downloads the segments after a given one into the prefetch folder."""
 
@@ -217,7 +227,9 @@ class Prefetcher:
             return None
 
     def run(self, name: str, count: int) -> list[str]:
-        """Prefetch the segments after ``name``; returns the names now waiting in the folder."""
+        """Prefetch the segments after ``name`` (at most ``MAX_PREFETCH_DEPTH``); returns the
+        names now waiting in the folder."""
+        count = min(count, MAX_PREFETCH_DEPTH)
         os.makedirs(self._running, mode=0o700, exist_ok=True)
         self.cleanup(name)
         wanted = [
