@@ -582,24 +582,30 @@ def test_a_listener_of_another_user_is_not_trusted(env: Env, client: Client) -> 
     assert out.split() == ["0", "0"], (out, err)  # the squatter received nothing
 
 
-def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
-    """A busy daemon whose listen queue is full: the client waits for room (within its
-    timeout) instead of failing at once."""
+def _full_listen_queue(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener that accepts nothing, and the connections that fill its queue."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(env.socket))
+    srv.bind(str(path))
     srv.listen(0)
     queued: list[socket.socket] = []
     for _ in range(64):
         filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         filler.setblocking(False)
         try:
-            filler.connect(str(env.socket))
+            filler.connect(str(path))
         except BlockingIOError:
             filler.close()
             break
         queued.append(filler)
     else:
         pytest.fail("the listen queue never filled")
+    return srv, queued
+
+
+def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
+    """A busy daemon whose listen queue is full: the client waits for room (within its
+    timeout) instead of failing at once."""
+    srv, queued = _full_listen_queue(env.socket)
     assert queued, "at least one connection is queued"
     stop = threading.Event()
 
@@ -639,19 +645,7 @@ def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
     """WALG_DAEMON_CLIENT_TIMEOUT is one deadline: time spent waiting in a full listen queue
     is not given again to the wait for the answer (each step had the whole timeout, so a
     call could last two or three times it)."""
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(env.socket))
-    srv.listen(0)
-    queued: list[socket.socket] = []
-    for _ in range(64):
-        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        filler.setblocking(False)
-        try:
-            filler.connect(str(env.socket))
-        except BlockingIOError:
-            filler.close()
-            break
-        queued.append(filler)
+    srv, queued = _full_listen_queue(env.socket)
     held: list[socket.socket] = []
     stop = threading.Event()
 

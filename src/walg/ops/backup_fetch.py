@@ -401,7 +401,9 @@ def _check_objects_present(files_meta: FilesMetadata, objects: list[ObjectInfo],
     by the backup name, see _classify).
     """
     present = {o.key.rsplit("/", 1)[-1] for o in objects}
-    # Sizes too, before DEST is touched: the listing tells them without a download.
+    # Sizes too, before DEST is touched: the listing tells them without a download, and an
+    # object of another size is not the one recorded; neither its download nor what it
+    # expands to is worth a disk.
     for info in objects:
         recorded = files_meta.objects.get(info.key.rsplit("/", 1)[-1])
         if recorded is not None and recorded.stored.size != info.size:
@@ -442,13 +444,6 @@ def _extract_object(
     codec = codec_for_extension(tar_object_extension(object_name))
     what = f"object {object_name}"
     recorded = files_meta.objects.get(object_name)
-    # The listing's size is known before a byte is read: an object of another size is not
-    # the one recorded, and neither its download nor what it expands to is worth a disk.
-    if recorded is not None and recorded.stored.size != info.size:
-        raise IntegrityError(
-            f"{what} is {info.size} bytes in storage, but the backup metadata records "
-            f"{recorded.stored.size}; refusing it before downloading"
-        )
     try:
         with download(storage, info.key, codec, what) as dl:
             extractor.extract(dl.reader, what)
