@@ -888,6 +888,7 @@ class _FullStorage(FileStorage):
     FileStorage reports it, naming the temporary file); counts the tries per key."""
 
     def __init__(self, root: Path) -> None:
+        root.mkdir(exist_ok=True)  # walg never makes the storage folder itself
         super().__init__(root)
         self.full = True
         self.tries: dict[str, int] = {}
@@ -1006,6 +1007,10 @@ def test_the_daemon_removes_temporary_objects_abandoned_in_the_wal_folder(tmp_pa
 class _DevFullStorage(FileStorage):
     """Local storage on a full disk: the file of a new object writes to /dev/full, so
     storage's own writer fails with ENOSPC once it has gathered a 1 MiB chunk."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(exist_ok=True)  # walg never makes the storage folder itself
+        super().__init__(root)
 
     def _create(self, tmp: str) -> tuple[io.FileIO, bool]:
         handle, _direct = super()._create(tmp)
