@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
-    from walg.ops.recovery import RecoveryTarget
+    from walg.ops.recovery import RecoveryTarget, refuse_empty
 
     wanted = (
         args.target_time,
@@ -67,17 +67,17 @@ def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
         args.target_action,
         args.standby,
     )
-    for option, value in (
-        ("--restore-command", args.restore_command),
-        ("--target-time", args.target_time),
-        ("--target-lsn", args.target_lsn),
-        ("--target-name", args.target_name),
-        ("--target-xid", args.target_xid),
-        ("--target-timeline", args.target_timeline),
-    ):
-        # An unset shell variable: not "no target", which would replay everything.
-        if value is not None and not value.strip():
-            raise UsageError(f"{option} is empty")
+    # Also without --restore-command, where no RecoveryTarget is made to check them.
+    refuse_empty(
+        {
+            "--restore-command": args.restore_command,
+            "--target-time": args.target_time,
+            "--target-lsn": args.target_lsn,
+            "--target-name": args.target_name,
+            "--target-xid": args.target_xid,
+            "--target-timeline": args.target_timeline,
+        }
+    )
     if not args.restore_command:
         if any(wanted) or args.target_exclusive:
             raise UsageError("recovery targets need --restore-command")

@@ -400,13 +400,18 @@ class FileDescription:
         )
 
 
+def _comma_joined(items: Iterable[Iterable[str]]) -> Iterator[str]:
+    """The pieces of each item, a comma between two items, as JSON joins them."""
+    for number, item in enumerate(items):
+        if number:
+            yield ","
+        yield from item
+
+
 def _object(key: str, entries: Iterable[Iterable[str]]) -> Iterator[str]:
     """``"key":{...}`` in pieces, each entry given as the pieces of its text."""
     yield f'"{key}":{{'
-    for number, entry in enumerate(entries):
-        if number:
-            yield ","
-        yield from entry
+    yield from _comma_joined(entries)
     yield "}"
 
 
@@ -414,8 +419,7 @@ def _tar_set(name: str, members: Iterable[str]) -> Iterator[str]:
     """One ``TarFileSets`` entry, name and members already encoded."""
     yield name
     yield ":["
-    for number, member in enumerate(members):
-        yield "," + member if number else member
+    yield from _comma_joined((member,) for member in members)
     yield "]"
 
 
@@ -474,10 +478,7 @@ class FilesMetadata:
             doc = {k: o.to_json() for k, o in self.objects.items()}
             sections.append(iter(['"WalgObjects":', enc(doc)]))
         yield "{"
-        for number, section in enumerate(sections):
-            if number:
-                yield ","
-            yield from section
+        yield from _comma_joined(sections)
         yield "}"
 
     def checksum_of(self, member: str) -> Checksum | None:

@@ -17,7 +17,7 @@ from walg.errors import FormatError, UsageError
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 RECOVERY_ACTIONS = ("pause", "promote", "shutdown")
 
@@ -45,11 +45,7 @@ class RecoveryTarget:
             "--target-xid": self.xid,
             "--target-timeline": self.timeline,
         }
-        for option, value in named.items():
-            # An unset shell variable (--target-name "$POINT"): no target at all would replay
-            # the whole archive and promote, the opposite of what was asked.
-            if value is not None and not value.strip():
-                raise UsageError(f"{option} is empty")
+        refuse_empty(named)
         targets = [t for t in (self.time, self.lsn, self.name, self.xid) if t]
         if len(targets) > 1:
             raise UsageError(
@@ -159,6 +155,15 @@ RECOVERY_KEYS = frozenset(
     )
 )
 DISABLED_PREFIX = "# disabled by walg backup-fetch: "
+
+
+def refuse_empty(options: Mapping[str, str | None]) -> None:
+    """Refuse an option given with an empty value: an unset shell variable (``--target-name
+    "$POINT"``) means no target at all, which would replay the whole archive and promote, the
+    opposite of what was asked."""
+    for option, value in options.items():
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty")
 
 
 def _plain_number(text: str, limit: int) -> bool:

@@ -41,7 +41,7 @@ from walg.core.timeline import History, history_file_name
 from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
 from walg.ops.recovery import TIME_RE, RecoveryTarget
-from walg.ops.wal import find_wal_object, read_history
+from walg.ops.wal import newest_timeline, read_history
 from walg.storage.base import Storage
 
 log = get_logger(__name__)
@@ -153,12 +153,7 @@ class _Timelines:
         if asked != "latest":
             return int(asked)
         if end.timeline not in self._newest:
-            # As PostgreSQL's findNewestTimeLine: probe <TLI+1>.history, +2, ... up to the
-            # first one missing.
-            newest = end.timeline
-            while find_wal_object(self._storage, history_file_name(newest + 1)) is not None:
-                newest += 1
-            self._newest[end.timeline] = newest
+            self._newest[end.timeline] = newest_timeline(self._storage, end.timeline)
         return self._newest[end.timeline]
 
     def why_not(self, end: BackupEnd) -> str | None:

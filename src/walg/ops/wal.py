@@ -74,6 +74,17 @@ def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | N
     return size
 
 
+def newest_timeline(storage: Storage, timeline: int) -> int:
+    """The newest timeline archived after ``timeline``, as PostgreSQL's findNewestTimeLine
+    finds it: ``<TLI+1>.history``, ``+2``, ... up to the first one missing."""
+    from walg.core.timeline import history_file_name
+
+    newest = timeline
+    while find_wal_object(storage, history_file_name(newest + 1)) is not None:
+        newest += 1
+    return newest
+
+
 def read_history(storage: Storage, timeline: int) -> History | None:
     """``<TLI>.history`` from storage, in any compression walg reads; None if not archived."""
     from walg.core.timeline import History, history_file_name

@@ -30,6 +30,7 @@ from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
 from walg.ops.wal import (
     download_wal,
     find_wal_object,
+    newest_timeline,
     put_in_place,
     read_history,
     remove,
@@ -202,11 +203,7 @@ class Prefetcher:
         it. PostgreSQL asks for a segment on an older timeline only when it does not follow a
         newer one there (a ``recovery_target_timeline`` of that timeline, a sibling branch).
         """
-        from walg.core.timeline import history_file_name
-
-        newest = current.timeline
-        while find_wal_object(self._storage, history_file_name(newest + 1)) is not None:
-            newest += 1
+        newest = newest_timeline(self._storage, current.timeline)
         for timeline in range(newest, current.timeline, -1):
             if timeline not in self._histories:
                 self._histories[timeline] = self._read_history(timeline)
