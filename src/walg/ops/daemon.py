@@ -177,6 +177,7 @@ class Daemon:
         self._prefetch_pending: Future[Any] | None = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._stale_temporaries = max(STALE_TEMPORARY, 2 * timeout)
         self.lookahead: LookaheadUploader | None = None
         self.follower: WalFollower | None = None
         workers = lookahead_workers(settings)
@@ -188,7 +189,7 @@ class Daemon:
                 workers,
                 budget=None,
                 sweep_interval=MARKER_SWEEP,
-                stale_temporaries=max(STALE_TEMPORARY, 2 * timeout),
+                stale_temporaries=self._stale_temporaries,
             )
             if settings.daemon_follow_wal and settings.compression == "lz4":
                 self.follower = WalFollower(
@@ -207,9 +208,8 @@ class Daemon:
             self.follower.start()
 
     def _sweep_loop(self) -> None:
-        stale = max(STALE_TEMPORARY, 2 * self.timeout)
         while True:
-            sweep_leftovers(self.storage, self.wal_dir, stale)
+            sweep_leftovers(self.storage, self.wal_dir, self._stale_temporaries)
             if self._closing.wait(MARKER_SWEEP):
                 return
 
