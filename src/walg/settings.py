@@ -472,6 +472,19 @@ def _int(
     return number
 
 
+def _wal_segment_size(values: Mapping[str, str]) -> int:
+    """``WALG_PG_WAL_SIZE`` in bytes. PostgreSQL's segments are a power of two from 1 to 1024
+    MiB (``initdb --wal-segsize``); any other size would make every WAL position walg computes
+    from it wrong, so it is refused rather than used."""
+    mib = _int(values, "WALG_PG_WAL_SIZE", 16, maximum=1024)
+    if mib & (mib - 1):
+        raise ConfigError(
+            f"WALG_PG_WAL_SIZE={mib} is not a WAL segment size: PostgreSQL's are a power of "
+            "two from 1 to 1024 (MiB)"
+        )
+    return mib * 1024 * 1024
+
+
 def _bool(values: Mapping[str, str], name: str, default: bool) -> bool:
     raw = values.get(name, "").strip().lower()
     if not raw:
@@ -713,7 +726,7 @@ def _build(
         tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),
         total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=0),
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
-        wal_segment_size=_int(values, "WALG_PG_WAL_SIZE", 16) * 1024 * 1024,
+        wal_segment_size=_wal_segment_size(values),
         daemon_follow_wal=_bool(values, "WALG_DAEMON_FOLLOW_WAL", True),
         file_direct_io=_bool(values, "WALG_FILE_DIRECT_IO", True),
         log_level=values.get("WALG_LOG_LEVEL", "").strip().upper() or "NORMAL",

@@ -142,6 +142,34 @@ def test_prefetch_depth_is_capped(tmp_path: Path) -> None:
     assert prefetch_depth(most) == MAX_PREFETCH_DEPTH == 64
 
 
+@pytest.mark.parametrize("mib", [1, 2, 16, 64, 1024])
+def test_wal_segment_sizes_postgresql_can_have_are_taken(tmp_path: Path, mib: int) -> None:
+    s = load(environ=env(tmp_path, WALG_PG_WAL_SIZE=str(mib)))
+    assert s.wal_segment_size == mib << 20
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("3", "is not a WAL segment size"),
+        ("48", "is not a WAL segment size"),
+        ("2048", "must be at most 1024"),
+        ("99999999999999999999", "must be at most 1024"),
+        ("0", "must be at least 1"),
+        ("16MB", "is not an integer"),
+    ],
+)
+def test_wal_segment_sizes_postgresql_cannot_have_are_refused(
+    tmp_path: Path, raw: str, message: str
+) -> None:
+    """A size that is no power of two from 1 to 1024 MiB puts every segment boundary walg
+    computes (prefetch names, wal-show ranges, the size a prefetched file must have) in the
+    wrong place; initdb accepts only those."""
+    with pytest.raises(ConfigError, match=message) as info:
+        load(environ=env(tmp_path, WALG_PG_WAL_SIZE=raw))
+    assert "WALG_PG_WAL_SIZE" in str(info.value)
+
+
 def test_integers_are_parsed(tmp_path: Path) -> None:
     s = load(
         environ=env(
