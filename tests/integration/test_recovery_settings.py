@@ -116,6 +116,34 @@ def test_postgres_reads_every_target_time_walg_accepts(
         assert _setting(cluster, "recovery_target_time") == time
 
 
+def test_walg_reads_a_target_time_as_the_server_does(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """walg chooses the backup for a --target-time by the instant it means: the server's
+    reading, names that are also abbreviations included (CET is a fixed +01 to PostgreSQL,
+    summer or not; the zone CET keeps summer time). A time without a zone is a window that
+    holds the server's reading whatever its time zone."""
+    from walg.ops.target_backup import time_bounds
+
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    cluster.set_conf({"timezone": "UTC"})
+    cluster.start()
+    zones = ["CET", "cet", "MET", "EET", "WET", "EST", "MST", "HST", "GMT", "Zulu"]
+    zones += ["Europe/Paris", "europe/lisbon", "EST5EDT", "+05:30", "-03"]
+    zoned = [f"2026-{month} 12:00:00 {zone}" for month in ("01-15", "07-01") for zone in zones]
+    zoned += ["2026-10-25 02:30:00 Europe/Paris", "2026-03-29 02:30:00 Europe/Paris"]
+    for text in zoned:
+        (epoch,) = cluster.query(f"SELECT extract(epoch FROM '{text}'::timestamptz)::bigint")[0]
+        assert time_bounds(text) == (int(epoch) * 10**9,) * 2, text
+    for zone in ("Pacific/Kiritimati", "Etc/GMT+12", "Europe/Paris"):
+        got = cluster.query(
+            f"SET timezone = '{zone}'; "
+            "SELECT extract(epoch FROM '2026-07-01 12:00:00'::timestamptz)::bigint"
+        )
+        low, high = time_bounds("2026-07-01 12:00:00")
+        assert low <= int(got[-1][0]) * 10**9 <= high, zone
+
+
 def test_postgres_refuses_the_target_times_walg_refuses(
     pg_install: PgInstall, pg_workdir: Path
 ) -> None:

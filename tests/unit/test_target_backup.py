@@ -237,3 +237,14 @@ def test_times_the_clocks_pass_twice_or_skip_are_read_as_postgresql_reads_them()
     assert time_bounds("2026-10-25 02:30:00 Europe/Paris")[0] == _ns("2026-10-25T01:30:00+00:00")
     # It never happens on 2026-03-29: the offset before the change (+01) is taken.
     assert time_bounds("2026-03-29 02:30:00 Europe/Paris")[0] == _ns("2026-03-29T01:30:00+00:00")
+
+
+def test_names_that_are_also_abbreviations_have_the_abbreviations_fixed_offset() -> None:
+    """PostgreSQL looks a name up in its abbreviations first: CET is +01 in July too (the zone
+    CET would be +02 then), EET +02, WET +00; zone names proper keep summer time."""
+    assert time_bounds("2026-07-01 12:00:00 CET")[0] == _ns("2026-07-01T11:00:00+00:00")
+    assert time_bounds("2026-07-01 12:00:00 met")[0] == _ns("2026-07-01T11:00:00+00:00")
+    assert time_bounds("2026-07-01 12:00:00 EET")[0] == _ns("2026-07-01T10:00:00+00:00")
+    assert time_bounds("2026-07-01 12:00:00 WET")[0] == _ns("2026-07-01T12:00:00+00:00")
+    assert time_bounds("2026-07-01 12:00:00 Europe/Paris")[0] == _ns("2026-07-01T10:00:00+00:00")
+    assert time_bounds("2026-01-15 12:00:00 CET")[0] == _ns("2026-01-15T11:00:00+00:00")

@@ -218,9 +218,20 @@ def time_bounds(text: str) -> tuple[int, int]:
     return instant, instant
 
 
+# Names that are both abbreviations of PostgreSQL's default set (timezonesets/Default) and zones
+# of the time zone database. The server looks a name up as an abbreviation first, and these
+# four stand there for a fixed offset, while the zones keep summer time: "2026-07-01 12:00 CET"
+# is 11:00 UTC to PostgreSQL, not 10:00. (The others both sets share, EST, MST, HST, GMT, UTC,
+# UCT and Zulu, are fixed zones with the abbreviation's offset.)
+_ABBREVIATIONS_FIRST = {"cet": 3600, "eet": 7200, "met": 3600, "wet": 0}
+
+
 def _in_zone(naive: datetime, name: str) -> datetime | None:
-    """``naive`` in the zone ``name``; None where this machine has no such zone (the time is
-    then taken as the window a time without a zone stands for)."""
+    """``naive`` in the zone ``name``, as PostgreSQL reads it; None where this machine has no
+    such zone (the time is then taken as the window a time without a zone stands for)."""
+    fixed = _ABBREVIATIONS_FIRST.get(name.lower())
+    if fixed is not None:
+        return naive.replace(tzinfo=timezone(timedelta(seconds=fixed)))
     # PostgreSQL matches zone names in any case; zoneinfo wants the database's spelling.
     canonical = {zone.lower(): zone for zone in zoneinfo.available_timezones()}
     try:
