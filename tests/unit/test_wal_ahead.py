@@ -24,6 +24,7 @@ import pytest
 
 from walg.ops.wal import file_identity, marker_path, take_marker, write_marker
 from walg.ops.wal_push import (
+    SWEEP_STAMP,
     UPLOADER_LOCK,
     LookaheadUploader,
     forget_finished_markers,
@@ -93,7 +94,11 @@ class PgWal:
         return Path(marker_path(str(self.status), name, key or self.key()))
 
     def markers(self) -> list[str]:
-        return sorted(p.name for p in self.status.iterdir() if not p.name.endswith(".lock"))
+        return sorted(
+            p.name
+            for p in self.status.iterdir()
+            if not p.name.startswith(".") and not p.name.endswith(".lock")
+        )
 
     def walg(
         self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
@@ -290,7 +295,8 @@ def test_a_backlog_drains_through_the_detached_uploader(pg_wal: PgWal) -> None:
     assert re.search(r"INFO: \S+ \S+ archived \d+ WAL files ahead of time", log), log
     assert "more WAL files ahead of time" not in log, log
     # Every marker was consumed by PostgreSQL's own call, and no lock file is left.
-    assert [p.name for p in pg_wal.status.iterdir() if p.name != UPLOADER_LOCK] == []
+    left = [p.name for p in pg_wal.status.iterdir() if p.name not in (UPLOADER_LOCK, SWEEP_STAMP)]
+    assert left == []
     for name, data in contents.items():
         fetched = pg_wal.root / f"fetched-{name}"
         assert pg_wal.walg("wal-fetch", name, str(fetched)).returncode == 0
@@ -1002,6 +1008,44 @@ def test_the_daemon_removes_temporary_objects_abandoned_in_the_wal_folder(tmp_pa
     finally:
         daemon.close()
     assert in_flight.exists() and archived.exists() and elsewhere.exists()
+
+
+def test_a_detached_uploader_removes_temporary_objects_abandoned_by_cold_calls(
+    pg_wal: PgWal,
+) -> None:
+    """Without a daemon, a cold ``wal-push`` killed mid-upload (an immediate shutdown, the OOM
+    killer) left up to a segment's worth in ``wal_005/`` that nothing ever removed. The
+    detached uploader a backlog starts now sweeps those older than an hour, at most once an
+    hour (listing an archive of many segments is not free); young ones may be uploads in flight
+    and stay."""
+    wal = pg_wal.store / "wal_005"
+    wal.mkdir()
+    abandoned = _temporary(wal, f"{SEGMENTS[7]}.lz4", 2 * 3600)
+    in_flight = _temporary(wal, f"{SEGMENTS[6]}.lz4", 60)
+
+    def drain(names: list[str]) -> None:
+        for name in names:
+            pg_wal.add(name)
+        for name in names:
+            assert pg_wal.archive(name).returncode == 0, pg_wal.log.read_text()
+        pg_wal.wait_uploader_gone()
+
+    drain(SEGMENTS[:3])
+    assert not abandoned.exists(), pg_wal.log.read_text()
+    assert in_flight.exists()
+    assert "removed 1 abandoned temporary objects in wal_005/" in pg_wal.log.read_text()
+    stamp = pg_wal.status / SWEEP_STAMP
+    assert abs(stamp.stat().st_mtime - time.time()) < 120
+    # Swept a moment ago: the next backlog leaves even an old one for later.
+    again = _temporary(wal, f"{SEGMENTS[7]}.lz4", 2 * 3600)
+    drain(SEGMENTS[3:5])
+    assert again.exists()
+    # An hour later it goes.
+    old = time.time() - 3601
+    os.utime(stamp, (old, old))
+    drain(SEGMENTS[5:7])
+    assert not again.exists() and in_flight.exists()
+    assert pg_wal.stored() == sorted([f"{name}.lz4" for name in SEGMENTS[:7]] + [in_flight.name])
 
 
 class _DevFullStorage(FileStorage):

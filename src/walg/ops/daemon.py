@@ -42,6 +42,7 @@ from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
 from walg.ops.wal_push import (
+    STALE_TEMPORARY,
     LookaheadUploader,
     lookahead_workers,
     push_one,
@@ -62,13 +63,6 @@ DEFAULT_FETCH_TIMEOUT = 300.0
 # How often the resident look-ahead removes markers of files PostgreSQL has finished with,
 # and temporary objects in wal_005/ that unfinished writes left (a process killed mid-upload).
 MARKER_SWEEP = 60.0
-# The age from which such a temporary object counts as abandoned: at least an hour, and twice
-# the push timeout (WALG_DAEMON_WAL_UPLOAD_TIMEOUT) where that is longer. Uploads of local
-# storage take seconds; one PostgreSQL still waits for is younger than the timeout; the
-# follower prepares an object for at most wal_follow.PREPARED_MAX_AGE; the margin covers
-# clocks of other hosts writing the same folder. Removing one still being written anyway
-# (a stalled network filesystem) fails that upload: nothing partial is ever committed.
-STALE_TEMPORARY = 3600.0
 # Request names come from whoever can reach the socket: up to 64 KiB, any bytes.
 SHOWN_CHARS = 200
 

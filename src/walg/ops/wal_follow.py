@@ -63,7 +63,7 @@ REPICK_AFTER = 1.0  # seconds without progress before looking for another segmen
 # server it would otherwise run at every poll. (With nothing followed, the poll is IDLE_POLL.)
 PICK_EVERY = 1.0
 # The oldest a prepared object may get before it is dropped and prepared afresh. Storage's
-# sweep removes temporary objects older than walg.ops.daemon.STALE_TEMPORARY (at least an hour)
+# sweep removes temporary objects older than walg.ops.wal_push.STALE_TEMPORARY (at least an hour)
 # as left by a killed process, and a slow server may take longer than that to fill a segment;
 # an object only ever shows its creation time (a compressible segment may sit in the writer's
 # buffer without touching the file). Preparing 16 MB again costs a few tens of milliseconds.

@@ -65,6 +65,16 @@ BLOCK = 4 << 20  # the LZ4 frame's block size
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
 UPLOADER_LOCK = ".uploader.lock"  # held by a detached uploader (walg wal-push-ahead) for life
+# Its modification time: when a detached uploader last swept wal_005/'s abandoned temporaries.
+SWEEP_STAMP = ".swept"
+# The age from which a temporary object in wal_005/ counts as abandoned (a process killed
+# mid-upload): at least an hour; the daemon takes twice its push timeout
+# (WALG_DAEMON_WAL_UPLOAD_TIMEOUT) where that is longer. Uploads to local storage take seconds;
+# one PostgreSQL still waits for is younger than the timeout; the daemon's follower prepares an
+# object for at most wal_follow.PREPARED_MAX_AGE; the margin covers clocks of other hosts
+# writing the same folder. Removing one still being written anyway (a stalled network
+# filesystem) fails that upload: nothing partial is ever committed.
+STALE_TEMPORARY = 3600.0
 LOCK_WAIT = 60.0  # how long a wal-push waits for another process's upload of its file
 IDLE_EXIT = 1.0  # a detached uploader exits after this long with nothing to upload
 
@@ -352,6 +362,7 @@ def archive_ahead(
         if not _lock_now(fd):
             return None
         forget_finished_markers(wal_dir)
+        sweep_temporaries_if_due(storage, status)
         workers = max(1, lookahead_workers(settings))
         budget = max(1, settings.total_bg_uploaded_limit)
         uploader = LookaheadUploader(
@@ -376,10 +387,45 @@ def sweep_leftovers(storage: Storage, wal_dir: str, stale_temporaries: float | N
         forget_finished_markers(wal_dir)
     except OSError as exc:
         log.warning("cannot clear finished look-ahead markers in %s: %s", status_dir(wal_dir), exc)
-    if stale_temporaries is None:
-        return
+    if stale_temporaries is not None:
+        _sweep_temporaries(storage, stale_temporaries)
+
+
+def sweep_temporaries_if_due(storage: Storage, status: str) -> bool:
+    """Remove the temporary objects in ``wal_005/`` older than :data:`STALE_TEMPORARY`, unless
+    that was done from this status folder less than that long ago; whether it swept.
+
+    A cold ``wal-push`` killed mid-upload (a server stopped in immediate mode, the OOM killer)
+    leaves up to a segment's worth that no listing shows; without a daemon nothing else would
+    ever remove it. Listing ``wal_005/`` takes time in proportion to the archive, so a detached
+    uploader sweeps at most once per that age (the stamp's modification time), not at every
+    backlog. Failures are logged, never raised.
+    """
+    stamp = os.path.join(status, SWEEP_STAMP)
+    now = time.time()
     try:
-        removed = storage.remove_temporaries(WAL, stale_temporaries)
+        age: float | None = now - os.stat(stamp).st_mtime
+    except FileNotFoundError:
+        age = None
+    except OSError as exc:
+        log.warning("cannot read the sweep stamp %s: %s", stamp, exc)
+        return False
+    if age is not None and 0 <= age < STALE_TEMPORARY:
+        return False
+    try:
+        # Stamped before the sweep: one that fails is not retried by every uploader after it.
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.utime(stamp, (now, now))
+    except OSError as exc:
+        log.warning("cannot stamp the sweep of temporary objects in %s: %s", stamp, exc)
+        return False
+    _sweep_temporaries(storage, STALE_TEMPORARY)
+    return True
+
+
+def _sweep_temporaries(storage: Storage, older_than: float) -> None:
+    try:
+        removed = storage.remove_temporaries(WAL, older_than)
     except WalgError as exc:
         log.warning("cannot remove abandoned temporary objects in %s: %s", WAL, exc)
     else:
