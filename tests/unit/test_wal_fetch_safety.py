@@ -9,8 +9,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lz4.frame
@@ -565,3 +567,66 @@ def test_a_destination_that_cannot_be_written_is_named_and_stops_recovery(
     # The path PostgreSQL gave, not the hidden temporary file beside it.
     assert lines[0].startswith("ERROR: cannot write pg_wal/RECOVERYXLOG: "), lines
     assert ".walg-" not in got.stderr and "unexpected" not in got.stderr
+
+
+@pytest.fixture
+def small_pg_wal(pg_workdir: Path) -> Iterator[Path]:
+    """A data directory whose ``pg_wal`` is a 4 MiB tmpfs owned by the server's user: too
+    small for one 16 MiB segment, as a full WAL volume is."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small file system")
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    pg_wal = make_shared_dir(pgdata / "pg_wal", 0o700)
+    owner = pg_wal.stat()
+    options = f"size=4m,mode=0700,uid={owner.st_uid},gid={owner.st_gid}"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "walg-test-full", str(pg_wal)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield pgdata
+    finally:
+        subprocess.run(["umount", "-l", str(pg_wal)], check=False)
+
+
+@pytest.mark.parametrize("prefetched", [False, True], ids=["downloaded", "prefetched"])
+def test_a_full_wal_volume_is_a_failure_that_stops_recovery_and_leaves_nothing(
+    walg_bin: str, pg_workdir: Path, small_pg_wal: Path, prefetched: bool
+) -> None:
+    """A segment that does not fit where PostgreSQL asked for it: exit 128 in archive recovery
+    (74, or any code up to 125, would end recovery early and promote), the cause named, and no
+    partial file left to fill the volume further; the file stays archived (and prefetched)."""
+    pgdata = small_pg_wal
+    (pgdata / "recovery.signal").touch()
+    name = Segment(1, 2).name()
+    data = _segment_bytes(name, 5, fill=b"\x07")
+    store = _archive(pg_workdir, {f"{name}.lz4": lz4.frame.compress(data)})
+    env = {
+        "WALG_PREFETCH_DIR": str(make_shared_dir(pg_workdir / "prefetch", 0o700)),
+        "WALG_DOWNLOAD_CONCURRENCY": "1",
+    }
+    if prefetched:
+        # A prefetch folder on another file system: the file is copied into pg_wal. Its key
+        # is that of the wal-fetch process (its variables, its working folder).
+        full = {**pg_user_env(), "PATH": os.environ["PATH"], "WALG_FILE_PREFIX": str(store), **env}
+        code = "import walg_destination as d, os; print(d.destination_key(os.environ, None))"
+        key = run_as_pg([sys.executable, "-c", code], env=full, cwd=pgdata).stdout.strip()
+        root = make_shared_dir(pg_workdir / "prefetch" / ".wal-g" / "prefetch" / key, 0o700)
+        (root / name).write_bytes(data)
+        os.chown(root / name, pgdata.stat().st_uid, pgdata.stat().st_gid)
+    got = _fetch(walg_bin, store, pgdata, name, **env)
+    assert got.returncode == 128, got.stderr
+    assert "No space left on device" in got.stderr, got.stderr
+    assert list((pgdata / "pg_wal").iterdir()) == []
+    assert (store / "wal_005" / f"{name}.lz4").exists()
+    if prefetched:
+        assert "cannot copy prefetched" in got.stderr, got.stderr
+        assert (root / name).read_bytes() == data
+    (pgdata / "standby.signal").touch()
+    got = _fetch(walg_bin, store, pgdata, name, **env)
+    assert got.returncode == 1, got.stderr
+    assert list((pgdata / "pg_wal").iterdir()) == []
