@@ -118,7 +118,13 @@ class _Workers:
 
     def __init__(self, size: int, lz4_block: Any) -> None:
         import threading
-        from queue import SimpleQueue
+
+        try:
+            # The C queue itself: the queue module around it imports heapq and its own
+            # classes, about 1 ms of a cold wal-push.
+            from _queue import SimpleQueue
+        except ImportError:  # pragma: no cover - interpreters without it
+            from queue import SimpleQueue
 
         self._threading = threading
         self._size = size
