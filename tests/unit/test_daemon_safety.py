@@ -113,6 +113,35 @@ def test_an_exiting_daemon_leaves_a_newer_daemons_socket(env: Env) -> None:
         newer.close()
 
 
+def test_sigterm_the_moment_the_socket_appears_is_a_clean_shutdown(env: Env) -> None:
+    """Whoever sees the socket may stop the daemon at once (a service manager's restart).
+    The handlers were installed only after the socket was bound and the look-ahead started:
+    a SIGTERM in between ended the process by the default action, its socket left behind
+    and its first uploads cut off. Now it is a shutdown like any other."""
+    status = env.pgdata / "pg_wal" / "archive_status"
+    status.mkdir()
+    for n in range(4):  # a backlog, so that starting takes the look-ahead's first scan
+        name = f"0000000100000000000000A{n}"
+        (env.pgdata / "pg_wal" / name).write_bytes(os.urandom(1 << 20) * 16)
+        (status / f"{name}.ready").touch()
+    for attempt in range(8):
+        daemon = subprocess.Popen(
+            [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
+            env=env.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not env.socket.exists():
+            assert daemon.poll() is None, daemon.communicate()
+            assert time.monotonic() < deadline, "daemon did not start"
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+        assert daemon.returncode == 0, (attempt, err)
+        assert not env.socket.exists(), (attempt, err)
+
+
 def test_sigusr1_and_sighup_do_not_stop_the_daemon(env: Env) -> None:
     """logrotate sends SIGUSR1 (WAL-G reopens its log file then); SIGHUP is ignored."""
     env.start()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import argparse
 
     from walg.cli.context import Context
+    from walg.ops.daemon import _Server
 
 log = get_logger(__name__)
 
@@ -48,19 +49,20 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     timeout = _duration(ctx, "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "60s")
     fetch_timeout = _duration(ctx, "WALG_DAEMON_WAL_FETCH_TIMEOUT", "300s")
     daemon = Daemon(settings, ctx.storage(), pgdata, timeout, fetch_timeout)
-    server = serve(daemon, args.socket)
     stop = threading.Event()
+    servers: list[_Server] = []  # the server, once its socket is bound
 
     def stop_serving() -> None:
         # The path first: from then on a client finds no daemon and runs walg directly,
         # instead of queueing on a socket about to close.
-        release_socket_path(server)
-        server.shutdown()
+        release_socket_path(servers[0])
+        servers[0].shutdown()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: shutting down", signum)
         stop.set()
-        threading.Thread(target=stop_serving, daemon=True).start()
+        if servers:
+            threading.Thread(target=stop_serving, daemon=True).start()
 
     def on_usr1(_signum: int, _frame: object) -> None:
         # WAL-G reopens its log file on SIGUSR1 and logrotate scripts send it; walg writes
@@ -74,10 +76,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     def on_hup(_signum: int, _frame: object) -> None:
         log.info("SIGHUP ignored: the daemon rereads no configuration; restart it instead")
 
+    # Before the socket exists: whoever sees it may signal at once (a service manager's
+    # restart, a test), and the default action would end the process with its socket left
+    # behind and its first uploads cut off.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_usr1)
     signal.signal(signal.SIGHUP, on_hup)
+    server = serve(daemon, args.socket)
+    servers.append(server)
+    if stop.is_set():  # signalled while the socket was being set up
+        threading.Thread(target=stop_serving, daemon=True).start()
     log.info("walg daemon listening on %s for %s", args.socket, pgdata)
     try:
         server.serve_forever(poll_interval=0.5)
