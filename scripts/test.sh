@@ -41,9 +41,13 @@ for arg in "$@"; do
     fi
 done
 
-echo "==> pytest"
+# Test processes at once (pytest-xdist): most tests wait on PostgreSQL (start-up, checkpoints,
+# replay) rather than use a CPU, so three on two cores took the suite from 21.6 to 13.5 minutes
+# here. WALG_TEST_WORKERS=0 runs everything in this one process.
+workers=${WALG_TEST_WORKERS:-3}
+echo "==> pytest ($workers workers)"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider "${targets[@]}" "$@" || rc=$?
+"$PY" -m pytest -q -p no:cacheprovider -n "$workers" "${targets[@]}" "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
     echo "FAILED: pytest collected no tests (exit 5)" >&2
     exit 5
