@@ -77,7 +77,8 @@ class Env:
         )
         self.daemon: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
+    def start(self, poll: float = 0.02) -> None:
+        """Start the daemon and return once its socket exists, looking every ``poll`` s."""
         self.daemon = subprocess.Popen(
             [self.walg_bin, "daemon", str(self.socket), str(self.pgdata)],
             env=self.env,
@@ -89,7 +90,7 @@ class Env:
         while not self.socket.exists():
             assert self.daemon.poll() is None, self.daemon.communicate()
             assert time.monotonic() < deadline, "daemon did not start"
-            time.sleep(0.02)
+            time.sleep(poll)
 
     def run_daemon(self) -> subprocess.CompletedProcess[str]:
         """Run the daemon in the foreground: for one that must refuse to start."""
