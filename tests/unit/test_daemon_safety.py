@@ -130,6 +130,19 @@ def test_sigterm_the_moment_the_socket_appears_is_a_clean_shutdown(env: Env) -> 
         assert not env.socket.exists(), (attempt, err)
 
 
+def test_the_socket_takes_connections_from_the_moment_it_appears(env: Env) -> None:
+    """Bound at its path, the socket existed for a moment before it listened, and a client
+    that came then was refused (seen as ConnectionRefusedError in tests under load; a
+    PostgreSQL call then fails its push or fetches around the daemon). It is now linked into
+    place once listening, and no name of its own is left beside it."""
+    for attempt in range(8):
+        env.start(poll=0)
+        assert _request(env.socket, b"C", b"") == b"O", attempt
+        assert sorted(p.name for p in env.root.iterdir()) == ["d.sock", "pgdata", "store"]
+        env.stop()
+        assert not env.socket.exists()
+
+
 def test_sigusr1_and_sighup_do_not_stop_the_daemon(env: Env) -> None:
     """logrotate sends SIGUSR1 (WAL-G reopens its log file then); SIGHUP is ignored."""
     env.start()

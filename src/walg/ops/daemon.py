@@ -576,12 +576,48 @@ def release_socket_path(server: _Server) -> None:
     remove(server.socket_path)
 
 
+# The longest path a UNIX socket address holds (sun_path, less its terminating NUL).
+SOCKET_PATH_MAX = 107
+
+
+def _listening_at(socket_path: str) -> _Server:
+    """A server listening on a socket at ``socket_path``.
+
+    Bound and listening under a temporary name first, then hard-linked into place: the path
+    appears only once connections are taken. Bound at the path itself, it existed for a moment
+    before ``listen``, and a client that came then was refused: its push failed (PostgreSQL
+    tries again later) and its fetch went around the daemon. A link, unlike a rename, never
+    replaces a socket another daemon put there meanwhile. Where the temporary name would be
+    too long for a socket address, or the file system has no hard links, the socket is bound
+    at the path as before.
+    """
+    folder, name = os.path.split(socket_path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}")
+    if len(os.fsencode(tmp)) > SOCKET_PATH_MAX:
+        return _Server(socket_path, _Handler)
+    remove(tmp)  # left by a process of this pid that died
+    server = _Server(tmp, _Handler)
+    try:
+        os.link(tmp, socket_path)
+    except FileExistsError:
+        server.server_close()
+        raise UsageError(f"another daemon is already listening on {socket_path}") from None
+    except OSError as exc:
+        server.server_close()
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        return _Server(socket_path, _Handler)
+    finally:
+        remove(tmp)
+    return server
+
+
 def serve(daemon: Daemon, socket_path: str, ready: threading.Event | None = None) -> _Server:
     """Bind the socket and return the server (call ``serve_forever`` on it)."""
     prepare_socket_path(socket_path)
     old = os.umask(0o177)
     try:
-        server = _Server(socket_path, _Handler)
+        server = _listening_at(socket_path)
     finally:
         os.umask(old)
     server.daemon = daemon
