@@ -42,9 +42,9 @@ for arg in "$@"; do
 done
 
 # Test processes at once (pytest-xdist): most tests wait on PostgreSQL (start-up, checkpoints,
-# replay) rather than use a CPU, so three on two cores took the suite from 21.6 to 13.5 minutes
-# here. WALG_TEST_WORKERS=0 runs everything in this one process.
-workers=${WALG_TEST_WORKERS:-3}
+# replay) rather than use a CPU; on two cores one process took 21.6 minutes here, three 13-14.
+# Two keep the machine less loaded. WALG_TEST_WORKERS=0 runs everything in this one process.
+workers=${WALG_TEST_WORKERS:-2}
 echo "==> pytest ($workers workers)"
 rc=0
 "$PY" -m pytest -q -p no:cacheprovider -n "$workers" "${targets[@]}" "$@" || rc=$?

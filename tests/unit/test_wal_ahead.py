@@ -1015,22 +1015,20 @@ def test_a_detached_uploader_removes_temporary_objects_abandoned_by_cold_calls(
 ) -> None:
     """Without a daemon, a cold ``wal-push`` killed mid-upload (an immediate shutdown, the OOM
     killer) left up to a segment's worth in ``wal_005/`` that nothing ever removed. The
-    detached uploader a backlog starts now sweeps those older than an hour, at most once an
-    hour (listing an archive of many segments is not free); young ones may be uploads in flight
-    and stay."""
+    detached uploader a backlog starts (``walg wal-push-ahead``, run here in the foreground)
+    now sweeps those older than an hour, at most once an hour (listing an archive of many
+    segments is not free); young ones may be uploads in flight and stay."""
     wal = pg_wal.store / "wal_005"
     wal.mkdir()
     abandoned = _temporary(wal, f"{SEGMENTS[7]}.lz4", 2 * 3600)
     in_flight = _temporary(wal, f"{SEGMENTS[6]}.lz4", 60)
 
-    def drain(names: list[str]) -> None:
-        for name in names:
-            pg_wal.add(name)
-        for name in names:
-            assert pg_wal.archive(name).returncode == 0, pg_wal.log.read_text()
-        pg_wal.wait_uploader_gone()
+    def uploader(name: str) -> None:
+        pg_wal.add(name)
+        out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
+        assert out.returncode == 0, pg_wal.log.read_text()
 
-    drain(SEGMENTS[:3])
+    uploader(SEGMENTS[0])
     assert not abandoned.exists(), pg_wal.log.read_text()
     assert in_flight.exists()
     assert "removed 1 abandoned temporary objects in wal_005/" in pg_wal.log.read_text()
@@ -1038,14 +1036,14 @@ def test_a_detached_uploader_removes_temporary_objects_abandoned_by_cold_calls(
     assert abs(stamp.stat().st_mtime - time.time()) < 120
     # Swept a moment ago: the next backlog leaves even an old one for later.
     again = _temporary(wal, f"{SEGMENTS[7]}.lz4", 2 * 3600)
-    drain(SEGMENTS[3:5])
+    uploader(SEGMENTS[1])
     assert again.exists()
     # An hour later it goes.
     old = time.time() - 3601
     os.utime(stamp, (old, old))
-    drain(SEGMENTS[5:7])
+    uploader(SEGMENTS[2])
     assert not again.exists() and in_flight.exists()
-    assert pg_wal.stored() == sorted([f"{name}.lz4" for name in SEGMENTS[:7]] + [in_flight.name])
+    assert pg_wal.stored() == sorted([f"{name}.lz4" for name in SEGMENTS[:3]] + [in_flight.name])
 
 
 class _DevFullStorage(FileStorage):

@@ -85,7 +85,7 @@ class FakeWal:
         (self.status / f"{name}.ready").touch()
 
 
-def wait_until(check: object, timeout: float = 10.0) -> None:
+def wait_until(check: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
