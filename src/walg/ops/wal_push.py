@@ -391,9 +391,9 @@ def sweep_leftovers(storage: Storage, wal_dir: str, stale_temporaries: float | N
         _sweep_temporaries(storage, stale_temporaries)
 
 
-def sweep_temporaries_if_due(storage: Storage, status: str) -> bool:
+def sweep_temporaries_if_due(storage: Storage, status: str) -> None:
     """Remove the temporary objects in ``wal_005/`` older than :data:`STALE_TEMPORARY`, unless
-    that was done from this status folder less than that long ago; whether it swept.
+    that was done from this status folder less than that long ago.
 
     A cold ``wal-push`` killed mid-upload (a server stopped in immediate mode, the OOM killer)
     leaves up to a segment's worth that no listing shows; without a daemon nothing else would
@@ -409,18 +409,17 @@ def sweep_temporaries_if_due(storage: Storage, status: str) -> bool:
         age = None
     except OSError as exc:
         log.warning("cannot read the sweep stamp %s: %s", stamp, exc)
-        return False
+        return
     if age is not None and 0 <= age < STALE_TEMPORARY:
-        return False
+        return
     try:
         # Stamped before the sweep: one that fails is not retried by every uploader after it.
         os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600))
         os.utime(stamp, (now, now))
     except OSError as exc:
         log.warning("cannot stamp the sweep of temporary objects in %s: %s", stamp, exc)
-        return False
+        return
     _sweep_temporaries(storage, STALE_TEMPORARY)
-    return True
 
 
 def _sweep_temporaries(storage: Storage, older_than: float) -> None:
