@@ -29,7 +29,7 @@ from walg.settings import Settings, load
 from walg.storage.file import FileStorage
 from walg.streams.base import Sink
 
-SEG_SIZE = 4 * 1024 * 1024  # WALG_PG_WAL_SIZE=4: four follower blocks per segment
+SEG_SIZE = 4 * 1024 * 1024  # WALG_PG_WAL_SIZE=4: sixteen follower blocks per segment
 PAGE = 8192
 MAGIC = 0xD110
 NAME = "000000010000000000000005"
@@ -518,13 +518,21 @@ class _DevFullDisk(FileStorage):
 
 def write_random_pages(wal: FakeWal, name: str, start: int, stop: int) -> None:
     """Pages whose content LZ4 cannot shrink: the frame stores them raw, straight from the
-    follower's mapping (as it does with random data PostgreSQL writes)."""
-    wal.write_pages(name, start, stop)
-    with open(wal.dir / name, "r+b") as handle:
-        for page in range(start, stop):
-            head = 40 if page == 0 else 24  # the long header on a segment's first page
-            handle.seek(page * PAGE + head)
-            handle.write(os.urandom(PAGE - head))
+    follower's mapping (as it does with random data PostgreSQL writes).
+
+    Each page is whole (header and random body) in one write, in page order: a block the
+    follower sees become final never still holds compressible content, which would leave the
+    chunk unfilled and the failing write not done."""
+    path = wal.dir / name
+    if not path.exists():
+        wal.recycled(name)
+    pages = []
+    for page in range(start, stop):
+        head = page_bytes(name, page, 0)[: 40 if page == 0 else 24]  # long header on page 0
+        pages.append(head + os.urandom(PAGE - len(head)))
+    with open(path, "r+b") as handle:
+        handle.seek(start * PAGE)
+        handle.write(b"".join(pages))
 
 
 def test_no_descriptor_or_mapping_outlives_a_failed_segment_without_the_collector(
