@@ -651,7 +651,7 @@ def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
     stop = threading.Event()
 
     def accept_late_and_never_answer() -> None:
-        time.sleep(1.5)
+        time.sleep(2.0)
         srv.settimeout(0.1)
         while not stop.is_set():
             try:
@@ -674,7 +674,9 @@ def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
     assert res.returncode == 1
     assert "timed out" in res.stderr
     assert len(held) > len(queued), "the client's connection was accepted, then not answered"
-    assert 2.4 <= elapsed < 3.3, elapsed
+    # A wait for the answer given the whole timeout again would end at 2.0 + 2.5 s; the margin
+    # below that is for the client's own start on a loaded machine.
+    assert 2.4 <= elapsed < 4.3, elapsed
 
 
 @pytest.mark.parametrize("failure", ["error", "silent"])

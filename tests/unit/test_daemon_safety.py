@@ -32,6 +32,19 @@ def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
             e.daemon.wait()
 
 
+def _queued(path: Path, pid: int) -> int:
+    """How many connections wait in the listen queue of daemon ``pid``'s socket at ``path``
+    (ss reads the kernel's count: a listening socket's Recv-Q). The socket keeps the address
+    it was bound at: the temporary name it was linked into place from."""
+    addresses = {str(path), str(path.with_name(f".{path.name}.{pid}"))}
+    out = subprocess.run(["ss", "-xlnH"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in addresses:
+            return int(fields[2])
+    raise AssertionError(f"no listening socket at {path}: {out}")
+
+
 def _archive(env: Env, data: bytes) -> None:
     """Store ``data`` as SEG with walg itself (no daemon)."""
     source = env.root / "src" / "pg_wal"
@@ -215,7 +228,14 @@ def test_connections_queued_at_sigterm_are_answered(env: Env, python: bool) -> N
             )
             for args in argv
         ]
-        time.sleep(1.5)  # each has connected and sent its request, and waits for the reply
+        # Each has connected (a slow machine may take seconds to start five Python clients)
+        # and sends its request at once.
+        deadline = time.monotonic() + 60
+        while _queued(env.socket, env.daemon.pid) < len(procs):
+            assert time.monotonic() < deadline, "the clients never all connected"
+            assert all(proc.poll() is None for proc in procs)
+            time.sleep(0.05)
+        time.sleep(0.2)
         assert all(proc.poll() is None for proc in procs)
         env.daemon.send_signal(signal.SIGTERM)
     finally:
