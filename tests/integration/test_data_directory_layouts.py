@@ -155,15 +155,19 @@ def test_backup_whose_file_list_exceeds_64_mib_restores(pg_workdir: Path, walg_b
     assert "files_metadata.json" in failed.stderr and "checksum" in failed.stderr
 
 
+@pytest.mark.parametrize(
+    "moves", [("pg_default",), ("pg_default", "ts1")], ids=["moved", "moved-and-back"]
+)
 def test_database_moved_to_another_tablespace_during_backup_fails_it(
-    pg_workdir: Path, walg_bin: str
+    pg_workdir: Path, walg_bin: str, moves: tuple[str, ...]
 ) -> None:
     """ALTER DATABASE ... SET TABLESPACE copies files without WAL-logging them; recovery
     re-copies the old directory. Moved while backup-push read PGDATA, the database was in
     neither place in the backup, and the restored cluster could not open it: backup-push and
     backup-fetch exited 0. The move is made while part_002's upload is held (fault
     injection), after the walk; the backup must fail and leave nothing, and the next one
-    restore the database."""
+    restore the database. Moved away and back, it ends in the tablespace it started in: only
+    its directory, made anew, tells."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
@@ -196,7 +200,8 @@ def test_database_moved_to_another_tablespace_during_backup_fails_it(
         line = push.stderr.readline()
         assert line, "".join(seen)
         seen.append(line)
-    src.psql("ALTER DATABASE moved SET TABLESPACE pg_default")
+    for tablespace in moves:
+        src.psql(f"ALTER DATABASE moved SET TABLESPACE {tablespace}")
     _, rest = push.communicate(timeout=300)
     stderr = "".join(seen) + rest
     assert push.returncode == 1, stderr
@@ -213,6 +218,72 @@ def test_database_moved_to_another_tablespace_during_backup_fails_it(
     restored = restore_and_recover(install, pg_workdir, walg)
     assert normalized_dump(restored.pg_dumpall()) == expected
     assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "100000"
+
+
+def test_database_moved_after_the_backup_stopped_keeps_the_backup(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A move after pg_backup_stop is WAL after the backup's end: recovery replays it from a
+    complete copy of the old directory. backup-push waits for the last segment to be
+    archived after the stop, and read the databases' places only after that wait: a move
+    during it failed a sound backup. Here archive_command fails until the move is done."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    gate = pg_workdir / "archive-open"
+    gate.touch()
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={
+            **ARCHIVING,
+            # Failing, not waiting: an archiver inside a long command does not take the
+            # signal barrier ALTER DATABASE ... SET TABLESPACE waits for.
+            "archive_command": f"[ -e {gate} ] && {walg.command('wal-push', '%p')}",
+        },
+    )
+    src.start()
+    location = src.add_tablespace("ts1", pg_workdir / "ts1")
+    src.psql("CREATE DATABASE moved TABLESPACE ts1")
+    src.psql(
+        "CREATE TABLE keep AS SELECT g id, md5(g::text) v FROM generate_series(1, 50000) g",
+        dbname="moved",
+    )
+    src.checkpoint()
+    archive_now(src)
+    gate.unlink()
+    try:
+        push = walg.popen(["backup-push", str(src.datadir)], cluster=src)
+        assert push.stderr is not None
+        seen = []
+        while not seen or "the backup needs" not in seen[-1]:  # archiving fails
+            line = push.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        src.psql("ALTER DATABASE moved SET TABLESPACE pg_default")
+    finally:
+        gate.touch()
+    # A new .ready file wakes the archiver, which waits up to a minute after failures.
+    src.psql("SELECT pg_switch_wal()")
+    _, rest = push.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert push.returncode == 0, stderr
+    assert "moved to another tablespace" not in stderr
+
+    src.psql("INSERT INTO keep VALUES (0, 'after the move')", dbname="moved")
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+    location.rename(pg_workdir / "ts1-of-the-old-host")
+    restored = restore_and_recover(install, pg_workdir, walg)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "50001"
+    assert (
+        restored.psql(
+            "SELECT spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = dattablespace"
+            " WHERE datname = 'moved'"
+        )
+        == "pg_default"
+    )
     if install.has_amcheck:
         assert restored.amcheck() > 0
     restored.stop()

@@ -60,3 +60,21 @@ def test_moved_databases_are_those_whose_tablespace_changed() -> None:
     }
     assert moved_databases(before, after) == ["also moved", "moved"]
     assert moved_databases(before, before) == []
+
+
+def test_a_database_whose_directory_was_made_anew_moved_away_and_back() -> None:
+    before = {
+        5: DatabaseLocation("postgres", 1663, (1, 100, 101)),
+        6: DatabaseLocation("and back", 1663, (1, 200, 201)),
+        7: DatabaseLocation("version file only", 1663, (1, 300, 301)),
+        8: DatabaseLocation("unreadable before", 1663, None),
+        9: DatabaseLocation("unreadable after", 1663, (1, 500, 501)),
+    }
+    after = {
+        5: DatabaseLocation("postgres", 1663, (1, 100, 101)),
+        6: DatabaseLocation("and back", 1663, (1, 210, 211)),
+        7: DatabaseLocation("version file only", 1663, (1, 300, 311)),
+        8: DatabaseLocation("unreadable before", 1663, (1, 400, 401)),
+        9: DatabaseLocation("unreadable after", 1663, None),
+    }
+    assert moved_databases(before, after) == ["and back", "version file only"]

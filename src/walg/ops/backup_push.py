@@ -231,7 +231,7 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     _warn_of_inherited_targets(pgdata)
     # Read before the backup starts: a move that commits later is seen as a change at the end,
     # one committed earlier is all before the backup's starting checkpoint.
-    databases = database_locations(conn)
+    databases = database_locations(conn, pgdata)
     session, start = _start(conn, info, settings, storage)
     name = backup_name(start.segment_name)
     log.info("backup %s started at LSN %s", name, format_lsn(start.lsn))
@@ -476,7 +476,7 @@ def _upload_backup(
     stop = session.stop(settings.stop_backup_timeout)
     # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
     # the wait for the archive below may last long (a standby's idle primary).
-    now_located = session.database_locations()
+    now_located = session.database_locations(pgdata)
     last_segment = Segment.before(start.timeline, stop.lsn, info.segment_size).name(
         info.segment_size
     )

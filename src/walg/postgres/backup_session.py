@@ -13,6 +13,7 @@ from the backup (see :func:`moved_databases`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,40 +102,73 @@ class BackupStop:
 
 @dataclass(frozen=True)
 class DatabaseLocation:
-    """A database's name and the OID of the tablespace holding it."""
+    """A database's name, the OID of the tablespace holding it and, where it could be read,
+    the identity of its directory: (device, inode of the directory, inode of its
+    ``PG_VERSION``)."""
 
     name: str
     tablespace: int
+    directory: tuple[int, int, int] | None = None
 
 
-def database_locations(conn: Any) -> dict[int, DatabaseLocation]:
-    """Each database's tablespace, by database OID."""
-    oids, names, tablespaces = query_one(
+def database_locations(conn: Any, pgdata: str) -> dict[int, DatabaseLocation]:
+    """Each database's tablespace and directory, by database OID."""
+    oids, names, tablespaces, directories = query_one(
         conn,
         "SELECT coalesce(array_agg(oid::bigint ORDER BY oid), '{}'),"
         " coalesce(array_agg(datname::text ORDER BY oid), '{}'),"
-        " coalesce(array_agg(dattablespace::bigint ORDER BY oid), '{}') FROM pg_database",
+        " coalesce(array_agg(dattablespace::bigint ORDER BY oid), '{}'),"
+        # TABLESPACE_VERSION_DIRECTORY is PG_<major>_<catalog version> from PostgreSQL 10 on.
+        " coalesce(array_agg(CASE WHEN dattablespace = 1663 THEN 'base/' || oid"
+        " ELSE 'pg_tblspc/' || dattablespace || '/PG_'"
+        " || current_setting('server_version_num')::int / 10000 || '_'"
+        " || (SELECT catalog_version_no FROM pg_control_system()) || '/' || oid END"
+        " ORDER BY oid), '{}') FROM pg_database",
     )
     return {
-        int(oid): DatabaseLocation(str(name), int(tablespace))
-        for oid, name, tablespace in zip(oids, names, tablespaces, strict=True)
+        int(oid): DatabaseLocation(
+            str(name), int(tablespace), _directory_identity(os.path.join(pgdata, str(directory)))
+        )
+        for oid, name, tablespace, directory in zip(
+            oids, names, tablespaces, directories, strict=True
+        )
     }
+
+
+def _directory_identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        folder = os.stat(path)
+        version = os.stat(os.path.join(path, "PG_VERSION"))
+    except OSError:  # a database dropped meanwhile, or left invalid by an interrupted DROP
+        return None
+    return folder.st_dev, folder.st_ino, version.st_ino
 
 
 def moved_databases(
     before: dict[int, DatabaseLocation], after: dict[int, DatabaseLocation]
 ) -> list[str]:
-    """Names of the databases that changed tablespace between two readings.
+    """Names of the databases that changed tablespace between two readings, or whose
+    directory was made anew in between: moved away and back.
 
     ``ALTER DATABASE … SET TABLESPACE`` copies the files without WAL-logging them, and
     recovery re-copies them from the old directory, which a backup reading while the move ran
     may have found already removed: the restored database cannot be opened. Databases created
-    or dropped in between are WAL-logged in full and do not count.
+    or dropped in between are WAL-logged in full and do not count. (A move copies into new
+    files: the directory and its ``PG_VERSION`` get new inodes, unless the filesystem hands
+    both freed numbers out again.)
     """
     return sorted(
         location.name
         for oid, location in after.items()
-        if oid in before and before[oid].tablespace != location.tablespace
+        if oid in before
+        and (
+            before[oid].tablespace != location.tablespace
+            or (
+                before[oid].directory is not None
+                and location.directory is not None
+                and before[oid].directory != location.directory
+            )
+        )
     )
 
 
@@ -235,8 +269,8 @@ class BackupSession:
             self._check_still_standby()
         return BackupStop(parse_lsn(lsn_text), label_file or "", spcmap or "")
 
-    def database_locations(self) -> dict[int, DatabaseLocation]:
-        return database_locations(self._conn)
+    def database_locations(self, pgdata: str) -> dict[int, DatabaseLocation]:
+        return database_locations(self._conn, pgdata)
 
     def archiver_status(self) -> ArchiverStatus:
         row = query_one(
