@@ -155,6 +155,18 @@ def test_backup_whose_file_list_exceeds_64_mib_restores(pg_workdir: Path, walg_b
     assert "files_metadata.json" in failed.stderr and "checksum" in failed.stderr
 
 
+def _restored_on_a_new_host(src: Cluster, tablespace: Path, walg: WalgSetup) -> Cluster:
+    """The latest backup restored and recovered to the end of the archive where the
+    tablespace's directory is gone, its data equal to the source's."""
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+    tablespace.rename(tablespace.with_name(f"{tablespace.name}-of-the-old-host"))
+    restored = restore_and_recover(src.install, src.datadir.parent, walg)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    return restored
+
+
 @pytest.mark.parametrize(
     "moves", [("pg_default",), ("pg_default", "ts1")], ids=["moved", "moved-and-back"]
 )
@@ -210,13 +222,7 @@ def test_database_moved_to_another_tablespace_during_backup_fails_it(
 
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO pgbench_history VALUES (1, 1, 1, 1, now(), 'after')")
-    archive_now(src)
-    expected = normalized_dump(src.pg_dumpall())
-    src.stop()
-    location.rename(pg_workdir / "ts1-of-the-old-host")
-
-    restored = restore_and_recover(install, pg_workdir, walg)
-    assert normalized_dump(restored.pg_dumpall()) == expected
+    restored = _restored_on_a_new_host(src, location, walg)
     assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "100000"
 
 
@@ -270,12 +276,7 @@ def test_database_moved_after_the_backup_stopped_keeps_the_backup(
     assert "moved to another tablespace" not in stderr
 
     src.psql("INSERT INTO keep VALUES (0, 'after the move')", dbname="moved")
-    archive_now(src)
-    expected = normalized_dump(src.pg_dumpall())
-    src.stop()
-    location.rename(pg_workdir / "ts1-of-the-old-host")
-    restored = restore_and_recover(install, pg_workdir, walg)
-    assert normalized_dump(restored.pg_dumpall()) == expected
+    restored = _restored_on_a_new_host(src, location, walg)
     assert restored.psql("SELECT count(*) FROM keep", dbname="moved") == "50001"
     assert (
         restored.psql(
