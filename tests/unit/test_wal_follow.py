@@ -74,12 +74,17 @@ class FakeWal:
         (self.dir / name).write_bytes(data)
 
     def write_pages(self, name: str, start: int, stop: int, fill: int = 0) -> None:
+        self.write_at(name, start, b"".join(page_bytes(name, p, fill) for p in range(start, stop)))
+
+    def write_at(self, name: str, start: int, data: bytes) -> None:
+        """``data`` written from page ``start`` on, in one write, into a recycled file if the
+        segment has none yet."""
         path = self.dir / name
         if not path.exists():
             self.recycled(name)
         with open(path, "r+b") as handle:
             handle.seek(start * PAGE)
-            handle.write(b"".join(page_bytes(name, p, fill) for p in range(start, stop)))
+            handle.write(data)
 
     def ready(self, name: str) -> None:
         (self.status / f"{name}.ready").touch()
@@ -523,16 +528,11 @@ def write_random_pages(wal: FakeWal, name: str, start: int, stop: int) -> None:
     Each page is whole (header and random body) in one write, in page order: a block the
     follower sees become final never still holds compressible content, which would leave the
     chunk unfilled and the failing write not done."""
-    path = wal.dir / name
-    if not path.exists():
-        wal.recycled(name)
     pages = []
     for page in range(start, stop):
         head = page_bytes(name, page, 0)[: 40 if page == 0 else 24]  # long header on page 0
         pages.append(head + os.urandom(PAGE - len(head)))
-    with open(path, "r+b") as handle:
-        handle.seek(start * PAGE)
-        handle.write(b"".join(pages))
+    wal.write_at(name, start, b"".join(pages))
 
 
 def test_no_descriptor_or_mapping_outlives_a_failed_segment_without_the_collector(
