@@ -168,3 +168,40 @@ def test_postgres_refuses_the_target_times_walg_refuses(
         )
         assert got.returncode != 0, time
         assert "invalid value" in got.stderr, (time, got.stderr)
+
+
+def test_a_sentinel_without_the_version_gets_the_settings_of_the_restored_server(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """WAL-E's sentinels (and WAL-G's that lack ``PgVersion``) do not say which PostgreSQL
+    made the backup. The restored ``PG_VERSION`` does: a 12+ server given ``recovery.conf``
+    refuses to start ("using recovery command file is not supported")."""
+    import json
+
+    from walgcli import WalgSetup, archive_now
+
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=archiving)
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO marks VALUES ('after the backup')")
+    archive_now(src)
+    src.stop()
+    (sentinel,) = walg.store.glob("basebackups_005/*_backup_stop_sentinel.json")
+    doc = json.loads(sentinel.read_text())
+    del doc["PgVersion"]
+    sentinel.write_text(json.dumps(doc))
+
+    dest = pg_workdir / "restored"
+    command = walg.command("wal-fetch", "%f", "%p")
+    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    assert not (dest / "recovery.conf").exists()
+    assert (dest / "recovery.signal").exists()
+    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert restored.psql("SELECT phase FROM marks") == "after the backup"
+    restored.stop()

@@ -107,7 +107,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         except (OSError, ValueError, FormatError) as exc:
             raise UsageError(f"--restore-spec {args.restore_spec}: {exc}") from None
     from walg.ops import catalog
-    from walg.ops.recovery import disable_inherited_targets, write_recovery_config
+    from walg.ops.recovery import (
+        disable_inherited_targets,
+        restored_version,
+        write_recovery_config,
+    )
     from walg.ops.target_backup import backup_for_target
 
     target = _recovery_target(args)
@@ -117,8 +121,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     result = backup_fetch(ctx.settings, ctx.storage(), args.destination, name, spec)
     sentinel = catalog.read_sentinel(ctx.storage(), result.name)
     dest = Path(result.destination)
+    pg_version = restored_version(dest, sentinel.pg_version)
     if target is not None:
-        write_recovery_config(dest, sentinel.pg_version, target)
+        write_recovery_config(dest, pg_version, target)
         if any((target.time, target.lsn, target.name, target.xid)):
             log.warning(
                 "after recovery, remove the target: ALTER SYSTEM RESET recovery_target_%s; "
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 else "xid",
             )  # fmt: skip
     else:
-        for setting in disable_inherited_targets(dest, sentinel.pg_version):
+        for setting in disable_inherited_targets(dest, pg_version):
             log.warning(
                 "postgresql.auto.conf of backup %s sets %s, left by an earlier "
                 "point-in-time restore; commented out so that it cannot stop this restore's "

@@ -350,6 +350,21 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
         raise
 
 
+def restored_version(dest: Path, recorded: int) -> int:
+    """The ``server_version_num`` of the major a restored ``dest`` is for, from its
+    ``PG_VERSION`` (``13``, ``9.6``); ``recorded`` (the sentinel's) where it cannot be read.
+
+    The file is what the server itself checks. WAL-E's sentinels record no version, and
+    taken as 0 a 12+ directory would get ``recovery.conf``, with which it refuses to start.
+    """
+    try:
+        text = (dest / "PG_VERSION").read_text(encoding="ascii").strip()
+        major, _, minor = text.partition(".")
+        return int(major) * 10000 + (int(minor) * 100 if minor else 0)
+    except (OSError, ValueError):
+        return recorded
+
+
 def write_recovery_config(dest: Path, pg_version: int, target: RecoveryTarget) -> list[str]:
     """Write the settings and signal file; returns the files written."""
     target.check()
