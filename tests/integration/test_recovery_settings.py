@@ -205,3 +205,28 @@ def test_a_sentinel_without_the_version_gets_the_settings_of_the_restored_server
     restored.wait_for_recovery_end(timeout=300)
     assert restored.psql("SELECT phase FROM marks") == "after the backup"
     restored.stop()
+
+
+def test_a_target_name_the_server_would_refuse_is_refused(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """A restore point name has at most 63 bytes (pg_create_restore_point makes no longer
+    one), and the server refuses to start with a longer recovery_target_name: backup-fetch
+    refuses it before restoring anything, not after."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    auto = cluster.datadir / "postgresql.auto.conf"
+    base = auto.read_text()
+    for name in ("n" * 63, "é" * 31 + "n"):
+        target = RecoveryTarget("walg wal-fetch %f %p", name=name)
+        target.check()
+        write_recovery_config(cluster.datadir, pg_install.major * 10000, target)
+        assert _setting(cluster, "recovery_target_name") == name
+    for name in ("n" * 64, "é" * 32):
+        auto.write_text(base + f"recovery_target_name = '{name}'\n")
+        got = cluster.run(
+            ["postgres", "-C", "recovery_target_name", "-D", str(cluster.datadir)], check=False
+        )
+        assert got.returncode != 0, name
+        assert "invalid value" in got.stderr, (name, got.stderr)
+        with pytest.raises(UsageError, match="--target-name"):
+            RecoveryTarget("walg wal-fetch %f %p", name=name).check()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 RECOVERY_ACTIONS = ("pause", "promote", "shutdown")
+MAX_NAME_BYTES = 63
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class RecoveryTarget:
                 ) from None
         if self.time:
             check_target_time(self.time)
+        # The server's limit (MAXFNAMELEN less its NUL), in bytes; no restore point has a
+        # longer name, and with one the restored server would refuse to start.
+        if self.name and len(self.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise UsageError(
+                f"--target-name {self.name!r} is longer than {MAX_NAME_BYTES} bytes, the "
+                "longest name a restore point can have"
+            )
         # PostgreSQL reads both numbers with base prefixes (a leading 0 is octal): only plain
         # decimal means what it says.
         if self.xid and not _plain_number(self.xid, 1 << 64):
