@@ -793,3 +793,45 @@ def test_a_destination_the_daemon_cannot_write_is_answered_and_named(
     assert f"cannot write {in_the_way}" in log, log
     assert (in_the_way / "sub").is_dir()
     assert not [p for p in (env.pgdata / "pg_wal").iterdir() if ".walg-" in p.name]
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
+    walg_bin: str, tmp_path: Path, signals: tuple[str, ...], expected: int
+) -> None:
+    """The installed script in a venv whose walg is gone (a broken upgrade): a fetch fails
+    with 128 in archive recovery only. A standby given 128 stops (PostgreSQL takes it for a
+    fatal signal) where 1 lets it retry and stream on."""
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    script = bindir / "walg-daemon-client"
+    script.write_bytes(Path(walg_bin).with_name("walg-daemon-client").read_bytes())
+    script.chmod(0o755)
+    (bindir / "python3").symlink_to(Path(walg_bin).with_name("python3"))
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    for name in signals:
+        (pgdata / name).touch()
+    env = {"PATH": os.environ.get("PATH", ""), "WALG_DAEMON_CLIENT_PYTHON": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/sh", "-c", f'"{script}" "$@"', "sh", str(tmp_path / "sock"), *args],
+            env=env,
+            cwd=pgdata,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    fetched = run("wal-fetch", SEG, "pg_wal/RECOVERYXLOG")
+    assert "cannot load walg" in fetched.stderr
+    assert fetched.returncode == expected, fetched.stderr
+    pushed = run("wal-push", f"pg_wal/{SEG}")
+    assert "cannot load walg" in pushed.stderr
+    assert pushed.returncode == 1, pushed.stderr
