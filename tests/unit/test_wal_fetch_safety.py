@@ -630,3 +630,32 @@ def test_a_full_wal_volume_is_a_failure_that_stops_recovery_and_leaves_nothing(
     got = _fetch(walg_bin, store, pgdata, name, **env)
     assert got.returncode == 1, got.stderr
     assert list((pgdata / "pg_wal").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
+    walg_bin: str, tmp_path: Path, signals: tuple[str, ...], expected: int
+) -> None:
+    """The installed command run by a Python that cannot import walg (a broken upgrade, a
+    venv whose site-packages is gone): in archive recovery a failed restore_command must
+    exit above 125, or PostgreSQL takes the failure for the end of the archive and promotes
+    without the rest of the WAL. The interpreter's own exit for an ImportError is 1."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    for name in signals:
+        (pgdata / name).touch()
+    fetched = subprocess.run(
+        ["/usr/bin/python3", "-S", "-E", walg_bin, "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"],
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert fetched.returncode == expected, fetched.stderr
+    assert "cannot load walg" in fetched.stderr
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
