@@ -659,3 +659,39 @@ def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
     assert fetched.returncode == expected, fetched.stderr
     assert "cannot load walg" in fetched.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 2), ((), 2)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+@pytest.mark.parametrize(
+    "arguments",
+    [["wal-fetch", NAME], ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "extra"]],
+    ids=["missing-dest", "extra-argument"],
+)
+def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
+    walg_bin: str,
+    tmp_path: Path,
+    signals: tuple[str, ...],
+    expected: int,
+    arguments: list[str],
+) -> None:
+    """restore_command = 'walg wal-fetch %f' (no %p): PostgreSQL runs it in the data
+    directory, and the usage error's 2 would read as "not in the archive": recovery would
+    end at the backup and promote without any archived WAL."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    for name in signals:
+        (pgdata / name).touch()
+    fetched = subprocess.run(
+        [walg_bin, *arguments],
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert fetched.returncode == expected, fetched.stderr
+    assert "usage" in fetched.stderr

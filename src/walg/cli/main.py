@@ -13,7 +13,13 @@ import sys
 from types import SimpleNamespace
 
 from walg import __version__
-from walg.errors import EXIT_FAILURE, EXIT_NOT_FOUND, WalgError, WalNotFound
+from walg.errors import (
+    EXIT_ABORT_RECOVERY,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    WalgError,
+    WalNotFound,
+)
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -127,6 +133,10 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
                 # stdout must fail here, not in the interpreter's flush at exit.
                 if sys.stdout is not None:
                     sys.stdout.flush()
+        except SystemExit as exc:
+            if exc.code and _fetch_in_archive_recovery(arguments):
+                return EXIT_ABORT_RECOVERY, fast
+            raise
         except BrokenPipeError:
             return _reader_gone(), fast
         except OSError as exc:  # --help or a usage message to a full or closed stream
@@ -185,6 +195,27 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
 
         code = failure_exit_code(args.destination, code)
     return code, fast
+
+
+def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
+    """Is this a ``wal-fetch`` run in a data directory in archive recovery?
+
+    PostgreSQL runs restore_command there. A wal-fetch with wrong arguments
+    (``restore_command = 'walg wal-fetch %f'``) then exits ``EXIT_ABORT_RECOVERY``: its usage
+    error's 2 would read as "not in the archive", and recovery would end at once and promote
+    without the archived WAL.
+    """
+    import os
+
+    rest = arguments[2:] if arguments[:1] == ["--config"] else arguments
+    if rest[:1] != ["wal-fetch"]:
+        return False
+    from walg.cli.wal_fetch import in_archive_recovery
+
+    try:
+        return in_archive_recovery(os.getcwd())
+    except OSError:  # no working directory: nothing to tell by
+        return False
 
 
 def _reader_gone() -> int:

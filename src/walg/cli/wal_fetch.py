@@ -105,11 +105,14 @@ def failure_exit_code(destination: str, code: int) -> int:
     if code in (0, EXIT_NOT_FOUND):
         return code
     pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    if os.path.exists(os.path.join(pgdata, "recovery.signal")) and not os.path.exists(
+    return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else code
+
+
+def in_archive_recovery(pgdata: str) -> bool:
+    """Is ``pgdata`` a data directory in archive recovery (not a standby)?"""
+    return os.path.exists(os.path.join(pgdata, "recovery.signal")) and not os.path.exists(
         os.path.join(pgdata, "standby.signal")
-    ):
-        return EXIT_ABORT_RECOVERY
-    return code
+    )
 
 
 def _segment_size(ctx: Context, destination: str) -> int:
