@@ -14,7 +14,7 @@
  * (SO_PEERCRED): anyone else's listener could answer "done" to every push.
  *
  * Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
- * wal-fetch in archive recovery (recovery.signal and no standby.signal in the directory above
+ * (or wrongly given) wal-fetch in archive recovery (recovery.signal and no standby.signal in the directory above
  * DEST's directory, as %p is pg_wal/RECOVERYXLOG): 128 there. PostgreSQL takes a
  * restore_command status of 1 to 125 for "not in the archive" and would end recovery and
  * promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A standby
@@ -348,6 +348,13 @@ int main(int argc, char **argv)
 
     if (argc < 3 || (built = build(&m, argc, argv)) == -1) {
         fputs(usage, stderr);
+        /*
+         * A wal-fetch in a data directory in archive recovery (PostgreSQL runs restore_command
+         * there): 2 would read as "not in the archive" ('... wal-fetch %f', no %p).
+         */
+        if (argc >= 3 && strcmp(argv[2], "wal-fetch") == 0 && exists_in(".", "recovery.signal") &&
+            !exists_in(".", "standby.signal"))
+            return EXIT_ABORT_RECOVERY;
         return EXIT_USAGE;
     }
     const char *path = argv[1], *command = argv[2];

@@ -17,8 +17,9 @@ must belong to this user or to root: on a directory others can write, anyone els
 could answer "done" to every push.
 
 Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
-``wal-fetch`` in archive recovery (``recovery.signal`` and no ``standby.signal`` in the data
-directory that holds DEST's directory, as ``%p`` is ``pg_wal/RECOVERYXLOG``): 128 there.
+(or wrongly given) ``wal-fetch`` in archive recovery (``recovery.signal`` and no
+``standby.signal`` in the data directory that holds DEST's directory, as ``%p`` is
+``pg_wal/RECOVERYXLOG``, or for wrong arguments the working directory): 128 there.
 PostgreSQL takes a restore_command status of 1 to 125 for "not in the archive" and would end
 recovery and promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A
 standby retries (and streams), so it gets 1. A push whose daemon is not running fails
@@ -38,6 +39,7 @@ import time
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 74
 EXIT_ABORT_RECOVERY = 128
 DEFAULT_TIMEOUT = 300.0
@@ -120,10 +122,21 @@ def _failed(command: str, dest: str) -> int:
     if command != "wal-fetch":
         return EXIT_FAILURE
     pgdata = os.path.dirname(os.path.dirname(os.path.abspath(dest)))
+    return EXIT_ABORT_RECOVERY if _in_archive_recovery(pgdata) else EXIT_FAILURE
+
+
+def _in_archive_recovery(pgdata: str) -> bool:
     recovery = os.path.exists(os.path.join(pgdata, "recovery.signal"))
-    if recovery and not os.path.exists(os.path.join(pgdata, "standby.signal")):
+    return recovery and not os.path.exists(os.path.join(pgdata, "standby.signal"))
+
+
+def _usage_error(command: str) -> int:
+    """The exit code of a command line that is wrong: 2, but for a wal-fetch run in a data
+    directory in archive recovery (PostgreSQL runs restore_command there), where 2 would
+    read as "not in the archive" (``restore_command = '... wal-fetch %f'``, no %p)."""
+    if command == "wal-fetch" and _in_archive_recovery("."):
         return EXIT_ABORT_RECOVERY
-    return EXIT_FAILURE
+    return EXIT_USAGE
 
 
 def _timeout(text: "str | None") -> "float | None":
@@ -167,7 +180,7 @@ def main(argv: "list[str] | None" = None) -> int:
     usage = "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check)"
     if len(args) < 2:
         _say(usage + "\n")
-        return 2
+        return EXIT_USAGE
     path, command, rest = args[0], args[1], args[2:]
     # The absolute paths: the daemon refuses files outside the data directory it serves
     # (PostgreSQL runs the command in its own, so %p is relative to it).
@@ -179,7 +192,7 @@ def main(argv: "list[str] | None" = None) -> int:
         message = _message(b"C", b"")
     else:
         _say(usage + "\n")
-        return 2
+        return _usage_error(command)
     dest = rest[1] if command == "wal-fetch" else ""
     timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
     if timeout is None:

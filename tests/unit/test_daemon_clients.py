@@ -835,3 +835,26 @@ def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
     pushed = run("wal-push", f"pg_wal/{SEG}")
     assert "cannot load walg" in pushed.stderr
     assert pushed.returncode == 1, pushed.stderr
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 2), ((), 2)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+@pytest.mark.parametrize(
+    "args",
+    [["wal-fetch", SEG], ["wal-fetch", SEG, "pg_wal/RECOVERYXLOG", "extra"]],
+    ids=["missing-dest", "extra-argument"],
+)
+def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
+    env: Env, client: Client, signals: tuple[str, ...], expected: int, args: list[str]
+) -> None:
+    """restore_command = 'walg-daemon-client SOCK wal-fetch %f' (no %p), run by PostgreSQL
+    in its data directory: 2 would read as "not in the archive", and recovery would end at
+    once and promote without the archived WAL."""
+    for name in signals:
+        (env.pgdata / name).touch()
+    res = env.run(client, str(env.socket), *args, cwd=env.pgdata)
+    assert res.returncode == expected, res.stderr
+    assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
