@@ -231,3 +231,53 @@ def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
     by_time = _recover(install, walg, pg_workdir / "by-time", "--target-time", second_target)
     assert _phases(by_time) == ["a", "c"]
     by_time.stop()
+
+
+def test_a_restore_that_stops_before_a_branch_leaves_a_history_walg_reads(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A point-in-time restore to a time before timeline 2 branched off, following latest
+    (the default), stops on timeline 1; PostgreSQL copies timeline 2's history into the new
+    one's and appends the stop point, earlier than timeline 2's own switch. It reads such a
+    history (it checks the order of timelines, not of switch points), and so must walg: the
+    prefetcher, wal-verify and backup-fetch's choice of a backup follow it."""
+    from walg.ops.wal import read_history
+    from walg.storage.file import FileStorage
+
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(install, pg_workdir / "src", conf=archiving)
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    target_time = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "b")
+    archive_now(src)
+    src.stop()
+
+    first = _recover(install, walg, pg_workdir / "first", conf=archiving)
+    first.checkpoint()
+    _mark(first, "c")
+    archive_now(first)
+    first.stop()
+
+    second = _recover(
+        install, walg, pg_workdir / "second", "--target-time", target_time, conf=archiving
+    )
+    assert _phases(second) == ["a"]
+    second.checkpoint()
+    archive_now(second)
+    second.stop()
+
+    shown = (walg.store / "wal_005").iterdir()
+    history = read_history(FileStorage(str(walg.store)), 3)
+    assert history is not None, sorted(p.name for p in shown)
+    assert history.timelines() == [1, 2, 3]
+    # Timeline 3 began where the restore stopped on timeline 1, before timeline 2 branched.
+    stop = history.switches[1].lsn
+    assert stop < history.switches[0].lsn
+    assert history.end_lsn(1) == history.end_lsn(2) == stop
+    assert history.timeline_of(stop // (16 << 20)) == 3

@@ -248,3 +248,25 @@ def test_names_that_are_also_abbreviations_have_the_abbreviations_fixed_offset()
     assert time_bounds("2026-07-01 12:00:00 WET")[0] == _ns("2026-07-01T12:00:00+00:00")
     assert time_bounds("2026-07-01 12:00:00 Europe/Paris")[0] == _ns("2026-07-01T10:00:00+00:00")
     assert time_bounds("2026-01-15 12:00:00 CET")[0] == _ns("2026-01-15T11:00:00+00:00")
+
+
+def test_a_history_whose_last_switch_is_earlier_is_followed() -> None:
+    """Timeline 3 began on timeline 1 at 0/3000000, before timeline 2 branched off at
+    0/8000000 (a restore to a point before the branch, following timeline 2): PostgreSQL
+    writes timeline 2's history with that earlier stop appended. A timeline-1 backup that
+    ended between the two cannot reach timeline 3."""
+    storage = MemoryStorage()
+    _history(storage, 2, "1\t0/8000000\tno recovery target specified\n")
+    _history(
+        storage,
+        3,
+        "1\t0/8000000\tno recovery target specified\n\n"
+        "2\t0/3000000\tbefore 2026-11-25 11:00:00+00\n",
+    )
+    early, late = "base_000000010000000000000002", "base_000000010000000000000005"
+    _backup(storage, early, "2026-11-25T10:00:00+00:00", "0/2000100")
+    _backup(storage, late, "2026-11-25T12:00:00+00:00", "0/5000100")
+    target = RecoveryTarget("c", time="2026-11-25 14:00:00+00")
+    assert backup_for_target(storage, "LATEST", target) == early
+    with pytest.raises(UsageError, match="branched off timeline 1 at 0/3000000"):
+        backup_for_target(storage, late, target)

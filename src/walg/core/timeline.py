@@ -52,8 +52,11 @@ class History:
             except ValueError:
                 raise FormatError(f"{timeline:08X}.history line {number}: {raw!r}") from None
             switches.append(Switch(parent, parse_lsn(fields[1])))
+        # Timelines only, as PostgreSQL checks: switch points may go back. A restore to a point
+        # before timeline 2 branched off, following timeline 2, stops on timeline 1; the
+        # new timeline's history is timeline 2's with that earlier stop point appended.
         for earlier, later in pairwise(switches):
-            if later.parent <= earlier.parent or later.lsn < earlier.lsn:
+            if later.parent <= earlier.parent:
                 raise FormatError(f"{timeline:08X}.history is not in increasing order")
         if switches and switches[-1].parent >= timeline:
             raise FormatError(f"{timeline:08X}.history names a parent newer than itself")
@@ -64,6 +67,14 @@ class History:
         chain = [s.parent for s in self.switches] + [self.timeline]
         index = chain.index(timeline)
         return 0 if index == 0 else self.switches[index - 1].lsn
+
+    def end_lsn(self, timeline: int) -> int | None:
+        """Where this history leaves ``timeline`` (an ancestor), None for this one: its own
+        switch point, or a later entry's where that is earlier (see :meth:`parse`)."""
+        parents = [s.parent for s in self.switches]
+        if timeline not in parents:
+            return None
+        return min(s.lsn for s in self.switches[parents.index(timeline) :])
 
     def timelines(self) -> list[int]:
         return [s.parent for s in self.switches] + [self.timeline]

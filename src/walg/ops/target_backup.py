@@ -174,13 +174,13 @@ class _Timelines:
         history = self._histories[target]
         if history is None:
             return f"{history_file_name(target)} cannot be read from storage"
-        left = [s.lsn for s in history.switches if s.parent == end.timeline]
-        if not left:
+        left = history.end_lsn(end.timeline)
+        if left is None:
             return f"its timeline {end.timeline} is not in the history of timeline {target}"
-        if end.finish_lsn is not None and end.finish_lsn > left[0]:
+        if end.finish_lsn is not None and end.finish_lsn > left:
             return (
                 f"it ends at LSN {format_lsn(end.finish_lsn)}, after timeline {target} branched "
-                f"off timeline {end.timeline} at {format_lsn(left[0])}"
+                f"off timeline {end.timeline} at {format_lsn(left)}"
             )
         return None
 
