@@ -1101,3 +1101,52 @@ def test_failed_pushes_in_the_daemon_leave_no_descriptor_or_mapping_without_the_
     finally:
         daemon.close()
         gc.enable()
+
+
+# Two calls for one name at once, from two clusters archiving into the same storage.
+
+
+def test_two_calls_racing_with_different_content_never_both_succeed(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """Two standbys promoted to the same timeline each archive their own 00000002.history
+    (always checked): the first call checks, finds nothing and is slow to store (a delay at
+    its write); the second checks, finds nothing and stores its own. The first must not then
+    replace it and exit 0: one of them fails, and what is stored is what the other archived."""
+    name = "00000002.history"
+    first, second = PgWal(tmp_path / "a", walg_bin), PgWal(tmp_path / "b", walg_bin)
+    second.store = first.store
+    second.env["WALG_FILE_PREFIX"] = str(first.store)
+    first.add(name, b"1\t0/3000000\tno recovery target specified\n")
+    second.add(name, b"1\t0/5000000\tno recovery target specified\n")
+    slow = {
+        **first.env,
+        "WALG_FAULT_INJECTION": json.dumps([{"op": "write", "key": r"\.history", "delay": 4}]),
+    }
+    with first.log.open("a") as err:
+        racing = subprocess.Popen(
+            [walg_bin, "wal-push", f"pg_wal/{name}"],
+            env=slow,
+            cwd=first.root,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        # The call holds the file's lock from before its overwrite check until it ends.
+        lock = first.status / f"{name}.lock"
+        deadline = time.monotonic() + 30
+        while not lock.exists():
+            assert racing.poll() is None and time.monotonic() < deadline, first.log.read_text()
+            time.sleep(0.01)
+        time.sleep(0.5)  # its check is done (a few stat calls); it waits at its write
+        assert racing.poll() is None
+        assert second.walg("wal-push", f"pg_wal/{name}").returncode == 0, second.log.read_text()
+        assert racing.wait(timeout=60) != 0, "both calls reported the file archived"
+    finally:
+        racing.kill()
+        racing.wait()
+    assert "different content" in first.log.read_text()
+    fetched = tmp_path / "fetched"
+    assert second.walg("wal-fetch", name, str(fetched)).returncode == 0
+    assert fetched.read_bytes() == (second.dir / name).read_bytes(), "the first stored is kept"
+    assert first.stored() == [f"{name}.lz4"]

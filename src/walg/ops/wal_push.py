@@ -117,9 +117,11 @@ def push_one(
     the file meanwhile (archived by another call) and recycle it: rename it and write a later
     segment into the same inode. So before it commits, after its last read, the file must be
     the one it opened, unchanged (inode, size, mtime, ctime) and still ``.ready`` (PostgreSQL
-    removes that before it may recycle the file); otherwise the upload is abandoned. And it
-    never replaces an object: one stored meanwhile is compared instead, and an equal one is
-    success (``uploaded`` False).
+    removes that before it may recycle the file); otherwise the upload is abandoned.
+
+    A look-ahead upload, and any upload the overwrite check applies to, never replaces an
+    object: one stored meanwhile (after the check) is compared instead, an equal one is
+    success (``uploaded`` False) and a different one a :class:`WalOverwriteError`.
     """
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
@@ -127,7 +129,8 @@ def push_one(
         raise UsageError(f"WAL file {source} does not exist")
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
-    if not absent and (settings.prevent_wal_overwrite or name.endswith(".history")):
+    checked = settings.prevent_wal_overwrite or name.endswith(".history")
+    if not absent and checked:
         existing = find_wal_object(storage, name)
         if existing is not None:
             if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
@@ -137,21 +140,27 @@ def push_one(
                 f"WAL file {name} is already archived as {existing[0]} with different "
                 "content; refusing to overwrite it"
             )
+    # Checked, the upload must also not replace what is stored when it commits: the check
+    # above is an instant long before that, and another cluster archiving into the same
+    # storage (two standbys promoted to the same timeline, each with its own history file)
+    # may have stored its own file meanwhile.
+    keep = checked or ready is not None
     with open(source, "rb", buffering=0) as handle:
         opened = os.fstat(handle.fileno())
         try:
-            up = _upload_file(storage, key, codec, source, handle, opened, threads, ready)
+            up = _upload_file(storage, key, codec, source, handle, opened, threads, ready, keep)
         except StorageError:
-            if ready is None or not storage.exists(key):
+            if not keep or not storage.exists(key):
                 raise
             # Stored meanwhile by a writer this upload's lock does not keep out: a standby
             # archiving the same WAL (archive_mode = always), WAL-G, another host.
             if not _same_content(storage, key, codec, source):
                 raise WalOverwriteError(
-                    f"WAL file {name} was archived as {key} during a look-ahead upload, with "
-                    "different content; left as it is"
+                    f"WAL file {name} was archived as {key} by another writer while this "
+                    "upload ran, with different content; left as it is"
                 ) from None
-            _check_unchanged(handle, opened, source, ready)
+            if ready is not None:
+                _check_unchanged(handle, opened, source, ready)
             log.info("WAL file %s was archived meanwhile with equal content", name)
             return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
     return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))
@@ -166,9 +175,12 @@ def _upload_file(
     opened: os.stat_result,
     threads: int,
     ready: str | None,
+    keep: bool,
 ) -> Upload:
-    """Compress and store ``source``, open in ``handle``; see :func:`push_one` for ``ready``."""
-    overwrite = ready is None
+    """Compress and store ``source``, open in ``handle``; see :func:`push_one` for ``ready``.
+    ``keep``: an object stored under ``key`` by the time the upload commits is kept, and the
+    upload fails (:class:`StorageError`)."""
+    overwrite = not keep
     # A look-ahead upload compresses in this thread: its check must come after the last read,
     # and the compressor threads of a parallel upload read the mapping until it closes.
     if threads > 1 and ready is None:
@@ -178,7 +190,9 @@ def _upload_file(
         # (PostgreSQL never truncates a segment it has handed to archive_command.)
         with (
             mapped_file(handle) as data,
-            upload(storage, key, codec, threads=threads, hash_stored=False) as up,
+            upload(
+                storage, key, codec, threads=threads, hash_stored=False, overwrite=overwrite
+            ) as up,
         ):
             up.writer.write(data)
         return up
