@@ -219,6 +219,50 @@ def test_an_archived_name_is_left_to_wal_push(setup, tmp_path: Path) -> None:  #
     assert follower.wait_for(NAME, 1) is False
 
 
+class _StoredDuringCheck(FileStorage):
+    """File storage where another writer stores ``data`` under ``key`` while the "already
+    archived?" check probes its last extension: after the check has looked at ``key`` and
+    before anything could commit."""
+
+    def __init__(self, root: Path, key: str, data: bytes) -> None:
+        super().__init__(str(root))
+        self._key, self._data = key, data
+        self.stored = False
+
+    def exists(self, key: str) -> bool:
+        if key.endswith(".zst") and not self.stored:
+            self.stored = True
+            with FileStorage(self.root).open_write(self._key) as sink:
+                sink.write(self._data)
+        return super().exists(key)
+
+
+def test_an_object_stored_after_the_check_is_never_replaced(tmp_path: Path) -> None:
+    """Another writer (a second cluster archiving into the same storage) stores its own
+    segment under the name while the follower finishes: the follower must not replace it;
+    the segment goes the usual way, where wal-push compares."""
+    settings = make_settings(tmp_path)
+    key = f"wal_005/{NAME}.lz4"
+    other = lz4.frame.compress(b"another cluster's segment")
+    storage = _StoredDuringCheck(tmp_path / "store", key, other)
+    wal = FakeWal(tmp_path)
+    follower = WalFollower(settings, storage, str(wal.dir), claim=lambda name: True)
+    try:
+        wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+        follower.start()
+        wait_until(lambda: follower.following(NAME))
+        wal.ready(NAME)
+        wait_until(lambda: not follower.following(NAME))
+        assert storage.stored
+        with storage.open_read(key) as source:
+            assert source.read() == other, "the object stored first is kept"
+        assert follower.wait_for(NAME, 1) is False
+        assert not marker(wal, settings, NAME).exists()
+    finally:
+        follower.stop()
+    assert temp_files(tmp_path) == []
+
+
 def test_a_claim_refused_leaves_the_segment_to_the_uploader(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     storage = FileStorage(str(tmp_path / "store"))

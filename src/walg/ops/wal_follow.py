@@ -15,7 +15,8 @@ check against PostgreSQL's own writes, not against an adversary, so the fastest 
 about four times BLAKE3's speed here.) Any difference (a file rewritten or replaced, a filesystem
 that shows writes out of order) discards the prepared object and the segment is archived from
 scratch by the usual path. The overwrite rules of ``wal-push`` apply: a name that is already
-archived is handed to that path too.
+archived is handed to that path too, and so is one stored by another writer while the segment
+was being finished (the commit never replaces an object).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
 from walg.core.walpage import PAGE_HEADER, segment_file_magic, valid_segment_file
+from walg.errors import StorageError
 from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
 from walg.ops.wal_push import status_dir
 
@@ -411,7 +413,9 @@ class WalFollower:
 
         if current.sink is None:
             codec_key = wal_key(current.name, "lz4")
-            current.writer = self._storage.open_write(codec_key)
+            # Never replacing: the finish looks for an archived object long before the commit,
+            # and another writer (a second cluster on the same storage) may store one between.
+            current.writer = self._storage.open_write(codec_key, overwrite=False)
             current.opened_at = time.monotonic()
             current.sink = current.writer.__enter__()
             header = lz4frame.frame_header(content_checksum=False)
@@ -447,7 +451,14 @@ class WalFollower:
             current.stored += len(tail)
             writer, current.writer, current.sink = current.writer, None, None
             assert writer is not None
-            writer.__exit__(None, None, None)
+            try:
+                writer.__exit__(None, None, None)
+            except StorageError:
+                if not self._storage.exists(wal_key(name, "lz4")):
+                    raise
+                raise _Discarded(
+                    "archived meanwhile by another writer; wal-push compares it"
+                ) from None
             with self._lock:
                 waiting = name in self._results
             if not waiting:
