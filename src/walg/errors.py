@@ -74,10 +74,13 @@ class WalNotFound(WalgError):
 
 
 class RequestAbandoned(WalgError):
-    """The daemon's caller gave up on a wal-fetch before its file was put in place."""
+    """The daemon gave up on a request (or its caller did) before its work was committed: a
+    wal-fetch's file put in place, a wal-push's object stored."""
 
-    def __init__(self) -> None:
-        super().__init__("the request was abandoned before the file was in place")
+    def __init__(
+        self, message: str = "the request was abandoned before the file was in place"
+    ) -> None:
+        super().__init__(message)
 
 
 class WalOverwriteError(WalgError):

@@ -364,3 +364,54 @@ def test_without_lookahead_abandoned_temporaries_are_swept_too(env: Env) -> None
         time.sleep(0.05)
     log = env.stop()
     assert not old.exists(), log
+
+
+def _walg(env: Env, variables: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """walg itself (no daemon) with ``variables`` as its environment."""
+    return subprocess.run(
+        [env.walg_bin, *args], env=variables, capture_output=True, text=True, check=False
+    )
+
+
+def test_a_push_past_its_limit_never_commits_what_it_reads_later(env: Env) -> None:
+    """A push held up by storage gets E at its time limit; PostgreSQL then archives the
+    segment by a later call and recycles the file (renamed, a later segment written into the
+    same inode). The push the daemon gave up on must not go on to commit what it reads from
+    the file then over the archived segment (WALG_PREVENT_WAL_OVERWRITE=false replaces)."""
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    segment = wal / SEG
+    original = os.urandom(BIG)
+    segment.write_bytes(original)
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    plain = dict(env.env, WALG_PREVENT_WAL_OVERWRITE="false")
+    env.env.update(
+        {
+            "WALG_PREVENT_WAL_OVERWRITE": "false",
+            "WALG_UPLOAD_CONCURRENCY": "1",
+            "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "1s",
+            "WALG_FAULT_INJECTION": '[{"op": "write", "key": "wal_005", "delay": 4}]',
+        }
+    )
+    env.start()
+    started = time.monotonic()
+    assert _request(env.socket, b"F", str(segment).encode()) == b"E"
+    # PostgreSQL's next call archives the segment (here walg itself, storage answering again)...
+    copy = env.root / "copy" / "pg_wal"
+    copy.mkdir(parents=True)
+    (copy / SEG).write_bytes(original)
+    done = _walg(env, plain, "wal-push", str(copy / SEG))
+    assert done.returncode == 0, done.stderr
+    # ...and, told it is archived, recycles the file for a later segment.
+    (wal / "archive_status" / f"{SEG}.ready").rename(wal / "archive_status" / f"{SEG}.done")
+    later = wal / "000000010000000000000009"
+    segment.rename(later)
+    with later.open("r+b") as handle:
+        handle.write(os.urandom(BIG))
+    time.sleep(max(0.0, started + 6 - time.monotonic()))  # the held-up push has woken
+    log = env.stop()
+    fetched = env.root / "fetched"
+    got = _walg(env, plain, "wal-fetch", SEG, str(fetched))
+    assert got.returncode == 0, got.stderr
+    assert fetched.read_bytes() == original, log
+    assert [p.name for p in (env.store / "wal_005").iterdir()] == [f"{SEG}.lz4"]

@@ -91,14 +91,16 @@ def _text(data: bytes) -> str:
         raise UsageError(f"request argument is not UTF-8: {shown(repr(data))}") from None
 
 
-class FetchGate:
-    """Decides, once, whether a fetch may still put its file in place.
+class RequestGate:
+    """Decides, once, whether a fetch may still put its file in place, or a push store its
+    object.
 
-    The download runs in a worker; the request handler may give up on it (time limit) while
-    it runs. ``commit`` (called by wal_fetch just before its rename) and ``abandon`` (called by
-    the handler) take the same lock, so exactly one of them wins: after ``commit`` answered
-    True the handler waits for the rename and replies O; after ``abandon`` every ``commit``
-    answers False and the file is discarded.
+    The work runs in a worker; the request handler may give up on it (time limit) while it
+    runs. ``commit`` (called by wal_fetch just before its rename, by push_one just before the
+    object is committed) and ``abandon`` (called by the handler) take the same lock, so
+    exactly one of them wins: after ``commit`` answered True the handler waits for the commit
+    and replies by its outcome; after ``abandon`` every ``commit`` answers False and the work
+    is discarded.
     """
 
     def __init__(self, client_open: Callable[[], bool] | None = None) -> None:
@@ -233,14 +235,44 @@ class Daemon:
         self._prefetch.shutdown(wait=True, cancel_futures=True)
         self._work.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, fn: Any, *args: Any) -> Any:
-        future = self._work.submit(fn, *args)
-        try:
-            return future.result(timeout=self.timeout)
-        except FutureTimeout:
-            raise WalgError(f"request did not finish within {self.timeout:.0f} s") from None
+    def _push(self, path: str, client_open: Callable[[], bool] | None) -> None:
+        """Archive ``path`` in a worker, within the upload time limit.
 
-    def push(self, name: str) -> bytes:
+        A push given up on (its limit, or a client gone) commits nothing afterwards: the
+        reply told PostgreSQL it failed, and PostgreSQL may then archive the file by another
+        call and recycle it, while this upload still reads it (a later segment's bytes,
+        stored under this name: with WALG_PREVENT_WAL_OVERWRITE=false over the good copy).
+        """
+        gate = RequestGate(client_open)
+        try:
+            future = self._work.submit(
+                push_one,
+                self.settings,
+                self.storage,
+                path,
+                solo_threads(),
+                commit=gate.commit,
+            )
+        except RuntimeError:  # the pool is shut down: the daemon is stopping
+            raise WalgError("the daemon is shutting down") from None
+        try:
+            try:
+                future.result(timeout=self.timeout)
+            except FutureTimeout:
+                if gate.abandon():
+                    future.cancel()
+                    raise WalgError(
+                        f"request did not finish within {self.timeout:.0f} s; nothing of it "
+                        "will be committed"
+                    ) from None
+                # Every byte was read: only the commit is left, and the reply says how it went.
+                future.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise WalgError(f"request did not finish within {2 * self.timeout:.0f} s") from None
+        except CancelledError:
+            raise WalgError("the daemon is shutting down") from None
+
+    def push(self, name: str, client_open: Callable[[], bool] | None = None) -> bytes:
         check_wal_file_name(name)
         marker = marker_path(status_dir(self.wal_dir), name, self.settings.destination_key)
         path = os.path.join(self.wal_dir, name)
@@ -257,7 +289,7 @@ class Daemon:
             taken = False
         if taken:
             return OK
-        self._run(push_one, self.settings, self.storage, path, solo_threads())
+        self._push(path, client_open)
         return OK
 
     @staticmethod
@@ -310,7 +342,7 @@ class Daemon:
     ) -> bytes:
         """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
         dest = self._fetch_destination(destination)
-        gate = FetchGate(client_open)
+        gate = RequestGate(client_open)
         try:
             future = self._work.submit(
                 wal_fetch, self.settings, self.storage, name, dest, commit=gate.commit
@@ -360,7 +392,7 @@ class Daemon:
         if kind == b"C":
             return OK
         if kind == b"F":
-            return self.push(self._pushed_name(_text(body)))
+            return self.push(self._pushed_name(_text(body)), client_open)
         if kind == b"f":
             args = parse_args(body)
             if len(args) != 2:

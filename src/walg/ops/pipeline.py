@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from walg.core.checksum import Checksum, StoredObject
     from walg.storage.base import Storage
@@ -57,6 +57,7 @@ def upload(
     threads: int = 1,
     hash_stored: bool = True,
     overwrite: bool = True,
+    before_commit: Callable[[], None] | None = None,
 ) -> Iterator[Upload]:
     """``threads`` > 1 lets the codec compress on that many threads.
 
@@ -64,6 +65,9 @@ def upload(
     recorded nowhere (WAL files: WAL-G's layout has no place for it); such an object carries
     its own, the codec's digest trailer. ``overwrite=False``: an object already stored under
     ``key`` when the upload commits is kept, and the upload fails (see the storage contract).
+    ``before_commit`` is called once every byte is compressed and written (the codec's threads
+    have read the last of the input), before the object is committed; what it raises abandons
+    the upload.
     """
     # The hashing stages are imported only when used: WAL calls, which run once per segment,
     # do not hash the stored bytes (about 0.7 ms of imports).
@@ -80,6 +84,8 @@ def upload(
         try:
             yield handle
             compressor.close()
+            if before_commit is not None:
+                before_commit()
         except BaseException:
             # The compressor's threads must not outlive a failed upload.
             compressor.abort()

@@ -32,7 +32,13 @@ from walg.core.backoff import FailureBackoff
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import WAL, wal_key
-from walg.errors import StorageError, UsageError, WalgError, WalOverwriteError
+from walg.errors import (
+    RequestAbandoned,
+    StorageError,
+    UsageError,
+    WalgError,
+    WalOverwriteError,
+)
 from walg.ops.pipeline import download, upload
 from walg.ops.wal import (
     find_wal_object,
@@ -105,6 +111,7 @@ def push_one(
     threads: int = 1,
     absent: bool = False,
     ready: str | None = None,
+    commit: Callable[[], bool] | None = None,
 ) -> WalPushResult:
     """Upload one WAL file with the overwrite rules; no look-ahead, no markers.
 
@@ -122,6 +129,12 @@ def push_one(
     A look-ahead upload, and any upload the overwrite check applies to, never replaces an
     object: one stored meanwhile (after the check) is compared instead, an equal one is
     success (``uploaded`` False) and a different one a :class:`WalOverwriteError`.
+
+    ``commit``, if given, is asked once the whole file is read and compressed, just before the
+    object is committed; when it answers False (the daemon gave up on the request and told
+    PostgreSQL so), nothing is committed and :class:`RequestAbandoned` is raised. PostgreSQL
+    may since have archived the file by another call and recycled it: what this upload read
+    late may be a later segment's bytes.
     """
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
@@ -148,7 +161,9 @@ def push_one(
     with open(source, "rb", buffering=0) as handle:
         opened = os.fstat(handle.fileno())
         try:
-            up = _upload_file(storage, key, codec, source, handle, opened, threads, ready, keep)
+            up = _upload_file(
+                storage, key, codec, source, handle, opened, threads, ready, keep, commit
+            )
         except StorageError:
             if not keep or not storage.exists(key):
                 raise
@@ -176,11 +191,17 @@ def _upload_file(
     threads: int,
     ready: str | None,
     keep: bool,
+    commit: Callable[[], bool] | None,
 ) -> Upload:
-    """Compress and store ``source``, open in ``handle``; see :func:`push_one` for ``ready``.
-    ``keep``: an object stored under ``key`` by the time the upload commits is kept, and the
-    upload fails (:class:`StorageError`)."""
+    """Compress and store ``source``, open in ``handle``; see :func:`push_one` for ``ready``
+    and ``commit``. ``keep``: an object stored under ``key`` by the time the upload commits is
+    kept, and the upload fails (:class:`StorageError`)."""
     overwrite = not keep
+
+    def before_commit() -> None:
+        if commit is not None and not commit():
+            raise RequestAbandoned("the request was given up on; nothing committed")
+
     # A look-ahead upload compresses in this thread: its check must come after the last read,
     # and the compressor threads of a parallel upload read the mapping until it closes.
     if threads > 1 and ready is None:
@@ -191,7 +212,13 @@ def _upload_file(
         with (
             mapped_file(handle) as data,
             upload(
-                storage, key, codec, threads=threads, hash_stored=False, overwrite=overwrite
+                storage,
+                key,
+                codec,
+                threads=threads,
+                hash_stored=False,
+                overwrite=overwrite,
+                before_commit=before_commit,
             ) as up,
         ):
             up.writer.write(data)
@@ -204,7 +231,9 @@ def _upload_file(
     # would end the process with SIGBUS rather than store a torn copy; PostgreSQL never
     # truncates a segment it has marked .ready.
     size = opened.st_size
-    with upload(storage, key, codec, hash_stored=False, overwrite=overwrite) as up:
+    with upload(
+        storage, key, codec, hash_stored=False, overwrite=overwrite, before_commit=before_commit
+    ) as up:
         for offset in range(0, size, BLOCK):
             with mapped_file(handle, offset, min(BLOCK, size - offset)) as block:
                 up.writer.write(block)
