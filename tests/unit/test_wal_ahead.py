@@ -1150,3 +1150,56 @@ def test_two_calls_racing_with_different_content_never_both_succeed(
     assert second.walg("wal-fetch", name, str(fetched)).returncode == 0
     assert fetched.read_bytes() == (second.dir / name).read_bytes(), "the first stored is kept"
     assert first.stored() == [f"{name}.lz4"]
+
+
+# A full WAL volume.
+
+
+@pytest.fixture
+def full_pg_wal(pg_wal: PgWal) -> Iterator[PgWal]:
+    """``pg_wal`` on a small tmpfs, filled up once the test has put its files there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small file system")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "walg-test-full", str(pg_wal.dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (pg_wal.dir / "archive_status").mkdir()
+        yield pg_wal
+    finally:
+        pg_wal.wait_uploader_gone()
+        subprocess.run(["umount", "-l", str(pg_wal.dir)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` to the last byte."""
+    with (folder / "filler").open("wb", buffering=0) as filler:
+        with contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        with contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0")
+
+
+def test_a_marker_that_does_not_fit_leaves_nothing_behind(full_pg_wal: PgWal) -> None:
+    """pg_wal full (archiving fell behind): the look-ahead upload succeeds, its marker cannot
+    be written. The marker's temporary file must not stay in walg's status folder for good
+    (nothing ever removed it); PostgreSQL's own call then archives the file (equal content)."""
+    pg_wal = full_pg_wal
+    name = SEGMENTS[1]
+    pg_wal.add(name, os.urandom(8192))
+    pg_wal.status.mkdir(parents=True)
+    _fill(pg_wal.dir)
+    out = pg_wal.walg("wal-push-ahead", str(pg_wal.dir))
+    assert out.returncode == 0, pg_wal.log.read_text()
+    assert pg_wal.stored() == [f"{name}.lz4"]
+    assert "No space left on device" in pg_wal.log.read_text()
+    left = [p.name for p in pg_wal.status.iterdir() if p.name not in (UPLOADER_LOCK, SWEEP_STAMP)]
+    assert left == [], left
+    assert pg_wal.archive(name).returncode == 0, pg_wal.log.read_text()

@@ -154,10 +154,16 @@ def write_marker(marker: str, identity: bytes, stored: str | None = None) -> Non
         identity += os.fsencode(stored) + b"\n"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, identity)
-    finally:
-        os.close(fd)
-    os.replace(temporary, marker)
+        try:
+            os.write(fd, identity)
+        finally:
+            os.close(fd)
+        os.replace(temporary, marker)
+    except BaseException:
+        # A full pg_wal (archiving behind) fails the write: nothing else would ever remove
+        # the temporary file, whose name is no marker's.
+        remove(temporary)
+        raise
 
 
 def take_marker(marker: str, source: str) -> bool:
