@@ -144,3 +144,32 @@ def test_wal_show_and_verify_on_a_real_archive(pg_workdir: Path, walg_bin: str) 
     recent = walg.run(["wal-verify", "integrity", "--json", "--fail-on-problem"], cluster=cluster)
     assert json.loads(recent.stdout)["integrity"]["status"] == "WARNING"
     cluster.stop()
+
+
+def _put(path: Path, data: bytes) -> None:
+    import lz4.frame
+
+    path.write_bytes(lz4.frame.compress(data))
+    path.chmod(0o644)
+
+
+def test_wal_show_fails_when_a_history_file_cannot_be_read(walg_bin: str, pg_workdir: Path) -> None:
+    """A .history object that storage refuses to hand over (here: no read permission for the
+    user walg runs as) is a storage error, not a damaged file: wal-show exits 1 naming it, as
+    WAL-G does ("Error while loading .history file"). It printed timeline 2 without parent and
+    switch point and exited 0."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    wal = make_shared_dir(walg.store / "wal_005", 0o755)
+    for name in ("000000010000000000000001", "000000020000000000000002"):
+        _put(wal / f"{name}.lz4", b"segment")
+    history = wal / "00000002.history.lz4"
+    _put(history, b"1\t0/2000000\tno recovery target specified\n")
+    readable = walg.run(["wal-show", "--detailed-json", "--without-backups"])
+    assert [(t["id"], t["parent_id"]) for t in json.loads(readable.stdout)] == [(1, 0), (2, 1)]
+
+    history.chmod(0o000)
+    for args in (["wal-show"], ["wal-show", "--detailed-json", "--without-backups"]):
+        result = walg.run(args, check=False)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert "00000002.history.lz4" in result.stderr

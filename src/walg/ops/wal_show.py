@@ -17,8 +17,9 @@ not count as the segment here nor in wal-verify; neither do ``<segment>.json`` o
 objects (the unfinished last segment of a timeline, which ``wal-fetch`` never serves for the
 segment; stored bare with ``WALG_COMPRESSION_METHOD=none``); a backup without a readable
 ``metadata.json`` is skipped and named in the result instead of failing the whole listing; and
-a ``.history`` file that cannot be read or parsed is named in the result, its timeline shown
-without parent (0) and switch point (0/0), instead of failing the whole listing.
+a damaged ``.history`` file (one that does not decompress or parse) is named in the result, its
+timeline shown without parent (0) and switch point (0/0), instead of failing the whole listing;
+a storage error reading one still fails it.
 
 The listing and the history files are read; nothing is written. The result is a snapshot: WAL
 archived while it runs may or may not be counted.
@@ -36,7 +37,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL
-from walg.errors import FormatError, IntegrityError, WalgError
+from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing, sort_by_start_time
 from walg.ops.wal import read_history
@@ -225,9 +226,11 @@ def wal_show(
         low, high = min(present), max(present)
         # wal-show only describes the archive: one damaged history must not hide every other
         # timeline, so it costs that timeline its parent and switch point, with a warning.
+        # Storage failing to hand it over (a StorageError) is no damage: it fails the command,
+        # as WAL-G's does, rather than print a parent of 0 as if the file were not there.
         try:
             history = read_history(storage, tli)
-        except WalgError as exc:
+        except IntegrityError as exc:
             history_errors.append(f"timeline {tli}: {exc}")
             history = None
         parent, switch_lsn = 0, 0
