@@ -173,3 +173,21 @@ def test_wal_show_fails_when_a_history_file_cannot_be_read(walg_bin: str, pg_wor
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert result.stdout == ""
         assert "00000002.history.lz4" in result.stderr
+
+
+def test_wal_verify_refuses_a_timeline_beyond_32_bits(walg_bin: str, pg_workdir: Path) -> None:
+    """A timeline id is 32 bits (WAL-G's --timeline is a uint32). 4294967296 was taken and the
+    check printed 25-hex-digit "segment names" such as 1000000000000000000000001."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    wal = make_shared_dir(walg.store / "wal_005", 0o755)
+    _put(wal / "000000010000000000000001.lz4", b"segment")
+    for timeline in ("4294967296", "18446744073709551617"):
+        args = ["wal-verify", "integrity", "--json", "--timeline", timeline, "--lsn", "0/3000001"]
+        result = walg.run(args, check=False)
+        assert result.returncode == 2, (timeline, result.stdout, result.stderr)
+        assert result.stdout == ""
+        assert "--timeline" in result.stderr
+    highest = walg.run(
+        ["wal-verify", "timeline", "--json", "--timeline", "4294967295", "--lsn", "0/1"]
+    )
+    assert json.loads(highest.stdout)["timeline"]["details"]["current_timeline_id"] == 4294967295

@@ -72,6 +72,7 @@ log = get_logger(__name__)
 INTEGRITY = "integrity"
 TIMELINE = "timeline"
 CHECKS = (INTEGRITY, TIMELINE)
+MAX_TIMELINE = 0xFFFFFFFF
 
 
 class SegmentStatus(enum.Enum):
@@ -200,8 +201,12 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
 
 def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
     """A position given on the command line (``--timeline`` and ``--lsn``)."""
-    if timeline < 1:
-        raise UsageError(f"--timeline must be a positive timeline id, not {timeline}")
+    # A timeline id is 32 bits (WAL-G's --timeline is a uint32); a wider one would make
+    # segment names of more than 24 hex digits.
+    if not 1 <= timeline <= MAX_TIMELINE:
+        raise UsageError(
+            f"--timeline must be a timeline id from 1 to {MAX_TIMELINE}, not {timeline}"
+        )
     try:
         lsn = parse_lsn(lsn_text)
     except FormatError:
