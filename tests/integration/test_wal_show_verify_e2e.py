@@ -8,9 +8,11 @@ with ``--fail-on-problem``).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
+from walg.core.lsn import Segment, parse_lsn
 from walgcli import WalgSetup, archive_now
 
 
@@ -191,3 +193,46 @@ def test_wal_verify_refuses_a_timeline_beyond_32_bits(walg_bin: str, pg_workdir:
         ["wal-verify", "timeline", "--json", "--timeline", "4294967295", "--lsn", "0/1"]
     )
     assert json.loads(highest.stdout)["timeline"]["details"]["current_timeline_id"] == 4294967295
+
+
+def test_wal_verify_on_a_standby_checks_up_to_the_received_wal(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """On a standby WAL-G takes the current position from pg_last_wal_receive_lsn(), not the
+    replay position: a delayed standby (recovery_min_apply_delay) has received WAL far ahead of
+    what it replayed, and the archive must hold that WAL too. walg used the replay position, so
+    a segment lost after it was never examined and the check said OK."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    primary = Cluster.create(
+        install,
+        pg_workdir / "primary",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    primary.start()
+    primary.psql("CREATE TABLE t (id int, pad text)")
+    archive_now(primary)
+    standby = primary.make_standby(
+        pg_workdir / "standby", conf={"recovery_min_apply_delay": "1h", "archive_mode": "off"}
+    )
+    # Each INSERT commits: the standby receives it at once and replays it an hour later.
+    archived = [_switch(primary, 10) for _ in range(4)]
+    primary.psql("INSERT INTO t VALUES (0, 'after the last switch')")
+    target = primary.psql("SELECT pg_current_wal_lsn()")
+    deadline = time.monotonic() + 60
+    while standby.psql(f"SELECT pg_last_wal_receive_lsn() >= '{target}'::pg_lsn") != "t":
+        assert time.monotonic() < deadline, standby.log_tail()
+        time.sleep(0.1)
+    replayed = parse_lsn(standby.psql("SELECT pg_last_wal_replay_lsn()"))
+    assert Segment.containing(1, replayed) <= Segment.parse(archived[0]), archived
+
+    lost = archived[1]
+    (walg.store / "wal_005" / f"{lost}.lz4").unlink()
+    env = {"WALG_UPLOAD_CONCURRENCY": "1"}
+    verify = walg.run(["wal-verify", "integrity", "--json"], cluster=standby, env=env)
+    doc = json.loads(verify.stdout)["integrity"]
+    assert doc["status"] == "FAILURE", (verify.stdout, verify.stderr)
+    assert [r["start_segment"] for r in doc["details"] if r["status"] == "MISSING_LOST"] == [lost]
+    assert doc["details"][-1]["end_segment"] >= archived[-1]
+    standby.stop()
+    primary.stop()

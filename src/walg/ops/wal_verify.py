@@ -90,7 +90,8 @@ class CheckStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class ClusterPosition:
-    """Where the cluster is: its timeline and current LSN (write LSN, or replay LSN)."""
+    """Where the cluster is: its timeline and current LSN (write LSN, or on a standby the
+    furthest received or replayed)."""
 
     timeline: int
     lsn: int
@@ -167,7 +168,8 @@ class BackupStart:
 
 _POSITION_SQL = (
     "SELECT pg_catalog.pg_is_in_recovery(),"
-    " (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()"
+    " (CASE WHEN pg_catalog.pg_is_in_recovery() THEN GREATEST("
+    "pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())"
     " ELSE pg_catalog.pg_current_wal_lsn() END)::text,"
     " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
     " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init())"
@@ -175,8 +177,13 @@ _POSITION_SQL = (
 
 
 def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPosition:
-    """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary,
-    ``pg_last_wal_replay_lsn()`` on a standby, the timeline of the last checkpoint.
+    """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary, the
+    timeline of the last checkpoint.
+
+    On a standby, WAL-G's ``pg_last_wal_receive_lsn()``: a delayed standby has received WAL
+    far ahead of what it replayed, and the archive must hold that WAL too. Unlike WAL-G, the
+    replay position when it is further (WAL restored from the archive after streaming
+    stopped) or the only one (no streaming: WAL-G fails on the NULL).
 
     Fails when the server's WAL segment size is not ``segment_size`` (``WALG_PG_WAL_SIZE``):
     segment names would mean other segments.
