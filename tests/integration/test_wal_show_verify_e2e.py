@@ -236,3 +236,44 @@ def test_wal_verify_on_a_standby_checks_up_to_the_received_wal(
     assert doc["details"][-1]["end_segment"] >= archived[-1]
     standby.stop()
     primary.stop()
+
+
+def test_wal_verify_right_after_a_promotion_uses_the_new_timeline(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A promoted standby writes on its new timeline at once, but pg_control's checkpoint
+    timeline (WAL-G's source) stays the old one until the spread checkpoint after promotion
+    ends, minutes later with many dirty buffers. wal-verify then walked the old timeline
+    (segments lost) and said the cluster was behind storage's newest timeline, both FAILURE,
+    just when a failover is being checked. On a primary the timeline is the one it writes."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    primary = Cluster.create(install, pg_workdir / "primary", conf=archiving)
+    primary.start()
+    primary.psql("CREATE TABLE t (id int, pad text)")
+    walg.run(["backup-push", str(primary.datadir)], cluster=primary)
+    standby = primary.make_standby(
+        pg_workdir / "standby",
+        conf={"checkpoint_timeout": "1h", "checkpoint_completion_target": "0.9"},
+    )
+    # Enough dirty buffers on the standby that its first checkpoint as primary takes long.
+    primary.pgbench(["-i", "-s", "5", "-q"])
+    archive_now(primary)
+    primary.wait_for_replay(standby)
+    primary.stop()
+    standby.promote()
+    standby.psql("INSERT INTO t VALUES (1, 'on the new timeline')")
+    first_on_2 = archive_now(standby)
+    standby.psql("INSERT INTO t VALUES (2, 'in the segment after it')")
+    assert standby.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "1"
+
+    verify = walg.run(["wal-verify", "integrity", "timeline", "--json"], cluster=standby)
+    doc = json.loads(verify.stdout)
+    assert doc["timeline"] == {
+        "status": "OK",
+        "details": {"current_timeline_id": 2, "highest_storage_timeline_id": 2},
+    }, verify.stdout
+    assert doc["integrity"]["status"] == "OK", (verify.stdout, verify.stderr)
+    assert doc["integrity"]["details"][-1]["end_segment"] == first_on_2, verify.stdout
+    standby.stop()

@@ -172,13 +172,20 @@ _POSITION_SQL = (
     "pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())"
     " ELSE pg_catalog.pg_current_wal_lsn() END)::text,"
     " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
-    " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init())"
+    " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init()),"
+    " (CASE WHEN NOT pg_catalog.pg_is_in_recovery()"
+    " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END)"
 )
 
 
 def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPosition:
-    """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary, the
-    timeline of the last checkpoint.
+    """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary and the
+    timeline it writes (from ``pg_walfile_name``).
+
+    WAL-G takes the timeline of the last checkpoint, which a promoted standby keeps until the
+    spread checkpoint after its promotion ends, minutes later: in that time both checks
+    failed, walking the old timeline's segments and calling storage's newest timeline ahead
+    of the cluster. A standby has nothing better than its last restartpoint's timeline.
 
     On a standby, WAL-G's ``pg_last_wal_receive_lsn()``: a delayed standby has received WAL
     far ahead of what it replayed, and the archive must hold that WAL too. Unlike WAL-G, the
@@ -193,7 +200,8 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     conn = connect(pg)
     try:
         query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
-        in_recovery, lsn_text, timeline, server_segment_size = query_one(conn, _POSITION_SQL)
+        row = query_one(conn, _POSITION_SQL)
+        in_recovery, lsn_text, timeline, server_segment_size, writing = row
     finally:
         conn.close()
     if lsn_text is None:
@@ -203,6 +211,8 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
             f"the server's WAL segments are {int(server_segment_size)} bytes but "
             f"WALG_PG_WAL_SIZE says {segment_size // (1024 * 1024)} MiB"
         )
+    if writing is not None:
+        timeline = int(str(writing)[:8], 16)
     return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery))
 
 
