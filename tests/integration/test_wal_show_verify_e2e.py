@@ -277,3 +277,28 @@ def test_wal_verify_right_after_a_promotion_uses_the_new_timeline(
     assert doc["integrity"]["status"] == "OK", (verify.stdout, verify.stderr)
     assert doc["integrity"]["details"][-1]["end_segment"] == first_on_2, verify.stdout
     standby.stop()
+
+
+def test_empty_tables_end_after_the_header_as_wal_g_prints_them(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """WAL-G v3.0.9's go-pretty (v6.8) draws a table without data rows as border, header,
+    border. walg drew the separator under the header and then the bottom border, two equal
+    lines, as go-pretty did before v6.7.6."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    make_shared_dir(walg.store / "wal_005", 0o755)
+    show = walg.run(["wal-show", "--without-backups"]).stdout
+    border = "+-----+------------+-----------------+---------------+-------------+"
+    assert show.splitlines()[0].startswith(border)
+    assert len(show.splitlines()) == 3, show
+    assert show.splitlines()[0] == show.splitlines()[2]
+    assert show.splitlines()[1].startswith("| TLI | PARENT TLI | SWITCHPOINT LSN |")
+
+    args = ["wal-verify", "integrity", "--timeline", "1", "--lsn", "0/1"]
+    verify = walg.run(args).stdout
+    border = "+-----+-------+-----+----------------+--------+"
+    assert verify == (
+        "[wal-verify] integrity check status: OK\n"
+        "[wal-verify] integrity check details:\n"
+        f"{border}\n| TLI | START | END | SEGMENTS COUNT | STATUS |\n{border}\n"
+    )

@@ -505,7 +505,7 @@ def test_pretty_table_aligns_numbers_right_like_go_pretty() -> None:
         "|  12 | d     | X      |\n"
         "+-----+-------+--------+\n"
     )
-    assert pretty_table(["a", "bb"], []) == ("+---+----+\n| A | BB |\n+---+----+\n+---+----+\n")
+    assert pretty_table(["a", "bb"], []) == "+---+----+\n| A | BB |\n+---+----+\n"
 
 
 # --- the commands ------------------------------------------------------------------------------

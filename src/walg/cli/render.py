@@ -47,7 +47,7 @@ def pretty_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
 
     Headers are upper-cased. A column whose data cells are all numbers (``int`` or
     :class:`Number`; vacuously so when there are no rows) is right-aligned, header included;
-    other columns are left-aligned.
+    other columns are left-aligned. A table without rows is border, header, border.
     """
     head = [h.upper() for h in headers]
     body = [[str(c) for c in row] for row in rows]
@@ -65,7 +65,9 @@ def pretty_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
             out.append(f" {text} ")
         return "|" + "|".join(out) + "|"
 
-    lines = [sep, line(head), sep, *(line(row) for row in body), sep]
+    # Without data rows go-pretty (v6.7.6 on, as in WAL-G v3.0.9) draws no separator under
+    # the header: the bottom border follows it.
+    lines = [sep, line(head), *([sep, *(line(row) for row in body)] if body else []), sep]
     return "\n".join(lines) + "\n"
 
 
