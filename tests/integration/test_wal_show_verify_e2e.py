@@ -302,3 +302,29 @@ def test_empty_tables_end_after_the_header_as_wal_g_prints_them(
         "[wal-verify] integrity check details:\n"
         f"{border}\n| TLI | START | END | SEGMENTS COUNT | STATUS |\n{border}\n"
     )
+
+
+def test_wal_show_lists_a_timelines_backups_as_wal_g_does(pg_workdir: Path, walg_bin: str) -> None:
+    """WAL-G's wal-show reads the backups in the reverse of the storage listing (sentinel keys
+    in byte order, as S3 and a folder list them), so a timeline's newest backup comes first.
+    walg listed them oldest first (backup-list's order): a script taking backups[0] got the
+    other end."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = Cluster.create(
+        install,
+        pg_workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    cluster.psql("CREATE TABLE t (id int, pad text)")
+    for n in (1, 2, 3):
+        _switch(cluster, 100 * n)
+        walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    archive_now(cluster)
+    names = [b["backup_name"] for b in json.loads(walg.run(["backup-list", "--json"]).stdout)]
+    assert len(names) == 3 and names == sorted(names)
+
+    (timeline,) = json.loads(walg.run(["wal-show", "--detailed-json"]).stdout)
+    assert [b["backup_name"] for b in timeline["backups"]] == names[::-1]
+    cluster.stop()

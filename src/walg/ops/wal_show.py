@@ -8,7 +8,8 @@ highest segment are reported (highest first, as WAL-G lists them; kept as ranges
 far-off name costs no memory), and its ``<TLI>.history`` file, read with the same probe by
 extension as ``wal-fetch``, gives the parent timeline and the switch point. A
 backup belongs to a timeline when it started on that timeline and both its start and finish
-segments lie inside the timeline's segment range.
+segments lie inside the timeline's segment range; a timeline's backups are listed as WAL-G
+lists them, in the reverse byte order of their sentinel keys (newest first).
 
 Deliberate differences from WAL-G: only an extension ``wal-fetch`` probes is stripped (WAL-G
 strips any), so ``<segment>.bak``, ``.LZ4`` or ``.lz4~``, which ``wal-fetch`` never finds, do
@@ -36,10 +37,10 @@ from dataclasses import dataclass
 from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
 from walg.core.metadata import BackupMetadata
-from walg.core.naming import WAL
+from walg.core.naming import WAL, sentinel_key
 from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
-from walg.ops.backup_list import BackupListing, sort_by_start_time
+from walg.ops.backup_list import BackupListing
 from walg.ops.wal import read_history
 from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
@@ -189,7 +190,9 @@ def _load_backups(storage: Storage, concurrency: int) -> tuple[list[BackupListin
             skipped.append(ref.name)
         else:
             listed.append(BackupListing(ref, meta))
-    sort_by_start_time(listed)
+    # WAL-G reads the backups in the reverse of the storage listing, which S3, GCS, Azure and
+    # a folder give in byte order of the sentinel keys: a timeline's newest backup first.
+    listed.sort(key=lambda item: sentinel_key(item.ref.name), reverse=True)
     return listed, skipped
 
 
