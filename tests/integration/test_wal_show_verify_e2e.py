@@ -328,3 +328,41 @@ def test_wal_show_lists_a_timelines_backups_as_wal_g_does(pg_workdir: Path, walg
     (timeline,) = json.loads(walg.run(["wal-show", "--detailed-json"]).stdout)
     assert [b["backup_name"] for b in timeline["backups"]] == names[::-1]
     cluster.stop()
+
+
+def test_wal_verify_on_a_standby_that_followed_a_promotion(pg_workdir: Path, walg_bin: str) -> None:
+    """A cascading standby follows its upstream onto the new timeline at once, but its
+    restartpoint timeline (pg_control's checkpoint, WAL-G's source) stays the old one until
+    its next restartpoint. wal-verify then paired the old timeline with WAL received on the
+    new one: timeline FAILURE and a walk on the old timeline. The timeline the standby
+    receives (pg_stat_wal_receiver) is the newer one."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    primary = Cluster.create(install, pg_workdir / "primary", conf=archiving)
+    primary.start()
+    primary.psql("CREATE TABLE t (id int, pad text)")
+    walg.run(["backup-push", str(primary.datadir)], cluster=primary)
+    upstream = primary.make_standby(pg_workdir / "upstream")
+    cascade = upstream.make_standby(pg_workdir / "cascade", conf={"checkpoint_timeout": "1h"})
+    _switch(primary, 100)
+    primary.wait_for_replay(upstream)
+    primary.stop()
+    upstream.promote()
+    upstream.psql("INSERT INTO t VALUES (1, 'on the new timeline')")
+    first_on_2 = archive_now(upstream)
+    upstream.psql("INSERT INTO t VALUES (2, 'in the segment after it')")
+    upstream.wait_for_replay(cascade)
+    assert cascade.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "1"
+
+    verify = walg.run(["wal-verify", "integrity", "timeline", "--json"], cluster=cascade)
+    doc = json.loads(verify.stdout)
+    assert doc["timeline"]["details"] == {
+        "current_timeline_id": 2,
+        "highest_storage_timeline_id": 2,
+    }, verify.stdout
+    assert doc["timeline"]["status"] == "OK"
+    assert doc["integrity"]["status"] == "OK", (verify.stdout, verify.stderr)
+    assert doc["integrity"]["details"][-1]["end_segment"] == first_on_2, verify.stdout
+    cascade.stop()
+    upstream.stop()

@@ -174,7 +174,8 @@ _POSITION_SQL = (
     " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
     " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init()),"
     " (CASE WHEN NOT pg_catalog.pg_is_in_recovery()"
-    " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END)"
+    " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END),"
+    " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver)"
 )
 
 
@@ -185,7 +186,9 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     WAL-G takes the timeline of the last checkpoint, which a promoted standby keeps until the
     spread checkpoint after its promotion ends, minutes later: in that time both checks
     failed, walking the old timeline's segments and calling storage's newest timeline ahead
-    of the cluster. A standby has nothing better than its last restartpoint's timeline.
+    of the cluster. A standby likewise keeps its last restartpoint's timeline after following
+    its upstream onto a new one, so the timeline it receives on is taken when it is newer
+    (``pg_stat_wal_receiver``; unseen without streaming or the pg_read_all_stats role).
 
     On a standby, WAL-G's ``pg_last_wal_receive_lsn()``: a delayed standby has received WAL
     far ahead of what it replayed, and the archive must hold that WAL too. Unlike WAL-G, the
@@ -201,7 +204,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     try:
         query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
         row = query_one(conn, _POSITION_SQL)
-        in_recovery, lsn_text, timeline, server_segment_size, writing = row
+        in_recovery, lsn_text, timeline, server_segment_size, writing, receiving = row
     finally:
         conn.close()
     if lsn_text is None:
@@ -213,6 +216,9 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
         )
     if writing is not None:
         timeline = int(str(writing)[:8], 16)
+    elif receiving is not None:
+        # Timelines only grow along a standby's history: the newer one is where it is now.
+        timeline = max(int(timeline), int(receiving))
     return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery))
 
 
