@@ -187,6 +187,24 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     assert (dest / "recovery.signal").exists()  # still to be recovered, once the archive is fixed
 
 
+def _backed_up_a_then_b(
+    install: PgInstall, walg: WalgSetup, datadir: Path, archiving: dict[str, str]
+) -> str:
+    """A stopped, archived cluster with a backup, then phase "a", a moment (returned), and
+    phase "b"."""
+    src = Cluster.create(install, datadir, conf=archiving)
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    moment = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "b")
+    archive_now(src)
+    src.stop()
+    return moment
+
+
 def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
     pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -198,16 +216,7 @@ def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    src = Cluster.create(install, pg_workdir / "src", conf=archiving)
-    src.start()
-    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
-    walg.run(["backup-push", str(src.datadir)], cluster=src)
-    _mark(src, "a")
-    first_target = src.psql("SELECT clock_timestamp()")
-    time.sleep(0.2)
-    _mark(src, "b")
-    archive_now(src)
-    src.stop()
+    first_target = _backed_up_a_then_b(install, walg, pg_workdir / "src", archiving)
 
     pitr = _recover(
         install, walg, pg_workdir / "pitr", "--target-time", first_target, conf=archiving
@@ -247,16 +256,7 @@ def test_a_restore_that_stops_before_a_branch_leaves_a_history_walg_reads(
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    src = Cluster.create(install, pg_workdir / "src", conf=archiving)
-    src.start()
-    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
-    walg.run(["backup-push", str(src.datadir)], cluster=src)
-    _mark(src, "a")
-    target_time = src.psql("SELECT clock_timestamp()")
-    time.sleep(0.2)
-    _mark(src, "b")
-    archive_now(src)
-    src.stop()
+    target_time = _backed_up_a_then_b(install, walg, pg_workdir / "src", archiving)
 
     first = _recover(install, walg, pg_workdir / "first", conf=archiving)
     first.checkpoint()

@@ -235,6 +235,40 @@ class Daemon:
         self._prefetch.shutdown(wait=True, cancel_futures=True)
         self._work.shutdown(wait=True, cancel_futures=True)
 
+    def _gated(
+        self,
+        work: Callable[[Callable[[], bool]], object],
+        timeout: float,
+        abandoned: str,
+        client_open: Callable[[], bool] | None,
+        commit_timeout: float | None,
+    ) -> None:
+        """Run ``work(commit)`` in a worker; it asks ``commit()`` just before it commits.
+
+        Past ``timeout`` the request is given up on unless the work has asked already: then
+        ``abandoned`` is raised and nothing is committed afterwards (the reply tells PostgreSQL
+        it failed). Once the work has asked, only the commit is left and the reply must say
+        how it went: it is waited for (``commit_timeout``, None for as long as it takes).
+        """
+        gate = RequestGate(client_open)
+        try:
+            future = self._work.submit(work, gate.commit)
+        except RuntimeError:  # the pool is shut down: the daemon is stopping
+            raise WalgError("the daemon is shutting down") from None
+        try:
+            try:
+                future.result(timeout=timeout)
+            except FutureTimeout:
+                if gate.abandon():
+                    future.cancel()
+                    raise WalgError(abandoned) from None
+                future.result(timeout=commit_timeout)
+        except FutureTimeout:
+            total = timeout + (commit_timeout or 0)
+            raise WalgError(f"request did not finish within {total:.0f} s") from None
+        except CancelledError:
+            raise WalgError("the daemon is shutting down") from None
+
     def _push(self, path: str, client_open: Callable[[], bool] | None) -> None:
         """Archive ``path`` in a worker, within the upload time limit.
 
@@ -243,34 +277,15 @@ class Daemon:
         call and recycle it, while this upload still reads it (a later segment's bytes,
         stored under this name: with WALG_PREVENT_WAL_OVERWRITE=false over the good copy).
         """
-        gate = RequestGate(client_open)
-        try:
-            future = self._work.submit(
-                push_one,
-                self.settings,
-                self.storage,
-                path,
-                solo_threads(),
-                commit=gate.commit,
-            )
-        except RuntimeError:  # the pool is shut down: the daemon is stopping
-            raise WalgError("the daemon is shutting down") from None
-        try:
-            try:
-                future.result(timeout=self.timeout)
-            except FutureTimeout:
-                if gate.abandon():
-                    future.cancel()
-                    raise WalgError(
-                        f"request did not finish within {self.timeout:.0f} s; nothing of it "
-                        "will be committed"
-                    ) from None
-                # Every byte was read: only the commit is left, and the reply says how it went.
-                future.result(timeout=self.timeout)
-        except FutureTimeout:
-            raise WalgError(f"request did not finish within {2 * self.timeout:.0f} s") from None
-        except CancelledError:
-            raise WalgError("the daemon is shutting down") from None
+        self._gated(
+            lambda commit: push_one(
+                self.settings, self.storage, path, solo_threads(), commit=commit
+            ),
+            self.timeout,
+            f"request did not finish within {self.timeout:.0f} s; nothing of it will be committed",
+            client_open,
+            self.timeout,
+        )
 
     def push(self, name: str, client_open: Callable[[], bool] | None = None) -> bytes:
         check_wal_file_name(name)
@@ -342,29 +357,18 @@ class Daemon:
     ) -> bytes:
         """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
         dest = self._fetch_destination(destination)
-        gate = RequestGate(client_open)
         try:
-            future = self._work.submit(
-                wal_fetch, self.settings, self.storage, name, dest, commit=gate.commit
+            # Committed, the rename is under way and the reply must say so: no second limit.
+            self._gated(
+                lambda commit: wal_fetch(self.settings, self.storage, name, dest, commit=commit),
+                self.fetch_timeout,
+                f"fetch of {shown(name)} did not finish within {self.fetch_timeout:g} s; it "
+                "will not be put in place",
+                client_open,
+                None,
             )
-        except RuntimeError:  # the pool is shut down: the daemon is stopping
-            raise WalgError("the daemon is shutting down") from None
-        try:
-            try:
-                future.result(timeout=self.fetch_timeout)
-            except FutureTimeout:
-                if gate.abandon():
-                    future.cancel()
-                    raise WalgError(
-                        f"fetch of {shown(name)} did not finish within "
-                        f"{self.fetch_timeout:g} s; it will not be put in place"
-                    ) from None
-                # Committed: the rename is under way and the reply must say so.
-                future.result()
         except WalNotFound:
             return NOT_FOUND
-        except CancelledError:
-            raise WalgError("the daemon is shutting down") from None
         if self.settings.download_concurrency > 1 and is_segment_name(name):
             self._schedule_prefetch(name, dest)
         return OK
