@@ -23,7 +23,7 @@ from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
 from walg.errors import IntegrityError, RequestAbandoned
 from walg.ops.wal_fetch import wal_fetch
-from walg.ops.wal_prefetch import Prefetcher, prefetch_root, take_prefetched
+from walg.ops.wal_prefetch import Prefetcher, boot_time, prefetch_root, take_prefetched
 from walg.settings import load
 from walg.storage.memory import MemoryStorage
 
@@ -695,3 +695,64 @@ def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     )
     assert fetched.returncode == expected, fetched.stderr
     assert "usage" in fetched.stderr
+
+
+def _before_boot() -> float:
+    booted = boot_time()
+    assert booted is not None, "no btime in /proc/stat"
+    return booted - 60
+
+
+def test_a_file_prefetched_before_the_system_started_is_not_served(tmp_path: Path) -> None:
+    """Prefetched files are renamed into place unsynced: after a power loss one may end in
+    zeros past the first page the checks read, and PostgreSQL would take them for the end of
+    the WAL. One written before the running system started is discarded and downloaded."""
+    pgdata = _pgdata(tmp_path, 2222)
+    root = tmp_path / "prefetch"
+    root.mkdir()
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    before = _before_boot()
+    os.utime(root / NAME, (before, before))
+    assert not take_prefetched(str(root), NAME, str(dest), SEG)
+    assert not dest.exists()
+    assert not (root / NAME).exists()
+    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))  # written since: served
+    assert take_prefetched(str(root), NAME, str(dest), SEG)
+    assert dest.read_bytes() == _segment_bytes(NAME, 2222)
+
+
+def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
+    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real command: the archived file is put in place, not the prefetched one."""
+    name = Segment(1, 2).name()
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    archived = _segment_bytes(name, 5, fill=b"\1")
+    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(archived))
+    pgdata = _pgdata(tmp_path, 5)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_DOWNLOAD_CONCURRENCY": "1",
+    }
+    monkeypatch.chdir(pgdata)  # the key covers the working folder, as the call's does
+    root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
+    root.mkdir(parents=True)
+    (root / name).write_bytes(_segment_bytes(name, 5))  # valid, but not what was archived
+    before = _before_boot()
+    os.utime(root / name, (before, before))
+    done = subprocess.run(
+        [walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"],
+        cwd=pgdata,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
+    assert not (root / name).exists()

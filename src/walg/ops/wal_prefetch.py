@@ -3,8 +3,9 @@
 Layout, as WAL-G's one folder further down: ``<dir of the destination>/.wal-g/prefetch/<key>/
 <name>`` for complete files (or under ``WALG_PREFETCH_DIR``), ``…/<key>/running/<name>`` while
 downloading; ``<key>`` is the archive's destination key (see :func:`prefetch_root`). A file is
-written in ``running/`` and renamed into ``prefetch/`` only when complete and valid, and before
-it is served it is checked again (size, WAL page magic, page address and segment size in its
+written in ``running/`` and renamed into ``prefetch/`` only when complete and valid (not
+synced: one written before the system last started is never served), and before it is served
+it is checked again (size, WAL page magic, page address and segment size in its
 long page header, and the system identifier against the cluster's ``global/pg_control``), so a
 truncated, stale or foreign file is never handed to PostgreSQL: a prefetch folder shared by
 several clusters (``WALG_PREFETCH_DIR``) holds the same names for all of them.
@@ -88,10 +89,19 @@ def take_prefetched(
     candidate = os.path.join(root, name)
     try:
         _wait_for_running(root, name)
-        if not os.path.exists(candidate):
-            return False
+        written = os.stat(candidate).st_mtime
+    except (FileNotFoundError, NotADirectoryError):  # none prefetched; no folder for them
+        return False
     except OSError as exc:
         log.warning("cannot look into the prefetch folder %s (%s); downloading %s", root, exc, name)
+        return False
+    # A prefetched file is renamed into place unsynced (an fsync per segment would cost the
+    # replay disk time): after a power loss its tail may be zeros, which PostgreSQL reads as
+    # the end of the WAL, ending recovery early. The checks below see only the first page.
+    booted = boot_time()
+    if booted is not None and written < booted:
+        log.info("discarding %s, prefetched before the system last started", candidate)
+        remove(candidate)
         return False
     # Taken first, to a private name beside DEST: checked there, nothing can change it, and
     # what is left after ``commit`` is a rename within one folder, which cannot half-fail
@@ -115,6 +125,18 @@ def take_prefetched(
         remove(tmp)
         raise
     return True
+
+
+def boot_time() -> float | None:
+    """When the running system started (Linux's ``btime`` in /proc/stat); None if unknown."""
+    try:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _take(candidate: str, tmp: str) -> bool:
