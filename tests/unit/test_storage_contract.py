@@ -389,6 +389,47 @@ def test_file_an_entry_that_is_no_object_is_an_error_not_absent(tmp_path: Path) 
     assert storage.get_bytes("wal_005/linked.lz4") == b"moved"
 
 
+def test_file_an_object_stored_during_a_look_is_absent_or_present_never_an_error(
+    tmp_path: Path,
+) -> None:
+    """backup-push polls for the segment it waits for while wal-push commits it: a look whose
+    stat found nothing and then found the committed file called it "a symbolic link to a
+    missing file", and the backup failed (seen in CI). Another process commits and removes
+    the object as fast as it can; every look must say absent or present."""
+    storage = FileStorage(tmp_path)
+    storage.put_bytes("wal_005/source", b"seg")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "src, dst = sys.argv[1:]\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.link(src, dst)\n"
+            "    except FileExistsError:\n"
+            "        pass\n"
+            "    os.unlink(dst)\n",
+            str(tmp_path / "wal_005" / "source"),
+            str(tmp_path / "wal_005" / "seg.lz4"),
+        ]
+    )
+    try:
+        seen: set[bool] = set()
+        errors: list[str] = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                seen.add(storage.exists("wal_005/seg.lz4"))
+            except StorageError as exc:
+                errors.append(str(exc))
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not errors, (len(errors), errors[0])
+    assert seen == {True, False}  # the race was run: both states were seen
+
+
 @pytest.mark.parametrize("name", ["dangling", "fifo", "device"])
 def test_file_listing_a_folder_with_an_entry_that_is_no_object_fails(
     tmp_path: Path, name: str

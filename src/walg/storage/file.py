@@ -431,8 +431,12 @@ class FileStorage(Storage):
         """Why ``path`` was not found: :class:`ObjectNotFound` when nothing is there, else
         (a symbolic link at it or at a folder above it whose target is missing, a missing
         storage folder) a :class:`StorageError` saying what was found."""
-        if os.path.lexists(path):
+        if os.path.islink(path) and not os.path.exists(path):
             return StorageError(f"{path} is a symbolic link to a missing file")
+        if os.path.lexists(path):
+            # Stored since the look that found nothing (a wal-push committing the segment
+            # backup-push waits for): it was absent at that look.
+            return ObjectNotFound(key)
         folder = os.path.dirname(path)
         while True:
             if folder == self._top or len(folder) <= len(self._top):
