@@ -460,6 +460,47 @@ def test_backups_outside_the_current_history_are_not_used(storage: Storage) -> N
     assert result.status is CheckStatus.OK
 
 
+def test_a_backup_past_an_earlier_later_switch_point_is_not_used(storage: Storage) -> None:
+    """Timeline 3 came of a restore that followed timeline 2 but stopped at 0/3000000 on
+    timeline 1, before 2 branched off at 0/5000000; PostgreSQL wrote 3's history as 2's plus
+    that earlier point. Following it, PostgreSQL leaves timeline 1 at 0/3000000: a backup
+    taken on timeline 1 at segment 4 cannot be restored onto timeline 3 (the server refuses
+    it as "not a child of this server's history"). WAL-G takes timeline 1's own switch point
+    (0/5000000) and vouches for it."""
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(5, 9))
+    put_segments(storage, 3, range(3, 11))
+    put_history(storage, 2, [(1, "0/5000000")], "lz4")
+    put_history(storage, 3, [(1, "0/5000000"), (2, "0/3000000")], "lz4")
+    after_fork = put_backup(storage, 1, 4 * SEG + 0x28, 4 * SEG + 0x100)
+    put_backup(storage, 2, 6 * SEG + 0x28, 6 * SEG + 0x100)  # tl 2 is not on 3's path
+    put_backup(storage, 4, 7 * SEG + 0x28, 7 * SEG + 0x100)  # newer than timeline 3
+    # For timeline 2, which left timeline 1 at 0/5000000, the backup at segment 4 is good.
+    on_two = verify_integrity(storage, at(2, 9), upload_concurrency=0)
+    assert on_two.earliest_backup == after_fork
+    assert on_two.status is CheckStatus.OK
+    only_wrong = verify_integrity(storage, at(3, 11), upload_concurrency=0)
+    assert only_wrong.earliest_backup is None
+    assert only_wrong.status is CheckStatus.FAILURE
+    assert "none of the 3 backups" in only_wrong.problems[0]
+    with pytest.raises(UsageError):
+        verify_integrity(
+            storage,
+            at(3, 11),
+            upload_concurrency=0,
+            backup_name=naming.backup_name(name(1, 4)),
+        )
+
+    good = put_backup(storage, 1, 2 * SEG + 0x28, 2 * SEG + 0x100)
+    result = verify_integrity(storage, at(3, 11), upload_concurrency=0)
+    assert result.earliest_backup == good
+    assert result.status is CheckStatus.OK
+    assert [(r.timeline, r.start_segment, r.end_segment) for r in result.runs] == [
+        (1, name(1, 2), name(1, 2)),
+        (3, name(3, 3), name(3, 10)),
+    ]
+
+
 def test_missing_history_keeps_the_walk_on_the_current_timeline(storage: Storage) -> None:
     put_segments(storage, 1, range(1, 5))
     put_segments(storage, 2, range(5, 10))

@@ -240,46 +240,50 @@ def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
 # --- the integrity check ---------------------------------------------------------------------
 
 
-def _switch_segnos(history: History | None, segment_size: int) -> dict[int, int]:
-    """Timeline → segment number of the LSN where it ended, from the current history."""
-    if history is None:
-        return {}
-    return {s.parent: s.lsn // segment_size for s in history.switches}
-
-
 def backup_is_usable(
     backup: BackupStart,
     current_timeline: int,
-    switch_segnos: dict[int, int],
+    history: History | None,
+    segment_size: int,
     allow_permanent: bool = False,
 ) -> bool:
-    """WAL-G's ``checkBackupIsCorrect``: may this backup bound the integrity walk?"""
+    """WAL-G's ``checkBackupIsCorrect``: may this backup bound the integrity walk?
+
+    As in WAL-G, a backup must start within the part of its timeline the current history
+    keeps, compared by segment. Unlike WAL-G, that part ends where PostgreSQL leaves the
+    timeline when it follows the history (:meth:`History.end_lsn`: a later switch point can
+    be earlier than the timeline's own), and it begins where the history says the timeline
+    begins, not where timeline ``id - 1`` ended.
+    """
     if backup.is_permanent and not allow_permanent:
         log.warning(
             "%s: backup is permanent, it is not used as the earliest backup for wal-verify",
             backup.name,
         )
         return False
-    if not switch_segnos:
+    if backup.timeline > current_timeline:
+        # A history holds only older timelines: this one cannot lead here.
+        log.warning(
+            "%s: backup timeline %d is newer than the current timeline %d",
+            backup.name,
+            backup.timeline,
+            current_timeline,
+        )
+        return False
+    if history is None:
         return True
-    if backup.timeline > 1:
-        begins = switch_segnos.get(backup.timeline - 1)
-        if begins is not None and backup.segno < begins:
-            log.warning(
-                "%s: backup starts before its timeline %d begins", backup.name, backup.timeline
-            )
-            return False
-    if backup.timeline == current_timeline:
-        return True
-    ends = switch_segnos.get(backup.timeline)
-    if ends is None:
+    if backup.timeline not in history.timelines():
         log.warning(
             "%s: backup timeline %d is neither current nor in the current history",
             backup.name,
             backup.timeline,
         )
         return False
-    if backup.segno >= ends:
+    if backup.segno < history.begin_lsn(backup.timeline) // segment_size:
+        log.warning("%s: backup starts before its timeline %d begins", backup.name, backup.timeline)
+        return False
+    ends = history.end_lsn(backup.timeline)
+    if ends is not None and backup.segno >= ends // segment_size:
         log.warning("%s: backup starts after its timeline %d ended", backup.name, backup.timeline)
         return False
     return True
@@ -510,7 +514,6 @@ def verify_integrity(
             position.timeline,
             position.timeline,
         )
-    switch_segnos = _switch_segnos(history, segment_size)
 
     backups = load_backup_starts(storage, segment_size, concurrency)
     problems: list[str] = []
@@ -519,12 +522,12 @@ def verify_integrity(
         chosen = [b for b in backups if b.name == backup_name]
         if not chosen:
             raise BackupNotFound(f"backup {backup_name} does not exist in storage")
-        if not backup_is_usable(chosen[0], position.timeline, switch_segnos, True):
+        if not backup_is_usable(chosen[0], position.timeline, history, segment_size, True):
             raise UsageError(f"backup {backup_name} does not lie on the current timeline's history")
         earliest = chosen[0]
     else:
         for backup in backups:
-            if not backup_is_usable(backup, position.timeline, switch_segnos):
+            if not backup_is_usable(backup, position.timeline, history, segment_size):
                 continue
             if earliest is None or backup.segno < earliest.segno:
                 earliest = backup
@@ -536,7 +539,9 @@ def verify_integrity(
                 b
                 for b in backups
                 if b.is_permanent
-                and backup_is_usable(b, position.timeline, switch_segnos, allow_permanent=True)
+                and backup_is_usable(
+                    b, position.timeline, history, segment_size, allow_permanent=True
+                )
             ]
             earliest = min(permanent, key=lambda b: b.segno, default=None)
             if earliest is not None:
