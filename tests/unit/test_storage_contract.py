@@ -494,6 +494,33 @@ def test_file_missing_root_is_not_available(tmp_path: Path) -> None:
         FileStorage(tmp_path / "a-file").check_available()
 
 
+def test_file_make_durable_needs_the_object_and_changes_nothing(tmp_path: Path) -> None:
+    """make_durable vouches for an object another writer stored: a missing one is absent, a
+    FIFO or a link to nothing is an error (never opened: a FIFO would wait for a writer),
+    and a real one is left as it is."""
+    root = tmp_path / "store"
+    root.mkdir()
+    storage = FileStorage(root)
+    with pytest.raises(ObjectNotFound):
+        storage.make_durable("wal_005/000000010000000000000001.lz4")
+    storage.put_bytes("wal_005/obj", b"x")
+    before = os.stat(root / "wal_005" / "obj")
+    storage.make_durable("wal_005/obj")
+    after = os.stat(root / "wal_005" / "obj")
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        1,
+    )
+    os.mkfifo(root / "wal_005" / "fifo")
+    os.symlink("/nonexistent/volume/seg", root / "wal_005" / "dangling")
+    for key, why in (("wal_005/fifo", "FIFO"), ("wal_005/dangling", "symbolic link")):
+        with pytest.raises(StorageError, match=why) as info:
+            storage.make_durable(key)
+        assert not isinstance(info.value, ObjectNotFound)
+    MemoryStorage().make_durable("anything")  # acknowledged writes are durable: nothing to do
+
+
 def test_file_stat_modified_time_is_the_file_mtime(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     storage.put_bytes("k", b"1")

@@ -1203,3 +1203,46 @@ def test_a_marker_that_does_not_fit_leaves_nothing_behind(full_pg_wal: PgWal) ->
     left = [p.name for p in pg_wal.status.iterdir() if p.name not in (UPLOADER_LOCK, SWEEP_STAMP)]
     assert left == [], left
     assert pg_wal.archive(name).returncode == 0, pg_wal.log.read_text()
+
+
+def test_an_equal_object_found_stored_is_made_durable_before_success(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """Another writer (an earlier call killed between its rename and its fsyncs) left the
+    segment's object only in the page cache. wal-push finds it equal and reports success,
+    and PostgreSQL recycles the segment: the object, its folder and the folder above must be
+    fsynced first, or a power loss could take the only copy. Watched with strace, as a crash
+    cannot be staged here."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    name = "000000010000000000000007"
+    pg = PgWal(tmp_path / "a", walg_bin)
+    pg.add(name)
+    other = PgWal(tmp_path / "other", walg_bin)
+    other.add(name, (pg.dir / name).read_bytes())
+    assert other.walg("wal-push", f"pg_wal/{name}").returncode == 0, other.log.read_text()
+    # Copied as a writer that never got to its fsyncs would have left it.
+    (pg.store / "wal_005").mkdir()
+    obj = pg.store / "wal_005" / f"{name}.lz4"
+    obj.write_bytes((other.store / "wal_005" / f"{name}.lz4").read_bytes())
+    before = obj.stat()
+
+    trace = tmp_path / "trace"
+    watch = [strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
+    with pg.log.open("a") as err:
+        done = subprocess.run(
+            [*watch, walg_bin, "wal-push", f"pg_wal/{name}"],
+            env={**pg.env, "WALG_UPLOAD_CONCURRENCY": "1"},
+            cwd=pg.root,
+            stderr=err,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, pg.log.read_text()
+    assert "already archived with equal content" in pg.log.read_text()
+    synced = re.findall(r"f(?:data)?sync\(\d+<([^>]+)>\) = 0", trace.read_text())
+    for path in (obj, obj.parent, pg.store):
+        assert str(path) in synced, (path, synced)
+    after = obj.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "rewritten"

@@ -147,6 +147,7 @@ def push_one(
         existing = find_wal_object(storage, name)
         if existing is not None:
             if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
+                storage.make_durable(existing[0])
                 log.info("WAL file %s is already archived with equal content", name)
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
             raise WalOverwriteError(
@@ -176,6 +177,7 @@ def push_one(
                 ) from None
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
+            storage.make_durable(key)
             log.info("WAL file %s was archived meanwhile with equal content", name)
             return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
     return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))

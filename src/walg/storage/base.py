@@ -93,6 +93,13 @@ class Storage(abc.ABC):
         """Remove leftovers of unfinished writes under ``prefix``; how many were removed."""
         return 0
 
+    def make_durable(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Make an object this instance found stored, but did not write, survive a crash of
+        the machine that holds it. Another writer may have been killed after its object got
+        its name and before that was made durable; success reported on the strength of such
+        an object (PostgreSQL then recycles its segment) must not rest on the page cache.
+        Stores that acknowledge only durable writes do nothing."""
+
     @abc.abstractmethod
     def check_available(self) -> None: ...
 

@@ -98,6 +98,10 @@ class FaultyStorage(Storage):
         self._apply("delete", prefix)
         return self._inner.remove_temporaries(prefix, older_than)
 
+    def make_durable(self, key: str) -> None:
+        self._apply("write", key)  # an fsync is the end of a write
+        self._inner.make_durable(key)
+
     def check_available(self) -> None:
         self._apply("stat", "")
         self._inner.check_available()

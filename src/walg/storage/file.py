@@ -383,9 +383,8 @@ class FileStorage(Storage):
                     os.unlink(tmp)
         return io.FileIO(os.open(tmp, flags, 0o666), "wb"), False
 
-    @contextlib.contextmanager
-    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
-        path = self._path(key)
+    def _open_object(self, path: str, key: str) -> int:
+        """A blocking read-only descriptor of the regular file at ``path``."""
         try:
             # Non-blocking: opening a FIFO for reading would wait for a writer forever.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -398,6 +397,18 @@ class FileStorage(Storage):
             if not stat.S_ISREG(mode):
                 raise _not_an_object(path, mode)
             os.set_blocking(fd, True)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise _error(exc, f"cannot open {path}") from None
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
+        path = self._path(key)
+        fd = self._open_object(path, key)
+        try:
             handle = io.FileIO(fd, "rb")
         except BaseException as exc:
             os.close(fd)
@@ -448,6 +459,25 @@ class FileStorage(Storage):
                     return ObjectNotFound(key)
                 return StorageError(f"{folder} is not a folder (a symbolic link to nothing?)")
             folder = os.path.dirname(folder)
+
+    def make_durable(self, key: str) -> None:
+        """fsync the object, its folder, and each folder above it up to the storage folder:
+        the writer may have been killed before any of its fsyncs, even before those of the
+        folders it made. On a file already on disk each costs a system call."""
+        path = self._path(key)
+        fd = self._open_object(path, key)
+        try:
+            os.fsync(fd)
+            folder = os.path.dirname(path)
+            while True:
+                _fsync_dir(folder)
+                if len(folder) <= len(self._top):
+                    break
+                folder = os.path.dirname(folder)
+        except OSError as exc:
+            raise _error(exc, f"cannot make {path} durable") from None
+        finally:
+            os.close(fd)
 
     def local_path(self, key: str) -> str | None:
         # Not resolved: a link or mount point pointed elsewhere later must not find it.
