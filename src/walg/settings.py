@@ -44,11 +44,14 @@ DEFAULT_TAR_SIZE_THRESHOLD = 1073741823
 DEFAULT_STOP_BACKUP_TIMEOUT = 1800.0
 DEFAULT_PG_CONNECT_TIMEOUT = 30
 
-_DURATION_RE = LazyPattern(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+# Go's time.ParseDuration, as WAL-G reads durations: [-+]?([0-9]*(\.[0-9]*)?[a-z]+)+, a number
+# needing a digit on one side of its point; micro as the micro sign or the Greek mu.
+_DURATION_RE = LazyPattern(r"(\d*(?:\.\d*)?)(ns|us|µs|\u03bcs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
     "µs": 1e-6,
+    "\u03bcs": 1e-6,
     "ms": 1e-3,
     "s": 1.0,
     "m": 60.0,
@@ -420,7 +423,7 @@ MAX_DURATION = (2**63 - 1) / 1e9
 
 
 def parse_duration(name: str, text: str) -> float:
-    """Seconds from a Go-style duration (``90s``, ``1m30s``) or a plain number of seconds.
+    """Seconds from a Go duration (``90s``, ``1m30s``, ``.5h``, ``+90s``) or a number of seconds.
 
     Negative, infinite and NaN values (``float`` parses ``inf``, ``nan`` and ``1e400``) are
     refused, as are durations longer than Go's: no caller could honour them.
@@ -429,14 +432,18 @@ def parse_duration(name: str, text: str) -> float:
     try:
         total = float(text)
     except ValueError:
-        pos = 0
+        sign = text[:1] if text[:1] in ("+", "-") else ""
+        pos = len(sign)
         total = 0.0
-        for match in _DURATION_RE.finditer(text):
-            if match.start() != pos:
+        for match in _DURATION_RE.compiled().finditer(text, pos):
+            number = match.group(1)
+            if match.start() != pos or number.strip(".") == "":
                 break
-            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            total += float(number) * _DURATION_UNITS[match.group(2)]
             pos = match.end()
-        if pos != len(text) or not text:
+        if sign == "-":
+            total = -total
+        if pos != len(text) or pos == len(sign):
             raise ConfigError(f"{name}={text!r} is not a duration (e.g. 30s, 5m, 1h)") from None
     if not math.isfinite(total) or total < 0:
         raise ConfigError(f"{name}={text!r} is not a duration of zero or more seconds")

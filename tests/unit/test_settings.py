@@ -265,6 +265,32 @@ def test_stop_backup_timeout_durations(tmp_path: Path, raw: str, seconds: float)
     assert s.stop_backup_timeout == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        (".5m", 30.0),
+        ("5.m", 300.0),
+        ("1h.5h", 5400.0),
+        ("+90s", 90.0),
+        ("-0s", 0.0),
+        ("1500\u03bcs", 0.0015),  # Greek mu, which Go takes beside the micro sign
+        ("1500\u00b5s", 0.0015),
+    ],
+)
+def test_go_duration_forms_wal_g_takes_are_taken(raw: str, seconds: float) -> None:
+    # WAL-G reads WALG_STOP_BACKUP_TIMEOUT and WALG_DAEMON_WAL_UPLOAD_TIMEOUT with Go's
+    # time.ParseDuration, [-+]?([0-9]*(\.[0-9]*)?[a-z]+)+: a number may lack the digits on
+    # either side of its point, and a sign may lead. Refused, they stopped a daemon whose
+    # configuration WAL-G runs with.
+    assert settings_module.parse_duration("X", raw) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("raw", [".s", "+", "-", "+-5s", "5..5s", "1h+5m", "1h 5m"])
+def test_not_go_durations_are_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="X="):
+        settings_module.parse_duration("X", raw)
+
+
 def test_stop_backup_timeout_zero_means_bounded_default(tmp_path: Path) -> None:
     s = load(environ=env(tmp_path, WALG_STOP_BACKUP_TIMEOUT="0"))
     assert s.stop_backup_timeout == settings_module.DEFAULT_STOP_BACKUP_TIMEOUT
