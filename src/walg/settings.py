@@ -731,7 +731,8 @@ def _build(
         pgdata=values.get("PGDATA", "").strip() or None,
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),
         tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),
-        total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=0),
+        # Negative too, as WAL-G takes it: below 2 there is no look-ahead.
+        total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=-(2**31)),
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,
         wal_segment_size=_wal_segment_size(values),
         daemon_follow_wal=_bool(values, "WALG_DAEMON_FOLLOW_WAL", True),

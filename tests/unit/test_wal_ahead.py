@@ -387,6 +387,24 @@ def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
+    pg_wal: PgWal, limit: str
+) -> None:
+    """WAL-G reads TOTAL_BG_UPLOADED_LIMIT as an int and uploads nothing in the background
+    for any value below 2, negative ones included. walg refused a negative one (exit 78 from
+    every command), so a WAL-G configuration with -1 stopped archiving altogether."""
+    first, other = SEGMENTS[0], SEGMENTS[1]
+    pg_wal.add(first)
+    pg_wal.add(other)
+    pg_wal.env["TOTAL_BG_UPLOADED_LIMIT"] = limit
+    out = pg_wal.walg("wal-push", f"pg_wal/{first}")
+    assert out.returncode == 0, pg_wal.log.read_text()
+    time.sleep(1.5)  # a detached uploader, had one been started, would have stored the other
+    assert not uploader_running(str(pg_wal.status))
+    assert pg_wal.stored() == [f"{first}.lz4"]
+
+
 def test_the_uploader_leaves_files_stored_under_another_compression(pg_wal: PgWal) -> None:
     """Archived before with another compression method: the uploader does not store a second
     copy next to it nor vouch for it; PostgreSQL's own call compares the content."""
