@@ -415,3 +415,35 @@ def test_a_push_past_its_limit_never_commits_what_it_reads_later(env: Env) -> No
     assert got.returncode == 0, got.stderr
     assert fetched.read_bytes() == original, log
     assert [p.name for p in (env.store / "wal_005").iterdir()] == [f"{SEG}.lz4"]
+
+
+def test_a_push_waiting_for_the_look_ahead_is_answered_within_its_limit(env: Env) -> None:
+    """WALG_DAEMON_WAL_UPLOAD_TIMEOUT bounds a push request (WAL-G's is a deadline on the
+    whole request). A push whose segment the look-ahead is uploading waits for that upload,
+    within the limit; once the limit has passed, the push must not start a full limit of its
+    own: on storage that hangs, PostgreSQL was answered only after twice the limit (four
+    times with the follower's wait), beyond walg-daemon-client's own timeout for limits of
+    more than 75 s, and meanwhile two uploads of the segment ran side by side."""
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    segment = wal / SEG
+    segment.write_bytes(os.urandom(BIG))
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    env.env.update(
+        {
+            "WALG_UPLOAD_CONCURRENCY": "2",
+            "WALG_DAEMON_FOLLOW_WAL": "false",
+            "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "2s",
+            "WALG_FAULT_INJECTION": '[{"op": "write", "key": "wal_005", "delay": 6}]',
+        }
+    )
+    env.start()
+    started = time.monotonic()
+    time.sleep(0.5)  # the look-ahead has found the .ready file and is uploading it
+    asked = time.monotonic()
+    assert _request(env.socket, b"F", str(segment).encode()) == b"E"
+    answered = time.monotonic() - asked
+    assert answered < 3.2, f"answered after {answered:.1f} s, the limit being 2 s"
+    time.sleep(max(0.0, started + 8 - time.monotonic()))  # the look-ahead's upload is over
+    log = env.stop()
+    assert "did not finish within" in log, log

@@ -26,6 +26,7 @@ import socketserver
 import stat
 import struct
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -269,8 +270,10 @@ class Daemon:
         except CancelledError:
             raise WalgError("the daemon is shutting down") from None
 
-    def _push(self, path: str, client_open: Callable[[], bool] | None) -> None:
-        """Archive ``path`` in a worker, within the upload time limit.
+    def _push(
+        self, path: str, client_open: Callable[[], bool] | None, timeout: float | None = None
+    ) -> None:
+        """Archive ``path`` in a worker, within ``timeout`` (default: the upload time limit).
 
         A push given up on (its limit, or a client gone) commits nothing afterwards: the
         reply told PostgreSQL it failed, and PostgreSQL may then archive the file by another
@@ -281,7 +284,7 @@ class Daemon:
             lambda commit: push_one(
                 self.settings, self.storage, path, solo_threads(), commit=commit
             ),
-            self.timeout,
+            self.timeout if timeout is None else timeout,
             f"request did not finish within {self.timeout:.0f} s; nothing of it will be committed",
             client_open,
             self.timeout,
@@ -291,8 +294,15 @@ class Daemon:
         check_wal_file_name(name)
         marker = marker_path(status_dir(self.wal_dir), name, self.settings.destination_key)
         path = os.path.join(self.wal_dir, name)
-        if (self.follower is not None and self.follower.wait_for(name, self.timeout)) or (
-            self.lookahead is not None and self.lookahead.wait_for(name, self.timeout)
+        # One limit for the whole request, as WAL-G's: time spent waiting for a background
+        # upload of this file is not given again to the call's own upload.
+        deadline = time.monotonic() + self.timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        if (self.follower is not None and self.follower.wait_for(name, left())) or (
+            self.lookahead is not None and self.lookahead.wait_for(name, left())
         ):
             self._forget_marker(marker)
             return OK
@@ -304,7 +314,7 @@ class Daemon:
             taken = False
         if taken:
             return OK
-        self._push(path, client_open)
+        self._push(path, client_open, left())
         return OK
 
     @staticmethod
