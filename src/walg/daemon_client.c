@@ -226,10 +226,21 @@ static int timeout_from_env(struct timeval *tv)
     const char *text = getenv("WALG_DAEMON_CLIENT_TIMEOUT");
     double seconds = DEFAULT_TIMEOUT;
     if (text != NULL) {
-        char *end;
+        /* As the Python client reads it: a decimal number (no hexadecimal, no inf or nan),
+         * white space around it allowed. */
+        const char *start = text, *stop, *rest;
+        char *end = NULL;
+        while (*start == ' ' || (*start >= '\t' && *start <= '\r'))
+            start++;
+        stop = start;
+        while (*stop != '\0' && strchr("0123456789.eE+-", *stop) != NULL)
+            stop++;
+        rest = stop;
+        while (*rest == ' ' || (*rest >= '\t' && *rest <= '\r'))
+            rest++;
         errno = 0;
-        seconds = strtod(text, &end);
-        if (errno != 0 || end == text || *end != '\0' || !(seconds > 0) || seconds > 1e9) {
+        seconds = stop > start && *rest == '\0' ? strtod(start, &end) : 0.0;
+        if (errno != 0 || end != stop || !(seconds > 0) || seconds > 1e9) {
             fprintf(stderr,
                     "walg-daemon-client: WALG_DAEMON_CLIENT_TIMEOUT=%s is not a positive number "
                     "of seconds; nothing was done\n",

@@ -142,8 +142,11 @@ def _usage_error(command: str) -> int:
 def _timeout(text: "str | None") -> "float | None":
     if text is None:
         return DEFAULT_TIMEOUT
+    # As the compiled client reads it: a decimal number (float alone would also take
+    # underscores, inf and nan), white space around it allowed.
+    number = text.strip(" \t\n\v\f\r")
     try:
-        seconds = float(text)
+        seconds = float(number) if number and not number.strip("0123456789.eE+-") else 0.0
     except ValueError:
         seconds = 0.0
     if not 0 < seconds <= 1e9:

@@ -335,13 +335,28 @@ def test_usage_errors_exit_2(env: Env, client: Client, args: list[str]) -> None:
     assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
+@pytest.mark.parametrize(
+    # Refused by both clients alike: C's strtod reads hexadecimal, Python's float underscores.
+    "value",
+    ["abc", "0", "-1", "", "0x10", "1_0", "inf", "nan", "1e", "5s", "1e10"],
+)
 def test_a_bad_timeout_is_refused_before_anything_is_done(
     env: Env, client: Client, value: str
 ) -> None:
     res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": value})
     assert res.returncode == 1
     assert "WALG_DAEMON_CLIENT_TIMEOUT" in res.stderr
+
+
+@pytest.mark.parametrize("value", ["5 ", " 5", "\t5\n", "2.5", ".5", "5.", "1e2", "+5"])
+def test_both_clients_take_the_same_timeouts(env: Env, client: Client, value: str) -> None:
+    """The compiled client has the same command line as the Python one: a timeout one takes
+    and the other refuses would make every push fail (and a recovery's fetch stop) after
+    WALG_DAEMON_CLIENT_PYTHON or a rebuild switched clients. The native one refused
+    surrounding white space, which Python's float takes."""
+    env.start()
+    res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": value})
+    assert res.returncode == 0, res.stderr
 
 
 def test_a_socket_path_too_long_for_unix_sockets_fails(env: Env, client: Client) -> None:
