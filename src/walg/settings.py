@@ -154,12 +154,9 @@ class Settings:
     storage_subfolder: str
     compression: str
     upload_concurrency: int
-    upload_disk_concurrency: int | None
     download_concurrency: int
-    tar_size_threshold: int
     pgdata: str | None
     prevent_wal_overwrite: bool
-    tar_disable_fsync: bool
     total_bg_uploaded_limit: int
     prefetch_dir: str | None
     wal_segment_size: int
@@ -183,6 +180,26 @@ class Settings:
     def pg(self) -> PgConnection:
         """The libpq parameters; ConfigError naming the variable when one is malformed."""
         return pg_connection(self.values, self.config_keys)
+
+    # Settings only base backups use are checked when first read too, for the same reason:
+    # a typo in one (WALG_TAR_SIZE_THRESHOLD=1GB) must not stop archiving. backup-push and
+    # backup-fetch read theirs before they start.
+    @cached_property
+    def upload_disk_concurrency(self) -> int | None:
+        """``WALG_UPLOAD_DISK_CONCURRENCY``; None when unset (the caller's default)."""
+        if not self.values.get("WALG_UPLOAD_DISK_CONCURRENCY", "").strip():
+            return None
+        return _int(self.values, "WALG_UPLOAD_DISK_CONCURRENCY", 1, maximum=MAX_CONCURRENCY)
+
+    @cached_property
+    def tar_size_threshold(self) -> int:
+        """``WALG_TAR_SIZE_THRESHOLD``: bytes of a tar partition before the next one starts."""
+        return _int(self.values, "WALG_TAR_SIZE_THRESHOLD", DEFAULT_TAR_SIZE_THRESHOLD)
+
+    @cached_property
+    def tar_disable_fsync(self) -> bool:
+        """``WALG_TAR_DISABLE_FSYNC``: restored files are not fsynced."""
+        return _bool(self.values, "WALG_TAR_DISABLE_FSYNC", False)
 
     @cached_property
     def stop_backup_timeout(self) -> float:
@@ -713,7 +730,6 @@ def _build(
             f"WALG_COMPRESSION_METHOD={compression!r} is not one of "
             + ", ".join(COMPRESSION_METHODS)
         )
-    disk_raw = values.get("WALG_UPLOAD_DISK_CONCURRENCY", "").strip()
     return Settings(
         storage_kind=kind,
         storage_prefix=prefix,
@@ -721,16 +737,9 @@ def _build(
         storage_subfolder=values.get("WALG_STORAGE_PREFIX", "").strip().strip("/"),
         compression=compression,
         upload_concurrency=_int(values, "WALG_UPLOAD_CONCURRENCY", 16, maximum=MAX_CONCURRENCY),
-        upload_disk_concurrency=(
-            _int(values, "WALG_UPLOAD_DISK_CONCURRENCY", 1, maximum=MAX_CONCURRENCY)
-            if disk_raw
-            else None
-        ),
         download_concurrency=_int(values, "WALG_DOWNLOAD_CONCURRENCY", 10, maximum=MAX_CONCURRENCY),
-        tar_size_threshold=_int(values, "WALG_TAR_SIZE_THRESHOLD", DEFAULT_TAR_SIZE_THRESHOLD),
         pgdata=values.get("PGDATA", "").strip() or None,
         prevent_wal_overwrite=_bool(values, "WALG_PREVENT_WAL_OVERWRITE", True),
-        tar_disable_fsync=_bool(values, "WALG_TAR_DISABLE_FSYNC", False),
         # Negative too, as WAL-G takes it: below 2 there is no look-ahead.
         total_bg_uploaded_limit=_int(values, "TOTAL_BG_UPLOADED_LIMIT", 32, minimum=-(2**31)),
         prefetch_dir=values.get("WALG_PREFETCH_DIR", "").strip() or None,

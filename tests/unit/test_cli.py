@@ -175,6 +175,10 @@ PG_ONLY_SETTINGS = [
     {"PGPORT": "not-a-port", "PGCONNECT_TIMEOUT": "soon"},
     {"WALG_STOP_BACKUP_TIMEOUT": "inf"},
     {"PGUNKNOWN": "x", "PGREQUIREAUTH": "scram-sha-256"},
+    # Base backups' own settings, mistyped in the server's environment.
+    {"WALG_TAR_SIZE_THRESHOLD": "1GB"},
+    {"WALG_UPLOAD_DISK_CONCURRENCY": "all"},
+    {"WALG_TAR_DISABLE_FSYNC": "maybe"},
 ]
 
 
@@ -203,6 +207,8 @@ def test_pg_settings_never_stop_wal_push_or_wal_fetch(
         ("PGCONNECT_TIMEOUT", "soon"),
         ("WALG_STOP_BACKUP_TIMEOUT", "inf"),
         ("WALG_STOP_BACKUP_TIMEOUT", "-1"),
+        ("WALG_TAR_SIZE_THRESHOLD", "1GB"),
+        ("WALG_UPLOAD_DISK_CONCURRENCY", "0"),
     ],
 )
 def test_backup_push_refuses_bad_pg_settings_before_connecting(
@@ -317,6 +323,20 @@ def test_backup_fetch_of_missing_backup_exits_74(
     _, err = stderr_lines(capsys)
     assert code == 74
     assert err[-1].startswith("ERROR:")
+
+
+def test_backup_fetch_refuses_a_bad_tar_disable_fsync_before_anything(
+    file_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read when first used, so that it never stops archiving; backup-fetch reads it first,
+    before it looks for the backup (no backup here: that would be exit 74)."""
+    monkeypatch.setenv("WALG_TAR_DISABLE_FSYNC", "maybe")
+    dest = file_store.parent / "restore"
+    code = main(["backup-fetch", str(dest), "LATEST"])
+    _, err = stderr_lines(capsys)
+    assert code == 78, err
+    assert "WALG_TAR_DISABLE_FSYNC" in err[-1]
+    assert not dest.exists()
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,7 @@ def backup_fetch(
     restore_spec: TablespaceSpec | None = None,
 ) -> BackupFetchResult:
     dest = Path(destination).absolute()
+    fsync = not settings.tar_disable_fsync  # checked when first read: before anything is done
     name = catalog.resolve(storage, name_or_latest)
     sentinel = catalog.read_sentinel(storage, name)
     if sentinel.is_delta:
@@ -226,9 +227,7 @@ def backup_fetch(
     # asks for no map), the map is not restored whenever the links are made from a spec.
     dropping_map = spec is not None
     wanted = _wanted_members(files_meta, dropping_map=dropping_map)
-    extractor = Extractor(
-        dest, files_meta.checksum_of, wanted, fsync=not settings.tar_disable_fsync
-    )
+    extractor = Extractor(dest, files_meta.checksum_of, wanted, fsync=fsync)
     log.info("restoring backup %s into %s (%d objects)", name, dest, len(objects))
 
     try:
@@ -239,7 +238,7 @@ def backup_fetch(
     extractor.finish()
 
     _check_all_restored(files_meta, extractor, dropping_map)
-    if not settings.tar_disable_fsync:
+    if fsync:
         fsync_tree(dest)
         for location in locations:
             fsync_tree(location)

@@ -213,6 +213,8 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     # before the backup starts, not at pg_backup_stop after all of it is uploaded.
     _ = settings.stop_backup_timeout
     _ = settings.sentinel_user_data
+    _ = settings.tar_size_threshold
+    _ = settings.upload_disk_concurrency
     codec = codec_for_method(settings.compression)
     start_time = _now_utc_us()
     conn = connect(settings.pg)
