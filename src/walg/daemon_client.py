@@ -55,13 +55,13 @@ class DaemonGone(OSError):
 
 
 def _message(kind: bytes, body: bytes) -> bytes:
+    # OverflowError over 64 KiB: the caller reports arguments too long.
     return kind + (len(body) + 3).to_bytes(2, "big") + body
 
 
-def _args(*values: str) -> bytes:
+def _args(*values: bytes) -> bytes:
     out = bytes([len(values)])
-    for value in values:
-        data = value.encode()
+    for data in values:
         out += len(data).to_bytes(2, "big") + data
     return out
 
@@ -186,21 +186,29 @@ def main(argv: "list[str] | None" = None) -> int:
         return EXIT_USAGE
     path, command, rest = args[0], args[1], args[2:]
     # The absolute paths: the daemon refuses files outside the data directory it serves
-    # (PostgreSQL runs the command in its own, so %p is relative to it).
-    if command == "wal-push" and len(rest) == 1:
-        message = _message(b"F", os.path.abspath(rest[0]).encode())
-    elif command == "wal-fetch" and len(rest) == 2:
-        message = _message(b"f", _args(rest[0], os.path.abspath(rest[1])))
-    elif command == "check" and not rest:
-        message = _message(b"C", b"")
-    else:
-        _say(usage + "\n")
-        return _usage_error(command)
+    # (PostgreSQL runs the command in its own, so %p is relative to it). The bytes of the
+    # command line as they are (fsencode), as the compiled client sends them: str.encode
+    # raised on a path that is not UTF-8 (a data directory named in Latin-1), and the
+    # traceback's exit 1 ended an archive recovery early.
+    message: bytes | None = None
+    try:
+        if command == "wal-push" and len(rest) == 1:
+            message = _message(b"F", os.fsencode(os.path.abspath(rest[0])))
+        elif command == "wal-fetch" and len(rest) == 2:
+            body = _args(os.fsencode(rest[0]), os.fsencode(os.path.abspath(rest[1])))
+            message = _message(b"f", body)
+        elif command == "check" and not rest:
+            message = _message(b"C", b"")
+        else:
+            _say(usage + "\n")
+            return _usage_error(command)
+    except OverflowError:  # an argument, or all of them, over 64 KiB: sent below as too long
+        pass
     dest = rest[1] if command == "wal-fetch" else ""
     timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
     if timeout is None:
         return _failed(command, dest)
-    if len(message) > 65535:
+    if message is None or len(message) > 65535:
         _say(f"walg-daemon-client: {command}: arguments too long; nothing was done\n")
         return _failed(command, dest)
     try:

@@ -873,3 +873,57 @@ def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     res = env.run(client, str(env.socket), *args, cwd=env.pgdata)
     assert res.returncode == expected, res.stderr
     assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
+
+
+def test_a_data_directory_named_in_another_encoding_is_served(env: Env, client: Client) -> None:
+    """A data directory whose path is not UTF-8 (named in Latin-1): the arguments go to the
+    daemon, or to walg directly, as the bytes they are. The Python client died on encoding
+    them (a traceback, exit 1): in archive recovery PostgreSQL took 1 for "not in the
+    archive" and promoted without WAL that was archived."""
+    data = os.urandom(1 << 16)
+    _archive_with_walg(env, SEG, data)
+    pgdata = env.root / os.fsdecode(b"donn\xe9es")
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / SEG).write_bytes(data)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [client.path, str(env.socket), *args],
+            env=dict(env.env, **client.env),
+            capture_output=True,
+            text=True,
+            errors="backslashreplace",
+            timeout=60,
+            check=False,
+            cwd=pgdata,
+        )
+
+    # No daemon: the fetch runs walg directly and gets the archived segment.
+    fetched = run("wal-fetch", SEG, "pg_wal/RECOVERYXLOG")
+    assert fetched.returncode == 0, fetched.stderr
+    assert "fetching directly" in fetched.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
+    pushed = run("wal-push", f"pg_wal/{SEG}")
+    assert pushed.returncode == 1, pushed.stderr
+    assert "not running" in pushed.stderr and "Traceback" not in pushed.stderr
+
+
+def test_arguments_too_long_for_a_message_fail_by_the_rule(env: Env, client: Client) -> None:
+    """Arguments that do not fit in one message (64 KiB) fail saying so, by the exit code
+    rule: 128 for a wal-fetch in archive recovery. The Python client raised OverflowError
+    instead (a traceback, exit 1: "not in the archive" to a recovering PostgreSQL)."""
+    (env.pgdata / "recovery.signal").touch()
+    env.start()
+    try:
+        fetched = env.run(
+            client, str(env.socket), "wal-fetch", "A" * 70000, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+        )
+        pushed = env.run(client, str(env.socket), "wal-push", "p" * 65534, cwd=env.pgdata)
+    finally:
+        env.stop()
+    assert fetched.returncode == 128, fetched.stderr
+    assert pushed.returncode == 1, pushed.stderr
+    for res in (fetched, pushed):
+        assert "Traceback" not in res.stderr
+        assert "nothing was done" in res.stderr
