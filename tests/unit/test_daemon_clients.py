@@ -927,3 +927,27 @@ def test_arguments_too_long_for_a_message_fail_by_the_rule(env: Env, client: Cli
     for res in (fetched, pushed):
         assert "Traceback" not in res.stderr
         assert "nothing was done" in res.stderr
+
+
+def test_the_daemon_serves_a_data_directory_named_in_another_encoding(
+    env: Env, client: Client
+) -> None:
+    """The daemon takes a request's paths as file-system bytes: it refused every request
+    for a data directory whose name is not UTF-8 ("not UTF-8", E), so no WAL could be
+    archived through it, and a restore stopped at its first segment."""
+    env.pgdata = env.root / os.fsdecode(b"donn\xe9es")
+    (env.pgdata / "pg_wal").mkdir(parents=True)
+    data = os.urandom(1 << 16)
+    (env.pgdata / "pg_wal" / SEG).write_bytes(data)
+    env.start()
+    try:
+        pushed = env.run(client, str(env.socket), "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata)
+        fetched = env.run(
+            client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+        )
+    finally:
+        env.stop()
+    assert pushed.returncode == 0, pushed.stderr
+    assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
+    assert fetched.returncode == 0, fetched.stderr
+    assert (env.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data

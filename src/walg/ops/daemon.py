@@ -86,10 +86,14 @@ def loggable(message: str) -> str:
 
 
 def _text(data: bytes) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        raise UsageError(f"request argument is not UTF-8: {shown(repr(data))}") from None
+    """A request argument as the file system's bytes, decoded as Python decodes file names.
+
+    The clients send paths as the bytes of their command line: a data directory whose name is
+    not UTF-8 (Latin-1, say) is as valid a place as any, and refusing it left PostgreSQL
+    unable to archive or restore anything through the daemon. Names that are no WAL file are
+    refused later (check_wal_file_name), and messages show arguments escaped (shown).
+    """
+    return os.fsdecode(data)
 
 
 class RequestGate:
