@@ -447,3 +447,21 @@ def test_a_push_waiting_for_the_look_ahead_is_answered_within_its_limit(env: Env
     time.sleep(max(0.0, started + 8 - time.monotonic()))  # the look-ahead's upload is over
     log = env.stop()
     assert "did not finish within" in log, log
+
+
+def test_a_socket_path_it_cannot_listen_on_is_named(env: Env) -> None:
+    """A socket in a folder that does not exist, or a path too long for a UNIX socket: the
+    daemon refuses to start with a usage error naming the path. It said "unexpected
+    FileNotFoundError: [Errno 2] No such file or directory" (or "unexpected OSError: AF_UNIX
+    path too long"), naming nothing an operator could fix."""
+    env.socket = env.root / "missing" / "d.sock"
+    missing = env.run_daemon()
+    env.socket = env.root / ("s" * 120)
+    too_long = env.run_daemon()
+    assert missing.returncode == 2, missing.stderr
+    assert f"cannot listen on {env.root / 'missing' / 'd.sock'}" in missing.stderr
+    assert "No such file or directory" in missing.stderr
+    assert too_long.returncode == 2, too_long.stderr
+    assert f"socket path {env.socket} is too long" in too_long.stderr
+    for res in (missing, too_long):
+        assert "unexpected" not in res.stderr

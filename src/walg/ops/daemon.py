@@ -644,9 +644,9 @@ def _listening_at(socket_path: str) -> _Server:
     folder, name = os.path.split(socket_path)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}")
     if len(os.fsencode(tmp)) > SOCKET_PATH_MAX:
-        return _Server(socket_path, _Handler)
+        return _bound(socket_path, socket_path)
     remove(tmp)  # left by a process of this pid that died
-    server = _Server(tmp, _Handler)
+    server = _bound(tmp, socket_path)
     try:
         os.link(tmp, socket_path)
     except FileExistsError:
@@ -656,14 +656,39 @@ def _listening_at(socket_path: str) -> _Server:
         server.server_close()
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        return _Server(socket_path, _Handler)
+        return _bound(socket_path, socket_path)
     finally:
         remove(tmp)
     return server
 
 
+def _bound(address: str, socket_path: str) -> _Server:
+    """A server listening at ``address`` (``socket_path`` or its temporary name).
+
+    A folder that is missing or not writable is the operator's to fix, and the message must
+    say which path: bind's own error names none ("unexpected FileNotFoundError").
+    """
+    try:
+        return _Server(address, _Handler)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(f"cannot listen on {socket_path}: {reason}") from None
+
+
+def check_socket_path(socket_path: str) -> None:
+    """Refuse a path too long for a UNIX socket address before anything is done with it:
+    bind and connect report only "AF_UNIX path too long", naming no path."""
+    size = len(os.fsencode(socket_path))
+    if size > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"socket path {socket_path} is too long for a UNIX socket ({size} bytes; at most "
+            f"{SOCKET_PATH_MAX})"
+        )
+
+
 def serve(daemon: Daemon, socket_path: str, ready: threading.Event | None = None) -> _Server:
     """Bind the socket and return the server (call ``serve_forever`` on it)."""
+    check_socket_path(socket_path)
     prepare_socket_path(socket_path)
     old = os.umask(0o177)
     try:
