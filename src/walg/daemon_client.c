@@ -357,7 +357,11 @@ int main(int argc, char **argv)
     ssize_t got;
     int fd, built;
 
-    if (argc < 3 || (built = build(&m, argc, argv)) == -1) {
+    /*
+     * An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
+     * copied into sun_path it was the abstract address of 107 NUL bytes.
+     */
+    if (argc < 3 || argv[1][0] == '\0' || (built = build(&m, argc, argv)) == -1) {
         fputs(usage, stderr);
         /*
          * A wal-fetch in a data directory in archive recovery (PostgreSQL runs restore_command

@@ -185,6 +185,11 @@ def main(argv: "list[str] | None" = None) -> int:
         _say(usage + "\n")
         return EXIT_USAGE
     path, command, rest = args[0], args[1], args[2:]
+    if not path:
+        # An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
+        # the compiled client reads it as an address of its own, this one got EINVAL.
+        _say(usage + "\n")
+        return _usage_error(command)
     # The absolute paths: the daemon refuses files outside the data directory it serves
     # (PostgreSQL runs the command in its own, so %p is relative to it). The bytes of the
     # command line as they are (fsencode), as the compiled client sends them: str.encode

@@ -951,3 +951,25 @@ def test_the_daemon_serves_a_data_directory_named_in_another_encoding(
     assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
     assert fetched.returncode == 0, fetched.stderr
     assert (env.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 2), ((), 2)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+def test_an_empty_socket_path_is_a_usage_error(
+    env: Env, client: Client, signals: tuple[str, ...], expected: int
+) -> None:
+    """``walg-daemon-client "$WALG_SOCKET" ...`` with the variable unset in the server's
+    environment: a usage error for both clients, by the usage rule (128 for a wal-fetch in
+    archive recovery). The compiled client connected to the abstract address of 107 NUL
+    bytes and, refused, fetched directly; the Python one failed with EINVAL (exit 128)."""
+    for name in signals:
+        (env.pgdata / name).touch()
+    fetched = env.run(client, "", "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata)
+    pushed = env.run(client, "", "wal-push", f"pg_wal/{SEG}", cwd=env.pgdata)
+    assert fetched.returncode == expected, fetched.stderr
+    assert pushed.returncode == 2, pushed.stderr
+    for res in (fetched, pushed):
+        assert res.stderr.startswith("usage: walg-daemon-client SOCKET"), res.stderr
