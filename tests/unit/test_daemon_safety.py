@@ -465,3 +465,18 @@ def test_a_socket_path_it_cannot_listen_on_is_named(env: Env) -> None:
     assert f"socket path {env.socket} is too long" in too_long.stderr
     for res in (missing, too_long):
         assert "unexpected" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["WALG_DAEMON_WAL_FETCH_TIMEOUT", "WALG_DAEMON_WAL_UPLOAD_TIMEOUT"]
+)
+def test_a_zero_time_limit_is_a_configuration_error(env: Env, name: str) -> None:
+    """No request finishes within zero seconds: the daemon started, and every push failed
+    (archiving stalled) and every fetch failed, which in archive recovery exits 128 and
+    stops the restore at its first segment. It now refuses to start, naming the setting."""
+    env.env[name] = "0"
+    res = env.run_daemon()
+    assert res.returncode == 78, res.stderr
+    assert name in res.stderr and "more than zero" in res.stderr
+    with contextlib.suppress(FileNotFoundError):
+        assert not env.socket.exists()

@@ -35,9 +35,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _duration(ctx: Context, name: str, default: str) -> float:
+    """A request's time limit. Zero is refused: no request finishes within it, so every push
+    would fail and every fetch stop an archive recovery (128), "0" read as "no limit"."""
+    from walg.errors import ConfigError
     from walg.settings import parse_duration
 
-    return parse_duration(name, ctx.settings.values.get(name, "").strip() or default)
+    text = ctx.settings.values.get(name, "").strip() or default
+    seconds = parse_duration(name, text)
+    if seconds <= 0:
+        raise ConfigError(
+            f"{name}={text!r}: a request's time limit must be more than zero (within zero "
+            "seconds no request could be answered with success)"
+        )
+    return seconds
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
