@@ -1264,3 +1264,56 @@ def test_an_equal_object_found_stored_is_made_durable_before_success(
         assert str(path) in synced, (path, synced)
     after = obj.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "rewritten"
+
+
+class _TimingOutStorage(FileStorage):
+    """Storage whose every write fails as a network client's socket does when its server
+    stops answering: TimeoutError, an OSError (the daemon's request has its own limit)."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(exist_ok=True)
+        super().__init__(root)
+
+    def open_write(
+        self, key: str, overwrite: bool = True
+    ) -> contextlib.AbstractContextManager[Sink]:
+        raise TimeoutError("timed out")
+
+
+def test_an_os_error_from_the_work_is_answered_as_the_request_failing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A storage timeout inside a push is that push failing: the client gets E at once. The
+    daemon took it for its own request limit (the same class in Python 3.11) and, taking any
+    OSError for the connection's, closed the connection without an answer: the client then
+    said the daemon had stopped and ran walg itself."""
+    import logging
+    import socket
+    import threading
+
+    from walg.ops.daemon import Daemon, serve
+
+    name = SEGMENTS[0]
+    pgdata, settings = _daemon_setup(tmp_path, name)
+    settings = load(environ={**settings.values, "WALG_UPLOAD_CONCURRENCY": "1"})
+    daemon = Daemon(settings, _TimingOutStorage(tmp_path / "store"), str(pgdata), timeout=30)
+    sock = tmp_path / "d.sock"
+    server = serve(daemon, str(sock))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    caplog.set_level(logging.INFO)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(20)
+            conn.connect(str(sock))
+            body = name.encode()
+            conn.sendall(b"F" + (len(body) + 3).to_bytes(2, "big") + body)
+            assert conn.recv(1) == b"E"
+    finally:
+        server.shutdown()
+        server.server_close()
+        daemon.close()
+        thread.join(10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("timed out" in e for e in errors), errors
+    assert not any("did not finish within" in e for e in errors), errors

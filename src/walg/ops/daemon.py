@@ -132,6 +132,21 @@ class RequestGate:
             return self._state == "abandoned"
 
 
+def _finished(future: Future[object], timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s for ``future``: False if it is still running, True if it
+    succeeded; its own exception is raised. A TimeoutError the work raised (a storage client's
+    socket) is that error, not this wait's (they are one class)."""
+    try:
+        future.result(timeout=timeout)
+    except FutureTimeout:
+        if not future.done():
+            return False
+        error = future.exception()
+        if error is not None:
+            raise error from None
+    return True
+
+
 def client_open(conn: socket.socket) -> bool:
     """Whether the peer of ``conn`` still has its end open (without waiting or reading)."""
     try:
@@ -261,16 +276,14 @@ class Daemon:
         except RuntimeError:  # the pool is shut down: the daemon is stopping
             raise WalgError("the daemon is shutting down") from None
         try:
-            try:
-                future.result(timeout=timeout)
-            except FutureTimeout:
-                if gate.abandon():
-                    future.cancel()
-                    raise WalgError(abandoned) from None
-                future.result(timeout=commit_timeout)
-        except FutureTimeout:
-            total = timeout + (commit_timeout or 0)
-            raise WalgError(f"request did not finish within {total:.0f} s") from None
+            if _finished(future, timeout):
+                return
+            if gate.abandon():
+                future.cancel()
+                raise WalgError(abandoned)
+            if not _finished(future, commit_timeout):
+                total = timeout + (commit_timeout or 0)
+                raise WalgError(f"request did not finish within {total:.0f} s")
         except CancelledError:
             raise WalgError("the daemon is shutting down") from None
 
@@ -488,14 +501,18 @@ class _Handler(socketserver.BaseRequestHandler):
                 try:
                     if length < 3:
                         raise UsageError("corrupt message length")
-                    body = _read_exactly(conn, length - 3)
+                    try:
+                        body = _read_exactly(conn, length - 3)
+                    except OSError as exc:
+                        log.error("connection failed: %s", loggable(str(exc)))
+                        return
                     reply = daemon.handle(kind, body, lambda: client_open(conn))
-                except WalgError as exc:
+                except (WalgError, OSError) as exc:
+                    # An OSError here is the work's (a file, storage's socket), not this
+                    # connection's: the client must hear that the request failed, not take
+                    # a closed connection for a daemon that stopped.
                     log.error("%r request failed: %s", kind, loggable(str(exc)))
                     reply = ERROR
-                except (ConnectionError, TimeoutError, OSError) as exc:
-                    log.error("connection failed: %s", loggable(str(exc)))
-                    return
                 except Exception as exc:
                     # The frames, not the message: it may quote the request's bytes.
                     frames = "".join(traceback.format_tb(exc.__traceback__))
