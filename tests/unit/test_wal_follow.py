@@ -167,6 +167,38 @@ def test_a_request_finishes_the_followed_segment_without_waiting_for_the_poll(se
     assert not marker(wal, _settings, NAME).exists()
 
 
+def test_a_request_that_gives_up_waiting_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A request whose wait ends before the follower finishes (storage that hangs) must not
+    leave its wake-up behind: one per such request, the daemon's memory grew for its life,
+    and a later finish of the segment took the leftover for a request still waiting (and
+    wrote no marker for the wal-push that will come)."""
+    settings = make_settings(tmp_path)
+    storage = FileStorage(str(tmp_path / "store"))
+    wal = FakeWal(tmp_path)
+    release = threading.Event()
+
+    def slow_claim(name: str) -> bool:
+        release.wait(30)
+        return True
+
+    follower = WalFollower(settings, storage, str(wal.dir), claim=slow_claim)
+    try:
+        wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+        follower.start()
+        wait_until(
+            lambda: follower._current is not None and follower._current.prepared == SEG_SIZE - BLOCK
+        )
+        assert follower.wait_for(NAME, 0.3) is False
+        assert NAME not in follower._results
+        release.set()
+        wait_until(lambda: follower.stats["finished"] == 1)
+        # Finished for no request: the marker answers the wal-push that comes for it.
+        assert marker(wal, settings, NAME).exists()
+    finally:
+        release.set()
+        follower.stop()
+
+
 def test_next_segment_is_followed_after_one_is_finished(setup) -> None:  # type: ignore[no-untyped-def]
     _settings, storage, wal, follower, _claimed = setup
     nxt = Segment.parse(NAME, SEG_SIZE).next().name(SEG_SIZE)

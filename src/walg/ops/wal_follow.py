@@ -268,10 +268,13 @@ class WalFollower:
             done = self._results.setdefault(name, threading.Event())
             self._requested = name
         self._wake.set()
-        if not done.wait(timeout):
-            return False
+        finished = done.wait(timeout)
         with self._lock:
-            self._results.pop(name, None)
+            if self._results.get(name) is done:
+                del self._results[name]
+            if not finished:
+                # Given up on: finished later, the segment gets its marker (nobody waits).
+                return False
             if name in self._archived:
                 del self._archived[name]
                 return True
