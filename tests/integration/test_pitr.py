@@ -281,3 +281,38 @@ def test_a_restore_that_stops_before_a_branch_leaves_a_history_walg_reads(
     assert stop < history.switches[0].lsn
     assert history.end_lsn(1) == history.end_lsn(2) == stop
     assert history.timeline_of(stop // (16 << 20)) == 3
+
+
+def test_a_restore_stopped_at_its_target_leaves_no_prefetched_wal_once_promoted(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """The archive goes on for several segments past the target, so the restore prefetches
+    segments it never replays. Once the restored copy is promoted and archives its new
+    timeline's history, pg_wal must hold none of them (they stayed there for good)."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=archiving)
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    target_lsn = src.psql("SELECT pg_current_wal_insert_lsn()")
+    for n in range(6):
+        _mark(src, f"b{n}")
+        archive_now(src)
+    src.stop()
+
+    restored = _recover(
+        pg_install, walg, pg_workdir / "pitr", "--target-lsn", target_lsn, conf=archiving
+    )
+    assert _phases(restored) == ["a"]
+    history = walg.store / "wal_005" / "00000002.history.lz4"
+    prefetch = restored.datadir / "pg_wal" / ".wal-g" / "prefetch"
+    deadline = time.monotonic() + 60
+    while True:
+        left = sorted(p.name for p in prefetch.rglob("*") if p.is_file())
+        if history.exists() and not left:
+            break
+        assert time.monotonic() < deadline, f"history archived: {history.exists()}; left {left}"
+        time.sleep(0.2)
+    restored.stop()

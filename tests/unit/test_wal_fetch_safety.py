@@ -756,3 +756,82 @@ def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
     assert done.returncode == 0, done.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
     assert not (root / name).exists()
+
+
+# --- what a recovery prefetched, once it has ended -------------------------------------------
+
+
+def _leftovers(pgdata: Path) -> list[str]:
+    base = pgdata / "pg_wal" / ".wal-g" / "prefetch"
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("signals", "pushed", "cleared"),
+    [
+        ((), "00000002.history", True),  # promoted: the new timeline's history is archived
+        (("standby.signal",), "00000002.history", False),  # archive_mode = always, following
+        (("recovery.signal",), "00000002.history", False),
+        ((), NAME, False),  # a segment costs no look at the prefetch folder
+    ],
+)
+def test_archiving_a_new_timeline_s_history_clears_what_recovery_prefetched(
+    tmp_path: Path, walg_bin: str, signals: tuple[str, ...], pushed: str, cleared: bool
+) -> None:
+    """A restore stopped at its target leaves the segments prefetched past it in pg_wal (up to
+    WALG_DOWNLOAD_CONCURRENCY of them, a GB at 64) and no wal-fetch comes for them again.
+    Once recovery has ended (no signal file) the archiving of the new timeline's history
+    removes them; a standby keeps its own. Files that are not segments are not walg's."""
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    for signal_file in signals:
+        (pgdata / signal_file).touch()
+    base = pgdata / "pg_wal" / ".wal-g" / "prefetch"
+    key = base / ("a" * 32)
+    (key / "running").mkdir(parents=True)
+    later = [Segment(1, n).name() for n in range(4, 8)]
+    for name in later:
+        (key / name).write_bytes(b"x" * 8192)
+    (key / "running" / Segment(1, 8).name()).write_bytes(b"x" * 100)
+    (base / "notes.txt").write_text("an operator's")
+    (pgdata / "pg_wal" / pushed).write_bytes(
+        b"1\t0/5000000\tno recovery target specified\n" if pushed.endswith(".history") else b"w"
+    )
+    store = tmp_path / "store"
+    store.mkdir()
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    done = subprocess.run(
+        [walg_bin, "wal-push", f"pg_wal/{pushed}"],
+        env=environ,
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    if cleared:
+        assert _leftovers(pgdata) == ["notes.txt"]
+        assert "removed 5 prefetched segments" in done.stderr
+    else:
+        assert len(_leftovers(pgdata)) == 6
+
+
+def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(tmp_path: Path) -> None:
+    """The last wal-fetch's prefetch may still download when recovery ends and the history
+    push has cleared the folder: what it finishes then is dropped, not left in pg_wal."""
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    storage = MemoryStorage()
+    following = [Segment(1, n).name() for n in (4, 5)]
+    for name in following:
+        storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(_segment_bytes(name, 2222)))
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "2"})
+    root = prefetch_root(settings, str(dest))
+    (pgdata / "recovery.signal").touch()
+    assert Prefetcher(settings, storage, root, SEG, str(dest)).run(NAME, 1) == following[:1]
+    (pgdata / "recovery.signal").unlink()  # recovery has ended
+    assert Prefetcher(settings, storage, root, SEG, str(dest)).run(following[0], 1) == []
+    assert sorted(os.listdir(root)) == [following[0], "running"]
+    assert os.listdir(os.path.join(root, "running")) == []

@@ -152,7 +152,7 @@ def run_prefetch(args: argparse.Namespace, ctx: Context) -> int:
     forget_stale_temporaries(args.destination)
 
     root = args.root or prefetch_root(ctx.settings, args.destination)
-    Prefetcher(ctx.settings, ctx.storage(), root, args.segment_size).run(
+    Prefetcher(ctx.settings, ctx.storage(), root, args.segment_size, args.destination).run(
         args.name, prefetch_depth(ctx.settings)
     )
     return 0

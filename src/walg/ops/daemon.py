@@ -409,6 +409,7 @@ class Daemon:
                 self.storage,
                 prefetch_root(self.settings, dest),
                 file_segment_size(dest),  # initdb --wal-segsize names segments by it
+                dest,
             )
             # RuntimeError: shutting down. The file is in place and the reply must say so; the
             # prefetch is only an optimisation.

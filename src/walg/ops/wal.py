@@ -284,6 +284,50 @@ def forget_stale_temporaries(destination: str) -> list[str]:
     )
 
 
+def recovery_ended(data_dir: str) -> bool:
+    """Is ``data_dir`` a data directory (it has ``PG_VERSION``) out of recovery, with neither
+    ``recovery.signal`` nor ``standby.signal``? PostgreSQL removes them when recovery ends,
+    after its last ``restore_command``."""
+    return os.path.exists(os.path.join(data_dir, "PG_VERSION")) and not any(
+        os.path.lexists(os.path.join(data_dir, signal))
+        for signal in ("recovery.signal", "standby.signal")
+    )
+
+
+def clear_prefetched_after_recovery(wal_dir: str) -> int:
+    """Remove what ``wal-fetch`` prefetched into ``wal_dir``'s ``.wal-g/prefetch`` once the
+    data directory above it is out of recovery (:func:`recovery_ended`); the number of files
+    removed.
+
+    A restore stopped at a target leaves the segments prefetched past it there, up to
+    ``WALG_DOWNLOAD_CONCURRENCY`` of them (a GB at 64), and no ``wal-fetch`` will come to
+    take or sweep them. Called when a ``.history`` file is archived: a new timeline has begun,
+    so recovery has ended, and the prefetched segments belong to the timeline left behind (a
+    prefetch still running then keeps nothing: see ``wal_prefetch.Prefetcher``). A standby
+    that archives (``archive_mode = always``) keeps its signal file and its prefetch.
+    ``WALG_PREFETCH_DIR`` is left alone: other clusters may share it. Errors are ignored:
+    this is tidying, never a reason to fail the push.
+    """
+    import contextlib
+
+    from walg.core.lsn import is_segment_name
+
+    base = os.path.join(wal_dir, ".wal-g", "prefetch")
+    if not os.path.isdir(base) or not recovery_ended(os.path.dirname(os.path.abspath(wal_dir))):
+        return 0
+    removed = 0
+    for folder, _dirs, files in os.walk(base, topdown=False):
+        for name in files:
+            try:
+                if is_segment_name(name) and remove(os.path.join(folder, name)):
+                    removed += 1
+            except OSError:
+                continue
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # only if empty: anything else there is not ours
+    return removed
+
+
 def remove_stale_files(
     folder: str, wanted: Callable[[str], bool], age: float, now: float
 ) -> list[str]:

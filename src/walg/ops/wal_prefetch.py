@@ -34,6 +34,7 @@ from walg.ops.wal import (
     newest_timeline,
     put_in_place,
     read_history,
+    recovery_ended,
     remove,
     remove_stale_files,
     temporary_beside,
@@ -194,10 +195,26 @@ class Prefetcher:
     """Downloads the segments after a given one into the prefetch folder."""
 
     def __init__(
-        self, settings: Settings, storage: Storage, root: str, segment_size: int | None = None
+        self,
+        settings: Settings,
+        storage: Storage,
+        root: str,
+        segment_size: int | None = None,
+        destination: str | None = None,
     ) -> None:
-        """``segment_size``: that of the segment just fetched (default: the settings')."""
+        """``segment_size``: that of the segment just fetched (default: the settings').
+
+        ``destination``: where that segment was put (``%p``, ``pg_wal/RECOVERYXLOG``). Once
+        the data directory above it is out of recovery, downloads are dropped rather than
+        kept: no ``wal-fetch`` will come for them, and the archiving of the new timeline's
+        history has removed, or is about to remove, what was prefetched.
+        """
         self._settings = settings
+        self._data_dir = (
+            None
+            if destination is None
+            else os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+        )
         self._storage = storage
         self._root = os.fspath(root)
         self._running = os.path.join(self._root, "running")
@@ -286,6 +303,10 @@ class Prefetcher:
                 download_wal(self._storage, key, ext, out, self._segment_size)
             if not valid_segment_file(running, name, self._segment_size):
                 log.warning("archived %s is not a valid WAL segment; not prefetching it", key)
+                remove(running)
+                return False
+            if self._data_dir is not None and recovery_ended(self._data_dir):
+                log.debug("recovery has ended: not keeping the prefetched %s", name)
                 remove(running)
                 return False
             os.replace(running, os.path.join(self._root, name))

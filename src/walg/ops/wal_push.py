@@ -41,6 +41,7 @@ from walg.errors import (
 )
 from walg.ops.pipeline import download, upload
 from walg.ops.wal import (
+    clear_prefetched_after_recovery,
     find_wal_object,
     marker_name,
     marker_path,
@@ -140,6 +141,11 @@ def push_one(
     name = check_wal_file_name(os.path.basename(source))
     if not os.path.isfile(source):
         raise UsageError(f"WAL file {source} does not exist")
+    if name.endswith(".history"):
+        # A new timeline: recovery has ended, and what it prefetched is of no more use.
+        wal_dir = os.path.dirname(os.path.abspath(source))
+        if removed := clear_prefetched_after_recovery(wal_dir):
+            log.info("removed %d prefetched segments left by the recovery in %s", removed, wal_dir)
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
     checked = settings.prevent_wal_overwrite or name.endswith(".history")
