@@ -186,3 +186,54 @@ def test_standby_backup_waits_for_its_wal_and_replaces_a_dead_runs_leftovers(
     assert "ignoring 1 objects" in fetched.stderr and "part_099.tar.lz4" in fetched.stderr
     standby.stop()
     primary.stop()
+
+
+def test_backup_waits_for_every_segment_it_needs_not_only_the_last(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The look-ahead uploader archives later segments while PostgreSQL's call for an earlier
+    one keeps failing (here: another cluster's segment stored under its name). The last
+    segment the backup needs reaches storage, the first one never does: the backup cannot be
+    restored, and backup-push must not write its sentinel."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(
+        walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="4", WALG_STOP_BACKUP_TIMEOUT="8s"
+    )
+    cluster = Cluster.create(
+        install,
+        pg_workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    cluster.psql("CREATE TABLE filler (x text)")
+    # Held before pg_control is written, while WAL is switched past the starting segment.
+    faults = json.dumps([{"op": "write", "key": "pg_control\\.tar", "delay": 4}])
+    proc = walg.popen(
+        ["backup-push", str(cluster.datadir)],
+        cluster=cluster,
+        env={"WALG_FAULT_INJECTION": faults},
+    )
+    backups = walg.store / "basebackups_005"
+    deadline = time.monotonic() + 60
+    while not list(backups.glob("base_*/tar_partitions/part_*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backup-push never wrote a partition"
+        time.sleep(0.05)
+    (folder,) = backups.glob("base_*")
+    first = folder.name[len("base_") :]
+    # Another cluster's segment under the backup's first segment's name.
+    foreign = pg_workdir / "foreign"
+    foreign.mkdir(mode=0o755)
+    (foreign / first).write_bytes(b"another cluster" * 1000)
+    walg.run(["wal-push", str(foreign / first)], env={"WALG_UPLOAD_CONCURRENCY": "1"})
+    for _ in range(3):
+        cluster.psql("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 1000)")
+        cluster.psql("SELECT pg_switch_wal()")
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=120)
+    later = sorted(p.name for p in (walg.store / "wal_005").iterdir() if p.name[:24] > first)
+    assert later, "the look-ahead uploader archived the later segments"
+    assert proc.returncode == 1, stderr
+    assert first in stderr, stderr
+    assert not list(walg.store.rglob("*_backup_stop_sentinel.json")), "no backup may be listed"
+    cluster.stop(mode="immediate")

@@ -24,7 +24,7 @@ from walg import __version__
 from walg.core.checksum import Checksum, StoredObject
 from walg.core.gotime import GoTime
 from walg.core.log import get_logger
-from walg.core.lsn import Segment, format_lsn
+from walg.core.lsn import Segment, format_lsn, is_segment_name
 from walg.core.metadata import BackupMetadata, FileDescription, FilesMetadata, Sentinel
 from walg.core.naming import (
     BACKUP_LABEL_MEMBER,
@@ -39,7 +39,7 @@ from walg.core.naming import (
     sentinel_key,
     with_ext,
 )
-from walg.errors import BackupInProgress, PostgresError, StorageError, UsageError
+from walg.errors import BackupInProgress, FormatError, PostgresError, StorageError, UsageError
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
 from walg.ops.wal import find_wal_object
@@ -479,14 +479,13 @@ def _upload_backup(
     # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
     # the wait for the archive below may last long (a standby's idle primary).
     now_located = session.database_locations(pgdata)
-    last_segment = Segment.before(start.timeline, stop.lsn, info.segment_size).name(
-        info.segment_size
-    )
+    first = Segment.containing(start.timeline, start.lsn, info.segment_size)
+    last = Segment.before(start.timeline, stop.lsn, info.segment_size)
     if archiving or info.in_recovery:
         remaining = settings.stop_backup_timeout - (time.monotonic() - stop_started)
-        _wait_for_archived(storage, session, last_segment, baseline, remaining)
+        _wait_for_archived(storage, session, first, last, info.segment_size, baseline, remaining)
     else:
-        log.warning("archive_mode is off: %s will not be archived", last_segment)
+        log.warning("archive_mode is off: %s will not be archived", last.name(info.segment_size))
     moved = moved_databases(databases, now_located)
     if moved:
         which = f"database {moved[0]}" if len(moved) == 1 else f"databases {', '.join(moved)}"
@@ -591,13 +590,18 @@ def _warn_skipped(skipped: list[datadir.Skipped]) -> None:
 def _wait_for_archived(
     storage: Storage,
     session: BackupSession,
-    segment: str,
+    first: Segment,
+    last: Segment,
+    segment_size: int,
     baseline: ArchiverStatus | None,
     timeout: float,
 ) -> None:
-    """Wait until ``segment`` (the last one the backup needs) is in storage.
+    """Wait until every segment the backup needs, ``first`` to ``last``, is in storage.
 
     A backup whose WAL is not archived cannot be restored, so exiting 0 before would be a lie.
+    The last segment alone proves nothing about the ones before it: walg's look-ahead
+    uploaders (and the daemon) archive later segments while PostgreSQL's own call for an
+    earlier one keeps failing (another cluster's segment stored under its name, say).
     Polls storage quickly at first; reports a failing ``archive_command`` as soon as
     ``pg_stat_archiver`` shows it, and gives up after ``timeout`` seconds. ``baseline`` is
     None where another server archives the segment (the primary of a standby): then only
@@ -608,7 +612,19 @@ def _wait_for_archived(
     warned = False
     # Without pg_stat_archiver to report, say at once what is waited for.
     next_status = time.monotonic() + (2.0 if baseline is not None else 0.0)
-    while find_wal_object(storage, segment) is None:
+    waiting = first
+    while True:
+        # Each segment is looked for until found, then never again.
+        while waiting <= last and find_wal_object(storage, waiting.name(segment_size)):
+            waiting = waiting.next()
+        segment = waiting.name(segment_size)
+        if waiting > last:
+            # Where this server archives, PostgreSQL must also have archived them all: an
+            # object under a segment's name may be another cluster's, which PostgreSQL's own
+            # call keeps refusing to overwrite.
+            if baseline is None or _archived_up_to(session.archiver_status(), last, segment_size):
+                return
+            segment = last.name(segment_size)
         now = time.monotonic()
         if baseline is None:
             if now >= next_status:
@@ -648,6 +664,18 @@ def _wait_for_archived(
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+def _archived_up_to(status: ArchiverStatus, last: Segment, segment_size: int) -> bool:
+    """Has PostgreSQL's archiver reported ``last`` (and so, archiving in order, every segment
+    before it) archived? Its last file may be a segment or a ``.backup`` file named after one."""
+    archived = status.last_archived_wal[:24]
+    if not is_segment_name(archived):
+        return False
+    try:
+        return Segment.parse(archived, segment_size) >= last
+    except FormatError:
+        return False
 
 
 def _cleanup(storage: Storage, name: str) -> None:
