@@ -466,3 +466,82 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
         cluster.stop()
     finally:
         _stop_daemon(daemon)
+
+
+@pytest.fixture
+def mount_small_pg_wal(pg_workdir: Path) -> Iterator[Callable[[Path], None]]:
+    """Mounts a 112 MiB tmpfs on an (empty) pg_wal; unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    import pwd
+
+    pw = pwd.getpwnam("pgtest")
+    mounted: list[Path] = []
+
+    def mount(pg_wal: Path) -> None:
+        options = f"size=112m,mode=0700,uid={pw.pw_uid},gid={pw.pw_gid}"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(pg_wal)], check=True)
+        mounted.append(pg_wal)
+
+    try:
+        yield mount
+    finally:
+        from pgcluster import stop_clusters_under
+
+        stop_clusters_under(pg_workdir, mode="immediate")
+        for pg_wal in mounted:
+            subprocess.run(["umount", str(pg_wal)], check=True)
+
+
+def test_prefetch_leaves_room_for_the_segment_recovery_asks_for(
+    install: PgInstall,
+    pg_workdir: Path,
+    walg_bin: str,
+    mount_small_pg_wal: Callable[[Path], None],
+) -> None:
+    """A restore whose pg_wal has room for what PostgreSQL keeps (112 MiB, restartpoints
+    every 32 MB) but not for ten more prefetched segments. The prefetch filled it, wal-fetch of
+    the segment recovery asked for failed for want of space (exit 128: recovery stops), and
+    every restart prefetched again and failed the same way: the restore could not finish,
+    while it does with WALG_DOWNLOAD_CONCURRENCY=1."""
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_DOWNLOAD_CONCURRENCY="10")
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("CREATE TABLE filler (x text)")
+    for _ in range(14):
+        src.psql("INSERT INTO filler SELECT md5(random()::text) FROM generate_series(1, 40000)")
+        src.psql("SELECT pg_switch_wal()")
+        src.psql("CHECKPOINT")  # a restartpoint for the restore: it keeps few segments
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+        ]
+    )
+    assert not list((dest / "pg_wal").iterdir())
+    mount_small_pg_wal(dest / "pg_wal")
+    restored = Cluster.from_existing(
+        install,
+        dest,
+        conf={"archive_mode": "off", "max_wal_size": "32MB", "min_wal_size": "32MB"},
+    )
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=120)
+    restored.wait_for_recovery_end(timeout=120)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    assert "No space left" not in restored.log_tail(400)
+    assert "from archive" in restored.log_tail(400)
+    restored.stop()

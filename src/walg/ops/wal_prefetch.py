@@ -186,6 +186,12 @@ def _wait_for_running(root: str, name: str) -> None:
 MAX_PREFETCH_DEPTH = 64
 
 
+# A prefetch download starts only if, once it and those running beside it are complete, this
+# many segments' worth stays free on the prefetch folder's file system: room for the segment
+# a restore asks for next when it is not prefetched, and for one more PostgreSQL writes.
+FREE_SEGMENTS_KEPT = 2
+
+
 def prefetch_depth(settings: Settings) -> int:
     """How many segments after the one fetched are prefetched."""
     return min(settings.download_concurrency, MAX_PREFETCH_DEPTH)
@@ -298,6 +304,12 @@ class Prefetcher:
             fd = os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
+        # Created first, so that downloads starting at the same time count one another.
+        if not self._room_for_one_more():
+            os.close(fd)
+            remove(running)
+            log.debug("not prefetching %s: too little free space left beside it", name)
+            return False
         try:
             with os.fdopen(fd, "wb") as out:
                 download_wal(self._storage, key, ext, out, self._segment_size)
@@ -315,6 +327,28 @@ class Prefetcher:
             log.debug("prefetch of %s failed: %s", name, exc)
             remove(running)
             return False
+
+    def _room_for_one_more(self) -> bool:
+        """Is there room for every download in ``running/`` (this one included) to finish
+        and still :data:`FREE_SEGMENTS_KEPT` segments' worth free?
+
+        Prefetched files sit in pg_wal's file system (unless ``WALG_PREFETCH_DIR`` is
+        elsewhere) beside what PostgreSQL keeps there; filled by the prefetch, a restore's
+        next download fails for want of space, recovery stops, and the prefetch after a
+        restart fills it again. Unknown (statvfs or the folder cannot be read): no prefetch.
+        """
+        try:
+            fs = os.statvfs(self._running)
+            outstanding = 0
+            with os.scandir(self._running) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        done = entry.stat(follow_symlinks=False).st_size
+                        outstanding += max(0, self._segment_size - done)
+        except OSError:
+            return False
+        free = fs.f_bavail * fs.f_frsize
+        return free - outstanding >= FREE_SEGMENTS_KEPT * self._segment_size
 
     def cleanup(self, current: str) -> None:
         """Drop prefetched files PostgreSQL has moved past, and abandoned downloads."""
