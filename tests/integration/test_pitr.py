@@ -316,3 +316,60 @@ def test_a_restore_stopped_at_its_target_leaves_no_prefetched_wal_once_promoted(
         assert time.monotonic() < deadline, f"history archived: {history.exists()}; left {left}"
         time.sleep(0.2)
     restored.stop()
+
+
+def test_latest_without_a_target_is_a_backup_on_the_timeline_recovery_follows(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """After a point-in-time restore (timeline 2, branched off timeline 1 at a moment before
+    the newest backup), the newest backup is on the abandoned part of timeline 1. Recovery
+    follows the newest timeline (recovery_target_timeline's default), which cannot start
+    from it: backup-fetch LATEST --restore-command restored it anyway, after the whole
+    download, and the server refused to start ("could not locate required checkpoint
+    record"). LATEST is the newest backup recovery can start from; a named one that it cannot
+    is refused before anything is downloaded."""
+    from walg.ops import catalog
+    from walg.storage.file import FileStorage
+
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    target_time = _backed_up_a_then_b(install, walg, pg_workdir / "src", archiving)
+    src = Cluster.from_existing(install, pg_workdir / "src", conf=archiving)
+    src.start()
+    walg.run(["backup-push", str(src.datadir)], cluster=src)  # after "b", on timeline 1
+    _mark(src, "c")
+    archive_now(src)
+    src.stop()
+    first, newest = (ref.name for ref in catalog.list_backups(FileStorage(str(walg.store))))
+
+    pitr = _recover(
+        install, walg, pg_workdir / "pitr", "--target-time", target_time, conf=archiving
+    )
+    assert _phases(pitr) == ["a"]
+    pitr.psql("ALTER SYSTEM RESET recovery_target_time")
+    pitr.checkpoint()
+    _mark(pitr, "d")
+    archive_now(pitr)
+    expected = normalized_dump(pitr.pg_dumpall())
+    pitr.stop()
+
+    latest = _recover(install, walg, pg_workdir / "latest")
+    assert first[len("base_") :] in (latest.datadir / "backup_label.old").read_text()
+    assert _phases(latest) == ["a", "d"]
+    assert normalized_dump(latest.pg_dumpall()) == expected
+    latest.stop()
+
+    refused = walg.run(
+        [
+            "backup-fetch",
+            str(pg_workdir / "named"),
+            newest,
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+        ],
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "timeline 2" in refused.stderr, refused.stderr
+    assert not (pg_workdir / "named").exists()

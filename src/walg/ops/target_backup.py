@@ -254,10 +254,12 @@ def _ns(moment: datetime, frac: str) -> int:
 
 def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None) -> str:
     """The backup to restore for ``name`` (a backup name or LATEST) and ``target``."""
-    bound = TargetBound.of(target) if target is not None else None
-    if bound is None or target is None:
+    if target is None:
         return name
+    bound = TargetBound.of(target)
     timelines = _Timelines(storage, target.timeline)
+    if bound is None:
+        return _backup_on_timeline(storage, name, timelines)
     if name != catalog.LATEST:
         end = BackupEnd.read(storage, catalog.resolve(storage, name))
         reason = timelines.why_not(end)
@@ -317,3 +319,49 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             )
         log.warning("backup %s records no end; not considered for %s", end.name, bound.what)
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
+
+
+def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> str:
+    """Without a time or LSN target, the backup recovery can start from on the timeline it
+    will follow: ``name`` if it can (else a UsageError), for LATEST the newest that can.
+
+    After a point-in-time restore branched a new timeline off an older one, the newest
+    backups may lie on the abandoned part of the older timeline, and the restored server
+    refuses to start from them ("requested timeline is not a child of this server's
+    history") after the whole download.
+    """
+    if name != catalog.LATEST:
+        end = BackupEnd.read(storage, catalog.resolve(storage, name))
+        reason = timelines.why_not(end)
+        if reason is not None:
+            raise UsageError(
+                f"backup {name} cannot start a recovery that follows timeline "
+                f"{timelines.target(end)}: {reason}; name another backup, LATEST to have walg "
+                "choose one, or --target-timeline"
+            )
+        return name
+    refs = catalog.list_backups(storage)
+    if not refs:
+        raise BackupNotFound(f"no backups found in {storage.location}")
+    for ref in reversed(refs):
+        try:
+            end = BackupEnd.read(storage, ref.name)
+        except (IntegrityError, BackupNotFound) as exc:
+            log.warning("%s; not considered", exc)
+            continue
+        reason = timelines.why_not(end)
+        if reason is None:
+            if ref is refs[-1]:
+                return name  # the newest, as without --restore-command
+            log.info("LATEST: backup %s, the newest recovery can start from", end.name)
+            return end.name
+        log.info(
+            "backup %s not considered: recovery follows timeline %d, and %s",
+            end.name,
+            timelines.target(end),
+            reason,
+        )
+    raise BackupNotFound(
+        f"no backup in {storage.location} can start a recovery that follows the target "
+        "timeline; name one with --target-timeline"
+    )
