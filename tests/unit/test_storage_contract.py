@@ -813,3 +813,63 @@ print("left:", len(os.listdir(wal)))
         assert lines[1:] == ["left: 1", "removed: 1", "left: 0"], lines
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_fstab_mount_points_are_read_as_the_system_reads_them() -> None:
+    from walg.storage.mounts import fstab_mount_points
+
+    text = (
+        "# /etc/fstab\n"
+        "UUID=1 / ext4 defaults 0 1\n"
+        "UUID=2 /var/backups/pg ext4 defaults,nofail 0 2\n"
+        "  UUID=3   /mnt/with\\040space//  xfs  noauto  0 0\n"
+        "/dev/sdb2 none swap sw 0 0\n"
+        "/swapfile swap swap defaults 0 0\n"
+        "#UUID=4 /mnt/commented ext4 defaults 0 2\n"
+        "proc proc proc defaults 0 0\n"
+        "broken-line\n"
+    )
+    assert fstab_mount_points(text) == {"/var/backups/pg", "/mnt/with space"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_file_storage_on_a_listed_mount_point_that_is_not_mounted_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    """WALG_FILE_PREFIX names the mount point of a backup volume that is not mounted: the
+    empty folder beneath is there, and walg used it as an empty archive (WAL written to the
+    wrong disk, a restore told "not in the archive"). Also a folder made under it then."""
+    volume = tmp_path / "volume"
+    (volume / "made-while-unmounted").mkdir(parents=True)
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"tmpfs {volume} tmpfs defaults 0 0\n")
+    for top in (volume, volume / "made-while-unmounted"):
+        storage = FileStorage(top, fstab=str(fstab))
+        with pytest.raises(StorageError, match=f"{volume}, a mount point .* not mounted"):
+            storage.check_available()
+        with pytest.raises(StorageError, match="not mounted"):
+            storage.put_bytes("wal_005/000000010000000000000001.lz4", b"x")
+        assert not (top / "wal_005").exists()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)], check=True)
+    try:
+        storage = FileStorage(volume, fstab=str(fstab))
+        storage.check_available()
+        storage.put_bytes("wal_005/000000010000000000000001.lz4", b"x")
+        assert storage.get_bytes("wal_005/000000010000000000000001.lz4") == b"x"
+        # Not in the table: nothing is known about it.
+        FileStorage(tmp_path, fstab=str(tmp_path / "no-such-fstab")).check_available()
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+    # Unmounted under a storage already open (a daemon's): its next write is refused.
+    with pytest.raises(StorageError, match="not mounted"):
+        storage.put_bytes("wal_005/000000010000000000000002.lz4", b"y")
+    # A bind mount from the same file system is mounted too (os.path.ismount cannot tell).
+    source = tmp_path / "bind-source"
+    source.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(volume)], check=True)
+    try:
+        assert not os.path.ismount(volume)
+        FileStorage(volume, fstab=str(fstab)).put_bytes("wal_005/bound.lz4", b"z")
+        assert (source / "wal_005" / "bound.lz4").read_bytes() == b"z"
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)

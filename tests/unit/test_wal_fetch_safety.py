@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -835,3 +836,56 @@ def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(tmp_path: Pat
     assert Prefetcher(settings, storage, root, SEG, str(dest)).run(following[0], 1) == []
     assert sorted(os.listdir(root)) == [following[0], "running"]
     assert os.listdir(os.path.join(root, "running")) == []
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a private /etc/fstab needs root and unshare",
+)
+def test_an_archive_on_a_volume_that_is_not_mounted_is_no_empty_archive(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """WALG_FILE_PREFIX is the mount point of the backup volume, which is not mounted. Every
+    wal-fetch in archive recovery answered 74 ("not in the archive"): PostgreSQL would end
+    recovery there and promote. wal-push wrote the WAL onto the disk beneath. The real walg
+    runs in a mount namespace whose /etc/fstab lists the volume."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"UUID=0-0 {volume} ext4 defaults,nofail 0 2\n")
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(volume)}
+
+    def walg(*args: str) -> subprocess.CompletedProcess[str]:
+        script = 'mount --bind "$0" /etc/fstab && exec "$@"'
+        return subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                str(fstab),
+                walg_bin,
+                *args,
+            ],
+            env=environ,
+            cwd=pgdata,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    fetched = walg("wal-fetch", Segment(1, 9).name(), "pg_wal/RECOVERYXLOG")
+    assert fetched.returncode == 128, fetched.stderr
+    assert "not mounted" in fetched.stderr
+    pushed = walg("wal-push", f"pg_wal/{NAME}")
+    assert pushed.returncode == 1, pushed.stderr
+    assert "not mounted" in pushed.stderr
+    assert list(volume.iterdir()) == []

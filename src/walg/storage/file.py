@@ -20,6 +20,7 @@ import time
 from walg.core.pattern import LazyPattern
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
+from walg.storage.mounts import FSTAB, MountCheck
 
 # Paths are plain strings and time stamps are imported late: wal-push loads this module on
 # every archive_command call (typing, pathlib and datetime would cost it milliseconds).
@@ -249,15 +250,18 @@ class FileStorage(Storage):
         root: str | os.PathLike[str],
         direct_io: bool = True,
         top: str | os.PathLike[str] | None = None,
+        fstab: str = FSTAB,
     ) -> None:
         """``direct_io=False`` (``WALG_FILE_DIRECT_IO=false``) writes through the page cache.
 
         ``top``: the folder that must exist already (default ``root``; the folder of
         ``WALG_FILE_PREFIX`` when ``WALG_STORAGE_PREFIX`` names one inside it). Writes make
-        the folders they need below it, never ``top`` itself.
+        the folders they need below it, never ``top`` itself. ``top`` must not lie on a
+        mount point ``fstab`` lists that is not mounted (see :mod:`walg.storage.mounts`).
         """
         self.root = _local(root)
         self._top = self.root if top is None else _local(top)
+        self._mounts = MountCheck(fstab)
         self.location = self.root
         self._direct = direct_io  # until the filesystem refuses O_DIRECT
         # Staging buffers of direct writes, reused: fresh pages cost a page fault each.
@@ -275,6 +279,9 @@ class FileStorage(Storage):
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
         parent = os.path.dirname(path)
+        # Before every write, not only when the command starts: a daemon runs for months, and
+        # its volume may be unmounted under it.
+        self._check_mounted()
         try:
             _make_dirs(parent, self._top)
             handle, direct = self._create(tmp)
@@ -491,8 +498,18 @@ class FileStorage(Storage):
         # An unmounted backup volume looks like an empty archive to every lookup.
         if not os.path.isdir(self._top):
             raise _missing_root(self._top)
+        self._check_mounted()
         if self.root != self._top and os.path.lexists(self.root) and not os.path.isdir(self.root):
             raise StorageError(f"storage folder {self.root} is not a folder")
+
+    def _check_mounted(self) -> None:
+        point = self._mounts.unmounted(self._top)
+        if point is not None:
+            raise StorageError(
+                f"storage folder {self._top} is on {point}, a mount point {self._mounts.fstab} "
+                "lists that is not mounted: its volume is not there (what is beneath it is "
+                "another file system's folder); mount it"
+            )
 
     def stat(self, key: str) -> ObjectInfo:
         st = self._stat_object(key)
