@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -31,6 +32,14 @@ def selected_majors() -> list[int]:
         majors = set(pgcluster.available_majors())
     majors.add(REQUIRED_MAJOR)
     return sorted(majors)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a shell without job control inherits SIGINT
+    # ignored, and so would every walg it starts (Python then installs no KeyboardInterrupt):
+    # the tests of how walg stops on SIGINT need it delivered, as a terminal delivers it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
