@@ -736,6 +736,12 @@ CALL_VARIANTS = (
         (("TOTAL_BG_UPLOADED_LIMIT", "1"),),
         note="walg wal-push %p, TOTAL_BG_UPLOADED_LIMIT=1",
     ),
+    PushVariant(
+        "walg cold (no look-ahead, buffered writes)",
+        "walg",
+        (("TOTAL_BG_UPLOADED_LIMIT", "1"), ("WALG_FILE_DIRECT_IO", "false")),
+        note="walg wal-push %p, TOTAL_BG_UPLOADED_LIMIT=1, WALG_FILE_DIRECT_IO=false",
+    ),
     PushVariant("walg cold (defaults)", "walg", note="walg wal-push %p, look-ahead on"),
     PushVariant(
         "walg daemon (no look-ahead)",
@@ -780,6 +786,12 @@ CALL_VARIANTS = (
 DRAIN_VARIANTS = (
     PushVariant("cp", "cp", note="cp %p DIR/%f"),
     PushVariant("walg cold (defaults)", "walg", note="walg wal-push %p, look-ahead 16/32"),
+    PushVariant(
+        "walg cold (buffered writes)",
+        "walg",
+        (("WALG_FILE_DIRECT_IO", "false"),),
+        note="walg wal-push %p, look-ahead 16/32, WALG_FILE_DIRECT_IO=false",
+    ),
     PushVariant("walg daemon", "daemon", note="walg-daemon-client; daemon defaults"),
     PushVariant(
         "walg daemon (native client)",
