@@ -15,7 +15,8 @@
  *
  * Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
  * (or wrongly given) wal-fetch in archive recovery (recovery.signal and no standby.signal in the directory above
- * DEST's directory, as %p is pg_wal/RECOVERYXLOG): 128 there. PostgreSQL takes a
+ * DEST's directory, as %p is pg_wal/RECOVERYXLOG; before PostgreSQL 12 a recovery.conf there
+ * that does not turn standby_mode on): 128 there. PostgreSQL takes a
  * restore_command status of 1 to 125 for "not in the archive" and would end recovery and
  * promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A standby
  * retries (and streams), so it gets 1. A push whose daemon is not running fails (PostgreSQL
@@ -36,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -187,13 +189,77 @@ static int build(struct message *m, int argc, char **argv)
     return 0;
 }
 
+/* dir + "/" + name, in a buffer of its own; NULL when that does not fit. */
+static const char *in_dir(const char *dir, const char *name)
+{
+    static char buf[MAX_MESSAGE + 32];
+    int n = snprintf(buf, sizeof(buf), "%s/%s", dir, name);
+    return n > 0 && (size_t)n < sizeof(buf) ? buf : NULL;
+}
+
 /* Whether the file named by dir + "/" + name exists (stat follows links, as Python's does). */
 static int exists_in(const char *dir, const char *name)
 {
-    static char buf[MAX_MESSAGE + 32];
     struct stat st;
-    int n = snprintf(buf, sizeof(buf), "%s/%s", dir, name);
-    return n > 0 && (size_t)n < sizeof(buf) && stat(buf, &st) == 0;
+    const char *file = in_dir(dir, name);
+    return file != NULL && stat(file, &st) == 0;
+}
+
+/* A boolean setting's value as PostgreSQL's parse_bool takes it for true. */
+static int bool_true(const char *value, size_t len)
+{
+    if (len == 0)
+        return 0;
+    return (len == 1 && value[0] == '1') || (len == 2 && strncasecmp(value, "on", 2) == 0) ||
+           (len <= 4 && strncasecmp(value, "true", len) == 0) ||
+           (len <= 3 && strncasecmp(value, "yes", len) == 0);
+}
+
+/*
+ * Whether dir's recovery.conf (PostgreSQL before 12) turns standby_mode on: its last setting
+ * counts, as PostgreSQL reads the file. One that cannot be read turns nothing on.
+ */
+static int standby_mode_on(const char *dir)
+{
+    static char line[4096];
+    const char *conf = in_dir(dir, "recovery.conf");
+    FILE *f = conf != NULL ? fopen(conf, "r") : NULL;
+    int on = 0, whole = 1;
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        int start = whole; /* the rest of a line longer than the buffer is no setting */
+        size_t n = strlen(line), len;
+        char *p = line + strspn(line, " \t\r");
+        whole = n > 0 && line[n - 1] == '\n';
+        if (!start || strncmp(p, "standby_mode", 12) != 0 || p[12] == '\0' ||
+            strchr(" \t\r=", p[12]) == NULL)
+            continue;
+        p += 12 + strspn(p + 12, " \t\r");
+        if (*p == '=')
+            p += 1 + strspn(p + 1, " \t\r");
+        if (*p == '\'') {
+            p++;
+            len = strcspn(p, "'\n");
+        } else {
+            len = strcspn(p, " \t\r\n#");
+        }
+        on = bool_true(p, len);
+    }
+    (void)fclose(f);
+    return on;
+}
+
+/*
+ * Whether dir is a data directory in archive recovery, not a standby: from PostgreSQL 12
+ * recovery.signal without standby.signal, before it a recovery.conf without standby_mode on
+ * (backup-fetch --restore-command writes one for those servers).
+ */
+static int in_archive_recovery(const char *dir)
+{
+    if (exists_in(dir, "recovery.signal"))
+        return !exists_in(dir, "standby.signal");
+    return exists_in(dir, "recovery.conf") && !standby_mode_on(dir);
 }
 
 /* The exit code of a failure other than "not in the archive" (see the comment at the top). */
@@ -216,7 +282,7 @@ static int failed(void)
     }
     if (strcmp(target, "/") == 0)
         target[0] = '\0'; /* so that "/recovery.signal" is not "//recovery.signal" */
-    if (exists_in(target, "recovery.signal") && !exists_in(target, "standby.signal"))
+    if (in_archive_recovery(target))
         return EXIT_ABORT_RECOVERY;
     return EXIT_FAILED;
 }
@@ -367,8 +433,7 @@ int main(int argc, char **argv)
          * A wal-fetch in a data directory in archive recovery (PostgreSQL runs restore_command
          * there): 2 would read as "not in the archive" ('... wal-fetch %f', no %p).
          */
-        if (argc >= 3 && strcmp(argv[2], "wal-fetch") == 0 && exists_in(".", "recovery.signal") &&
-            !exists_in(".", "standby.signal"))
+        if (argc >= 3 && strcmp(argv[2], "wal-fetch") == 0 && in_archive_recovery("."))
             return EXIT_ABORT_RECOVERY;
         return EXIT_USAGE;
     }

@@ -19,7 +19,8 @@ could answer "done" to every push.
 Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
 (or wrongly given) ``wal-fetch`` in archive recovery (``recovery.signal`` and no
 ``standby.signal`` in the data directory that holds DEST's directory, as ``%p`` is
-``pg_wal/RECOVERYXLOG``, or for wrong arguments the working directory): 128 there.
+``pg_wal/RECOVERYXLOG``, or for wrong arguments the working directory; before PostgreSQL 12
+a ``recovery.conf`` there that does not turn ``standby_mode`` on): 128 there.
 PostgreSQL takes a restore_command status of 1 to 125 for "not in the archive" and would end
 recovery and promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A
 standby retries (and streams), so it gets 1. A push whose daemon is not running fails
@@ -122,19 +123,54 @@ def _failed(command: str, dest: str) -> int:
     if command != "wal-fetch":
         return EXIT_FAILURE
     pgdata = os.path.dirname(os.path.dirname(os.path.abspath(dest)))
-    return EXIT_ABORT_RECOVERY if _in_archive_recovery(pgdata) else EXIT_FAILURE
+    return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else EXIT_FAILURE
 
 
-def _in_archive_recovery(pgdata: str) -> bool:
-    recovery = os.path.exists(os.path.join(pgdata, "recovery.signal"))
-    return recovery and not os.path.exists(os.path.join(pgdata, "standby.signal"))
+def in_archive_recovery(pgdata: str) -> bool:
+    """Is ``pgdata`` a data directory in archive recovery, not a standby? From PostgreSQL 12
+    ``recovery.signal`` without ``standby.signal``; before it a ``recovery.conf`` that does not
+    turn ``standby_mode`` on (backup-fetch --restore-command writes one for those servers)."""
+    if os.path.exists(os.path.join(pgdata, "recovery.signal")):
+        return not os.path.exists(os.path.join(pgdata, "standby.signal"))
+    conf = os.path.join(pgdata, "recovery.conf")
+    return os.path.exists(conf) and not _standby_mode_on(conf)
+
+
+def _standby_mode_on(conf: str) -> bool:
+    """Whether recovery.conf ``conf`` turns standby_mode on: its last setting counts, and
+    "on", "1" and the prefixes of "true" and "yes" are true, as PostgreSQL's parse_bool takes
+    them. A file that cannot be read turns nothing on."""
+    try:
+        with open(conf, "rb") as f:
+            text = f.read()
+    except OSError:
+        return False
+    on = False
+    for line in text.split(b"\n"):
+        rest = line.lstrip(b" \t\r")
+        if not rest.startswith(b"standby_mode") or rest[12:13] not in (b" ", b"\t", b"\r", b"="):
+            continue
+        rest = rest[12:].lstrip(b" \t\r")
+        if rest.startswith(b"="):
+            rest = rest[1:].lstrip(b" \t\r")
+        if rest.startswith(b"'"):
+            value = rest[1:].split(b"'", 1)[0]
+        else:
+            for stop in (b"#", b" ", b"\t", b"\r"):
+                rest = rest.split(stop, 1)[0]
+            value = rest
+        word = value.lower()
+        on = word in (b"on", b"1") or (
+            word != b"" and (b"true".startswith(word) or b"yes".startswith(word))
+        )
+    return on
 
 
 def _usage_error(command: str) -> int:
     """The exit code of a command line that is wrong: 2, but for a wal-fetch run in a data
     directory in archive recovery (PostgreSQL runs restore_command there), where 2 would
     read as "not in the archive" (``restore_command = '... wal-fetch %f'``, no %p)."""
-    if command == "wal-fetch" and _in_archive_recovery("."):
+    if command == "wal-fetch" and in_archive_recovery("."):
         return EXIT_ABORT_RECOVERY
     return EXIT_USAGE
 

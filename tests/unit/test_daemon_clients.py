@@ -973,3 +973,46 @@ def test_an_empty_socket_path_is_a_usage_error(
     assert pushed.returncode == 2, pushed.stderr
     for res in (fetched, pushed):
         assert res.stderr.startswith("usage: walg-daemon-client SOCKET"), res.stderr
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ("restore_command = 'walg wal-fetch %f %p'\n", 128),
+        ("restore_command = 'x'\nstandby_mode = 'on'\n", 1),
+        ("  standby_mode=true\t# a standby\n", 1),
+        ("standby_mode = on\nstandby_mode = off\n", 128),
+        ("# standby_mode = on\nstandby_modes = on\n", 128),
+    ],
+    ids=["archive-recovery", "standby", "standby-unquoted", "last-setting-counts", "not-set"],
+)
+def test_a_failed_fetch_in_archive_recovery_before_postgresql_12_exits_128(
+    env: Env, client: Client, conf: str, expected: int
+) -> None:
+    """PostgreSQL 9.6 to 11 recovers from the archive when its data directory holds a
+    recovery.conf (backup-fetch --restore-command writes one for them), and is a standby when
+    that file turns standby_mode on. Only recovery.signal was looked for: a failed fetch exited
+    1, which such a server takes for "not in the archive", and it ended recovery and promoted
+    without the WAL it could not read. It stops now (128); a standby still gets 1."""
+    (env.pgdata / "recovery.conf").write_text(conf)
+    wal = env.store / "wal_005"
+    wal.mkdir(parents=True)
+    (wal / f"{SEG}.lz4").write_bytes(b"not an lz4 frame at all" * 100)
+    srv, thread = _silent_server(env.socket, close_at_once=False, reply=b"E")
+    try:
+        answered = env.run(
+            client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+        )
+    finally:
+        _stop_server(srv, thread)
+    # No daemon: walg wal-fetch itself, which fails on the corrupt object, by the same rule.
+    direct = env.run(
+        client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=env.pgdata
+    )
+    usage = env.run(client, str(env.socket), "wal-fetch", SEG, cwd=env.pgdata)
+    assert answered.returncode == expected, answered.stderr
+    assert "answered an error" in answered.stderr
+    assert direct.returncode == expected, direct.stderr
+    assert "fetching directly" in direct.stderr
+    assert usage.returncode == (128 if expected == 128 else 2), usage.stderr
+    assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()

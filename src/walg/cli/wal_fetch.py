@@ -95,7 +95,8 @@ def failure_exit_code(destination: str, code: int) -> int:
     """The exit code of a wal-fetch to ``destination`` that failed with ``code``.
 
     PostgreSQL runs restore_command in its data directory with ``%p`` = ``pg_wal/…``. When that
-    directory is in archive recovery (``recovery.signal`` without ``standby.signal``), any code
+    directory is in archive recovery (``recovery.signal`` without ``standby.signal``, before
+    PostgreSQL 12 a ``recovery.conf`` without ``standby_mode`` on), any code
     up to 125 ends recovery as if the archive ended here, so a failure exits
     ``EXIT_ABORT_RECOVERY`` and recovery stops with an error the DBA sees. A standby keeps the
     ordinary code: it goes on streaming and asks again later.
@@ -109,10 +110,13 @@ def failure_exit_code(destination: str, code: int) -> int:
 
 
 def in_archive_recovery(pgdata: str) -> bool:
-    """Is ``pgdata`` a data directory in archive recovery (not a standby)?"""
-    return os.path.exists(os.path.join(pgdata, "recovery.signal")) and not os.path.exists(
-        os.path.join(pgdata, "standby.signal")
-    )
+    """Is ``pgdata`` a data directory in archive recovery (not a standby)? The rule of
+    walg-daemon-client, which runs this command when no daemon answers: ``recovery.signal``
+    without ``standby.signal``, before PostgreSQL 12 a ``recovery.conf`` without
+    ``standby_mode`` on."""
+    from walg.daemon_client import in_archive_recovery as daemon_client_rule
+
+    return daemon_client_rule(pgdata)
 
 
 def _segment_size(ctx: Context, destination: str) -> int:
