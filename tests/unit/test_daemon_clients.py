@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1016,3 +1018,49 @@ def test_a_failed_fetch_in_archive_recovery_before_postgresql_12_exits_128(
     assert "fetching directly" in direct.stderr
     assert usage.returncode == (128 if expected == 128 else 2), usage.stderr
     assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_the_built_client_is_on_disk_before_it_is_put_in_place(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    """PostgreSQL's /bin/sh runs an executable it cannot exec (ENOEXEC) as a shell script, and
+    an empty one exits 0. A client renamed into place before its bytes were on disk (XFS, or
+    ext4 without auto_da_alloc, after a power loss) was empty: every archive_command then
+    "succeeded" with nothing archived (and PostgreSQL recycled the WAL), every restore_command
+    "restored" nothing. The build fsyncs the file before the rename and its folder after:
+    watched with strace, as a crash cannot be staged here."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    out = tmp_path / "bin" / "walg-daemon-client-native"
+    out.parent.mkdir()
+    trace = tmp_path / "trace"
+    watch = [strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2"]
+    built = subprocess.run(
+        [*watch, "-o", str(trace), walg_bin, "build-daemon-client", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert built.returncode == 0, built.stderr
+    events: list[tuple[str, str]] = []
+    for line in trace.read_text().splitlines():
+        synced = re.search(r"f(?:data)?sync\(\d+<([^>]+)>\) = 0", line)
+        if synced:
+            events.append(("sync", synced.group(1)))
+        renamed = re.search(r'rename(?:at2?)?\([^"]*"([^"]+)",[^"]*"([^"]+)"[^)]*\) = 0', line)
+        if renamed and renamed.group(2) == str(out):
+            events.append(("rename", renamed.group(1)))
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    assert len(renames) == 1, events
+    source = events[renames[0]][1]
+    assert ("sync", source) in events[: renames[0]], events
+    assert ("sync", str(out.parent)) in events[renames[0] :], events
+    # And an empty executable is what the paragraph above says it is to PostgreSQL.
+    empty = tmp_path / "empty"
+    empty.touch(mode=0o755)
+    assert (
+        subprocess.run(["/bin/sh", "-c", f"{empty} SOCK wal-push x"], check=False).returncode == 0
+    )

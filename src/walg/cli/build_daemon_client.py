@@ -42,6 +42,14 @@ def _c_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _this_walg() -> str:
     return os.path.abspath(os.path.join(os.path.dirname(sys.argv[0]), "walg"))
 
@@ -69,6 +77,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if done.returncode != 0:
             raise WalgError(f"{args.cc} failed ({done.returncode}):\n{done.stderr.strip()}")
         os.chmod(built, 0o755)
+        # On disk before it is in place, and its name after: an executable a power loss left
+        # empty is run by PostgreSQL's /bin/sh as an empty script, which exits 0, so every
+        # archive_command would "succeed" with nothing archived.
+        _fsync(built, os.O_RDONLY)
         os.replace(built, output)
+        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
     ctx.stdout.write(f"{output}\n")
     return 0
