@@ -1064,3 +1064,55 @@ def test_the_built_client_is_on_disk_before_it_is_put_in_place(
     assert (
         subprocess.run(["/bin/sh", "-c", f"{empty} SOCK wal-push x"], check=False).returncode == 0
     )
+
+
+def test_build_into_a_folder_it_cannot_write_or_onto_a_folder_says_so(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    """OUTPUT in a folder the user cannot write (an install folder of root's), or naming a
+    folder: an error that names the path, nothing left behind. Both ended in "unexpected
+    PermissionError" / "unexpected IsADirectoryError" with a temporary name in it."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    onto = subprocess.run(
+        [walg_bin, "build-daemon-client", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert onto.returncode == 1
+    assert "unexpected" not in onto.stderr, onto.stderr
+    assert f"cannot build {folder}: it is a directory" in onto.stderr, onto.stderr
+    assert os.listdir(tmp_path) == ["bin"] and os.listdir(folder) == []
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the build as another user (pgtest)")
+    import pgcluster
+
+    try:
+        other = pwd.getpwnam(pgcluster.PG_USER)
+    except KeyError:
+        pytest.skip(f"no user {pgcluster.PG_USER} (scripts/setup.sh creates it)")
+    shared = pgcluster.pg_tmpdir(prefix="build-")  # pgtest's, readable by all
+    try:
+        install = shared / "bin"
+        install.mkdir(mode=0o755)  # root's: pgtest cannot write it
+        target = install / "walg-daemon-client-native"
+        denied = subprocess.run(
+            [walg_bin, "build-daemon-client", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": os.environ.get("PATH", "")},
+            user=other.pw_uid,
+            group=other.pw_gid,
+            extra_groups=[],
+            cwd="/",
+        )
+        left = os.listdir(install)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    assert denied.returncode == 1
+    assert "unexpected" not in denied.stderr, denied.stderr
+    assert f"cannot build {target}: Permission denied" in denied.stderr, denied.stderr
+    assert left == []

@@ -63,25 +63,34 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     directory = os.path.dirname(output)
     if not os.path.isdir(directory):
         raise WalgError(f"cannot build {output}: {directory} is not a directory")
-    with tempfile.TemporaryDirectory(prefix=".walg-client-", dir=directory) as tmp:
-        c_file = os.path.join(tmp, "daemon_client.c")
-        with open(c_file, "wb") as f:
-            f.write(source)
-        built = os.path.join(tmp, "client")
-        command = [args.cc, "-O2", "-Wall", "-Wextra", f"-DWALG_PATH={_c_string(walg)}"]
-        command += ["-o", built, c_file]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise WalgError(f"cannot run the C compiler {args.cc!r}: {exc}") from exc
-        if done.returncode != 0:
-            raise WalgError(f"{args.cc} failed ({done.returncode}):\n{done.stderr.strip()}")
-        os.chmod(built, 0o755)
-        # On disk before it is in place, and its name after: an executable a power loss left
-        # empty is run by PostgreSQL's /bin/sh as an empty script, which exits 0, so every
-        # archive_command would "succeed" with nothing archived.
-        _fsync(built, os.O_RDONLY)
-        os.replace(built, output)
-        _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+    if os.path.isdir(output):
+        raise WalgError(f"cannot build {output}: it is a directory; name the file to write")
+    # A folder the user cannot write (an install folder of root's), a full disk: said so,
+    # naming OUTPUT rather than the temporary name the error is about.
+    try:
+        with tempfile.TemporaryDirectory(prefix=".walg-client-", dir=directory) as tmp:
+            c_file = os.path.join(tmp, "daemon_client.c")
+            with open(c_file, "wb") as f:
+                f.write(source)
+            built = os.path.join(tmp, "client")
+            command = [args.cc, "-O2", "-Wall", "-Wextra", f"-DWALG_PATH={_c_string(walg)}"]
+            command += ["-o", built, c_file]
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, timeout=120, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise WalgError(f"cannot run the C compiler {args.cc!r}: {exc}") from exc
+            if done.returncode != 0:
+                raise WalgError(f"{args.cc} failed ({done.returncode}):\n{done.stderr.strip()}")
+            os.chmod(built, 0o755)
+            # On disk before it is in place, and its name after: an executable a power loss left
+            # empty is run by PostgreSQL's /bin/sh as an empty script, which exits 0, so every
+            # archive_command would "succeed" with nothing archived.
+            _fsync(built, os.O_RDONLY)
+            os.replace(built, output)
+            _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise WalgError(f"cannot build {output}: {exc.strerror or exc}") from None
     ctx.stdout.write(f"{output}\n")
     return 0
