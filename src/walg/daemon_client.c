@@ -397,7 +397,8 @@ static int send_all(int fd, const unsigned char *data, size_t len)
     while (len > 0) {
         ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EINTR)
+            /* Stopped and continued (signal(7)): again, with what is left of the deadline. */
+            if (errno == EINTR && time_left(fd) == 0)
                 continue;
             return -1;
         }
@@ -409,7 +410,9 @@ static int send_all(int fd, const unsigned char *data, size_t len)
 
 static const char *why(int err)
 {
-    return err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS ? "timed out" : strerror(err);
+    return err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS || err == ETIMEDOUT
+               ? "timed out"
+               : strerror(err);
 }
 
 int main(int argc, char **argv)
@@ -466,8 +469,16 @@ int main(int argc, char **argv)
     }
     while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
         int err = errno;
-        if (err == EINTR)
-            continue;
+        /*
+         * A blocking socket call with a timeout fails with EINTR once the process is stopped
+         * and continued (SIGSTOP, SIGTSTP; signal(7)). Called again, it would get the socket's
+         * whole timeout once more: the timeout is set to what is left of the deadline first.
+         */
+        if (err == EINTR) {
+            if (time_left(fd) == 0)
+                continue;
+            err = errno;
+        }
         (void)close(fd);
         if (err == ENOENT || err == ECONNREFUSED) {
             if (fetch) {
@@ -519,9 +530,8 @@ int main(int argc, char **argv)
         (void)close(fd);
         return failed();
     }
-    do {
-        got = recv(fd, &reply, 1, 0);
-    } while (got < 0 && errno == EINTR);
+    while ((got = recv(fd, &reply, 1, 0)) < 0 && errno == EINTR && time_left(fd) == 0)
+        ; /* stopped and continued: again, within what is left of the deadline */
     if (got == 0)
         return gone(fd, path, command, "closed without a reply", argv);
     if (got < 0 && errno == ECONNRESET)

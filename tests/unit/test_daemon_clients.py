@@ -1116,3 +1116,84 @@ def test_build_into_a_folder_it_cannot_write_or_onto_a_folder_says_so(
     assert "unexpected" not in denied.stderr, denied.stderr
     assert f"cannot build {target}: Permission denied" in denied.stderr, denied.stderr
     assert left == []
+
+
+def test_a_stopped_and_continued_client_keeps_its_deadline(env: Env, client: Client) -> None:
+    """A blocking socket call with a timeout fails with EINTR once the process is stopped
+    (SIGSTOP, SIGTSTP) and continued, signal(7). The compiled client called it again with the
+    timeout the socket had, so a stop while it waited for the answer gave it the whole wait
+    once more: WALG_DAEMON_CLIENT_TIMEOUT=3 ended after more than 4 s."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(env.socket))
+    srv.listen(4)
+    asked = threading.Event()
+    held: list[socket.socket] = []
+
+    def hold() -> None:
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        held.append(conn)
+        conn.settimeout(10)
+        with contextlib.suppress(OSError):
+            conn.recv(3, socket.MSG_WAITALL)
+        asked.set()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [client.path, str(env.socket), "check"],
+        env=dict(env.env, **client.env, WALG_DAEMON_CLIENT_TIMEOUT="3"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert asked.wait(10), "the client sent its request"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+        _stop_server(srv, thread)
+        for conn in held:
+            conn.close()
+    assert proc.returncode == 1, err
+    assert "timed out" in err, err
+    assert elapsed < 3.7, elapsed
+
+
+def test_a_client_stopped_while_it_waits_in_a_full_listen_queue_keeps_its_deadline(
+    env: Env, client: Client
+) -> None:
+    """The same for the connect that waits for room in a full listen queue: retried after
+    EINTR with the whole timeout it was given at the start."""
+    srv, queued = _full_listen_queue(env.socket)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [client.path, str(env.socket), "check"],
+        env=dict(env.env, **client.env, WALG_DAEMON_CLIENT_TIMEOUT="3"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.close()
+        for filler in queued:
+            filler.close()
+    assert proc.returncode == 1, err
+    assert "timed out" in err, err
+    assert elapsed < 3.7, elapsed
