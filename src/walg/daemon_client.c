@@ -33,6 +33,7 @@
  */
 #define _GNU_SOURCE /* struct ucred */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -426,6 +427,14 @@ int main(int argc, char **argv)
     ssize_t got;
     int fd, built;
 
+    /*
+     * A standard descriptor PostgreSQL's child was started without (closed) would be the
+     * socket's number, and what is written to stderr would go to the daemon (or to the
+     * untrusted listener told nothing was sent): /dev/null stands in for it.
+     */
+    for (int i = 0; i < 3; i++)
+        if (fcntl(i, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR) < 0)
+            break;
     /*
      * An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
      * copied into sun_path it was the abstract address of 107 NUL bytes.

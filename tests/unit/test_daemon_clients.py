@@ -1168,6 +1168,52 @@ def test_a_stopped_and_continued_client_keeps_its_deadline(env: Env, client: Cli
     assert elapsed < 3.7, elapsed
 
 
+def _recording_server(path: Path) -> tuple[socket.socket, threading.Thread, list[bytes]]:
+    """A listener that never answers and records all each connection sends until it ends."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            data = b""
+            with conn:
+                conn.settimeout(10)
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        data += chunk
+            received.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread, received
+
+
+def test_a_closed_stderr_sends_the_daemon_nothing_but_the_request(env: Env, client: Client) -> None:
+    """PostgreSQL's children may run with a standard descriptor closed. The compiled
+    client's socket then took descriptor 2, and what it wrote to stderr went to the daemon:
+    here its "timed out" message, after the request. With a listener of another user (refused
+    as untrusted), the report that nothing was sent was itself sent to that listener."""
+    srv, thread, received = _recording_server(env.socket)
+    try:
+        res = subprocess.run(
+            ["/bin/sh", "-c", 'exec "$@" 2>&-', "sh", client.path, str(env.socket), "check"],
+            env=dict(env.env, **client.env, WALG_DAEMON_CLIENT_TIMEOUT="0.5"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        _stop_server(srv, thread)
+    assert res.returncode == 1
+    assert received == [b"C\x00\x03"]
+
+
 def test_a_client_stopped_while_it_waits_in_a_full_listen_queue_keeps_its_deadline(
     env: Env, client: Client
 ) -> None:
