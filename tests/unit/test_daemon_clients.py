@@ -813,16 +813,31 @@ def test_a_destination_the_daemon_cannot_write_is_answered_and_named(
 
 
 @pytest.mark.parametrize(
-    ("signals", "expected"),
-    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
-    ids=["archive-recovery", "standby", "no-recovery"],
+    ("signals", "conf", "expected"),
+    [
+        (("recovery.signal",), None, 128),
+        (("recovery.signal", "standby.signal"), None, 1),
+        ((), None, 1),
+        ((), "restore_command = 'x'\n", 128),
+        ((), "standby_mode = 'on'\n", 1),
+        ((), "standby_mode = on\nstandby_mode = off # not a standby after all\n", 128),
+    ],
+    ids=[
+        "archive-recovery",
+        "standby",
+        "no-recovery",
+        "recovery.conf",
+        "recovery.conf-standby",
+        "recovery.conf-last-setting",
+    ],
 )
 def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
-    walg_bin: str, tmp_path: Path, signals: tuple[str, ...], expected: int
+    walg_bin: str, tmp_path: Path, signals: tuple[str, ...], conf: str | None, expected: int
 ) -> None:
     """The installed script in a venv whose walg is gone (a broken upgrade): a fetch fails
     with 128 in archive recovery only. A standby given 128 stops (PostgreSQL takes it for a
-    fatal signal) where 1 lets it retry and stream on."""
+    fatal signal) where 1 lets it retry and stream on. Before PostgreSQL 12 archive
+    recovery is a recovery.conf without standby_mode on: the script exited 1 there."""
     bindir = tmp_path / "venv" / "bin"
     bindir.mkdir(parents=True)
     script = bindir / "walg-daemon-client"
@@ -833,6 +848,8 @@ def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
     (pgdata / "pg_wal").mkdir(parents=True)
     for name in signals:
         (pgdata / name).touch()
+    if conf is not None:
+        (pgdata / "recovery.conf").write_text(conf)
     env = {"PATH": os.environ.get("PATH", ""), "WALG_DAEMON_CLIENT_PYTHON": "1"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
