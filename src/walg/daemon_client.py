@@ -122,7 +122,11 @@ def _failed(command: str, dest: str) -> int:
     """The exit code of a failure other than "not in the archive" (see the module's text)."""
     if command != "wal-fetch":
         return EXIT_FAILURE
-    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(dest)))
+    try:
+        path = os.path.abspath(dest)
+    except OSError:  # no working directory (removed): the relative DEST, as the C client does
+        path = dest
+    pgdata = os.path.dirname(os.path.dirname(path)) or "."
     return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else EXIT_FAILURE
 
 
@@ -245,6 +249,9 @@ def main(argv: "list[str] | None" = None) -> int:
             return _usage_error(command)
     except OverflowError:  # an argument, or all of them, over 64 KiB: sent below as too long
         pass
+    except OSError as exc:  # no working directory (removed) to make a relative path absolute
+        _say(f"walg-daemon-client: {command}: {exc.strerror}; nothing was done\n")
+        return _failed(command, rest[1] if command == "wal-fetch" else "")
     dest = rest[1] if command == "wal-fetch" else ""
     timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
     if timeout is None:

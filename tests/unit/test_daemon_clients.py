@@ -1264,3 +1264,29 @@ def test_a_client_stopped_while_it_waits_in_a_full_listen_queue_keeps_its_deadli
     assert "timed out" in err, err
     # 3 s and the client's start; given the wait again after the stop, 2.3 + 3 s.
     assert elapsed < 4.6, elapsed
+
+
+def test_a_working_directory_that_was_removed_is_reported_not_a_traceback(
+    env: Env, client: Client
+) -> None:
+    """The data directory removed under a running server (its children's working directory
+    is gone): a relative %p cannot be made absolute. The Python client died with a
+    FileNotFoundError traceback; both now say so and fail by the rule (1: nothing tells
+    archive recovery, as the compiled client already answered)."""
+    gone = env.root / "gone"
+    remove_cwd = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    results = {}
+    for args in (["wal-push", f"pg_wal/{SEG}"], ["wal-fetch", SEG, "pg_wal/RECOVERYXLOG"]):
+        gone.mkdir()
+        results[args[0]] = subprocess.run(
+            ["/bin/sh", "-c", remove_cwd, "sh", str(gone), client.path, str(env.socket), *args],
+            env=dict(env.env, **client.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    for res in results.values():
+        assert res.returncode == 1, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert "nothing was done" in res.stderr, res.stderr
