@@ -1290,3 +1290,27 @@ def test_a_working_directory_that_was_removed_is_reported_not_a_traceback(
         assert res.returncode == 1, res.stderr
         assert "Traceback" not in res.stderr, res.stderr
         assert "nothing was done" in res.stderr, res.stderr
+
+
+def test_a_data_directory_before_postgresql_10_is_served(env: Env, client: Client) -> None:
+    """PostgreSQL 9.6 keeps its WAL in pg_xlog, and %p is pg_xlog/...: the daemon took only
+    pg_wal for its WAL directory and refused every push ("is not in .../pg_wal, the pg_wal
+    this daemon serves") and every fetch, so nothing was archived through it."""
+    (env.pgdata / "pg_wal").rmdir()
+    xlog = env.pgdata / "pg_xlog"
+    (xlog / "archive_status").mkdir(parents=True)
+    data = os.urandom(4096) * 64
+    (xlog / SEG).write_bytes(data)
+    env.start()
+    try:
+        pushed = env.run(client, str(env.socket), "wal-push", f"pg_xlog/{SEG}", cwd=env.pgdata)
+        fetched = env.run(
+            client, str(env.socket), "wal-fetch", SEG, "pg_xlog/RECOVERYXLOG", cwd=env.pgdata
+        )
+    finally:
+        log = env.stop()
+    assert pushed.returncode == 0, (pushed.stderr, log)
+    assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
+    assert fetched.returncode == 0, (fetched.stderr, log)
+    assert (xlog / "RECOVERYXLOG").read_bytes() == data
+    assert not (env.pgdata / "pg_wal").exists()

@@ -186,6 +186,9 @@ class Daemon:
         self.timeout = timeout
         self.fetch_timeout = fetch_timeout
         self.wal_dir = os.path.join(pgdata, "pg_wal")
+        xlog = os.path.join(pgdata, "pg_xlog")
+        if not os.path.isdir(self.wal_dir) and os.path.isdir(xlog):
+            self.wal_dir = xlog  # before PostgreSQL 10 (%p is pg_xlog/...)
         self._work = ThreadPoolExecutor(
             max_workers=max(2, settings.upload_concurrency), thread_name_prefix="request"
         )
