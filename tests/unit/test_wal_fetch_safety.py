@@ -773,6 +773,7 @@ def _leftovers(pgdata: Path) -> list[str]:
         ((), "00000002.history", True),  # promoted: the new timeline's history is archived
         (("standby.signal",), "00000002.history", False),  # archive_mode = always, following
         (("recovery.signal",), "00000002.history", False),
+        (("recovery.conf",), "00000002.history", False),  # before PostgreSQL 12
         ((), NAME, False),  # a segment costs no look at the prefetch folder
     ],
 )
@@ -818,11 +819,18 @@ def test_archiving_a_new_timeline_s_history_clears_what_recovery_prefetched(
         assert len(_leftovers(pgdata)) == 6
 
 
-def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signal", "version"), [("recovery.signal", "15"), ("recovery.conf", "11")]
+)
+def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(
+    tmp_path: Path, signal: str, version: str
+) -> None:
     """The last wal-fetch's prefetch may still download when recovery ends and the history
-    push has cleared the folder: what it finishes then is dropped, not left in pg_wal."""
+    push has cleared the folder: what it finishes then is dropped, not left in pg_wal. Before
+    PostgreSQL 12 recovery is a recovery.conf (renamed recovery.done at its end): a prefetch
+    in such recovery keeps what it downloads."""
     pgdata = _pgdata(tmp_path, 2222)
-    (pgdata / "PG_VERSION").write_text("15\n")
+    (pgdata / "PG_VERSION").write_text(f"{version}\n")
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     storage = MemoryStorage()
     following = [Segment(1, n).name() for n in (4, 5)]
@@ -830,9 +838,9 @@ def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(tmp_path: Pat
         storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(_segment_bytes(name, 2222)))
     settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "2"})
     root = prefetch_root(settings, str(dest))
-    (pgdata / "recovery.signal").touch()
+    (pgdata / signal).touch()
     assert Prefetcher(settings, storage, root, SEG, str(dest)).run(NAME, 1) == following[:1]
-    (pgdata / "recovery.signal").unlink()  # recovery has ended
+    (pgdata / signal).unlink()  # recovery has ended
     assert Prefetcher(settings, storage, root, SEG, str(dest)).run(following[0], 1) == []
     assert sorted(os.listdir(root)) == [following[0], "running"]
     assert os.listdir(os.path.join(root, "running")) == []

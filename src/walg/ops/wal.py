@@ -286,11 +286,12 @@ def forget_stale_temporaries(destination: str) -> list[str]:
 
 def recovery_ended(data_dir: str) -> bool:
     """Is ``data_dir`` a data directory (it has ``PG_VERSION``) out of recovery, with neither
-    ``recovery.signal`` nor ``standby.signal``? PostgreSQL removes them when recovery ends,
-    after its last ``restore_command``."""
+    ``recovery.signal`` nor ``standby.signal``, nor (before PostgreSQL 12) ``recovery.conf``?
+    PostgreSQL removes the signal files, and renames ``recovery.conf`` to ``recovery.done``,
+    when recovery ends, after its last ``restore_command``."""
     return os.path.exists(os.path.join(data_dir, "PG_VERSION")) and not any(
         os.path.lexists(os.path.join(data_dir, signal))
-        for signal in ("recovery.signal", "standby.signal")
+        for signal in ("recovery.signal", "standby.signal", "recovery.conf")
     )
 
 
