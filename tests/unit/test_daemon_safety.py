@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -480,3 +481,50 @@ def test_a_zero_time_limit_is_a_configuration_error(env: Env, name: str) -> None
     assert name in res.stderr and "more than zero" in res.stderr
     with contextlib.suppress(FileNotFoundError):
         assert not env.socket.exists()
+
+
+def _archived_without_a_request(env: Env, name: str, seconds: float = 20) -> bool:
+    """Whether ``name`` gets stored (by the daemon's look-ahead: nobody asks) within
+    ``seconds``."""
+    stored = env.store / "wal_005" / f"{name}.lz4"
+    deadline = time.monotonic() + seconds
+    while not stored.exists():
+        assert env.daemon is not None and env.daemon.poll() is None, env.daemon
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_the_look_ahead_serves_a_data_directory_made_or_replaced_after_the_start(
+    env: Env,
+) -> None:
+    """A daemon started for a restore (the restore_command of a point-in-time recovery), before
+    backup-fetch or right after it (which restores pg_wal empty: PostgreSQL makes
+    archive_status when it starts), then serving the promoted server's archive_command: its
+    look-ahead was never started (pg_wal/archive_status did not exist when it started), so
+    every segment waited for PostgreSQL's own call, for the daemon's whole life. A data
+    directory replaced under a running daemon (a restore into the same path) left its
+    look-ahead failing on the removed status folder, for good. It must still make nothing in a
+    data directory that is not there yet: backup-fetch wants it empty."""
+    shutil.rmtree(env.pgdata)
+    env.env["WALG_UPLOAD_CONCURRENCY"] = "3"
+    env.start()
+    time.sleep(0.5)  # several scans of the look-ahead
+    assert not env.pgdata.exists(), "the daemon made files in a data directory not restored yet"
+    first, second = SEG, "000000010000000000000004"
+    for name in (first, second):
+        # Made (restored, then started by PostgreSQL), and later made again in its place.
+        if env.pgdata.exists():
+            shutil.rmtree(env.pgdata)
+        wal = env.pgdata / "pg_wal"
+        (wal / "archive_status").mkdir(parents=True)
+        (wal / name).write_bytes(os.urandom(1 << 20))
+        (wal / "archive_status" / f"{name}.ready").touch()
+        archived = _archived_without_a_request(env, name)
+        log = "" if archived else env.stop()
+        assert archived, f"{name} was not archived ahead: {log}"
+        # PostgreSQL's own call then finds it done.
+        assert _request(env.socket, b"F", str(wal / name).encode()) == b"O"
+        assert not any((wal / "walg_data" / "walg_archive_status").glob(f"{name}.*"))
+    env.stop()

@@ -200,7 +200,11 @@ class Daemon:
         self.lookahead: LookaheadUploader | None = None
         self.follower: WalFollower | None = None
         workers = lookahead_workers(settings)
-        if workers > 0 and os.path.isdir(os.path.join(self.wal_dir, "archive_status")):
+        # Whether or not pg_wal/archive_status exists yet: backup-fetch restores pg_wal empty
+        # and PostgreSQL makes archive_status when it starts, after a daemon started for its
+        # restore_command; a data directory may also be restored anew under a running daemon.
+        # The look-ahead waits for the folder (see LookaheadUploader.scan_once).
+        if workers > 0:
             self.lookahead = LookaheadUploader(
                 settings,
                 storage,

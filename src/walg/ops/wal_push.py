@@ -633,7 +633,10 @@ class LookaheadUploader:
         return cls(settings, storage, wal_dir, lookahead_workers(settings), budget, exclude)
 
     def start(self) -> None:
-        os.makedirs(self._status, mode=0o700, exist_ok=True)
+        # Not in a data directory that is not there yet (a daemon started before backup-fetch,
+        # which wants an empty one, made it): scan_once makes the folder when it is needed.
+        if os.path.isdir(self._archive_status):
+            os.makedirs(self._status, mode=0o700, exist_ok=True)
         self.scan_once()
         self._scanner.start()
 
@@ -659,6 +662,13 @@ class LookaheadUploader:
             )
         except OSError:
             return
+        if names:
+            # Made again if it went: a data directory restored anew under a resident uploader
+            # (the daemon's) has none, and every upload failed on its lock file for good.
+            try:
+                os.makedirs(self._status, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                log.debug("cannot make %s: %s", self._status, exc)
         with self._lock:
             # Forget names PostgreSQL has finished with, so a long-lived uploader stays small.
             ready = set(names)
