@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -528,3 +529,87 @@ def test_the_look_ahead_serves_a_data_directory_made_or_replaced_after_the_start
         assert _request(env.socket, b"F", str(wal / name).encode()) == b"O"
         assert not any((wal / "walg_data" / "walg_archive_status").glob(f"{name}.*"))
     env.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_a_flood_of_idle_connections_leaves_postgresql_its_answers(env: Env, python: bool) -> None:
+    """Connections that send nothing (a stuck or runaway script of the same user) each held a
+    thread and a descriptor of the daemon for 30 s, with no limit: once its descriptors ran
+    out it could accept nothing, spun on its listening socket at full CPU, and PostgreSQL's
+    calls waited in the listen queue until their timeout (a push then failed with 1, a fetch
+    in archive recovery exited 128 and recovery stopped). Past a bound the daemon now closes
+    a new connection unanswered, and the clients run walg themselves."""
+    data = os.urandom(1 << 20)
+    _archive(env, data)
+    (env.pgdata / "recovery.signal").touch()
+    wal = env.pgdata / "pg_wal"
+    pushed = "000000010000000000000031"
+    (wal / pushed).write_bytes(os.urandom(1 << 16))
+    env.start()
+    assert env.daemon is not None
+    pid = env.daemon.pid
+    # 256 descriptors (the usual limit is 1024; a smaller one is cheaper to reach).
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))
+    idle: list[socket.socket] = []
+    try:
+        # More than it has descriptors for, unless it turns them away: a full listen queue is
+        # waited on for a second before the flood is taken to have reached its end.
+        full_since = None
+        while len(idle) < 400:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.setblocking(False)
+            try:
+                conn.connect(str(env.socket))
+            except BlockingIOError:  # the listen queue is full
+                conn.close()
+                full_since = full_since or time.monotonic()
+                if time.monotonic() - full_since > 1:
+                    break
+                time.sleep(0.01)
+                continue
+            full_since = None
+            idle.append(conn)
+        time.sleep(0.5)
+        cpu = _cpu_seconds(pid)
+        time.sleep(2)
+        spent = _cpu_seconds(pid) - cpu
+        client = str(Path(env.walg_bin).with_name("walg-daemon-client"))
+        client_env = dict(env.env, WALG_DAEMON_CLIENT_TIMEOUT="10")
+        if python:
+            client_env["WALG_DAEMON_CLIENT_PYTHON"] = "1"
+        calls = {
+            "fetch": [client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG"],
+            "push": [client, str(env.socket), "wal-push", f"pg_wal/{pushed}"],
+        }
+        results = {
+            what: subprocess.run(
+                argv,
+                env=client_env,
+                cwd=env.pgdata,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            for what, argv in calls.items()
+        }
+        assert env.daemon.poll() is None
+        open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+    finally:
+        for conn in idle:
+            conn.close()
+    # The daemon serves as before once they are gone.
+    assert _request(env.socket, b"C", b"") == b"O"
+    log = env.stop()
+    for what, done in results.items():
+        assert done.returncode == 0, (what, done.returncode, done.stderr, log[-2000:])
+    assert spent < 1.0, f"the daemon spun: {spent:.1f} s of CPU in 2 s with idle connections"
+    assert open_fds < 200, open_fds
+    assert (wal / "RECOVERYXLOG").read_bytes() == data
+    assert (env.store / "wal_005" / f"{pushed}.lz4").is_file()
+    assert "closing" in log, log[-2000:]

@@ -66,6 +66,14 @@ DEFAULT_FETCH_TIMEOUT = 300.0
 MARKER_SWEEP = 60.0
 # Request names come from whoever can reach the socket: up to 64 KiB, any bytes.
 SHOWN_CHARS = 200
+# Connections served at once. PostgreSQL makes one archive_command and one restore_command call
+# at a time for the one data directory a daemon serves; each connection holds a thread and a
+# descriptor, for up to READ_TIMEOUT before it sends anything. Beyond this a new connection is
+# closed unanswered, and its client runs walg itself (see walg.daemon_client): unbounded, idle
+# connections used up the daemon's descriptors, it could accept nothing more (spinning on its
+# listening socket), and PostgreSQL's calls waited in the listen queue until they timed out.
+MAX_CONNECTIONS = 64
+TURNED_AWAY_REPORT = 60.0  # seconds between warnings about connections closed unanswered
 
 
 def shown(text: str) -> str:
@@ -552,6 +560,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(*args, **kwargs)
         self._busy = 0
         self._idle = threading.Condition()
+        self._connections = 0  # handler threads running (MAX_CONNECTIONS at most)
+        self._turned_away = 0  # since the last warning
+        self._warned_at = -TURNED_AWAY_REPORT
 
     def _enter(self) -> None:
         with self._idle:
@@ -563,12 +574,44 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._idle.notify_all()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        with self._idle:
+            full = self._connections >= MAX_CONNECTIONS
+            if not full:
+                self._connections += 1
+        if full:
+            self._turn_away(request)
+            return
         self._enter()
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.leave()
+            self._connection_over()
             raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_over()
+
+    def _connection_over(self) -> None:
+        with self._idle:
+            self._connections -= 1
+
+    def _turn_away(self, request: Any) -> None:
+        """Close a connection beyond MAX_CONNECTIONS unanswered: its client runs walg itself."""
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._warned_at >= TURNED_AWAY_REPORT:
+            log.warning(
+                "%d connections are open, the most served at once; closing %d new one(s) "
+                "unanswered (their clients run walg themselves)",
+                MAX_CONNECTIONS,
+                self._turned_away,
+            )
+            self._warned_at, self._turned_away = now, 0
+        self.shutdown_request(request)
 
     @contextmanager
     def busy(self) -> Iterator[None]:
