@@ -613,3 +613,29 @@ def test_a_flood_of_idle_connections_leaves_postgresql_its_answers(env: Env, pyt
     assert (wal / "RECOVERYXLOG").read_bytes() == data
     assert (env.store / "wal_005" / f"{pushed}.lz4").is_file()
     assert "closing" in log, log[-2000:]
+
+
+@pytest.mark.parametrize("how", ["socket", "folder"])
+def test_a_daemon_whose_socket_is_gone_stops(env: Env, how: str) -> None:
+    """The socket file, or its folder, removed under a running daemon (a cleanup of /run, an
+    operator's rm): no client can reach it any more (pushes fail "not running", fetches run
+    walg themselves), yet it ran on for good, saying nothing, its look-ahead and follower
+    still working beside whatever daemon is started next on that path. It now notices within
+    seconds, says why, and exits 1 (a service manager restarts it)."""
+    env.socket = env.root / "run" / "d.sock"
+    env.socket.parent.mkdir()
+    env.start()
+    assert env.daemon is not None
+    if how == "socket":
+        env.socket.unlink()
+    else:
+        shutil.rmtree(env.socket.parent)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        env.daemon.wait(timeout=15)
+    code = env.daemon.poll()
+    if code is None:
+        env.daemon.send_signal(signal.SIGTERM)
+    _, log = env.daemon.communicate(timeout=30)
+    env.daemon = None
+    assert code == 1, log
+    assert f"{env.socket}" in log and "no client can reach" in log, log

@@ -128,4 +128,4 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     stream.flush()
             # The pools' threads would be joined at interpreter exit, waiting on storage.
             os._exit(1)
-    return 0
+    return 1 if server.lost else 0

@@ -74,6 +74,8 @@ SHOWN_CHARS = 200
 # listening socket), and PostgreSQL's calls waited in the listen queue until they timed out.
 MAX_CONNECTIONS = 64
 TURNED_AWAY_REPORT = 60.0  # seconds between warnings about connections closed unanswered
+# How often the daemon checks that its socket path still leads to it (see _Server.service_actions).
+SOCKET_CHECK = 1.0
 
 
 def shown(text: str) -> str:
@@ -555,6 +557,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon: Daemon
     socket_path: str
     socket_identity: tuple[int, int] = (-1, -1)
+    released = False  # the daemon is stopping and has let go of its socket path
+    lost = False  # the socket path stopped leading to this daemon while it served
+    _path_checked_at = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -612,6 +617,32 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             )
             self._warned_at, self._turned_away = now, 0
         self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Called by serve_forever at least every poll interval: stop if the socket path is
+        gone (the file or its folder removed) or is another socket. No client can reach this
+        daemon any more; running on unseen, its look-ahead and follower would go on beside
+        the daemon started next on that path."""
+        now = time.monotonic()
+        if self.released or self.lost or now - self._path_checked_at < SOCKET_CHECK:
+            return
+        self._path_checked_at = now
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # cannot tell (a folder made unreadable): go on serving
+        else:
+            if (st.st_dev, st.st_ino) == self.socket_identity:
+                return
+        self.lost = True
+        log.error(
+            "%s is gone or is no longer this daemon's socket: no client can reach this "
+            "daemon; stopping",
+            self.socket_path,
+        )
+        threading.Thread(target=self.shutdown, name="lost-socket", daemon=True).start()
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -684,6 +715,7 @@ def prepare_socket_path(path: str) -> None:
 
 def release_socket_path(server: _Server) -> None:
     """Unlink the server's socket, unless the path is now another daemon's socket."""
+    server.released = True
     try:
         st = os.lstat(server.socket_path)
     except FileNotFoundError:
