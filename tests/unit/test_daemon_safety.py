@@ -639,3 +639,41 @@ def test_a_daemon_whose_socket_is_gone_stops(env: Env, how: str) -> None:
     env.daemon = None
     assert code == 1, log
     assert f"{env.socket}" in log and "no client can reach" in log, log
+
+
+def test_a_fetch_killed_with_its_daemon_leaves_nothing_in_pg_wal_for_good(env: Env) -> None:
+    """A daemon killed outright (SIGKILL, the OOM killer) while it downloads a segment leaves
+    its temporary file beside DEST in pg_wal, up to a segment. The README promises such files
+    are removed once untouched for 10 minutes, as walg wal-fetch's prefetch does; the daemon
+    that serves the recovery next never removed them, and pg_wal kept them for good."""
+    data = os.urandom(BIG)
+    _archive(env, data)
+    wal = env.pgdata / "pg_wal"
+    dest = wal / "RECOVERYXLOG"
+    env.env["WALG_FAULT_INJECTION"] = '[{"op": "read", "key": "wal_005", "delay": 60}]'
+    env.start()
+    assert env.daemon is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(env.socket))
+        body = fetch_body(SEG, str(dest))
+        conn.sendall(b"f" + (len(body) + 3).to_bytes(2, "big") + body)
+        deadline = time.monotonic() + 30
+        while not (left := list(wal.glob(".RECOVERYXLOG.walg-*"))):
+            assert time.monotonic() < deadline, "the download never began"
+            time.sleep(0.01)
+        env.daemon.kill()
+        env.daemon.wait()
+    env.daemon = None
+    assert [p.exists() for p in left] == [True]
+    old = time.time() - 11 * 60  # untouched for 11 minutes
+    os.utime(left[0], (old, old))
+    env.env.pop("WALG_FAULT_INJECTION")
+    env.socket.unlink()  # the dead daemon's (a stale socket is replaced: tested above)
+    env.start()
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"O"
+    assert dest.read_bytes() == data
+    deadline = time.monotonic() + 10
+    while left[0].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = env.stop()
+    assert not left[0].exists(), log

@@ -38,7 +38,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.core.walpage import file_segment_size
 from walg.errors import UsageError, WalgError, WalNotFound
-from walg.ops.wal import marker_path, remove, take_marker
+from walg.ops.wal import forget_stale_temporaries, marker_path, remove, take_marker
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
@@ -204,6 +204,7 @@ class Daemon:
         )
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending: Future[Any] | None = None
+        self._swept_beside: dict[str, float] = {}  # destination: when its leftovers were swept
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._stale_temporaries = max(STALE_TEMPORARY, 2 * timeout)
@@ -401,6 +402,7 @@ class Daemon:
     ) -> bytes:
         """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
         dest = self._fetch_destination(destination)
+        self._sweep_beside(dest)
         try:
             # Committed, the rename is under way and the reply must say so: no second limit.
             self._gated(
@@ -416,6 +418,32 @@ class Daemon:
         if self.settings.download_concurrency > 1 and is_segment_name(name):
             self._schedule_prefetch(name, dest)
         return OK
+
+    def _sweep_beside(self, dest: str) -> None:
+        """Now and then (every MARKER_SWEEP seconds for a destination), off the request path:
+        remove the temporary files beside ``dest`` of fetches killed outright (a daemon or a
+        walg wal-fetch killed mid-download leaves up to a segment in pg_wal), once untouched
+        for ten minutes, as walg wal-fetch's prefetch does. Nothing else removes them."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._swept_beside.get(dest)
+            if last is not None and now - last < MARKER_SWEEP:
+                return
+            if len(self._swept_beside) >= 64:  # destinations come from clients: bounded
+                self._swept_beside.clear()
+            self._swept_beside[dest] = now
+        with suppress(RuntimeError):  # shutting down: the next daemon sweeps
+            self._prefetch.submit(self._forget_beside, dest)
+
+    @staticmethod
+    def _forget_beside(dest: str) -> None:
+        removed = forget_stale_temporaries(dest)
+        if removed:
+            log.info(
+                "removed %d temporary file(s) beside %s left by fetches killed outright",
+                len(removed),
+                dest,
+            )
 
     def _schedule_prefetch(self, name: str, dest: str) -> None:
         with self._lock:
