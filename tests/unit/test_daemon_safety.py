@@ -677,3 +677,49 @@ def test_a_fetch_killed_with_its_daemon_leaves_nothing_in_pg_wal_for_good(env: E
         time.sleep(0.05)
     log = env.stop()
     assert not left[0].exists(), log
+
+
+def test_a_segment_the_follower_archived_vouches_only_for_that_file(env: Env) -> None:
+    """The WAL follower archives a segment before PostgreSQL asks for it; then the data
+    directory is restored anew under the running daemon (a file system snapshot put back: the
+    server recovers from its crash state and writes that segment again, on the same timeline,
+    with other content). PostgreSQL's push of the new file was answered O from the follower's
+    memory of the name alone, while the archive holds the old segment: WAL reported archived
+    that is not. walg wal-push refuses it (different content), and so must the daemon."""
+    from test_wal_follow import PAGE, SEG_SIZE, page_bytes
+
+    name = "000000010000000000000005"
+    env.env.update(
+        {"WALG_PG_WAL_SIZE": "4", "WALG_DAEMON_FOLLOW_WAL": "true", "WALG_UPLOAD_CONCURRENCY": "2"}
+    )
+
+    def write(fill: int) -> Path:
+        wal = env.pgdata / "pg_wal"
+        (wal / "archive_status").mkdir(parents=True)
+        pages = [page_bytes(name, p, fill) for p in range(SEG_SIZE // PAGE)]
+        (wal / name).write_bytes(b"".join(pages))
+        return wal
+
+    wal = write(0)
+    first = (wal / name).read_bytes()
+    env.start()
+    time.sleep(1)  # the follower has picked the segment being written
+    (wal / "archive_status" / f"{name}.ready").touch()
+    stored = env.store / "wal_005" / f"{name}.lz4"
+    deadline = time.monotonic() + 30
+    while not stored.exists():
+        assert time.monotonic() < deadline, "the follower did not archive the segment"
+        time.sleep(0.02)
+    shutil.rmtree(env.pgdata)
+    time.sleep(1.1)  # another modification time
+    wal = write(1)
+    (wal / "archive_status" / f"{name}.ready").touch()
+    assert (wal / name).read_bytes() != first
+    reply = _request(env.socket, b"F", str(wal / name).encode())
+    log = env.stop()
+    fetched = env.root / "fetched"
+    got = _walg(env, env.env, "wal-fetch", name, str(fetched))
+    assert got.returncode == 0, got.stderr
+    assert fetched.read_bytes() == first, "the archived segment is the first one"
+    assert reply == b"E", f"the new segment was reported archived: {log}"
+    assert "different content" in log, log

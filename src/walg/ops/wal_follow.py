@@ -214,9 +214,10 @@ class WalFollower:
         self._picked_at = -PICK_EVERY
         self._requested: str | None = None
         self._results: dict[str, threading.Event] = {}
-        # Names finished and not yet asked for, oldest first (a dict as an ordered set): a
-        # wal-push that does not come through the daemon never asks, so it is bounded.
-        self._archived: dict[str, None] = {}
+        # Names finished and not yet asked for, oldest first, with the identity of the file
+        # archived (walg.ops.wal.file_identity): a wal-push that does not come through the
+        # daemon never asks, so it is bounded.
+        self._archived: dict[str, bytes] = {}
         self._remember = remember
         self._thread = threading.Thread(target=self._loop, name="wal-follower", daemon=True)
         self._watch: DirWatch | None = None
@@ -257,11 +258,11 @@ class WalFollower:
         return current is not None and current.name == name
 
     def wait_for(self, name: str, timeout: float) -> bool:
-        """True if the follower archived ``name`` (finishing it now if it was following it)."""
+        """True if the follower archived ``name`` (finishing it now if it was following it),
+        the very file now at its path."""
         with self._lock:
             if name in self._archived:
-                del self._archived[name]
-                return True
+                return self._still_archived(name)
             current = self._current
             if current is None or current.name != name:
                 return False
@@ -276,9 +277,19 @@ class WalFollower:
                 # Given up on: finished later, the segment gets its marker (nobody waits).
                 return False
             if name in self._archived:
-                del self._archived[name]
-                return True
+                return self._still_archived(name)
         return False
+
+    def _still_archived(self, name: str) -> bool:
+        """Forget ``name``; whether the file at its path is still the one archived. A name
+        vouches for nothing: the data directory may have been restored anew under the
+        daemon (a file system snapshot put back), and the segment written again with other
+        content, which the caller must archive (and the overwrite check refuse)."""
+        identity = self._archived.pop(name)
+        try:
+            return file_identity(os.path.join(self._wal_dir, name)) == identity
+        except OSError:
+            return False
 
     # -- the follower thread -------------------------------------------------------------------
 
@@ -432,6 +443,7 @@ class WalFollower:
     def _finish(self, current: _Followed) -> None:
         name = current.name
         archived = False
+        identity = b""
         try:
             if not self._claim(name):
                 raise _Discarded("another upload has it")
@@ -491,7 +503,7 @@ class WalFollower:
                 self._current = None
                 self._requested = None
                 if archived:
-                    self._archived[name] = None
+                    self._archived[name] = identity
                     while len(self._archived) > self._remember:
                         del self._archived[next(iter(self._archived))]
                     segment = Segment.parse(name, current.segment_size)
