@@ -7,6 +7,7 @@ place, since PostgreSQL may by then have been given another file at the same pat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -723,3 +724,143 @@ def test_a_segment_the_follower_archived_vouches_only_for_that_file(env: Env) ->
     assert fetched.read_bytes() == first, "the archived segment is the first one"
     assert reply == b"E", f"the new segment was reported archived: {log}"
     assert "different content" in log, log
+
+
+def _usage(pid: int) -> tuple[int, int, int]:
+    """Open descriptors, threads and resident KiB of process ``pid``."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return fds, int(status["Threads"]), int(status["VmRSS"].split()[0])
+
+
+def test_thousands_of_requests_leave_the_daemon_and_pg_wal_as_they_were(env: Env) -> None:
+    """A soak: about four thousand requests of every kind (pushes stored, refused and past
+    their limit; fetches done, missing, refused and past their limit; garbage, a connection
+    closed before, during and after its request; checks on one connection). The daemon's
+    descriptors, threads and memory stay within bounds, and nothing is left in pg_wal (no
+    temporary file, marker or lock) or in storage (no temporary object)."""
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    served, slow = SEG, "0000000100000000000000FF"
+    for name in (served, slow):
+        (wal / name).write_bytes(os.urandom(1 << 16))
+        done = _walg(env, env.env, "wal-push", str(wal / name))
+        assert done.returncode == 0, done.stderr
+        (wal / name).unlink()
+    env.env.update(
+        {
+            "WALG_UPLOAD_CONCURRENCY": "3",
+            "WALG_DOWNLOAD_CONCURRENCY": "2",
+            "WALG_DAEMON_WAL_FETCH_TIMEOUT": "1s",
+            "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "1s",
+            "WALG_FAULT_INJECTION": json.dumps(
+                [
+                    {"op": "read", "key": slow, "delay": 1.5},
+                    {"op": "write", "key": "wal_005/00000002", "delay": 1.5},
+                ]
+            ),
+        }
+    )
+    # Its log to a file: thousands of failed requests are logged, more than a pipe holds.
+    log_path = env.root / "daemon.log"
+    with log_path.open("w") as log_file:
+        env.daemon = subprocess.Popen(
+            [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
+            env=env.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    deadline = time.monotonic() + 30
+    while not env.socket.exists():
+        assert env.daemon.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.02)
+    pid = env.daemon.pid
+    dest = str(wal / "RECOVERYXLOG")
+
+    def request(kind: bytes, body: bytes) -> bytes:
+        return _request(env.socket, kind, body)
+
+    def raw(data: bytes, answer: bool) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(env.socket))
+            if data:
+                conn.sendall(data)
+            return conn.recv(1) if answer else b""
+
+    replies: dict[str, set[bytes]] = {}
+
+    def round_of_requests(i: int) -> None:
+        name = f"00000001000000000000{0x1000 + i:04X}"
+        segment = wal / name
+        segment.write_bytes(os.urandom(1 << 14))
+        if i % 3 == 0:  # the look-ahead races PostgreSQL's call for it
+            (wal / "archive_status" / f"{name}.ready").touch()
+        got = {
+            "push": request(b"F", str(segment).encode()),
+            "fetch": request(b"f", fetch_body(served, dest)),
+            "missing": request(b"f", fetch_body(f"00000003000000000000{i:04X}", dest)),
+            "elsewhere": request(b"f", fetch_body(served, str(env.root / "RECOVERYXLOG"))),
+            "garbage": request(b"Z", b"xx"),
+            "bad length": raw(b"F\x00\x01", True),
+        }
+        segment.write_bytes(os.urandom(1 << 14))
+        got["other content"] = request(b"F", str(segment).encode())
+        (wal / "archive_status" / f"{name}.ready").unlink(missing_ok=True)
+        segment.unlink()
+        for data in (b"", b"F", b"F\x00\x40abc"):
+            raw(data, False)
+        body = fetch_body(served, dest)
+        raw(b"f" + (len(body) + 3).to_bytes(2, "big") + body, False)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(env.socket))
+            for _ in range(3):
+                conn.sendall(b"C\x00\x03")
+                got.setdefault("check", b"")
+                got["check"] = conn.recv(1)
+        if i % 40 == 0:
+            got["fetch past its limit"] = request(b"f", fetch_body(slow, dest))
+            late = wal / f"00000002000000000000{i:04X}"
+            late.write_bytes(os.urandom(1 << 14))
+            got["push past its limit"] = request(b"F", str(late).encode())
+            late.unlink()
+        for what, reply in got.items():
+            replies.setdefault(what, set()).add(reply)
+
+    for i in range(40):
+        round_of_requests(i)
+    time.sleep(1)
+    before = _usage(pid)
+    for i in range(40, 300):
+        round_of_requests(i)
+    deadline = time.monotonic() + 10
+    while (after := _usage(pid))[:2] > before[:2] and time.monotonic() < deadline:
+        time.sleep(0.2)  # connection threads ending, abandoned work finishing
+    env.daemon.send_signal(signal.SIGTERM)
+    assert env.daemon.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    env.daemon = None
+    log = log_path.read_text()
+    assert replies == {
+        "push": {b"O"},
+        "fetch": {b"O"},
+        "missing": {b"N"},
+        "elsewhere": {b"E"},
+        "garbage": {b"E"},
+        "bad length": {b"E"},
+        "other content": {b"E"},
+        "check": {b"O"},
+        "fetch past its limit": {b"E"},
+        "push past its limit": {b"E"},
+    }, log[-3000:]
+    fds, threads, rss = after
+    assert fds <= before[0] + 2, (before, after)
+    assert threads <= before[1] + 2, (before, after)
+    assert rss - before[2] < 24 << 10, (before, after)
+    left = sorted(os.listdir(wal))
+    assert left == [".wal-g", "RECOVERYXLOG", "archive_status", "walg_data"], left
+    assert list((wal / "walg_data" / "walg_archive_status").iterdir()) == []
+    assert not [p for p in (wal / ".wal-g").rglob("*") if p.is_file()]
+    assert not [p for p in env.store.rglob("*") if ".tmp." in p.name]
