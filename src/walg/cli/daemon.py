@@ -128,4 +128,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                     stream.flush()
             # The pools' threads would be joined at interpreter exit, waiting on storage.
             os._exit(1)
-    return 1 if server.lost else 0
+    # Stopped because no client could reach it: 1, so that a service manager restarts it
+    # (unless it was told to stop meanwhile).
+    return 1 if server.lost and not stop.is_set() else 0
