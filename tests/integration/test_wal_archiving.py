@@ -545,3 +545,52 @@ def test_prefetch_leaves_room_for_the_segment_recovery_asks_for(
     assert "No space left" not in restored.log_tail(400)
     assert "from archive" in restored.log_tail(400)
     restored.stop()
+
+
+def test_a_daemon_started_after_backup_fetch_archives_ahead_once_promoted(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """backup-fetch restores pg_wal empty (PostgreSQL makes archive_status when it starts), so
+    a daemon started for the restore's restore_command, as the README runs it, found no
+    archive_status: its look-ahead never started, and once the server was promoted every
+    segment waited for PostgreSQL's own archive_command, for the daemon's whole life. Here
+    archive_command fails, so that the .ready files stay: the daemon's look-ahead archives the
+    new timeline's segments all the same."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src_dir = pg_workdir / "src"
+    cluster = Cluster.create(
+        install,
+        src_dir,
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    walg.run(["backup-push", str(src_dir)], cluster=cluster)
+    archive_now(cluster)
+    cluster.stop()
+
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
+    dest = pg_workdir / "restored"
+    command = f"WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
+    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    assert not (dest / "pg_wal" / "archive_status").exists()
+    daemon = _start_daemon(
+        walg, socket, dest, env={"WALG_UPLOAD_CONCURRENCY": "3", "WALG_DAEMON_FOLLOW_WAL": "false"}
+    )
+    try:
+        restored = Cluster.from_existing(
+            install, dest, conf={"archive_mode": "on", "archive_command": "false"}
+        )
+        restored.start()
+        restored.wait_for_recovery_end(timeout=120)
+        names = _segments(restored, 3)
+        wanted = [walg.store / "wal_005" / f"{name}.lz4" for name in names]
+        deadline = time.monotonic() + 30
+        while not all(path.exists() for path in wanted) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        archived = [path.name for path in wanted if path.exists()]
+        tail = restored.log_tail()
+        restored.stop()
+    finally:
+        log = _stop_daemon(daemon)
+    assert archived == [path.name for path in wanted], (log, tail)
