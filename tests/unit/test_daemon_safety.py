@@ -7,6 +7,7 @@ place, since PostgreSQL may by then have been given another file at the same pat
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import resource
@@ -864,3 +865,48 @@ def test_thousands_of_requests_leave_the_daemon_and_pg_wal_as_they_were(env: Env
     assert list((wal / "walg_data" / "walg_archive_status").iterdir()) == []
     assert not [p for p in (wal / ".wal-g").rglob("*") if p.is_file()]
     assert not [p for p in env.store.rglob("*") if ".tmp." in p.name]
+
+
+def test_lock_files_of_uploads_killed_with_their_daemon_are_removed(env: Env) -> None:
+    """A daemon killed outright (SIGKILL, the OOM killer) while its look-ahead uploads a segment
+    leaves that upload's lock file in walg_data/walg_archive_status. PostgreSQL's call for the
+    segment then goes through the next daemon, which archives it without that lock, and
+    nothing ever removed the file: one more per upload in flight at every such kill. Once
+    PostgreSQL has finished with the segment it goes, as markers do; a lock still held stays."""
+    wal = env.pgdata / "pg_wal"
+    status = wal / "walg_data" / "walg_archive_status"
+    (wal / "archive_status").mkdir()
+    (wal / SEG).write_bytes(os.urandom(1 << 20))
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    env.env["WALG_UPLOAD_CONCURRENCY"] = "2"
+    env.env["WALG_FAULT_INJECTION"] = '[{"op": "write", "key": "wal_005", "delay": 60}]'
+    env.start()
+    assert env.daemon is not None
+    lock = status / f"{SEG}.lock"
+    deadline = time.monotonic() + 30
+    while not lock.exists():
+        assert time.monotonic() < deadline, "the look-ahead never began"
+        time.sleep(0.01)
+    env.daemon.kill()
+    env.daemon.wait()
+    env.daemon = None
+    assert lock.exists()
+    # PostgreSQL archives the segment by another call and finishes with it.
+    (wal / "archive_status" / f"{SEG}.ready").rename(wal / "archive_status" / f"{SEG}.done")
+    # Another segment's lock, held by a live upload (here this test): left alone.
+    held_name = "000000010000000000000004"
+    held = status / f"{held_name}.lock"
+    fd = os.open(held, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        env.env.pop("WALG_FAULT_INJECTION")
+        env.socket.unlink()  # the dead daemon's
+        env.start()
+        deadline = time.monotonic() + 10
+        while lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.exists()
+        log = env.stop()
+    finally:
+        os.close(fd)
+    assert not lock.exists(), log

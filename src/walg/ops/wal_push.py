@@ -541,7 +541,8 @@ def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
 
 def forget_finished_markers(wal_dir: str) -> list[str]:
     """Remove markers whose file has no ``.ready`` any more (PostgreSQL will not ask again);
-    the names of the entries removed."""
+    the names of the entries removed. Lock files of such files that nobody holds go too
+    (:func:`_remove_abandoned_lock`), unreported."""
     status = status_dir(wal_dir)
     archive_status = os.path.join(wal_dir, "archive_status")
     removed: list[str] = []
@@ -550,12 +551,38 @@ def forget_finished_markers(wal_dir: str) -> list[str]:
     except FileNotFoundError:
         return removed
     for entry in sorted(entries):
+        if entry.endswith(".lock"):
+            locked = entry[: -len(".lock")]
+            if is_wal_file_name(locked) and not os.path.exists(
+                os.path.join(archive_status, f"{locked}.ready")
+            ):
+                _remove_abandoned_lock(os.path.join(status, entry))
+            continue
         # Every destination's markers: PostgreSQL asks no destination about a finished file.
         name = marker_name(entry)
         if name is not None and not os.path.exists(os.path.join(archive_status, f"{name}.ready")):
             remove(os.path.join(status, entry))
             removed.append(entry)
     return removed
+
+
+def _remove_abandoned_lock(path: str) -> None:
+    """Remove a :func:`segment_lock` file that nobody holds: its holder was killed outright (a
+    holder removes its own), and a call that comes through the daemon archives without it, so
+    nothing else would. Locked first, as segment_lock does, so one held is left alone, and
+    removed while locked, as its holder does: a process that opened it meanwhile finds another
+    inode at the path, or none, and tries again."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        if _lock_now(fd) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _wants_lookahead(settings: Settings, wal_dir: str, exclude: set[str]) -> bool:
