@@ -127,14 +127,17 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "dangling-link", "folder"])
+@pytest.mark.parametrize("damage", ["corrupt", "dangling-link", "folder", "another-segment"])
 def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str, damage: str
 ) -> None:
     """PostgreSQL takes a restore_command exit code up to 125 for the end of the archive: a
     corrupt segment must stop recovery with an error, not promote a server without the rest.
     So must one that is there but cannot be read: a symbolic link to a volume not mounted,
-    or a folder in its place (these ended recovery early, losing the later rows)."""
+    or a folder in its place (these ended recovery early, losing the later rows). So must an
+    intact object that holds another segment (a copy under the wrong name): wal-fetch handed
+    its bytes over with exit 0, PostgreSQL read them as the end of the WAL ("unexpected
+    pageaddr") and promoted."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         pg_install,
@@ -147,13 +150,16 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
     damaged = archive_now(src)
     src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
-    archive_now(src)
+    following = archive_now(src)
     src.stop()
     stored = walg.store / "wal_005" / f"{damaged}.lz4"
     if damage == "corrupt":
         data = bytearray(stored.read_bytes())
         data[len(data) // 2] ^= 0xFF
         stored.write_bytes(bytes(data))
+    elif damage == "another-segment":
+        assert following != damaged
+        stored.write_bytes((walg.store / "wal_005" / f"{following}.lz4").read_bytes())
     else:
         stored.unlink()
         if damage == "folder":

@@ -897,3 +897,90 @@ def test_an_archive_on_a_volume_that_is_not_mounted_is_no_empty_archive(
     assert pushed.returncode == 1, pushed.stderr
     assert "not mounted" in pushed.stderr
     assert list(volume.iterdir()) == []
+
+
+@pytest.mark.parametrize("foreign", ["another-segment", "another-cluster"])
+def test_an_intact_object_of_another_segment_or_cluster_is_never_handed_over(
+    walg_bin: str, tmp_path: Path, foreign: str
+) -> None:
+    """An intact object under a segment's name that holds another segment (a copy under the
+    wrong name) or another cluster's segment (two clusters archiving into one folder):
+    wal-fetch handed it to PostgreSQL with exit 0, and PostgreSQL reads such a file as the
+    end of the WAL ("unexpected pageaddr", "WAL file is from different database system"):
+    in archive recovery it promotes without the rest. The prefetch refused it, and left the
+    download to wal-fetch. Cold, after a prefetch and through the daemon it is a failure
+    naming the object (128 in archive recovery), and nothing is put in place."""
+    good = Segment(1, 2).name()
+    held = (
+        _segment_bytes(Segment(1, 4).name(), 5)
+        if foreign == "another-segment"
+        else _segment_bytes(NAME, 7)
+    )
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    (store / "wal_005" / f"{NAME}.lz4").write_bytes(lz4.frame.compress(held))
+    pgdata = _pgdata(tmp_path, 5)
+    (pgdata / "recovery.signal").touch()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    reason = Segment(1, 4).name() if foreign == "another-segment" else "another database system"
+
+    def run(argv: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv,
+            cwd=pgdata,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def walg(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return run([walg_bin, *args], **extra)
+
+    cold = walg("wal-fetch", NAME, "pg_wal/RECOVERYXLOG", WALG_DOWNLOAD_CONCURRENCY="1")
+    assert cold.returncode == 128, cold.stderr
+    assert f"{NAME}.lz4 is not WAL segment {NAME}" in cold.stderr and reason in cold.stderr
+    assert not dest.exists()
+
+    # After a restore of the segment before it, the prefetch child looks at it first.
+    previous = walg("wal-fetch", good, "pg_wal/RECOVERYXLOG", WALG_DOWNLOAD_CONCURRENCY="4")
+    assert previous.returncode == 0, previous.stderr
+    dest.unlink()
+    running = pgdata / "pg_wal" / ".wal-g"
+    deadline = time.monotonic() + 30
+    while any(p.name == NAME for p in running.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    after = walg("wal-fetch", NAME, "pg_wal/RECOVERYXLOG", WALG_DOWNLOAD_CONCURRENCY="4")
+    assert after.returncode == 128, after.stderr
+    assert not dest.exists()
+
+    socket_path = tmp_path / "d.sock"
+    daemon = subprocess.Popen(
+        [walg_bin, "daemon", str(socket_path), str(pgdata)],
+        env={**env, "WALG_DOWNLOAD_CONCURRENCY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists():
+            assert daemon.poll() is None, daemon.communicate()
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.02)
+        client = str(Path(walg_bin).with_name("walg-daemon-client"))
+        served = run(
+            [client, str(socket_path), "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"],
+            WALG_DAEMON_CLIENT_PYTHON="1",
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=30)
+    assert served.returncode == 128, served.stderr
+    assert "the daemon answered an error" in served.stderr
+    assert f"is not WAL segment {NAME}" in log
+    assert not dest.exists()

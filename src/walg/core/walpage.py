@@ -120,6 +120,43 @@ def segment_file_magic(
     return segment_magic(head, Segment.parse(name, segment_size).segno, segment_size, system_id)
 
 
+def foreign_segment_problem(fd: int, name: str, system_id: int | None = None) -> str | None:
+    """Why open file ``fd`` is, by its own first page, not the segment ``name`` (of cluster
+    ``system_id``, where given); None if it is, or if that page is no segment's first page.
+
+    A first page that names another segment (a copy under the wrong name) or another
+    cluster's system identifier (two clusters archiving into one folder) is positive proof:
+    PostgreSQL reads such a file as the end of the WAL ("unexpected pageaddr", "WAL file is
+    from different database system") and, in archive recovery, ends recovery there. A file
+    whose first page is that segment's must also be whole. A file with no long page header
+    at all says nothing here. OSError from the file goes to the caller.
+    """
+    head = os.pread(fd, LONG_HEADER.size, 0)
+    size = stated_segment_size(head)
+    if size is None:
+        return None
+    _magic, _info, tli, pageaddr, _rem, sysid, _seg, _blcksz = LONG_HEADER.unpack_from(head)
+    from walg.errors import WalgError
+
+    try:
+        segno = Segment.parse(name[:24], size).segno
+    except WalgError:
+        return f"its first page states {size}-byte segments, of which none is named {name}"
+    if pageaddr != segno * size:
+        if pageaddr % size:
+            return f"its first page is at WAL position {pageaddr >> 32:X}/{pageaddr & 0xFFFFFFFF:X}"
+        return f"its first page is that of segment {Segment(tli, pageaddr // size).name(size)}"
+    if system_id is not None and sysid != system_id:
+        return (
+            f"it is another database system's (system identifier {sysid}; this cluster's is "
+            f"{system_id})"
+        )
+    stored = os.fstat(fd).st_size
+    if stored != size:
+        return f"it holds {stored} bytes, not a whole segment of {size}"
+    return None
+
+
 def valid_segment_file(
     path: str, name: str, segment_size: int | None, system_id: int | None = None
 ) -> bool:

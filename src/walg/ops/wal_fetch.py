@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from walg.core.lsn import check_wal_file_name
-from walg.errors import RequestAbandoned, WalNotFound
+from walg.core.lsn import check_wal_file_name, is_segment_name
+from walg.core.walpage import cluster_system_id, foreign_segment_problem
+from walg.errors import IntegrityError, RequestAbandoned, WalNotFound
 from walg.ops.wal import (
     DestinationFile,
+    destination_error,
     download_wal,
     find_wal_object,
     put_in_place,
@@ -76,6 +78,8 @@ def wal_fetch(
             out.discard()
             raise
         out.close()
+        if is_segment_name(name):
+            _check_segment(tmp, name, key, dest)
         if commit is not None and not commit():
             raise RequestAbandoned()
         put_in_place(tmp, dest)
@@ -83,3 +87,27 @@ def wal_fetch(
         remove(tmp)
         raise
     return WalFetchResult(name, key, size, False)
+
+
+def _check_segment(path: str, name: str, key: str, destination: str) -> None:
+    """Refuse the downloaded ``path`` if its first page says it is another segment, or
+    another cluster's (that of the data directory above ``destination``, where there is one).
+
+    The object's own checksum cannot tell: a copy under the wrong name, or a segment of
+    another cluster archiving into the same folder, is intact. PostgreSQL would read it as the
+    end of the WAL and, in archive recovery, promote without the rest; failing instead stops
+    recovery (exit 128). The prefetch checks the same before it serves a file.
+    """
+    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise destination_error(destination, exc) from None
+    try:
+        problem = foreign_segment_problem(fd, name, cluster_system_id(pgdata))
+    except OSError as exc:
+        raise destination_error(destination, exc) from None
+    finally:
+        os.close(fd)
+    if problem is not None:
+        raise IntegrityError(f"{key} is not WAL segment {name}: {problem}")
