@@ -286,7 +286,13 @@ class FileStorage(Storage):
             _make_dirs(parent, self._top)
             handle, direct = self._create(tmp)
         except OSError as exc:
-            raise _error(exc, f"cannot create {tmp}") from None
+            # The folder is what the operator must fix (read-only, another user's, full, a
+            # file in its place): named, not the temporary file that was never made.
+            if exc.filename in (None, tmp):
+                where = f"cannot create a file in {parent}"
+            else:
+                where = f"cannot create folder {exc.filename}"
+            raise _error(exc, f"cannot write {path}: {where}") from None
         try:
             stage = None
             if direct:

@@ -1,0 +1,91 @@
+"""A local storage folder (``WALG_FILE_PREFIX``) that misbehaves: the real ``walg`` names what
+is wrong (the folder or object, and the reason) and exits as PostgreSQL needs.
+
+Read-only (a read-only bind mount in a private mount namespace), not writable or not
+reachable by the server's user (folders of root, walg run as ``pgtest``), an object whose
+reads fail (EIO).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pgcluster import make_shared_dir, pg_user_env, run_as_pg
+from walg.core.lsn import Segment
+
+SEG = Segment(1, 3).name()
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to make folders the server's user cannot use"
+)
+
+
+def _segment_file(pg_wal: Path) -> Path:
+    path = pg_wal / SEG
+    path.write_bytes(os.urandom(1 << 16) * 256)
+    os.chmod(path, 0o644)
+    return path
+
+
+def _as_pg(
+    argv: list[str], store: Path, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**pg_user_env(), "PATH": os.environ["PATH"], "WALG_FILE_PREFIX": str(store)}
+    return run_as_pg(argv, env=env, check=False, cwd=cwd, timeout=60)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a read-only bind mount needs root and unshare",
+)
+@pytest.mark.parametrize("wal_folder", ["there", "not-yet"])
+def test_a_read_only_storage_folder_is_named_not_a_temporary_file(
+    walg_bin: str, tmp_path: Path, wal_folder: str
+) -> None:
+    """The error named the temporary file it could not create
+    (``…/wal_005/<segment>.lz4.tmp.20261127T024153Z-c3ac1c7a8b3e80ee: Read-only file
+    system``), a name that exists nowhere, instead of the folder that is read-only."""
+    store = tmp_path / "store"
+    store.mkdir()
+    if wal_folder == "there":
+        (store / "wal_005").mkdir()
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    segment = _segment_file(pg_wal)
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(store)]
+    pushed = subprocess.run(
+        [*namespace, walg_bin, "wal-push", str(segment)],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert pushed.returncode == 1, pushed.stderr
+    wal = store / "wal_005"
+    named = f"{wal}:" if wal_folder == "there" else f"folder {wal}:"
+    assert named in pushed.stderr and "Read-only file system" in pushed.stderr, pushed.stderr
+    assert ".tmp." not in pushed.stderr, pushed.stderr
+
+
+@needs_root
+def test_a_storage_folder_of_another_user_is_named_not_a_temporary_file(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """The server's user may not write in the archive folder (made by root): the error named
+    the temporary file it could not create, not the folder to fix."""
+    store = pg_workdir / "store"
+    (store / "wal_005").mkdir(parents=True)  # root's, 0755
+    pg_wal = make_shared_dir(pg_workdir / "pg_wal", 0o700)
+    segment = _segment_file(pg_wal)
+    pushed = _as_pg([walg_bin, "wal-push", str(segment)], store)
+    assert pushed.returncode == 1, pushed.stderr
+    assert f"{store / 'wal_005'}:" in pushed.stderr, pushed.stderr
+    assert "Permission denied" in pushed.stderr and ".tmp." not in pushed.stderr
+    assert list((store / "wal_005").iterdir()) == []
