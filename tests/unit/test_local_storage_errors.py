@@ -89,3 +89,29 @@ def test_a_storage_folder_of_another_user_is_named_not_a_temporary_file(
     assert f"{store / 'wal_005'}:" in pushed.stderr, pushed.stderr
     assert "Permission denied" in pushed.stderr and ".tmp." not in pushed.stderr
     assert list((store / "wal_005").iterdir()) == []
+
+
+@needs_root
+def test_a_storage_folder_the_server_s_user_cannot_reach_is_not_called_missing(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """The storage folder is there, under a folder of root's that the server's user may not
+    enter (mode 0700): every command said it "does not exist or is not a folder: walg does
+    not create it (an unmounted volume?); create it or mount its volume", sending the DBA to
+    create or mount what is there. It now says the folder cannot be reached and why; the
+    exit codes stay those of a storage failure (wal-fetch 128 in archive recovery)."""
+    locked = pg_workdir / "locked"
+    store = locked / "store"
+    (store / "wal_005").mkdir(parents=True)
+    locked.chmod(0o700)  # root's
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    pg_wal = make_shared_dir(pgdata / "pg_wal", 0o700)
+    (pgdata / "recovery.signal").touch()
+    segment = _segment_file(pg_wal)
+    pushed = _as_pg([walg_bin, "wal-push", str(segment)], store)
+    fetched = _as_pg([walg_bin, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG"], store, cwd=pgdata)
+    shown = _as_pg([walg_bin, "wal-show"], store)
+    for result, code in ((pushed, 1), (fetched, 128), (shown, 1)):
+        assert result.returncode == code, result.stderr
+        assert f"storage folder {store} cannot be reached: Permission denied" in result.stderr
+        assert "does not exist" not in result.stderr

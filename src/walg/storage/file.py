@@ -78,6 +78,14 @@ def _make_dirs(path: str, top: str) -> None:
 
 
 def _missing_root(top: str) -> StorageError:
+    """The error for a storage folder that is not a folder here: not there, or not reachable
+    by this user (a folder above it it may not enter), which is no reason to create it."""
+    try:
+        os.stat(top)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        return StorageError(f"storage folder {top} cannot be reached: {exc.strerror or exc}")
     return StorageError(
         f"storage folder {top} does not exist or is not a folder: walg does not create it "
         "(an unmounted volume?); create it or mount its volume"
