@@ -115,3 +115,38 @@ def test_a_storage_folder_the_server_s_user_cannot_reach_is_not_called_missing(
         assert result.returncode == code, result.stderr
         assert f"storage folder {store} cannot be reached: Permission denied" in result.stderr
         assert "does not exist" not in result.stderr
+
+
+def test_an_object_whose_reads_fail_is_named(walg_bin: str, tmp_path: Path) -> None:
+    """A read error of the disk under the archive (EIO; here an object's file linked to
+    /proc/self/mem, whose first page is never mapped) failed wal-fetch with "unexpected
+    OSError: [Errno 5] Input/output error", naming nothing; wal-push's comparison with an
+    archived object the same. The object is named now, with the reason."""
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /proc/self/mem to fail reads with")
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    obj = store / "wal_005" / f"{SEG}.lz4"
+    obj.symlink_to("/proc/self/mem")
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    segment = _segment_file(pgdata / "pg_wal")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    for argv, code in (
+        (["wal-fetch", SEG, "pg_wal/RECOVERYXLOG"], 128),
+        (["wal-push", str(segment)], 1),
+    ):
+        result = subprocess.run(
+            [walg_bin, *argv],
+            cwd=pgdata,
+            env={**env, "WALG_DOWNLOAD_CONCURRENCY": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == code, result.stderr
+        assert f"cannot read {obj}: Input/output error" in result.stderr, result.stderr
+        assert "unexpected" not in result.stderr
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()

@@ -104,18 +104,25 @@ def _not_an_object(path: str, mode: int) -> StorageError:
 
 
 class _LimitedReader:
-    def __init__(self, handle: Source, length: int | None) -> None:
+    """Reads an object's file, up to ``length`` bytes; a failing read (EIO) is a
+    :class:`StorageError` naming the file."""
+
+    def __init__(self, handle: Source, length: int | None, path: str) -> None:
         self._handle = handle
         self._left = length
+        self._path = path
 
     def read(self, size: int = -1, /) -> bytes:
-        if self._left is None:
-            return self._handle.read(size)
-        if self._left <= 0:
-            return b""
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._handle.read(size)
-        self._left -= len(data)
+        if self._left is not None:
+            if self._left <= 0:
+                return b""
+            size = self._left if size < 0 else min(size, self._left)
+        try:
+            data = self._handle.read(size)
+        except OSError as exc:
+            raise _error(exc, f"cannot read {self._path}") from None
+        if self._left is not None:
+            self._left -= len(data)
         return data
 
 
@@ -438,8 +445,11 @@ class FileStorage(Storage):
             raise
         try:
             if offset:
-                handle.seek(offset)
-            yield _LimitedReader(handle, length)
+                try:
+                    handle.seek(offset)
+                except OSError as exc:
+                    raise _error(exc, f"cannot read {path}") from None
+            yield _LimitedReader(handle, length, path)
         finally:
             handle.close()
 
