@@ -150,3 +150,36 @@ def test_an_object_whose_reads_fail_is_named(walg_bin: str, tmp_path: Path) -> N
         assert f"cannot read {obj}: Input/output error" in result.stderr, result.stderr
         assert "unexpected" not in result.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_an_empty_object_under_a_wal_name_is_reported_not_counted(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    """An object of 0 bytes under a segment's name (a copy that filled its disk, a writer that
+    never synced before a crash, as WAL-G's local storage) can never be restored: wal-fetch
+    fails on it and recovery stops there. wal-show counted it as a stored segment, so the
+    archive looked whole (and wal-verify vouched for it). It is now a missing segment, and a
+    warning names the object."""
+    import json
+
+    import lz4.frame
+
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    for segno in (1, 2, 3):
+        name = Segment(1, segno).name()
+        data = b"" if segno == 2 else lz4.frame.compress(b"segment")
+        (store / "wal_005" / f"{name}.lz4").write_bytes(data)
+    shown = subprocess.run(
+        [walg_bin, "wal-show", "--detailed-json", "--without-backups"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    (timeline,) = json.loads(shown.stdout)
+    assert timeline["missing_segments"] == [Segment(1, 2).name()]
+    assert timeline["segments_count"] == 2
+    assert f"wal_005/{Segment(1, 2).name()}.lz4 is empty" in shown.stderr

@@ -1060,3 +1060,12 @@ def test_the_walk_in_stretches_matches_the_walk_segment_by_segment() -> None:
             for r in result.runs
         ]
         assert got == expected, (first, second, current, max_delayed, uploading)
+
+
+def test_an_empty_segment_object_is_lost_not_found(storage: Storage) -> None:
+    """A 0-byte object under a segment's name cannot be restored: integrity vouched for it."""
+    put_segments(storage, 1, range(1, 21))
+    storage.put_bytes(f"wal_005/{name(1, 7)}.lz4", b"")
+    result = verify_integrity(storage, at(1, 21), max_delayed=0, upload_concurrency=3)
+    assert result.status is CheckStatus.FAILURE
+    assert statuses(result)[name(1, 7)] is SegmentStatus.MISSING_LOST

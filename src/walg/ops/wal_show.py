@@ -98,8 +98,22 @@ class WalShowResult:
 
 
 def list_wal_object_names(storage: Storage) -> list[str]:
-    """Names of the objects directly under ``wal_005/`` (no sub-folders)."""
-    return [info.key[len(WAL) :] for info in storage.list(WAL, recursive=False)]
+    """Names of the objects directly under ``wal_005/`` (no sub-folders).
+
+    An empty object is left out, with a warning naming it: no WAL file is 0 bytes stored
+    (compressed or not), so ``wal-fetch`` fails on it and a restore stops there; counted, it
+    would make a gap in the archive look stored.
+    """
+    from walg.core.lsn import is_wal_file_name
+
+    names = []
+    for info in storage.list(WAL, recursive=False):
+        name = info.key[len(WAL) :]
+        if info.size == 0 and is_wal_file_name(fetched_as(name)):
+            log.warning("%s is empty: not a WAL file wal-fetch can restore", info.key)
+            continue
+        names.append(name)
+    return names
 
 
 def fetched_as(name: str) -> str:
