@@ -984,3 +984,51 @@ def test_an_intact_object_of_another_segment_or_cluster_is_never_handed_over(
     assert "the daemon answered an error" in served.stderr
     assert f"is not WAL segment {NAME}" in log
     assert not dest.exists()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a private /etc/fstab needs root and unshare",
+)
+def test_a_wal_folder_on_its_own_volume_that_is_not_mounted_is_no_empty_archive(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """The storage folder is there, and its wal_005/ is the mount point of a volume of its own
+    (/etc/fstab lists it) that is not mounted: only the storage folder itself and the folders
+    above it were checked. wal-fetch in archive recovery answered 74 ("not in the archive"),
+    so PostgreSQL would end recovery and promote; wal-push wrote the WAL into the empty
+    folder beneath the mount point, hidden once the volume is mounted."""
+    store = tmp_path / "store"
+    volume = store / "wal_005"
+    volume.mkdir(parents=True)
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"UUID=0-0 {volume} ext4 defaults,nofail 0 2\n")
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+
+    def walg(*args: str) -> subprocess.CompletedProcess[str]:
+        script = 'mount --bind "$0" /etc/fstab && exec "$@"'
+        namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(fstab)]
+        return subprocess.run(
+            [*namespace, walg_bin, *args],
+            env=environ,
+            cwd=pgdata,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    fetched = walg("wal-fetch", Segment(1, 9).name(), "pg_wal/RECOVERYXLOG")
+    assert fetched.returncode == 128, fetched.stderr
+    assert f"{volume}" in fetched.stderr and "not mounted" in fetched.stderr
+    pushed = walg("wal-push", f"pg_wal/{NAME}")
+    assert pushed.returncode == 1, pushed.stderr
+    assert "not mounted" in pushed.stderr
+    assert list(volume.iterdir()) == []
+    shown = walg("wal-show")  # listed as an empty archive before
+    assert shown.returncode == 1, shown.stderr
+    assert "not mounted" in shown.stderr

@@ -295,8 +295,9 @@ class FileStorage(Storage):
         tmp = f"{path}.tmp.{stamp}-{os.urandom(8).hex()}"
         parent = os.path.dirname(path)
         # Before every write, not only when the command starts: a daemon runs for months, and
-        # its volume may be unmounted under it.
-        self._check_mounted()
+        # its volume may be unmounted under it. The object's folder too: wal_005/ may be the
+        # mount point of a volume of its own.
+        self._check_mounted(parent)
         try:
             _make_dirs(parent, self._top)
             handle, direct = self._create(tmp)
@@ -484,10 +485,12 @@ class FileStorage(Storage):
             if folder == self._top or len(folder) <= len(self._top):
                 if not os.path.isdir(self._top):
                     return _missing_root(self._top)
-                return ObjectNotFound(key)
+                return self._unmounted(folder) or ObjectNotFound(key)
             if os.path.lexists(folder):
                 if os.path.isdir(folder):
-                    return ObjectNotFound(key)
+                    # The empty folder an unmounted volume leaves (wal_005/ on its own) is no
+                    # empty archive: "not found" would end a restore_command's recovery.
+                    return self._unmounted(folder) or ObjectNotFound(key)
                 return StorageError(f"{folder} is not a folder (a symbolic link to nothing?)")
             folder = os.path.dirname(folder)
 
@@ -526,14 +529,23 @@ class FileStorage(Storage):
         if self.root != self._top and os.path.lexists(self.root) and not os.path.isdir(self.root):
             raise StorageError(f"storage folder {self.root} is not a folder")
 
-    def _check_mounted(self) -> None:
-        point = self._mounts.unmounted(self._top)
-        if point is not None:
-            raise StorageError(
-                f"storage folder {self._top} is on {point}, a mount point {self._mounts.fstab} "
-                "lists that is not mounted: its volume is not there (what is beneath it is "
-                "another file system's folder); mount it"
-            )
+    def _check_mounted(self, folder: str | None = None) -> None:
+        """Raise if ``folder`` (default: the storage folder) lies at or below a mount point
+        the system table lists that is not mounted."""
+        error = self._unmounted(self._top if folder is None else folder)
+        if error is not None:
+            raise error
+
+    def _unmounted(self, folder: str) -> StorageError | None:
+        point = self._mounts.unmounted(folder)
+        if point is None:
+            return None
+        what = "storage folder" if folder == self._top else "folder"
+        return StorageError(
+            f"{what} {folder} is on {point}, a mount point {self._mounts.fstab} "
+            "lists that is not mounted: its volume is not there (what is beneath it is "
+            "another file system's folder); mount it"
+        )
 
     def stat(self, key: str) -> ObjectInfo:
         st = self._stat_object(key)
@@ -551,6 +563,7 @@ class FileStorage(Storage):
 
         start = os.path.join(self.root, folder) if folder else self.root
         out: list[ObjectInfo] = []
+        self._check_mounted(start)  # an unmounted volume's empty folder lists as empty
         try:
             top = os.scandir(start)
         except NotADirectoryError:
