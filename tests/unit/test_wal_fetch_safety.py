@@ -1032,3 +1032,50 @@ def test_a_wal_folder_on_its_own_volume_that_is_not_mounted_is_no_empty_archive(
     shown = walg("wal-show")  # listed as an empty archive before
     assert shown.returncode == 1, shown.stderr
     assert "not mounted" in shown.stderr
+
+
+def test_a_fifo_in_the_prefetch_folder_never_hangs_a_fetch(walg_bin: str, tmp_path: Path) -> None:
+    """A FIFO under a segment's name in the prefetch folder (a WALG_PREFETCH_DIR several
+    clusters share): wal-fetch took it as a prefetched file and opened it to check its first
+    page, which waits for a writer forever; PostgreSQL's restore_command never returned. It is
+    discarded now, and the segment downloaded."""
+    good = Segment(1, 2).name()
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    pgdata = _pgdata(tmp_path, 5)
+    shared = tmp_path / "shared"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_PREFETCH_DIR": str(shared),
+        "WALG_DOWNLOAD_CONCURRENCY": "2",
+    }
+
+    def fetch() -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [walg_bin, "wal-fetch", good, "pg_wal/RECOVERYXLOG"],
+                cwd=pgdata,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("wal-fetch waited on the FIFO in the prefetch folder")
+
+    # The first call's prefetch child makes this archive's folder in the shared one.
+    assert fetch().returncode == 0
+    (pgdata / "pg_wal" / "RECOVERYXLOG").unlink()
+    deadline = time.monotonic() + 30
+    while not list(shared.glob(".wal-g/prefetch/*/running")):
+        assert time.monotonic() < deadline, "no prefetch folder was made"
+        time.sleep(0.05)
+    (root,) = (p.parent for p in shared.glob(".wal-g/prefetch/*/running"))
+    os.mkfifo(root / good)
+    fetched = fetch()
+    assert fetched.returncode == 0, fetched.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == _segment_bytes(good, 5)

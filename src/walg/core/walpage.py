@@ -10,6 +10,7 @@ telling from a file's first page whether it is the segment its name says, and of
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from walg.core.lsn import Segment
@@ -167,10 +168,13 @@ def valid_segment_file(
     from walg.errors import WalgError
 
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Non-blocking: a FIFO at ``path`` would wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         if segment_size is None:
             segment_size = stated_segment_size(os.pread(fd, LONG_HEADER.size, 0))
             if segment_size is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 
 from walg.core.log import get_logger
@@ -90,11 +91,18 @@ def take_prefetched(
     candidate = os.path.join(root, name)
     try:
         _wait_for_running(root, name)
-        written = os.stat(candidate).st_mtime
+        found = os.stat(candidate)
     except (FileNotFoundError, NotADirectoryError):  # none prefetched; no folder for them
         return False
     except OSError as exc:
         log.warning("cannot look into the prefetch folder %s (%s); downloading %s", root, exc, name)
+        return False
+    written = found.st_mtime
+    if not stat.S_ISREG(found.st_mode):
+        # A FIFO would make every check below wait for a writer forever (a shared
+        # WALG_PREFETCH_DIR); no prefetcher makes anything but regular files.
+        log.warning("discarding %s from the prefetch folder: not a regular file", candidate)
+        remove(candidate)
         return False
     # A prefetched file is renamed into place unsynced (an fsync per segment would cost the
     # replay disk time): after a power loss its tail may be zeros, which PostgreSQL reads as
