@@ -336,7 +336,13 @@ def wal_push(
                 except OSError as exc:  # no process to spare (EAGAIN): archive this one alone
                     log.warning("cannot start the look-ahead uploader: %s", exc)
             # With uploads running beside it the CPUs are busy already.
-            return push_one(settings, storage, source, 1 if detached else solo_threads())
+            result = push_one(settings, storage, source, 1 if detached else solo_threads())
+            if not detached:
+                # No uploader (none is wanted, or look-ahead is off) to sweep what killed
+                # uploads left: this call does, when it is due, once its file is stored.
+                held.close()
+                sweep_temporaries_if_due(storage, status)
+            return result
     uploader = None
     if lookahead:
         try:
@@ -449,8 +455,9 @@ def sweep_temporaries_if_due(storage: Storage, status: str) -> None:
     A cold ``wal-push`` killed mid-upload (a server stopped in immediate mode, the OOM killer)
     leaves up to a segment's worth that no listing shows; without a daemon nothing else would
     ever remove it. Listing ``wal_005/`` takes time in proportion to the archive, so a detached
-    uploader sweeps at most once per that age (the stamp's modification time), not at every
-    backlog. Failures are logged, never raised.
+    uploader, or a ``wal-push`` that starts none (no backlog, or look-ahead off), sweeps at most
+    once per that age (the stamp's modification time), not at every call. Failures are
+    logged, never raised.
     """
     stamp = os.path.join(status, SWEEP_STAMP)
     now = time.time()

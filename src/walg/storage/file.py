@@ -34,6 +34,24 @@ TEMP_SUFFIX_RE = LazyPattern(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
 
 
+def temporary_stamp(name: str) -> str | None:
+    """The time stamp in a temporary file's name (what TEMP_SUFFIX_RE matches:
+    ``.tmp.<YYYYMMDDThhmmssZ>-<16 hex>`` at its end), or None if it is no temporary file's.
+
+    Matched without ``re``: a ``wal-push`` sweeps (:meth:`FileStorage.remove_temporaries`),
+    and would otherwise import it (with ``enum``) on PostgreSQL's archive path.
+    """
+    suffix = name[-38:]
+    if len(suffix) != 38 or not suffix.startswith(".tmp.") or suffix[21] != "-":
+        return None
+    stamp = suffix[5:21]
+    if not (
+        stamp[:8].isdecimal() and stamp[8] == "T" and stamp[9:15].isdecimal() and stamp[15] == "Z"
+    ):
+        return None
+    return stamp if all(c in "0123456789abcdef" for c in suffix[22:]) else None
+
+
 def _error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
 
@@ -377,9 +395,8 @@ class FileStorage(Storage):
             raise _error(exc, f"cannot list {folder}") from None
         with entries:
             for entry in entries:
-                found = TEMP_SUFFIX_RE.search(entry.name)
-                # The stamp is .tmp.<YYYYMMDDThhmmssZ>-<hex>: 5 letters in, 16 long.
-                if found is None or found.group()[5:21] >= stamp_cutoff:
+                stamp = temporary_stamp(entry.name)
+                if stamp is None or stamp >= stamp_cutoff:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):

@@ -1,0 +1,193 @@
+"""What a walg process killed outright (SIGKILL at a chosen system call, as the OOM killer or
+an immediate shutdown would end it) leaves behind, and that later calls clean it up rather
+than let it pile up: temporary objects in ``wal_005/``, temporary files beside a
+``wal-fetch``'s DEST in pg_wal, and the look-ahead's files in ``walg_archive_status/``.
+
+The kill is strace's fault injection (``--inject=SYSCALL:signal=KILL:when=N``) on the real
+``walg``; the time that must pass before a leftover counts as abandoned is staged by ageing
+the leftover (its modification time, and the time stamp in its name where it has one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from walg.core.lsn import Segment
+
+SEG = 16 << 20
+STATUS = Path("walg_data") / "walg_archive_status"
+
+
+def _segment(name: str, sysid: int = 7) -> bytes:
+    """A whole segment ``name`` as PostgreSQL writes it: a valid long page header first."""
+    segno = Segment.parse(name, SEG).segno
+    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    header += (segno * SEG).to_bytes(8, "little") + bytes(8)
+    header += sysid.to_bytes(8, "little") + SEG.to_bytes(4, "little") + (8192).to_bytes(4, "little")
+    body = (os.urandom(256 << 10) + bytes(256 << 10)) * (SEG // (512 << 10))
+    return header + body[len(header) :]
+
+
+def _strace() -> str:
+    found = shutil.which("strace")
+    if found is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    return found
+
+
+def _killed_at(
+    syscall: str, n: int, command: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` and kill it (SIGKILL) at its ``n``-th ``syscall``."""
+    inject = f"--inject={syscall}:signal=KILL:when={n}"
+    done = subprocess.run(
+        [_strace(), "-f", "-qq", "-o", "/dev/null", inject, *command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
+    return done
+
+
+def _age(path: Path, seconds: float) -> Path:
+    """``path`` as it is ``seconds`` later: its modification time, and the time stamp of a
+    storage temporary's name (``.tmp.<YYYYMMDDThhmmssZ>-<hex>``), that far in the past."""
+    when = time.time() - seconds
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    aged = path.with_name(re.sub(r"\.tmp\.\d{8}T\d{6}Z-", f".tmp.{stamp}-", path.name))
+    if aged != path:
+        path.rename(aged)
+    os.utime(aged, (when, when))
+    return aged
+
+
+class Cluster:
+    """A stand-in data directory (pg_wal with segments and their ``.ready`` files) and a
+    storage folder, driven as PostgreSQL drives walg."""
+
+    def __init__(self, root: Path, walg_bin: str) -> None:
+        self.root = root
+        self.pgdata = root / "pgdata"
+        self.wal = self.pgdata / "pg_wal"
+        (self.wal / "archive_status").mkdir(parents=True)
+        (self.pgdata / "PG_VERSION").write_text("15\n")
+        self.store = root / "store"
+        self.store.mkdir()
+        self.walg_bin = walg_bin
+        self.log = root / "walg.log"
+        keep = ("PATH", "HOME", "LANG", "TMPDIR")
+        self.env = {k: v for k, v in os.environ.items() if k in keep}
+        self.env["WALG_FILE_PREFIX"] = str(self.store)
+        self.data: dict[str, bytes] = {}
+
+    def add(self, *segnos: int) -> list[str]:
+        names = []
+        for segno in segnos:
+            name = Segment(1, segno).name()
+            self.data[name] = _segment(name)
+            (self.wal / name).write_bytes(self.data[name])
+            (self.wal / "archive_status" / f"{name}.ready").touch()
+            names.append(name)
+        return names
+
+    def walg(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        with self.log.open("a") as err:
+            return subprocess.run(
+                [self.walg_bin, *args],
+                env={**self.env, **extra},
+                cwd=self.pgdata,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+    def archive(self, name: str, **extra: str) -> None:
+        """PostgreSQL's archiver: the call must succeed, then the file is done."""
+        done = self.walg("wal-push", f"pg_wal/{name}", **extra)
+        assert done.returncode == 0, self.log.read_text()
+        ready = self.wal / "archive_status" / f"{name}.ready"
+        ready.rename(ready.with_suffix(".done"))
+
+    def stored(self, name: str) -> bytes:
+        return lz4.frame.decompress((self.store / "wal_005" / f"{name}.lz4").read_bytes())
+
+    def temporaries(self) -> list[Path]:
+        return sorted((self.store / "wal_005").glob("*.tmp.*"))
+
+    def status_leftovers(self) -> list[str]:
+        """What is in walg's status folder besides the uploader's lock and sweep stamp."""
+        status = self.wal / STATUS
+        keep = {".uploader.lock", ".swept"}
+        return sorted(p.name for p in status.iterdir() if p.name not in keep)
+
+    def detached(self) -> list[str]:
+        """The pids of walg processes detached for this data directory (an uploader, a
+        prefetcher) still running."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            command = {b"wal-push-ahead", b"wal-prefetch"} & set(argv)
+            if command and any(arg.startswith(bytes(self.wal)) for arg in argv):
+                found.append(proc.name)
+        return found
+
+    def wait_for_detached(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.detached():
+            assert time.monotonic() < deadline, "a detached walg process did not finish"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("case", ["no backlog", "look-ahead off"])
+def test_a_wal_push_killed_mid_upload_leaves_no_temporary_object_for_good(
+    tmp_path: Path, walg_bin: str, case: str
+) -> None:
+    """A ``wal-push`` killed after writing its object's temporary file, before committing it
+    (here at its ``link``), leaves up to a segment in ``wal_005/`` that no listing shows. Only
+    the detached look-ahead uploader swept those (once they are an hour old), and it starts
+    only for a backlog with look-ahead on: on a server whose archiving keeps up (one ``.ready``
+    file at a time), or with ``WALG_UPLOAD_CONCURRENCY=1``, every such kill (an immediate
+    shutdown, the OOM killer) added one for good. The retried call archives the segment, and
+    a call an hour later removes the leftover."""
+    cluster = Cluster(tmp_path, walg_bin)
+    extra = {"WALG_UPLOAD_CONCURRENCY": "1"} if case == "look-ahead off" else {}
+    (name,) = cluster.add(0x10)
+    if case == "look-ahead off":
+        cluster.add(0x11, 0x12)  # a backlog, which look-ahead would take
+    command = [walg_bin, "wal-push", f"pg_wal/{name}"]
+    _killed_at("link", 1, command, {**cluster.env, **extra}, cluster.pgdata)
+    (left,) = cluster.temporaries()
+    assert os.path.getsize(left) > 0
+    cluster.archive(name, **extra)  # PostgreSQL's retry
+    cluster.wait_for_detached()
+    assert cluster.stored(name) == cluster.data[name]
+
+    # An hour and more later, the next call: what the killed call left is gone.
+    (left,) = cluster.temporaries()
+    _age(left, 2 * 3600)
+    swept = cluster.wal / STATUS / ".swept"
+    if swept.exists():
+        _age(swept, 2 * 3600)
+    (following,) = cluster.add(0x20)
+    cluster.archive(following, **extra)
+    cluster.wait_for_detached()
+    assert cluster.temporaries() == [], cluster.log.read_text()
+    assert cluster.stored(following) == cluster.data[following]
