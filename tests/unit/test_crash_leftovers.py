@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -191,3 +192,128 @@ def test_a_wal_push_killed_mid_upload_leaves_no_temporary_object_for_good(
     cluster.wait_for_detached()
     assert cluster.temporaries() == [], cluster.log.read_text()
     assert cluster.stored(following) == cluster.data[following]
+
+
+def _fetch_leftovers(cluster: Cluster) -> list[Path]:
+    return sorted(cluster.wal.glob(".RECOVERYXLOG.walg-*"))
+
+
+def _archived(cluster: Cluster, *segnos: int) -> list[str]:
+    """Segments archived, then gone from pg_wal: a restore's archive."""
+    names = cluster.add(*segnos)
+    for name in names:
+        cluster.archive(name)
+        (cluster.wal / name).unlink()
+    cluster.wait_for_detached()
+    return names
+
+
+def _wait_gone(paths: list[Path], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_a_wal_fetch_killed_before_its_rename_leaves_no_segment_in_pg_wal_for_good(
+    tmp_path: Path, walg_bin: str, concurrency: str
+) -> None:
+    """A ``wal-fetch`` killed with the whole segment downloaded beside DEST (here at the
+    rename that puts it in place) leaves a 16 MB hidden file in pg_wal. Only the prefetcher
+    removed those, once untouched for ten minutes: with ``WALG_DOWNLOAD_CONCURRENCY=1`` (no
+    prefetch) every such kill left one for good, filling the WAL volume over repeated
+    immediate shutdowns of a restore."""
+    cluster = Cluster(tmp_path, walg_bin)
+    first, second = _archived(cluster, 0x30, 0x31)
+    env = {**cluster.env, "WALG_DOWNLOAD_CONCURRENCY": concurrency}
+    dest = "pg_wal/RECOVERYXLOG"
+    _killed_at("rename", 1, [walg_bin, "wal-fetch", first, dest], env, cluster.pgdata)
+    (left,) = _fetch_leftovers(cluster)
+    assert left.stat().st_size == SEG
+    _age(left, 11 * 60)
+    for name in (first, second):
+        done = cluster.walg("wal-fetch", name, dest, WALG_DOWNLOAD_CONCURRENCY=concurrency)
+        assert done.returncode == 0, cluster.log.read_text()
+        assert (cluster.pgdata / dest).read_bytes() == cluster.data[name]
+        (cluster.pgdata / dest).unlink()
+    cluster.wait_for_detached()
+    _wait_gone([left])
+    assert _fetch_leftovers(cluster) == []
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_a_daemon_killed_mid_fetch_leaves_no_segment_in_pg_wal_for_good(
+    tmp_path: Path, walg_bin: str, concurrency: str
+) -> None:
+    """``walg daemon`` killed with a fetch's segment downloaded beside DEST (at its rename):
+    the client runs ``walg wal-fetch`` itself and recovery goes on, and the daemon is started
+    again (a service manager's ``Restart=``). The 16 MB hidden file the killed daemon left in
+    pg_wal was never removed: the daemon's fetches and prefetches never swept, and a direct
+    call's prefetcher only sweeps files untouched for ten minutes (this one was new then)."""
+    cluster = Cluster(tmp_path, walg_bin)
+    first, second, third = _archived(cluster, 0x40, 0x41, 0x42)
+    shutil.rmtree(cluster.wal / "archive_status")  # a restore's pg_wal
+    (cluster.wal / "archive_status").mkdir()
+    env = {
+        **cluster.env,
+        "WALG_DOWNLOAD_CONCURRENCY": concurrency,
+        "WALG_DAEMON_FOLLOW_WAL": "false",
+    }
+    sock = tmp_path / "d.sock"
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    dest = cluster.wal / "RECOVERYXLOG"
+
+    def start(*prefix: str) -> subprocess.Popen[str]:
+        with cluster.log.open("a") as err:
+            daemon = subprocess.Popen(
+                [*prefix, walg_bin, "daemon", str(sock), str(cluster.pgdata)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+            )
+        # A killed daemon's socket is still there: wait until this one answers on it.
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(sock))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass
+            assert daemon.poll() is None, cluster.log.read_text()
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.02)
+        return daemon
+
+    def fetch(name: str) -> None:
+        done = subprocess.run(
+            [client, str(sock), "wal-fetch", name, "pg_wal/RECOVERYXLOG"],
+            env=env,
+            cwd=cluster.pgdata,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (done.stderr, cluster.log.read_text())
+        assert dest.read_bytes() == cluster.data[name]
+        dest.unlink()
+
+    inject = "--inject=rename:signal=KILL:when=1"
+    daemon = start(_strace(), "-f", "-qq", "-o", "/dev/null", inject)
+    fetch(first)  # the daemon dies at its rename; the client fetches it itself
+    assert daemon.wait(timeout=30) == -signal.SIGKILL
+    cluster.wait_for_detached()
+    (left,) = _fetch_leftovers(cluster)
+    assert left.stat().st_size == SEG
+    _age(left, 11 * 60)
+    daemon = start()
+    try:
+        fetch(second)
+        fetch(third)
+        _wait_gone([left])
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+    assert _fetch_leftovers(cluster) == [], cluster.log.read_text()

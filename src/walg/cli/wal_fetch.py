@@ -62,11 +62,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.wal_fetch import wal_fetch
 
     wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination)
-    if (
-        not args.no_prefetch
-        and ctx.settings.download_concurrency > 1
-        and is_segment_name(args.name)
-    ):
+    if args.no_prefetch or ctx.settings.download_concurrency < 2 or not is_segment_name(args.name):
+        # No prefetcher to remove what calls killed outright left beside DEST (up to a
+        # segment each, in pg_wal): this call does, once the file is in place.
+        import contextlib
+
+        from walg.ops.wal import forget_stale_temporaries
+
+        with contextlib.suppress(OSError):
+            forget_stale_temporaries(args.destination)
+    else:
         # The file is in place: from here on nothing may turn this call into a failure, which
         # PostgreSQL would take for the end of the archive.
         try:

@@ -269,19 +269,23 @@ STALE_TEMPORARY_SECONDS = 600
 
 def forget_stale_temporaries(destination: str) -> list[str]:
     """Remove :func:`temporary_beside` files of ``destination`` left by calls that were
-    killed (each up to a segment, in pg_wal); the names removed. Off the restore path: run by
-    the prefetcher."""
-    import re
+    killed (each up to a segment, in pg_wal); the names removed. Run by the prefetcher, by a
+    ``wal-fetch`` that starts none, and by the daemon after each fetch: a killed daemon's
+    leftovers would otherwise stay, as its own fetches never start a prefetcher. Names are
+    matched without ``re``, which a ``wal-fetch`` does not import otherwise."""
     import time
 
     folder, base = os.path.split(os.path.abspath(destination))
-    pattern = re.compile(rf"\.{re.escape(base)}\.walg-[0-9a-f]{{8}}")
-    return remove_stale_files(
-        folder,
-        lambda name: pattern.fullmatch(name) is not None,
-        STALE_TEMPORARY_SECONDS,
-        time.time(),
-    )
+    prefix = f".{base}.walg-"
+
+    def wanted(name: str) -> bool:
+        tail = name[len(prefix) :]
+        return name.startswith(prefix) and len(tail) == 8 and all(c in HEX for c in tail)
+
+    return remove_stale_files(folder, wanted, STALE_TEMPORARY_SECONDS, time.time())
+
+
+HEX = frozenset("0123456789abcdef")
 
 
 def recovery_ended(data_dir: str) -> bool:
