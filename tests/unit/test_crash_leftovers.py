@@ -317,3 +317,39 @@ def test_a_daemon_killed_mid_fetch_leaves_no_segment_in_pg_wal_for_good(
         daemon.terminate()
         daemon.wait(timeout=60)
     assert _fetch_leftovers(cluster) == [], cluster.log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("syscall", "n", "leftover"),
+    [("rename", 1, "the marker's temporary file"), ("unlink", 2, "the per-file lock")],
+)
+def test_a_look_ahead_uploader_killed_leaves_nothing_for_good_in_the_status_folder(
+    tmp_path: Path, walg_bin: str, syscall: str, n: int, leftover: str
+) -> None:
+    """The detached uploader killed just after archiving a segment: before its marker was
+    renamed into place (its temporary file left), or before it let go of the segment's lock
+    (the lock file left, and the marker written, which PostgreSQL's call takes in the
+    launcher without looking at locks). Nothing removed either, once PostgreSQL had finished
+    with the segment: one file per kill in pg_wal's ``walg_archive_status/`` for good. The
+    next uploader removes them."""
+    cluster = Cluster(tmp_path, walg_bin)
+    cluster.env["WALG_UPLOAD_CONCURRENCY"] = "2"  # one upload at a time
+    own, ahead = cluster.add(0x50, 0x51)
+    command = [walg_bin, "wal-push-ahead", str(cluster.wal), "--exclude", own]
+    _killed_at(syscall, n, command, cluster.env, cluster.pgdata)
+    assert cluster.stored(ahead) == cluster.data[ahead]
+    assert cluster.status_leftovers() != [], leftover
+    for path in (cluster.wal / STATUS).glob(".*.new"):
+        _age(path, 120)  # a marker is written in an instant: this one was abandoned
+    for name in (own, ahead):
+        cluster.archive(name)
+    cluster.wait_for_detached()
+
+    # A later backlog: its uploader clears what PostgreSQL has finished with.
+    later = cluster.add(0x52, 0x53)
+    for name in later:
+        cluster.archive(name)
+    cluster.wait_for_detached()
+    for name in (own, ahead, *later):
+        assert cluster.stored(name) == cluster.data[name]
+    assert cluster.status_leftovers() == [], leftover

@@ -548,8 +548,15 @@ def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
 
 def forget_finished_markers(wal_dir: str) -> list[str]:
     """Remove markers whose file has no ``.ready`` any more (PostgreSQL will not ask again);
-    the names of the entries removed. Lock files of such files that nobody holds go too
-    (:func:`_remove_abandoned_lock`), unreported."""
+    the names of the entries removed.
+
+    Also what uploads killed outright left for such a file: its per-file lock (taken first,
+    so a lock still held stays; :func:`segment_lock` removes it on letting go), and a marker's
+    temporary file (``write_marker``) untouched for :data:`MARKER_WRITE_GRACE` seconds. The
+    call that archives a file removes its lock, but one whose marker was written takes that
+    in the ``walg`` launcher, which never looks at locks; and no one writes a marker again
+    once its file is archived. Each kill left one for good.
+    """
     status = status_dir(wal_dir)
     archive_status = os.path.join(wal_dir, "archive_status")
     removed: list[str] = []
@@ -557,39 +564,46 @@ def forget_finished_markers(wal_dir: str) -> list[str]:
         entries = os.listdir(status)
     except FileNotFoundError:
         return removed
+    now = time.time()
     for entry in sorted(entries):
-        if entry.endswith(".lock"):
-            locked = entry[: -len(".lock")]
-            if is_wal_file_name(locked) and not os.path.exists(
-                os.path.join(archive_status, f"{locked}.ready")
-            ):
-                _remove_abandoned_lock(os.path.join(status, entry))
-            continue
         # Every destination's markers: PostgreSQL asks no destination about a finished file.
         name = marker_name(entry)
-        if name is not None and not os.path.exists(os.path.join(archive_status, f"{name}.ready")):
-            remove(os.path.join(status, entry))
-            removed.append(entry)
+        leftover = name is None
+        if leftover:
+            name = _leftover_of(entry)
+        if name is None or os.path.exists(os.path.join(archive_status, f"{name}.ready")):
+            continue
+        path = os.path.join(status, entry)
+        if not leftover:
+            remove(path)
+        elif entry.endswith(".lock"):
+            with segment_lock(status, name, 0) as locked:
+                if not locked:
+                    continue
+        else:
+            try:
+                if now - os.stat(path).st_mtime < MARKER_WRITE_GRACE or not remove(path):
+                    continue
+            except FileNotFoundError:
+                continue
+        removed.append(entry)
     return removed
 
 
-def _remove_abandoned_lock(path: str) -> None:
-    """Remove a :func:`segment_lock` file that nobody holds: its holder was killed outright (a
-    holder removes its own), and a call that comes through the daemon archives without it, so
-    nothing else would. Locked first, as segment_lock does, so one held is left alone, and
-    removed while locked, as its holder does: a process that opened it meanwhile finds another
-    inode at the path, or none, and tries again."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        if _lock_now(fd) and os.stat(path).st_ino == os.fstat(fd).st_ino:
-            os.unlink(path)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# A marker's temporary file untouched this long was left by a killed writer: it is written
+# and renamed in an instant.
+MARKER_WRITE_GRACE = 60.0
+
+
+def _leftover_of(entry: str) -> str | None:
+    """The WAL file name of a status folder entry that is a per-file lock or a marker's
+    temporary file (``.<marker>.new``); None for anything else."""
+    if entry.endswith(".lock"):
+        base = entry[: -len(".lock")]
+        return base if is_wal_file_name(base) else None
+    if entry.startswith(".") and entry.endswith(".new"):
+        return marker_name(entry[1 : -len(".new")])
+    return None
 
 
 def _wants_lookahead(settings: Settings, wal_dir: str, exclude: set[str]) -> bool:
