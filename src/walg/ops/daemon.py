@@ -415,7 +415,8 @@ class Daemon:
             )
         except WalNotFound:
             return NOT_FOUND
-        self._schedule_prefetch(name, dest)
+        if self.settings.download_concurrency > 1 and is_segment_name(name):
+            self._schedule_prefetch(name, dest)
         return OK
 
     def _sweep_beside(self, dest: str) -> None:
@@ -445,31 +446,22 @@ class Daemon:
             )
 
     def _schedule_prefetch(self, name: str, dest: str) -> None:
-        """In the background, once a fetch has put its file in place: remove what fetches
-        killed outright left beside ``dest`` (a daemon killed mid-download leaves up to a
-        segment in pg_wal, which nothing else would remove), then prefetch what follows."""
         with self._lock:
             if self._prefetch_pending is not None and not self._prefetch_pending.done():
                 return
-            prefetcher = None
-            if self.settings.download_concurrency > 1 and is_segment_name(name):
-                prefetcher = Prefetcher(
-                    self.settings,
-                    self.storage,
-                    prefetch_root(self.settings, dest),
-                    file_segment_size(dest),  # initdb --wal-segsize names segments by it
-                    dest,
-                )
-
-            def work() -> None:
-                forget_stale_temporaries(dest)
-                if prefetcher is not None:
-                    prefetcher.run(name, prefetch_depth(self.settings))
-
+            prefetcher = Prefetcher(
+                self.settings,
+                self.storage,
+                prefetch_root(self.settings, dest),
+                file_segment_size(dest),  # initdb --wal-segsize names segments by it
+                dest,
+            )
             # RuntimeError: shutting down. The file is in place and the reply must say so; the
             # prefetch is only an optimisation.
             with suppress(RuntimeError):
-                self._prefetch_pending = self._prefetch.submit(work)
+                self._prefetch_pending = self._prefetch.submit(
+                    prefetcher.run, name, prefetch_depth(self.settings)
+                )
 
     def handle(
         self, kind: bytes, body: bytes, client_open: Callable[[], bool] | None = None
