@@ -21,13 +21,17 @@ from walg.settings import load
 from walg.storage.base import Storage, check_key
 from walg.storage.file import (
     DIRECT_CHUNK,
-    TEMP_SUFFIX_RE,
     WRITEBACK_EVERY,
     FileStorage,
     _UploadFile,
+    temporary_stamp,
 )
 from walg.storage.memory import MemoryStorage
 from walg.storage.registry import open_storage
+
+# What a temporary object's name ends with (see docs/FORMAT.md), as a pattern: the oracle
+# for walg.storage.file.temporary_stamp, which matches it without re.
+TEMP_SUFFIX_RE = re.compile(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
 
 
 class Boom(Exception):
@@ -873,3 +877,27 @@ def test_file_storage_on_a_listed_mount_point_that_is_not_mounted_is_unavailable
         assert (source / "wal_005" / "bound.lz4").read_bytes() == b"z"
     finally:
         subprocess.run(["umount", str(volume)], check=True)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "000000010000000000000001.lz4.tmp.20261127T024153Z-c3ac1c7a8b3e80ee",
+        ".tmp.20261127T024153Z-c3ac1c7a8b3e80ee",
+        "x.tmp.20261127T024153Z-C3AC1C7A8B3E80EE",  # upper-case hex
+        "x.tmp.20261127T024153Z-c3ac1c7a8b3e80e",  # 15 hex digits
+        "x.tmp.20261127T024153Z-c3ac1c7a8b3e80eee",  # 17
+        "x.tmp.2026112XT024153Z-c3ac1c7a8b3e80ee",
+        "x.tmp.20261127X024153Z-c3ac1c7a8b3e80ee",
+        "x.tmp.20261127T024153X-c3ac1c7a8b3e80ee",
+        "x.tmp.20261127T024153Z_c3ac1c7a8b3e80ee",
+        "x.tmq.20261127T024153Z-c3ac1c7a8b3e80ee",
+        "x.tmp.20261127T024153Z-c3ac1c7a8b3e80ee.lz4",
+        "000000010000000000000001.lz4",
+        "",
+    ],
+)
+def test_temporary_names_are_told_as_the_pattern_tells_them(name: str) -> None:
+    """Listings leave out, and sweeps remove, exactly the names the pattern matches."""
+    found = TEMP_SUFFIX_RE.search(name)
+    assert temporary_stamp(name) == (found.group()[5:21] if found else None)

@@ -210,7 +210,7 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
     rest = arguments[2:] if arguments[:1] == ["--config"] else arguments
     if rest[:1] != ["wal-fetch"]:
         return False
-    from walg.cli.wal_fetch import in_archive_recovery
+    from walg.daemon_client import in_archive_recovery
 
     try:
         return in_archive_recovery(os.getcwd())

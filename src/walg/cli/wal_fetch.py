@@ -106,22 +106,14 @@ def failure_exit_code(destination: str, code: int) -> int:
     ``EXIT_ABORT_RECOVERY`` and recovery stops with an error the DBA sees. A standby keeps the
     ordinary code: it goes on streaming and asks again later.
     """
+    # walg-daemon-client's rule: it runs this command when no daemon answers.
+    from walg.daemon_client import in_archive_recovery
     from walg.errors import EXIT_ABORT_RECOVERY, EXIT_NOT_FOUND
 
     if code in (0, EXIT_NOT_FOUND):
         return code
     pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
     return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else code
-
-
-def in_archive_recovery(pgdata: str) -> bool:
-    """Is ``pgdata`` a data directory in archive recovery (not a standby)? The rule of
-    walg-daemon-client, which runs this command when no daemon answers: ``recovery.signal``
-    without ``standby.signal``, before PostgreSQL 12 a ``recovery.conf`` without
-    ``standby_mode`` on."""
-    from walg.daemon_client import in_archive_recovery as daemon_client_rule
-
-    return daemon_client_rule(pgdata)
 
 
 def _segment_size(ctx: Context, destination: str) -> int:

@@ -270,8 +270,9 @@ STALE_TEMPORARY_SECONDS = 600
 def forget_stale_temporaries(destination: str) -> list[str]:
     """Remove :func:`temporary_beside` files of ``destination`` left by calls that were
     killed (each up to a segment, in pg_wal); the names removed. Run by the prefetcher, by a
-    ``wal-fetch`` that starts none, and by the daemon after each fetch: a killed daemon's
-    leftovers would otherwise stay, as its own fetches never start a prefetcher. Names are
+    ``wal-fetch`` that starts none, and by the daemon at most once a minute per destination:
+    a killed daemon's leftovers would otherwise stay, as its own fetches never start a
+    prefetcher. Names are
     matched without ``re``, which a ``wal-fetch`` does not import otherwise."""
     import time
 

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from walg.core.log import get_logger
-from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment
+from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, is_wal_file_name
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL, sentinel_key
 from walg.errors import FormatError, IntegrityError
@@ -104,8 +104,6 @@ def list_wal_object_names(storage: Storage) -> list[str]:
     (compressed or not), so ``wal-fetch`` fails on it and a restore stops there; counted, it
     would make a gap in the archive look stored.
     """
-    from walg.core.lsn import is_wal_file_name
-
     names = []
     for info in storage.list(WAL, recursive=False):
         name = info.key[len(WAL) :]

@@ -17,7 +17,6 @@ import os
 import stat
 import time
 
-from walg.core.pattern import LazyPattern
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 from walg.storage.mounts import FSTAB, MountCheck
@@ -30,16 +29,16 @@ if TYPE_CHECKING:
 
     from walg.streams.base import Sink, Source
 
-TEMP_SUFFIX_RE = LazyPattern(r"\.tmp\.\d{8}T\d{6}Z-[0-9a-f]{16}$")
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
 
 
 def temporary_stamp(name: str) -> str | None:
-    """The time stamp in a temporary file's name (what TEMP_SUFFIX_RE matches:
-    ``.tmp.<YYYYMMDDThhmmssZ>-<16 hex>`` at its end), or None if it is no temporary file's.
+    """The time stamp in a temporary file's name (``.tmp.<YYYYMMDDThhmmssZ>-<16 hex>`` at its
+    end), or None if it is no temporary file's: the one rule by which listings leave them out
+    and :meth:`FileStorage.remove_temporaries` finds them.
 
-    Matched without ``re``: a ``wal-push`` sweeps (:meth:`FileStorage.remove_temporaries`),
-    and would otherwise import it (with ``enum``) on PostgreSQL's archive path.
+    Matched without ``re``: a ``wal-push`` lists and sweeps, and would otherwise import it
+    (with ``enum``) on PostgreSQL's archive path.
     """
     suffix = name[-38:]
     if len(suffix) != 38 or not suffix.startswith(".tmp.") or suffix[21] != "-":
@@ -627,7 +626,7 @@ class FileStorage(Storage):
                             stack.append((key + "/", os.scandir(entry.path), ""))
                             open_folders.append(identity)
                         continue
-                    if TEMP_SUFFIX_RE.search(entry.name):
+                    if temporary_stamp(entry.name) is not None:
                         continue
                     st = entry.stat()
                 except FileNotFoundError:
