@@ -12,6 +12,7 @@ import contextlib
 import time
 from pathlib import Path
 
+import lz4.frame
 import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
@@ -127,7 +128,9 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "dangling-link", "folder", "another-segment"])
+@pytest.mark.parametrize(
+    "damage", ["corrupt", "dangling-link", "folder", "another-segment", "zeros"]
+)
 def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str, damage: str
 ) -> None:
@@ -137,7 +140,9 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     or a folder in its place (these ended recovery early, losing the later rows). So must an
     intact object that holds another segment (a copy under the wrong name): wal-fetch handed
     its bytes over with exit 0, PostgreSQL read them as the end of the WAL ("unexpected
-    pageaddr") and promoted."""
+    pageaddr") and promoted. So must an uncompressed object of zeros, which carries no
+    checksum and which storage that does not sync can leave after a crash: PostgreSQL read it
+    as the end of the WAL ("invalid magic number 0000") and promoted."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         pg_install,
@@ -160,6 +165,10 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     elif damage == "another-segment":
         assert following != damaged
         stored.write_bytes((walg.store / "wal_005" / f"{following}.lz4").read_bytes())
+    elif damage == "zeros":
+        size = len(lz4.frame.decompress(stored.read_bytes()))
+        stored.unlink()
+        (stored.parent / damaged).write_bytes(bytes(size))
     else:
         stored.unlink()
         if damage == "folder":

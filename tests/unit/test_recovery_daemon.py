@@ -152,7 +152,7 @@ def test_daemon_argument_framing() -> None:
 def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> None:
     wal = tmp_path / "pg_wal"
     wal.mkdir()
-    (wal / "000000010000000000000001").write_bytes(b"\0" * 8192)
+    (wal / "000000010000000000000001").write_bytes(b"\1" * 8192)
     code = (
         "import sys\n"
         "from walg.cli.main import main\n"
@@ -183,7 +183,7 @@ def test_wal_push_path_imports_no_database_or_cloud_library(tmp_path: Path) -> N
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert out.stdout.strip() == "0 []", out.stderr
-    assert (tmp_path / "fetched").read_bytes() == b"\0" * 8192
+    assert (tmp_path / "fetched").read_bytes() == b"\1" * 8192
 
 
 def _key(env: dict[str, str], *config: str) -> str:

@@ -312,6 +312,28 @@ def test_fetch_zero_byte_lz4_object_fails(storage: Storage, tmp_path: Path) -> N
         wal_fetch(make_settings(tmp_path), storage, SEG, str(tmp_path / "RECOVERYXLOG"))
 
 
+@pytest.mark.parametrize("key_suffix", ["", ".lz4"])
+def test_fetch_refuses_a_segment_of_zeros(
+    storage: Storage, tmp_path: Path, key_suffix: str
+) -> None:
+    """Storage that does not sync can leave a whole object of zeros after a crash, and an
+    uncompressed one carries no checksum. PostgreSQL reads such a segment as the end of the
+    WAL ("invalid magic number 0000") and, in archive recovery, promotes without the rest."""
+    zeros = bytes(SEG_SIZE)
+    storage.put_bytes(
+        f"wal_005/{SEG}{key_suffix}", lz4.frame.compress(zeros) if key_suffix else zeros
+    )
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(IntegrityError, match=f"is not WAL segment {SEG}: it starts with zeros"):
+        wal_fetch(make_settings(tmp_path), storage, SEG, str(out_dir / "RECOVERYXLOG"))
+    assert os.listdir(out_dir) == []
+    # Only segments are WAL pages: other WAL files are handed over as stored.
+    storage.put_bytes("wal_005/00000002.history", zeros[:100])
+    wal_fetch(make_settings(tmp_path), storage, "00000002.history", str(out_dir / "h"))
+    assert (out_dir / "h").read_bytes() == zeros[:100]
+
+
 @pytest.mark.parametrize("ext", ["zst", "br", "lzma"])
 def test_fetch_archived_with_unsupported_compression_is_not_not_found(
     storage: Storage, tmp_path: Path, ext: str

@@ -129,10 +129,14 @@ def foreign_segment_problem(fd: int, name: str, system_id: int | None = None) ->
     cluster's system identifier (two clusters archiving into one folder) is positive proof:
     PostgreSQL reads such a file as the end of the WAL ("unexpected pageaddr", "WAL file is
     from different database system") and, in archive recovery, ends recovery there. A file
-    whose first page is that segment's must also be whole. A file with no long page header
-    at all says nothing here. OSError from the file goes to the caller.
+    whose first page is that segment's must also be whole. A file that starts with a zeroed
+    header is no segment at all. Any other file with no long page header says nothing here. OSError from the file goes to the caller.
     """
     head = os.pread(fd, LONG_HEADER.size, 0)
+    if len(head) == LONG_HEADER.size and not any(head):
+        # What unsynced storage can leave after a crash, and what PostgreSQL takes for the
+        # end of the WAL: no segment it writes starts with zeros.
+        return "it starts with zeros, where every WAL segment starts with its page header"
     size = stated_segment_size(head)
     if size is None:
         return None
