@@ -130,7 +130,8 @@ def foreign_segment_problem(fd: int, name: str, system_id: int | None = None) ->
     PostgreSQL reads such a file as the end of the WAL ("unexpected pageaddr", "WAL file is
     from different database system") and, in archive recovery, ends recovery there. A file
     whose first page is that segment's must also be whole. A file that starts with a zeroed
-    header is no segment at all. Any other file with no long page header says nothing here. OSError from the file goes to the caller.
+    header is no segment at all. Any other file with no long page header says nothing here.
+    OSError from the file goes to the caller.
     """
     head = os.pread(fd, LONG_HEADER.size, 0)
     if len(head) == LONG_HEADER.size and not any(head):
