@@ -453,6 +453,33 @@ def test_a_push_waiting_for_the_look_ahead_is_answered_within_its_limit(env: Env
     assert "did not finish within" in log, log
 
 
+def test_temporary_sockets_of_daemons_killed_at_start_are_removed(env: Env) -> None:
+    """A daemon killed between binding its temporary name and linking it into place left
+    ``.NAME.PID`` for good: each start uses its own pid's name. A start now removes those of
+    processes that no longer run, and leaves that of a process that does (another daemon
+    starting now) and anything that is not a socket."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def bound(path: Path) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.close()
+
+    stale = env.root / f".{env.socket.name}.{dead.pid}"
+    alive = env.root / f".{env.socket.name}.{os.getpid()}"
+    other = env.root / f".{env.socket.name}.{dead.pid + 1}x"
+    not_a_socket = env.root / f".{env.socket.name}.{dead.pid}0"
+    for path in (stale, alive, other):
+        bound(path)
+    not_a_socket.write_text("kept")
+    env.start()
+    assert _request(env.socket, b"C", b"") == b"O"
+    env.stop()
+    assert not stale.exists()
+    assert alive.exists() and other.exists() and not_a_socket.read_text() == "kept"
+
+
 def test_a_socket_path_it_cannot_listen_on_is_named(env: Env) -> None:
     """A socket in a folder that does not exist, or a path too long for a UNIX socket: the
     daemon refuses to start with a usage error naming the path. It said "unexpected

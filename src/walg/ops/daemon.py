@@ -773,7 +773,7 @@ def _listening_at(socket_path: str) -> _Server:
     tmp = os.path.join(folder, f".{name}.{os.getpid()}")
     if len(os.fsencode(tmp)) > SOCKET_PATH_MAX:
         return _bound(socket_path, socket_path)
-    remove(tmp)  # left by a process of this pid that died
+    _forget_dead_temporaries(folder, name)
     server = _bound(tmp, socket_path)
     try:
         os.link(tmp, socket_path)
@@ -788,6 +788,35 @@ def _listening_at(socket_path: str) -> _Server:
     finally:
         remove(tmp)
     return server
+
+
+def _forget_dead_temporaries(folder: str, name: str) -> None:
+    """Remove the temporary sockets ``.NAME.PID`` of daemons killed between bind and link.
+
+    Each start uses its own pid's name, so without this they would stay for good. A socket
+    whose pid still runs may be another daemon starting now, and is left alone.
+    """
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(prefix) :]
+        if not entry.startswith(prefix) or not pid.isdigit() or pid.startswith("0"):
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+            if int(pid) != os.getpid():
+                os.kill(int(pid), 0)
+                continue
+        except ProcessLookupError:
+            pass
+        except (OSError, OverflowError):
+            continue  # gone already, or a pid no process can have, or another user's
+        remove(path)
 
 
 def _bound(address: str, socket_path: str) -> _Server:
