@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
+from walg.ops.wal import marker_name
 from walg.ops.wal_push import uploader_running
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
@@ -158,7 +159,9 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
     assert status.is_dir()
     # Markers are removed by a wal-push of that name (or, once PostgreSQL is done with the
     # file, by the next uploader): none left means PostgreSQL's own calls ended on them.
-    left = [p.name for p in status.iterdir() if len(p.name) == 24 and p.name <= names[-1]]
+    # A marker is named <segment>.<destination key>: match it by the segment it stands for.
+    marked = {p.name: marker_name(p.name) for p in status.iterdir()}
+    left = [entry for entry, name in marked.items() if name is not None and name <= names[-1]]
     assert not left, "markers are consumed"
     assert not list(status.glob("0*.lock")), "no per-file lock is left behind"
     cluster.stop()
