@@ -443,12 +443,18 @@ def test_a_push_waiting_for_the_look_ahead_is_answered_within_its_limit(env: Env
     )
     env.start()
     started = time.monotonic()
-    time.sleep(0.5)  # the look-ahead has found the .ready file and is uploading it
+    # The look-ahead has found the .ready file and is uploading it (its lock is held): a fixed
+    # pause could end before its first scan on a loaded machine, and the push would then
+    # upload alone, never waiting for the look-ahead.
+    lock = wal / "walg_data" / "walg_archive_status" / f"{SEG}.lock"
+    while not lock.exists():
+        assert time.monotonic() < started + 5, "the look-ahead never began"
+        time.sleep(0.01)
     asked = time.monotonic()
     assert _request(env.socket, b"F", str(segment).encode()) == b"E"
     answered = time.monotonic() - asked
     assert answered < 3.2, f"answered after {answered:.1f} s, the limit being 2 s"
-    time.sleep(max(0.0, started + 8 - time.monotonic()))  # the look-ahead's upload is over
+    time.sleep(max(0.0, asked + 7 - time.monotonic()))  # the look-ahead's upload is over
     log = env.stop()
     assert "did not finish within" in log, log
 
