@@ -738,10 +738,15 @@ def test_a_segment_the_follower_archived_vouches_only_for_that_file(env: Env) ->
     wal = write(0)
     first = (wal / name).read_bytes()
     env.start()
-    time.sleep(1)  # the follower has picked the segment being written
+    # The follower has picked the segment being written: its object is being prepared. (A
+    # fixed pause could end before its first poll on a loaded machine; the look-ahead would
+    # then archive the segment once .ready, and the follower's answer would go untested.)
+    deadline = time.monotonic() + 30
+    while not list((env.store / "wal_005").glob(f"{name}.lz4.tmp.*")):
+        assert time.monotonic() < deadline, "the follower never picked the segment"
+        time.sleep(0.01)
     (wal / "archive_status" / f"{name}.ready").touch()
     stored = env.store / "wal_005" / f"{name}.lz4"
-    deadline = time.monotonic() + 30
     while not stored.exists():
         assert time.monotonic() < deadline, "the follower did not archive the segment"
         time.sleep(0.02)
