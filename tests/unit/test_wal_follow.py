@@ -563,8 +563,12 @@ def test_a_segment_that_fails_is_followed_again_only_after_a_growing_delay(
         wal.write_pages(NAME, 0, BLOCK // PAGE + 1)
         follower.start()
         wait_until(lambda: storage.opened >= 1)
-        time.sleep(2.5)  # tries at 0, 1 and 3 s: two so far, perhaps three on a slow machine
-        assert 1 <= storage.opened <= 3, storage.opened
+        first = time.monotonic()
+        # Followed again, but only once the first delay (1 s) has passed, not at the next poll.
+        wait_until(lambda: storage.opened >= 2, timeout=15)
+        assert time.monotonic() - first >= 0.5, "tried again at once"
+        time.sleep(max(0.0, first + 2.5 - time.monotonic()))
+        assert 2 <= storage.opened <= 3, storage.opened  # tries at 0, 1 and 3 s
         warnings = [
             r
             for r in caplog.records
