@@ -22,20 +22,16 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
+from fakewal import SEGMENT_SIZE, run_walg, segment_bytes
 from walg.core.lsn import Segment
 
-SEG = 16 << 20
+SEG = SEGMENT_SIZE
 STATUS = Path("walg_data") / "walg_archive_status"
 
 
-def _segment(name: str, sysid: int = 7) -> bytes:
-    """A whole segment ``name`` as PostgreSQL writes it: a valid long page header first."""
-    segno = Segment.parse(name, SEG).segno
-    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
-    header += (segno * SEG).to_bytes(8, "little") + bytes(8)
-    header += sysid.to_bytes(8, "little") + SEG.to_bytes(4, "little") + (8192).to_bytes(4, "little")
-    body = (os.urandom(256 << 10) + bytes(256 << 10)) * (SEG // (512 << 10))
-    return header + body[len(header) :]
+def _segment(name: str) -> bytes:
+    """A whole segment ``name`` as PostgreSQL writes it, half of it incompressible."""
+    return segment_bytes(name, 7, fill=os.urandom(256 << 10) + bytes(256 << 10))
 
 
 def _strace() -> str:
@@ -50,15 +46,7 @@ def _killed_at(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``command`` and kill it (SIGKILL) at its ``n``-th ``syscall``."""
     inject = f"--inject={syscall}:signal=KILL:when={n}"
-    done = subprocess.run(
-        [_strace(), "-f", "-qq", "-o", "/dev/null", inject, *command],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_walg([_strace(), "-f", "-qq", "-o", "/dev/null", inject, *command], env, cwd, 120)
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
     return done
 
@@ -287,15 +275,8 @@ def test_a_daemon_killed_mid_fetch_leaves_no_segment_in_pg_wal_for_good(
         return daemon
 
     def fetch(name: str) -> None:
-        done = subprocess.run(
-            [client, str(sock), "wal-fetch", name, "pg_wal/RECOVERYXLOG"],
-            env=env,
-            cwd=cluster.pgdata,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        argv = [client, str(sock), "wal-fetch", name, "pg_wal/RECOVERYXLOG"]
+        done = run_walg(argv, env, cluster.pgdata, 120)
         assert done.returncode == 0, (done.stderr, cluster.log.read_text())
         assert dest.read_bytes() == cluster.data[name]
         dest.unlink()

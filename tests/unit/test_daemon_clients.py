@@ -21,11 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from fakewal import run_walg
 
 SEG = "000000010000000000000003"
 MISSING = "0000000100000000000000F0"
@@ -370,13 +372,18 @@ def test_a_socket_path_too_long_for_unix_sockets_fails(env: Env, client: Client)
     assert "not running" not in res.stderr, res.stderr
 
 
+def _build(
+    walg_bin: str, *args: str, before: Sequence[str] = (), **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``walg build-daemon-client ARGS`` (run by ``before``, a tracer, if given) in an
+    environment with none of walg's settings but ``extra``."""
+    env = {"PATH": os.environ.get("PATH", ""), **extra}
+    return run_walg([*before, walg_bin, "build-daemon-client", *args], env, timeout=120)
+
+
 def test_build_reports_a_compiler_failure(walg_bin: str, tmp_path: Path) -> None:
-    res = subprocess.run(
-        [walg_bin, "build-daemon-client", str(tmp_path / "c"), "--cc", "/bin/false"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PATH": os.environ.get("PATH", ""), "WALG_FILE_PREFIX": str(tmp_path / "s")},
+    res = _build(
+        walg_bin, str(tmp_path / "c"), "--cc", "/bin/false", WALG_FILE_PREFIX=str(tmp_path / "s")
     )
     assert res.returncode == 1
     assert "/bin/false failed" in res.stderr
@@ -437,13 +444,7 @@ def test_the_python_client_loads_nothing_of_walg_but_itself(walg_bin: str, tmp_p
 
 def test_build_into_a_missing_directory_says_so(walg_bin: str, tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "dir" / "client"
-    res = subprocess.run(
-        [walg_bin, "build-daemon-client", str(target)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PATH": os.environ.get("PATH", "")},
-    )
+    res = _build(walg_bin, str(target))
     assert res.returncode == 1
     assert "is not a directory" in res.stderr
     assert "unexpected" not in res.stderr
@@ -543,17 +544,24 @@ def test_requests_for_another_data_directory_are_refused(env: Env, client: Clien
     assert "is not in" in log and "the pg_wal this daemon serves" in log, log
 
 
-def test_a_listener_of_another_user_is_not_trusted(env: Env, client: Client) -> None:
-    """A socket in a directory others can write may be anyone's: a listener running as
-    another user (not root) is refused before a byte is sent."""
+def _server_user(what: str) -> pwd.struct_passwd:
+    """The server's user (pgtest), as which the test will ``what``; skipped unless root."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run a listener as another user (pgtest)")
+        pytest.skip(f"needs root to {what} as another user (pgtest)")
     import pgcluster
 
     try:
-        other = pwd.getpwnam(pgcluster.PG_USER)
+        return pwd.getpwnam(pgcluster.PG_USER)
     except KeyError:
         pytest.skip(f"no user {pgcluster.PG_USER} (scripts/setup.sh creates it)")
+
+
+def test_a_listener_of_another_user_is_not_trusted(env: Env, client: Client) -> None:
+    """A socket in a directory others can write may be anyone's: a listener running as
+    another user (not root) is refused before a byte is sent."""
+    other = _server_user("run a listener")
+    import pgcluster
+
     shared = pgcluster.pg_tmpdir(prefix="squat-")
     sock = shared / "d.sock"
     squatter = (
@@ -623,14 +631,38 @@ def _full_listen_queue(path: Path) -> tuple[socket.socket, list[socket.socket]]:
     return srv, queued
 
 
+def _check_in_a_full_listen_queue(
+    env: Env,
+    client: Client,
+    timeout: str,
+    listener: Callable[[socket.socket, threading.Event], None],
+) -> tuple[subprocess.CompletedProcess[str], float, int]:
+    """``client SOCKET check`` (WALG_DAEMON_CLIENT_TIMEOUT ``timeout``) at a socket whose
+    listen queue is full, while ``listener(srv, stop)`` runs in a thread until ``stop`` is
+    set: the call's result, how long it took, and how many connections filled the queue."""
+    srv, queued = _full_listen_queue(env.socket)
+    stop = threading.Event()
+    thread = threading.Thread(target=listener, args=(srv, stop), daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        res = env.run(
+            client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": timeout}
+        )
+        return res, time.monotonic() - start, len(queued)
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        for filler in queued:
+            filler.close()
+
+
 def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
     """A busy daemon whose listen queue is full: the client waits for room (within its
     timeout) instead of failing at once."""
-    srv, queued = _full_listen_queue(env.socket)
-    assert queued, "at least one connection is queued"
-    stop = threading.Event()
 
-    def serve_later() -> None:
+    def serve_later(srv: socket.socket, stop: threading.Event) -> None:
         time.sleep(0.5)
         srv.settimeout(0.2)
         while not stop.is_set():
@@ -646,18 +678,8 @@ def test_a_full_listen_queue_is_waited_for(env: Env, client: Client) -> None:
                 pass
             conn.close()
 
-    thread = threading.Thread(target=serve_later, daemon=True)
-    thread.start()
-    try:
-        start = time.monotonic()
-        res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": "20"})
-        elapsed = time.monotonic() - start
-    finally:
-        stop.set()
-        thread.join(5)
-        srv.close()
-        for filler in queued:
-            filler.close()
+    res, elapsed, queued = _check_in_a_full_listen_queue(env, client, "20", serve_later)
+    assert queued, "at least one connection is queued"
     assert res.returncode == 0, res.stderr
     assert elapsed >= 0.4, "the answer can only have come once the listener accepted"
 
@@ -666,11 +688,9 @@ def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
     """WALG_DAEMON_CLIENT_TIMEOUT is one deadline: time spent waiting in a full listen queue
     is not given again to the wait for the answer (each step had the whole timeout, so a
     call could last two or three times it)."""
-    srv, queued = _full_listen_queue(env.socket)
     held: list[socket.socket] = []
-    stop = threading.Event()
 
-    def accept_late_and_never_answer() -> None:
+    def accept_late_and_never_answer(srv: socket.socket, stop: threading.Event) -> None:
         time.sleep(2.0)
         srv.settimeout(0.1)
         while not stop.is_set():
@@ -679,21 +699,14 @@ def test_the_timeout_bounds_the_whole_call(env: Env, client: Client) -> None:
             except OSError:
                 continue
 
-    thread = threading.Thread(target=accept_late_and_never_answer, daemon=True)
-    thread.start()
-    try:
-        start = time.monotonic()
-        res = env.run(client, str(env.socket), "check", extra={"WALG_DAEMON_CLIENT_TIMEOUT": "2.5"})
-        elapsed = time.monotonic() - start
-    finally:
-        stop.set()
-        thread.join(5)
-        srv.close()
-        for sock in queued + held:
-            sock.close()
+    res, elapsed, queued = _check_in_a_full_listen_queue(
+        env, client, "2.5", accept_late_and_never_answer
+    )
+    for sock in held:
+        sock.close()
     assert res.returncode == 1
     assert "timed out" in res.stderr
-    assert len(held) > len(queued), "the client's connection was accepted, then not answered"
+    assert len(held) > queued, "the client's connection was accepted, then not answered"
     # A wait for the answer given the whole timeout again would end at 2.0 + 2.5 s; the margin
     # below that is for the client's own start on a loaded machine.
     assert 2.4 <= elapsed < 4.3, elapsed
@@ -1056,14 +1069,7 @@ def test_the_built_client_is_on_disk_before_it_is_put_in_place(
     out.parent.mkdir()
     trace = tmp_path / "trace"
     watch = [strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2"]
-    built = subprocess.run(
-        [*watch, "-o", str(trace), walg_bin, "build-daemon-client", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PATH": os.environ.get("PATH", "")},
-    )
+    built = _build(walg_bin, str(out), before=[*watch, "-o", str(trace)])
     assert built.returncode == 0, built.stderr
     events: list[tuple[str, str]] = []
     for line in trace.read_text().splitlines():
@@ -1094,25 +1100,14 @@ def test_build_into_a_folder_it_cannot_write_or_onto_a_folder_says_so(
     PermissionError" / "unexpected IsADirectoryError" with a temporary name in it."""
     folder = tmp_path / "bin"
     folder.mkdir()
-    onto = subprocess.run(
-        [walg_bin, "build-daemon-client", str(folder)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PATH": os.environ.get("PATH", "")},
-    )
+    onto = _build(walg_bin, str(folder))
     assert onto.returncode == 1
     assert "unexpected" not in onto.stderr, onto.stderr
     assert f"cannot build {folder}: it is a directory" in onto.stderr, onto.stderr
     assert os.listdir(tmp_path) == ["bin"] and os.listdir(folder) == []
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the build as another user (pgtest)")
+    other = _server_user("run the build")
     import pgcluster
 
-    try:
-        other = pwd.getpwnam(pgcluster.PG_USER)
-    except KeyError:
-        pytest.skip(f"no user {pgcluster.PG_USER} (scripts/setup.sh creates it)")
     shared = pgcluster.pg_tmpdir(prefix="build-")  # pgtest's, readable by all
     try:
         install = shared / "bin"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fakewal import in_mount_namespace, run_walg, walg_env
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 
@@ -57,16 +58,8 @@ def test_a_read_only_storage_folder_is_named_not_a_temporary_file(
     pg_wal = tmp_path / "pg_wal"
     pg_wal.mkdir()
     segment = _segment_file(pg_wal)
-    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
-    namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(store)]
-    pushed = subprocess.run(
-        [*namespace, walg_bin, "wal-push", str(segment)],
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    namespace = in_mount_namespace('mount --bind -o ro "$0" "$0" && exec "$@"', str(store))
+    pushed = run_walg([*namespace, walg_bin, "wal-push", str(segment)], walg_env(store, tmp_path))
     assert pushed.returncode == 1, pushed.stderr
     wal = store / "wal_005"
     named = f"{wal}:" if wal_folder == "there" else f"folder {wal}:"
@@ -132,20 +125,12 @@ def test_an_object_whose_reads_fail_is_named(walg_bin: str, tmp_path: Path) -> N
     (pgdata / "pg_wal").mkdir(parents=True)
     (pgdata / "recovery.signal").touch()
     segment = _segment_file(pgdata / "pg_wal")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1")
     for argv, code in (
         (["wal-fetch", SEG, "pg_wal/RECOVERYXLOG"], 128),
         (["wal-push", str(segment)], 1),
     ):
-        result = subprocess.run(
-            [walg_bin, *argv],
-            cwd=pgdata,
-            env={**env, "WALG_DOWNLOAD_CONCURRENCY": "1"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_walg([walg_bin, *argv], env, pgdata)
         assert result.returncode == code, result.stderr
         assert f"cannot read {obj}: Input/output error" in result.stderr, result.stderr
         assert "unexpected" not in result.stderr
@@ -170,14 +155,8 @@ def test_an_empty_object_under_a_wal_name_is_reported_not_counted(
         name = Segment(1, segno).name()
         data = b"" if segno == 2 else lz4.frame.compress(b"segment")
         (store / "wal_005" / f"{name}.lz4").write_bytes(data)
-    shown = subprocess.run(
-        [walg_bin, "wal-show", "--detailed-json", "--without-backups"],
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv = [walg_bin, "wal-show", "--detailed-json", "--without-backups"]
+    shown = run_walg(argv, walg_env(store, tmp_path))
     assert shown.returncode == 0, shown.stderr
     (timeline,) = json.loads(shown.stdout)
     assert timeline["missing_segments"] == [Segment(1, 2).name()]

@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lz4.frame
 import pytest
 
+from fakewal import SEGMENT_SIZE, in_mount_namespace, run_walg, segment_bytes, walg_env
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
@@ -28,18 +29,8 @@ from walg.ops.wal_prefetch import Prefetcher, boot_time, prefetch_root, take_pre
 from walg.settings import load
 from walg.storage.memory import MemoryStorage
 
-SEG = 16 * 1024 * 1024
+SEG = SEGMENT_SIZE
 NAME = Segment(1, 3).name()
-
-
-def _segment_bytes(name: str, sysid: int, size: int = SEG, fill: bytes = b"\0") -> bytes:
-    segno = Segment.parse(name, size).segno
-    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
-    header += (segno * size).to_bytes(8, "little") + bytes(4) + bytes(4)
-    header += (
-        sysid.to_bytes(8, "little") + size.to_bytes(4, "little") + (8192).to_bytes(4, "little")
-    )
-    return header + fill * (size - len(header))
 
 
 def _pgdata(base: Path, sysid: int) -> Path:
@@ -61,11 +52,11 @@ def test_a_prefetched_segment_of_another_cluster_is_not_served(tmp_path: Path) -
     root = tmp_path / "shared-prefetch"
     root.mkdir()
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
-    (root / NAME).write_bytes(_segment_bytes(NAME, 1111))
+    (root / NAME).write_bytes(segment_bytes(NAME, 1111))
     assert not take_prefetched(str(root), NAME, str(dest), SEG)
     assert not dest.exists()
     assert not (root / NAME).exists()  # discarded, so it is downloaded instead
-    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))
     assert take_prefetched(str(root), NAME, str(dest), SEG)
     assert dest.read_bytes()[24:32] == (2222).to_bytes(8, "little")
 
@@ -76,12 +67,12 @@ def test_wal_fetch_downloads_when_the_prefetched_file_is_foreign(tmp_path: Path)
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     root = Path(prefetch_root(settings, str(dest)))
     root.mkdir(parents=True)
-    (root / NAME).write_bytes(_segment_bytes(NAME, 1111))
+    (root / NAME).write_bytes(segment_bytes(NAME, 1111))
     storage = MemoryStorage()
-    storage.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(_segment_bytes(NAME, 2222)))
+    storage.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(segment_bytes(NAME, 2222)))
     result = wal_fetch(settings, storage, NAME, str(dest))
     assert not result.from_prefetch
-    assert dest.read_bytes() == _segment_bytes(NAME, 2222)
+    assert dest.read_bytes() == segment_bytes(NAME, 2222)
 
 
 def _other_file_system() -> Path | None:
@@ -104,11 +95,11 @@ def test_a_prefetch_folder_on_another_file_system_is_copied_into_place(tmp_path:
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     with tempfile.TemporaryDirectory(dir=other) as folder:
         root = Path(folder)
-        (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+        (root / NAME).write_bytes(segment_bytes(NAME, 2222))
         # Renaming across file systems fails (EXDEV): the file is copied, then renamed.
         assert take_prefetched(str(root), NAME, str(dest), SEG)
         assert not (root / NAME).exists()
-    assert dest.read_bytes() == _segment_bytes(NAME, 2222)
+    assert dest.read_bytes() == segment_bytes(NAME, 2222)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["RECOVERYXLOG"]
 
 
@@ -117,7 +108,7 @@ def test_an_abandoned_request_puts_nothing_in_place(tmp_path: Path) -> None:
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_PREFETCH_DIR": str(tmp_path)})
     storage = MemoryStorage()
-    storage.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(_segment_bytes(NAME, 2222)))
+    storage.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(segment_bytes(NAME, 2222)))
     asked: list[bool] = []
 
     def refuse() -> bool:
@@ -131,7 +122,7 @@ def test_an_abandoned_request_puts_nothing_in_place(tmp_path: Path) -> None:
     # The same for a prefetched file: it stays where it is for the next request.
     root = Path(prefetch_root(settings, str(dest)))
     root.mkdir(parents=True)
-    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))
     with pytest.raises(RequestAbandoned):
         wal_fetch(settings, storage, NAME, str(dest), commit=refuse)
     assert list(dest.parent.iterdir()) == []
@@ -177,7 +168,7 @@ def test_exit_codes_of_a_failed_fetch(
     store = _archive(
         base,
         {
-            f"{good}.lz4": lz4.frame.compress(_segment_bytes(good, 5)),
+            f"{good}.lz4": lz4.frame.compress(segment_bytes(good, 5)),
             f"{NAME}.lz4": b"\x04\x22\x4d\x18garbage that is not an lz4 frame",
         },
     )
@@ -236,7 +227,7 @@ def test_a_prefetch_child_that_cannot_start_does_not_fail_the_fetch(
         pytest.skip("needs root to run walg as pgtest with a process limit")
     base = pg_workdir
     good = Segment(1, 2).name()
-    store = _archive(base, {f"{good}.lz4": lz4.frame.compress(_segment_bytes(good, 5))})
+    store = _archive(base, {f"{good}.lz4": lz4.frame.compress(segment_bytes(good, 5))})
     pgdata = make_shared_dir(base / "pgdata", 0o700)
     make_shared_dir(pgdata / "pg_wal", 0o700)
     (pgdata / "recovery.signal").touch()
@@ -245,7 +236,7 @@ def test_a_prefetch_child_that_cannot_start_does_not_fail_the_fetch(
     got = _fetch(walg_bin, store, pgdata, good, prlimit=True, WALG_DOWNLOAD_CONCURRENCY="4")
     assert got.returncode == 0, got.stderr
     assert "not prefetching" in got.stderr
-    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == _segment_bytes(good, 5)
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(good, 5)
 
 
 def test_a_prefetch_folder_the_server_cannot_read_means_a_download(
@@ -254,7 +245,7 @@ def test_a_prefetch_folder_the_server_cannot_read_means_a_download(
     if os.geteuid() != 0:
         pytest.skip("needs root to make a folder the server's user cannot read")
     good = Segment(1, 2).name()
-    store = _archive(pg_workdir, {f"{good}.lz4": lz4.frame.compress(_segment_bytes(good, 5))})
+    store = _archive(pg_workdir, {f"{good}.lz4": lz4.frame.compress(segment_bytes(good, 5))})
     pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
     make_shared_dir(pgdata / "pg_wal", 0o700)
     # A wal-fetch run once as root left its prefetch folder behind.
@@ -264,7 +255,7 @@ def test_a_prefetch_folder_the_server_cannot_read_means_a_download(
     got = _fetch(walg_bin, store, pgdata, good, WALG_DOWNLOAD_CONCURRENCY="1")
     assert got.returncode == 0, got.stderr
     assert "cannot look into the prefetch folder" in got.stderr
-    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == _segment_bytes(good, 5)
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(good, 5)
 
 
 def test_an_object_that_inflates_past_a_segment_is_refused(tmp_path: Path) -> None:
@@ -290,7 +281,7 @@ def test_commit_is_asked_once_the_prefetched_file_is_taken(tmp_path: Path) -> No
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     root = tmp_path / "prefetch"
     root.mkdir()
-    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))
     seen: list[tuple[bool, list[str]]] = []
 
     def commit() -> bool:
@@ -317,7 +308,7 @@ def test_a_prefetched_segment_of_another_archive_is_not_served(tmp_path: Path) -
     shared = str(tmp_path / "shared")
     first = load(environ={"WALG_FILE_PREFIX": "/archive-a", "WALG_PREFETCH_DIR": shared})
     second = load(environ={"WALG_FILE_PREFIX": "/archive-b", "WALG_PREFETCH_DIR": shared})
-    ours, theirs = _segment_bytes(NAME, 2222, fill=b"B"), _segment_bytes(NAME, 2222, fill=b"A")
+    ours, theirs = segment_bytes(NAME, 2222, fill=b"B"), segment_bytes(NAME, 2222, fill=b"A")
     store_a, store_b = MemoryStorage(), MemoryStorage()
     store_a.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(theirs))
     store_b.put_bytes(f"wal_005/{NAME}.lz4", lz4.frame.compress(ours))
@@ -367,18 +358,18 @@ def test_segments_of_a_cluster_made_with_another_segment_size(tmp_path: Path) ->
     last, first_of_next = Segment(1, 63).name(size), Segment(1, 64).name(size)
     assert first_of_next == "000000010000000100000000"
     for name in (last, first_of_next):
-        data = lz4.frame.compress(_segment_bytes(name, 2222, size))
+        data = lz4.frame.compress(segment_bytes(name, 2222, size))
         storage.put_bytes(f"wal_005/{name}.lz4", data)
     wal_fetch(settings, storage, last, str(dest))
     assert dest.stat().st_size == size
     root = prefetch_root(settings, str(dest))
     assert Prefetcher(settings, storage, root, size).run(last, 2) == [first_of_next]
     assert wal_fetch(settings, storage, first_of_next, str(dest)).from_prefetch
-    assert dest.read_bytes() == _segment_bytes(first_of_next, 2222, size)
+    assert dest.read_bytes() == segment_bytes(first_of_next, 2222, size)
     # Still refused: more than the size the object's first page states.
     storage.put_bytes(
         f"wal_005/{last}.lz4",
-        lz4.frame.compress(_segment_bytes(last, 2222, size) + bytes(1 << 20)),
+        lz4.frame.compress(segment_bytes(last, 2222, size) + bytes(1 << 20)),
     )
     with pytest.raises(IntegrityError, match=f"more than {size} bytes"):
         wal_fetch(settings, storage, last, str(dest), use_prefetch=False)
@@ -399,21 +390,16 @@ def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
     name = Segment(1, 2).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
-    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(name, 5)))
+    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(segment_bytes(name, 5)))
     pgdata = _pgdata(tmp_path, 5)
     pushed = Segment(1, 3).name()
-    (pgdata / "pg_wal" / pushed).write_bytes(_segment_bytes(pushed, 5))
+    (pgdata / "pg_wal" / pushed).write_bytes(segment_bytes(pushed, 5))
     # Slow storage: the call is under way (DEST's temporary file made) when the signal comes.
     slow = (
         '[{"op": "read", "key": "wal_005", "delay": 30}, {"op": "stat", "key": "x", "delay": 30}]'
     )
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "WALG_FILE_PREFIX": str(store),
-        "WALG_DOWNLOAD_CONCURRENCY": "1",
-        "WALG_FAULT_INJECTION": slow if fetch_call(command) else slow.replace('"x"', '"wal_005"'),
-    }
+    faults = slow if fetch_call(command) else slow.replace('"x"', '"wal_005"')
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1", WALG_FAULT_INJECTION=faults)
     fetch = fetch_call(command)
     args = [name, "pg_wal/RECOVERYXLOG"] if fetch else [f"pg_wal/{pushed}"]
     proc = subprocess.Popen(
@@ -442,7 +428,7 @@ def test_the_prefetch_child_fills_the_folder_its_parent_takes_from(
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
     for name in names:
-        data = lz4.frame.compress(_segment_bytes(name, 5))
+        data = lz4.frame.compress(segment_bytes(name, 5))
         (store / "wal_005" / f"{name}.lz4").write_bytes(data)
     home = tmp_path / "home"
     home.mkdir()
@@ -450,9 +436,7 @@ def test_the_prefetch_child_fills_the_folder_its_parent_takes_from(
     pgdata = _pgdata(tmp_path, 5)
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "WALG_DOWNLOAD_CONCURRENCY": "3"}
     fetch = [walg_bin, "wal-fetch", names[0], "pg_wal/RECOVERYXLOG"]
-    done = subprocess.run(
-        fetch, cwd=pgdata, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = run_walg(fetch, env, pgdata)
     assert done.returncode == 0, done.stderr
     monkeypatch.chdir(pgdata)  # the key covers the working folder, as the call's did
     root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
@@ -470,18 +454,12 @@ def test_a_log_that_cannot_be_written_changes_no_exit_code(walg_bin: str, tmp_pa
     good, corrupt, pushed = Segment(1, 2).name(), Segment(1, 3).name(), Segment(1, 4).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
-    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(segment_bytes(good, 5)))
     (store / "wal_005" / f"{corrupt}.lz4").write_bytes(b"\x04\x22\x4d\x18 not a frame")
     pgdata = _pgdata(tmp_path, 5)
     (pgdata / "recovery.signal").touch()
-    (pgdata / "pg_wal" / pushed).write_bytes(_segment_bytes(pushed, 5))
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "WALG_FILE_PREFIX": str(store),
-        "WALG_DOWNLOAD_CONCURRENCY": "1",
-        "WALG_DAEMON_CLIENT_PYTHON": "1",
-    }
+    (pgdata / "pg_wal" / pushed).write_bytes(segment_bytes(pushed, 5))
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1", WALG_DAEMON_CLIENT_PYTHON="1")
     client = str(Path(walg_bin).with_name("walg-daemon-client"))
     calls = {
         (walg_bin, "wal-fetch", corrupt, "pg_wal/RECOVERYXLOG"): 128,
@@ -517,7 +495,7 @@ def test_a_header_stating_a_larger_segment_is_believed_only_for_its_own_segment(
     settings = load(environ={"WALG_FILE_PREFIX": "/x"})
     storage = MemoryStorage()
     name = Segment(1, 5).name()  # no such segment at 1 GiB (four per 4 GiB)
-    forged = bytearray(_segment_bytes(name, 2222))
+    forged = bytearray(segment_bytes(name, 2222))
     forged[32:36] = (1 << 30).to_bytes(4, "little")
     storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(bytes(forged) + bytes(SEG)))
     with pytest.raises(IntegrityError, match="more than 16777216 bytes"):
@@ -553,7 +531,7 @@ def test_a_destination_that_cannot_be_written_is_named_and_stops_recovery(
     if shape == "read-only" and os.geteuid() != 0:
         pytest.skip("needs root to make a folder the server's user cannot write in")
     good = Segment(1, 2).name()
-    store = _archive(pg_workdir, {f"{good}.lz4": lz4.frame.compress(_segment_bytes(good, 5))})
+    store = _archive(pg_workdir, {f"{good}.lz4": lz4.frame.compress(segment_bytes(good, 5))})
     pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
     (pgdata / "recovery.signal").touch()
     if shape == "a file":
@@ -604,7 +582,7 @@ def test_a_full_wal_volume_is_a_failure_that_stops_recovery_and_leaves_nothing(
     pgdata = small_pg_wal
     (pgdata / "recovery.signal").touch()
     name = Segment(1, 2).name()
-    data = _segment_bytes(name, 5, fill=b"\x07")
+    data = segment_bytes(name, 5, fill=b"\x07")
     store = _archive(pg_workdir, {f"{name}.lz4": lz4.frame.compress(data)})
     env = {
         "WALG_PREFETCH_DIR": str(make_shared_dir(pg_workdir / "prefetch", 0o700)),
@@ -649,14 +627,8 @@ def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
     (pgdata / "pg_wal").mkdir(parents=True)
     for name in signals:
         (pgdata / name).touch()
-    fetched = subprocess.run(
-        ["/usr/bin/python3", "-S", "-E", walg_bin, "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"],
-        cwd=pgdata,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    argv = ["/usr/bin/python3", "-S", "-E", walg_bin, "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"]
+    fetched = run_walg(argv, os.environ, pgdata)
     assert fetched.returncode == expected, fetched.stderr
     assert "cannot load walg" in fetched.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
@@ -686,14 +658,7 @@ def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     (pgdata / "pg_wal").mkdir(parents=True)
     for name in signals:
         (pgdata / name).touch()
-    fetched = subprocess.run(
-        [walg_bin, *arguments],
-        cwd=pgdata,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    fetched = run_walg([walg_bin, *arguments], os.environ, pgdata)
     assert fetched.returncode == expected, fetched.stderr
     assert "usage" in fetched.stderr
 
@@ -712,15 +677,15 @@ def test_a_file_prefetched_before_the_system_started_is_not_served(tmp_path: Pat
     root = tmp_path / "prefetch"
     root.mkdir()
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
-    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))
     before = _before_boot()
     os.utime(root / NAME, (before, before))
     assert not take_prefetched(str(root), NAME, str(dest), SEG)
     assert not dest.exists()
     assert not (root / NAME).exists()
-    (root / NAME).write_bytes(_segment_bytes(NAME, 2222))  # written since: served
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))  # written since: served
     assert take_prefetched(str(root), NAME, str(dest), SEG)
-    assert dest.read_bytes() == _segment_bytes(NAME, 2222)
+    assert dest.read_bytes() == segment_bytes(NAME, 2222)
 
 
 def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
@@ -730,30 +695,17 @@ def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
     name = Segment(1, 2).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
-    archived = _segment_bytes(name, 5, fill=b"\1")
+    archived = segment_bytes(name, 5, fill=b"\1")
     (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(archived))
     pgdata = _pgdata(tmp_path, 5)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "WALG_FILE_PREFIX": str(store),
-        "WALG_DOWNLOAD_CONCURRENCY": "1",
-    }
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1")
     monkeypatch.chdir(pgdata)  # the key covers the working folder, as the call's does
     root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
     root.mkdir(parents=True)
-    (root / name).write_bytes(_segment_bytes(name, 5))  # valid, but not what was archived
+    (root / name).write_bytes(segment_bytes(name, 5))  # valid, but not what was archived
     before = _before_boot()
     os.utime(root / name, (before, before))
-    done = subprocess.run(
-        [walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"],
-        cwd=pgdata,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_walg([walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"], env, pgdata)
     assert done.returncode == 0, done.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
     assert not (root / name).exists()
@@ -801,16 +753,7 @@ def test_archiving_a_new_timeline_s_history_clears_what_recovery_prefetched(
     )
     store = tmp_path / "store"
     store.mkdir()
-    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
-    done = subprocess.run(
-        [walg_bin, "wal-push", f"pg_wal/{pushed}"],
-        env=environ,
-        cwd=pgdata,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_walg([walg_bin, "wal-push", f"pg_wal/{pushed}"], walg_env(store, tmp_path), pgdata)
     assert done.returncode == 0, done.stderr
     if cleared:
         assert _leftovers(pgdata) == ["notes.txt"]
@@ -835,7 +778,7 @@ def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(
     storage = MemoryStorage()
     following = [Segment(1, n).name() for n in (4, 5)]
     for name in following:
-        storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(_segment_bytes(name, 2222)))
+        storage.put_bytes(f"wal_005/{name}.lz4", lz4.frame.compress(segment_bytes(name, 2222)))
     settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "2"})
     root = prefetch_root(settings, str(dest))
     (pgdata / signal).touch()
@@ -844,6 +787,26 @@ def test_a_prefetch_still_running_when_recovery_ends_keeps_nothing(
     assert Prefetcher(settings, storage, root, SEG, str(dest)).run(following[0], 1) == []
     assert sorted(os.listdir(root)) == [following[0], "running"]
     assert os.listdir(os.path.join(root, "running")) == []
+
+
+def _beside_an_unmounted_volume(
+    tmp_path: Path, walg_bin: str, volume: Path, store: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """A data directory in archive recovery with a segment to archive, and a way to run the
+    real walg there (storage folder ``store``) in a mount namespace whose /etc/fstab lists
+    ``volume``, which is not mounted."""
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"UUID=0-0 {volume} ext4 defaults,nofail 0 2\n")
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / NAME).write_bytes(segment_bytes(NAME, 2222))
+    namespace = in_mount_namespace('mount --bind "$0" /etc/fstab && exec "$@"', str(fstab))
+
+    def walg(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_walg([*namespace, walg_bin, *args], walg_env(store, tmp_path), pgdata)
+
+    return walg
 
 
 @pytest.mark.skipif(
@@ -859,37 +822,7 @@ def test_an_archive_on_a_volume_that_is_not_mounted_is_no_empty_archive(
     runs in a mount namespace whose /etc/fstab lists the volume."""
     volume = tmp_path / "volume"
     volume.mkdir()
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"UUID=0-0 {volume} ext4 defaults,nofail 0 2\n")
-    pgdata = _pgdata(tmp_path, 2222)
-    (pgdata / "PG_VERSION").write_text("15\n")
-    (pgdata / "recovery.signal").touch()
-    (pgdata / "pg_wal" / NAME).write_bytes(_segment_bytes(NAME, 2222))
-    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(volume)}
-
-    def walg(*args: str) -> subprocess.CompletedProcess[str]:
-        script = 'mount --bind "$0" /etc/fstab && exec "$@"'
-        return subprocess.run(
-            [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                str(fstab),
-                walg_bin,
-                *args,
-            ],
-            env=environ,
-            cwd=pgdata,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
+    walg = _beside_an_unmounted_volume(tmp_path, walg_bin, volume, store=volume)
     fetched = walg("wal-fetch", Segment(1, 9).name(), "pg_wal/RECOVERYXLOG")
     assert fetched.returncode == 128, fetched.stderr
     assert "not mounted" in fetched.stderr
@@ -912,30 +845,22 @@ def test_an_intact_object_of_another_segment_or_cluster_is_never_handed_over(
     naming the object (128 in archive recovery), and nothing is put in place."""
     good = Segment(1, 2).name()
     held = (
-        _segment_bytes(Segment(1, 4).name(), 5)
+        segment_bytes(Segment(1, 4).name(), 5)
         if foreign == "another-segment"
-        else _segment_bytes(NAME, 7)
+        else segment_bytes(NAME, 7)
     )
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
-    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(segment_bytes(good, 5)))
     (store / "wal_005" / f"{NAME}.lz4").write_bytes(lz4.frame.compress(held))
     pgdata = _pgdata(tmp_path, 5)
     (pgdata / "recovery.signal").touch()
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
+    env = walg_env(store, tmp_path)
     dest = pgdata / "pg_wal" / "RECOVERYXLOG"
     reason = Segment(1, 4).name() if foreign == "another-segment" else "another database system"
 
     def run(argv: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            argv,
-            cwd=pgdata,
-            env={**env, **extra},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_walg(argv, {**env, **extra}, pgdata)
 
     def walg(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return run([walg_bin, *args], **extra)
@@ -1001,27 +926,7 @@ def test_a_wal_folder_on_its_own_volume_that_is_not_mounted_is_no_empty_archive(
     store = tmp_path / "store"
     volume = store / "wal_005"
     volume.mkdir(parents=True)
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"UUID=0-0 {volume} ext4 defaults,nofail 0 2\n")
-    pgdata = _pgdata(tmp_path, 2222)
-    (pgdata / "PG_VERSION").write_text("15\n")
-    (pgdata / "recovery.signal").touch()
-    (pgdata / "pg_wal" / NAME).write_bytes(_segment_bytes(NAME, 2222))
-    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WALG_FILE_PREFIX": str(store)}
-
-    def walg(*args: str) -> subprocess.CompletedProcess[str]:
-        script = 'mount --bind "$0" /etc/fstab && exec "$@"'
-        namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(fstab)]
-        return subprocess.run(
-            [*namespace, walg_bin, *args],
-            env=environ,
-            cwd=pgdata,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
+    walg = _beside_an_unmounted_volume(tmp_path, walg_bin, volume, store=store)
     fetched = walg("wal-fetch", Segment(1, 9).name(), "pg_wal/RECOVERYXLOG")
     assert fetched.returncode == 128, fetched.stderr
     assert f"{volume}" in fetched.stderr and "not mounted" in fetched.stderr
@@ -1042,28 +947,14 @@ def test_a_fifo_in_the_prefetch_folder_never_hangs_a_fetch(walg_bin: str, tmp_pa
     good = Segment(1, 2).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
-    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(_segment_bytes(good, 5)))
+    (store / "wal_005" / f"{good}.lz4").write_bytes(lz4.frame.compress(segment_bytes(good, 5)))
     pgdata = _pgdata(tmp_path, 5)
     shared = tmp_path / "shared"
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "WALG_FILE_PREFIX": str(store),
-        "WALG_PREFETCH_DIR": str(shared),
-        "WALG_DOWNLOAD_CONCURRENCY": "2",
-    }
+    env = walg_env(store, tmp_path, WALG_PREFETCH_DIR=str(shared), WALG_DOWNLOAD_CONCURRENCY="2")
 
     def fetch() -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(
-                [walg_bin, "wal-fetch", good, "pg_wal/RECOVERYXLOG"],
-                cwd=pgdata,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            return run_walg([walg_bin, "wal-fetch", good, "pg_wal/RECOVERYXLOG"], env, pgdata, 30)
         except subprocess.TimeoutExpired:
             pytest.fail("wal-fetch waited on the FIFO in the prefetch folder")
 
@@ -1078,4 +969,4 @@ def test_a_fifo_in_the_prefetch_folder_never_hangs_a_fetch(walg_bin: str, tmp_pa
     os.mkfifo(root / good)
     fetched = fetch()
     assert fetched.returncode == 0, fetched.stderr
-    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == _segment_bytes(good, 5)
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(good, 5)

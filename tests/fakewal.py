@@ -1,0 +1,57 @@
+"""What tests without a server give the real ``walg``: WAL segment files as PostgreSQL writes
+them, and the calls that run walg on them as the test's own user.
+
+Calls made as the server's user, with a config file, are :mod:`walgcli`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from walg.core.lsn import Segment
+
+SEGMENT_SIZE = 16 << 20
+
+
+def segment_bytes(name: str, sysid: int, size: int = SEGMENT_SIZE, fill: bytes = b"\0") -> bytes:
+    """Segment ``name`` of the cluster ``sysid``: a valid long page header (what walg checks
+    before handing a file to PostgreSQL), then ``fill`` repeated to ``size`` bytes."""
+    segno = Segment.parse(name, size).segno
+    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    header += (segno * size).to_bytes(8, "little") + bytes(8)
+    header += (
+        sysid.to_bytes(8, "little") + size.to_bytes(4, "little") + (8192).to_bytes(4, "little")
+    )
+    rest = size - len(header)
+    return header + (fill * (rest // len(fill) + 1))[:rest]
+
+
+def walg_env(store: Path, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a walg call the test makes itself: its PATH, a home of its own (no
+    ``~/.walg.json`` of the machine's), the storage folder, and ``extra``."""
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "WALG_FILE_PREFIX": str(store), **extra}
+
+
+def run_walg(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (walg, a client, or a wrapper that execs one), its output captured; a
+    failure is returned, not raised."""
+    return subprocess.run(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def in_mount_namespace(script: str, *args: str) -> list[str]:
+    """The command prefix that runs ``sh -c script args...`` in a private mount namespace
+    (root only): the script mounts what the test needs, then execs the command after it."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, *args]
