@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from walg.core.lsn import Segment
@@ -55,3 +55,20 @@ def in_mount_namespace(script: str, *args: str) -> list[str]:
     """The command prefix that runs ``sh -c script args...`` in a private mount namespace
     (root only): the script mounts what the test needs, then execs the command after it."""
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, *args]
+
+
+def detached_walg(
+    wal_dir: Path, commands: Iterable[str] = ("wal-push-ahead", "wal-prefetch")
+) -> list[str]:
+    """The pids of walg processes detached for ``wal_dir`` and still running: an uploader
+    (``walg wal-push-ahead``), a prefetcher (``walg wal-prefetch``)."""
+    wanted = {command.encode() for command in commands}
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted & set(argv) and any(arg.startswith(bytes(wal_dir)) for arg in argv):
+            found.append(proc.name)
+    return found

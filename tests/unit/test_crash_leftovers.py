@@ -22,7 +22,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from fakewal import SEGMENT_SIZE, run_walg, segment_bytes
+from fakewal import SEGMENT_SIZE, detached_walg, run_walg, segment_bytes
 from walg.core.lsn import Segment
 
 SEG = SEGMENT_SIZE
@@ -127,16 +127,7 @@ class Cluster:
     def detached(self) -> list[str]:
         """The pids of walg processes detached for this data directory (an uploader, a
         prefetcher) still running."""
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            command = {b"wal-push-ahead", b"wal-prefetch"} & set(argv)
-            if command and any(arg.startswith(bytes(self.wal)) for arg in argv):
-                found.append(proc.name)
-        return found
+        return detached_walg(self.wal)
 
     def wait_for_detached(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from fakewal import detached_walg
 from walg.ops.wal import file_identity, marker_path, take_marker, write_marker
 from walg.ops.wal_push import (
     SWEEP_STAMP,
@@ -387,19 +388,6 @@ def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def _uploader_processes(pg_wal: PgWal) -> list[str]:
-    """The pids of detached uploaders (``walg wal-push-ahead``) running for ``pg_wal``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"wal-push-ahead" in argv and bytes(pg_wal.dir) in argv:
-            found.append(proc.name)
-    return found
-
-
 @pytest.mark.parametrize("limit", ["-1", "0"])
 def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
     pg_wal: PgWal, limit: str
@@ -415,7 +403,7 @@ def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
     assert out.returncode == 0, pg_wal.log.read_text()
     # None was started: a process, not only its lock or its upload, which on a loaded
     # machine may come later than any fixed pause.
-    assert _uploader_processes(pg_wal) == []
+    assert detached_walg(pg_wal.dir, ["wal-push-ahead"]) == []
     time.sleep(1.5)  # a detached uploader, had one been started, would have stored the other
     assert not uploader_running(str(pg_wal.status))
     assert pg_wal.stored() == [f"{first}.lz4"]
