@@ -84,7 +84,12 @@ def wal_fetch(
             raise RequestAbandoned()
         put_in_place(tmp, dest)
     except BaseException:
-        remove(tmp)
+        # A folder this user may not enter fails the unlink too (EACCES): the error to
+        # report is the one above, which names DEST.
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            remove(tmp)
         raise
     return WalFetchResult(name, key, size, False)
 
