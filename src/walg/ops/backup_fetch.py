@@ -30,7 +30,13 @@ from walg.core.naming import (
     partitions_prefix,
     tar_object_extension,
 )
-from walg.errors import DestinationError, IntegrityError, UsageError, WalgError
+from walg.errors import (
+    DestinationError,
+    IntegrityError,
+    ObjectNotFound,
+    UsageError,
+    WalgError,
+)
 from walg.ops import catalog
 from walg.ops.pipeline import SIGNAL_POLL, download
 from walg.settings import Settings
@@ -206,7 +212,7 @@ def backup_fetch(
     files_meta = catalog.read_files_metadata(storage, name, sentinel)
     objects = _listed_objects(files_meta, storage.list(partitions_prefix(name)), name)
     regular, control, label = _classify(objects, name)
-    _check_objects_present(files_meta, objects, name)
+    _check_objects_present(storage, files_meta, objects, name)
 
     spec = restore_spec or sentinel.spec
     if spec:
@@ -392,7 +398,9 @@ def _pg_control_required(name: str) -> bool:
     return "_D_" in name or name.count("_") < 2
 
 
-def _check_objects_present(files_meta: FilesMetadata, objects: list[ObjectInfo], name: str) -> None:
+def _check_objects_present(
+    storage: Storage, files_meta: FilesMetadata, objects: list[ObjectInfo], name: str
+) -> None:
     """Every object the metadata names must be in storage before anything is extracted.
 
     walg's own backups list their objects with checksums (WalgObjects); WAL-G's list only
@@ -414,6 +422,11 @@ def _check_objects_present(files_meta: FilesMetadata, objects: list[ObjectInfo],
     named = set(files_meta.objects)
     named.update(o for o in files_meta.tar_file_sets if not PG_CONTROL_TAR_RE.fullmatch(o))
     missing = sorted(named - present)
+    for base in missing[:5]:
+        # A listing descends into a folder at an object's path, so the object looks missing;
+        # the lookup names what is in its place (a folder is not "not there").
+        with contextlib.suppress(ObjectNotFound):
+            storage.stat(partitions_prefix(name) + base)
     if missing:
         raise IntegrityError(
             f"backup {name} is incomplete: {_listing(missing)} missing from storage "
