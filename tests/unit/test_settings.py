@@ -460,6 +460,22 @@ def test_malformed_config_file_is_a_config_error(tmp_path: Path, file_name: str,
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("file_name", ["walg.conf", "walg", "walg.cfg.bak"])
+def test_a_config_file_of_another_name_is_read_as_json_and_says_so(
+    tmp_path: Path, file_name: str
+) -> None:
+    # YAML in /etc/walg/walg.conf: the error must tell which format walg expected.
+    path = tmp_path / file_name
+    path.write_text("WALG_FILE_PREFIX: /var/backups/pg\n")
+    with pytest.raises(ConfigError) as info:
+        load(environ=env(tmp_path), config_path=str(path))
+    message = str(info.value)
+    assert f"config file {path} is not valid JSON" in message
+    assert ".yaml" in message and ".toml" in message
+    path.write_text('{"WALG_FILE_PREFIX": "/var/backups/pg"}')
+    assert load(environ=env(tmp_path), config_path=str(path)).storage_prefix == "/var/backups/pg"
+
+
 @pytest.mark.parametrize(
     ("file_name", "text", "kind"),
     [
