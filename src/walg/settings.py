@@ -306,10 +306,12 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
 
             data = json.loads(text) if text.strip() else {}
     except Exception as exc:
-        raise ConfigError(
-            f"config file {path} is not valid {suffix.lstrip('.').upper() or 'JSON'}: "
-            + _parse_error(exc)
-        ) from None
+        if suffix in (".yaml", ".yml", ".toml"):
+            kind = suffix.lstrip(".").upper()
+        else:
+            # Named after no format: say which one walg took it for, and how to pick another.
+            kind = "JSON (the format of a name not ending in .yaml, .yml or .toml)"
+        raise ConfigError(f"config file {path} is not valid {kind}: " + _parse_error(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
