@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="config file (JSON, YAML or TOML; default $WALG_CONFIG_PATH or ~/.walg.json)",
+        help="config file (YAML if named .yaml or .yml, TOML if .toml, else JSON; default "
+        "$WALG_CONFIG_PATH, else ~/.walg.json, .yaml, .yml or .toml)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from importlib import import_module
