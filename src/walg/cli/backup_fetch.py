@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "backup-fetch",
         help="restore a base backup into an empty directory",
         description="Download, check and extract a backup into DEST, which must be empty or "
-        "missing. LATEST is the backup whose sentinel was written last.",
+        "missing. LATEST is the backup whose sentinel was written last; with --restore-command, "
+        "the newest that recovery can start from on the timeline it will follow, and with "
+        "--target-time or --target-lsn the newest of those that ended at or before the target.",
     )
     p.add_argument("destination", metavar="DEST")
     p.add_argument("name", metavar="NAME|LATEST")
