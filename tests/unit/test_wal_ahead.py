@@ -409,6 +409,28 @@ def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
     assert pg_wal.stored() == [f"{first}.lz4"]
 
 
+def test_the_detached_uploader_archives_at_most_total_bg_uploaded_limit_files(
+    pg_wal: PgWal,
+) -> None:
+    """TOTAL_BG_UPLOADED_LIMIT bounds one detached uploader's work: with a backlog of seven
+    other files and a limit of three, the call's own file and three more are stored, and the
+    uploader exits (the next calls start another for the rest)."""
+    for name in SEGMENTS:
+        pg_wal.add(name)
+    pg_wal.env["TOTAL_BG_UPLOADED_LIMIT"] = "3"
+    pg_wal.env["WALG_UPLOAD_CONCURRENCY"] = "2"
+    out = pg_wal.walg("wal-push", f"pg_wal/{SEGMENTS[0]}")
+    assert out.returncode == 0, pg_wal.log.read_text()
+    # Its last line, written while it still holds its lock (it may not hold it yet now).
+    deadline = time.monotonic() + 60
+    while not re.search(r"archived \d+ WAL files ahead of time", pg_wal.log.read_text()):
+        assert time.monotonic() < deadline, pg_wal.log.read_text()
+        time.sleep(0.05)
+    pg_wal.wait_uploader_gone()
+    assert pg_wal.stored() == [f"{name}.lz4" for name in SEGMENTS[:4]], pg_wal.log.read_text()
+    assert pg_wal.markers() == sorted(f"{name}.{pg_wal.key()}" for name in SEGMENTS[1:4])
+
+
 def test_the_uploader_leaves_files_stored_under_another_compression(pg_wal: PgWal) -> None:
     """Archived before with another compression method: the uploader does not store a second
     copy next to it nor vouch for it; PostgreSQL's own call compares the content."""
@@ -776,6 +798,42 @@ def test_a_look_ahead_upload_never_replaces_an_object(tmp_path: Path) -> None:
     wal_fetch(settings, plain, SEGMENTS[0], str(fetched))
     assert fetched.read_bytes() == other.read_bytes(), "the object stored first is kept"
     assert [p.name for p in (tmp_path / "store" / "wal_005").iterdir()] == [f"{SEGMENTS[0]}.lz4"]
+
+
+def test_a_look_ahead_upload_never_replaces_an_object_with_overwrite_allowed(
+    tmp_path: Path,
+) -> None:
+    """WALG_PREVENT_WAL_OVERWRITE=false lets PostgreSQL's own call replace a segment, never a
+    look-ahead upload: it runs ahead of PostgreSQL on a file PostgreSQL has not asked about,
+    and an object another writer stored meanwhile (another host archiving the same name) is
+    kept and the upload fails."""
+    from walg.errors import WalOverwriteError
+    from walg.ops.wal_fetch import wal_fetch
+    from walg.ops.wal_push import push_one
+
+    segment, ready, _ = _lookahead_setup(tmp_path)
+    settings = load(
+        environ={
+            "HOME": str(tmp_path),
+            "WALG_FILE_PREFIX": str(tmp_path / "store"),
+            "WALG_PREVENT_WAL_OVERWRITE": "false",
+        }
+    )
+    assert not settings.prevent_wal_overwrite
+    plain = FileStorage(tmp_path / "store")
+    other = tmp_path / "other" / SEGMENTS[0]
+    other.parent.mkdir()
+    other.write_bytes(os.urandom(12 << 20))
+
+    def other_archived_meanwhile() -> None:
+        push_one(settings, plain, str(other))
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, other_archived_meanwhile)
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(segment), absent=True, ready=str(ready))
+    fetched = tmp_path / "fetched"
+    wal_fetch(settings, plain, SEGMENTS[0], str(fetched))
+    assert fetched.read_bytes() == other.read_bytes(), "the object stored first is kept"
 
 
 # A status folder another user made.
@@ -1268,6 +1326,42 @@ def test_an_equal_object_found_stored_is_made_durable_before_success(
         assert str(path) in synced, (path, synced)
     after = obj.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "rewritten"
+
+
+class _DurableCalls(_MidUpload):
+    """:class:`_MidUpload` that also notes each key :meth:`make_durable` was asked for."""
+
+    def __init__(self, root: Path, after: int, action: Callable[[], None]) -> None:
+        super().__init__(root, after, action)
+        self.durable: list[str] = []
+
+    def make_durable(self, key: str) -> None:
+        self.durable.append(key)
+        super().make_durable(key)
+
+
+@pytest.mark.parametrize("lookahead", [False, True], ids=["call", "look-ahead"])
+def test_an_equal_object_stored_during_the_upload_is_made_durable_before_success(
+    tmp_path: Path, lookahead: bool
+) -> None:
+    """Another writer (a standby with archive_mode = always, another host) stores the same
+    segment while this upload runs, and this upload's commit finds the name taken. Its object
+    may still be only in the page cache (that writer killed before its fsyncs): success means
+    PostgreSQL recycles the segment, so the object must be made durable first."""
+    from walg.ops.wal_push import push_one
+
+    segment, ready, settings = _lookahead_setup(tmp_path)
+    key = f"wal_005/{SEGMENTS[0]}.lz4"
+
+    def archived_meanwhile() -> None:
+        push_one(settings, FileStorage(tmp_path / "store"), str(segment))
+
+    storage = _DurableCalls(tmp_path / "store", 1 << 20, archived_meanwhile)
+    result = push_one(
+        settings, storage, str(segment), absent=lookahead, ready=str(ready) if lookahead else None
+    )
+    assert not result.uploaded
+    assert storage.durable == [key]
 
 
 class _TimingOutStorage(FileStorage):
