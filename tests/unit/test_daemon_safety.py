@@ -950,3 +950,30 @@ def test_lock_files_of_uploads_killed_with_their_daemon_are_removed(env: Env) ->
     finally:
         os.close(fd)
     assert not lock.exists(), log
+
+
+def test_a_push_whose_look_ahead_upload_failed_is_not_answered_done(env: Env) -> None:
+    """PostgreSQL asks for a segment the look-ahead is uploading; the daemon waits for that
+    upload, which fails (storage full). The answer must come from the daemon's own try (an
+    error, storage still failing), never O: the look-ahead's upload ended, but stored nothing,
+    and PostgreSQL would recycle a segment that is in no archive."""
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    segment = wal / SEG
+    segment.write_bytes(os.urandom(BIG))
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    env.env.update(
+        {
+            "WALG_UPLOAD_CONCURRENCY": "2",
+            "WALG_DAEMON_FOLLOW_WAL": "false",
+            "WALG_FAULT_INJECTION": json.dumps(
+                [{"op": "write", "key": "wal_005", "delay": 1.5, "fail": "no space left"}]
+            ),
+        }
+    )
+    env.start()
+    time.sleep(0.5)  # the look-ahead has found the .ready file and is uploading it
+    assert _request(env.socket, b"F", str(segment).encode()) == b"E"
+    log = env.stop()
+    assert "no space left" in log, log
+    assert not list(env.store.glob("wal_005/*.lz4")), "nothing was stored"
