@@ -145,3 +145,27 @@ def test_prefetch_downloads_validates_and_serves(tmp_path: Path) -> None:
     Prefetcher(settings, storage, str(root)).run(names[3], 2)
     assert not (root / names[2]).exists()
     assert (root / names[3]).read_bytes() == _segment_bytes(names[3])
+
+
+def test_a_download_abandoned_in_running_is_removed_once_stale(tmp_path: Path) -> None:
+    """A prefetcher killed mid-download (an immediate shutdown, the OOM killer) leaves its
+    file in ``running/``: up to a segment of pg_wal's disk, and a name every later prefetch
+    takes for a download under way (never downloaded again, and waited for by wal-fetch).
+    The next prefetcher removes it once untouched for ten minutes, and leaves one being
+    written now."""
+    import os
+    import time
+
+    from walg.ops.wal_prefetch import STALE_RUNNING_SECONDS
+
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_DOWNLOAD_CONCURRENCY": "2"})
+    root = tmp_path / "prefetch"
+    (root / "running").mkdir(parents=True)
+    current = Segment(1, 3).name()
+    stale, fresh = Segment(1, 5).name(), Segment(1, 6).name()
+    for name in (stale, fresh):
+        (root / "running" / name).write_bytes(b"x" * 4096)
+    old = time.time() - STALE_RUNNING_SECONDS - 60
+    os.utime(root / "running" / stale, (old, old))
+    Prefetcher(settings, MemoryStorage(), str(root)).cleanup(current)
+    assert sorted(os.listdir(root / "running")) == [fresh]
