@@ -1,0 +1,44 @@
+"""The exit code of a failed ``walg wal-fetch`` in a data directory recovering from before
+PostgreSQL 12, whose recovery settings are in ``recovery.conf``: archive recovery unless
+``standby_mode`` is on. Any code up to 125 there reads as "not in the archive", and the
+server ends recovery and promotes without the rest of the WAL; 128 stops it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+NAME = "000000010000000000000003"
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ("restore_command = 'walg wal-fetch %f %p'\n", 128),
+        ("standby_mode = 'on'\nrestore_command = 'walg wal-fetch %f %p'\n", 1),
+        ("standby_mode = on\nstandby_mode = off\n", 128),
+    ],
+    ids=["archive-recovery", "standby", "standby-turned-off-again"],
+)
+def test_a_walg_that_cannot_be_loaded_stops_a_recovery_conf_archive_recovery(
+    walg_bin: str, tmp_path: Path, conf: str, expected: int
+) -> None:
+    """The installed command run by a Python that cannot import walg (a broken upgrade): its
+    launcher decides the code alone, and read only recovery.signal, so a recovery.conf
+    archive recovery got 1."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.conf").write_text(conf)
+    fetched = subprocess.run(
+        ["/usr/bin/python3", "-S", "-E", walg_bin, "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"],
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert fetched.returncode == expected, fetched.stderr
+    assert "cannot load walg" in fetched.stderr
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
