@@ -409,6 +409,20 @@ def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
     assert pg_wal.stored() == [f"{first}.lz4"]
 
 
+def test_an_upload_concurrency_of_one_archives_only_the_call_s_file(pg_wal: PgWal) -> None:
+    """WALG_UPLOAD_CONCURRENCY=1 turns the look-ahead off: one upload at a time is the call's
+    own (the look-ahead runs WALG_UPLOAD_CONCURRENCY - 1 beside it)."""
+    first, other = SEGMENTS[0], SEGMENTS[1]
+    pg_wal.add(first)
+    pg_wal.add(other)
+    pg_wal.env["WALG_UPLOAD_CONCURRENCY"] = "1"
+    out = pg_wal.walg("wal-push", f"pg_wal/{first}")
+    assert out.returncode == 0, pg_wal.log.read_text()
+    time.sleep(1.5)  # a detached uploader, had one been started, would have stored the other
+    assert not uploader_running(str(pg_wal.status))
+    assert pg_wal.stored() == [f"{first}.lz4"]
+
+
 def test_the_detached_uploader_archives_at_most_total_bg_uploaded_limit_files(
     pg_wal: PgWal,
 ) -> None:
