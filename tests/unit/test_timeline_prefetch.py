@@ -169,3 +169,37 @@ def test_a_download_abandoned_in_running_is_removed_once_stale(tmp_path: Path) -
     os.utime(root / "running" / stale, (old, old))
     Prefetcher(settings, MemoryStorage(), str(root)).cleanup(current)
     assert sorted(os.listdir(root / "running")) == [fresh]
+
+
+def test_a_file_whose_first_page_states_another_segment_size_is_not_that_segment(
+    tmp_path: Path,
+) -> None:
+    """A whole 16 MiB file under a segment's name, whose first page has that segment's WAL
+    address but states 64 MiB segments (the start of segment 1 of a cluster made with
+    ``initdb --wal-segsize=64``, cut to 16 MiB): PostgreSQL refuses it ("WAL file has
+    incorrect segment size"), so the prefetch must not serve it for the 16 MiB segment."""
+    name = Segment(1, 4).name()
+    data = bytearray(_segment_bytes(name))
+    assert data[32:36] == SEG.to_bytes(4, "little")  # xlp_seg_size in the long header
+    data[32:36] = (64 << 20).to_bytes(4, "little")
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    assert not valid_segment_file(str(path), name, SEG)
+    path.write_bytes(_segment_bytes(name))
+    assert valid_segment_file(str(path), name, SEG)
+
+
+def test_a_prefetched_file_cut_short_is_never_served(tmp_path: Path) -> None:
+    """A prefetched file with the right first page but short of a whole segment (a disk that
+    filled, a copy cut off): PostgreSQL would read its end as the end of the WAL. It is
+    discarded and not put in place; whole, the same file is served."""
+    name = Segment(1, 4).name()
+    root = tmp_path / "prefetch"
+    root.mkdir()
+    dest = tmp_path / "RECOVERYXLOG"
+    (root / name).write_bytes(_segment_bytes(name)[: SEG // 2])
+    assert not take_prefetched(str(root), name, str(dest), SEG)
+    assert not dest.exists() and not (root / name).exists()
+    (root / name).write_bytes(_segment_bytes(name))
+    assert take_prefetched(str(root), name, str(dest), SEG)
+    assert dest.read_bytes() == _segment_bytes(name)
