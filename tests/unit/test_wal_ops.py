@@ -306,6 +306,28 @@ def test_fetch_truncated_object_fails(storage: Storage, tmp_path: Path, wal_a: b
     assert os.listdir(out_dir) == []
 
 
+def test_fetch_of_an_intact_object_holding_part_of_the_segment_fails(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """An object stored whole (its checksum holds) whose content is the segment's first
+    half: its first page is the segment's, so only the size tells. PostgreSQL stops on a
+    restored file of the wrong size only where it checks; wal-fetch refuses it, naming why,
+    and puts nothing in place."""
+    from walg.core.lsn import Segment
+
+    segno = Segment.parse(SEG).segno
+    header = (0xD110).to_bytes(2, "little") + (2).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    header += (segno * SEG_SIZE).to_bytes(8, "little") + bytes(8)
+    header += (7).to_bytes(8, "little") + SEG_SIZE.to_bytes(4, "little")
+    header += (8192).to_bytes(4, "little")
+    storage.put_bytes(f"wal_005/{SEG}.lz4", lz4.frame.compress(header + bytes(SEG_SIZE // 2)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(IntegrityError, match="not a whole segment"):
+        wal_fetch(make_settings(tmp_path), storage, SEG, str(out_dir / "RECOVERYXLOG"))
+    assert os.listdir(out_dir) == []
+
+
 def test_fetch_zero_byte_lz4_object_fails(storage: Storage, tmp_path: Path) -> None:
     storage.put_bytes(f"wal_005/{SEG}.lz4", b"")
     with pytest.raises(IntegrityError):
