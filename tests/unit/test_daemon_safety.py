@@ -977,3 +977,16 @@ def test_a_push_whose_look_ahead_upload_failed_is_not_answered_done(env: Env) ->
     log = env.stop()
     assert "no space left" in log, log
     assert not list(env.store.glob("wal_005/*.lz4")), "nothing was stored"
+
+
+def test_a_request_that_fails_unexpectedly_is_answered_e(env: Env) -> None:
+    """A request whose handling raises what walg does not expect (here a path with a NUL
+    byte, which the file system calls refuse with ValueError) did no work: the answer is E,
+    never O, and the daemon goes on serving."""
+    env.start()
+    wal = env.pgdata / "pg_wal"
+    assert _request(env.socket, b"F", f"{wal}\0/{SEG}".encode()) == b"E"
+    assert _request(env.socket, b"f", fetch_body(SEG, f"{wal}\0/RECOVERYXLOG")) == b"E"
+    assert _request(env.socket, b"C", b"") == b"O"
+    log = env.stop()
+    assert log.count("unexpected error") == 2, log
