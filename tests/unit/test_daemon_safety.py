@@ -990,3 +990,23 @@ def test_a_request_that_fails_unexpectedly_is_answered_e(env: Env) -> None:
     assert _request(env.socket, b"C", b"") == b"O"
     log = env.stop()
     assert log.count("unexpected error") == 2, log
+
+
+def test_a_storage_folder_gone_while_the_daemon_runs_is_no_end_of_the_archive(
+    env: Env,
+) -> None:
+    """The daemon runs for months; its storage volume may be unmounted under it (here the
+    folder is removed). A fetch must then fail (E: the client exits 128 in archive recovery),
+    never answer "not in the archive" (N), on which PostgreSQL ends recovery and promotes
+    without the rest of the WAL."""
+    _archive(env, os.urandom(1 << 16))
+    env.start()
+    dest = str(env.pgdata / "pg_wal" / "RECOVERYXLOG")
+    assert _request(env.socket, b"f", fetch_body(SEG, dest)) == b"O"
+    os.unlink(dest)
+    shutil.rmtree(env.store)
+    assert _request(env.socket, b"f", fetch_body(SEG, dest)) == b"E"
+    assert _request(env.socket, b"f", fetch_body("000000010000000000000009", dest)) == b"E"
+    log = env.stop()
+    assert str(env.store) in log, log
+    assert not os.path.exists(dest)
