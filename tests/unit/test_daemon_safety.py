@@ -1010,3 +1010,47 @@ def test_a_storage_folder_gone_while_the_daemon_runs_is_no_end_of_the_archive(
     log = env.stop()
     assert str(env.store) in log, log
     assert not os.path.exists(dest)
+
+
+def test_a_push_whose_commit_outlives_its_limit_is_not_answered_done_before_it(
+    env: Env,
+) -> None:
+    """The push's work has read and compressed the segment and was let commit; then the
+    commit (fsync, link) takes longer than the request's limit (a slow disk: here every fsync
+    of the daemon is delayed 2.5 s by strace). The answer must wait for the commit and tell
+    how it went, within the extra time allowed: never O while the object is not stored."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    segment = wal / SEG
+    segment.write_bytes(os.urandom(1 << 16))
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    env.env.update({"WALG_UPLOAD_CONCURRENCY": "1", "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "1s"})
+    (env.store / "wal_005").mkdir()  # made now, the push's first fsync is its commit's
+    slow = [strace, "-f", "-qq", "-o", "/dev/null", "--inject=fsync:delay_exit=2500000"]
+    env.daemon = subprocess.Popen(
+        [*slow, env.walg_bin, "daemon", str(env.socket), str(env.pgdata)],
+        env=env.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not env.socket.exists():
+        assert env.daemon.poll() is None, env.daemon.communicate()
+        assert time.monotonic() < deadline, "daemon did not start"
+        time.sleep(0.02)
+    obj = env.store / "wal_005" / f"{SEG}.lz4"
+    reply = _request(env.socket, b"F", str(segment).encode())
+    stored_when_answered = obj.is_file()
+    time.sleep(6)  # the delayed commit is over either way
+    # The daemon itself, not strace (which would detach and leave it running).
+    tracer = env.daemon.pid
+    (child,) = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+    os.kill(int(child), signal.SIGTERM)
+    _, log = env.daemon.communicate(timeout=60)
+    env.daemon = None
+    assert reply in (b"O", b"E"), reply
+    assert reply == b"E" or stored_when_answered, f"O before the object was stored\n{log}"
