@@ -388,7 +388,7 @@ def test_the_uploader_leaves_files_already_stored(pg_wal: PgWal) -> None:
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-@pytest.mark.parametrize("limit", ["-1", "0"])
+@pytest.mark.parametrize("limit", ["-1", "0", "1"])
 def test_a_total_bg_uploaded_limit_below_two_archives_only_the_call_s_file(
     pg_wal: PgWal, limit: str
 ) -> None:
