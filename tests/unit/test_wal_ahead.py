@@ -180,6 +180,38 @@ def test_segment_lock_is_exclusive_between_processes_and_leaves_nothing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lock_file_removed_between_its_open_and_its_lock_is_not_held(tmp_path: Path) -> None:
+    """A caller opens the lock file, and before its flock the holder lets go (removing the
+    file) and a third process makes the file anew and locks it. The caller's flock then
+    succeeds on the removed inode: it must see another inode at the path and wait for the
+    third process, not go on beside it (two uploads of one segment at once). The window is
+    widened by strace, which delays the caller's first flock."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (scripts/setup.sh installs it)")
+    status = tmp_path / "status"
+    status.mkdir()
+    name = SEGMENTS[0]
+    path = status / f"{name}.lock"
+    first = _hold(path, 1.5)
+    code = (
+        "import sys, time; from walg.ops.wal_push import segment_lock\n"
+        "with segment_lock(sys.argv[1], sys.argv[2], 3.0) as locked:\n"
+        "    print(locked, flush=True)\n"
+    )
+    delayed = [strace, "-f", "-qq", "-o", "/dev/null", "--inject=flock:delay_enter=2000000:when=1"]
+    caller = subprocess.Popen(
+        [*delayed, sys.executable, "-c", code, str(status), name], stdout=subprocess.PIPE, text=True
+    )
+    first.wait(timeout=30)  # let go at 1.5 s, the lock file removed
+    third = _hold(path, 5.0)  # at the path anew, locked before the caller's flock (2 s)
+    try:
+        out, _ = caller.communicate(timeout=30)
+    finally:
+        third.wait(timeout=30)
+    assert out.strip() == "False", "the caller took a lock the third process holds"
+
+
 def test_a_marker_vouches_for_one_file_only(tmp_path: Path) -> None:
     segment = tmp_path / SEGMENTS[0]
     segment.write_bytes(b"a" * 8192)
