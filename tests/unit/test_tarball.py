@@ -238,6 +238,54 @@ def test_walked_data_directory_members_match_tar_headers(tmp_path: Path) -> None
             assert files[entry.member] == Checksum(len(data), blake3.blake3(data).hexdigest())
 
 
+# WAL-G's list (and pg_basebackup's, less its own additions): what a server rebuilds at start,
+# runtime state, and what would make a restored directory start as something else (a standby,
+# an old-style recovery). Spelled out here, not taken from walg.postgres.datadir, so that a
+# name dropped from walg's list fails this test.
+EXCLUDED_DIRS = [
+    "log", "pg_log", "pg_xlog", "pg_wal", "pgsql_tmp", "pg_dynshmem", "pg_notify",
+    "pg_replslot", "pg_serial", "pg_stat_tmp", "pg_snapshots", "pg_subtrans",
+]  # fmt: skip
+EXCLUDED_FILES = [
+    "postgresql.auto.conf.tmp", "postmaster.pid", "postmaster.opts", "recovery.conf",
+    "standby.signal",
+]  # fmt: skip
+# What recovery needs and must find in the backup: never excluded.
+KEPT_FILES = [
+    "PG_VERSION", "postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf",
+    "pg_xact/0000", "pg_multixact/offsets/0000", "pg_multixact/members/0000",
+    "pg_commit_ts/0000", "pg_twophase/00000301", "pg_logical/replorigin_checkpoint",
+    "pg_logical/snapshots/0-1.snap", "pg_stat/pgstat.stat", "base/1/1259", "global/1262",
+    "pg_filenode.map", "current_logfiles", "tablespace_map.old",
+]  # fmt: skip
+
+
+def test_excluded_names_are_dropped_at_any_depth_and_nothing_else_is(tmp_path: Path) -> None:
+    """An excluded folder stays as an empty folder (PostgreSQL needs pg_wal, pg_notify... to
+    exist), an excluded file is dropped, at the top and deeper (pgsql_tmp in a tablespace's
+    database folder); every other file is archived."""
+    pgdata = make_pgdata(tmp_path)
+    for parent in ("", "base/1/"):
+        for name in EXCLUDED_DIRS:
+            write_file(pgdata / f"{parent}{name}/inside", b"runtime state")
+        for name in EXCLUDED_FILES:
+            write_file(pgdata / f"{parent}{name}", b"runtime state")
+    for rel in KEPT_FILES:
+        write_file(pgdata / rel, b"needed")
+    walk = datadir.walk(str(pgdata))
+    files = {e.member for e in walk.entries if e.kind == KIND_FILE}
+    dirs = {e.member for e in walk.entries if e.kind == KIND_DIR}
+    for parent in ("/", "/base/1/"):
+        for name in EXCLUDED_DIRS:
+            assert f"{parent}{name}" in dirs, name
+            assert f"{parent}{name}/inside" not in files, name
+        for name in EXCLUDED_FILES:
+            assert f"{parent}{name}" not in files | dirs, name
+    for rel in KEPT_FILES:
+        assert f"/{rel}" in files, rel
+    assert not walk.skipped
+
+
 def test_file_that_shrinks_is_zero_padded_to_walked_size(tmp_path: Path) -> None:
     path = write_file(tmp_path / "rel", b"A" * 10_000)
     entry = file_entry("/base/1/16384", path)
@@ -461,9 +509,17 @@ def test_non_zero_bytes_after_end_are_rejected(garbage: bytes) -> None:
 
 
 def test_oversized_extended_header_is_refused() -> None:
-    raw = header("././@PaxHeader", kind=tarfile.XHDTYPE, size=2 << 20) + bytes(2 << 20)
-    with pytest.raises(IntegrityError):
-        read_all(raw + bytes(1024))
+    # Well-formed records, so that only the bound refuses them (zeros would be refused as a
+    # corrupt header even with no bound, after being read into memory).
+    body = b"comment=" + b"c" * (2 << 20) + b"\n"
+    length = len(body) + 1 + 7  # "<length> " with a 7-digit length
+    record = b"%d " % length + body
+    assert len(record) == length
+    raw = header("././@PaxHeader", kind=tarfile.XHDTYPE, size=len(record))
+    raw += record + bytes(-len(record) % 512) + header("/x") + bytes(1024)
+    with pytest.raises(IntegrityError) as info:
+        read_all(raw)
+    assert f"tar extended header of {len(record)} bytes refused" in str(info.value)
 
 
 @pytest.mark.parametrize(
