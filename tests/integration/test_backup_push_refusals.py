@@ -72,3 +72,31 @@ def test_unreadable_data_directory_file_is_named(
     # Made readable, the same command succeeds.
     run_as_pg(["chmod", "600", str(unreadable)])
     walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+
+
+def test_a_data_directory_the_server_does_not_run_is_refused(
+    cluster: Cluster, pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """PGDATA and the connection must name one server. A backup of the files of a stopped
+    clone, started and stopped through another server, would list as good and restore a
+    directory whose backup_label and WAL belong to the other cluster."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    other = Cluster.create(pg_install, pg_workdir / "other", conf={"archive_mode": "off"})
+    result = walg.run(["backup-push", str(other.datadir)], cluster=cluster, check=False)
+    assert result.returncode != 0, result.stderr
+    assert f"{other.datadir} is not the data directory of the server" in result.stderr
+    assert str(cluster.datadir) in result.stderr, result.stderr
+    assert not any(walg.store.rglob("*")), "nothing may be written to storage"
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+
+
+def test_a_folder_that_is_not_a_data_directory_is_refused(
+    cluster: Cluster, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    empty = pg_workdir / "empty"
+    empty.mkdir()
+    result = walg.run(["backup-push", str(empty)], cluster=cluster, check=False)
+    assert result.returncode != 0, result.stderr
+    assert f"{empty} is not a PostgreSQL data directory (no PG_VERSION)" in result.stderr
+    assert not any(walg.store.rglob("*")), "nothing may be written to storage"
