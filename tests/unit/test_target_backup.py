@@ -39,11 +39,13 @@ def test_time_bounds_of_each_form() -> None:
     assert time_bounds("2026-11-25")[0] == _ns("2026-11-25T00:00:00+00:00") - widest
 
 
-def _backup(storage: MemoryStorage, name: str, finish: str, finish_lsn: str) -> None:
+def _backup(
+    storage: MemoryStorage, name: str, finish: str, finish_lsn: str, pg_version: int = 160000
+) -> None:
     sentinel = Sentinel(
         lsn=parse_lsn(finish_lsn) - 1,
         finish_lsn=parse_lsn(finish_lsn),
-        pg_version=160000,
+        pg_version=pg_version,
         finish_time=GoTime(_ns(finish)),
     )
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
@@ -190,6 +192,45 @@ def test_only_backups_on_the_recovered_timeline_are_chosen(branched: MemoryStora
     with pytest.raises(UsageError) as info:
         backup_for_target(branched, B1, RecoveryTarget("c", lsn="0/7000000", timeline="3"))
     assert "00000003.history" in str(info.value)
+
+
+def test_without_a_time_or_lsn_target_a_named_backup_off_the_timeline_is_refused(
+    branched: MemoryStorage,
+) -> None:
+    """--restore-command alone: the server would refuse to start from B3 ("requested
+    timeline is not a child of this server's history") only after the whole download."""
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B3, RecoveryTarget("c"))
+    assert "cannot start a recovery that follows timeline 2" in str(info.value)
+    assert "branched off" in str(info.value)
+    assert backup_for_target(branched, B1, RecoveryTarget("c")) == B1
+    assert backup_for_target(branched, B3, RecoveryTarget("c", timeline="1")) == B3
+
+
+def test_a_backup_whose_timeline_the_target_history_does_not_name_is_refused() -> None:
+    """Timeline 3's history names only timeline 2 (another lineage's file, say): recovery
+    onto timeline 3 cannot start from a timeline-1 backup."""
+    storage = MemoryStorage()
+    _history(storage, 3, "2\t0/5000000\tno recovery target specified\n")
+    name = "base_000000010000000000000002"
+    _backup(storage, name, "2026-11-25T10:00:00+00:00", "0/2000100")
+    with pytest.raises(UsageError, match="its timeline 1 is not in the history of timeline 3"):
+        backup_for_target(storage, name, RecoveryTarget("c", timeline="3"))
+    with pytest.raises(BackupNotFound):
+        target = RecoveryTarget("c", time="2026-11-25 14:00:00+00", timeline="3")
+        backup_for_target(storage, "LATEST", target)
+
+
+def test_before_postgresql_12_recovery_stays_on_the_backups_timeline() -> None:
+    """recovery_target_timeline defaulted to 'current' before PostgreSQL 12: a backup taken
+    on timeline 1 after timeline 2 branched off is the right one to reach a later time."""
+    storage = MemoryStorage()
+    _history(storage, 2, "1\t0/4000000\tpromoted\n")
+    _backup(storage, B1, "2026-11-25T10:00:00+00:00", "0/2000100", pg_version=110000)
+    _backup(storage, B3, "2026-11-25T12:00:00+00:00", "0/5000100", pg_version=110000)
+    target = RecoveryTarget("c", time="2026-11-25 12:30:00+00")
+    assert backup_for_target(storage, "LATEST", target) == B3
+    assert backup_for_target(storage, B3, RecoveryTarget("c")) == B3
 
 
 def test_the_backup_that_ended_last_is_chosen_not_the_newest_sentinel(
