@@ -28,6 +28,17 @@ def test_recovery_settings_for_pg12_and_later(tmp_path: Path) -> None:
     assert str(tmp_path / "recovery.signal") in written
 
 
+def test_a_standby_restore_gets_standby_signal_and_no_recovery_signal(tmp_path: Path) -> None:
+    """With recovery.signal alone the server would end recovery at the end of the archive
+    and promote: a second primary where a standby was asked for."""
+    target = RecoveryTarget("walg wal-fetch %f %p", standby=True)
+    written = write_recovery_config(tmp_path, 160000, target)
+    assert (tmp_path / "standby.signal").is_file()
+    assert not (tmp_path / "recovery.signal").exists()
+    assert str(tmp_path / "standby.signal") in written
+    assert (tmp_path / "standby.signal").stat().st_mode & 0o777 == 0o600
+
+
 def test_recovery_conf_before_pg12_and_quoting(tmp_path: Path) -> None:
     target = RecoveryTarget("cmd 'quoted' %f %p", name="rp", inclusive=False, standby=True)
     write_recovery_config(tmp_path, 110010, target)
