@@ -292,6 +292,52 @@ def test_file_content_mismatch_names_the_file(damaged: WalgSetup, backup: Backup
     assert "checksum" in stderr
 
 
+def test_an_object_that_is_not_the_one_recorded_is_refused_though_its_files_match(
+    damaged: WalgSetup, backup: Backup
+) -> None:
+    """Every file's checksum holds, but the object is not the one the backup stored (a tar
+    header's mtime changed, the recorded size kept true): its recorded digest refuses it."""
+    part = _parts(damaged, backup.name)[0]
+    files_metadata = damaged.store / "basebackups_005" / backup.name / "files_metadata.json"
+    recorded = json.loads(files_metadata.read_text())["WalgObjects"][part.name]["Blake3"]
+
+    def touch(members: list) -> list:  # type: ignore[type-arg]
+        (first, payload), *rest = members
+        first.mtime += 1
+        return [(first, payload), *rest]
+
+    _rewrite_part(damaged, backup.name, part, touch)
+    assert blake3.blake3(part.read_bytes()).hexdigest() != recorded
+
+    def keep_digest(doc: dict) -> None:  # type: ignore[type-arg]
+        doc["WalgObjects"][part.name]["Blake3"] = recorded
+
+    _edit_files_metadata(damaged, backup.name, keep_digest)
+    stderr = _fetch_fails(damaged, damaged.store.parent / "dest")
+    assert f"object {part.name} does not match its checksum in the backup metadata" in stderr
+
+
+def test_a_label_object_without_backup_label_fails_the_restore(
+    damaged: WalgSetup, backup: Backup
+) -> None:
+    """Restored without backup_label, the server would start recovery from pg_control's
+    checkpoint, later than the backup's start, and replay too little: a directory that starts
+    with torn pages. The object is forged consistently (recorded anew), so only the check that
+    every file walg recorded outside Files was restored is left to notice."""
+    folder = damaged.store / "basebackups_005" / backup.name / "tar_partitions"
+    label = folder / "backup_label.tar.lz4"
+
+    def drop_label(members: list) -> list:  # type: ignore[type-arg]
+        kept = [(info, payload) for info, payload in members if info.name != "backup_label"]
+        assert len(kept) == len(members) - 1
+        return kept
+
+    _rewrite_part(damaged, backup.name, label, drop_label)
+    dest = damaged.store.parent / "dest"
+    stderr = _fetch_fails(damaged, dest)
+    assert "files listed in the backup metadata were not restored: backup_label" in stderr
+
+
 def test_hostile_member_name_is_refused(damaged: WalgSetup, backup: Backup) -> None:
     part = _parts(damaged, backup.name)[0]
     escape = damaged.store.parent / "escaped.txt"

@@ -327,6 +327,17 @@ def test_a_refused_tablespace_location_leaves_the_destination_untouched(tmp_path
     assert (location / "PG_16_202307071/5/16386").is_file()
 
 
+def test_a_tablespace_location_inside_the_destination_is_refused(tmp_path: Path) -> None:
+    """The tablespace's files would be restored into the data directory, beside the link to
+    them; the DBA relocates it with --restore-spec."""
+    storage = MemoryStorage()
+    dest = tmp_path / "restore"
+    _put_tablespace_backup(storage, dest / "ts", str(dest / "ts"))
+    with pytest.raises(UsageError, match="is inside the destination"):
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert not dest.exists()
+
+
 def test_all_tablespace_locations_are_checked_before_any_is_created(tmp_path: Path) -> None:
     storage = MemoryStorage()
     _put_tablespace_backup(storage, tmp_path / "ts-a", str(tmp_path / "ts-a"))
