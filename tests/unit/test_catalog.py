@@ -227,22 +227,30 @@ def test_written_files_metadata_is_checked_against_the_sentinel(storage: Storage
 
 
 @pytest.mark.parametrize(
-    "damage",
+    ("damage", "refusal"),
     [
-        lambda doc: doc[:-1] + b" ",  # same size, other bytes
-        lambda doc: doc[:-1],  # truncated
-        lambda doc: doc + b" ",  # longer than recorded
-        lambda doc: doc.replace(b'"IsIncremented":true', b'"IsIncremented":false'),
+        (lambda doc: doc[:-1] + b" ", "does not match the checksum"),  # same size
+        # Same size and still a valid document: only the digest tells it from the original.
+        (lambda doc: doc.replace(b"/base/16384/2619", b"/base/16384/2618"), "does not match"),
+        (lambda doc: doc[:-1], "does not match the checksum"),  # truncated
+        (lambda doc: doc + b" ", "is larger than"),  # longer than recorded
+        (
+            lambda doc: doc.replace(b'"IsIncremented":true', b'"IsIncremented":false'),
+            "is larger than",
+        ),
     ],
 )
 def test_files_metadata_unlike_the_sentinels_record_is_refused(
-    storage: Storage, damage: Callable[[bytes], bytes]
+    storage: Storage, damage: Callable[[bytes], bytes], refusal: str
 ) -> None:
     sentinel, document = _written_backup(storage)
-    storage.put_bytes(naming.files_metadata_key(OLD), damage(document))
+    damaged = damage(document)
+    assert damaged != document
+    storage.put_bytes(naming.files_metadata_key(OLD), damaged)
     with pytest.raises(IntegrityError) as info:
         catalog.read_files_metadata(storage, OLD, sentinel)
     assert "files_metadata.json" in str(info.value) and OLD in str(info.value)
+    assert refusal in str(info.value)
 
 
 def test_large_files_metadata_without_a_recorded_size_is_read(storage: Storage) -> None:
