@@ -460,6 +460,34 @@ def test_backups_outside_the_current_history_are_not_used(storage: Storage) -> N
     assert result.status is CheckStatus.OK
 
 
+def test_a_backup_of_a_newer_timeline_does_not_start_the_walk_of_timeline_1(
+    storage: Storage,
+) -> None:
+    """Timeline 1 has no history file to rule anything out: a backup of timeline 2 (a
+    promoted clone archiving here) cannot restore to timeline 1's position."""
+    put_segments(storage, 1, range(1, 8))
+    put_backup(storage, 2, 2 * SEG + 0x28, 2 * SEG + 0x100)
+    good = put_backup(storage, 1, 4 * SEG + 0x28, 4 * SEG + 0x100)
+    result = verify_integrity(storage, at(1, 8), upload_concurrency=0)
+    assert result.earliest_backup == good
+    assert result.status is CheckStatus.OK
+
+
+def test_a_backup_of_a_sibling_timeline_does_not_start_the_walk(storage: Storage) -> None:
+    """Timelines 2 and 3 both branched off timeline 1 (two restores of it): a timeline-2
+    backup is older than the current timeline 3 but not in its history."""
+    put_segments(storage, 1, range(1, 6))
+    put_segments(storage, 2, range(4, 8))
+    put_segments(storage, 3, range(5, 10))
+    put_history(storage, 2, [(1, "0/4000000")], "lz4")
+    put_history(storage, 3, [(1, "0/5000000")], "lz4")
+    put_backup(storage, 2, 4 * SEG + 0x28, 4 * SEG + 0x100)
+    good = put_backup(storage, 1, 4 * SEG + 0x28, 4 * SEG + 0x100)
+    result = verify_integrity(storage, at(3, 10), upload_concurrency=0)
+    assert result.earliest_backup == good
+    assert result.status is CheckStatus.OK
+
+
 def test_a_backup_past_an_earlier_later_switch_point_is_not_used(storage: Storage) -> None:
     """Timeline 3 came of a restore that followed timeline 2 but stopped at 0/3000000 on
     timeline 1, before 2 branched off at 0/5000000; PostgreSQL wrote 3's history as 2's plus
