@@ -11,12 +11,15 @@ data (``pg_dumpall`` and amcheck).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 
+import lz4.frame
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
@@ -87,6 +90,14 @@ def test_tablespace_at_a_symlinked_path_restores_where_the_spec_says(
     src.psql(f"CREATE TABLESPACE ts LOCATION '{link}'")
     _fill(src, tablespace="ts")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
+    # backup_label and tablespace_map are stored as pg_backup_stop gave them: the map names
+    # the link, as the server saw it (what WAL-G's restore and PostgreSQL itself read).
+    oid = src.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")
+    (label_tar,) = walg.store.rglob("backup_label.tar.lz4")
+    with tarfile.open(fileobj=io.BytesIO(lz4.frame.decompress(label_tar.read_bytes()))) as tar:
+        stored = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert stored["tablespace_map"] == f"{oid} {link}\n".encode()
+    assert stored["backup_label"].startswith(b"START WAL LOCATION: ")
     src.psql("INSERT INTO kept SELECT g, 'after' FROM generate_series(20001, 21000) g")
     archive_now(src)
     expected = normalized_dump(src.pg_dumpall())
