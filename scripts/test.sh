@@ -44,10 +44,11 @@ done
 # Test processes at once (pytest-xdist): most tests wait on PostgreSQL (start-up, checkpoints,
 # replay) rather than use a CPU; on two cores one process took 21.6 minutes here, three 13-14.
 # Two keep the machine less loaded. WALG_TEST_WORKERS=0 runs everything in this one process.
+# The slowest tests are listed at the end, to see where the time goes before it runs out.
 workers=${WALG_TEST_WORKERS:-2}
 echo "==> pytest ($workers workers)"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider -n "$workers" "${targets[@]}" "$@" || rc=$?
+"$PY" -m pytest -q -p no:cacheprovider --durations=15 -n "$workers" "${targets[@]}" "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
     echo "FAILED: pytest collected no tests (exit 5)" >&2
     exit 5
