@@ -336,6 +336,33 @@ def test_a_label_object_without_backup_label_fails_the_restore(
     dest = damaged.store.parent / "dest"
     stderr = _fetch_fails(damaged, dest)
     assert "files listed in the backup metadata were not restored: backup_label" in stderr
+    # Nor is the failed restore left startable: pg_control was written before the label.
+    assert (dest / "PG_VERSION").exists() and not (dest / "global" / "pg_control").exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_a_label_object_that_cannot_be_read_leaves_no_pg_control(
+    damaged: WalgSetup, backup: Backup, damage: str
+) -> None:
+    """pg_control was restored before backup_label: a label object that failed its checks
+    failed the restore (exit 1) after pg_control was in place, and left a directory that,
+    given recovery settings, starts recovery from pg_control's checkpoint, later than the
+    backup's start, replays too little and comes up with torn pages. pg_control comes last
+    now, once the label is restored and durable."""
+    label = damaged.store / "basebackups_005" / backup.name / "tar_partitions"
+    label /= "backup_label.tar.lz4"
+    data = bytearray(label.read_bytes())
+    if damage == "corrupt":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) // 2 :]
+    label.write_bytes(bytes(data))
+    dest = damaged.store.parent / "dest"
+    stderr = _fetch_fails(damaged, dest)
+    assert "backup_label.tar.lz4" in stderr, stderr
+    if damage == "corrupt":  # a truncated object is refused by its size before any download
+        assert (dest / "PG_VERSION").exists(), "the data partitions were restored first"
+    assert not (dest / "global" / "pg_control").exists()
 
 
 def test_hostile_member_name_is_refused(damaged: WalgSetup, backup: Backup) -> None:

@@ -1,9 +1,10 @@
 """backup-fetch: download, decompress, check and extract a backup into an empty directory.
 
-Regular partitions are extracted in parallel (``WALG_DOWNLOAD_CONCURRENCY``); ``pg_control.tar``
-and then ``backup_label.tar`` only after all of them, so a half-restored directory is never
-startable. Every file with a recorded checksum is verified while written, every stored object
-against its recorded size (before it is downloaded) and hash. Every object the metadata names
+Regular partitions are extracted in parallel (``WALG_DOWNLOAD_CONCURRENCY``);
+``backup_label.tar`` and then ``pg_control.tar`` only after all of them, each once what came
+before is durable, so a half-restored directory is never startable. Every file with a recorded
+checksum is verified while written, every stored object against its recorded size (before it is
+downloaded) and hash. Every object the metadata names
 must be in storage before anything is written, and a file listed in the metadata but found in
 no partition fails the restore, naming it. A WAL directory the backup lacks (WAL-G drops a
 symlinked pg_wal) is created empty. DEST and the tablespace locations are checked before
@@ -237,7 +238,9 @@ def backup_fetch(
     log.info("restoring backup %s into %s (%d objects)", name, dest, len(objects))
 
     try:
-        _extract_all(storage, extractor, files_meta, regular, control, label, settings)
+        _extract_all(
+            storage, extractor, files_meta, regular, control, label, settings, dropping_map
+        )
     except BaseException:
         extractor.abandon()
         raise
@@ -280,6 +283,7 @@ def _extract_all(
     control: ObjectInfo | None,
     label: ObjectInfo | None,
     settings: Settings,
+    dropping_map: bool,
 ) -> None:
     workers = max(1, min(settings.download_concurrency, len(regular) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
@@ -310,11 +314,16 @@ def _extract_all(
     _check_files_restored(files_meta, extractor)
     _ensure_wal_directory(extractor.dest)
     # Everything else is durable before pg_control lands: a restore interrupted by a crash
-    # never leaves a startable directory with missing data.
+    # never leaves a startable directory with missing data. That includes backup_label: with
+    # pg_control and without it, PostgreSQL would start recovery from pg_control's checkpoint,
+    # later than the backup's start, and replay too little (a directory of torn pages).
     extractor.barrier()
-    for special in (control, label):
-        if special is not None:
-            _extract_object(storage, extractor, files_meta, special)
+    if label is not None:
+        _extract_object(storage, extractor, files_meta, label)
+        _check_all_restored(files_meta, extractor, dropping_map, but=PG_CONTROL_MEMBER)
+        extractor.barrier()
+    if control is not None:
+        _extract_object(storage, extractor, files_meta, control)
 
 
 def _ensure_wal_directory(dest: Path) -> None:
@@ -495,10 +504,12 @@ def _check_files_restored(files_meta: FilesMetadata, extractor: Extractor) -> No
 
 
 def _check_all_restored(
-    files_meta: FilesMetadata, extractor: Extractor, dropping_map: bool
+    files_meta: FilesMetadata, extractor: Extractor, dropping_map: bool, but: str = ""
 ) -> None:
-    """After the special tars too: the members walg recorded checksums for outside Files."""
+    """After the special tars too: the members walg recorded checksums for outside Files
+    (all ``but`` one)."""
     expected = set(files_meta.utility_files)
+    expected.discard(but)
     if dropping_map:
         expected.discard(TABLESPACE_MAP_MEMBER)
     _fail_if_missing(expected - extractor.verified)
