@@ -149,3 +149,37 @@ def test_backup_fetch_syncs_everything_and_writes_the_label_then_pg_control_last
     # And every folder, so that the files' names are durable too.
     for folder in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
         assert str(folder) in synced, folder
+
+
+def test_backup_fetch_makes_the_recovery_settings_durable(pg_workdir: Path, walg_bin: str) -> None:
+    """The restore is durable before backup-fetch exits 0, and so are the settings it then
+    writes. postgresql.auto.conf was replaced by a rename of a file never fsynced, and neither
+    the signal file nor DEST's folder was fsynced after: after a power loss the settings could
+    be an empty file, or the old ones with the inherited recovery targets this restore had
+    turned off, beside a durable recovery.signal."""
+    install = PgInstall.load(16)
+    cluster = Cluster.create(install, pg_workdir / "src", conf={"archive_mode": "off"})
+    cluster.start()
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    dest = make_shared_dir(pg_workdir / "restored")
+    trace = make_shared_dir(pg_workdir / "trace", 0o777) / "fetch"
+    args = ["backup-fetch", str(dest), "LATEST", "--restore-command", "walg wal-fetch %f %p"]
+    _traced(walg, cluster, args, trace, "openat,fsync,rename,renameat,renameat2")
+    calls = _calls(trace)
+    auto, tmp = str(dest / "postgresql.auto.conf"), str(dest / "postgresql.auto.conf.walg-tmp")
+    signal = str(dest / "recovery.signal")
+    (renamed,) = [
+        i
+        for i, line in enumerate(calls)
+        if _COMMIT.search(line) and _QUOTED.findall(line)[-1] == auto
+    ]
+    synced = [(i, m.group(1)) for i, line in enumerate(calls) if (m := _SYNCED.search(line))]
+    assert any(path == tmp for i, path in synced if i < renamed), "settings fsynced before rename"
+    (made,) = [
+        i for i, line in enumerate(calls) if (m := _CREATED.search(line)) and m.group(1) == signal
+    ]
+    assert any(path == signal for i, path in synced if i > made), "recovery.signal fsynced"
+    last = max(renamed, made)
+    assert any(path == str(dest) for i, path in synced if i > last), "DEST fsynced after both"
+    assert "restore_command" in (dest / "postgresql.auto.conf").read_text()
