@@ -9,7 +9,7 @@ import lz4.frame
 import pytest
 
 from walg.core.lsn import Segment, parse_lsn
-from walg.core.timeline import History, history_file_name
+from walg.core.timeline import History, Switch, history_file_name
 from walg.errors import FormatError
 from walg.ops.wal_prefetch import Prefetcher, prefetch_root, take_prefetched, valid_segment_file
 from walg.settings import load
@@ -34,11 +34,28 @@ def test_history_parse_and_timeline_of_segment() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["1\n", "x\t0/1\treason\n", "1\tnot-an-lsn\n", "2\t0/5\n1\t0/9\n", "3\t0/5\n"],
+    [
+        "1\n",
+        "x\t0/1\treason\n",
+        "1\tnot-an-lsn\n",
+        "2\t0/5\n1\t0/9\n",
+        "3\t0/5\n",
+        # The same parent twice: PostgreSQL's readTimeLineHistory refuses it (timeline IDs
+        # must be in increasing sequence), so recovery would too.
+        "1\t0/5\n1\t0/9\n",
+    ],
 )
 def test_history_parse_rejects_garbage(text: str) -> None:
     with pytest.raises(FormatError):
         History.parse(3, text)
+
+
+def test_history_parse_skips_comments_and_blank_lines_as_postgresql_does() -> None:
+    # PostgreSQL writes no comments, but its reader skips lines starting with '#' (after
+    # leading space); a history edited by hand keeps working in recovery, so it must here.
+    text = "# written by hand\n  # indented\n1\t0/5000000\tpromoted\n\n# after\n"
+    history = History.parse(2, text)
+    assert history.switches == (Switch(1, parse_lsn("0/5000000")),)
 
 
 def _storage_with(names: list[str], histories: dict[int, str]) -> MemoryStorage:
