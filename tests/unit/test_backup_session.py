@@ -33,6 +33,8 @@ def test_postgresql_limit() -> None:
         (720 * 3600.0, MAX_STATEMENT_TIMEOUT_MS),  # 720h: what PostgreSQL refused
         (2562047 * 3600.0, MAX_STATEMENT_TIMEOUT_MS),  # the longest duration walg accepts
         (math.inf, MAX_STATEMENT_TIMEOUT_MS),
+        (math.nan, MAX_STATEMENT_TIMEOUT_MS),  # compares false with everything: still capped
+        (0.0, 1),  # a zero limit is still a limit
     ],
 )
 def test_statement_timeout_ms(seconds: float, ms: int) -> None:
