@@ -22,6 +22,8 @@ def test_delays_double_up_to_the_cap_and_reset_on_success() -> None:
         delays.append(backoff.delay("A"))
         clock.now += backoff.delay("A")
     assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    # The clock now stands exactly at the retry time: no delay left, so no waiting either.
+    assert backoff.delay("A") == 0 and not backoff.waiting("A")
     backoff.failed("A", "full")
     assert backoff.waiting("A") and not backoff.waiting("B")
     backoff.succeeded("A")
