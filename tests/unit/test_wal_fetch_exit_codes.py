@@ -42,3 +42,36 @@ def test_a_walg_that_cannot_be_loaded_stops_a_recovery_conf_archive_recovery(
     assert fetched.returncode == expected, fetched.stderr
     assert "cannot load walg" in fetched.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config", "/etc/walg.json", "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"], 128),
+        (["wal-push", f"pg_wal/{NAME}"], 1),
+        (["backup-list"], 1),
+    ],
+    ids=["fetch-with-config", "push", "other"],
+)
+def test_a_walg_that_cannot_be_loaded_exits_by_the_command_it_was_given(
+    walg_bin: str, tmp_path: Path, args: list[str], expected: int
+) -> None:
+    """In a data directory in archive recovery: a ``restore_command`` naming a config file
+    (``walg --config FILE wal-fetch %f %p``) stops recovery like the plain one; any other
+    command fails with 1 (a ``wal-push`` never exits above 125, and 2 would claim a usage
+    error the command line does not have)."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    (pgdata / "pg_wal" / NAME).write_bytes(b"\0" * 8192)
+    called = subprocess.run(
+        ["/usr/bin/python3", "-S", "-E", walg_bin, *args],
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert called.returncode == expected, called.stderr
+    assert called.stderr.startswith("walg: cannot load walg:"), called.stderr
+    assert called.stderr.count("\n") == 1, called.stderr
