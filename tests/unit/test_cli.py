@@ -365,6 +365,14 @@ def test_the_fast_path_parses_as_argparse_does(argv: list[str]) -> None:
         ["daemon", "a", "b", "c"],
         ["wal-push"],
         ["wal-push", "-x", "p"],
+        # What argparse refuses (exit 2) or reads as an option: the fast path would push or
+        # fetch a file named by the option, or drop the extra argument.
+        ["wal-push", "-h"],
+        ["wal-push", "a", "b"],
+        ["--config", "f", "wal-push", "-"],
+        ["wal-fetch", "n"],
+        ["wal-fetch", "n", "d", "e"],
+        ["wal-fetch", "-h", "d"],
         ["backup-list"],
     ],
 )
@@ -379,6 +387,14 @@ def test_other_calls_go_to_argparse(argv: list[str]) -> None:
         ["--restore-command", "c", "--target-name", ""],
         ["--restore-command", "c", "--target-action", "shutdown"],
         ["--restore-command", "c", "--target-timeline", "010"],
+        # Without --restore-command nothing would check these: a restore without the
+        # recovery settings asked for, or with an empty target taken for none.
+        ["--target-timeline", ""],
+        ["--target-xid", ""],
+        ["--target-action", "pause"],
+        ["--target-exclusive"],
+        ["--standby"],
+        ["--restore-spec", "/nonexistent/spec.json"],
     ],
 )
 def test_backup_fetch_refuses_empty_or_pointless_recovery_options(
