@@ -197,3 +197,75 @@ def test_missing_or_zero_times_read_as_none_and_are_written_as_go_zero() -> None
     assert sentinel.start_time is None and sentinel.finish_time is None
     doc = sentinel.to_json()
     assert doc["StartTime"] == doc["FinishTime"] == GO_ZERO_TEXT
+
+
+def test_text_formats_byte_for_byte(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole text of each table format, as WAL-G prints it: printlist's tabwriter (one
+    space between columns, the last cell unpadded), go-pretty's box with upper-cased pretty
+    names (``Datadir``, ``Permanent``) and a 0-based ``#``, and ``is_permanent`` as Go's
+    ``%v`` of a bool. Scripts cut these by column, so every space counts."""
+    put_backup(store, OLDER, 1_766_196_019, metadata_doc())
+    put_backup(
+        store,
+        NEWER,
+        1_766_200_000,
+        metadata_doc(
+            start_time="2024-05-02T10:00:00Z",
+            finish_time="2024-05-02T11:00:00Z",
+            hostname="db-replica-2",
+            is_permanent=True,
+            pg_version=170000,
+        ),
+    )
+    assert run(capsys) == [
+        "backup_name                   modified             wal_file_name            storage_name",
+        f"{OLDER} 2025-12-20T02:00:19Z 000000010000000000000003 default",
+        f"{NEWER} 2025-12-20T03:06:40Z 000000010000000000000009 default",
+    ]
+    assert run(capsys, "--detail") == [
+        "backup_name                   modified             wal_file_name            storage_name "
+        "start_time           finish_time               hostname     data_dir                    "
+        "pg_version start_lsn finish_lsn is_permanent",
+        f"{OLDER} 2025-12-20T02:00:19Z 000000010000000000000003 default      "
+        "2024-05-01T10:00:00Z 2024-05-01T13:00:07+03:00 db1          /var/lib/postgresql/16/main "
+        "160002     0/3000028 0/3000128  false",
+        f"{NEWER} 2025-12-20T03:06:40Z 000000010000000000000009 default      "
+        "2024-05-02T10:00:00Z 2024-05-02T11:00:00Z      db-replica-2 /var/lib/postgresql/16/main "
+        "170000     0/3000028 0/3000128  true",
+    ]
+    border = (
+        "+---+-------------------------------+----------------------------------"
+        "+--------------------------+--------------+"
+    )
+    assert run(capsys, "--pretty") == [
+        border,
+        "| # | BACKUP NAME                   | MODIFIED                         "
+        "| WAL FILE NAME            | STORAGE NAME |",
+        border,
+        f"| 0 | {OLDER} | Saturday, 20-Dec-25 02:00:19 UTC | 000000010000000000000003 "
+        "| default      |",
+        f"| 1 | {NEWER} | Saturday, 20-Dec-25 03:06:40 UTC | 000000010000000000000009 "
+        "| default      |",
+        border,
+    ]
+    border += (
+        "-----------------------------------+-------------------------------------+------------"
+        "--+-----------------------------+------------+-----------+------------+-----------+"
+    )
+    assert run(capsys, "--pretty", "--detail") == [
+        border,
+        "| # | BACKUP NAME                   | MODIFIED                         "
+        "| WAL FILE NAME            | STORAGE NAME | START TIME                        "
+        "| FINISH TIME                         | HOSTNAME     | DATADIR                     "
+        "| PG VERSION | START LSN | FINISH LSN | PERMANENT |",
+        border,
+        f"| 0 | {OLDER} | Saturday, 20-Dec-25 02:00:19 UTC | 000000010000000000000003 "
+        "| default      | Wednesday, 01-May-24 10:00:00 UTC | Wednesday, 01-May-24 13:00:07 +0300 "
+        "| db1          | /var/lib/postgresql/16/main | 160002     | 0/3000028 | 0/3000128  "
+        "| false     |",
+        f"| 1 | {NEWER} | Saturday, 20-Dec-25 03:06:40 UTC | 000000010000000000000009 "
+        "| default      | Thursday, 02-May-24 10:00:00 UTC  | Thursday, 02-May-24 11:00:00 UTC    "
+        "| db-replica-2 | /var/lib/postgresql/16/main | 170000     | 0/3000028 | 0/3000128  "
+        "| true      |",
+        border,
+    ]
