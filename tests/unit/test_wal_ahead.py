@@ -674,6 +674,21 @@ def test_the_launcher_takes_its_own_marker_and_leaves_the_others(pg_wal: PgWal) 
     assert pg_wal.markers() == [f"{name}.{KEY_B}"], "the other destination's marker stays"
 
 
+def test_the_launcher_takes_no_marker_whose_stored_object_is_gone(pg_wal: PgWal) -> None:
+    """bin/walg's fast path, as walg.ops.wal.vouches: a marker naming a stored object vouches
+    only while that object is there. Gone (the archive folder emptied or restored from an
+    older copy after the look-ahead upload), the call must archive the file again, not
+    answer 0 from the marker and let PostgreSQL recycle a segment the archive lacks."""
+    name = SEGMENTS[0]
+    segment = pg_wal.add(name)
+    pg_wal.status.mkdir(parents=True)
+    gone = pg_wal.store / "wal_005" / f"{name}.lz4"
+    write_marker(str(pg_wal.marker(name)), file_identity(str(segment)), str(gone))
+    assert pg_wal.walg("wal-push", f"pg_wal/{name}").returncode == 0, pg_wal.log.read_text()
+    assert pg_wal.stored() == [f"{name}.lz4"]
+    assert pg_wal.markers() == []
+
+
 # A stalled look-ahead upload and PostgreSQL recycling the file under it.
 
 

@@ -19,8 +19,10 @@ NAME = "000000010000000000000003"
         ("restore_command = 'walg wal-fetch %f %p'\n", 128),
         ("standby_mode = 'on'\nrestore_command = 'walg wal-fetch %f %p'\n", 1),
         ("standby_mode = on\nstandby_mode = off\n", 128),
+        ("standby_mode = 1\n", 1),
+        ("standby_mode = 'y'  # a prefix of yes\n", 1),
     ],
-    ids=["archive-recovery", "standby", "standby-turned-off-again"],
+    ids=["archive-recovery", "standby", "standby-turned-off-again", "standby-1", "standby-y"],
 )
 def test_a_walg_that_cannot_be_loaded_stops_a_recovery_conf_archive_recovery(
     walg_bin: str, tmp_path: Path, conf: str, expected: int
