@@ -810,6 +810,37 @@ def test_wal_verify_bad_input(
     assert "WALG_INTEGRITY_MAX_DELAYED_WALS" in err
 
 
+def test_wal_verify_refuses_an_unknown_check_before_connecting(
+    store: FileStorage,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A typo in the check's name is a usage error (2) even where PostgreSQL cannot be
+    reached: the monitoring script's author reads the mistake, not a connection failure."""
+    monkeypatch.setenv("PGHOST", str(tmp_path))  # no server's socket there
+    monkeypatch.setenv("PGPORT", "1")
+    code, out, err = run_cli(capsys, "wal-verify", "integrity", "timelines")
+    assert code == 2, err
+    assert out == ""
+    assert "invalid check specified: timelines" in err
+
+
+def test_wal_show_names_a_backup_it_leaves_out(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup whose metadata.json cannot be read is left out of the listing (WAL-G fails
+    there): the operator is told which, on stderr, as a warning."""
+    put_segments(store, 1, [2, 3])
+    no_meta = put_backup(store, 1, 2 * SEG + 0x28, 2 * SEG + 0x100, metadata=False)
+    code, out, err = run_cli(capsys, "wal-show")
+    assert code == 0, err
+    assert no_meta not in out
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING: ")]
+    assert len(warnings) == 1, err
+    assert warnings[0].endswith(f" backup {no_meta} has no readable metadata.json; not shown")
+
+
 def test_wal_verify_help_documents_fail_on_problem(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["wal-verify", "--help"])
