@@ -391,6 +391,46 @@ def test_build_reports_a_compiler_failure(walg_bin: str, tmp_path: Path) -> None
     assert os.listdir(tmp_path) == [], "no temporary directory is left"
 
 
+def test_build_prints_the_client_it_made_runnable_by_every_user(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    """Built by root for a server that runs as postgres: the client must be executable by
+    that user too, and a build says on stdout what it made (an install script records it).
+    The walg it falls back on is compiled in as a C string, so a folder named with a quote
+    or a backslash must still give a client that runs that walg."""
+    folder = tmp_path / 'odd "name" \\ here'
+    folder.mkdir()
+    (folder / "walg").symlink_to(walg_bin)
+    out = tmp_path / "client"
+    built = _build(walg_bin, str(out), "--walg", str(folder / "walg"))
+    assert built.returncode == 0, built.stderr
+    assert built.stdout == f"{out}\n"
+    assert out.stat().st_mode & 0o777 == 0o755
+    # No daemon at the socket: the client runs the walg compiled in, which finds no file.
+    store = tmp_path / "store"
+    store.mkdir()
+    fetched = subprocess.run(
+        [str(out), str(tmp_path / "no.sock"), "wal-fetch", SEG, str(tmp_path / "dest")],
+        env={"PATH": os.environ.get("PATH", ""), "WALG_FILE_PREFIX": str(store)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert fetched.returncode == 74, fetched.stderr
+
+
+def test_build_refuses_a_walg_that_is_not_executable(walg_bin: str, tmp_path: Path) -> None:
+    """The client runs that walg for every fetch no daemon answers: one that cannot run
+    would fail each of them, so the build refuses it up front, naming it."""
+    missing = tmp_path / "not" / "walg"
+    out = tmp_path / "client"
+    res = _build(walg_bin, str(out), "--walg", str(missing))
+    assert res.returncode == 1
+    assert f"{missing} is not an executable walg" in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_the_script_prefers_the_compiled_client_beside_it(walg_bin: str, tmp_path: Path) -> None:
     """bin/walg-daemon-client as PostgreSQL runs it (through /bin/sh), with stand-ins for the
     programs it may exec: the compiled client when present, else python3 on itself."""
