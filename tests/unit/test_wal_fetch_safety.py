@@ -379,19 +379,31 @@ def fetch_call(command: str) -> bool:
     return command.startswith("wal-fetch")
 
 
-@pytest.mark.parametrize("command", ["wal-fetch", "wal-fetch --no-prefetch", "wal-push"])
+@pytest.mark.parametrize(
+    ("command", "recovering"),
+    [
+        ("wal-fetch", False),
+        ("wal-fetch", True),
+        ("wal-fetch --no-prefetch", False),
+        ("wal-push", False),
+    ],
+    ids=["wal-fetch", "wal-fetch-in-archive-recovery", "wal-fetch --no-prefetch", "wal-push"],
+)
 def test_sigterm_cleans_up_and_still_ends_the_call_by_sigterm(
-    walg_bin: str, tmp_path: Path, command: str
+    walg_bin: str, tmp_path: Path, command: str, recovering: bool
 ) -> None:
     """PostgreSQL reads a restore_command or archive_command killed by SIGTERM as part of its
     shutdown (any exit code means something else), so the call must still end by SIGTERM;
     but first its clean-up runs: a wal-fetch's temporary file beside DEST (up to a segment,
-    never removed otherwise) is gone."""
+    never removed otherwise) is gone. In archive recovery too, where a failed fetch's code
+    becomes 128: a SIGTERM is not a failure to turn into that code."""
     name = Segment(1, 2).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
     (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(segment_bytes(name, 5)))
     pgdata = _pgdata(tmp_path, 5)
+    if recovering:
+        (pgdata / "recovery.signal").touch()
     pushed = Segment(1, 3).name()
     (pgdata / "pg_wal" / pushed).write_bytes(segment_bytes(pushed, 5))
     # Slow storage: the call is under way (DEST's temporary file made) when the signal comes.
