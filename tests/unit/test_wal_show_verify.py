@@ -826,6 +826,25 @@ def test_wal_verify_refuses_an_unknown_check_before_connecting(
     assert "invalid check specified: timelines" in err
 
 
+def test_wal_verify_without_a_server_fails_with_one_line_naming_it(
+    store: FileStorage,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL not reachable: exit 1 and one line saying where walg looked, on stderr;
+    nothing on stdout, where a monitoring script would take it for a result."""
+    monkeypatch.setenv("PGHOST", str(tmp_path))  # no server's socket there
+    monkeypatch.setenv("PGPORT", "1")
+    code, out, err = run_cli(capsys, "wal-verify", "integrity", "--json")
+    assert code == 1, err
+    assert out == ""
+    errors = [line for line in err.splitlines() if line.startswith("ERROR")]
+    assert errors == [line for line in err.splitlines() if line.strip()], err
+    assert len(errors) == 1, err
+    assert errors[0].startswith(f"ERROR: cannot connect to PostgreSQL at {tmp_path}:1: "), err
+
+
 def test_wal_show_names_a_backup_it_leaves_out(
     store: FileStorage, capsys: pytest.CaptureFixture[str]
 ) -> None:
