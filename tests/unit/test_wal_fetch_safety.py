@@ -653,8 +653,12 @@ def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
 )
 @pytest.mark.parametrize(
     "arguments",
-    [["wal-fetch", NAME], ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "extra"]],
-    ids=["missing-dest", "extra-argument"],
+    [
+        ["wal-fetch", NAME],
+        ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "extra"],
+        ["--config", "/etc/walg.json", "wal-fetch", NAME],
+    ],
+    ids=["missing-dest", "extra-argument", "config-missing-dest"],
 )
 def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     walg_bin: str,
@@ -673,6 +677,17 @@ def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     fetched = run_walg([walg_bin, *arguments], os.environ, pgdata)
     assert fetched.returncode == expected, fetched.stderr
     assert "usage" in fetched.stderr
+
+
+def test_wal_fetch_help_in_archive_recovery_exits_0(walg_bin: str, tmp_path: Path) -> None:
+    """Only a failed parse becomes 128 there: ``walg wal-fetch --help`` run by an operator in
+    a recovering data directory prints its help and exits 0."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    shown = run_walg([walg_bin, "wal-fetch", "--help"], os.environ, pgdata)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: walg wal-fetch"), shown.stdout
 
 
 def _before_boot() -> float:
