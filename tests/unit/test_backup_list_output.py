@@ -203,8 +203,11 @@ def test_text_formats_byte_for_byte(store: Path, capsys: pytest.CaptureFixture[s
     """The whole text of each table format, as WAL-G prints it: printlist's tabwriter (one
     space between columns, the last cell unpadded), go-pretty's box with upper-cased pretty
     names (``Datadir``, ``Permanent``) and a 0-based ``#``, and ``is_permanent`` as Go's
-    ``%v`` of a bool. Scripts cut these by column, so every space counts."""
+    ``%v`` of a bool. Scripts cut these by column, so every space counts. A sentinel's
+    modification time has a fraction, which both formats drop."""
     put_backup(store, OLDER, 1_766_196_019, metadata_doc())
+    sentinel = store / naming.sentinel_key(OLDER)
+    os.utime(sentinel, ns=(1_766_196_019_750_000_000, 1_766_196_019_750_000_000))
     put_backup(
         store,
         NEWER,
