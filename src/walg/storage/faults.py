@@ -44,11 +44,18 @@ def parse_rules(text: str) -> list[FaultRule]:
     for item in doc:
         if not isinstance(item, dict) or item.get("op") not in _OPS:
             raise ConfigError(f"WALG_FAULT_INJECTION: bad rule {item!r}")
+        try:
+            key = re.compile(str(item.get("key", "")))
+            delay = float(item.get("delay", 0))
+        except (re.error, TypeError, ValueError) as exc:
+            raise ConfigError(f"WALG_FAULT_INJECTION: bad rule {item!r}: {exc}") from None
+        if not 0 <= delay < float("inf"):
+            raise ConfigError(f"WALG_FAULT_INJECTION: bad rule {item!r}: delay {delay}")
         rules.append(
             FaultRule(
                 op=item["op"],
-                key=re.compile(str(item.get("key", ""))),
-                delay=float(item.get("delay", 0)),
+                key=key,
+                delay=delay,
                 fail=item.get("fail"),
                 transient=bool(item.get("transient", False)),
             )
