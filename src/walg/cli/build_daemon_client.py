@@ -15,6 +15,7 @@ import tempfile
 from importlib import resources
 
 from walg.cli.context import Context
+from walg.core.durable import fsync_path
 from walg.errors import WalgError
 
 DEFAULT_NAME = "walg-daemon-client-native"
@@ -40,14 +41,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _c_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _fsync(path: str, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _this_walg() -> str:
@@ -87,9 +80,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             # On disk before it is in place, and its name after: an executable a power loss left
             # empty is run by PostgreSQL's /bin/sh as an empty script, which exits 0, so every
             # archive_command would "succeed" with nothing archived.
-            _fsync(built, os.O_RDONLY)
+            fsync_path(built)
             os.replace(built, output)
-            _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+            fsync_path(directory, folder=True)
     except OSError as exc:
         raise WalgError(f"cannot build {output}: {exc.strerror or exc}") from None
     ctx.stdout.write(f"{output}\n")

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from walg.core.durable import fsync_path
 from walg.core.lsn import parse_lsn
 from walg.errors import FormatError, UsageError
 
@@ -354,21 +355,12 @@ def _rewrite(path: Path, change: Callable[[str], str]) -> None:
             os.chown(tmp, st.st_uid, st.st_gid)
         # Durable before the rename: after a power loss the name could otherwise hold an
         # empty file, or the old one with the recovery targets this rewrite turned off.
-        _fsync(tmp)
+        fsync_path(tmp)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or folder (a folder: the names made or replaced in it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent, folder=True)
 
 
 def restored_version(dest: Path, recorded: int) -> int:
@@ -395,14 +387,14 @@ def write_recovery_config(dest: Path, pg_version: int, target: RecoveryTarget) -
         _rewrite(auto, lambda old: _disable_recovery_settings(old) + _BLOCK_HEADER + lines)
         signal = dest / ("standby.signal" if target.standby else "recovery.signal")
         signal.touch(mode=0o600)
-        _fsync(signal)
-        _fsync(dest)
+        fsync_path(signal)
+        fsync_path(dest, folder=True)
         return [str(auto), str(signal)]
     lines = "".join(f"{k} = {_quote(v)}\n" for k, v in target.settings().items())
     conf = dest / "recovery.conf"
     extra = "standby_mode = 'on'\n" if target.standby else ""
     conf.write_text("# written by walg backup-fetch\n" + lines + extra, encoding="utf-8")
     conf.chmod(0o600)
-    _fsync(conf)
-    _fsync(dest)
+    fsync_path(conf)
+    fsync_path(dest, folder=True)
     return [str(conf)]

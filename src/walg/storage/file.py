@@ -17,6 +17,7 @@ import os
 import stat
 import time
 
+from walg.core.durable import fsync_path
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 from walg.storage.mounts import FSTAB, MountCheck
@@ -55,14 +56,6 @@ def _error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", transient=exc.errno in _TRANSIENT_ERRNOS)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dirs(path: str, top: str) -> None:
     """Create folder ``path`` and its missing parents below ``top``, each made durable in its
     parent; ``top`` itself is never made.
@@ -91,7 +84,7 @@ def _make_dirs(path: str, top: str) -> None:
             os.mkdir(path)
         except FileExistsError:
             return  # made meanwhile by another writer, who makes it durable
-    _fsync_dir(parent)
+    fsync_path(parent, folder=True)
 
 
 def _missing_root(top: str) -> StorageError:
@@ -343,7 +336,7 @@ class FileStorage(Storage):
                 os.replace(tmp, path)
             else:
                 _commit_if_absent(tmp, path, key)
-            _fsync_dir(parent)
+            fsync_path(parent, folder=True)
         except BaseException as exc:
             handle.close()
             self._drop_temporary(tmp)
@@ -520,7 +513,7 @@ class FileStorage(Storage):
             os.fsync(fd)
             folder = os.path.dirname(path)
             while True:
-                _fsync_dir(folder)
+                fsync_path(folder, folder=True)
                 if len(folder) <= len(self._top):
                     break
                 folder = os.path.dirname(folder)

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from walg.core.checksum import Checksum
+from walg.core.durable import fsync_path
 from walg.core.log import get_logger
 from walg.errors import DestinationError, IntegrityError, UnsafeArchiveError
 from walg.streams.base import Source
@@ -259,8 +260,4 @@ class _Syncer:
 def fsync_tree(root: Path) -> None:
     """fsync every directory under ``root`` so the new entries themselves are durable."""
     for dirpath, _dirs, _files in os.walk(root):
-        fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(dirpath, folder=True)
