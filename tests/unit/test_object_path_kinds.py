@@ -42,13 +42,11 @@ def _link_to_the_file(path: Path, original: Path) -> None:
     path.symlink_to(original)
 
 
-@pytest.mark.parametrize(
-    ("make", "kind"),
-    [(_folder, "a folder"), (_fifo, "a FIFO"), (_dangling_link, "a symbolic link to a missing")],
-)
-def test_backup_fetch_names_what_is_in_an_object_s_place(
-    tmp_path: Path, make: Callable[[Path, Path], None], kind: str
-) -> None:
+def _backup_with_its_part_replaced(
+    tmp_path: Path, make: Callable[[Path, Path], None]
+) -> tuple[FileStorage, Path]:
+    """A WAL-G backup in a storage folder, its part's file moved away and ``make(part,
+    moved)`` put in its place; the storage and the part's path."""
     store = tmp_path / "store"
     store.mkdir()
     storage = FileStorage(store)
@@ -57,6 +55,17 @@ def test_backup_fetch_names_what_is_in_an_object_s_place(
     original = tmp_path / "moved-away"
     part.rename(original)
     make(part, original)
+    return storage, part
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [(_folder, "a folder"), (_fifo, "a FIFO"), (_dangling_link, "a symbolic link to a missing")],
+)
+def test_backup_fetch_names_what_is_in_an_object_s_place(
+    tmp_path: Path, make: Callable[[Path, Path], None], kind: str
+) -> None:
+    storage, part = _backup_with_its_part_replaced(tmp_path, make)
     dest = tmp_path / "restore"
     with pytest.raises(StorageError) as caught:
         backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
@@ -67,14 +76,7 @@ def test_backup_fetch_names_what_is_in_an_object_s_place(
 
 
 def test_backup_fetch_follows_a_link_to_an_object_s_file(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    storage = FileStorage(store)
-    put_wal_g_backup(storage)
-    part = store / naming.partitions_prefix(NAME) / PART
-    original = tmp_path / "moved-away"
-    part.rename(original)
-    _link_to_the_file(part, original)
+    storage, _ = _backup_with_its_part_replaced(tmp_path, _link_to_the_file)
     dest = tmp_path / "restore"
     backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
     assert_restored(dest)
