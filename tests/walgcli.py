@@ -107,6 +107,28 @@ def archive_now(cluster: Cluster, timeout: float = 60) -> str:
         time.sleep(0.1)
 
 
+def push_on_standby(
+    walg: WalgSetup,
+    primary: Cluster,
+    standby: Cluster,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> str:
+    """backup-push on the standby, switching WAL on the primary until it is done; its stderr.
+
+    A standby's backup waits until the primary has archived the last segment it needs; an
+    idle primary only finishes that segment when told to (or by archive_timeout).
+    """
+    proc = walg.popen(["backup-push", str(standby.datadir)], cluster=standby, env=env)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        primary.psql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    return stderr
+
+
 def start_load(cluster: Cluster, seconds: int, clients: int = 2) -> subprocess.Popen[str]:
     """pgbench TPC-B load in the background for ``seconds``."""
     argv = [

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, run_as_pg
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
+from walgcli import WalgSetup, archive_now, normalized_dump, push_on_standby, restore_and_recover
 
 
 def _primary(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
@@ -24,22 +24,6 @@ def _primary(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
     return cluster
 
 
-def _push_on_standby(walg: WalgSetup, primary: Cluster, standby: Cluster) -> str:
-    """backup-push on the standby, switching WAL on the primary until it is done.
-
-    A standby's backup waits until the primary has archived the last segment it needs; an
-    idle primary only finishes that segment when told to (or by archive_timeout).
-    """
-    proc = walg.popen(["backup-push", str(standby.datadir)], cluster=standby)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        primary.psql("SELECT pg_switch_wal()")
-        time.sleep(0.3)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr
-    return stderr
-
-
 def test_backup_from_standby_restores(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -49,7 +33,7 @@ def test_backup_from_standby_restores(
     primary.pgbench(["-n", "-t", "200", "-c", "2"])
     primary.wait_for_replay(standby)
 
-    pushed = _push_on_standby(walg, primary, standby)
+    pushed = push_on_standby(walg, primary, standby)
     assert "Wrote backup with name base_" in pushed
     primary.psql("CREATE TABLE after_standby_backup AS SELECT generate_series(1, 1000) AS g")
     archive_now(primary)

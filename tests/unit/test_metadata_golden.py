@@ -622,6 +622,22 @@ def test_sentinel_records_the_files_metadata_checksum() -> None:
     assert "WalgFilesMetadata" not in json.loads(full_sentinel().dumps())
 
 
+def test_sentinel_records_a_finish_timeline_only_where_it_differs() -> None:
+    written = full_sentinel(finish_timeline=3)
+    assert json.loads(written.dumps())["WalgFinishTimeline"] == 3
+    assert Sentinel.loads(written.dumps()).finish_timeline == 3
+    assert "WalgFinishTimeline" not in json.loads(full_sentinel().dumps())
+    assert Sentinel.loads(full_sentinel().dumps()).finish_timeline is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1 << 32, "2", 2.0, True, [2]])
+def test_a_finish_timeline_walg_did_not_write_makes_the_sentinel_unreadable(value: Any) -> None:
+    doc = json.loads(full_sentinel().dumps())
+    doc["WalgFinishTimeline"] = value
+    with pytest.raises(FormatError, match="WalgFinishTimeline"):
+        Sentinel.loads(json.dumps(doc))
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -40,13 +40,19 @@ def test_time_bounds_of_each_form() -> None:
 
 
 def _backup(
-    storage: MemoryStorage, name: str, finish: str, finish_lsn: str, pg_version: int = 160000
+    storage: MemoryStorage,
+    name: str,
+    finish: str,
+    finish_lsn: str,
+    pg_version: int = 160000,
+    finish_timeline: int | None = None,
 ) -> None:
     sentinel = Sentinel(
         lsn=parse_lsn(finish_lsn) - 1,
         finish_lsn=parse_lsn(finish_lsn),
         pg_version=pg_version,
         finish_time=GoTime(_ns(finish)),
+        finish_timeline=finish_timeline,
     )
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
 
@@ -219,6 +225,35 @@ def test_a_backup_whose_timeline_the_target_history_does_not_name_is_refused() -
     with pytest.raises(BackupNotFound):
         target = RecoveryTarget("c", time="2026-11-25 14:00:00+00", timeline="3")
         backup_for_target(storage, "LATEST", target)
+
+
+def test_a_standby_backup_that_followed_the_switch_reaches_the_new_timeline(
+    branched: MemoryStorage,
+) -> None:
+    """B4 started on timeline 1 on a standby that then followed its promoted upstream:
+    it ends on timeline 2 after the switch (WalgFinishTimeline). Recovery onto timeline 2
+    starts from it; recovery that stays on timeline 1 cannot reach its end. Without the
+    record, the same numbers are B3's: a backup on timeline 1 after the branch."""
+    b4 = "base_000000010000000000000003"
+    _backup(branched, b4, "2026-11-25T13:30:00+00:00", "0/4000200", finish_timeline=2)
+    assert backup_for_target(branched, b4, RecoveryTarget("c")) == b4
+    # B4, the newest, as without --restore-command.
+    assert backup_for_target(branched, "LATEST", RecoveryTarget("c")) == "LATEST"
+    assert backup_for_target(branched, b4, RecoveryTarget("c", lsn="0/4000300")) == b4
+    target = RecoveryTarget("c", time="2026-11-25 13:45:00+00")
+    assert backup_for_target(branched, "LATEST", target) == b4
+    with pytest.raises(UsageError, match="it ends on timeline 2, to which it followed a switch"):
+        backup_for_target(branched, b4, RecoveryTarget("c", timeline="1"))
+    target = RecoveryTarget("c", time="2026-11-25 13:45:00+00", timeline="1")
+    assert backup_for_target(branched, "LATEST", target) == B3
+    # Timeline 3 branched off timeline 2 before B4's end: recovery onto it cannot use B4.
+    _history(branched, 3, "1\t0/4000000\tpromoted\n2\t0/4000100\tpromoted\n")
+    with pytest.raises(UsageError, match="branched off timeline 2 at 0/4000100"):
+        backup_for_target(branched, b4, RecoveryTarget("c"))
+    # A history that does not name the end timeline.
+    _history(branched, 3, "1\t0/4000000\tpromoted\n")
+    with pytest.raises(UsageError, match="its timeline 2 is not in the history of timeline 3"):
+        backup_for_target(branched, b4, RecoveryTarget("c"))
 
 
 def test_before_postgresql_12_recovery_stays_on_the_backups_timeline() -> None:

@@ -178,6 +178,9 @@ class Sentinel:
     # walg's checksum of files_metadata.json: the list of every other checksum, vouched for by
     # the object written last.
     files_metadata_checksum: Checksum | None = None
+    # walg's: the timeline FinishLSN is on, where it is not the one the backup's name starts
+    # on (a standby that followed its promoted upstream during the backup).
+    finish_timeline: int | None = None
     # Files metadata carried inside the sentinel by WAL-G < 2.0 and WAL-E-era documents.
     legacy_files: Mapping[str, Any] | None = field(default=None, compare=False)
 
@@ -221,6 +224,8 @@ class Sentinel:
             doc["WalgVersion"] = self.walg_version
         if self.files_metadata_checksum is not None:
             doc["WalgFilesMetadata"] = self.files_metadata_checksum.to_json()
+        if self.finish_timeline is not None:
+            doc["WalgFinishTimeline"] = self.finish_timeline
         return doc
 
     def dumps(self) -> bytes:
@@ -269,6 +274,7 @@ class Sentinel:
             version=version if version is not None else 0,
             walg_version=_opt_str(doc, "WalgVersion"),
             files_metadata_checksum=_files_metadata_checksum(doc),
+            finish_timeline=_finish_timeline(doc),
             legacy_files=legacy if isinstance(legacy, dict) else None,
         )
 
@@ -276,6 +282,17 @@ class Sentinel:
 # What walg reads whole as files_metadata.json at most (about 200 bytes a file: some 80
 # million files); a sentinel recording more is not one walg wrote.
 FILES_METADATA_LIMIT = 16 << 30
+
+
+def _finish_timeline(doc: Mapping[str, Any]) -> int | None:
+    """WalgFinishTimeline, checked as PostgreSQL's TimeLineID (1 to 2^32-1): a value walg did
+    not write makes the sentinel unreadable rather than steer a restore's choice of backup."""
+    raw = doc.get("walgfinishtimeline")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 0xFFFFFFFF:
+        raise FormatError(f"WalgFinishTimeline is {raw!r}, not a timeline")
+    return raw
 
 
 def _files_metadata_checksum(doc: Mapping[str, Any]) -> Checksum | None:

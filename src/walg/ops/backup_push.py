@@ -39,15 +39,17 @@ from walg.core.naming import (
     sentinel_key,
     with_ext,
 )
+from walg.core.timeline import History, history_file_name
 from walg.errors import BackupInProgress, FormatError, PostgresError, StorageError, UsageError
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
-from walg.ops.wal import find_wal_object
+from walg.ops.wal import find_wal_object, read_history
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
     BackupSession,
     BackupStart,
+    BackupStop,
     DatabaseLocation,
     ServerInfo,
     database_locations,
@@ -479,12 +481,13 @@ def _upload_backup(
     # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
     # the wait for the archive below may last long (a standby's idle primary).
     now_located = session.database_locations(pgdata)
-    first = Segment.containing(start.timeline, start.lsn, info.segment_size)
-    last = Segment.before(start.timeline, stop.lsn, info.segment_size)
     if archiving or info.in_recovery:
-        remaining = settings.stop_backup_timeout - (time.monotonic() - stop_started)
-        _wait_for_archived(storage, session, first, last, info.segment_size, baseline, remaining)
+        # At least a second to look, however long pg_backup_stop took.
+        deadline = max(stop_started + settings.stop_backup_timeout, time.monotonic() + 1.0)
+        needed = _segments_needed(storage, start, stop, info.segment_size, deadline)
+        _wait_for_archived(storage, session, needed, info.segment_size, baseline, deadline)
     else:
+        last = Segment.before(start.timeline, stop.lsn, info.segment_size)
         log.warning("archive_mode is off: %s will not be archived", last.name(info.segment_size))
     moved = moved_databases(databases, now_located)
     if moved:
@@ -552,6 +555,7 @@ def _upload_backup(
         user_data=settings.sentinel_user_data,
         walg_version=__version__,
         files_metadata_checksum=files_sum,
+        finish_timeline=stop.timeline if stop.timeline != start.timeline else None,
     )
     storage.put_bytes(metadata_key(name), metadata.dumps())
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
@@ -587,44 +591,100 @@ def _warn_skipped(skipped: list[datadir.Skipped]) -> None:
         )
 
 
+def _segments_needed(
+    storage: Storage, start: BackupStart, stop: BackupStop, segment_size: int, deadline: float
+) -> list[Segment]:
+    """The WAL segments recovery reads from the backup's start to its end, in order.
+
+    A standby's backup may end on a later timeline than it started on (the standby followed
+    its promoted upstream). Recovery then reads each segment from the timeline the end
+    timeline's history assigns it, as PostgreSQL does: the segment holding the switch comes
+    from the new timeline; the old timeline's copy is archived only as ``.partial``.
+    """
+    first = start.lsn // segment_size
+    last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
+    if stop.timeline == start.timeline:
+        return [Segment(start.timeline, segno) for segno in range(first, last + 1)]
+    history = _wait_for_history(storage, stop.timeline, deadline)
+    if start.timeline not in history.timelines():
+        raise PostgresError(
+            f"the standby is on timeline {stop.timeline}, whose history does not lead back to "
+            f"timeline {start.timeline}, on which the backup started: the backup is not usable"
+        )
+    left = history.end_lsn(start.timeline)
+    if left is not None and start.lsn >= left:
+        raise PostgresError(
+            f"the backup started at {format_lsn(start.lsn)} on timeline {start.timeline}, "
+            f"after timeline {stop.timeline}'s history leaves it at {format_lsn(left)}: the "
+            "backup is not usable"
+        )
+    return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
+
+
+def _wait_for_history(storage: Storage, timeline: int, deadline: float) -> History:
+    """``<timeline>.history`` from storage, waited for: recovery needs it to follow the
+    switch, and the promoted server archives it before any WAL of its own."""
+    name = history_file_name(timeline)
+    delay = 0.02
+    next_status = time.monotonic()
+    while True:
+        history = read_history(storage, timeline)
+        if history is not None:
+            return history
+        now = time.monotonic()
+        if now >= deadline:
+            raise PostgresError(
+                f"{name}, which this backup needs to follow the standby's switch to timeline "
+                f"{timeline}, did not reach {storage.location} within the stop timeout "
+                "(WALG_STOP_BACKUP_TIMEOUT): check the new primary's archive_command"
+            )
+        if now >= next_status:
+            next_status = now + 30.0
+            log.info("waiting for %s to be archived by the new primary", name)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def _wait_for_archived(
     storage: Storage,
     session: BackupSession,
-    first: Segment,
-    last: Segment,
+    needed: list[Segment],
     segment_size: int,
     baseline: ArchiverStatus | None,
-    timeout: float,
+    deadline: float,
 ) -> None:
-    """Wait until every segment the backup needs, ``first`` to ``last``, is in storage.
+    """Wait until every segment the backup needs (``needed``, in order) is in storage.
 
     A backup whose WAL is not archived cannot be restored, so exiting 0 before would be a lie.
     The last segment alone proves nothing about the ones before it: walg's look-ahead
     uploaders (and the daemon) archive later segments while PostgreSQL's own call for an
     earlier one keeps failing (another cluster's segment stored under its name, say).
     Polls storage quickly at first; reports a failing ``archive_command`` as soon as
-    ``pg_stat_archiver`` shows it, and gives up after ``timeout`` seconds. ``baseline`` is
-    None where another server archives the segment (the primary of a standby): then only
-    storage is watched.
+    ``pg_stat_archiver`` shows it, and gives up at ``deadline`` (``time.monotonic``).
+    ``baseline`` is None where another server archives the segment (the primary of a
+    standby): then only storage is watched.
     """
-    deadline = time.monotonic() + max(timeout, 1.0)
+    if not needed:
+        return
+    last = needed[-1]
     delay = 0.02
     warned = False
     # Without pg_stat_archiver to report, say at once what is waited for.
     next_status = time.monotonic() + (2.0 if baseline is not None else 0.0)
-    waiting = first
+    index = 0
     while True:
         # Each segment is looked for until found, then never again.
-        while waiting <= last and find_wal_object(storage, waiting.name(segment_size)):
-            waiting = waiting.next()
-        segment = waiting.name(segment_size)
-        if waiting > last:
+        while index < len(needed) and find_wal_object(storage, needed[index].name(segment_size)):
+            index += 1
+        if index == len(needed):
             # Where this server archives, PostgreSQL must also have archived them all: an
             # object under a segment's name may be another cluster's, which PostgreSQL's own
             # call keeps refusing to overwrite.
             if baseline is None or _archived_up_to(session.archiver_status(), last, segment_size):
                 return
             segment = last.name(segment_size)
+        else:
+            segment = needed[index].name(segment_size)
         now = time.monotonic()
         if baseline is None:
             if now >= next_status:

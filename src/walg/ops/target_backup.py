@@ -113,6 +113,9 @@ class BackupEnd:
     finish_lsn: int | None
     finish_time: GoTime | None
     pg_version: int
+    # The timeline finish_lsn is on, where walg recorded it differs from ``timeline`` (the
+    # one the backup started on): a standby that followed its promoted upstream meanwhile.
+    finish_timeline: int | None = None
 
     @classmethod
     def read(cls, storage: Storage, name: str) -> BackupEnd:
@@ -131,6 +134,7 @@ class BackupEnd:
             finish_lsn,
             finish_time,
             sentinel.pg_version,
+            sentinel.finish_timeline,
         )
 
 
@@ -160,11 +164,19 @@ class _Timelines:
         """Why recovery from this backup cannot follow the target timeline; None if it can."""
         if end.timeline is None:
             return None  # no WAL name in the backup name: left to PostgreSQL
+        # Where the backup ends; after its start timeline only for a standby's backup that
+        # followed a switch, when recovery must follow it too.
+        finish = end.finish_timeline or end.timeline
         target = self.target(end)
-        if target == end.timeline:
+        if target == end.timeline == finish:
             return None
         if target < end.timeline:
             return f"it is on timeline {end.timeline}, after the target timeline {target}"
+        if target < finish:
+            return (
+                f"it ends on timeline {finish}, to which it followed a switch, after the "
+                f"target timeline {target}"
+            )
         if target not in self._histories:
             try:
                 self._histories[target] = read_history(self._storage, target)
@@ -174,13 +186,14 @@ class _Timelines:
         history = self._histories[target]
         if history is None:
             return f"{history_file_name(target)} cannot be read from storage"
-        left = history.end_lsn(end.timeline)
-        if left is None:
-            return f"its timeline {end.timeline} is not in the history of timeline {target}"
-        if end.finish_lsn is not None and end.finish_lsn > left:
+        for timeline in sorted({end.timeline, finish}):
+            if timeline not in history.timelines():
+                return f"its timeline {timeline} is not in the history of timeline {target}"
+        left = history.end_lsn(finish)
+        if left is not None and end.finish_lsn is not None and end.finish_lsn > left:
             return (
                 f"it ends at LSN {format_lsn(end.finish_lsn)}, after timeline {target} branched "
-                f"off timeline {end.timeline} at {format_lsn(left)}"
+                f"off timeline {finish} at {format_lsn(left)}"
             )
         return None
 

@@ -4,10 +4,12 @@ PostgreSQL 15+ has ``pg_backup_start``/``pg_backup_stop``; 10–14 the non-exclu
 ``pg_start_backup``/``pg_stop_backup``. The backup lives as long as the connection, so a crash of
 walg aborts it on the server. The stop call does not wait for archiving (the caller checks that
 the WAL reached storage, with a timeout, reading ``pg_stat_archiver`` to explain a delay) and
-runs under a statement timeout. On a standby the timeline is checked at start and stop, and a
-promotion during the backup fails it. Where each database lives (``pg_database.dattablespace``)
-is read for the caller to compare before and after: a database moved meanwhile may be missing
-from the backup (see :func:`moved_databases`).
+runs under a statement timeout. On a standby a promotion during the backup fails it; a switch
+to a new timeline (the standby following its promoted upstream, before or during the backup)
+is returned as the backup's stop timeline, for the caller to wait for the WAL of both. Where
+each database lives (``pg_database.dattablespace``) is read for the caller to compare before
+and after: a database moved meanwhile may be missing from the backup (see
+:func:`moved_databases`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class BackupStop:
     lsn: int
     label_file: str
     tablespace_map: str
+    # The timeline of ``lsn``: a standby may follow its promoted upstream while the backup runs.
+    timeline: int
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,18 @@ def server_info(conn: Any) -> ServerInfo:
     )
 
 
+def label_start_timeline(label_file: str) -> int | None:
+    """The ``START TIMELINE`` a backup_label records (PostgreSQL 11+); None without one."""
+    for line in label_file.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == "START TIMELINE":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
 class BackupSession:
     """One non-exclusive backup on one connection."""
 
@@ -265,9 +281,11 @@ class BackupSession:
         if row is None:
             raise PostgresError("stopping the backup returned nothing")
         lsn_text, label_file, spcmap = row
+        label_file = label_file or ""
+        timeline = self._started.timeline
         if self._info.in_recovery:
-            self._check_still_standby()
-        return BackupStop(parse_lsn(lsn_text), label_file or "", spcmap or "")
+            timeline = self._standby_stop_timeline(label_file)
+        return BackupStop(parse_lsn(lsn_text), label_file, spcmap or "", timeline)
 
     def database_locations(self, pgdata: str) -> dict[int, DatabaseLocation]:
         return database_locations(self._conn, pgdata)
@@ -280,21 +298,42 @@ class BackupSession:
         )
         return ArchiverStatus(int(row[0]), row[1], row[2] or "", row[3], row[4] or "")
 
-    def _check_still_standby(self) -> None:
+    def _standby_stop_timeline(self, label_file: str) -> int:
+        """The timeline a standby's backup ends on; fails if it was promoted meanwhile.
+
+        PostgreSQL ends a standby's backup at its minimum recovery point, on that point's
+        timeline, read here just after: at worst a later one of the same lineage, whose history
+        the caller follows. Not ``pg_control_checkpoint()``: its timeline changes only at the
+        next restartpoint, which may come long after the standby followed a new timeline.
+        """
         assert self._started is not None
-        in_recovery, timeline = query_one(
+        in_recovery, min_recovery_timeline = query_one(
             self._conn,
-            "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint())",
+            "SELECT pg_is_in_recovery(), (SELECT min_recovery_end_timeline"
+            " FROM pg_control_recovery())",
         )
         if not in_recovery:
             raise PostgresError(
                 "the standby was promoted while the backup was running: the backup is not usable"
             )
-        if int(timeline) != self._started.timeline:
+        # The name and the WAL to wait for were taken from a query after pg_backup_start; a
+        # restartpoint on a new timeline in between would make them another timeline's.
+        labelled = label_start_timeline(label_file)
+        if labelled is not None and labelled != self._started.timeline:
             raise PostgresError(
-                f"the standby switched from timeline {self._started.timeline} to {timeline} "
-                "while the backup was running: the backup is not usable"
+                f"the backup started on timeline {labelled} by its backup_label, not on "
+                f"timeline {self._started.timeline} as walg read it just after the start "
+                "(a restartpoint in between): run backup-push again"
             )
+        timeline = max(self._started.timeline, int(min_recovery_timeline or 0))
+        if timeline != self._started.timeline:
+            log.info(
+                "the standby is on timeline %d; the backup started on timeline %d (the "
+                "standby followed a promoted upstream): it needs the WAL of both",
+                timeline,
+                self._started.timeline,
+            )
+        return timeline
 
     def abort(self) -> None:
         """Close the connection; the server ends a non-exclusive backup with its session."""
