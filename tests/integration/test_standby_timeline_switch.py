@@ -54,6 +54,7 @@ def _sentinel(walg: WalgSetup) -> tuple[str, dict[str, object]]:
 def _restore_and_compare(
     install: PgInstall, workdir: Path, walg: WalgSetup, upstream: Cluster, cascade: Cluster
 ) -> None:
+    """Restore LATEST and compare it with the new primary, which wrote after the backup."""
     upstream.psql("CREATE TABLE after_the_backup AS SELECT generate_series(1, 500) AS g")
     archive_now(upstream)
     expected = normalized_dump(upstream.pg_dumpall())
@@ -92,6 +93,16 @@ def test_a_standby_backup_after_its_upstream_was_promoted_restores_on_the_new_ti
     # Named as PostgreSQL's backup_label names its start: on timeline 1.
     assert name.startswith("base_00000001"), name
     assert sentinel["WalgFinishTimeline"] == 2, sentinel
+    # wal-verify vouches for it: WAL-G's rule (by segment) refused a backup that starts in
+    # the segment holding the switch.
+    upstream.psql("CREATE TABLE before_the_check AS SELECT generate_series(1, 10) AS g")
+    archive_now(upstream)
+    verify = walg.run(["wal-verify", "integrity", "timeline", "--json"], cluster=upstream)
+    integrity = json.loads(verify.stdout)["integrity"]
+    assert integrity["status"] == "OK", (verify.stdout, verify.stderr)
+    assert [(d["timeline_id"], d["start_segment"]) for d in integrity["details"]] == [
+        (2, "00000002" + name[13:])
+    ], verify.stdout
 
     _restore_and_compare(pg_install, pg_workdir, walg, upstream, cascade)
 

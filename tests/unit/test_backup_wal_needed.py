@@ -85,7 +85,7 @@ def test_a_start_after_the_new_timeline_branched_off_fails_the_backup() -> None:
 
 def test_a_history_never_archived_fails_the_backup_at_the_deadline_naming_it() -> None:
     began = time.monotonic()
-    with pytest.raises(PostgresError, match="00000002.history, which this backup needs"):
+    with pytest.raises(PostgresError, match=r"00000002\.history, which this backup needs"):
         _segments_needed(
             MemoryStorage(), _start("0/3000028"), _stop("0/6000100", 2), SIZE, began + 0.3
         )

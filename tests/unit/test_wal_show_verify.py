@@ -956,6 +956,58 @@ def test_wal_verify_cli_names_the_missing_history(
     assert "00000003.history not in storage" in err
 
 
+@pytest.mark.parametrize("metadata", [True, False])
+def test_a_backup_that_started_in_the_switch_segment_before_the_switch_is_used(
+    storage: Storage, metadata: bool
+) -> None:
+    """A standby's backup taken after it followed a failover, before its next restartpoint,
+    starts on timeline 1 in the segment where timeline 2 began, before the switch. WAL-G
+    compares by segment and refuses it; recovery reads that segment from timeline 2 and
+    restores it. One that started after the switch in that segment stays refused."""
+    put_history(storage, 2, [(1, "0/50000A0")], "lz4")
+    put_segments(storage, 1, range(1, 5))
+    put_segments(storage, 2, range(5, 9))
+    before = put_backup(storage, 1, 5 * SEG + 0x28, 5 * SEG + 0x400, metadata=metadata)
+    result = verify_integrity(storage, at(2, 9), upload_concurrency=0)
+    assert result.earliest_backup == before
+    assert result.status is CheckStatus.OK, result
+    assert [(r.timeline, r.start_segment, r.end_segment) for r in result.runs] == [
+        (2, name(2, 5), name(2, 8))
+    ]
+
+    storage.delete([naming.sentinel_key(before), naming.metadata_key(before)])
+    put_backup(storage, 1, 5 * SEG + 0xA0, 5 * SEG + 0x400, metadata=metadata)
+    after = verify_integrity(storage, at(2, 9), upload_concurrency=0)
+    assert after.earliest_backup is None
+    assert after.status is CheckStatus.FAILURE
+
+
+def test_a_metadata_start_lsn_outside_the_named_segment_does_not_count(storage: Storage) -> None:
+    """metadata.json without start_lsn reads as LSN 0: not a start before the switch."""
+    put_history(storage, 2, [(1, "0/50000A0")], "lz4")
+    put_segments(storage, 2, range(5, 9))
+    backup = naming.backup_name(name(1, 5))
+    meta = BackupMetadata(
+        start_time=GoTime(1_700_000_000 * 10**9),
+        finish_time=GoTime(1_700_000_060 * 10**9),
+        hostname="db1",
+        data_dir="/data",
+        pg_version=150004,
+        start_lsn=0,
+        finish_lsn=0,
+        is_permanent=False,
+        system_identifier=None,
+        uncompressed_size=1,
+        compressed_size=1,
+    )
+    storage.put_bytes(naming.metadata_key(backup), meta.dumps())
+    storage.put_bytes(
+        naming.sentinel_key(backup), Sentinel(lsn=None, finish_lsn=None, pg_version=150004).dumps()
+    )
+    result = verify_integrity(storage, at(2, 9), upload_concurrency=0)
+    assert result.earliest_backup is None
+
+
 def test_only_unusable_backups_is_a_failure(storage: Storage) -> None:
     # The only backup is on timeline 3, a sibling of the current timeline 2 (both from 1).
     put_history(storage, 2, [(1, "0/5000000")], "lz4")

@@ -162,6 +162,8 @@ class BackupStart:
     timeline: int
     segno: int
     is_permanent: bool
+    # From metadata.json or the sentinel; None where neither records it.
+    start_lsn: int | None = None
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -250,7 +252,8 @@ def backup_is_usable(
     """WAL-G's ``checkBackupIsCorrect``: may this backup bound the integrity walk?
 
     As in WAL-G, a backup must start within the part of its timeline the current history
-    keeps, compared by segment. Unlike WAL-G, that part ends where PostgreSQL leaves the
+    keeps, compared by segment, except in the segment holding the switch, where its start LSN
+    decides. Unlike WAL-G, that part ends where PostgreSQL leaves the
     timeline when it follows the history (:meth:`History.end_lsn`: a later switch point can
     be earlier than the timeline's own), and it begins where the history says the timeline
     begins, not where timeline ``id - 1`` ended.
@@ -283,7 +286,15 @@ def backup_is_usable(
         log.warning("%s: backup starts before its timeline %d begins", backup.name, backup.timeline)
         return False
     ends = history.end_lsn(backup.timeline)
+    # In the segment holding the switch, WAL-G refuses every backup. One that started before
+    # the switch is restorable (recovery reads that segment from the new timeline, which holds
+    # the old one's WAL up to the switch): a standby's backup taken after a failover, before
+    # its next restartpoint, starts there.
     if ends is not None and backup.segno >= ends // segment_size:
+        start = backup.start_lsn
+        # Only an LSN inside the named segment: metadata.json without one reads as 0.
+        if start is not None and start // segment_size == backup.segno and start < ends:
+            return True
         log.warning("%s: backup starts after its timeline %d ended", backup.name, backup.timeline)
         return False
     return True
@@ -313,14 +324,15 @@ def load_backup_starts(
             log.warning("%s", exc)
             meta = None
         if meta is not None:
-            permanent = meta.is_permanent
+            permanent, start_lsn = meta.is_permanent, meta.start_lsn
         else:
             try:
-                permanent = catalog.read_sentinel(storage, ref.name).is_permanent
+                sentinel = catalog.read_sentinel(storage, ref.name)
             except (IntegrityError, BackupNotFound) as exc:
                 log.warning("%s; ignored", exc)
                 return None
-        return BackupStart(ref.name, segment.timeline, segment.segno, permanent)
+            permanent, start_lsn = sentinel.is_permanent, sentinel.lsn
+        return BackupStart(ref.name, segment.timeline, segment.segno, permanent, start_lsn)
 
     if not refs:
         return []
