@@ -323,6 +323,7 @@ def load_backup_starts(
         except IntegrityError as exc:
             log.warning("%s", exc)
             meta = None
+        start_lsn: int | None
         if meta is not None:
             permanent, start_lsn = meta.is_permanent, meta.start_lsn
         else:
