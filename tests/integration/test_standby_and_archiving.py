@@ -51,6 +51,38 @@ def test_backup_from_standby_restores(
     restored.stop()
 
 
+def test_a_second_standby_backup_before_a_new_checkpoint_is_refused_then_works_after_one(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A standby's backup starts at its last restartpoint, so two in a row share a name
+    until the standby replays a new checkpoint of the primary: the second must leave the
+    first alone and say what to do, and work once the primary has checkpointed."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    primary = _primary(install, pg_workdir, walg)
+    primary.set_conf({"checkpoint_timeout": "1h"})
+    primary.reload()
+    standby = primary.make_standby(pg_workdir / "standby")
+    push_on_standby(walg, primary, standby)
+    (first,) = walg.store.rglob("*_backup_stop_sentinel.json")
+    before = first.read_bytes()
+
+    again = walg.run(["backup-push", str(standby.datadir)], cluster=standby, check=False)
+    assert again.returncode == 1, again.stderr
+    assert "already exists" in again.stderr, again.stderr
+    assert "retry after the primary's next checkpoint" in again.stderr, again.stderr
+    assert first.read_bytes() == before
+    assert len(json.loads(walg.run(["backup-list", "--json"]).stdout)) == 1
+
+    primary.psql("CHECKPOINT")
+    primary.wait_for_replay(standby)
+    push_on_standby(walg, primary, standby)
+    names = [b["backup_name"] for b in json.loads(walg.run(["backup-list", "--json"]).stdout)]
+    assert len(names) == 2 and names[0] != names[1], names
+    standby.stop()
+    primary.stop()
+
+
 def test_standby_promoted_during_backup_fails(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:

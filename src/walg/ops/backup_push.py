@@ -287,9 +287,10 @@ def _start(
         if info.in_recovery:
             session.abort()
             raise PostgresError(
-                f"a backup named {backup_name(start.segment_name)} already exists and a "
-                "standby cannot switch WAL segments; retry after the primary has written "
-                "more WAL"
+                f"a backup named {backup_name(start.segment_name)} already exists: a "
+                "standby's backup starts at its last restartpoint, which moves only when it "
+                "replays a new checkpoint of the primary; retry after the primary's next "
+                "checkpoint (CHECKPOINT on the primary makes one)"
             )
         # Same start segment as an existing backup: stop, switch to a new segment and start
         # again, rather than overwrite the existing backup's objects.
