@@ -120,6 +120,14 @@ def push_on_standby(
     idle primary only finishes that segment when told to (or by archive_timeout).
     """
     proc = walg.popen(["backup-push", str(standby.datadir)], cluster=standby, env=env)
+    return finish_with_switches(proc, primary, timeout)
+
+
+def finish_with_switches(
+    proc: subprocess.Popen[str], primary: Cluster, timeout: float = 120
+) -> str:
+    """Switch WAL on ``primary`` until the standby's ``backup-push`` ``proc`` exits; it must
+    exit 0. Its stderr."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         primary.psql("SELECT pg_switch_wal()")

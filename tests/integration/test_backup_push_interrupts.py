@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup
+from walgcli import WalgSetup, finish_with_switches
 
 # About 25 partitions of 1 MiB for a fresh cluster, one at a time.
 SMALL_PARTS = {"WALG_TAR_SIZE_THRESHOLD": str(1 << 20), "WALG_UPLOAD_DISK_CONCURRENCY": "1"}
@@ -69,12 +69,7 @@ def test_a_second_backup_push_of_the_same_name_is_refused(
     assert f"process {first.pid} on host" in second.stderr
 
     # The first one finishes once the primary has archived the WAL it needs.
-    deadline = time.monotonic() + 120
-    while first.poll() is None and time.monotonic() < deadline:
-        primary.psql("SELECT pg_switch_wal()")
-        time.sleep(0.3)
-    _, stderr = first.communicate(timeout=30)
-    assert first.returncode == 0, stderr
+    finish_with_switches(first, primary)
     listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
     assert len(listing) == 1
     assert not [k for k in _stored(walg) if k.endswith("walg_claim.json")]

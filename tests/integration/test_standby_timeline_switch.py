@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now, normalized_dump, push_on_standby, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    finish_with_switches,
+    normalized_dump,
+    push_on_standby,
+    restore_and_recover,
+)
 
 # Far below the 30-minute default: where walg waits for WAL that never comes, the test fails.
 STOP_TIMEOUT = {"WALG_STOP_BACKUP_TIMEOUT": "60s"}
@@ -127,12 +134,7 @@ def test_a_standby_that_follows_a_promotion_during_its_backup_makes_a_usable_bac
         time.sleep(0.05)
     _failover(primary, upstream, cascade)
     assert proc.poll() is None, "the failover came too late to happen during the backup"
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        upstream.psql("SELECT pg_switch_wal()")
-        time.sleep(0.3)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr
+    finish_with_switches(proc, upstream)
     name, sentinel = _sentinel(walg)
     assert name.startswith("base_00000001"), name
     assert sentinel["WalgFinishTimeline"] == 2, sentinel
