@@ -997,3 +997,81 @@ def test_a_fifo_in_the_prefetch_folder_never_hangs_a_fetch(walg_bin: str, tmp_pa
     fetched = fetch()
     assert fetched.returncode == 0, fetched.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(good, 5)
+
+
+# --- pg_rewind --restore-target-wal: a fetch into a data directory no server runs on ---------
+
+
+def _wait_for_daemon(sock: Path, daemon: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert daemon.poll() is None, daemon.communicate()
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("via", ["walg", "daemon"])
+def test_a_fetch_into_a_data_directory_no_server_runs_on_changes_nothing_else_there(
+    tmp_path: Path, walg_bin: str, via: str
+) -> None:
+    """``pg_rewind --restore-target-wal`` runs restore_command with ``%p`` in the stopped
+    target's pg_wal (``<target>/pg_wal/<name>``), between listing the target's files and
+    rewriting them by that list. Each fetch started a prefetch there (detached, or the
+    daemon's) that went on adding and renaming files under ``pg_wal/.wal-g``, and pg_rewind
+    failed midway ("could not remove file ...", "Directory not empty"). A running server
+    (its postmaster.pid names a live process) still gets its prefetch."""
+    from fakewal import detached_walg
+
+    pgdata = _pgdata(tmp_path, 2222)
+    (pgdata / "PG_VERSION").write_text("15\n")
+    wal = pgdata / "pg_wal"
+    names = [Segment(1, n).name() for n in range(3, 8)]
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    for name in names:
+        data = lz4.frame.compress(segment_bytes(name, 2222))
+        (store / "wal_005" / f"{name}.lz4").write_bytes(data)
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="4")
+    daemon = None
+    if via == "daemon":
+        sock = tmp_path / "d.sock"
+        daemon = subprocess.Popen(
+            [walg_bin, "daemon", str(sock), str(pgdata)],
+            env={**env, "WALG_DAEMON_FOLLOW_WAL": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_daemon(sock, daemon)
+        client = str(Path(walg_bin).with_name("walg-daemon-client"))
+        command = [client, str(sock), "wal-fetch"]
+    else:
+        command = [walg_bin, "wal-fetch"]
+
+    def settled() -> None:
+        # What a prefetch would do happens after the call has answered.
+        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while detached_walg(wal):
+            assert time.monotonic() < deadline, "a detached prefetch did not finish"
+            time.sleep(0.05)
+
+    try:
+        for name in names[:2]:
+            done = run_walg([*command, name, str(wal / name)], env, pgdata)
+            assert done.returncode == 0, done.stderr
+        settled()
+        assert sorted(p.name for p in wal.iterdir()) == names[:2]
+
+        # A server in recovery (its postmaster here: this test's process) gets its prefetch.
+        (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")
+        (pgdata / "recovery.signal").touch()
+        done = run_walg([*command, names[2], str(wal / "RECOVERYXLOG")], env, pgdata)
+        assert done.returncode == 0, done.stderr
+        settled()
+        prefetched = {p.name for p in (wal / ".wal-g" / "prefetch").rglob("*") if p.is_file()}
+        assert prefetched == set(names[3:]), prefetched
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.communicate(timeout=60)

@@ -59,9 +59,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.core.lsn import is_segment_name
+    from walg.ops.wal import no_server_beside
     from walg.ops.wal_fetch import wal_fetch
 
-    wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination)
+    # pg_rewind --restore-target-wal: it rewrites that pg_wal by a listing taken before this
+    # call, and fails on anything changed there since but DEST (see no_server_beside).
+    rewinding = no_server_beside(args.destination)
+    wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination, not rewinding)
+    if rewinding:
+        return 0
     if args.no_prefetch or ctx.settings.download_concurrency < 2 or not is_segment_name(args.name):
         # No prefetcher to remove what calls killed outright left beside DEST (up to a
         # segment each, in pg_wal): this call does, once the file is in place.

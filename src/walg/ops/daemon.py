@@ -38,7 +38,13 @@ from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.core.walpage import file_segment_size
 from walg.errors import UsageError, WalgError, WalNotFound
-from walg.ops.wal import forget_stale_temporaries, marker_path, remove, take_marker
+from walg.ops.wal import (
+    forget_stale_temporaries,
+    marker_path,
+    no_server_beside,
+    remove,
+    take_marker,
+)
 from walg.ops.wal_fetch import wal_fetch
 from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
@@ -402,11 +408,17 @@ class Daemon:
     ) -> bytes:
         """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
         dest = self._fetch_destination(destination)
-        self._sweep_beside(dest)
+        # No server on that data directory: pg_rewind --restore-target-wal is asking, and
+        # fails on anything changed in that pg_wal behind its back (see no_server_beside).
+        rewinding = no_server_beside(dest)
+        if not rewinding:
+            self._sweep_beside(dest)
         try:
             # Committed, the rename is under way and the reply must say so: no second limit.
             self._gated(
-                lambda commit: wal_fetch(self.settings, self.storage, name, dest, commit=commit),
+                lambda commit: wal_fetch(
+                    self.settings, self.storage, name, dest, not rewinding, commit=commit
+                ),
                 self.fetch_timeout,
                 f"fetch of {shown(name)} did not finish within {self.fetch_timeout:g} s; it "
                 "will not be put in place",
@@ -415,7 +427,7 @@ class Daemon:
             )
         except WalNotFound:
             return NOT_FOUND
-        if self.settings.download_concurrency > 1 and is_segment_name(name):
+        if self.settings.download_concurrency > 1 and is_segment_name(name) and not rewinding:
             self._schedule_prefetch(name, dest)
         return OK
 

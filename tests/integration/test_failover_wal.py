@@ -1,0 +1,114 @@
+"""WAL archiving and restore_command through a failover: the primary dies, its standby is
+promoted, and the old primary rejoins after ``pg_rewind``, as cluster managers (Patroni) do.
+
+Each test stages the events once on real clusters and looks at what walg did at each step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, run_as_pg
+from walgcli import WalgSetup, archive_now
+
+MAJORS = [15, 17]
+
+
+@dataclass
+class Failover:
+    walg: WalgSetup
+    old: Cluster  # the old primary, stopped by a crash after writing past the fork
+    new: Cluster  # its standby, promoted onto timeline 2
+
+
+def _failover(install: PgInstall, workdir: Path, walg: WalgSetup) -> Failover:
+    """A primary archiving with walg and a standby; the standby loses its connection, the
+    primary writes on (diverging, and archives the segment it finishes), then crashes; the
+    standby is promoted, writes and archives on timeline 2."""
+    conf = {
+        "archive_mode": "on",
+        "archive_command": walg.command("wal-push", "%p"),
+        "restore_command": walg.command("wal-fetch", "%f", "%p"),
+        "wal_log_hints": "on",  # pg_rewind needs it (or data checksums)
+    }
+    old = Cluster.create(install, workdir / "old", conf=conf)
+    old.start()
+    old.pgbench(["-i", "-s", "1", "-q"])
+    # Streaming only: with restore_command it would replay what the old primary archives
+    # after the cut, and not diverge.
+    new = old.make_standby(workdir / "new", conf={**conf, "restore_command": ""})
+    old.pgbench(["-n", "-t", "300", "-c", "2"])
+    archive_now(old)
+    old.wait_for_replay(new)
+    new.set_conf({"primary_conninfo": ""})
+    new.reload()
+    deadline = time.monotonic() + 30
+    while new.psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0":
+        assert time.monotonic() < deadline, "the standby kept streaming"
+        time.sleep(0.1)
+    old.psql("CREATE TABLE diverged AS SELECT generate_series(1, 100) AS g")
+    archive_now(old)
+    old.stop(mode="immediate")
+    new.promote()
+    new.psql("CREATE TABLE on_timeline_2 AS SELECT generate_series(1, 1000) AS g")
+    archive_now(new)
+    # pg_rewind reads the source's timeline from its control file: as Patroni does, wait for
+    # the checkpoint after the promotion.
+    new.checkpoint()
+    return Failover(walg, old, new)
+
+
+@pytest.mark.parametrize("major", MAJORS, ids=[f"pg{m}" for m in MAJORS])
+def test_pg_rewind_fetching_the_old_primary_s_wal_through_wal_fetch_succeeds(
+    major: int, pg_workdir: Path, walg_bin: str
+) -> None:
+    """``pg_rewind --restore-target-wal`` runs restore_command (wal-fetch) for the WAL the
+    old primary has recycled since the last common checkpoint, with ``%p`` in the stopped
+    target's pg_wal, between listing the target's files and rewriting them. Each wal-fetch
+    started a detached prefetch into ``pg_wal/.wal-g/prefetch`` that went on adding and
+    renaming files there, and pg_rewind failed midway ("could not remove file
+    .../running/<segment>: No such file or directory", or "could not remove directory
+    .../running: Directory not empty"), leaving the target half rewound."""
+    install = PgInstall.load(major)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    event = _failover(install, pg_workdir, walg)
+    old, new = event.old, event.new
+
+    source = f"host={new.socket_dir} port={new.port} user=pgtest dbname=postgres"
+    rewind = run_as_pg(
+        [
+            install.tool("pg_rewind"),
+            "--target-pgdata",
+            str(old.datadir),
+            "--source-server",
+            source,
+            "--restore-target-wal",
+        ],
+        env=old.env(),
+        check=False,
+        timeout=120,
+    )
+    assert rewind.returncode == 0, rewind.stderr
+
+    # pg_rewind copied the new primary's settings (its port and socket folder, no
+    # restore_command) over ours.
+    old.set_conf(
+        {
+            "port": str(old.port),
+            "unix_socket_directories": str(old.socket_dir),
+            "primary_conninfo": source,
+            "restore_command": walg.command("wal-fetch", "%f", "%p"),
+        }
+    )
+    old.touch("standby.signal")
+    old.start()
+    new.psql("CREATE TABLE after_the_rewind AS SELECT generate_series(1, 10) AS g")
+    new.wait_for_replay(old, timeout=60)
+    assert old.psql("SELECT count(*) FROM on_timeline_2") == "1000"
+    assert old.psql("SELECT count(*) FROM after_the_rewind") == "10"
+    assert old.psql("SELECT to_regclass('diverged') IS NULL") == "t"
+    assert old.psql("SELECT received_tli FROM pg_stat_wal_receiver") == "2"
