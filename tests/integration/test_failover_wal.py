@@ -112,3 +112,58 @@ def test_pg_rewind_fetching_the_old_primary_s_wal_through_wal_fetch_succeeds(
     assert old.psql("SELECT count(*) FROM after_the_rewind") == "10"
     assert old.psql("SELECT to_regclass('diverged') IS NULL") == "t"
     assert old.psql("SELECT received_tli FROM pg_stat_wal_receiver") == "2"
+
+
+def test_a_standby_archiving_always_is_not_stuck_on_the_segment_its_timeline_ended_in(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A standby with ``archive_mode = always`` archives the segment its walreceiver was
+    writing when the upstream's timeline ended, under the segment's full name, holding the
+    old timeline's WAL up to the switch point and stale bytes after it. The old primary, cut
+    off from its standbys but not from storage, wrote on and archived that segment first, in
+    full. The contents differ only past the switch point, and the archive holds all the
+    standby has (and more): wal-push refused it as an overwrite, for ever, and PostgreSQL's
+    archiver, which retries the oldest file without end, archived nothing more on that
+    standby (pg_wal grows until the disk is full)."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    old = Cluster.create(install, pg_workdir / "old", conf=archiving)
+    old.start()
+    old.pgbench(["-i", "-s", "1", "-q"])
+    # Streaming only: with a restore_command they would replay what the old primary
+    # archives after the cut.
+    new = old.make_standby(pg_workdir / "new", conf={"restore_command": ""})
+    always = {**archiving, "archive_mode": "always", "restore_command": ""}
+    cascade = new.make_standby(pg_workdir / "cascade", conf=always)
+    old.pgbench(["-n", "-t", "300", "-c", "2"])
+    archive_now(old)
+    old.wait_for_replay(cascade)
+    new.set_conf({"primary_conninfo": ""})
+    new.reload()
+    deadline = time.monotonic() + 30
+    while new.psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0":
+        assert time.monotonic() < deadline, "the standby kept streaming"
+        time.sleep(0.1)
+    received = new.psql("SELECT pg_last_wal_receive_lsn()")
+    fork = old.psql(f"SELECT pg_walfile_name('{received}')")
+    old.psql("CREATE TABLE diverged AS SELECT generate_series(1, 100) AS g")
+    assert archive_now(old) == fork  # the old primary archived the fork's segment, full
+    old.stop(mode="immediate")
+    new.promote()
+    new.psql("CREATE TABLE on_timeline_2 AS SELECT generate_series(1, 1000) AS g")
+    new.wait_for_replay(cascade)
+    last = archive_now(new)
+    assert last.startswith("00000002"), last
+
+    # The cascading standby followed onto timeline 2 and archives as its upstream does.
+    deadline = time.monotonic() + 30
+    while cascade.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last:
+        failed = cascade.psql("SELECT last_failed_wal, failed_count FROM pg_stat_archiver")
+        assert time.monotonic() < deadline, f"archiver stuck: {failed}\n{cascade.log_tail(15)}"
+        time.sleep(0.2)
+    ready = list((cascade.datadir / "pg_wal" / "archive_status").glob("*.ready"))
+    assert not ready, ready
+    # The archive kept the old primary's copy of the fork's segment, the longer one.
+    assert (walg.store / "wal_005" / f"{fork}.lz4").exists()
+    assert "only past where timeline 1 ends" in cascade.logfile.read_text()

@@ -392,3 +392,81 @@ def test_push_one_stores_every_byte_whatever_the_size(
     result = push_one(make_settings(tmp_path), storage, str(path), threads)
     assert result.uploaded and (result.raw_size, result.key) == (size, f"wal_005/{SEG}.lz4")
     assert check_trailer_object(stored(storage, result.key)) == data
+
+
+# --- the segment a timeline ended in, archived by more than one node -------------------------
+
+FORK_SEG = "000000010000000000000005"
+FORK_START = 5 * SEG_SIZE
+FORK_END = FORK_START + 3 * 8192 + 100  # timeline 1 ends mid-page in FORK_SEG
+
+
+def _pages(segno: int, seed: int) -> bytes:
+    """A whole segment of pages that name segment ``segno`` (long header first), bodies from
+    ``seed``."""
+    out = bytearray()
+    for offset in range(0, SEG_SIZE, 8192):
+        info = 2 if offset == 0 else 0
+        head = (0xD110).to_bytes(2, "little") + info.to_bytes(2, "little")
+        head += (1).to_bytes(4, "little") + (segno * SEG_SIZE + offset).to_bytes(8, "little")
+        head += bytes(8)
+        if offset == 0:
+            head += (7).to_bytes(8, "little") + SEG_SIZE.to_bytes(4, "little")
+            head += (8192).to_bytes(4, "little")
+        body = ((seed * 7919 + offset).to_bytes(8, "little") * 1024)[: 8192 - len(head)]
+        out += head + body
+    return bytes(out)
+
+
+def _history(storage: Storage, end: int) -> None:
+    text = f"1\t{end >> 32:X}/{end & 0xFFFFFFFF:X}\tno recovery target specified\n"
+    storage.put_bytes("wal_005/00000002.history.lz4", lz4.frame.compress(text.encode()))
+
+
+@pytest.mark.parametrize("tail", ["preallocated", "recycled"])
+def test_a_copy_that_ends_where_its_timeline_ends_is_taken_as_archived(
+    storage: Storage, tmp_path: Path, tail: str
+) -> None:
+    """A standby with archive_mode = always archives the segment its timeline ended in under
+    the full name: the timeline's WAL up to the switch point, then a preallocated file's
+    zeros or a recycled file's older pages. The old primary archived that name first, in full
+    (it wrote on). Refused, the standby's archiver retried it for ever."""
+    settings = make_settings(tmp_path)
+    old_primary = _pages(5, seed=1)
+    rest = bytes(SEG_SIZE) if tail == "preallocated" else _pages(2, seed=9)
+    cut = FORK_END - FORK_START
+    standby = old_primary[:cut] + rest[cut:]
+    storage.put_bytes(f"wal_005/{FORK_SEG}.lz4", lz4.frame.compress(old_primary))
+    path = write_wal(tmp_path / "standby" / "pg_wal", FORK_SEG, standby)
+    # Without the history that puts the end of timeline 1 there, a different copy.
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(path))
+    _history(storage, FORK_END + 8192)  # timeline 1 ends later than this copy does
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(path))
+    _history(storage, FORK_END)
+    result = push_one(settings, storage, str(path))
+    assert not result.uploaded
+    assert lz4.frame.decompress(stored(storage, f"wal_005/{FORK_SEG}.lz4")) == old_primary
+
+
+def test_the_old_primary_s_diverged_copy_of_that_segment_is_still_refused(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """The other way round: the standby's copy is archived, and the old primary (started
+    again before pg_rewind) archives its own, with WAL of the segment after the switch point.
+    Both also differ where a copy's WAL before the switch point is not the archived one's."""
+    settings = make_settings(tmp_path)
+    cut = FORK_END - FORK_START
+    old_primary = _pages(5, seed=1)
+    standby = old_primary[:cut] + bytes(SEG_SIZE - cut)
+    storage.put_bytes(f"wal_005/{FORK_SEG}.lz4", lz4.frame.compress(standby))
+    _history(storage, FORK_END)
+    path = write_wal(tmp_path / "old" / "pg_wal", FORK_SEG, old_primary)
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(path))
+    other = _pages(5, seed=2)[:cut] + bytes(SEG_SIZE - cut)
+    path = write_wal(tmp_path / "other" / "pg_wal", FORK_SEG, other)
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(path))
+    assert lz4.frame.decompress(stored(storage, f"wal_005/{FORK_SEG}.lz4")) == standby

@@ -3,7 +3,9 @@
 Archived WAL is immutable (DESIGN.md promise 2): if the name is already archived with identical
 content the push succeeds without rewriting; with different content it fails and leaves the
 archive as it was. ``.history`` files are always checked; other files unless
-``WALG_PREVENT_WAL_OVERWRITE=false``.
+``WALG_PREVENT_WAL_OVERWRITE=false``. One difference is no overwrite: a segment that ends where
+its timeline ends, whose stored copy has the same bytes up to there (see
+:func:`_holds_what_this_copy_has`).
 
 A look-ahead uploader pushes other files PostgreSQL has marked ``.ready``
 (``WALG_UPLOAD_CONCURRENCY - 1`` at a time, at most ``TOTAL_BG_UPLOADED_LIMIT``) and records
@@ -152,9 +154,13 @@ def push_one(
     if not absent and checked:
         existing = find_wal_object(storage, name)
         if existing is not None:
-            if _same_content(storage, existing[0], codec_for_extension(existing[1]), source):
+            existing_codec = codec_for_extension(existing[1])
+            if _same_content(storage, existing[0], existing_codec, source):
                 storage.make_durable(existing[0])
                 log.info("WAL file %s is already archived with equal content", name)
+                return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
+            if _holds_what_this_copy_has(storage, existing[0], existing_codec, source, name):
+                storage.make_durable(existing[0])
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
             raise WalOverwriteError(
                 f"WAL file {name} is already archived as {existing[0]} with different "
@@ -176,7 +182,12 @@ def push_one(
                 raise
             # Stored meanwhile by a writer this upload's lock does not keep out: a standby
             # archiving the same WAL (archive_mode = always), WAL-G, another host.
-            if not _same_content(storage, key, codec, source):
+            same = _same_content(storage, key, codec, source)
+            # A look-ahead upload leaves the judgement to PostgreSQL's own call.
+            if not same and (
+                ready is not None
+                or not _holds_what_this_copy_has(storage, key, codec, source, name)
+            ):
                 raise WalOverwriteError(
                     f"WAL file {name} was archived as {key} by another writer while this "
                     "upload ran, with different content; left as it is"
@@ -184,7 +195,8 @@ def push_one(
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
             storage.make_durable(key)
-            log.info("WAL file %s was archived meanwhile with equal content", name)
+            if same:
+                log.info("WAL file %s was archived meanwhile with equal content", name)
             return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
     return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))
 
@@ -928,3 +940,87 @@ def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool
                 return False
             if not theirs:
                 return True
+
+
+def _holds_what_this_copy_has(
+    storage: Storage, key: str, codec: Codec, source: str, name: str
+) -> bool:
+    """Does the archived ``key``, which differs from segment ``source``, hold all the WAL that
+    ``source`` holds, because ``source`` ends where its timeline ends? Then it says so.
+
+    A standby with ``archive_mode = always`` archives, under the segment's full name, the
+    segment its walreceiver was writing when the upstream's timeline ended (at the switch
+    point a later timeline's history records): the old timeline's WAL up to there, then
+    whatever the preallocated or recycled file held. Another copy of that name (the old
+    primary's, which wrote on; another standby's, with other stale bytes) differs past the
+    switch point only. Refused, the push failed for ever, and PostgreSQL's archiver, which
+    retries its oldest file without end, archived nothing more on that standby. So the push
+    succeeds, storing nothing, when both copies hold the same bytes up to the switch point and
+    ``source`` has no page of this segment after it (a preallocated file has zeros there, a
+    recycled one another segment's pages). The old primary's own copy, with its diverged WAL
+    after the switch point, is still refused: its pages there name this segment.
+    """
+    from walg.core.lsn import Segment, is_segment_name
+    from walg.core.walpage import LONG_HEADER, MIN_PAGE_MAGIC, PAGE_HEADER
+    from walg.ops.wal import newest_timeline, read_history
+
+    if not is_segment_name(name):
+        return False
+    size = os.stat(source).st_size
+    try:
+        segment = Segment.parse(name, size)
+    except WalgError:
+        return False
+    start = segment.segno * size
+    ends = set()
+    for timeline in range(segment.timeline + 1, newest_timeline(storage, segment.timeline) + 1):
+        history = read_history(storage, timeline)
+        end = history.end_lsn(segment.timeline) if history is not None else None
+        if end is not None and start < end < start + size:
+            ends.add(end)
+    if not ends:
+        return False
+    with open(source, "rb") as local:
+        head = local.read(LONG_HEADER.size)
+        page = LONG_HEADER.unpack(head)[7] if len(head) == LONG_HEADER.size else 0
+        if page <= 0 or page & (page - 1) or size % page:
+            return False
+        for end in sorted(ends):
+            length = end - start
+            if not _same_prefix(storage, key, codec, local, length):
+                continue
+            first = -(-length // page) * page
+            later_page = False
+            for offset in range(first, size, page):
+                local.seek(offset)
+                magic, _info, _tli, address = PAGE_HEADER.unpack(local.read(PAGE_HEADER.size))
+                if magic >= MIN_PAGE_MAGIC and address == start + offset:
+                    later_page = True
+                    break
+            if later_page:
+                continue
+            log.warning(
+                "WAL file %s differs from the archived %s only past where timeline %d ends "
+                "(%X/%X, as its history says), and this copy holds nothing of the segment "
+                "after that: the archived copy holds all of it; left as it is",
+                name,
+                key,
+                segment.timeline,
+                end >> 32,
+                end & 0xFFFFFFFF,
+            )
+            return True
+    return False
+
+
+def _same_prefix(storage: Storage, key: str, codec: Codec, local: BinaryIO, length: int) -> bool:
+    """Do the first ``length`` bytes of the archived ``key`` and of ``local`` agree?"""
+    local.seek(0)
+    with download(storage, key, codec, key, hash_stored=False) as dl:
+        left = length
+        while left > 0:
+            theirs = dl.reader.read(min(CHUNK, left))
+            if not theirs or theirs != local.read(len(theirs)):
+                return False
+            left -= len(theirs)
+    return True
