@@ -114,8 +114,9 @@ def test_pg_rewind_fetching_the_old_primary_s_wal_through_wal_fetch_succeeds(
     assert old.psql("SELECT received_tli FROM pg_stat_wal_receiver") == "2"
 
 
+@pytest.mark.parametrize("major", MAJORS, ids=[f"pg{m}" for m in MAJORS])
 def test_a_standby_archiving_always_is_not_stuck_on_the_segment_its_timeline_ended_in(
-    pg_workdir: Path, walg_bin: str
+    major: int, pg_workdir: Path, walg_bin: str
 ) -> None:
     """A standby with ``archive_mode = always`` archives the segment its walreceiver was
     writing when the upstream's timeline ended, under the segment's full name, holding the
@@ -125,7 +126,7 @@ def test_a_standby_archiving_always_is_not_stuck_on_the_segment_its_timeline_end
     standby has (and more): wal-push refused it as an overwrite, for ever, and PostgreSQL's
     archiver, which retries the oldest file without end, archived nothing more on that
     standby (pg_wal grows until the disk is full)."""
-    install = PgInstall.load(15)
+    install = PgInstall.load(major)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
     old = Cluster.create(install, pg_workdir / "old", conf=archiving)
