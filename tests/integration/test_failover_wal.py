@@ -6,6 +6,7 @@ Each test stages the events once on real clusters and looks at what walg did at 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +169,48 @@ def test_a_standby_archiving_always_is_not_stuck_on_the_segment_its_timeline_end
     # The archive kept the old primary's copy of the fork's segment, the longer one.
     assert (walg.store / "wal_005" / f"{fork}.lz4").exists()
     assert "only past where timeline 1 ends" in cascade.logfile.read_text()
+
+
+@pytest.mark.parametrize("major", MAJORS, ids=[f"pg{m}" for m in MAJORS])
+def test_wal_verify_after_a_failover_calls_the_old_primary_s_unarchived_segments_lost(
+    major: int, pg_workdir: Path, walg_bin: str
+) -> None:
+    """The primary dies with finished segments its archiver had not stored yet. Its standby
+    (``archive_mode = on``) received them by streaming and marked them done: once promoted
+    it archives the new timeline, the old one's last segment as ``.partial``, and nothing
+    else of the old timeline, ever. wal-verify on the new primary called such a segment
+    MISSING_UPLOADING (WARNING: wait), although no restore from the backup can pass it: one
+    ends there and promotes, without what came after."""
+    install = PgInstall.load(major)
+    # No look-ahead: it would archive what the gate below holds back.
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="1")
+    blocked = pg_workdir / "archiving-blocked"
+    conf = {
+        "archive_mode": "on",
+        "archive_command": f"test ! -e {blocked} && " + walg.command("wal-push", "%p"),
+    }
+    old = Cluster.create(install, pg_workdir / "old", conf=conf)
+    old.start()
+    old.pgbench(["-i", "-s", "1", "-q"])
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    new = old.make_standby(pg_workdir / "new", conf=conf)
+    old.psql("CREATE TABLE archived AS SELECT generate_series(1, 1000) AS g")
+    archive_now(old)
+    blocked.touch()
+    old.psql("CREATE TABLE never_archived AS SELECT generate_series(1, 1000) AS g")
+    unarchived = old.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    old.psql("CREATE TABLE after_it AS SELECT generate_series(1, 1000) AS g")
+    old.wait_for_replay(new)
+    old.stop(mode="immediate")
+    blocked.unlink()
+    new.promote()
+    new.psql("CREATE TABLE on_timeline_2 AS SELECT generate_series(1, 10) AS g")
+    assert not (walg.store / "wal_005" / f"{unarchived}.lz4").exists()
+
+    verify = walg.run(["wal-verify", "integrity", "--json"], cluster=new)
+    integrity = json.loads(verify.stdout)["integrity"]
+    assert integrity["status"] == "FAILURE", (verify.stdout, verify.stderr)
+    lost = [d for d in integrity["details"] if d["status"] == "MISSING_LOST"]
+    assert [(d["timeline_id"], d["start_segment"]) for d in lost] == [(1, unarchived)], (
+        verify.stdout
+    )

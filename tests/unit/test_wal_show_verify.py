@@ -1199,3 +1199,31 @@ def test_an_empty_segment_object_is_lost_not_found(storage: Storage) -> None:
     result = verify_integrity(storage, at(1, 21), max_delayed=0, upload_concurrency=3)
     assert result.status is CheckStatus.FAILURE
     assert statuses(result)[name(1, 7)] is SegmentStatus.MISSING_LOST
+
+
+@pytest.mark.parametrize(
+    ("in_recovery", "archive_mode", "status"),
+    [
+        (False, "on", SegmentStatus.MISSING_LOST),  # a promoted standby never archives them
+        (False, "off", SegmentStatus.MISSING_LOST),
+        (False, "always", SegmentStatus.MISSING_UPLOADING),  # it may still be archiving them
+        (True, "on", SegmentStatus.MISSING_UPLOADING),  # a standby: the primary's is unknown
+        (False, None, SegmentStatus.MISSING_UPLOADING),  # a position given by hand
+    ],
+)
+def test_old_timeline_segments_missing_after_a_failover_are_lost_on_a_primary(
+    storage: Storage, in_recovery: bool, archive_mode: str | None, status: SegmentStatus
+) -> None:
+    """The primary died before archiving segments 6 and 7; its standby, promoted at 0/8000100,
+    archived timeline 2 from segment 8 on. WAL-G's windows called 6 and 7 uploading."""
+    put_backup(storage, 1, 3 * SEG + 0x28, 3 * SEG + 0x100)
+    put_segments(storage, 1, range(3, 6))
+    put_history(storage, 2, [(1, "0/8000100")], "lz4")
+    put_segments(storage, 2, range(8, 10))
+    position = ClusterPosition(2, 10 * SEG + 0x100, in_recovery, archive_mode)
+    result = verify_integrity(storage, position, max_delayed=0, upload_concurrency=16)
+    got = statuses(result)
+    assert [got[name(1, n)] for n in (6, 7)] == [status] * 2
+    assert got[name(2, 9)] is SegmentStatus.FOUND
+    expected = CheckStatus.FAILURE if status is SegmentStatus.MISSING_LOST else CheckStatus.WARNING
+    assert result.status is expected

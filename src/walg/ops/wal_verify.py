@@ -11,6 +11,8 @@ Two checks, computed as WAL-G computes them:
     ``max_delayed`` segments of the start and has found nothing yet (PostgreSQL may not have
     handed it to ``archive_command`` yet), ``MISSING_UPLOADING`` within the next
     ``upload_concurrency`` segments (an upload may be in flight), and ``MISSING_LOST`` beyond.
+    On a primary whose ``archive_mode`` is not ``always``, a missing segment of an older
+    timeline is ``MISSING_LOST`` wherever it lies (nothing will archive it after a failover).
     The result is ``FAILURE`` if anything is lost, ``WARNING`` if something is missing but not
     lost, else ``OK``; lost segments below the first found one only warn when storage holds no
     backup at all (there is no telling where the archive was meant to begin).
@@ -96,6 +98,19 @@ class ClusterPosition:
     timeline: int
     lsn: int
     in_recovery: bool = False
+    #: the server's archive_mode setting; None when unknown (a position given by hand)
+    archive_mode: str | None = None
+
+    @property
+    def archives_older_timelines(self) -> bool:
+        """Could this cluster still archive a segment of a timeline older than its own?
+
+        A primary archives, of older timelines, only what its own ``.ready`` files name: with
+        ``archive_mode = on`` (or off) a promoted standby marked what it received or restored
+        done, and archives only the ``.partial`` of the switch segment; with ``always`` it
+        may still be working through them. On a standby the primary's setting is unknown.
+        """
+        return self.in_recovery or self.archive_mode in (None, "always")
 
     def current_segment(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
         """The segment holding ``lsn - 1``: the one being written (WAL-G's current segment)."""
@@ -177,7 +192,8 @@ _POSITION_SQL = (
     " (SELECT bytes_per_wal_segment FROM pg_catalog.pg_control_init()),"
     " (CASE WHEN NOT pg_catalog.pg_is_in_recovery()"
     " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END),"
-    " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver)"
+    " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),"
+    " pg_catalog.current_setting('archive_mode')"
 )
 
 
@@ -206,7 +222,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     try:
         query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
         row = query_one(conn, _POSITION_SQL)
-        in_recovery, lsn_text, timeline, server_segment_size, writing, receiving = row
+        in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode = row
     finally:
         conn.close()
     if lsn_text is None:
@@ -221,7 +237,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     elif receiving is not None:
         # Timelines only grow along a standby's history: the newer one is where it is now.
         timeline = max(int(timeline), int(receiving))
-    return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery))
+    return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery), str(mode))
 
 
 def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
@@ -377,13 +393,17 @@ def _walk_blocks(
 
 
 def _classify(
-    blocks: Iterable[_Block], max_delayed: int, upload_concurrency: int
+    blocks: Iterable[_Block],
+    max_delayed: int,
+    upload_concurrency: int,
+    lost_below: int | None = None,
 ) -> Iterator[tuple[int, int, int, SegmentStatus]]:
     """WAL-G's three scans over the walk (newest first): delayed, uploading, lost.
 
     The delayed window ends after ``max_delayed`` segments or at the first stored one, the
     uploading window ``upload_concurrency`` segments later (stored ones count); a stretch is
-    split where a window ends.
+    split where a window ends. A missing segment of a timeline below ``lost_below`` is lost
+    wherever it lies: nothing will archive it (see ClusterPosition.archives_older_timelines).
     """
     phase = 0  # 0: delayed, 1: uploading, 2: lost
     taken = 0
@@ -395,6 +415,9 @@ def _classify(
         SegmentStatus.MISSING_LOST,
     )
     for timeline, top, low, stored in blocks:
+        if not stored and lost_below is not None and timeline < lost_below:
+            yield timeline, top, low, SegmentStatus.MISSING_LOST
+            continue
         high = top
         while high >= low:
             status = SegmentStatus.FOUND if stored else missing[phase]
@@ -580,7 +603,10 @@ def verify_integrity(
 
     pieces = _walk_pieces(history, position.timeline, current.segno - 1, stop, segment_size)
     blocks = _walk_blocks(pieces, present)
-    runs = _collapse(_classify(blocks, max_delayed, upload_concurrency), segment_size)
+    # WAL-G's windows stand for uploads that may be under way; after a failover, the old
+    # timeline's segments the dead primary had not archived are under way nowhere.
+    lost_below = None if position.archives_older_timelines else position.timeline
+    runs = _collapse(_classify(blocks, max_delayed, upload_concurrency, lost_below), segment_size)
     if runs and not any(run.status is SegmentStatus.FOUND for run in runs):
         problems.append(
             f"no segment from {Segment(timeline_of(stop), stop).name(segment_size)} to "
