@@ -73,9 +73,6 @@ class Cluster:
         self.wal = self.pgdata / "pg_wal"
         (self.wal / "archive_status").mkdir(parents=True)
         (self.pgdata / "PG_VERSION").write_text("15\n")
-        # Its server runs (its postmaster: this test's process). Into a data directory no
-        # server runs on, only pg_rewind fetches, and a fetch there leaves pg_wal alone.
-        (self.pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{self.pgdata}\n")
         self.store = root / "store"
         self.store.mkdir()
         self.walg_bin = walg_bin

@@ -1002,6 +1002,19 @@ def test_a_fifo_in_the_prefetch_folder_never_hangs_a_fetch(walg_bin: str, tmp_pa
 # --- pg_rewind --restore-target-wal: a fetch into a data directory no server runs on ---------
 
 
+def _unused_pid() -> int:
+    """A process id no process has now."""
+    pid = os.getpid() + 1
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
 def _wait_for_daemon(sock: Path, daemon: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while not sock.exists():
@@ -1011,15 +1024,15 @@ def _wait_for_daemon(sock: Path, daemon: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.parametrize("via", ["walg", "daemon"])
-def test_a_fetch_into_a_data_directory_no_server_runs_on_changes_nothing_else_there(
+def test_a_fetch_for_pg_rewind_changes_nothing_else_in_pg_wal(
     tmp_path: Path, walg_bin: str, via: str
 ) -> None:
     """``pg_rewind --restore-target-wal`` runs restore_command with ``%p`` in the stopped
-    target's pg_wal (``<target>/pg_wal/<name>``), between listing the target's files and
-    rewriting them by that list. Each fetch started a prefetch there (detached, or the
-    daemon's) that went on adding and renaming files under ``pg_wal/.wal-g``, and pg_rewind
-    failed midway ("could not remove file ...", "Directory not empty"). A running server
-    (its postmaster.pid names a live process) still gets its prefetch."""
+    target's pg_wal under the file's own name (``<target>/pg_wal/<name>``), between listing
+    the target's files and rewriting them by that list. Each fetch started a prefetch there
+    (detached, or the daemon's) that went on adding and renaming files under
+    ``pg_wal/.wal-g``, and pg_rewind failed midway ("could not remove file ...", "Directory
+    not empty"). Recovery (``pg_wal/RECOVERYXLOG``) still gets its prefetch."""
     from fakewal import detached_walg
 
     pgdata = _pgdata(tmp_path, 2222)
@@ -1063,8 +1076,10 @@ def test_a_fetch_into_a_data_directory_no_server_runs_on_changes_nothing_else_th
         settled()
         assert sorted(p.name for p in wal.iterdir()) == names[:2]
 
-        # A server in recovery (its postmaster here: this test's process) gets its prefetch.
-        (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")
+        # A server in recovery gets its prefetch (%p is pg_wal/RECOVERYXLOG), also where its
+        # postmaster's pid names no process walg can see: a walg daemon in a container of
+        # its own (a Kubernetes sidecar) shares the data volume, not the PID namespace.
+        (pgdata / "postmaster.pid").write_text(f"{_unused_pid()}\n{pgdata}\n")
         (pgdata / "recovery.signal").touch()
         done = run_walg([*command, names[2], str(wal / "RECOVERYXLOG")], env, pgdata)
         assert done.returncode == 0, done.stderr

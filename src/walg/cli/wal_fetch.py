@@ -59,12 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.core.lsn import is_segment_name
-    from walg.ops.wal import no_server_beside
+    from walg.ops.wal import fetched_for_pg_rewind
     from walg.ops.wal_fetch import wal_fetch
 
     # pg_rewind --restore-target-wal: it rewrites that pg_wal by a listing taken before this
-    # call, and fails on anything changed there since but DEST (see no_server_beside).
-    rewinding = no_server_beside(args.destination)
+    # call, and fails on anything changed there since but DEST (see fetched_for_pg_rewind).
+    rewinding = fetched_for_pg_rewind(args.name, args.destination)
     wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination, not rewinding)
     if rewinding:
         return 0

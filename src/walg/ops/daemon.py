@@ -39,9 +39,9 @@ from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.core.walpage import file_segment_size
 from walg.errors import UsageError, WalgError, WalNotFound
 from walg.ops.wal import (
+    fetched_for_pg_rewind,
     forget_stale_temporaries,
     marker_path,
-    no_server_beside,
     remove,
     take_marker,
 )
@@ -408,9 +408,9 @@ class Daemon:
     ) -> bytes:
         """Fetch ``name`` into ``destination``; ``client_open`` tells whether the asker waits."""
         dest = self._fetch_destination(destination)
-        # No server on that data directory: pg_rewind --restore-target-wal is asking, and
-        # fails on anything changed in that pg_wal behind its back (see no_server_beside).
-        rewinding = no_server_beside(dest)
+        # pg_rewind --restore-target-wal is asking, and fails on anything changed in that
+        # pg_wal behind its back (see fetched_for_pg_rewind).
+        rewinding = fetched_for_pg_rewind(name, dest)
         if not rewinding:
             self._sweep_beside(dest)
         try:

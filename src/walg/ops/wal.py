@@ -300,42 +300,24 @@ def recovery_ended(data_dir: str) -> bool:
     )
 
 
-def no_server_beside(destination: str) -> bool:
-    """Is ``destination`` in the pg_wal of a data directory (it has ``PG_VERSION``) that no
-    server runs on (no ``postmaster.pid`` naming a live process)?
+def fetched_for_pg_rewind(name: str, destination: str) -> bool:
+    """Is this fetch of ``name`` to ``destination`` one that ``pg_rewind
+    --restore-target-wal`` asked for: into the pg_wal of a data directory (it has
+    ``PG_VERSION``) under the file's own name?
 
-    Then a ``restore_command`` call comes from ``pg_rewind --restore-target-wal`` (``%p`` is
-    ``<target>/pg_wal/<name>``; the target must be shut down), never from recovery: the
-    postmaster writes its pid file before the startup process runs, and so does a single-user
-    server. pg_rewind lists the target's files, reads WAL through such calls, then rewrites
-    the target by that list: anything a call leaves running in that pg_wal (a detached
-    prefetch adding and renaming files in ``.wal-g/prefetch``, a sweep removing files) makes
-    it fail midway ("could not remove file", "Directory not empty"), the target half
-    rewound. Nobody would ask for prefetched segments there either.
+    Recovery always gives ``%p`` as ``pg_wal/RECOVERYXLOG`` (``RECOVERYHISTORY`` for a
+    history file); pg_rewind gives ``<target>/pg_wal/<name>``. It lists the stopped target's
+    files, reads WAL through such calls, then rewrites the target by that list: anything a
+    call leaves running in that pg_wal (a detached prefetch adding and renaming files in
+    ``.wal-g/prefetch``, a sweep removing files) makes it fail midway ("could not remove
+    file", "Directory not empty"), the target half rewound. Nobody would ask for prefetched
+    segments there either. (Whether a server runs is no test: ``postmaster.pid`` names a
+    process a walg daemon in another PID namespace, a container of its own, cannot see.)
     """
-    data_dir = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    if not os.path.exists(os.path.join(data_dir, "PG_VERSION")):
+    if os.path.basename(destination) != name:
         return False
-    try:
-        with open(os.path.join(data_dir, "postmaster.pid"), "rb") as handle:
-            first = handle.readline(64)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # unreadable: assume a server, as before
-    try:
-        pid = int(first)
-    except ValueError:
-        return False  # being written: a server is starting
-    if pid < 0:
-        pid = -pid  # a single-user server writes its pid negated
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True  # left by a crash
-    except OSError:
-        return False  # another user's process (EPERM): alive
-    return False
+    data_dir = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+    return os.path.exists(os.path.join(data_dir, "PG_VERSION"))
 
 
 def clear_prefetched_after_recovery(wal_dir: str) -> int:
