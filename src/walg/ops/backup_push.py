@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,17 @@ from walg.core.naming import (
     with_ext,
 )
 from walg.core.timeline import History, history_file_name
-from walg.errors import BackupInProgress, FormatError, PostgresError, StorageError, UsageError
+from walg.errors import (
+    BackupInProgress,
+    FormatError,
+    IntegrityError,
+    PostgresError,
+    StorageError,
+    UsageError,
+)
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
-from walg.ops.wal import find_wal_object, read_history
+from walg.ops.wal import find_wal_object, newest_timeline, read_history
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
@@ -486,7 +494,19 @@ def _upload_backup(
         # At least a second to look, however long pg_backup_stop took.
         deadline = max(stop_started + settings.stop_backup_timeout, time.monotonic() + 1.0)
         needed = _segments_needed(storage, start, stop, info.segment_size, deadline)
-        _wait_for_archived(storage, session, needed, info.segment_size, baseline, deadline)
+
+        def replan() -> list[Segment] | None:
+            return _segments_after_promotion(storage, start, stop, info.segment_size)
+
+        _wait_for_archived(
+            storage,
+            session,
+            needed,
+            info.segment_size,
+            baseline,
+            deadline,
+            replan if info.in_recovery else None,
+        )
     else:
         last = Segment.before(start.timeline, stop.lsn, info.segment_size)
         log.warning("archive_mode is off: %s will not be archived", last.name(info.segment_size))
@@ -622,6 +642,37 @@ def _segments_needed(
     return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
 
 
+def _segments_after_promotion(
+    storage: Storage, start: BackupStart, stop: BackupStop, segment_size: int
+) -> list[Segment] | None:
+    """The segments a standby's backup needs when a later timeline has branched off its end
+    timeline at or after its end; None while there is none.
+
+    The upstream may fail after ``pg_backup_stop``, while walg waits for the segment holding
+    the backup's end: a crashed primary never finishes or archives that segment, and the
+    promoted standby archives it only on its new timeline (the old one's copy as
+    ``.partial``). Recovery onto the new timeline reads it from there and reaches the
+    backup's end, which lies before the switch. The newest such timeline is taken, as
+    recovery follows the newest by default.
+    """
+    newest = newest_timeline(storage, stop.timeline)
+    for timeline in range(newest, stop.timeline, -1):
+        try:
+            history = read_history(storage, timeline)
+        except IntegrityError as exc:
+            log.warning("%s", exc)
+            continue
+        if history is None or stop.timeline not in history.timelines():
+            continue
+        left = history.end_lsn(stop.timeline)
+        if left is None or left < stop.lsn or start.timeline not in history.timelines():
+            continue
+        first = start.lsn // segment_size
+        last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
+        return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
+    return None
+
+
 def _wait_for_history(storage: Storage, timeline: int, deadline: float) -> History:
     """``<timeline>.history`` from storage, waited for: recovery needs it to follow the
     switch, and the promoted server archives it before any WAL of its own."""
@@ -653,6 +704,7 @@ def _wait_for_archived(
     segment_size: int,
     baseline: ArchiverStatus | None,
     deadline: float,
+    replan: Callable[[], list[Segment] | None] | None = None,
 ) -> None:
     """Wait until every segment the backup needs (``needed``, in order) is in storage.
 
@@ -663,7 +715,9 @@ def _wait_for_archived(
     Polls storage quickly at first; reports a failing ``archive_command`` as soon as
     ``pg_stat_archiver`` shows it, and gives up at ``deadline`` (``time.monotonic``).
     ``baseline`` is None where another server archives the segment (the primary of a
-    standby): then only storage is watched.
+    standby): then only storage is watched. While a segment is missing, ``replan`` (a
+    standby's) is asked every second for the segments to wait for instead, once the upstream
+    was promoted meanwhile (see :func:`_segments_after_promotion`).
     """
     if not needed:
         return
@@ -672,11 +726,24 @@ def _wait_for_archived(
     warned = False
     # Without pg_stat_archiver to report, say at once what is waited for.
     next_status = time.monotonic() + (2.0 if baseline is not None else 0.0)
+    next_replan = time.monotonic() + 1.0
     index = 0
     while True:
         # Each segment is looked for until found, then never again.
         while index < len(needed) and find_wal_object(storage, needed[index].name(segment_size)):
             index += 1
+        if index < len(needed) and replan is not None and time.monotonic() >= next_replan:
+            next_replan = time.monotonic() + 1.0
+            planned = replan()
+            if planned is not None and planned != needed:
+                log.info(
+                    "a new timeline branched off at or after the backup's end: waiting for "
+                    "%s to %s, as recovery onto it reads them",
+                    planned[0].name(segment_size),
+                    planned[-1].name(segment_size),
+                )
+                needed, last, index = planned, planned[-1], 0
+                continue
         if index == len(needed):
             # Where this server archives, PostgreSQL must also have archived them all: an
             # object under a segment's name may be another cluster's, which PostgreSQL's own
