@@ -10,7 +10,7 @@ import pytest
 
 from walg.core.lsn import Segment, parse_lsn
 from walg.errors import PostgresError
-from walg.ops.backup_push import _segments_needed
+from walg.ops.backup_push import _segments_after_promotion, _segments_needed
 from walg.postgres.backup_session import BackupStart, BackupStop, label_start_timeline
 from walg.storage.memory import MemoryStorage
 
@@ -103,3 +103,40 @@ def test_the_start_timeline_of_a_backup_label() -> None:
     # PostgreSQL 10 wrote none.
     assert label_start_timeline(label.replace("START TIMELINE: 1\n", "")) is None
     assert label_start_timeline("") is None
+
+
+def test_after_the_upstream_failed_the_segment_holding_the_end_comes_from_the_new_timeline() -> (
+    None
+):
+    """The backup ended on timeline 1 inside segment 5, before timeline 2 branched off there:
+    recovery onto timeline 2 reads segment 5 from it (the crashed primary never archived its
+    own)."""
+    storage = MemoryStorage()
+    assert (
+        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1), SIZE) is None
+    )
+    _history(storage, 2, "1\t0/50000A0\tno recovery target specified\n")
+    needed = _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1), SIZE)
+    assert needed is not None
+    assert _names(needed) == [
+        "000000010000000000000003",
+        "000000010000000000000004",
+        "000000020000000000000005",
+    ]
+    # Timeline 3 branched off timeline 1 before the end (a restore to an earlier point): its
+    # history does not hold the backup's end, so timeline 2 is the one to follow.
+    _history(storage, 3, "1\t0/4000000\tbefore 2016-01-01 00:00:00+00\n")
+    assert (
+        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1), SIZE)
+        == needed
+    )
+
+
+def test_a_new_timeline_that_branched_off_before_the_end_changes_nothing() -> None:
+    """A standby ahead of the one promoted: its backup holds WAL timeline 2 does not have, and
+    only timeline 1's own segments can restore it."""
+    storage = MemoryStorage()
+    _history(storage, 2, "1\t0/50000A0\tno recovery target specified\n")
+    assert (
+        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1), SIZE) is None
+    )
