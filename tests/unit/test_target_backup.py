@@ -13,6 +13,7 @@ from walg.core.lsn import parse_lsn
 from walg.core.metadata import BackupMetadata, Sentinel
 from walg.core.naming import metadata_key, sentinel_key
 from walg.errors import BackupNotFound, UsageError
+from walg.ops import catalog
 from walg.ops.recovery import RecoveryTarget, active_targets, disable_inherited_targets
 from walg.ops.target_backup import backup_for_target, time_bounds
 from walg.storage.memory import MemoryStorage
@@ -81,8 +82,8 @@ def test_latest_for_a_target_is_the_newest_backup_that_reaches_it(storage: Memor
     assert chosen(lsn="0/9000100") == "base_000000010000000000000009"
     assert chosen(lsn="0/90000FF") == "base_000000010000000000000005"
     # Names and xids cannot be placed: the newest backup, as without a target.
-    assert chosen(name="rp") == "LATEST"
-    assert chosen(xid="1234") == "LATEST"
+    assert chosen(name="rp") == "base_000000010000000000000009"
+    assert chosen(xid="1234") == "base_000000010000000000000009"
     assert backup_for_target(storage, "LATEST", None) == "LATEST"
     with pytest.raises(BackupNotFound):
         chosen(time="2026-11-25 09:00:00+00")
@@ -238,7 +239,7 @@ def test_a_standby_backup_that_followed_the_switch_reaches_the_new_timeline(
     _backup(branched, b4, "2026-11-25T13:30:00+00:00", "0/4000200", finish_timeline=2)
     assert backup_for_target(branched, b4, RecoveryTarget("c")) == b4
     # B4, the newest, as without --restore-command.
-    assert backup_for_target(branched, "LATEST", RecoveryTarget("c")) == "LATEST"
+    assert backup_for_target(branched, "LATEST", RecoveryTarget("c")) == b4
     assert backup_for_target(branched, b4, RecoveryTarget("c", lsn="0/4000300")) == b4
     target = RecoveryTarget("c", time="2026-11-25 13:45:00+00")
     assert backup_for_target(branched, "LATEST", target) == b4
@@ -346,3 +347,14 @@ def test_a_history_whose_last_switch_is_earlier_is_followed() -> None:
     assert backup_for_target(storage, "LATEST", target) == early
     with pytest.raises(UsageError, match="branched off timeline 1 at 0/3000000"):
         backup_for_target(storage, late, target)
+
+
+def test_latest_is_the_backup_checked_not_whatever_is_newest_when_the_restore_starts(
+    branched: MemoryStorage,
+) -> None:
+    """backup-fetch downloads the backup this choice names. Handing back "LATEST" had it
+    resolved again later: a backup finishing in between (the old primary's, in a split-brain
+    window, on the abandoned part of timeline 1) would be restored unchecked."""
+    chosen = backup_for_target(branched, "LATEST", RecoveryTarget("c"))
+    _backup(branched, "base_000000010000000000000007", "2026-11-25T15:00:00+00:00", "0/7000100")
+    assert catalog.resolve(branched, chosen) == B2

@@ -364,9 +364,10 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
             continue
         reason = timelines.why_not(end)
         if reason is None:
-            if ref is refs[-1]:
-                return name  # the newest, as without --restore-command
-            log.info("LATEST: backup %s, the newest recovery can start from", end.name)
+            # The name, never LATEST again: resolved later, LATEST could be a backup that
+            # finished meanwhile and was never checked (an old primary's, off the timeline).
+            if ref is not refs[-1]:
+                log.info("LATEST: backup %s, the newest recovery can start from", end.name)
             return end.name
         log.info(
             "backup %s not considered: recovery follows timeline %d, and %s",
