@@ -7,6 +7,7 @@ where needed, a standby of that standby) and its own failover.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -88,4 +89,91 @@ def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover
     assert restored.psql("SELECT count(*) FROM in_the_last_segment") == "100"
     if pg_install.has_amcheck:
         assert restored.amcheck() > 0
+    restored.stop()
+
+
+def _fetch(walg: WalgSetup, dest: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    restore = ["--restore-command", walg.command("wal-fetch", "%f", "%p")]
+    return walg.run(["backup-fetch", str(dest), name, *restore, *args], check=False)
+
+
+def _recovered(install: PgInstall, dest: Path) -> Cluster:
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    return restored
+
+
+def _tables(cluster: Cluster) -> list[str]:
+    text = cluster.psql(
+        "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class"
+        " WHERE relkind = 'r' AND relname LIKE 'mark_%'"
+    )
+    return text.split(",") if text else []
+
+
+def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_onto_the_new_timeline(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """The standby is promoted while the old primary goes on writing and archiving on
+    timeline 1 (a split brain), and takes a backup there. That backup holds what timeline 2
+    never saw: a restore onto timeline 2 (the default, latest) must never start from it, with
+    a time target after the fork, without one, or when it is named; asked for timeline 1, it
+    is the one to restore. (Coverage on real clusters: this passed before.)"""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    old = Cluster.create(pg_install, pg_workdir / "old", conf=_archiving(walg))
+    old.start()
+    old.pgbench(["-i", "-s", "1", "-q"])
+    new = old.make_standby(pg_workdir / "new")
+    old.psql("CREATE TABLE mark_common AS SELECT generate_series(1, 100) AS g")
+    archive_now(old)
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    old.wait_for_replay(new)
+    new.promote()
+    new.psql("CREATE TABLE mark_timeline_2 AS SELECT generate_series(1, 1000) AS g")
+    archive_now(new)
+    old.psql("CREATE TABLE mark_abandoned AS SELECT generate_series(1, 777) AS g")
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    # Some WAL after the backup's end: pg_switch_wal at a segment's first record switches
+    # nothing, and archive_now would wait for that segment.
+    old.psql("CREATE TABLE mark_abandoned_later AS SELECT generate_series(1, 7) AS g")
+    archive_now(old)
+    # Both on timeline 1, named by where they start: the one taken before the fork first.
+    before, split = sorted(_sentinels(walg))
+    time.sleep(1.0)
+    expected = normalized_dump(new.pg_dumpall())
+    target = new.psql("SELECT now()")
+    time.sleep(1.0)
+    new.psql("CREATE TABLE mark_after_the_target AS SELECT generate_series(1, 5) AS g")
+    new.checkpoint()
+    archive_now(new)
+    old.stop()
+    new.stop()
+
+    refused = _fetch(walg, pg_workdir / "named", split)
+    assert refused.returncode == 2, refused.stderr
+    assert "branched off timeline 1" in refused.stderr, refused.stderr
+    assert not (pg_workdir / "named").exists()
+
+    timed = _fetch(walg, pg_workdir / "timed", "LATEST", "--target-time", target)
+    assert timed.returncode == 0, timed.stderr
+    assert f"backup {split} not considered" in timed.stderr, timed.stderr
+    assert f"restored {before}" in timed.stderr, timed.stderr
+    restored = _recovered(pg_install, pg_workdir / "timed")
+    assert _tables(restored) == ["mark_common", "mark_timeline_2"]
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    if pg_install.has_amcheck:
+        assert restored.amcheck() > 0
+    restored.stop()
+
+    latest = _fetch(walg, pg_workdir / "latest", "LATEST")
+    assert latest.returncode == 0, latest.stderr
+    assert f"restored {before}" in latest.stderr, latest.stderr
+
+    abandoned = _fetch(walg, pg_workdir / "abandoned", "LATEST", "--target-timeline", "1")
+    assert abandoned.returncode == 0, abandoned.stderr
+    assert f"restored {split}" in abandoned.stderr, abandoned.stderr
+    restored = _recovered(pg_install, pg_workdir / "abandoned")
+    assert _tables(restored) == ["mark_abandoned", "mark_abandoned_later", "mark_common"]
     restored.stop()
