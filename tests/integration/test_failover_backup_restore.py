@@ -177,3 +177,40 @@ def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_ont
     restored = _recovered(pg_install, pg_workdir / "abandoned")
     assert _tables(restored) == ["mark_abandoned", "mark_abandoned_later", "mark_common"]
     restored.stop()
+
+
+def test_a_standby_ahead_of_the_promoted_one_is_told_why_its_backup_cannot_finish(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """One standby had stopped receiving; the primary wrote on, crashed, and that standby was
+    promoted. The other standby replayed WAL past the switch point that only the crashed
+    primary had: its backup ends there, in a segment nobody will archive, and it cannot
+    restore onto the new timeline. backup-push waited out WALG_STOP_BACKUP_TIMEOUT and then
+    blamed the primary's archive_command; it must say that the standby is on the abandoned
+    branch."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    primary = Cluster.create(install, pg_workdir / "primary", conf=_archiving(walg))
+    primary.start()
+    primary.pgbench(["-i", "-s", "1", "-q"])
+    ahead = primary.make_standby(pg_workdir / "ahead")
+    behind = primary.make_standby(pg_workdir / "behind")
+    primary.wait_for_replay(behind)
+    behind.set_conf({"primary_conninfo": ""})
+    behind.reload()
+    primary.psql("CREATE TABLE only_on_timeline_1 AS SELECT generate_series(1, 1000) AS g")
+    primary.wait_for_replay(ahead)
+    primary.stop(mode="immediate")
+    behind.promote()
+    (walg.store / "wal_005" / "00000002.history.lz4").stat()
+
+    result = walg.run(
+        ["backup-push", str(ahead.datadir)],
+        cluster=ahead,
+        env={"WALG_STOP_BACKUP_TIMEOUT": "10s"},
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "timeline 2 branched off timeline 1 at" in result.stderr, result.stderr
+    assert "before this backup's end" in result.stderr, result.stderr
+    assert _sentinels(walg) == {}

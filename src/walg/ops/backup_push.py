@@ -498,15 +498,21 @@ def _upload_backup(
         def replan() -> list[Segment] | None:
             return _segments_after_promotion(storage, start, stop, info.segment_size)
 
-        _wait_for_archived(
-            storage,
-            session,
-            needed,
-            info.segment_size,
-            baseline,
-            deadline,
-            replan if info.in_recovery else None,
-        )
+        try:
+            _wait_for_archived(
+                storage,
+                session,
+                needed,
+                info.segment_size,
+                baseline,
+                deadline,
+                replan if info.in_recovery else None,
+            )
+        except PostgresError as exc:
+            abandoned = _abandoned_branch(storage, stop) if info.in_recovery else None
+            if abandoned is None:
+                raise
+            raise PostgresError(f"{abandoned} ({exc})") from None
     else:
         last = Segment.before(start.timeline, stop.lsn, info.segment_size)
         log.warning("archive_mode is off: %s will not be archived", last.name(info.segment_size))
@@ -670,6 +676,35 @@ def _segments_after_promotion(
         first = start.lsn // segment_size
         last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
         return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
+    return None
+
+
+def _abandoned_branch(storage: Storage, stop: BackupStop) -> str | None:
+    """Why a standby's backup cannot finish, where a later timeline branched off its end
+    timeline before its end; None otherwise.
+
+    The standby was ahead of the one promoted: it replayed WAL of the old primary past the
+    switch point, which no archive will hold once that primary is gone (only the segments
+    it archived itself), and a backup ending there restores only onto the old timeline.
+    """
+    newest = newest_timeline(storage, stop.timeline)
+    for timeline in range(newest, stop.timeline, -1):
+        try:
+            history = read_history(storage, timeline)
+        except IntegrityError:
+            continue
+        if history is None or stop.timeline not in history.timelines():
+            continue
+        left = history.end_lsn(stop.timeline)
+        if left is not None and left < stop.lsn:
+            return (
+                f"timeline {timeline} branched off timeline {stop.timeline} at "
+                f"{format_lsn(left)}, before this backup's end at {format_lsn(stop.lsn)}: "
+                "this standby replayed WAL the promoted server never had, which only "
+                f"timeline {stop.timeline}'s own segments hold, and a restore onto timeline "
+                f"{timeline} cannot use the backup; rebuild the standby from the new primary "
+                "(or pg_rewind it) and take the backup there"
+            )
     return None
 
 
