@@ -92,6 +92,9 @@ def popen_as_pg(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen
 
 def archive_now(cluster: Cluster, timeout: float = 60) -> str:
     """Switch WAL and wait until the finished segment is archived; returns its name."""
+    # A record first: at a segment's first record pg_switch_wal switches nothing, and from
+    # PostgreSQL 17 on returns a position inside that segment, which is never finished.
+    cluster.psql("SELECT txid_current()")
     segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
     deadline = time.monotonic() + timeout
     while True:

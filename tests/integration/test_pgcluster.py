@@ -163,3 +163,22 @@ def test_port_clash_moves_to_free_port(pg_workdir: Path) -> None:
         assert cluster.port != taken
         assert cluster.psql("SHOW port") == str(cluster.port)
     cluster.stop()
+
+
+def test_archive_now_right_after_a_segment_switch(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """walgcli.archive_now just after a switch (a primary's backup-push ends with one): from
+    PostgreSQL 17 on, pg_switch_wal at a segment's first record switches nothing and returns
+    a position inside that segment, and archive_now waited for it until its timeout."""
+    from walgcli import WalgSetup, archive_now
+
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    cluster = Cluster.create(pg_install, pg_workdir / "c", conf=conf)
+    cluster.start()
+    cluster.psql("CREATE TABLE t AS SELECT 1 AS x")
+    cluster.switch_wal()
+    first = archive_now(cluster, timeout=20)
+    assert archive_now(cluster, timeout=20) > first
+    cluster.stop()
