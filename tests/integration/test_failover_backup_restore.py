@@ -135,8 +135,7 @@ def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_ont
     archive_now(new)
     old.psql("CREATE TABLE mark_abandoned AS SELECT generate_series(1, 777) AS g")
     walg.run(["backup-push", str(old.datadir)], cluster=old)
-    # Some WAL after the backup's end: pg_switch_wal at a segment's first record switches
-    # nothing, and archive_now would wait for that segment.
+    # After the backup: a restore onto timeline 1 replays the abandoned branch's WAL too.
     old.psql("CREATE TABLE mark_abandoned_later AS SELECT generate_series(1, 7) AS g")
     archive_now(old)
     # Both on timeline 1, named by where they start: the one taken before the fork first.
