@@ -71,14 +71,19 @@ def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover
     assert "a new timeline branched off at or after the backup's end" in stderr, stderr
     sentinels = _sentinels(walg)
     assert list(sentinels) == [name], sentinels
-    # It ends on timeline 1, before the switch: nothing to record beyond the name.
-    assert "WalgFinishTimeline" not in sentinels[name], sentinels
+    # Its end lies before the switch, but the archive holds it only on timeline 2: recorded,
+    # so that a restore following timeline 1 is refused before the download (PostgreSQL:
+    # "WAL ends before consistent recovery point").
+    assert sentinels[name]["WalgFinishTimeline"] == 2, sentinels
 
     upstream.psql("CREATE TABLE after_the_backup AS SELECT generate_series(1, 500) AS g")
     archive_now(upstream)
     expected = normalized_dump(upstream.pg_dumpall())
     cascade.stop()
     upstream.stop()
+    refused = _fetch(walg, pg_workdir / "timeline_1", name, "--target-timeline", "1")
+    assert refused.returncode == 2, refused.stderr
+    assert not (pg_workdir / "timeline_1").exists()
     restored = restore_and_recover(
         pg_install,
         pg_workdir,

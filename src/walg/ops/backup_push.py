@@ -490,6 +490,7 @@ def _upload_backup(
     # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
     # the wait for the archive below may last long (a standby's idle primary).
     now_located = session.database_locations(pgdata)
+    end_timeline = stop.timeline
     if archiving or info.in_recovery:
         # At least a second to look, however long pg_backup_stop took.
         deadline = max(stop_started + settings.stop_backup_timeout, time.monotonic() + 1.0)
@@ -499,7 +500,7 @@ def _upload_backup(
             return _segments_after_promotion(storage, start, stop, info.segment_size)
 
         try:
-            _wait_for_archived(
+            needed = _wait_for_archived(
                 storage,
                 session,
                 needed,
@@ -513,6 +514,10 @@ def _upload_backup(
             if abandoned is None:
                 raise
             raise PostgresError(f"{abandoned} ({exc})") from None
+        if needed:
+            # Where the archive holds the end: after a promotion during the wait, a later
+            # timeline than the end's own (whose copy of that segment is never archived).
+            end_timeline = max(end_timeline, needed[-1].timeline)
     else:
         last = Segment.before(start.timeline, stop.lsn, info.segment_size)
         log.warning("archive_mode is off: %s will not be archived", last.name(info.segment_size))
@@ -582,7 +587,7 @@ def _upload_backup(
         user_data=settings.sentinel_user_data,
         walg_version=__version__,
         files_metadata_checksum=files_sum,
-        finish_timeline=stop.timeline if stop.timeline != start.timeline else None,
+        finish_timeline=end_timeline if end_timeline != start.timeline else None,
     )
     storage.put_bytes(metadata_key(name), metadata.dumps())
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
@@ -740,8 +745,9 @@ def _wait_for_archived(
     baseline: ArchiverStatus | None,
     deadline: float,
     replan: Callable[[], list[Segment] | None] | None = None,
-) -> None:
-    """Wait until every segment the backup needs (``needed``, in order) is in storage.
+) -> list[Segment]:
+    """Wait until every segment the backup needs (``needed``, in order) is in storage;
+    returns the segments waited for (``replan``'s, where it changed them).
 
     A backup whose WAL is not archived cannot be restored, so exiting 0 before would be a lie.
     The last segment alone proves nothing about the ones before it: walg's look-ahead
@@ -755,7 +761,7 @@ def _wait_for_archived(
     was promoted meanwhile (see :func:`_segments_after_promotion`).
     """
     if not needed:
-        return
+        return needed
     last = needed[-1]
     delay = 0.02
     warned = False
@@ -784,7 +790,7 @@ def _wait_for_archived(
             # object under a segment's name may be another cluster's, which PostgreSQL's own
             # call keeps refusing to overwrite.
             if baseline is None or _archived_up_to(session.archiver_status(), last, segment_size):
-                return
+                return needed
             segment = last.name(segment_size)
         else:
             segment = needed[index].name(segment_size)
