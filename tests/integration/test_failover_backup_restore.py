@@ -206,7 +206,12 @@ def test_a_standby_ahead_of_the_promoted_one_is_told_why_its_backup_cannot_finis
     primary.wait_for_replay(ahead)
     primary.stop(mode="immediate")
     behind.promote()
-    (walg.store / "wal_005" / "00000002.history.lz4").stat()
+    # Archived by the promoted server's archiver, in its own time.
+    history = walg.store / "wal_005" / "00000002.history.lz4"
+    deadline = time.monotonic() + 60
+    while not history.exists():
+        assert time.monotonic() < deadline, "the promoted server never archived its history"
+        time.sleep(0.1)
 
     result = walg.run(
         ["backup-push", str(ahead.datadir)],
