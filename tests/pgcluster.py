@@ -719,6 +719,17 @@ class Cluster:
     def reload(self) -> None:
         self.psql("SELECT pg_reload_conf()")
 
+    def stop_streaming(self, timeout: float = 30.0) -> None:
+        """Cut a standby off its upstream (``primary_conninfo`` emptied) and wait until its
+        walreceiver has gone: WAL written upstream from then on does not reach it."""
+        self.set_conf({"primary_conninfo": ""})
+        self.reload()
+        deadline = time.monotonic() + timeout
+        while self.psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self} kept streaming:\n{self.log_tail()}")
+            time.sleep(0.1)
+
     def promote(self, timeout: float = 60.0) -> None:
         """Promote a standby and wait until it accepts writes."""
         res = self._pg_ctl("-w", "-t", str(int(timeout)), "promote", timeout=timeout)
