@@ -470,3 +470,22 @@ def test_the_old_primary_s_diverged_copy_of_that_segment_is_still_refused(
     with pytest.raises(WalOverwriteError):
         push_one(settings, storage, str(path))
     assert lz4.frame.decompress(stored(storage, f"wal_005/{FORK_SEG}.lz4")) == standby
+
+
+def test_a_copy_whose_timeline_ends_in_the_segment_s_last_page_is_still_refused(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """No page follows the switch point's: a copy differing from the archived one only past
+    the switch point may hold WAL written on there (the old primary's, with the standby's
+    copy archived first), and is not taken as archived."""
+    settings = make_settings(tmp_path)
+    end = FORK_START + SEG_SIZE - 8192 + 100
+    cut = end - FORK_START
+    old_primary = _pages(5, seed=1)
+    standby = old_primary[:cut] + bytes(SEG_SIZE - cut)
+    storage.put_bytes(f"wal_005/{FORK_SEG}.lz4", lz4.frame.compress(standby))
+    _history(storage, end)
+    path = write_wal(tmp_path / "old" / "pg_wal", FORK_SEG, old_primary)
+    with pytest.raises(WalOverwriteError):
+        push_one(settings, storage, str(path))
+    assert lz4.frame.decompress(stored(storage, f"wal_005/{FORK_SEG}.lz4")) == standby

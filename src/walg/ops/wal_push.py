@@ -958,7 +958,8 @@ def _holds_what_this_copy_has(
     succeeds, storing nothing, when both copies hold the same bytes up to the switch point and
     ``source`` has no page of this segment after it (a preallocated file has zeros there, a
     recycled one another segment's pages). The old primary's own copy, with its diverged WAL
-    after the switch point, is still refused: its pages there name this segment.
+    after the switch point, is still refused: its pages there name this segment. So is any
+    copy where the switch point lies in the segment's last page, with no later page to tell.
     """
     from walg.core.lsn import Segment, is_segment_name
     from walg.core.walpage import LONG_HEADER, MIN_PAGE_MAGIC, PAGE_HEADER
@@ -990,6 +991,10 @@ def _holds_what_this_copy_has(
             if not _same_prefix(storage, key, codec, local, length):
                 continue
             first = -(-length // page) * page
+            if first >= size:
+                # No page after the switch point's to tell a stale tail from WAL written on:
+                # the old primary's copy could differ from this one in that page alone.
+                continue
             later_page = False
             for offset in range(first, size, page):
                 local.seek(offset)
