@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -666,15 +666,7 @@ def _segments_after_promotion(
     backup's end, which lies before the switch. The newest such timeline is taken, as
     recovery follows the newest by default.
     """
-    newest = newest_timeline(storage, stop.timeline)
-    for timeline in range(newest, stop.timeline, -1):
-        try:
-            history = read_history(storage, timeline)
-        except IntegrityError as exc:
-            log.warning("%s", exc)
-            continue
-        if history is None or stop.timeline not in history.timelines():
-            continue
+    for history in _later_histories(storage, stop.timeline):
         left = history.end_lsn(stop.timeline)
         if left is None or left < stop.lsn or start.timeline not in history.timelines():
             continue
@@ -682,6 +674,19 @@ def _segments_after_promotion(
         last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
         return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
     return None
+
+
+def _later_histories(storage: Storage, timeline: int) -> Iterator[History]:
+    """The histories of the timelines archived after ``timeline`` that branch off it, newest
+    first; one that cannot be read is skipped with a warning."""
+    for later in range(newest_timeline(storage, timeline), timeline, -1):
+        try:
+            history = read_history(storage, later)
+        except IntegrityError as exc:
+            log.warning("%s", exc)
+            continue
+        if history is not None and timeline in history.timelines():
+            yield history
 
 
 def _abandoned_branch(storage: Storage, stop: BackupStop) -> str | None:
@@ -692,16 +697,10 @@ def _abandoned_branch(storage: Storage, stop: BackupStop) -> str | None:
     switch point, which no archive will hold once that primary is gone (only the segments
     it archived itself), and a backup ending there restores only onto the old timeline.
     """
-    newest = newest_timeline(storage, stop.timeline)
-    for timeline in range(newest, stop.timeline, -1):
-        try:
-            history = read_history(storage, timeline)
-        except IntegrityError:
-            continue
-        if history is None or stop.timeline not in history.timelines():
-            continue
+    for history in _later_histories(storage, stop.timeline):
         left = history.end_lsn(stop.timeline)
         if left is not None and left < stop.lsn:
+            timeline = history.timeline
             return (
                 f"timeline {timeline} branched off timeline {stop.timeline} at "
                 f"{format_lsn(left)}, before this backup's end at {format_lsn(stop.lsn)}: "
