@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, PgInstall
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
@@ -28,6 +30,7 @@ def _sentinels(walg: WalgSetup) -> dict[str, dict[str, object]]:
     }
 
 
+@pytest.mark.majors(13, 15, 18)
 def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -118,6 +121,7 @@ def _tables(cluster: Cluster) -> list[str]:
     return text.split(",") if text else []
 
 
+@pytest.mark.majors(13, 18)
 def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_onto_the_new_timeline(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:

@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, PgInstall
 from walgcli import (
     WalgSetup,
@@ -84,6 +86,7 @@ def _restore_and_compare(
     restored.stop()
 
 
+@pytest.mark.majors(13, 15, 18)
 def test_a_standby_backup_after_its_upstream_was_promoted_restores_on_the_new_timeline(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -121,7 +124,7 @@ def test_a_standby_that_follows_a_promotion_during_its_backup_makes_a_usable_bac
     walg = WalgSetup.create(walg_bin, pg_workdir)
     primary, upstream, cascade = _chain(install, pg_workdir, walg)
     # Hold the backup before pg_backup_stop, long enough for the failover and the follow.
-    faults = json.dumps([{"op": "write", "key": "pg_control\\.tar", "delay": 25}])
+    faults = json.dumps([{"op": "write", "key": "pg_control\\.tar", "delay": 20}])
     proc = walg.popen(
         ["backup-push", str(cascade.datadir)],
         cluster=cascade,
