@@ -633,10 +633,8 @@ def _segments_needed(
     timeline's history assigns it, as PostgreSQL does: the segment holding the switch comes
     from the new timeline; the old timeline's copy is archived only as ``.partial``.
     """
-    first = start.lsn // segment_size
-    last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
     if stop.timeline == start.timeline:
-        return [Segment(start.timeline, segno) for segno in range(first, last + 1)]
+        return _segments_read(None, start, stop, segment_size)
     history = _wait_for_history(storage, stop.timeline, deadline)
     if start.timeline not in history.timelines():
         raise PostgresError(
@@ -650,6 +648,18 @@ def _segments_needed(
             f"after timeline {stop.timeline}'s history leaves it at {format_lsn(left)}: the "
             "backup is not usable"
         )
+    return _segments_read(history, start, stop, segment_size)
+
+
+def _segments_read(
+    history: History | None, start: BackupStart, stop: BackupStop, segment_size: int
+) -> list[Segment]:
+    """The segments from the backup's start to its end, each on the timeline recovery that
+    follows ``history`` reads it from (without one, the start's timeline)."""
+    first = start.lsn // segment_size
+    last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
+    if history is None:
+        return [Segment(start.timeline, segno) for segno in range(first, last + 1)]
     return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
 
 
@@ -670,9 +680,7 @@ def _segments_after_promotion(
         left = history.end_lsn(stop.timeline)
         if left is None or left < stop.lsn or start.timeline not in history.timelines():
             continue
-        first = start.lsn // segment_size
-        last = Segment.before(stop.timeline, stop.lsn, segment_size).segno
-        return [history.segment(segno, segment_size) for segno in range(first, last + 1)]
+        return _segments_read(history, start, stop, segment_size)
     return None
 
 
