@@ -961,8 +961,8 @@ def _holds_what_this_copy_has(
     after the switch point, is still refused: its pages there name this segment. So is any
     copy where the switch point lies in the segment's last page, with no later page to tell.
     """
-    from walg.core.lsn import Segment, is_segment_name
-    from walg.core.walpage import LONG_HEADER, MIN_PAGE_MAGIC, PAGE_HEADER
+    from walg.core.lsn import Segment, format_lsn, is_segment_name
+    from walg.core.walpage import LONG_HEADER
     from walg.ops.wal import newest_timeline, read_history
 
     if not is_segment_name(name):
@@ -995,27 +995,30 @@ def _holds_what_this_copy_has(
                 # No page after the switch point's to tell a stale tail from WAL written on:
                 # the old primary's copy could differ from this one in that page alone.
                 continue
-            later_page = False
-            for offset in range(first, size, page):
-                local.seek(offset)
-                magic, _info, _tli, address = PAGE_HEADER.unpack(local.read(PAGE_HEADER.size))
-                if magic >= MIN_PAGE_MAGIC and address == start + offset:
-                    later_page = True
-                    break
-            if later_page:
+            if any(
+                _names_page(local, offset, start + offset) for offset in range(first, size, page)
+            ):
                 continue
             log.warning(
                 "WAL file %s differs from the archived %s only past where timeline %d ends "
-                "(%X/%X, as its history says), and this copy holds nothing of the segment "
+                "(%s, as its history says), and this copy holds nothing of the segment "
                 "after that: the archived copy holds all of it; left as it is",
                 name,
                 key,
                 segment.timeline,
-                end >> 32,
-                end & 0xFFFFFFFF,
+                format_lsn(end),
             )
             return True
     return False
+
+
+def _names_page(local: BinaryIO, offset: int, address: int) -> bool:
+    """Does ``local`` hold, at ``offset``, a WAL page header naming LSN ``address``?"""
+    from walg.core.walpage import MIN_PAGE_MAGIC, PAGE_HEADER
+
+    local.seek(offset)
+    magic, _info, _tli, pageaddr = PAGE_HEADER.unpack(local.read(PAGE_HEADER.size))
+    return bool(magic >= MIN_PAGE_MAGIC and pageaddr == address)
 
 
 def _same_prefix(storage: Storage, key: str, codec: Codec, local: BinaryIO, length: int) -> bool:
