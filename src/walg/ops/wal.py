@@ -300,6 +300,12 @@ def recovery_ended(data_dir: str) -> bool:
     )
 
 
+def data_dir_of(destination: str) -> str:
+    """The data directory of a ``restore_command`` destination: ``%p`` is ``pg_wal/<file>``
+    in it (with ``pg_rewind --restore-target-wal``, ``<target>/pg_wal/<file>``)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+
+
 def fetched_for_pg_rewind(name: str, destination: str) -> bool:
     """Is this fetch of ``name`` to ``destination`` one that ``pg_rewind
     --restore-target-wal`` asked for: into the pg_wal of a data directory (it has
@@ -316,8 +322,7 @@ def fetched_for_pg_rewind(name: str, destination: str) -> bool:
     """
     if os.path.basename(destination) != name:
         return False
-    data_dir = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    return os.path.exists(os.path.join(data_dir, "PG_VERSION"))
+    return os.path.exists(os.path.join(data_dir_of(destination), "PG_VERSION"))
 
 
 def clear_prefetched_after_recovery(wal_dir: str) -> int:

@@ -16,6 +16,7 @@ from walg.core.walpage import cluster_system_id, foreign_segment_problem
 from walg.errors import IntegrityError, RequestAbandoned, WalNotFound
 from walg.ops.wal import (
     DestinationFile,
+    data_dir_of,
     destination_error,
     download_wal,
     find_wal_object,
@@ -103,7 +104,7 @@ def _check_segment(path: str, name: str, key: str, destination: str) -> None:
     end of the WAL and, in archive recovery, promote without the rest; failing instead stops
     recovery (exit 128). The prefetch checks the same before it serves a file.
     """
-    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+    pgdata = data_dir_of(destination)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:

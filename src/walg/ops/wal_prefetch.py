@@ -30,6 +30,7 @@ from walg.core.lsn import Segment, is_segment_name
 from walg.core.walpage import cluster_system_id, valid_segment_file
 from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
 from walg.ops.wal import (
+    data_dir_of,
     download_wal,
     find_wal_object,
     newest_timeline,
@@ -119,7 +120,7 @@ def take_prefetched(
     if not _take(candidate, tmp):
         return False
     try:
-        pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
+        pgdata = data_dir_of(destination)
         if not valid_segment_file(tmp, name, segment_size, cluster_system_id(pgdata)):
             log.warning("discarding invalid or foreign prefetched WAL file %s", candidate)
             remove(tmp)
@@ -224,11 +225,7 @@ class Prefetcher:
         history has removed, or is about to remove, what was prefetched.
         """
         self._settings = settings
-        self._data_dir = (
-            None
-            if destination is None
-            else os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-        )
+        self._data_dir = None if destination is None else data_dir_of(destination)
         self._storage = storage
         self._root = os.fspath(root)
         self._running = os.path.join(self._root, "running")
