@@ -116,3 +116,35 @@ def test_a_signal_stops_backup_push_and_backup_fetch_promptly(
     assert f"interrupted ({signum.name})" in stderr
     assert not (dest / "global" / "pg_control").exists()
     cluster.stop()
+
+
+def test_an_error_walg_does_not_expect_fails_the_backup_and_leaves_nothing(
+    setup: tuple[WalgSetup, Cluster], pg_workdir: Path
+) -> None:
+    """A storage library may raise what walg does not translate (cloud SDKs do). The backup
+    must then fail with exit 1, not report success, and its partial objects and claim go as
+    after any other failure; so must a restore that meets such an error."""
+    walg, cluster = setup
+    unexpected = [{"op": "write", "key": "part_003", "fail": "SDK bug", "unexpected": True}]
+    failed = walg.run(
+        ["backup-push", str(cluster.datadir)],
+        cluster=cluster,
+        env={"WALG_FAULT_INJECTION": json.dumps(unexpected)},
+        check=False,
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "ERROR: unexpected RuntimeError: SDK bug" in failed.stderr, failed.stderr
+    assert _stored(walg) == [], "no sentinel, and the partial backup's objects removed"
+
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    dest = pg_workdir / "restored"
+    unexpected = [{"op": "read", "key": "part_003", "fail": "SDK bug", "unexpected": True}]
+    fetch = walg.run(
+        ["backup-fetch", str(dest), "LATEST"],
+        env={"WALG_FAULT_INJECTION": json.dumps(unexpected)},
+        check=False,
+    )
+    assert fetch.returncode == 1, fetch.stderr
+    assert "unexpected RuntimeError: SDK bug" in fetch.stderr, fetch.stderr
+    assert not (dest / "global" / "pg_control").exists()
+    cluster.stop()

@@ -2,8 +2,11 @@
 
 Configured by ``WALG_FAULT_INJECTION``: a JSON list of rules, each
 ``{"op": "write"|"read"|"stat"|"list"|"delete", "key": "<regex>", "delay": seconds,
-"fail": "message", "transient": bool}``. A matching operation first sleeps ``delay`` seconds,
-then raises :class:`StorageError` with ``fail`` if given. Rules apply to every matching call.
+"fail": "message", "transient": bool, "unexpected": bool}``. A matching operation first
+sleeps ``delay`` seconds, then raises :class:`StorageError` with ``fail`` if given, or with
+``unexpected`` a ``RuntimeError``: what a backend's library may raise that walg does not
+translate, whose handling (a failure, never success) the tests pin. Rules apply to every
+matching call.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class FaultRule:
     delay: float = 0.0
     fail: str | None = None
     transient: bool = False
+    unexpected: bool = False
 
 
 def parse_rules(text: str) -> list[FaultRule]:
@@ -58,6 +62,7 @@ def parse_rules(text: str) -> list[FaultRule]:
                 delay=delay,
                 fail=item.get("fail"),
                 transient=bool(item.get("transient", False)),
+                unexpected=bool(item.get("unexpected", False)),
             )
         )
     return rules
@@ -74,6 +79,8 @@ class FaultyStorage(Storage):
             if rule.op == op and rule.key.search(key):
                 if rule.delay:
                     time.sleep(rule.delay)
+                if rule.fail and rule.unexpected:
+                    raise RuntimeError(f"{rule.fail} ({op} {key})")
                 if rule.fail:
                     raise StorageError(f"{rule.fail} ({op} {key})", transient=rule.transient)
 
