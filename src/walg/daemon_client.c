@@ -14,8 +14,9 @@
  * (SO_PEERCRED): anyone else's listener could answer "done" to every push.
  *
  * Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
- * (or wrongly given) wal-fetch in archive recovery (recovery.signal and no standby.signal in the directory above
- * DEST's directory, as %p is pg_wal/RECOVERYXLOG; before PostgreSQL 12 a recovery.conf there
+ * (or wrongly given) wal-fetch in archive recovery (recovery.signal and no standby.signal in
+ * the directory above DEST's directory, as %p is pg_wal/RECOVERYXLOG, or in the working
+ * directory PostgreSQL runs the command in; before PostgreSQL 12 a recovery.conf there
  * that does not turn standby_mode on): 128 there. PostgreSQL takes a
  * restore_command status of 1 to 125 for "not in the archive" and would end recovery and
  * promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A standby
@@ -283,7 +284,9 @@ static int failed(void)
     }
     if (strcmp(target, "/") == 0)
         target[0] = '\0'; /* so that "/recovery.signal" is not "//recovery.signal" */
-    if (in_archive_recovery(target))
+    /* "." too: PostgreSQL runs restore_command in the data directory, and with swapped
+     * arguments ('wal-fetch %p %f') DEST's directory's directory is its parent. */
+    if (in_archive_recovery(target) || in_archive_recovery("."))
         return EXIT_ABORT_RECOVERY;
     return EXIT_FAILED;
 }

@@ -19,8 +19,8 @@ could answer "done" to every push.
 Exit codes: 0 done, 74 not in the archive, 2 usage, 1 any other failure, except a failed
 (or wrongly given) ``wal-fetch`` in archive recovery (``recovery.signal`` and no
 ``standby.signal`` in the data directory that holds DEST's directory, as ``%p`` is
-``pg_wal/RECOVERYXLOG``, or for wrong arguments the working directory; before PostgreSQL 12
-a ``recovery.conf`` there that does not turn ``standby_mode`` on): 128 there.
+``pg_wal/RECOVERYXLOG``, or the working directory PostgreSQL runs the command in; before
+PostgreSQL 12 a ``recovery.conf`` there that does not turn ``standby_mode`` on): 128 there.
 PostgreSQL takes a restore_command status of 1 to 125 for "not in the archive" and would end
 recovery and promote, losing the WAL it could not read; above 125 it stops recovery, loudly. A
 standby retries (and streams), so it gets 1. A push whose daemon is not running fails
@@ -127,7 +127,11 @@ def _failed(command: str, dest: str) -> int:
     except OSError:  # no working directory (removed): the relative DEST, as the C client does
         path = dest
     pgdata = os.path.dirname(os.path.dirname(path)) or "."
-    return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else EXIT_FAILURE
+    # "." too: PostgreSQL runs restore_command in the data directory, and with swapped
+    # arguments ('wal-fetch %p %f') DEST's folder's folder is its parent.
+    if in_archive_recovery(pgdata) or in_archive_recovery("."):
+        return EXIT_ABORT_RECOVERY
+    return EXIT_FAILURE
 
 
 def in_archive_recovery(pgdata: str) -> bool:

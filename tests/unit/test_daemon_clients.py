@@ -950,6 +950,38 @@ def test_a_restore_command_with_wrong_arguments_stops_archive_recovery(
     assert res.stderr.startswith("usage: walg-daemon-client SOCKET")
 
 
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "no-daemon"])
+def test_swapped_restore_command_arguments_stop_archive_recovery(
+    env: Env, client: Client, signals: tuple[str, ...], expected: int, daemon: bool
+) -> None:
+    """restore_command = 'walg-daemon-client SOCK wal-fetch %p %f': DEST is a segment name in
+    the data directory, whose folder's folder is not the data directory, and the refused
+    NAME exited 1: "not in the archive" to a recovering PostgreSQL, which ended recovery at
+    once. Through the daemon and through walg run directly, the data directory is also the
+    working directory PostgreSQL runs the command in."""
+    for name in signals:
+        (env.pgdata / name).touch()
+    if daemon:
+        env.start()
+    try:
+        res = env.run(
+            client, str(env.socket), "wal-fetch", "pg_wal/RECOVERYXLOG", SEG, cwd=env.pgdata
+        )
+    finally:
+        log = env.stop() if daemon else ""
+    assert res.returncode == expected, res.stderr
+    if daemon:  # it refuses DEST first: not in the pg_wal it serves
+        assert "request failed: destination" in log, log
+    else:
+        assert "is not a WAL file name" in res.stderr, res.stderr
+    assert not (env.pgdata / SEG).exists()
+
+
 def test_a_data_directory_named_in_another_encoding_is_served(env: Env, client: Client) -> None:
     """A data directory whose path is not UTF-8 (named in Latin-1): the arguments go to the
     daemon, or to walg directly, as the bytes they are. The Python client died on encoding

@@ -1090,3 +1090,27 @@ def test_a_fetch_for_pg_rewind_changes_nothing_else_in_pg_wal(
         if daemon is not None:
             daemon.terminate()
             daemon.communicate(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 1), ((), 1)],
+    ids=["archive-recovery", "standby", "no-recovery"],
+)
+def test_swapped_restore_command_arguments_stop_archive_recovery(
+    walg_bin: str, tmp_path: Path, signals: tuple[str, ...], expected: int
+) -> None:
+    """restore_command = 'walg wal-fetch %p %f': NAME is then pg_wal/RECOVERYXLOG, and DEST a
+    segment name in the data directory, whose folder's folder is not the data directory. The
+    refusal of the name exited 1, which recovery reads as "not in the archive": it ended at
+    once. PostgreSQL runs restore_command in the data directory, so that is where the rule
+    looks too."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    for name in signals:
+        (pgdata / name).touch()
+    env = walg_env(_archive(tmp_path, {}), tmp_path)
+    fetched = run_walg([walg_bin, "wal-fetch", "pg_wal/RECOVERYXLOG", NAME], env, pgdata)
+    assert fetched.returncode == expected, fetched.stderr
+    assert "is not a WAL file name" in fetched.stderr, fetched.stderr
+    assert not (pgdata / NAME).exists()

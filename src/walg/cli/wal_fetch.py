@@ -119,7 +119,12 @@ def failure_exit_code(destination: str, code: int) -> int:
     if code in (0, EXIT_NOT_FOUND):
         return code
     pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    return EXIT_ABORT_RECOVERY if in_archive_recovery(pgdata) else code
+    # The working directory too: with swapped arguments ('wal-fetch %p %f') DEST's folder's
+    # folder is the data directory's parent, and PostgreSQL runs the command in the data
+    # directory itself.
+    if in_archive_recovery(pgdata) or in_archive_recovery("."):
+        return EXIT_ABORT_RECOVERY
+    return code
 
 
 def _segment_size(ctx: Context, destination: str) -> int:
