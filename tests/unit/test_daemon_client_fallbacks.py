@@ -106,3 +106,45 @@ def test_a_walg_the_client_cannot_run_is_a_failure(
     assert fetched.returncode == expected, fetched.stderr
     assert "cannot run" in fetched.stderr, fetched.stderr
     assert not (env.pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_the_native_client_is_linked_statically_unless_asked_not_to(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    """Static by default (no dynamic loader on each call) where the compiler can; --dynamic
+    links the shared C library, and a compiler that cannot link statically gets it too."""
+
+    def build(*extra: str, cc: str = "cc") -> str:
+        out = tmp_path / f"client{len(list(tmp_path.iterdir()))}"
+        done = subprocess.run(
+            [walg_bin, "build-daemon-client", "--cc", cc, *extra, str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return _interpreter(out)
+
+    assert build() == ""
+    assert build("--dynamic").startswith("/")
+    # A compiler without a static C library: refuses -static, as cc does without libc.a.
+    cc = tmp_path / "cc-without-libc.a"
+    cc.write_text('#!/bin/sh\nfor a; do [ "$a" = -static ] && exit 1; done\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    assert build(cc=str(cc)).startswith("/")
+
+
+def _interpreter(path: Path) -> str:
+    """The ELF program interpreter (the dynamic loader) ``path`` names; "" for none."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2, "a 64-bit ELF file"
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    size = int.from_bytes(data[0x36:0x38], "little")
+    count = int.from_bytes(data[0x38:0x3A], "little")
+    for i in range(count):
+        header = data[phoff + i * size : phoff + (i + 1) * size]
+        if int.from_bytes(header[:4], "little") == 3:  # PT_INTERP
+            offset = int.from_bytes(header[8:16], "little")
+            length = int.from_bytes(header[32:40], "little")
+            return data[offset : offset + length].rstrip(b"\0").decode()
+    return ""

@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("output", nargs="?", metavar="OUTPUT")
     p.add_argument("--cc", default="cc", help="C compiler (default cc)")
     p.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="link against the shared C library (default: statically where the compiler can)",
+    )
+    p.add_argument(
         "--walg",
         metavar="PATH",
         help="walg executable the client runs for wal-fetch when no daemon is listening "
@@ -45,6 +50,13 @@ def _c_string(value: str) -> str:
 
 def _this_walg() -> str:
     return os.path.abspath(os.path.join(os.path.dirname(sys.argv[0]), "walg"))
+
+
+def _compile(cc: str, command: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise WalgError(f"cannot run the C compiler {cc!r}: {exc}") from exc
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -68,12 +80,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             built = os.path.join(tmp, "client")
             command = [args.cc, "-O2", "-Wall", "-Wextra", f"-DWALG_PATH={_c_string(walg)}"]
             command += ["-o", built, c_file]
-            try:
-                done = subprocess.run(
-                    command, capture_output=True, text=True, timeout=120, check=False
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise WalgError(f"cannot run the C compiler {args.cc!r}: {exc}") from exc
+            # Static: no dynamic loader to run on every call, about 0.3 ms of PostgreSQL's
+            # time per archive_command here. A system without a static C library (libc.a)
+            # gets the shared one.
+            done = None if args.dynamic else _compile(args.cc, [*command, "-static"])
+            if done is None or done.returncode != 0:
+                done = _compile(args.cc, command)
             if done.returncode != 0:
                 raise WalgError(f"{args.cc} failed ({done.returncode}):\n{done.stderr.strip()}")
             os.chmod(built, 0o755)
