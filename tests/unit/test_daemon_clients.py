@@ -922,6 +922,8 @@ def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
     fetched = run("wal-fetch", SEG, "pg_wal/RECOVERYXLOG")
     assert "cannot load walg" in fetched.stderr
     assert fetched.returncode == expected, fetched.stderr
+    swapped = run("wal-fetch", "pg_wal/RECOVERYXLOG", SEG)  # 'wal-fetch %p %f'
+    assert swapped.returncode == expected, swapped.stderr
     pushed = run("wal-push", f"pg_wal/{SEG}")
     assert "cannot load walg" in pushed.stderr
     assert pushed.returncode == 1, pushed.stderr

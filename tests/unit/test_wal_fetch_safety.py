@@ -644,6 +644,8 @@ def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
     assert fetched.returncode == expected, fetched.stderr
     assert "cannot load walg" in fetched.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+    swapped = run_walg([*argv[:-2], "pg_wal/RECOVERYXLOG", NAME], os.environ, pgdata)
+    assert swapped.returncode == expected, swapped.stderr  # 'wal-fetch %p %f'
 
 
 @pytest.mark.parametrize(
