@@ -230,3 +230,25 @@ def test_a_target_name_the_server_would_refuse_is_refused(
         assert "invalid value" in got.stderr, (name, got.stderr)
         with pytest.raises(UsageError, match="--target-name"):
             RecoveryTarget("walg wal-fetch %f %p", name=name).check()
+
+
+def test_a_standby_keeps_an_inherited_apply_delay(pg_install: PgInstall, pg_workdir: Path) -> None:
+    """A restore into archive recovery sets recovery_min_apply_delay back to 0 (a delayed
+    standby's backup would otherwise hold its recovery back); one restored as a standby
+    (--standby) keeps the delay it inherited, which may be what it is for."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    auto = cluster.datadir / "postgresql.auto.conf"
+    with auto.open("a") as handle:
+        handle.write("recovery_min_apply_delay = '1h'\n")
+    base = auto.read_text()
+    write_recovery_config(
+        cluster.datadir, pg_install.major * 10000, RecoveryTarget("walg wal-fetch %f %p")
+    )
+    assert _setting(cluster, "recovery_min_apply_delay") == "0"
+    auto.write_text(base)
+    write_recovery_config(
+        cluster.datadir,
+        pg_install.major * 10000,
+        RecoveryTarget("walg wal-fetch %f %p", standby=True),
+    )
+    assert _setting(cluster, "recovery_min_apply_delay") == "3600000"  # ms

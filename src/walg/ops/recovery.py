@@ -120,7 +120,8 @@ class RecoveryTarget:
         includes (WAL-G's own recovery instructions put them there, and they are harmless
         outside recovery): a restore asked for no target would otherwise stop at that old
         one, and one asked for another kind of target would fail with "multiple recovery
-        targets". Only for servers that read recovery settings as parameters (12+).
+        targets". Only for servers that read recovery settings as parameters (12+). Outside
+        standby mode, ``recovery_min_apply_delay`` goes back to 0 as well.
 
         The emptied targets come before the one asked for: PostgreSQL assigns them in file
         order, and emptying a target after another is set counts as a second target.
@@ -133,6 +134,11 @@ class RecoveryTarget:
         out["recovery_target_timeline"] = "latest"
         out["recovery_target_inclusive"] = "on"
         out["recovery_target_action"] = "pause"
+        if not self.standby:
+            # A delayed standby's backup carries its delay, and PostgreSQL applies it in
+            # archive recovery too: a restore would wait for each commit to be that old
+            # before reaching its target or promoting. A standby keeps what it inherits.
+            out["recovery_min_apply_delay"] = "0"
         for key in [k for k in out if k in asked]:
             del out[key]
         out.update(asked)  # the asked-for target last
