@@ -75,6 +75,7 @@ def test_an_earlier_recovery_block_is_disabled(tmp_path: Path) -> None:
         "recovery_target_xid = ''",
         "recovery_target_timeline = 'latest'",
         "recovery_target_inclusive = 'on'",
+        "recovery_min_apply_delay = '0'",
         "recovery_target_lsn = '0/3000000'",
         "recovery_target_action = 'promote'",
     ]
