@@ -159,6 +159,13 @@ def test_postgres_refuses_the_target_times_walg_refuses(
         "2026-11-25 24:00:00.5+00",
         "2026-12-31 23:59:60.5+00",
         "2026-11-26-05",
+        # Digits and spaces that are such to Python only (walg took these, and the server
+        # then refused to start after the whole restore): full-width digits, a no-break
+        # space, an em space, a control character Python strips as whitespace.
+        "\uff12\uff10\uff12\uff16-11-25 12:00:00+00",
+        "2026-11-25 12:00:00+00\u00a0",
+        "2026-11-25 12:00:00\u2003+00",
+        "2026-11-25 12:00:00+00\x1f",
     ):
         with pytest.raises(UsageError):
             RecoveryTarget("walg wal-fetch %f %p", time=time).check()

@@ -187,12 +187,19 @@ def _plain_number(text: str, limit: int) -> bool:
 
 
 # The ISO 8601 forms of a timestamp PostgreSQL reads: a date, a time, an offset or zone name.
+# ASCII only ((?a)): Python's \d and \s also match other scripts' digits and spaces (full-width
+# digits, a no-break space), which the server does not read.
 TIME_RE = (
-    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?a)(?P<date>\d{4}-\d{2}-\d{2})"
     r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.(?P<frac>\d+))?)?)?"
     r"\s*(?:[+-](?P<oh>\d{1,2})(?::?(?P<om>\d{2})(?::(?P<os>\d{2}))?)?"
     r"|(?P<zone>[A-Za-z][A-Za-z0-9_/+-]*))?"
 )
+
+
+# The spaces the server's parser skips around a timestamp (C's isspace); str.strip() also
+# takes Unicode spaces and some control characters, which it does not.
+TIME_SPACE = " \t\n\r\f\v"
 
 
 def check_target_time(text: str) -> None:
@@ -207,7 +214,7 @@ def check_target_time(text: str) -> None:
     import re
     from datetime import date
 
-    match = re.fullmatch(TIME_RE, text.strip())
+    match = re.fullmatch(TIME_RE, text.strip(TIME_SPACE))
     valid = match is not None
     if match is not None:
         year, month, day = (int(part) for part in match["date"].split("-"))
@@ -227,7 +234,7 @@ def check_target_time(text: str) -> None:
             valid = valid and clock and minute < 60 and second <= 60 and not past
         if match["h"] is None and match["oh"] is not None:
             # 2026-11-26-05 is no date with an offset to PostgreSQL (2026-11-26 -05 is).
-            valid = valid and text.strip()[len(match["date"])] != "-"
+            valid = valid and text.strip(TIME_SPACE)[len(match["date"])] != "-"
         if match["oh"] is not None:
             # Its limit for an offset: 15:59:59 either way.
             offset = (int(match["oh"]), int(match["om"] or 0), int(match["os"] or 0))

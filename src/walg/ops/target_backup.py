@@ -40,7 +40,7 @@ from walg.core.naming import first_wal_token
 from walg.core.timeline import History, history_file_name
 from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
-from walg.ops.recovery import TIME_RE, RecoveryTarget
+from walg.ops.recovery import TIME_RE, TIME_SPACE, RecoveryTarget
 from walg.ops.wal import newest_timeline, read_history
 from walg.storage.base import Storage
 
@@ -202,7 +202,7 @@ def time_bounds(text: str) -> tuple[int, int]:
     """The earliest and latest instant (ns since the epoch) a ``--target-time`` may mean;
     the same instant twice when it has an offset or zone name. ``text`` passed
     :func:`walg.ops.recovery.check_target_time`."""
-    match = re.fullmatch(TIME_RE, text.strip())
+    match = re.fullmatch(TIME_RE, text.strip(TIME_SPACE))
     if match is None:
         raise UsageError(f"--target-time {text!r} is not a timestamp walg can read")
     year, month, day = (int(part) for part in match["date"].split("-"))
@@ -213,7 +213,7 @@ def time_bounds(text: str) -> tuple[int, int]:
     # 24:00:00 and a leap second read as the moment after: carried by the timedelta.
     clock = timedelta(hours=hour, minutes=minute, seconds=second)
     if match["oh"] is not None:
-        sign = -1 if text.strip()[match.start("oh") - 1] == "-" else 1
+        sign = -1 if text.strip(TIME_SPACE)[match.start("oh") - 1] == "-" else 1
         offset = timedelta(
             hours=int(match["oh"]), minutes=int(match["om"] or 0), seconds=int(match["os"] or 0)
         )
