@@ -436,3 +436,53 @@ def test_a_delay_inherited_from_a_delayed_standby_does_not_hold_back_the_restore
     restored.wait_for_recovery_end(timeout=45)
     assert _phases(restored) == ["a"]
     restored.stop()
+
+
+def test_a_named_backup_with_a_time_without_zone_that_may_precede_its_end_is_refused(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A time without an offset is read by the restored server in its timezone, which walg
+    cannot see before the restore. Named with such a time that may lie before its end, a
+    backup was restored after a warning only; where the server's timezone put the target
+    before the backup's end (Asia/Tokyo here), PostgreSQL replayed past it without noticing
+    and promoted a server holding what was committed after the target. LATEST refused the
+    same choice; a named backup is refused too (exit 2), before anything is restored."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={
+            "archive_mode": "on",
+            "archive_command": walg.command("wal-push", "%p"),
+            "timezone": "Asia/Tokyo",
+        },
+    )
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    target = src.psql("SELECT localtimestamp")  # the server's wall clock, no zone
+    time.sleep(0.2)
+    _mark(src, "after the target")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    src.stop()
+    (sentinel,) = walg.store.glob("basebackups_005/*_backup_stop_sentinel.json")
+    name = sentinel.name.removesuffix("_backup_stop_sentinel.json")
+
+    for which in (name, "LATEST"):
+        dest = pg_workdir / f"restore-{which}"
+        refused = walg.run(
+            [
+                "backup-fetch",
+                str(dest),
+                which,
+                "--restore-command",
+                walg.command("wal-fetch", "%f", "%p"),
+                "--target-time",
+                target,
+            ],
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "has no time zone" in refused.stderr, refused.stderr
+        assert not dest.exists()

@@ -289,12 +289,12 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 "choose one"
             )
         if fit is Fit.UNSURE:
-            log.warning(
-                "%s has no time zone: backup %s %s, which may be after it in the restored "
-                "server's timezone",
-                bound.what,
-                name,
-                bound.describe_end(end),
+            # As for LATEST: where the server's timezone puts the target before the end,
+            # PostgreSQL replays past it unnoticed and promotes.
+            raise UsageError(
+                f"{bound.what} has no time zone, and backup {name} {bound.describe_end(end)}: "
+                "before or after it depends on the restored server's timezone; give the "
+                "offset (like +00) or a zone name"
             )
         if fit is Fit.UNKNOWN:
             log.warning(
