@@ -399,7 +399,8 @@ def test_a_delay_inherited_from_a_delayed_standby_does_not_hold_back_the_restore
     backups. PostgreSQL honours it in archive recovery too: a restore of such a backup to a
     target minutes ago stayed in recovery, waiting for each commit to be an hour old, and
     neither reached its target nor promoted. The setting is made here with ALTER SYSTEM on
-    the primary (ignored there): its backup carries it as a delayed standby's would."""
+    the primary (ignored there): its backup carries it as a delayed standby's would. Restored
+    without recovery settings (files only), the delay is named in a warning."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         pg_install,
@@ -436,6 +437,11 @@ def test_a_delay_inherited_from_a_delayed_standby_does_not_hold_back_the_restore
     restored.wait_for_recovery_end(timeout=45)
     assert _phases(restored) == ["a"]
     restored.stop()
+
+    # Restored files only, walg cannot tell an archive recovery from a delayed standby to be:
+    # it keeps the delay and says so.
+    files_only = walg.run(["backup-fetch", str(pg_workdir / "files-only"), "LATEST"])
+    assert "recovery_min_apply_delay = '1h'" in files_only.stderr, files_only.stderr
 
 
 def test_a_named_backup_with_a_time_without_zone_that_may_precede_its_end_is_refused(

@@ -14,7 +14,12 @@ from walg.core.metadata import BackupMetadata, Sentinel
 from walg.core.naming import metadata_key, sentinel_key
 from walg.errors import BackupNotFound, UsageError
 from walg.ops import catalog
-from walg.ops.recovery import RecoveryTarget, active_targets, disable_inherited_targets
+from walg.ops.recovery import (
+    RecoveryTarget,
+    active_targets,
+    disable_inherited_targets,
+    inherited_apply_delay,
+)
 from walg.ops.target_backup import backup_for_target, time_bounds
 from walg.storage.memory import MemoryStorage
 
@@ -159,6 +164,27 @@ def test_a_files_only_restore_comments_out_inherited_targets(tmp_path: Path) -> 
     assert auto.stat().st_mtime_ns == before
     assert disable_inherited_targets(tmp_path / "nowhere", 160000) == []
     assert disable_inherited_targets(tmp_path, 110000) == []
+
+
+def test_an_inherited_apply_delay_is_found_where_the_server_would_take_it(
+    tmp_path: Path,
+) -> None:
+    """postgresql.auto.conf is read after postgresql.conf, and the last line wins; 0 in any
+    unit is no delay."""
+    conf, auto = tmp_path / "postgresql.conf", tmp_path / "postgresql.auto.conf"
+    assert inherited_apply_delay(tmp_path, 160000) is None
+    conf.write_text("recovery_min_apply_delay = 5min\n")
+    assert inherited_apply_delay(tmp_path, 160000) == "recovery_min_apply_delay = '5min'"
+    auto.write_text("recovery_min_apply_delay = '0'\n")
+    assert inherited_apply_delay(tmp_path, 160000) is None
+    auto.write_text("recovery_min_apply_delay = '0'\nrecovery_min_apply_delay = '1h'\n")
+    assert inherited_apply_delay(tmp_path, 160000) == "recovery_min_apply_delay = '1h'"
+    auto.write_text("recovery_min_apply_delay = '1h'\n#recovery_min_apply_delay = 0\n")
+    assert inherited_apply_delay(tmp_path, 160000) == "recovery_min_apply_delay = '1h'"
+    for zero in ("0", "'0ms'", "'0 s'", "00h"):
+        auto.write_text(f"recovery_min_apply_delay = {zero}\n")
+        assert inherited_apply_delay(tmp_path, 160000) is None, zero
+    assert inherited_apply_delay(tmp_path, 110000) is None
 
 
 B1 = "base_000000010000000000000002"  # timeline 1, before timeline 2 branched off

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops import catalog
     from walg.ops.recovery import (
         disable_inherited_targets,
+        inherited_apply_delay,
         restored_version,
         write_recovery_config,
     )
@@ -142,6 +143,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 "recovery",
                 result.name,
                 setting,
+            )
+        delay = inherited_apply_delay(dest, pg_version)
+        if delay is not None:
+            log.warning(
+                "the configuration restored with backup %s sets %s (a delayed standby's): "
+                "an archive recovery of it (recovery.signal) applies each commit only once "
+                "it is that old, and reaches its end or target that much late; remove it "
+                "unless this is to be a delayed standby (backup-fetch --restore-command "
+                "does so itself)",
+                result.name,
+                delay,
             )
     if args.json:
         ctx.stdout.write(json.dumps(result.__dict__) + "\n")

@@ -339,6 +339,36 @@ def disable_inherited_targets(dest: Path, pg_version: int) -> list[str]:
     return active
 
 
+def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
+    """The ``recovery_min_apply_delay`` a restored data directory's own configuration sets
+    (``postgresql.conf``, then ``postgresql.auto.conf``; the last line wins), unless 0.
+
+    A delayed standby's backup carries its delay, and PostgreSQL applies it in archive
+    recovery too. Restored files only, walg cannot tell whether the directory is to recover
+    or to be a delayed standby again, so the delay is named rather than removed.
+    """
+    if pg_version < 120000:
+        return None  # recovery.conf, not in a backup
+    value = None
+    for name in ("postgresql.conf", "postgresql.auto.conf"):
+        try:
+            text = _read_conf(dest / name)
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            if _setting_name(line) == "recovery_min_apply_delay":
+                value = _setting_value(line)
+    if value is None:
+        return None
+    number = value.strip().rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    try:
+        if float(number) == 0:
+            return None
+    except ValueError:
+        pass  # a value the server will judge: named as it is
+    return f"recovery_min_apply_delay = {value!r}"
+
+
 _BLOCK_HEADER = "\n# recovery settings written by walg backup-fetch\n"
 
 
