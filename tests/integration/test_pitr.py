@@ -492,3 +492,57 @@ def test_a_named_backup_with_a_time_without_zone_that_may_precede_its_end_is_ref
         assert refused.returncode == 2, refused.stderr
         assert "has no time zone" in refused.stderr, refused.stderr
         assert not dest.exists()
+
+
+def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A test restore of production's backup, started elsewhere with the restored
+    archive_command, promotes and archives timeline 2 into production's storage while
+    production goes on, and backs up, on timeline 1. Later, LATEST follows timeline 2 (the
+    newest, as PostgreSQL's recovery_target_timeline = latest does) from the backup taken
+    before the fork, and restored the test copy's data instead of production's, exit 0, with
+    an INFO line only. The same happens to an old primary's backups in a split brain, where
+    timeline 2 is the right one: walg cannot tell which it is, and now says so in a warning
+    that names --target-timeline 1, whenever a backup it leaves out ended on the old timeline
+    after the new one's history was archived."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    prod = Cluster.create(install, pg_workdir / "prod", conf=archiving)
+    prod.start()
+    prod.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(prod.datadir)], cluster=prod)
+    _mark(prod, "a")
+    archive_now(prod)
+
+    drill = _recover(install, walg, pg_workdir / "drill", conf=archiving)
+    drill.checkpoint()
+    _mark(drill, "drill")
+    archive_now(drill)
+    drill.stop()
+    assert (walg.store / "wal_005" / "00000002.history.lz4").exists()
+
+    _mark(prod, "b")
+    walg.run(["backup-push", str(prod.datadir)], cluster=prod)
+    _mark(prod, "c")
+    archive_now(prod)
+    prod.stop()
+
+    for args in ([], ["--target-time", "2100-01-01 00:00:00+00"]):
+        dest = pg_workdir / f"latest{len(args)}"
+        fetched = walg.run(
+            [
+                "backup-fetch",
+                str(dest),
+                "LATEST",
+                "--restore-command",
+                walg.command("wal-fetch", "%f", "%p"),
+                *args,
+            ]
+        )
+        warnings = [line for line in fetched.stderr.splitlines() if line.startswith("WARNING")]
+        assert any("--target-timeline 1" in line for line in warnings), fetched.stderr
+    restored = _recover(install, walg, pg_workdir / "timeline-1", "--target-timeline", "1")
+    assert _phases(restored) == ["a", "b", "c"]
+    restored.stop()

@@ -41,7 +41,7 @@ from walg.core.timeline import History, history_file_name
 from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
 from walg.ops.recovery import TIME_RE, TIME_SPACE, RecoveryTarget
-from walg.ops.wal import newest_timeline, read_history
+from walg.ops.wal import find_wal_object, newest_timeline, read_history
 from walg.storage.base import Storage
 
 log = get_logger(__name__)
@@ -197,6 +197,53 @@ class _Timelines:
             )
         return None
 
+    def outlived_fork(self, end: BackupEnd, written: GoTime) -> int | None:
+        """For a backup :meth:`why_not` left out for ending on its timeline after a later one
+        branched off: that later timeline, if the backup's sentinel was written after that
+        timeline's history was archived; else None.
+
+        Then both timelines went on after the fork: an old primary's in a split brain (the
+        new timeline is the one to restore), or production's while a restore made elsewhere
+        promoted and archived into the same storage (the old one is). Storage times of both
+        objects, so that no two clocks are compared.
+        """
+        finish = end.finish_timeline or end.timeline
+        if finish is None:
+            return None
+        history = self._histories.get(self.target(end))
+        if history is None or finish not in history.timelines()[:-1]:
+            return None
+        chain = history.timelines()
+        child = chain[chain.index(finish) + 1]
+        found = find_wal_object(self._storage, history_file_name(child))
+        if found is None:
+            return None
+        try:
+            forked = self._storage.stat(found[0]).modified
+        except WalgError:
+            return None
+        return child if written.ns > forked.ns else None
+
+
+def _warn_outlived(timelines: _Timelines, end: BackupEnd, written: GoTime) -> None:
+    child = timelines.outlived_fork(end, written)
+    if child is None:
+        return
+    left = end.finish_timeline or end.timeline
+    log.warning(
+        "backup %s is on timeline %d after timeline %d branched off it, and was written after "
+        "%s was archived: both timelines went on after the fork (a split brain, or a restore "
+        "elsewhere that archived into this storage). This restore follows timeline %d; if "
+        "timeline %d holds the data to restore, give --target-timeline %d",
+        end.name,
+        left,
+        child,
+        history_file_name(child),
+        timelines.target(end),
+        left,
+        left,
+    )
+
 
 def time_bounds(text: str) -> tuple[int, int]:
     """The earliest and latest instant (ns since the epoch) a ``--target-time`` may mean;
@@ -305,11 +352,13 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             )
         return name
     ends = []
+    written = {}
     for ref in catalog.list_backups(storage):
         try:
             ends.append(BackupEnd.read(storage, ref.name))
         except (IntegrityError, BackupNotFound) as exc:
             log.warning("%s; not considered", exc)
+        written[ref.name] = ref.modified
     for end in sorted(ends, key=bound.order, reverse=True):
         fit = bound.fit(end)
         if fit is Fit.AFTER:
@@ -317,6 +366,7 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
         reason = timelines.why_not(end)
         if reason is not None:
             log.info("backup %s not considered for %s: %s", end.name, bound.what, reason)
+            _warn_outlived(timelines, end, written[end.name])
             continue
         if fit is Fit.BEFORE:
             log.info(
@@ -375,6 +425,7 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
             timelines.target(end),
             reason,
         )
+        _warn_outlived(timelines, end, ref.modified)
     raise BackupNotFound(
         f"no backup in {storage.location} can start a recovery that follows the target "
         "timeline; name one with --target-timeline"
