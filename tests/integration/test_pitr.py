@@ -546,3 +546,37 @@ def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
     restored = _recover(install, walg, pg_workdir / "timeline-1", "--target-timeline", "1")
     assert _phases(restored) == ["a", "b", "c"]
     restored.stop()
+
+
+def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """WAL-G's recovery instructions put recovery_target_time in postgresql.conf, and after
+    the point-in-time restore it stays there (ignored by a primary), in the data directory and
+    in its later backups. Restored files only, with restore_command and recovery.signal added
+    as those instructions say, such a backup stopped at the first commit after it became
+    consistent (the old target lies before it) and promoted, without anything archived after
+    the backup, and without a word from walg: only postgresql.auto.conf was cleaned."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={
+            "archive_mode": "on",
+            "archive_command": walg.command("wal-push", "%p"),
+            "recovery_target_time": "2020-01-01 00:00:00+00",
+            "recovery_target_action": "promote",
+        },
+    )
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    _mark(src, "b")
+    archive_now(src)
+    src.stop()
+
+    restored = restore_and_recover(install, pg_workdir, walg)
+    assert _phases(restored) == ["a", "b"]
+    restored.stop()

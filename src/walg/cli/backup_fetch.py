@@ -136,14 +136,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 else "xid",
             )  # fmt: skip
     else:
-        for setting in disable_inherited_targets(dest, pg_version):
-            log.warning(
-                "postgresql.auto.conf of backup %s sets %s, left by an earlier "
-                "point-in-time restore; commented out so that it cannot stop this restore's "
-                "recovery",
-                result.name,
-                setting,
-            )
+        for conf in ("postgresql.conf", "postgresql.auto.conf"):
+            for setting in disable_inherited_targets(dest, pg_version, conf):
+                log.warning(
+                    "%s of backup %s sets %s, left by an earlier point-in-time restore; "
+                    "commented out so that it cannot stop this restore's recovery",
+                    conf,
+                    result.name,
+                    setting,
+                )
         delay = inherited_apply_delay(dest, pg_version)
         if delay is not None:
             log.warning(

@@ -316,18 +316,22 @@ def active_targets(text: str) -> list[str]:
     return [f"{name} = {value!r}" for name, value in last.items() if value]
 
 
-def disable_inherited_targets(dest: Path, pg_version: int) -> list[str]:
-    """Comment out the recovery targets in a restored ``postgresql.auto.conf``; returns the
-    targets that were active.
+def disable_inherited_targets(
+    dest: Path, pg_version: int, file_name: str = "postgresql.auto.conf"
+) -> list[str]:
+    """Comment out the recovery targets in a restored ``postgresql.auto.conf`` (or another
+    configuration file of the data directory, ``file_name``); returns the targets that were
+    active.
 
-    A server restored to a point in time keeps its target there after promotion, and so do
-    its later backups: restored "files only" (restore_command in postgresql.conf, as WAL-G
-    documents), such a backup would stop at the old target and promote, leaving out
-    everything archived after it. restore_command is left as it is.
+    A server restored to a point in time keeps its target there after promotion (in
+    ``postgresql.conf`` where WAL-G's instructions had it written), and so do its later
+    backups: restored "files only" (restore_command in postgresql.conf, as WAL-G documents),
+    such a backup would stop at the old target and promote, leaving out everything archived
+    after it. restore_command is left as it is.
     """
     if pg_version < 120000:
         return []  # recovery.conf: renamed recovery.done by the server once used
-    auto = dest / "postgresql.auto.conf"
+    auto = dest / file_name
     try:
         text = _read_conf(auto)
     except FileNotFoundError:
