@@ -548,8 +548,9 @@ def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
     restored.stop()
 
 
+@pytest.mark.majors(13, 18)
 def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
-    pg_workdir: Path, walg_bin: str
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     """WAL-G's recovery instructions put recovery_target_time in postgresql.conf, and after
     the point-in-time restore it stays there (ignored by a primary), in the data directory and
@@ -557,10 +558,9 @@ def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
     as those instructions say, such a backup stopped at the first commit after it became
     consistent (the old target lies before it) and promoted, without anything archived after
     the backup, and without a word from walg: only postgresql.auto.conf was cleaned."""
-    install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
-        install,
+        pg_install,
         pg_workdir / "src",
         conf={
             "archive_mode": "on",
@@ -577,6 +577,6 @@ def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
     archive_now(src)
     src.stop()
 
-    restored = restore_and_recover(install, pg_workdir, walg)
+    restored = restore_and_recover(pg_install, pg_workdir, walg)
     assert _phases(restored) == ["a", "b"]
     restored.stop()
