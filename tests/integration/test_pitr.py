@@ -571,7 +571,13 @@ def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
     )
     src.start()
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
-    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    pushed = walg.run(["backup-push", str(src.datadir)], cluster=src)
+    # As for one in postgresql.auto.conf: a standby cloned with pg_basebackup would stop
+    # at it. backup-push said nothing of this one.
+    warned = [line for line in pushed.stderr.splitlines() if line.startswith("WARNING")]
+    assert any("postgresql.conf sets recovery_target_time" in line for line in warned), (
+        pushed.stderr
+    )
     _mark(src, "a")
     _mark(src, "b")
     archive_now(src)

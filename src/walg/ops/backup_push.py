@@ -262,7 +262,8 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
 
 
 def _warn_of_inherited_targets(pgdata: str) -> None:
-    """Name a recovery target an earlier point-in-time restore left in postgresql.auto.conf.
+    """Name a recovery target an earlier point-in-time restore left in postgresql.auto.conf,
+    or in the data directory's postgresql.conf (where WAL-G's instructions have it written).
 
     PostgreSQL keeps it after promotion and ignores it on a primary; but a standby cloned
     from this server stops replicating there and promotes, and a restore of this backup that
@@ -270,18 +271,22 @@ def _warn_of_inherited_targets(pgdata: str) -> None:
     """
     from walg.ops.recovery import active_targets
 
-    try:
-        text = (Path(pgdata) / "postgresql.auto.conf").read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return
-    for setting in active_targets(text):
-        log.warning(
-            "postgresql.auto.conf sets %s, left by a point-in-time restore: a standby cloned "
-            "from this server would stop replicating at it and promote; remove it with "
-            "ALTER SYSTEM RESET %s",
-            setting,
-            setting.split(" ", 1)[0],
-        )
+    for conf in ("postgresql.conf", "postgresql.auto.conf"):
+        try:
+            text = (Path(pgdata) / conf).read_bytes().decode("utf-8", "replace")
+        except OSError:
+            continue
+        for setting in active_targets(text):
+            name = setting.split(" ", 1)[0]
+            log.warning(
+                "%s sets %s, left by a point-in-time restore: a standby cloned from this "
+                "server would stop replicating at it and promote; remove it (%s)",
+                conf,
+                setting,
+                f"ALTER SYSTEM RESET {name}"
+                if conf == "postgresql.auto.conf"
+                else f"the line in {conf}; ALTER SYSTEM does not edit that file",
+            )
 
 
 def _start(
