@@ -101,6 +101,12 @@ class DestinationError(WalgError):
     being restored), never a temporary name."""
 
 
+class TruncatedObject(IntegrityError):
+    """A stored object ends before its format says it does (empty, or cut short): what a write
+    that failed midway leaves where it wrote under the final name (WAL-G's local-folder
+    storage on a full disk)."""
+
+
 class UnsafeArchiveError(IntegrityError):
     """A tar member would be written outside the destination or is of a forbidden type."""
 

@@ -37,6 +37,7 @@ from walg.core.naming import WAL, wal_key
 from walg.errors import (
     RequestAbandoned,
     StorageError,
+    TruncatedObject,
     UsageError,
     WalgError,
     WalOverwriteError,
@@ -151,26 +152,51 @@ def push_one(
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
     checked = settings.prevent_wal_overwrite or name.endswith(".history")
+    replace = False
     if not absent and checked:
         existing = find_wal_object(storage, name)
         if existing is not None:
             existing_codec = codec_for_extension(existing[1])
-            if _same_content(storage, existing[0], existing_codec, source):
+            cut: str | None = None
+            try:
+                same = _same_content(storage, existing[0], existing_codec, source)
+            except TruncatedObject as exc:
+                same, cut = False, str(exc)
+            if same:
                 storage.make_durable(existing[0])
                 log.info("WAL file %s is already archived with equal content", name)
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
-            if _holds_what_this_copy_has(storage, existing[0], existing_codec, source, name):
+            if existing[0] == key and _cut_short_copy(storage, key, codec, source, name):
+                # Refused, the segment failed for good and PostgreSQL archived nothing after
+                # it; what the object holds, this file holds too.
+                log.warning(
+                    "WAL file %s: the archived %s is a copy of it cut short (a write that "
+                    "failed midway: a full disk, an outage); replacing it with the whole file",
+                    name,
+                    key,
+                )
+                replace = True
+            elif cut is None and _holds_what_this_copy_has(
+                storage, existing[0], existing_codec, source, name
+            ):
                 storage.make_durable(existing[0])
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
-            raise WalOverwriteError(
-                f"WAL file {name} is already archived as {existing[0]} with different "
-                "content; refusing to overwrite it"
-            )
+            elif cut is not None:
+                raise WalOverwriteError(
+                    f"WAL file {name} is already archived as {existing[0]}, damaged ({cut}), "
+                    "and what can be read of it does not show it to be a copy of this file; "
+                    "refusing to overwrite it (remove it if it is what a failed write left)"
+                )
+            else:
+                raise WalOverwriteError(
+                    f"WAL file {name} is already archived as {existing[0]} with different "
+                    "content; refusing to overwrite it"
+                )
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
     # storage (two standbys promoted to the same timeline, each with its own history file)
-    # may have stored its own file meanwhile.
-    keep = checked or ready is not None
+    # may have stored its own file meanwhile. A copy cut short is replaced (see above).
+    keep = (checked and not replace) or ready is not None
     with open(source, "rb", buffering=0) as handle:
         opened = os.fstat(handle.fileno())
         try:
@@ -940,6 +966,41 @@ def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool
                 return False
             if not theirs:
                 return True
+
+
+def _cut_short_copy(storage: Storage, key: str, codec: Codec, source: str, name: str) -> bool:
+    """Is the archived ``key`` a copy of segment ``source`` cut short? It ends early (an
+    empty object, an LZ4 stream without its end, fewer bytes than the segment uncompressed)
+    and, unless it is empty, what can be decoded of it equals the start of ``source``, its
+    first page header at least (this cluster's system identifier, this segment's address).
+
+    That is what a write that failed midway leaves where a writer stores under the final name
+    (WAL-G's local-folder storage, on a full disk), or a filesystem after a crash that kept
+    less than was written. Only segments: a segment object is whole or no WAL at all. An
+    object cut inside its first LZ4 block decodes to nothing, so nothing shows whose it is:
+    not a copy (the caller refuses it, and says what it is).
+    """
+    from walg.core.lsn import is_segment_name
+    from walg.core.walpage import LONG_HEADER
+
+    if not is_segment_name(name):
+        return False
+    matched = 0
+    with open(source, "rb") as local:
+        try:
+            with download(storage, key, codec, key, hash_stored=False) as dl:
+                while theirs := dl.reader.read(CHUNK):
+                    if theirs != local.read(len(theirs)):
+                        return False
+                    matched += len(theirs)
+        except TruncatedObject:
+            cut = True
+        else:
+            # An LZ4 stream that ended cleanly is whole; uncompressed bytes have no end mark,
+            # and fewer than the segment has are cut short.
+            cut = codec.extension == "" and bool(local.read(1))
+    empty = matched == 0 and storage.stat(key).size == 0
+    return cut and (empty or matched >= LONG_HEADER.size)
 
 
 def _holds_what_this_copy_has(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from walg.errors import ConfigError, IntegrityError
+from walg.errors import ConfigError, IntegrityError, TruncatedObject
 from walg.streams import lz4frame
 from walg.streams.lz4frame import Lz4FrameWriter
 
@@ -103,7 +103,7 @@ class Lz4Reader:
                 continue
             if self._dec.needs_input:
                 if not self._more(1):
-                    raise IntegrityError(f"{self._what}: LZ4 stream is truncated")
+                    raise TruncatedObject(f"{self._what}: LZ4 stream is truncated")
                 data, self._input = self._input, b""
             else:
                 data = b""
@@ -126,7 +126,7 @@ class Lz4Reader:
         """Start the next frame, or check or skip a skippable one, or end the stream."""
         if not self._more(8) and not self._input:
             if not self._frames:
-                raise IntegrityError(f"{self._what}: LZ4 stream is empty")
+                raise TruncatedObject(f"{self._what}: LZ4 stream is empty")
             self._eof = True
             return
         head = self._input[:8]
@@ -152,7 +152,7 @@ class Lz4Reader:
             if size != lz4frame.TRAILER_SIZE:
                 raise IntegrityError(f"{self._what}: LZ4 stream has a damaged checksum trailer")
             if not self._more(size):
-                raise IntegrityError(f"{self._what}: LZ4 stream is truncated (in its trailer)")
+                raise TruncatedObject(f"{self._what}: LZ4 stream is truncated (in its trailer)")
             frame, self._input = self._input[:size], self._input[size:]
             trailer = lz4frame.parse_trailer(frame)
             if trailer is None:
@@ -161,7 +161,7 @@ class Lz4Reader:
             return
         while size:
             if not self._more(1):
-                raise IntegrityError(f"{self._what}: LZ4 stream is truncated (in a skipped frame)")
+                raise TruncatedObject(f"{self._what}: LZ4 stream is truncated (in a skipped frame)")
             skip = min(size, len(self._input))
             self._input = self._input[skip:]
             size -= skip
