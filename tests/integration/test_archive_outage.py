@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall, make_shared_dir
+from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walgcli import WalgSetup
 
 
@@ -104,3 +105,59 @@ def test_a_half_written_object_left_in_storage_by_an_outage_is_replaced_by_the_g
     assert "remove it if it is what a failed write left" in refused.stderr
     assert first_block.read_bytes() == half
     cluster.stop()
+
+
+def _start_daemon(walg: WalgSetup, socket: Path, pgdata: Path) -> subprocess.Popen[str]:
+    proc = walg.popen(["daemon", str(socket), str(pgdata)])
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def _stop_daemon(proc: subprocess.Popen[str]) -> str:
+    run_as_pg(["kill", "-TERM", str(proc.pid)])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_waited(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The daemon's look-ahead and follower archive a backlog while PostgreSQL's own calls
+    still fail; then storage comes back without those objects (an archive volume rolled
+    back to a snapshot, a replica that had not caught up taking over). PostgreSQL's calls
+    for them were answered "done" from the daemon's memory of its uploads, nothing was stored
+    again, and PostgreSQL recycled the only copies: the archive had a hole. A cold
+    ``wal-push`` checks that a look-ahead marker's object is still there; so must the daemon."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_PG_WAL_SIZE="1", WALG_UPLOAD_CONCURRENCY="3")
+    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
+    conf = {"archive_mode": "on", "archive_command": "false"}
+    cluster = Cluster.create(
+        install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
+    )
+    daemon = _start_daemon(walg, socket, cluster.datadir)
+    try:
+        cluster.start()
+        names = _backlog(cluster, 12)
+        wal_005 = walg.store / "wal_005"
+        deadline = time.monotonic() + 30
+        while not all((wal_005 / f"{name}.lz4").exists() for name in names):
+            assert time.monotonic() < deadline, "the daemon did not archive the backlog ahead"
+            time.sleep(0.1)
+        # The storage that comes back has none of them.
+        for name in names:
+            (wal_005 / f"{name}.lz4").unlink()
+        cluster.set_conf({"archive_command": f"{native} {socket} wal-push %p"})
+        cluster.reload()
+        _wait_archived(cluster, names[-1], timeout=60)
+        missing = [name for name in names if not (wal_005 / f"{name}.lz4").exists()]
+        assert not missing, f"answered as archived, not stored: {missing}"
+        cluster.stop()
+    finally:
+        _stop_daemon(daemon)

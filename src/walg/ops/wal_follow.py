@@ -287,9 +287,14 @@ class WalFollower:
         content, which the caller must archive (and the overwrite check refuse)."""
         identity = self._archived.pop(name)
         try:
-            return file_identity(os.path.join(self._wal_dir, name)) == identity
+            if file_identity(os.path.join(self._wal_dir, name)) != identity:
+                return False
         except OSError:
             return False
+        # Nor does the upload vouch for an object storage has lost since (a volume rolled
+        # back), where it can tell: the rule of a look-ahead marker (walg.ops.wal.vouches).
+        stored = self._storage.local_path(wal_key(name, "lz4"))
+        return stored is None or os.path.isfile(stored)
 
     # -- the follower thread -------------------------------------------------------------------
 

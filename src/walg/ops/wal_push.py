@@ -868,8 +868,10 @@ class LookaheadUploader:
         except Exception:
             return False
         # Taken: the caller answers for the file now, and would otherwise look for the marker
-        # under a name of its own choosing.
-        return remove(self._marker(name))
+        # under a name of its own choosing. By the marker's rule, as a cold call takes it:
+        # storage may have lost the object since (an archive volume rolled back while
+        # PostgreSQL's own calls for older files failed), and the file must be archived again.
+        return take_marker(self._marker(name), os.path.join(self._wal_dir, name))
 
     def wait_idle(self, idle: float) -> None:
         """Return when no upload is queued or running and, for ``idle`` seconds, nothing new
