@@ -5,6 +5,7 @@ Clusters are made with ``initdb --wal-segsize=1`` so that a backlog costs little
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,8 +108,10 @@ def test_a_half_written_object_left_in_storage_by_an_outage_is_replaced_by_the_g
     cluster.stop()
 
 
-def _start_daemon(walg: WalgSetup, socket: Path, pgdata: Path) -> subprocess.Popen[str]:
-    proc = walg.popen(["daemon", str(socket), str(pgdata)])
+def _start_daemon(
+    walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    proc = walg.popen(["daemon", str(socket), str(pgdata)], env=env)
     deadline = time.monotonic() + 30
     while not socket.exists():
         assert proc.poll() is None, proc.communicate()
@@ -161,3 +164,34 @@ def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_wait
         cluster.stop()
     finally:
         _stop_daemon(daemon)
+
+
+def test_a_daemon_names_the_request_and_segment_that_failed(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """In an outage the daemon logs an error for every call PostgreSQL makes. It said
+    "b'F' request failed: ...", a byte of its socket protocol, and for a request past its time
+    limit not even which segment: the line an operator reads at 3 am must say a wal-push of
+    which file failed."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_PG_WAL_SIZE="1", WALG_UPLOAD_CONCURRENCY="1")
+    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
+    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
+    cluster = Cluster.create(
+        install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
+    )
+    full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
+    daemon = _start_daemon(walg, socket, cluster.datadir, env={"WALG_FAULT_INJECTION": full})
+    try:
+        cluster.start()
+        name = _backlog(cluster, 1)[0]
+        deadline = time.monotonic() + 30
+        while int(cluster.psql("SELECT failed_count FROM pg_stat_archiver")) < 1:
+            assert time.monotonic() < deadline, cluster.log_tail(30)
+            time.sleep(0.1)
+        cluster.stop()
+    finally:
+        log = _stop_daemon(daemon)
+    assert f"wal-push of {name} failed: " in log, log
+    assert "b'F'" not in log, log

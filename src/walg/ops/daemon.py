@@ -553,6 +553,7 @@ class _Handler(socketserver.BaseRequestHandler):
             except (ConnectionError, TimeoutError, OSError):
                 return
             kind = header[:1]
+            body: bytes | None = None
             (length,) = struct.unpack(">H", header[1:])
             with self.server.busy():
                 arrived()
@@ -569,14 +570,14 @@ class _Handler(socketserver.BaseRequestHandler):
                     # An OSError here is the work's (a file, storage's socket), not this
                     # connection's: the client must hear that the request failed, not take
                     # a closed connection for a daemon that stopped.
-                    log.error("%r request failed: %s", kind, loggable(str(exc)))
+                    log.error("%s failed: %s", _request(kind, body), loggable(str(exc)))
                     reply = ERROR
                 except Exception as exc:
                     # The frames, not the message: it may quote the request's bytes.
                     frames = "".join(traceback.format_tb(exc.__traceback__))
                     log.error(
-                        "unexpected error handling a %r request: %s: %s\n%s",
-                        kind,
+                        "unexpected error handling %s: %s: %s\n%s",
+                        _request(kind, body),
                         type(exc).__name__,
                         loggable(str(exc)),
                         frames,
@@ -588,6 +589,22 @@ class _Handler(socketserver.BaseRequestHandler):
                     return
             if kind in (b"F", b"f") or reply == ERROR:
                 return
+
+
+def _request(kind: bytes, body: bytes | None) -> str:
+    """A request as a log line names it: ``wal-push of NAME``, ``wal-fetch of NAME``; the
+    protocol's byte (``%r``) only for a request that is none of walg's."""
+    what = {b"C": "check", b"F": "wal-push", b"f": "wal-fetch"}.get(kind)
+    if what is None:
+        return f"{kind!r} request"
+    try:
+        if kind == b"F" and body is not None:
+            return f"{what} of {loggable(os.path.basename(_text(body)))}"
+        if kind == b"f" and body is not None:
+            return f"{what} of {loggable(parse_args(body)[0])}"
+    except WalgError:  # a corrupt body: its own error says so
+        pass
+    return f"{what} request"
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
