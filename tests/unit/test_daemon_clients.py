@@ -978,7 +978,7 @@ def test_swapped_restore_command_arguments_stop_archive_recovery(
         log = env.stop() if daemon else ""
     assert res.returncode == expected, res.stderr
     if daemon:  # it refuses DEST first: not in the pg_wal it serves
-        assert "request failed: destination" in log, log
+        assert "wal-fetch of pg_wal/RECOVERYXLOG failed: destination" in log, log
     else:
         assert "is not a WAL file name" in res.stderr, res.stderr
     assert not (env.pgdata / SEG).exists()
