@@ -1110,6 +1110,33 @@ def test_a_full_storage_is_retried_after_growing_delays_and_postgresql_calls_are
         daemon.close()
 
 
+def test_a_full_storage_pauses_the_whole_look_ahead_not_each_file_alone(tmp_path: Path) -> None:
+    """A backlog on a full storage folder: the delays were per file, so every waiting .ready
+    file was compressed and tried again about once a minute, and a backlog of thousands kept
+    a CPU busy for as long as the outage lasted. A failure now holds back every look-ahead
+    upload for the delay (until one succeeds, or PostgreSQL's own call through the daemon
+    does): a handful of tries, whatever the backlog; then the backlog drains."""
+    from walg.ops.daemon import OK, Daemon
+
+    names = [f"0000000100000000000000{n:02X}" for n in range(0x40, 0x68)]
+    pgdata, settings = _daemon_setup(tmp_path, *names)
+    storage = _FullStorage(tmp_path / "store")
+    daemon = Daemon(settings, storage, str(pgdata), timeout=30)
+    daemon.start()
+    try:
+        time.sleep(2.5)
+        tried = sum(storage.tries.values())
+        assert 1 <= tried <= 8, storage.tries  # 2 workers at 0 s, maybe at 1 s again
+        storage.full = False
+        assert daemon.push(names[0]) == OK  # storage answers again: the pause is lifted
+        deadline = time.monotonic() + 15
+        while not all(storage.exists(f"wal_005/{name}.lz4") for name in names[1:]):
+            assert time.monotonic() < deadline, "the look-ahead did not resume"
+            time.sleep(0.05)
+    finally:
+        daemon.close()
+
+
 def _temporary(folder: Path, key_name: str, age: float) -> Path:
     """A temporary file as FileStorage names them, written ``age`` seconds ago."""
     when = time.time() - age

@@ -356,6 +356,8 @@ class Daemon:
         if taken:
             return OK
         self._push(path, client_open, left())
+        if self.lookahead is not None:
+            self.lookahead.resume()
         return OK
 
     @staticmethod

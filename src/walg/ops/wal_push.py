@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from walg.core.backoff import FailureBackoff
+from walg.core.backoff import FIRST_DELAY, LONGEST_DELAY, FailureBackoff
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import WAL, wal_key
@@ -706,6 +706,12 @@ class LookaheadUploader:
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
         self._on_error = on_error
         self._backoff = FailureBackoff()
+        # Storage-wide: a full or unwritable storage folder fails every file alike, and the
+        # per-file delays alone had every waiting .ready file compressed again about once a
+        # minute (a backlog of thousands kept a CPU busy through the outage). After failures
+        # in a row, of any files, no look-ahead upload starts until this time.
+        self._failed_in_row = 0
+        self._paused_until = 0.0
         self._last_queued = time.monotonic()
         self.skip: Callable[[str], bool] | None = None
 
@@ -740,6 +746,8 @@ class LookaheadUploader:
 
     def scan_once(self) -> None:
         """Queue every ``.ready`` file not yet archived, oldest first, within the budget."""
+        if self._paused():
+            return
         try:
             names = sorted(
                 entry[: -len(".ready")]
@@ -784,8 +792,22 @@ class LookaheadUploader:
     def _marker(self, name: str) -> str:
         return marker_path(self._status, name, self._key)
 
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    def resume(self) -> None:
+        """Storage took an object (PostgreSQL's own call through the daemon): lift the pause
+        that failed look-ahead uploads set."""
+        with self._lock:
+            self._failed_in_row = 0
+            self._paused_until = 0.0
+
     def _upload(self, name: str) -> None:
         if self._stop.is_set():
+            return
+        if self._paused():  # queued before a failure paused the look-ahead: the next scan
+            with self._lock:
+                self._started.discard(name)
             return
         marker = self._marker(name)
         ready = os.path.join(self._archive_status, f"{name}.ready")
@@ -832,9 +854,14 @@ class LookaheadUploader:
                     warning = self._backoff.failed(
                         name, f"look-ahead upload of {name} failed: {failure}"
                     )
-                    retry = self._backoff.delay(name)
+                    self._failed_in_row += 1
+                    pause = min(LONGEST_DELAY, FIRST_DELAY * 2 ** min(self._failed_in_row - 1, 30))
+                    self._paused_until = max(self._paused_until, time.monotonic() + pause)
+                    retry = max(self._backoff.delay(name), pause)
                 elif archived:
                     self._backoff.succeeded(name)
+                    self._failed_in_row = 0
+                    self._paused_until = 0.0
                 if not archived:
                     self._started.discard(name)
                 elif self._budget is not None:
