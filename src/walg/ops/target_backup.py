@@ -116,6 +116,13 @@ class BackupEnd:
     # The timeline finish_lsn is on, where walg recorded it differs from ``timeline`` (the
     # one the backup started on): a standby that followed its promoted upstream meanwhile.
     finish_timeline: int | None = None
+    # The sentinel's SystemIdentifier; None where it records none (old WAL-G, WAL-E).
+    system_identifier: int | None = None
+
+    def other_system(self, other: BackupEnd) -> bool:
+        """Is ``other`` known to be another database system's backup than this one?"""
+        mine, theirs = self.system_identifier, other.system_identifier
+        return mine is not None and theirs is not None and mine != theirs
 
     @classmethod
     def read(cls, storage: Storage, name: str) -> BackupEnd:
@@ -135,6 +142,7 @@ class BackupEnd:
             finish_time,
             sentinel.pg_version,
             sentinel.finish_timeline,
+            sentinel.system_identifier,
         )
 
 
@@ -356,13 +364,33 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
     refs = catalog.list_backups(storage)
     if not refs:
         raise BackupNotFound(f"no backups found in {storage.location}")
+    newest: BackupEnd | None = None
+    newest_reason: str | None = None
+    skipped_other = False
     for ref in reversed(refs):
         try:
             end = BackupEnd.read(storage, ref.name)
         except (IntegrityError, BackupNotFound) as exc:
             log.warning("%s; not considered", exc)
             continue
+        if newest is not None and newest.other_system(end):
+            # Another database system's backup (the cluster before a pg_upgrade, or one that
+            # initdb replaced): restoring it is never what LATEST asks for. pg_upgrade starts
+            # the new system on timeline 1, so the old system's timeline histories can make
+            # recovery follow a timeline on which only the old system's backups lie.
+            log.info(
+                "backup %s not considered: it is another database system's (system "
+                "identifier %d) than the newest backup %s (%d)",
+                end.name,
+                end.system_identifier,
+                newest.name,
+                newest.system_identifier,
+            )
+            skipped_other = True
+            continue
         reason = timelines.why_not(end)
+        if newest is None:
+            newest, newest_reason = end, reason
         if reason is None:
             # The name, never LATEST again: resolved later, LATEST could be a backup that
             # finished meanwhile and was never checked (an old primary's, off the timeline).
@@ -374,6 +402,16 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
             end.name,
             timelines.target(end),
             reason,
+        )
+    if newest is not None and skipped_other:
+        raise BackupNotFound(
+            f"no backup in {storage.location} of the newest backup's database system (system "
+            f"identifier {newest.system_identifier}) can start a recovery that follows timeline "
+            f"{timelines.target(newest)}: the newest, {newest.name}, cannot, as {newest_reason}; "
+            "the timeline histories recovery would follow are those of another database system "
+            "archiving here before (the cluster before a pg_upgrade, which starts the new one on "
+            f"timeline 1). Restore {newest.name} with --target-timeline current, or name another "
+            "system's backup to restore that"
         )
     raise BackupNotFound(
         f"no backup in {storage.location} can start a recovery that follows the target "

@@ -1,0 +1,150 @@
+"""A cluster's life beyond one database system, with one archive prefix throughout: a
+``pg_upgrade`` to a new major (whose WAL names continue from the old system's, on timeline 1
+whatever timeline the old one was on), and a cluster rebuilt by ``initdb`` pointed at the
+prefix of the one it replaces. Each system has its own system identifier (``pg_control``,
+every WAL page header, the sentinel's ``SystemIdentifier``); walg must not hand one system's
+backup to a restore of the other, nor vouch for one system's WAL with the other's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgcluster import Cluster, PgInstall, run_as_pg
+from walgcli import WalgSetup, archive_now
+
+OLD_MAJOR, NEW_MAJOR = 14, 17
+
+
+@dataclass
+class Upgraded:
+    walg: WalgSetup
+    old_install: PgInstall
+    new_install: PgInstall
+    new: Cluster  # the upgraded cluster, running and archiving
+    old_backup: str  # the old system's backup on timeline 2
+    new_backup: str  # the upgraded cluster's first backup
+
+
+def _archiving(walg: WalgSetup) -> dict[str, str]:
+    return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+
+
+def _pg_upgrade(old: Cluster, new: Cluster, workdir: Path) -> None:
+    run_as_pg(
+        [
+            new.install.tool("pg_upgrade"),
+            "--old-bindir",
+            str(old.install.bindir),
+            "--new-bindir",
+            str(new.install.bindir),
+            "--old-datadir",
+            str(old.datadir),
+            "--new-datadir",
+            str(new.datadir),
+            "--old-port",
+            str(old.port),
+            "--new-port",
+            str(new.port),
+            "--socketdir",
+            str(workdir),
+        ],
+        env=new.install.env(),
+        cwd=workdir,  # pg_upgrade writes its logs there
+        timeout=300,
+    )
+
+
+def _upgrade_from_timeline_2(workdir: Path, walg_bin: str) -> Upgraded:
+    """A PostgreSQL 14 system restored from its backup (so on timeline 2, whose history it
+    archives), backed up there, then upgraded to 17 with the same archive prefix; the
+    upgraded cluster writes on timeline 1 and takes its first backup."""
+    walg = WalgSetup.create(walg_bin, workdir)
+    old_install, new_install = PgInstall.load(OLD_MAJOR), PgInstall.load(NEW_MAJOR)
+    first = Cluster.create(old_install, workdir / "first", conf=_archiving(walg))
+    first.start()
+    first.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS g")
+    walg.run(["backup-push", str(first.datadir)], cluster=first)
+    archive_now(first)
+    first.stop()
+
+    walg.run(["backup-fetch", str(workdir / "old"), "LATEST"])
+    old = Cluster.from_existing(
+        old_install,
+        workdir / "old",
+        conf={**_archiving(walg), "restore_command": walg.command("wal-fetch", "%f", "%p")},
+    )
+    old.touch("recovery.signal")
+    old.start(wait_ready=False)
+    old.wait_ready()
+    old.wait_for_recovery_end()
+    old.psql("CREATE TABLE on_timeline_2 AS SELECT generate_series(1, 10) AS g")
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    archive_now(old)
+    old.stop()
+
+    new = Cluster.create(new_install, workdir / "new", conf=_archiving(walg), use_template=False)
+    _pg_upgrade(old, new, workdir)
+    new.start()
+    new.psql("CREATE TABLE after_upgrade AS SELECT generate_series(1, 10) AS g")
+    archive_now(new)
+    walg.run(["backup-push", str(new.datadir)], cluster=new)
+    new.psql("CREATE TABLE after_new_backup AS SELECT generate_series(1, 10) AS g")
+    archive_now(new)
+    names = [b["backup_name"] for b in json.loads(walg.run(["backup-list", "--json"]).stdout)]
+    assert (workdir / "store" / "wal_005" / "00000002.history.lz4").exists()
+    assert names[1].startswith("base_00000002") and names[2].startswith("base_00000001")
+    return Upgraded(walg, old_install, new_install, new, names[1], names[2])
+
+
+def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """pg_upgrade starts the new cluster's WAL on timeline 1, so after upgrading a cluster
+    that was on timeline 2 the archive's 00000002.history (the old system's) says timeline 2
+    branched off timeline 1 long before the new system's WAL. Recovery with
+    recovery_target_timeline = latest would follow it and cannot start from the new
+    system's backup; walg's LATEST then took the newest backup that fits timeline 2: the old
+    system's PostgreSQL 14 backup, from before the upgrade, restored with exit 0 into a
+    directory the new binaries cannot start (and the old ones start without anything written
+    since the upgrade). LATEST stays with the newest backup's system: refused, naming that
+    backup and --target-timeline current, which restores it."""
+    up = _upgrade_from_timeline_2(pg_workdir, walg_bin)
+    walg = up.walg
+    restore_command = walg.command("wal-fetch", "%f", "%p")
+
+    dest = pg_workdir / "latest"
+    fetch = walg.run(
+        ["backup-fetch", str(dest), "LATEST", "--restore-command", restore_command], check=False
+    )
+    assert fetch.returncode == 74, fetch.stderr
+    assert up.new_backup in fetch.stderr and "--target-timeline current" in fetch.stderr
+    assert "another database system" in fetch.stderr
+    assert not dest.exists() or not any(dest.iterdir())
+
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            restore_command,
+            "--target-timeline",
+            "current",
+        ]
+    )
+    restored = Cluster.from_existing(up.new_install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready()
+    restored.wait_for_recovery_end()
+    assert restored.psql("SELECT count(*) FROM after_new_backup") == "10"
+    assert restored.psql("SHOW server_version_num").startswith(str(NEW_MAJOR))
+
+    # The old system's backup is still there to be asked for by name.
+    old = walg.run(
+        ["backup-fetch", str(pg_workdir / "old_again"), up.old_backup, "--restore-command",
+         restore_command]
+    )  # fmt: skip
+    assert up.old_backup in old.stderr
