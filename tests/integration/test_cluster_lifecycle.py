@@ -9,6 +9,7 @@ backup to a restore of the other, nor vouch for one system's WAL with the other'
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +149,54 @@ def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
          restore_command]
     )  # fmt: skip
     assert up.old_backup in old.stderr
+
+
+def _wait_for_archive_failure(cluster: Cluster, timeout: float = 30) -> str:
+    """The segment PostgreSQL's archiver failed on, once it has failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = cluster.psql(
+            "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver WHERE failed_count > 0"
+        )
+        if failed:
+            return failed
+        time.sleep(0.2)
+    raise TimeoutError("the archiver has not failed\n" + cluster.log_tail())
+
+
+def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A cluster made anew by initdb and pointed at the prefix of the one it replaces writes
+    the same first segment names: its archiver is refused on the first one and archives
+    nothing. wal-verify on it walked from the old system's backup through the old system's
+    segments and said integrity OK, exit 0, while not one segment of the cluster it was asked
+    about was archived. Another system's backups no longer start the walk; with none of this
+    system's, the check is FAILURE and says why."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
+    old.start()
+    old.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS g")
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    archive_now(old)
+    archive_now(old)
+    old.stop()
+
+    # Not a copy of the test template: that would be the same system.
+    new = Cluster.create(install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
+    new.start()
+    system = new.control_data()["Database system identifier"]
+    assert system != old.control_data()["Database system identifier"]
+    new.psql("CREATE TABLE n AS SELECT generate_series(1, 1000) AS g")
+    for _ in range(2):  # into segment 3: the walk covers segment 2, the old system's
+        new.psql("SELECT txid_current()")
+        new.psql("SELECT pg_switch_wal()")
+    new.psql("SELECT txid_current()")
+    assert _wait_for_archive_failure(new) == "000000010000000000000001"
+
+    verify = walg.run(["wal-verify", "integrity", "--fail-on-problem"], cluster=new, check=False)
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "integrity check status: FAILURE" in verify.stdout
+    assert "another database system" in verify.stderr
+    assert system in verify.stderr
