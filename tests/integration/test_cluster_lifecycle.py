@@ -195,6 +195,17 @@ def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
     new.psql("SELECT txid_current()")
     assert _wait_for_archive_failure(new) == "000000010000000000000001"
 
+    # The archiver's refusal says whose the stored segment is, and what to do.
+    push = walg.run(
+        ["wal-push", str(new.datadir / "pg_wal" / "000000010000000000000001")], check=False
+    )
+    assert push.returncode == 1, push.stderr
+    assert "another database system" in push.stderr, push.stderr
+    assert system in push.stderr and old.control_data()["Database system identifier"] in (
+        push.stderr
+    )
+    assert "WALG_FILE_PREFIX" in push.stderr
+
     verify = walg.run(["wal-verify", "integrity", "--fail-on-problem"], cluster=new, check=False)
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "integrity check status: FAILURE" in verify.stdout

@@ -165,6 +165,7 @@ def push_one(
             raise WalOverwriteError(
                 f"WAL file {name} is already archived as {existing[0]} with different "
                 "content; refusing to overwrite it"
+                + _another_system(storage, existing[0], existing_codec, source)
             )
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
@@ -191,6 +192,7 @@ def push_one(
                 raise WalOverwriteError(
                     f"WAL file {name} was archived as {key} by another writer while this "
                     "upload ran, with different content; left as it is"
+                    + _another_system(storage, key, codec, source)
                 ) from None
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
@@ -940,6 +942,35 @@ def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool
                 return False
             if not theirs:
                 return True
+
+
+def _another_system(storage: Storage, key: str, codec: Codec, source: str) -> str:
+    """For a refusal: where the archived ``key`` is another database system's WAL than
+    ``source`` (their first pages state other system identifiers), a sentence saying so and
+    what to do; else nothing.
+
+    A cluster made anew by initdb writes the same first segment names as the one it
+    replaced, and a refusal that only said "different content" left the operator to guess
+    while the archiver retried the same file for ever.
+    """
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+
+    try:
+        with open(source, "rb") as local:
+            ours = stated_system_id(local.read(LONG_HEADER.size))
+        with download(storage, key, codec, key, hash_stored=False) as dl:
+            theirs = stated_system_id(dl.reader.read(LONG_HEADER.size))
+    except (OSError, WalgError):
+        return ""
+    if ours is None or theirs is None or ours == theirs:
+        return ""
+    return (
+        f": the archived file is another database system's WAL (system identifier {theirs}; "
+        f"this file's is {ours}), so this storage holds another cluster's archive (one that "
+        "initdb replaced, or another cluster given the same storage prefix). Archive this "
+        "cluster into a prefix of its own (WALG_FILE_PREFIX, WALG_STORAGE_PREFIX), and keep "
+        "the other system's WAL while its backups may be restored"
+    )
 
 
 def _holds_what_this_copy_has(
