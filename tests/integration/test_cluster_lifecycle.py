@@ -206,6 +206,21 @@ def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
     )
     assert "WALG_FILE_PREFIX" in push.stderr
 
+    # Its backup can never have its WAL archived here: said at once, not after
+    # WALG_STOP_BACKUP_TIMEOUT (30 minutes by default) with "check archive_command".
+    started = time.monotonic()
+    backup = walg.run(
+        ["backup-push", str(new.datadir)],
+        cluster=new,
+        env={"WALG_STOP_BACKUP_TIMEOUT": "40"},
+        check=False,
+    )
+    assert backup.returncode == 1, backup.stderr
+    assert time.monotonic() - started < 30, backup.stderr
+    assert "another database system" in backup.stderr, backup.stderr
+    assert "000000010000000000000001" in backup.stderr
+    assert len(json.loads(walg.run(["backup-list", "--json"]).stdout)) == 1
+
     verify = walg.run(["wal-verify", "integrity", "--fail-on-problem"], cluster=new, check=False)
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "integrity check status: FAILURE" in verify.stdout

@@ -954,12 +954,12 @@ def _another_system(storage: Storage, key: str, codec: Codec, source: str) -> st
     while the archiver retried the same file for ever.
     """
     from walg.core.walpage import LONG_HEADER, stated_system_id
+    from walg.ops.wal import stored_system_id
 
     try:
         with open(source, "rb") as local:
             ours = stated_system_id(local.read(LONG_HEADER.size))
-        with download(storage, key, codec, key, hash_stored=False) as dl:
-            theirs = stated_system_id(dl.reader.read(LONG_HEADER.size))
+        theirs = stored_system_id(storage, key, codec.extension)
     except (OSError, WalgError):
         return ""
     if ours is None or theirs is None or ours == theirs:
