@@ -226,3 +226,41 @@ def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
     assert "integrity check status: FAILURE" in verify.stdout
     assert "another database system" in verify.stderr
     assert system in verify.stderr
+
+
+def test_pg_resetwal_below_the_archive_s_last_segment_is_explained(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """After losing pg_wal, pg_resetwal without -l starts the WAL just after the last
+    checkpoint: at names the archive already holds, with other content, from the same
+    database system. The archiver was refused for ever with only 'different content'. The
+    refusal now names the likely causes (pg_resetwal to a position the archive had passed,
+    or a copy of this cluster writing the same timeline) and pg_resetwal -l; done so, with a
+    segment name past the archive's last, archiving goes on."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = Cluster.create(install, pg_workdir / "data", conf=_archiving(walg))
+    cluster.start()
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    archive_now(cluster)
+    last = archive_now(cluster)
+    cluster.stop(mode="immediate")
+    for segment in (cluster.datadir / "pg_wal").glob("0000*"):
+        segment.unlink()  # the disaster
+    resetwal = install.tool("pg_resetwal")
+    run_as_pg([resetwal, "-f", str(cluster.datadir)], env=install.env())
+    cluster.start()
+    cluster.psql("SELECT txid_current()")
+    cluster.psql("SELECT pg_switch_wal()")
+    refused = _wait_for_archive_failure(cluster)
+    assert refused <= last  # a name the archive holds
+
+    push = walg.run(["wal-push", str(cluster.datadir / "pg_wal" / refused)], check=False)
+    assert push.returncode == 1, push.stderr
+    assert "same database system" in push.stderr, push.stderr
+    assert "pg_resetwal -l" in push.stderr and "another database system" not in push.stderr
+
+    cluster.stop()
+    run_as_pg([resetwal, "-l", "000000010000000000000010", str(cluster.datadir)], env=install.env())
+    cluster.start()
+    assert archive_now(cluster) >= "000000010000000000000010"

@@ -132,9 +132,7 @@ def test_push_different_content_is_refused_and_archive_unchanged(
     assert [i.key for i in storage.list("")] == [key]
 
 
-def test_a_refusal_names_another_database_system_s_segment(
-    storage: Storage, tmp_path: Path
-) -> None:
+def test_a_refusal_says_whose_the_archived_segment_is(storage: Storage, tmp_path: Path) -> None:
     """The first segment of a cluster initdb made anew, where the one it replaced archived
     the same name: the refusal says whose the stored one is and what to do."""
     settings = make_settings(tmp_path)
@@ -150,7 +148,7 @@ def test_a_refusal_names_another_database_system_s_segment(
         )
     message = str(info.value)
     assert "another database system" in message and f"{old}" in message and f"{new}" in message
-    # Same system, other content (pg_resetwal without -l): no such claim.
+    # Same system, other content (pg_resetwal without -l): said so.
     with pytest.raises(WalOverwriteError) as info:
         wal_push(
             settings,
@@ -158,6 +156,7 @@ def test_a_refusal_names_another_database_system_s_segment(
             str(write_wal(tmp_path / "again", name, fakewal.segment_bytes(name, old, fill=b"x"))),
         )
     assert "another database system" not in str(info.value)
+    assert "same database system" in str(info.value) and "pg_resetwal -l" in str(info.value)
 
 
 @pytest.mark.parametrize("cut", ["shorter", "longer"])

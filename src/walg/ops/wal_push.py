@@ -165,7 +165,7 @@ def push_one(
             raise WalOverwriteError(
                 f"WAL file {name} is already archived as {existing[0]} with different "
                 "content; refusing to overwrite it"
-                + _another_system(storage, existing[0], existing_codec, source)
+                + _whose_wal(storage, existing[0], existing_codec, source)
             )
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
@@ -192,7 +192,7 @@ def push_one(
                 raise WalOverwriteError(
                     f"WAL file {name} was archived as {key} by another writer while this "
                     "upload ran, with different content; left as it is"
-                    + _another_system(storage, key, codec, source)
+                    + _whose_wal(storage, key, codec, source)
                 ) from None
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
@@ -944,14 +944,15 @@ def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool
                 return True
 
 
-def _another_system(storage: Storage, key: str, codec: Codec, source: str) -> str:
-    """For a refusal: where the archived ``key`` is another database system's WAL than
-    ``source`` (their first pages state other system identifiers), a sentence saying so and
-    what to do; else nothing.
+def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
+    """For a refusal of segment ``source``: whose WAL the archived ``key`` is, by the system
+    identifiers both first pages state, and what to do, as a sentence; else nothing.
 
-    A cluster made anew by initdb writes the same first segment names as the one it
-    replaced, and a refusal that only said "different content" left the operator to guess
-    while the archiver retried the same file for ever.
+    A refusal that only said "different content" left the operator to guess while the
+    archiver retried the same file for ever. Another system's segment: a cluster made anew
+    by initdb writes the same first segment names as the one it replaced. This system's:
+    another server writes the same timeline (a copy started as a primary), or pg_resetwal
+    (after pg_wal was lost) restarted the WAL at names the archive had passed.
     """
     from walg.core.walpage import LONG_HEADER, stated_system_id
     from walg.ops.wal import stored_system_id
@@ -962,8 +963,18 @@ def _another_system(storage: Storage, key: str, codec: Codec, source: str) -> st
         theirs = stored_system_id(storage, key, codec.extension)
     except (OSError, WalgError):
         return ""
-    if ours is None or theirs is None or ours == theirs:
+    if ours is None or theirs is None:
         return ""
+    if ours == theirs:
+        return (
+            f": the archived file is WAL of this same database system (system identifier "
+            f"{ours}), written differently. Either another server of this system writes this "
+            "timeline (a copy started as a primary, from pg_basebackup, a snapshot or a "
+            "restore without recovery, with this archive_command: stop its archiving), or "
+            "the WAL was reset (pg_resetwal) to a position the archive had passed: stop the "
+            "server and run pg_resetwal -l with a segment name after the last one archived "
+            "(walg wal-show)"
+        )
     return (
         f": the archived file is another database system's WAL (system identifier {theirs}; "
         f"this file's is {ours}), so this storage holds another cluster's archive (one that "
