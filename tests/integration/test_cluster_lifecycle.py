@@ -264,3 +264,58 @@ def test_pg_resetwal_below_the_archive_s_last_segment_is_explained(
     run_as_pg([resetwal, "-l", "000000010000000000000010", str(cluster.datadir)], env=install.env())
     cluster.start()
     assert archive_now(cluster) >= "000000010000000000000010"
+
+
+def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """pg_upgrade 14 -> 17 keeping the prefix. The new system's WAL names continue after the
+    old one's, so nothing collides; until its first backup wal-verify cannot vouch for it (the
+    old system's backups never restore it: on the old code it walked from them and said
+    WARNING, calling the gap between the systems 'uploading'); after it, OK. The sentinel
+    carries the new system's identifier and version. The old system's backup still restores
+    with the old binaries, to the end of the old system's WAL."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    old_install, new_install = PgInstall.load(OLD_MAJOR), PgInstall.load(NEW_MAJOR)
+    old = Cluster.create(old_install, pg_workdir / "old", conf=_archiving(walg))
+    old.start()
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    old.psql("CREATE TABLE before_upgrade AS SELECT generate_series(1, 10) AS g")
+    archive_now(old)
+    old.stop()
+    archived_by_old = {p.name for p in (walg.store / "wal_005").iterdir()}
+
+    new = Cluster.create(new_install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
+    _pg_upgrade(old, new, pg_workdir)
+    new.start()
+    new.psql("CREATE TABLE after_upgrade AS SELECT generate_series(1, 10) AS g")
+    first_new = archive_now(new)
+    assert f"{first_new}.lz4" not in archived_by_old
+    assert first_new > max(archived_by_old)[:24]
+
+    before = walg.run(["wal-verify", "integrity", "--fail-on-problem"], cluster=new, check=False)
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert "another database system" in before.stderr
+
+    walg.run(["backup-push", str(new.datadir)], cluster=new)
+    archive_now(new)
+    after = walg.run(["wal-verify", "integrity", "--fail-on-problem"], cluster=new)
+    assert "integrity check status: OK" in after.stdout, after.stdout + after.stderr
+
+    backups = json.loads(walg.run(["backup-list", "--json", "--detail"]).stdout)
+    system = int(new.control_data()["Database system identifier"])
+    assert backups[-1]["system_identifier"] == system
+    assert backups[-1]["pg_version"] // 10000 == NEW_MAJOR
+    assert backups[0]["system_identifier"] != system
+
+    dest = pg_workdir / "old_restored"
+    walg.run(
+        ["backup-fetch", str(dest), backups[0]["backup_name"], "--restore-command",
+         walg.command("wal-fetch", "%f", "%p")]
+    )  # fmt: skip
+    restored = Cluster.from_existing(old_install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready()
+    restored.wait_for_recovery_end()
+    assert restored.psql("SELECT count(*) FROM before_upgrade") == "10"
+    assert restored.psql("SELECT to_regclass('after_upgrade') IS NULL") == "t"
