@@ -124,6 +124,16 @@ def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
     assert up.new_backup in fetch.stderr and "--target-timeline current" in fetch.stderr
     assert "another database system" in fetch.stderr
     assert not dest.exists() or not any(dest.iterdir())
+    # A time target after the new system's backup, likewise.
+    now = up.new.psql("SELECT now()")
+    timed = walg.run(
+        ["backup-fetch", str(dest), "LATEST", "--restore-command", restore_command,
+         "--target-time", now],
+        check=False,
+    )  # fmt: skip
+    assert timed.returncode == 74, timed.stderr
+    assert up.new_backup in timed.stderr and "--target-timeline current" in timed.stderr
+    assert not dest.exists() or not any(dest.iterdir())
 
     walg.run(
         [

@@ -138,6 +138,16 @@ def test_latest_never_crosses_to_another_database_system() -> None:
     assert newest in message and "--target-timeline current" in message
     assert "another database system" in message
     assert backup_for_target(storage, "LATEST", RecoveryTarget("c", timeline="current")) == newest
+    # With a time target after the new system's backup, the same; before it, the old system
+    # was the one live then.
+    after = RecoveryTarget("c", time="2026-11-25 13:00:00+00")
+    with pytest.raises(BackupNotFound) as info:
+        backup_for_target(storage, "LATEST", after)
+    assert newest in str(info.value) and "--target-timeline current" in str(info.value)
+    after_current = RecoveryTarget("c", time="2026-11-25 13:00:00+00", timeline="current")
+    assert backup_for_target(storage, "LATEST", after_current) == newest
+    before = RecoveryTarget("c", time="2026-11-25 11:30:00+00")
+    assert backup_for_target(storage, "LATEST", before) == "base_000000020000000000000005"
     # Named, the old system's backup is restored as asked.
     old_name = "base_000000020000000000000005"
     assert backup_for_target(storage, old_name, RecoveryTarget("c")) == old_name

@@ -318,9 +318,29 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             ends.append(BackupEnd.read(storage, ref.name))
         except (IntegrityError, BackupNotFound) as exc:
             log.warning("%s; not considered", exc)
+    # The newest backup that finished before the target, on whatever timeline: the database
+    # system live at the target. Another system's backup cannot reach it (its WAL ended
+    # before: the cluster before a pg_upgrade), whatever timeline its histories lead to.
+    live: BackupEnd | None = None
+    skipped_other = False
     for end in sorted(ends, key=bound.order, reverse=True):
         fit = bound.fit(end)
         if fit is Fit.AFTER:
+            continue
+        if live is None and fit is Fit.BEFORE:
+            live = end
+        if live is not None and live.other_system(end):
+            log.info(
+                "backup %s not considered for %s: it is another database system's (system "
+                "identifier %d) than backup %s (%d), which finished after it and before the "
+                "target",
+                end.name,
+                bound.what,
+                end.system_identifier,
+                live.name,
+                live.system_identifier,
+            )
+            skipped_other = True
             continue
         reason = timelines.why_not(end)
         if reason is not None:
@@ -339,6 +359,14 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 "server's timezone; give the offset (like +00) or a zone name"
             )
         log.warning("backup %s records no end; not considered for %s", end.name, bound.what)
+    if live is not None and skipped_other:
+        raise BackupNotFound(
+            f"no backup in {storage.location} can reach {bound.what}: the newest that finished "
+            f"before it, {live.name} (system identifier {live.system_identifier}), cannot, as "
+            f"{timelines.why_not(live)}, and the older ones that could are another database "
+            "system's, whose WAL ended before (the cluster before a pg_upgrade, which starts the "
+            f"new one on timeline 1). Restore {live.name} with --target-timeline current"
+        )
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
 
 
