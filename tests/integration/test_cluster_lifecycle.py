@@ -329,3 +329,50 @@ def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
     restored.wait_for_recovery_end()
     assert restored.psql("SELECT count(*) FROM before_upgrade") == "10"
     assert restored.psql("SELECT to_regclass('after_upgrade') IS NULL") == "t"
+
+
+def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """While PostgreSQL's call for the rebuilt cluster's first segment was refused (the old
+    system's is stored under that name), the look-ahead uploader that call started stored
+    the rebuilt cluster's later segments, which collide with nothing, after the old system's
+    last one. A restore of the old system's backup to the end then met the first of them,
+    wal-fetch refused it as another system's (exit 128), and PostgreSQL stopped on every
+    start, where it had ended recovery cleanly before. No look-ahead starts from a call whose
+    file is stored as another system's."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
+    old.start()
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    old.psql("CREATE TABLE before_rebuild AS SELECT generate_series(1, 10) AS g")
+    archive_now(old)
+    old.stop()
+    archived_by_old = sorted(p.name for p in (walg.store / "wal_005").iterdir())
+
+    new = Cluster.create(install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
+    new.start()
+    for _ in range(5):  # segment 1, refused, and a backlog behind it
+        new.psql("SELECT txid_current()")
+        new.psql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # PostgreSQL's three tries before it pauses a minute
+        if int(new.psql("SELECT failed_count FROM pg_stat_archiver")) >= 3:
+            break
+        time.sleep(0.2)
+    assert _wait_for_archive_failure(new) == "000000010000000000000001"
+    time.sleep(3)  # what an uploader started by those calls would store meanwhile
+    new.stop()
+    assert sorted(p.name for p in (walg.store / "wal_005").iterdir()) == archived_by_old
+
+    dest = pg_workdir / "old_restored"
+    walg.run(
+        ["backup-fetch", str(dest), "LATEST", "--restore-command",
+         walg.command("wal-fetch", "%f", "%p")]
+    )  # fmt: skip
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready()
+    restored.wait_for_recovery_end()
+    assert restored.psql("SELECT count(*) FROM before_rebuild") == "10"

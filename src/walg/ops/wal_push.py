@@ -343,7 +343,12 @@ def wal_push(
                     "it beside that upload (PostgreSQL will retry)"
                 )
             # The uploader leaves this file to this call (it is excluded, and locked here).
-            if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
+            if (
+                not detached
+                and lookahead
+                and _wants_lookahead(settings, wal_dir, {name})
+                and not _stored_as_another_system(storage, source, name)
+            ):
                 try:
                     spawn_uploader(wal_dir, name)
                     detached = True
@@ -361,6 +366,8 @@ def wal_push(
     if lookahead:
         try:
             uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
+            if uploader is not None and _stored_as_another_system(storage, source, name):
+                uploader = None
             if uploader is not None:
                 uploader.start()
         except OSError as exc:
@@ -942,6 +949,39 @@ def _same_content(storage: Storage, key: str, codec: Codec, source: str) -> bool
                 return False
             if not theirs:
                 return True
+
+
+def _stored_as_another_system(storage: Storage, source: str, name: str) -> bool:
+    """Is ``name`` stored as another database system's segment than the file ``source``?
+
+    Then PostgreSQL's call for it is refused for ever (a cluster made anew by initdb in the
+    prefix of the one it replaced), and no look-ahead may start: it stored this system's later
+    segments, which do not collide, after the other system's last one, and a restore of the
+    other system to the end then met them and stopped (wal-fetch exits 128 on a foreign
+    segment) where it had ended cleanly before. Asked only when a look-ahead would start.
+    """
+    found = find_wal_object(storage, name)
+    if found is None:
+        return False
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+    from walg.ops.wal import stored_system_id
+
+    try:
+        with open(source, "rb") as local:
+            ours = stated_system_id(local.read(LONG_HEADER.size))
+        theirs = stored_system_id(storage, *found)
+    except (OSError, WalgError):
+        return False
+    if ours is None or theirs is None or ours == theirs:
+        return False
+    log.warning(
+        "not archiving ahead: %s is stored as another database system's WAL (system "
+        "identifier %d; this cluster's is %d)",
+        found[0],
+        theirs,
+        ours,
+    )
+    return True
 
 
 def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
