@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from pgcluster import Cluster, PgInstall, run_as_pg
 from walgcli import WalgSetup, archive_now
 
@@ -33,10 +35,13 @@ def _archiving(walg: WalgSetup) -> dict[str, str]:
     return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
 
 
-def _pg_upgrade(old: Cluster, new: Cluster, workdir: Path) -> None:
+def _pg_upgrade(old: Cluster, new: Cluster, workdir: Path, mode: str = "copy") -> None:
+    """pg_upgrade ``old`` into ``new`` (initdb'd, stopped), copying the files or, with
+    ``mode`` ``link`` or ``clone``, linking or cloning them."""
     run_as_pg(
         [
             new.install.tool("pg_upgrade"),
+            *([f"--{mode}"] if mode != "copy" else []),
             "--old-bindir",
             str(old.install.bindir),
             "--new-bindir",
@@ -276,13 +281,15 @@ def test_pg_resetwal_below_the_archive_s_last_segment_is_explained(
     assert archive_now(cluster) >= "000000010000000000000010"
 
 
+@pytest.mark.parametrize("mode", ["copy", "link"])
 def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
-    pg_workdir: Path, walg_bin: str
+    mode: str, pg_workdir: Path, walg_bin: str
 ) -> None:
-    """pg_upgrade 14 -> 17 keeping the prefix. The new system's WAL names continue after the
-    old one's, so nothing collides; until its first backup wal-verify cannot vouch for it (the
-    old system's backups never restore it: on the old code it walked from them and said
-    WARNING, calling the gap between the systems 'uploading'); after it, OK. The sentinel
+    """pg_upgrade 14 -> 17 (copying or linking the files) keeping the prefix. The new
+    system's WAL names continue after the old one's, so nothing collides; until its first
+    backup wal-verify cannot vouch for it (the old system's backups never restore it: on the
+    old code it walked from them and said WARNING, calling the gap between the systems
+    'uploading'); after it, OK. The sentinel
     carries the new system's identifier and version. The old system's backup still restores
     with the old binaries, to the end of the old system's WAL."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
@@ -296,7 +303,7 @@ def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
     archived_by_old = {p.name for p in (walg.store / "wal_005").iterdir()}
 
     new = Cluster.create(new_install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
-    _pg_upgrade(old, new, pg_workdir)
+    _pg_upgrade(old, new, pg_workdir, mode)
     new.start()
     new.psql("CREATE TABLE after_upgrade AS SELECT generate_series(1, 10) AS g")
     first_new = archive_now(new)
