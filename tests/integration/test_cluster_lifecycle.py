@@ -158,6 +158,11 @@ def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
     assert restored.psql("SELECT count(*) FROM after_new_backup") == "10"
     assert restored.psql("SHOW server_version_num").startswith(str(NEW_MAJOR))
 
+    # Without recovery settings walg writes none, and says what the operator's must hold.
+    plain = walg.run(["backup-fetch", str(pg_workdir / "plain"), "LATEST"])
+    assert up.new_backup in plain.stderr
+    assert "recovery_target_timeline = 'current'" in plain.stderr, plain.stderr
+
     # The old system's backup is still there to be asked for by name.
     old = walg.run(
         ["backup-fetch", str(pg_workdir / "old_again"), up.old_backup, "--restore-command",

@@ -15,7 +15,7 @@ from walg.core.naming import metadata_key, sentinel_key
 from walg.errors import BackupNotFound, UsageError
 from walg.ops import catalog
 from walg.ops.recovery import RecoveryTarget, active_targets, disable_inherited_targets
-from walg.ops.target_backup import backup_for_target, time_bounds
+from walg.ops.target_backup import backup_for_target, default_timeline_problem, time_bounds
 from walg.storage.memory import MemoryStorage
 
 NS = 1_000_000_000
@@ -148,6 +148,10 @@ def test_latest_never_crosses_to_another_database_system() -> None:
     assert backup_for_target(storage, "LATEST", after_current) == newest
     before = RecoveryTarget("c", time="2026-11-25 11:30:00+00")
     assert backup_for_target(storage, "LATEST", before) == "base_000000020000000000000005"
+    # Restored without recovery settings, walg says what the operator's must hold.
+    problem = default_timeline_problem(storage, "LATEST")
+    assert problem is not None and newest in problem and "'current'" in problem
+    assert default_timeline_problem(storage, "base_000000020000000000000005") is None
     # Named, the old system's backup is restored as asked.
     old_name = "base_000000020000000000000005"
     assert backup_for_target(storage, old_name, RecoveryTarget("c")) == old_name

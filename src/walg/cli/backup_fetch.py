@@ -135,6 +135,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 else "xid",
             )  # fmt: skip
     else:
+        from walg.ops.target_backup import default_timeline_problem
+
+        problem = default_timeline_problem(ctx.storage(), result.name)
+        if problem is not None:
+            log.warning("%s", problem)
         for setting in disable_inherited_targets(dest, pg_version):
             log.warning(
                 "postgresql.auto.conf of backup %s sets %s, left by an earlier "

@@ -273,6 +273,32 @@ def _ns(moment: datetime, frac: str) -> int:
     return (delta.days * 86400 + delta.seconds) * _NS + int(frac)
 
 
+def default_timeline_problem(storage: Storage, name: str) -> str | None:
+    """Why recovery with PostgreSQL's default ``recovery_target_timeline`` (``latest`` from 12
+    on) cannot start from backup ``name``, for a restore without recovery settings (which
+    the operator writes); None if it can, or where the backup cannot be read.
+
+    After a pg_upgrade (which starts the new cluster on timeline 1) of a cluster that was on
+    timeline 2, the old system's histories make ``latest`` follow timeline 2, and PostgreSQL
+    refuses the new system's backups: "requested timeline 2 is not a child of this server's
+    history", after the whole download.
+    """
+    try:
+        end = BackupEnd.read(storage, catalog.resolve(storage, name))
+    except (IntegrityError, BackupNotFound):
+        return None
+    timelines = _Timelines(storage, None)
+    reason = timelines.why_not(end)
+    if reason is None:
+        return None
+    return (
+        f"recovery with the default recovery_target_timeline ('latest': timeline "
+        f"{timelines.target(end)}) cannot start from backup {end.name}: {reason}; set "
+        "recovery_target_timeline = 'current' with your recovery settings (or restore with "
+        "--restore-command and --target-timeline current)"
+    )
+
+
 def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None) -> str:
     """The backup to restore for ``name`` (a backup name or LATEST) and ``target``."""
     if target is None:
