@@ -20,7 +20,7 @@ from walg.ops.recovery import (
     disable_inherited_targets,
     inherited_apply_delay,
 )
-from walg.ops.target_backup import backup_for_target, time_bounds
+from walg.ops.target_backup import backup_for_target, default_timeline_problem, time_bounds
 from walg.storage.memory import MemoryStorage
 
 NS = 1_000_000_000
@@ -52,6 +52,7 @@ def _backup(
     finish_lsn: str,
     pg_version: int = 160000,
     finish_timeline: int | None = None,
+    system_identifier: int | None = None,
 ) -> None:
     sentinel = Sentinel(
         lsn=parse_lsn(finish_lsn) - 1,
@@ -59,6 +60,7 @@ def _backup(
         pg_version=pg_version,
         finish_time=GoTime(_ns(finish)),
         finish_timeline=finish_timeline,
+        system_identifier=system_identifier,
     )
     storage.put_bytes(sentinel_key(name), sentinel.dumps())
 
@@ -119,6 +121,49 @@ def test_a_named_backup_that_ends_after_the_target_is_refused(storage: MemorySto
     assert backup_for_target(storage, name, target) == name
     with pytest.raises(BackupNotFound):
         backup_for_target(storage, "base_00000001000000000000000F", target)
+
+
+def test_latest_never_crosses_to_another_database_system() -> None:
+    """After pg_upgrade (a new system on timeline 1) of a cluster on timeline 2, the old
+    system's 00000002.history makes recovery follow timeline 2, which only the old system's
+    backups fit: LATEST refuses rather than restore those."""
+    storage = MemoryStorage()
+    old, new = 7000000000000000001, 7000000000000000002
+    _backup(storage, "base_000000010000000000000002", "2026-11-25T10:00:00+00:00", "0/2000100",
+            system_identifier=old)  # fmt: skip
+    _backup(storage, "base_000000020000000000000005", "2026-11-25T11:00:00+00:00", "0/5000100",
+            system_identifier=old)  # fmt: skip
+    _history(storage, 2, "1\t0/4000000\tno recovery target specified\n")
+    newest = "base_00000001000000000000000E"
+    _backup(storage, newest, "2026-11-25T12:00:00+00:00", "0/E000120", pg_version=170000,
+            system_identifier=new)  # fmt: skip
+    with pytest.raises(BackupNotFound) as info:
+        backup_for_target(storage, "LATEST", RecoveryTarget("c"))
+    message = str(info.value)
+    assert newest in message and "--target-timeline current" in message
+    assert "another database system" in message
+    assert backup_for_target(storage, "LATEST", RecoveryTarget("c", timeline="current")) == newest
+    # With a time target after the new system's backup, the same; before it, the old system
+    # was the one live then.
+    after = RecoveryTarget("c", time="2026-11-25 13:00:00+00")
+    with pytest.raises(BackupNotFound) as info:
+        backup_for_target(storage, "LATEST", after)
+    assert newest in str(info.value) and "--target-timeline current" in str(info.value)
+    after_current = RecoveryTarget("c", time="2026-11-25 13:00:00+00", timeline="current")
+    assert backup_for_target(storage, "LATEST", after_current) == newest
+    before = RecoveryTarget("c", time="2026-11-25 11:30:00+00")
+    assert backup_for_target(storage, "LATEST", before) == "base_000000020000000000000005"
+    # Restored without recovery settings, walg says what the operator's must hold.
+    problem = default_timeline_problem(storage, "LATEST")
+    assert problem is not None and newest in problem and "'current'" in problem
+    assert default_timeline_problem(storage, "base_000000020000000000000005") is None
+    # Named, the old system's backup is restored as asked.
+    old_name = "base_000000020000000000000005"
+    assert backup_for_target(storage, old_name, RecoveryTarget("c")) == old_name
+    # A backup that records no system identifier (WAL-G before 0.2.x, WAL-E) is not taken
+    # for another system's.
+    _backup(storage, newest, "2026-11-25T12:00:00+00:00", "0/E000120", pg_version=170000)
+    assert backup_for_target(storage, "LATEST", RecoveryTarget("c")) == old_name
 
 
 AUTO_CONF = (

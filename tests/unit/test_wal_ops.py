@@ -9,6 +9,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
+import fakewal
 from lz4frames import check_trailer_object
 from walg.errors import FormatError, IntegrityError, UsageError, WalNotFound, WalOverwriteError
 from walg.ops.wal import find_wal_object
@@ -129,6 +130,33 @@ def test_push_different_content_is_refused_and_archive_unchanged(
     assert stored(storage, key) == raw_before
     assert storage.stat(key).modified == before.modified
     assert [i.key for i in storage.list("")] == [key]
+
+
+def test_a_refusal_says_whose_the_archived_segment_is(storage: Storage, tmp_path: Path) -> None:
+    """The first segment of a cluster initdb made anew, where the one it replaced archived
+    the same name: the refusal says whose the stored one is and what to do."""
+    settings = make_settings(tmp_path)
+    name = "000000010000000000000001"
+    old, new = 7000000000000000001, 7000000000000000002
+    first = write_wal(tmp_path / "old", name, fakewal.segment_bytes(name, old))
+    wal_push(settings, storage, str(first))
+    with pytest.raises(WalOverwriteError) as info:
+        wal_push(
+            settings,
+            storage,
+            str(write_wal(tmp_path / "new", name, fakewal.segment_bytes(name, new))),
+        )
+    message = str(info.value)
+    assert "another database system" in message and f"{old}" in message and f"{new}" in message
+    # Same system, other content (pg_resetwal without -l): said so.
+    with pytest.raises(WalOverwriteError) as info:
+        wal_push(
+            settings,
+            storage,
+            str(write_wal(tmp_path / "again", name, fakewal.segment_bytes(name, old, fill=b"x"))),
+        )
+    assert "another database system" not in str(info.value)
+    assert "same database system" in str(info.value) and "pg_resetwal -l" in str(info.value)
 
 
 @pytest.mark.parametrize("cut", ["shorter", "longer"])

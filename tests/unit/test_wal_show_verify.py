@@ -73,6 +73,7 @@ def put_backup(
     permanent: bool = False,
     metadata: bool = True,
     start_time: int = 1_700_000_000,
+    system: int = 7000000000000000001,
 ) -> str:
     backup = naming.backup_name(Segment.containing(tli, start_lsn).name())
     if metadata:
@@ -85,7 +86,7 @@ def put_backup(
             start_lsn=start_lsn,
             finish_lsn=finish_lsn,
             is_permanent=permanent,
-            system_identifier=7000000000000000001,
+            system_identifier=system,
             uncompressed_size=100,
             compressed_size=50,
         )
@@ -388,6 +389,37 @@ def test_permanent_backups_do_not_bound_the_walk_unless_named(storage: Storage) 
     assert named.status is CheckStatus.FAILURE  # 5..9 are missing
     with pytest.raises(BackupNotFound):
         verify_integrity(storage, at(1, 21), backup_name="base_000000010000000000000099")
+
+
+def test_another_database_system_s_backups_never_start_the_walk(storage: Storage) -> None:
+    """A pg_upgrade's old system archived 2..4 and backed up at 2; the new one, whose WAL
+    names continue, archived 10..20 and backed up at 12."""
+    old, new = 7000000000000000001, 7000000000000000002
+    put_segments(storage, 1, range(2, 5))
+    old_backup = put_backup(storage, 1, 2 * SEG + 0x28, 3 * SEG, system=old)
+
+    def on_new(**kwargs: Any) -> IntegrityResult:
+        return verify_integrity(
+            storage, ClusterPosition(1, 21 * SEG + 0x100, system_identifier=new), **kwargs
+        )
+
+    put_segments(storage, 1, range(10, 21))
+    # Before the new system's first backup: nothing here restores it.
+    result = on_new(upload_concurrency=0)
+    assert result.earliest_backup is None
+    assert result.status is CheckStatus.FAILURE
+    assert any("another database system" in p and str(new) in p for p in result.problems)
+    with pytest.raises(UsageError):
+        on_new(backup_name=old_backup)
+
+    new_backup = put_backup(storage, 1, 12 * SEG + 0x28, 13 * SEG, system=new)
+    result = on_new(upload_concurrency=0)
+    assert result.earliest_backup == new_backup
+    assert result.status is CheckStatus.OK and not result.problems
+    # A position given by hand has no system: WAL-G's walk, from the oldest backup.
+    by_hand = verify_integrity(storage, at(1, 21), upload_concurrency=0)
+    assert by_hand.earliest_backup == old_backup
+    assert by_hand.status is CheckStatus.FAILURE  # 5..9 are missing
 
 
 def test_permanence_from_the_sentinel_when_metadata_is_missing(storage: Storage) -> None:

@@ -136,6 +136,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 else "xid",
             )  # fmt: skip
     else:
+        from walg.ops.target_backup import default_timeline_problem
+
+        problem = default_timeline_problem(ctx.storage(), result.name)
+        if problem is not None:
+            log.warning("%s", problem)
         for conf in ("postgresql.conf", "postgresql.auto.conf"):
             for setting in disable_inherited_targets(dest, pg_version, conf):
                 log.warning(

@@ -57,6 +57,13 @@ def _long_header(head: bytes) -> tuple[int, ...] | None:
     return fields
 
 
+def stated_system_id(head: bytes) -> int | None:
+    """The system identifier a segment's first page header states, if ``head`` starts with
+    one."""
+    header = _long_header(head)
+    return int(header[5]) if header is not None else None
+
+
 def stated_segment_size(head: bytes) -> int | None:
     """The segment size a segment's first page header states, if ``head`` starts with one."""
     header = _long_header(head)

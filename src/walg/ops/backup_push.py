@@ -48,10 +48,11 @@ from walg.errors import (
     PostgresError,
     StorageError,
     UsageError,
+    WalgError,
 )
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
-from walg.ops.wal import find_wal_object, newest_timeline, read_history
+from walg.ops.wal import find_wal_object, newest_timeline, read_history, stored_system_id
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
@@ -513,6 +514,7 @@ def _upload_backup(
                 baseline,
                 deadline,
                 replan if info.in_recovery else None,
+                info.system_identifier,
             )
         except PostgresError as exc:
             abandoned = _abandoned_branch(storage, stop) if info.in_recovery else None
@@ -757,6 +759,7 @@ def _wait_for_archived(
     baseline: ArchiverStatus | None,
     deadline: float,
     replan: Callable[[], list[Segment] | None] | None = None,
+    system_id: int | None = None,
 ) -> list[Segment]:
     """Wait until every segment the backup needs (``needed``, in order) is in storage;
     returns the segments waited for (``replan``'s, where it changed them).
@@ -771,6 +774,8 @@ def _wait_for_archived(
     standby): then only storage is watched. While a segment is missing, ``replan`` (a
     standby's) is asked every second for the segments to wait for instead, once the upstream
     was promoted meanwhile (see :func:`_segments_after_promotion`).
+    Where the file PostgreSQL's archiver keeps failing on is stored as another database
+    system's (``system_id`` is this cluster's), no wait can end well: that fails at once.
     """
     if not needed:
         return needed
@@ -826,6 +831,9 @@ def _wait_for_archived(
         elif now >= next_status:
             next_status = now + 5.0
             status = session.archiver_status()
+            refused = _refused_as_another_system(storage, status, system_id)
+            if refused is not None:
+                raise PostgresError(refused)
             if status.failing_since(baseline) and not warned:
                 warned = True
                 log.warning(
@@ -845,6 +853,43 @@ def _wait_for_archived(
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+def _refused_as_another_system(
+    storage: Storage, status: ArchiverStatus, system_id: int | None
+) -> str | None:
+    """Why archiving can never succeed, where PostgreSQL's archiver is failing on a segment
+    that storage holds as another database system's; else None.
+
+    A cluster made anew by initdb and pointed at the prefix of the one it replaced writes the
+    same first segment names, which wal-push never overwrites, and PostgreSQL's archiver
+    retries its oldest file for ever: the backup waited out WALG_STOP_BACKUP_TIMEOUT (30
+    minutes by default) and then only said to check archive_command.
+    """
+    failed = status.last_failed_wal
+    if (
+        system_id is None
+        or not is_segment_name(failed)
+        or status.last_failed_time <= status.last_archived_time
+    ):
+        return None
+    found = find_wal_object(storage, failed)
+    if found is None:
+        return None
+    try:
+        theirs = stored_system_id(storage, *found)
+    except WalgError:
+        return None
+    if theirs is None or theirs == system_id:
+        return None
+    return (
+        f"PostgreSQL's archive_command keeps failing on {failed}: {storage.location} already "
+        f"holds a {failed} of another database system (system identifier {theirs}; this "
+        f"cluster's is {system_id}), which wal-push never overwrites, so this backup's WAL "
+        "cannot be archived there. Archive this cluster into a storage prefix of its own "
+        "(WALG_FILE_PREFIX, WALG_STORAGE_PREFIX), and keep the other system's WAL while its "
+        "backups may be restored"
+    )
 
 
 def _archived_up_to(status: ArchiverStatus, last: Segment, segment_size: int) -> bool:

@@ -116,6 +116,13 @@ class BackupEnd:
     # The timeline finish_lsn is on, where walg recorded it differs from ``timeline`` (the
     # one the backup started on): a standby that followed its promoted upstream meanwhile.
     finish_timeline: int | None = None
+    # The sentinel's SystemIdentifier; None where it records none (old WAL-G, WAL-E).
+    system_identifier: int | None = None
+
+    def other_system(self, other: BackupEnd) -> bool:
+        """Is ``other`` known to be another database system's backup than this one?"""
+        mine, theirs = self.system_identifier, other.system_identifier
+        return mine is not None and theirs is not None and mine != theirs
 
     @classmethod
     def read(cls, storage: Storage, name: str) -> BackupEnd:
@@ -135,6 +142,7 @@ class BackupEnd:
             finish_time,
             sentinel.pg_version,
             sentinel.finish_timeline,
+            sentinel.system_identifier,
         )
 
 
@@ -312,6 +320,32 @@ def _ns(moment: datetime, frac: str) -> int:
     return (delta.days * 86400 + delta.seconds) * _NS + int(frac)
 
 
+def default_timeline_problem(storage: Storage, name: str) -> str | None:
+    """Why recovery with PostgreSQL's default ``recovery_target_timeline`` (``latest`` from 12
+    on) cannot start from backup ``name``, for a restore without recovery settings (which
+    the operator writes); None if it can, or where the backup cannot be read.
+
+    After a pg_upgrade (which starts the new cluster on timeline 1) of a cluster that was on
+    timeline 2, the old system's histories make ``latest`` follow timeline 2, and PostgreSQL
+    refuses the new system's backups: "requested timeline 2 is not a child of this server's
+    history", after the whole download.
+    """
+    try:
+        end = BackupEnd.read(storage, catalog.resolve(storage, name))
+    except (IntegrityError, BackupNotFound):
+        return None
+    timelines = _Timelines(storage, None)
+    reason = timelines.why_not(end)
+    if reason is None:
+        return None
+    return (
+        f"recovery with the default recovery_target_timeline ('latest': timeline "
+        f"{timelines.target(end)}) cannot start from backup {end.name}: {reason}; set "
+        "recovery_target_timeline = 'current' with your recovery settings (or restore with "
+        "--restore-command and --target-timeline current)"
+    )
+
+
 def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None) -> str:
     """The backup to restore for ``name`` (a backup name or LATEST) and ``target``."""
     if target is None:
@@ -359,9 +393,29 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
         except (IntegrityError, BackupNotFound) as exc:
             log.warning("%s; not considered", exc)
         written[ref.name] = ref.modified
+    # The newest backup that finished before the target, on whatever timeline: the database
+    # system live at the target. Another system's backup cannot reach it (its WAL ended
+    # before: the cluster before a pg_upgrade), whatever timeline its histories lead to.
+    live: BackupEnd | None = None
+    skipped_other = False
     for end in sorted(ends, key=bound.order, reverse=True):
         fit = bound.fit(end)
         if fit is Fit.AFTER:
+            continue
+        if live is None and fit is Fit.BEFORE:
+            live = end
+        if live is not None and live.other_system(end):
+            log.info(
+                "backup %s not considered for %s: it is another database system's (system "
+                "identifier %d) than backup %s (%d), which finished after it and before the "
+                "target",
+                end.name,
+                bound.what,
+                end.system_identifier,
+                live.name,
+                live.system_identifier,
+            )
+            skipped_other = True
             continue
         reason = timelines.why_not(end)
         if reason is not None:
@@ -381,6 +435,14 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 "server's timezone; give the offset (like +00) or a zone name"
             )
         log.warning("backup %s records no end; not considered for %s", end.name, bound.what)
+    if live is not None and skipped_other:
+        raise BackupNotFound(
+            f"no backup in {storage.location} can reach {bound.what}: the newest that finished "
+            f"before it, {live.name} (system identifier {live.system_identifier}), cannot, as "
+            f"{timelines.why_not(live)}, and the older ones that could are another database "
+            "system's, whose WAL ended before (the cluster before a pg_upgrade, which starts the "
+            f"new one on timeline 1). Restore {live.name} with --target-timeline current"
+        )
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
 
 
@@ -406,13 +468,33 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
     refs = catalog.list_backups(storage)
     if not refs:
         raise BackupNotFound(f"no backups found in {storage.location}")
+    newest: BackupEnd | None = None
+    newest_reason: str | None = None
+    skipped_other = False
     for ref in reversed(refs):
         try:
             end = BackupEnd.read(storage, ref.name)
         except (IntegrityError, BackupNotFound) as exc:
             log.warning("%s; not considered", exc)
             continue
+        if newest is not None and newest.other_system(end):
+            # Another database system's backup (the cluster before a pg_upgrade, or one that
+            # initdb replaced): restoring it is never what LATEST asks for. pg_upgrade starts
+            # the new system on timeline 1, so the old system's timeline histories can make
+            # recovery follow a timeline on which only the old system's backups lie.
+            log.info(
+                "backup %s not considered: it is another database system's (system "
+                "identifier %d) than the newest backup %s (%d)",
+                end.name,
+                end.system_identifier,
+                newest.name,
+                newest.system_identifier,
+            )
+            skipped_other = True
+            continue
         reason = timelines.why_not(end)
+        if newest is None:
+            newest, newest_reason = end, reason
         if reason is None:
             # The name, never LATEST again: resolved later, LATEST could be a backup that
             # finished meanwhile and was never checked (an old primary's, off the timeline).
@@ -426,6 +508,16 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
             reason,
         )
         _warn_outlived(timelines, end, ref.modified)
+    if newest is not None and skipped_other:
+        raise BackupNotFound(
+            f"no backup in {storage.location} of the newest backup's database system (system "
+            f"identifier {newest.system_identifier}) can start a recovery that follows timeline "
+            f"{timelines.target(newest)}: the newest, {newest.name}, cannot, as {newest_reason}; "
+            "the timeline histories recovery would follow are those of another database system "
+            "archiving here before (the cluster before a pg_upgrade, which starts the new one on "
+            f"timeline 1). Restore {newest.name} with --target-timeline current, or name another "
+            "system's backup to restore that"
+        )
     raise BackupNotFound(
         f"no backup in {storage.location} can start a recovery that follows the target "
         "timeline; name one with --target-timeline"

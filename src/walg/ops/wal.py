@@ -48,6 +48,17 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
     return None
 
 
+def stored_system_id(storage: Storage, key: str, ext: str) -> int | None:
+    """The system identifier the stored segment ``key`` (compressed as ``ext``) states in its
+    first page header; None where it has none (a history file, a corrupt object)."""
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+    from walg.ops.pipeline import download
+    from walg.streams.compression import codec_for_extension
+
+    with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
+        return stated_system_id(dl.reader.read(LONG_HEADER.size))
+
+
 def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | None = None) -> int:
     """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size.
 

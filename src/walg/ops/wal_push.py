@@ -191,6 +191,7 @@ def push_one(
                 raise WalOverwriteError(
                     f"WAL file {name} is already archived as {existing[0]} with different "
                     "content; refusing to overwrite it"
+                    + _whose_wal(storage, existing[0], existing_codec, source)
                 )
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
@@ -217,6 +218,7 @@ def push_one(
                 raise WalOverwriteError(
                     f"WAL file {name} was archived as {key} by another writer while this "
                     "upload ran, with different content; left as it is"
+                    + _whose_wal(storage, key, codec, source)
                 ) from None
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
@@ -367,7 +369,12 @@ def wal_push(
                     "it beside that upload (PostgreSQL will retry)"
                 )
             # The uploader leaves this file to this call (it is excluded, and locked here).
-            if not detached and lookahead and _wants_lookahead(settings, wal_dir, {name}):
+            if (
+                not detached
+                and lookahead
+                and _wants_lookahead(settings, wal_dir, {name})
+                and not _stored_as_another_system(storage, source, name)
+            ):
                 try:
                     spawn_uploader(wal_dir, name)
                     detached = True
@@ -385,6 +392,8 @@ def wal_push(
     if lookahead:
         try:
             uploader = LookaheadUploader.for_settings(settings, storage, wal_dir, exclude={name})
+            if uploader is not None and _stored_as_another_system(storage, source, name):
+                uploader = None
             if uploader is not None:
                 uploader.start()
         except OSError as exc:
@@ -1030,6 +1039,79 @@ def _cut_short_copy(storage: Storage, key: str, codec: Codec, source: str, name:
             cut = codec.extension == "" and bool(local.read(1))
     empty = matched == 0 and storage.stat(key).size == 0
     return cut and (empty or matched >= LONG_HEADER.size)
+
+
+def _stored_as_another_system(storage: Storage, source: str, name: str) -> bool:
+    """Is ``name`` stored as another database system's segment than the file ``source``?
+
+    Then PostgreSQL's call for it is refused for ever (a cluster made anew by initdb in the
+    prefix of the one it replaced), and no look-ahead may start: it stored this system's later
+    segments, which do not collide, after the other system's last one, and a restore of the
+    other system to the end then met them and stopped (wal-fetch exits 128 on a foreign
+    segment) where it had ended cleanly before. Asked only when a look-ahead would start.
+    """
+    found = find_wal_object(storage, name)
+    if found is None:
+        return False
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+    from walg.ops.wal import stored_system_id
+
+    try:
+        with open(source, "rb") as local:
+            ours = stated_system_id(local.read(LONG_HEADER.size))
+        theirs = stored_system_id(storage, *found)
+    except (OSError, WalgError):
+        return False
+    if ours is None or theirs is None or ours == theirs:
+        return False
+    log.warning(
+        "not archiving ahead: %s is stored as another database system's WAL (system "
+        "identifier %d; this cluster's is %d)",
+        found[0],
+        theirs,
+        ours,
+    )
+    return True
+
+
+def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
+    """For a refusal of segment ``source``: whose WAL the archived ``key`` is, by the system
+    identifiers both first pages state, and what to do, as a sentence; else nothing.
+
+    A refusal that only said "different content" left the operator to guess while the
+    archiver retried the same file for ever. Another system's segment: a cluster made anew
+    by initdb writes the same first segment names as the one it replaced. This system's:
+    another server writes the same timeline (a copy started as a primary), or pg_resetwal
+    (after pg_wal was lost) restarted the WAL at names the archive had passed.
+    """
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+    from walg.ops.wal import stored_system_id
+
+    try:
+        with open(source, "rb") as local:
+            ours = stated_system_id(local.read(LONG_HEADER.size))
+        theirs = stored_system_id(storage, key, codec.extension)
+    except (OSError, WalgError):
+        return ""
+    if ours is None or theirs is None:
+        return ""
+    if ours == theirs:
+        return (
+            f": the archived file is WAL of this same database system (system identifier "
+            f"{ours}), written differently. Either another server of this system writes this "
+            "timeline (a copy started as a primary, from pg_basebackup, a snapshot or a "
+            "restore without recovery, with this archive_command: stop its archiving), or "
+            "the WAL was reset (pg_resetwal) to a position the archive had passed: stop the "
+            "server and run pg_resetwal -l with a segment name after the last one archived "
+            "(walg wal-show)"
+        )
+    return (
+        f": the archived file is another database system's WAL (system identifier {theirs}; "
+        f"this file's is {ours}), so this storage holds another cluster's archive (one that "
+        "initdb replaced, or another cluster given the same storage prefix). Archive this "
+        "cluster into a prefix of its own (WALG_FILE_PREFIX, WALG_STORAGE_PREFIX), and keep "
+        "the other system's WAL while its backups may be restored"
+    )
 
 
 def _holds_what_this_copy_has(

@@ -17,14 +17,18 @@ Two checks, computed as WAL-G computes them:
     lost, else ``OK``; lost segments below the first found one only warn when storage holds no
     backup at all (there is no telling where the archive was meant to begin).
     Permanent backups are not used as the starting point unless there is no other (then the
-    oldest of them is), nor backups that the history shows to lie outside their timeline.
+    oldest of them is), nor backups that the history shows to lie outside their timeline,
+    nor (unlike WAL-G) another database system's backups, whose ``SystemIdentifier`` is not
+    the cluster's: a pg_upgrade continues the old system's WAL names, and a cluster initdb
+    replaced left its backups and segments under the names the new one writes.
 
-    Beyond WAL-G, three things make the result ``FAILURE`` (each named in ``problems``), as a
+    Beyond WAL-G, four things make the result ``FAILURE`` (each named in ``problems``), as a
     restore could not reach the current position: backups exist but none lies on the current
-    timeline's history; the walk examined segments and found none of them stored; or a
-    ``<TLI>.history`` is missing for a timeline id after the starting point's timeline, up to
-    the current one (PostgreSQL looks for the newest timeline by reading them in turn and stops
-    at the first missing one, abandoned branches included). The walk is computed in stretches
+    timeline's history; backups exist but all are another database system's; the walk
+    examined segments and found none of them stored; or a ``<TLI>.history`` is missing for a
+    timeline id after the starting point's timeline, up to the current one (PostgreSQL looks
+    for the newest timeline by reading them in turn and stops at the first missing one,
+    abandoned branches included). The walk is computed in stretches
     from the stored segments, so its length (up to 2^40 segments) costs neither time nor
     memory.
 
@@ -100,6 +104,8 @@ class ClusterPosition:
     in_recovery: bool = False
     #: the server's archive_mode setting; None when unknown (a position given by hand)
     archive_mode: str | None = None
+    #: pg_control_system()'s system identifier; None when unknown (a position given by hand)
+    system_identifier: int | None = None
 
     @property
     def archives_older_timelines(self) -> bool:
@@ -179,6 +185,8 @@ class BackupStart:
     is_permanent: bool
     # From metadata.json or the sentinel; None where neither records it.
     start_lsn: int | None = None
+    # Likewise; None where neither records it (WAL-G before 0.2.x, WAL-E).
+    system_identifier: int | None = None
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -193,7 +201,8 @@ _POSITION_SQL = (
     " (CASE WHEN NOT pg_catalog.pg_is_in_recovery()"
     " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END),"
     " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),"
-    " pg_catalog.current_setting('archive_mode')"
+    " pg_catalog.current_setting('archive_mode'),"
+    " (SELECT system_identifier FROM pg_catalog.pg_control_system())"
 )
 
 
@@ -222,7 +231,8 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     try:
         query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
         row = query_one(conn, _POSITION_SQL)
-        in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode = row
+        (in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode,
+         system) = row  # fmt: skip
     finally:
         conn.close()
     if lsn_text is None:
@@ -237,7 +247,13 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     elif receiving is not None:
         # Timelines only grow along a standby's history: the newer one is where it is now.
         timeline = max(int(timeline), int(receiving))
-    return ClusterPosition(int(timeline), parse_lsn(str(lsn_text)), bool(in_recovery), str(mode))
+    return ClusterPosition(
+        int(timeline),
+        parse_lsn(str(lsn_text)),
+        bool(in_recovery),
+        str(mode),
+        int(system) if system is not None else None,
+    )
 
 
 def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
@@ -256,6 +272,15 @@ def position_from_args(timeline: int, lsn_text: str) -> ClusterPosition:
 
 
 # --- the integrity check ---------------------------------------------------------------------
+
+
+def _other_system(backup: BackupStart, system: int | None) -> bool:
+    """Is ``backup`` known to be another database system's than ``system``?"""
+    return (
+        system is not None
+        and backup.system_identifier is not None
+        and backup.system_identifier != system
+    )
 
 
 def backup_is_usable(
@@ -341,7 +366,7 @@ def load_backup_starts(
             meta = None
         start_lsn: int | None
         if meta is not None:
-            permanent, start_lsn = meta.is_permanent, meta.start_lsn
+            permanent, start_lsn, system = meta.is_permanent, meta.start_lsn, meta.system_identifier
         else:
             try:
                 sentinel = catalog.read_sentinel(storage, ref.name)
@@ -349,7 +374,10 @@ def load_backup_starts(
                 log.warning("%s; ignored", exc)
                 return None
             permanent, start_lsn = sentinel.is_permanent, sentinel.lsn
-        return BackupStart(ref.name, segment.timeline, segment.segno, permanent, start_lsn)
+            system = sentinel.system_identifier
+        return BackupStart(
+            ref.name, segment.timeline, segment.segno, permanent, start_lsn, system or None
+        )
 
     if not refs:
         return []
@@ -551,11 +579,30 @@ def verify_integrity(
             position.timeline,
         )
 
-    backups = load_backup_starts(storage, segment_size, concurrency)
+    all_backups = load_backup_starts(storage, segment_size, concurrency)
+    # Another database system's backups (the cluster before a pg_upgrade, whose WAL names
+    # this one's continue; one that initdb replaced) never restore to this cluster's position,
+    # however well their segment names line up with its own.
+    system = position.system_identifier
+    backups = [b for b in all_backups if not _other_system(b, system)]
+    others = [b for b in all_backups if _other_system(b, system)]
+    for backup in others:
+        log.warning(
+            "%s: backup of another database system (system identifier %d; this cluster's is "
+            "%d), not used for wal-verify",
+            backup.name,
+            backup.system_identifier,
+            system,
+        )
     problems: list[str] = []
     earliest: BackupStart | None = None
     if backup_name is not None:
         chosen = [b for b in backups if b.name == backup_name]
+        if not chosen and any(b.name == backup_name for b in others):
+            raise UsageError(
+                f"backup {backup_name} is another database system's: it cannot restore to "
+                "this cluster's position"
+            )
         if not chosen:
             raise BackupNotFound(f"backup {backup_name} does not exist in storage")
         if not backup_is_usable(chosen[0], position.timeline, history, segment_size, True):
@@ -588,6 +635,16 @@ def verify_integrity(
             problems.append(
                 f"none of the {len(backups)} backups in storage can start a restore that "
                 "reaches the current position (each is off the current timeline's history)"
+            )
+        elif earliest is None and others:
+            # WAL-G walks from the other system's oldest backup through that system's WAL,
+            # and says OK while none of this cluster's own WAL may be archived at all.
+            problems.append(
+                f"none of the {len(others)} backups in storage is this database system's "
+                f"(system identifier {system}): they are another database system's, archived "
+                "into this storage before (the cluster before a pg_upgrade, or one initdb "
+                "replaced), and cannot restore this one; take a backup-push of this cluster, "
+                "and make sure its own WAL is being archived"
             )
         elif earliest is None:
             log.warning(
