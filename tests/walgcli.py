@@ -71,6 +71,27 @@ class WalgSetup:
         return popen_as_pg(argv, self.env(cluster, env))
 
 
+def start_daemon(
+    walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``walg daemon SOCKET PGDATA`` as the server's user, once it listens."""
+    proc = walg.popen(["daemon", str(socket), str(pgdata)], env=env)
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def stop_daemon(proc: subprocess.Popen[str]) -> str:
+    """Stop a daemon of :func:`start_daemon` by SIGTERM (it must exit 0); its log."""
+    run_as_pg(["kill", "-TERM", str(proc.pid)])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return err
+
+
 def popen_as_pg(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
     kwargs: dict[str, object] = {}
     if os.geteuid() == 0:

@@ -87,6 +87,11 @@ class WalOverwriteError(WalgError):
     """A different file is already archived under the same WAL name."""
 
 
+class ForeignWalError(WalOverwriteError):
+    """The file archived under the same WAL name is another database system's (its first page
+    states another system identifier): this storage holds another cluster's archive."""
+
+
 class BackupInProgress(WalgError):
     """Another backup-push holds the name this one would write (its claim is in storage)."""
 

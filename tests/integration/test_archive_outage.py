@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
-from walgcli import WalgSetup
+from pgcluster import Cluster, PgInstall, make_shared_dir
+from walgcli import WalgSetup, start_daemon, stop_daemon
 
 
 def _backlog(cluster: Cluster, count: int) -> list[str]:
@@ -108,25 +107,6 @@ def test_a_half_written_object_left_in_storage_by_an_outage_is_replaced_by_the_g
     cluster.stop()
 
 
-def _start_daemon(
-    walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    proc = walg.popen(["daemon", str(socket), str(pgdata)], env=env)
-    deadline = time.monotonic() + 30
-    while not socket.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    return proc
-
-
-def _stop_daemon(proc: subprocess.Popen[str]) -> str:
-    run_as_pg(["kill", "-TERM", str(proc.pid)])
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return err
-
-
 def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_waited(
     pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -144,7 +124,7 @@ def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_wait
     cluster = Cluster.create(
         install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
     )
-    daemon = _start_daemon(walg, socket, cluster.datadir)
+    daemon = start_daemon(walg, socket, cluster.datadir)
     try:
         cluster.start()
         names = _backlog(cluster, 12)
@@ -163,7 +143,7 @@ def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_wait
         assert not missing, f"answered as archived, not stored: {missing}"
         cluster.stop()
     finally:
-        _stop_daemon(daemon)
+        stop_daemon(daemon)
 
 
 def test_a_daemon_names_the_request_and_segment_that_failed(
@@ -182,7 +162,7 @@ def test_a_daemon_names_the_request_and_segment_that_failed(
         install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
     )
     full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
-    daemon = _start_daemon(walg, socket, cluster.datadir, env={"WALG_FAULT_INJECTION": full})
+    daemon = start_daemon(walg, socket, cluster.datadir, env={"WALG_FAULT_INJECTION": full})
     try:
         cluster.start()
         name = _backlog(cluster, 1)[0]
@@ -192,6 +172,6 @@ def test_a_daemon_names_the_request_and_segment_that_failed(
             time.sleep(0.1)
         cluster.stop()
     finally:
-        log = _stop_daemon(daemon)
+        log = stop_daemon(daemon)
     assert f"wal-push of {name} failed: " in log, log
     assert "b'F'" not in log, log

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall, run_as_pg
-from walgcli import WalgSetup, archive_now
+from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
+from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
 
 OLD_MAJOR, NEW_MAJOR = 14, 17
 
@@ -343,8 +343,9 @@ def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
     assert restored.psql("SELECT to_regclass('after_upgrade') IS NULL") == "t"
 
 
+@pytest.mark.parametrize("via", ["wal-push", "daemon"])
 def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
-    pg_workdir: Path, walg_bin: str
+    pg_workdir: Path, walg_bin: str, via: str
 ) -> None:
     """While PostgreSQL's call for the rebuilt cluster's first segment was refused (the old
     system's is stored under that name), the look-ahead uploader that call started stored
@@ -352,7 +353,9 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
     last one. A restore of the old system's backup to the end then met the first of them,
     wal-fetch refused it as another system's (exit 128), and PostgreSQL stopped on every
     start, where it had ended recovery cleanly before. No look-ahead starts from a call whose
-    file is stored as another system's."""
+    file is stored as another system's; the daemon's look-ahead and WAL follower, which run
+    on their own, hold off once PostgreSQL's call through it is refused so (they stored
+    segments 4 and 5 there)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
     old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
@@ -363,7 +366,13 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
     old.stop()
     archived_by_old = sorted(p.name for p in (walg.store / "wal_005").iterdir())
 
-    new = Cluster.create(install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
+    conf = _archiving(walg)
+    if via == "daemon":
+        native = Path(walg_bin).with_name("walg-daemon-client-native")
+        socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
+        conf["archive_command"] = f"{native} {socket} wal-push %p"
+    new = Cluster.create(install, pg_workdir / "new", conf=conf, use_template=False)
+    daemon = start_daemon(walg, socket, new.datadir) if via == "daemon" else None
     new.start()
     for _ in range(5):  # segment 1, refused, and a backlog behind it
         new.psql("SELECT txid_current()")
@@ -376,6 +385,8 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
     assert _wait_for_archive_failure(new) == "000000010000000000000001"
     time.sleep(3)  # what an uploader started by those calls would store meanwhile
     new.stop()
+    if daemon is not None:
+        stop_daemon(daemon)
     assert sorted(p.name for p in (walg.store / "wal_005").iterdir()) == archived_by_old
 
     dest = pg_workdir / "old_restored"

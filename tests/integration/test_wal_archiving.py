@@ -19,7 +19,14 @@ import pytest
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walg.ops.wal import marker_name
 from walg.ops.wal_push import uploader_running
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    normalized_dump,
+    restore_and_recover,
+    start_daemon,
+    stop_daemon,
+)
 
 
 @pytest.fixture
@@ -173,25 +180,6 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
 SEG99 = "pg_wal/000000010000000000000099"
 
 
-def _start_daemon(
-    walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    proc = walg.popen(["daemon", str(socket), str(pgdata)], env=env)
-    deadline = time.monotonic() + 30
-    while not socket.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    return proc
-
-
-def _stop_daemon(proc: subprocess.Popen[str]) -> str:
-    run_as_pg(["kill", "-TERM", str(proc.pid)])
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return err
-
-
 @dataclass(frozen=True)
 class Restored:
     """What a restore through the daemon left to check: the dump and the server log's tail."""
@@ -214,7 +202,7 @@ def _restore_through_daemon(
     command = f"{client} {socket} wal-fetch %f %p"
     walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
     restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    daemon = _start_daemon(walg, socket, dest)
+    daemon = start_daemon(walg, socket, dest)
     try:
         if before_start is not None:
             before_start()
@@ -225,7 +213,7 @@ def _restore_through_daemon(
         assert "restored log file" in result.tail
         restored.stop()
     finally:
-        log = _stop_daemon(daemon)
+        log = stop_daemon(daemon)
     return result, log
 
 
@@ -242,7 +230,7 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
     src_dir = pg_workdir / "src"
     push_socket = sockets / "push.sock"
     cluster = _source(install, pg_workdir, f"{native} {push_socket} wal-push %p")
-    daemon = _start_daemon(walg, push_socket, src_dir, env={"WALG_LOG_LEVEL": "DEVEL"})
+    daemon = start_daemon(walg, push_socket, src_dir, env={"WALG_LOG_LEVEL": "DEVEL"})
     try:
         cluster.start()
         cluster.pgbench(["-i", "-s", "3", "-q"])
@@ -252,7 +240,7 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
         expected = normalized_dump(cluster.pg_dumpall())
         cluster.stop()
     finally:
-        push_log = _stop_daemon(daemon)
+        push_log = stop_daemon(daemon)
     # The follower read segments while PostgreSQL wrote them, and every one it committed was
     # checked against the finished file (the restore below proves their content).
     assert "WAL follower archived" in push_log, push_log[-3000:]
@@ -301,7 +289,7 @@ def test_wal_g_own_daemon_client_archives_and_restores(
         pg_workdir,
         f"{wal_g_client} {push_socket} wal-push %f",
     )
-    daemon = _start_daemon(walg, push_socket, src_dir)
+    daemon = start_daemon(walg, push_socket, src_dir)
     try:
         cluster.start()
         cluster.pgbench(["-i", "-s", "2", "-q"])
@@ -318,7 +306,7 @@ def test_wal_g_own_daemon_client_archives_and_restores(
         )
         assert refused.returncode == 1, refused
     finally:
-        _stop_daemon(daemon)
+        stop_daemon(daemon)
 
     fetch_socket = sockets / "fetch.sock"
 
@@ -395,21 +383,21 @@ def test_daemon_restarts_do_not_stop_a_recovery(
     command = f"sleep 0.2; {prefix}WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
     walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
     restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    daemon = _start_daemon(walg, socket, dest)
+    daemon = start_daemon(walg, socket, dest)
     try:
         restored.start(wait_ready=False)
         for _ in range(3):
             time.sleep(1.5)
-            _stop_daemon(daemon)
+            stop_daemon(daemon)
             time.sleep(0.5)
-            daemon = _start_daemon(walg, socket, dest)
+            daemon = start_daemon(walg, socket, dest)
         restored.wait_ready(timeout=300)
         restored.wait_for_recovery_end(timeout=300)
         counted = restored.psql("SELECT count(*), max(i) FROM marks")
         tail = restored.log_tail(400)
         restored.stop()
     finally:
-        _stop_daemon(daemon)
+        stop_daemon(daemon)
     assert counted == f"{rows}|{rows - 1}", tail
     assert "exit code 128" not in tail and "FATAL" not in tail, tail
     # The restarts fell within the recovery: some fetches found no daemon and ran walg with
@@ -429,7 +417,7 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
     src_dir = pg_workdir / "src"
     cluster = _source(install, pg_workdir, f"{native} {socket} wal-push %p")
     full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
-    daemon = _start_daemon(walg, socket, src_dir, env={"WALG_FAULT_INJECTION": full})
+    daemon = start_daemon(walg, socket, src_dir, env={"WALG_FAULT_INJECTION": full})
     try:
         cluster.start()
         names = _segments(cluster, 3)
@@ -438,7 +426,7 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
         assert int(cluster.psql("SELECT failed_count FROM pg_stat_archiver")) >= 1
         assert cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") == ""
     finally:
-        log = _stop_daemon(daemon)
+        log = stop_daemon(daemon)
     background = [
         line for line in log.splitlines() if "look-ahead upload of" in line or "follower" in line
     ]
@@ -446,7 +434,7 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
     # (before: about 80 a second).
     assert 1 <= len(background) <= 4, log[-3000:]
     assert f"wal-push of {names[0]} failed: " in log and "No space left on device" in log
-    daemon = _start_daemon(walg, socket, src_dir)
+    daemon = start_daemon(walg, socket, src_dir)
     try:
         names += _segments(cluster, 1)
         deadline = time.monotonic() + 120
@@ -459,7 +447,7 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
             assert (walg.store / "wal_005" / f"{name}.lz4").exists()
         cluster.stop()
     finally:
-        _stop_daemon(daemon)
+        stop_daemon(daemon)
 
 
 @pytest.fixture
@@ -560,7 +548,7 @@ def test_a_daemon_started_after_backup_fetch_archives_ahead_once_promoted(
     command = f"WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
     walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
     assert not (dest / "pg_wal" / "archive_status").exists()
-    daemon = _start_daemon(
+    daemon = start_daemon(
         walg, socket, dest, env={"WALG_UPLOAD_CONCURRENCY": "3", "WALG_DAEMON_FOLLOW_WAL": "false"}
     )
     try:
@@ -578,5 +566,5 @@ def test_a_daemon_started_after_backup_fetch_archives_ahead_once_promoted(
         tail = restored.log_tail()
         restored.stop()
     finally:
-        log = _stop_daemon(daemon)
+        log = stop_daemon(daemon)
     assert archived == [path.name for path in wanted], (log, tail)

@@ -530,6 +530,32 @@ def test_a_look_ahead_upload_probes_each_key_once(tmp_path: Path) -> None:
     assert not Path(marker_path(status_dir(str(wal_dir)), name, settings.destination_key)).exists()
 
 
+def test_a_held_uploader_starts_nothing_until_resumed(tmp_path: Path) -> None:
+    """hold() (the daemon's, once PostgreSQL's call was refused over another database
+    system's WAL) keeps every .ready file out of storage, past its scans; resume() lets the
+    backlog go."""
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    for name in SEGMENTS[:3]:
+        (wal_dir / name).write_bytes(os.urandom(4096) * 16)
+        (wal_dir / "archive_status" / f"{name}.ready").touch()
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    storage = MemoryStorage()
+    uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=2, budget=None)
+    uploader.hold()
+    uploader.start()
+    try:
+        time.sleep(1)  # ten scans
+        assert storage.list("wal_005/") == []
+        uploader.resume()
+        deadline = time.monotonic() + 30
+        while len(storage.list("wal_005/")) < 3:
+            assert time.monotonic() < deadline, "resume() did not let the backlog go"
+            time.sleep(0.05)
+    finally:
+        uploader.stop()
+
+
 # Destinations: a marker answers only calls configured for the archive it was written to.
 
 

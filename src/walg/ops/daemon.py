@@ -37,7 +37,7 @@ from typing import Any
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.core.walpage import file_segment_size
-from walg.errors import UsageError, WalgError, WalNotFound
+from walg.errors import ForeignWalError, UsageError, WalgError, WalNotFound
 from walg.ops.wal import (
     fetched_for_pg_rewind,
     forget_stale_temporaries,
@@ -216,6 +216,7 @@ class Daemon:
         self._stale_temporaries = max(STALE_TEMPORARY, 2 * timeout)
         self.lookahead: LookaheadUploader | None = None
         self.follower: WalFollower | None = None
+        self._background_held = False  # see _hold_background
         workers = lookahead_workers(settings)
         # Whether or not pg_wal/archive_status exists yet: backup-fetch restores pg_wal empty
         # and PostgreSQL makes archive_status when it starts, after a daemon started for its
@@ -355,10 +356,37 @@ class Daemon:
             taken = False
         if taken:
             return OK
-        self._push(path, client_open, left())
+        try:
+            self._push(path, client_open, left())
+        except ForeignWalError:
+            self._hold_background(name)
+            raise
+        self._resume_background()
+        return OK
+
+    def _hold_background(self, name: str) -> None:
+        """Another database system's WAL is stored under ``name``, so PostgreSQL's calls for
+        it are refused for ever: the look-ahead and the WAL follower, which archive on their
+        own, stop until a call succeeds; their uploads of this system's later segments would
+        land after that system's last one, and a restore of it to the end stop there."""
+        background = [b for b in (self.lookahead, self.follower) if b is not None]
+        if background and not self._background_held:
+            log.warning(
+                "%s is stored as another database system's WAL: archiving ahead is held "
+                "until a wal-push succeeds",
+                name,
+            )
+        self._background_held = True
+        for b in background:
+            b.hold()
+
+    def _resume_background(self) -> None:
         if self.lookahead is not None:
             self.lookahead.resume()
-        return OK
+        if self._background_held:
+            self._background_held = False
+            if self.follower is not None:
+                self.follower.resume()
 
     @staticmethod
     def _forget_marker(marker: str) -> None:

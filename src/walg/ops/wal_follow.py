@@ -225,6 +225,8 @@ class WalFollower:
         # until their delay is over; PostgreSQL's wal-push archives them the usual way.
         self._backoff = FailureBackoff()
         self._trying: str | None = None
+        # Set by hold(): nothing is followed, nor committed, until resume().
+        self._held = False
         # Segments whose mapping could not be closed yet (views still held): tried again.
         self._unclosed: list[_Followed] = []
         self.stats = {"finished": 0, "discarded": 0}
@@ -248,6 +250,16 @@ class WalFollower:
             self._watch = None
         self._drop(None)
         self._close_leftovers()
+
+    def hold(self) -> None:
+        """Follow and commit nothing until :meth:`resume` (see LookaheadUploader.hold): the
+        segment being followed is dropped by the follower thread at its next step."""
+        self._held = True
+        self._wake.set()
+
+    def resume(self) -> None:
+        self._held = False
+        self._wake.set()
 
     def _on_status_file(self, name: str) -> None:
         if not name or name.endswith(".ready"):
@@ -319,6 +331,10 @@ class WalFollower:
             self._wake.wait(interval)
 
     def _step(self) -> float:
+        if self._held:
+            if self._current is not None:
+                self._drop(None)
+            return IDLE_POLL
         current = self._current
         if current is None:
             current = self._open_next()

@@ -35,6 +35,7 @@ from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import WAL, wal_key
 from walg.errors import (
+    ForeignWalError,
     RequestAbandoned,
     StorageError,
     TruncatedObject,
@@ -188,10 +189,13 @@ def push_one(
                     "refusing to overwrite it (remove it if it is what a failed write left)"
                 )
             else:
-                raise WalOverwriteError(
+                raise _refusal(
                     f"WAL file {name} is already archived as {existing[0]} with different "
-                    "content; refusing to overwrite it"
-                    + _whose_wal(storage, existing[0], existing_codec, source)
+                    "content; refusing to overwrite it",
+                    storage,
+                    existing[0],
+                    existing_codec,
+                    source,
                 )
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
@@ -215,10 +219,13 @@ def push_one(
                 ready is not None
                 or not _holds_what_this_copy_has(storage, key, codec, source, name)
             ):
-                raise WalOverwriteError(
+                raise _refusal(
                     f"WAL file {name} was archived as {key} by another writer while this "
-                    "upload ran, with different content; left as it is"
-                    + _whose_wal(storage, key, codec, source)
+                    "upload ran, with different content; left as it is",
+                    storage,
+                    key,
+                    codec,
+                    source,
                 ) from None
             if ready is not None:
                 _check_unchanged(handle, opened, source, ready)
@@ -721,6 +728,7 @@ class LookaheadUploader:
         # in a row, of any files, no look-ahead upload starts until this time.
         self._failed_in_row = 0
         self._paused_until = 0.0
+        self._held = False  # see hold()
         self._last_queued = time.monotonic()
         self.skip: Callable[[str], bool] | None = None
 
@@ -802,12 +810,20 @@ class LookaheadUploader:
         return marker_path(self._status, name, self._key)
 
     def _paused(self) -> bool:
-        return time.monotonic() < self._paused_until
+        return self._held or time.monotonic() < self._paused_until
+
+    def hold(self) -> None:
+        """Start no upload until :meth:`resume`: PostgreSQL's own call was refused because
+        storage holds another database system's WAL under its name (a cluster made anew in
+        the prefix of the one it replaced), and this system's later segments, which collide
+        with nothing, must not be stored after that system's last one."""
+        self._held = True
 
     def resume(self) -> None:
         """Storage took an object (PostgreSQL's own call through the daemon): lift the pause
-        that failed look-ahead uploads set."""
+        that failed look-ahead uploads set, and a :meth:`hold`."""
         with self._lock:
+            self._held = False
             self._failed_in_row = 0
             self._paused_until = 0.0
 
@@ -1074,9 +1090,20 @@ def _stored_as_another_system(storage: Storage, source: str, name: str) -> bool:
     return True
 
 
-def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
+def _refusal(
+    message: str, storage: Storage, key: str, codec: Codec, source: str
+) -> WalOverwriteError:
+    """The error refusing ``source`` over the archived ``key``: ``message`` and whose WAL
+    ``key`` is (:func:`_whose_wal`); a :class:`ForeignWalError` for another system's, which
+    the daemon's background uploads must then leave alone too."""
+    whose, foreign = _whose_wal(storage, key, codec, source)
+    return (ForeignWalError if foreign else WalOverwriteError)(message + whose)
+
+
+def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> tuple[str, bool]:
     """For a refusal of segment ``source``: whose WAL the archived ``key`` is, by the system
-    identifiers both first pages state, and what to do, as a sentence; else nothing.
+    identifiers both first pages state, and what to do, as a sentence (else nothing); and
+    whether it is another database system's.
 
     A refusal that only said "different content" left the operator to guess while the
     archiver retried the same file for ever. Another system's segment: a cluster made anew
@@ -1092,9 +1119,9 @@ def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
             ours = stated_system_id(local.read(LONG_HEADER.size))
         theirs = stored_system_id(storage, key, codec.extension)
     except (OSError, WalgError):
-        return ""
+        return "", False
     if ours is None or theirs is None:
-        return ""
+        return "", False
     if ours == theirs:
         return (
             f": the archived file is WAL of this same database system (system identifier "
@@ -1104,14 +1131,14 @@ def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> str:
             "the WAL was reset (pg_resetwal) to a position the archive had passed: stop the "
             "server and run pg_resetwal -l with a segment name after the last one archived "
             "(walg wal-show)"
-        )
+        ), False
     return (
         f": the archived file is another database system's WAL (system identifier {theirs}; "
         f"this file's is {ours}), so this storage holds another cluster's archive (one that "
         "initdb replaced, or another cluster given the same storage prefix). Archive this "
         "cluster into a prefix of its own (WALG_FILE_PREFIX, WALG_STORAGE_PREFIX), and keep "
         "the other system's WAL while its backups may be restored"
-    )
+    ), True
 
 
 def _holds_what_this_copy_has(
