@@ -272,6 +272,22 @@ def test_only_backups_on_the_recovered_timeline_are_chosen(branched: MemoryStora
     assert "00000003.history" in str(info.value)
 
 
+def test_a_target_timeline_never_archived_is_named_as_such(branched: MemoryStorage) -> None:
+    """--target-timeline 7 where no timeline 7 was archived: the refusal said "00000007.history
+    cannot be read from storage" (as for a damaged file) and, for LATEST, to "name one with
+    --target-timeline" to someone who had."""
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B1, RecoveryTarget("c", timeline="7"))
+    assert "00000007.history is not in storage: no timeline 7 was archived" in str(info.value)
+    with pytest.raises(BackupNotFound) as latest:
+        backup_for_target(branched, "LATEST", RecoveryTarget("c", timeline="7"))
+    assert "no timeline 7 was archived" in str(latest.value)
+    assert "give another --target-timeline" in str(latest.value)
+    _history(branched, 3, "garbage without a tab\n")
+    with pytest.raises(UsageError, match=r"00000003\.history cannot be read from storage"):
+        backup_for_target(branched, B1, RecoveryTarget("c", timeline="3"))
+
+
 def test_without_a_time_or_lsn_target_a_named_backup_off_the_timeline_is_refused(
     branched: MemoryStorage,
 ) -> None:

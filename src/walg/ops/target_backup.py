@@ -153,7 +153,13 @@ class _Timelines:
         self._storage = storage
         self._asked = asked
         self._histories: dict[int, History | None] = {}
+        self._unreadable: set[int] = set()
         self._newest: dict[int, int] = {}
+
+    @property
+    def asked(self) -> str | None:
+        """``--target-timeline`` as given; None for the server's default."""
+        return self._asked
 
     def target(self, end: BackupEnd) -> int:
         assert end.timeline is not None
@@ -191,9 +197,15 @@ class _Timelines:
             except WalgError as exc:
                 log.warning("%s", exc)
                 self._histories[target] = None
+                self._unreadable.add(target)
         history = self._histories[target]
-        if history is None:
+        if history is None and target in self._unreadable:
             return f"{history_file_name(target)} cannot be read from storage"
+        if history is None:
+            return (
+                f"{history_file_name(target)} is not in storage: no timeline {target} was "
+                "archived there"
+            )
         for timeline in sorted({end.timeline, finish}):
             if timeline not in history.timelines():
                 return f"its timeline {timeline} is not in the history of timeline {target}"
@@ -518,7 +530,13 @@ def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> s
             f"timeline 1). Restore {newest.name} with --target-timeline current, or name another "
             "system's backup to restore that"
         )
+    why = f" (the newest, {newest.name}: {newest_reason})" if newest and newest_reason else ""
     raise BackupNotFound(
         f"no backup in {storage.location} can start a recovery that follows the target "
-        "timeline; name one with --target-timeline"
+        f"timeline{why}; "
+        + (
+            "give another --target-timeline"
+            if timelines.asked is not None
+            else "name one with --target-timeline"
+        )
     )
