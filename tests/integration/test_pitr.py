@@ -128,6 +128,9 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
+# Five kinds of damage on six majors made 30 restores; wal-fetch's answer does not depend on
+# the major, and what the server does with it is seen on both sides of each recovery change.
+@pytest.mark.majors(13, 15, 18)
 @pytest.mark.parametrize(
     "damage", ["corrupt", "dangling-link", "folder", "another-segment", "zeros"]
 )
