@@ -27,6 +27,12 @@ REPORT_EVERY = 60.0
 _TEMP_NAME = LazyPattern(r"\.tmp\.[0-9A-Za-z-]+")
 
 
+def doubling_delay(count: int, first: float = FIRST_DELAY, longest: float = LONGEST_DELAY) -> float:
+    """The delay after ``count`` failures in a row: ``first``, doubled with each, up to
+    ``longest``."""
+    return min(longest, first * (1 << min(count - 1, 30)))
+
+
 class _Failing:
     __slots__ = ("count", "retry_at")
 
@@ -78,7 +84,7 @@ class FailureBackoff:
         self._forget_stale(now)
         entry = self._failing.get(name)
         count = 1 if entry is None else entry.count + 1
-        wait = min(self._longest, self._first * 2 ** min(count - 1, 30))
+        wait = doubling_delay(count, self._first, self._longest)
         self._failing[name] = _Failing(count, now + wait)
         text = message.replace(name, "*") if name else message
         key = _TEMP_NAME.compiled().sub(".tmp.*", text)

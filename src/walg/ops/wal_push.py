@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from walg.core.backoff import FIRST_DELAY, LONGEST_DELAY, FailureBackoff
+from walg.core.backoff import FailureBackoff, doubling_delay
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import WAL, wal_key
@@ -880,7 +880,7 @@ class LookaheadUploader:
                         name, f"look-ahead upload of {name} failed: {failure}"
                     )
                     self._failed_in_row += 1
-                    pause = min(LONGEST_DELAY, FIRST_DELAY * 2 ** min(self._failed_in_row - 1, 30))
+                    pause = doubling_delay(self._failed_in_row)
                     self._paused_until = max(self._paused_until, time.monotonic() + pause)
                     retry = max(self._backoff.delay(name), pause)
                 elif archived:
