@@ -48,11 +48,10 @@ from walg.errors import (
     PostgresError,
     StorageError,
     UsageError,
-    WalgError,
 )
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
-from walg.ops.wal import find_wal_object, newest_timeline, read_history, stored_system_id
+from walg.ops.wal import find_wal_object, foreign_system_id, newest_timeline, read_history
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
@@ -270,9 +269,9 @@ def _warn_of_inherited_targets(pgdata: str) -> None:
     from this server stops replicating there and promotes, and a restore of this backup that
     does not write its own recovery settings stops there (walg's backup-fetch comments it out).
     """
-    from walg.ops.recovery import active_targets
+    from walg.ops.recovery import CONF_FILES, active_targets
 
-    for conf in ("postgresql.conf", "postgresql.auto.conf"):
+    for conf in CONF_FILES:
         try:
             text = (Path(pgdata) / conf).read_bytes().decode("utf-8", "replace")
         except OSError:
@@ -873,14 +872,8 @@ def _refused_as_another_system(
         or status.last_failed_time <= status.last_archived_time
     ):
         return None
-    found = find_wal_object(storage, failed)
-    if found is None:
-        return None
-    try:
-        theirs = stored_system_id(storage, *found)
-    except WalgError:
-        return None
-    if theirs is None or theirs == system_id:
+    theirs = foreign_system_id(storage, failed, system_id)
+    if theirs is None:
         return None
     return (
         f"PostgreSQL's archive_command keeps failing on {failed}: {storage.location} already "

@@ -59,6 +59,22 @@ def stored_system_id(storage: Storage, key: str, ext: str) -> int | None:
         return stated_system_id(dl.reader.read(LONG_HEADER.size))
 
 
+def foreign_system_id(storage: Storage, file_name: str, system_id: int) -> int | None:
+    """The system identifier the archived segment ``file_name`` states, where it is another
+    than ``system_id``: another database system's WAL under this system's name. None where
+    nothing is archived under it, or it states this one, none, or cannot be read."""
+    from walg.errors import WalgError
+
+    found = find_wal_object(storage, file_name)
+    if found is None:
+        return None
+    try:
+        theirs = stored_system_id(storage, *found)
+    except (OSError, WalgError):
+        return None
+    return theirs if theirs is not None and theirs != system_id else None
+
+
 def download_wal(storage: Storage, key: str, ext: str, out: Sink, limit: int | None = None) -> int:
     """Write the decompressed object ``key`` (compressed as ``ext``) to ``out``; its size.
 

@@ -1066,28 +1066,32 @@ def _stored_as_another_system(storage: Storage, source: str, name: str) -> bool:
     other system to the end then met them and stopped (wal-fetch exits 128 on a foreign
     segment) where it had ended cleanly before. Asked only when a look-ahead would start.
     """
-    found = find_wal_object(storage, name)
-    if found is None:
-        return False
-    from walg.core.walpage import LONG_HEADER, stated_system_id
-    from walg.ops.wal import stored_system_id
+    from walg.ops.wal import foreign_system_id
 
-    try:
-        with open(source, "rb") as local:
-            ours = stated_system_id(local.read(LONG_HEADER.size))
-        theirs = stored_system_id(storage, *found)
-    except (OSError, WalgError):
-        return False
-    if ours is None or theirs is None or ours == theirs:
+    ours = _file_system_id(source)
+    theirs = None if ours is None else foreign_system_id(storage, name, ours)
+    if theirs is None:
         return False
     log.warning(
         "not archiving ahead: %s is stored as another database system's WAL (system "
         "identifier %d; this cluster's is %d)",
-        found[0],
+        name,
         theirs,
         ours,
     )
     return True
+
+
+def _file_system_id(source: str) -> int | None:
+    """The system identifier segment file ``source`` states in its first page header; None
+    where it states none or cannot be read."""
+    from walg.core.walpage import LONG_HEADER, stated_system_id
+
+    try:
+        with open(source, "rb") as local:
+            return stated_system_id(local.read(LONG_HEADER.size))
+    except OSError:
+        return None
 
 
 def _refusal(
@@ -1111,12 +1115,10 @@ def _whose_wal(storage: Storage, key: str, codec: Codec, source: str) -> tuple[s
     another server writes the same timeline (a copy started as a primary), or pg_resetwal
     (after pg_wal was lost) restarted the WAL at names the archive had passed.
     """
-    from walg.core.walpage import LONG_HEADER, stated_system_id
     from walg.ops.wal import stored_system_id
 
+    ours = _file_system_id(source)
     try:
-        with open(source, "rb") as local:
-            ours = stated_system_id(local.read(LONG_HEADER.size))
         theirs = stored_system_id(storage, key, codec.extension)
     except (OSError, WalgError):
         return "", False
