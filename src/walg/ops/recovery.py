@@ -316,6 +316,11 @@ def active_targets(text: str) -> list[str]:
     return [f"{name} = {value!r}" for name, value in last.items() if value]
 
 
+# A data directory's own configuration files, in the order the server reads them (the last
+# setting of a name wins).
+CONF_FILES = ("postgresql.conf", "postgresql.auto.conf")
+
+
 def disable_inherited_targets(
     dest: Path, pg_version: int, file_name: str = "postgresql.auto.conf"
 ) -> list[str]:
@@ -354,7 +359,7 @@ def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
     if pg_version < 120000:
         return None  # recovery.conf, not in a backup
     value = None
-    for name in ("postgresql.conf", "postgresql.auto.conf"):
+    for name in CONF_FILES:
         try:
             text = _read_conf(dest / name)
         except FileNotFoundError:
