@@ -399,3 +399,44 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
     restored.wait_ready()
     restored.wait_for_recovery_end()
     assert restored.psql("SELECT count(*) FROM before_rebuild") == "10"
+
+
+def test_a_daemon_started_over_a_rebuilt_cluster_s_backlog_adds_nothing(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The daemon holds its background archiving once PostgreSQL's call through it is
+    refused as another system's WAL; but started over a backlog (PostgreSQL failing its calls
+    while no daemon listened, then waiting a minute before the next), its look-ahead met the
+    stored segments first, passed them by, and stored the rebuilt cluster's later segments,
+    which collide with nothing, after the old system's last one. The look-ahead holds itself
+    on meeting another system's segment, and an upload in flight then commits nothing."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
+    old.start()
+    walg.run(["backup-push", str(old.datadir)], cluster=old)
+    archive_now(old)
+    old.stop()
+    archived_by_old = sorted(p.name for p in (walg.store / "wal_005").iterdir())
+
+    native = Path(walg_bin).with_name("walg-daemon-client-native")
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
+    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
+    new = Cluster.create(install, pg_workdir / "new", conf=conf, use_template=False)
+    new.start()
+    for _ in range(6):  # no daemon yet: every segment stays .ready
+        new.psql("SELECT txid_current()")
+        new.psql("SELECT pg_switch_wal()")
+    _wait_for_archive_failure(new)
+    status = new.datadir / "pg_wal" / "archive_status"
+    ready = sorted(p.name for p in status.iterdir() if p.name.endswith(".ready"))
+    assert len(ready) >= 6, ready
+    newest = ready[-1].removesuffix(".ready")
+    assert all(newest > name for name in archived_by_old if len(name.split(".")[0]) == 24)
+
+    daemon = start_daemon(walg, socket, new.datadir)
+    time.sleep(4)  # the look-ahead's first scan and its uploads
+    new.stop()
+    log = stop_daemon(daemon)
+    assert sorted(p.name for p in (walg.store / "wal_005").iterdir()) == archived_by_old
+    assert "another database system's WAL" in log, log

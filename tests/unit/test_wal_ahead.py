@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -551,6 +552,53 @@ def test_a_held_uploader_starts_nothing_until_resumed(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while len(storage.list("wal_005/")) < 3:
             assert time.monotonic() < deadline, "resume() did not let the backlog go"
+            time.sleep(0.05)
+    finally:
+        uploader.stop()
+
+
+class GatedStorage(MemoryStorage):
+    """In-memory storage whose writes wait for ``release`` once they have begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = threading.Event()
+        self.release = threading.Event()
+
+    @contextlib.contextmanager
+    def open_write(self, key: str, overwrite: bool = True) -> Iterator[Sink]:
+        self.began.set()
+        assert self.release.wait(30)
+        with super().open_write(key, overwrite) as sink:
+            yield sink
+
+
+def test_an_upload_in_flight_when_the_uploader_is_held_commits_nothing(tmp_path: Path) -> None:
+    """hold() came while an upload was running (another upload of the look-ahead met another
+    database system's segment): that upload commits nothing, and is no failure of storage
+    (no pause, no warning): resumed, the uploader archives the file at once."""
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    name = SEGMENTS[0]
+    (wal_dir / name).write_bytes(os.urandom(4096) * 16)
+    (wal_dir / "archive_status" / f"{name}.ready").touch()
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    storage = GatedStorage()
+    uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=1, budget=None)
+    uploader.start()
+    try:
+        assert storage.began.wait(30)
+        uploader.hold()
+        storage.release.set()
+        time.sleep(0.5)  # five scans
+        assert storage.list("wal_005/") == []
+        assert not Path(
+            marker_path(status_dir(str(wal_dir)), name, settings.destination_key)
+        ).exists()
+        uploader.resume()
+        deadline = time.monotonic() + 5  # well below the first pause after a failure
+        while not storage.list("wal_005/"):
+            assert time.monotonic() < deadline, "the held upload was taken for a failure"
             time.sleep(0.05)
     finally:
         uploader.stop()

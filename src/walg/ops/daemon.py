@@ -231,6 +231,7 @@ class Daemon:
                 budget=None,
                 sweep_interval=MARKER_SWEEP,
                 stale_temporaries=self._stale_temporaries,
+                on_foreign=self._hold_background,
             )
             if settings.daemon_follow_wal and settings.compression == "lz4":
                 self.follower = WalFollower(
@@ -368,7 +369,9 @@ class Daemon:
         """Another database system's WAL is stored under ``name``, so PostgreSQL's calls for
         it are refused for ever: the look-ahead and the WAL follower, which archive on their
         own, stop until a call succeeds; their uploads of this system's later segments would
-        land after that system's last one, and a restore of it to the end stop there."""
+        land after that system's last one, and a restore of it to the end stop there. Called
+        for PostgreSQL's refused call, and by the look-ahead when it meets such a segment
+        itself (a daemon started over a backlog, before PostgreSQL's next call)."""
         background = [b for b in (self.lookahead, self.follower) if b is not None]
         if background and not self._background_held:
             log.warning(

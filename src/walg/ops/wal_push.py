@@ -680,7 +680,7 @@ class LookaheadUploader:
         workers: int,
         budget: int | None,
         exclude: set[str] | None = None,
-        on_error: Callable[[str, BaseException], None] | None = None,
+        on_foreign: Callable[[str], None] | None = None,
         destination_key: str | None = None,
         sweep_interval: float | None = None,
         stale_temporaries: float | None = None,
@@ -720,7 +720,7 @@ class LookaheadUploader:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookahead")
         self._futures: dict[str, Future[None]] = {}
         self._scanner = threading.Thread(target=self._scan_loop, name="lookahead-scan", daemon=True)
-        self._on_error = on_error
+        self._on_foreign = on_foreign
         self._backoff = FailureBackoff()
         # Storage-wide: a full or unwritable storage folder fails every file alike, and the
         # per-file delays alone had every waiting .ready file compressed again about once a
@@ -819,6 +819,15 @@ class LookaheadUploader:
         with nothing, must not be stored after that system's last one."""
         self._held = True
 
+    def _hold_for(self, name: str) -> None:
+        """:meth:`hold`, met by an upload of its own: ``name`` is stored as another database
+        system's segment. Started over a backlog (a daemon started after PostgreSQL's calls
+        failed), the look-ahead meets it before PostgreSQL's refused call does, and the later
+        segments, which collide with nothing, must not be stored after that system's last."""
+        self.hold()
+        if self._on_foreign is not None:
+            self._on_foreign(name)
+
     def resume(self) -> None:
         """Storage took an object (PostgreSQL's own call through the daemon): lift the pause
         that failed look-ahead uploads set, and a :meth:`hold`."""
@@ -853,15 +862,25 @@ class LookaheadUploader:
                     # otherwise): PostgreSQL's own call compares it. A marker would outlive
                     # every call for it.
                     if find_wal_object(self._storage, name) is not None:
+                        if _stored_as_another_system(self._storage, path, name):
+                            self._hold_for(name)
                         return
-                    # Checked and never replacing an object: see push_one.
-                    result = push_one(self._settings, self._storage, path, absent=True, ready=ready)
+                    # Checked and never replacing an object: see push_one. Nothing is
+                    # committed once held (another upload met another system's segment).
+                    result = push_one(
+                        self._settings,
+                        self._storage,
+                        path,
+                        absent=True,
+                        ready=ready,
+                        commit=lambda: not self._held,
+                    )
+                except RequestAbandoned:
+                    return  # held meanwhile: not a failure of storage
                 except (WalgError, OSError) as exc:
                     # PostgreSQL will call archive_command for this file and see the error
                     # itself.
                     failure = str(exc)
-                    if self._on_error is not None:
-                        self._on_error(name, exc)
                     return
                 if result.identity:
                     write_marker(marker, result.identity, self._storage.local_path(result.key))
