@@ -1054,3 +1054,40 @@ def test_a_push_whose_commit_outlives_its_limit_is_not_answered_done_before_it(
     env.daemon = None
     assert reply in (b"O", b"E"), reply
     assert reply == b"E" or stored_when_answered, f"O before the object was stored\n{log}"
+
+
+def test_a_full_wal_volume_fails_each_fetch_and_the_next_one_succeeds_once_there_is_room(
+    env: Env,
+) -> None:
+    """The daemon's fetch into a full pg_wal (a 4 MiB tmpfs: no room for a 16 MiB segment):
+    each request is answered E, naming the cause in the daemon's log, and leaves no partial
+    file behind; once the volume has room (remounted larger) the same request delivers the
+    whole segment: no failure is remembered, nothing truncated is served."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small file system")
+    data = os.urandom(BIG)
+    _archive(env, data)
+    wal = env.pgdata / "pg_wal"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "walg-test-full", str(wal)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (env.pgdata / "standby.signal").touch()
+        env.env["WALG_DOWNLOAD_CONCURRENCY"] = "4"  # a prefetch may not fill it either
+        env.start()
+        dest = wal / "RECOVERYXLOG"
+        for _ in range(2):  # a standby asks again and again
+            assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"E"
+            assert not [p for p in wal.rglob("*") if p.is_file()], list(wal.rglob("*"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(wal)], check=True)
+        assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"O"
+        assert dest.read_bytes() == data
+        log = env.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(wal)], check=False)
+    assert log.count("No space left on device") == 2, log
