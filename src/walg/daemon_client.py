@@ -144,6 +144,16 @@ def in_archive_recovery(pgdata: str) -> bool:
     return os.path.exists(conf) and not _standby_mode_on(conf)
 
 
+def is_standby(pgdata: str) -> bool:
+    """Is ``pgdata`` a data directory in standby mode? From PostgreSQL 12 ``standby.signal``
+    (with or without ``recovery.signal``); before it a ``recovery.conf`` that turns
+    ``standby_mode`` on."""
+    if os.path.exists(os.path.join(pgdata, "standby.signal")):
+        return True
+    conf = os.path.join(pgdata, "recovery.conf")
+    return os.path.exists(conf) and _standby_mode_on(conf)
+
+
 def _standby_mode_on(conf: str) -> bool:
     """Whether recovery.conf ``conf`` turns standby_mode on: its last setting counts, and
     "on", "1" and the prefixes of "true" and "yes" are true, as PostgreSQL's parse_bool takes

@@ -189,6 +189,37 @@ def test_exit_codes_of_a_failed_fetch(
     assert "does not exist" in unmounted.stderr
 
 
+@pytest.mark.parametrize(
+    ("signals", "said"),
+    [
+        (("standby.signal",), False),  # an archive-only standby polls every 5 s while idle
+        (("recovery.signal", "standby.signal"), False),
+        (("recovery.signal",), True),  # a restore: where its archive ended
+        ((), True),  # a DBA at the prompt
+    ],
+)
+def test_a_standby_waiting_at_the_end_of_the_archive_is_not_told_so_each_time(
+    walg_bin: str, pg_workdir: Path, signals: tuple[str, ...], said: bool
+) -> None:
+    """An archive-only standby asks for the next segment and the next timeline's history
+    every 5 s (wal_retrieve_retry_interval) while it waits for the primary's WAL: walg
+    wal-fetch wrote 'WAL file ... is not in the archive' for each, 24 lines a minute in the
+    server's log of an idle standby (PostgreSQL 13 and 18), where the daemon's clients write
+    none. In a standby that answer is the normal state; a restore and a DBA still see it."""
+    store = _archive(pg_workdir, {})
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    make_shared_dir(pgdata / "pg_wal", 0o700)
+    for signal_file in signals:
+        (pgdata / signal_file).touch()
+    for name in (Segment(1, 9).name(), "00000002.history"):
+        missing = _fetch(walg_bin, store, pgdata, name, WALG_DOWNLOAD_CONCURRENCY="1")
+        assert missing.returncode == 74, missing.stderr
+        if said:
+            assert missing.stderr == f"walg: WAL file {name} is not in the archive\n"
+        else:
+            assert missing.stderr == ""
+
+
 @pytest.mark.parametrize("entry", ["dangling-link", "folder", "fifo", "linked-wal-folder"])
 def test_an_archived_name_that_cannot_be_read_is_a_failure_not_the_end_of_the_archive(
     walg_bin: str, pg_workdir: Path, entry: str

@@ -167,8 +167,12 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
-        # PostgreSQL asks for files past the end of the archive all the time: one quiet line.
-        _say(f"walg: {exc}\n")
+        # PostgreSQL asks for files past the end of the archive all the time: one quiet line,
+        # and none to a standby, where that is the normal state: one waiting for its primary's
+        # WAL asks for the next segment and the next timeline's history every 5 s, and those
+        # lines filled the server's log (the daemon's clients say nothing there either).
+        if not (args.command == "wal-fetch" and _fetched_for_standby(args.destination)):
+            _say(f"walg: {exc}\n")
         code = EXIT_NOT_FOUND
     except WalgError as exc:
         _say(f"ERROR: {exc}\n")
@@ -196,6 +200,21 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
 
         code = failure_exit_code(args.destination, code)
     return code, fast
+
+
+def _fetched_for_standby(destination: str) -> bool:
+    """Is this wal-fetch run for a standby: DEST's data directory (``%p`` is
+    ``pg_wal/RECOVERYXLOG``), or the working directory PostgreSQL runs it in, in standby
+    mode? (walg.daemon_client is loaded on this path anyway, for the exit code.)"""
+    import os
+
+    from walg.daemon_client import is_standby
+
+    try:
+        pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination))) or "."
+    except OSError:  # no working directory (removed)
+        return False
+    return is_standby(pgdata) or is_standby(".")
 
 
 def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
