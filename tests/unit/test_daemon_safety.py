@@ -1091,3 +1091,35 @@ def test_a_full_wal_volume_fails_each_fetch_and_the_next_one_succeeds_once_there
     finally:
         subprocess.run(["umount", "-l", str(wal)], check=False)
     assert log.count("No space left on device") == 2, log
+
+
+@pytest.mark.parametrize("concurrency", ["4", "1"], ids=["look-ahead", "no-look-ahead"])
+def test_what_a_finished_recovery_prefetched_is_removed_by_its_daemon(
+    env: Env, concurrency: str
+) -> None:
+    """A restore through the daemon that stops at its target leaves the segments prefetched
+    past it in pg_wal/.wal-g/prefetch (up to WALG_DOWNLOAD_CONCURRENCY of them). Only the
+    archiving of the new timeline's .history removed them, so a restored server with
+    archive_mode = off (a test or forensic restore) kept them for good: 7 segments, 112 MiB,
+    after a restore through the daemon to a restore point on PostgreSQL 16. The daemon, which
+    sweeps that data directory every minute anyway, removes them once recovery has ended,
+    and leaves them while it goes on."""
+    key = "0123456789abcdef0123456789abcdef"
+    folder = env.pgdata / "pg_wal" / ".wal-g" / "prefetch" / key
+    folder.mkdir(parents=True)
+    prefetched = folder / SEG
+    prefetched.write_bytes(b"\0" * 8192)
+    (env.pgdata / "PG_VERSION").write_text("16\n")
+    (env.pgdata / "recovery.signal").touch()
+    env.env["WALG_UPLOAD_CONCURRENCY"] = concurrency
+    env.start()
+    time.sleep(1)
+    assert prefetched.exists(), "removed while recovery went on"
+    log = env.stop()
+    (env.pgdata / "recovery.signal").unlink()  # promoted
+    env.start()
+    deadline = time.monotonic() + 10
+    while prefetched.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log += env.stop()
+    assert not prefetched.exists(), log

@@ -491,13 +491,18 @@ def archive_ahead(
 
 
 def sweep_leftovers(storage: Storage, wal_dir: str, stale_temporaries: float | None) -> None:
-    """Remove the markers of files PostgreSQL has finished with and, with
-    ``stale_temporaries``, the temporary objects in ``wal_005/`` older than that many seconds
-    (uploads killed outright); failures are logged, never raised."""
+    """Remove the markers of files PostgreSQL has finished with, what a recovery that has
+    ended prefetched and never used and, with ``stale_temporaries``, the temporary objects in
+    ``wal_005/`` older than that many seconds (uploads killed outright); failures are logged,
+    never raised."""
     try:
         forget_finished_markers(wal_dir)
     except OSError as exc:
         log.warning("cannot clear finished look-ahead markers in %s: %s", status_dir(wal_dir), exc)
+    # The archiving of the new timeline's .history does it too, but a restored server with
+    # archive_mode = off archives nothing, and kept them for good.
+    if removed := clear_prefetched_after_recovery(wal_dir):
+        log.info("removed %d prefetched segments left by the recovery in %s", removed, wal_dir)
     if stale_temporaries is not None:
         _sweep_temporaries(storage, stale_temporaries)
 
