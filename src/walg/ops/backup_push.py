@@ -51,7 +51,13 @@ from walg.errors import (
 )
 from walg.ops.catalog import write_files_metadata
 from walg.ops.pipeline import SIGNAL_POLL, upload
-from walg.ops.wal import find_wal_object, foreign_system_id, newest_timeline, read_history
+from walg.ops.wal import (
+    clear_prefetched_after_recovery,
+    find_wal_object,
+    foreign_system_id,
+    newest_timeline,
+    read_history,
+)
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
@@ -241,6 +247,8 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
             "so it cannot be restored from the archive alone"
         )
     _warn_of_inherited_targets(pgdata)
+    if not info.in_recovery:
+        _clear_restore_prefetch(pgdata)
     # Read before the backup starts: a move that commits later is seen as a change at the end,
     # one committed earlier is all before the backup's starting checkpoint.
     databases = database_locations(conn, pgdata)
@@ -259,6 +267,20 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     session.abort()
     _release_claim(storage, name)
     return result
+
+
+def _clear_restore_prefetch(pgdata: str) -> None:
+    """Remove the segments a finished restore prefetched past its target into pg_wal.
+
+    Archiving the new timeline's ``.history`` removes them, but a restored server with
+    ``archive_mode = off`` archives nothing, and no other walg command runs there: they stayed
+    for good, up to ``WALG_DOWNLOAD_CONCURRENCY`` segments. Tidying only: never fails the
+    backup (the function checks the data directory is out of recovery and ignores errors).
+    """
+    for folder in ("pg_wal", "pg_xlog"):
+        wal_dir = os.path.join(pgdata, folder)
+        if removed := clear_prefetched_after_recovery(wal_dir):
+            log.info("removed %d prefetched segments left by the recovery in %s", removed, wal_dir)
 
 
 def _warn_of_inherited_targets(pgdata: str) -> None:
