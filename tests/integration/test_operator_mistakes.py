@@ -1,0 +1,84 @@
+"""Operator mistakes on the WAL path, staged on a real PostgreSQL 16 cluster: what the server's
+``archive_command`` does after them.
+
+One cluster for the module; each test gives it a storage folder of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, pg_tmpdir, stop_clusters_under
+from walgcli import WalgSetup
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="stages walg run by hand as root")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    workdir = pg_tmpdir(prefix="operator-mistakes-")
+    conf = {"archive_mode": "on", "archive_command": "false"}
+    made = Cluster.create(
+        PgInstall.load(16), workdir / "data", initdb_args=("--wal-segsize=1",), conf=conf
+    )
+    made.start()
+    yield made
+    stop_clusters_under(workdir, mode="immediate")
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def _archive_into(cluster: Cluster, walg: WalgSetup) -> None:
+    cluster.set_conf({"archive_command": walg.command("wal-push", "%p")})
+    cluster.reload()
+
+
+def _wait_archived(cluster: Cluster, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < name:
+        assert time.monotonic() < deadline, f"{name} not archived\n{cluster.log_tail(30)}"
+        time.sleep(0.2)
+
+
+def _switch(cluster: Cluster) -> str:
+    cluster.psql("CREATE TABLE IF NOT EXISTS filler (x text)")
+    cluster.psql("INSERT INTO filler SELECT repeat('x', 100) FROM generate_series(1, 500)")
+    return cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+
+
+def test_a_wal_push_run_by_hand_as_root_leaves_the_archive_writable_by_the_server(
+    cluster: Cluster, walg_bin: str, tmp_path: Path
+) -> None:
+    """A DBA pushed a segment by hand as root into a new storage folder (the server's own).
+    walg made ``wal_005/`` there as root, mode 0755, and every ``archive_command`` of the
+    server after it failed ("cannot create a file in .../wal_005: Permission denied") until
+    someone chowned the folder. Folders and objects root makes are given the owner of the
+    folder they are made in."""
+    workdir = pg_tmpdir(prefix="root-push-")
+    walg = WalgSetup.create(walg_bin, workdir)
+    first = _switch(cluster)
+    copy = tmp_path / first
+    copy.write_bytes((cluster.datadir / "pg_wal" / first).read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "WALG_", "WALE_"))}
+    pushed = subprocess.run(
+        [walg_bin, "--config", str(walg.config), "wal-push", str(copy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    store = walg.store.stat()
+    for path in (walg.store / "wal_005", walg.store / "wal_005" / f"{first}.lz4"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (store.st_uid, store.st_gid), path
+
+    _archive_into(cluster, walg)
+    _wait_archived(cluster, _switch(cluster))
+    assert "Permission denied" not in cluster.log_tail(30)
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
