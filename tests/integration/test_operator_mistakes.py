@@ -7,6 +7,7 @@ One cluster for the module; each test gives it a storage folder of its own.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Iterator
@@ -81,4 +82,31 @@ def test_a_wal_push_run_by_hand_as_root_leaves_the_archive_writable_by_the_serve
     _archive_into(cluster, walg)
     _wait_archived(cluster, _switch(cluster))
     assert "Permission denied" not in cluster.log_tail(30)
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_a_daemon_started_as_root_for_another_user_s_data_directory_is_refused(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """``walg daemon`` started as root (a unit file without ``User=``) for a data directory
+    the server runs as pgtest: its socket is root's, mode 0600, and every call of the server
+    failed with "Permission denied" while the daemon logged nothing; what it would write into
+    pg_wal (fetched segments, look-ahead records) would be root's. It is refused at start,
+    naming the data directory's owner, and leaves no socket."""
+    workdir = pg_tmpdir(prefix="root-daemon-")
+    walg = WalgSetup.create(walg_bin, workdir)
+    socket = workdir / "walg.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "WALG_", "WALE_"))}
+    started = subprocess.run(
+        [walg_bin, "--config", str(walg.config), "daemon", str(socket), str(cluster.datadir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert started.returncode == 78, started.stderr
+    owner = pwd.getpwuid(cluster.datadir.stat().st_uid).pw_name
+    assert f"owned by {owner}" in started.stderr, started.stderr
+    assert not socket.exists()
     subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -50,11 +50,43 @@ def _duration(ctx: Context, name: str, default: str) -> float:
     return seconds
 
 
+def _refuse_root_for_another_user(pgdata: str) -> None:
+    """Refuse to serve, as root, a data directory another user owns (the server's user).
+
+    Its socket would be root's, mode 0600: every call of the server would fail with
+    "Permission denied" while the daemon logs nothing. And what it writes into pg_wal (fetched
+    segments PostgreSQL later recycles and writes, look-ahead records) would be root's too. A
+    unit file without ``User=`` does this; the fix is to run the daemon as that user.
+    """
+    if os.geteuid() != 0:
+        return
+    from walg.errors import ConfigError
+
+    try:
+        owner = os.stat(pgdata).st_uid
+    except OSError:
+        return  # the daemon's own check names a data directory that is not there
+    if owner == 0:
+        return
+    import pwd
+
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    raise ConfigError(
+        f"walg daemon runs as root, but the data directory {pgdata} is owned by {name}: "
+        f"PostgreSQL could not connect to a socket of root's, and files the daemon writes into "
+        f"pg_wal would be root's; run the daemon as {name} (User= in its systemd unit)"
+    )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.daemon import READ_TIMEOUT, Daemon, release_socket_path, serve
 
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
+    _refuse_root_for_another_user(pgdata)
     # WAL-G applies its upload timeout to pushes only; fetches get a limit of their own.
     timeout = _duration(ctx, "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "60s")
     fetch_timeout = _duration(ctx, "WALG_DAEMON_WAL_FETCH_TIMEOUT", "300s")
