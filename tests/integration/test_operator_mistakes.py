@@ -6,6 +6,7 @@ One cluster for the module; each test gives it a storage folder of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall, pg_tmpdir, stop_clusters_under
+from pgcluster import Cluster, PgInstall, pg_tmpdir, run_as_pg, stop_clusters_under
 from walgcli import WalgSetup
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="stages walg run by hand as root")
@@ -109,4 +110,45 @@ def test_a_daemon_started_as_root_for_another_user_s_data_directory_is_refused(
     owner = pwd.getpwuid(cluster.datadir.stat().st_uid).pw_name
     assert f"owned by {owner}" in started.stderr, started.stderr
     assert not socket.exists()
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_an_archive_inside_the_data_directory_is_refused_until_it_is_moved_out(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """``WALG_FILE_PREFIX=backups`` (relative: the server runs its commands in the data
+    directory) or a folder someone made in the data directory. walg archived into it: an
+    archive lost with the data directory (and emptied with it before a ``backup-fetch``,
+    which needs an empty destination), and every ``backup-push`` copied the archive and
+    earlier backups into the new one. ``wal-push`` and ``backup-push`` refuse it, saying so,
+    and archiving goes on from the refused segment once the prefix is moved out."""
+    workdir = pg_tmpdir(prefix="inside-")
+    good = WalgSetup.create(walg_bin, workdir)
+    inside = cluster.datadir / "backups"
+    run_as_pg(["mkdir", str(inside)])
+    config = workdir / "inside.json"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": "backups"}))
+    config.chmod(0o644)
+    cluster.set_conf({"archive_command": f"{walg_bin} --config {config} wal-push %p"})
+    cluster.reload()
+    refused = _switch(cluster)
+    deadline = time.monotonic() + 30
+    while "lies inside the data directory" not in cluster.log_tail(40):
+        assert time.monotonic() < deadline, cluster.log_tail(40)
+        time.sleep(0.2)
+    assert list(inside.iterdir()) == []
+    pushed = run_as_pg(
+        [walg_bin, "--config", str(config), "backup-push", str(cluster.datadir)],
+        env=good.env(cluster),
+        check=False,
+        cwd=str(cluster.datadir),
+    )
+    assert pushed.returncode == 78, pushed.stderr
+    assert "lies inside the data directory" in pushed.stderr, pushed.stderr
+    assert list(inside.iterdir()) == []
+
+    _archive_into(cluster, good)
+    _wait_archived(cluster, _switch(cluster))
+    assert (good.store / "wal_005" / f"{refused}.lz4").exists()
+    run_as_pg(["rmdir", str(inside)])
     subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -87,6 +87,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
     _refuse_root_for_another_user(pgdata)
+    from walg.core.naming import wal_key
+    from walg.ops.wal import refuse_archive_in_data_directory
+
+    refuse_archive_in_data_directory(
+        ctx.storage(), wal_key("000000010000000000000001", "lz4"), pgdata
+    )
     # WAL-G applies its upload timeout to pushes only; fetches get a limit of their own.
     timeout = _duration(ctx, "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "60s")
     fetch_timeout = _duration(ctx, "WALG_DAEMON_WAL_FETCH_TIMEOUT", "300s")

@@ -57,6 +57,7 @@ from walg.ops.wal import (
     foreign_system_id,
     newest_timeline,
     read_history,
+    refuse_archive_in_data_directory,
 )
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
@@ -225,6 +226,7 @@ def _single_member_tar(
 def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) -> BackupPushResult:
     pgdata = settings.require_pgdata(pgdata_arg)
     datadir.check_data_directory(pgdata)
+    refuse_archive_in_data_directory(storage, sentinel_key("base"), pgdata)
     # Settings checks this one when it is first read; read now, a bad value fails the command
     # before the backup starts, not at pg_backup_stop after all of it is uploaded.
     _ = settings.stop_backup_timeout

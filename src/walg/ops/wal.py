@@ -418,3 +418,30 @@ def remove(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):  # a file where a folder of it should be
         return False
     return True
+
+
+def refuse_archive_in_data_directory(storage: Storage, key: str, data_dir: str) -> None:
+    """ConfigError if ``key``'s object would be stored inside ``data_dir`` (or in its
+    ``pg_wal``, which may be a link elsewhere).
+
+    ``WALG_FILE_PREFIX=backups`` is resolved against the working directory, which for the
+    server's ``archive_command`` is the data directory. An archive there is lost with the data
+    directory, is emptied with it before a ``backup-fetch`` (which needs an empty
+    destination), and every base backup copies it, earlier backups included. Neither WAL-G
+    nor pgBackRest archives so knowingly; walg refuses, and PostgreSQL keeps the WAL.
+    """
+    stored = storage.local_path(key)
+    if stored is None:
+        return
+    folder = os.path.realpath(os.path.dirname(stored))
+    for inside in (data_dir, os.path.join(data_dir, "pg_wal")):
+        real = os.path.realpath(inside)
+        if folder == real or folder.startswith(real.rstrip(os.sep) + os.sep):
+            from walg.errors import ConfigError
+
+            raise ConfigError(
+                f"the storage folder {folder} lies inside the data directory {data_dir} "
+                f"({real}): an archive there is lost with the data directory and copied into "
+                "every backup; set WALG_FILE_PREFIX to an absolute path outside it (a relative "
+                "one is read from the server's working directory, the data directory)"
+            )

@@ -49,6 +49,7 @@ from walg.ops.wal import (
     find_wal_object,
     marker_name,
     marker_path,
+    refuse_archive_in_data_directory,
     remove,
     stat_identity,
     take_marker,
@@ -349,6 +350,9 @@ def wal_push(
     source = os.fspath(path)
     name = check_wal_file_name(os.path.basename(source))
     wal_dir = os.path.dirname(os.path.abspath(source))
+    data_dir = os.path.dirname(wal_dir)
+    if os.path.exists(os.path.join(data_dir, "PG_VERSION")):
+        refuse_archive_in_data_directory(storage, wal_key(name, "lz4"), data_dir)
     status = status_dir(wal_dir)
     marker = marker_path(status, name, settings.destination_key)
     with contextlib.ExitStack() as held:
