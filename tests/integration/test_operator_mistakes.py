@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall, pg_tmpdir, run_as_pg, stop_clusters_under
+from pgcluster import (
+    Cluster,
+    PgInstall,
+    make_shared_dir,
+    pg_tmpdir,
+    run_as_pg,
+    stop_clusters_under,
+)
 from walgcli import WalgSetup
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="stages walg run by hand as root")
@@ -151,4 +158,45 @@ def test_an_archive_inside_the_data_directory_is_refused_until_it_is_moved_out(
     _wait_archived(cluster, _switch(cluster))
     assert (good.store / "wal_005" / f"{refused}.lz4").exists()
     run_as_pg(["rmdir", str(inside)])
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_wal_verify_fails_where_another_system_archived_this_cluster_s_next_segment(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """Two primaries given one prefix by mistake: the other one, further on, archived a
+    segment under a name this cluster reached later. This cluster's archiver is refused on it
+    for ever (naming both system identifiers), and a restore stops before it; but
+    ``wal-verify integrity`` said OK, counting the other system's segment as FOUND. It is a
+    FAILURE, naming the segment and both identifiers."""
+    workdir = pg_tmpdir(prefix="two-primaries-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_PG_WAL_SIZE="1")
+    other = Cluster.create(
+        PgInstall.load(16), workdir / "other", initdb_args=("--wal-segsize=1",), use_template=False
+    )
+    scratch = WalgSetup.create(walg_bin, make_shared_dir(workdir / "scratch", 0o755))
+    first = min(p for p in (other.datadir / "pg_wal").iterdir() if len(p.name) == 24)
+    scratch.run(["wal-push", str(first)])
+    _archive_into(cluster, walg)
+    _wait_archived(cluster, _switch(cluster))
+    # Written into first: at a segment's start pg_walfile_name names the one before.
+    cluster.psql("INSERT INTO filler VALUES ('x')")
+    taken = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    foreign = walg.store / "wal_005" / f"{taken}.lz4"
+    foreign.write_bytes((scratch.store / "wal_005" / f"{first.name}.lz4").read_bytes())
+    st = foreign.parent.stat()
+    os.chown(foreign, st.st_uid, st.st_gid)
+    _switch(cluster)
+    cluster.psql("INSERT INTO filler VALUES ('x')")  # wal-verify's position: past the switch
+    deadline = time.monotonic() + 30
+    while "another database system's WAL" not in cluster.log_tail(40):
+        assert time.monotonic() < deadline, cluster.log_tail(40)
+        time.sleep(0.2)
+
+    verified = walg.run(["wal-verify", "integrity"], cluster=cluster, check=False)
+    assert "integrity check status: FAILURE" in verified.stdout, verified.stdout + verified.stderr
+    assert taken in verified.stderr, verified.stderr
+    ours = cluster.control_data()["Database system identifier"]
+    assert ours in verified.stderr, verified.stderr
+    foreign.unlink()  # the module's cluster archives on into the next test's storage
     subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -63,7 +63,7 @@ from walg.errors import (
     UsageError,
 )
 from walg.ops import catalog
-from walg.ops.wal import read_history
+from walg.ops.wal import foreign_system_id, read_history
 from walg.ops.wal_show import (
     history_timeline,
     list_wal_object_names,
@@ -669,6 +669,23 @@ def verify_integrity(
             f"no segment from {Segment(timeline_of(stop), stop).name(segment_size)} to "
             f"{current.name(segment_size)} is archived"
         )
+
+    # Another primary given this prefix by mistake and further on stores segments under names
+    # this cluster reaches later: its archiver is refused on the first of them for ever, and a
+    # restore stops before it (wal-fetch refuses another system's segment), while the walk
+    # counted it FOUND. One read: the newest segment found below the current position is the
+    # other system's whichever of the two is ahead.
+    found = [run for run in runs if run.status is SegmentStatus.FOUND]
+    if system is not None and found:
+        newest = max(found, key=lambda run: run.end_segment[8:]).end_segment
+        theirs = foreign_system_id(storage, newest, system)
+        if theirs is not None:
+            problems.append(
+                f"{newest} in storage is another database system's WAL (system identifier "
+                f"{theirs}; this cluster's is {system}): another cluster archives into this "
+                "storage, this cluster's WAL is refused there, and a restore of it stops before "
+                "that segment; give each cluster a storage prefix of its own"
+            )
 
     # Recovery (recovery_target_timeline=latest) finds the newest timeline by reading
     # <TLI+1>.history, <TLI+2>.history, ... from the backup's timeline on and stops at the
