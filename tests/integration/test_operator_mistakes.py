@@ -200,3 +200,46 @@ def test_wal_verify_fails_where_another_system_archived_this_cluster_s_next_segm
     assert ours in verified.stderr, verified.stderr
     foreign.unlink()  # the module's cluster archives on into the next test's storage
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_a_wal_fetch_run_by_hand_as_root_leaves_pg_wal_to_the_server(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """A DBA fetched a segment by hand as root into a data directory's pg_wal (the server's
+    user owns it). The file was root's, and so were the ``.wal-g/prefetch/`` folders and the
+    segments prefetched beside it: the server's ``restore_command`` could use none of them
+    (its prefetches failed silently from then on), and a root-owned segment in pg_wal is one
+    PostgreSQL cannot open for writing once it recycles it. What root makes there gets the
+    owner of the folder it is made in."""
+    workdir = pg_tmpdir(prefix="root-fetch-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_PG_WAL_SIZE="1", WALG_DOWNLOAD_CONCURRENCY="2")
+    _archive_into(cluster, walg)
+    names = [_switch(cluster) for _ in range(3)]
+    _wait_archived(cluster, names[-1])
+    pg_wal = make_shared_dir(workdir / "restore" / "pg_wal", 0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "WALG_", "WALE_"))}
+    fetched = subprocess.run(
+        [
+            walg_bin,
+            "--config",
+            str(walg.config),
+            "wal-fetch",
+            names[0],
+            str(pg_wal / "RECOVERYXLOG"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    owner = pg_wal.stat().st_uid
+    deadline = time.monotonic() + 30
+    while not all(list(pg_wal.glob(f".wal-g/prefetch/*/{n}")) for n in names[1:]) or list(
+        pg_wal.glob(".wal-g/prefetch/*/running/*")
+    ):
+        assert time.monotonic() < deadline, "nothing prefetched"
+        time.sleep(0.1)
+    made = [pg_wal / "RECOVERYXLOG", *pg_wal.glob(".wal-g/**/*"), pg_wal / ".wal-g"]
+    assert {p: p.stat().st_uid for p in made} == {p: owner for p in made}
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)

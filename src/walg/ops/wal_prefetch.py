@@ -33,7 +33,9 @@ from walg.ops.wal import (
     data_dir_of,
     download_wal,
     find_wal_object,
+    make_folders,
     newest_timeline,
+    own_like_folder,
     put_in_place,
     read_history,
     recovery_ended,
@@ -277,7 +279,7 @@ class Prefetcher:
         """Prefetch the segments after ``name`` (at most ``MAX_PREFETCH_DEPTH``); returns the
         names now waiting in the folder."""
         count = min(count, MAX_PREFETCH_DEPTH)
-        os.makedirs(self._running, mode=0o700, exist_ok=True)
+        make_folders(self._running)
         self.cleanup(name)
         wanted = [
             n
@@ -308,6 +310,12 @@ class Prefetcher:
         try:
             fd = os.open(running, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            return False
+        try:
+            own_like_folder(fd, self._running)
+        except OSError:
+            os.close(fd)
+            remove(running)
             return False
         # Created first, so that downloads starting at the same time count one another.
         if not self._room_for_one_more():
