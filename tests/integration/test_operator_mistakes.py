@@ -243,3 +243,34 @@ def test_a_wal_fetch_run_by_hand_as_root_leaves_pg_wal_to_the_server(
     made = [pg_wal / "RECOVERYXLOG", *pg_wal.glob(".wal-g/**/*"), pg_wal / ".wal-g"]
     assert {p: p.stat().st_uid for p in made} == {p: owner for p in made}
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_a_wal_push_run_by_hand_as_root_leaves_walg_data_to_the_server(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """The same push by hand as root, of a segment in the server's pg_wal: walg made
+    ``pg_wal/walg_data/`` (its look-ahead records and locks) as root, and every later
+    ``archive_command`` of the server warned that it could not use it and archived without
+    look-ahead, for good. What root makes there gets pg_wal's owner."""
+    workdir = pg_tmpdir(prefix="root-status-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_PG_WAL_SIZE="1")
+    _archive_into(cluster, walg)
+    name = _switch(cluster)
+    _wait_archived(cluster, name)
+    pg_wal = cluster.datadir / "pg_wal"
+    subprocess.run(["rm", "-rf", str(pg_wal / "walg_data")], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "WALG_", "WALE_"))}
+    pushed = subprocess.run(
+        [walg_bin, "--config", str(walg.config), "wal-push", str(pg_wal / name)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    owner = pg_wal.stat().st_uid
+    made = [pg_wal / "walg_data", *(pg_wal / "walg_data").glob("**/*")]
+    assert {p: p.stat().st_uid for p in made} == {p: owner for p in made}
+    _wait_archived(cluster, _switch(cluster))
+    assert "cannot use walg's status folder" not in cluster.log_tail(30)
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -975,9 +975,10 @@ def test_a_look_ahead_upload_never_replaces_an_object_with_overwrite_allowed(
 
 
 def test_a_status_folder_of_another_user_means_no_look_ahead(tmp_path: Path, walg_bin: str) -> None:
-    """A wal-push once run as root leaves walg_data/ (mode 0700) owned by root; the server's
-    own calls must still archive (the ordinary way, with a warning naming the folder and its
-    owner), not fail until pg_wal fills."""
+    """walg_data/ (mode 0700) owned by root, as a wal-push run as root left it before such a
+    call gave what it makes pg_wal's owner (or someone's chown -R did): the server's own calls
+    must still archive (the ordinary way, with a warning naming the folder and its owner),
+    not fail until pg_wal fills."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run a call as root and the next ones as pgtest")
     from pgcluster import pg_tmpdir, pg_user_env, run_as_pg
@@ -1005,7 +1006,10 @@ def test_a_status_folder_of_another_user_means_no_look_ahead(tmp_path: Path, wal
         )
         assert as_root.returncode == 0, as_root.stderr
         status = Path(status_dir(str(wal_dir)))
-        assert status.stat().st_uid == 0 and status.stat().st_mode & 0o777 == 0o700
+        assert status.stat().st_uid == wal_dir.stat().st_uid  # given pg_wal's owner
+        for made in (status.parent, status, *status.iterdir()):
+            os.chown(made, 0, 0)
+        assert status.stat().st_mode & 0o777 == 0o700
         for name in names[1:]:
             (wal_dir / "archive_status" / f"{name}.ready").touch()
         for name in names[1:]:

@@ -182,6 +182,7 @@ def write_marker(marker: str, identity: bytes, stored: str | None = None) -> Non
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
+            own_like_folder(fd, directory)
             os.write(fd, identity)
         finally:
             os.close(fd)

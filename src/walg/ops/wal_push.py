@@ -47,8 +47,10 @@ from walg.ops.pipeline import download, upload
 from walg.ops.wal import (
     clear_prefetched_after_recovery,
     find_wal_object,
+    make_folders,
     marker_name,
     marker_path,
+    own_like_folder,
     refuse_archive_in_data_directory,
     remove,
     stat_identity,
@@ -361,7 +363,7 @@ def wal_push(
                 log.info("WAL file %s was already archived by a look-ahead upload", name)
                 return WalPushResult(name, "", False, 0, 0)
             if spawn_uploader is not None:
-                os.makedirs(status, mode=0o700, exist_ok=True)
+                make_folders(status)
                 detached = uploader_running(status)
                 # Locked even with no uploader seen: one just started by the previous call may
                 # not hold its own lock yet, and must find this file taken.
@@ -471,9 +473,10 @@ def archive_ahead(
     destination, the one its settings were taken from.
     """
     status = status_dir(wal_dir)
-    os.makedirs(status, mode=0o700, exist_ok=True)
+    make_folders(status)
     fd = os.open(os.path.join(status, UPLOADER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        own_like_folder(fd, status)
         if not _lock_now(fd):
             return None
         forget_finished_markers(wal_dir)
@@ -535,7 +538,11 @@ def sweep_temporaries_if_due(storage: Storage, status: str) -> None:
         return
     try:
         # Stamped before the sweep: one that fails is not retried by every uploader after it.
-        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600))
+        fd = os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            own_like_folder(fd, os.path.dirname(stamp))
+        finally:
+            os.close(fd)
         os.utime(stamp, (now, now))
     except OSError as exc:
         log.warning("cannot stamp the sweep of temporary objects in %s: %s", stamp, exc)
@@ -587,6 +594,11 @@ def segment_lock(status: str, name: str, wait: float) -> Iterator[bool]:
     deadline = time.monotonic() + wait
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            own_like_folder(fd, status)
+        except OSError:
+            os.close(fd)
+            raise
         if not _lock_now(fd):
             os.close(fd)
             if time.monotonic() >= deadline:
@@ -754,7 +766,7 @@ class LookaheadUploader:
         # Not in a data directory that is not there yet (a daemon started before backup-fetch,
         # which wants an empty one, made it): scan_once makes the folder when it is needed.
         if os.path.isdir(self._archive_status):
-            os.makedirs(self._status, mode=0o700, exist_ok=True)
+            make_folders(self._status)
         self.scan_once()
         self._scanner.start()
 
@@ -786,7 +798,7 @@ class LookaheadUploader:
             # Made again if it went: a data directory restored anew under a resident uploader
             # (the daemon's) has none, and every upload failed on its lock file for good.
             try:
-                os.makedirs(self._status, mode=0o700, exist_ok=True)
+                make_folders(self._status)
             except OSError as exc:
                 log.debug("cannot make %s: %s", self._status, exc)
         with self._lock:
