@@ -274,3 +274,24 @@ def test_a_wal_push_run_by_hand_as_root_leaves_walg_data_to_the_server(
     _wait_archived(cluster, _switch(cluster))
     assert "cannot use walg's status folder" not in cluster.log_tail(30)
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_a_relative_storage_folder_missing_for_the_server_is_named_as_the_server_reads_it(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """``WALG_FILE_PREFIX=backups``, a folder that exists in the DBA's working folder: the
+    server runs ``archive_command`` in the data directory, where there is none, and its log
+    said "storage folder backups does not exist", which ``ls backups`` in the DBA's shell
+    contradicts. The error names the folder the server looked for."""
+    workdir = pg_tmpdir(prefix="relative-")
+    config = workdir / "relative.json"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": "backups"}))
+    config.chmod(0o644)
+    refused = run_as_pg(
+        [walg_bin, "--config", str(config), "wal-push", "pg_wal/000000010000000000000001"],
+        check=False,
+        cwd=str(cluster.datadir),
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert f"{cluster.datadir}/backups" in refused.stderr, refused.stderr
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)

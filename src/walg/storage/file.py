@@ -116,8 +116,13 @@ def _missing_root(top: str) -> StorageError:
         pass
     except OSError as exc:
         return StorageError(f"storage folder {top} cannot be reached: {exc.strerror or exc}")
+    where = top
+    if not os.path.isabs(top):
+        # The server runs archive_command in its data directory, the DBA's shell elsewhere:
+        # "backups does not exist" there contradicts an ls in the shell.
+        where = f"{top} ({os.path.abspath(top)}: relative to the working directory)"
     return StorageError(
-        f"storage folder {top} does not exist or is not a folder: walg does not create it "
+        f"storage folder {where} does not exist or is not a folder: walg does not create it "
         "(an unmounted volume?); create it or mount its volume"
     )
 
