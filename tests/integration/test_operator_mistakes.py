@@ -295,3 +295,26 @@ def test_a_relative_storage_folder_missing_for_the_server_is_named_as_the_server
     assert refused.returncode == 1, refused.stderr
     assert f"{cluster.datadir}/backups" in refused.stderr, refused.stderr
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_wal_push_given_the_file_s_name_instead_of_its_path(
+    cluster: Cluster, walg_bin: str
+) -> None:
+    """``archive_command = 'walg wal-push %f'``: the server runs it in the data directory,
+    where no file has that name. The call failed with "WAL file ... does not exist" (it must
+    fail: nothing was archived), but first made ``walg_data/`` in the data directory itself,
+    which every base backup then copied. It now fails before touching anything, and says to
+    pass ``%p``."""
+    workdir = pg_tmpdir(prefix="percent-f-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_PG_WAL_SIZE="1")
+    name = _switch(cluster)
+    refused = run_as_pg(
+        [walg_bin, "--config", str(walg.config), "wal-push", name],
+        check=False,
+        cwd=str(cluster.datadir),
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "%p" in refused.stderr, refused.stderr
+    assert not (cluster.datadir / "walg_data").exists()
+    assert not list(walg.store.iterdir())
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)

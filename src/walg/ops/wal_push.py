@@ -112,6 +112,19 @@ def status_dir(wal_dir: str) -> str:
     return os.path.join(wal_dir, STATUS_DIR)
 
 
+def _check_exists(source: str) -> None:
+    if os.path.isfile(source):
+        return
+    hint = ""
+    if os.sep not in source and os.path.isfile(os.path.join("pg_wal", source)):
+        # archive_command = 'walg wal-push %f': the server runs it in the data directory.
+        hint = (
+            f" here ({os.getcwd()}), but pg_wal/{source} does: archive_command must pass %p "
+            "(the file's path), not %f (its name)"
+        )
+    raise UsageError(f"WAL file {source} does not exist{hint}")
+
+
 def push_one(
     settings: Settings,
     storage: Storage,
@@ -146,8 +159,7 @@ def push_one(
     """
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
-    if not os.path.isfile(source):
-        raise UsageError(f"WAL file {source} does not exist")
+    _check_exists(source)
     if name.endswith(".history"):
         # A new timeline: recovery has ended, and what it prefetched is of no more use.
         wal_dir = os.path.dirname(os.path.abspath(source))
@@ -351,6 +363,8 @@ def wal_push(
     """
     source = os.fspath(path)
     name = check_wal_file_name(os.path.basename(source))
+    # Before the status folder is made beside it: given %f, that would be the data directory.
+    _check_exists(source)
     wal_dir = os.path.dirname(os.path.abspath(source))
     data_dir = os.path.dirname(wal_dir)
     if os.path.exists(os.path.join(data_dir, "PG_VERSION")):
