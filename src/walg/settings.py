@@ -238,9 +238,28 @@ class Settings:
         if self.storage_kind is None or self.storage_prefix is None:
             raise ConfigError(
                 "no storage configured: set WALG_FILE_PREFIX (or WALE_S3_PREFIX, WALG_S3_PREFIX, "
-                "WALG_GS_PREFIX, WALG_AZ_PREFIX, WALG_SSH_PREFIX)"
+                f"WALG_GS_PREFIX, WALG_AZ_PREFIX, WALG_SSH_PREFIX){self._misspelt_storage()}"
             )
         return self.storage_kind, self.storage_prefix
+
+    def _misspelt_storage(self) -> str:
+        """Names a set key that looks like a storage prefix's, for the "no storage" error: a
+        config file with ``WALG_FILE_PREFX`` reads as "set" to the DBA looking at it."""
+        import difflib
+
+        known = [f"{p}_{suffix}" for suffix, _ in STORAGE_PREFIX_KEYS for p in ("WALG", "WALE")]
+        for name in sorted(self.values):
+            if not name.startswith(("WALG_", "WALE_")) or not self.values[name].strip():
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            if close:
+                where = (
+                    f"the config file {self.config_file}"
+                    if name in self.config_keys and self.config_file
+                    else "the environment"
+                )
+                return f"; {where} sets {name}: a misspelling of {close[0]}?"
+        return ""
 
     def require_pgdata(self, given: str | None) -> str:
         path = given or self.pgdata

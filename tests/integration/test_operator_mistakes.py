@@ -318,3 +318,22 @@ def test_wal_push_given_the_file_s_name_instead_of_its_path(
     assert not (cluster.datadir / "walg_data").exists()
     assert not list(walg.store.iterdir())
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_a_misspelt_storage_key_is_named(cluster: Cluster, walg_bin: str) -> None:
+    """A config file with ``WALG_FILE_PREFX``: every ``archive_command`` failed with "no
+    storage configured: set WALG_FILE_PREFIX", as if the file had none, and the DBA looking
+    at the file sees it "set". The error names the key it found and the one it resembles."""
+    workdir = pg_tmpdir(prefix="typo-")
+    config = workdir / "typo.json"
+    config.write_text(json.dumps({"walg_file_prefx": str(workdir)}))
+    config.chmod(0o644)
+    name = _switch(cluster)
+    refused = run_as_pg(
+        [walg_bin, "--config", str(config), "wal-push", f"pg_wal/{name}"],
+        check=False,
+        cwd=str(cluster.datadir),
+    )
+    assert refused.returncode == 78, refused.stderr
+    assert "WALG_FILE_PREFX" in refused.stderr and str(config) in refused.stderr, refused.stderr
+    subprocess.run(["rm", "-rf", str(workdir)], check=False)
