@@ -168,7 +168,8 @@ def test_wal_verify_fails_where_another_system_archived_this_cluster_s_next_segm
     segment under a name this cluster reached later. This cluster's archiver is refused on it
     for ever (naming both system identifiers), and a restore stops before it; but
     ``wal-verify integrity`` said OK, counting the other system's segment as FOUND. It is a
-    FAILURE, naming the segment and both identifiers."""
+    FAILURE, naming the segment and both identifiers; ``wal-show`` warns that the timeline
+    holds two systems' segments."""
     workdir = pg_tmpdir(prefix="two-primaries-")
     walg = WalgSetup.create(walg_bin, workdir, WALG_PG_WAL_SIZE="1")
     other = Cluster.create(
@@ -198,6 +199,10 @@ def test_wal_verify_fails_where_another_system_archived_this_cluster_s_next_segm
     assert taken in verified.stderr, verified.stderr
     ours = cluster.control_data()["Database system identifier"]
     assert ours in verified.stderr, verified.stderr
+    # wal-show, which knows no cluster, showed one timeline of segments, silently.
+    shown = walg.run(["wal-show", "--without-backups"])
+    theirs = other.control_data()["Database system identifier"]
+    assert ours in shown.stderr and theirs in shown.stderr, shown.stderr
     foreign.unlink()  # the module's cluster archives on into the next test's storage
     subprocess.run(["rm", "-rf", str(workdir)], check=False)
 

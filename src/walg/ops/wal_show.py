@@ -38,10 +38,10 @@ from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, is_wal_file_name
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL, sentinel_key
-from walg.errors import FormatError, IntegrityError
+from walg.errors import FormatError, IntegrityError, WalgError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing
-from walg.ops.wal import read_history
+from walg.ops.wal import find_wal_object, read_history, stored_system_id
 from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
 
@@ -216,6 +216,43 @@ def backup_timeline(listing: BackupListing, segment_size: int) -> int | None:
         return None
 
 
+def _warn_of_two_systems(
+    storage: Storage, tli: int, low: int, high: int, segment_size: int
+) -> None:
+    """Warn where a timeline's first and last segments state different system identifiers.
+
+    Two clusters given one prefix by mistake, or a cluster made anew by ``initdb``, store
+    their segments under one timeline's names, and the table shows one run of them; a restore
+    stops where the other system's begin (``wal-fetch`` refuses them). A ``pg_upgrade`` that
+    kept its prefix does so too, which the warning names. Two reads per timeline; a segment
+    that cannot be read says nothing here (``wal-verify`` and ``wal-fetch`` report it).
+    """
+    systems = []
+    for segno in (low, high):
+        name = Segment(tli, segno).name(segment_size)
+        try:
+            found = find_wal_object(storage, name)
+            system = None if found is None else stored_system_id(storage, *found)
+        except (OSError, WalgError):
+            system = None
+        if system is None:
+            return
+        systems.append((name, system))
+    (first, ours), (last, theirs) = systems
+    if ours != theirs:
+        log.warning(
+            "timeline %d holds segments of two database systems: %s states system identifier "
+            "%d, %s states %d (a pg_upgrade that kept its storage prefix does so; otherwise "
+            "another cluster archives into this storage, and a restore of either stops where "
+            "the other's segments begin)",
+            tli,
+            first,
+            ours,
+            last,
+            theirs,
+        )
+
+
 def wal_show(
     storage: Storage,
     with_backups: bool = True,
@@ -248,6 +285,8 @@ def wal_show(
         except IntegrityError as exc:
             history_errors.append(f"timeline {tli}: {exc}")
             history = None
+        if low != high:
+            _warn_of_two_systems(storage, tli, low, high, segment_size)
         parent, switch_lsn = 0, 0
         if history is not None and history.switches:
             parent, switch_lsn = history.switches[-1].parent, history.switches[-1].lsn
