@@ -18,6 +18,7 @@ import os
 
 from walg.core.lsn import is_wal_file_name
 from walg.core.naming import wal_key
+from walg.core.owner import own_like_folder
 from walg.streams.compression import FETCH_PROBE_ORDER
 from walg_destination import is_key
 
@@ -232,39 +233,6 @@ def vouches(recorded: bytes, identity: bytes) -> bool:
     if not stored.endswith(b"\n") or b"\n" in stored[:-1]:
         return False
     return os.path.isfile(stored[:-1])
-
-
-def own_like_folder(fd: int, folder: str) -> None:
-    """Give the file ``fd`` that root has just made in ``folder`` the folder's owner.
-
-    A DBA who runs ``walg wal-fetch`` (or ``wal-push``) by hand as root on a data directory
-    otherwise leaves files of root's in its pg_wal: a segment PostgreSQL cannot open for
-    writing once it recycles it, and prefetched files, folders and look-ahead records the
-    server's own calls cannot use. Only root can give files away: for anyone else a no-op.
-    """
-    if os.geteuid() != 0:
-        return
-    st = os.stat(folder)
-    if st.st_uid != 0 or st.st_gid != 0:
-        os.fchown(fd, st.st_uid, st.st_gid)
-
-
-def make_folders(path: str) -> None:
-    """``os.makedirs(path, 0o700, exist_ok=True)``, where root gives each folder it makes
-    the owner of the folder it is made in (see :func:`own_like_folder`)."""
-    if os.geteuid() != 0:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        return
-    missing = []
-    folder = os.path.abspath(path)
-    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(folder)
-    if st.st_uid != 0 or st.st_gid != 0:
-        for made in reversed(missing):
-            os.chown(made, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def destination_error(destination: str, exc: OSError) -> DestinationError:

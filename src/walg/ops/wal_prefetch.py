@@ -27,15 +27,14 @@ import time
 
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
+from walg.core.owner import make_folders, own_like_folder
 from walg.core.walpage import cluster_system_id, valid_segment_file
 from walg.errors import ObjectNotFound, RequestAbandoned, WalgError
 from walg.ops.wal import (
     data_dir_of,
     download_wal,
     find_wal_object,
-    make_folders,
     newest_timeline,
-    own_like_folder,
     put_in_place,
     read_history,
     recovery_ended,

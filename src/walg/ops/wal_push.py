@@ -34,6 +34,7 @@ from walg.core.backoff import FailureBackoff, doubling_delay
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_wal_file_name
 from walg.core.naming import WAL, wal_key
+from walg.core.owner import make_folders, own_like_folder
 from walg.errors import (
     ForeignWalError,
     RequestAbandoned,
@@ -47,10 +48,8 @@ from walg.ops.pipeline import download, upload
 from walg.ops.wal import (
     clear_prefetched_after_recovery,
     find_wal_object,
-    make_folders,
     marker_name,
     marker_path,
-    own_like_folder,
     refuse_archive_in_data_directory,
     remove,
     stat_identity,

@@ -18,6 +18,7 @@ import stat
 import time
 
 from walg.core.durable import fsync_path
+from walg.core.owner import own_like_folder
 from walg.errors import ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 from walg.storage.mounts import FSTAB, MountCheck
@@ -84,27 +85,8 @@ def _make_dirs(path: str, top: str) -> None:
             os.mkdir(path)
         except FileExistsError:
             return  # made meanwhile by another writer, who makes it durable
-    _own_like(path, parent)
+    own_like_folder(path, parent)
     fsync_path(parent, folder=True)
-
-
-def _own_like(fd_or_path: int | str, folder: str) -> None:
-    """Give a file or folder root has just made in ``folder`` that folder's owner and group.
-
-    An operator who runs walg by hand as root (a ``wal-push``, a ``backup-push``) on the
-    server's own storage folder otherwise leaves ``wal_005/`` or ``basebackups_005/`` owned by
-    root, mode 0755, and every later ``archive_command`` of the server fails on it until
-    someone chowns it. Only root can give files away, so for anyone else this does nothing.
-    """
-    if os.geteuid() != 0:
-        return
-    st = os.stat(folder)
-    if (st.st_uid, st.st_gid) == (0, 0):
-        return
-    if isinstance(fd_or_path, int):
-        os.fchown(fd_or_path, st.st_uid, st.st_gid)
-    else:
-        os.chown(fd_or_path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _missing_root(top: str) -> StorageError:
@@ -345,7 +327,7 @@ class FileStorage(Storage):
                 where = f"cannot create folder {exc.filename}"
             raise _error(exc, f"cannot write {path}: {where}") from None
         try:
-            _own_like(handle.fileno(), parent)
+            own_like_folder(handle.fileno(), parent)
             stage = None
             if direct:
                 try:
