@@ -6,9 +6,10 @@ Calls made as the server's user, with a config file, are :mod:`walgcli`'s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from walg.core.lsn import Segment
@@ -55,6 +56,28 @@ def in_mount_namespace(script: str, *args: str) -> list[str]:
     """The command prefix that runs ``sh -c script args...`` in a private mount namespace
     (root only): the script mounts what the test needs, then execs the command after it."""
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, *args]
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, options: str) -> Iterator[None]:
+    """A tmpfs mounted on ``path`` with ``options`` (``size=4m,mode=0700``...) for the block: a
+    full volume. The test is skipped where it cannot be mounted (not root, no permission)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small file system")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "walg-test-full", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def detached_walg(

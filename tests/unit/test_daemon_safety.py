@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from test_daemon_clients import SEG, Env, _request, fetch_body
 
+from fakewal import small_tmpfs
+
 BIG = 16 << 20  # a segment takes a daemon more than a few milliseconds to store or fetch
 
 
@@ -1063,20 +1065,10 @@ def test_a_full_wal_volume_fails_each_fetch_and_the_next_one_succeeds_once_there
     each request is answered E, naming the cause in the daemon's log, and leaves no partial
     file behind; once the volume has room (remounted larger) the same request delivers the
     whole segment: no failure is remembered, nothing truncated is served."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small file system")
     data = os.urandom(BIG)
     _archive(env, data)
     wal = env.pgdata / "pg_wal"
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "walg-test-full", str(wal)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(wal, "size=4m,mode=0700"):
         (env.pgdata / "standby.signal").touch()
         env.env["WALG_DOWNLOAD_CONCURRENCY"] = "4"  # a prefetch may not fill it either
         env.start()
@@ -1088,8 +1080,6 @@ def test_a_full_wal_volume_fails_each_fetch_and_the_next_one_succeeds_once_there
         assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"O"
         assert dest.read_bytes() == data
         log = env.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(wal)], check=False)
     assert log.count("No space left on device") == 2, log
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fakewal import detached_walg
+from fakewal import detached_walg, small_tmpfs
 from walg.ops.wal import file_identity, marker_path, take_marker, write_marker
 from walg.ops.wal_push import (
     SWEEP_STAMP,
@@ -505,16 +505,23 @@ class ProbeCountingStorage(MemoryStorage):
         return super().exists(key)
 
 
+def _ready_segments(tmp_path: Path, names: list[str]) -> tuple[Path, Settings]:
+    """A pg_wal under ``tmp_path`` with ``names`` written (64 KiB of random bytes each) and
+    .ready, and settings for an in-memory uploader (its storage folder is never used)."""
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    for name in names:
+        (wal_dir / name).write_bytes(os.urandom(4096) * 16)
+        (wal_dir / "archive_status" / f"{name}.ready").touch()
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    return wal_dir, settings
+
+
 def test_a_look_ahead_upload_probes_each_key_once(tmp_path: Path) -> None:
     """The uploader's "already stored?" question is the overwrite check's answer too: the
     upload does not probe the same keys again (each probe is a request on cloud storage)."""
-    wal_dir = tmp_path / "pg_wal"
-    (wal_dir / "archive_status").mkdir(parents=True)
     name = SEGMENTS[0]
-    data = os.urandom(4096) * 16
-    (wal_dir / name).write_bytes(data)
-    (wal_dir / "archive_status" / f"{name}.ready").touch()
-    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    wal_dir, settings = _ready_segments(tmp_path, [name])
     storage = ProbeCountingStorage()
     uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=1, budget=None)
     uploader.start()
@@ -535,12 +542,7 @@ def test_a_held_uploader_starts_nothing_until_resumed(tmp_path: Path) -> None:
     """hold() (the daemon's, once PostgreSQL's call was refused over another database
     system's WAL) keeps every .ready file out of storage, past its scans; resume() lets the
     backlog go."""
-    wal_dir = tmp_path / "pg_wal"
-    (wal_dir / "archive_status").mkdir(parents=True)
-    for name in SEGMENTS[:3]:
-        (wal_dir / name).write_bytes(os.urandom(4096) * 16)
-        (wal_dir / "archive_status" / f"{name}.ready").touch()
-    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    wal_dir, settings = _ready_segments(tmp_path, SEGMENTS[:3])
     storage = MemoryStorage()
     uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=2, budget=None)
     uploader.hold()
@@ -577,12 +579,8 @@ def test_an_upload_in_flight_when_the_uploader_is_held_commits_nothing(tmp_path:
     """hold() came while an upload was running (another upload of the look-ahead met another
     database system's segment): that upload commits nothing, and is no failure of storage
     (no pause, no warning): resumed, the uploader archives the file at once."""
-    wal_dir = tmp_path / "pg_wal"
-    (wal_dir / "archive_status").mkdir(parents=True)
     name = SEGMENTS[0]
-    (wal_dir / name).write_bytes(os.urandom(4096) * 16)
-    (wal_dir / "archive_status" / f"{name}.ready").touch()
-    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    wal_dir, settings = _ready_segments(tmp_path, [name])
     storage = GatedStorage()
     uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=1, budget=None)
     uploader.start()
@@ -1404,22 +1402,12 @@ def test_two_calls_racing_with_different_content_never_both_succeed(
 @pytest.fixture
 def full_pg_wal(pg_wal: PgWal) -> Iterator[PgWal]:
     """``pg_wal`` on a small tmpfs, filled up once the test has put its files there."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small file system")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "walg-test-full", str(pg_wal.dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        (pg_wal.dir / "archive_status").mkdir()
-        yield pg_wal
-    finally:
-        pg_wal.wait_uploader_gone()
-        subprocess.run(["umount", "-l", str(pg_wal.dir)], check=False)
+    with small_tmpfs(pg_wal.dir, "size=256k,mode=0700"):
+        try:
+            (pg_wal.dir / "archive_status").mkdir()
+            yield pg_wal
+        finally:
+            pg_wal.wait_uploader_gone()
 
 
 def _fill(folder: Path) -> None:

@@ -19,7 +19,14 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from fakewal import SEGMENT_SIZE, in_mount_namespace, run_walg, segment_bytes, walg_env
+from fakewal import (
+    SEGMENT_SIZE,
+    in_mount_namespace,
+    run_walg,
+    segment_bytes,
+    small_tmpfs,
+    walg_env,
+)
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
@@ -595,24 +602,11 @@ def test_a_destination_that_cannot_be_written_is_named_and_stops_recovery(
 def small_pg_wal(pg_workdir: Path) -> Iterator[Path]:
     """A data directory whose ``pg_wal`` is a 4 MiB tmpfs owned by the server's user: too
     small for one 16 MiB segment, as a full WAL volume is."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small file system")
     pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
     pg_wal = make_shared_dir(pgdata / "pg_wal", 0o700)
     owner = pg_wal.stat()
-    options = f"size=4m,mode=0700,uid={owner.st_uid},gid={owner.st_gid}"
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "walg-test-full", str(pg_wal)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(pg_wal, f"size=4m,mode=0700,uid={owner.st_uid},gid={owner.st_gid}"):
         yield pgdata
-    finally:
-        subprocess.run(["umount", "-l", str(pg_wal)], check=False)
 
 
 @pytest.mark.parametrize("prefetched", [False, True], ids=["downloaded", "prefetched"])
