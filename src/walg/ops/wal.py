@@ -257,8 +257,11 @@ class DestinationFile:
         try:
             own_like_folder(self._file.fileno(), os.path.dirname(path) or ".")
         except OSError as exc:
+            import contextlib
+
             self.discard()
-            os.unlink(path)
+            with contextlib.suppress(OSError):  # the failure to report is the one above
+                os.unlink(path)
             raise destination_error(destination, exc) from None
 
     def write(self, data: bytes | memoryview, /) -> int:
