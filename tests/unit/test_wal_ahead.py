@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from fakewal import detached_walg, small_tmpfs
+from fakewal import detached_walg, segment_bytes, small_tmpfs
 from walg.ops.wal import file_identity, marker_path, take_marker, write_marker
 from walg.ops.wal_push import (
     SWEEP_STAMP,
     UPLOADER_LOCK,
     LookaheadUploader,
     forget_finished_markers,
+    push_one,
     segment_lock,
     status_dir,
     uploader_running,
@@ -37,7 +38,7 @@ from walg.ops.wal_push import (
 from walg.settings import Settings, load
 from walg.storage.file import FileStorage
 from walg.storage.memory import MemoryStorage
-from walg.streams.base import Sink
+from walg.streams.base import Sink, Source
 
 SEGMENTS = [f"0000000100000000000000{n:02X}" for n in range(0x20, 0x28)]
 KEY_A, KEY_B = "a" * 32, "b" * 32
@@ -600,6 +601,42 @@ def test_an_upload_in_flight_when_the_uploader_is_held_commits_nothing(tmp_path:
             time.sleep(0.05)
     finally:
         uploader.stop()
+
+
+class SlowReadStorage(MemoryStorage):
+    """In-memory storage whose reads take half a second (a far bucket)."""
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[Source]:
+        time.sleep(0.5)
+        with super().open_read(key, offset, length) as source:
+            yield source
+
+
+def test_a_backlog_over_another_system_s_segment_stores_nothing_after_it(tmp_path: Path) -> None:
+    """Started over a backlog whose first segment is stored as another database system's (a
+    cluster made anew in the prefix of the one it replaced), the uploader stores none of the
+    later ones, which collide with nothing: uploaded beside the first, the next committed
+    while the stored object's first page was still being read, before the uploader held."""
+    first, second = SEGMENTS[0], SEGMENTS[1]
+    settings = load(environ={"HOME": str(tmp_path), "WALG_FILE_PREFIX": str(tmp_path / "unused")})
+    storage = SlowReadStorage()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / first).write_bytes(segment_bytes(first, 222))
+    push_one(settings, storage, str(theirs / first))
+    wal_dir = tmp_path / "pg_wal"
+    (wal_dir / "archive_status").mkdir(parents=True)
+    for name in (first, second):
+        (wal_dir / name).write_bytes(segment_bytes(name, 111))
+        (wal_dir / "archive_status" / f"{name}.ready").touch()
+    uploader = LookaheadUploader(settings, storage, str(wal_dir), workers=2, budget=None)
+    uploader.start()
+    try:
+        time.sleep(2)
+    finally:
+        uploader.stop()
+    assert [o.key for o in storage.list("wal_005/")] == [f"wal_005/{first}.lz4"]
 
 
 # Destinations: a marker answers only calls configured for the archive it was written to.

@@ -763,6 +763,9 @@ class LookaheadUploader:
         self._failed_in_row = 0
         self._paused_until = 0.0
         self._held = False  # see hold()
+        # The first segment uploaded after a start or a hold goes alone (see scan_once).
+        self._vetting = True
+        self._first: Future[None] | None = None
         self._last_queued = time.monotonic()
         self.skip: Callable[[str], bool] | None = None
 
@@ -823,6 +826,10 @@ class LookaheadUploader:
                 if n in ready or ((f := self._futures.get(n)) is not None and not f.done())
             }
             self._futures = {n: f for n, f in self._futures.items() if n in self._started}
+            if self._first is not None:
+                if not self._first.done():
+                    return
+                self._first = None
             for name in names:
                 if self._stop.is_set() or (self._budget is not None and self._budget <= 0):
                     return
@@ -837,8 +844,17 @@ class LookaheadUploader:
                 self._started.add(name)
                 if self._budget is not None:
                     self._budget -= 1
-                self._futures[name] = self._pool.submit(self._upload, name)
+                self._futures[name] = future = self._pool.submit(self._upload, name)
                 self._last_queued = time.monotonic()
+                if self._vetting and len(name) == 24:
+                    # Alone, and the rest after it: storage may hold another database system's
+                    # WAL under this name and the next (a cluster made anew in the prefix of
+                    # the one it replaced, its backlog waiting), and uploads beside it of later
+                    # segments, which collide with nothing, would commit before it holds the
+                    # uploader (see _hold_for).
+                    self._vetting = False
+                    self._first = future
+                    return
 
     def _marker(self, name: str) -> str:
         return marker_path(self._status, name, self._key)
@@ -866,6 +882,8 @@ class LookaheadUploader:
         """Storage took an object (PostgreSQL's own call through the daemon): lift the pause
         that failed look-ahead uploads set, and a :meth:`hold`."""
         with self._lock:
+            if self._held:
+                self._vetting = True
             self._held = False
             self._failed_in_row = 0
             self._paused_until = 0.0
