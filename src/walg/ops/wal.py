@@ -60,19 +60,32 @@ def stored_system_id(storage: Storage, key: str, ext: str) -> int | None:
         return stated_system_id(dl.reader.read(LONG_HEADER.size))
 
 
-def foreign_system_id(storage: Storage, file_name: str, system_id: int) -> int | None:
-    """The system identifier the archived segment ``file_name`` states, where it is another
-    than ``system_id``: another database system's WAL under this system's name. None where
-    nothing is archived under it, or it states this one, none, or cannot be read."""
+def archived_system_id(
+    storage: Storage, file_name: str, found: tuple[str, str] | None = None
+) -> int | None:
+    """The system identifier the archived segment ``file_name`` states; None where nothing is
+    archived under it, or it states none, or cannot be read. ``found``: its object, where the
+    caller has just looked it up (:func:`find_wal_object`), which is then not asked again."""
     from walg.errors import WalgError
 
-    found = find_wal_object(storage, file_name)
     if found is None:
-        return None
+        found = find_wal_object(storage, file_name)
+        if found is None:
+            return None
     try:
-        theirs = stored_system_id(storage, *found)
+        return stored_system_id(storage, *found)
     except (OSError, WalgError):
         return None
+
+
+def foreign_system_id(
+    storage: Storage, file_name: str, system_id: int, found: tuple[str, str] | None = None
+) -> int | None:
+    """The system identifier the archived segment ``file_name`` states, where it is another
+    than ``system_id``: another database system's WAL under this system's name. None where
+    nothing is archived under it, or it states this one, none, or cannot be read. ``found``
+    as for :func:`archived_system_id`."""
+    theirs = archived_system_id(storage, file_name, found)
     return theirs if theirs is not None and theirs != system_id else None
 
 

@@ -913,8 +913,8 @@ class LookaheadUploader:
                     # yet marked it done (or it was archived before, maybe compressed
                     # otherwise): PostgreSQL's own call compares it. A marker would outlive
                     # every call for it.
-                    if find_wal_object(self._storage, name) is not None:
-                        if _stored_as_another_system(self._storage, path, name):
+                    if (found := find_wal_object(self._storage, name)) is not None:
+                        if _stored_as_another_system(self._storage, path, name, found):
                             self._hold_for(name)
                         return
                     # Checked and never replacing an object: see push_one. Nothing is
@@ -1128,19 +1128,22 @@ def _cut_short_copy(storage: Storage, key: str, codec: Codec, source: str, name:
     return cut and (empty or matched >= LONG_HEADER.size)
 
 
-def _stored_as_another_system(storage: Storage, source: str, name: str) -> bool:
+def _stored_as_another_system(
+    storage: Storage, source: str, name: str, found: tuple[str, str] | None = None
+) -> bool:
     """Is ``name`` stored as another database system's segment than the file ``source``?
 
     Then PostgreSQL's call for it is refused for ever (a cluster made anew by initdb in the
     prefix of the one it replaced), and no look-ahead may start: it stored this system's later
     segments, which do not collide, after the other system's last one, and a restore of the
     other system to the end then met them and stopped (wal-fetch exits 128 on a foreign
-    segment) where it had ended cleanly before. Asked only when a look-ahead would start.
+    segment) where it had ended cleanly before. Asked when a look-ahead would start, and by
+    the look-ahead for a name it finds stored (``found``, its object, not looked up again).
     """
     from walg.ops.wal import foreign_system_id
 
     ours = _file_system_id(source)
-    theirs = None if ours is None else foreign_system_id(storage, name, ours)
+    theirs = None if ours is None else foreign_system_id(storage, name, ours, found)
     if theirs is None:
         return False
     log.warning(

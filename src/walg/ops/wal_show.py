@@ -38,10 +38,10 @@ from walg.core.log import get_logger
 from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, is_wal_file_name
 from walg.core.metadata import BackupMetadata
 from walg.core.naming import WAL, sentinel_key
-from walg.errors import FormatError, IntegrityError, WalgError
+from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing
-from walg.ops.wal import find_wal_object, read_history, stored_system_id
+from walg.ops.wal import archived_system_id, read_history
 from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
 
@@ -230,11 +230,7 @@ def _warn_of_two_systems(
     systems = []
     for segno in (low, high):
         name = Segment(tli, segno).name(segment_size)
-        try:
-            found = find_wal_object(storage, name)
-            system = None if found is None else stored_system_id(storage, *found)
-        except (OSError, WalgError):
-            system = None
+        system = archived_system_id(storage, name)
         if system is None:
             return
         systems.append((name, system))
