@@ -122,16 +122,22 @@ def _failed(command: str, dest: str) -> int:
     """The exit code of a failure other than "not in the archive" (see the module's text)."""
     if command != "wal-fetch":
         return EXIT_FAILURE
-    try:
-        path = os.path.abspath(dest)
-    except OSError:  # no working directory (removed): the relative DEST, as the C client does
-        path = dest
-    pgdata = os.path.dirname(os.path.dirname(path)) or "."
-    # "." too: PostgreSQL runs restore_command in the data directory, and with swapped
-    # arguments ('wal-fetch %p %f') DEST's folder's folder is its parent.
-    if in_archive_recovery(pgdata) or in_archive_recovery("."):
+    if any(in_archive_recovery(pgdata) for pgdata in fetch_data_directories(dest)):
         return EXIT_ABORT_RECOVERY
     return EXIT_FAILURE
+
+
+def fetch_data_directories(dest: str) -> "tuple[str, str]":
+    """The data directories a ``wal-fetch`` to ``dest`` may be run for: the folder holding
+    DEST's folder (``%p`` is ``pg_wal/RECOVERYXLOG``) and the working directory, ``.``, as
+    PostgreSQL runs restore_command in the data directory (with swapped arguments, 'wal-fetch
+    %p %f', DEST's folder's folder is the data directory's parent). With no working directory
+    (removed under a running server) a relative DEST stays relative, as the C client takes it."""
+    try:
+        path = os.path.abspath(dest)
+    except OSError:
+        path = dest
+    return os.path.dirname(os.path.dirname(path)) or ".", "."
 
 
 def in_archive_recovery(pgdata: str) -> bool:

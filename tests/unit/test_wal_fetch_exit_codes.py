@@ -77,3 +77,35 @@ def test_a_walg_that_cannot_be_loaded_exits_by_the_command_it_was_given(
     assert called.returncode == expected, called.stderr
     assert called.stderr.startswith("walg: cannot load walg:"), called.stderr
     assert called.stderr.count("\n") == 1, called.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["wal-push", f"pg_wal/{NAME}"], ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG"]],
+    ids=["push", "fetch"],
+)
+def test_a_working_directory_that_was_removed_is_reported_not_a_traceback(
+    walg_bin: str, tmp_path: Path, args: list[str]
+) -> None:
+    """The data directory removed under a running server: its archive_command and
+    restore_command run in a working directory that no longer exists, and %p is relative.
+    wal-push died with a FileNotFoundError traceback from the launcher, wal-fetch with one
+    from its exit-code rule (or an "unexpected FileNotFoundError" with no path named)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    remove_cwd = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    ran = subprocess.run(
+        ["/bin/sh", "-c", remove_cwd, "sh", str(gone), walg_bin, *args],
+        env={"PATH": "/usr/bin:/bin", "WALG_FILE_PREFIX": str(store)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert ran.returncode == 1, ran.stderr
+    assert "Traceback" not in ran.stderr, ran.stderr
+    assert f"{args[-1]} is relative and the working directory no longer exists" in ran.stderr
+    assert "nothing was done" in ran.stderr
+    assert list(store.iterdir()) == []

@@ -146,6 +146,17 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
             silence(1)
             _say(f"ERROR: cannot write the help text: {exc.strerror or exc}\n")
             return EXIT_FAILURE, fast
+    unresolvable = _relative_without_working_directory(args)
+    if unresolvable is not None:
+        _say(
+            f"ERROR: {args.command}: {unresolvable} is relative and the working directory no"
+            " longer exists (was the data directory removed?); nothing was done\n"
+        )
+        if args.command == "wal-fetch":
+            from walg.cli.wal_fetch import failure_exit_code
+
+            return failure_exit_code(args.destination, EXIT_FAILURE), fast
+        return EXIT_FAILURE, fast
     from walg import settings as settings_module
 
     ctx: Context | None = None
@@ -202,19 +213,34 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
     return code, fast
 
 
+def _relative_without_working_directory(args: argparse.Namespace) -> str | None:
+    """The relative path of a ``wal-push PATH`` or ``wal-fetch NAME DEST`` run in a working
+    directory that was removed (the data directory removed under a running server): it cannot
+    be resolved, and without this the command would fail on a bare FileNotFoundError."""
+    import os
+
+    if args.command == "wal-push":
+        path: str = args.path
+    elif args.command == "wal-fetch":
+        path = args.destination
+    else:
+        return None
+    if os.path.isabs(path):
+        return None
+    try:
+        os.getcwd()
+    except OSError:
+        return path
+    return None
+
+
 def _fetched_for_standby(destination: str) -> bool:
     """Is this wal-fetch run for a standby: DEST's data directory (``%p`` is
     ``pg_wal/RECOVERYXLOG``), or the working directory PostgreSQL runs it in, in standby
     mode? (walg.daemon_client is loaded on this path anyway, for the exit code.)"""
-    import os
+    from walg.daemon_client import fetch_data_directories, is_standby
 
-    from walg.daemon_client import is_standby
-
-    try:
-        pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination))) or "."
-    except OSError:  # no working directory (removed)
-        return False
-    return is_standby(pgdata) or is_standby(".")
+    return any(is_standby(pgdata) for pgdata in fetch_data_directories(destination))
 
 
 def _fetch_in_archive_recovery(arguments: list[str]) -> bool:

@@ -113,16 +113,12 @@ def failure_exit_code(destination: str, code: int) -> int:
     ordinary code: it goes on streaming and asks again later.
     """
     # walg-daemon-client's rule: it runs this command when no daemon answers.
-    from walg.daemon_client import in_archive_recovery
+    from walg.daemon_client import fetch_data_directories, in_archive_recovery
     from walg.errors import EXIT_ABORT_RECOVERY, EXIT_NOT_FOUND
 
     if code in (0, EXIT_NOT_FOUND):
         return code
-    pgdata = os.path.dirname(os.path.dirname(os.path.abspath(destination)))
-    # The working directory too: with swapped arguments ('wal-fetch %p %f') DEST's folder's
-    # folder is the data directory's parent, and PostgreSQL runs the command in the data
-    # directory itself.
-    if in_archive_recovery(pgdata) or in_archive_recovery("."):
+    if any(in_archive_recovery(pgdata) for pgdata in fetch_data_directories(destination)):
         return EXIT_ABORT_RECOVERY
     return code
 
