@@ -95,3 +95,41 @@ def destination_key(environ: "Mapping[str, str]", config_path: str | None) -> st
 def is_key(text: str) -> bool:
     """Does ``text`` look like a destination key (a marker name's suffix)?"""
     return len(text) == KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+# Go's strconv.ParseBool, as WAL-G's flag library (pflag) reads ``--turbo=VALUE``.
+_GO_BOOLS = ("1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False")
+
+
+def global_flags_first(argv: "list[str]") -> "list[str]":
+    """``argv`` with WAL-G's root-command flags taken out of wherever they stand.
+
+    WAL-G's ``--config FILE`` (or ``--config=FILE``) and ``--turbo`` are flags of its root
+    command, which its command-line library takes anywhere on the line, so WAL-G users write
+    ``archive_command = 'wal-g wal-push %p --config /etc/wal-g.json'``. walg reads
+    ``--config`` before the command name only: the flag found elsewhere is moved there (the
+    last one given wins, as in WAL-G). ``--turbo`` lifts WAL-G's rate limits, which walg
+    does not have, so it is dropped. Nothing after ``--`` is looked at, and a ``--config``
+    without a value is left where it is, for the parser to refuse.
+
+    Here, not in walg.cli, because the ``walg`` launcher reads the same line before walg
+    itself is imported.
+    """
+    config = None
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        if arg == "--config" and index + 1 < len(argv):
+            config = argv[index + 1]
+            index += 2
+            continue
+        if arg.startswith("--config="):
+            config = arg[len("--config=") :]
+        elif not (arg == "--turbo" or (arg.startswith("--turbo=") and arg[8:] in _GO_BOOLS)):
+            rest.append(arg)
+        index += 1
+    return rest if config is None else ["--config", config, *rest]

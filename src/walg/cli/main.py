@@ -20,6 +20,7 @@ from walg.errors import (
     WalgError,
     WalNotFound,
 )
+from walg_destination import global_flags_first
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(arguments: list[str]) -> tuple[int, bool]:
     """The exit code, and whether this was a plain wal-push / wal-fetch call."""
+    # WAL-G's --config and --turbo stand anywhere on its command lines.
+    arguments = global_flags_first(arguments)
     args = _fast_args(arguments)
     fast = args is not None and args.command != "daemon"
     if args is None:
