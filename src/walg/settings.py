@@ -261,6 +261,37 @@ class Settings:
                 return f"; {where} sets {name}: a misspelling of {close[0]}?"
         return ""
 
+    def not_honoured(self, command: str) -> list[str]:
+        """Warnings for ``command``: the config file's keys that neither walg nor WAL-G reads
+        (WAL-G warns about them too), and WAL-G's settings, from the file or the environment,
+        that would change what this command does in WAL-G and that walg does not implement
+        (:data:`NOT_IMPLEMENTED`). Never a value: it may be a secret."""
+        messages: list[str] = []
+        unknown = sorted(name for name in self.config_keys if not _known_setting(name))
+        for name in unknown:
+            import difflib
+
+            known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_OTHER_SETTINGS]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f": a misspelling of {close[0]}?" if close else ""
+            messages.append(
+                f"{name} in the config file {self.config_file} is unknown, and ignored{hint}"
+            )
+        for name, (commands, defaults) in NOT_IMPLEMENTED.items():
+            if commands != _EVERY and command not in commands:
+                continue
+            value = self.values.get(name)
+            if value is None or value.strip().lower() in defaults:
+                continue
+            where = "the environment"
+            if name in self.config_keys and self.config_file:
+                where = f"the config file {self.config_file}"
+            messages.append(
+                f"{name} is set in {where}, but walg does not implement it: {command} "
+                "goes on without it"
+            )
+        return messages
+
     def require_pgdata(self, given: str | None) -> str:
         path = given or self.pgdata
         if not path:
@@ -346,6 +377,13 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
                 "keys are compared without regard to case"
             )
         spelled[name] = str(raw_key)
+        if name == "WALG_FAILOVER_STORAGES" and value not in (None, "", {}):
+            raise ConfigError(
+                f"config file {path} sets WALG_FAILOVER_STORAGES, but walg does not support "
+                "failover storages yet: it would neither use them while the primary storage "
+                "is down nor find the WAL and backups WAL-G stored there (a restore would end "
+                "early); remove it only if the primary storage holds everything"
+            )
         out[name] = _config_value(path, name, value)
     return out
 
@@ -417,6 +455,100 @@ def _harmless_quote(text: str) -> bool:
 # Keys whose value may be a mapping or a list in a config file: it is used as its JSON text.
 STRUCTURED_KEYS = ("WALG_SENTINEL_USER_DATA",)
 
+# The settings walg reads (beside the storage prefixes, the encryption settings it refuses and
+# the PG* ones, which pg_connection checks).
+WALG_SETTINGS = frozenset(
+    (
+        "WALG_STORAGE_PREFIX", "WALG_COMPRESSION_METHOD", "WALG_UPLOAD_CONCURRENCY",
+        "WALG_DOWNLOAD_CONCURRENCY", "WALG_UPLOAD_DISK_CONCURRENCY", "WALG_TAR_SIZE_THRESHOLD",
+        "WALG_TAR_DISABLE_FSYNC", "WALG_SENTINEL_USER_DATA", "WALG_PREVENT_WAL_OVERWRITE",
+        "WALG_STOP_BACKUP_TIMEOUT", "TOTAL_BG_UPLOADED_LIMIT", "WALG_PREFETCH_DIR",
+        "WALG_PG_WAL_SIZE", "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "WALG_DAEMON_WAL_FETCH_TIMEOUT",
+        "WALG_DAEMON_FOLLOW_WAL", "WALG_DAEMON_CLIENT_TIMEOUT", "WALG_DAEMON_CLIENT_PYTHON",
+        "WALG_FILE_DIRECT_IO", "WALG_INTEGRITY_MAX_DELAYED_WALS", "WALG_LOG_LEVEL",
+        "WALG_FAULT_INJECTION", "WALG_CONFIG_PATH",
+    )
+)  # fmt: skip
+
+# WAL-G's settings for PostgreSQL (its internal/config/config.go, the common and PostgreSQL
+# lists of allowed settings) that change what a command walg has does there, and that walg
+# does not implement: each with the commands it changes in WAL-G and the values that mean
+# WAL-G's default (nothing to say). A WAL-G user who switches keeps them in the file or the
+# environment: each command names those it does not honour instead of ignoring them
+# silently. None of them loses data when ignored: a full backup instead of a delta, no rate
+# limit, no metrics. (Failover storages would, and are refused: _read_config_file.)
+_BACKUP = ("backup-push",)
+_RESTORE = ("backup-fetch",)
+_UPLOADS = ("backup-push", "wal-push", "daemon")
+_EVERY = ("*",)
+_FALSE = ("", "0", "f", "false", "no", "off")
+NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "WALG_DELTA_MAX_STEPS": (_BACKUP, ("", "0")),
+    "WALG_DELTA_ORIGIN": (_BACKUP, ("",)),
+    "WALG_DELTA_FROM_NAME": (_BACKUP, ("",)),
+    "WALG_DELTA_FROM_USER_DATA": (_BACKUP, ("",)),
+    "WALG_USE_WAL_DELTA": (_UPLOADS, _FALSE),
+    "WALG_FORCE_WAL_DELTA": (_BACKUP, _FALSE),
+    "WALG_VERIFY_PAGE_CHECKSUMS": (_BACKUP, _FALSE),
+    "WALG_STORE_ALL_CORRUPT_BLOCKS": (_BACKUP, _FALSE),
+    "WALG_USE_RATING_COMPOSER": (_BACKUP, _FALSE),
+    "WALG_USE_COPY_COMPOSER": (_BACKUP, _FALSE),
+    "WALG_USE_DATABASE_COMPOSER": (_BACKUP, _FALSE),
+    "WALG_WITHOUT_FILES_METADATA": (_BACKUP, _FALSE),
+    "WALG_UPLOAD_QUEUE": (_BACKUP, ("", "2")),
+    "WALG_ALIVE_CHECK_INTERVAL": (_BACKUP, ("", "1m")),
+    "WALG_DISK_RATE_LIMIT": (_BACKUP, ("",)),
+    "WALG_NETWORK_RATE_LIMIT": (_UPLOADS, ("",)),
+    "WALG_UPLOAD_WAL_METADATA": (("wal-push", "daemon"), ("", "nometadata")),
+    "WALG_USE_REVERSE_UNPACK": (_RESTORE, _FALSE),
+    "WALG_SKIP_REDUNDANT_TARS": (_RESTORE, _FALSE),
+    "WALG_FETCH_TARGET_USER_DATA": (_RESTORE, ("",)),
+    "WALG_DOWNLOAD_FILE_RETRIES": (_RESTORE, ("", "15")),
+    "WALG_LOG_DESTINATION": (_EVERY, ("", "stderr")),
+    "WALG_STATSD_ADDRESS": (_EVERY, ("",)),
+    "WALG_STATSD_EXTRA_TAGS": (_EVERY, ("", "{}")),
+    "WALG_TARGET_STORAGE": (_EVERY, ("", "default")),
+    "WALG_PG_WAL_PAGE_SIZE": (_EVERY, ("", "8192")),
+    "WALG_PG_BLOCK_SIZE": (_EVERY, ("", "8192")),
+    "HTTP_LISTEN": (_EVERY, ("",)),
+    "HTTP_EXPOSE_PPROF": (_EVERY, _FALSE),
+    "HTTP_EXPOSE_EXPVAR": (_EVERY, _FALSE),
+    "PROFILE_MODE": (_EVERY, ("",)),
+    "PROFILE_PATH": (_EVERY, ("",)),
+    "PROFILE_SAMPLING_RATIO": (_EVERY, ("",)),
+}
+
+# WAL-G's other settings for PostgreSQL: those of commands or storages walg does not have, or
+# of its Go runtime. A config file may hold them without a word.
+WAL_G_OTHER_SETTINGS = frozenset(
+    (
+        "WALG_ZSTD_LEVEL", "WALG_STREAM_CREATE_COMMAND", "WALG_STREAM_RESTORE_COMMAND",
+        "WALG_SERIALIZER_TYPE", "WALG_DIRECT_IO", "WALG_DIRECT_IO_BLOCK_COUNT", "WALG_SLOTNAME",
+        "PG_READY_RENAME", "PGBACKREST_STANZA", "WALG_DISABLE_PARTIAL_RESTORE",
+        "GOMAXPROCS", "GODEBUG", "USER",
+    )
+)  # fmt: skip
+# Key families of storages walg does not have yet (and of their SDKs), and of failover storage.
+_STORAGE_FAMILIES = (
+    "AWS_", "S3_", "WALG_S3_", "WALE_S3_", "GOOGLE_", "GCS_", "WALG_GS_", "AZURE_", "WALG_AZ",
+    "OSS_", "WALG_OSS_", "OS_", "WALG_SWIFT_", "SSH_", "WALG_SSH_", "YC_", "WALG_FAILOVER_",
+)  # fmt: skip
+
+
+def _known_setting(name: str) -> bool:
+    """Is ``name`` a setting walg or WAL-G reads (for PostgreSQL)?"""
+    if name.startswith("WALE_") and _known_setting("WALG_" + name[5:]):
+        return True
+    return (
+        name in WALG_SETTINGS
+        or name in NOT_IMPLEMENTED
+        or name in WAL_G_OTHER_SETTINGS
+        or name in ENCRYPTION_KEYS
+        or any(name == f"WALG_{suffix}" for suffix, _ in STORAGE_PREFIX_KEYS)
+        or name.startswith(_STORAGE_FAMILIES)
+        or (name.startswith("PG") and not name.startswith("PG_"))  # pg_connection's
+    )
+
 
 def _config_value(path: str, name: str, value: Any) -> str:
     """A config file's value as the text the environment would hold.
@@ -433,6 +565,12 @@ def _config_value(path: str, name: str, value: Any) -> str:
         return ""
     if isinstance(value, str | int | float):
         return str(value)
+    # A setting walg does not read may be a mapping in WAL-G (WALG_STATSD_EXTRA_TAGS, read as
+    # one): refusing it stopped every command, archiving included, for a setting it ignores.
+    # Its value is never used, only named in a warning (Settings.not_honoured).
+    ignored = not _known_setting(name) or name in NOT_IMPLEMENTED or name in WAL_G_OTHER_SETTINGS
+    if ignored and isinstance(value, dict | list):
+        return "(a mapping)" if isinstance(value, dict) else "(a list)"
     if name in STRUCTURED_KEYS and isinstance(value, dict | list):
         import json
 

@@ -75,3 +75,81 @@ def test_config_after_the_command_name_in_archive_recovery_reaches_the_file(
     wal = pgdata / "pg_wal"
     assert (wal / "RECOVERYXLOG").read_bytes() == (wal / SEG).read_bytes()
     assert os.path.isfile(store / "wal_005" / f"{SEG}.lz4")
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("WARNING")]
+
+
+def test_wal_g_config_with_settings_walg_does_not_implement(
+    walg_bin: str, dropin: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """A WAL-G YAML config with a statsd tag mapping (which WAL-G reads as a map), delta
+    backups and a rate limit. walg refused the whole file for the mapping (exit 78 on every
+    archive_command call) and ignored the rest without a word. Now each command archives and
+    names every setting it does not honour (only those that change that command in WAL-G)."""
+    store, config, env = dropin
+    yaml = config.with_suffix(".yaml")
+    yaml.write_text(
+        f"WALG_FILE_PREFIX: {store}\n"
+        "WALG_STATSD_ADDRESS: localhost:8125\n"
+        "WALG_STATSD_EXTRA_TAGS:\n  cluster: prod\n"
+        "WALG_DELTA_MAX_STEPS: 6\n"
+        "WALG_VERIFY_PAGE_CHECKSUMS: 'false'\n"  # WAL-G's default: nothing to say
+        "GOMAXPROCS: 2\n"  # Go's own: nothing to say
+    )
+    pgdata = config.parent / "pgdata"
+    argv = [walg_bin, "--config", str(yaml), "wal-push", "pg_wal/" + SEG]
+    done = run_walg(argv, {**env, "WALG_NETWORK_RATE_LIMIT": "1048576"}, pgdata)
+    assert done.returncode == 0, done.stderr
+    assert (store / "wal_005" / f"{SEG}.lz4").is_file()
+    warned = _warnings(done.stderr)
+    assert len(warned) == 3, done.stderr
+    for name in ("WALG_STATSD_ADDRESS", "WALG_STATSD_EXTRA_TAGS", "WALG_NETWORK_RATE_LIMIT"):
+        assert any(name in line and "walg does not" in line for line in warned), (name, warned)
+    # Delta backups change backup-push, not wal-push; backup-push would name them.
+    assert not any("WALG_DELTA_MAX_STEPS" in line for line in warned)
+    listed = run_walg([walg_bin, "--config", str(yaml), "backup-list"], env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(_warnings(listed.stderr)) == 2, listed.stderr  # the statsd pair
+
+
+def test_unknown_key_in_the_config_file_is_named(
+    walg_bin: str, dropin: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """WAL-G warns about a config file key it does not know; walg said nothing, so a
+    misspelt setting (WALG_UPLOAD_CONCURENCY) was silently without effect."""
+    store, config, env = dropin
+    config.write_text(
+        json.dumps({"WALG_FILE_PREFIX": str(store), "walg_upload_concurency": "4", "WALG_FOO": "1"})
+    )
+    argv = [walg_bin, "--config", str(config), "wal-push", "pg_wal/" + SEG]
+    done = run_walg(argv, env, config.parent / "pgdata")
+    assert done.returncode == 0, done.stderr
+    warned = _warnings(done.stderr)
+    assert len(warned) == 2, done.stderr
+    misspelt = next(line for line in warned if "WALG_UPLOAD_CONCURENCY" in line)
+    assert "unknown" in misspelt and "WALG_UPLOAD_CONCURRENCY?" in misspelt
+    assert "WALG_FOO" in next(line for line in warned if line is not misspelt)
+    # The environment holds whatever other tools need: WAL-G does not look at its names.
+    done = run_walg(
+        [walg_bin, "backup-list"], {**env, "WALG_FILE_PREFIX": str(store), "WALG_X": "1"}
+    )
+    assert done.returncode == 0 and _warnings(done.stderr) == [], done.stderr
+
+
+def test_failover_storages_are_refused_by_name(
+    walg_bin: str, dropin: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """WAL-G's failover storages hold the WAL and backups it stored while the primary storage
+    was down; walg cannot read them, and a wal-fetch that reported such a segment "not in the
+    archive" would end a recovery early. Refused, saying why, not as a malformed value."""
+    store, config, env = dropin
+    yaml = config.with_suffix(".yaml")
+    yaml.write_text(
+        f"WALG_FILE_PREFIX: {store}\nWALG_FAILOVER_STORAGES:\n  s2:\n    WALG_FILE_PREFIX: /x\n"
+    )
+    done = run_walg([walg_bin, "--config", str(yaml), "backup-list"], env)
+    assert done.returncode == 78
+    assert "WALG_FAILOVER_STORAGES" in done.stderr and "failover" in done.stderr
+    assert "single value" not in done.stderr

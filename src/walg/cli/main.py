@@ -178,6 +178,10 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
             logs.setup_lazily(settings.log_level)
         else:
             logs.setup(settings.log_level)
+        for message in settings.not_honoured(args.command):
+            from walg.core.log import get_logger
+
+            get_logger("walg.settings").warning("%s", message)
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
