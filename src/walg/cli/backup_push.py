@@ -17,14 +17,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("pgdata", nargs="?", metavar="PGDATA", help="data directory (default: $PGDATA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    # WAL-G's flags, with WAL-G's meaning. Those asking for what walg cannot do (a delta,
+    # page checksum verification, other tar composers) are left out: argparse refuses them,
+    # naming the flag, before anything is done.
+    p.add_argument(
+        "-f",
+        "--full",
+        action="store_true",
+        help="make a full backup (as in WAL-G; walg's backups are always full)",
+    )
+    p.add_argument(
+        "-p",
+        "--permanent",
+        action="store_true",
+        help="mark the backup permanent (IsPermanent: WAL-G's delete keeps it)",
+    )
+    p.add_argument(
+        "--add-user-data",
+        metavar="DATA",
+        default="",
+        help="user data (JSON, else text) for the sentinel and metadata, instead of "
+        "WALG_SENTINEL_USER_DATA",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.backup_push import backup_push
+    from walg.settings import parse_user_data
 
+    # Read before the backup starts, as the setting is; empty means the setting, as in WAL-G.
+    user_data = parse_user_data(args.add_user_data)
     storage = ctx.storage()
-    result = backup_push(ctx.settings, storage, args.pgdata)
+    result = backup_push(
+        ctx.settings, storage, args.pgdata, permanent=args.permanent, user_data=user_data
+    )
     if args.json:
         ctx.stdout.write(json.dumps(result.__dict__) + "\n")
     return 0

@@ -223,14 +223,27 @@ def _single_member_tar(
     return up.result, sums, tar.payload_size
 
 
-def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) -> BackupPushResult:
+def backup_push(
+    settings: Settings,
+    storage: Storage,
+    pgdata_arg: str | None,
+    *,
+    permanent: bool = False,
+    user_data: Any = None,
+) -> BackupPushResult:
+    """Take a base backup of the server running on ``pgdata_arg`` (else PGDATA).
+
+    ``permanent`` marks it so (``IsPermanent``, as WAL-G's ``--permanent``); ``user_data``,
+    when not None, is stored instead of ``WALG_SENTINEL_USER_DATA`` (``--add-user-data``).
+    """
+    if user_data is None:
+        user_data = settings.sentinel_user_data
     pgdata = settings.require_pgdata(pgdata_arg)
     datadir.check_data_directory(pgdata)
     refuse_archive_in_data_directory(storage, sentinel_key("base"), pgdata)
     # Settings checks this one when it is first read; read now, a bad value fails the command
     # before the backup starts, not at pg_backup_stop after all of it is uploaded.
     _ = settings.stop_backup_timeout
-    _ = settings.sentinel_user_data
     _ = settings.tar_size_threshold
     _ = settings.upload_disk_concurrency
     codec = codec_for_method(settings.compression)
@@ -260,7 +273,18 @@ def backup_push(settings: Settings, storage: Storage, pgdata_arg: str | None) ->
     try:
         _remove_leftovers(storage, name)
         result = _upload_backup(
-            settings, storage, codec, session, info, start, name, pgdata, start_time, databases
+            settings,
+            storage,
+            codec,
+            session,
+            info,
+            start,
+            name,
+            pgdata,
+            start_time,
+            databases,
+            permanent,
+            user_data,
         )
     except BaseException:
         session.abort()
@@ -470,6 +494,8 @@ def _upload_backup(
     pgdata: str,
     start_time: GoTime,
     databases: dict[int, DatabaseLocation],
+    permanent: bool,
+    user_data: Any,
 ) -> BackupPushResult:
     prefix = partitions_prefix(name)
     walk = datadir.walk(pgdata)
@@ -595,11 +621,11 @@ def _upload_backup(
         pg_version=info.version_num,
         start_lsn=start.lsn,
         finish_lsn=stop.lsn,
-        is_permanent=False,
+        is_permanent=permanent,
         system_identifier=info.system_identifier,
         uncompressed_size=uncompressed,
         compressed_size=compressed,
-        user_data=settings.sentinel_user_data,
+        user_data=user_data,
     )
     sentinel = Sentinel(
         lsn=start.lsn,
@@ -614,10 +640,11 @@ def _upload_backup(
         compressed_size=compressed,
         data_catalog_size=walk.total_size,
         spec=walk.spec(data_dir),
-        user_data=settings.sentinel_user_data,
+        user_data=user_data,
         walg_version=__version__,
         files_metadata_checksum=files_sum,
         finish_timeline=end_timeline if end_timeline != start.timeline else None,
+        is_permanent=permanent,
     )
     storage.put_bytes(metadata_key(name), metadata.dumps())
     storage.put_bytes(sentinel_key(name), sentinel.dumps())

@@ -1,0 +1,82 @@
+"""A WAL-G user who changes nothing but the binary, on a real PostgreSQL 16 cluster: the
+command lines of WAL-G's backup-push (one cluster for the module)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+import pgcluster
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup
+
+
+@pytest.fixture(scope="module")
+def primary(walg_bin: str) -> Iterator[tuple[Cluster, WalgSetup]]:
+    try:
+        install = PgInstall.load(16)
+    except pgcluster.PgSetupError as exc:
+        pytest.fail(f"PostgreSQL 16 unavailable: {exc}", pytrace=False)
+    workdir = pgcluster.pg_tmpdir(prefix="wal-g-dropin-")
+    walg = WalgSetup.create(walg_bin, workdir)
+    cluster = Cluster.create(
+        install,
+        workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    yield cluster, walg
+    pgcluster.stop_clusters_under(workdir, mode="immediate")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _newest_backup(walg: WalgSetup) -> tuple[dict[str, object], dict[str, object]]:
+    """The sentinel and metadata.json of the backup backup-list names last."""
+    listed = json.loads(walg.run(["backup-list", "--json"]).stdout)
+    name = listed[-1]["backup_name"]
+    base = walg.store / "basebackups_005"
+    sentinel = json.loads((base / f"{name}_backup_stop_sentinel.json").read_text())
+    metadata = json.loads((base / name / "metadata.json").read_text())
+    return sentinel, metadata
+
+
+def test_wal_g_backup_push_flags(primary: tuple[Cluster, WalgSetup]) -> None:
+    """``wal-g backup-push --full --permanent --add-user-data DATA``, an operator's nightly
+    job: walg refused each flag as a usage error (exit 2), so no backup was taken. --full is
+    what walg always does; --permanent marks the backup so (IsPermanent, which WAL-G's delete
+    and walg's wal-verify read); --add-user-data is WALG_SENTINEL_USER_DATA, and wins over
+    it, as in WAL-G."""
+    cluster, walg = primary
+    env = {"WALG_SENTINEL_USER_DATA": '"from the environment"'}
+    args = ["backup-push", str(cluster.datadir), "--full", "--permanent"]
+    done = walg.run([*args, "--add-user-data", '{"job": "nightly"}'], cluster=cluster, env=env)
+    assert done.returncode == 0, done.stderr
+    sentinel, metadata = _newest_backup(walg)
+    assert sentinel["IsPermanent"] is True and metadata["is_permanent"] is True
+    assert sentinel["UserData"] == {"job": "nightly"} == metadata["user_data"]
+    detail = json.loads(walg.run(["backup-list", "--detail", "--json"]).stdout)
+    assert detail[-1]["is_permanent"] is True
+
+    # The short forms; without --permanent nor --add-user-data, the setting applies.
+    done = walg.run(["backup-push", "-f", str(cluster.datadir)], cluster=cluster, env=env)
+    assert done.returncode == 0, done.stderr
+    sentinel, metadata = _newest_backup(walg)
+    assert sentinel["IsPermanent"] is False and metadata["is_permanent"] is False
+    assert sentinel["UserData"] == "from the environment" == metadata["user_data"]
+
+
+def test_wal_g_backup_push_flags_walg_cannot_honour_are_refused(
+    primary: tuple[Cluster, WalgSetup],
+) -> None:
+    """A delta or a page checksum check asked for on the command line is refused before
+    anything is done (exit 2, naming the flag): the operator asked for it explicitly."""
+    cluster, walg = primary
+    before = sorted(p.name for p in (walg.store / "basebackups_005").iterdir())
+    for flag in (["--delta-from-name", "base_000000010000000000000002"], ["--verify"]):
+        done = walg.run(["backup-push", str(cluster.datadir), *flag], cluster=cluster, check=False)
+        assert done.returncode == 2, done.stderr
+        assert flag[0] in done.stderr
+    assert sorted(p.name for p in (walg.store / "basebackups_005").iterdir()) == before
