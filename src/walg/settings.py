@@ -220,6 +220,11 @@ class Settings:
         """
         return parse_user_data(self.values.get("WALG_SENTINEL_USER_DATA", ""))
 
+    @property
+    def fetch_target_user_data(self) -> str:
+        """``WALG_FETCH_TARGET_USER_DATA``: backup-fetch's backup, chosen by its user data."""
+        return self.values.get("WALG_FETCH_TARGET_USER_DATA", "").strip()
+
     def lookup(self, key: str) -> str | None:
         """A storage key as WAL-G resolves it: ``WALG_KEY``, then ``WALE_KEY``, then ``KEY``."""
         for name in (f"WALG_{key}", f"WALE_{key}", key):
@@ -466,7 +471,9 @@ WALG_SETTINGS = frozenset(
         "WALG_PG_WAL_SIZE", "WALG_DAEMON_WAL_UPLOAD_TIMEOUT", "WALG_DAEMON_WAL_FETCH_TIMEOUT",
         "WALG_DAEMON_FOLLOW_WAL", "WALG_DAEMON_CLIENT_TIMEOUT", "WALG_DAEMON_CLIENT_PYTHON",
         "WALG_FILE_DIRECT_IO", "WALG_INTEGRITY_MAX_DELAYED_WALS", "WALG_LOG_LEVEL",
-        "WALG_FAULT_INJECTION", "WALG_CONFIG_PATH",
+        "WALG_FAULT_INJECTION", "WALG_CONFIG_PATH", "WALG_FETCH_TARGET_USER_DATA",
+        # No effect on the full backups walg restores, as in WAL-G.
+        "WALG_USE_REVERSE_UNPACK", "WALG_SKIP_REDUNDANT_TARS",
     )
 )  # fmt: skip
 
@@ -500,9 +507,6 @@ NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "WALG_DISK_RATE_LIMIT": (_BACKUP, ("",)),
     "WALG_NETWORK_RATE_LIMIT": (_UPLOADS, ("",)),
     "WALG_UPLOAD_WAL_METADATA": (("wal-push", "daemon"), ("", "nometadata")),
-    "WALG_USE_REVERSE_UNPACK": (_RESTORE, _FALSE),
-    "WALG_SKIP_REDUNDANT_TARS": (_RESTORE, _FALSE),
-    "WALG_FETCH_TARGET_USER_DATA": (_RESTORE, ("",)),
     "WALG_DOWNLOAD_FILE_RETRIES": (_RESTORE, ("", "15")),
     "WALG_LOG_DESTINATION": (_EVERY, ("", "stderr")),
     "WALG_STATSD_ADDRESS": (_EVERY, ("",)),

@@ -80,3 +80,39 @@ def test_wal_g_backup_push_flags_walg_cannot_honour_are_refused(
         assert done.returncode == 2, done.stderr
         assert flag[0] in done.stderr
     assert sorted(p.name for p in (walg.store / "basebackups_005").iterdir()) == before
+
+
+def test_wal_g_backup_fetch_by_user_data(
+    primary: tuple[Cluster, WalgSetup], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``wal-g backup-fetch DEST --target-user-data DATA`` (or WALG_FETCH_TARGET_USER_DATA)
+    restores the one backup whose user data is DATA; --reverse-unpack and
+    --skip-redundant-tars change nothing for a full backup. walg refused all three (exit 2),
+    so a restore script written for WAL-G restored nothing."""
+    cluster, walg = primary
+    detail = json.loads(walg.run(["backup-list", "--detail", "--json"]).stdout)
+    by_data = {json.dumps(b.get("user_data")): b["backup_name"] for b in detail}
+    nightly = by_data[json.dumps({"job": "nightly"})]
+    work = pgcluster.make_shared_dir(cluster.datadir.parent / "fetched", 0o755)
+
+    args = ["backup-fetch", str(work / "a"), "--target-user-data", '{"job":"nightly"}']
+    done = walg.run([*args, "--reverse-unpack", "--skip-redundant-tars", "--json"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == nightly
+    assert (work / "a" / "global" / "pg_control").is_file()
+
+    env = {"WALG_FETCH_TARGET_USER_DATA": '"from the environment"'}
+    done = walg.run(["backup-fetch", str(work / "b"), "--json"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == by_data['"from the environment"']
+
+    # No match, two matches' worth of ambiguity (a name and user data), none given: refused,
+    # nothing restored.
+    for args, code in (
+        (["--target-user-data", '{"job": "weekly"}'], 74),
+        (["LATEST", "--target-user-data", '{"job": "nightly"}'], 2),
+        ([], 2),
+    ):
+        done = walg.run(["backup-fetch", str(work / "c"), *args], check=False)
+        assert done.returncode == code, (args, done.stderr)
+        assert not (work / "c").exists()

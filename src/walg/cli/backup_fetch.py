@@ -27,7 +27,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--target-time or --target-lsn the newest of those that ended at or before the target.",
     )
     p.add_argument("destination", metavar="DEST")
-    p.add_argument("name", metavar="NAME|LATEST")
+    p.add_argument("name", metavar="NAME|LATEST", nargs="?")
+    p.add_argument(
+        "--target-user-data",
+        metavar="DATA",
+        default="",
+        help="restore the one backup whose user data is DATA (JSON, else text) instead of "
+        "NAME (default: $WALG_FETCH_TARGET_USER_DATA)",
+    )
+    # WAL-G's ways of applying delta backups: a full backup, the only kind walg restores,
+    # is restored the same either way.
+    p.add_argument("--reverse-unpack", action="store_true", help="no effect (as in WAL-G)")
+    p.add_argument("--skip-redundant-tars", action="store_true", help="no effect (as in WAL-G)")
     p.add_argument(
         "--restore-spec",
         metavar="FILE",
@@ -97,6 +108,28 @@ def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
     )
 
 
+def _named_backup(args: argparse.Namespace, ctx: Context) -> str:
+    """NAME, or the backup ``--target-user-data`` (else WALG_FETCH_TARGET_USER_DATA) names;
+    never both, as in WAL-G."""
+    wanted = args.target_user_data.strip() or ctx.settings.fetch_target_user_data
+    if args.name is not None and wanted:
+        raise UsageError(
+            "give the backup's NAME (or LATEST) or --target-user-data "
+            "(WALG_FETCH_TARGET_USER_DATA), not both"
+        )
+    if args.name is not None:
+        name: str = args.name
+        return name
+    if not wanted:
+        raise UsageError("which backup? give NAME, LATEST or --target-user-data")
+    from walg.ops.backup_list import backup_with_user_data
+    from walg.settings import parse_user_data
+
+    return backup_with_user_data(
+        ctx.storage(), parse_user_data(wanted), ctx.settings.download_concurrency
+    )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.core.metadata import TablespaceSpec
     from walg.errors import FormatError
@@ -121,7 +154,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     target = _recovery_target(args)
     if target is not None:
         target.check()
-    name = backup_for_target(ctx.storage(), args.name, target)
+    name = backup_for_target(ctx.storage(), _named_backup(args, ctx), target)
     result = backup_fetch(ctx.settings, ctx.storage(), args.destination, name, spec)
     sentinel = catalog.read_sentinel(ctx.storage(), result.name)
     dest = Path(result.destination)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from walg.core.metadata import BackupMetadata
-from walg.errors import WalgError
+from walg.errors import BackupNotFound, UsageError, WalgError
 from walg.ops import catalog
 from walg.storage.base import Storage
 
@@ -45,3 +46,34 @@ def sort_by_start_time(items: list[BackupListing]) -> None:
         return
     order = sorted(range(len(items)), key=lambda n: starts[n] or items[n].ref.modified)
     items[:] = [items[n] for n in order]
+
+
+def backup_with_user_data(storage: Storage, wanted: Any, concurrency: int = 10) -> str:
+    """The name of the one backup whose metadata's user data is ``wanted`` (WAL-G's
+    ``--target-user-data``); BackupNotFound for none, UsageError naming them for several."""
+    found = [
+        item.ref.name
+        for item in backup_list(storage, True, concurrency)
+        if item.metadata is not None and same_json(item.metadata.user_data, wanted)
+    ]
+    if not found:
+        raise BackupNotFound("no backup has the user data asked for")
+    if len(found) > 1:
+        raise UsageError(
+            f"{len(found)} backups have the user data asked for ({' '.join(found)}): name one"
+        )
+    return found[0]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values are to WAL-G (Go's reflect.DeepEqual of decoded JSON): every
+    number a float64, so 1 is 1.0, but true is not 1, as Python's ``==`` has it."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
