@@ -13,8 +13,8 @@ against it) and the config file walg would read, as the path and the identity (d
 size, mtime, ctime) of the file, or its absence. That is more than decides the destination: a
 change of something irrelevant only makes a marker unusable, which costs an upload (a false
 "same destination" would lose WAL). The config file is chosen by :mod:`walg.settings`'s rule:
-``--config FILE``, else ``$WALG_CONFIG_PATH``, else ``~/.walg.{json,yaml,yml,toml}`` (all four
-are recorded).
+``--config FILE``, else ``$WALG_CONFIG_PATH``, else ``~/.walg.{json,toml,yaml,yml,dotenv,env}``
+(all are recorded).
 
 No secret goes into it (a variable whose name says password, secret, token, key...): the key
 names marker files, and a digest of a password is a way to test guesses at it. A secret never
@@ -55,7 +55,10 @@ def counts(name: str) -> bool:
     return upper.startswith(DESTINATION_PREFIXES) and not any(w in upper for w in SECRET_WORDS)
 
 
-CONFIG_NAMES = (".walg.json", ".walg.yaml", ".walg.yml", ".walg.toml")  # walg.settings reads these
+# walg.settings reads these, in the order WAL-G's config library (viper) looks for them.
+CONFIG_NAMES = (
+    ".walg.json", ".walg.toml", ".walg.yaml", ".walg.yml", ".walg.dotenv", ".walg.env",
+)  # fmt: skip
 
 
 def config_candidates(environ: "Mapping[str, str]", config_path: str | None) -> list[str]:

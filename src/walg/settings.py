@@ -1,9 +1,9 @@
 """Configuration: WAL-G's environment names and config file, read in one place.
 
 This is the only module that reads the process environment or a config file. It merges the
-config file (``--config``, ``WALG_CONFIG_PATH`` or ``~/.walg.{json,yaml,yml,toml}``) under the
-environment (the environment wins, as with WAL-G), validates what every command shares, and
-hands out a frozen :class:`Settings`. Storage backends read their own keys later through
+config file (``--config``, ``WALG_CONFIG_PATH`` or ``~/.walg.{json,toml,yaml,yml,dotenv,env}``)
+under the environment (the environment wins, as with WAL-G), validates what every command
+shares, and hands out a frozen :class:`Settings`. Storage backends read their own keys later through
 :meth:`Settings.lookup`, so adding a backend never changes this module's callers.
 
 Secrets (passwords, keys) are kept out of ``repr`` and error messages.
@@ -348,7 +348,9 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
     suffix = os.path.splitext(path)[1].lower()
     data: Any
     try:
-        if suffix in (".yaml", ".yml"):
+        if suffix in (".env", ".dotenv"):
+            data = _parse_dotenv(path, text)
+        elif suffix in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text)
@@ -360,12 +362,14 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
             import json
 
             data = json.loads(text) if text.strip() else {}
+    except ConfigError:
+        raise
     except Exception as exc:
         if suffix in (".yaml", ".yml", ".toml"):
             kind = suffix.lstrip(".").upper()
         else:
             # Named after no format: say which one walg took it for, and how to pick another.
-            kind = "JSON (the format of a name not ending in .yaml, .yml or .toml)"
+            kind = "JSON (the format of a name not ending in .yaml, .yml, .toml or .env)"
         raise ConfigError(f"config file {path} is not valid {kind}: " + _parse_error(exc)) from None
     if data is None:
         return {}
@@ -390,6 +394,69 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
                 "early); remove it only if the primary storage holds everything"
             )
         out[name] = _config_value(path, name, value)
+    return out
+
+
+def _parse_dotenv(path: str, text: str) -> dict[str, str]:
+    """A dotenv file as WAL-G's config library reads one (``*.env``, ``*.dotenv``): a
+    ``KEY=VALUE`` or ``KEY: VALUE`` line each, maybe after ``export``; ``#`` comments, also
+    after an unquoted value; a value in single quotes as it stands, one in double quotes with
+    backslash escapes. WAL-G expands ``$NAME`` and ``${NAME}`` in values that are not in single
+    quotes; walg refuses them (naming the key) rather than guess at the rules of that
+    expansion, as it refuses any line it cannot read. Values are never shown."""
+    out: dict[str, str] = {}
+    escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[7:].lstrip()
+        separator = min((i for i in (line.find("="), line.find(":")) if i > 0), default=-1)
+        key = line[:separator].strip() if separator > 0 else ""
+        if not key or not all(c.isalnum() or c in "_.-" for c in key):
+            raise ConfigError(f"config file {path}: line {number} is not KEY=VALUE")
+        value = line[separator + 1 :].strip()
+        expands = False
+        if value[:1] == "'":
+            end = value.find("'", 1)
+            rest = value[end + 1 :].strip() if end > 0 else ""
+            if end < 0 or (rest and not rest.startswith("#")):
+                raise ConfigError(
+                    f"config file {path}: {key} (line {number}) has an unclosed quote"
+                )
+            value = value[1:end]
+        elif value[:1] == '"':
+            chars: list[str] = []
+            index, closed = 1, False
+            while index < len(value):
+                char = value[index]
+                if char == "\\" and index + 1 < len(value):
+                    chars.append(escapes.get(value[index + 1], "\\" + value[index + 1]))
+                    index += 2
+                    continue
+                if char == '"':
+                    closed = True
+                    break
+                expands = expands or char == "$"
+                chars.append(char)
+                index += 1
+            rest = value[index + 1 :].strip()
+            if not closed or (rest and not rest.startswith("#")):
+                raise ConfigError(
+                    f"config file {path}: {key} (line {number}) has an unclosed quote"
+                )
+            value = "".join(chars)
+        else:
+            hash_at = value.find(" #")
+            value = (value[:hash_at] if hash_at >= 0 else value).strip()
+            expands = "$" in value
+        if expands:
+            raise ConfigError(
+                f"config file {path}: {key} (line {number}) uses $ (a variable WAL-G would "
+                "expand): walg does not expand them; write the value out, or quote it in '…'"
+            )
+        out[key] = value
     return out
 
 

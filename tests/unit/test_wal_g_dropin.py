@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from fakewal import run_walg, segment_bytes, walg_env
+from walg.errors import ConfigError
+from walg.settings import load
 
 SEG = "000000010000000000000001"
 SYSID = 7000000000000000001
@@ -153,3 +155,42 @@ def test_failover_storages_are_refused_by_name(
     assert done.returncode == 78
     assert "WALG_FAILOVER_STORAGES" in done.stderr and "failover" in done.stderr
     assert "single value" not in done.stderr
+
+
+def test_home_config_files_are_searched_in_wal_g_s_order(tmp_path: Path) -> None:
+    """WAL-G's config library looks for ~/.walg.json, then .toml, then .yaml and .yml; walg
+    took .yaml before .toml, so with both in the home folder it archived elsewhere."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".walg.yaml").write_text("WALG_FILE_PREFIX: /from/yaml\n")
+    (home / ".walg.toml").write_text('WALG_FILE_PREFIX = "/from/toml"\n')
+    assert load(environ={"HOME": str(home)}).storage_prefix == "/from/toml"
+
+
+def test_dotenv_config_file(tmp_path: Path) -> None:
+    """WAL-G reads a config file named ``*.env`` (or ``~/.walg.env``) as a dotenv file; walg
+    took it for JSON and refused it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".walg.env").write_text(
+        "# WAL-G settings\n"
+        "export WALG_FILE_PREFIX=/from/env\n"
+        "walg_compression_method = none  # no lz4 here\n"
+        "PGPORT: 7000\n"
+        'WALG_SENTINEL_USER_DATA=\'{"a": "x # y"}\'  # kept as written\n'
+        'PGAPPNAME="nightly \\"job\\""\n'
+        "\n"
+    )
+    s = load(environ={"HOME": str(home)})
+    assert s.config_file == str(home / ".walg.env")
+    assert (s.storage_prefix, s.compression, s.pg.port) == ("/from/env", "none", "7000")
+    assert s.sentinel_user_data == {"a": "x # y"}
+    assert s.pg.params["application_name"] == 'nightly "job"'
+    assert s.not_honoured("wal-push") == []
+
+    # What walg cannot read as WAL-G would is refused, naming the line's key.
+    for line, key in (("WALG_FILE_PREFIX=${HOME}/b", "WALG_FILE_PREFIX"), ("garbage", "line 1")):
+        path = tmp_path / "other.env"
+        path.write_text(line + "\n")
+        with pytest.raises(ConfigError, match=key):
+            load(environ={"HOME": str(home)}, config_path=str(path))

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="config file (YAML if named .yaml or .yml, TOML if .toml, else JSON; default "
-        "$WALG_CONFIG_PATH, else ~/.walg.json, .yaml, .yml or .toml)",
+        help="config file (YAML if named .yaml or .yml, TOML if .toml, dotenv if .env or "
+        ".dotenv, else JSON; default $WALG_CONFIG_PATH, else ~/.walg.json, .toml, .yaml, .yml, "
+        ".dotenv or .env)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from importlib import import_module
