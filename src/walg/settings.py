@@ -715,15 +715,40 @@ def _int(
     raw = values.get(name, "").strip()
     if not raw:
         return default
-    try:
-        number = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    number = go_int(raw)
+    if number is None:
+        raise ConfigError(f"{name}={raw!r} is not an integer")
     if number < minimum:
         raise ConfigError(f"{name}={number} must be at least {minimum}")
     if maximum is not None and number > maximum:
         raise ConfigError(f"{name}={number} must be at most {maximum}")
     return number
+
+
+def go_int(text: str) -> int | None:
+    """An integer as WAL-G's config library casts a setting's text (Go's ``strconv.ParseInt``
+    with base 0): ``0x``/``0o``/``0b`` prefixes, a leading ``0`` for octal, ``_`` between
+    digits; None for anything else. A decimal part of zeros is dropped (``16.0``: a JSON
+    number is a float64 to WAL-G, and config tools write it so). WAL-G also drops any other
+    decimal part (``16.5`` is 16); walg refuses that, as a value it would not read as written.
+    """
+    head, point, tail = text.partition(".")
+    if point:
+        if tail.strip("0"):
+            return None
+        text = head
+    sign = text[:1] if text[:1] in "+-" else ""
+    digits = text[len(sign) :]
+    if not digits.isascii():
+        return None
+    try:
+        if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXoObB":
+            number = int(digits, 8)  # Go's base 0 reads a leading zero as octal (020 is 16)
+        else:
+            number = int(digits, 0)
+    except ValueError:
+        return None
+    return -number if sign == "-" else number
 
 
 def _wal_segment_size(values: Mapping[str, str]) -> int:

@@ -194,3 +194,29 @@ def test_dotenv_config_file(tmp_path: Path) -> None:
         path.write_text(line + "\n")
         with pytest.raises(ConfigError, match=key):
             load(environ={"HOME": str(home)}, config_path=str(path))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(16.0, 16), ("16.0", 16), ("16.", 16), ("0x10", 16), ("0o20", 16), ("020", 16), ("1_6", 16)],
+)
+def test_integer_settings_take_what_wal_g_takes(
+    tmp_path: Path, value: object, expected: int
+) -> None:
+    """WAL-G reads these through its config library's integer cast: a JSON number is a
+    float64 (16.0 as config tools write it), a zero decimal part is dropped, and Go's base
+    prefixes (a leading 0 is octal) and digit separators are read. walg refused all of them
+    (exit 78 on every command, archiving included)."""
+    config = tmp_path / "walg.json"
+    config.write_text(json.dumps({"WALG_FILE_PREFIX": "/b", "WALG_UPLOAD_CONCURRENCY": value}))
+    s = load(environ={"HOME": str(tmp_path)}, config_path=str(config))
+    assert s.upload_concurrency == expected
+    s = load(environ={"WALG_FILE_PREFIX": "/b", "WALG_DOWNLOAD_CONCURRENCY": str(value)})
+    assert s.download_concurrency == expected
+
+
+@pytest.mark.parametrize("value", ["16.5", "1e3", "16 threads", "0x", "09", "٣"])
+def test_integer_settings_wal_g_refuses_are_refused(tmp_path: Path, value: str) -> None:
+    """And what it does not read as written: WAL-G takes 16.5 for 16; walg refuses it."""
+    with pytest.raises(ConfigError, match="WALG_UPLOAD_CONCURRENCY"):
+        load(environ={"WALG_FILE_PREFIX": "/b", "WALG_UPLOAD_CONCURRENCY": value})
