@@ -11,7 +11,7 @@ import pytest
 
 import pgcluster
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup
+from walgcli import WalgSetup, archive_now
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,10 @@ def primary(walg_bin: str) -> Iterator[tuple[Cluster, WalgSetup]]:
         pytest.fail(f"PostgreSQL 16 unavailable: {exc}", pytrace=False)
     workdir = pgcluster.pg_tmpdir(prefix="wal-g-dropin-")
     walg = WalgSetup.create(walg_bin, workdir)
+    # WAL-G's own documentation's form: the flags after the command.
+    archive = f"{walg_bin} wal-push %p --config {walg.config}"
     cluster = Cluster.create(
-        install,
-        workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+        install, workdir / "data", conf={"archive_mode": "on", "archive_command": archive}
     )
     cluster.start()
     yield cluster, walg
@@ -116,3 +116,26 @@ def test_wal_g_backup_fetch_by_user_data(
         done = walg.run(["backup-fetch", str(work / "c"), *args], check=False)
         assert done.returncode == code, (args, done.stderr)
         assert not (work / "c").exists()
+
+
+def test_wal_g_command_lines_archive_and_restore(primary: tuple[Cluster, WalgSetup]) -> None:
+    """PostgreSQL's archiver and recovery run walg with the flags after the command, as WAL-G
+    users write them (``wal-g wal-push %p --config FILE``): archived, restored, recovered."""
+    cluster, walg = primary
+    cluster.psql("CREATE TABLE dropin AS SELECT generate_series(1, 100) AS n")
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
+    cluster.psql("INSERT INTO dropin SELECT generate_series(101, 150)")
+    archive_now(cluster)
+    assert cluster.psql("SELECT failed_count FROM pg_stat_archiver") == "0"
+
+    dest = cluster.datadir.parent / "restored"
+    fetch = f"{walg.walg_bin} wal-fetch %f %p --config {walg.config}"
+    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", fetch])
+    restored = Cluster.from_existing(cluster.install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    try:
+        restored.wait_ready(timeout=120)
+        restored.wait_for_recovery_end(timeout=120)
+        assert restored.psql("SELECT count(*) FROM dropin") == "150"
+    finally:
+        restored.stop(mode="immediate")
