@@ -634,6 +634,14 @@ def _config_value(path: str, name: str, value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return ""
+    if isinstance(value, float) and math.isfinite(value):
+        # WAL-G holds every config-file number as a float64 and hands it on as Go's shortest
+        # fixed-point text (strconv.FormatFloat 'f', -1): 5432.0 is "5432", 1e-07 "0.0000001".
+        if value.is_integer():
+            return str(int(value))
+        from decimal import Decimal
+
+        return format(Decimal(repr(value)), "f")
     if isinstance(value, str | int | float):
         return str(value)
     # A setting walg does not read may be a mapping in WAL-G (WALG_STATSD_EXTRA_TAGS, read as

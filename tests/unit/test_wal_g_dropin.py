@@ -220,3 +220,16 @@ def test_integer_settings_wal_g_refuses_are_refused(tmp_path: Path, value: str) 
     """And what it does not read as written: WAL-G takes 16.5 for 16; walg refuses it."""
     with pytest.raises(ConfigError, match="WALG_UPLOAD_CONCURRENCY"):
         load(environ={"WALG_FILE_PREFIX": "/b", "WALG_UPLOAD_CONCURRENCY": value})
+
+
+def test_config_file_numbers_read_as_wal_g_reads_them(tmp_path: Path) -> None:
+    """A number in a config file is a float64 to WAL-G and becomes the shortest text of its
+    value: 5432.0 is "5432" (so a PGPORT written by a config tool as 5432.0 reaches libpq
+    as 5432; walg refused it as not a port number), 1e-07 is "0.0000001"."""
+    config = tmp_path / "walg.json"
+    config.write_text(
+        '{"WALG_FILE_PREFIX": "/b", "PGPORT": 5432.0, "WALG_SENTINEL_USER_DATA": 1e-7}'
+    )
+    s = load(environ={"HOME": str(tmp_path)}, config_path=str(config))
+    assert s.pg.port == "5432"
+    assert s.values["WALG_SENTINEL_USER_DATA"] == "0.0000001"
