@@ -813,6 +813,14 @@ ENCRYPTION_KEYS: tuple[str, ...] = (
 )
 
 
+# WAL-G's defaults of settings that only tune its encryption: a config that writes them out
+# (as templates listing every setting do) asks for no encryption, and WAL-G stores in clear.
+_ENCRYPTION_DEFAULTS = {
+    "WALG_LIBSODIUM_KEY_TRANSFORM": "none",
+    "WALG_ENVELOPE_CACHE_EXPIRATION": "0",
+}
+
+
 def refuse_encryption(values: Mapping[str, str]) -> None:
     """ConfigError naming every encryption setting that is set (never its value).
 
@@ -820,7 +828,12 @@ def refuse_encryption(values: Mapping[str, str]) -> None:
     user who switches store backups and WAL in clear without a word, so nothing that touches
     storage runs while one is set.
     """
-    found = [name for name in ENCRYPTION_KEYS if values.get(name, "").strip()]
+    found = [
+        name
+        for name in ENCRYPTION_KEYS
+        if values.get(name, "").strip()
+        and values[name].strip().lower() != _ENCRYPTION_DEFAULTS.get(name)
+    ]
     if found:
         raise ConfigError(
             f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} set, but walg does not "

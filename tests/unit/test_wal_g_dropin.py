@@ -233,3 +233,23 @@ def test_config_file_numbers_read_as_wal_g_reads_them(tmp_path: Path) -> None:
     s = load(environ={"HOME": str(tmp_path)}, config_path=str(config))
     assert s.pg.port == "5432"
     assert s.values["WALG_SENTINEL_USER_DATA"] == "0.0000001"
+
+
+def test_encryption_settings_at_wal_g_s_defaults_are_not_encryption(tmp_path: Path) -> None:
+    """A config that writes out WAL-G's defaults (WALG_LIBSODIUM_KEY_TRANSFORM: none,
+    WALG_ENVELOPE_CACHE_EXPIRATION: 0, as config templates do) asks for no encryption; WAL-G
+    stores in clear with it. walg refused to touch storage (exit 78 on every command,
+    archiving included). Any other value still is refused."""
+    config = tmp_path / "walg.yaml"
+    config.write_text(
+        "WALG_FILE_PREFIX: /b\nWALG_LIBSODIUM_KEY_TRANSFORM: none\n"
+        "WALG_ENVELOPE_CACHE_EXPIRATION: 0\n"
+    )
+    s = load(environ={"HOME": str(tmp_path)}, config_path=str(config))
+    assert s.require_storage() == ("file", "/b")
+    s = load(
+        environ={"HOME": str(tmp_path), "WALG_LIBSODIUM_KEY_TRANSFORM": "hex"},
+        config_path=str(config),
+    )
+    with pytest.raises(ConfigError, match="WALG_LIBSODIUM_KEY_TRANSFORM is set"):
+        s.require_storage()
