@@ -282,6 +282,11 @@ class Settings:
             messages.append(
                 f"{name} in the config file {self.config_file} is unknown, and ignored{hint}"
             )
+        if self.log_level not in ("NORMAL", "DEVEL", "ERROR", "DEBUG", "QUIET"):
+            messages.append(
+                f"WALG_LOG_LEVEL={self.log_level!r} is not a log level (NORMAL, DEVEL or "
+                "ERROR): logging at NORMAL"
+            )
         for name, (commands, defaults) in NOT_IMPLEMENTED.items():
             if commands != _EVERY and command not in commands:
                 continue

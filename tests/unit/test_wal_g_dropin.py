@@ -253,3 +253,12 @@ def test_encryption_settings_at_wal_g_s_defaults_are_not_encryption(tmp_path: Pa
     )
     with pytest.raises(ConfigError, match="WALG_LIBSODIUM_KEY_TRANSFORM is set"):
         s.require_storage()
+
+
+def test_unknown_log_level_is_named(tmp_path: Path) -> None:
+    """WAL-G refuses a WALG_LOG_LEVEL other than NORMAL, DEVEL or ERROR; walg logged at
+    NORMAL without a word. It goes on (a log level must not stop archiving), and says so."""
+    s = load(environ={"WALG_FILE_PREFIX": "/b", "WALG_LOG_LEVEL": "verbose"})
+    assert any("WALG_LOG_LEVEL" in line for line in s.not_honoured("wal-push"))
+    for level in ("NORMAL", "devel", "ERROR"):
+        assert load(environ={"WALG_LOG_LEVEL": level}).not_honoured("wal-push") == []
