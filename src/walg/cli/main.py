@@ -179,7 +179,9 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
             logs.setup_lazily(settings.log_level)
         else:
             logs.setup(settings.log_level)
-        for message in settings.not_honoured(args.command):
+        # Not again in the detached helpers: the call that started one has said it.
+        internal = args.command in ("wal-push-ahead", "wal-prefetch")
+        for message in () if internal else settings.not_honoured(args.command):
             from walg.core.log import get_logger
 
             get_logger("walg.settings").warning("%s", message)
