@@ -405,10 +405,11 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
 def _parse_dotenv(path: str, text: str) -> dict[str, str]:
     """A dotenv file as WAL-G's config library reads one (``*.env``, ``*.dotenv``): a
     ``KEY=VALUE`` or ``KEY: VALUE`` line each, maybe after ``export``; ``#`` comments, also
-    after an unquoted value; a value in single quotes as it stands, one in double quotes with
-    backslash escapes. WAL-G expands ``$NAME`` and ``${NAME}`` in values that are not in single
-    quotes; walg refuses them (naming the key) rather than guess at the rules of that
-    expansion, as it refuses any line it cannot read. Values are never shown."""
+    in an unquoted value, which ends at its first ``#``; a value in single quotes as it
+    stands, one in double quotes with backslash escapes. WAL-G expands ``$NAME`` and
+    ``${NAME}`` in values that are not in single quotes; walg refuses them (naming the key)
+    rather than guess at the rules of that expansion, as it refuses any line it cannot
+    read. Values are never shown."""
     out: dict[str, str] = {}
     escapes = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
     for number, raw in enumerate(text.splitlines(), 1):
@@ -453,8 +454,8 @@ def _parse_dotenv(path: str, text: str) -> dict[str, str]:
                 )
             value = "".join(chars)
         else:
-            hash_at = value.find(" #")
-            value = (value[:hash_at] if hash_at >= 0 else value).strip()
+            # As WAL-G's dotenv reader: an unquoted value ends at the first #.
+            value = value.split("#", 1)[0].strip()
             expands = "$" in value
         if expands:
             raise ConfigError(

@@ -175,7 +175,7 @@ def test_dotenv_config_file(tmp_path: Path) -> None:
     (home / ".walg.env").write_text(
         "# WAL-G settings\n"
         "export WALG_FILE_PREFIX=/from/env\n"
-        "walg_compression_method = none  # no lz4 here\n"
+        "walg_compression_method = none# no lz4 here\n"
         "PGPORT: 7000\n"
         'WALG_SENTINEL_USER_DATA=\'{"a": "x # y"}\'  # kept as written\n'
         'PGAPPNAME="nightly \\"job\\""\n'
