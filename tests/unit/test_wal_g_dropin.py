@@ -262,3 +262,15 @@ def test_unknown_log_level_is_named(tmp_path: Path) -> None:
     assert any("WALG_LOG_LEVEL" in line for line in s.not_honoured("wal-push"))
     for level in ("NORMAL", "devel", "ERROR"):
         assert load(environ={"WALG_LOG_LEVEL": level}).not_honoured("wal-push") == []
+
+
+def test_integrity_max_delayed_wals_is_read_as_wal_g_reads_it(
+    walg_bin: str, dropin: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """WALG_INTEGRITY_MAX_DELAYED_WALS is an integer setting like the others (see above)."""
+    store, _, env = dropin
+    env = {**env, "WALG_FILE_PREFIX": str(store), "WALG_INTEGRITY_MAX_DELAYED_WALS": "2.0"}
+    argv = [walg_bin, "wal-verify", "integrity", "--timeline", "1", "--lsn", "0/3000000"]
+    done = run_walg([*argv, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    assert "integrity" in json.loads(done.stdout)

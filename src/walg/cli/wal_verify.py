@@ -82,10 +82,11 @@ def _max_delayed(ctx: Context) -> int:
     raw = (ctx.settings.values.get(MAX_DELAYED_SETTING) or "").strip()
     if not raw:
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{MAX_DELAYED_SETTING}={raw!r} is not an integer") from None
+    from walg.settings import go_int
+
+    value = go_int(raw)  # as WAL-G reads it, as every integer setting
+    if value is None:
+        raise ConfigError(f"{MAX_DELAYED_SETTING}={raw!r} is not an integer")
     if value < 0:
         raise ConfigError(f"{MAX_DELAYED_SETTING}={value} must not be negative")
     return value
