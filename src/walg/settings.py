@@ -221,6 +221,12 @@ class Settings:
         return parse_user_data(self.values.get("WALG_SENTINEL_USER_DATA", ""))
 
     @property
+    def log_destination(self) -> str | None:
+        """``WALG_LOG_DESTINATION``: the file WAL-G writes its log to; None for stderr."""
+        path = self.values.get("WALG_LOG_DESTINATION", "").strip()
+        return None if path in ("", "stderr") else path
+
+    @property
     def fetch_target_user_data(self) -> str:
         """``WALG_FETCH_TARGET_USER_DATA``: backup-fetch's backup, chosen by its user data."""
         return self.values.get("WALG_FETCH_TARGET_USER_DATA", "").strip()
@@ -545,6 +551,7 @@ WALG_SETTINGS = frozenset(
         "WALG_DAEMON_FOLLOW_WAL", "WALG_DAEMON_CLIENT_TIMEOUT", "WALG_DAEMON_CLIENT_PYTHON",
         "WALG_FILE_DIRECT_IO", "WALG_INTEGRITY_MAX_DELAYED_WALS", "WALG_LOG_LEVEL",
         "WALG_FAULT_INJECTION", "WALG_CONFIG_PATH", "WALG_FETCH_TARGET_USER_DATA",
+        "WALG_LOG_DESTINATION",
         # No effect on the full backups walg restores, as in WAL-G.
         "WALG_USE_REVERSE_UNPACK", "WALG_SKIP_REDUNDANT_TARS",
     )
@@ -581,7 +588,6 @@ NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "WALG_NETWORK_RATE_LIMIT": (_UPLOADS, ("",)),
     "WALG_UPLOAD_WAL_METADATA": (("wal-push", "daemon"), ("", "nometadata")),
     "WALG_DOWNLOAD_FILE_RETRIES": (_RESTORE, ("", "15")),
-    "WALG_LOG_DESTINATION": (_EVERY, ("", "stderr")),
     "WALG_STATSD_ADDRESS": (_EVERY, ("",)),
     "WALG_STATSD_EXTRA_TAGS": (_EVERY, ("", "{}")),
     "WALG_TARGET_STORAGE": (_EVERY, ("", "default")),

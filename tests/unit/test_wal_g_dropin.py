@@ -274,3 +274,27 @@ def test_integrity_max_delayed_wals_is_read_as_wal_g_reads_it(
     done = run_walg([*argv, "--json"], env)
     assert done.returncode == 0, done.stderr
     assert "integrity" in json.loads(done.stdout)
+
+
+def test_log_destination_is_honoured(
+    walg_bin: str, dropin: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """WALG_LOG_DESTINATION: WAL-G writes its log, errors included, to that file (appended)
+    instead of stderr. walg ignored it, so the log an operator watched stayed silent."""
+    store, _, env = dropin
+    log = store.parent / "wal-g.log"
+    log.write_text("earlier\n")
+    env = {**env, "WALG_FILE_PREFIX": str(store), "WALG_LOG_DESTINATION": str(log)}
+    done = run_walg([walg_bin, "backup-list"], env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    fetch = [walg_bin, "wal-fetch", "000000010000000000000042", str(store.parent / "x")]
+    done = run_walg(fetch, {**env, "WALG_DOWNLOAD_CONCURRENCY": "1"})
+    assert done.returncode == 74 and done.stderr == "", done.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier"
+    assert "No backups found" in lines[1] and "000000010000000000000042" in lines[2]
+    # "stderr" is WAL-G's name for the default; a file that cannot be opened is an error.
+    done = run_walg([walg_bin, "backup-list"], {**env, "WALG_LOG_DESTINATION": "stderr"})
+    assert done.returncode == 0 and "No backups found" in done.stderr
+    done = run_walg([walg_bin, "backup-list"], {**env, "WALG_LOG_DESTINATION": str(store)})
+    assert done.returncode == 1 and "WALG_LOG_DESTINATION" in done.stderr
