@@ -62,14 +62,47 @@ CONFIG_NAMES = (
 
 
 def config_candidates(environ: "Mapping[str, str]", config_path: str | None) -> list[str]:
-    """The config files walg.settings may read, in its order of preference."""
+    """The config files walg.settings may read, in its order of preference.
+
+    WAL-G looks for ``~/.walg.*`` in the home folder of the user running it (its passwd
+    entry), whatever ``$HOME`` says: a server started by ``su postgres -c 'pg_ctl start'``
+    keeps root's HOME, one started with a cleared environment has none. walg takes ``$HOME``'s
+    files first, and the passwd home folder's when ``$HOME`` has none and is not this user's
+    own folder (or is unset).
+    """
     if config_path:
         return [config_path]
     named = environ.get("WALG_CONFIG_PATH")
     if named:
         return [named]
     home = environ.get("HOME")
-    return [os.path.join(home, name) for name in CONFIG_NAMES] if home else []
+    found = [os.path.join(home, name) for name in CONFIG_NAMES] if home else []
+    if any(os.path.isfile(path) for path in found) or _own_folder(home):
+        return found
+    passwd_home = _passwd_home()
+    if passwd_home and passwd_home != home:
+        found += [os.path.join(passwd_home, name) for name in CONFIG_NAMES]
+    return found
+
+
+def _own_folder(path: str | None) -> bool:
+    """Is ``path`` a folder of this process's user? Then it is taken for the user's home
+    without a lookup in the user database (which costs an archive_command call a fraction of
+    a millisecond); root's HOME kept by ``su postgres`` is not."""
+    try:
+        return path is not None and os.stat(path).st_uid == os.getuid()
+    except OSError:
+        return False
+
+
+def _passwd_home() -> str | None:
+    """The home folder of this process's user in the user database, as Go's os/user has it."""
+    try:
+        import pwd  # built in, and loaded only when $HOME holds no config file
+
+        return pwd.getpwuid(os.getuid()).pw_dir or None
+    except (ImportError, KeyError, OSError):
+        return None
 
 
 def destination_key(environ: "Mapping[str, str]", config_path: str | None) -> str:

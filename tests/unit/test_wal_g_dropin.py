@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 from pathlib import Path
 
 import pytest
 
-from fakewal import run_walg, segment_bytes, walg_env
+from fakewal import in_mount_namespace, run_walg, segment_bytes, walg_env
 from walg.errors import ConfigError
 from walg.settings import load
 
@@ -298,3 +300,36 @@ def test_log_destination_is_honoured(
     assert done.returncode == 0 and "No backups found" in done.stderr
     done = run_walg([walg_bin, "backup-list"], {**env, "WALG_LOG_DESTINATION": str(store)})
     assert done.returncode == 1 and "WALG_LOG_DESTINATION" in done.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a private mount over the user's home folder needs root and unshare",
+)
+@pytest.mark.parametrize("home", [None, "elsewhere"])
+def test_default_config_of_the_user_running_it(
+    walg_bin: str, tmp_path: Path, home: str | None
+) -> None:
+    """WAL-G reads ~/.walg.json from the home folder of the user running it (its passwd
+    entry), whatever $HOME says. A server started by ``su postgres -c 'pg_ctl start'`` keeps
+    root's HOME, and one started with a cleared environment has none: walg found no config
+    there ("no storage configured", exit 78 on every archive_command call). $HOME's file is
+    still taken first when there is one."""
+    store = tmp_path / "store"
+    store.mkdir()
+    passwd_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    private = tmp_path / "passwd-home"
+    private.mkdir()
+    (private / ".walg.json").write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
+    env = {"PATH": os.environ["PATH"]}
+    if home is not None:
+        # Another user's folder, as root's HOME is to a server started by su postgres.
+        (tmp_path / home).mkdir()
+        os.chown(tmp_path / home, pwd.getpwnam("pgtest").pw_uid, -1)
+        env["HOME"] = str(tmp_path / home)
+    # The passwd home folder, seen through a private mount: the real one is left alone.
+    namespace = in_mount_namespace('mount --bind "$0" "$1" && shift && exec "$@"', str(private))
+    argv = [*namespace[:-1], namespace[-1], str(passwd_home), walg_bin, "backup-list", "--json"]
+    done = run_walg(argv, env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
