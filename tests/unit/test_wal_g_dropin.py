@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from fakewal import in_mount_namespace, run_walg, segment_bytes, walg_env
-from walg.errors import ConfigError
+from walg.errors import BackupNotFound, ConfigError
+from walg.ops.backup_list import backup_with_user_data, same_json
 from walg.settings import load
+from walg.storage.file import FileStorage
 
 SEG = "000000010000000000000001"
 SYSID = 7000000000000000001
@@ -333,3 +335,23 @@ def test_default_config_of_the_user_running_it(
     done = run_walg(argv, env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_user_data_selection_skips_backups_without_metadata(tmp_path: Path) -> None:
+    """A backup without metadata.json (WAL-E's, WAL-G's oldest) has no user data: the
+    search passes it by instead of failing as backup-list --detail does."""
+    store = tmp_path / "store"
+    base = store / "basebackups_005"
+    golden = Path(__file__).parent / "golden"
+    for name in ("base_000000010000000000000002", "base_000000010000000000000004"):
+        (base / name).mkdir(parents=True)
+        sentinel = (golden / "sentinel_v2_full.json").read_bytes()
+        (base / f"{name}_backup_stop_sentinel.json").write_bytes(sentinel)
+    metadata = (golden / "metadata.json").read_bytes()
+    (base / "base_000000010000000000000004" / "metadata.json").write_bytes(metadata)
+    storage = FileStorage(store)
+    wanted = {"tags": ["a", "b"], "env": "prod"}
+    assert backup_with_user_data(storage, wanted) == "base_000000010000000000000004"
+    with pytest.raises(BackupNotFound):
+        backup_with_user_data(storage, {"env": "prod", "tags": ["a", "b", 1.0]})
+    assert same_json(1, 1.0) and not same_json(True, 1) and not same_json("1", 1)

@@ -51,10 +51,14 @@ def sort_by_start_time(items: list[BackupListing]) -> None:
 def backup_with_user_data(storage: Storage, wanted: Any, concurrency: int = 10) -> str:
     """The name of the one backup whose metadata's user data is ``wanted`` (WAL-G's
     ``--target-user-data``); BackupNotFound for none, UsageError naming them for several."""
+    refs = catalog.list_backups(storage)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        metas = list(pool.map(lambda r: catalog.read_metadata(storage, r.name), refs))
+    # A backup without metadata.json (WAL-E's, WAL-G's oldest) has no user data to match.
     found = [
-        item.ref.name
-        for item in backup_list(storage, True, concurrency)
-        if item.metadata is not None and same_json(item.metadata.user_data, wanted)
+        ref.name
+        for ref, meta in zip(refs, metas, strict=True)
+        if meta is not None and same_json(meta.user_data, wanted)
     ]
     if not found:
         raise BackupNotFound("no backup has the user data asked for")
