@@ -587,7 +587,9 @@ NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "WALG_DISK_RATE_LIMIT": (_BACKUP, ("",)),
     "WALG_NETWORK_RATE_LIMIT": (_UPLOADS, ("",)),
     "WALG_UPLOAD_WAL_METADATA": (("wal-push", "daemon"), ("", "nometadata")),
-    "WALG_DOWNLOAD_FILE_RETRIES": (_RESTORE, ("", "15")),
+    "WALG_DOWNLOAD_FILE_RETRIES": (("backup-fetch", "wal-fetch", "daemon"), ("", "15")),
+    "WALG_DIRECT_IO": (_BACKUP, _FALSE),
+    "WALG_DIRECT_IO_BLOCK_COUNT": (_BACKUP, ("", "32")),
     "WALG_STATSD_ADDRESS": (_EVERY, ("",)),
     "WALG_STATSD_EXTRA_TAGS": (_EVERY, ("", "{}")),
     "WALG_TARGET_STORAGE": (_EVERY, ("", "default")),
@@ -606,7 +608,7 @@ NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 WAL_G_OTHER_SETTINGS = frozenset(
     (
         "WALG_ZSTD_LEVEL", "WALG_STREAM_CREATE_COMMAND", "WALG_STREAM_RESTORE_COMMAND",
-        "WALG_SERIALIZER_TYPE", "WALG_DIRECT_IO", "WALG_DIRECT_IO_BLOCK_COUNT", "WALG_SLOTNAME",
+        "WALG_SERIALIZER_TYPE", "WALG_SLOTNAME",
         "PG_READY_RENAME", "PGBACKREST_STANZA", "WALG_DISABLE_PARTIAL_RESTORE",
         "GOMAXPROCS", "GODEBUG", "USER",
     )

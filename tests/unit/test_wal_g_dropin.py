@@ -355,3 +355,11 @@ def test_user_data_selection_skips_backups_without_metadata(tmp_path: Path) -> N
     with pytest.raises(BackupNotFound):
         backup_with_user_data(storage, {"env": "prod", "tags": ["a", "b", 1.0]})
     assert same_json(1, 1.0) and not same_json(True, 1) and not same_json("1", 1)
+
+
+def test_not_honoured_settings_are_named_by_the_commands_they_change() -> None:
+    env = {"WALG_DIRECT_IO": "true", "WALG_DOWNLOAD_FILE_RETRIES": "3"}
+    s = load(environ=env)
+    assert [m.split()[0] for m in s.not_honoured("backup-push")] == ["WALG_DIRECT_IO"]
+    assert [m.split()[0] for m in s.not_honoured("wal-fetch")] == ["WALG_DOWNLOAD_FILE_RETRIES"]
+    assert s.not_honoured("wal-push") == []
