@@ -492,7 +492,7 @@ def test_a_storage_folder_that_is_not_there_is_refused_and_never_made(
     [
         ("mapping.json", '{"WALG_FILE_PREFIX": {"path": "/var/backups/pg"}}'),
         ("list.yaml", "WALG_FILE_PREFIX:\n  - /var/backups/pg\n"),
-        ("alias.yaml", "a: &a [*a]\n"),
+        ("alias.yaml", "WALG_FILE_PREFIX: &a [*a]\n"),
         ("fifo.json", None),
     ],
 )
