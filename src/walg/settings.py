@@ -880,10 +880,10 @@ def pg_connection(
     """libpq parameters from the PG* variables libpq knows, checked as libpq checks them.
 
     Walg's own choices: the database ``postgres`` unless PGDATABASE or a service names one,
-    ``walg`` as the fallback application name, and a connect timeout even where libpq would
-    wait forever. PG* variables given here are explicit keywords, so they take precedence over
-    the entries of a PGSERVICE service file (libpq lets the service file override its
-    environment variables).
+    ``wal-g`` (WAL-G's) as the fallback application name, and a connect timeout even where
+    libpq would wait forever. PG* variables given here are explicit keywords, so they take
+    precedence over the entries of a PGSERVICE service file (libpq lets the service file
+    override its environment variables).
     """
     from walg.core.log import get_logger
 
@@ -920,8 +920,9 @@ def pg_connection(
     if "dbname" not in params and "service" not in params:
         params["dbname"] = "postgres"
     if "application_name" not in params:
-        # A fallback, so a service file's application_name still wins, as it would in psql.
-        params["fallback_application_name"] = "walg"
+        # WAL-G's name, so monitoring that looks for it in pg_stat_activity still finds the
+        # backup; a fallback, so a service file's application_name still wins, as in psql.
+        params["fallback_application_name"] = "wal-g"
 
     port = values.get("PGPORT", "").strip() or None
     if port is not None:

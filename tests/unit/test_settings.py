@@ -38,7 +38,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.log_level == "NORMAL"
     assert s.config_file is None
     assert s.pg.libpq_kwargs() == {
-        "fallback_application_name": "walg",
+        "fallback_application_name": "wal-g",
         "connect_timeout": 30,
         "dbname": "postgres",
     }
@@ -760,7 +760,7 @@ def test_a_service_supplies_the_database_and_application_name(tmp_path: Path) ->
     assert kwargs["service"] == "backup"
     assert "dbname" not in kwargs  # the service file's, else libpq's default
     assert "application_name" not in kwargs
-    assert kwargs["fallback_application_name"] == "walg"
+    assert kwargs["fallback_application_name"] == "wal-g"
 
 
 @pytest.mark.parametrize(
