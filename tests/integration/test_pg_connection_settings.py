@@ -30,7 +30,7 @@ def test_config_file_pg_values_reach_libpq(pg_cluster: Cluster, tmp_path: Path) 
     settings = settings_for(
         pg_cluster, tmp_path, {"pgoptions": "-c statement_timeout=1234", "PGAPPNAME": "from-file"}
     )
-    conn = connect(settings.pg)
+    conn = connect(settings.pg, 30, "the test")
     try:
         assert query_one(conn, "SHOW statement_timeout") == ("1234ms",)
         assert query_one(conn, "SHOW application_name") == ("from-file",)
@@ -45,14 +45,14 @@ def test_channel_binding_from_the_config_file_is_enforced(
     # file's PGCHANNELBINDING=require was dropped and walg connected anyway.
     settings = settings_for(pg_cluster, tmp_path, {"PGCHANNELBINDING": "require"})
     with pytest.raises(PostgresError, match="channel binding"):
-        connect(settings.pg).close()
+        connect(settings.pg, 30, "the test").close()
 
 
 def test_text_is_str_with_client_encoding_sql_ascii(pg_cluster: Cluster, tmp_path: Path) -> None:
     # psycopg returns bytes for text under SQL_ASCII (a cluster initdb made under LANG=C, or
     # PGCLIENTENCODING): backup-push compared b'/path' with PGDATA and refused the cluster.
     settings = settings_for(pg_cluster, tmp_path, {}, PGCLIENTENCODING="SQL_ASCII")
-    conn = connect(settings.pg)
+    conn = connect(settings.pg, 30, "the test")
     try:
         assert query_one(conn, "SHOW client_encoding") == ("SQL_ASCII",)
         info = server_info(conn)
@@ -76,7 +76,7 @@ def test_a_multi_host_list_connects(pg_cluster: Cluster, tmp_path: Path) -> None
         PGPORT=f"{pg_cluster.port},{pg_cluster.port}",
         PGCONNECT_TIMEOUT="0",
     )
-    conn = connect(settings.pg)
+    conn = connect(settings.pg, 30, "the test")
     try:
         assert query_one(conn, "SELECT 1") == (1,)
     finally:
@@ -85,7 +85,7 @@ def test_a_multi_host_list_connects(pg_cluster: Cluster, tmp_path: Path) -> None
 
 def test_a_720h_stop_backup_timeout_stops_the_backup(pg_cluster: Cluster, tmp_path: Path) -> None:
     settings = settings_for(pg_cluster, tmp_path, {"WALG_STOP_BACKUP_TIMEOUT": "720h"})
-    conn = connect(settings.pg)
+    conn = connect(settings.pg, 30, "the test")
     session = BackupSession(conn, server_info(conn), settings.pg)
     try:
         session.start("walg test")

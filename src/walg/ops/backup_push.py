@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from walg import __version__
 from walg.core.checksum import Checksum, StoredObject
@@ -71,7 +70,7 @@ from walg.postgres.backup_session import (
     moved_databases,
     server_info,
 )
-from walg.postgres.connection import connect, query_one
+from walg.postgres.connection import Connection, connect, query_one
 from walg.settings import Settings
 from walg.storage.base import Storage
 from walg.streams.compression import Codec, codec_for_method
@@ -248,7 +247,7 @@ def backup_push(
     _ = settings.upload_disk_concurrency
     codec = codec_for_method(settings.compression)
     start_time = _now_utc_us()
-    conn = connect(settings.pg)
+    conn = _connect(settings)
     info = server_info(conn)
     if os.path.realpath(pgdata) != os.path.realpath(info.data_directory):
         conn.close()
@@ -295,6 +294,13 @@ def backup_push(
     return result
 
 
+def _connect(settings: Settings) -> Connection:
+    """A connection to the server being backed up. Every answer is awaited at most
+    ``WALG_STOP_BACKUP_TIMEOUT`` (as pgBackRest's db-timeout bounds each of its queries),
+    ``pg_backup_start``'s checkpoint included: a backend that is stopped never answers."""
+    return connect(settings.pg, settings.stop_backup_timeout, "WALG_STOP_BACKUP_TIMEOUT")
+
+
 def _clear_restore_prefetch(pgdata: str) -> None:
     """Remove the segments a finished restore prefetched past its target into pg_wal.
 
@@ -338,7 +344,7 @@ def _warn_of_inherited_targets(pgdata: str) -> None:
 
 
 def _start(
-    conn: Any, info: ServerInfo, settings: Settings, storage: Storage
+    conn: Connection, info: ServerInfo, settings: Settings, storage: Storage
 ) -> tuple[BackupSession, BackupStart]:
     """Start the backup and claim its name; the name is this run's alone when this returns."""
     label = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -356,7 +362,7 @@ def _start(
         # Same start segment as an existing backup: stop, switch to a new segment and start
         # again, rather than overwrite the existing backup's objects.
         session.abort()
-        conn = connect(settings.pg)
+        conn = _connect(settings)
         query_one(conn, "SELECT pg_switch_wal()::text")
         session = BackupSession(conn, info, settings.pg)
         start = session.start(label)

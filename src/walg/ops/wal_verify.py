@@ -79,6 +79,7 @@ INTEGRITY = "integrity"
 TIMELINE = "timeline"
 CHECKS = (INTEGRITY, TIMELINE)
 MAX_TIMELINE = 0xFFFFFFFF
+POSITION_TIMEOUT = 60.0  # seconds for the query of the cluster's position
 
 
 class SegmentStatus(enum.Enum):
@@ -225,11 +226,17 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     Fails when the server's WAL segment size is not ``segment_size`` (``WALG_PG_WAL_SIZE``):
     segment names would mean other segments.
     """
-    from walg.postgres.connection import connect, query_one
+    from walg.postgres.connection import ANSWER_MARGIN, connect, query_one
 
-    conn = connect(pg)
+    # statement_timeout bounds the query where the server works; the connection's own limit
+    # where its backend is stalled (stopped, stuck in I/O) and would never answer.
+    conn = connect(pg, POSITION_TIMEOUT + ANSWER_MARGIN, "wal-verify's limit for its query")
     try:
-        query_one(conn, "SELECT pg_catalog.set_config('statement_timeout', '60s', false)")
+        query_one(
+            conn,
+            "SELECT pg_catalog.set_config('statement_timeout', %s, false)",
+            (f"{POSITION_TIMEOUT:.0f}s",),
+        )
         row = query_one(conn, _POSITION_SQL)
         (in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode,
          system) = row  # fmt: skip

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, parse_lsn
 from walg.errors import PostgresError
-from walg.postgres.connection import first_line, query_one
+from walg.postgres.connection import ANSWER_MARGIN, Connection, first_line, query_one
 from walg.settings import PgConnection
 
 log = get_logger(__name__)
@@ -115,7 +114,7 @@ class DatabaseLocation:
     directory: tuple[int, int, int] | None = None
 
 
-def database_locations(conn: Any, pgdata: str) -> dict[int, DatabaseLocation]:
+def database_locations(conn: Connection, pgdata: str) -> dict[int, DatabaseLocation]:
     """Each database's tablespace and directory, by database OID."""
     oids, names, tablespaces, directories = query_one(
         conn,
@@ -176,7 +175,7 @@ def moved_databases(
     )
 
 
-def server_info(conn: Any) -> ServerInfo:
+def server_info(conn: Connection) -> ServerInfo:
     (version_num,) = query_one(conn, "SELECT current_setting('server_version_num')::int")
     if version_num < MIN_SERVER_VERSION:
         raise PostgresError(
@@ -217,7 +216,7 @@ def label_start_timeline(label_file: str) -> int | None:
 class BackupSession:
     """One non-exclusive backup on one connection."""
 
-    def __init__(self, conn: Any, info: ServerInfo, pg: PgConnection) -> None:
+    def __init__(self, conn: Connection, info: ServerInfo, pg: PgConnection) -> None:
         self._conn = conn
         self._info = info
         self._pg = pg
@@ -260,7 +259,10 @@ class BackupSession:
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         timeout_ms = statement_timeout_ms(timeout)
         try:
-            with self._conn.cursor() as cur:
+            # The server cancels the statement at its statement_timeout; a stalled backend
+            # never does, and the connection's own limit ends the wait then.
+            limit = timeout_ms / 1000 + ANSWER_MARGIN
+            with self._conn.answering("pg_backup_stop", limit) as cur:
                 cur.execute(f"SET statement_timeout = {timeout_ms}")
                 cur.execute(sql)
                 row = cur.fetchone()

@@ -1,0 +1,101 @@
+"""A PostgreSQL that stops answering: every wait of the real ``walg`` on it must end.
+
+README "Promises": waiting for PostgreSQL has a timeout (``WALG_STOP_BACKUP_TIMEOUT``,
+``PGCONNECT_TIMEOUT``). ``statement_timeout`` alone does not give one: a backend that is
+stopped (SIGSTOP here; a frozen container, uninterruptible I/O) never acts on it, and libpq
+waits for its answer forever. The stalls are staged on one PostgreSQL 16 cluster (the code
+does not differ by major); every command run here has a time limit of its own, so a hang
+fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, pg_tmpdir
+from walgcli import WalgSetup
+
+APP = "walg-stall-test"
+STOP_TIMEOUT = 3  # WALG_STOP_BACKUP_TIMEOUT, seconds
+
+
+@pytest.fixture(scope="module")
+def setup(walg_bin: str) -> Iterator[tuple[WalgSetup, Cluster]]:
+    workdir = pg_tmpdir(prefix="postgres-stalls-")
+    walg = WalgSetup.create(walg_bin, workdir, WALG_STOP_BACKUP_TIMEOUT=f"{STOP_TIMEOUT}s")
+    cluster = Cluster.create(
+        PgInstall.load(16),
+        workdir / "data",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    cluster.start()
+    try:
+        yield walg, cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _backups(walg: WalgSetup) -> list[str]:
+    folder = walg.store / "basebackups_005"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _backend_of(cluster: Cluster, proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """The pid of the backend serving the ``backup-push`` run ``proc`` (by its
+    application_name)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = cluster.psql(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{APP}'")
+        if pid:
+            return int(pid)
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backup-push never connected"
+        time.sleep(0.05)
+
+
+def test_backup_push_ends_when_its_backend_stops_answering(
+    setup: tuple[WalgSetup, Cluster],
+) -> None:
+    """The backend running the backup is stopped before ``pg_backup_stop``: before, the
+    command waited for its answer for ever (seen on 16 with WALG_STOP_BACKUP_TIMEOUT=10s:
+    still waiting after a minute). It must fail within the stop timeout, saying what did not
+    answer, leave no backup and no claim, and the next run must work."""
+    walg, cluster = setup
+    before = _backups(walg)
+    # pg_control is written just before pg_backup_stop: its delay is the moment to stop the
+    # backend, with the backup started and all its data stored.
+    slow = [{"op": "write", "key": "pg_control", "delay": 2}]
+    proc = walg.popen(
+        ["backup-push", str(cluster.datadir)],
+        cluster=cluster,
+        env={"PGAPPNAME": APP, "WALG_FAULT_INJECTION": json.dumps(slow)},
+    )
+    backend = _backend_of(cluster, proc)
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        try:
+            _, stderr = proc.communicate(timeout=STOP_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("backup-push still waited for its stopped backend")
+        took = time.monotonic() - started
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert proc.returncode == 1, stderr
+    assert "did not answer" in stderr and "WALG_STOP_BACKUP_TIMEOUT" in stderr, stderr
+    assert f"pid {backend}" in stderr, stderr
+    assert took < STOP_TIMEOUT + 15, f"took {took:.1f} s"
+    assert _backups(walg) == before  # no sentinel, no claim, no objects
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
+    assert len(_backups(walg)) == len(before) + 2  # the backup's folder and its sentinel
