@@ -123,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(sys.argv[1:] if argv is None else list(argv))[0]
 
 
-def _run(arguments: list[str]) -> tuple[int, bool]:
-    """The exit code, and whether this was a plain wal-push / wal-fetch call."""
+def _run(arguments: list[str]) -> tuple[int, bool, bool]:
+    """The exit code, whether this was a plain wal-push / wal-fetch call, and whether a
+    signal (SIGINT, SIGTERM) stopped the command."""
     # WAL-G's --config and --turbo stand anywhere on its command lines.
     arguments = global_flags_first(arguments)
     args = _fast_args(arguments)
@@ -140,16 +141,16 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
                     sys.stdout.flush()
         except SystemExit as exc:
             if exc.code and _fetch_in_archive_recovery(arguments):
-                return EXIT_ABORT_RECOVERY, fast
+                return EXIT_ABORT_RECOVERY, fast, False
             raise
         except BrokenPipeError:
-            return _reader_gone(), fast
+            return _reader_gone(), fast, False
         except OSError as exc:  # --help or a usage message to a full or closed stream
             from walg.cli.context import silence
 
             silence(1)
             _say(f"ERROR: cannot write the help text: {exc.strerror or exc}\n")
-            return EXIT_FAILURE, fast
+            return EXIT_FAILURE, fast, False
     unresolvable = _relative_without_working_directory(args)
     if unresolvable is not None:
         _say(
@@ -159,11 +160,12 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         if args.command == "wal-fetch":
             from walg.cli.wal_fetch import failure_exit_code
 
-            return failure_exit_code(args.destination, EXIT_FAILURE), fast
-        return EXIT_FAILURE, fast
+            return failure_exit_code(args.destination, EXIT_FAILURE), fast, False
+        return EXIT_FAILURE, fast, False
     from walg import settings as settings_module
 
     ctx: Context | None = None
+    interrupted = False
     if args.command in ("wal-push", "wal-fetch"):
         _end_cleanly_on_sigterm()
     elif args.command in SIGTERM_INTERRUPTS:
@@ -209,6 +211,7 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         _say(f"ERROR: interrupted ({signame})\n")
         code = EXIT_FAILURE
+        interrupted = True
     except Exception as exc:
         from walg.core.log import get_logger
 
@@ -222,7 +225,7 @@ def _run(arguments: list[str]) -> tuple[int, bool]:
         from walg.cli.wal_fetch import failure_exit_code
 
         code = failure_exit_code(args.destination, code)
-    return code, fast
+    return code, fast, interrupted
 
 
 def _log_to(path: str) -> None:
@@ -341,7 +344,7 @@ def _end_cleanly_on_sigterm() -> None:
 
 
 def entry() -> None:
-    code, fast = _run(sys.argv[1:])
+    code, fast, interrupted = _run(sys.argv[1:])
     if code == EXIT_TERMINATED:
         import os
         import signal
@@ -352,8 +355,26 @@ def entry() -> None:
         os._exit(128 + signal.SIGTERM)  # only if the signal could not end it
     if fast:
         _exit_without_teardown(code)
+    if interrupted:
+        _exit_leaving_workers(code)
     _flush_quietly()  # the interpreter's own flush would turn a failure to write into 120
     sys.exit(code)
+
+
+def _exit_leaving_workers(code: int) -> None:
+    """End a command stopped by a signal without joining the worker threads still running:
+    one held by storage that does not answer (a hung mount) would hold the process for ever
+    after its clean-up (see walg.ops.pipeline.leave_workers). The exit handlers still run."""
+    import threading
+
+    if threading.active_count() == 1:
+        return
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    _flush_quietly()
+    os._exit(code)
 
 
 def _exit_without_teardown(code: int) -> None:

@@ -39,7 +39,7 @@ from walg.errors import (
     WalgError,
 )
 from walg.ops import catalog
-from walg.ops.pipeline import SIGNAL_POLL, download
+from walg.ops.pipeline import SIGNAL_POLL, download, leave_workers
 from walg.settings import Settings
 from walg.storage.base import ObjectInfo, Storage
 from walg.streams.compression import codec_for_extension
@@ -286,28 +286,28 @@ def _extract_all(
     dropping_map: bool,
 ) -> None:
     workers = max(1, min(settings.download_concurrency, len(regular) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        futures: list[Future[None]] = []
-        try:
-            # Submitted inside: a signal between two submissions must cancel those already in.
-            for info in regular:
-                futures.append(pool.submit(_extract_object, storage, extractor, files_meta, info))
-            while True:
-                # In slices: see walg.ops.pipeline.SIGNAL_POLL.
-                done, pending = wait(futures, timeout=SIGNAL_POLL, return_when=FIRST_EXCEPTION)
-                if not pending or any(f.exception() is not None for f in done):
-                    break
-        except BaseException:
-            # SIGINT / SIGTERM: stop the workers before the pool joins them.
-            extractor.cancelled.set()
-            for f in futures:
-                f.cancel()
-            raise
-        failure = next((f.exception() for f in done if f.exception() is not None), None)
-        if failure is not None:
-            extractor.cancelled.set()
-            for f in futures:
-                f.cancel()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    futures: list[Future[None]] = []
+    try:
+        # Submitted inside: a signal between two submissions must cancel those already in.
+        for info in regular:
+            futures.append(pool.submit(_extract_object, storage, extractor, files_meta, info))
+        while True:
+            # In slices: see walg.ops.pipeline.SIGNAL_POLL.
+            done, pending = wait(futures, timeout=SIGNAL_POLL, return_when=FIRST_EXCEPTION)
+            if not pending or any(f.exception() is not None for f in done):
+                break
+    except BaseException:
+        # SIGINT / SIGTERM: stop the workers, and leave one that storage holds.
+        extractor.cancelled.set()
+        leave_workers(pool, futures)
+        raise
+    failure = next((f.exception() for f in done if f.exception() is not None), None)
+    if failure is not None:
+        extractor.cancelled.set()
+        for f in futures:
+            f.cancel()
+    pool.shutdown(wait=True)
     if failure is not None:
         raise failure
     # Checked before pg_control lands, so that a restore missing files is never startable.

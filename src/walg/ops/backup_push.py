@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,7 @@ from walg.errors import (
     UsageError,
 )
 from walg.ops.catalog import write_files_metadata
-from walg.ops.pipeline import SIGNAL_POLL, upload
+from walg.ops.pipeline import SIGNAL_POLL, leave_workers, upload
 from walg.ops.wal import (
     clear_prefetched_after_recovery,
     find_wal_object,
@@ -513,19 +513,22 @@ def _upload_backup(
         storage, codec, prefix, settings.tar_size_threshold, walk.entries, collected
     )
     workers = partition_workers(settings)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part") as pool:
-        try:
-            futures = [pool.submit(parts.run_worker) for _ in range(workers)]
-            # In slices: a signal the kernel hands to a worker thread only sets a flag, which
-            # the main thread acts on when it wakes (see walg.ops.pipeline.SIGNAL_POLL).
-            while wait(futures, timeout=SIGNAL_POLL).not_done:
-                pass
-            errors = [f.exception() for f in futures]
-        except BaseException:
-            # SIGINT / SIGTERM (KeyboardInterrupt) while waiting: stop the workers before the
-            # pool joins them, or every remaining partition would be uploaded first.
-            parts.failed.set()
-            raise
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="part")
+    futures: list[Future[None]] = []
+    try:
+        futures = [pool.submit(parts.run_worker) for _ in range(workers)]
+        # In slices: a signal the kernel hands to a worker thread only sets a flag, which
+        # the main thread acts on when it wakes (see walg.ops.pipeline.SIGNAL_POLL).
+        while wait(futures, timeout=SIGNAL_POLL).not_done:
+            pass
+        errors = [f.exception() for f in futures]
+    except BaseException:
+        # SIGINT / SIGTERM (KeyboardInterrupt) while waiting: stop the workers, or every
+        # remaining partition would be uploaded first, and leave one storage holds.
+        parts.failed.set()
+        leave_workers(pool, futures)
+        raise
+    pool.shutdown(wait=True)
     for error in errors:
         if error is not None and not isinstance(error, _Abandoned):
             raise error

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from walg.core.checksum import Checksum, StoredObject
     from walg.storage.base import Storage
@@ -25,6 +26,23 @@ if TYPE_CHECKING:
 # kernel hands to a worker thread only sets a flag, which the main thread acts on when it
 # wakes: one endless wait would make Ctrl-C wait for the whole backup or restore.
 SIGNAL_POLL = 0.2
+
+# Seconds the workers of a command stopped by a signal get to notice and end. One held by
+# storage that does not answer (a hung mount) cannot, and is left behind: the command removes
+# what it wrote and ends without it (walg.cli.main ends the process without joining threads).
+INTERRUPT_GRACE = 5.0
+
+
+def leave_workers(pool: ThreadPoolExecutor, futures: Iterable[Future[None]]) -> None:
+    """After SIGINT / SIGTERM: cancel what has not started and wait at most
+    ``INTERRUPT_GRACE`` seconds for the running workers, already told to stop. Leaving the
+    pool's ``with`` block instead joins them, which waited for ever on a stalled upload."""
+    from concurrent.futures import wait
+
+    pool.shutdown(wait=False, cancel_futures=True)
+    # Not the cancelled ones: wait() counts a future cancelled before it ran as done only
+    # once the pool has seen it, and this pool will not look again.
+    wait([f for f in futures if not f.cancelled()], timeout=INTERRUPT_GRACE)
 
 
 class CountingWriter:

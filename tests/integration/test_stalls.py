@@ -1,11 +1,13 @@
-"""A PostgreSQL that stops answering: every wait of the real ``walg`` on it must end.
+"""A PostgreSQL or a storage that stops answering: the real ``walg`` must not wait for ever.
 
 README "Promises": waiting for PostgreSQL has a timeout (``WALG_STOP_BACKUP_TIMEOUT``,
 ``PGCONNECT_TIMEOUT``). ``statement_timeout`` alone does not give one: a backend that is
 stopped (SIGSTOP here; a frozen container, uninterruptible I/O) never acts on it, and libpq
-waits for its answer forever. The stalls are staged on one PostgreSQL 16 cluster (the code
-does not differ by major); every command run here has a time limit of its own, so a hang
-fails the test instead of the suite.
+waits for its answer forever. Storage that does not answer (a hung mount, staged with
+``WALG_FAULT_INJECTION`` delays) holds a command, by design, but SIGTERM must still end it
+promptly and cleanly. The stalls are staged on one PostgreSQL 16 cluster (the code does not
+differ by major); every command run here has a time limit of its own, so a hang fails the
+test instead of the suite.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -99,3 +101,65 @@ def test_backup_push_ends_when_its_backend_stops_answering(
     assert _backups(walg) == before  # no sentinel, no claim, no objects
     walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
     assert len(_backups(walg)) == len(before) + 2  # the backup's folder and its sentinel
+
+
+def _terminated_within(proc: subprocess.Popen[str], what: str, limit: float = 20) -> str:
+    """SIGTERM to ``proc``; it must end within ``limit`` seconds, exit 1 and say so. Its
+    stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"{what} did not end within {limit} s of SIGTERM")
+    assert proc.returncode == 1, stderr
+    assert "interrupted (SIGTERM)" in stderr, stderr
+    return stderr
+
+
+def _wait_for(found: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not found():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_sigterm_ends_a_backup_push_held_by_storage(setup: tuple[WalgSetup, Cluster]) -> None:
+    """A partition's upload that storage does not answer (a hung mount) held SIGTERM: the
+    pool of uploads was joined, and backup-push waited for the stalled one (seen on 16: still
+    running 30 s after SIGTERM). PostgreSQL's fast shutdown, systemd's stop, an operator's
+    kill must end it; its objects and claim are removed, and the next run works."""
+    walg, cluster = setup
+    before = _backups(walg)
+    held = [{"op": "write", "key": "part_001", "delay": 600}]
+    proc = walg.popen(
+        ["backup-push", str(cluster.datadir)],
+        cluster=cluster,
+        env={"WALG_FAULT_INJECTION": json.dumps(held)},
+    )
+    claims = walg.store / "basebackups_005"
+    _wait_for(lambda: any(claims.glob("*/walg_claim.json")), proc, "the backup never started")
+    time.sleep(0.5)
+    _terminated_within(proc, "backup-push")
+    assert _backups(walg) == before
+    walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
+
+
+def test_sigterm_ends_a_backup_fetch_held_by_storage(
+    setup: tuple[WalgSetup, Cluster],
+) -> None:
+    """The same for a restore whose download storage does not answer: backup-fetch joined
+    its download workers and waited for the stalled one."""
+    walg, cluster = setup
+    if not _backups(walg):
+        walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
+    dest = walg.store.parent / "restore-held"
+    held = [{"op": "read", "key": "part_001", "delay": 600}]
+    proc = walg.popen(
+        ["backup-fetch", str(dest), "LATEST"], env={"WALG_FAULT_INJECTION": json.dumps(held)}
+    )
+    _wait_for(dest.exists, proc, "the restore never began")
+    time.sleep(0.5)
+    _terminated_within(proc, "backup-fetch")
