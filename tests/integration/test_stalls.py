@@ -163,3 +163,39 @@ def test_sigterm_ends_a_backup_fetch_held_by_storage(
     _wait_for(dest.exists, proc, "the restore never began")
     time.sleep(0.5)
     _terminated_within(proc, "backup-fetch")
+
+
+def test_a_file_that_became_a_fifo_after_the_walk_does_not_hold_backup_push(
+    setup: tuple[WalgSetup, Cluster],
+) -> None:
+    """backup-push walks the data directory first and reads the files later. A file made a
+    FIFO in between (a program's stray pipe under a name a file had) was opened for reading,
+    which waits for a writer for ever; the walk itself skips FIFOs with a warning. It must be
+    skipped so when it is read too, and the backup must finish."""
+    walg, cluster = setup
+    stray = cluster.datadir / "stray_file"
+    stray.write_bytes(b"a regular file at the walk")
+    os.chown(stray, cluster.datadir.stat().st_uid, cluster.datadir.stat().st_gid)
+    before = _backups(walg)
+    held = [{"op": "write", "key": "part_", "delay": 3}]
+    proc = walg.popen(
+        ["backup-push", str(cluster.datadir)],
+        cluster=cluster,
+        env={"WALG_FAULT_INJECTION": json.dumps(held)},
+    )
+    try:
+        claims = walg.store / "basebackups_005"
+        _wait_for(lambda: any(claims.glob("*/walg_claim.json")), proc, "no backup started")
+        stray.unlink()
+        os.mkfifo(stray)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("backup-push waited on the FIFO")
+    finally:
+        stray.unlink()
+    assert proc.returncode == 0, stderr
+    assert "/stray_file is a FIFO" in stderr, stderr
+    assert len(_backups(walg)) == len(before) + 2

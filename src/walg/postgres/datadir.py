@@ -173,10 +173,11 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
             else:
                 result.entries.append(entry)
         else:
-            result.skipped.append(Skipped(member, _what(child_path, st.st_mode)))
+            result.skipped.append(Skipped(member, special_kind(child_path, st.st_mode)))
 
 
-def _what(path: str, mode: int) -> str:
+def special_kind(path: str, mode: int) -> str:
+    """What the entry at ``path`` (of ``mode``) is, being neither a file nor a folder."""
     if stat.S_ISLNK(mode):
         try:
             return f"symbolic link to {os.readlink(path)}"

@@ -10,13 +10,17 @@ be read fails with an error naming it (not the storage object it was going to).
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 
 from walg.core.checksum import Checksum
+from walg.core.log import get_logger
 from walg.errors import WalgError
-from walg.postgres.datadir import KIND_DIR, Entry
+from walg.postgres.datadir import KIND_DIR, Entry, special_kind
 from walg.streams.base import Sink
 from walg.streams.hashing import new_hasher
+
+log = get_logger(__name__)
 
 BLOCK = 512
 READ_SIZE = 1 << 20
@@ -89,10 +93,29 @@ class TarWriter:
             self.add_directory(entry)
             return None
         try:
-            handle = open(entry.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+            # Non-blocking: a FIFO made under the name since the walk would wait for a
+            # writer for ever (the flag changes nothing for a regular file's reads).
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            raise _unreadable(entry, exc) from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # As the walk skips it (walg.ops.backup_push names those), and as if it had
+                # vanished: the backup holds only files and folders.
+                log.warning(
+                    "not backed up: %s is a %s (only files and directories are archived; a "
+                    "restore will not have it)",
+                    entry.member,
+                    special_kind(entry.path, mode),
+                )
+                os.close(fd)
+                return None
+            handle = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:  # a folder now where the walk saw a file, say
+            os.close(fd)
             raise _unreadable(entry, exc) from None
         with handle:
             return self._add_file(entry, handle)
