@@ -17,12 +17,16 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from pgcluster import Cluster, PgInstall, pg_tmpdir
+from walg.errors import PostgresError
+from walg.postgres.connection import connect, query_one
+from walg.settings import load
 from walgcli import WalgSetup
 
 APP = "walg-stall-test"
@@ -101,6 +105,38 @@ def test_backup_push_ends_when_its_backend_stops_answering(
     assert _backups(walg) == before  # no sentinel, no claim, no objects
     walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
     assert len(_backups(walg)) == len(before) + 2  # the backup's folder and its sentinel
+
+
+def test_a_connection_waits_for_an_answer_no_longer_than_its_limit(
+    setup: tuple[WalgSetup, Cluster],
+) -> None:
+    """The mechanism behind both commands that query PostgreSQL (wal-verify's position query
+    is too quick to stop its backend in the middle of reliably): a query to a stopped backend
+    fails at the connection's limit, naming the backend, instead of waiting for ever."""
+    _, cluster = setup
+    settings = load(environ=cluster.conninfo_env())
+    conn = connect(settings.pg, 2, "the test's limit")
+    outcome: list[BaseException | tuple[object, ...]] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(query_one(conn, "SELECT 1"))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    os.kill(conn.backend_pid, signal.SIGSTOP)
+    try:
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=30)
+    finally:
+        os.kill(conn.backend_pid, signal.SIGCONT)
+        conn.close()
+    assert not asking.is_alive(), "the query still waited for the stopped backend"
+    (error,) = outcome
+    assert isinstance(error, PostgresError), error
+    assert "did not answer 'SELECT 1' within 2 s (the test's limit)" in str(error)
+    assert f"pid {conn.backend_pid}" in str(error)
 
 
 def _terminated_within(proc: subprocess.Popen[str], what: str, limit: float = 20) -> str:
