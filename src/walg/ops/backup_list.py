@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from walg.core.metadata import BackupMetadata
 from walg.errors import BackupNotFound, UsageError, WalgError
 from walg.ops import catalog
+from walg.ops.pipeline import map_on_threads
 from walg.storage.base import Storage
 
 
@@ -24,8 +24,7 @@ def backup_list(storage: Storage, detail: bool, concurrency: int = 10) -> list[B
     refs = catalog.list_backups(storage)
     if not detail:
         return [BackupListing(r, None) for r in refs]
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        metas = list(pool.map(lambda r: catalog.read_metadata(storage, r.name), refs))
+    metas = map_on_threads(lambda r: catalog.read_metadata(storage, r.name), refs, concurrency)
     for ref, meta in zip(refs, metas, strict=True):
         if meta is None:
             raise WalgError(f"backup {ref.name} has no metadata.json; cannot show details")

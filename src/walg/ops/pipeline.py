@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from concurrent.futures import Future, ThreadPoolExecutor
+    from typing import Any, TypeVar
+
+    Item = TypeVar("Item")
+    Result = TypeVar("Result")
 
     from walg.core.checksum import Checksum, StoredObject
     from walg.storage.base import Storage
@@ -33,7 +37,7 @@ SIGNAL_POLL = 0.2
 INTERRUPT_GRACE = 5.0
 
 
-def leave_workers(pool: ThreadPoolExecutor, futures: Iterable[Future[None]]) -> None:
+def leave_workers(pool: ThreadPoolExecutor, futures: Iterable[Future[Any]]) -> None:
     """After SIGINT / SIGTERM: cancel what has not started and wait at most
     ``INTERRUPT_GRACE`` seconds for the running workers, already told to stop. Leaving the
     pool's ``with`` block instead joins them, which waited for ever on a stalled upload."""
@@ -43,6 +47,26 @@ def leave_workers(pool: ThreadPoolExecutor, futures: Iterable[Future[None]]) -> 
     # Not the cancelled ones: wait() counts a future cancelled before it ran as done only
     # once the pool has seen it, and this pool will not look again.
     wait([f for f in futures if not f.cancelled()], timeout=INTERRUPT_GRACE)
+
+
+def map_on_threads(
+    fn: Callable[[Item], Result], items: Sequence[Item], workers: int
+) -> list[Result]:
+    """``[fn(item) for item in items]`` on up to ``workers`` threads; the first error raised
+    is raised. A signal leaves the workers storage holds (see :func:`leave_workers`), where
+    ``Executor.map`` in a ``with`` block joined them: Ctrl-C waited for a stalled read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
+    futures: list[Future[Result]] = []
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        results = [future.result() for future in futures]
+    except BaseException:
+        leave_workers(pool, futures)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 class CountingWriter:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from walg.core.log import get_logger
@@ -41,6 +40,7 @@ from walg.core.naming import WAL, sentinel_key
 from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing
+from walg.ops.pipeline import map_on_threads
 from walg.ops.wal import archived_system_id, read_history
 from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
@@ -193,8 +193,7 @@ def _load_backups(storage: Storage, concurrency: int) -> tuple[list[BackupListin
             log.warning("%s", exc)
             return None
 
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(refs)))) as pool:
-        metas = list(pool.map(load, refs))
+    metas = map_on_threads(load, refs, concurrency)
     listed: list[BackupListing] = []
     skipped: list[str] = []
     for ref, meta in zip(refs, metas, strict=True):

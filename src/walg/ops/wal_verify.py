@@ -47,7 +47,6 @@ from __future__ import annotations
 import bisect
 import enum
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from walg.core.log import get_logger
@@ -63,6 +62,7 @@ from walg.errors import (
     UsageError,
 )
 from walg.ops import catalog
+from walg.ops.pipeline import map_on_threads
 from walg.ops.wal import foreign_system_id, read_history
 from walg.ops.wal_show import (
     history_timeline,
@@ -388,8 +388,7 @@ def load_backup_starts(
 
     if not refs:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(refs)))) as pool:
-        return [b for b in pool.map(load, refs) if b is not None]
+    return [b for b in map_on_threads(load, refs, concurrency) if b is not None]
 
 
 #: a stretch of the walk, newest first: (timeline, highest segno, lowest segno, stored?)
