@@ -237,7 +237,7 @@ def test_a_file_that_became_a_fifo_after_the_walk_does_not_hold_backup_push(
     assert len(_backups(walg)) == len(before) + 2
 
 
-@pytest.mark.parametrize("command", ["wal-show", "backup-list --detail"])
+@pytest.mark.parametrize("command", ["wal-show", "backup-list --detail", "wal-verify integrity"])
 def test_ctrl_c_ends_a_listing_held_by_storage(
     setup: tuple[WalgSetup, Cluster], command: str
 ) -> None:
@@ -250,7 +250,9 @@ def test_ctrl_c_ends_a_listing_held_by_storage(
     if not _backups(walg):
         walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, timeout=120)
     held = [{"op": "read", "key": "basebackups_005/", "delay": 600}]
-    proc = walg.popen(command.split(), env={"WALG_FAULT_INJECTION": json.dumps(held)})
+    proc = walg.popen(
+        command.split(), cluster=cluster, env={"WALG_FAULT_INJECTION": json.dumps(held)}
+    )
     time.sleep(2)  # the reads are under way
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
