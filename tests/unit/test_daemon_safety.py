@@ -353,6 +353,36 @@ def test_a_shutdown_does_not_wait_for_storage_that_hangs(env: Env, concurrency: 
     assert not list((env.store / "wal_005").glob("*.lz4")), "nothing was committed"
 
 
+def test_a_shutdown_after_a_fetch_storage_holds_says_what_it_left(env: Env) -> None:
+    """A fetch whose download storage does not answer fails at its time limit, and SIGTERM
+    ends the daemon within about the upload timeout, as for a push. Its log blamed
+    "background uploads" for the wait, where nothing was being uploaded: a DBA looking for
+    a failing archive was sent the wrong way. It must name what was left: a download."""
+    _archive(env, os.urandom(1 << 20))
+    env.env.update(
+        {
+            "WALG_DOWNLOAD_CONCURRENCY": "1",
+            "WALG_DAEMON_WAL_FETCH_TIMEOUT": "2s",
+            "WALG_DAEMON_WAL_UPLOAD_TIMEOUT": "2s",
+            "WALG_FAULT_INJECTION": '[{"op": "read", "key": "wal_005", "delay": 120}]',
+        }
+    )
+    env.start()
+    assert env.daemon is not None
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"E"
+    start = time.monotonic()
+    env.daemon.send_signal(signal.SIGTERM)
+    _, log = env.daemon.communicate(timeout=60)
+    elapsed = time.monotonic() - start
+    env.daemon = None
+    assert elapsed < 15, (elapsed, log)
+    assert "abandoned" in log, log
+    assert "background uploads" not in log, log
+    assert "downloads" in log, log
+    assert not dest.exists()
+
+
 def test_without_lookahead_abandoned_temporaries_are_swept_too(env: Env) -> None:
     """The sweep of temporary objects left by killed uploads ran only with the look-ahead;
     with WALG_UPLOAD_CONCURRENCY=1 they stayed for the daemon's whole life."""

@@ -156,9 +156,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         # as long as an upload may take. Storage that does not answer must not keep a stopped
         # daemon alive (systemctl restart would wait for its SIGKILL).
         if not daemon.close(grace=max(timeout, 1.0)):
+            # Uploads (look-ahead, follower) or downloads (prefetches, fetches past their
+            # limit): the pools do not tell which, and a DBA must not be sent to the archive
+            # command for a restore's stalled read.
             log.warning(
-                "background uploads still waiting on storage after %.0f s; abandoned "
-                "(nothing of them was committed)",
+                "uploads or downloads still waiting on storage after %.0f s; abandoned "
+                "(nothing of them was committed or put in place)",
                 max(timeout, 1.0),
             )
             for stream in (sys.stdout, sys.stderr):
