@@ -1606,3 +1606,22 @@ def test_an_os_error_from_the_work_is_answered_as_the_request_failing(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("timed out" in e for e in errors), errors
     assert not any("did not finish within" in e for e in errors), errors
+
+
+def test_a_fifo_under_a_ready_segment_s_name_blocks_nothing_and_is_named(pg_wal: PgWal) -> None:
+    """A FIFO where a ``.ready`` segment should be: the look-ahead started by the call for an
+    earlier segment must not wait on it (a FIFO opened for reading waits for a writer), and
+    PostgreSQL's own call for it fails at once saying what is there. Before, that call said
+    "does not exist" of a file ``ls`` shows."""
+    first, second = "000000010000000000000001", "000000010000000000000002"
+    pg_wal.add(first)
+    fifo = pg_wal.dir / second
+    os.mkfifo(fifo)
+    (pg_wal.dir / "archive_status" / f"{second}.ready").touch()
+    assert pg_wal.archive(first).returncode == 0, pg_wal.log.read_text()
+    pg_wal.wait_uploader_gone(timeout=30)
+    assert pg_wal.archive(second).returncode != 0
+    log = pg_wal.log.read_text()
+    assert f"pg_wal/{second} is a FIFO, not a WAL file" in log, log
+    assert "does not exist" not in log, log
+    assert pg_wal.stored() == [f"{first}.lz4"]

@@ -114,6 +114,18 @@ def status_dir(wal_dir: str) -> str:
 def _check_exists(source: str) -> None:
     if os.path.isfile(source):
         return
+    try:
+        mode = os.stat(source).st_mode
+    except OSError:
+        mode = None
+    if mode is not None:
+        # Something else is there (never opened: a FIFO would wait for a writer for ever);
+        # "does not exist" would contradict ls.
+        import stat
+
+        kind = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+        what = kind.get(stat.S_IFMT(mode), "not a regular file")
+        raise UsageError(f"{source} is {what}, not a WAL file")
     hint = ""
     if os.sep not in source and os.path.isfile(os.path.join("pg_wal", source)):
         # archive_command = 'walg wal-push %f': the server runs it in the data directory.
