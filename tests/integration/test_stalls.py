@@ -107,6 +107,33 @@ def test_backup_push_ends_when_its_backend_stops_answering(
     assert len(_backups(walg)) == len(before) + 2  # the backup's folder and its sentinel
 
 
+def test_a_stopped_postmaster_fails_the_commands_that_connect_at_pgconnect_timeout(
+    setup: tuple[WalgSetup, Cluster],
+) -> None:
+    """The postmaster stopped before the commands connect (a frozen server): the connection
+    is accepted by the kernel and never answered. PGCONNECT_TIMEOUT bounds the wait (found
+    working on 16; pinned here, since the promise had no test)."""
+    walg, cluster = setup
+    before = _backups(walg)
+    postmaster = cluster.postmaster_pid()
+    assert postmaster is not None
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        for command in (["backup-push", str(cluster.datadir)], ["wal-verify", "integrity"]):
+            started = time.monotonic()
+            done = walg.run(
+                command, cluster=cluster, env={"PGCONNECT_TIMEOUT": "2"}, check=False, timeout=30
+            )
+            took = time.monotonic() - started
+            assert done.returncode == 1, done.stderr
+            assert "cannot connect to PostgreSQL" in done.stderr, done.stderr
+            assert "timeout" in done.stderr, done.stderr
+            assert took < 15, f"{command[0]} took {took:.1f} s"
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    assert _backups(walg) == before
+
+
 def test_a_connection_waits_for_an_answer_no_longer_than_its_limit(
     setup: tuple[WalgSetup, Cluster],
 ) -> None:
