@@ -51,8 +51,7 @@ def backup_with_user_data(storage: Storage, wanted: Any, concurrency: int = 10) 
     """The name of the one backup whose metadata's user data is ``wanted`` (WAL-G's
     ``--target-user-data``); BackupNotFound for none, UsageError naming them for several."""
     refs = catalog.list_backups(storage)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        metas = list(pool.map(lambda r: catalog.read_metadata(storage, r.name), refs))
+    metas = map_on_threads(lambda r: catalog.read_metadata(storage, r.name), refs, concurrency)
     # A backup without metadata.json (WAL-E's, WAL-G's oldest) has no user data to match.
     found = [
         ref.name
