@@ -18,6 +18,8 @@ FILES_METADATA = "files_metadata.json"
 TAR_PARTITIONS = "tar_partitions/"
 # walg's own: who is taking the backup of this name (WAL-G ignores objects it does not know).
 CLAIM = "walg_claim.json"
+# Held by the one run that removes a dead run's claim (see walg.ops.backup_push._take_over).
+CLAIM_TAKEOVER = "walg_claim_takeover.json"
 
 BACKUP_NAME_RE = LazyPattern(r"base_[0-9A-F]{24}(_D_[0-9A-F]{24})?(_[0-9A-F]{8})?")
 _WAL_TOKEN_RE = LazyPattern(r"[0-9A-F]{24}")
@@ -60,6 +62,10 @@ def backup_folder(name: str) -> str:
 
 def claim_key(name: str) -> str:
     return f"{backup_folder(name)}{CLAIM}"
+
+
+def claim_takeover_key(name: str) -> str:
+    return f"{backup_folder(name)}{CLAIM_TAKEOVER}"
 
 
 def metadata_key(name: str) -> str:

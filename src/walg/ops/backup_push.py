@@ -34,6 +34,7 @@ from walg.core.naming import (
     backup_folder,
     backup_name,
     claim_key,
+    claim_takeover_key,
     metadata_key,
     part_object_name,
     partitions_prefix,
@@ -437,7 +438,8 @@ def _claim(storage: Storage, name: str) -> None:
 
     Two backup-push runs that start in the same WAL segment would otherwise both write
     ``base_<segment>`` and overwrite (or, failing, delete) each other's objects. A claim left
-    by a run that died on this host (its process is gone) is taken over.
+    by a run that died on this host (its process is gone) is taken over (see
+    :func:`_take_over`).
     """
     key = claim_key(name)
     mine = Claim(socket.gethostname(), os.getpid(), _now_utc_us().format())
@@ -450,17 +452,13 @@ def _claim(storage: Storage, name: str) -> None:
             if not storage.exists(key):
                 raise
         try:
-            holder = Claim.loads(storage.get_bytes(key, limit=1 << 16))
+            held: bytes | None = storage.get_bytes(key, limit=1 << 16)
         except StorageError:
-            holder = None  # deleted meanwhile, or unreadable: treated as held
+            held = None  # deleted meanwhile, or unreadable: treated as held
+        holder = Claim.loads(held) if held is not None else None
         stale = holder is not None and holder.host == mine.host and not _pid_alive(holder.pid)
-        if holder is not None and stale and attempt == 0:
-            log.warning(
-                "taking over backup %s: its claim was left by %s, which is no longer running",
-                name,
-                holder.describe(),
-            )
-            storage.delete([key])
+        if held is not None and holder is not None and stale and attempt == 0:
+            _take_over(storage, name, held, holder, mine)
             continue
         who = holder.describe() if holder is not None else "an unknown process"
         raise BackupInProgress(
@@ -468,6 +466,52 @@ def _claim(storage: Storage, name: str) -> None:
             f"end and run backup-push again. If that process is gone for good, delete "
             f"{key} in {storage.location} and retry"
         )
+
+
+def _take_over(storage: Storage, name: str, held: bytes, holder: Claim, mine: Claim) -> None:
+    """Remove the claim ``held`` of the dead run ``holder``, as the only run doing so.
+
+    Two runs that both found it stale (cron and an operator, after a run was killed) each
+    deleted "the" claim: the later delete removed the claim the other had written meanwhile,
+    and both went on under one name, each deleting the other's objects as a dead run's
+    leftovers. So the takeover is held by a no-overwrite write of its own, and within it the
+    claim is deleted only if it is still the one judged stale; the run that finds the
+    takeover held is refused, naming the run taking over. The claim's write that follows
+    decides between this run and any run that found no claim at all.
+    """
+    lock = claim_takeover_key(name)
+    try:
+        with storage.open_write(lock, overwrite=False) as sink:
+            sink.write(mine.dumps())
+    except StorageError:
+        if not storage.exists(lock):
+            raise
+        try:
+            taker = Claim.loads(storage.get_bytes(lock, limit=1 << 16))
+        except StorageError:
+            taker = None
+        who = taker.describe() if taker is not None else "an unknown process"
+        raise BackupInProgress(
+            f"backup {name} is being taken by another backup-push ({who}), which is taking "
+            f"over the claim left by {holder.describe()}; wait for it to end and run "
+            f"backup-push again. If that process is gone for good, delete {lock} in "
+            f"{storage.location} and retry"
+        ) from None
+    try:
+        try:
+            current: bytes | None = storage.get_bytes(claim_key(name), limit=1 << 16)
+        except StorageError:
+            current = None
+        if current == held:
+            log.warning(
+                "taking over backup %s: its claim was left by %s, which is no longer running",
+                name,
+                holder.describe(),
+            )
+            storage.delete([claim_key(name)])
+        # Otherwise it was taken over and finished, or let go, meanwhile: the write decides.
+    finally:
+        storage.delete([lock])
 
 
 def _release_claim(storage: Storage, name: str) -> None:

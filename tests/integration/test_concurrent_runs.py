@@ -1,0 +1,152 @@
+"""Two walg processes at once on one cluster and one prefix: the real ``walg`` against real
+PostgreSQL 16 clusters (a primary that archives and its streaming standby, one pair for the
+module).
+
+Each run must either succeed with a correct result or fail naming what it collided with;
+what is stored must restore. Races are staged with WALG_FAULT_INJECTION delays, which hold
+one process at a known point while the other goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pgcluster
+from pgcluster import Cluster, PgInstall, run_as_pg
+from walgcli import WalgSetup, archive_now, normalized_dump
+
+MAJOR = 16
+
+
+def _faults(*rules: dict[str, object]) -> dict[str, str]:
+    return {"WALG_FAULT_INJECTION": json.dumps(list(rules))}
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    path = pgcluster.pg_tmpdir(prefix="concurrent-runs-")
+    yield path
+    pgcluster.stop_clusters_under(path, mode="immediate")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair(workdir: Path, walg_bin: str) -> tuple[WalgSetup, Cluster, Cluster]:
+    # Small partitions, one at a time: a backup lasts seconds when part_ writes are slowed.
+    walg = WalgSetup.create(
+        walg_bin,
+        workdir,
+        WALG_TAR_SIZE_THRESHOLD=str(1 << 20),
+        WALG_UPLOAD_DISK_CONCURRENCY="1",
+    )
+    primary = Cluster.create(
+        PgInstall.load(MAJOR),
+        workdir / "primary",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    primary.start()
+    primary.pgbench(["-i", "-s", "1", "-q"])
+    standby = primary.make_standby(workdir / "standby")
+    return walg, primary, standby
+
+
+def _standby_backup_name(standby: Cluster) -> str:
+    """The name a backup-push on ``standby`` takes: that of its last restartpoint's segment."""
+    tli, redo = standby.query("SELECT timeline_id, redo_lsn FROM pg_control_checkpoint()")[0]
+    high, low = (int(part, 16) for part in redo.split("/"))
+    return f"base_{int(tli):08X}{high:08X}{low >> 24:08X}"
+
+
+def _plant(path: Path, data: str) -> None:
+    run_as_pg(["mkdir", "-p", str(path.parent)])
+    run_as_pg(["dd", "status=none", f"of={path}"], input=data)
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float = 60) -> list[str]:
+    """Lines of ``proc``'s stderr up to the first holding ``text``."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never logged:\n{''.join(lines)}")
+
+
+def test_two_runs_taking_over_a_dead_runs_claim_at_once_leave_one_backup(
+    pair: tuple[WalgSetup, Cluster, Cluster], workdir: Path
+) -> None:
+    """A backup-push killed on a standby (OOM, a reboot) leaves its claim; the next two runs
+    (cron and an operator, overlapping) both find it stale. Only one may take it over: the
+    other, deleting the claim it had judged stale after the first had replaced it, went on
+    beside the first under the same name, each removing and overwriting the other's objects.
+    """
+    walg, primary, standby = pair
+    primary.wait_for_replay(standby)
+    name = _standby_backup_name(standby)
+    backups = walg.store / "basebackups_005"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim = {"host": socket.gethostname(), "pid": dead.pid, "start_time": "2026-01-01T00:00:00Z"}
+    _plant(backups / name / "walg_claim.json", json.dumps(claim))
+
+    slow_parts = {"op": "write", "key": "part_", "delay": 0.4}
+    # The first run is held for 3 s just before it removes the dead run's claim.
+    first = walg.popen(
+        ["backup-push", str(standby.datadir)],
+        cluster=standby,
+        env=_faults({"op": "delete", "key": "walg_claim", "delay": 3}, slow_parts),
+    )
+    _read_until(first, "taking over backup")
+    second = walg.popen(
+        ["backup-push", str(standby.datadir)], cluster=standby, env=_faults(slow_parts)
+    )
+    deadline = time.monotonic() + 180
+    while (first.poll() is None or second.poll() is None) and time.monotonic() < deadline:
+        primary.psql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+    _, err_first = first.communicate(timeout=30)
+    _, err_second = second.communicate(timeout=30)
+    codes = sorted([first.returncode, second.returncode])
+    both = f"first:\n{err_first}\nsecond:\n{err_second}"
+    assert codes == [0, 1], both
+    loser = err_first if first.returncode else err_second
+    assert "is being taken by another backup-push" in loser, both
+
+    listing = json.loads(walg.run(["backup-list", "--json"]).stdout)
+    assert [b["backup_name"] for b in listing] == [name], listing
+    assert not list(backups.rglob("walg_claim*")), "no claim is left behind"
+    # What is stored is one run's backup, whole: it restores and holds the primary's data.
+    archive_now(primary)
+    expected = normalized_dump(primary.pg_dumpall())
+    restored = _restore(walg, workdir)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    restored.stop()
+    shutil.rmtree(restored.datadir)
+
+
+def _restore(walg: WalgSetup, workdir: Path) -> Cluster:
+    dest = workdir / "restored"
+    walg.run(["backup-fetch", str(dest), "LATEST"])
+    restored = Cluster.from_existing(
+        PgInstall.load(MAJOR),
+        dest,
+        conf={"restore_command": walg.command("wal-fetch", "%f", "%p"), "archive_mode": "off"},
+    )
+    restored.touch("recovery.signal")
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    return restored
