@@ -150,3 +150,52 @@ def _restore(walg: WalgSetup, workdir: Path) -> Cluster:
     restored.wait_ready(timeout=300)
     restored.wait_for_recovery_end(timeout=300)
     return restored
+
+
+def _stored_names(walg: WalgSetup) -> list[str]:
+    return [b["backup_name"] for b in json.loads(walg.run(["backup-list", "--json"]).stdout)]
+
+
+def test_two_backups_of_the_primary_at_once_and_a_restore_while_they_upload(
+    pair: tuple[WalgSetup, Cluster, Cluster], workdir: Path
+) -> None:
+    """Cron overlap: two backup-push of the primary started together. PostgreSQL takes both
+    (non-exclusive); each must end as a whole backup or be refused naming the other. While
+    they upload, backup-list shows only complete backups and backup-fetch LATEST takes the
+    newest complete one."""
+    walg, primary, _ = pair
+    before = _stored_names(walg)
+    assert before, "the module's first test stored a backup"
+    slow = _faults({"op": "write", "key": "part_", "delay": 0.3})
+    runs = [
+        walg.popen(["backup-push", str(primary.datadir)], cluster=primary, env=slow)
+        for _ in range(2)
+    ]
+    backups = walg.store / "basebackups_005"
+    deadline = time.monotonic() + 60
+    while not [p for p in backups.glob("*/tar_partitions/part_002.*") if p.parts[-3] not in before]:
+        assert all(r.poll() is None for r in runs), [r.communicate() for r in runs]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert _stored_names(walg) == before, "an unfinished backup is listed"
+    dest = workdir / "while-pushing"
+    fetched = walg.run(["backup-fetch", str(dest), "LATEST"])
+    assert before[-1] in fetched.stderr, fetched.stderr
+    shutil.rmtree(dest)
+
+    errors = []
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        errors.append((run.returncode, err))
+    both = "\n".join(f"exit {code}:\n{err}" for code, err in errors)
+    made = [err for code, err in errors if code == 0]
+    refused = [err for code, err in errors if code != 0]
+    assert made, both
+    for err in refused:
+        assert "is being taken by another backup-push" in err, both
+    after = _stored_names(walg)
+    assert len(after) == len(before) + len(made), (after, both)
+    assert len(set(after)) == len(after), after
+    assert not list(backups.rglob("walg_claim*")), "no claim is left behind"
+    for name in after[len(before) :]:
+        assert any(f"Wrote backup with name {name}" in err for err in made), both
