@@ -199,3 +199,33 @@ def test_two_backups_of_the_primary_at_once_and_a_restore_while_they_upload(
     assert not list(backups.rglob("walg_claim*")), "no claim is left behind"
     for name in after[len(before) :]:
         assert any(f"Wrote backup with name {name}" in err for err in made), both
+
+
+def test_a_second_backup_fetch_into_the_same_destination_is_refused(
+    pair: tuple[WalgSetup, Cluster, Cluster], workdir: Path
+) -> None:
+    """An operator (or a retry of automation) starts a second backup-fetch into the DEST a
+    first one is filling, before its first file lands: both found DEST empty and both wrote
+    into it, leaving a data directory of two backups' files (with the last one's pg_control
+    and backup_label) that starts. The second must be refused, naming the first."""
+    walg, _, _ = pair
+    names = _stored_names(walg)
+    assert len(names) >= 2, names
+    dest = workdir / "twice"
+    first = walg.popen(
+        ["backup-fetch", str(dest), "LATEST"],
+        env=_faults({"op": "read", "key": "part_", "delay": 1.5}),
+    )
+    deadline = time.monotonic() + 30
+    while not dest.exists():
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second = walg.run(["backup-fetch", str(dest), names[0]], check=False)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert f"restored {names[-1]}" in err, err
+    assert second.returncode == 1, second.stderr
+    assert "being restored into by another backup-fetch" in second.stderr, second.stderr
+    assert f"process {first.pid}" in second.stderr, second.stderr
+    shutil.rmtree(dest)

@@ -60,29 +60,83 @@ class BackupFetchResult:
     verified_files: int
 
 
-def prepare_destination(dest: Path) -> bool:
-    """Make ``dest`` an empty directory of mode 0700; whether it had to be created."""
+def prepare_destination(dest: Path) -> tuple[bool, int]:
+    """Make ``dest`` an empty directory of mode 0700 and lock it for this run: whether it had
+    to be created, and the descriptor holding the lock (close it when the restore is over).
+
+    The lock (an exclusive ``flock`` on the folder itself, so nothing is added to DEST) keeps
+    out a second backup-fetch into the same DEST: started before the first one's first file
+    landed, it found DEST empty too, and both wrote into it, leaving the files of two backups
+    (and the last one's ``pg_control`` and ``backup_label``) in a directory PostgreSQL starts.
+    """
+    created = False
     try:
         if dest.exists():
             if not dest.is_dir():
                 raise UsageError(f"destination {dest} exists and is not a directory")
-            if any(dest.iterdir()):
-                raise UsageError(f"destination {dest} is not empty; refusing to restore into it")
-            created = False
         else:
             try:
                 dest.mkdir(parents=True, mode=0o700)
+                created = True
+            except FileExistsError:
+                if not dest.is_dir():
+                    raise UsageError(f"destination {dest} exists and is not a directory") from None
             except OSError as exc:
                 raise DestinationError(
                     f"cannot create the destination {dest}: {exc.strerror or exc}"
                 ) from None
-            created = True
-        os.chmod(dest, 0o700)
+        lock = _lock_destination(dest)
+        try:
+            if any(dest.iterdir()):
+                raise UsageError(f"destination {dest} is not empty; refusing to restore into it")
+            os.chmod(dest, 0o700)
+        except BaseException:
+            os.close(lock)
+            raise
     except OSError as exc:
         raise DestinationError(
             f"cannot use the destination {dest}: {exc.strerror or exc}"
         ) from None
-    return created
+    return created, lock
+
+
+def _lock_destination(dest: Path) -> int:
+    """An open descriptor of ``dest`` holding an exclusive ``flock``; refuse one held."""
+    import fcntl
+
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(os.fstat(fd))
+        os.close(fd)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise DestinationError(
+            f"destination {dest} is being restored into by another backup-fetch ({who}); "
+            "wait for it to end, or restore elsewhere"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The process holding a ``flock`` on the file ``st`` is of, from /proc/locks; None if
+    that cannot be told."""
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; "->" marks a waiter.
+                if "->" in fields:
+                    continue
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _check_tablespaces(dest: Path, spec: TablespaceSpec) -> None:
@@ -212,13 +266,36 @@ def backup_fetch(
         )
     files_meta = catalog.read_files_metadata(storage, name, sentinel)
     objects = _listed_objects(files_meta, storage.list(partitions_prefix(name)), name)
-    regular, control, label = _classify(objects, name)
+    lists = _classify(objects, name)
     _check_objects_present(storage, files_meta, objects, name)
 
     spec = restore_spec or sentinel.spec
     if spec:
         _check_tablespaces(dest, spec)
-    created = prepare_destination(dest)
+    created, lock = prepare_destination(dest)
+    try:
+        return _restore_locked(
+            settings, storage, dest, name, files_meta, objects, spec, created, fsync, lists
+        )
+    finally:
+        os.close(lock)
+
+
+def _restore_locked(
+    settings: Settings,
+    storage: Storage,
+    dest: Path,
+    name: str,
+    files_meta: FilesMetadata,
+    objects: list[ObjectInfo],
+    spec: TablespaceSpec | None,
+    created: bool,
+    fsync: bool,
+    lists: tuple[list[ObjectInfo], ObjectInfo | None, ObjectInfo | None],
+) -> BackupFetchResult:
+    """The restore itself, into ``dest`` prepared and locked by :func:`prepare_destination`;
+    ``lists`` are the backup's objects as :func:`_classify` sorts them."""
+    regular, control, label = lists
     try:
         locations = _prepare_tablespaces(dest, spec) if spec else []
     except OSError as exc:
