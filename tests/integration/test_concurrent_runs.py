@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 import pgcluster
-from pgcluster import Cluster, PgInstall, run_as_pg
-from walgcli import WalgSetup, archive_now, normalized_dump
+from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
+from walg.ops.wal_push import uploader_running
+from walgcli import WalgSetup, archive_now, normalized_dump, start_daemon, stop_daemon
 
 MAJOR = 16
 
@@ -229,3 +230,103 @@ def test_a_second_backup_fetch_into_the_same_destination_is_refused(
     assert "being restored into by another backup-fetch" in second.stderr, second.stderr
     assert f"process {first.pid}" in second.stderr, second.stderr
     shutil.rmtree(dest)
+
+
+def _ready(cluster: Cluster) -> list[str]:
+    status = cluster.datadir / "pg_wal" / "archive_status"
+    return sorted(p.name[: -len(".ready")] for p in status.glob("*.ready"))
+
+
+def _archived_up_to(cluster: Cluster, last: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last:
+        assert time.monotonic() < deadline, cluster.log_tail()
+        time.sleep(0.1)
+
+
+def _new_segments(cluster: Cluster, count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        cluster.psql(f"INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES ({i}, 1, 1, 1)")
+        names.append(cluster.psql("SELECT pg_walfile_name(pg_switch_wal())"))
+    return names
+
+
+def test_archiving_switched_to_two_daemons_mid_backlog_beside_a_hand_wal_push(
+    pair: tuple[WalgSetup, Cluster, Cluster], workdir: Path, walg_bin: str
+) -> None:
+    """A backlog drained by cold ``walg wal-push`` calls (slowed, so their detached
+    look-ahead uploader is mid-way) when ``archive_command`` is switched by a reload to the
+    daemon's client, with a second daemon serving the same data directory, and an operator's
+    ``walg wal-push`` by hand on the segment being archived then. Each segment must be
+    stored once and whole: wal-verify finds the archive complete and a restore to its end
+    equals the primary."""
+    walg, primary, standby = pair
+    standby.stop()  # two clusters at most: the restore below is the second
+    status = primary.datadir / "pg_wal" / "walg_data" / "walg_archive_status"
+    primary.set_conf({"archive_command": "false"})
+    primary.reload()
+    backlog = _new_segments(primary, 8)
+    slow = workdir / "walg-slow.json"
+    slow.write_text(
+        json.dumps(
+            {
+                "WALG_FILE_PREFIX": str(walg.store),
+                "WALG_UPLOAD_CONCURRENCY": "3",
+                "WALG_FAULT_INJECTION": json.dumps(
+                    [{"op": "write", "key": "wal_005/0", "delay": 0.4}]
+                ),
+            }
+        )
+    )
+    slow.chmod(0o644)
+    primary.set_conf({"archive_command": f"{walg_bin} --config {slow} wal-push %p"})
+    primary.reload()
+    deadline = time.monotonic() + 60
+    while not uploader_running(str(status)):
+        assert time.monotonic() < deadline, primary.log_tail()
+        time.sleep(0.01)
+
+    sockets = make_shared_dir(workdir / "sock", 0o755)
+    daemons = [
+        start_daemon(walg, sockets / f"{n}.sock", primary.datadir, env={"WALG_LOG_LEVEL": "DEVEL"})
+        for n in ("a", "b")
+    ]
+    # The operator's hand push of the file PostgreSQL is archiving now.
+    waiting = _ready(primary)
+    assert waiting, "the backlog drained before the switch"
+    by_hand = walg.popen(
+        ["wal-push", str(primary.datadir / "pg_wal" / waiting[0])], cluster=primary
+    )
+    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
+    primary.set_conf({"archive_command": f"{native} {sockets / 'a.sock'} wal-push %p"})
+    primary.reload()
+    _, err = by_hand.communicate(timeout=120)
+    assert by_hand.returncode == 0, err
+    more = _new_segments(primary, 4)
+    _archived_up_to(primary, more[-1])
+    archive_now(primary)
+    expected = normalized_dump(primary.pg_dumpall())
+    logs = [stop_daemon(d) for d in daemons]
+    for log in logs:
+        # A look-ahead upload of a file archived meanwhile by another process is abandoned
+        # before it commits (logged so); nothing else may fail.
+        failed = [
+            line
+            for line in log.splitlines()
+            if " failed: " in line and "look-ahead upload abandoned" not in line
+        ]
+        assert not failed, log[-3000:]
+
+    stored = sorted(p.name for p in (walg.store / "wal_005").iterdir())
+    for name in backlog + more:
+        assert [s for s in stored if s.startswith(name)] == [f"{name}.lz4"], stored
+    assert not [n for n in _ready(primary) if n <= more[-1]], "left .ready"
+    verified = walg.run(["wal-verify", "integrity", "timeline"], cluster=primary)
+    assert "FAILURE" not in verified.stdout and "WARNING" not in verified.stdout, (
+        verified.stdout + verified.stderr
+    )
+    primary.stop()  # the restore below compares with what it had archived
+    restored = _restore(walg, workdir)
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    restored.stop()
