@@ -309,14 +309,9 @@ def test_archiving_switched_to_two_daemons_mid_backlog_beside_a_hand_wal_push(
     expected = normalized_dump(primary.pg_dumpall())
     logs = [stop_daemon(d) for d in daemons]
     for log in logs:
-        # A look-ahead upload of a file archived meanwhile by another process is abandoned
-        # before it commits (logged so); nothing else may fail.
-        failed = [
-            line
-            for line in log.splitlines()
-            if " failed: " in line and "look-ahead upload abandoned" not in line
-        ]
-        assert not failed, log[-3000:]
+        # Nothing failed; a look-ahead upload of a file archived meanwhile through the other
+        # daemon or the cold calls is dropped quietly.
+        assert " failed: " not in log, log[-3000:]
 
     stored = sorted(p.name for p in (walg.store / "wal_005").iterdir())
     for name in backlog + more:

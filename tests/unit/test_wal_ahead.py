@@ -1629,3 +1629,38 @@ def test_a_fifo_under_a_ready_segment_s_name_blocks_nothing_and_is_named(pg_wal:
     assert f"pg_wal/{second} is a FIFO, not a WAL file" in log, log
     assert "does not exist" not in log, log
     assert pg_wal.stored() == [f"{first}.lz4"]
+
+
+def test_a_look_ahead_upload_of_a_file_archived_meanwhile_by_another_process_is_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes look ahead in one pg_wal (a second daemon, or the daemon beside the cold
+    calls' detached uploader after archive_command was switched): PostgreSQL's call through
+    the other one archives the file and marks it done while this upload runs. Abandoning the
+    upload is right; but it was logged as a failed upload ("look-ahead upload of X failed")
+    and paused the whole look-ahead as for a full storage, for longer at each such meeting."""
+    segment, ready, settings = _lookahead_setup(tmp_path)
+    later = segment.with_name(SEGMENTS[1])
+    later.write_bytes(segment.read_bytes())
+
+    def archived_elsewhere() -> None:
+        ready.rename(ready.with_suffix(".done"))
+        (ready.parent / f"{later.name}.ready").touch()
+
+    storage = _MidUpload(tmp_path / "store", 1 << 20, archived_elsewhere)
+    uploader = LookaheadUploader(settings, storage, str(segment.parent), workers=1, budget=None)
+    with caplog.at_level("INFO"):
+        uploader.start()
+        try:
+            deadline = time.monotonic() + 30
+            # The next file is taken at the next scan, not after a pause for a failure.
+            while not storage.exists(f"wal_005/{later.name}.lz4"):
+                assert time.monotonic() < deadline, "the look-ahead did not go on"
+                time.sleep(0.02)
+            took = time.monotonic() - (deadline - 30)
+        finally:
+            uploader.stop()
+    assert not storage.exists(f"wal_005/{segment.name}.lz4"), "nothing of the abandoned upload"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [], warnings
+    assert took < 0.9, f"the look-ahead paused {took:.2f} s"

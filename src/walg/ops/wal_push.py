@@ -942,6 +942,13 @@ class LookaheadUploader:
                 except RequestAbandoned:
                     return  # held meanwhile: not a failure of storage
                 except (WalgError, OSError) as exc:
+                    if not os.path.exists(ready):
+                        # PostgreSQL finished with the file meanwhile: archived by a call
+                        # through another process (a second daemon, the cold calls'
+                        # uploader). No failure of storage: neither a warning nor a pause
+                        # of the whole look-ahead, which grew at each such meeting.
+                        log.debug("look-ahead upload of %s dropped: %s", name, exc)
+                        return
                     # PostgreSQL will call archive_command for this file and see the error
                     # itself.
                     failure = str(exc)
