@@ -171,6 +171,7 @@ def push_one(
     source = os.fspath(source)
     name = check_wal_file_name(os.path.basename(source))
     _check_exists(source)
+    _refuse_another_segment(source, name)
     if name.endswith(".history"):
         # A new timeline: recovery has ended, and what it prefetched is of no more use.
         wal_dir = os.path.dirname(os.path.abspath(source))
@@ -260,6 +261,42 @@ def push_one(
                 log.info("WAL file %s was archived meanwhile with equal content", name)
             return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
     return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))
+
+
+def _refuse_another_segment(source: str, name: str) -> None:
+    """Refuse segment file ``source`` if its first page header states another segment's
+    position than ``name``'s.
+
+    PostgreSQL hands archive_command only segments it has written, but a push by hand (a
+    loop over pg_wal) reaches the files it recycled for later use: an old segment's bytes
+    under a name not written yet. Stored, that object is refused by every wal-fetch (exit 128
+    in archive recovery), and PostgreSQL's own call for the name, once it has written it, is
+    refused for ever as different content. Parsed here with ``int.from_bytes`` (the long
+    header of walg.core.walpage, which this import path does not load); a file without such
+    a header says nothing and goes on as before.
+    """
+    if len(name) != 24:  # .history, .backup, .partial: not a segment's first page
+        return
+    with open(source, "rb", buffering=0) as handle:
+        head = handle.read(40)
+    if len(head) < 40:
+        return
+    magic, info = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    size = int.from_bytes(head[32:36], "little")
+    # PostgreSQL 9.3's page magic and later; a long header; initdb --wal-segsize's sizes.
+    if magic < 0xD061 or not info & 0x0002 or not 1 << 20 <= size <= 1 << 30 or size & (size - 1):
+        return
+    pageaddr = int.from_bytes(head[8:16], "little")
+    per_id = 0x100000000 // size
+    segno = int(name[8:16], 16) * per_id + int(name[16:24], 16)
+    if pageaddr == segno * size or pageaddr % size:
+        return
+    tli = int.from_bytes(head[4:8], "little")
+    stated = f"{tli:08X}{pageaddr // size // per_id:08X}{pageaddr // size % per_id:08X}"
+    raise WalgError(
+        f"{source} is not WAL segment {name}: its first page is that of segment {stated} "
+        "(a file PostgreSQL recycled for later use and has not written yet?); not archived"
+    )
 
 
 def _upload_file(
