@@ -115,6 +115,10 @@ def _lock_destination(dest: Path) -> int:
             f"destination {dest} is being restored into by another backup-fetch ({who}); "
             "wait for it to end, or restore elsewhere"
         ) from None
+    except OSError as exc:
+        # A file system without locks (ENOLCK: NFS without its lock service) must not stop
+        # a restore: only a lock another process holds refuses one.
+        log.warning("cannot lock the destination %s (%s); restoring without", dest, exc)
     except BaseException:
         os.close(fd)
         raise
