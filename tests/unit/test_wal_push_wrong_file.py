@@ -42,3 +42,74 @@ def test_a_recycled_file_under_a_later_name_is_refused_and_stores_nothing(
     pushed = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
     assert pushed.returncode == 0, pushed.stderr
     assert (store / "wal_005" / f"{LATER}.lz4").is_file()
+
+
+PAGE = 8192
+SIZE = 16 << 20
+
+
+def _segment(name: str, seed: bytes) -> bytes:
+    """A whole segment ``name``: each page's header names its own position, then noise."""
+    import hashlib
+
+    from walg.core.lsn import Segment
+
+    start = Segment.parse(name, SIZE).segno * SIZE
+    data = bytearray(segment_bytes(name, SYSID, SIZE, hashlib.sha256(seed).digest()))
+    for offset in range(PAGE, SIZE, PAGE):
+        header = (0xD110).to_bytes(2, "little") + bytes(2) + (1).to_bytes(4, "little")
+        data[offset : offset + 16] = header + (start + offset).to_bytes(8, "little")
+    return bytes(data)
+
+
+def _store(store: Path, name: str, data: bytes) -> Path:
+    import lz4.frame
+
+    (store / "wal_005").mkdir(parents=True, exist_ok=True)
+    path = store / "wal_005" / f"{name}.lz4"
+    path.write_bytes(lz4.frame.compress(data))
+    return path
+
+
+def _pushed_while_written(segment: bytes, written: int, tail: bytes) -> bytes:
+    """What a push of ``segment`` read while PostgreSQL had written ``written`` bytes of it:
+    those, the rest of that page as zeros, then ``tail`` (a recycled file's old pages)."""
+    page_end = -(-written // PAGE) * PAGE
+    return segment[:written] + bytes(page_end - written) + tail[page_end:]
+
+
+def test_a_copy_pushed_while_postgresql_wrote_the_segment_is_replaced_by_the_whole_one(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """An operator's ``walg wal-push pg_wal/<the segment being written>`` stored it half
+    written (seen on PostgreSQL 16); PostgreSQL's own call for it, once written, was refused
+    for ever as different content, blaming another server or pg_resetwal, and archiving
+    stopped. What is stored holds nothing the whole file does not: the file's start, then
+    pages not yet written (zeros, or a recycled file's pages of another segment)."""
+    pgdata = tmp_path / "data"
+    wal = pgdata / "pg_wal"
+    (wal / "archive_status").mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("16\n")
+    store = tmp_path / "store"
+    store.mkdir()
+    env = walg_env(store, tmp_path)
+    whole = _segment(LATER, b"whole")
+    recycled = _segment(OLD, b"old")
+    (wal / LATER).write_bytes(whole)
+    stored = _store(store, LATER, _pushed_while_written(whole, 5 * PAGE + 3000, recycled))
+
+    pushed = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "taken while PostgreSQL was still writing it" in pushed.stderr, pushed.stderr
+    import lz4.frame
+
+    assert lz4.frame.decompress(stored.read_bytes()) == whole
+
+    # A copy with WAL of this segment after the point they part (another server writing
+    # the same timeline) is still refused, and left as it was.
+    other = _pushed_while_written(whole, 5 * PAGE + 3000, _segment(LATER, b"diverged"))
+    _store(store, LATER, other)
+    refused = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert refused.returncode == 1, refused.stderr
+    assert "with different content" in refused.stderr, refused.stderr
+    assert lz4.frame.decompress(stored.read_bytes()) == other

@@ -66,9 +66,11 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import BinaryIO
 
+    from walg.core.lsn import Segment
     from walg.ops.pipeline import Upload
     from walg.settings import Settings
     from walg.storage.base import Storage
+    from walg.streams.base import Source
     from walg.streams.compression import Codec
 
 log = get_logger(__name__)
@@ -209,6 +211,19 @@ def push_one(
             ):
                 storage.make_durable(existing[0])
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
+            elif (
+                cut is None
+                and existing[0] == key
+                and _copy_taken_while_written(storage, key, codec, source, name)
+            ):
+                log.warning(
+                    "WAL file %s: the archived %s is a copy of it taken while PostgreSQL was "
+                    "still writing it (a wal-push by hand of the segment being written?), "
+                    "which holds nothing this file does not; replacing it with the whole file",
+                    name,
+                    key,
+                )
+                replace = True
             elif cut is not None:
                 raise WalOverwriteError(
                     f"WAL file {name} is already archived as {existing[0]}, damaged ({cut}), "
@@ -1184,6 +1199,85 @@ def _cut_short_copy(storage: Storage, key: str, codec: Codec, source: str, name:
     return cut and (empty or matched >= LONG_HEADER.size)
 
 
+def _copy_taken_while_written(
+    storage: Storage, key: str, codec: Codec, source: str, name: str
+) -> bool:
+    """Is the archived ``key``, as long as segment ``source`` but different, a copy of it read
+    while PostgreSQL was still writing it? Its pages equal the file's up to one, which holds
+    the start of the file's page and zeros after it (or is not written yet), and every later
+    page is zeros or none of this segment's (a preallocated file's zeros, a recycled file's
+    old pages): it holds no byte of WAL the file does not.
+
+    Such a copy comes from a wal-push of the segment being written (by hand: PostgreSQL asks
+    only for finished ones). Refused, PostgreSQL's own call for the finished segment failed
+    for ever and archiving stopped. A copy with a page of this segment's after the point
+    where the two part (WAL another server wrote on the same timeline) is not one.
+    """
+    from walg.core.lsn import Segment, is_segment_name
+    from walg.core.walpage import LONG_HEADER
+
+    if not is_segment_name(name):
+        return False
+    size = os.stat(source).st_size
+    try:
+        segment = Segment.parse(name, size)
+    except WalgError:
+        return False
+    # Where the segment's timeline ends inside it, a copy of zeros past the end is the
+    # promoted side's, and one with WAL there the old primary's, diverged: not this case
+    # (see _holds_what_this_copy_has).
+    if _timeline_ends_within(storage, segment, size):
+        return False
+    start = segment.segno * size
+    parted = False
+    with open(source, "rb") as local:
+        head = local.read(LONG_HEADER.size)
+        page = LONG_HEADER.unpack(head)[7] if len(head) == LONG_HEADER.size else 0
+        if page <= 0 or page & (page - 1) or size % page:
+            return False
+        local.seek(0)
+        with download(storage, key, codec, key, hash_stored=False) as dl:
+            for offset in range(0, size, page):
+                ours = local.read(page)
+                theirs = _read_up_to(dl.reader, page)
+                if len(ours) != page or len(theirs) != page:
+                    return False
+                if not parted:
+                    if theirs == ours:
+                        continue
+                    parted = True
+                    # The page being written then: the file's start of it, zeros after.
+                    written = len(theirs.rstrip(b"\0"))
+                    if theirs[:written] == ours[:written] and (
+                        offset or written >= LONG_HEADER.size
+                    ):
+                        continue
+                    if not offset:
+                        return False
+                if any(theirs) and _page_names(theirs, start + offset):
+                    return False
+            if dl.reader.read(1):
+                return False
+    return parted
+
+
+def _read_up_to(reader: Source, size: int) -> bytes:
+    """``size`` bytes from ``reader``, fewer only at its end."""
+    parts = []
+    while size > 0 and (part := reader.read(size)):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _page_names(data: bytes, address: int) -> bool:
+    """Does the page ``data`` start with a WAL page header naming LSN ``address``?"""
+    from walg.core.walpage import MIN_PAGE_MAGIC, PAGE_HEADER
+
+    magic, _info, _tli, pageaddr = PAGE_HEADER.unpack_from(data)
+    return bool(magic >= MIN_PAGE_MAGIC and pageaddr == address)
+
+
 def _stored_as_another_system(
     storage: Storage, source: str, name: str, found: tuple[str, str] | None = None
 ) -> bool:
@@ -1294,7 +1388,6 @@ def _holds_what_this_copy_has(
     """
     from walg.core.lsn import Segment, format_lsn, is_segment_name
     from walg.core.walpage import LONG_HEADER
-    from walg.ops.wal import newest_timeline, read_history
 
     if not is_segment_name(name):
         return False
@@ -1304,12 +1397,7 @@ def _holds_what_this_copy_has(
     except WalgError:
         return False
     start = segment.segno * size
-    ends = set()
-    for timeline in range(segment.timeline + 1, newest_timeline(storage, segment.timeline) + 1):
-        history = read_history(storage, timeline)
-        end = history.end_lsn(segment.timeline) if history is not None else None
-        if end is not None and start < end < start + size:
-            ends.add(end)
+    ends = _timeline_ends_within(storage, segment, size)
     if not ends:
         return False
     with open(source, "rb") as local:
@@ -1341,6 +1429,20 @@ def _holds_what_this_copy_has(
             )
             return True
     return False
+
+
+def _timeline_ends_within(storage: Storage, segment: Segment, size: int) -> set[int]:
+    """Where later timelines' histories in storage say ``segment``'s timeline ends within it."""
+    from walg.ops.wal import newest_timeline, read_history
+
+    start = segment.segno * size
+    ends = set()
+    for timeline in range(segment.timeline + 1, newest_timeline(storage, segment.timeline) + 1):
+        history = read_history(storage, timeline)
+        end = history.end_lsn(segment.timeline) if history is not None else None
+        if end is not None and start < end < start + size:
+            ends.add(end)
+    return ends
 
 
 def _names_page(local: BinaryIO, offset: int, address: int) -> bool:
