@@ -450,6 +450,8 @@ def _claim(storage: Storage, name: str) -> None:
             return
         except StorageError:
             if not storage.exists(key):
+                if attempt == 0:
+                    continue  # let go meanwhile (its run ended): claim it again
                 raise
         try:
             held: bytes | None = storage.get_bytes(key, limit=1 << 16)
