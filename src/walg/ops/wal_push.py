@@ -1213,15 +1213,11 @@ def _copy_taken_while_written(
     for ever and archiving stopped. A copy with a page of this segment's after the point
     where the two part (WAL another server wrote on the same timeline) is not one.
     """
-    from walg.core.lsn import Segment, is_segment_name
     from walg.core.walpage import LONG_HEADER
 
-    if not is_segment_name(name):
-        return False
     size = os.stat(source).st_size
-    try:
-        segment = Segment.parse(name, size)
-    except WalgError:
+    segment = _segment_of(name, size)
+    if segment is None:
         return False
     # Where the segment's timeline ends inside it, a copy of zeros past the end is the
     # promoted side's, and one with WAL there the old primary's, diverged: not this case
@@ -1386,15 +1382,12 @@ def _holds_what_this_copy_has(
     after the switch point, is still refused: its pages there name this segment. So is any
     copy where the switch point lies in the segment's last page, with no later page to tell.
     """
-    from walg.core.lsn import Segment, format_lsn, is_segment_name
+    from walg.core.lsn import format_lsn
     from walg.core.walpage import LONG_HEADER
 
-    if not is_segment_name(name):
-        return False
     size = os.stat(source).st_size
-    try:
-        segment = Segment.parse(name, size)
-    except WalgError:
+    segment = _segment_of(name, size)
+    if segment is None:
         return False
     start = segment.segno * size
     ends = _timeline_ends_within(storage, segment, size)
@@ -1429,6 +1422,19 @@ def _holds_what_this_copy_has(
             )
             return True
     return False
+
+
+def _segment_of(name: str, size: int) -> Segment | None:
+    """The segment ``name`` names, for a file of ``size`` bytes; None for another WAL file
+    (``.history``, ``.partial``...) or a size no segment has."""
+    from walg.core.lsn import Segment, is_segment_name
+
+    if not is_segment_name(name):
+        return None
+    try:
+        return Segment.parse(name, size)
+    except WalgError:
+        return None
 
 
 def _timeline_ends_within(storage: Storage, segment: Segment, size: int) -> set[int]:
