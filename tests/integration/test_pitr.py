@@ -9,6 +9,7 @@ second restore of the same timeline-1 backup must follow the history onto timeli
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -92,6 +93,30 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     by_name.stop()
 
 
+def _quiet_at_the_end_of_the_archive(restored: Cluster) -> None:
+    """A recovery that ran to the end of the archive left nothing from walg in the server's
+    log but one line for each file recovery asked for and the archive did not have (the next
+    segment, the next timeline's history): no error, no traceback, nothing from the detached
+    prefetchers that ran past the end. Lines of the server's own start with its timestamp."""
+    text = restored.logfile.read_text(errors="replace")
+    assert "restored log file" in text, text[-3000:]
+    foreign = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line[:4].isdigit() and not line.startswith(("\t", " "))
+    ]
+    missing = [
+        re.fullmatch(r"walg: WAL file (\S+) is not in the archive", line) for line in foreign
+    ]
+    assert all(missing), foreign
+    # Recovery asks for one segment past the archive's end (and for history files, one
+    # call each); the prefetchers that went on past it say nothing there.
+    segments = {
+        m.group(1) for m in missing if m is not None and not m.group(1).endswith(".history")
+    }
+    assert len(segments) <= 1, foreign
+
+
 def test_recovery_follows_a_timeline_switch(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -109,6 +134,7 @@ def test_recovery_follows_a_timeline_switch(
     # A restored copy recovers to the end of timeline 1, is promoted onto timeline 2 and keeps
     # writing, archiving into the same storage (00000002.history included).
     first = _recover(pg_install, walg, pg_workdir / "first", conf=archiving)
+    _quiet_at_the_end_of_the_archive(first)
     assert first.psql("SELECT timeline_id FROM pg_control_checkpoint()") in ("1", "2")
     first.checkpoint()
     assert first.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "2"
