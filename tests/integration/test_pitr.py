@@ -78,6 +78,11 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     _mark(src, "f")
     archive_now(src)
     src.stop()
+    # PostgreSQL archived the backup history file pg_backup_stop wrote, under WAL-G's name
+    # for it (<segment>.<offset>.backup.lz4) and with its content.
+    (backup_file,) = (walg.store / "wal_005").glob("*.backup.lz4")
+    assert re.fullmatch(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup\.lz4", backup_file.name)
+    assert lz4.frame.decompress(backup_file.read_bytes()).startswith(b"START WAL LOCATION: ")
 
     by_time = _recover(pg_install, walg, pg_workdir / "by-time", "--target-time", target_time)
     assert _phases(by_time) == ["a"]
