@@ -1,9 +1,10 @@
 """Point-in-time recovery lands exactly on its target, and recovery follows timeline switches.
 
 Rows committed before a target must be present after recovery, rows committed after it absent.
-Targets: a timestamp, an LSN and a named restore point, written with backup-fetch's recovery
-options. Then a restored copy is promoted (timeline 2), keeps writing and archiving, and a
-second restore of the same timeline-1 backup must follow the history onto timeline 2.
+Targets: a timestamp, an LSN, a transaction id and a named restore point, written with
+backup-fetch's recovery options. Then a restored copy is promoted (timeline 2), keeps writing
+and archiving, and a second restore of the same timeline-1 backup must follow the history onto
+timeline 2.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     _mark(src, "b")
     _mark(src, "c")
     target_lsn = src.psql("SELECT pg_current_wal_insert_lsn()")
-    _mark(src, "d")
+    # d's own transaction id: recovery_target_xid stops just after it commits.
+    target_xid = src.psql(
+        "WITH d AS (INSERT INTO marks VALUES ('d') RETURNING 1) SELECT txid_current() FROM d"
+    )
     _mark(src, "e")
     src.psql("SELECT pg_create_restore_point('walg_rp')")
     _mark(src, "f")
@@ -91,6 +95,10 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     by_lsn = _recover(pg_install, walg, pg_workdir / "by-lsn", "--target-lsn", target_lsn)
     assert _phases(by_lsn) == ["a", "b", "c"]
     by_lsn.stop()
+
+    by_xid = _recover(pg_install, walg, pg_workdir / "by-xid", "--target-xid", target_xid)
+    assert _phases(by_xid) == ["a", "b", "c", "d"]
+    by_xid.stop()
 
     by_name = _recover(pg_install, walg, pg_workdir / "by-name", "--target-name", "walg_rp")
     assert _phases(by_name) == ["a", "b", "c", "d", "e"]
