@@ -17,7 +17,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
+from pgcluster import Cluster, CommandError, PgInstall, make_shared_dir
 from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
 
@@ -130,6 +130,31 @@ def _quiet_at_the_end_of_the_archive(restored: Cluster) -> None:
     assert len(segments) <= 1, foreign
 
 
+def _prefetch_crosses_onto_timeline_2(walg: WalgSetup, workdir: Path) -> None:
+    """A wal-fetch of timeline 1's last segment before the switch prefetches the segments
+    after it from timeline 2, as recovery following the archived history will ask for them,
+    not timeline 1's copy of the segment holding the switch (stored: the source archived it)."""
+    history = lz4.frame.decompress((walg.store / "wal_005" / "00000002.history.lz4").read_bytes())
+    parent, switch = history.decode().split("\t")[:2]
+    assert parent == "1"
+    high, low = (int(part, 16) for part in switch.split("/"))
+    segno = ((high << 32) | low) >> 24  # 16 MiB segments
+    before = f"00000001{segno - 1 >> 8:08X}{segno - 1 & 0xFF:08X}"
+    after = [f"00000002{n >> 8:08X}{n & 0xFF:08X}" for n in (segno, segno + 1)]
+    pg_wal = make_shared_dir(workdir / "prefetching" / "pg_wal", 0o700)
+    walg.run(
+        ["wal-fetch", before, str(pg_wal / "RECOVERYXLOG")],
+        env={"WALG_DOWNLOAD_CONCURRENCY": "3"},
+    )
+    folders = pg_wal / ".wal-g" / "prefetch"
+    deadline = time.monotonic() + 30
+    while not all(any(folders.glob(f"*/{name}")) for name in after):
+        assert time.monotonic() < deadline, sorted(p.name for p in folders.rglob("*"))
+        time.sleep(0.05)
+    prefetched = sorted(p.name for p in folders.glob("*/0*"))
+    assert not [name for name in prefetched if name.startswith("00000001")], prefetched
+
+
 def test_recovery_follows_a_timeline_switch(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -157,6 +182,7 @@ def test_recovery_follows_a_timeline_switch(
     assert (walg.store / "wal_005" / "00000002.history.lz4").exists()
     expected = normalized_dump(first.pg_dumpall())
     first.stop()
+    _prefetch_crosses_onto_timeline_2(walg, pg_workdir)
 
     # The same timeline-1 backup, restored again, must follow the history onto timeline 2.
     second = _recover(pg_install, walg, pg_workdir / "second", "--target-timeline", "latest")
