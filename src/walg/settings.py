@@ -227,6 +227,12 @@ class Settings:
         return None if path in ("", "stderr") else path
 
     @property
+    def wal_segment_size_set(self) -> bool:
+        """Was ``WALG_PG_WAL_SIZE`` given? Where it was not, commands that can learn the size
+        (from the server, or a stored segment's first page) use that rather than 16 MiB."""
+        return bool(self.values.get("WALG_PG_WAL_SIZE", "").strip())
+
+    @property
     def fetch_target_user_data(self) -> str:
         """``WALG_FETCH_TARGET_USER_DATA``: backup-fetch's backup, chosen by its user data."""
         return self.values.get("WALG_FETCH_TARGET_USER_DATA", "").strip()

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     result = wal_show(
         ctx.storage(),
         with_backups=with_backups,
-        segment_size=ctx.settings.wal_segment_size,
+        segment_size=ctx.settings.wal_segment_size if ctx.settings.wal_segment_size_set else None,
         concurrency=ctx.settings.download_concurrency,
     )
     for name in result.skipped_backups:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for problem in result.history_errors:
         log.warning("%s; shown without parent timeline and switch point", problem)
     if args.detailed_json:
-        docs = [timeline_doc(t, ctx.settings.wal_segment_size) for t in result.timelines]
+        docs = [timeline_doc(t, result.segment_size) for t in result.timelines]
         ctx.stdout.write(go_json(docs) + "\n")
         return 0
     headers = [

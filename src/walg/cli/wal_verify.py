@@ -155,12 +155,24 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("--timeline and --lsn work only together")
     max_delayed = _max_delayed(ctx)
     segment_size = ctx.settings.wal_segment_size
+    given = ctx.settings.wal_segment_size_set
 
+    # WALG_PG_WAL_SIZE not given: the size of the server's segments, or of the archive's where
+    # no server is asked; taken as 16 MiB, a cluster made with initdb --wal-segsize=64 got
+    # a wrong current segment and hundreds of segments called lost that cannot exist.
     position: ClusterPosition
     if args.position_timeline is not None:
         position = position_from_args(args.position_timeline, args.position_lsn)
+        if not given:
+            from walg.ops.wal_show import archived_segment_size, list_wal_object_names
+
+            storage = ctx.storage()
+            segment_size = (
+                archived_segment_size(storage, list_wal_object_names(storage)) or segment_size
+            )
     else:
-        position = query_cluster_position(ctx.settings.pg, segment_size)
+        position = query_cluster_position(ctx.settings.pg, segment_size if given else None)
+        segment_size = position.segment_size or segment_size
     log.info("Current WAL segment: %s", position.current_segment(segment_size).name(segment_size))
 
     result = wal_verify(

@@ -95,6 +95,8 @@ class WalShowResult:
     skipped_backups: tuple[str, ...] = ()
     #: why a timeline's ``.history`` could not be used (that timeline shows parent 0 at 0/0)
     history_errors: tuple[str, ...] = ()
+    #: the segment size the names were read with
+    segment_size: int = DEFAULT_SEGMENT_SIZE
 
 
 def list_wal_object_names(storage: Storage) -> list[str]:
@@ -149,6 +151,36 @@ def _segment_of(name: str, segment_size: int) -> Segment | None:
         return Segment.parse(fetched_as(name), segment_size)
     except FormatError:
         return None
+
+
+def archived_segment_size(storage: Storage, names: Iterable[str]) -> int | None:
+    """The segment size the first page of a stored segment states (``initdb --wal-segsize``),
+    for when ``WALG_PG_WAL_SIZE`` is not set; None where none can be read.
+
+    Segment names mean other positions at another size: taken as 16 MiB, a 64 MiB cluster's
+    ``...0000003F`` followed by ``...000000010000000100000000`` shows 192 lost segments. The
+    newest segment is read first (the archive's current cluster), then the oldest; only a
+    header that is its named segment's first page at the stated size is believed.
+    """
+    from walg.core.lsn import is_segment_name
+    from walg.core.walpage import LONG_HEADER, named_segment_size
+    from walg.errors import WalgError
+    from walg.ops.pipeline import download
+    from walg.streams.compression import codec_for_extension
+
+    stored = sorted((fetched_as(n), n) for n in names if is_segment_name(fetched_as(n)))
+    for segment, name in dict.fromkeys([*stored[-1:], *stored[:1]]):
+        ext = name[len(segment) + 1 :]
+        key = WAL + name
+        try:
+            with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
+                size = named_segment_size(dl.reader.read(LONG_HEADER.size), segment)
+        except (OSError, WalgError) as exc:
+            log.warning("cannot read %s for the WAL segment size (%s)", key, exc)
+            continue
+        if size is not None:
+            return size
+    return None
 
 
 def history_timeline(name: str) -> int | None:
@@ -251,12 +283,16 @@ def _warn_of_two_systems(
 def wal_show(
     storage: Storage,
     with_backups: bool = True,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    segment_size: int | None = DEFAULT_SEGMENT_SIZE,
     concurrency: int = 10,
 ) -> WalShowResult:
-    """Every timeline with segments in ``wal_005/``, sorted by timeline id."""
+    """Every timeline with segments in ``wal_005/``, sorted by timeline id. ``segment_size``
+    None: as a stored segment states (:func:`archived_segment_size`), else 16 MiB."""
+    names = list_wal_object_names(storage)
+    if segment_size is None:
+        segment_size = archived_segment_size(storage, names) or DEFAULT_SEGMENT_SIZE
     by_timeline: dict[int, set[int]] = {}
-    for segment in segments_from_names(list_wal_object_names(storage), segment_size):
+    for segment in segments_from_names(names, segment_size):
         by_timeline.setdefault(segment.timeline, set()).add(segment.segno)
 
     backups: list[BackupListing] = []
@@ -308,4 +344,6 @@ def wal_show(
     for item in backups:
         if backup_timeline(item, segment_size) is None:
             skipped.append(item.ref.name)
-    return WalShowResult(tuple(timelines), with_backups, tuple(skipped), tuple(history_errors))
+    return WalShowResult(
+        tuple(timelines), with_backups, tuple(skipped), tuple(history_errors), segment_size
+    )

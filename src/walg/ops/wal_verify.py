@@ -107,6 +107,8 @@ class ClusterPosition:
     archive_mode: str | None = None
     #: pg_control_system()'s system identifier; None when unknown (a position given by hand)
     system_identifier: int | None = None
+    #: the server's WAL segment size; None when unknown (a position given by hand)
+    segment_size: int | None = None
 
     @property
     def archives_older_timelines(self) -> bool:
@@ -207,7 +209,7 @@ _POSITION_SQL = (
 )
 
 
-def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPosition:
+def query_cluster_position(pg: PgConnection, segment_size: int | None) -> ClusterPosition:
     """The cluster's timeline and current LSN: ``pg_current_wal_lsn()`` on a primary and the
     timeline it writes (from ``pg_walfile_name``).
 
@@ -224,7 +226,8 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
     stopped) or the only one (no streaming: WAL-G fails on the NULL).
 
     Fails when the server's WAL segment size is not ``segment_size`` (``WALG_PG_WAL_SIZE``):
-    segment names would mean other segments.
+    segment names would mean other segments. ``segment_size`` None (the setting not given):
+    any, and the position carries the server's.
     """
     from walg.postgres.connection import ANSWER_MARGIN, connect, query_one
 
@@ -244,7 +247,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
         conn.close()
     if lsn_text is None:
         raise PostgresError("the server reports no current WAL position (standby not replaying?)")
-    if int(server_segment_size) != segment_size:
+    if segment_size is not None and int(server_segment_size) != segment_size:
         raise ConfigError(
             f"the server's WAL segments are {int(server_segment_size)} bytes but "
             f"WALG_PG_WAL_SIZE says {segment_size // (1024 * 1024)} MiB"
@@ -260,6 +263,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int) -> ClusterPositi
         bool(in_recovery),
         str(mode),
         int(system) if system is not None else None,
+        int(server_segment_size),
     )
 
 

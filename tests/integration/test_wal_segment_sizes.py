@@ -1,0 +1,96 @@
+"""wal-show and wal-verify on a cluster made with ``initdb --wal-segsize=64``.
+
+Segment names depend on the segment size: at 64 MiB the segment after ``...0000003F`` is
+``...000000010000000100000000`` (64 per 4 GiB of WAL), at 16 MiB it would be ``...00000040``.
+The cluster is set by ``pg_resetwal -l`` just below such a boundary, so that a wrong size
+shows as phantom gaps and wrong current segments, at the cost of three segments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, pg_tmpdir, stop_clusters_under
+from walgcli import WalgSetup, archive_now
+
+
+@dataclass
+class Archived:
+    walg: WalgSetup
+    cluster: Cluster
+    names: list[str]
+
+
+@pytest.fixture(scope="module")
+def archived(walg_bin: str) -> Iterator[Archived]:
+    workdir = pg_tmpdir("segsizes-")
+    walg = WalgSetup.create(walg_bin, workdir)  # WALG_PG_WAL_SIZE not set
+    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    cluster = Cluster.create(
+        PgInstall.load(16), workdir / "src", conf=conf, initdb_args=("--wal-segsize=64",)
+    )
+    cluster.run(["pg_resetwal", "-l", "00000001000000000000003E", str(cluster.datadir)])
+    cluster.start()
+    names = [archive_now(cluster) for _ in range(3)]
+    assert names[-1] == "000000010000000100000000", names
+    yield Archived(walg, cluster, names)
+    stop_clusters_under(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_wal_show_finds_no_gap_without_the_segment_size_set(archived: Archived) -> None:
+    """WALG_PG_WAL_SIZE unset: walg reads the size from a stored segment. It used to take 16
+    MiB and call ...40 to ...FF (192 segments that cannot exist) lost."""
+    out = archived.walg.run(["wal-show", "--detailed-json"]).stdout
+    (timeline,) = json.loads(out)
+    assert timeline["missing_segments"] == [], timeline["missing_segments"][:3]
+    assert timeline["status"] == "OK"
+    assert timeline["segment_range_size"] == 3
+    assert (timeline["start_segment"], timeline["end_segment"]) == (
+        archived.names[0],
+        archived.names[-1],
+    )
+
+
+def test_wal_verify_takes_the_server_s_segment_size_when_none_is_set(
+    archived: Archived,
+) -> None:
+    """WALG_PG_WAL_SIZE unset: the server's wal_segment_size is used (it used to fail with
+    'WALG_PG_WAL_SIZE says 16 MiB', a setting nobody made)."""
+    current = archived.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    assert current.startswith("0000000100000001"), current
+    done = archived.walg.run(
+        ["wal-verify", "integrity", "timeline"], cluster=archived.cluster, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Current WAL segment: {current}" in done.stderr, done.stderr
+    assert "0000000100000000000000FF" not in done.stdout, done.stdout
+    assert "timeline check status: OK" in done.stdout
+
+
+def test_wal_verify_at_a_given_lsn_reads_the_archive_s_segment_size(archived: Archived) -> None:
+    """--timeline/--lsn (no server asked), WALG_PG_WAL_SIZE unset: 1/4000000 is in segment
+    1/00 at 64 MiB, not 1/03 (16 MiB) with ...40 to ...FF called lost."""
+    done = archived.walg.run(
+        ["wal-verify", "integrity", "--timeline", "1", "--lsn", "1/4000000"], check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Current WAL segment: 000000010000000100000000" in done.stderr, done.stderr
+    assert "000000010000000000000040" not in done.stdout, done.stdout
+
+
+def test_a_wrong_segment_size_set_is_refused_by_wal_verify(archived: Archived) -> None:
+    """WALG_PG_WAL_SIZE set, and wrong: refused, naming both sizes, rather than guessed."""
+    done = archived.walg.run(
+        ["wal-verify", "integrity"],
+        cluster=archived.cluster,
+        env={"WALG_PG_WAL_SIZE": "16"},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "67108864" in done.stderr and "WALG_PG_WAL_SIZE" in done.stderr, done.stderr
