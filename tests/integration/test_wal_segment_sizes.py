@@ -12,11 +12,12 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall, pg_tmpdir, stop_clusters_under
-from walgcli import WalgSetup, archive_now
+from pgcluster import Cluster, PgInstall, make_shared_dir, pg_tmpdir, stop_clusters_under
+from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
 
 
 @dataclass
@@ -94,3 +95,36 @@ def test_a_wrong_segment_size_set_is_refused_by_wal_verify(archived: Archived) -
     )
     assert done.returncode != 0
     assert "67108864" in done.stderr and "WALG_PG_WAL_SIZE" in done.stderr, done.stderr
+
+
+def test_the_daemon_follows_64_mib_segments_without_the_segment_size_set(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """WALG_PG_WAL_SIZE unset: the daemon's WAL follower takes the size the cluster's segment
+    files state. It took 16 MiB, found no segment valid at that size and silently never
+    followed one (every segment was read whole at its .ready instead)."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
+    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
+    cluster = Cluster.create(
+        PgInstall.load(16), pg_workdir / "src", conf=conf, initdb_args=("--wal-segsize=64",)
+    )
+    daemon = start_daemon(walg, socket, cluster.datadir, env={"WALG_LOG_LEVEL": "DEVEL"})
+    try:
+        cluster.start()
+        cluster.psql("CREATE TABLE t AS SELECT generate_series(1, 20000) AS i")
+        names = [archive_now(cluster) for _ in range(2)]
+        written = {n: (cluster.datadir / "pg_wal" / n).read_bytes() for n in names}
+        cluster.stop()
+    finally:
+        log = stop_daemon(daemon)
+    assert f"WAL follower archived {names[0]}" in log, log[-3000:]
+    assert "WARNING" not in log and "ERROR" not in log, log[-3000:]
+    done = walg.run(["wal-verify", "integrity", "--timeline", "1", "--lsn", "0/1"])
+    assert done.returncode == 0, done.stderr
+    for name in names:
+        fetched = pg_workdir / name
+        walg.run(["wal-fetch", name, str(fetched)])
+        assert fetched.read_bytes() == written[name]
+        assert len(written[name]) == 64 << 20

@@ -31,7 +31,13 @@ from walg.core.frames import clear_frames
 from walg.core.log import get_logger
 from walg.core.lsn import Segment, is_segment_name
 from walg.core.naming import wal_key
-from walg.core.walpage import PAGE_HEADER, segment_file_magic, valid_segment_file
+from walg.core.walpage import (
+    LONG_HEADER,
+    PAGE_HEADER,
+    named_segment_size,
+    segment_file_magic,
+    valid_segment_file,
+)
 from walg.errors import StorageError
 from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
 from walg.ops.wal_push import status_dir
@@ -203,6 +209,7 @@ class WalFollower:
         self._settings = settings
         self._storage = storage
         self._wal_dir = wal_dir
+        self._learnt_size: int | None = None  # see _segment_size
         self._archive_status = os.path.join(wal_dir, "archive_status")
         self._claim = claim
         self._lock = threading.Lock()
@@ -384,7 +391,7 @@ class WalFollower:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        segment_size = self._settings.wal_segment_size
+        segment_size = self._segment_size(path)
         try:
             magic = segment_file_magic(fd, name, segment_size)
         except OSError:
@@ -419,7 +426,6 @@ class WalFollower:
             marked = {n.split(".", 1)[0] for n in os.listdir(self._archive_status)}
         except OSError:
             return None
-        size = self._settings.wal_segment_size
         stamped: list[tuple[int, str]] = []
         for name in names:
             if name in marked:
@@ -431,9 +437,26 @@ class WalFollower:
         # Newest first; a file preallocated or recycled ahead is newer at times but does not
         # start with its own page address yet.
         for _mtime, name in sorted(stamped, reverse=True):
-            if valid_segment_file(os.path.join(self._wal_dir, name), name, size):
+            path = os.path.join(self._wal_dir, name)
+            if valid_segment_file(path, name, self._segment_size(path)):
                 return name
         return None
+
+    def _segment_size(self, path: str) -> int:
+        """``WALG_PG_WAL_SIZE`` where given; else the size the cluster's segment files state
+        (``initdb --wal-segsize``), learnt from the first that states one. Taken as 16 MiB, no
+        segment of a 64 MiB cluster was valid and none was ever followed."""
+        if self._settings.wal_segment_size_set:
+            return self._settings.wal_segment_size
+        if self._learnt_size is None:
+            # Only a first page at its own address is believed: a recycled file's is older.
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(LONG_HEADER.size)
+            except OSError:
+                head = b""
+            self._learnt_size = named_segment_size(head, os.path.basename(path))
+        return self._learnt_size or self._settings.wal_segment_size
 
     def _advance(self, current: _Followed) -> None:
         """Compress every block followed by a valid page header."""
