@@ -128,3 +128,15 @@ def test_the_daemon_follows_64_mib_segments_without_the_segment_size_set(
         walg.run(["wal-fetch", name, str(fetched)])
         assert fetched.read_bytes() == written[name]
         assert len(written[name]) == 64 << 20
+
+
+def test_wal_show_warns_when_the_segment_size_set_is_not_the_archive_s(
+    archived: Archived,
+) -> None:
+    """WALG_PG_WAL_SIZE=16 on this 64 MiB archive: the setting is followed (as WAL-G does) but
+    the phantom gaps it makes are explained. It used to say nothing."""
+    done = archived.walg.run(["wal-show"], env={"WALG_PG_WAL_SIZE": "16"})
+    assert "LOST_SEGMENTS" in done.stdout, done.stdout
+    assert "WALG_PG_WAL_SIZE" in done.stderr and "64 MiB" in done.stderr, done.stderr
+    quiet = archived.walg.run(["wal-show"], env={"WALG_PG_WAL_SIZE": "64"})
+    assert "WALG_PG_WAL_SIZE" not in quiet.stderr, quiet.stderr

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         with_backups=with_backups,
         segment_size=ctx.settings.wal_segment_size if ctx.settings.wal_segment_size_set else None,
         concurrency=ctx.settings.download_concurrency,
+        check_size=True,
     )
     for name in result.skipped_backups:
         log.warning("backup %s has no readable metadata.json; not shown", name)

@@ -285,12 +285,26 @@ def wal_show(
     with_backups: bool = True,
     segment_size: int | None = DEFAULT_SEGMENT_SIZE,
     concurrency: int = 10,
+    check_size: bool = False,
 ) -> WalShowResult:
     """Every timeline with segments in ``wal_005/``, sorted by timeline id. ``segment_size``
-    None: as a stored segment states (:func:`archived_segment_size`), else 16 MiB."""
+    None: as a stored segment states (:func:`archived_segment_size`), else 16 MiB.
+    ``check_size``: warn where a stored segment states another size than ``segment_size``
+    (names then mean other positions: gaps shown are not the archive's)."""
     names = list_wal_object_names(storage)
     if segment_size is None:
         segment_size = archived_segment_size(storage, names) or DEFAULT_SEGMENT_SIZE
+    elif check_size:
+        stated = archived_segment_size(storage, names)
+        if stated is not None and stated != segment_size:
+            log.warning(
+                "WALG_PG_WAL_SIZE says %d MiB but the archive's segments state %d MiB: "
+                "segment ranges and gaps shown are computed with the setting (unset it, or "
+                "set it to %d)",
+                segment_size >> 20,
+                stated >> 20,
+                stated >> 20,
+            )
     by_timeline: dict[int, set[int]] = {}
     for segment in segments_from_names(names, segment_size):
         by_timeline.setdefault(segment.timeline, set()).add(segment.segno)
