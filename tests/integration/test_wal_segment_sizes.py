@@ -140,3 +140,13 @@ def test_wal_show_warns_when_the_segment_size_set_is_not_the_archive_s(
     assert "WALG_PG_WAL_SIZE" in done.stderr and "64 MiB" in done.stderr, done.stderr
     quiet = archived.walg.run(["wal-show"], env={"WALG_PG_WAL_SIZE": "64"})
     assert "WALG_PG_WAL_SIZE" not in quiet.stderr, quiet.stderr
+
+
+def test_wal_verify_at_a_given_lsn_warns_of_a_wrong_segment_size_set(archived: Archived) -> None:
+    """--timeline/--lsn with WALG_PG_WAL_SIZE=16 on this 64 MiB archive: no server to refuse
+    by, so the setting is followed, but the ranges it makes up are explained."""
+    done = archived.walg.run(
+        ["wal-verify", "integrity", "--timeline", "1", "--lsn", "1/4000000"],
+        env={"WALG_PG_WAL_SIZE": "16"},
+    )
+    assert "WALG_PG_WAL_SIZE" in done.stderr and "64 MiB" in done.stderr, done.stderr

@@ -163,13 +163,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     position: ClusterPosition
     if args.position_timeline is not None:
         position = position_from_args(args.position_timeline, args.position_lsn)
-        if not given:
-            from walg.ops.wal_show import archived_segment_size, list_wal_object_names
+        from walg.ops.wal_show import (
+            archived_segment_size,
+            list_wal_object_names,
+            warn_of_another_segment_size,
+        )
 
-            storage = ctx.storage()
-            segment_size = (
-                archived_segment_size(storage, list_wal_object_names(storage)) or segment_size
-            )
+        storage = ctx.storage()
+        names = list_wal_object_names(storage)
+        if given:
+            # No server to refuse a wrong one by, as without --lsn.
+            warn_of_another_segment_size(storage, names, segment_size)
+        else:
+            segment_size = archived_segment_size(storage, names) or segment_size
     else:
         position = query_cluster_position(ctx.settings.pg, segment_size if given else None)
         segment_size = position.segment_size or segment_size

@@ -183,6 +183,21 @@ def archived_segment_size(storage: Storage, names: Iterable[str]) -> int | None:
     return None
 
 
+def warn_of_another_segment_size(storage: Storage, names: Iterable[str], segment_size: int) -> None:
+    """Warn where the archive's segments state another size than ``segment_size`` (the one
+    ``WALG_PG_WAL_SIZE`` sets): names then mean other positions, and ranges and gaps computed
+    with it are not the archive's."""
+    stated = archived_segment_size(storage, names)
+    if stated is not None and stated != segment_size:
+        log.warning(
+            "WALG_PG_WAL_SIZE says %d MiB but the archive's segments state %d MiB: segment "
+            "ranges and gaps are computed with the setting (unset it, or set it to %d)",
+            segment_size >> 20,
+            stated >> 20,
+            stated >> 20,
+        )
+
+
 def history_timeline(name: str) -> int | None:
     """The timeline whose ``.history`` file the stored object ``name`` is, or None."""
     match = _HISTORY_FILE_RE.fullmatch(fetched_as(name))
@@ -295,16 +310,7 @@ def wal_show(
     if segment_size is None:
         segment_size = archived_segment_size(storage, names) or DEFAULT_SEGMENT_SIZE
     elif check_size:
-        stated = archived_segment_size(storage, names)
-        if stated is not None and stated != segment_size:
-            log.warning(
-                "WALG_PG_WAL_SIZE says %d MiB but the archive's segments state %d MiB: "
-                "segment ranges and gaps shown are computed with the setting (unset it, or "
-                "set it to %d)",
-                segment_size >> 20,
-                stated >> 20,
-                stated >> 20,
-            )
+        warn_of_another_segment_size(storage, names, segment_size)
     by_timeline: dict[int, set[int]] = {}
     for segment in segments_from_names(names, segment_size):
         by_timeline.setdefault(segment.timeline, set()).add(segment.segno)
