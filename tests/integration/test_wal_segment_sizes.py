@@ -121,13 +121,16 @@ def test_the_daemon_follows_64_mib_segments_without_the_segment_size_set(
         log = stop_daemon(daemon)
     assert f"WAL follower archived {names[0]}" in log, log[-3000:]
     assert "WARNING" not in log and "ERROR" not in log, log[-3000:]
-    done = walg.run(["wal-verify", "integrity", "--timeline", "1", "--lsn", "0/1"])
-    assert done.returncode == 0, done.stderr
+    # What the follower stored is the segment: pushed again, it is found equal (a wal-fetch
+    # would leave a prefetch running past the test).
+    check = make_shared_dir(pg_workdir / "check", 0o755)
     for name in names:
-        fetched = pg_workdir / name
-        walg.run(["wal-fetch", name, str(fetched)])
-        assert fetched.read_bytes() == written[name]
         assert len(written[name]) == 64 << 20
+        copy = check / name
+        copy.write_bytes(written[name])
+        shutil.chown(copy, "pgtest", "pgtest")
+        again = walg.run(["wal-push", str(copy)])
+        assert "already archived with equal content" in again.stderr, again.stderr
 
 
 def test_wal_show_warns_when_the_segment_size_set_is_not_the_archive_s(
