@@ -19,16 +19,22 @@ OLD = "000000010000000000000003"
 LATER = "000000010000000000000009"
 
 
-def test_a_recycled_file_under_a_later_name_is_refused_and_stores_nothing(
-    tmp_path: Path, walg_bin: str
-) -> None:
+def _data_directory(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A data directory's ``pg_wal`` (with ``archive_status``), an empty storage folder, and
+    the environment of a walg that archives there."""
     pgdata = tmp_path / "data"
     wal = pgdata / "pg_wal"
     (wal / "archive_status").mkdir(parents=True)
     (pgdata / "PG_VERSION").write_text("16\n")
     store = tmp_path / "store"
     store.mkdir()
-    env = walg_env(store, tmp_path)
+    return wal, store, walg_env(store, tmp_path)
+
+
+def test_a_recycled_file_under_a_later_name_is_refused_and_stores_nothing(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    wal, store, env = _data_directory(tmp_path)
     (wal / LATER).write_bytes(segment_bytes(OLD, SYSID))
 
     refused = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
@@ -86,13 +92,7 @@ def test_a_copy_pushed_while_postgresql_wrote_the_segment_is_replaced_by_the_who
     for ever as different content, blaming another server or pg_resetwal, and archiving
     stopped. What is stored holds nothing the whole file does not: the file's start, then
     pages not yet written (zeros, or a recycled file's pages of another segment)."""
-    pgdata = tmp_path / "data"
-    wal = pgdata / "pg_wal"
-    (wal / "archive_status").mkdir(parents=True)
-    (pgdata / "PG_VERSION").write_text("16\n")
-    store = tmp_path / "store"
-    store.mkdir()
-    env = walg_env(store, tmp_path)
+    wal, store, env = _data_directory(tmp_path)
     whole = _segment(LATER, b"whole")
     recycled = _segment(OLD, b"old")
     (wal / LATER).write_bytes(whole)
