@@ -49,15 +49,23 @@ def find_wal_object(storage: Storage, file_name: str) -> tuple[str, str] | None:
     return None
 
 
-def stored_system_id(storage: Storage, key: str, ext: str) -> int | None:
-    """The system identifier the stored segment ``key`` (compressed as ``ext``) states in its
-    first page header; None where it has none (a history file, a corrupt object)."""
-    from walg.core.walpage import LONG_HEADER, stated_system_id
+def stored_first_page_header(storage: Storage, key: str, ext: str) -> bytes:
+    """The first bytes of the stored WAL file ``key`` (compressed as ``ext``), as many as a
+    segment's first page header holds (fewer for a shorter file)."""
+    from walg.core.walpage import LONG_HEADER
     from walg.ops.pipeline import download
     from walg.streams.compression import codec_for_extension
 
     with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
-        return stated_system_id(dl.reader.read(LONG_HEADER.size))
+        return dl.reader.read(LONG_HEADER.size)
+
+
+def stored_system_id(storage: Storage, key: str, ext: str) -> int | None:
+    """The system identifier the stored segment ``key`` (compressed as ``ext``) states in its
+    first page header; None where it has none (a history file, a corrupt object)."""
+    from walg.core.walpage import stated_system_id
+
+    return stated_system_id(stored_first_page_header(storage, key, ext))
 
 
 def archived_system_id(

@@ -1453,11 +1453,10 @@ def _timeline_ends_within(storage: Storage, segment: Segment, size: int) -> set[
 
 def _names_page(local: BinaryIO, offset: int, address: int) -> bool:
     """Does ``local`` hold, at ``offset``, a WAL page header naming LSN ``address``?"""
-    from walg.core.walpage import MIN_PAGE_MAGIC, PAGE_HEADER
+    from walg.core.walpage import PAGE_HEADER
 
     local.seek(offset)
-    magic, _info, _tli, pageaddr = PAGE_HEADER.unpack(local.read(PAGE_HEADER.size))
-    return bool(magic >= MIN_PAGE_MAGIC and pageaddr == address)
+    return _page_names(local.read(PAGE_HEADER.size), address)
 
 
 def _same_prefix(storage: Storage, key: str, codec: Codec, local: BinaryIO, length: int) -> bool:

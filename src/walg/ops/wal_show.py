@@ -41,7 +41,7 @@ from walg.errors import FormatError, IntegrityError
 from walg.ops import catalog
 from walg.ops.backup_list import BackupListing
 from walg.ops.pipeline import map_on_threads
-from walg.ops.wal import archived_system_id, read_history
+from walg.ops.wal import archived_system_id, read_history, stored_first_page_header
 from walg.storage.base import Storage
 from walg.streams.compression import FETCH_PROBE_ORDER
 
@@ -163,18 +163,15 @@ def archived_segment_size(storage: Storage, names: Iterable[str]) -> int | None:
     header that is its named segment's first page at the stated size is believed.
     """
     from walg.core.lsn import is_segment_name
-    from walg.core.walpage import LONG_HEADER, named_segment_size
+    from walg.core.walpage import named_segment_size
     from walg.errors import WalgError
-    from walg.ops.pipeline import download
-    from walg.streams.compression import codec_for_extension
 
     stored = sorted((fetched_as(n), n) for n in names if is_segment_name(fetched_as(n)))
     for segment, name in dict.fromkeys([*stored[-1:], *stored[:1]]):
         ext = name[len(segment) + 1 :]
         key = WAL + name
         try:
-            with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
-                size = named_segment_size(dl.reader.read(LONG_HEADER.size), segment)
+            size = named_segment_size(stored_first_page_header(storage, key, ext), segment)
         except (OSError, WalgError) as exc:
             log.warning("cannot read %s for the WAL segment size (%s)", key, exc)
             continue
