@@ -262,21 +262,21 @@ class Settings:
     def _misspelt_storage(self) -> str:
         """Names a set key that looks like a storage prefix's, for the "no storage" error: a
         config file with ``WALG_FILE_PREFX`` reads as "set" to the DBA looking at it."""
-        import difflib
-
         known = [f"{p}_{suffix}" for suffix, _ in STORAGE_PREFIX_KEYS for p in ("WALG", "WALE")]
         for name in sorted(self.values):
             if not name.startswith(("WALG_", "WALE_")) or not self.values[name].strip():
                 continue
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            close = _look_alike(name, known)
             if close:
-                where = (
-                    f"the config file {self.config_file}"
-                    if name in self.config_keys and self.config_file
-                    else "the environment"
-                )
-                return f"; {where} sets {name}: a misspelling of {close[0]}?"
+                return f"; {self._set_in(name)} sets {name}: a misspelling of {close}?"
         return ""
+
+    def _set_in(self, name: str) -> str:
+        """Where setting ``name`` comes from, for a message: the config file or the
+        environment."""
+        if name in self.config_keys and self.config_file:
+            return f"the config file {self.config_file}"
+        return "the environment"
 
     def not_honoured(self, command: str) -> list[str]:
         """Warnings for ``command``: the config file's keys that neither walg nor WAL-G reads
@@ -285,12 +285,10 @@ class Settings:
         (:data:`NOT_IMPLEMENTED`). Never a value: it may be a secret."""
         messages: list[str] = []
         unknown = sorted(name for name in self.config_keys if not _known_setting(name))
+        known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_OTHER_SETTINGS] if unknown else []
         for name in unknown:
-            import difflib
-
-            known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_OTHER_SETTINGS]
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-            hint = f": a misspelling of {close[0]}?" if close else ""
+            close = _look_alike(name, known)
+            hint = f": a misspelling of {close}?" if close else ""
             messages.append(
                 f"{name} in the config file {self.config_file} is unknown, and ignored{hint}"
             )
@@ -305,11 +303,8 @@ class Settings:
             value = self.values.get(name)
             if value is None or value.strip().lower() in defaults:
                 continue
-            where = "the environment"
-            if name in self.config_keys and self.config_file:
-                where = f"the config file {self.config_file}"
             messages.append(
-                f"{name} is set in {where}, but walg does not implement it: {command} "
+                f"{name} is set in {self._set_in(name)}, but walg does not implement it: {command} "
                 "goes on without it"
             )
         return messages
@@ -624,6 +619,14 @@ _STORAGE_FAMILIES = (
     "AWS_", "S3_", "WALG_S3_", "WALE_S3_", "GOOGLE_", "GCS_", "WALG_GS_", "AZURE_", "WALG_AZ",
     "OSS_", "WALG_OSS_", "OS_", "WALG_SWIFT_", "SSH_", "WALG_SSH_", "YC_", "WALG_FAILOVER_",
 )  # fmt: skip
+
+
+def _look_alike(name: str, known: list[str]) -> str | None:
+    """The one of ``known`` that ``name`` looks like a misspelling of, if any."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _known_setting(name: str) -> bool:
