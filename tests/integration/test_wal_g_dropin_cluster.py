@@ -43,33 +43,47 @@ def _newest_backup(walg: WalgSetup) -> tuple[dict[str, object], dict[str, object
     return sentinel, metadata
 
 
-def test_wal_g_backup_push_flags(primary: tuple[Cluster, WalgSetup]) -> None:
-    """``wal-g backup-push --full --permanent --add-user-data DATA``, an operator's nightly
-    job: walg refused each flag as a usage error (exit 2), so no backup was taken. --full is
-    what walg always does; --permanent marks the backup so (IsPermanent, which WAL-G's delete
-    and walg's wal-verify read); --add-user-data is WALG_SENTINEL_USER_DATA, and wins over
-    it, as in WAL-G."""
+Pushed = tuple[dict[str, object], dict[str, object], dict[str, object], dict[str, object]]
+
+
+@pytest.fixture(scope="module")
+def pushed(primary: tuple[Cluster, WalgSetup]) -> Pushed:
+    """Two backups taken with WAL-G's backup-push flags, for the module's tests that read
+    them (each xdist worker has its own cluster and storage, so no test may count on another
+    having run): ``--full --permanent --add-user-data {"job": "nightly"}``, then ``-f`` with
+    ``WALG_SENTINEL_USER_DATA="from the environment"``; the sentinel and metadata.json of
+    each."""
     cluster, walg = primary
     env = {"WALG_SENTINEL_USER_DATA": '"from the environment"'}
     args = ["backup-push", str(cluster.datadir), "--full", "--permanent"]
     done = walg.run([*args, "--add-user-data", '{"job": "nightly"}'], cluster=cluster, env=env)
     assert done.returncode == 0, done.stderr
-    sentinel, metadata = _newest_backup(walg)
-    assert sentinel["IsPermanent"] is True and metadata["is_permanent"] is True
-    assert sentinel["UserData"] == {"job": "nightly"} == metadata["user_data"]
-    detail = json.loads(walg.run(["backup-list", "--detail", "--json"]).stdout)
-    assert detail[-1]["is_permanent"] is True
-
+    first = _newest_backup(walg)
     # The short forms; without --permanent nor --add-user-data, the setting applies.
     done = walg.run(["backup-push", "-f", str(cluster.datadir)], cluster=cluster, env=env)
     assert done.returncode == 0, done.stderr
-    sentinel, metadata = _newest_backup(walg)
-    assert sentinel["IsPermanent"] is False and metadata["is_permanent"] is False
-    assert sentinel["UserData"] == "from the environment" == metadata["user_data"]
+    return (*first, *_newest_backup(walg))
+
+
+def test_wal_g_backup_push_flags(primary: tuple[Cluster, WalgSetup], pushed: Pushed) -> None:
+    """``wal-g backup-push --full --permanent --add-user-data DATA``, an operator's nightly
+    job: walg refused each flag as a usage error (exit 2), so no backup was taken. --full is
+    what walg always does; --permanent marks the backup so (IsPermanent, which WAL-G's delete
+    and walg's wal-verify read); --add-user-data is WALG_SENTINEL_USER_DATA, and wins over
+    it, as in WAL-G."""
+    _, walg = primary
+    sentinel, metadata, short_sentinel, short_metadata = pushed
+    assert sentinel["IsPermanent"] is True and metadata["is_permanent"] is True
+    assert sentinel["UserData"] == {"job": "nightly"} == metadata["user_data"]
+    detail = json.loads(walg.run(["backup-list", "--detail", "--json"]).stdout)
+    assert [b["is_permanent"] for b in detail[-2:]] == [True, False]
+
+    assert short_sentinel["IsPermanent"] is False and short_metadata["is_permanent"] is False
+    assert short_sentinel["UserData"] == "from the environment" == short_metadata["user_data"]
 
 
 def test_wal_g_backup_push_flags_walg_cannot_honour_are_refused(
-    primary: tuple[Cluster, WalgSetup],
+    primary: tuple[Cluster, WalgSetup], pushed: Pushed
 ) -> None:
     """A delta or a page checksum check asked for on the command line is refused before
     anything is done (exit 2, naming the flag): the operator asked for it explicitly."""
@@ -83,7 +97,7 @@ def test_wal_g_backup_push_flags_walg_cannot_honour_are_refused(
 
 
 def test_wal_g_backup_fetch_by_user_data(
-    primary: tuple[Cluster, WalgSetup], tmp_path_factory: pytest.TempPathFactory
+    primary: tuple[Cluster, WalgSetup], pushed: Pushed, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """``wal-g backup-fetch DEST --target-user-data DATA`` (or WALG_FETCH_TARGET_USER_DATA)
     restores the one backup whose user data is DATA; --reverse-unpack and
