@@ -113,3 +113,26 @@ def test_a_copy_pushed_while_postgresql_wrote_the_segment_is_replaced_by_the_who
     assert refused.returncode == 1, refused.stderr
     assert "with different content" in refused.stderr, refused.stderr
     assert lz4.frame.decompress(stored.read_bytes()) == other
+
+
+def test_a_segment_file_shorter_or_longer_than_its_header_states_is_refused(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    # PostgreSQL hands archive_command only whole segments; a file cut short (a copy that
+    # failed midway, a file system after a crash) is refused by PostgreSQL when restored
+    # ("archive file has wrong size"), which stops a point-in-time recovery.
+    wal, store, env = _data_directory(tmp_path)
+    whole = segment_bytes(LATER, SYSID)
+    for data in (whole[: 1 << 20], whole + bytes(8192)):
+        (wal / LATER).write_bytes(data)
+        refused = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+        assert refused.returncode == 1, refused.stderr
+        assert f"{len(data)} bytes" in refused.stderr, refused.stderr
+        assert f"a segment of {len(whole)} bytes" in refused.stderr, refused.stderr
+        assert "not archived" in refused.stderr, refused.stderr
+        assert not [p for p in store.rglob("*") if p.is_file()], "nothing stored"
+
+    (wal / LATER).write_bytes(whole)
+    pushed = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert (store / "wal_005" / f"{LATER}.lz4").is_file()

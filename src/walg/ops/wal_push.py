@@ -280,7 +280,7 @@ def push_one(
 
 def _refuse_another_segment(source: str, name: str) -> None:
     """Refuse segment file ``source`` if its first page header states another segment's
-    position than ``name``'s.
+    position than ``name``'s, or another size than the file's.
 
     PostgreSQL hands archive_command only segments it has written, but a push by hand (a
     loop over pg_wal) reaches the files it recycled for later use: an old segment's bytes
@@ -294,6 +294,7 @@ def _refuse_another_segment(source: str, name: str) -> None:
         return
     with open(source, "rb", buffering=0) as handle:
         head = handle.read(40)
+        length = os.fstat(handle.fileno()).st_size
     if len(head) < 40:
         return
     magic, info = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
@@ -304,7 +305,16 @@ def _refuse_another_segment(source: str, name: str) -> None:
     pageaddr = int.from_bytes(head[8:16], "little")
     per_id = 0x100000000 // size
     segno = int(name[8:16], 16) * per_id + int(name[16:24], 16)
-    if pageaddr == segno * size or pageaddr % size:
+    if pageaddr == segno * size:
+        if length != size:
+            # PostgreSQL archives whole segments only, and refuses to restore a file of
+            # another size ("archive file has wrong size"), which ends a recovery.
+            raise WalgError(
+                f"{source} is {length} bytes, but its first page states a segment of {size} "
+                "bytes (a copy cut short or grown?); not archived"
+            )
+        return
+    if pageaddr % size:
         return
     tli = int.from_bytes(head[4:8], "little")
     stated = f"{tli:08X}{pageaddr // size // per_id:08X}{pageaddr // size % per_id:08X}"
