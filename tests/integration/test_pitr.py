@@ -193,11 +193,20 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
-# Five kinds of damage on six majors made 30 restores; wal-fetch's answer does not depend on
+# Seven kinds of damage on six majors made 42 restores; wal-fetch's answer does not depend on
 # the major, and what the server does with it is seen on both sides of each recovery change.
 @pytest.mark.majors(13, 15, 18)
 @pytest.mark.parametrize(
-    "damage", ["corrupt", "dangling-link", "folder", "another-segment", "zeros"]
+    "damage",
+    [
+        "corrupt",
+        "dangling-link",
+        "folder",
+        "another-segment",
+        "zeros",
+        "truncated",
+        "another-system",
+    ],
 )
 def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str, damage: str
@@ -210,7 +219,10 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     its bytes over with exit 0, PostgreSQL read them as the end of the WAL ("unexpected
     pageaddr") and promoted. So must an uncompressed object of zeros, which carries no
     checksum and which storage that does not sync can leave after a crash: PostgreSQL read it
-    as the end of the WAL ("invalid magic number 0000") and promoted."""
+    as the end of the WAL ("invalid magic number 0000") and promoted. An object cut short
+    (an upload that died, a copy that ran out of space) and another database system's
+    segment under this one's name (a second cluster given the same prefix) stop it too, with
+    walg naming the object."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         pg_install,
@@ -237,6 +249,11 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
         size = len(lz4.frame.decompress(stored.read_bytes()))
         stored.unlink()
         (stored.parent / damaged).write_bytes(bytes(size))
+    elif damage == "truncated":
+        data = stored.read_bytes()
+        stored.write_bytes(data[: len(data) // 2])
+    elif damage == "another-system":
+        stored.write_bytes(_another_systems_segment(pg_install, pg_workdir, walg_bin, damaged))
     else:
         stored.unlink()
         if damage == "folder":
@@ -268,6 +285,27 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     assert "selected new timeline ID" not in log, log
     assert not (dest / "pg_wal" / "00000002.history").exists()
     assert (dest / "recovery.signal").exists()  # still to be recovered, once the archive is fixed
+    if damage == "truncated":
+        assert f"ERROR: wal_005/{damaged}.lz4: LZ4 stream is truncated" in log, log
+    elif damage == "another-system":
+        assert f"ERROR: wal_005/{damaged}.lz4 is not WAL segment {damaged}: it is another" in log
+
+
+def _another_systems_segment(install: PgInstall, workdir: Path, walg_bin: str, name: str) -> bytes:
+    """The object another database system (its own initdb, not a copy of this one's
+    template) archived under WAL segment ``name``."""
+    other = WalgSetup.create(walg_bin, workdir / "other")
+    cluster = Cluster.create(
+        install,
+        workdir / "other" / "data",
+        conf={"archive_mode": "on", "archive_command": other.command("wal-push", "%p")},
+        use_template=False,
+    )
+    cluster.start()
+    while archive_now(cluster) < name:
+        pass
+    cluster.stop()
+    return (other.store / "wal_005" / f"{name}.lz4").read_bytes()
 
 
 def _backed_up_a_then_b(
