@@ -1,0 +1,280 @@
+"""Disaster-recovery drills on real clusters: what an operator sees when the archive or the
+restore host is not what the runbook assumed.
+
+A segment missing between a backup and a recovery target, a restore onto the host of a
+primary that still uses its tablespace, two servers promoted from one backup into one
+archive (a split brain), and a backup whose primary crashed right after it. Each pins what
+walg and PostgreSQL do together: recovery stops with the missing file named and resumes once
+the archive is mended, nothing of the running primary or of the archive is overwritten, and a
+backup reported done restores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, CommandError, PgInstall
+from walgcli import WalgSetup, archive_now, start_load
+
+
+def _archiving(walg: WalgSetup) -> dict[str, str]:
+    return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+
+
+def _mark(cluster: Cluster, phase: str) -> None:
+    cluster.psql(f"INSERT INTO marks VALUES ('{phase}')")
+
+
+def _start_and_wait_until_stopped(cluster: Cluster, timeout: float = 120) -> None:
+    """Start a restored server that is expected to stop by itself (a FATAL in recovery)."""
+    # pg_ctl may report a failed start: recovery can stop before the server is ready.
+    with contextlib.suppress(CommandError):
+        cluster.start(wait_ready=False)
+    deadline = time.monotonic() + timeout
+    while cluster.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster.is_running(), cluster.log_tail(100)
+
+
+def _walg_lines(log: str) -> list[str]:
+    """The lines of a server's log that are not the server's own (those start with a
+    timestamp or continue one): what restore_command wrote."""
+    return [
+        line
+        for line in log.splitlines()
+        if line.strip() and not line[:4].isdigit() and not line.startswith(("\t", " "))
+    ]
+
+
+@pytest.mark.majors(13, 17)
+@pytest.mark.parametrize("action", ["promote", "pause", "shutdown"])
+def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mended(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str, action: str
+) -> None:
+    """A segment between the backup and the target is missing from storage (a deleted
+    object, a lost upload). wal-fetch says, once per call, that this segment is not in the
+    archive (exit 74, the end of the archive to PostgreSQL), and PostgreSQL 13+ then refuses
+    to end recovery short of the target whatever --target-action says: "recovery ended before
+    configured recovery target was reached", no new timeline, recovery.signal kept. Once the
+    segment is back in storage the same directory recovers to the target and takes its
+    action."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    archive_now(src)
+    _mark(src, "b")
+    gap = archive_now(src)
+    _mark(src, "c")
+    target = src.psql("SELECT clock_timestamp()")
+    _mark(src, "d")
+    archive_now(src)
+    src.stop()
+    stored = walg.store / "wal_005" / f"{gap}.lz4"
+    kept = pg_workdir / "kept-aside.lz4"
+    shutil.move(stored, kept)
+
+    show = walg.run(["wal-show", "--detailed-json"])
+    assert f'"{gap}"' in show.stdout, show.stdout
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+            "--target-time",
+            target,
+            "--target-action",
+            action,
+        ]
+    )
+    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    _start_and_wait_until_stopped(restored)
+    log = restored.logfile.read_text(errors="replace")
+    assert "FATAL:  recovery ended before configured recovery target was reached" in log, log
+    assert "selected new timeline ID" not in log, log
+    assert (dest / "recovery.signal").exists()
+    # walg said which segment is missing, and nothing else: no error, no traceback, no
+    # line from the prefetchers that ran on past the gap.
+    said = _walg_lines(log)
+    assert said, log
+    assert all(line.startswith("walg: WAL file ") for line in said), said
+    assert all(line.endswith(" is not in the archive") for line in said), said
+    segments = {line.split()[3] for line in said if not line.split()[3].endswith(".history")}
+    assert segments == {gap}, said
+
+    # The archive mended, the same restore goes on to its target.
+    shutil.move(kept, stored)
+    restored.logfile.write_text("")
+    if action == "shutdown":
+        _start_and_wait_until_stopped(restored)
+        log = restored.logfile.read_text(errors="replace")
+        assert "shutdown at recovery target" in log, log
+        assert "selected new timeline ID" not in log, log
+        return
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=120)
+    if action == "promote":
+        restored.wait_for_recovery_end(timeout=120)
+    else:
+        deadline = time.monotonic() + 120
+        while restored.psql("SELECT pg_is_wal_replay_paused()") != "t":
+            assert time.monotonic() < deadline, restored.log_tail(60)
+            time.sleep(0.2)
+        assert restored.is_in_recovery()
+    assert restored.psql("SELECT string_agg(phase, ',' ORDER BY phase) FROM marks") == "a,b,c"
+    restored.stop()
+
+
+def test_a_restore_on_the_host_of_a_running_primary_leaves_its_tablespace_alone(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """Restoring into a new DEST on the primary's own host (a test restore, a second copy)
+    without --restore-spec would put the tablespace at its original location, which the
+    running primary uses: backup-fetch refuses before it touches anything (exit 2), naming the
+    location and --restore-spec, and the primary's files are as they were."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(install, pg_workdir / "src", conf=_archiving(walg))
+    src.start()
+    location = src.add_tablespace("ts", pg_workdir / "ts")
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY) TABLESPACE ts")
+    _mark(src, "a")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.checkpoint()
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {
+            str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in location.rglob("*")
+            if p.is_file()
+        }
+
+    before = snapshot()
+    assert before
+    dest = pg_workdir / "restored"
+    for extra in ([], ["--restore-command", walg.command("wal-fetch", "%f", "%p")]):
+        result = walg.run(["backup-fetch", str(dest), "LATEST", *extra], check=False)
+        assert result.returncode == 2, result.stderr
+        assert str(location) in result.stderr and "--restore-spec" in result.stderr
+        assert not dest.exists()
+    assert snapshot() == before
+    assert src.psql("SELECT phase FROM marks") == "a"
+    src.stop()
+
+
+def test_two_servers_promoted_from_one_backup_into_one_archive_overwrite_nothing(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """A split brain: two restores of the same backup promote while neither can reach the
+    archive (a network partition), so both choose timeline 2 from the same switch point.
+    When archiving comes back, the second server's 00000002.history, the same bytes, is
+    taken as archived; its first segment of timeline 2, other WAL under a stored name, is
+    refused with a message that names the cause, and the first server's objects are left
+    as they were."""
+    install = PgInstall.load(15)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(install, pg_workdir / "src", conf=_archiving(walg))
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    archive_now(src)
+    src.stop()
+
+    nodes = []
+    for name in ("one", "two"):
+        dest = pg_workdir / name
+        fetch = ["backup-fetch", str(dest), "LATEST"]
+        walg.run([*fetch, "--restore-command", walg.command("wal-fetch", "%f", "%p")])
+        conf = {"archive_mode": "on", "archive_command": "false"}
+        nodes.append(Cluster.from_existing(install, dest, conf=conf))
+    for node in nodes:
+        node.start(wait_ready=False)
+    for name, node in zip(("one", "two"), nodes, strict=True):
+        node.wait_ready(timeout=120)
+        node.wait_for_recovery_end(timeout=120)
+        timeline = node.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+        assert timeline == "00000002"
+        _mark(node, name)
+        node.psql("SELECT pg_switch_wal()")
+    one, two = nodes
+    one.set_conf({"archive_command": walg.command("wal-push", "%p")})
+    one.reload()
+    first = archive_now(one)
+    assert first.startswith("00000002")
+    wal = walg.store / "wal_005"
+    stored = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in wal.iterdir()}
+    assert "00000002.history.lz4" in stored
+
+    two.logfile.write_text("")
+    two.set_conf({"archive_command": walg.command("wal-push", "%p")})
+    two.reload()
+    deadline = time.monotonic() + 60
+    while True:
+        failed = two.psql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver")
+        if failed.startswith("00000002") and failed != "00000002.history":
+            break
+        assert time.monotonic() < deadline, two.log_tail(60)
+        time.sleep(0.2)
+    assert two.psql("SELECT last_archived_wal FROM pg_stat_archiver") == "00000002.history"
+    log = two.logfile.read_text(errors="replace")
+    assert f"WAL file {failed} is already archived as wal_005/{failed}.lz4" in log, log
+    assert "another server of this system writes this timeline" in log, log
+    one.stop()
+    two.stop()
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in wal.iterdir()}
+    assert {k: v for k, v in after.items() if k in stored} == stored
+    assert not [k for k in after if k not in stored and k.startswith(failed)], after
+
+
+@pytest.mark.majors(13, 17)
+def test_a_backup_of_a_primary_that_crashed_right_after_it_restores(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """backup-push exits 0 only once the WAL the backup needs is in storage: a primary
+    killed the moment it returns, its data directory lost, is restored from that backup and
+    reaches a consistent state."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
+    src.start()
+    src.pgbench(["-i", "-s", "1", "-q"])
+    load = start_load(src, 30)
+    try:
+        walg.run(["backup-push", str(src.datadir)], cluster=src)
+        src.stop(mode="immediate")
+    finally:
+        load.kill()
+        load.communicate(timeout=60)
+    shutil.rmtree(src.datadir)
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+        ]
+    )
+    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=120)
+    restored.wait_for_recovery_end(timeout=120)
+    assert "consistent recovery state reached" in restored.logfile.read_text(errors="replace")
+    assert int(restored.psql("SELECT count(*) FROM pgbench_accounts")) == 100000
+    if pg_install.has_amcheck:
+        assert restored.amcheck() > 0
+    restored.stop()
