@@ -1234,6 +1234,39 @@ def test_an_empty_segment_object_is_lost_not_found(storage: Storage) -> None:
 
 
 @pytest.mark.parametrize(
+    ("in_recovery", "archived", "lost"),
+    [
+        (False, name(1, 18), {11, 12, 17}),  # archived past 17: only 19 and 20 may be under way
+        (False, name(1, 17), {11, 12, 17}),
+        (False, name(1, 16), {11, 12}),  # 17 not yet handed to archive_command
+        (False, name(1, 12), {11, 12}),
+        (False, name(1, 16) + ".partial", set()),  # tells nothing: WAL-G's windows
+        (False, name(1, 16) + ".00000028.backup", set()),
+        (False, name(2, 18), set()),  # another timeline's
+        (False, None, set()),  # never archived, or a position given by hand
+        (True, name(1, 18), set()),  # a standby's own archiver says nothing of the primary
+    ],
+)
+def test_a_segment_missing_below_the_last_one_archived_is_lost_on_a_primary(
+    storage: Storage, in_recovery: bool, archived: str | None, lost: set[int]
+) -> None:
+    """PostgreSQL's archiver goes in order and retries a segment until archive_command takes
+    it: a segment of its timeline missing at or below pg_stat_archiver's last archived one was
+    stored and is gone, not an upload under way as WAL-G's window (16 segments here) supposes.
+    Such a gap stops a restore there."""
+    put_segments(storage, 1, [*range(3, 11), *range(13, 17), 18])  # 11, 12, 17, 19, 20 missing
+    position = ClusterPosition(1, 21 * SEG + 0x100, in_recovery, "on", last_archived_wal=archived)
+    result = verify_integrity(storage, position, max_delayed=0, upload_concurrency=16)
+    got = statuses(result)
+    missing = {n: got[name(1, n)] for n in (11, 12, 17, 19, 20)}
+    assert {n for n, status in missing.items() if status is SegmentStatus.MISSING_LOST} == lost
+    assert all(
+        status is SegmentStatus.MISSING_UPLOADING for n, status in missing.items() if n not in lost
+    )
+    assert result.status is (CheckStatus.FAILURE if lost else CheckStatus.WARNING)
+
+
+@pytest.mark.parametrize(
     ("in_recovery", "archive_mode", "status"),
     [
         (False, "on", SegmentStatus.MISSING_LOST),  # a promoted standby never archives them

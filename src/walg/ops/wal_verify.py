@@ -13,6 +13,9 @@ Two checks, computed as WAL-G computes them:
     ``upload_concurrency`` segments (an upload may be in flight), and ``MISSING_LOST`` beyond.
     On a primary whose ``archive_mode`` is not ``always``, a missing segment of an older
     timeline is ``MISSING_LOST`` wherever it lies (nothing will archive it after a failover).
+    On a primary, so is a missing segment of its own timeline at or before the last one its
+    archiver reports archived (``pg_stat_archiver``): the archiver goes in order, so the
+    upload of that segment succeeded, and storage has lost it since.
     The result is ``FAILURE`` if anything is lost, ``WARNING`` if something is missing but not
     lost, else ``OK``; lost segments below the first found one only warn when storage holds no
     backup at all (there is no telling where the archive was meant to begin).
@@ -50,7 +53,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from walg.core.log import get_logger
-from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, parse_lsn
+from walg.core.lsn import DEFAULT_SEGMENT_SIZE, Segment, is_segment_name, parse_lsn
 from walg.core.metadata import BackupMetadata
 from walg.core.timeline import History, history_file_name
 from walg.errors import (
@@ -109,6 +112,8 @@ class ClusterPosition:
     system_identifier: int | None = None
     #: the server's WAL segment size; None when unknown (a position given by hand)
     segment_size: int | None = None
+    #: pg_stat_archiver's last_archived_wal; None when unknown or never archived
+    last_archived_wal: str | None = None
 
     @property
     def archives_older_timelines(self) -> bool:
@@ -120,6 +125,25 @@ class ClusterPosition:
         may still be working through them. On a standby the primary's setting is unknown.
         """
         return self.in_recovery or self.archive_mode in (None, "always")
+
+    def archived_through(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment | None:
+        """The newest segment of its own timeline a primary's archiver reports archived, or
+        None (a standby, another kind of file last, a position given by hand).
+
+        PostgreSQL archives completed segments oldest first and retries a failed one until it
+        succeeds, so every segment of the timeline up to this one was handed to
+        ``archive_command`` and stored: one missing from storage is no upload under way, as
+        WAL-G's uploading window supposes. A ``.backup``, ``.partial`` or ``.history`` file
+        archived last tells nothing here.
+        """
+        name = self.last_archived_wal
+        if self.in_recovery or name is None or not is_segment_name(name):
+            return None
+        try:
+            segment = Segment.parse(name, segment_size)
+        except FormatError:
+            return None
+        return segment if segment.timeline == self.timeline else None
 
     def current_segment(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
         """The segment holding ``lsn - 1``: the one being written (WAL-G's current segment)."""
@@ -205,7 +229,8 @@ _POSITION_SQL = (
     " THEN pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END),"
     " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),"
     " pg_catalog.current_setting('archive_mode'),"
-    " (SELECT system_identifier FROM pg_catalog.pg_control_system())"
+    " (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
+    " (SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver)"
 )
 
 
@@ -242,7 +267,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int | None) -> Cluste
         )
         row = query_one(conn, _POSITION_SQL)
         (in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode,
-         system) = row  # fmt: skip
+         system, archived) = row  # fmt: skip
     finally:
         conn.close()
     if lsn_text is None:
@@ -264,6 +289,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int | None) -> Cluste
         str(mode),
         int(system) if system is not None else None,
         int(server_segment_size),
+        str(archived) if archived is not None else None,
     )
 
 
@@ -435,6 +461,7 @@ def _classify(
     max_delayed: int,
     upload_concurrency: int,
     lost_below: int | None = None,
+    archived: Segment | None = None,
 ) -> Iterator[tuple[int, int, int, SegmentStatus]]:
     """WAL-G's three scans over the walk (newest first): delayed, uploading, lost.
 
@@ -442,6 +469,8 @@ def _classify(
     uploading window ``upload_concurrency`` segments later (stored ones count); a stretch is
     split where a window ends. A missing segment of a timeline below ``lost_below`` is lost
     wherever it lies: nothing will archive it (see ClusterPosition.archives_older_timelines).
+    So is a missing segment of ``archived``'s timeline up to ``archived`` (see
+    ClusterPosition.archived_through).
     """
     phase = 0  # 0: delayed, 1: uploading, 2: lost
     taken = 0
@@ -452,8 +481,11 @@ def _classify(
         SegmentStatus.MISSING_UPLOADING,
         SegmentStatus.MISSING_LOST,
     )
-    for timeline, top, low, stored in blocks:
-        if not stored and lost_below is not None and timeline < lost_below:
+    for timeline, top, low, stored in _split_at(blocks, archived):
+        if not stored and (
+            (lost_below is not None and timeline < lost_below)
+            or (archived is not None and timeline == archived.timeline and top <= archived.segno)
+        ):
             yield timeline, top, low, SegmentStatus.MISSING_LOST
             continue
         high = top
@@ -474,6 +506,21 @@ def _classify(
                 phase, taken = (1 if upload_concurrency > 0 else 2), 0
             elif phase == 1 and taken >= upload_concurrency:
                 phase, taken = 2, 0
+
+
+def _split_at(blocks: Iterable[_Block], segment: Segment | None) -> Iterator[_Block]:
+    """``blocks`` with the missing stretch that spans ``segment`` cut just above it."""
+    for timeline, top, low, stored in blocks:
+        if (
+            segment is not None
+            and not stored
+            and timeline == segment.timeline
+            and low <= segment.segno < top
+        ):
+            yield timeline, top, segment.segno + 1, stored
+            yield timeline, segment.segno, low, stored
+            continue
+        yield timeline, top, low, stored
 
 
 def _collapse(
@@ -673,7 +720,9 @@ def verify_integrity(
     # WAL-G's windows stand for uploads that may be under way; after a failover, the old
     # timeline's segments the dead primary had not archived are under way nowhere.
     lost_below = None if position.archives_older_timelines else position.timeline
-    runs = _collapse(_classify(blocks, max_delayed, upload_concurrency, lost_below), segment_size)
+    archived = position.archived_through(segment_size)
+    classified = _classify(blocks, max_delayed, upload_concurrency, lost_below, archived)
+    runs = _collapse(classified, segment_size)
     if runs and not any(run.status is SegmentStatus.FOUND for run in runs):
         problems.append(
             f"no segment from {Segment(timeline_of(stop), stop).name(segment_size)} to "
