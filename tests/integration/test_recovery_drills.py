@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -58,12 +59,13 @@ def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mend
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str, action: str
 ) -> None:
     """A segment between the backup and the target is missing from storage (a deleted
-    object, a lost upload). wal-fetch says, once per call, that this segment is not in the
-    archive (exit 74, the end of the archive to PostgreSQL), and PostgreSQL 13+ then refuses
-    to end recovery short of the target whatever --target-action says: "recovery ended before
-    configured recovery target was reached", no new timeline, recovery.signal kept. Once the
-    segment is back in storage the same directory recovers to the target and takes its
-    action."""
+    object, a lost upload). wal-show names it, and wal-verify on the primary, which archived
+    past it, calls it lost (FAILURE). wal-fetch says, once per call, that this segment is not
+    in the archive (exit 74, the end of the archive to PostgreSQL), and PostgreSQL 13+ then
+    refuses to end recovery short of the target whatever --target-action says: "recovery
+    ended before configured recovery target was reached", no new timeline, recovery.signal
+    kept. Once the segment is back in storage the same directory recovers to the target and
+    takes its action."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
     src.start()
@@ -77,13 +79,19 @@ def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mend
     target = src.psql("SELECT clock_timestamp()")
     _mark(src, "d")
     archive_now(src)
-    src.stop()
     stored = walg.store / "wal_005" / f"{gap}.lz4"
     kept = pg_workdir / "kept-aside.lz4"
     shutil.move(stored, kept)
 
     show = walg.run(["wal-show", "--detailed-json"])
     assert f'"{gap}"' in show.stdout, show.stdout
+    # The primary has archived past the gap: no upload of it is under way, it is lost.
+    verify = walg.run(["wal-verify", "integrity", "--json"], cluster=src)
+    doc = json.loads(verify.stdout)["integrity"]
+    assert doc["status"] == "FAILURE", verify.stdout
+    missing = [(r["start_segment"], r["status"]) for r in doc["details"] if r["status"] != "FOUND"]
+    assert missing == [(gap, "MISSING_LOST")], verify.stdout
+    src.stop()
 
     dest = pg_workdir / "restored"
     walg.run(
