@@ -227,6 +227,43 @@ def test_a_standby_waiting_at_the_end_of_the_archive_is_not_told_so_each_time(
             assert missing.stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("signals", "said"),
+    [
+        (("recovery.signal",), True),
+        ((), True),
+        (("recovery.signal", "standby.signal"), False),  # quiet, and no lookup
+    ],
+)
+def test_a_segment_missing_before_a_stored_one_is_named_as_a_gap(
+    walg_bin: str, pg_workdir: Path, signals: tuple[str, ...], said: bool
+) -> None:
+    """The end of the archive and a gap in it (an object deleted or lost) both exit 74, and
+    PostgreSQL takes either for the end: without a target it promotes there, leaving out what
+    was archived after the gap. The line walg writes in the server's log said the same for
+    both; it names the stored successor where there is one."""
+    gap, after = Segment(1, 3).name(), Segment(1, 4).name()
+    store = _archive(pg_workdir, {f"{after}.lz4": lz4.frame.compress(segment_bytes(after, 5))})
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    make_shared_dir(pgdata / "pg_wal", 0o700)
+    for signal_file in signals:
+        (pgdata / signal_file).touch()
+    missing = _fetch(walg_bin, store, pgdata, gap, WALG_DOWNLOAD_CONCURRENCY="1")
+    assert missing.returncode == 74, missing.stderr
+    if not said:
+        assert missing.stderr == ""
+        return
+    assert missing.stderr.count("\n") == 1, missing.stderr
+    assert missing.stderr.startswith(
+        f"walg: WAL file {gap} is not in the archive, but {after} after it is: a gap in the "
+        "archive, not its end."
+    ), missing.stderr
+    assert f"put {gap} back into storage" in missing.stderr
+    # The end of the archive reads as before.
+    end = _fetch(walg_bin, store, pgdata, Segment(1, 5).name(), WALG_DOWNLOAD_CONCURRENCY="1")
+    assert end.stderr == f"walg: WAL file {Segment(1, 5).name()} is not in the archive\n"
+
+
 @pytest.mark.parametrize("entry", ["dangling-link", "folder", "fifo", "linked-wal-folder"])
 def test_an_archived_name_that_cannot_be_read_is_a_failure_not_the_end_of_the_archive(
     walg_bin: str, pg_workdir: Path, entry: str

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from walg.errors import WalgError
+from walg.errors import WalgError, WalNotFound
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -65,7 +65,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     # pg_rewind --restore-target-wal: it rewrites that pg_wal by a listing taken before this
     # call, and fails on anything changed there since but DEST (see fetched_for_pg_rewind).
     rewinding = fetched_for_pg_rewind(args.name, args.destination)
-    wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination, not rewinding)
+    try:
+        wal_fetch(ctx.settings, ctx.storage(), args.name, args.destination, not rewinding)
+    except WalNotFound as exc:
+        raise _with_gap(ctx, args.name, args.destination, exc) from None
     if rewinding:
         return 0
     if args.no_prefetch or ctx.settings.download_concurrency < 2 or not is_segment_name(args.name):
@@ -100,6 +103,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
             get_logger(__name__).warning("not prefetching after %s: %s", args.name, exc)
     return 0
+
+
+def _with_gap(ctx: Context, name: str, destination: str, exc: WalNotFound) -> WalNotFound:
+    """``exc``, saying so where the segment after ``name`` is stored: a gap in the archive.
+
+    Its end and a gap both exit 74, and PostgreSQL takes either for the end of the archive;
+    only the line in its log can tell the operator which. A standby asks for the next segment
+    every 5 s and is told nothing (see walg.cli.main): no lookup there either.
+    """
+    from walg.core.lsn import is_segment_name
+    from walg.daemon_client import fetch_data_directories, is_standby
+
+    if not is_segment_name(name) or any(
+        is_standby(pgdata) for pgdata in fetch_data_directories(destination)
+    ):
+        return exc
+    from walg.ops.wal_fetch import stored_after
+
+    try:
+        later = stored_after(ctx.storage(), name, ctx.settings.wal_segment_size)
+    except (OSError, WalgError):
+        return exc  # a segment size that names no such segment, storage gone: no hint
+    if later is None:
+        return exc
+    return WalNotFound(
+        f"{exc}, but {later} after it is: a gap in the archive, not its end. Recovery cannot "
+        f"replay past it (without a target, PostgreSQL ends recovery and promotes here); put "
+        f"{name} back into storage to go on"
+    )
 
 
 def failure_exit_code(destination: str, code: int) -> int:

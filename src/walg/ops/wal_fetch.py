@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from walg.core.lsn import check_wal_file_name, is_segment_name
+from walg.core.lsn import Segment, check_wal_file_name, is_segment_name
 from walg.core.walpage import cluster_system_id, foreign_segment_problem
 from walg.errors import IntegrityError, RequestAbandoned, WalNotFound
 from walg.ops.wal import (
@@ -117,3 +117,16 @@ def _check_segment(path: str, name: str, key: str, destination: str) -> None:
         os.close(fd)
     if problem is not None:
         raise IntegrityError(f"{key} is not WAL segment {name}: {problem}")
+
+
+def stored_after(storage: Storage, name: str, segment_size: int) -> str | None:
+    """The segment after segment ``name`` on its timeline, where storage holds it; else None.
+
+    Asked where ``name`` is not stored. PostgreSQL archives in order, so a stored successor
+    means a gap in the archive (an object deleted or lost), not its end: recovery cannot
+    replay past it, and without a target PostgreSQL ends recovery and promotes there, leaving
+    out everything archived after it. (walg's look-ahead stores later segments while
+    PostgreSQL's call for an earlier one is under way: a gap that may yet fill.)
+    """
+    following = Segment.parse(name, segment_size).next().name(segment_size)
+    return following if find_wal_object(storage, following) is not None else None
