@@ -305,6 +305,9 @@ def test_archiving_switched_to_two_daemons_mid_backlog_beside_a_hand_wal_push(
     equals the primary."""
     walg, primary, standby = pair
     standby.stop()  # two clusters at most: the restore below is the second
+    # A backup of its own: with the module's tests split between xdist workers, this one may
+    # run on a worker where no other test has taken one.
+    walg.run(["backup-push", str(primary.datadir)], cluster=primary)
     status = primary.datadir / "pg_wal" / "walg_data" / "walg_archive_status"
     primary.set_conf({"archive_command": "false"})
     primary.reload()
