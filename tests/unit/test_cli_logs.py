@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -75,3 +76,47 @@ def test_devel_and_debug_show_debug_lines(store: Path, walg_bin: str, level: str
     assert "DEBUG:" not in restore("quiet")
     err = restore("restore", WALG_LOG_LEVEL=level)
     assert re.search(rf"^DEBUG: {STAMP} extracted \S*part_001\.tar\.lz4$", err, re.M), err
+
+
+def test_error_level_shows_errors_only(store: Path, walg_bin: str) -> None:
+    """WALG_LOG_LEVEL=ERROR: WAL-G (tracelog.Setup) sends its INFO and WARNING loggers to
+    nowhere and keeps ERROR; walg still showed warnings. Errors stay: a command's failure line
+    and the daemon's logged errors. The configuration's own warnings (a key in the config file
+    that nothing reads) come before WAL-G's level is set up, and so are shown at every level
+    in walg too."""
+    (store / "wal_005").mkdir()
+    (store / "wal_005" / "000000010000000000000001.lz4").write_bytes(b"")
+    config = store.parent / "walg.json"
+    config.write_text(json.dumps({"WALG_FILE_PREFX_TYPO": "x"}))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(store.parent / "home"),
+        "WALG_FILE_PREFIX": str(store),
+    }
+
+    def walg(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [walg_bin, *argv],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    shown = walg("wal-show")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^WARNING: {STAMP} wal_005/\S+ is empty", shown.stderr, re.M)
+    for level in ("ERROR", "QUIET"):
+        quiet = walg("wal-show", WALG_LOG_LEVEL=level)
+        assert quiet.returncode == 0, quiet.stderr
+        assert quiet.stderr == ""
+        failed = walg("backup-fetch", str(store.parent / "dest"), "base_x", WALG_LOG_LEVEL=level)
+        assert failed.returncode != 0
+        assert failed.stderr.startswith("ERROR: "), failed.stderr
+        configured = walg("--config", str(config), "wal-show", WALG_LOG_LEVEL=level)
+        assert configured.returncode == 0, configured.stderr
+        assert re.fullmatch(
+            rf"WARNING: {STAMP} WALG_FILE_PREFX_TYPO in the config file \S+ is unknown[^\n]*\n",
+            configured.stderr,
+        ), configured.stderr

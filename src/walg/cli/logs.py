@@ -8,11 +8,14 @@ from walg.core import log
 
 
 def threshold(level_name: str) -> int:
-    """The lowest level shown for ``WALG_LOG_LEVEL``."""
+    """The lowest level shown for ``WALG_LOG_LEVEL``, as WAL-G's logger (tracelog.Setup) has
+    it: ERROR shows errors only, NORMAL adds information and warnings, DEVEL debug lines. A
+    command's failure is written apart from the log (walg.cli.main) and shows at every level.
+    DEBUG and QUIET are walg's other names for DEVEL and ERROR."""
     if level_name in ("DEVEL", "DEBUG"):
         return log.DEBUG
     if level_name in ("ERROR", "QUIET"):
-        return log.WARNING
+        return log.ERROR
     return log.INFO
 
 

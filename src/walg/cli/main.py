@@ -179,16 +179,21 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
         from walg.cli import logs
         from walg.cli.context import Context
 
+        # The configuration's warnings at NORMAL whatever WALG_LOG_LEVEL says, as WAL-G
+        # gives its own (unknown keys) before its level is set up; then the level.
+        # Not again in the detached helpers: the call that started one has said it.
+        internal = args.command in ("wal-push-ahead", "wal-prefetch")
+        messages = () if internal else settings.not_honoured(args.command)
+        if messages:
+            from walg.core.log import get_logger
+
+            logs.setup("NORMAL")
+            for message in messages:
+                get_logger("walg.settings").warning("%s", message)
         if fast:
             logs.setup_lazily(settings.log_level)
         else:
             logs.setup(settings.log_level)
-        # Not again in the detached helpers: the call that started one has said it.
-        internal = args.command in ("wal-push-ahead", "wal-prefetch")
-        for message in () if internal else settings.not_honoured(args.command):
-            from walg.core.log import get_logger
-
-            get_logger("walg.settings").warning("%s", message)
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
