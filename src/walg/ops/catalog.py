@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from walg.core.checksum import Checksum
 from walg.core.gotime import GoTime
+from walg.core.log import get_logger
 from walg.core.metadata import BackupMetadata, FilesMetadata, Sentinel, encode_json_text
 from walg.core.naming import (
     BASEBACKUPS,
@@ -31,6 +32,8 @@ from walg.storage.base import Storage
 
 LATEST = "LATEST"
 
+log = get_logger(__name__)
+
 
 @dataclass(frozen=True)
 class BackupRef:
@@ -42,9 +45,20 @@ class BackupRef:
 
 
 def list_backups(storage: Storage) -> list[BackupRef]:
-    """Backups oldest first by sentinel modification time."""
+    """Backups oldest first by sentinel modification time.
+
+    An entry of ``basebackups_005/`` that is not an object (a FIFO, a socket, a link to
+    nothing where a sentinel would be, on local-folder storage) is skipped with a warning: it
+    is no backup (one exists iff its sentinel object does), and every listing, LATEST
+    included, goes on with the others; reading it could block, and failing would leave the
+    DBA without the backups that are there.
+    """
     refs = []
-    for info in storage.list(BASEBACKUPS, recursive=False):
+    unlisted: list[str] = []
+    infos = storage.list(BASEBACKUPS, recursive=False, unlisted=unlisted)
+    for problem in unlisted:
+        log.warning("%s; skipped, not a backup", problem)
+    for info in infos:
         name = backup_name_from_sentinel_key(info.key)
         if name is None:
             continue

@@ -104,10 +104,15 @@ def list_wal_object_names(storage: Storage) -> list[str]:
 
     An empty object is left out, with a warning naming it: no WAL file is 0 bytes stored
     (compressed or not), so ``wal-fetch`` fails on it and a restore stops there; counted, it
-    would make a gap in the archive look stored.
+    would make a gap in the archive look stored. So is an entry that is not an object (a FIFO
+    on local-folder storage), which would otherwise fail the whole listing.
     """
     names = []
-    for info in storage.list(WAL, recursive=False):
+    unlisted: list[str] = []
+    infos = storage.list(WAL, recursive=False, unlisted=unlisted)
+    for problem in unlisted:
+        log.warning("%s; not counted as archived", problem)
+    for info in infos:
         name = info.key[len(WAL) :]
         if info.size == 0 and is_wal_file_name(fetched_as(name)):
             log.warning("%s is empty: not a WAL file wal-fetch can restore", info.key)

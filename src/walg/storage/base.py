@@ -81,7 +81,13 @@ class Storage(abc.ABC):
     def stat(self, key: str) -> ObjectInfo: ...
 
     @abc.abstractmethod
-    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]: ...
+    def list(
+        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+    ) -> list[ObjectInfo]:
+        """Every object under ``prefix``. An entry that is not an object (on a file system: a
+        FIFO, a socket, a device, a link to nothing) MUST fail the listing, unless
+        ``unlisted`` is given: then it is left out and a line saying what it is is appended
+        there, for a caller that can go on without it and warn."""
 
     @abc.abstractmethod
     def delete(self, keys: Iterable[str]) -> None: ...

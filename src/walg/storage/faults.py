@@ -98,9 +98,11 @@ class FaultyStorage(Storage):
         self._apply("stat", key)
         return self._inner.stat(key)
 
-    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+    def list(
+        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+    ) -> list[ObjectInfo]:
         self._apply("list", prefix)
-        return self._inner.list(prefix, recursive)
+        return self._inner.list(prefix, recursive, unlisted)
 
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)

@@ -572,9 +572,12 @@ class FileStorage(Storage):
 
         return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
 
-    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+    def list(
+        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+    ) -> list[ObjectInfo]:
         """Regular files are objects and folders are descended into (links to either are
-        followed); any other entry whose name matches is a StorageError, as for ``stat``."""
+        followed); any other entry whose name matches is a StorageError, as for ``stat``,
+        or with ``unlisted`` left out and described there."""
         folder, _, name_prefix = check_prefix(prefix).rpartition("/")
         from walg.core.gotime import GoTime
 
@@ -632,14 +635,18 @@ class FileStorage(Storage):
                     st = entry.stat()
                 except FileNotFoundError:
                     if os.path.lexists(entry.path):
-                        raise StorageError(
-                            f"{entry.path} is a symbolic link to a missing file"
-                        ) from None
+                        odd = StorageError(f"{entry.path} is a symbolic link to a missing file")
+                        if unlisted is None:
+                            raise odd from None
+                        unlisted.append(str(odd))
                     continue  # deleted meanwhile
                 except OSError as exc:
                     raise _error(exc, f"cannot list {entry.path}") from None
                 if not stat.S_ISREG(st.st_mode):
-                    raise _not_an_object(entry.path, st.st_mode)
+                    if unlisted is None:
+                        raise _not_an_object(entry.path, st.st_mode)
+                    unlisted.append(str(_not_an_object(entry.path, st.st_mode)))
+                    continue
                 out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
         finally:
             for _, entries, _ in stack:

@@ -60,7 +60,9 @@ class MemoryStorage(Storage):
             raise ObjectNotFound(key)
         return ObjectInfo(key, len(item[0]), item[1])
 
-    def list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+    def list(
+        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+    ) -> list[ObjectInfo]:
         with self._lock:
             items = list(self._objects.items())
         out = []

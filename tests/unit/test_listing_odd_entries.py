@@ -1,0 +1,91 @@
+"""A FIFO, socket or dangling link where a backup's sentinel would be, on local-folder storage:
+the listing commands skip that backup with a warning naming it, and never block on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_backup_fetch_wal_g_layout import NAME, assert_restored, put_wal_g_backup
+
+from walg.core import naming
+from walg.storage.file import FileStorage
+
+# A newer backup's name than NAME's, so LATEST would take it if it were a backup.
+ODD = "base_000000010000000000000009"
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    # Bound by its name in its folder: the whole path is longer than a socket address takes.
+    with contextlib.chdir(path.parent), socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path.name)
+
+
+def _dangling_link(path: Path) -> None:
+    path.symlink_to(path.parent / "nothing-here")
+
+
+@pytest.mark.parametrize("make", [_fifo, _socket, _dangling_link])
+def test_listings_skip_a_backup_whose_sentinel_is_not_a_file(
+    tmp_path: Path, walg_bin: str, make: Callable[[Path], None]
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    storage = FileStorage(store)
+    put_wal_g_backup(storage)
+    # A WAL segment, so that wal-show has a timeline to count backups on.
+    storage.put_bytes(f"{naming.WAL}000000010000000000000003", b"\0" * 16)
+    storage.close()
+    make(store / naming.sentinel_key(ODD))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_TAR_DISABLE_FSYNC": "true",
+    }
+
+    def walg(*argv: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [walg_bin, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, (argv, done.stderr)
+        assert f"{ODD}_backup_stop_sentinel.json" in done.stderr, (argv, done.stderr)
+        assert "WARNING: " in done.stderr and "skipped" in done.stderr, (argv, done.stderr)
+        assert ODD not in done.stdout, (argv, done.stdout)
+        return done
+
+    assert NAME in walg("backup-list").stdout
+    assert NAME in walg("backup-list", "--detail").stdout
+    assert NAME in walg("backup-list", "--detail", "--json").stdout
+    walg("wal-show")
+    walg("backup-fetch", str(tmp_path / "dest"), "LATEST")
+    assert_restored(tmp_path / "dest")
+
+
+def test_wal_show_skips_a_fifo_among_wal_objects(tmp_path: Path, walg_bin: str) -> None:
+    """wal-show leaves such an entry of wal_005/ out with a warning, as it does an empty
+    object, instead of failing the whole listing."""
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    (store / "wal_005" / "000000010000000000000003").write_bytes(b"\0" * 16)
+    os.mkfifo(store / "wal_005" / "000000010000000000000004.lz4")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+    }
+    done = subprocess.run(
+        [walg_bin, "wal-show"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "000000010000000000000004.lz4 is a FIFO" in done.stderr, done.stderr
+    assert "000000010000000000000003" in done.stdout
