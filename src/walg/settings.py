@@ -328,7 +328,11 @@ def load(
     file_path = config_path or env.get("WALG_CONFIG_PATH") or _default_config(env)
     merged: dict[str, str] = {}
     if file_path:
-        merged.update(_read_config_file(file_path, explicit=bool(config_path)))
+        try:
+            merged.update(_read_config_file(file_path, explicit=bool(config_path)))
+        except ConfigError as exc:
+            # Nothing has run yet: say so, the DBA wonders whether this call archived.
+            raise ConfigError(f"{exc}; nothing was done") from None
     config_keys = frozenset(merged)
     merged.update({k: v for k, v in env.items() if v != "" or k not in merged})
     return _build(merged, file_path, key, config_keys)
@@ -345,15 +349,24 @@ def _default_config(env: Mapping[str, str]) -> str | None:
     return None
 
 
+# WAL-G (internal/config/config.go, ReadConfigFromFile) warns about a config file it cannot
+# read or parse and goes on with the environment alone; walg stops, and says why.
+_NOT_WITHOUT_IT = (
+    " (WAL-G would warn and go on with the environment alone; walg does not, as that could "
+    "store backups and WAL in another place or unencrypted)"
+)
+
+
 def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
     try:
         text = _read_regular_file(path)
     except FileNotFoundError:
-        if explicit:
-            raise ConfigError(f"config file {path} does not exist") from None
-        raise ConfigError(f"WALG_CONFIG_PATH: config file {path} does not exist") from None
+        given = "" if explicit else "WALG_CONFIG_PATH: "
+        raise ConfigError(f"{given}config file {path} does not exist{_NOT_WITHOUT_IT}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror or exc}{_NOT_WITHOUT_IT}"
+        ) from None
     except UnicodeDecodeError as exc:
         # Its own message shows the offending byte: file content, so only the offset here.
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
@@ -382,7 +395,9 @@ def _read_config_file(path: str, *, explicit: bool) -> dict[str, str]:
         else:
             # Named after no format: say which one walg took it for, and how to pick another.
             kind = "JSON (the format of a name not ending in .yaml, .yml, .toml or .env)"
-        raise ConfigError(f"config file {path} is not valid {kind}: " + _parse_error(exc)) from None
+        raise ConfigError(
+            f"config file {path} is not valid {kind}: {_parse_error(exc)}{_NOT_WITHOUT_IT}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -363,3 +364,46 @@ def test_not_honoured_settings_are_named_by_the_commands_they_change() -> None:
     assert [m.split()[0] for m in s.not_honoured("backup-push")] == ["WALG_DIRECT_IO"]
     assert [m.split()[0] for m in s.not_honoured("wal-fetch")] == ["WALG_DOWNLOAD_FILE_RETRIES"]
     assert s.not_honoured("wal-push") == []
+
+
+@pytest.mark.parametrize("how", ["--config", "WALG_CONFIG_PATH"])
+@pytest.mark.parametrize("content", [None, '{"WALG_FILE_PREFIX": ', "WALG_FILE_PREFIX: [\n"])
+def test_a_missing_or_unparsable_config_file_stops_and_says_so(
+    tmp_path: Path, walg_bin: str, how: str, content: str | None
+) -> None:
+    """WAL-G (internal/config/config.go ReadConfigFromFile) warns about a config file it cannot
+    read or parse and goes on with the environment alone; walg refuses (exit 78), since going
+    on could archive to another place or unencrypted. The message names the file, says why,
+    and that nothing was done (it said neither that nothing was done nor why it stopped)."""
+    config = tmp_path / ("walg.yaml" if content and content.endswith("\n") else "walg.json")
+    if content is not None:
+        config.write_text(content)
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+    }
+    argv = [walg_bin, "backup-list"]
+    if how == "--config":
+        argv[1:1] = ["--config", str(config)]
+    else:
+        env["WALG_CONFIG_PATH"] = str(config)
+    for command in (["backup-list"], ["wal-fetch", "000000010000000000000001", "x"]):
+        done = subprocess.run(
+            [*argv[:-1], *command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 78, done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert str(config) in done.stderr
+        assert ("does not exist" if content is None else "is not valid") in done.stderr
+        assert "nothing was done" in done.stderr
+        assert "WAL-G" in done.stderr and "environment" in done.stderr
+    assert not (tmp_path / "x").exists()
