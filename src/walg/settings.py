@@ -2,9 +2,11 @@
 
 This is the only module that reads the process environment or a config file. It merges the
 config file (``--config``, ``WALG_CONFIG_PATH`` or ``~/.walg.{json,toml,yaml,yml,dotenv,env}``)
-under the environment (the environment wins, as with WAL-G), validates what every command
-shares, and hands out a frozen :class:`Settings`. Storage backends read their own keys later through
-:meth:`Settings.lookup`, so adding a backend never changes this module's callers.
+under the environment, and both under the settings given as WAL-G's command-line flags
+(``--walg-file-prefix=/x``: :func:`split_setting_flags`), in WAL-G's precedence, validates
+what every command shares, and hands out a frozen :class:`Settings`. Storage backends read
+their own keys later through :meth:`Settings.lookup`, so adding a backend never changes this
+module's callers.
 
 Secrets (passwords, keys) are kept out of ``repr`` and error messages.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from walg.core.pattern import LazyPattern
-from walg.errors import ConfigError
+from walg.errors import ConfigError, UsageError
 from walg_destination import config_candidates, destination_key
 
 # Not typing.TYPE_CHECKING: every archive_command call loads settings, and importing typing,
@@ -168,6 +170,8 @@ class Settings:
     # the look-ahead markers it may write and take.
     destination_key: str
     values: Mapping[str, str] = field(repr=False, default_factory=dict)
+    # The settings given as command-line flags, by setting name (values may be secrets).
+    flags: Mapping[str, str] = field(repr=False, default_factory=dict)
     # The (upper-cased) keys the config file set: PG* names among them that libpq cannot take
     # are worth a warning, the environment's are not (it holds whatever other tools need).
     config_keys: frozenset[str] = frozenset()
@@ -268,15 +272,26 @@ class Settings:
                 continue
             close = _look_alike(name, known)
             if close:
-                return f"; {self._set_in(name)} sets {name}: a misspelling of {close}?"
+                return f"; {name} is set {self._set_in(name)}: a misspelling of {close}?"
         return ""
 
     def _set_in(self, name: str) -> str:
-        """Where setting ``name`` comes from, for a message: the config file or the
-        environment."""
+        """Where setting ``name`` comes from, for a message: the command line, the config
+        file or the environment."""
+        if name in self.flags:
+            return f"on the command line ({flag_name(name)})"
         if name in self.config_keys and self.config_file:
-            return f"the config file {self.config_file}"
-        return "the environment"
+            return f"in the config file {self.config_file}"
+        return "in the environment"
+
+    def child_environment(self) -> dict[str, str] | None:
+        """The environment of a walg helper this process starts (the look-ahead uploader, the
+        prefetcher): this one's, with the settings given as flags added, so that the helper,
+        which gets no flags, reaches the same settings (a non-empty variable beats the config
+        file as a flag does). None: inherit this one's unchanged."""
+        if not self.flags:
+            return None
+        return {**os.environ, **self.flags}
 
     def not_honoured(self, command: str) -> list[str]:
         """Warnings for ``command``: the config file's keys that neither walg nor WAL-G reads
@@ -304,7 +319,7 @@ class Settings:
             if value is None or value.strip().lower() in defaults:
                 continue
             messages.append(
-                f"{name} is set in {self._set_in(name)}, but walg does not implement it: {command} "
+                f"{name} is set {self._set_in(name)}, but walg does not implement it: {command} "
                 "goes on without it"
             )
         return messages
@@ -319,12 +334,22 @@ class Settings:
 def load(
     environ: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build :class:`Settings` from the environment and the config file it points to."""
+    """Build :class:`Settings` from the environment, the config file it points to and the
+    settings given as command-line flags (:func:`split_setting_flags`)."""
     env = dict(os.environ if environ is None else environ)
+    flags = dict(flags or {})
+    if flags.get("WALG_FAILOVER_STORAGES", "").strip():
+        raise ConfigError(
+            f"{flag_name('WALG_FAILOVER_STORAGES')} is given, but walg does not support "
+            "failover storages yet: it would neither use them nor find what WAL-G stored there; "
+            "nothing was done"
+        )
     # Before the file is read: if it changes meanwhile, the key names the older file and
-    # matches no later call (a mismatch only costs an upload).
-    key = destination_key(env, config_path)
+    # matches no later call (a mismatch only costs an upload). A flag counts as the variable
+    # it beats: two calls with different flags are two destinations.
+    key = destination_key({**env, **flags}, config_path)
     file_path = config_path or env.get("WALG_CONFIG_PATH") or _default_config(env)
     merged: dict[str, str] = {}
     if file_path:
@@ -335,7 +360,77 @@ def load(
             raise ConfigError(f"{exc}; nothing was done") from None
     config_keys = frozenset(merged)
     merged.update({k: v for k, v in env.items() if v != "" or k not in merged})
-    return _build(merged, file_path, key, config_keys)
+    merged.update(flags)
+    return _build(merged, file_path, key, config_keys, flags)
+
+
+# Settings walg knows that get no flag: walg's own ones that other programs read
+# (walg-daemon-client), the config file's path (--config is its flag, in WAL-G too), and USER,
+# which WAL-G has no flag for either.
+_NO_FLAG = frozenset(
+    ("WALG_CONFIG_PATH", "WALG_DAEMON_CLIENT_TIMEOUT", "WALG_DAEMON_CLIENT_PYTHON", "USER")
+)
+
+
+def flag_name(setting: str) -> str:
+    """WAL-G's flag for ``setting`` (its config.ToFlagName): ``--walg-file-prefix``."""
+    return "--" + setting.lower().replace("_", "-")
+
+
+def flag_setting(flag: str) -> str | None:
+    """The setting a command-line flag names (``--walg-file-prefix``: WALG_FILE_PREFIX), or
+    None for any other argument. WAL-G has one for every setting it allows; walg takes those
+    of the settings it knows (:func:`_known_setting`), of libpq's only the variables it hands
+    to libpq (its environment-only ones, PGTZ..., cannot reach it from a flag)."""
+    if not flag.startswith("--") or flag != flag.lower() or "_" in flag:
+        return None
+    name = flag[2:].upper().replace("-", "_")
+    if not name or name in _NO_FLAG:
+        return None
+    if name.startswith("PG") and not name.startswith("PG_"):
+        return name if name in LIBPQ_VARIABLES or name == "PGDATA" else None
+    return name if _known_setting(name) else None
+
+
+def split_setting_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``argv`` without WAL-G's setting flags, and the settings they give.
+
+    WAL-G binds a hidden string flag to each setting on its root command, so it stands
+    anywhere on the line, as ``--walg-file-prefix=/x`` or ``--walg-file-prefix /x`` (the next
+    argument is the value, whatever it is); the last one given wins. Nothing after ``--`` is
+    looked at. An empty value is refused (UsageError): WAL-G would take it as the setting
+    set to nothing, over the environment and the file, which for a storage prefix or a key
+    is never what was meant (an unset shell variable).
+    """
+    if not any(arg.startswith("--") for arg in argv):
+        return argv, {}
+    rest: list[str] = []
+    flags: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        flag, equals, value = arg.partition("=")
+        name = flag_setting(flag)
+        if name is None:
+            rest.append(arg)
+            index += 1
+            continue
+        if equals:
+            index += 1
+        elif index + 1 < len(argv):
+            value = argv[index + 1]
+            index += 2
+        else:
+            raise UsageError(f"{flag} needs a value ({name}); nothing was done")
+        if not value.strip():
+            raise UsageError(
+                f"{flag} is empty: give {name} a value, or leave the flag out; nothing was done"
+            )
+        flags[name] = value
+    return rest, flags
 
 
 def _default_config(env: Mapping[str, str]) -> str | None:
@@ -1037,6 +1132,7 @@ def _build(
     config_file: str | None,
     destination_key: str,
     config_keys: frozenset[str] = frozenset(),
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
     kind, prefix, prefix_key = _storage(values)
     compression = values.get("WALG_COMPRESSION_METHOD", "").strip().lower() or "lz4"
@@ -1065,5 +1161,6 @@ def _build(
         config_file=config_file,
         destination_key=destination_key,
         values=dict(values),
+        flags=dict(flags or {}),
         config_keys=config_keys,
     )

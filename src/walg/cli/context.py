@@ -85,6 +85,8 @@ class Context:
             stderr=None if keep_stderr else subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            # Settings given as flags reach the helper as variables (it gets no flags).
+            env=self.settings.child_environment(),
         )
         if child.stdin is not None:
             # Far less than a pipe's buffer: written at once, whatever the child is doing (a

@@ -126,8 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: list[str]) -> tuple[int, bool, bool]:
     """The exit code, whether this was a plain wal-push / wal-fetch call, and whether a
     signal (SIGINT, SIGTERM) stopped the command."""
-    # WAL-G's --config and --turbo stand anywhere on its command lines.
+    # WAL-G's --config and --turbo stand anywhere on its command lines, and so do its flags
+    # for settings (--walg-file-prefix=/x).
     arguments = global_flags_first(arguments)
+    from walg import settings as settings_module
+    from walg.errors import EXIT_USAGE, UsageError
+
+    try:
+        arguments, flags = settings_module.split_setting_flags(arguments)
+    except UsageError as exc:
+        _say(f"ERROR: {exc}\n")
+        failed = EXIT_ABORT_RECOVERY if _fetch_in_archive_recovery(arguments) else EXIT_USAGE
+        return failed, False, False
     args = _fast_args(arguments)
     fast = args is not None and args.command != "daemon"
     if args is None:
@@ -162,8 +172,6 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
 
             return failure_exit_code(args.destination, EXIT_FAILURE), fast, False
         return EXIT_FAILURE, fast, False
-    from walg import settings as settings_module
-
     ctx: Context | None = None
     interrupted = False
     if args.command in ("wal-push", "wal-fetch"):
@@ -173,7 +181,7 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
 
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        settings = settings_module.load(config_path=args.config)
+        settings = settings_module.load(config_path=args.config, flags=flags)
         if settings.log_destination is not None:
             _log_to(settings.log_destination)
         from walg.cli import logs
