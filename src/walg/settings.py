@@ -252,10 +252,19 @@ class Settings:
     def require_storage(self) -> tuple[str, str]:
         """The configured storage kind and prefix, or a one-line error naming the variables.
 
-        Also refuses while an encryption setting is set (see :func:`refuse_encryption`):
-        every command that reads or writes storage comes through here.
+        Also refuses while an encryption setting is set (see :func:`refuse_encryption`), or
+        ``WALG_TARGET_STORAGE`` names a storage other than the primary one: every command
+        that reads or writes storage comes through here.
         """
         refuse_encryption(self.values)
+        target = self.values.get("WALG_TARGET_STORAGE", "").strip()
+        if target not in ("", "default"):
+            # WAL-G would use that failover storage (or fail without it); the primary instead
+            # would archive to, or restore from, another place than the one asked for.
+            raise ConfigError(
+                f"WALG_TARGET_STORAGE={target!r} is set {self._set_in('WALG_TARGET_STORAGE')}, "
+                "but walg has no failover storages, only the primary storage ('default')"
+            )
         if self.storage_kind is None or self.storage_prefix is None:
             raise ConfigError(
                 "no storage configured: set WALG_FILE_PREFIX (or WALE_S3_PREFIX, WALG_S3_PREFIX, "
@@ -663,6 +672,8 @@ WALG_SETTINGS = frozenset(
         "WALG_FILE_DIRECT_IO", "WALG_INTEGRITY_MAX_DELAYED_WALS", "WALG_LOG_LEVEL",
         "WALG_FAULT_INJECTION", "WALG_CONFIG_PATH", "WALG_FETCH_TARGET_USER_DATA",
         "WALG_LOG_DESTINATION",
+        # Only its default, the primary storage: see require_storage.
+        "WALG_TARGET_STORAGE",
         # No effect on the full backups walg restores, as in WAL-G.
         "WALG_USE_REVERSE_UNPACK", "WALG_SKIP_REDUNDANT_TARS",
     )
@@ -703,7 +714,6 @@ NOT_IMPLEMENTED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "WALG_DIRECT_IO_BLOCK_COUNT": (_BACKUP, ("", "32")),
     "WALG_STATSD_ADDRESS": (_EVERY, ("",)),
     "WALG_STATSD_EXTRA_TAGS": (_EVERY, ("", "{}")),
-    "WALG_TARGET_STORAGE": (_EVERY, ("", "default")),
     "WALG_PG_WAL_PAGE_SIZE": (_EVERY, ("", "8192")),
     "WALG_PG_BLOCK_SIZE": (_EVERY, ("", "8192")),
     "HTTP_LISTEN": (_EVERY, ("",)),

@@ -407,3 +407,38 @@ def test_a_missing_or_unparsable_config_file_stops_and_says_so(
         assert "nothing was done" in done.stderr
         assert "WAL-G" in done.stderr and "environment" in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_target_storage_default_is_the_primary_and_another_is_refused(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """WAL-G's --target-storage (wal-push, wal-fetch, backup-list, backup-push, backup-fetch;
+    cmd/pg/*.go) and WALG_TARGET_STORAGE pick one of its failover storages; 'default' is the
+    primary (internal/multistorage). walg refused the flag as unknown (exit 2) even for
+    'default', and went on with the primary for any other name in the setting, where WAL-G
+    stores to or reads from that storage, or fails without it. Now 'default' is accepted and
+    changes nothing; another name is refused by name and nothing is done."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    env = walg_env(store, home, TOTAL_BG_UPLOADED_LIMIT="0")
+    wal = tmp_path / "000000010000000000000001"
+    wal.write_bytes(b"x" * 8192)
+    pushed = run_walg([walg_bin, "wal-push", str(wal), "--target-storage", "default"], env)
+    assert pushed.returncode == 0, pushed.stderr
+    fetched = run_walg(
+        [walg_bin, "wal-fetch", "--target-storage=default", wal.name, str(tmp_path / "got")], env
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "got").read_bytes() == wal.read_bytes()
+    listed = run_walg([walg_bin, "backup-list", "--target-storage", "default"], env)
+    assert listed.returncode == 0, listed.stderr
+    other = tmp_path / "000000010000000000000002"
+    other.write_bytes(b"y" * 8192)
+    refused = run_walg([walg_bin, "wal-push", str(other), "--target-storage", "backup2"], env)
+    assert refused.returncode == 2, refused.stderr
+    assert "--target-storage backup2" in refused.stderr
+    refused = run_walg([walg_bin, "wal-push", str(other)], {**env, "WALG_TARGET_STORAGE": "b2"})
+    assert refused.returncode == 78, refused.stderr
+    assert "WALG_TARGET_STORAGE" in refused.stderr
+    assert sorted(p.name for p in (store / "wal_005").iterdir()) == [f"{wal.name}.lz4"]

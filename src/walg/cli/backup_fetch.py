@@ -18,6 +18,8 @@ log = get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from walg.cli.target_storage import add_target_storage
+
     p = sub.add_parser(
         "backup-fetch",
         help="restore a base backup into an empty directory",
@@ -65,6 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stop just before the target (recovery_target_inclusive = off)",
     )
     r.add_argument("--standby", action="store_true", help="standby.signal instead")
+    add_target_storage(p)
     p.set_defaults(run=run)
 
 

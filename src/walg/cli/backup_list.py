@@ -12,6 +12,8 @@ log = get_logger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from walg.cli.target_storage import add_target_storage
+
     p = sub.add_parser(
         "backup-list",
         help="list backups, oldest first",
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pretty", action="store_true", help="box table / indented JSON")
     p.add_argument("--json", action="store_true", help="JSON array")
     p.add_argument("--detail", action="store_true", help="add each backup's metadata")
+    add_target_storage(p)
     p.set_defaults(run=run)
 
 

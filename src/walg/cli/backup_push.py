@@ -9,6 +9,8 @@ from walg.cli.context import Context
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from walg.cli.target_storage import add_target_storage
+
     p = sub.add_parser(
         "backup-push",
         help="take a base backup of a running cluster",
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="user data (JSON, else text) for the sentinel and metadata, instead of "
         "WALG_SENTINEL_USER_DATA",
     )
+    add_target_storage(p)
     p.set_defaults(run=run)
 
 

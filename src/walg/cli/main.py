@@ -81,7 +81,13 @@ def _fast_args(argv: Sequence[str]) -> Any | None:
     if len(rest) == 2 and rest[0] == "wal-push":
         from walg.cli import wal_push
 
-        return SimpleNamespace(command="wal-push", config=config, run=wal_push.run, path=rest[1])
+        return SimpleNamespace(
+            command="wal-push",
+            config=config,
+            run=wal_push.run,
+            path=rest[1],
+            target_storage=None,
+        )
     if len(rest) in (2, 3) and rest[0] == "daemon":
         from walg.cli import daemon
 
@@ -99,6 +105,7 @@ def _fast_args(argv: Sequence[str]) -> Any | None:
             name=rest[1],
             destination=rest[2],
             no_prefetch=False,
+            target_storage=None,
         )
     return None
 
@@ -202,6 +209,13 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
             logs.setup_lazily(settings.log_level)
         else:
             logs.setup(settings.log_level)
+        from walg.cli.target_storage import refused_target_storage
+
+        refusal = refused_target_storage(getattr(args, "target_storage", None))
+        if refusal is not None:
+            from walg.errors import UsageError
+
+            raise UsageError(refusal)
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from walg.cli.target_storage import add_target_storage
+
     p = sub.add_parser(
         "wal-fetch",
         help="restore one archived WAL file (restore_command)",
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("destination", metavar="DEST")
     p.add_argument("--no-prefetch", action="store_true", help="do not prefetch what follows")
+    add_target_storage(p)
     p.set_defaults(run=run)
 
     q = sub.add_parser(

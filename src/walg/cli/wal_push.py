@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from walg.cli.target_storage import add_target_storage
+
     p = sub.add_parser(
         "wal-push",
         help="archive one WAL file (archive_command)",
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Use as archive_command = 'walg wal-push %%p'.",
     )
     p.add_argument("path", metavar="PATH")
+    add_target_storage(p)
     p.set_defaults(run=run)
     q = sub.add_parser(
         "wal-push-ahead",
