@@ -367,6 +367,26 @@ static int time_left(int fd)
     return 0;
 }
 
+/*
+ * WAL-G documents archive_command = 'walg-daemon-client SOCKET wal-push %f': a bare file name.
+ * PostgreSQL runs the command in its data directory, where that file is pg_wal/NAME; sent as
+ * the data directory's own NAME, the daemon refused it (not in its pg_wal), every call. A name
+ * that is there as it stands (a call by hand from inside pg_wal) is left as it is, as is any
+ * name that cannot be looked at. As walg.daemon_client._in_pg_wal.
+ */
+static char *in_pg_wal(char *name)
+{
+    static char buf[MAX_MESSAGE + 16];
+    struct stat st;
+    int n;
+    if (name[0] == '\0' || strchr(name, '/') != NULL)
+        return name;
+    if (lstat(name, &st) == 0 || errno != ENOENT)
+        return name;
+    n = snprintf(buf, sizeof(buf), "pg_wal/%s", name);
+    return n > 0 && (size_t)n < sizeof(buf) ? buf : name;
+}
+
 /* Runs `walg wal-fetch NAME DEST` or `walg wal-push PATH` in this process's place. */
 static int direct(char **argv)
 {
@@ -442,6 +462,8 @@ int main(int argc, char **argv)
      * An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
      * copied into sun_path it was the abstract address of 107 NUL bytes.
      */
+    if (argc == 4 && strcmp(argv[2], "wal-push") == 0)
+        argv[3] = in_pg_wal(argv[3]);
     if (argc < 3 || argv[1][0] == '\0' || (built = build(&m, argc, argv)) == -1) {
         fputs(usage, stderr);
         /*

@@ -228,6 +228,23 @@ def _say(text: str) -> None:
         pass
 
 
+def _in_pg_wal(name: str) -> str:
+    """WAL-G documents ``archive_command = 'walg-daemon-client SOCKET wal-push %f'``: a bare
+    file name. PostgreSQL runs the command in its data directory, where that file is
+    ``pg_wal/NAME``; sent as the data directory's own NAME, the daemon refused it (not in its
+    pg_wal), every call. A name that is there as it stands (a call by hand from inside pg_wal)
+    is left as it is, as is any name that cannot be looked at. As the compiled client."""
+    if not name or "/" in name:
+        return name
+    try:
+        os.lstat(name)
+    except FileNotFoundError:
+        return "pg_wal/" + name
+    except (OSError, ValueError):
+        pass
+    return name
+
+
 def _direct(command: str, rest: "list[str]") -> int:
     """Run ``walg COMMAND ARGS...`` (beside this client) in this process's place."""
     walg = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "walg")
@@ -245,6 +262,8 @@ def main(argv: "list[str] | None" = None) -> int:
         _say(usage + "\n")
         return EXIT_USAGE
     path, command, rest = args[0], args[1], args[2:]
+    if command == "wal-push" and len(rest) == 1:
+        rest = [_in_pg_wal(rest[0])]
     if not path:
         # An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
         # the compiled client reads it as an address of its own, this one got EINVAL.

@@ -1386,3 +1386,30 @@ def test_a_data_directory_before_postgresql_10_is_served(env: Env, client: Clien
     assert fetched.returncode == 0, (fetched.stderr, log)
     assert (xlog / "RECOVERYXLOG").read_bytes() == data
     assert not (env.pgdata / "pg_wal").exists()
+
+
+def test_wal_push_of_a_bare_file_name_as_wal_g_documents_it(env: Env, client: Client) -> None:
+    """WAL-G's documentation (docs/PostgreSQL.md, walg-daemon-client) writes
+    ``archive_command = 'walg-daemon-client SOCKET wal-push %f'``: a bare name, which its
+    client sends as it is. walg's clients sent the data directory's own path of that name,
+    which the daemon refuses (not in its pg_wal): every call failed. A bare name with nothing
+    by that name in the working directory (PostgreSQL's data directory) is now the file in its
+    pg_wal, so a second cluster's call is still refused (another pg_wal)."""
+    data = os.urandom(4096) * 64
+    (env.pgdata / "pg_wal" / SEG).write_bytes(data)
+    other = env.root / "other"
+    (other / "pg_wal").mkdir(parents=True)
+    (other / "pg_wal" / MISSING).write_bytes(data)
+    env.start()
+    sock = str(env.socket)
+    pushed = env.run(client, sock, "wal-push", SEG, cwd=env.pgdata)
+    assert pushed.returncode == 0, pushed.stderr
+    assert (env.store / "wal_005" / f"{SEG}.lz4").is_file()
+    refused = env.run(client, sock, "wal-push", MISSING, cwd=other)
+    assert refused.returncode == 1, refused.stderr
+    assert not (env.store / "wal_005" / f"{MISSING}.lz4").exists()
+    # A name that is there in the working directory is that file, as before (a call by hand
+    # from inside pg_wal).
+    pushed = env.run(client, sock, "wal-push", SEG, cwd=env.pgdata / "pg_wal")
+    assert pushed.returncode == 0, pushed.stderr
+    env.stop()
