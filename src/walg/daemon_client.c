@@ -60,7 +60,8 @@
 #define DEFAULT_TIMEOUT 300.0
 
 static const char usage[] =
-    "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check)\n";
+    "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check) "
+    "[-timeout DURATION]\n";
 
 struct message {
     unsigned char data[MAX_MESSAGE];
@@ -291,10 +292,10 @@ static int failed(void)
     return EXIT_FAILED;
 }
 
-static int timeout_from_env(struct timeval *tv)
+static int timeout_from_env(struct timeval *tv, double flag_timeout)
 {
-    const char *text = getenv("WALG_DAEMON_CLIENT_TIMEOUT");
-    double seconds = DEFAULT_TIMEOUT;
+    const char *text = flag_timeout > 0 ? NULL : getenv("WALG_DAEMON_CLIENT_TIMEOUT");
+    double seconds = flag_timeout > 0 ? flag_timeout : DEFAULT_TIMEOUT;
     if (text != NULL) {
         /* As the Python client reads it: a decimal number (no hexadecimal, no inf or nan),
          * white space around it allowed. */
@@ -365,6 +366,111 @@ static int time_left(int fd)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &left, sizeof(left)) != 0)
         return -1;
     return 0;
+}
+
+/* Seconds per unit of a Go duration; -1 for no such unit. */
+static double unit_seconds(const char *unit, size_t len)
+{
+    static const struct {
+        const char *name;
+        double seconds;
+    } units[] = {{"ns", 1e-9}, {"us", 1e-6}, {"\xc2\xb5s", 1e-6}, {"\xce\xbcs", 1e-6},
+                 {"ms", 1e-3}, {"s", 1.0},   {"m", 60.0},           {"h", 3600.0}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (strlen(units[i].name) == len && strncmp(units[i].name, unit, len) == 0)
+            return units[i].seconds;
+    return -1.0;
+}
+
+/* A Go duration (30s, 1m30s, .5h, 0) in seconds; -1 if it is not one. As the Python client. */
+static int go_duration(const char *s, double *out)
+{
+    double total = 0.0, sign = *s == '-' ? -1.0 : 1.0;
+    if (*s == '+' || *s == '-')
+        s++;
+    if (strcmp(s, "0") == 0) {
+        *out = 0.0;
+        return 0;
+    }
+    if (*s == '\0')
+        return -1;
+    while (*s != '\0') {
+        double value = 0.0, scale = 1.0, unit;
+        int digits = 0;
+        const char *start;
+        while (*s >= '0' && *s <= '9') {
+            value = value * 10 + (*s++ - '0');
+            digits++;
+        }
+        if (*s == '.') {
+            s++;
+            while (*s >= '0' && *s <= '9') {
+                scale /= 10;
+                value += (*s++ - '0') * scale;
+                digits++;
+            }
+        }
+        if (digits == 0)
+            return -1;
+        start = s;
+        while (*s != '\0' && *s != '.' && !(*s >= '0' && *s <= '9'))
+            s++;
+        unit = unit_seconds(start, (size_t)(s - start));
+        if (unit < 0)
+            return -1;
+        total += value * unit;
+    }
+    *out = sign * total;
+    return 0;
+}
+
+/*
+ * WAL-G's client flags after the command's arguments (its cmd/daemonclient: Go's flag package,
+ * one or two dashes, =VALUE or the next argument). Sets *timeout to -timeout's seconds (left
+ * as it is when not given); -connection-timeout is checked and changes nothing, the one
+ * deadline of the call covering the connect too. NULL, or what is wrong. As the Python client.
+ */
+static const char *client_flags(int n, char **args, double *timeout)
+{
+    static char problem[512];
+    for (int i = 0; i < n; i++) {
+        const char *arg = args[i], *name, *value, *eq;
+        double seconds;
+        int len;
+        if (strcmp(arg, "--") == 0 && i == n - 1)
+            break;
+        if (arg[0] != '-' || strcmp(arg, "-") == 0 || strcmp(arg, "--") == 0) {
+            snprintf(problem, sizeof(problem), "unexpected argument %.100s after the flags", arg);
+            return problem;
+        }
+        name = arg + (arg[1] == '-' ? 2 : 1);
+        eq = strchr(name, '=');
+        len = (int)(eq != NULL ? (size_t)(eq - name) : strlen(name));
+        if (!(len == 7 && strncmp(name, "timeout", 7) == 0) &&
+            !(len == 18 && strncmp(name, "connection-timeout", 18) == 0)) {
+            snprintf(problem, sizeof(problem), "flag provided but not defined: -%.*s",
+                     len > 100 ? 100 : len, name);
+            return problem;
+        }
+        if (eq != NULL) {
+            value = eq + 1;
+        } else if (i + 1 < n) {
+            value = args[++i];
+        } else {
+            snprintf(problem, sizeof(problem), "flag needs an argument: -%.*s", len, name);
+            return problem;
+        }
+        if (go_duration(value, &seconds) != 0 || !(seconds > 0) || seconds > 1e9) {
+            snprintf(problem, sizeof(problem),
+                     "invalid value \"%.100s\" for flag -%.*s: not a positive duration "
+                     "(30s, 1m30s, 500ms)",
+                     value, len, name);
+            return problem;
+        }
+        if (len == 7)
+            *timeout = seconds;
+    }
+    return NULL;
 }
 
 /*
@@ -449,6 +555,7 @@ int main(int argc, char **argv)
     unsigned char reply;
     ssize_t got;
     int fd, built;
+    double flag_timeout = 0.0; /* 0: no -timeout given */
 
     /*
      * A standard descriptor PostgreSQL's child was started without (closed) would be the
@@ -462,6 +569,23 @@ int main(int argc, char **argv)
      * An empty SOCKET ("$WALG_SOCKET" unset in the server's environment) names no socket:
      * copied into sun_path it was the abstract address of 107 NUL bytes.
      */
+    if (argc >= 3) {
+        int wanted = strcmp(argv[2], "wal-push") == 0    ? 1
+                     : strcmp(argv[2], "wal-fetch") == 0 ? 2
+                     : strcmp(argv[2], "check") == 0     ? 0
+                                                         : -1;
+        if (wanted >= 0 && argc > 3 + wanted && argv[3 + wanted][0] == '-') {
+            const char *problem = client_flags(argc - 3 - wanted, argv + 3 + wanted,
+                                               &flag_timeout);
+            if (problem != NULL) {
+                fprintf(stderr, "walg-daemon-client: %s; nothing was done\n", problem);
+                if (strcmp(argv[2], "wal-fetch") == 0 && in_archive_recovery("."))
+                    return EXIT_ABORT_RECOVERY;
+                return EXIT_USAGE;
+            }
+            argc = 3 + wanted;
+        }
+    }
     if (argc == 4 && strcmp(argv[2], "wal-push") == 0)
         argv[3] = in_pg_wal(argv[3]);
     if (argc < 3 || argv[1][0] == '\0' || (built = build(&m, argc, argv)) == -1) {
@@ -483,7 +607,7 @@ int main(int argc, char **argv)
             memcpy(target, argv[4], strlen(argv[4]) + 1);
         return failed();
     }
-    if (timeout_from_env(&tv) != 0)
+    if (timeout_from_env(&tv, flag_timeout) != 0)
         return failed();
     if (strlen(path) >= sizeof(addr.sun_path)) {
         fprintf(stderr, "walg-daemon-client: socket path %s is too long; nothing was done\n", path);

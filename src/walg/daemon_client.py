@@ -228,6 +228,88 @@ def _say(text: str) -> None:
         pass
 
 
+# Go's time.ParseDuration units, as WAL-G's client reads -timeout (micro as the micro sign or mu).
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DIGITS = "0123456789"
+
+
+def _go_duration(text: str) -> "float | None":
+    """Seconds of a Go duration (``30s``, ``1m30s``, ``.5h``, ``0``); None if it is not one.
+    As the compiled client's go_duration."""
+    sign = -1.0 if text[:1] == "-" else 1.0
+    rest = text[1:] if text[:1] in ("+", "-") else text
+    if rest == "0":
+        return 0.0
+    if not rest:
+        return None
+    total = 0.0
+    while rest:
+        value, scale, digits, index = 0.0, 1.0, 0, 0
+        while index < len(rest) and rest[index] in _DIGITS:
+            value = value * 10 + _DIGITS.index(rest[index])
+            index, digits = index + 1, digits + 1
+        if index < len(rest) and rest[index] == ".":
+            index += 1
+            while index < len(rest) and rest[index] in _DIGITS:
+                scale /= 10
+                value += _DIGITS.index(rest[index]) * scale
+                index, digits = index + 1, digits + 1
+        if digits == 0:
+            return None
+        start = index
+        while index < len(rest) and rest[index] != "." and rest[index] not in _DIGITS:
+            index += 1
+        unit = _UNITS.get(rest[start:index])
+        if unit is None:
+            return None
+        total += value * unit
+        rest = rest[index:]
+    return sign * total
+
+
+def _client_flags(args: "list[str]") -> "tuple[float | None, str | None]":
+    """WAL-G's client flags after the command's arguments (its cmd/daemonclient: Go's flag
+    package, one or two dashes, ``=VALUE`` or the next argument): the seconds ``-timeout``
+    gives (None: not given), or what is wrong with them. ``-connection-timeout`` is checked
+    and changes nothing: the one deadline of the call covers the connect too. As the compiled
+    client's client_flags."""
+    timeout = None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--" and index == len(args) - 1:
+            break
+        if arg[:1] != "-" or arg in ("-", "--"):
+            return None, f"unexpected argument {arg[:100]} after the flags"
+        name, equals, value = arg[2 if arg[1:2] == "-" else 1 :].partition("=")
+        if name not in ("timeout", "connection-timeout"):
+            return None, f"flag provided but not defined: -{name[:100]}"
+        if not equals:
+            if index + 1 >= len(args):
+                return None, f"flag needs an argument: -{name}"
+            index += 1
+            value = args[index]
+        seconds = _go_duration(value)
+        if seconds is None or not 0 < seconds <= 1e9:
+            return None, (
+                f'invalid value "{value[:100]}" for flag -{name}: not a positive duration '
+                "(30s, 1m30s, 500ms)"
+            )
+        if name == "timeout":
+            timeout = seconds
+        index += 1
+    return timeout, None
+
+
 def _in_pg_wal(name: str) -> str:
     """WAL-G documents ``archive_command = 'walg-daemon-client SOCKET wal-push %f'``: a bare
     file name. PostgreSQL runs the command in its data directory, where that file is
@@ -257,11 +339,22 @@ def _direct(command: str, rest: "list[str]") -> int:
 
 def main(argv: "list[str] | None" = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    usage = "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check)"
+    usage = (
+        "usage: walg-daemon-client SOCKET (wal-push PATH | wal-fetch NAME DEST | check) "
+        "[-timeout DURATION]"
+    )
     if len(args) < 2:
         _say(usage + "\n")
         return EXIT_USAGE
     path, command, rest = args[0], args[1], args[2:]
+    wanted = {"wal-push": 1, "wal-fetch": 2, "check": 0}.get(command)
+    flag_timeout = None
+    if wanted is not None and len(rest) > wanted and rest[wanted][:1] == "-":
+        flag_timeout, problem = _client_flags(rest[wanted:])
+        if problem is not None:
+            _say(f"walg-daemon-client: {problem}; nothing was done\n")
+            return _usage_error(command)
+        rest = rest[:wanted]
     if command == "wal-push" and len(rest) == 1:
         rest = [_in_pg_wal(rest[0])]
     if not path:
@@ -292,7 +385,7 @@ def main(argv: "list[str] | None" = None) -> int:
         _say(f"walg-daemon-client: {command}: {exc.strerror}; nothing was done\n")
         return _failed(command, rest[1] if command == "wal-fetch" else "")
     dest = rest[1] if command == "wal-fetch" else ""
-    timeout = _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
+    timeout = flag_timeout or _timeout(os.environ.get("WALG_DAEMON_CLIENT_TIMEOUT"))
     if timeout is None:
         return _failed(command, dest)
     if message is None or len(message) > 65535:

@@ -1413,3 +1413,87 @@ def test_wal_push_of_a_bare_file_name_as_wal_g_documents_it(env: Env, client: Cl
     pushed = env.run(client, sock, "wal-push", SEG, cwd=env.pgdata / "pg_wal")
     assert pushed.returncode == 0, pushed.stderr
     env.stop()
+
+
+def test_wal_g_client_flags_after_the_command(env: Env, client: Client) -> None:
+    """WAL-G's client takes ``-timeout DURATION`` and ``-connection-timeout DURATION`` after the
+    command's arguments (cmd/daemonclient/main.go; Go's flag package: one or two dashes,
+    ``=VALUE`` or the next argument, Go durations). walg's clients refused them as usage
+    errors, so such an archive_command failed every call. Now -timeout bounds the whole call
+    (instead of WALG_DAEMON_CLIENT_TIMEOUT); -connection-timeout is checked and changes nothing
+    (the one deadline covers the connect too). A bad flag or value is a usage error."""
+    data = os.urandom(4096) * 64
+    (env.pgdata / "pg_wal" / SEG).write_bytes(data)
+    env.start()
+    sock = str(env.socket)
+    for flags in (
+        ["-timeout", "30s"],
+        ["--timeout=1m30s", "-connection-timeout", "5s"],
+        ["-connection-timeout=500ms"],
+    ):
+        pushed = env.run(client, sock, "wal-push", f"pg_wal/{SEG}", *flags, cwd=env.pgdata)
+        assert pushed.returncode == 0, (flags, pushed.stderr)
+    fetched = env.run(
+        client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", "-timeout", "1h", cwd=env.pgdata
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (env.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
+    for flags in (
+        ["-timeout"],
+        ["-timeout", "30"],
+        ["-timeout=abc"],
+        ["-timeout", "0s"],
+        ["-timeout", "-5s"],
+        ["-verbose"],
+        ["-connection-timeout", "5x"],
+    ):
+        refused = env.run(client, sock, "wal-push", f"pg_wal/{SEG}", *flags, cwd=env.pgdata)
+        assert refused.returncode == 2, (flags, refused.stderr)
+        assert refused.stderr.startswith("walg-daemon-client: "), refused.stderr
+    env.stop()
+    # -timeout wins over the variable: a silent daemon is given up on after it, not after
+    # the variable's hour (env.run's own limit is 60 s).
+    srv, thread = _silent_server(env.socket, close_at_once=False)
+    try:
+        res = env.run(
+            client,
+            str(env.socket),
+            "wal-push",
+            f"pg_wal/{SEG}",
+            "-timeout=300ms",
+            extra={"WALG_DAEMON_CLIENT_TIMEOUT": "3600"},
+            cwd=env.pgdata,
+        )
+    finally:
+        srv.close()
+        thread.join(5)
+    assert res.returncode == 1
+    assert "timed out" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        ("+1m", True),
+        ("1h2m3.5s", True),
+        (".5h", True),
+        ("90.s", True),
+        ("2\u00b5s1m", True),
+        ("s", False),
+        (".s", False),
+        ("1sec", False),
+        ("1e3s", False),
+        ("0x10s", False),
+        ("1_0s", False),
+        ("0", False),
+        ("", False),
+    ],
+)
+def test_both_clients_read_go_durations_alike(
+    env: Env, client: Client, value: str, taken: bool
+) -> None:
+    """-timeout's value as Go's time.ParseDuration reads it, the same in both clients."""
+    env.start()
+    res = env.run(client, str(env.socket), "check", f"-timeout={value}")
+    assert res.returncode == (0 if taken else 2), res.stderr
+    env.stop()
