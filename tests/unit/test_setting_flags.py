@@ -18,7 +18,7 @@ import pytest
 from test_backup_fetch_wal_g_layout import NAME, assert_restored, put_wal_g_backup
 from test_wal_ahead import SEGMENTS, PgWal
 
-from fakewal import run_walg, walg_env
+from fakewal import run_walg, segment_bytes, walg_env
 from walg.errors import UsageError
 from walg.settings import split_setting_flags
 from walg.storage.file import FileStorage
@@ -178,3 +178,38 @@ def test_which_arguments_are_setting_flags() -> None:
     )
     with pytest.raises(UsageError, match="--walg-log-level is empty"):
         split_setting_flags(["backup-list", "--walg-log-level= "])
+
+
+def test_the_prefetcher_reads_where_the_flag_says(tmp_path: Path, walg_bin: str) -> None:
+    """wal-fetch with the flag starts the detached prefetcher, which gets no flags: it must
+    still read the flag's folder (it was given the environment's, where nothing is)."""
+    store_a, store_b, home = tmp_path / "a", tmp_path / "b", tmp_path / "home"
+    pg_wal = tmp_path / "data" / "pg_wal"
+    for folder in (store_a, store_b, home, pg_wal):
+        folder.mkdir(parents=True)
+    names = [f"0000000100000000000000{n:02X}" for n in range(1, 5)]
+    env = walg_env(store_a, home, TOTAL_BG_UPLOADED_LIMIT="0")
+    for name in names:
+        (pg_wal / name).write_bytes(segment_bytes(name, 7))
+        done = run_walg(
+            [walg_bin, "wal-push", str(pg_wal / name), f"--walg-file-prefix={store_b}"], env
+        )
+        assert done.returncode == 0, done.stderr
+        (pg_wal / name).unlink()
+    done = run_walg(
+        [
+            walg_bin,
+            "wal-fetch",
+            names[0],
+            "pg_wal/RECOVERYXLOG",
+            "--walg-file-prefix",
+            str(store_b),
+        ],
+        env,
+        cwd=pg_wal.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 60
+    while not sorted(n for n in names[1:] if list(pg_wal.glob(f".wal-g/prefetch/*/{n}"))):
+        assert time.monotonic() < deadline, "nothing was prefetched"
+        time.sleep(0.1)
