@@ -137,6 +137,12 @@ def is_key(text: str) -> bool:
 _GO_BOOLS = ("1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False")
 
 
+def go_bool(text: str) -> "bool | None":
+    """``text`` as Go's strconv.ParseBool reads it (how pflag reads ``--flag=VALUE`` of a
+    boolean flag); None for what it refuses."""
+    return _GO_BOOLS.index(text) < 6 if text in _GO_BOOLS else None
+
+
 def global_flags_first(argv: "list[str]") -> "list[str]":
     """``argv`` with WAL-G's root-command flags taken out of wherever they stand.
 

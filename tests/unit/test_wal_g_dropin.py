@@ -11,8 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_backup_fetch_wal_g_layout import put_wal_g_backup
 
 from fakewal import in_mount_namespace, run_walg, segment_bytes, walg_env
+from walg.cli.main import _boolean_flag_values
 from walg.errors import BackupNotFound, ConfigError
 from walg.ops.backup_list import backup_with_user_data, same_json
 from walg.settings import load
@@ -442,3 +444,49 @@ def test_target_storage_default_is_the_primary_and_another_is_refused(
     assert refused.returncode == 78, refused.stderr
     assert "WALG_TARGET_STORAGE" in refused.stderr
     assert sorted(p.name for p in (store / "wal_005").iterdir()) == [f"{wal.name}.lz4"]
+
+
+def test_wal_g_boolean_flags_take_a_value(tmp_path: Path, walg_bin: str) -> None:
+    """WAL-G's boolean flags are pflag's, which take ``--detail=true`` or ``--json=false`` (Go's
+    strconv.ParseBool: 1 t T TRUE true True, 0 f F FALSE false False), and short ones too
+    (``-f=true``). walg refused every such value (exit 2, 'ignored explicit argument'), so a
+    script that wrote one failed. A value Go does not read stays an error."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    storage = FileStorage(store)
+    put_wal_g_backup(storage)
+    storage.close()
+    env = walg_env(store, home)
+    plain = run_walg([walg_bin, "backup-list", "--detail"], env)
+    assert plain.returncode == 0, plain.stderr
+    for argv in (
+        ["backup-list", "--detail=true", "--json=false"],
+        ["backup-list", "--detail=1", "--pretty=F"],
+        ["backup-list", "--json=False", "--detail=T"],
+    ):
+        done = run_walg([walg_bin, *argv], env)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert done.stdout == plain.stdout, argv
+    json_out = run_walg([walg_bin, "backup-list", "--json=TRUE"], env)
+    assert json_out.returncode == 0, json_out.stderr
+    assert json.loads(json_out.stdout)
+    shown = run_walg([walg_bin, "wal-show", "--without-backups=true", "--detailed-json=true"], env)
+    assert shown.returncode == 0, shown.stderr
+    for argv in (["backup-list", "--detail=yes"], ["wal-push", "--json=false", "x"]):
+        assert run_walg([walg_bin, *argv], env).returncode == 2, argv
+    # backup-push's short forms, as pflag reads them, and --config before the command.
+    argv = ["--config", "c.json", "backup-push", "-f=true", "-p=0", "--permanent=t", "/d"]
+    assert _boolean_flag_values(argv) == [
+        "--config",
+        "c.json",
+        "backup-push",
+        "-f",
+        "--permanent",
+        "/d",
+    ]
+    assert _boolean_flag_values(["backup-push", "--", "-f=true"]) == [
+        "backup-push",
+        "--",
+        "-f=true",
+    ]

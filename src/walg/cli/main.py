@@ -20,7 +20,7 @@ from walg.errors import (
     WalgError,
     WalNotFound,
 )
-from walg_destination import global_flags_first
+from walg_destination import global_flags_first, go_bool
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -68,6 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         import_module(f"walg.cli.{name}").register(sub)
     return parser
+
+
+# WAL-G's boolean flags of the commands walg has (its cmd/pg/*.go): pflag's, which also take
+# a value, ``--detail=true``, ``-f=false``.
+WAL_G_BOOLEAN_FLAGS = {
+    "backup-list": ("--pretty", "--json", "--detail"),
+    "backup-push": ("--full", "-f", "--permanent", "-p"),
+    "backup-fetch": ("--reverse-unpack", "--skip-redundant-tars"),
+    "wal-show": ("--detailed-json", "--without-backups"),
+    "wal-verify": ("--json",),
+}
+
+
+def _boolean_flag_values(arguments: list[str]) -> list[str]:
+    """``arguments`` with each of WAL-G's boolean flags given a value as pflag reads it:
+    ``--detail=true`` becomes ``--detail`` and ``--json=false`` is left out. A value Go does
+    not read (``--detail=yes``) is left for argparse to refuse; nothing after ``--`` is
+    looked at."""
+    rest = arguments[2:] if arguments[:1] == ["--config"] else arguments
+    flags = WAL_G_BOOLEAN_FLAGS.get(rest[0]) if rest else None
+    if flags is None:
+        return arguments
+    out = arguments[: len(arguments) - len(rest) + 1]
+    for index, arg in enumerate(rest[1:], 1):
+        if arg == "--":
+            out.extend(rest[index:])
+            break
+        flag, equals, value = arg.partition("=")
+        truth = go_bool(value) if equals and flag in flags else None
+        if truth is None:
+            out.append(arg)
+        elif truth:
+            out.append(flag)
+    return out
 
 
 def _fast_args(argv: Sequence[str]) -> Any | None:
@@ -145,6 +179,7 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
         _say(f"ERROR: {exc}\n")
         failed = EXIT_ABORT_RECOVERY if _fetch_in_archive_recovery(arguments) else EXIT_USAGE
         return failed, False, False
+    arguments = _boolean_flag_values(arguments)
     args = _fast_args(arguments)
     fast = args is not None and args.command != "daemon"
     if args is None:
