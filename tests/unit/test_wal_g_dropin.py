@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -490,3 +491,32 @@ def test_wal_g_boolean_flags_take_a_value(tmp_path: Path, walg_bin: str) -> None
         "--",
         "-f=true",
     ]
+
+
+def test_a_plain_wal_push_or_wal_fetch_loads_no_target_storage_code(tmp_path: Path) -> None:
+    """PostgreSQL pays every import of its calls: --target-storage's module is loaded only when
+    the flag is given."""
+    store = tmp_path / "store"
+    store.mkdir()
+    wal = tmp_path / "000000010000000000000001"
+    wal.write_bytes(b"x" * 8192)
+    code = (
+        "import sys; from walg.cli.main import _run; "
+        "code = _run(sys.argv[1:])[0]; "
+        "print(code, 'walg.cli.target_storage' in sys.modules)"
+    )
+    env = {**walg_env(store, tmp_path), "TOTAL_BG_UPLOADED_LIMIT": "0"}
+    for argv, loaded in (
+        (["wal-push", str(wal)], "False"),
+        (["wal-fetch", wal.name, str(tmp_path / "got")], "False"),
+        (["wal-push", str(wal), "--target-storage", "default"], "True"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.stdout.split() == ["0", loaded], (argv, done.stdout, done.stderr)

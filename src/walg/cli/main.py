@@ -244,13 +244,13 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
             logs.setup_lazily(settings.log_level)
         else:
             logs.setup(settings.log_level)
-        from walg.cli.target_storage import refused_target_storage
+        target_storage = getattr(args, "target_storage", None)
+        if target_storage is not None:  # only given: no import on PostgreSQL's calls
+            from walg.cli.target_storage import refused_target_storage
 
-        refusal = refused_target_storage(getattr(args, "target_storage", None))
-        if refusal is not None:
-            from walg.errors import UsageError
-
-            raise UsageError(refusal)
+            refusal = refused_target_storage(target_storage)
+            if refusal is not None:
+                raise UsageError(refusal)
         ctx = Context(settings)
         code: int = args.run(args, ctx)
     except WalNotFound as exc:
