@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="walg",
         description="Continuous archiving and point-in-time recovery for PostgreSQL, "
         "in WAL-G's storage format. Configured with WAL-G's environment variables "
-        "(WALG_FILE_PREFIX, WALG_COMPRESSION_METHOD, PGHOST, ...) or a config file.",
+        "(WALG_FILE_PREFIX, WALG_COMPRESSION_METHOD, PGHOST, ...), a config file, or as in "
+        "WAL-G a flag for each setting, anywhere on the line (--walg-file-prefix=/x), which "
+        "wins over both.",
     )
     parser.add_argument("--version", action="version", version=f"walg {__version__}")
     parser.add_argument(
