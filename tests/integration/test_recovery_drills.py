@@ -295,3 +295,43 @@ def test_a_backup_of_a_primary_that_crashed_right_after_it_restores(
     if pg_install.has_amcheck:
         assert restored.amcheck() > 0
     restored.stop()
+
+
+@pytest.mark.majors(13, 18)
+def test_a_test_restore_with_archive_mode_off_archives_nothing_into_the_original_storage(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """A restore keeps the backed-up server's archive settings: promoted, a test copy
+    archives its new timeline into the original's storage, and a later restore of that
+    archive with recovery_target_timeline = latest follows the test copy's timeline, not the
+    original's (seen in a drill: the production restore came back with the test's rows).
+    backup-fetch says so, and ``--archive-mode off`` (pgBackRest's option) writes
+    archive_mode = 'off' so that the copy archives nothing."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    archive_now(src)
+    src.stop()
+    restore = ["--restore-command", walg.command("wal-fetch", "%f", "%p")]
+
+    kept = walg.run(["backup-fetch", str(pg_workdir / "kept"), "LATEST", *restore])
+    assert "archive_mode" in kept.stderr and "--archive-mode off" in kept.stderr, kept.stderr
+    shutil.rmtree(pg_workdir / "kept")
+
+    dest = pg_workdir / "test-copy"
+    off = walg.run(["backup-fetch", str(dest), "LATEST", *restore, "--archive-mode", "off"])
+    assert "--archive-mode off" not in off.stderr, off.stderr
+    copy = Cluster.from_existing(pg_install, dest)
+    copy.start()
+    copy.wait_for_recovery_end()
+    assert copy.psql("SHOW archive_mode") == "off"
+    assert copy.psql("SELECT string_agg(phase, ',' ORDER BY phase) FROM marks") == "a"
+    _mark(copy, "test")
+    copy.psql("SELECT pg_switch_wal()")
+    copy.psql("CHECKPOINT")
+    copy.stop()
+    stored = sorted(p.name for p in (walg.store / "wal_005").iterdir())
+    assert not [name for name in stored if name.startswith("00000002")], stored

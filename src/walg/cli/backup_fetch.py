@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="JSON tablespace spec (as in the sentinel) giving new tablespace locations",
     )
+    p.add_argument(
+        "--archive-mode",
+        choices=("off", "preserve"),
+        default="preserve",
+        help="off: write archive_mode = 'off' into postgresql.auto.conf, so that a copy (a "
+        "test restore, a clone) never archives into the original's storage; preserve "
+        "(default): archive as the backed-up server's configuration says",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     r = p.add_argument_group(
         "recovery settings",
@@ -147,8 +155,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops import catalog
     from walg.ops.recovery import (
         CONF_FILES,
+        disable_archiving,
         disable_inherited_targets,
         inherited_apply_delay,
+        inherited_archiving,
         restored_version,
         write_recovery_config,
     )
@@ -198,6 +208,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 result.name,
                 delay,
             )
+    if args.archive_mode == "off":
+        log.info("archive_mode = 'off' written into %s", disable_archiving(dest))
+    elif not args.standby and (archiving := inherited_archiving(dest)) is not None:
+        log.warning(
+            "the configuration restored with backup %s sets %s: promoted, this server "
+            "archives its new timeline with the backed-up server's archive_command, into that "
+            "server's storage if it is this one, where later restores that follow the latest "
+            "timeline would follow this server's; for a copy that is not to replace the "
+            "original (a test restore), restore with --archive-mode off",
+            result.name,
+            archiving,
+        )
     if args.json:
         ctx.stdout.write(json.dumps(result.__dict__) + "\n")
     return 0

@@ -378,6 +378,49 @@ def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
     return f"recovery_min_apply_delay = {value!r}"
 
 
+# archive_mode's values that archive (the server also reads unique prefixes; those are rare).
+_ARCHIVING = ("on", "always", "true", "yes", "1")
+
+
+def inherited_archiving(dest: Path) -> str | None:
+    """The ``archive_mode`` a restored data directory's own configuration turns archiving on
+    with (``postgresql.conf``, then ``postgresql.auto.conf``; the last line wins; files they
+    include are not read), as ``name = value`` for a message; None when it is off or unset.
+
+    Promoted, a restored server archives its new timeline wherever that configuration's
+    archive_command says: for a test copy, the original's storage, whose later restores with
+    ``recovery_target_timeline = latest`` then follow the copy's timeline.
+    """
+    value = None
+    for name in CONF_FILES:
+        try:
+            text = _read_conf(dest / name)
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            if _setting_name(line) == "archive_mode":
+                value = _setting_value(line)
+    if value is None or value.strip().lower() not in _ARCHIVING:
+        return None
+    return f"archive_mode = {value!r}"
+
+
+def disable_archiving(dest: Path) -> str:
+    """Write ``archive_mode = 'off'`` into a restored ``postgresql.auto.conf`` (read last: it
+    wins over ``postgresql.conf``), commenting out any earlier line of it there; returns the
+    file written. pgBackRest's ``restore --archive-mode=off``."""
+    auto = dest / "postgresql.auto.conf"
+    keys = frozenset(("archive_mode",))
+    _rewrite(
+        auto,
+        lambda old: (
+            _disable_recovery_settings(old, keys)
+            + "\n# written by walg backup-fetch --archive-mode off\narchive_mode = 'off'\n"
+        ),
+    )
+    return str(auto)
+
+
 _BLOCK_HEADER = "\n# recovery settings written by walg backup-fetch\n"
 
 
