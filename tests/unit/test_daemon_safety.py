@@ -163,7 +163,8 @@ def test_the_socket_takes_connections_from_the_moment_it_appears(env: Env) -> No
 
 
 def test_sigusr1_and_sighup_do_not_stop_the_daemon(env: Env) -> None:
-    """logrotate sends SIGUSR1 (WAL-G reopens its log file then); SIGHUP is ignored."""
+    """logrotate sends SIGUSR1 (WAL-G reopens its log file then), systemctl reload SIGHUP:
+    neither stops the daemon, which logs to stderr here and has no file to reopen."""
     env.start()
     assert env.daemon is not None
     for signum in (signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR1):
@@ -172,7 +173,38 @@ def test_sigusr1_and_sighup_do_not_stop_the_daemon(env: Env) -> None:
         assert env.daemon.poll() is None, env.daemon.communicate()
         assert _request(env.socket, b"C", b"") == b"O"
     log = env.stop()
-    assert "SIGUSR1" in log and "SIGHUP ignored" in log, log
+    assert "SIGUSR1" in log and "SIGHUP" in log, log
+    assert "no log file to reopen" in log, log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGHUP], ids=["usr1", "hup"])
+def test_a_log_file_moved_by_logrotate_is_reopened(env: Env, signum: int) -> None:
+    """WALG_LOG_DESTINATION names the daemon's log file. logrotate moves it and signals the
+    daemon (WAL-G reopens its log on SIGUSR1; many postrotate scripts send SIGHUP): from then
+    on the daemon must write to a new file at that path, not on into the moved one (which
+    logrotate compresses and deletes later: the daemon's log went with it, unseen). The
+    daemon keeps running and serving."""
+    log_file = env.root / "walg.log"
+    env.env["WALG_LOG_DESTINATION"] = str(log_file)
+    env.start()
+    assert env.daemon is not None
+    assert _request(env.socket, b"F", b"/before-rotation/" + SEG.encode()) == b"E"
+    assert "before-rotation" in log_file.read_text()  # logged before the reply
+    rotated = env.root / "walg.log.1"
+    log_file.rename(rotated)
+    env.daemon.send_signal(signum)
+    deadline = time.monotonic() + 30
+    while not log_file.exists():
+        assert env.daemon.poll() is None, env.daemon.communicate()
+        assert time.monotonic() < deadline, rotated.read_text()
+        time.sleep(0.02)
+    assert _request(env.socket, b"F", b"/after-rotation/" + SEG.encode()) == b"E"
+    assert _request(env.socket, b"C", b"") == b"O"
+    env.stop()
+    old, new = rotated.read_text(), log_file.read_text()
+    assert "before-rotation" in old and "after-rotation" not in old, old
+    assert "after-rotation" in new and "before-rotation" not in new, new
+    assert "opened again" in new and "shutting down" in new, new
 
 
 def test_requests_in_flight_at_sigterm_are_answered(env: Env) -> None:

@@ -112,17 +112,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if servers:
             threading.Thread(target=stop_serving, daemon=True).start()
 
-    def on_usr1(_signum: int, _frame: object) -> None:
-        # WAL-G reopens its log file on SIGUSR1 and logrotate scripts send it; walg writes
-        # its log to stderr only (walg.cli.logs), so there is nothing to reopen: flush it.
+    def reopen_log(signame: str, what: str) -> None:
+        # logrotate moves WALG_LOG_DESTINATION's file away and signals: WAL-G reopens its log
+        # on SIGUSR1, and postrotate scripts as often send SIGHUP. Without a reopen the daemon
+        # wrote on into the moved file, and its log went with it when logrotate deleted it.
         import logging
 
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        log.info("SIGUSR1: walg logs to stderr only, there is no log file to reopen")
+        from walg.cli import logs
+        from walg.errors import WalgError
+
+        path = settings.log_destination
+        if path is None:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            log.info("%s: %s; the log goes to stderr, no log file to reopen", signame, what)
+            return
+        try:
+            logs.log_to(path)
+        except WalgError as exc:
+            log.warning("%s: %s; still logging to the file opened before", signame, exc)
+            return
+        log.info("%s: %s; log file %s opened again", signame, what, path)
+
+    def on_usr1(_signum: int, _frame: object) -> None:
+        reopen_log("SIGUSR1", "the daemon goes on")
 
     def on_hup(_signum: int, _frame: object) -> None:
-        log.info("SIGHUP ignored: the daemon rereads no configuration; restart it instead")
+        # Not a stop (systemctl reload must not end it), and no configuration is reread:
+        # settings changed under a running archiver would be half applied.
+        reopen_log("SIGHUP", "the daemon rereads no configuration (restart it for that)")
 
     # Before the socket exists: whoever sees it may signal at once (a service manager's
     # restart, a test), and the default action would end the process with its socket left

@@ -226,9 +226,10 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         settings = settings_module.load(config_path=args.config, flags=flags)
-        if settings.log_destination is not None:
-            _log_to(settings.log_destination)
         from walg.cli import logs
+
+        if settings.log_destination is not None:
+            logs.log_to(settings.log_destination)
         from walg.cli.context import Context
 
         # The configuration's warnings at NORMAL whatever WALG_LOG_LEVEL says, as WAL-G
@@ -290,29 +291,6 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
 
         code = failure_exit_code(args.destination, code)
     return code, fast, interrupted
-
-
-def _log_to(path: str) -> None:
-    """Make the file ``path`` this process's stderr, appended to (``WALG_LOG_DESTINATION``).
-
-    WAL-G writes its whole log there, errors included, and none to stderr; so does walg,
-    whose log and one-line errors all go to stderr, as do those of the detached helpers
-    it starts. A file that cannot be opened fails the command, as in WAL-G.
-    """
-    import os
-
-    from walg.errors import WalgError
-
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise WalgError(f"WALG_LOG_DESTINATION: cannot open {path}: {exc.strerror}") from None
-    try:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        os.dup2(fd, 2)  # the copy is inherited: children log there too
-    finally:
-        os.close(fd)
 
 
 def _relative_without_working_directory(args: argparse.Namespace) -> str | None:
