@@ -207,6 +207,63 @@ def test_a_log_file_moved_by_logrotate_is_reopened(env: Env, signum: int) -> Non
     assert "opened again" in new and "shutting down" in new, new
 
 
+def _logged(path: Path, text: str) -> str:
+    """The log file at ``path`` once it holds ``text`` (written by a daemon's thread)."""
+    deadline = time.monotonic() + 30
+    while text not in (log := path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.02)
+    return log
+
+
+def test_a_daemon_started_with_an_empty_prefix_says_so(env: Env) -> None:
+    """A daemon started again with a wrong, empty prefix answers every fetch of a standby
+    "not in the archive"; the clients print nothing for that, and PostgreSQL waits on without
+    a word anywhere. The daemon's log now says that storage holds nothing at all, naming the
+    settings to check."""
+    log_file = env.root / "walg.log"
+    env.env["WALG_LOG_DESTINATION"] = str(log_file)
+    (env.pgdata / "standby.signal").touch()
+    env.start()
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"N"
+    log = _logged(log_file, "holds no backups and no WAL at all")
+    assert f"the last of {SEG}" in log and "WALG_FILE_PREFIX" in log, log
+    assert _request(env.socket, b"f", fetch_body(SEG, str(dest))) == b"N"  # still served
+    env.stop()
+
+
+def test_a_daemon_whose_storage_lacks_the_servers_timeline_says_so(env: Env) -> None:
+    """Storage that holds WAL, but no history file of the timeline the server asks WAL of, is
+    not that server's archive (a wrong prefix): said in the daemon's log. Once the history
+    file is there, a segment not found is the archive's end, and nothing is said."""
+    log_file = env.root / "walg.log"
+    env.env.update({"WALG_LOG_DESTINATION": str(log_file), "WALG_LOG_LEVEL": "DEVEL"})
+    _archive(env, os.urandom(1 << 20))  # timeline 1's SEG
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    wanted = "000000020000000000000004"
+    env.start()
+    assert _request(env.socket, b"f", fetch_body(wanted, str(dest))) == b"N"
+    log = _logged(log_file, "holds no 00000002.history")
+    env.stop()
+    source = env.root / "src" / "pg_wal" / "00000002.history"
+    source.write_text("1\t0/4000000\tno recovery target specified\n")
+    pushed = subprocess.run(
+        [env.walg_bin, "wal-push", str(source)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    log_file.unlink()
+    env.start()
+    assert _request(env.socket, b"f", fetch_body(wanted, str(dest))) == b"N"
+    log = _logged(log_file, "may be this server's")
+    env.stop()
+    assert "WARNING" not in log, log
+
+
 def test_requests_in_flight_at_sigterm_are_answered(env: Env) -> None:
     """SIGTERM while a push is being stored: the push completes and its client gets O, not
     a closed connection (which PostgreSQL would take for a failure and retry)."""

@@ -82,6 +82,10 @@ MAX_CONNECTIONS = 64
 TURNED_AWAY_REPORT = 60.0  # seconds between warnings about connections closed unanswered
 # How often the daemon checks that its socket path still leads to it (see _Server.service_actions).
 SOCKET_CHECK = 1.0
+# How often, at most, a fetch answered "not in the archive" makes the daemon look whether its
+# storage can be this server's archive at all (walg.ops.archive_check): a standby asks every
+# 5 s, and a wrong prefix must be said again now and then, not on every call.
+ARCHIVE_CHECK = 600.0
 
 
 def shown(text: str) -> str:
@@ -217,6 +221,8 @@ class Daemon:
         self.lookahead: LookaheadUploader | None = None
         self.follower: WalFollower | None = None
         self._background_held = False  # see _hold_background
+        self._archive_checked_at: float | None = None  # see _not_in_archive
+        self._not_found = 0  # fetches answered "not in the archive" since that check
         workers = lookahead_workers(settings)
         # Whether or not pg_wal/archive_status exists yet: backup-fetch restores pg_wal empty
         # and PostgreSQL makes archive_status when it starts, after a daemon started for its
@@ -459,10 +465,49 @@ class Daemon:
                 None,
             )
         except WalNotFound:
+            self._not_in_archive(name)
             return NOT_FOUND
         if self.settings.download_concurrency > 1 and is_segment_name(name) and not rewinding:
             self._schedule_prefetch(name, dest)
         return OK
+
+    def _not_in_archive(self, name: str) -> None:
+        """After the first fetch answered "not in the archive", and then at most every
+        ARCHIVE_CHECK seconds, look off the request path whether storage can be this
+        server's archive at all, and warn if not: a daemon started with a wrong or empty
+        prefix answers a standby's or a restore's every fetch so, and PostgreSQL waits on
+        without a word in any log (the clients print nothing for it)."""
+        now = time.monotonic()
+        with self._lock:
+            self._not_found += 1
+            checked = self._archive_checked_at
+            if checked is not None and now - checked < ARCHIVE_CHECK:
+                return
+            self._archive_checked_at = now
+            count, self._not_found = self._not_found, 0
+        threading.Thread(
+            target=self._check_archive, args=(name, count), name="archive-check", daemon=True
+        ).start()
+
+    def _check_archive(self, name: str, count: int) -> None:
+        from walg.ops.archive_check import archive_problem
+
+        try:
+            problem = archive_problem(self.storage, name)
+        except (WalgError, OSError) as exc:
+            log.warning("cannot look whether %s is this server's archive: %s", name, exc)
+            return
+        if problem is None:
+            log.debug("%s is not in the archive, which may be this server's: its end", name)
+            return
+        log.warning(
+            "%d fetch(es) answered 'not in the archive' (the last of %s), and %s: PostgreSQL "
+            "waits for WAL this storage does not have. Check the storage settings this daemon "
+            "was started with (WALG_FILE_PREFIX, WALG_STORAGE_PREFIX, its --config file)",
+            count,
+            name,
+            problem,
+        )
 
     def _sweep_beside(self, dest: str) -> None:
         """Now and then (every MARKER_SWEEP seconds for a destination), off the request path:
