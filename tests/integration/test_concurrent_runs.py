@@ -10,6 +10,7 @@ one process at a known point while the other goes on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -272,6 +273,46 @@ def test_a_run_that_meets_a_claim_let_go_as_it_looks_says_what_it_met(
     assert f"a backup named {name} already exists" in err_second, err_second
     assert _stored_names(walg).count(name) == 1
     assert not list(backups.rglob("walg_claim*"))
+
+
+def test_a_takeover_left_by_a_killed_run_is_removed_and_a_live_one_is_not(
+    pair: tuple[WalgSetup, Cluster, Cluster],
+) -> None:
+    """A run killed while it took over a dead run's claim leaves walg_claim_takeover.json;
+    every later run of that name (a standby's, named by its restart point) was refused for
+    good, until the object was removed by hand. Its writer, on this host and no longer
+    running, now proves it stale: the next run removes it and backs up. One whose writer
+    still runs is left, and the run refused, as before."""
+    walg, primary, standby = pair
+    primary.checkpoint()
+    primary.wait_for_replay(standby)
+    standby.psql("CHECKPOINT")  # a restartpoint: a name no backup has yet
+    name = _standby_backup_name(standby)
+    folder = walg.store / "basebackups_005" / name
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    claim = {"host": host, "pid": dead.pid, "start_time": "2026-01-01T00:00:00Z"}
+    _plant(folder / "walg_claim.json", json.dumps(claim))
+    live = {"host": host, "pid": os.getpid(), "start_time": "2026-01-01T00:00:01Z"}
+    _plant(folder / "walg_claim_takeover.json", json.dumps(live))
+    refused = walg.run(["backup-push", str(standby.datadir)], cluster=standby, check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert f"process {os.getpid()}" in refused.stderr, refused.stderr
+    assert json.loads((folder / "walg_claim_takeover.json").read_text()) == live
+
+    killed = {"host": host, "pid": dead.pid, "start_time": "2026-01-01T00:00:02Z"}
+    _plant(folder / "walg_claim_takeover.json", json.dumps(killed))
+    run = walg.popen(["backup-push", str(standby.datadir)], cluster=standby)
+    deadline = time.monotonic() + 180
+    while run.poll() is None and time.monotonic() < deadline:
+        primary.psql("SELECT pg_switch_wal()")
+        time.sleep(0.3)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 0, err
+    assert "walg_claim_takeover.json" in err and "no longer running" in err, err
+    assert name in _stored_names(walg)
+    assert not list(folder.rglob("walg_claim*")), "no claim or takeover object is left"
 
 
 def _ready(cluster: Cluster) -> list[str]:

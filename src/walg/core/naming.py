@@ -68,6 +68,12 @@ def claim_takeover_key(name: str) -> str:
     return f"{backup_folder(name)}{CLAIM_TAKEOVER}"
 
 
+def claim_takeover_removal_key(name: str, digest: str) -> str:
+    """Held by the one run that removes a takeover object left by a killed run, named by a
+    digest of that object's content (see walg.ops.backup_push._remove_dead_takeover)."""
+    return f"{backup_folder(name)}walg_claim_takeover_{digest}.json"
+
+
 def metadata_key(name: str) -> str:
     return f"{backup_folder(name)}{METADATA}"
 

@@ -35,6 +35,7 @@ from walg.core.naming import (
     backup_name,
     claim_key,
     claim_takeover_key,
+    claim_takeover_removal_key,
     metadata_key,
     part_object_name,
     partitions_prefix,
@@ -482,16 +483,24 @@ def _take_over(storage: Storage, name: str, held: bytes, holder: Claim, mine: Cl
     decides between this run and any run that found no claim at all.
     """
     lock = claim_takeover_key(name)
-    try:
-        with storage.open_write(lock, overwrite=False) as sink:
-            sink.write(mine.dumps())
-    except StorageError:
-        if not storage.exists(lock):
-            raise
+    for attempt in range(2):
         try:
-            taker = Claim.loads(storage.get_bytes(lock, limit=1 << 16))
+            with storage.open_write(lock, overwrite=False) as sink:
+                sink.write(mine.dumps())
+            break
         except StorageError:
-            taker = None
+            if not storage.exists(lock):
+                raise
+        try:
+            found: bytes | None = storage.get_bytes(lock, limit=1 << 16)
+        except StorageError:
+            found = None
+        taker = Claim.loads(found) if found is not None else None
+        # Its writer, on this host and no longer running, was killed before deleting it.
+        dead = taker is not None and taker.host == mine.host and not _pid_alive(taker.pid)
+        if found is not None and taker is not None and dead and attempt == 0:
+            _remove_dead_takeover(storage, name, found, taker, mine)
+            continue
         who = taker.describe() if taker is not None else "an unknown process"
         raise BackupInProgress(
             f"backup {name} is being taken by another backup-push ({who}), which is taking "
@@ -514,6 +523,53 @@ def _take_over(storage: Storage, name: str, held: bytes, holder: Claim, mine: Cl
         # Otherwise it was taken over and finished, or let go, meanwhile: the write decides.
     finally:
         storage.delete([lock])
+
+
+def _remove_dead_takeover(
+    storage: Storage, name: str, found: bytes, taker: Claim, mine: Claim
+) -> None:
+    """Remove the takeover object ``found`` of ``taker``, a run on this host that no longer
+    runs (killed between writing it and deleting it), as the only run doing so.
+
+    Two runs that both found it stale and both deleted it would be the race the takeover
+    object is there to stop: the later delete could remove the object the other had written
+    since. So the removal is held by a no-overwrite write of its own, under a name made from
+    ``found``'s content (a run's host, pid and start time, never written twice), and within
+    it the object is deleted only if it is still ``found``. A run refused that write finds,
+    on its next look, either no object or a live run's.
+    """
+    import hashlib
+
+    lock = claim_takeover_key(name)
+    guard = claim_takeover_removal_key(name, hashlib.sha256(found).hexdigest()[:16])
+    try:
+        with storage.open_write(guard, overwrite=False) as sink:
+            sink.write(mine.dumps())
+    except StorageError:
+        if not storage.exists(guard):
+            raise
+        raise BackupInProgress(
+            f"backup {name}: another backup-push is removing {lock}, left by "
+            f"{taker.describe()}, which is no longer running; run backup-push again. If no "
+            f"backup-push runs on host {mine.host}, delete {lock} and {guard} in "
+            f"{storage.location} and retry"
+        ) from None
+    try:
+        try:
+            current: bytes | None = storage.get_bytes(lock, limit=1 << 16)
+        except StorageError:
+            current = None
+        if current == found:
+            log.warning(
+                "backup %s: removing %s, left by %s, which was stopped while taking over a "
+                "claim and is no longer running",
+                name,
+                lock,
+                taker.describe(),
+            )
+            storage.delete([lock])
+    finally:
+        storage.delete([guard])
 
 
 def _release_claim(storage: Storage, name: str) -> None:
