@@ -472,6 +472,49 @@ def test_a_shutdown_after_a_fetch_storage_holds_says_what_it_left(env: Env) -> N
     assert not dest.exists()
 
 
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_a_stop_during_a_held_fetch_hands_it_to_walg_itself(env: Env, python: bool) -> None:
+    """systemctl stop (or restart) while a fetch hangs on storage: the daemon answered that
+    fetch with an error only once its time limit (WALG_DAEMON_WAL_FETCH_TIMEOUT, default
+    300 s) was over, and a restore_command in archive recovery then exited 128: PostgreSQL
+    stopped recovery because the daemon was stopped. Now a request that has put nothing in
+    place a few seconds into the stop is abandoned (nothing of it will be) and its connection
+    closed unanswered, so its client runs walg wal-fetch itself, as for a daemon that is gone:
+    here with storage that answers, and the file is in place."""
+    data = os.urandom(1 << 20)
+    _archive(env, data)
+    (env.pgdata / "recovery.signal").touch()
+    env.env.update(
+        {
+            "WALG_DAEMON_WAL_FETCH_TIMEOUT": "40s",
+            "WALG_FAULT_INJECTION": '[{"op": "read", "key": "wal_005", "delay": 600}]',
+        }
+    )
+    env.start()
+    assert env.daemon is not None
+    client = str(Path(env.walg_bin).with_name("walg-daemon-client"))
+    client_env = {k: v for k, v in env.env.items() if k != "WALG_FAULT_INJECTION"}
+    if python:
+        client_env["WALG_DAEMON_CLIENT_PYTHON"] = "1"
+    fetch = subprocess.Popen(
+        [client, str(env.socket), "wal-fetch", SEG, "pg_wal/RECOVERYXLOG"],
+        env=client_env,
+        cwd=env.pgdata,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)  # the daemon's fetch is held by storage
+    env.daemon.send_signal(signal.SIGTERM)
+    _, err = fetch.communicate(timeout=120)
+    _, log = env.daemon.communicate(timeout=120)
+    env.daemon = None
+    assert fetch.returncode == 0, (err, log)
+    assert "running walg wal-fetch directly" in err, err
+    assert (env.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
+    assert "closed unanswered" in log, log
+
+
 def test_without_lookahead_abandoned_temporaries_are_swept_too(env: Env) -> None:
     """The sweep of temporary objects left by killed uploads ran only with the look-ahead;
     with WALG_UPLOAD_CONCURRENCY=1 they stayed for the daemon's whole life."""

@@ -158,6 +158,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         server.serve_forever(poll_interval=0.5)
     finally:
         release_socket_path(server)
+        daemon.give_up_requests()
         # Connections queued before the path went carry requests their clients wait for:
         # closing the listening socket would reset them, and a recovering PostgreSQL whose
         # fetch fails stops. They are served before anything is closed.
@@ -178,9 +179,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             # limit): the pools do not tell which, and a DBA must not be sent to the archive
             # command for a restore's stalled read.
             log.warning(
-                "uploads or downloads still waiting on storage after %.0f s; abandoned "
-                "(nothing of them was committed or put in place)",
-                max(timeout, 1.0),
+                "uploads or downloads still waiting on storage at exit; abandoned (nothing "
+                "of them was committed or put in place)"
             )
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):

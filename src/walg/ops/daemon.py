@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -86,6 +86,17 @@ SOCKET_CHECK = 1.0
 # storage can be this server's archive at all (walg.ops.archive_check): a standby asks every
 # 5 s, and a wrong prefix must be said again now and then, not on every call.
 ARCHIVE_CHECK = 600.0
+# A request still being worked on this long into a stop, with nothing of it committed, is
+# abandoned and its connection closed unanswered: its client runs walg itself (see
+# walg.daemon_client). Answered at its own limit instead (300 s for a fetch), it kept a
+# stopping daemon alive past a service manager's stop timeout, and its error made a
+# restore_command in archive recovery exit 128: PostgreSQL stopped recovery.
+STOP_GRACE = 5.0
+STOP_POLL = 0.25  # how often a request being waited for looks whether the daemon stops
+
+
+class Unanswered(WalgError):
+    """A request abandoned because the daemon stops: close its connection without a reply."""
 
 
 def shown(text: str) -> str:
@@ -222,6 +233,11 @@ class Daemon:
         self.follower: WalFollower | None = None
         self._background_held = False  # see _hold_background
         self._archive_checked_at: float | None = None  # see _not_in_archive
+        self._give_up_at: float | None = None  # see give_up_requests
+        # Requests' work still running, and those of them given up on (they commit nothing):
+        # a stop waits for the others only.
+        self._running: set[Future[object]] = set()
+        self._abandoned: set[Future[object]] = set()
         self._not_found = 0  # fetches answered "not in the archive" since that check
         workers = lookahead_workers(settings)
         # Whether or not pg_wal/archive_status exists yet: backup-fetch restores pg_wal empty
@@ -261,11 +277,18 @@ class Daemon:
             if self._closing.wait(MARKER_SWEEP):
                 return
 
+    def give_up_requests(self, grace: float = STOP_GRACE) -> None:
+        """The daemon stops: requests not committed within ``grace`` seconds from now are
+        abandoned, and :class:`Unanswered` raised for them (see :meth:`_gated`)."""
+        self._give_up_at = time.monotonic() + grace
+
     def close(self, grace: float | None = None) -> bool:
         """Stop background work and the worker pools. With ``grace``, wait that many seconds
         at most: work stuck on storage that does not answer (a hung mount) is abandoned, and
         False returned; it committed nothing, and its temporary objects are swept by the next
-        daemon."""
+        daemon. A request's work given up on (its limit, a stop) commits nothing and is waited
+        for STOP_GRACE seconds at most, to remove its temporary file: only storage that
+        holds it keeps it running longer; False then too."""
         self._closing.set()
         if grace is None:
             self._close()
@@ -277,7 +300,10 @@ class Daemon:
             finished.set()
 
         threading.Thread(target=close_all, name="close", daemon=True).start()
-        return finished.wait(grace)
+        if not finished.wait(grace):
+            return False
+        with self._lock:
+            return not any(not f.done() for f in self._abandoned)
 
     def _close(self) -> None:
         if self.follower is not None:
@@ -285,7 +311,36 @@ class Daemon:
         if self.lookahead is not None:
             self.lookahead.stop()
         self._prefetch.shutdown(wait=True, cancel_futures=True)
-        self._work.shutdown(wait=True, cancel_futures=True)
+        self._work.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            owed = self._running - self._abandoned
+            abandoned = set(self._abandoned)
+        wait(owed)
+        # A download or upload given up on but still moving removes its temporary file
+        # when it ends; one held by storage would only keep the stop waiting.
+        wait(abandoned, timeout=STOP_GRACE)
+
+    def _track(self, future: Future[object]) -> None:
+        with self._lock:
+            self._running.add(future)
+
+        def done(f: Future[object]) -> None:
+            with self._lock:
+                self._running.discard(f)
+                self._abandoned.discard(f)
+
+        future.add_done_callback(done)
+
+    def _give_up(self, gate: RequestGate, future: Future[object]) -> bool:
+        """Abandon the request; False if its work has begun to commit (it must be waited
+        for, and its outcome answered)."""
+        if not gate.abandon():
+            return False
+        future.cancel()
+        with self._lock:
+            if not future.done():
+                self._abandoned.add(future)
+        return True
 
     def _gated(
         self,
@@ -307,12 +362,32 @@ class Daemon:
             future = self._work.submit(work, gate.commit)
         except RuntimeError:  # the pool is shut down: the daemon is stopping
             raise WalgError("the daemon is shutting down") from None
+        self._track(future)
+        started = time.monotonic()
+        deadline = started + timeout
         try:
-            if _finished(future, timeout):
-                return
-            if gate.abandon():
-                future.cancel()
-                raise WalgError(abandoned)
+            while True:
+                give_up = self._give_up_at
+                if give_up is not None:  # a request drained at a stop gets the grace too
+                    give_up = max(give_up, started + STOP_GRACE)
+                until = deadline if give_up is None else min(deadline, give_up)
+                left = until - time.monotonic()
+                if _finished(future, max(0.0, min(left, STOP_POLL))):
+                    return
+                now = time.monotonic()
+                if now >= deadline:
+                    if self._give_up(gate, future):
+                        raise WalgError(abandoned)
+                    break
+                if give_up is not None and now >= give_up:
+                    # Nothing of it is committed, nor will be: walg run by the client does
+                    # it again (a push never replaces an archived object).
+                    if self._give_up(gate, future):
+                        raise Unanswered(
+                            "the daemon is stopping; closed unanswered (its client runs walg "
+                            "itself), nothing of it was committed or put in place"
+                        )
+                    break
             if not _finished(future, commit_timeout):
                 total = timeout + (commit_timeout or 0)
                 raise WalgError(f"request did not finish within {total:.0f} s")
@@ -644,6 +719,9 @@ class _Handler(socketserver.BaseRequestHandler):
                         log.error("connection failed: %s", loggable(str(exc)))
                         return
                     reply = daemon.handle(kind, body, lambda: client_open(conn))
+                except Unanswered as exc:
+                    log.warning("%s: %s", _request(kind, body), exc)
+                    return
                 except (WalgError, OSError) as exc:
                     # An OSError here is the work's (a file, storage's socket), not this
                     # connection's: the client must hear that the request failed, not take
