@@ -651,6 +651,14 @@ int main(int argc, char **argv)
                     path, strerror(err));
             return EXIT_FAILED;
         }
+        if (err == EACCES || err == EPERM) {
+            fprintf(stderr,
+                    "walg-daemon-client: cannot connect to %s: %s (the socket, or a folder "
+                    "above it, is another user's: run the daemon as the user PostgreSQL runs "
+                    "as); nothing was sent\n",
+                    path, strerror(err));
+            return failed();
+        }
         fprintf(stderr,
                 "walg-daemon-client: talking to %s failed: %s; nothing is known to be done\n",
                 path, why(err));

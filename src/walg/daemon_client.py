@@ -51,6 +51,10 @@ class UntrustedPeer(OSError):
     """The socket is served by another user's process."""
 
 
+class NotAllowed(OSError):
+    """This user may not connect to the socket (EACCES, EPERM): nothing was sent."""
+
+
 class DaemonGone(OSError):
     """The daemon closed the connection before replying: it stopped (or died) meanwhile."""
 
@@ -102,7 +106,10 @@ def _ask(path: str, message: bytes, timeout: float) -> bytes:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        _connect(sock, path, deadline)
+        try:
+            _connect(sock, path, deadline)
+        except PermissionError as exc:
+            raise NotAllowed(exc.errno, exc.strerror) from None
         _check_peer(sock)
         try:
             sock.settimeout(_remaining(deadline))
@@ -415,6 +422,13 @@ def main(argv: "list[str] | None" = None) -> int:
             f"({exc.strerror}); running walg {command} directly\n"
         )
         return _direct(command, rest)
+    except NotAllowed as exc:
+        _say(
+            f"walg-daemon-client: cannot connect to {path}: {exc.strerror} (the socket, or a "
+            "folder above it, is another user's: run the daemon as the user PostgreSQL runs "
+            "as); nothing was sent\n"
+        )
+        return _failed(command, dest)
     except UntrustedPeer as exc:
         _say(f"walg-daemon-client: {path}: {exc}; nothing was sent\n")
         return _failed(command, dest)

@@ -651,6 +651,48 @@ def test_a_listener_of_another_user_is_not_trusted(env: Env, client: Client) -> 
     assert out.split() == ["0", "0"], (out, err)  # the squatter received nothing
 
 
+@pytest.mark.parametrize("python", [False, True], ids=["native", "python"])
+def test_a_socket_this_user_may_not_connect_to_is_named_and_nothing_is_done(
+    env: Env, python: bool
+) -> None:
+    """A daemon run as another user than PostgreSQL (here root, for a data directory of
+    root's) has a socket of mode 0600: the server's calls get EACCES. The push fails (exit 1),
+    never reported done, and the message says that nothing was sent and what to fix; it said
+    "nothing is known to be done", as for a connection lost after the request went out."""
+    other = _server_user("connect")
+    import pgcluster
+
+    shared = pgcluster.pg_tmpdir(prefix="eacces-")
+    env.socket = shared / "d.sock"
+    try:
+        env.start()
+        assert env.socket.stat().st_mode & 0o777 == 0o600
+        # The installed script, which the server's user may run (the test's own compiled
+        # client is in root's temporary folder); it runs the compiled client beside it.
+        script = str(Path(env.walg_bin).with_name("walg-daemon-client"))
+        assert os.access(f"{script}-native", os.X_OK)
+        pushed = subprocess.run(
+            [script, str(env.socket), "wal-push", str(env.pgdata / "pg_wal" / SEG)],
+            env=dict(env.env, WALG_DAEMON_CLIENT_PYTHON="1") if python else env.env,
+            user=other.pw_uid,
+            group=other.pw_gid,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        log = env.stop()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    assert pushed.returncode == 1, pushed.stderr
+    assert "Permission denied" in pushed.stderr and "nothing was sent" in pushed.stderr
+    assert "run the daemon as the user PostgreSQL runs as" in pushed.stderr, pushed.stderr
+    assert "wal-push" not in log, log  # the daemon heard of no request
+    assert not (env.store / "wal_005").exists()
+
+
 def _full_listen_queue(path: Path) -> tuple[socket.socket, list[socket.socket]]:
     """A listener that accepts nothing, and the connections that fill its queue."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
