@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -221,6 +222,64 @@ def _restore_through_daemon(
     finally:
         log = stop_daemon(daemon)
     return result, log
+
+
+def test_a_standby_whose_daemon_has_a_wrong_prefix_is_told_in_the_daemon_s_log(
+    install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """A standby restored from a backup, its daemon restarted with a wrong, empty prefix (a
+    configuration mistake): every fetch is answered "not in the archive", the standby waits
+    for ever, and nothing said so anywhere. The daemon's log now does; with the right prefix
+    the same standby goes on."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    cluster = _source(install, pg_workdir, walg.command("wal-push", "%p"))
+    cluster.start()
+    cluster.psql("CREATE TABLE marks AS SELECT 1 AS i")
+    walg.run(["backup-push", str(pg_workdir / "src")], cluster=cluster)
+    archive_now(cluster)
+    cluster.stop()
+
+    shared = make_shared_dir(pg_workdir / "sock", 0o755)
+    socket = shared / "fetch.sock"
+    wrong = make_shared_dir(pg_workdir / "wrong-store", 0o755)
+    log_file = shared / "daemon.log"
+    dest = pg_workdir / "standby"
+    client = str(Path(walg_bin).with_name("walg-daemon-client"))
+    command = f"{client} {socket} wal-fetch %f %p"
+    walg.run(["backup-fetch", str(dest), "LATEST", "--standby", "--restore-command", command])
+    standby = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    env = {"WALG_FILE_PREFIX": str(wrong), "WALG_LOG_DESTINATION": str(log_file)}
+    daemon = start_daemon(walg, socket, dest, env=env)
+    # pg_ctl -w returns once the standby is consistent: only after the daemon is mended.
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            standby.start(timeout=300, wait_ready=False)
+        except BaseException as exc:
+            failed.append(exc)
+
+    starting = threading.Thread(target=start, daemon=True)
+    try:
+        starting.start()
+        deadline = time.monotonic() + 120
+        while "holds no backups and no WAL at all" not in (
+            log := log_file.read_text() if log_file.exists() else ""
+        ):
+            assert time.monotonic() < deadline, (log, standby.log_tail())
+            time.sleep(0.2)
+        assert "WALG_FILE_PREFIX" in log and str(wrong) in log, log
+    finally:
+        stop_daemon(daemon)
+    daemon = start_daemon(walg, socket, dest)
+    try:
+        starting.join(300)
+        assert not starting.is_alive() and not failed, (failed, standby.log_tail())
+        standby.wait_ready(timeout=300)
+        assert standby.psql("SELECT i FROM marks") == "1"
+        standby.stop()
+    finally:
+        stop_daemon(daemon)
 
 
 def test_daemon_archives_and_restores_through_the_tiny_client(
