@@ -117,6 +117,39 @@ def test_a_busy_live_socket_is_not_taken_over_and_a_stale_one_is(env: Env) -> No
     assert not env.socket.exists(), "a daemon removes its own socket at exit"
 
 
+def test_a_second_daemon_never_takes_a_live_socket_and_one_killed_is_replaced(
+    env: Env,
+) -> None:
+    """systemd's view: a second start on a live daemon's socket is refused (exit 2) and the
+    first goes on answering there; after SIGKILL (no clean-up), the socket file left behind
+    does not stop the next start."""
+    env.start()
+    first = env.daemon
+    assert first is not None
+    identity = env.socket.stat().st_ino
+    second = env.run_daemon()
+    assert second.returncode == 2, second.stderr
+    assert "another daemon is already listening" in second.stderr, second.stderr
+    assert env.socket.stat().st_ino == identity
+    assert _request(env.socket, b"C", b"") == b"O"
+    assert first.poll() is None
+    first.kill()
+    first.wait()
+    assert env.socket.exists(), "SIGKILL leaves the socket file"
+    env.start()
+    deadline = time.monotonic() + 30
+    while True:  # the old path exists from the start: ask until the new daemon answers
+        try:
+            assert _request(env.socket, b"C", b"") == b"O"
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            assert env.daemon is not None and env.daemon.poll() is None
+            assert time.monotonic() < deadline, "the stale socket was not replaced"
+            time.sleep(0.02)
+    env.stop()
+    assert not env.socket.exists()
+
+
 def test_an_exiting_daemon_leaves_a_newer_daemons_socket(env: Env) -> None:
     env.start()
     # What a newer daemon does once this one's socket is gone: its own socket at the path.
