@@ -70,13 +70,20 @@ if TYPE_CHECKING:
     from walg.ops.pipeline import Upload
     from walg.settings import Settings
     from walg.storage.base import Storage
-    from walg.streams.base import Source
+    from walg.streams.base import Sink, Source
     from walg.streams.compression import Codec
 
 log = get_logger(__name__)
 
 CHUNK = 1 << 20
 BLOCK = 4 << 20  # the LZ4 frame's block size
+# A file mapped to compress it whole stays whole-mapped up to this size: PostgreSQL's default
+# 16 MiB segment, the hot path of every archive_command, keeps its one populated mapping. A
+# larger one (initdb --wal-segsize up to 1 GiB) is compressed WINDOW bytes at a time, and
+# this process lets go of each window's pages once compressed: mapped whole, a 1 GiB segment
+# counted 1 GiB in the RSS and the OOM score of the process that pushed it.
+WINDOWED_ABOVE = 64 << 20
+WINDOW = 16 << 20  # a multiple of BLOCK, so that the compressor never copies a block
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
 UPLOADER_LOCK = ".uploader.lock"  # held by a detached uploader (walg wal-push-ahead) for life
@@ -352,8 +359,9 @@ def _upload_file(
         # while reading 16 MB into new memory costs a fresh process ~10 ms on these VMs.
         # The mapping outlives the upload, whose writer holds views of it until it closes.
         # (PostgreSQL never truncates a segment it has handed to archive_command.)
+        windowed = opened.st_size > WINDOWED_ABOVE
         with (
-            mapped_file(handle) as data,
+            mapped_file(handle, populate=not windowed) as data,
             upload(
                 storage,
                 key,
@@ -364,7 +372,10 @@ def _upload_file(
                 before_commit=before_commit,
             ) as up,
         ):
-            up.writer.write(data)
+            if windowed:
+                write_in_windows(up.writer, data)
+            else:
+                up.writer.write(data)
         return up
     # One thread compresses each block within write(), so one block of the file is mapped at
     # a time: no copy out of the page cache and no fresh buffer to fault in (in a drain, 28 ms
@@ -1118,10 +1129,12 @@ def lookahead_workers(settings: Settings) -> int:
 
 @contextlib.contextmanager
 def mapped_file(
-    handle: BinaryIO, offset: int = 0, length: int | None = None
+    handle: BinaryIO, offset: int = 0, length: int | None = None, populate: bool = True
 ) -> Iterator[bytes | memoryview]:
     """``length`` bytes (default: to the end) of the file open in ``handle`` from ``offset``
-    (a multiple of the page size), mapped read-only; ``b""`` when that is nothing."""
+    (a multiple of the page size), mapped read-only; ``b""`` when that is nothing.
+    ``populate``: every page mapped up front (else each as it is read: for
+    :func:`write_in_windows`)."""
     import mmap
 
     size = os.fstat(handle.fileno()).st_size - offset if length is None else length
@@ -1129,7 +1142,7 @@ def mapped_file(
         yield b""
         return
     # MAP_POPULATE maps every page up front, cheaper than one fault per page later.
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     mapping = mmap.mmap(handle.fileno(), size, flags=flags, prot=mmap.PROT_READ, offset=offset)
     view = memoryview(mapping)
     failed = True
@@ -1152,6 +1165,39 @@ def mapped_file(
             # mapping goes with them, and its error, not this one, is the one to report.
             if not failed:
                 raise
+
+
+def write_in_windows(writer: Sink, data: bytes | memoryview, window: int = WINDOW) -> None:
+    """Write ``data``, a read-only shared mapping of a file from :func:`mapped_file`, to
+    ``writer`` ``window`` bytes at a time, letting go of each window's pages once the next
+    one is written: this process maps at most about two windows of the file at once.
+
+    The writer gets the same bytes in the same order as from one ``write(data)``, so what it
+    makes of them (an LZ4 frame cut into 4 MiB blocks by offset) is byte for byte the same.
+    Each window is mapped up front when the kernel can (``MADV_POPULATE_READ``, Linux 5.14),
+    as ``MAP_POPULATE`` does for a whole mapping. Letting go is ``MADV_DONTNEED``, which on a
+    shared file mapping drops this process's references only: the page cache keeps the
+    pages, and a compressor thread still reading one (a writer holds at most its threads'
+    4 MiB blocks, fewer than a window) maps it again from there, unchanged.
+    """
+    import mmap
+
+    assert isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap)
+    mapping = data.obj
+    size = len(data)
+    released = 0
+    for start in range(0, size, window):
+        length = min(window, size - start)
+        with contextlib.suppress(OSError):  # an older kernel: pages are mapped as read
+            mapping.madvise(_MADV_POPULATE_READ, start, length)
+        writer.write(data[start : start + length])
+        if start > released:
+            mapping.madvise(mmap.MADV_DONTNEED, released, start - released)
+            released = start
+    # The last window stays mapped until the mapping closes, after the writer's last read.
+
+
+_MADV_POPULATE_READ = 22  # <linux/mman.h>; Python's mmap module does not name it
 
 
 def _backlog(archive_status: str, exclude: set[str]) -> bool:
