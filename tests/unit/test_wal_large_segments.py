@@ -1,7 +1,7 @@
 """Large WAL segments (initdb --wal-segsize up to 1024): mapped a window at a time, same bytes.
 
-wal-push's parallel compression maps the segment file. Above
-walg.ops.wal_push.WINDOWED_ABOVE it lets go of its pages a window at a time; mapped whole, a
+wal-push's parallel compression and the daemon's WAL follower map the segment file. Above
+walg.ops.wal_push.WINDOWED_ABOVE they let go of its pages a window at a time; mapped whole, a
 1 GiB segment counted 1 GiB in the RSS (and the OOM score) of the process archiving it. How
 much of the file this process maps is read from /proc/self/smaps (the ``Rss`` of the mappings
 of that file), sampled by the storage sink at each write the compressor makes.
@@ -12,12 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lz4frames import check_trailer_object
+from walg.core.lsn import Segment
+from walg.ops.wal import find_wal_object
+from walg.ops.wal_follow import BLOCK as FOLLOW_BLOCK
+from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_push import (
     WINDOW,
     WINDOWED_ABOVE,
@@ -32,6 +38,7 @@ from walg.streams.compression import codec_for_method
 
 MIB = 1 << 20
 PAGE = 8192
+MAGIC = 0xD110
 
 
 def mapped_bytes(path: Path) -> int:
@@ -154,3 +161,89 @@ def test_a_segment_at_the_threshold_keeps_its_whole_populated_mapping(tmp_path: 
     assert storage.peak == 16 * MIB
     with storage.open_read(result.key) as source:
         assert check_trailer_object(source.read()) == data
+
+
+# -- the daemon's WAL follower ------------------------------------------------------------------
+
+
+def wal_pages(name: str, segment_size: int, start: int, stop: int) -> bytes:
+    """Pages ``start`` to ``stop`` of segment ``name`` as PostgreSQL writes them: each starts
+    with a header carrying its own WAL address (a long one on page 0)."""
+    base = Segment.parse(name, segment_size).segno * segment_size
+    body = bytes(range(256)) * (PAGE // 256)
+    pages = []
+    for page in range(start, stop):
+        address = base + page * PAGE
+        if page == 0:
+            head = struct.pack("<HHIQI4xQII", MAGIC, 2, 1, address, 0, 7, segment_size, PAGE)
+        else:
+            head = struct.pack("<HHIQI4x", MAGIC, 0, 1, address, 0)
+        pages.append(head + page.to_bytes(4, "little") + body[len(head) + 4 :])
+    return b"".join(pages)
+
+
+def wait_until(check: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def follow(
+    tmp_path: Path, segment_size: int, change_after_read: bool = False, **windows: int
+) -> tuple[SamplingStorage, WalFollower, Path]:
+    """Write a segment in two halves while a follower follows it, then mark it ready."""
+    name = "000000010000000000000002"
+    wal = tmp_path / "pg_wal"
+    (wal / "archive_status").mkdir(parents=True)
+    path = wal / name
+    settings = settings_for(tmp_path, WALG_PG_WAL_SIZE=str(segment_size // MIB))
+    storage = SamplingStorage(str(tmp_path / "store"), path)
+    follower = WalFollower(settings, storage, str(wal), claim=lambda _name: True, **windows)
+    pages = segment_size // PAGE
+    with open(path, "wb") as handle:
+        handle.truncate(segment_size)  # preallocated, as PostgreSQL does
+        handle.write(wal_pages(name, segment_size, 0, pages // 2))
+    follower.start()
+    try:
+        prepared = pages // 2 * PAGE - FOLLOW_BLOCK
+        wait_until(lambda: follower._current is not None and follower._current.prepared >= prepared)
+        with open(path, "r+b") as handle:
+            handle.seek(pages // 2 * PAGE)
+            handle.write(wal_pages(name, segment_size, pages // 2, pages))
+            if change_after_read:
+                handle.seek(PAGE + 100)
+                handle.write(b"changed")
+        (wal / "archive_status" / f"{name}.ready").touch()
+        wait_until(lambda: follower.stats["finished"] + follower.stats["discarded"] == 1)
+    finally:
+        follower.stop()
+    return storage, follower, path
+
+
+def test_the_follower_maps_a_large_segment_a_window_at_a_time(tmp_path: Path) -> None:
+    """With the shipped threshold, a 128 MiB segment: every page the follower had read stayed
+    mapped until the finish, whose check then read the whole file again (128 MiB of the
+    daemon's RSS); now about a window of it is mapped at any time, and the object is right."""
+    size = 128 * MIB
+    storage, follower, path = follow(tmp_path, size)
+    assert follower.stats == {"finished": 1, "discarded": 0}
+    assert storage.samples > size // FOLLOW_BLOCK
+    assert storage.peak <= 2 * WINDOW, f"{storage.peak / MIB:.0f} MiB mapped"
+    found = find_wal_object(storage, path.name)
+    assert found is not None
+    with storage.open_read(found[0]) as source:
+        assert check_trailer_object(source.read()) == path.read_bytes()
+
+
+def test_the_windowed_follower_still_refuses_a_segment_changed_after_it_was_read(
+    tmp_path: Path,
+) -> None:
+    """The finish's check, read window by window, still sees bytes that changed after they
+    were compressed (a small threshold and window stand for 1 GiB segments)."""
+    storage, follower, path = follow(
+        tmp_path, 8 * MIB, change_after_read=True, windowed_above=2 * MIB, window=MIB
+    )
+    assert follower.stats == {"finished": 0, "discarded": 1}
+    assert find_wal_object(storage, path.name) is None
+    assert storage.peak <= 2 * MIB, f"{storage.peak / MIB:.1f} MiB mapped"

@@ -40,7 +40,7 @@ from walg.core.walpage import (
 )
 from walg.errors import StorageError
 from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
-from walg.ops.wal_push import status_dir
+from walg.ops.wal_push import WINDOW, WINDOWED_ABOVE, status_dir
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -85,9 +85,24 @@ class _Followed:
     straight from the page cache, and at the finish the check reads pages already mapped
     instead of paying for a new mapping while archive_command waits. (PostgreSQL allocates a
     segment at its full size and never truncates it; see :meth:`page_valid` for the rest.)
+
+    A segment larger than ``windowed_above`` (initdb --wal-segsize up to 1 GiB) is let go of
+    ``window`` bytes at a time once compressed and again once checked (:meth:`release`):
+    kept, every page read stayed mapped until the finish, and the daemon's RSS and OOM score
+    grew by the segment's size. PostgreSQL's default 16 MiB segment stays mapped whole, as
+    before: the check at its finish reads pages still mapped while archive_command waits.
     """
 
-    def __init__(self, name: str, path: str, fd: int, segment_size: int, magic: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        fd: int,
+        segment_size: int,
+        magic: int,
+        windowed_above: int = WINDOWED_ABOVE,
+        window: int = WINDOW,
+    ) -> None:
         import mmap
 
         import lz4.block
@@ -103,6 +118,9 @@ class _Followed:
             fd, segment_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ
         )
         self.view = memoryview(self.map)
+        self.windowed = segment_size > windowed_above
+        self.window = window
+        self.released = 0  # this process's pages before this offset were let go of
         self.prepared = 0
         self.stored = 0
         self.lz4 = lz4.block
@@ -134,6 +152,25 @@ class _Followed:
         return (now.st_dev, now.st_ino) == (mapped.st_dev, mapped.st_ino) and (
             now.st_size == self.segment_size
         )
+
+    def release(self, start: int, end: int) -> None:
+        """Let go of this process's mapped pages from ``start`` to ``end`` (page-aligned).
+
+        ``MADV_DONTNEED`` on a shared file mapping drops the page references of this process
+        only: the page cache keeps the pages, and a later read maps them again, unchanged.
+        """
+        import mmap
+
+        assert self.map is not None
+        if end > start:
+            self.map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def release_prepared(self) -> None:
+        """Let go of the whole windows already compressed."""
+        end = self.prepared - self.prepared % self.window
+        if end > self.released:
+            self.release(self.released, end)
+            self.released = end
 
     def append(self, block: memoryview) -> None:
         from walg.streams import lz4frame
@@ -205,8 +242,11 @@ class WalFollower:
         wal_dir: str,
         claim: Callable[[str], bool],
         remember: int = ARCHIVED_MEMORY,
+        windowed_above: int = WINDOWED_ABOVE,
+        window: int = WINDOW,
     ) -> None:
         self._settings = settings
+        self._windows = (windowed_above, window)  # see _Followed
         self._storage = storage
         self._wal_dir = wal_dir
         self._learnt_size: int | None = None  # see _segment_size
@@ -402,7 +442,7 @@ class WalFollower:
             os.close(fd)
             return None
         try:
-            followed = _Followed(name, path, fd, segment_size, magic)
+            followed = _Followed(name, path, fd, segment_size, magic, *self._windows)
         except BaseException:
             os.close(fd)
             raise
@@ -483,6 +523,8 @@ class WalFollower:
             current.append(block)
         current.prepared = offset + size
         current.last_progress = time.monotonic()
+        if current.windowed:
+            current.release_prepared()
 
     def _finish(self, current: _Followed) -> None:
         name = current.name
@@ -564,8 +606,18 @@ class WalFollower:
         """The complete file must start with exactly the bytes compressed so far."""
         import xxhash
 
-        with current.view[: current.prepared] as final:
-            digest = xxhash.xxh3_128(final).digest()
+        if current.windowed:
+            # Window by window, each let go of once hashed: the same digest, read in parts.
+            hasher = xxhash.xxh3_128()
+            for start in range(0, current.prepared, current.window):
+                end = min(start + current.window, current.prepared)
+                with current.view[start:end] as part:
+                    hasher.update(part)
+                current.release(start, end)
+            digest = hasher.digest()
+        else:
+            with current.view[: current.prepared] as final:
+                digest = xxhash.xxh3_128(final).digest()
         if digest != current.digest.digest():
             log.warning(
                 "WAL follower: %s changed after it was read; archiving it from scratch",
