@@ -109,12 +109,14 @@ class Sampler:
             if not entry.isdigit() or int(entry) in self._seen:
                 continue
             pid = int(entry)
-            self._seen.add(pid)
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     words = handle.read().split(b"\0")
             except OSError:
                 continue
+            if words == [b""]:  # between fork and exec: looked at again at the next scan
+                continue
+            self._seen.add(pid)
             line = b" ".join(words).decode(errors="replace")
             if self.marker in line and pid not in self.peaks:
                 self.watch(pid, " ".join(w.decode(errors="replace") for w in words[1:3]))
