@@ -337,6 +337,7 @@ def measure(size_mb: int, walg: str, work: Path) -> dict[str, Peak]:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
         cluster.stop()
+        shutil.rmtree(sock.parent, ignore_errors=True)
     env = {**base_env, "WALG_FILE_PREFIX": str(make_shared_dir(work / "cold-store", 0o755))}
     log = work / "runs.log"
     results["walg wal-push (cold)"] = _merge(
