@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -1178,3 +1179,74 @@ def test_swapped_restore_command_arguments_stop_archive_recovery(
     assert fetched.returncode == expected, fetched.stderr
     assert "is not a WAL file name" in fetched.stderr, fetched.stderr
     assert not (pgdata / NAME).exists()
+
+
+# --- a prefetch folder another local user can write in (a shared WALG_PREFETCH_DIR) ---------
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hard link", "another user's file"])
+def test_a_planted_file_in_the_prefetch_folder_is_never_handed_over(
+    tmp_path: Path, planted: str
+) -> None:
+    """What another user can plant in a prefetch folder they can write in (a WALG_PREFETCH_DIR
+    such as /var/tmp/walg, made by them first): a symbolic link to a valid segment, a hard
+    link to one, or a valid segment of their own. Each was renamed into pg_wal as the file
+    PostgreSQL reads (a link went along as a link, and PostgreSQL later recycles and writes
+    through it; a file that has another name or owner can be changed after it was checked).
+    Each is discarded now, and nothing is put in place: the segment is downloaded."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = tmp_path / "shared-prefetch"
+    root.mkdir(mode=0o777)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "valid-segment"
+    target.write_bytes(segment_bytes(NAME, 2222))
+    candidate = root / NAME
+    if planted == "symlink":
+        candidate.symlink_to(target)
+    elif planted == "hard link":
+        os.link(target, candidate)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file to another user")
+        candidate.write_bytes(segment_bytes(NAME, 2222))
+        os.chown(candidate, pwd.getpwnam(pg_user_env()["USER"]).pw_uid, -1)
+    assert not take_prefetched(str(root), NAME, str(dest), SEG)
+    assert not os.path.lexists(dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
+    assert not os.path.lexists(candidate)  # discarded, so it is downloaded instead
+    assert target.read_bytes() == segment_bytes(NAME, 2222)
+
+
+def test_a_prefetched_file_of_this_user_is_still_taken(tmp_path: Path) -> None:
+    """The check above refuses only what a prefetcher does not make: its own files pass."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = tmp_path / "prefetch"
+    root.mkdir()
+    (root / NAME).write_bytes(segment_bytes(NAME, 2222))
+    assert take_prefetched(str(root), NAME, str(dest), SEG)
+    assert not dest.is_symlink()
+    assert dest.read_bytes() == segment_bytes(NAME, 2222)
+
+
+def test_a_planted_link_in_a_prefetch_folder_on_another_file_system_is_not_copied(
+    tmp_path: Path,
+) -> None:
+    """Across file systems the file is copied, not renamed: a symbolic link there was
+    followed and its target copied into pg_wal. It is discarded now."""
+    other = _other_file_system()
+    if other is None:
+        pytest.skip("no writable folder on another file system (/dev/shm)")
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    target = tmp_path / "valid-segment"
+    target.write_bytes(segment_bytes(NAME, 2222))
+    with tempfile.TemporaryDirectory(dir=other) as folder:
+        root = Path(folder)
+        (root / NAME).symlink_to(target)
+        assert not take_prefetched(str(root), NAME, str(dest), SEG)
+        assert not os.path.lexists(root / NAME)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
+    assert target.read_bytes() == segment_bytes(NAME, 2222)

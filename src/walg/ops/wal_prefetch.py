@@ -151,26 +151,66 @@ def boot_time() -> float | None:
 
 
 def _take(candidate: str, tmp: str) -> bool:
-    """Move (or, from another file system, copy) the prefetched ``candidate`` to ``tmp``."""
+    """Move (or, from another file system, copy) the prefetched ``candidate`` to ``tmp``.
+
+    Only a file a prefetcher of this user made is taken: a regular file of this user's with
+    no other name. A shared ``WALG_PREFETCH_DIR`` may be writable by other local users, and
+    what they plant there would otherwise reach pg_wal: a symbolic link (moved along as a
+    link, so PostgreSQL reads, and once it recycles the segment writes, through it), or a
+    file they own or have another name of, which they can change after it was checked. The
+    check is made on ``tmp``, in DEST's folder, where no other user can swap it.
+    """
     try:
         os.replace(candidate, tmp)
-        return True
     except FileNotFoundError:
         return False  # taken by a prefetcher's cleanup meanwhile: downloaded instead
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             log.warning("cannot take prefetched %s (%s); downloading it", candidate, exc)
             return False
+    else:
+        try:
+            planted = _not_made_by_a_prefetcher(os.lstat(tmp))
+        except OSError:
+            planted = "cannot be looked at"
+        if planted:
+            log.warning("discarding %s from the prefetch folder: %s", candidate, planted)
+            remove(tmp)
+            return False
+        return True
     try:
-        with open(candidate, "rb") as source, open(tmp, "xb") as target:
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
+        fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("cannot copy prefetched %s (%s); downloading it", candidate, exc)
+        remove(candidate)
+        return False
+    try:
+        with open(fd, "rb") as source:
+            planted = _not_made_by_a_prefetcher(os.fstat(source.fileno()))
+            if planted:
+                log.warning("discarding %s from the prefetch folder: %s", candidate, planted)
+                remove(candidate)
+                return False
+            with open(tmp, "xb") as target:
+                while chunk := source.read(1 << 20):
+                    target.write(chunk)
     except OSError as exc:
         log.warning("cannot copy prefetched %s (%s); downloading it", candidate, exc)
         remove(tmp)
         return False
     remove(candidate)
     return True
+
+
+def _not_made_by_a_prefetcher(st: os.stat_result) -> str:
+    """Why the file ``st`` describes is no prefetcher's of this user; empty if it may be."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"owned by another user (uid {st.st_uid})"
+    if st.st_nlink != 1:
+        return f"it has {st.st_nlink - 1} other name(s) (a hard link)"
+    return ""
 
 
 def _wait_for_running(root: str, name: str) -> None:
