@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pgcluster import make_shared_dir, pg_user_env
 from walg.core import naming
 from walg.core.metadata import TablespaceSpec
 from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
@@ -398,3 +399,83 @@ def test_a_tablespace_location_that_cannot_be_created_leaves_the_destination_unt
     blocker.unlink()
     backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
     assert (location / "PG_16_202307071/5/16386").is_file()
+
+
+# --- run as root into a folder another user can change ---------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["dest", "parent"])
+def test_root_never_restores_into_a_folder_another_user_can_change(
+    tmp_path: Path, where: str
+) -> None:
+    """``sudo walg backup-fetch /var/lib/postgresql/16/main LATEST``: DEST (or the folder DEST
+    is made in) is the server user's. The restore succeeded with every file root's, mode 0600,
+    which the server cannot read; and while root wrote, that user could put a symbolic link
+    where root was about to make a folder (``base``) and have root write the backup's files
+    wherever it led. It is refused now, naming the folder and its owner, before anything is
+    written."""
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    user = pg_user_env()["USER"]
+    if where == "dest":
+        dest = make_shared_dir(tmp_path / "main")
+        folder = dest
+    else:
+        folder = make_shared_dir(tmp_path / "16", mode=0o755)
+        dest = folder / "main"
+    with pytest.raises(UsageError, match=f"{folder} is owned by {user}.*as {user}"):
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+@needs_root
+def test_root_never_restores_through_a_folder_others_may_write_in(tmp_path: Path) -> None:
+    """A folder every user may write in, without the sticky bit: anyone could rename DEST
+    away and put a link in its place while root restores."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    with pytest.raises(UsageError, match=f"{shared} is writable by other users"):
+        backup_fetch(settings_for(tmp_path), storage, str(shared / "restore"), NAME)
+    assert list(shared.iterdir()) == []
+    # The sticky bit (as /tmp has) keeps others from renaming what root makes there.
+    shared.chmod(0o1777)
+    backup_fetch(settings_for(tmp_path), storage, str(shared / "restore"), NAME)
+    assert_restored(shared / "restore")
+
+
+@needs_root
+def test_root_never_restores_a_tablespace_into_a_folder_another_user_can_change(
+    tmp_path: Path,
+) -> None:
+    storage = MemoryStorage()
+    folder = make_shared_dir(tmp_path / "ts", mode=0o755)
+    _put_tablespace_backup(storage, folder / "place", str(folder / "place"))
+    dest = tmp_path / "restore"
+    user = pg_user_env()["USER"]
+    with pytest.raises(UsageError, match=f"{folder} is owned by {user}"):
+        backup_fetch(settings_for(tmp_path), storage, str(dest), NAME)
+    assert not dest.exists()
+    assert list(folder.iterdir()) == []
+
+
+@needs_root
+def test_root_follows_a_link_only_where_it_leads_to_a_safe_folder(tmp_path: Path) -> None:
+    """A link in DEST's path is followed and what it leads to checked the same way."""
+    storage = MemoryStorage()
+    put_wal_g_backup(storage)
+    theirs = make_shared_dir(tmp_path / "theirs", mode=0o755)
+    (tmp_path / "link").symlink_to(theirs)
+    with pytest.raises(UsageError, match=f"{theirs} is owned by"):
+        backup_fetch(settings_for(tmp_path), storage, str(tmp_path / "link" / "main"), NAME)
+    assert list(theirs.iterdir()) == []
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (tmp_path / "good").symlink_to(ours)
+    backup_fetch(settings_for(tmp_path), storage, str(tmp_path / "good" / "main"), NAME)
+    assert_restored(ours / "main")

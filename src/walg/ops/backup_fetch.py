@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,85 @@ def _flock_holder(st: os.stat_result) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def refuse_root_in_another_users_folder(path: Path) -> None:
+    """Run as root, refuse to restore into ``path`` if another user can change a folder on
+    the way to it (the path as the kernel resolves it, links followed).
+
+    Such a user could put a symbolic link where root is about to make a folder, or rename a
+    folder root made and put one there, and root would write the backup's files wherever it
+    led. And a DEST that is another user's (the server's data directory) would get files of
+    root's, mode 0600, which that server cannot read. A folder is safe when root owns it and
+    no one else may write in it, or only with the sticky bit (as ``/tmp``). Others restore as
+    themselves: the kernel keeps them out of what they may not change.
+    """
+    if os.geteuid() != 0:
+        return
+    unsafe = _folder_another_user_can_change(str(path))
+    if unsafe is None:
+        return
+    folder, st = unsafe
+    if st.st_uid != 0:
+        import pwd
+
+        try:
+            user = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            user = str(st.st_uid)
+        raise UsageError(
+            f"backup-fetch runs as root, but {folder} is owned by {user}: the files restored "
+            f"would be root's, which the server cannot read, and {user} could redirect root's "
+            f"writes elsewhere with a symbolic link; run backup-fetch as {user} "
+            f"(sudo -u {user} walg backup-fetch ...)"
+        )
+    raise UsageError(
+        f"backup-fetch runs as root, but {folder} is writable by other users (mode "
+        f"{stat.S_IMODE(st.st_mode):04o}, no sticky bit): any of them could redirect root's "
+        "writes elsewhere with a symbolic link; restore into a folder only root may change, "
+        "or run backup-fetch as the server's user"
+    )
+
+
+# Links followed at most, as the kernel's own limit (MAXSYMLINKS).
+_MAX_LINKS = 40
+
+
+def _folder_another_user_can_change(path: str) -> tuple[str, os.stat_result] | None:
+    """The first folder on the way to ``path`` that someone but root may change, with its
+    stat; None if there is none. Components that do not exist yet are root's to make."""
+    # Not normalised: ".." is taken from the folder reached, as the kernel takes it.
+    pending = [c for c in os.path.join(os.getcwd(), path).split("/") if c not in ("", ".")]
+    current = "/"
+    links = 0
+    while True:
+        st = os.lstat(current)
+        if stat.S_ISDIR(st.st_mode):
+            writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            if st.st_uid != 0 or (writable_by_others and not st.st_mode & stat.S_ISVTX):
+                return current, st
+        if not pending:
+            return None
+        step = pending.pop(0)
+        if step == "..":
+            current = os.path.dirname(current)  # checked already, on the way down
+            continue
+        following = os.path.join(current, step)
+        try:
+            st = os.lstat(following)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            # The link itself is safe: its folder was checked above. Where it leads is not.
+            links += 1
+            if links > _MAX_LINKS:
+                raise UsageError(f"too many symbolic links on the way to {path}")
+            target = os.readlink(following)
+            base = target if target.startswith("/") else os.path.join(current, target)
+            pending = [c for c in base.split("/") if c not in ("", ".")] + pending
+            current = "/"
+            continue
+        current = following
 
 
 def _check_tablespaces(dest: Path, spec: TablespaceSpec) -> None:
@@ -276,8 +356,13 @@ def backup_fetch(
     spec = restore_spec or sentinel.spec
     if spec:
         _check_tablespaces(dest, spec)
+    places = [dest, *(Path(ts.location) for ts in spec.tablespaces)] if spec else [dest]
+    for place in places:
+        refuse_root_in_another_users_folder(place)
     created, lock = prepare_destination(dest)
     try:
+        # Again once DEST exists: one made meanwhile by another user is refused, not used.
+        refuse_root_in_another_users_folder(dest)
         return _restore_locked(
             settings, storage, dest, name, files_meta, objects, spec, created, fsync, lists
         )
