@@ -316,6 +316,9 @@ class Settings:
             messages.append(
                 f"{name} in the config file {self.config_file} is unknown, and ignored{hint}"
             )
+        readable = self._secrets_every_user_may_read()
+        if readable:
+            messages.append(readable)
         if self.log_level not in ("NORMAL", "DEVEL", "ERROR", "DEBUG", "QUIET"):
             messages.append(
                 f"WALG_LOG_LEVEL={self.log_level!r} is not a log level (NORMAL, DEVEL or "
@@ -332,6 +335,25 @@ class Settings:
                 "goes on without it"
             )
         return messages
+
+    def _secrets_every_user_may_read(self) -> str:
+        """A warning if the config file holds a password or a key and every user may read it
+        (as libpq gives for a ``.pgpass`` others may read); empty otherwise. Group access is
+        not warned about: a file of root's that the server's group reads is the usual way."""
+        secrets = sorted(name for name in self.config_keys if is_secret_setting(name))
+        if not secrets or not self.config_file:
+            return ""
+        try:
+            mode = os.stat(self.config_file).st_mode & 0o7777
+        except OSError:
+            return ""
+        if not mode & 0o004:
+            return ""
+        return (
+            f"config file {self.config_file} holds {', '.join(secrets)} and every user may "
+            f"read it (mode {mode:04o}); make it readable by its owner only (chmod 600), or "
+            "by its group"
+        )
 
     def require_pgdata(self, given: str | None) -> str:
         path = given or self.pgdata
@@ -379,6 +401,17 @@ def load(
 _NO_FLAG = frozenset(
     ("WALG_CONFIG_PATH", "WALG_DAEMON_CLIENT_TIMEOUT", "WALG_DAEMON_CLIENT_PYTHON", "USER")
 )
+
+
+# Words in a setting's name that make its value a secret; and the keys that end in _KEY
+# (WALG_LIBSODIUM_KEY, WALG_PGP_KEY, AZURE_STORAGE_ACCESS_KEY), not their _PATH or _ID.
+_SECRET_WORDS = ("PASSWORD", "SECRET", "PASSPHRASE", "TOKEN")
+_SECRET_NAMES = frozenset(("S3_SSE_C",))
+
+
+def is_secret_setting(name: str) -> bool:
+    """Whether the value of the setting ``name`` (upper case) is a password or a key."""
+    return name.endswith("_KEY") or name in _SECRET_NAMES or any(w in name for w in _SECRET_WORDS)
 
 
 def flag_name(setting: str) -> str:

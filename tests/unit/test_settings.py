@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -887,3 +889,55 @@ def test_libpq_settings_that_are_not_utf8_are_named(name: str) -> None:
     s = load(environ={"WALG_FILE_PREFIX": "/x", name: "db\udcff"})
     with pytest.raises(ConfigError, match=f"^{name} is not valid UTF-8$"):
         _ = s.pg
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "WALG_LIBSODIUM_KEY", "WALG_PGP_KEY_PASSPHRASE"],
+)
+def test_a_config_file_every_user_may_read_with_a_secret_in_it_is_warned_about(
+    tmp_path: Path, secret: str
+) -> None:
+    """libpq warns about a .pgpass others may read; walg said nothing of a config file mode
+    0644 holding a password or a key. It warns now, naming the file and the key, never the
+    value; a file only its owner (or its group: /etc/walg/walg.json root:postgres 0640) may
+    read, or with no secret in it, gets no such warning."""
+    path = tmp_path / "walg.json"
+    path.write_text(json.dumps({"WALG_FILE_PREFIX": "/b", secret: "hunter2-value"}))
+
+    def warned() -> list[str]:
+        loaded = load(environ=env(tmp_path), config_path=str(path))
+        return [m for m in loaded.not_honoured("wal-push") if "read" in m]
+
+    path.chmod(0o644)
+    (message,) = warned()
+    assert str(path) in message and secret in message and "0644" in message
+    assert "hunter2" not in message
+    path.chmod(0o640)
+    assert warned() == []
+    path.chmod(0o600)
+    assert warned() == []
+    path.write_text(json.dumps({"WALG_FILE_PREFIX": "/b", "AWS_ACCESS_KEY_ID": "AKIA"}))
+    path.chmod(0o644)
+    assert warned() == []
+
+
+def test_the_installed_walg_warns_of_a_readable_config_file_with_a_password(
+    walg_bin: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    path = tmp_path / "walg.env"
+    path.write_text(f"WALG_FILE_PREFIX={store}\nPGPASSWORD=hunter2-value\n")
+    path.chmod(0o604)
+    listed = subprocess.run(
+        [walg_bin, "--config", str(path), "backup-list"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"config file {path} holds PGPASSWORD" in listed.stderr
+    assert "hunter2" not in listed.stderr + listed.stdout
