@@ -5,6 +5,9 @@ restored directory, and what ``--json`` prints."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,44 @@ def test_json_prints_what_was_restored_on_stdout_and_nothing_without_it(
     assert doc["destination"] == str(dest)
     assert doc["objects"] == 4
     assert doc["files"] == len(list(p for p in dest.rglob("*") if p.is_file()))
+
+
+def test_a_huge_restored_configuration_file_is_refused_in_bounded_memory(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """A backup whose postgresql.conf is 128 MiB (damaged or forged storage; 0.5 MB stored):
+    backup-fetch read the restored file whole to comment out recovery targets, and its
+    decoded copy too, peaking at over twice the file's size (549 MB of RSS for 256 MiB here;
+    a larger file is an out-of-memory kill). It is refused now, named, read no further than
+    the limit; the restored files stay for the operator to look at."""
+    huge = b"# padding\n" * ((128 << 20) // 10)
+    store = tmp_path / "store"
+    store.mkdir()
+    storage = FileStorage(store)
+    put_wal_g_backup(storage, conf=huge)
+    storage.close()
+    dest = tmp_path / "restore"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+        "WALG_TAR_DISABLE_FSYNC": "true",
+    }
+    # A fresh interpreter whose one child is walg: its children's peak RSS is walg's.
+    measure = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    fetched = subprocess.run(
+        [sys.executable, "-c", measure, walg_bin, "backup-fetch", str(dest), "LATEST"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    peak_mb = int(fetched.stdout.split()[-1]) // 1024
+    assert fetched.returncode == 1, fetched.stderr
+    assert f"{dest}/postgresql.conf" in fetched.stderr
+    assert "more than" in fetched.stderr
+    assert peak_mb < 100, f"backup-fetch peaked at {peak_mb} MB"

@@ -67,8 +67,11 @@ def compressed(data: bytes, method: str) -> bytes:
     return sink.getvalue()
 
 
-def put_wal_g_backup(storage: Storage, method: str = "lz4", ext: str | None = None) -> None:
-    """A full backup as WAL-G writes it; ``ext`` overrides the object extension ('.': legacy)."""
+def put_wal_g_backup(
+    storage: Storage, method: str = "lz4", ext: str | None = None, conf: bytes | None = None
+) -> None:
+    """A full backup as WAL-G writes it; ``ext`` overrides the object extension ('.': legacy),
+    ``conf`` the content of postgresql.conf."""
     suffix = naming.with_ext("", codec_for_method(method).extension) if ext is None else ext
     prefix = naming.partitions_prefix(NAME)
     parts: dict[str, list[tuple[str, bytes | None]]] = {
@@ -78,7 +81,7 @@ def put_wal_g_backup(storage: Storage, method: str = "lz4", ext: str | None = No
         f"part_003.tar{suffix}": [(d, None) for d in DIRS[3:]]
         + [
             ("/base/1/1259_fsm", FILES["/base/1/1259_fsm"]),
-            ("/postgresql.conf", FILES["/postgresql.conf"]),
+            ("/postgresql.conf", FILES["/postgresql.conf"] if conf is None else conf),
         ],
         f"pg_control.tar{suffix}": [("/global/pg_control", PG_CONTROL)],
         f"backup_label.tar{suffix}": [("backup_label", LABEL), ("tablespace_map", b"")],

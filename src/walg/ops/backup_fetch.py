@@ -500,7 +500,8 @@ def _ensure_wal_directory(dest: Path) -> None:
     restored cluster would refuse to start ("required WAL directory does not exist").
     """
     try:
-        version = (dest / "PG_VERSION").read_text().strip()
+        with open(dest / "PG_VERSION", "rb") as handle:  # a forged one may be of any size
+            version = handle.read(64).decode("utf-8", "replace").strip()
     except FileNotFoundError:
         return
     try:

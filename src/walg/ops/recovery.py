@@ -14,7 +14,7 @@ from pathlib import Path
 
 from walg.core.durable import fsync_path
 from walg.core.lsn import parse_lsn
-from walg.errors import FormatError, UsageError
+from walg.errors import FormatError, IntegrityError, UsageError
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -424,10 +424,23 @@ def disable_archiving(dest: Path) -> str:
 _BLOCK_HEADER = "\n# recovery settings written by walg backup-fetch\n"
 
 
+# Larger than any configuration file a server writes or a DBA keeps (PostgreSQL's own
+# postgresql.conf is about 30 kB): a restored one this large came from damaged or forged
+# storage, and read whole, with its decoded copy, it would take twice its size of memory.
+MAX_CONF_BYTES = 16 << 20
+
+
 def _read_conf(path: Path) -> str:
     # ALTER SYSTEM on a server whose encoding is not UTF-8 (SQL_ASCII, LATIN1) writes its
     # bytes as they are: kept as they were, byte for byte.
-    return path.read_bytes().decode("utf-8", "surrogateescape")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONF_BYTES + 1)
+    if len(data) > MAX_CONF_BYTES:
+        raise IntegrityError(
+            f"restored {path} is more than {MAX_CONF_BYTES >> 20} MiB, more than any "
+            "configuration file: not read (is the backup damaged?)"
+        )
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _rewrite(path: Path, change: Callable[[str], str]) -> None:
@@ -466,7 +479,9 @@ def restored_version(dest: Path, recorded: int) -> int:
     taken as 0 a 12+ directory would get ``recovery.conf``, with which it refuses to start.
     """
     try:
-        text = (dest / "PG_VERSION").read_text(encoding="ascii").strip()
+        # A few bytes are a version; a forged file of any size must not be read whole.
+        with open(dest / "PG_VERSION", "rb") as handle:
+            text = handle.read(64).decode("ascii").strip()
         major, _, minor = text.partition(".")
         return int(major) * 10000 + (int(minor) * 100 if minor else 0)
     except (OSError, ValueError):
