@@ -1250,3 +1250,44 @@ def test_a_planted_link_in_a_prefetch_folder_on_another_file_system_is_not_copie
         assert not os.path.lexists(root / NAME)
     assert sorted(p.name for p in dest.parent.iterdir()) == []
     assert target.read_bytes() == segment_bytes(NAME, 2222)
+
+
+def test_a_running_download_another_user_keeps_growing_holds_no_fetch(tmp_path: Path) -> None:
+    """wal-fetch waits while ``running/NAME`` grows (a prefetcher downloading it right now).
+    In a prefetch folder other users can write in, one of them appending to a file of that
+    name kept every fetch of the segment waiting for as long as they liked: recovery stood
+    still. Only this user's prefetchers are waited for now."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    import threading
+
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = tmp_path / "shared-prefetch"
+    (root / "running").mkdir(parents=True)
+    running = root / "running" / NAME
+    running.write_bytes(b"")
+    os.chown(running, pwd.getpwnam(pg_user_env()["USER"]).pw_uid, -1)
+    stop = threading.Event()
+
+    def grow() -> None:
+        with open(running, "ab") as handle:
+            while not stop.is_set():
+                handle.write(b"x")
+                handle.flush()
+                time.sleep(0.01)
+
+    grower = threading.Thread(target=grow, daemon=True)
+    grower.start()
+    result: list[bool] = []
+    fetch = threading.Thread(
+        target=lambda: result.append(take_prefetched(str(root), NAME, str(dest), SEG)),
+        daemon=True,
+    )
+    fetch.start()
+    fetch.join(60)
+    stop.set()
+    grower.join(10)
+    assert not fetch.is_alive(), "the fetch was still waiting on another user's file"
+    fetch.join(10)
+    assert result == [False]

@@ -214,15 +214,23 @@ def _not_made_by_a_prefetcher(st: os.stat_result) -> str:
 
 
 def _wait_for_running(root: str, name: str) -> None:
-    """If a prefetcher is downloading ``name`` right now, give it a moment to finish."""
+    """If a prefetcher is downloading ``name`` right now, give it a moment to finish.
+
+    Only a regular file of this user's is a prefetcher's: in a folder other users may write
+    in, one of them could otherwise hold the fetch for as long as they kept a file of that
+    name growing.
+    """
     running = os.path.join(root, "running", name)
     last_size = -1
     last_change = time.monotonic()
     while True:
         try:
-            size = os.stat(running).st_size
+            st = os.lstat(running)
         except (FileNotFoundError, NotADirectoryError):  # no such folder: nothing running
             return
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return
+        size = st.st_size
         now = time.monotonic()
         if size != last_size:
             last_size, last_change = size, now
