@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from walg.core import log as walg_log
 from walg.storage.base import Storage
 from walg.storage.file import FileStorage
 from walg.storage.memory import MemoryStorage
@@ -32,10 +33,18 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> Iterator[None]:
-    """The CLI replaces the root logger's handlers; put them back after each test."""
+    """The CLI replaces the root logger's handlers; put them back after each test.
+
+    A wal-push or wal-fetch run in-process also leaves walg.core.log's lazy set-up pending
+    (and its threshold) for the whole process: the next walg record of a later test on the
+    same worker ran it, which swapped caplog's handler out of the root logger mid-test, so
+    that test saw no records. It is put back too."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    pending = walg_log._PENDING
+    lazy = pending.level, pending.configure
     yield
+    pending.level, pending.configure = lazy
     root.handlers[:] = handlers
     root.setLevel(level)
 
