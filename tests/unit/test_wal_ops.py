@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,12 +12,20 @@ import pytest
 
 import fakewal
 from lz4frames import check_trailer_object
-from walg.errors import FormatError, IntegrityError, UsageError, WalNotFound, WalOverwriteError
+from walg.errors import (
+    FormatError,
+    IntegrityError,
+    StorageError,
+    UsageError,
+    WalNotFound,
+    WalOverwriteError,
+)
 from walg.ops.wal import find_wal_object
 from walg.ops.wal_fetch import wal_fetch
-from walg.ops.wal_push import push_one, wal_push
+from walg.ops.wal_push import push_one, stored_refusal, wal_push
 from walg.settings import Settings, load
 from walg.storage.base import Storage
+from walg.storage.faults import FaultRule, FaultyStorage
 
 SEG = "000000010000000000000003"
 SEG_SIZE = 16 * 1024 * 1024
@@ -517,3 +526,29 @@ def test_a_copy_whose_timeline_ends_in_the_segment_s_last_page_is_still_refused(
     with pytest.raises(WalOverwriteError):
         push_one(settings, storage, str(path))
     assert lz4.frame.decompress(stored(storage, f"wal_005/{FORK_SEG}.lz4")) == standby
+
+
+def test_stored_refusal_is_wal_push_s_verdict_and_none_where_it_may_pass(
+    storage: Storage, tmp_path: Path, wal_a: bytes, wal_b: bytes
+) -> None:
+    """backup-push fails at once on what stored_refusal calls a refusal, so it must be
+    wal-push's own, and no verdict where storage could not be read (a failure that may pass,
+    to be waited for), where the object is equal, absent, or overwriting is allowed."""
+    settings = make_settings(tmp_path)
+    ours = write_wal(tmp_path / "ours", SEG, wal_b)
+    assert stored_refusal(settings, storage, str(ours)) is None  # nothing stored yet
+    wal_push(settings, storage, str(write_wal(tmp_path / "theirs", SEG, wal_a)))
+    refused = stored_refusal(settings, storage, str(ours))
+    assert isinstance(refused, WalOverwriteError) and SEG in str(refused)
+    with pytest.raises(WalOverwriteError) as pushed:
+        wal_push(settings, storage, str(ours))
+    assert str(pushed.value) == str(refused)
+    same = write_wal(tmp_path / "same", SEG, wal_a)
+    assert stored_refusal(settings, storage, str(same)) is None
+    allowed = make_settings(tmp_path, WALG_PREVENT_WAL_OVERWRITE="false")
+    assert stored_refusal(allowed, storage, str(ours)) is None
+    rule = FaultRule(op="read", key=re.compile("wal_005/"), fail="503 SlowDown", transient=True)
+    outage = FaultyStorage(storage, [rule])
+    assert stored_refusal(settings, outage, str(ours)) is None
+    with pytest.raises(StorageError):
+        wal_push(settings, outage, str(ours))

@@ -25,7 +25,7 @@ from walg import __version__
 from walg.core.checksum import Checksum, StoredObject
 from walg.core.gotime import GoTime
 from walg.core.log import get_logger
-from walg.core.lsn import Segment, format_lsn, is_segment_name
+from walg.core.lsn import Segment, format_lsn, is_segment_name, is_wal_file_name
 from walg.core.metadata import BackupMetadata, FileDescription, FilesMetadata, Sentinel
 from walg.core.naming import (
     BACKUP_LABEL_MEMBER,
@@ -61,6 +61,7 @@ from walg.ops.wal import (
     read_history,
     refuse_archive_in_data_directory,
 )
+from walg.ops.wal_push import stored_refusal
 from walg.postgres import datadir
 from walg.postgres.backup_session import (
     ArchiverStatus,
@@ -676,6 +677,7 @@ def _upload_backup(
                 deadline,
                 replan if info.in_recovery else None,
                 info.system_identifier,
+                _RefusalJudge(settings, storage, os.path.join(pgdata, "pg_wal")),
             )
         except PostgresError as exc:
             abandoned = _abandoned_branch(storage, stop) if info.in_recovery else None
@@ -922,6 +924,7 @@ def _wait_for_archived(
     deadline: float,
     replan: Callable[[], list[Segment] | None] | None = None,
     system_id: int | None = None,
+    judge: _RefusalJudge | None = None,
 ) -> list[Segment]:
     """Wait until every segment the backup needs (``needed``, in order) is in storage;
     returns the segments waited for (``replan``'s, where it changed them).
@@ -937,7 +940,8 @@ def _wait_for_archived(
     standby's) is asked every second for the segments to wait for instead, once the upstream
     was promoted meanwhile (see :func:`_segments_after_promotion`).
     Where the file PostgreSQL's archiver keeps failing on is stored as another database
-    system's (``system_id`` is this cluster's), no wait can end well: that fails at once.
+    system's (``system_id`` is this cluster's), or ``judge`` finds that wal-push refuses it
+    for what storage holds under its name, no wait can end well: that fails at once.
     """
     if not needed:
         return needed
@@ -994,6 +998,8 @@ def _wait_for_archived(
             next_status = now + 5.0
             status = session.archiver_status()
             refused = _refused_as_another_system(storage, status, system_id)
+            if refused is None and judge is not None:
+                refused = judge.refusal(status)
             if refused is not None:
                 raise PostgresError(refused)
             if status.failing_since(baseline) and not warned:
@@ -1046,6 +1052,46 @@ def _refused_as_another_system(
         "(WALG_FILE_PREFIX, WALG_STORAGE_PREFIX), and keep the other system's WAL while its "
         "backups may be restored"
     )
+
+
+class _RefusalJudge:
+    """Why archiving can never succeed, where PostgreSQL's archiver keeps failing on a file
+    that wal-push refuses for what storage holds under its name (another server of this
+    system archived its own copy first: two servers promoted from one backup onto one prefix;
+    a WAL reset by pg_resetwal to names the archive had passed).
+
+    The backup waited out WALG_STOP_BACKUP_TIMEOUT (30 minutes by default) and then only said
+    to check archive_command. The verdict is wal-push's own (:func:`stored_refusal`), on the
+    file in ``wal_dir``: anything short of a refusal (storage unreachable, the object equal,
+    a copy wal-push would replace) is no verdict, and the wait goes on. Each failing file is
+    compared at most once a minute: a comparison downloads the stored copy.
+    """
+
+    def __init__(self, settings: Settings, storage: Storage, wal_dir: str) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._wal_dir = wal_dir
+        self._next: dict[str, float] = {}
+
+    def refusal(self, status: ArchiverStatus) -> str | None:
+        failed = status.last_failed_wal
+        if not is_wal_file_name(failed) or status.last_failed_time <= status.last_archived_time:
+            return None
+        now = time.monotonic()
+        if now < self._next.get(failed, 0.0):
+            return None
+        self._next[failed] = now + 60.0
+        source = os.path.join(self._wal_dir, failed)
+        if not os.path.isfile(source):
+            return None
+        refused = stored_refusal(self._settings, self._storage, source)
+        if refused is None:
+            return None
+        return (
+            f"PostgreSQL's archive_command keeps failing on {failed}, which wal-push refuses "
+            f"for good, so this backup's WAL cannot be archived to {self._storage.location}: "
+            f"{refused}"
+        )
 
 
 def _archived_up_to(status: ArchiverStatus, last: Segment, segment_size: int) -> bool:

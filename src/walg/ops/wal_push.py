@@ -193,17 +193,8 @@ def push_one(
     if not absent and checked:
         existing = find_wal_object(storage, name)
         if existing is not None:
-            existing_codec = codec_for_extension(existing[1])
-            cut: str | None = None
-            try:
-                same = _same_content(storage, existing[0], existing_codec, source)
-            except TruncatedObject as exc:
-                same, cut = False, str(exc)
-            if same:
-                storage.make_durable(existing[0])
-                log.info("WAL file %s is already archived with equal content", name)
-                return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
-            if existing[0] == key and _cut_short_copy(storage, key, codec, source, name):
+            verdict = _judge_stored(storage, existing, key, codec, source, name)
+            if verdict == "cut short":
                 # Refused, the segment failed for good and PostgreSQL archived nothing after
                 # it; what the object holds, this file holds too.
                 log.warning(
@@ -213,16 +204,7 @@ def push_one(
                     key,
                 )
                 replace = True
-            elif cut is None and _holds_what_this_copy_has(
-                storage, existing[0], existing_codec, source, name
-            ):
-                storage.make_durable(existing[0])
-                return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
-            elif (
-                cut is None
-                and existing[0] == key
-                and _copy_taken_while_written(storage, key, codec, source, name)
-            ):
+            elif verdict == "taken while written":
                 log.warning(
                     "WAL file %s: the archived %s is a copy of it taken while PostgreSQL was "
                     "still writing it (a wal-push by hand of the segment being written?), "
@@ -231,21 +213,11 @@ def push_one(
                     key,
                 )
                 replace = True
-            elif cut is not None:
-                raise WalOverwriteError(
-                    f"WAL file {name} is already archived as {existing[0]}, damaged ({cut}), "
-                    "and what can be read of it does not show it to be a copy of this file; "
-                    "refusing to overwrite it (remove it if it is what a failed write left)"
-                )
             else:
-                raise _refusal(
-                    f"WAL file {name} is already archived as {existing[0]} with different "
-                    "content; refusing to overwrite it",
-                    storage,
-                    existing[0],
-                    existing_codec,
-                    source,
-                )
+                storage.make_durable(existing[0])
+                if verdict == "equal":
+                    log.info("WAL file %s is already archived with equal content", name)
+                return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
     # Checked, the upload must also not replace what is stored when it commits: the check
     # above is an instant long before that, and another cluster archiving into the same
     # storage (two standbys promoted to the same timeline, each with its own history file)
@@ -283,6 +255,74 @@ def push_one(
                 log.info("WAL file %s was archived meanwhile with equal content", name)
             return WalPushResult(name, key, False, opened.st_size, 0, (), stat_identity(opened))
     return WalPushResult(name, key, True, up.raw_size, up.stored_size, (), stat_identity(opened))
+
+
+def _judge_stored(
+    storage: Storage, existing: tuple[str, str], key: str, codec: Codec, source: str, name: str
+) -> str:
+    """What the overwrite rules make of ``existing`` (object key, extension), stored under the
+    name of WAL file ``source``, for an upload to ``key``: "equal", "holds" (it holds all the
+    WAL ``source`` has), both standing for ``source``; "cut short" or "taken while written",
+    copies of it to replace; else the refusal is raised (:class:`WalOverwriteError`)."""
+    existing_codec = codec_for_extension(existing[1])
+    cut: str | None = None
+    try:
+        same = _same_content(storage, existing[0], existing_codec, source)
+    except TruncatedObject as exc:
+        same, cut = False, str(exc)
+    if same:
+        return "equal"
+    if existing[0] == key and _cut_short_copy(storage, key, codec, source, name):
+        return "cut short"
+    if cut is None and _holds_what_this_copy_has(
+        storage, existing[0], existing_codec, source, name
+    ):
+        return "holds"
+    if (
+        cut is None
+        and existing[0] == key
+        and _copy_taken_while_written(storage, key, codec, source, name)
+    ):
+        return "taken while written"
+    if cut is not None:
+        raise WalOverwriteError(
+            f"WAL file {name} is already archived as {existing[0]}, damaged ({cut}), "
+            "and what can be read of it does not show it to be a copy of this file; "
+            "refusing to overwrite it (remove it if it is what a failed write left)"
+        )
+    raise _refusal(
+        f"WAL file {name} is already archived as {existing[0]} with different "
+        "content; refusing to overwrite it",
+        storage,
+        existing[0],
+        existing_codec,
+        source,
+    )
+
+
+def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOverwriteError | None:
+    """The refusal a wal-push of ``source`` would meet now for what storage holds under its
+    name, judged by the rules of :func:`push_one` without uploading anything; None where it
+    would store the file or take the stored object for it, and where nothing certain can be
+    said (storage or the file could not be read: that may pass, so it is no verdict).
+
+    For a caller that must tell a refusal, which lasts until someone changes what is stored,
+    from a failure that may pass: backup-push, waiting for PostgreSQL's archiver.
+    """
+    name = os.path.basename(source)
+    if not (settings.prevent_wal_overwrite or name.endswith(".history")):
+        return None
+    codec = codec_for_method(settings.compression)
+    try:
+        existing = find_wal_object(storage, name)
+        if existing is None:
+            return None
+        _judge_stored(storage, existing, wal_key(name, codec.extension), codec, source, name)
+    except WalOverwriteError as exc:
+        return exc
+    except (OSError, WalgError) as exc:
+        log.info("could not compare %s with the archived copy: %s", name, exc)
+    return None
 
 
 def _refuse_another_segment(source: str, name: str) -> None:

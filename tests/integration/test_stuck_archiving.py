@@ -1,0 +1,70 @@
+"""Archiving that is stuck for good, as the operator's commands see it on a real PostgreSQL 16
+primary: the archiver refused on a segment that storage holds with other content.
+
+Two copies of one cluster (same system identifier) given one prefix, the split brain of two
+servers promoted from one backup: the one that archived first wins each name, and the other's
+archiver retries its oldest segment for ever while pg_wal grows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup, archive_now
+
+
+def _wait_for_archive_failure(cluster: Cluster, timeout: float = 60) -> str:
+    """The segment PostgreSQL's archiver failed on, once it has failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = cluster.psql(
+            "SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver WHERE failed_count > 0"
+        )
+        if failed:
+            return failed
+        time.sleep(0.2)
+    raise TimeoutError("the archiver has not failed\n" + cluster.log_tail())
+
+
+def test_backup_push_behind_a_split_brain_fails_at_once_naming_it(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The other copy archived this cluster's next segment first, with its own WAL of the same
+    system. wal-push refuses this cluster's copy for ever (same system, different content);
+    backup-push waited the whole WALG_STOP_BACKUP_TIMEOUT (30 minutes by default) for its WAL
+    and then said only 'check archive_command'. It now fails at the first look at
+    pg_stat_archiver with wal-push's own reason, and leaves no backup."""
+    install = PgInstall.load(16)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    # Both copies of one template: one database system, the same segment names.
+    ours = Cluster.create(install, pg_workdir / "ours", conf=conf)
+    theirs = Cluster.create(install, pg_workdir / "theirs", conf=conf)
+    assert (
+        ours.control_data()["Database system identifier"]
+        == theirs.control_data()["Database system identifier"]
+    )
+    theirs.start()
+    theirs.psql("CREATE TABLE theirs AS SELECT generate_series(1, 5000) AS g")
+    taken = archive_now(theirs)
+    theirs.stop()
+
+    ours.start()
+    ours.psql("CREATE TABLE ours AS SELECT generate_series(1, 100) AS g")
+    ours.psql("SELECT pg_switch_wal()")
+    assert _wait_for_archive_failure(ours) == taken
+
+    backup = walg.run(
+        ["backup-push", str(ours.datadir)],
+        cluster=ours,
+        env={"WALG_STOP_BACKUP_TIMEOUT": "90"},
+        check=False,
+    )
+    assert backup.returncode == 1, backup.stderr
+    assert "within the stop timeout" not in backup.stderr, backup.stderr
+    assert taken in backup.stderr, backup.stderr
+    assert "same database system" in backup.stderr, backup.stderr
+    assert json.loads(walg.run(["backup-list", "--json"]).stdout or "[]") == []
