@@ -57,6 +57,15 @@ def test_backup_push_behind_a_split_brain_fails_at_once_naming_it(
     ours.psql("SELECT pg_switch_wal()")
     assert _wait_for_archive_failure(ours) == taken
 
+    # wal-verify said MISSING for the segments after the stored one, and nothing of why.
+    verified = walg.run(["wal-verify", "integrity", "timeline"], cluster=ours, check=False)
+    warning = [line for line in verified.stderr.splitlines() if "archiving is failing" in line]
+    assert len(warning) == 1, verified.stderr
+    assert taken in warning[0] and "archive_command" in warning[0], warning
+    assert json.loads(
+        walg.run(["wal-verify", "integrity", "--json"], cluster=ours, check=False).stdout
+    ).keys() == {"integrity"}
+
     backup = walg.run(
         ["backup-push", str(ours.datadir)],
         cluster=ours,

@@ -179,6 +179,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         position = query_cluster_position(ctx.settings.pg, segment_size if given else None)
         segment_size = position.segment_size or segment_size
+        if position.archive_failure is not None:
+            # WAL-G's output has no place for it either: stderr, beside the checks' result.
+            log.warning("%s", position.archive_failure)
     log.info("Current WAL segment: %s", position.current_segment(segment_size).name(segment_size))
 
     result = wal_verify(

@@ -114,6 +114,9 @@ class ClusterPosition:
     segment_size: int | None = None
     #: pg_stat_archiver's last_archived_wal; None when unknown or never archived
     last_archived_wal: str | None = None
+    #: where the server's archiver failed after it last archived (pg_stat_archiver), what it
+    #: says; None when it is not failing or that is unknown
+    archive_failure: str | None = None
 
     @property
     def archives_older_timelines(self) -> bool:
@@ -230,7 +233,10 @@ _POSITION_SQL = (
     " (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),"
     " pg_catalog.current_setting('archive_mode'),"
     " (SELECT system_identifier FROM pg_catalog.pg_control_system()),"
-    " (SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver)"
+    " (SELECT last_archived_wal FROM pg_catalog.pg_stat_archiver),"
+    " (SELECT ARRAY[failed_count::text, last_failed_wal, last_failed_time::text,"
+    " last_archived_time::text] FROM pg_catalog.pg_stat_archiver"
+    " WHERE last_failed_time > COALESCE(last_archived_time, '-infinity'))"
 )
 
 
@@ -267,7 +273,7 @@ def query_cluster_position(pg: PgConnection, segment_size: int | None) -> Cluste
         )
         row = query_one(conn, _POSITION_SQL)
         (in_recovery, lsn_text, timeline, server_segment_size, writing, receiving, mode,
-         system, archived) = row  # fmt: skip
+         system, archived, failing) = row  # fmt: skip
     finally:
         conn.close()
     if lsn_text is None:
@@ -290,6 +296,24 @@ def query_cluster_position(pg: PgConnection, segment_size: int | None) -> Cluste
         int(system) if system is not None else None,
         int(server_segment_size),
         str(archived) if archived is not None else None,
+        _archive_failure(failing, archived),
+    )
+
+
+def _archive_failure(failing: list[str | None] | None, archived: str | None) -> str | None:
+    """What pg_stat_archiver's row, where the archiver failed after it last archived, tells
+    the operator: which file it is stuck on and since when. WAL-G's wal-verify says nothing
+    of it, and the segments after the last archived one only show as missing while pg_wal
+    fills and the server heads for a full disk."""
+    if not failing:
+        return None
+    count, wal, when, archived_at = failing
+    since = f"last archived {archived} at {archived_at}" if archived else "never archived"
+    return (
+        f"WAL archiving is failing: PostgreSQL's archive_command failed on {wal} at {when} "
+        f"({count} failures since the statistics were reset) and archived nothing after it "
+        f"({since}); the server retries that file until it succeeds and keeps every later "
+        "segment in pg_wal meanwhile: the command's error is in the server's log"
     )
 
 
