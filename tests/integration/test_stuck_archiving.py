@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now
+from pgcluster import Cluster, PgInstall, make_shared_dir
+from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
 
 
 def _wait_for_archive_failure(cluster: Cluster, timeout: float = 60) -> str:
@@ -77,3 +77,48 @@ def test_backup_push_behind_a_split_brain_fails_at_once_naming_it(
     assert taken in backup.stderr, backup.stderr
     assert "same database system" in backup.stderr, backup.stderr
     assert json.loads(walg.run(["backup-list", "--json"]).stdout or "[]") == []
+
+
+def test_the_daemon_names_a_split_brain_refusal_to_the_server_s_log(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """The same split brain, archive_command through the daemon's client: PostgreSQL retries
+    the refused segment three times a second apart, then every minute. The daemon's log gave
+    the refusal in full for each call, cut at 400 characters (its advice lost); it now gives
+    it whole once, and each retry in a short line referring to it. The client's line in the
+    server's log sends the operator to the daemon's log (the protocol carries no reason)."""
+    install = PgInstall.load(16)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+    theirs = Cluster.create(install, pg_workdir / "theirs", conf=conf)
+    native = Path(walg_bin).with_name("walg-daemon-client-native")
+    socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
+    ours = Cluster.create(
+        install,
+        pg_workdir / "ours",
+        conf={"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"},
+    )
+    theirs.start()
+    theirs.psql("CREATE TABLE theirs AS SELECT generate_series(1, 5000) AS g")
+    taken = archive_now(theirs)
+    theirs.stop()
+
+    daemon = start_daemon(walg, socket, ours.datadir)
+    ours.start()
+    ours.psql("CREATE TABLE ours AS SELECT generate_series(1, 100) AS g")
+    ours.psql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 30
+    while int(ours.psql("SELECT failed_count FROM pg_stat_archiver")) < 3:
+        assert time.monotonic() < deadline, ours.log_tail()
+        time.sleep(0.2)
+    time.sleep(2)
+    server_log = ours.log_tail(80)
+    ours.stop()
+    log = stop_daemon(daemon)
+    assert "see the daemon's log" in server_log, server_log
+    lines = [line for line in log.splitlines() if f"wal-push of {taken} failed" in line]
+    assert len(lines) >= 3, log
+    whole = [line for line in lines if "same database system" in line]
+    assert len(whole) == 1, log
+    assert whole[0].endswith("(walg wal-show)"), whole[0]
+    assert all("failed again" in line for line in lines if line not in whole), log

@@ -37,7 +37,7 @@ from typing import Any
 from walg.core.log import get_logger
 from walg.core.lsn import check_wal_file_name, is_segment_name
 from walg.core.walpage import file_segment_size
-from walg.errors import ForeignWalError, UsageError, WalgError, WalNotFound
+from walg.errors import ForeignWalError, UsageError, WalgError, WalNotFound, WalOverwriteError
 from walg.ops.wal import (
     fetched_for_pg_rewind,
     forget_stale_temporaries,
@@ -92,6 +92,7 @@ ARCHIVE_CHECK = 600.0
 # stopping daemon alive past a service manager's stop timeout, and its error made a
 # restore_command in archive recovery exit 128: PostgreSQL stopped recovery.
 STOP_GRACE = 5.0
+REPEAT_IN_FULL = 600.0  # seconds before the daemon's log repeats a failure's whole reason
 STOP_POLL = 0.25  # how often a request being waited for looks whether the daemon stops
 
 
@@ -233,6 +234,7 @@ class Daemon:
         self.follower: WalFollower | None = None
         self._background_held = False  # see _hold_background
         self._archive_checked_at: float | None = None  # see _not_in_archive
+        self._failures: dict[tuple[str, str], tuple[str, float, int]] = {}  # see failure_line
         self._give_up_at: float | None = None  # see give_up_requests
         # Requests' work still running, and those of them given up on (they commit nothing):
         # a stop waits for the others only.
@@ -628,6 +630,30 @@ class Daemon:
                     prefetcher.run, name, prefetch_depth(self.settings)
                 )
 
+    def failure_line(self, request: str, exc: WalgError | OSError) -> str:
+        """What the log says of ``request`` (as :func:`_request` names it) failing with
+        ``exc``: the whole reason the first time, and for the same failure again only that it
+        is, when and how often, with the whole reason again after REPEAT_IN_FULL seconds.
+
+        PostgreSQL's archiver retries a refused file three times a second apart and again
+        every minute, for ever: the log repeated the same long reason for each call, cut
+        short at that (its advice lost). A refusal's text is walg's own about a checked WAL
+        name, so it is kept whole; other errors may quote a request's bytes and are cut.
+        """
+        text = str(exc) if isinstance(exc, WalOverwriteError) else loggable(str(exc))
+        key = (request, text)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._failures.get(key)
+            if seen is None or now - seen[1] >= REPEAT_IN_FULL:
+                if len(self._failures) >= 64:  # bounded: the oldest reasons are logged again
+                    self._failures.clear()
+                self._failures[key] = (time.strftime("%H:%M:%S"), now, 1)
+                return f"{request} failed: {text}"
+            when, logged, count = seen
+            self._failures[key] = (when, logged, count + 1)
+        return f"{request} failed again ({count + 1} times), for the reason logged at {when}"
+
     def handle(
         self, kind: bytes, body: bytes, client_open: Callable[[], bool] | None = None
     ) -> bytes:
@@ -726,7 +752,7 @@ class _Handler(socketserver.BaseRequestHandler):
                     # An OSError here is the work's (a file, storage's socket), not this
                     # connection's: the client must hear that the request failed, not take
                     # a closed connection for a daemon that stopped.
-                    log.error("%s failed: %s", _request(kind, body), loggable(str(exc)))
+                    log.error("%s", daemon.failure_line(_request(kind, body), exc))
                     reply = ERROR
                 except Exception as exc:
                     # The frames, not the message: it may quote the request's bytes.
