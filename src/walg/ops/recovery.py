@@ -358,15 +358,7 @@ def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
     """
     if pg_version < 120000:
         return None  # recovery.conf, not in a backup
-    value = None
-    for name in CONF_FILES:
-        try:
-            text = _read_conf(dest / name)
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            if _setting_name(line) == "recovery_min_apply_delay":
-                value = _setting_value(line)
+    value = _configured(dest, "recovery_min_apply_delay")
     if value is None:
         return None
     number = value.strip().rstrip("abcdefghijklmnopqrstuvwxyz").strip()
@@ -376,6 +368,22 @@ def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
     except ValueError:
         pass  # a value the server will judge: named as it is
     return f"recovery_min_apply_delay = {value!r}"
+
+
+def _configured(dest: Path, parameter: str) -> str | None:
+    """The value a restored data directory's own configuration gives ``parameter``
+    (``postgresql.conf``, then ``postgresql.auto.conf``; the last line wins; files they
+    include are not read), unquoted; None where neither sets it."""
+    value = None
+    for name in CONF_FILES:
+        try:
+            text = _read_conf(dest / name)
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            if _setting_name(line) == parameter:
+                value = _setting_value(line)
+    return value
 
 
 # archive_mode's values that archive (the server also reads unique prefixes; those are rare).
@@ -391,15 +399,7 @@ def inherited_archiving(dest: Path) -> str | None:
     archive_command says: for a test copy, the original's storage, whose later restores with
     ``recovery_target_timeline = latest`` then follow the copy's timeline.
     """
-    value = None
-    for name in CONF_FILES:
-        try:
-            text = _read_conf(dest / name)
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            if _setting_name(line) == "archive_mode":
-                value = _setting_value(line)
+    value = _configured(dest, "archive_mode")
     if value is None or value.strip().lower() not in _ARCHIVING:
         return None
     return f"archive_mode = {value!r}"
