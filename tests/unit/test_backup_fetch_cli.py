@@ -119,3 +119,23 @@ def test_a_huge_restored_configuration_file_is_refused_in_bounded_memory(
     assert f"{dest}/postgresql.conf" in fetched.stderr
     assert "more than" in fetched.stderr
     assert peak_mb < 100, f"backup-fetch peaked at {peak_mb} MB"
+
+
+@pytest.mark.parametrize("target", [["--target-name", "before_drop"], ["--target-xid", "1234"]])
+def test_latest_with_a_name_or_xid_target_says_which_backup_and_what_if_the_target_is_older(
+    store: Path, capsys: pytest.CaptureFixture[str], target: list[str]
+) -> None:
+    # walg cannot tell when a restore point was made or a transaction committed: LATEST is
+    # the newest backup, and a target older than its end stops recovery only after the whole
+    # download and replay ("recovery ended before configured recovery target was reached").
+    dest = store.parent / "restore"
+    options = ["--restore-command", "walg wal-fetch %f %p", *target]
+    assert main(["backup-fetch", str(dest), "LATEST", *options]) == 0
+    err = capsys.readouterr().err
+    assert f"LATEST for {target[0]} is backup {NAME}" in err, err
+    assert "recovery ended before configured recovery target was reached" in err, err
+    assert "name an older backup" in err, err
+
+    named = store.parent / "named"
+    assert main(["backup-fetch", str(named), NAME, *options]) == 0
+    assert "name an older backup" not in capsys.readouterr().err

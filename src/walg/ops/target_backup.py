@@ -365,7 +365,10 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
     bound = TargetBound.of(target)
     timelines = _Timelines(storage, target.timeline)
     if bound is None:
-        return _backup_on_timeline(storage, name, timelines)
+        chosen = _backup_on_timeline(storage, name, timelines)
+        if name == catalog.LATEST and (target.name or target.xid):
+            _say_latest_for_unplaced_target(storage, chosen, target)
+        return chosen
     if name != catalog.LATEST:
         end = BackupEnd.read(storage, catalog.resolve(storage, name))
         reason = timelines.why_not(end)
@@ -456,6 +459,37 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             f"new one on timeline 1). Restore {live.name} with --target-timeline current"
         )
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
+
+
+def _say_latest_for_unplaced_target(storage: Storage, chosen: str, target: RecoveryTarget) -> None:
+    """Say which backup LATEST is for a restore point or transaction target, and what
+    happens if the target is older than that backup's end.
+
+    walg cannot tell when a restore point was made or a transaction committed (only the WAL
+    records say), so it cannot choose the backup as it does for a time or LSN. A target older
+    than the chosen backup's end is never met: recovery replays to the end of the archive and
+    stops with "recovery ended before configured recovery target was reached", after the
+    whole download and replay.
+    """
+    option = "--target-name" if target.name else "--target-xid"
+    end = BackupEnd.read(storage, chosen)
+    ended = " and ".join(
+        part
+        for part in (
+            f"at {end.finish_time.utc().format()}" if end.finish_time is not None else "",
+            f"at LSN {format_lsn(end.finish_lsn)}" if end.finish_lsn is not None else "",
+        )
+        if part
+    )
+    log.info(
+        "LATEST for %s is backup %s, the newest recovery can start from; it ended %s. walg "
+        "cannot tell when that target was set: if it is older, recovery stops with 'recovery "
+        "ended before configured recovery target was reached', and you must name an older "
+        "backup (backup-list --detail shows where each ended)",
+        option,
+        chosen,
+        ended or "at a point its documents do not record",
+    )
 
 
 def _backup_on_timeline(storage: Storage, name: str, timelines: _Timelines) -> str:
