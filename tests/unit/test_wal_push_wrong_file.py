@@ -136,3 +136,14 @@ def test_a_segment_file_shorter_or_longer_than_its_header_states_is_refused(
     pushed = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
     assert pushed.returncode == 0, pushed.stderr
     assert (store / "wal_005" / f"{LATER}.lz4").is_file()
+
+
+def test_an_empty_file_under_a_segment_name_is_refused(tmp_path: Path, walg_bin: str) -> None:
+    # No segment is empty. Stored, the empty object fails every wal-fetch of the name
+    # (wal-show already warns of one), and a restore stops there.
+    wal, store, env = _data_directory(tmp_path)
+    (wal / LATER).write_bytes(b"")
+    refused = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert refused.returncode == 1, refused.stderr
+    assert "is empty" in refused.stderr and "not archived" in refused.stderr, refused.stderr
+    assert not [p for p in store.rglob("*") if p.is_file()], "nothing stored"

@@ -326,8 +326,8 @@ def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOver
 
 
 def _refuse_another_segment(source: str, name: str) -> None:
-    """Refuse segment file ``source`` if its first page header states another segment's
-    position than ``name``'s, or another size than the file's.
+    """Refuse segment file ``source`` if it is empty, or if its first page header states
+    another segment's position than ``name``'s, or another size than the file's.
 
     PostgreSQL hands archive_command only segments it has written, but a push by hand (a
     loop over pg_wal) reaches the files it recycled for later use: an old segment's bytes
@@ -342,6 +342,9 @@ def _refuse_another_segment(source: str, name: str) -> None:
     with open(source, "rb", buffering=0) as handle:
         head = handle.read(40)
         length = os.fstat(handle.fileno()).st_size
+    if length == 0:
+        # No segment is empty; stored, the object fails every wal-fetch of the name.
+        raise WalgError(f"{source} is empty, which no WAL segment is; not archived")
     if len(head) < 40:
         return
     magic, info = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
