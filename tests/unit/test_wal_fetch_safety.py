@@ -32,8 +32,15 @@ from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
 from walg.errors import IntegrityError, RequestAbandoned
+from walg.ops.wal import temporary_beside
 from walg.ops.wal_fetch import wal_fetch
-from walg.ops.wal_prefetch import Prefetcher, boot_time, prefetch_root, take_prefetched
+from walg.ops.wal_prefetch import (
+    Prefetcher,
+    _take,
+    boot_time,
+    prefetch_root,
+    take_prefetched,
+)
 from walg.settings import load
 from walg.storage.memory import MemoryStorage
 
@@ -1217,6 +1224,28 @@ def test_a_planted_file_in_the_prefetch_folder_is_never_handed_over(
     assert sorted(p.name for p in dest.parent.iterdir()) == []
     assert not os.path.lexists(candidate)  # discarded, so it is downloaded instead
     assert target.read_bytes() == segment_bytes(NAME, 2222)
+
+
+def test_a_folder_planted_under_a_segment_s_name_in_the_prefetch_folder_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    """A folder under a segment's name in a prefetch folder other users may write in: the
+    fetch failed on it (IsADirectoryError from discarding it; exit 128 in archive recovery,
+    so PostgreSQL stopped recovery) where it is to be passed over and the segment downloaded.
+    The same folder swapped in after that look is renamed beside DEST by the take: it is put
+    back, and nothing is left beside DEST."""
+    pgdata = _pgdata(tmp_path, 2222)
+    dest = pgdata / "pg_wal" / "RECOVERYXLOG"
+    root = tmp_path / "shared-prefetch"
+    root.mkdir(mode=0o777)
+    planted = root / NAME
+    (planted / "inside").mkdir(parents=True)
+    assert not take_prefetched(str(root), NAME, str(dest), SEG)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
+    # Swapped in between the look at the folder and the take (called here directly).
+    assert not _take(str(planted), temporary_beside(str(dest)))
+    assert sorted(p.name for p in dest.parent.iterdir()) == []
+    assert (planted / "inside").is_dir()
 
 
 def test_a_prefetched_file_of_this_user_is_still_taken(tmp_path: Path) -> None:

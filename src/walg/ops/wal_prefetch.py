@@ -104,7 +104,7 @@ def take_prefetched(
         # A FIFO would make every check below wait for a writer forever (a shared
         # WALG_PREFETCH_DIR); no prefetcher makes anything but regular files.
         log.warning("discarding %s from the prefetch folder: not a regular file", candidate)
-        remove(candidate)
+        _discard(candidate)
         return False
     # A prefetched file is renamed into place unsynced (an fsync per segment would cost the
     # replay disk time): after a power loss its tail may be zeros, which PostgreSQL reads as
@@ -175,14 +175,18 @@ def _take(candidate: str, tmp: str) -> bool:
             planted = "cannot be looked at"
         if planted:
             log.warning("discarding %s from the prefetch folder: %s", candidate, planted)
-            remove(tmp)
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                # A folder swapped in after the look cannot be unlinked: not left beside DEST.
+                with contextlib.suppress(OSError):
+                    os.rename(tmp, candidate)
+            _discard(tmp)
             return False
         return True
     try:
         fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         log.warning("cannot copy prefetched %s (%s); downloading it", candidate, exc)
-        remove(candidate)
+        _discard(candidate)
         return False
     try:
         with open(fd, "rb") as source:
@@ -200,6 +204,17 @@ def _take(candidate: str, tmp: str) -> bool:
         return False
     remove(candidate)
     return True
+
+
+def _discard(path: str) -> None:
+    """Remove ``path``, passed over in the prefetch folder. What cannot be removed (a folder
+    another user made under a segment's name) is left with a warning: the segment is
+    downloaded all the same, and a failure here must not fail the fetch (exit 128 in
+    archive recovery stops it)."""
+    try:
+        remove(path)
+    except OSError as exc:
+        log.warning("cannot remove %s (%s); leaving it", path, exc)
 
 
 def _not_made_by_a_prefetcher(st: os.stat_result) -> str:
