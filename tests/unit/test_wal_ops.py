@@ -552,3 +552,21 @@ def test_stored_refusal_is_wal_push_s_verdict_and_none_where_it_may_pass(
     assert stored_refusal(settings, outage, str(ours)) is None
     with pytest.raises(StorageError):
         wal_push(settings, outage, str(ours))
+
+
+def test_stored_refusal_names_a_damaged_archived_copy_that_every_push_fails_on(
+    storage: Storage, tmp_path: Path, wal_a: bytes
+) -> None:
+    """An object under the segment's name whose LZ4 data is corrupt (not cut short: that one
+    is replaced) fails every wal-push of the name until someone removes it: backup-push must
+    hear so at once, not wait out WALG_STOP_BACKUP_TIMEOUT."""
+    settings = make_settings(tmp_path)
+    ours = write_wal(tmp_path / "ours", SEG, wal_a)
+    damaged = bytearray(lz4.frame.compress(wal_a))
+    damaged[4] ^= 0xFF  # the frame descriptor: its header checksum no longer matches
+    storage.put_bytes(f"wal_005/{SEG}.lz4", bytes(damaged))
+    with pytest.raises(IntegrityError) as pushed:
+        wal_push(settings, storage, str(ours))
+    refused = stored_refusal(settings, storage, str(ours))
+    assert isinstance(refused, WalOverwriteError), refused
+    assert f"wal_005/{SEG}.lz4" in str(refused) and str(pushed.value) in str(refused)

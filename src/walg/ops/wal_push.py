@@ -37,6 +37,7 @@ from walg.core.naming import WAL, wal_key
 from walg.core.owner import make_folders, own_like_folder
 from walg.errors import (
     ForeignWalError,
+    IntegrityError,
     RequestAbandoned,
     StorageError,
     TruncatedObject,
@@ -315,11 +316,23 @@ def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOver
     codec = codec_for_method(settings.compression)
     try:
         existing = find_wal_object(storage, name)
-        if existing is None:
-            return None
+    except (OSError, WalgError) as exc:
+        log.info("could not look for the archived copy of %s: %s", name, exc)
+        return None
+    if existing is None:
+        return None
+    try:
         _judge_stored(storage, existing, wal_key(name, codec.extension), codec, source, name)
     except WalOverwriteError as exc:
         return exc
+    except IntegrityError as exc:
+        # Its data, not its reading, is wrong (a cut-short copy is judged above): every
+        # push of the name fails the same way until someone removes the object.
+        return WalOverwriteError(
+            f"WAL file {name} is already archived as {existing[0]}, which cannot be read "
+            f"({exc}); every wal-push of it fails until that object is removed (look at it "
+            "first: a damaged copy of this file, or a failed write's leftover)"
+        )
     except (OSError, WalgError) as exc:
         log.info("could not compare %s with the archived copy: %s", name, exc)
     return None
