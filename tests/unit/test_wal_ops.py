@@ -423,11 +423,13 @@ def test_push_one_stores_every_byte_whatever_the_size(
     storage: Storage, tmp_path: Path, size: int, threads: int
 ) -> None:
     """One thread maps the file a 4 MiB block at a time, several map it whole: both store
-    exactly the file, with the digest trailer, for sizes on and off block boundaries."""
+    exactly the file, with the digest trailer, for sizes on and off block boundaries. (An
+    empty file goes under a .partial name: an empty segment is refused, as no segment is.)"""
     data = (os.urandom(1 << 16) * ((size >> 16) + 1))[:size]
-    path = write_wal(tmp_path / "pg_wal", SEG, data)
+    name = SEG if size else f"{SEG}.partial"
+    path = write_wal(tmp_path / "pg_wal", name, data)
     result = push_one(make_settings(tmp_path), storage, str(path), threads)
-    assert result.uploaded and (result.raw_size, result.key) == (size, f"wal_005/{SEG}.lz4")
+    assert result.uploaded and (result.raw_size, result.key) == (size, f"wal_005/{name}.lz4")
     assert check_trailer_object(stored(storage, result.key)) == data
 
 
