@@ -213,3 +213,33 @@ def test_the_prefetcher_reads_where_the_flag_says(tmp_path: Path, walg_bin: str)
     while not sorted(n for n in names[1:] if list(pg_wal.glob(f".wal-g/prefetch/*/{n}"))):
         assert time.monotonic() < deadline, "nothing was prefetched"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--walg-file-prefix=", "wal-fetch", "N", "pg_wal/RECOVERYXLOG"),
+        ("--pghost", "h", "--walg-file-prefix=", "wal-fetch", "N", "pg_wal/RECOVERYXLOG"),
+        ("--config", "CONFIG", "--walg-log-level= ", "wal-fetch", "N", "pg_wal/RECOVERYXLOG"),
+        ("wal-fetch", "N", "pg_wal/RECOVERYXLOG", "--walg-file-prefix"),
+    ],
+)
+def test_a_refused_setting_flag_stops_archive_recovery_wherever_it_stands(
+    tmp_path: Path, walg_bin: str, argv: tuple[str, ...]
+) -> None:
+    """restore_command = 'walg --walg-file-prefix=$PREFIX wal-fetch %f %p' with the shell
+    variable unset, in archive recovery: the refused flag must exit 128 (PostgreSQL stops),
+    not the usage error's 2, which PostgreSQL reads as "not in the archive" and so ends
+    recovery and promotes without the archived WAL. Before the command as after it."""
+    store, home, pgdata = tmp_path / "store", tmp_path / "home", tmp_path / "pgdata"
+    for folder in (store, home, pgdata / "pg_wal"):
+        folder.mkdir(parents=True)
+    (pgdata / "recovery.signal").touch()
+    config = tmp_path / "walg.json"
+    config.write_text("{}")
+    name = "000000010000000000000001"
+    line = [str(config) if a == "CONFIG" else name if a == "N" else a for a in argv]
+    done = run_walg([walg_bin, *line], walg_env(store, home), cwd=pgdata)
+    assert done.returncode == 128, (line, done.returncode, done.stderr)
+    assert "--walg-" in done.stderr
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()

@@ -333,8 +333,7 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
     """
     import os
 
-    rest = arguments[2:] if arguments[:1] == ["--config"] else arguments
-    if rest[:1] != ["wal-fetch"]:
+    if _command_word(arguments) != "wal-fetch":
         return False
     from walg.daemon_client import in_archive_recovery
 
@@ -342,6 +341,23 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
         return in_archive_recovery(os.getcwd())
     except OSError:  # no working directory: nothing to tell by
         return False
+
+
+def _command_word(arguments: list[str]) -> str | None:
+    """The command of ``arguments`` (``--config`` already first): the first word that is
+    neither ``--config FILE`` nor a setting flag with its value. A setting flag may stand
+    before the command (``walg --walg-file-prefix=$P wal-fetch``), and one refused there must
+    still be known as a wal-fetch's."""
+    from walg.settings import flag_setting
+
+    index = 2 if arguments[:1] == ["--config"] else 0
+    while index < len(arguments):
+        arg = arguments[index]
+        flag, equals, _ = arg.partition("=")
+        if flag_setting(flag) is None:
+            return arg
+        index += 1 if equals else 2
+    return None
 
 
 def _reader_gone() -> int:
