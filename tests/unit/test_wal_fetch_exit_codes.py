@@ -50,16 +50,30 @@ def test_a_walg_that_cannot_be_loaded_stops_a_recovery_conf_archive_recovery(
     ("args", "expected"),
     [
         (["--config", "/etc/walg.json", "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"], 128),
+        (["--walg-file-prefix", "/x", "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"], 128),
+        (["--walg-file-prefix=/x", "--pghost=h", "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"], 128),
+        (["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "--walg-file-prefix", "/x"], 128),
+        (["--walg-file-prefix", "/x", "wal-push", f"pg_wal/{NAME}"], 1),
         (["wal-push", f"pg_wal/{NAME}"], 1),
         (["backup-list"], 1),
     ],
-    ids=["fetch-with-config", "push", "other"],
+    ids=[
+        "fetch-with-config",
+        "fetch-after-a-setting-flag",
+        "fetch-after-setting-flags-with-values",
+        "fetch-before-a-setting-flag",
+        "push-after-a-setting-flag",
+        "push",
+        "other",
+    ],
 )
 def test_a_walg_that_cannot_be_loaded_exits_by_the_command_it_was_given(
     walg_bin: str, tmp_path: Path, args: list[str], expected: int
 ) -> None:
     """In a data directory in archive recovery: a ``restore_command`` naming a config file
-    (``walg --config FILE wal-fetch %f %p``) stops recovery like the plain one; any other
+    (``walg --config FILE wal-fetch %f %p``) or giving a setting as a flag before or after the
+    command (``walg --walg-file-prefix /x wal-fetch %f %p``) stops recovery like the plain
+    one; any other
     command fails with 1 (a ``wal-push`` never exits above 125, and 2 would claim a usage
     error the command line does not have)."""
     pgdata = tmp_path / "pgdata"
