@@ -243,3 +243,29 @@ def test_a_refused_setting_flag_stops_archive_recovery_wherever_it_stands(
     assert done.returncode == 128, (line, done.returncode, done.stderr)
     assert "--walg-" in done.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_an_unknown_flag_with_a_secret_s_name_is_refused_without_its_value(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """archive_command's output goes to PostgreSQL's log: a misspelt or unsupported flag
+    whose name says it holds a key or a password (--walg-libsodium-keyy=..., WAL-G's
+    --gs-encryption-key ...) is refused as unknown (exit 2) naming it, but its value is not
+    repeated there; another unknown argument is still shown whole."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    env = walg_env(store, home)
+    for argv in (
+        ["backup-list", "--walg-libsodium-keyy=SEKRIT1"],
+        ["wal-push", "pg_wal/X", "--gs-encryption-key", "SEKRIT1", "--no-such=visible"],
+        ["backup-list", "--walg-pgp-passwrd", "SEKRIT1"],
+    ):
+        done = run_walg([walg_bin, *argv], env)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "unrecognized arguments" in done.stderr, done.stderr
+        flag = next(a for a in argv if a.startswith("--")).split("=")[0]
+        assert flag in done.stderr, done.stderr
+        assert "SEKRIT1" not in done.stderr, done.stderr
+    shown = run_walg([walg_bin, "backup-list", "--no-such=visible"], env)
+    assert shown.returncode == 2 and "--no-such=visible" in shown.stderr, shown.stderr

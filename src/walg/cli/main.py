@@ -187,7 +187,10 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
     if args is None:
         try:
             try:
-                args = build_parser().parse_args(arguments)
+                parser = build_parser()
+                args, extras = parser.parse_known_args(arguments)
+                if extras:
+                    parser.error(f"unrecognized arguments: {' '.join(_hide_secrets(extras))}")
             finally:
                 # --help ends in SystemExit with the text still buffered: a full or gone
                 # stdout must fail here, not in the interpreter's flush at exit.
@@ -341,6 +344,31 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
         return in_archive_recovery(os.getcwd())
     except OSError:  # no working directory: nothing to tell by
         return False
+
+
+def _hide_secrets(extras: list[str]) -> list[str]:
+    """``extras``, arguments the parser does not know, with the value of each flag whose name
+    says it may hold a key or a password hidden (``--walg-libsodium-keyy=...``, a misspelt
+    setting flag): the usage error goes to PostgreSQL's log under archive_command."""
+    from walg.settings import is_secret_setting
+
+    out: list[str] = []
+    hide_next = False
+    for arg in extras:
+        if hide_next:
+            out.append("<hidden>")
+            hide_next = False
+            continue
+        flag, equals, _ = arg.partition("=")
+        name = flag[2:].upper().replace("-", "_") if flag.startswith("--") else ""
+        # Wider than a setting's secrecy: a misspelt name (KEYY, PASWORD) may hold one too.
+        secret = bool(name) and (is_secret_setting(name) or "KEY" in name or "PASS" in name)
+        if secret and equals:
+            out.append(f"{flag}=<hidden>")
+        else:
+            out.append(arg)
+            hide_next = secret
+    return out
 
 
 def _command_word(arguments: list[str]) -> str | None:
