@@ -3,6 +3,7 @@ followed during its backup (walg.ops.backup_push), and the start timeline its la
 
 from __future__ import annotations
 
+import os
 import time
 
 import lz4.frame
@@ -140,3 +141,13 @@ def test_a_new_timeline_that_branched_off_before_the_end_changes_nothing() -> No
     assert (
         _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1), SIZE) is None
     )
+
+
+def test_a_claim_naming_a_pid_no_process_can_have_is_not_alive() -> None:
+    # A damaged claim (or a forged one) may name any number: os.kill raised OverflowError
+    # for one past a C int, and backup-push died with "unexpected OverflowError".
+    from walg.ops.backup_push import _pid_alive
+
+    assert not _pid_alive(1 << 70)
+    assert not _pid_alive(1 << 40)
+    assert _pid_alive(os.getppid())

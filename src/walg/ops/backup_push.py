@@ -428,8 +428,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+    except (ProcessLookupError, OverflowError):
+        return False  # gone, or a number no process can have (a damaged claim)
     except PermissionError:
         return True  # another user's process
     return True
