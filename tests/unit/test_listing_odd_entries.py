@@ -89,3 +89,15 @@ def test_wal_show_skips_a_fifo_among_wal_objects(tmp_path: Path, walg_bin: str) 
     assert done.returncode == 0, done.stderr
     assert "000000010000000000000004.lz4 is a FIFO" in done.stderr, done.stderr
     assert "000000010000000000000003" in done.stdout
+
+
+def test_the_daemon_s_archive_check_passes_over_a_fifo_among_the_backups(tmp_path: Path) -> None:
+    # The daemon's look at whether storage can be the server's archive (after a fetch found
+    # nothing) failed on such an entry, and warned every 10 minutes that it could not look.
+    from walg.ops.archive_check import archive_problem
+
+    storage = FileStorage(tmp_path)
+    put_wal_g_backup(storage)
+    os.mkfifo(tmp_path / naming.BASEBACKUPS / f"{ODD}_backup_stop_sentinel.json")
+    assert archive_problem(storage, "000000010000000000000009") is None
+    storage.close()

@@ -22,8 +22,12 @@ from walg.storage.base import Storage
 
 def archive_problem(storage: Storage, asked: str) -> str | None:
     """Why the archive cannot hold the WAL file ``asked``, that was not found; None when it
-    may well be the archive's end. Storage errors go to the caller."""
-    if not storage.list(BASEBACKUPS, recursive=False) and not storage.list(WAL, recursive=False):
+    may well be the archive's end. Storage errors go to the caller; an entry that is not an
+    object (a FIFO on local-folder storage) is no backup and no WAL, as for the listings."""
+    odd: list[str] = []
+    if not storage.list(BASEBACKUPS, recursive=False, unlisted=odd) and not storage.list(
+        WAL, recursive=False, unlisted=odd
+    ):
         return f"{storage.location} holds no backups and no WAL at all"
     if is_segment_name(asked):
         timeline = Segment.parse(asked).timeline
