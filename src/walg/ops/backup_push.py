@@ -1034,12 +1034,8 @@ def _refused_as_another_system(
     retries its oldest file for ever: the backup waited out WALG_STOP_BACKUP_TIMEOUT (30
     minutes by default) and then only said to check archive_command.
     """
-    failed = status.last_failed_wal
-    if (
-        system_id is None
-        or not is_segment_name(failed)
-        or status.last_failed_time <= status.last_archived_time
-    ):
+    failed = status.failing_on()
+    if system_id is None or not is_segment_name(failed):
         return None
     theirs = foreign_system_id(storage, failed, system_id)
     if theirs is None:
@@ -1074,8 +1070,8 @@ class _RefusalJudge:
         self._next: dict[str, float] = {}
 
     def refusal(self, status: ArchiverStatus) -> str | None:
-        failed = status.last_failed_wal
-        if not is_wal_file_name(failed) or status.last_failed_time <= status.last_archived_time:
+        failed = status.failing_on()
+        if not is_wal_file_name(failed):
             return None
         now = time.monotonic()
         if now < self._next.get(failed, 0.0):

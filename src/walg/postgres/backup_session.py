@@ -83,6 +83,11 @@ class ArchiverStatus:
             self.last_failed_time > self.last_archived_time
         )
 
+    def failing_on(self) -> str:
+        """The file archiving last failed on, where that failure is newer than the last
+        success (the archiver is stuck on it, retrying); else ""."""
+        return self.last_failed_wal if self.last_failed_time > self.last_archived_time else ""
+
     def describe(self) -> str:
         text = f"last archived {self.last_archived_wal or 'none'}"
         if self.last_archived_time:
