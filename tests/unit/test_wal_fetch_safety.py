@@ -1320,3 +1320,51 @@ def test_a_running_download_another_user_keeps_growing_holds_no_fetch(tmp_path: 
     assert not fetch.is_alive(), "the fetch was still waiting on another user's file"
     fetch.join(10)
     assert result == [False]
+
+
+def test_a_planted_file_the_server_cannot_remove_from_the_prefetch_folder_is_passed_over(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """A prefetch folder made first by another user (WALG_PREFETCH_DIR=/var/tmp/walg, mode
+    1777): a file of theirs under the next segment's name, dated before the system started,
+    could not be removed by the server's user, and that failure failed the fetch (exit 128
+    in archive recovery: recovery stopped though storage held the segment). Passed over now,
+    with a warning, and the segment downloaded."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder and a file to another user than the server's")
+    first, second = Segment(1, 2).name(), Segment(1, 3).name()
+    store = _archive(
+        pg_workdir,
+        {
+            f"{first}.lz4": lz4.frame.compress(segment_bytes(first, 5)),
+            f"{second}.lz4": lz4.frame.compress(segment_bytes(second, 5)),
+        },
+    )
+    pgdata = make_shared_dir(pg_workdir / "pgdata", 0o700)
+    make_shared_dir(pgdata / "pg_wal", 0o700)
+    (pgdata / "recovery.signal").touch()
+    shared = make_shared_dir(pg_workdir / "shared", 0o1777)
+    env = {"WALG_PREFETCH_DIR": str(shared), "WALG_DOWNLOAD_CONCURRENCY": "2"}
+    got = _fetch(walg_bin, store, pgdata, first, **env)
+    assert got.returncode == 0, got.stderr
+    # The prefetch child of that call makes this archive's folder and fetches the second
+    # segment into it: here that folder is taken to be another user's, made before the
+    # server's.
+    deadline = time.monotonic() + 30
+    while not (prefetched := list(shared.glob(f".wal-g/prefetch/*/{second}"))):
+        assert time.monotonic() < deadline, (got.stderr, list(shared.rglob("*")))
+        time.sleep(0.05)
+    folder = prefetched[0].parent
+    for path in (shared / ".wal-g", shared / ".wal-g" / "prefetch", folder):
+        os.chown(path, 0, 0)
+        path.chmod(0o1777)
+    planted = folder / second
+    planted.unlink(missing_ok=True)
+    planted.write_bytes(segment_bytes(second, 5))
+    before = _before_boot()
+    os.utime(planted, (before, before))
+    got = _fetch(walg_bin, store, pgdata, second, **env)
+    assert got.returncode == 0, got.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == segment_bytes(second, 5)
+    assert "cannot remove" in got.stderr, got.stderr
+    assert planted.exists()  # another user's: left where it was

@@ -112,7 +112,7 @@ def take_prefetched(
     booted = boot_time()
     if booted is not None and written < booted:
         log.info("discarding %s, prefetched before the system last started", candidate)
-        remove(candidate)
+        _discard(candidate)
         return False
     # Taken first, to a private name beside DEST: checked there, nothing can change it, and
     # what is left after ``commit`` is a rename within one folder, which cannot half-fail
@@ -193,7 +193,7 @@ def _take(candidate: str, tmp: str) -> bool:
             planted = _not_made_by_a_prefetcher(os.fstat(source.fileno()))
             if planted:
                 log.warning("discarding %s from the prefetch folder: %s", candidate, planted)
-                remove(candidate)
+                _discard(candidate)
                 return False
             with open(tmp, "xb") as target:
                 while chunk := source.read(1 << 20):
@@ -202,7 +202,7 @@ def _take(candidate: str, tmp: str) -> bool:
         log.warning("cannot copy prefetched %s (%s); downloading it", candidate, exc)
         remove(tmp)
         return False
-    remove(candidate)
+    _discard(candidate)
     return True
 
 
@@ -243,7 +243,7 @@ def _wait_for_running(root: str, name: str) -> None:
             st = os.lstat(running)
         except (FileNotFoundError, NotADirectoryError):  # no such folder: nothing running
             return
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        if _not_made_by_a_prefetcher(st):
             return
         size = st.st_size
         now = time.monotonic()
