@@ -250,8 +250,9 @@ def test_an_unknown_flag_with_a_secret_s_name_is_refused_without_its_value(
 ) -> None:
     """archive_command's output goes to PostgreSQL's log: a misspelt or unsupported flag
     whose name says it holds a key or a password (--walg-libsodium-keyy=..., WAL-G's
-    --gs-encryption-key ...) is refused as unknown (exit 2) naming it, but its value is not
-    repeated there; another unknown argument is still shown whole."""
+    --gs-encryption-key ..., a misspelt SAS token or credentials file) is refused as unknown
+    (exit 2) naming it, but its value is not repeated there; another unknown argument is
+    still shown whole."""
     store, home = tmp_path / "store", tmp_path / "home"
     store.mkdir()
     home.mkdir()
@@ -260,6 +261,9 @@ def test_an_unknown_flag_with_a_secret_s_name_is_refused_without_its_value(
         ["backup-list", "--walg-libsodium-keyy=SEKRIT1"],
         ["wal-push", "pg_wal/X", "--gs-encryption-key", "SEKRIT1", "--no-such=visible"],
         ["backup-list", "--walg-pgp-passwrd", "SEKRIT1"],
+        # Any word that keeps a variable out of the destination key (walg_destination).
+        ["backup-list", "--walg-sas-tokn=SEKRIT1"],
+        ["backup-list", "--walg-credentialz", "SEKRIT1"],
     ):
         done = run_walg([walg_bin, *argv], env)
         assert done.returncode == 2, (argv, done.stderr)

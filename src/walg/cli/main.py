@@ -351,6 +351,7 @@ def _hide_secrets(extras: list[str]) -> list[str]:
     says it may hold a key or a password hidden (``--walg-libsodium-keyy=...``, a misspelt
     setting flag): the usage error goes to PostgreSQL's log under archive_command."""
     from walg.settings import is_secret_setting
+    from walg_destination import SECRET_WORDS
 
     out: list[str] = []
     hide_next = False
@@ -361,8 +362,9 @@ def _hide_secrets(extras: list[str]) -> list[str]:
             continue
         flag, equals, _ = arg.partition("=")
         name = flag[2:].upper().replace("-", "_") if flag.startswith("--") else ""
-        # Wider than a setting's secrecy: a misspelt name (KEYY, PASWORD) may hold one too.
-        secret = bool(name) and (is_secret_setting(name) or "KEY" in name or "PASS" in name)
+        # Wider than a setting's secrecy: a misspelt name (KEYY, PASWORD) may hold one too,
+        # so any name with a word that keeps a setting out of the destination key.
+        secret = bool(name) and (is_secret_setting(name) or any(w in name for w in SECRET_WORDS))
         if secret and equals:
             out.append(f"{flag}=<hidden>")
         else:
