@@ -78,6 +78,14 @@ log = get_logger(__name__)
 
 CHUNK = 1 << 20
 BLOCK = 4 << 20  # the LZ4 frame's block size
+
+# What _judge_stored makes of a stored copy it does not refuse: the first two stand for the
+# file, the other two are copies of it to replace.
+EQUAL = "equal"
+HOLDS = "holds"  # all the WAL the file has, and more
+CUT_SHORT = "cut short"
+TAKEN_WHILE_WRITTEN = "taken while written"
+
 # A file mapped to compress it whole stays whole-mapped up to this size: PostgreSQL's default
 # 16 MiB segment, the hot path of every archive_command, keeps its one populated mapping. A
 # larger one (initdb --wal-segsize up to 1 GiB) is compressed WINDOW bytes at a time, and
@@ -189,13 +197,13 @@ def push_one(
             log.info("removed %d prefetched segments left by the recovery in %s", removed, wal_dir)
     codec = codec_for_method(settings.compression)
     key = wal_key(name, codec.extension)
-    checked = settings.prevent_wal_overwrite or name.endswith(".history")
+    checked = _checked(settings, name)
     replace = False
     if not absent and checked:
         existing = find_wal_object(storage, name)
         if existing is not None:
             verdict = _judge_stored(storage, existing, key, codec, source, name)
-            if verdict == "cut short":
+            if verdict == CUT_SHORT:
                 # Refused, the segment failed for good and PostgreSQL archived nothing after
                 # it; what the object holds, this file holds too.
                 log.warning(
@@ -205,7 +213,7 @@ def push_one(
                     key,
                 )
                 replace = True
-            elif verdict == "taken while written":
+            elif verdict == TAKEN_WHILE_WRITTEN:
                 log.warning(
                     "WAL file %s: the archived %s is a copy of it taken while PostgreSQL was "
                     "still writing it (a wal-push by hand of the segment being written?), "
@@ -216,7 +224,7 @@ def push_one(
                 replace = True
             else:
                 storage.make_durable(existing[0])
-                if verdict == "equal":
+                if verdict == EQUAL:
                     log.info("WAL file %s is already archived with equal content", name)
                 return WalPushResult(name, existing[0], False, os.stat(source).st_size, 0)
     # Checked, the upload must also not replace what is stored when it commits: the check
@@ -262,9 +270,9 @@ def _judge_stored(
     storage: Storage, existing: tuple[str, str], key: str, codec: Codec, source: str, name: str
 ) -> str:
     """What the overwrite rules make of ``existing`` (object key, extension), stored under the
-    name of WAL file ``source``, for an upload to ``key``: "equal", "holds" (it holds all the
-    WAL ``source`` has), both standing for ``source``; "cut short" or "taken while written",
-    copies of it to replace; else the refusal is raised (:class:`WalOverwriteError`)."""
+    name of WAL file ``source``, for an upload to ``key``: one of the verdicts above (EQUAL,
+    HOLDS, CUT_SHORT, TAKEN_WHILE_WRITTEN); else the refusal is raised
+    (:class:`WalOverwriteError`)."""
     existing_codec = codec_for_extension(existing[1])
     cut: str | None = None
     try:
@@ -272,19 +280,19 @@ def _judge_stored(
     except TruncatedObject as exc:
         same, cut = False, str(exc)
     if same:
-        return "equal"
+        return EQUAL
     if existing[0] == key and _cut_short_copy(storage, key, codec, source, name):
-        return "cut short"
+        return CUT_SHORT
     if cut is None and _holds_what_this_copy_has(
         storage, existing[0], existing_codec, source, name
     ):
-        return "holds"
+        return HOLDS
     if (
         cut is None
         and existing[0] == key
         and _copy_taken_while_written(storage, key, codec, source, name)
     ):
-        return "taken while written"
+        return TAKEN_WHILE_WRITTEN
     if cut is not None:
         raise WalOverwriteError(
             f"WAL file {name} is already archived as {existing[0]}, damaged ({cut}), "
@@ -301,6 +309,11 @@ def _judge_stored(
     )
 
 
+def _checked(settings: Settings, name: str) -> bool:
+    """Is what storage holds under ``name`` compared before a push (overwrite protection)?"""
+    return settings.prevent_wal_overwrite or name.endswith(".history")
+
+
 def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOverwriteError | None:
     """The refusal a wal-push of ``source`` would meet now for what storage holds under its
     name, judged by the rules of :func:`push_one` without uploading anything; None where it
@@ -311,7 +324,7 @@ def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOver
     from a failure that may pass: backup-push, waiting for PostgreSQL's archiver.
     """
     name = os.path.basename(source)
-    if not (settings.prevent_wal_overwrite or name.endswith(".history")):
+    if not _checked(settings, name):
         return None
     codec = codec_for_method(settings.compression)
     try:
