@@ -76,17 +76,19 @@ class ArchiverStatus:
     last_failed_time: str
     last_archived_wal: str
     last_archived_time: str
+    # The last failure is newer than the last success, as the server compares them: the
+    # times above are text in the session's DateStyle and TimeZone ('Postgres' puts the
+    # weekday first), which need not sort as the moments do.
+    failed_last: bool
 
     def failing_since(self, baseline: ArchiverStatus) -> bool:
         """True when archiving failed after ``baseline`` and nothing was archived since."""
-        return self.failed_count > baseline.failed_count and (
-            self.last_failed_time > self.last_archived_time
-        )
+        return self.failed_count > baseline.failed_count and self.failed_last
 
     def failing_on(self) -> str:
         """The file archiving last failed on, where that failure is newer than the last
         success (the archiver is stuck on it, retrying); else ""."""
-        return self.last_failed_wal if self.last_failed_time > self.last_archived_time else ""
+        return self.last_failed_wal if self.failed_last else ""
 
     def describe(self) -> str:
         text = f"last archived {self.last_archived_wal or 'none'}"
@@ -301,9 +303,11 @@ class BackupSession:
         row = query_one(
             self._conn,
             "SELECT failed_count, coalesce(last_failed_wal, ''), last_failed_time::text,"
-            " coalesce(last_archived_wal, ''), last_archived_time::text FROM pg_stat_archiver",
+            " coalesce(last_archived_wal, ''), last_archived_time::text,"
+            " coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false)"
+            " FROM pg_stat_archiver",
         )
-        return ArchiverStatus(int(row[0]), row[1], row[2] or "", row[3], row[4] or "")
+        return ArchiverStatus(int(row[0]), row[1], row[2] or "", row[3], row[4] or "", bool(row[5]))
 
     def _standby_stop_timeline(self, label_file: str) -> int:
         """The timeline a standby's backup ends on; fails if it was promoted meanwhile.
