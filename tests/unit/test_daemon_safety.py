@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -1058,10 +1059,14 @@ def test_thousands_of_requests_leave_the_daemon_and_pg_wal_as_they_were(env: Env
                 got.setdefault("check", b"")
                 got["check"] = conn.recv(1)
         if i % 40 == 0:
-            got["fetch past its limit"] = request(b"f", fetch_body(slow, dest))
+            # Both at once: each waits out its 1 s limit, and one wait is enough for both.
             late = wal / f"00000002000000000000{i:04X}"
             late.write_bytes(os.urandom(1 << 14))
-            got["push past its limit"] = request(b"F", str(late).encode())
+            with ThreadPoolExecutor(2) as pool:
+                fetch = pool.submit(request, b"f", fetch_body(slow, dest))
+                push = pool.submit(request, b"F", str(late).encode())
+                got["fetch past its limit"] = fetch.result()
+                got["push past its limit"] = push.result()
             late.unlink()
         for what, reply in got.items():
             replies.setdefault(what, set()).add(reply)
