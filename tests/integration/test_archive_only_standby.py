@@ -58,7 +58,12 @@ def test_an_archive_only_standby_keeps_up_survives_its_daemon_and_follows_a_prom
     command = f"WALG_CONFIG_PATH={walg.config} {native} {socket} wal-fetch %f %p"
     dest = pg_workdir / "standby"
     walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command, "--standby"])
-    standby = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    # At the archive's end the standby asks again every wal_retrieve_retry_interval (5 s by
+    # default); 1 s lets it see each new segment sooner, and the quiet wait below spans
+    # several of its calls.
+    standby = Cluster.from_existing(
+        install, dest, conf={"archive_mode": "off", "wal_retrieve_retry_interval": "1s"}
+    )
     daemon = start_daemon(walg, socket, dest)
     try:
         standby.start(wait_ready=False)
@@ -92,7 +97,7 @@ def test_an_archive_only_standby_keeps_up_survives_its_daemon_and_follows_a_prom
         expected = replica.psql(CHECK)
         _caught_up(standby, expected)
         # It waits at the end of the archive: the daemon answers "not there" quietly.
-        time.sleep(6)
+        time.sleep(3)
         log = standby.logfile.read_text()
         assert "new target timeline is 2" in log, log[-3000:]
         assert standby.psql(CHECK) == expected
