@@ -115,7 +115,7 @@ def test_standby_promoted_during_backup_fails(
 
 def test_broken_archiving_fails_stop_with_a_clear_message(pg_workdir: Path, walg_bin: str) -> None:
     install = PgInstall.load(15)
-    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="6s")
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="3s")
     cluster = Cluster.create(
         install, pg_workdir / "data", conf={"archive_mode": "on", "archive_command": "false"}
     )
