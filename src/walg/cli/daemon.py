@@ -82,7 +82,7 @@ def _refuse_root_for_another_user(pgdata: str) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from walg.ops.daemon import READ_TIMEOUT, Daemon, release_socket_path, serve
+    from walg.ops.daemon import BACKGROUND_GRACE, READ_TIMEOUT, Daemon, release_socket_path, serve
 
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
@@ -172,9 +172,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             log.warning("some requests were still unanswered at exit")
         server.server_close()
         # Every request is answered; background work (look-ahead uploads, the follower) gets
-        # as long as an upload may take. Storage that does not answer must not keep a stopped
-        # daemon alive (systemctl restart would wait for its SIGKILL).
-        if not daemon.close(grace=max(timeout, 1.0)):
+        # BACKGROUND_GRACE at most (their .ready files stay for what is abandoned). Storage
+        # that does not answer must not keep a stopped daemon alive (systemctl restart would
+        # wait for its SIGKILL).
+        if not daemon.close(grace=min(max(timeout, 1.0), BACKGROUND_GRACE)):
             # Uploads (look-ahead, follower) or downloads (prefetches, fetches past their
             # limit): the pools do not tell which, and a DBA must not be sent to the archive
             # command for a restore's stalled read.

@@ -92,6 +92,11 @@ ARCHIVE_CHECK = 600.0
 # stopping daemon alive past a service manager's stop timeout, and its error made a
 # restore_command in archive recovery exit 128: PostgreSQL stopped recovery.
 STOP_GRACE = 5.0
+# Background uploads (look-ahead, follower) still running this long into a stop, after the
+# requests, are abandoned: their .ready files stay, so PostgreSQL archives them again. Given
+# as long as an upload may take (WALG_DAEMON_WAL_UPLOAD_TIMEOUT, 60 s), with a request
+# waiting on one of them a stop took twice that, past systemd's 90 s stop timeout.
+BACKGROUND_GRACE = 15.0
 REPEAT_IN_FULL = 600.0  # seconds before the daemon's log repeats a failure's whole reason
 STOP_POLL = 0.25  # how often a request being waited for looks whether the daemon stops
 
@@ -422,16 +427,30 @@ class Daemon:
         path = os.path.join(self.wal_dir, name)
         # One limit for the whole request, as WAL-G's: time spent waiting for a background
         # upload of this file is not given again to the call's own upload.
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
 
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        if (self.follower is not None and self.follower.wait_for(name, left())) or (
-            self.lookahead is not None and self.lookahead.wait_for(name, left())
+        def stopping() -> bool:
+            # The upload this call waits for may be held by storage for as long as an upload
+            # may take; a stop gives it the grace every request gets, as _gated does.
+            give_up = self._give_up_at
+            return give_up is not None and time.monotonic() >= max(give_up, started + STOP_GRACE)
+
+        if (self.follower is not None and self.follower.wait_for(name, left(), stopping)) or (
+            self.lookahead is not None and self.lookahead.wait_for(name, left(), stopping)
         ):
             self._forget_marker(marker)
             return OK
+        if stopping():
+            # The background upload was not done: nothing of this call was committed, and
+            # walg run by the client archives the file (never replacing an archived object).
+            raise Unanswered(
+                "the daemon is stopping; closed unanswered (its client runs walg itself), "
+                "the look-ahead upload it waited for was not done"
+            )
         try:
             taken = take_marker(marker, path)
         except OSError as exc:

@@ -40,7 +40,7 @@ from walg.core.walpage import (
 )
 from walg.errors import StorageError
 from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
-from walg.ops.wal_push import WINDOW, WINDOWED_ABOVE, status_dir
+from walg.ops.wal_push import WAIT_POLL, WINDOW, WINDOWED_ABOVE, status_dir
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -316,9 +316,12 @@ class WalFollower:
         current = self._current
         return current is not None and current.name == name
 
-    def wait_for(self, name: str, timeout: float) -> bool:
+    def wait_for(
+        self, name: str, timeout: float, give_up: Callable[[], bool] | None = None
+    ) -> bool:
         """True if the follower archived ``name`` (finishing it now if it was following it),
-        the very file now at its path."""
+        the very file now at its path. ``give_up`` is asked every WAIT_POLL seconds of the
+        wait: True ends it, as the timeout does."""
         with self._lock:
             if name in self._archived:
                 return self._still_archived(name)
@@ -328,7 +331,10 @@ class WalFollower:
             done = self._results.setdefault(name, threading.Event())
             self._requested = name
         self._wake.set()
-        finished = done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not (finished := done.wait(max(0.0, min(WAIT_POLL, deadline - time.monotonic())))):
+            if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                break
         with self._lock:
             if self._results.get(name) is done:
                 del self._results[name]

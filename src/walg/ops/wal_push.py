@@ -95,6 +95,7 @@ WINDOWED_ABOVE = 64 << 20
 WINDOW = 16 << 20  # a multiple of BLOCK, so that the compressor never copies a block
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
+WAIT_POLL = 0.25  # how often a wait for a look-ahead upload asks whether to give up
 UPLOADER_LOCK = ".uploader.lock"  # held by a detached uploader (walg wal-push-ahead) for life
 # Its modification time: when a detached uploader last swept wal_005/'s abandoned temporaries.
 SWEEP_STAMP = ".swept"
@@ -1136,21 +1137,31 @@ class LookaheadUploader:
             self._started.add(name)
             return True
 
-    def wait_for(self, name: str, timeout: float) -> bool:
+    def wait_for(
+        self, name: str, timeout: float, give_up: Callable[[], bool] | None = None
+    ) -> bool:
         """True if the look-ahead uploaded ``name`` (waiting if it is uploading it now); its
         marker is consumed.
 
         Otherwise the name is reserved for the caller, who uploads it, and False is returned.
+        ``give_up`` is asked every WAIT_POLL seconds of the wait: True ends it (a daemon that
+        stops must not wait on storage for as long as an upload may take).
         """
         with self._lock:
             future = self._futures.get(name)
             if future is None:
                 self._started.add(name)
                 return False
-        try:
-            future.result(timeout=timeout)
-        except Exception:
-            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                future.result(timeout=max(0.0, min(WAIT_POLL, deadline - time.monotonic())))
+                break
+            except TimeoutError:  # concurrent.futures' own since Python 3.11
+                if time.monotonic() >= deadline or (give_up is not None and give_up()):
+                    return False
+            except Exception:
+                return False
         # Taken: the caller answers for the file now, and would otherwise look for the marker
         # under a name of its own choosing. By the marker's rule, as a cold call takes it:
         # storage may have lost the object since (an archive volume rolled back while

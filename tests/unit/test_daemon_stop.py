@@ -1,0 +1,113 @@
+"""How long ``walg daemon`` takes to stop (SIGTERM) while look-ahead uploads are held by
+slow storage, with and without PostgreSQL's call for the same file waiting on them, and that
+what the stop abandons leaves nothing half stored. The real daemon process, its real look-ahead
+and file storage slowed by WALG_FAULT_INJECTION."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_daemon_clients import SEG, Env, _request
+
+BIG = 16 << 20
+
+
+@pytest.fixture
+def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
+    e = Env(tmp_path, walg_bin)
+    try:
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.kill()
+            e.daemon.wait()
+
+
+def _ready_segment(env: Env) -> tuple[Path, bytes]:
+    wal = env.pgdata / "pg_wal"
+    (wal / "archive_status").mkdir()
+    data = os.urandom(BIG)
+    (wal / SEG).write_bytes(data)
+    (wal / "archive_status" / f"{SEG}.ready").touch()
+    return wal / SEG, data
+
+
+def _stored(env: Env) -> list[str]:
+    folder = env.store / "wal_005"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["no-client", "client-waiting"])
+def test_a_stop_with_a_lookahead_upload_held_by_storage_ends_promptly(
+    env: Env, waiting: bool
+) -> None:
+    """SIGTERM while the look-ahead upload of a segment is held by storage (here 600 s per
+    write) and, in one case, PostgreSQL's push of that segment waits for that upload. The
+    daemon must end within a bounded time, well inside systemd's 90 s stop timeout, never
+    answer success for the segment, and leave nothing of it in storage; walg run afterwards
+    (the client's fallback) then archives it whole."""
+    segment, data = _ready_segment(env)
+    env.env.update(
+        {
+            "WALG_UPLOAD_CONCURRENCY": "2",
+            "WALG_FAULT_INJECTION": '[{"op": "write", "key": "wal_005", "delay": 600}]',
+        }
+    )
+    env.start()
+    assert env.daemon is not None
+    time.sleep(2)  # the look-ahead has taken the .ready file and is held by storage
+    replies: list[bytes] = []
+    if waiting:
+
+        def ask() -> None:
+            try:
+                replies.append(_request(env.socket, b"F", str(segment).encode()))
+            except OSError as exc:
+                replies.append(repr(exc).encode())
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        time.sleep(1)
+    started = time.monotonic()
+    env.daemon.send_signal(signal.SIGTERM)
+    try:
+        _, log = env.daemon.communicate(timeout=150)
+    finally:
+        elapsed = time.monotonic() - started
+    env.daemon = None
+    if waiting:
+        asker.join(timeout=60)
+        # Closed unanswered: the client runs walg itself (never O for what is not stored).
+        assert replies == [b""], (replies, log)
+        assert "closed unanswered" in log, log
+    # Measured before the fix: 60 s alone (the upload time limit), 119 s with the call
+    # waiting (past systemd's 90 s); now the requests' grace and the background grace.
+    assert elapsed < 45, (elapsed, log)
+    assert _stored(env) == [], _stored(env)
+    env.env.pop("WALG_FAULT_INJECTION")
+    pushed = subprocess.run(
+        [env.walg_bin, "wal-push", str(segment)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert _stored(env) == [f"{SEG}.lz4"], _stored(env)
+    out = env.root / "fetched"
+    fetched = subprocess.run(
+        [env.walg_bin, "wal-fetch", SEG, str(out)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert out.read_bytes() == data
