@@ -5,6 +5,7 @@ and file storage slowed by WALG_FAULT_INJECTION."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -111,3 +112,50 @@ def test_a_stop_with_a_lookahead_upload_held_by_storage_ends_promptly(
     )
     assert fetched.returncode == 0, fetched.stderr
     assert out.read_bytes() == data
+
+
+def _marker_key(env: Env, cwd: Path) -> str:
+    """The destination key walg computes for ``env`` run in ``cwd``."""
+    out = subprocess.run(
+        [
+            str(Path(env.walg_bin).with_name("python")),
+            "-c",
+            "from walg.settings import load; print(load().destination_key)",
+        ],
+        env=env.env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_a_fifo_under_a_look_ahead_marker_s_name_hangs_no_cold_push(env: Env) -> None:
+    """A FIFO under the name of the look-ahead marker of the file being pushed (in
+    pg_wal/walg_data/walg_archive_status/): the cold wal-push's launcher (it reads markers)
+    opened it blocking and waited for a writer for ever, so archive_command hung with nothing
+    in any log. It vouches for nothing: the file is archived the ordinary way."""
+    wal = env.pgdata / "pg_wal"
+    status = wal / "walg_data" / "walg_archive_status"
+    status.mkdir(parents=True)
+    (wal / SEG).write_bytes(os.urandom(1 << 20))
+    # The key as the pusher computes it, from its own working directory and environment.
+    fifo = status / f"{SEG}.{_marker_key(env, env.pgdata)}"
+    os.mkfifo(fifo)
+    try:
+        pushed = subprocess.run(
+            [env.walg_bin, "wal-push", f"pg_wal/{SEG}"],
+            env=env.env,
+            cwd=env.pgdata,
+            capture_output=True,
+            text=True,
+            timeout=60,  # a hang, not a timing: the push takes well under a second
+            check=False,
+        )
+    finally:
+        # Whatever still waits on the FIFO (the old code) gets a writer and goes on.
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert pushed.returncode == 0, pushed.stderr
+    assert _stored(env) == [f"{SEG}.lz4"]

@@ -230,7 +230,10 @@ def take_marker(marker: str, source: str) -> bool:
     if not is_key(os.path.basename(marker).rpartition(".")[2]):
         return False
     try:
-        with open(marker, "rb") as handle:
+        # Not blocking: a FIFO under the marker's name must not hang the call or the daemon;
+        # it reads as empty, vouches for nothing and is removed.
+        fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
             recorded = handle.read(MARKER_READ)
     except FileNotFoundError:
         return False
