@@ -1316,3 +1316,41 @@ def test_what_a_finished_recovery_prefetched_is_removed_by_its_daemon(
         time.sleep(0.05)
     log += env.stop()
     assert not prefetched.exists(), log
+
+
+def test_a_relative_storage_prefix_is_refused_unless_the_daemon_runs_in_the_data_directory(
+    env: Env,
+) -> None:
+    """PostgreSQL runs archive_command and restore_command in its data directory, so walg run
+    by the client while the daemon is down resolves a relative WALG_FILE_PREFIX there. A
+    daemon started elsewhere (systemd starts services in /) resolved it in its own folder:
+    with both folders present, WAL went into two storages, each missing what the other
+    holds. Refused now (exit 78, naming both folders), unless the daemon runs in the data
+    directory, where it means what it means to the client's fallback."""
+    elsewhere = env.root / "elsewhere" / "cwd"
+    elsewhere.mkdir(parents=True)
+    (env.root / "elsewhere" / "store").mkdir()  # what ../store is from there
+    env.env["WALG_FILE_PREFIX"] = "../store"
+    argv = [env.walg_bin, "daemon", str(env.socket), str(env.pgdata)]
+    refused = subprocess.run(
+        argv, env=env.env, capture_output=True, text=True, timeout=60, check=False, cwd=elsewhere
+    )
+    assert refused.returncode == 78, refused.stderr
+    assert "WALG_FILE_PREFIX" in refused.stderr and "relative" in refused.stderr
+    assert str(env.pgdata) in refused.stderr, refused.stderr
+    assert not env.socket.exists()
+    # In the data directory, ../store is the store beside it, as for the client's fallback.
+    daemon = subprocess.Popen(
+        argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=env.pgdata,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not env.socket.exists():
+            assert daemon.poll() is None, daemon.communicate()
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.02)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err

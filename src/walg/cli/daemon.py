@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from walg.cli.context import Context
     from walg.ops.daemon import _Server
+    from walg.settings import Settings
 
 log = get_logger(__name__)
 
@@ -81,12 +82,41 @@ def _refuse_root_for_another_user(pgdata: str) -> None:
     )
 
 
+def _refuse_relative_prefix_elsewhere(settings: Settings, pgdata: str) -> None:
+    """Refuse a relative storage folder unless the daemon runs in the data directory.
+
+    PostgreSQL runs archive_command and restore_command there, so walg run by the client
+    while the daemon is down resolves the path there too; a daemon started elsewhere
+    (systemd starts services in /) would archive into another folder, and each storage
+    would miss what the other holds.
+    """
+    from walg.errors import ConfigError
+
+    prefix = settings.storage_prefix
+    if settings.storage_kind != "file" or prefix is None or os.path.isabs(prefix):
+        return
+    try:
+        here = os.getcwd()
+        same = os.path.samefile(here, pgdata)
+    except OSError:
+        here, same = "(a folder that no longer exists)", False
+    if not same:
+        raise ConfigError(
+            f"{settings.storage_prefix_key}={prefix!r} is relative, so the daemon would "
+            f"resolve it from {here}, while walg run by its client when the daemon is down "
+            f"resolves it from the data directory {pgdata}, as PostgreSQL runs its commands "
+            "there: WAL would go into two storages. Give an absolute path, or start the daemon "
+            "in the data directory"
+        )
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from walg.ops.daemon import BACKGROUND_GRACE, READ_TIMEOUT, Daemon, release_socket_path, serve
 
     settings = ctx.settings
     pgdata = settings.require_pgdata(args.pgdata)
     _refuse_root_for_another_user(pgdata)
+    _refuse_relative_prefix_elsewhere(settings, pgdata)
     from walg.core.naming import wal_key
     from walg.ops.wal import refuse_archive_in_data_directory
 
