@@ -648,3 +648,30 @@ def test_no_descriptor_or_mapping_outlives_a_failed_segment_without_the_collecto
     finally:
         gc.enable()
         follower.stop()
+
+
+def test_a_fifo_under_the_next_segment_s_name_does_not_hang_the_follower(setup) -> None:  # type: ignore[no-untyped-def]
+    """The follower opened the segment after the one it finished by name, blocking: a FIFO
+    there (anything PostgreSQL's user made) held its thread in open() for good, and no later
+    segment was followed again, nor could the daemon stop it. It is passed over now, and the
+    segment written after it is followed."""
+    _settings, storage, wal, follower, _claimed = setup
+    nxt = Segment.parse(NAME, SEG_SIZE).next()
+    fifo = wal.dir / nxt.name(SEG_SIZE)
+    os.mkfifo(fifo)
+    later = nxt.next().name(SEG_SIZE)
+    try:
+        follower.start()
+        wal.write_pages(NAME, 0, SEG_SIZE // PAGE)
+        wait_until(lambda: follower.following(NAME))
+        wal.ready(NAME)
+        wait_until(lambda: follower.stats["finished"] == 1)
+        wal.write_pages(later, 0, SEG_SIZE // PAGE, fill=6)
+        wait_until(lambda: follower.following(later), timeout=15)
+        wal.ready(later)
+        wait_until(lambda: follower.stats["finished"] == 2)
+        assert stored_content(storage, later) == (wal.dir / later).read_bytes()
+    finally:
+        # A follower stuck opening the FIFO is let go, so that the test can end.
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

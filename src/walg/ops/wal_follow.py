@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 
@@ -434,8 +435,19 @@ class WalFollower:
         self._trying = name
         path = os.path.join(self._wal_dir, name)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Not blocking: a FIFO under the name (anything PostgreSQL's user made) would hold
+            # this thread in open() for good.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
+            return None
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            os.close(fd)
+            raise
+        if not regular:
+            os.close(fd)
+            self._next_name = None  # look at what is written instead
             return None
         segment_size = self._segment_size(path)
         try:
@@ -497,8 +509,10 @@ class WalFollower:
         if self._learnt_size is None:
             # Only a first page at its own address is believed: a recycled file's is older.
             try:
-                with open(path, "rb") as handle:
-                    head = handle.read(LONG_HEADER.size)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
+                with open(fd, "rb") as handle:
+                    st = os.fstat(handle.fileno())
+                    head = handle.read(LONG_HEADER.size) if stat.S_ISREG(st.st_mode) else b""
             except OSError:
                 head = b""
             self._learnt_size = named_segment_size(head, os.path.basename(path))
