@@ -10,6 +10,7 @@ the leftover (its modification time, and the time stamp in its name where it has
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -325,3 +326,25 @@ def test_a_look_ahead_uploader_killed_leaves_nothing_for_good_in_the_status_fold
     for name in (own, ahead, *later):
         assert cluster.stored(name) == cluster.data[name]
     assert cluster.status_leftovers() == [], leftover
+
+
+def test_a_fifo_as_the_sweep_stamp_hangs_no_wal_push(tmp_path: Path, walg_bin: str) -> None:
+    """A wal-push with no backlog stamps ``.swept`` before sweeping storage's abandoned
+    temporaries, at most once an hour. A FIFO under that name (anything PostgreSQL's user
+    made) held the call in open() for good: archive_command hung, with nothing in any log.
+    It is replaced by the stamp now, and the call archives its file."""
+    cluster = Cluster(tmp_path, walg_bin)
+    status = cluster.wal / STATUS
+    status.mkdir(parents=True, exist_ok=True)
+    stamp = status / ".swept"
+    os.mkfifo(stamp)
+    _age(stamp, 2 * 3600)  # due: the sweep opens it
+    (name,) = cluster.add(0x10)
+    try:
+        cluster.archive(name)
+        assert cluster.stored(name) == cluster.data[name]
+        assert stamp.is_file()
+    finally:
+        # A call stuck opening the FIFO (killed at its timeout) is let go first.
+        with contextlib.suppress(OSError):
+            os.close(os.open(stamp, os.O_RDONLY | os.O_NONBLOCK))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -696,7 +697,13 @@ def sweep_temporaries_if_due(storage: Storage, status: str) -> None:
     stamp = os.path.join(status, SWEEP_STAMP)
     now = time.time()
     try:
-        age: float | None = now - os.stat(stamp).st_mtime
+        st = os.lstat(stamp)
+        age: float | None = now - st.st_mtime
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would hold the open below for good (archive_command hung); anything
+            # but walg's own stamp is replaced by it.
+            remove(stamp)
+            age = None
     except FileNotFoundError:
         age = None
     except OSError as exc:
@@ -706,7 +713,7 @@ def sweep_temporaries_if_due(storage: Storage, status: str) -> None:
         return
     try:
         # Stamped before the sweep: one that fails is not retried by every uploader after it.
-        fd = os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o600)
         try:
             own_like_folder(fd, os.path.dirname(stamp))
         finally:
