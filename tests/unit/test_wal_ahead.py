@@ -1664,3 +1664,28 @@ def test_a_look_ahead_upload_of_a_file_archived_meanwhile_by_another_process_is_
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [], warnings
     assert took < 0.9, f"the look-ahead paused {took:.2f} s"
+
+
+def test_a_fifo_at_a_marker_s_temporary_name_hangs_no_marker_write(tmp_path: Path) -> None:
+    """A marker is written under ``.<marker>.new`` and renamed. A FIFO under that name (a
+    killed writer leaves a regular file there; anything PostgreSQL's user made could be one)
+    held the writer in open() for good: a detached uploader stuck with its lock taken, so no
+    look-ahead ran again. It is replaced now, and the marker written."""
+    segment = tmp_path / "000000010000000000000003"
+    segment.write_bytes(b"x" * 8192)
+    marker = marker_path(str(tmp_path), segment.name, "0" * 32)
+    temporary = Path(marker).with_name(f".{Path(marker).name}.new")
+    os.mkfifo(temporary)
+    writer = threading.Thread(
+        target=write_marker, args=(marker, file_identity(str(segment))), daemon=True
+    )
+    try:
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "write_marker is held opening the FIFO"
+        assert take_marker(marker, str(segment))
+        assert not temporary.exists()
+    finally:
+        # A writer stuck opening the FIFO is let go, so that the test can end.
+        with contextlib.suppress(OSError):
+            os.close(os.open(temporary, os.O_RDONLY | os.O_NONBLOCK))

@@ -201,7 +201,10 @@ def write_marker(marker: str, identity: bytes, stored: str | None = None) -> Non
     temporary = os.path.join(directory, f".{name}.new")
     if stored is not None:
         identity += os.fsencode(stored) + b"\n"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Its name is this marker's own: whatever is there (a killed writer's file, a FIFO that
+    # would hold the open for good) goes, and the new file is made afresh.
+    remove(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
             own_like_folder(fd, directory)
