@@ -105,11 +105,15 @@ def _passwd_home() -> str | None:
         return None
 
 
-def destination_key(environ: "Mapping[str, str]", config_path: str | None) -> str:
-    """The key of the destination of a process with ``environ`` and ``--config config_path``."""
+def destination_key(
+    environ: "Mapping[str, str]", config_path: str | None, folder: str | None = None
+) -> str:
+    """The key of the destination of a process with ``environ`` and ``--config config_path``,
+    run in ``folder`` (None: this process's working directory; a folder as ``os.getcwd()``
+    gives it, without symbolic links)."""
     parts = ["walg-destination-1"]
     try:
-        parts.append(os.getcwd())
+        parts.append(os.getcwd() if folder is None else folder)
     except OSError as exc:
         parts.append(f"cwd?{exc.errno}")
     for path in config_candidates(environ, config_path):

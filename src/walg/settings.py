@@ -293,6 +293,26 @@ class Settings:
             return f"in the config file {self.config_file}"
         return "in the environment"
 
+    def keyed_as_run_in(self, folder: str, config_path: str | None) -> Settings:
+        """These settings with the destination key of a walg run in ``folder`` with this
+        process's environment, flags and ``--config config_path``: the key PostgreSQL's own
+        calls get, run in its data directory, for a daemon started elsewhere, so that the
+        daemon and walg run by its client while it is down share look-ahead markers and
+        prefetched files. Unchanged where the configuration names a relative path (the config
+        file, the storage folder): in ``folder`` that path may name another configuration,
+        and a call that took the other's markers would take WAL for archived that its own
+        storage does not hold."""
+        import dataclasses
+
+        env = {**os.environ, **self.flags}
+        paths = config_candidates(env, config_path)
+        if self.storage_kind == "file" and self.storage_prefix is not None:
+            paths.append(self.storage_prefix)
+        if not all(os.path.isabs(path) for path in paths):
+            return self
+        key = destination_key(env, config_path, os.path.realpath(folder))
+        return dataclasses.replace(self, destination_key=key)
+
     def child_environment(self) -> dict[str, str] | None:
         """The environment of a walg helper this process starts (the look-ahead uploader, the
         prefetcher): this one's, with the settings given as flags added, so that the helper,

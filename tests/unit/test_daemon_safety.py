@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import lz4.frame
 import pytest
 from test_daemon_clients import SEG, Env, _request, fetch_body
 
-from fakewal import small_tmpfs
+from fakewal import segment_bytes, small_tmpfs
 
 BIG = 16 << 20  # a segment takes a daemon more than a few milliseconds to store or fetch
 
@@ -1354,3 +1355,36 @@ def test_a_relative_storage_prefix_is_refused_unless_the_daemon_runs_in_the_data
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
+
+
+def test_what_a_daemon_started_elsewhere_prefetched_serves_its_client_s_fallback(
+    env: Env,
+) -> None:
+    """The daemon keyed its prefetch folder (and its look-ahead markers) with its own working
+    directory, and PostgreSQL's calls run in the data directory: with the daemon stopped
+    midway through a restore, walg run by the client found nothing the daemon had prefetched,
+    downloaded each segment again and left the daemon's files behind. A daemon started
+    elsewhere (systemd starts services in /) is keyed as PostgreSQL's calls are now. Shown
+    by removing the prefetched segment's object before the fallback asks for it."""
+    first, second = SEG, "000000010000000000000004"
+    wal_dir = env.store / "wal_005"
+    wal_dir.mkdir()
+    for name in (first, second):
+        (wal_dir / f"{name}.lz4").write_bytes(lz4.frame.compress(segment_bytes(name, 7)))
+    env.env["WALG_DOWNLOAD_CONCURRENCY"] = "2"
+    env.start()
+    dest = env.pgdata / "pg_wal" / "RECOVERYXLOG"
+    assert _request(env.socket, b"f", fetch_body(first, str(dest))) == b"O"
+    deadline = time.monotonic() + 30
+    while not list(env.pgdata.glob(f"pg_wal/.wal-g/prefetch/*/{second}")):
+        assert time.monotonic() < deadline, "the daemon prefetched nothing"
+        time.sleep(0.05)
+    env.stop()
+    (wal_dir / f"{second}.lz4").unlink()
+    fallback = subprocess.run(
+        [env.walg_bin, "wal-fetch", second, "pg_wal/RECOVERYXLOG"],
+        env=env.env, capture_output=True, text=True, timeout=60, check=False, cwd=env.pgdata,
+    )  # fmt: skip
+    assert fallback.returncode == 0, fallback.stderr
+    assert dest.read_bytes() == segment_bytes(second, 7)
+    assert not list(env.pgdata.glob(f"pg_wal/.wal-g/prefetch/*/{second}"))

@@ -941,3 +941,33 @@ def test_the_installed_walg_warns_of_a_readable_config_file_with_a_password(
     assert listed.returncode == 0, listed.stderr
     assert f"config file {path} holds PGPASSWORD" in listed.stderr
     assert "hunter2" not in listed.stderr + listed.stdout
+
+
+def test_a_daemon_is_keyed_as_a_call_in_the_data_directory_only_where_no_path_is_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """walg daemon takes the destination key PostgreSQL's own calls get in the data directory
+    (Settings.keyed_as_run_in), so that they share markers and prefetched files. With a
+    relative config path that folder may hold another configuration, and a shared key would
+    let a call take markers for WAL its own storage does not hold: the key stays the
+    daemon's own then."""
+    for name in [n for n in os.environ if n.startswith(("WALG_", "WALE_"))]:
+        monkeypatch.delenv(name)
+    store = tmp_path / "store"
+    store.mkdir()
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (tmp_path / "walg.json").write_text(json.dumps({"WALG_FILE_PREFIX": str(store)}))
+    monkeypatch.chdir(tmp_path)
+
+    monkeypatch.setenv("WALG_CONFIG_PATH", "walg.json")
+    relative = load()
+    assert relative.keyed_as_run_in(str(pgdata), None) == relative
+
+    monkeypatch.setenv("WALG_CONFIG_PATH", str(tmp_path / "walg.json"))
+    elsewhere = load()
+    keyed = elsewhere.keyed_as_run_in(str(pgdata), None)
+    assert keyed.destination_key != elsewhere.destination_key
+    assert keyed.storage_prefix == elsewhere.storage_prefix
+    monkeypatch.chdir(pgdata)
+    assert load().destination_key == keyed.destination_key  # a call in the data directory

@@ -117,6 +117,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     pgdata = settings.require_pgdata(args.pgdata)
     _refuse_root_for_another_user(pgdata)
     _refuse_relative_prefix_elsewhere(settings, pgdata)
+    # Keyed as PostgreSQL's own calls are (they run in the data directory), whatever folder
+    # the daemon was started in (systemd's is /): markers and prefetched files are shared
+    # with walg run by the client while the daemon is down.
+    settings = settings.keyed_as_run_in(pgdata, args.config)
     from walg.core.naming import wal_key
     from walg.ops.wal import refuse_archive_in_data_directory
 
