@@ -10,6 +10,7 @@ timeline 2.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from pathlib import Path
@@ -431,7 +432,9 @@ def test_a_restore_stopped_at_its_target_leaves_no_prefetched_wal_once_promoted(
     prefetch = restored.datadir / "pg_wal" / ".wal-g" / "prefetch"
     deadline = time.monotonic() + 60
     while True:
-        left = sorted(p.name for p in prefetch.rglob("*") if p.is_file())
+        # os.walk, not rglob: walg removes these folders while they are walked (rglob raised
+        # FileNotFoundError for a running/ folder gone between its listing and its scan).
+        left = sorted(name for _, _, files in os.walk(prefetch) for name in files)
         if history.exists() and not left:
             break
         assert time.monotonic() < deadline, f"history archived: {history.exists()}; left {left}"
