@@ -30,7 +30,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -50,7 +49,9 @@ from walg.ops.wal_follow import WalFollower
 from walg.ops.wal_prefetch import Prefetcher, prefetch_depth, prefetch_root
 from walg.ops.wal_push import (
     STALE_TEMPORARY,
+    WAIT_POLL,
     LookaheadUploader,
+    future_finished,
     lookahead_workers,
     push_one,
     solo_threads,
@@ -98,7 +99,6 @@ STOP_GRACE = 5.0
 # waiting on one of them a stop took twice that, past systemd's 90 s stop timeout.
 BACKGROUND_GRACE = 15.0
 REPEAT_IN_FULL = 600.0  # seconds before the daemon's log repeats a failure's whole reason
-STOP_POLL = 0.25  # how often a request being waited for looks whether the daemon stops
 
 
 class Unanswered(WalgError):
@@ -167,21 +167,6 @@ class RequestGate:
             if self._state == "pending":
                 self._state = "abandoned"
             return self._state == "abandoned"
-
-
-def _finished(future: Future[object], timeout: float | None) -> bool:
-    """Wait up to ``timeout`` s for ``future``: False if it is still running, True if it
-    succeeded; its own exception is raised. A TimeoutError the work raised (a storage client's
-    socket) is that error, not this wait's (they are one class)."""
-    try:
-        future.result(timeout=timeout)
-    except FutureTimeout:
-        if not future.done():
-            return False
-        error = future.exception()
-        if error is not None:
-            raise error from None
-    return True
 
 
 def client_open(conn: socket.socket) -> bool:
@@ -349,6 +334,12 @@ class Daemon:
                 self._abandoned.add(future)
         return True
 
+    def _given_up_at(self, started: float) -> float | None:
+        """When a request begun at ``started`` is given up on, the daemon stopping; None
+        while it is not. A request drained at a stop gets the grace too."""
+        give_up = self._give_up_at
+        return None if give_up is None else max(give_up, started + STOP_GRACE)
+
     def _gated(
         self,
         work: Callable[[Callable[[], bool]], object],
@@ -374,12 +365,10 @@ class Daemon:
         deadline = started + timeout
         try:
             while True:
-                give_up = self._give_up_at
-                if give_up is not None:  # a request drained at a stop gets the grace too
-                    give_up = max(give_up, started + STOP_GRACE)
+                give_up = self._given_up_at(started)
                 until = deadline if give_up is None else min(deadline, give_up)
                 left = until - time.monotonic()
-                if _finished(future, max(0.0, min(left, STOP_POLL))):
+                if future_finished(future, max(0.0, min(left, WAIT_POLL))):
                     return
                 now = time.monotonic()
                 if now >= deadline:
@@ -395,7 +384,7 @@ class Daemon:
                             "itself), nothing of it was committed or put in place"
                         )
                     break
-            if not _finished(future, commit_timeout):
+            if not future_finished(future, commit_timeout):
                 total = timeout + (commit_timeout or 0)
                 raise WalgError(f"request did not finish within {total:.0f} s")
         except CancelledError:
@@ -436,8 +425,8 @@ class Daemon:
         def stopping() -> bool:
             # The upload this call waits for may be held by storage for as long as an upload
             # may take; a stop gives it the grace every request gets, as _gated does.
-            give_up = self._give_up_at
-            return give_up is not None and time.monotonic() >= max(give_up, started + STOP_GRACE)
+            give_up = self._given_up_at(started)
+            return give_up is not None and time.monotonic() >= give_up
 
         if (self.follower is not None and self.follower.wait_for(name, left(), stopping)) or (
             self.lookahead is not None and self.lookahead.wait_for(name, left(), stopping)

@@ -41,7 +41,7 @@ from walg.core.walpage import (
 )
 from walg.errors import StorageError
 from walg.ops.wal import file_identity, find_wal_object, marker_path, write_marker
-from walg.ops.wal_push import WAIT_POLL, WINDOW, WINDOWED_ABOVE, status_dir
+from walg.ops.wal_push import WINDOW, WINDOWED_ABOVE, status_dir, wait_polled
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -332,10 +332,7 @@ class WalFollower:
             done = self._results.setdefault(name, threading.Event())
             self._requested = name
         self._wake.set()
-        deadline = time.monotonic() + timeout
-        while not (finished := done.wait(max(0.0, min(WAIT_POLL, deadline - time.monotonic())))):
-            if time.monotonic() >= deadline or (give_up is not None and give_up()):
-                break
+        finished = wait_polled(done.wait, timeout, give_up)
         with self._lock:
             if self._results.get(name) is done:
                 del self._results[name]

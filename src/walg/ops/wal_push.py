@@ -66,7 +66,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from concurrent.futures import Future
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
     from walg.core.lsn import Segment
     from walg.ops.pipeline import Upload
@@ -96,7 +96,7 @@ WINDOWED_ABOVE = 64 << 20
 WINDOW = 16 << 20  # a multiple of BLOCK, so that the compressor never copies a block
 STATUS_DIR = os.path.join("walg_data", "walg_archive_status")  # also in bin/walg
 SCAN_INTERVAL = 0.1
-WAIT_POLL = 0.25  # how often a wait for a look-ahead upload asks whether to give up
+WAIT_POLL = 0.25  # how often a wait for an upload (the daemon's too) asks whether to give up
 UPLOADER_LOCK = ".uploader.lock"  # held by a detached uploader (walg wal-push-ahead) for life
 # Its modification time: when a detached uploader last swept wal_005/'s abandoned temporaries.
 SWEEP_STAMP = ".swept"
@@ -865,6 +865,35 @@ def _wants_lookahead(settings: Settings, wal_dir: str, exclude: set[str]) -> boo
     )
 
 
+def future_finished(future: Future[Any], timeout: float | None) -> bool:
+    """Wait up to ``timeout`` s for ``future``: False if it is still running, True if it
+    succeeded; its own exception is raised. A TimeoutError the work raised (a storage client's
+    socket) is that error, not this wait's (they are one class since Python 3.11)."""
+    try:
+        future.result(timeout=timeout)
+    except TimeoutError:
+        if not future.done():
+            return False
+        error = future.exception()
+        if error is not None:
+            raise error from None
+    return True
+
+
+def wait_polled(
+    done: Callable[[float], bool], timeout: float, give_up: Callable[[], bool] | None
+) -> bool:
+    """Whether ``done(seconds)``, which waits up to that long for something and says whether
+    it happened, said so within ``timeout`` s; ``give_up()``, asked every WAIT_POLL seconds,
+    ends the wait early (a daemon that stops must not wait on storage for as long as an
+    upload may take)."""
+    deadline = time.monotonic() + timeout
+    while not done(max(0.0, min(WAIT_POLL, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or (give_up is not None and give_up()):
+            return False
+    return True
+
+
 class LookaheadUploader:
     """Uploads other ``.ready`` WAL files in the background and leaves markers for them."""
 
@@ -1159,16 +1188,11 @@ class LookaheadUploader:
             if future is None:
                 self._started.add(name)
                 return False
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                future.result(timeout=max(0.0, min(WAIT_POLL, deadline - time.monotonic())))
-                break
-            except TimeoutError:  # concurrent.futures' own since Python 3.11
-                if time.monotonic() >= deadline or (give_up is not None and give_up()):
-                    return False
-            except Exception:
+        try:
+            if not wait_polled(lambda seconds: future_finished(future, seconds), timeout, give_up):
                 return False
+        except Exception:
+            return False
         # Taken: the caller answers for the file now, and would otherwise look for the marker
         # under a name of its own choosing. By the marker's rule, as a cold call takes it:
         # storage may have lost the object since (an archive volume rolled back while
