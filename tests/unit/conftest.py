@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from daemonenv import Env
 from walg.core import log as walg_log
 from walg.storage.base import Storage
 from walg.storage.file import FileStorage
@@ -60,3 +61,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     return tmp_path
+
+
+@pytest.fixture
+def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
+    """For the daemon tests: a stand-in data directory and file storage; a daemon started on
+    them is killed at the end. (A module's own ``env`` fixture takes precedence.)"""
+    e = Env(tmp_path, walg_bin)
+    try:
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.kill()
+            e.daemon.wait()

@@ -12,16 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_clients import SEG, Client, Env, _archive_with_walg, _silent_server, _stop_server
+from test_daemon_clients import _archive_with_walg, _silent_server, _stop_server
 
-
-@pytest.fixture
-def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
-    yield Env(tmp_path, walg_bin)
+from daemonenv import SEG, Client, Env
 
 
 @pytest.fixture(scope="module")

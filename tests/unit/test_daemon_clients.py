@@ -21,15 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from daemonenv import SEG, Client, Env
 from fakewal import run_walg
 
-SEG = "000000010000000000000003"
 MISSING = "0000000100000000000000F0"
 
 
@@ -53,97 +52,6 @@ def clients(walg_bin: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 @pytest.fixture(params=["python", "native"])
 def client(request: pytest.FixtureRequest, clients: dict[str, Client]) -> Client:
     return clients[request.param]
-
-
-@dataclass(frozen=True)
-class Client:
-    path: str
-    env: dict[str, str]
-
-
-class Env:
-    def __init__(self, root: Path, walg_bin: str) -> None:
-        self.root = root
-        self.store = root / "store"
-        self.store.mkdir()  # walg makes no storage folder
-        self.pgdata = root / "pgdata"
-        (self.pgdata / "pg_wal").mkdir(parents=True)
-        self.socket = root / "d.sock"
-        self.walg_bin = walg_bin
-        keep = ("PATH", "HOME", "LANG", "TMPDIR")
-        self.env = {k: v for k, v in os.environ.items() if k in keep}
-        self.env.update(
-            {
-                "WALG_FILE_PREFIX": str(self.store),
-                "WALG_DOWNLOAD_CONCURRENCY": "1",
-                "WALG_DAEMON_FOLLOW_WAL": "false",
-            }
-        )
-        self.daemon: subprocess.Popen[str] | None = None
-
-    def start(self, poll: float = 0.02) -> None:
-        """Start the daemon and return once its socket exists, looking every ``poll`` s."""
-        self.daemon = subprocess.Popen(
-            [self.walg_bin, "daemon", str(self.socket), str(self.pgdata)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while not self.socket.exists():
-            assert self.daemon.poll() is None, self.daemon.communicate()
-            assert time.monotonic() < deadline, "daemon did not start"
-            time.sleep(poll)
-
-    def run_daemon(self) -> subprocess.CompletedProcess[str]:
-        """Run the daemon in the foreground: for one that must refuse to start."""
-        return subprocess.run(
-            [self.walg_bin, "daemon", str(self.socket), str(self.pgdata)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    def stop(self) -> str:
-        assert self.daemon is not None
-        self.daemon.send_signal(signal.SIGTERM)
-        _, err = self.daemon.communicate(timeout=30)
-        assert self.daemon.returncode == 0, err
-        self.daemon = None
-        return err
-
-    def run(
-        self,
-        client: Client,
-        *args: str,
-        extra: dict[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the client; ``cwd`` as PostgreSQL sets it (its data directory) for ``%p``."""
-        env = dict(self.env, **client.env, **(extra or {}))
-        return subprocess.run(
-            [client.path, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=cwd,
-        )
-
-
-@pytest.fixture
-def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
-    e = Env(tmp_path, walg_bin)
-    try:
-        yield e
-    finally:
-        if e.daemon is not None:
-            e.daemon.kill()
-            e.daemon.wait()
 
 
 def test_check_push_fetch_and_missing(env: Env, client: Client) -> None:

@@ -16,28 +16,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lz4.frame
 import pytest
-from test_daemon_clients import SEG, Env, _request, fetch_body
+from test_daemon_clients import _request, fetch_body
 
+from daemonenv import SEG, Env
 from fakewal import segment_bytes, small_tmpfs
 
 BIG = 16 << 20  # a segment takes a daemon more than a few milliseconds to store or fetch
-
-
-@pytest.fixture
-def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
-    e = Env(tmp_path, walg_bin)
-    try:
-        yield e
-    finally:
-        if e.daemon is not None:
-            e.daemon.kill()
-            e.daemon.wait()
 
 
 def _queued(path: Path, pid: int) -> int:

@@ -11,24 +11,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_clients import SEG, Env, _request
+from test_daemon_clients import _request
+
+from daemonenv import SEG, Env
 
 BIG = 16 << 20
-
-
-@pytest.fixture
-def env(tmp_path: Path, walg_bin: str) -> Iterator[Env]:
-    e = Env(tmp_path, walg_bin)
-    try:
-        yield e
-    finally:
-        if e.daemon is not None:
-            e.daemon.kill()
-            e.daemon.wait()
 
 
 def _ready_segment(env: Env) -> tuple[Path, bytes]:
