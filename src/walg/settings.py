@@ -451,7 +451,21 @@ def flag_setting(flag: str) -> str | None:
         return None
     if name.startswith("PG") and not name.startswith("PG_"):
         return name if name in LIBPQ_VARIABLES or name == "PGDATA" else None
+    if name.startswith(_STORAGE_FAMILIES) and name not in WAL_G_STORAGE_FLAGS:
+        # A misspelt credential flag matched its family and was ignored without a word.
+        wale = name.startswith("WALE_") and "WALG_" + name[5:] in WAL_G_STORAGE_FLAGS
+        return name if wale else None
     return name if _known_setting(name) else None
+
+
+def flag_look_alike(flag: str) -> str | None:
+    """The setting flag that ``flag``, one walg does not take, looks like a misspelling of."""
+    if not flag.startswith("--"):
+        return None
+    name = flag[2:].upper().replace("-", "_")
+    known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_STORAGE_FLAGS, *ENCRYPTION_KEYS]
+    close = _look_alike(name, [k for k in known if k not in _NO_FLAG])
+    return flag_name(close) if close else None
 
 
 def split_setting_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -791,6 +805,43 @@ WAL_G_OTHER_SETTINGS = frozenset(
 _STORAGE_FAMILIES = (
     "AWS_", "S3_", "WALG_S3_", "WALE_S3_", "GOOGLE_", "GCS_", "WALG_GS_", "AZURE_", "WALG_AZ",
     "OSS_", "WALG_OSS_", "OS_", "WALG_SWIFT_", "SSH_", "WALG_SSH_", "YC_", "WALG_FAILOVER_",
+)  # fmt: skip
+
+
+# WAL-G's flags in those families: it binds a flag to each setting it allows (its
+# internal/config/config.go, AddConfigFlags over the common and PostgreSQL lists), and refuses
+# any other as an unknown flag. The storages' other settings (GCS_CONTEXT_TIMEOUT, ...) are
+# read from the environment or the file only.
+WAL_G_STORAGE_FLAGS = frozenset(
+    (
+        "WALG_S3_PREFIX", "WALE_S3_PREFIX", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_DEFAULT_OUTPUT", "AWS_PROFILE",
+        "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_CA_BUNDLE", "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE", "AWS_REGION", "AWS_ENDPOINT", "AWS_S3_FORCE_PATH_STYLE",
+        "WALG_S3_CA_CERT_FILE", "WALG_S3_STORAGE_CLASS", "WALG_S3_SSE", "WALG_S3_SSE_C",
+        "WALG_S3_SSE_KMS_ID", "WALG_S3_MAX_PART_SIZE", "WALG_S3_ENDPOINT_SOURCE",
+        "WALG_S3_ENDPOINT_PORT", "WALG_S3_USE_LIST_OBJECTS_V1", "WALG_S3_LOG_LEVEL",
+        "WALG_S3_RANGE_BATCH_ENABLED", "WALG_S3_RANGE_MAX_RETRIES", "WALG_S3_MAX_RETRIES",
+        "WALG_AZ_PREFIX", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_SAS_TOKEN", "AZURE_ENVIRONMENT_NAME", "WALG_AZURE_BUFFER_SIZE",
+        "WALG_AZURE_MAX_BUFFERS",
+        "WALG_GS_PREFIX", "GOOGLE_APPLICATION_CREDENTIALS",
+        "WALG_OSS_PREFIX", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN",
+        "OSS_ENDPOINT", "OSS_REGION", "OSS_ROLE_ARN", "OSS_ROLE_SESSION_NAME", "OSS_MAX_RETRIES",
+        "OSS_CONNECT_TIMEOUT", "OSS_UPLOAD_PART_SIZE", "OSS_COPY_PART_SIZE",
+        "WALG_SWIFT_PREFIX", "OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_TENANT_NAME",
+        "OS_REGION_NAME",
+        "YC_CSE_KMS_KEY_ID", "YC_SERVICE_ACCOUNT_KEY_FILE",
+        "WALG_SSH_PREFIX", "SSH_PORT", "SSH_PASSWORD", "SSH_USERNAME", "SSH_PRIVATE_KEY_PATH",
+        "WALG_FAILOVER_STORAGES", "WALG_FAILOVER_STORAGES_CHECK",
+        "WALG_FAILOVER_STORAGES_CHECK_TIMEOUT", "WALG_FAILOVER_STORAGES_CACHE_LIFETIME",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_ALIVE_LIMIT",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_DEAD_LIMIT",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_ALPHA_ALIVE_MAX",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_ALPHA_ALIVE_MIN",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_ALPHA_DEAD_MAX",
+        "WALG_FAILOVER_STORAGES_CACHE_EMA_ALPHA_DEAD_MIN", "WALG_FAILOVER_STORAGES_CHECK_SIZE",
+    )
 )  # fmt: skip
 
 

@@ -273,3 +273,41 @@ def test_an_unknown_flag_with_a_secret_s_name_is_refused_without_its_value(
         assert "SEKRIT1" not in done.stderr, done.stderr
     shown = run_walg([walg_bin, "backup-list", "--no-such=visible"], env)
     assert shown.returncode == 2 and "--no-such=visible" in shown.stderr, shown.stderr
+
+
+def test_a_misspelt_storage_flag_is_refused_and_wal_g_s_own_are_taken(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """WAL-G binds a flag to each storage setting it allows and refuses any other as
+    unknown. walg took every flag in a storage's family (``--aws-...``, ``--azure-...``) as a
+    setting, so a misspelt credential flag was ignored without a word. It is now refused
+    (exit 2), its value not shown, with the flag it looks like; WAL-G's own are taken."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    env = walg_env(store, home)
+    for argv, meant in (
+        (["backup-list", "--aws-secret-acess-key=SEKRIT1"], "--aws-secret-access-key"),
+        (["backup-list", "--azure-storage-sas-tokn", "SEKRIT1"], "--azure-storage-sas-token"),
+        (["backup-list", "--walg-s3-storage-clas=STANDARD"], "--walg-s3-storage-class"),
+        (["backup-list", "--ssh-pasword", "SEKRIT1"], "--ssh-password"),
+    ):
+        done = run_walg([walg_bin, *argv], env)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert f"a misspelling of {meant}?" in done.stderr, done.stderr
+        assert "SEKRIT1" not in done.stderr, done.stderr
+    taken = [
+        "--aws-secret-access-key=k",
+        "--azure-storage-sas-token=t",
+        "--wale-s3-prefix=s3://b/p",
+        "--walg-s3-storage-class=STANDARD",
+        "--ssh-password=p",
+        "--google-application-credentials=/c.json",
+    ]
+    rest, flags = split_setting_flags(["backup-list", *taken])
+    assert rest == ["backup-list"]
+    assert sorted(flags) == sorted(a[2:].partition("=")[0].upper().replace("-", "_") for a in taken)
+    # A storage setting WAL-G reads from the environment only has no flag there either.
+    assert split_setting_flags(["--gcs-context-timeout=1s"]) == (["--gcs-context-timeout=1s"], {})
+    listed = run_walg([walg_bin, "backup-list", "--aws-region=eu-west-1"], env)
+    assert listed.returncode == 0, listed.stderr

@@ -190,7 +190,7 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
                 parser = build_parser()
                 args, extras = parser.parse_known_args(arguments)
                 if extras:
-                    parser.error(f"unrecognized arguments: {' '.join(_hide_secrets(extras))}")
+                    parser.error(_unrecognized(extras))
             finally:
                 # --help ends in SystemExit with the text still buffered: a full or gone
                 # stdout must fail here, not in the interpreter's flush at exit.
@@ -346,31 +346,42 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
         return False
 
 
-def _hide_secrets(extras: list[str]) -> list[str]:
-    """``extras``, arguments the parser does not know, with the value of each flag whose name
-    says it may hold a key or a password hidden (``--walg-libsodium-keyy=...``, a misspelt
-    setting flag): the usage error goes to PostgreSQL's log under archive_command."""
-    from walg.settings import is_secret_setting
+def _unrecognized(extras: list[str]) -> str:
+    """The usage error for ``extras``, arguments the parser does not know: each with the
+    setting flag it looks like a misspelling of, and with the value of each flag that may hold
+    a key or a password hidden (``--walg-libsodium-keyy=...``, ``--ssh-pasword ...``): the
+    error goes to PostgreSQL's log under archive_command."""
+    from walg.settings import flag_look_alike, is_secret_setting
     from walg_destination import SECRET_WORDS
 
-    out: list[str] = []
+    shown: list[str] = []
+    hints: list[str] = []
     hide_next = False
     for arg in extras:
         if hide_next:
-            out.append("<hidden>")
+            shown.append("<hidden>")
             hide_next = False
             continue
         flag, equals, _ = arg.partition("=")
         name = flag[2:].upper().replace("-", "_") if flag.startswith("--") else ""
-        # Wider than a setting's secrecy: a misspelt name (KEYY, PASWORD) may hold one too,
-        # so any name with a word that keeps a setting out of the destination key.
-        secret = bool(name) and (is_secret_setting(name) or any(w in name for w in SECRET_WORDS))
+        close = flag_look_alike(flag) if name else None
+        if close:
+            hints.append(f"{flag}: a misspelling of {close}?")
+        # Wider than a setting's secrecy: a misspelt name (KEYY, TOKN) may hold one too, so
+        # any name with a word that keeps a setting out of the destination key, or that looks
+        # like a secret setting's (PASWORD).
+        secret = bool(name) and (
+            is_secret_setting(name)
+            or any(w in name for w in SECRET_WORDS)
+            or (close is not None and is_secret_setting(close[2:].upper().replace("-", "_")))
+        )
         if secret and equals:
-            out.append(f"{flag}=<hidden>")
+            shown.append(f"{flag}=<hidden>")
         else:
-            out.append(arg)
+            shown.append(arg)
             hide_next = secret
-    return out
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"unrecognized arguments: {' '.join(shown)}{hint}"
 
 
 def _command_word(arguments: list[str]) -> str | None:
