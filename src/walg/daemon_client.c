@@ -220,16 +220,24 @@ static int bool_true(const char *value, size_t len)
 
 /*
  * Whether dir's recovery.conf (PostgreSQL before 12) turns standby_mode on: its last setting
- * counts, as PostgreSQL reads the file. One that cannot be read turns nothing on.
+ * counts, as PostgreSQL reads the file. One that cannot be read, or is not a regular file,
+ * turns nothing on.
  */
 static int standby_mode_on(const char *dir)
 {
     static char line[4096];
     const char *conf = in_dir(dir, "recovery.conf");
-    FILE *f = conf != NULL ? fopen(conf, "r") : NULL;
+    /* Not blocking: a FIFO there would hang the call PostgreSQL waits on. */
+    int fd = conf != NULL ? open(conf, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
+    struct stat st;
+    FILE *f;
     int on = 0, whole = 1;
-    if (f == NULL)
+    if (fd < 0)
         return 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (f = fdopen(fd, "r")) == NULL) {
+        (void)close(fd);
+        return 0;
+    }
     while (fgets(line, sizeof(line), f) != NULL) {
         int start = whole; /* the rest of a line longer than the buffer is no setting */
         size_t n = strlen(line), len;

@@ -35,6 +35,7 @@ gone, and ``walg wal-push`` never replaces an archived object (equal content is 
 # double this client's start-up time.
 import _socket
 import os
+import stat
 import sys
 import time
 
@@ -170,12 +171,21 @@ def is_standby(pgdata: str) -> bool:
 def _standby_mode_on(conf: str) -> bool:
     """Whether recovery.conf ``conf`` turns standby_mode on: its last setting counts, and
     "on", "1" and the prefixes of "true" and "yes" are true, as PostgreSQL's parse_bool takes
-    them. A file that cannot be read turns nothing on."""
+    them. A file that cannot be read, or is not a regular file, turns nothing on."""
     try:
-        with open(conf, "rb") as f:
+        # Not blocking: a FIFO there would hang the call PostgreSQL waits on.
+        fd = os.open(conf, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as f:
             text = f.read()
     except OSError:
         return False
+    finally:
+        os.close(fd)
     on = False
     for line in text.split(b"\n"):
         rest = line.lstrip(b" \t\r")

@@ -1042,18 +1042,30 @@ def test_an_empty_socket_path_is_a_usage_error(
         ("  standby_mode=true\t# a standby\n", 1),
         ("standby_mode = on\nstandby_mode = off\n", 128),
         ("# standby_mode = on\nstandby_modes = on\n", 128),
+        (None, 128),
     ],
-    ids=["archive-recovery", "standby", "standby-unquoted", "last-setting-counts", "not-set"],
+    ids=[
+        "archive-recovery",
+        "standby",
+        "standby-unquoted",
+        "last-setting-counts",
+        "not-set",
+        "fifo",
+    ],
 )
 def test_a_failed_fetch_in_archive_recovery_before_postgresql_12_exits_128(
-    env: Env, client: Client, conf: str, expected: int
+    env: Env, client: Client, conf: str | None, expected: int
 ) -> None:
     """PostgreSQL 9.6 to 11 recovers from the archive when its data directory holds a
     recovery.conf (backup-fetch --restore-command writes one for them), and is a standby when
     that file turns standby_mode on. Only recovery.signal was looked for: a failed fetch exited
     1, which such a server takes for "not in the archive", and it ended recovery and promoted
-    without the WAL it could not read. It stops now (128); a standby still gets 1."""
-    (env.pgdata / "recovery.conf").write_text(conf)
+    without the WAL it could not read. It stops now (128); a standby still gets 1. A FIFO
+    there (None) is read without blocking and turns nothing on: it hung the call."""
+    if conf is None:
+        os.mkfifo(env.pgdata / "recovery.conf")
+    else:
+        (env.pgdata / "recovery.conf").write_text(conf)
     wal = env.store / "wal_005"
     wal.mkdir(parents=True)
     (wal / f"{SEG}.lz4").write_bytes(b"not an lz4 frame at all" * 100)

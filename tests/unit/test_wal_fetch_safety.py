@@ -718,6 +718,21 @@ def test_a_walg_that_cannot_be_loaded_stops_archive_recovery(
     assert swapped.returncode == expected, swapped.stderr  # 'wal-fetch %p %f'
 
 
+def test_a_fifo_as_recovery_conf_hangs_no_failed_fetch(walg_bin: str, tmp_path: Path) -> None:
+    """Before PostgreSQL 12 a failed fetch reads recovery.conf to tell archive recovery (128)
+    from a standby (1). A FIFO under that name hung the call for good, in the launcher that
+    cannot load walg and in walg's usage error alike. It is now opened without blocking and,
+    not being a regular file, turns nothing on: archive recovery, 128, at once."""
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal").mkdir(parents=True)
+    os.mkfifo(pgdata / "recovery.conf")
+    argv = ["/usr/bin/python3", "-S", "-E", walg_bin, "wal-fetch", NAME, "pg_wal/RECOVERYXLOG"]
+    for line in (argv, [walg_bin, "wal-fetch", NAME]):
+        fetched = run_walg(line, os.environ, pgdata, timeout=20)
+        assert fetched.returncode == 128, (line, fetched.stderr)
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
 @pytest.mark.parametrize(
     ("signals", "expected"),
     [(("recovery.signal",), 128), (("recovery.signal", "standby.signal"), 2), ((), 2)],
