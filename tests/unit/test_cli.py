@@ -278,6 +278,28 @@ def test_usage_errors_exit_2(clean_env: Path, capsys: pytest.CaptureFixture[str]
     assert "usage" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "snippet"),
+    [
+        ("wal-push", "archive_command = 'walg wal-push %p'"),
+        ("wal-fetch", "restore_command = 'walg wal-fetch %f %p'"),
+        ("daemon", "archive_command = 'walg-daemon-client SOCKET wal-push %p'"),
+        ("daemon", "restore_command = 'walg-daemon-client SOCKET wal-fetch %f %p'"),
+        ("backup-fetch", "'walg wal-fetch %f %p'"),
+    ],
+)
+def test_help_shows_the_commands_to_copy_as_postgresql_takes_them(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], command: str, snippet: str
+) -> None:
+    """A DBA copies these lines into postgresql.conf: '%%p' there is a literal '%p'."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert snippet in out
+    assert "%%" not in out
+
+
 def test_version(clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])

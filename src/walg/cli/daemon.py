@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="serve wal-push / wal-fetch to walg-daemon-client over a UNIX socket",
         description="Run resident, keeping storage open, archiving .ready WAL files ahead of "
         "time and prefetching during recovery. PostgreSQL calls the tiny "
-        "walg-daemon-client: archive_command = 'walg-daemon-client SOCKET wal-push %%p', "
-        "restore_command = 'walg-daemon-client SOCKET wal-fetch %%f %%p'. Needs PGDATA.",
+        "walg-daemon-client: archive_command = 'walg-daemon-client SOCKET wal-push %p', "
+        "restore_command = 'walg-daemon-client SOCKET wal-fetch %f %p'. Needs PGDATA.",
     )
     p.add_argument("socket", metavar="SOCKET")
     p.add_argument("pgdata", nargs="?", metavar="PGDATA", help="data directory (default $PGDATA)")

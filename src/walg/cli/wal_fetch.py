@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "wal-fetch",
         help="restore one archived WAL file (restore_command)",
         description="Download one archived WAL file to DEST. Exits 74 when the file is not in "
-        "the archive. Use as restore_command = 'walg wal-fetch %%f %%p'.",
+        "the archive. Use as restore_command = 'walg wal-fetch %f %p'.",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("destination", metavar="DEST")

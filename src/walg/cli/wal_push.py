@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "wal-push",
         help="archive one WAL file (archive_command)",
         description="Compress and upload one WAL file. "
-        "Use as archive_command = 'walg wal-push %%p'.",
+        "Use as archive_command = 'walg wal-push %p'.",
     )
     p.add_argument("path", metavar="PATH")
     add_target_storage(p)
