@@ -463,7 +463,11 @@ def flag_look_alike(flag: str) -> str | None:
     if not flag.startswith("--"):
         return None
     name = flag[2:].upper().replace("-", "_")
+    # The storage prefixes and libpq's settings too: --walg-file-prefix is the flag most set.
+    prefixes = [f"WALG_{suffix}" for suffix, _ in STORAGE_PREFIX_KEYS]
+    libpq = [k for k in (*LIBPQ_VARIABLES, "PGDATA") if k not in LIBPQ_ENVIRONMENT_ONLY]
     known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_STORAGE_FLAGS, *ENCRYPTION_KEYS]
+    known = list(dict.fromkeys([*known, *prefixes, *libpq]))
     close = _look_alike(name, [k for k in known if k not in _NO_FLAG])
     return flag_name(close) if close else None
 

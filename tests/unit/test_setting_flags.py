@@ -311,3 +311,29 @@ def test_a_misspelt_storage_flag_is_refused_and_wal_g_s_own_are_taken(
     assert split_setting_flags(["--gcs-context-timeout=1s"]) == (["--gcs-context-timeout=1s"], {})
     listed = run_walg([walg_bin, "backup-list", "--aws-region=eu-west-1"], env)
     assert listed.returncode == 0, listed.stderr
+
+
+def test_a_misspelt_storage_prefix_or_libpq_flag_is_named_with_the_flag_meant(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    """The README promises an unknown flag is named with the setting flag it looks like a
+    misspelling of. The storage prefixes (``--walg-file-prefix``, the one every user of a
+    local folder sets) and libpq's settings (``--pghost``) were not among those looked at, so
+    ``--walg-file-prefx=/x`` was refused with no hint. Each flag named must be one walg takes."""
+    store, home = tmp_path / "store", tmp_path / "home"
+    store.mkdir()
+    home.mkdir()
+    env = walg_env(store, home)
+    for typo, meant in (
+        ("--walg-file-prefx", "--walg-file-prefix"),
+        ("--wale-file-prefx", "--walg-file-prefix"),
+        ("--pghots", "--pghost"),
+        ("--pgpasword", "--pgpassword"),
+    ):
+        done = run_walg([walg_bin, "backup-list", f"{typo}=SEKRIT1"], env)
+        assert done.returncode == 2, (typo, done.stderr)
+        assert f"{typo}: a misspelling of {meant}?" in done.stderr, done.stderr
+        rest, flags = split_setting_flags(["backup-list", f"{meant}=v"])
+        assert rest == ["backup-list"] and len(flags) == 1, meant
+    hidden = run_walg([walg_bin, "backup-list", "--pgpasword=SEKRIT1"], env)
+    assert "SEKRIT1" not in hidden.stderr, hidden.stderr
