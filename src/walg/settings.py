@@ -267,8 +267,9 @@ class Settings:
             )
         if self.storage_kind is None or self.storage_prefix is None:
             raise ConfigError(
-                "no storage configured: set WALG_FILE_PREFIX (or WALE_S3_PREFIX, WALG_S3_PREFIX, "
-                f"WALG_GS_PREFIX, WALG_AZ_PREFIX, WALG_SSH_PREFIX){self._misspelt_storage()}"
+                # Only the storage walg has: the others would be refused on the next run.
+                "no storage configured: set WALG_FILE_PREFIX (a local folder, the one storage "
+                f"this walg has){self._misspelt_storage()}"
             )
         return self.storage_kind, self.storage_prefix
 

@@ -47,6 +47,18 @@ def test_missing_storage_prefix_exits_78(
     assert not (clean_env / "out").exists()
 
 
+def test_no_storage_names_only_a_storage_this_walg_has(
+    clean_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "no storage configured" error told the DBA to set WALG_S3_PREFIX, WALG_GS_PREFIX...,
+    each of which the next run refuses as not supported yet (exit 78 again)."""
+    assert main(["backup-list"]) == 78
+    _, err = stderr_lines(capsys)
+    assert "WALG_FILE_PREFIX" in err[0]
+    for kind in ("S3", "GS", "AZ", "SSH"):
+        assert f"_{kind}_PREFIX" not in err[0], err[0]
+
+
 def test_wal_fetch_missing_exits_74_with_one_stderr_line(
     file_store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
