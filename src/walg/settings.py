@@ -515,13 +515,21 @@ def split_setting_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _default_config(env: Mapping[str, str]) -> str | None:
-    """The first ``~/.walg.*`` file, in the order the look-ahead key follows them."""
+    """The first ``~/.walg.*`` file, in the order the look-ahead key follows them.
+
+    Chosen as WAL-G's config library chooses it: the first name that can be looked at and is
+    not a folder. So a FIFO or a device there is this file, and reading it refuses it
+    (:func:`_read_regular_file`): passing over it took the next name, a configuration WAL-G
+    would not have read (it would have hung on the FIFO)."""
+    import stat
+
     for candidate in config_candidates(env, None):
         try:
-            if os.path.isfile(candidate):
-                return candidate
-        except OSError:
-            return None
+            mode = os.stat(candidate).st_mode
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISDIR(mode):
+            return candidate
     return None
 
 

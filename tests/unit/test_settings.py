@@ -971,3 +971,47 @@ def test_a_daemon_is_keyed_as_a_call_in_the_data_directory_only_where_no_path_is
     assert keyed.storage_prefix == elsewhere.storage_prefix
     monkeypatch.chdir(pgdata)
     assert load().destination_key == keyed.destination_key  # a call in the data directory
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_home_config_name_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """WAL-G's config library takes the first ~/.walg.* name that is not a folder. A FIFO or
+    a device at ~/.walg.json was passed over, so ~/.walg.yaml, a file WAL-G would not have
+    read, configured every call; it is refused now, named, without waiting on it. A folder
+    is passed over, as in WAL-G."""
+    import os
+    import subprocess
+    import sys
+
+    environ = env(tmp_path)
+    home = Path(environ["HOME"])
+    (home / ".walg.yaml").write_text("WALG_FILE_PREFIX: /from/yaml\n")
+    first = home / ".walg.json"
+    if kind == "fifo":
+        os.mkfifo(first)
+    elif kind == "device":
+        first.symlink_to("/dev/zero")
+    else:
+        first.mkdir()
+    code = (
+        "import json, sys; from walg.settings import load; from walg.errors import ConfigError\n"
+        "try:\n"
+        "    print(load(environ=json.loads(sys.argv[1])).storage_prefix)\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(environ)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env,
+    )
+    assert result.returncode == 0, result.stderr
+    if kind == "folder":
+        assert result.stdout.strip() == "/from/yaml"
+    else:
+        assert str(first) in result.stdout
+        assert "not a regular file" in result.stdout

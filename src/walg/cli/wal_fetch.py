@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--segment-size",
         type=int,
         default=None,
-        help="bytes per segment (default: WALG_PG_WAL_SIZE)",
+        help="bytes per segment (default: WALG_PG_WAL_SIZE, which is in MiB)",
     )
     q.set_defaults(run=run_prefetch)
 
