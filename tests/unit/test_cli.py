@@ -59,6 +59,26 @@ def test_no_storage_names_only_a_storage_this_walg_has(
         assert f"_{kind}_PREFIX" not in err[0], err[0]
 
 
+def test_wal_g_s_flags_for_what_walg_lacks_are_named_as_such(
+    file_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """WAL-G's backup-push --delta-from-name was refused with a hint to use
+    --walg-delta-from-name, a flag walg takes and ignores (a full backup, with a warning):
+    the hint now says it is WAL-G's, for delta backups, which walg does not have."""
+    for argv, what in (
+        (["backup-push", str(file_store), "--delta-from-name", "base_1"], "delta backups"),
+        (["backup-push", str(file_store), "--rating-composer"], "tar composers"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        _, err = stderr_lines(capsys)
+        text = " ".join(err)
+        assert f"{argv[2]}: WAL-G's, for {what}, not in walg yet" in text, text
+        assert "misspelling" not in text, text
+    assert not list(file_store.iterdir())
+
+
 def test_wal_fetch_missing_exits_74_with_one_stderr_line(
     file_store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

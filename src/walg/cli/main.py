@@ -346,6 +346,20 @@ def _fetch_in_archive_recovery(arguments: list[str]) -> bool:
         return False
 
 
+# WAL-G's own flags (of its backup-push) for what walg does not do: named as such, since the
+# setting flag one looks like (--walg-delta-from-name) is taken but changes nothing.
+_WAL_G_FLAGS_NOT_HAD = {
+    "--delta-from-name": "delta backups",
+    "--delta-from-user-data": "delta backups",
+    "--verify": "page checksum verification",
+    "--store-all-corrupt": "page checksum verification",
+    "--rating-composer": "tar composers",
+    "--copy-composer": "tar composers",
+    "--database-composer": "tar composers",
+    "--without-files-metadata": "backups without files metadata",
+}
+
+
 def _unrecognized(extras: list[str]) -> str:
     """The usage error for ``extras``, arguments the parser does not know: each with the
     setting flag it looks like a misspelling of, and with the value of each flag that may hold
@@ -364,8 +378,10 @@ def _unrecognized(extras: list[str]) -> str:
             continue
         flag, equals, _ = arg.partition("=")
         name = flag[2:].upper().replace("-", "_") if flag.startswith("--") else ""
-        close = flag_look_alike(flag) if name else None
-        if close:
+        close = flag_look_alike(flag) if name and flag not in _WAL_G_FLAGS_NOT_HAD else None
+        if flag in _WAL_G_FLAGS_NOT_HAD:
+            hints.append(f"{flag}: WAL-G's, for {_WAL_G_FLAGS_NOT_HAD[flag]}, not in walg yet")
+        elif close:
             hints.append(f"{flag}: a misspelling of {close}?")
         # Wider than a setting's secrecy: a misspelt name (KEYY, TOKN) may hold one too, so
         # any name with a word that keeps a setting out of the destination key, or that looks
