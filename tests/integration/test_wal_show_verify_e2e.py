@@ -380,3 +380,42 @@ def test_wal_verify_on_a_standby_that_followed_a_promotion(pg_workdir: Path, wal
     assert doc["integrity"]["details"][-1]["end_segment"] == first_on_2, verify.stdout
     cascade.stop()
     upstream.stop()
+
+
+def test_a_history_file_whose_stored_content_was_damaged_is_not_read_as_sound(
+    walg_bin: str, pg_workdir: Path
+) -> None:
+    """A byte flipped in a ``.history`` object that ``walg wal-push`` stored, where the LZ4
+    frame still decodes (a literal of the reason text): wal-fetch refuses it (the checksum
+    trailer), and so must everything else that reads the history. wal-verify reported OK and
+    wal-show the damaged timeline as sound: they read the history without reaching the
+    trailer, while a restore following that timeline stops at it."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    pg_wal = make_shared_dir(pg_workdir / "data" / "pg_wal", 0o700)
+    make_shared_dir(pg_wal / "archive_status", 0o700)
+    (pg_wal / "00000002.history").write_text("1\t0/2000000\tno recovery target specified\n")
+    walg.run(["wal-push", str(pg_wal / "00000002.history")])
+    wal = walg.store / "wal_005"
+    for name in ("000000010000000000000001", "000000020000000000000002"):
+        _put(wal / f"{name}.lz4", b"segment")
+    stored = wal / "00000002.history.lz4"
+    data = bytearray(stored.read_bytes())
+    at = data.index(b"recovery target")
+    data[at] ^= 0x01
+    stored.write_bytes(bytes(data))
+
+    fetched = walg.run(["wal-fetch", "00000002.history", str(pg_workdir / "h")], check=False)
+    assert fetched.returncode == 1, fetched.stderr
+    assert "checksum" in fetched.stderr
+
+    lsn = "0/2000100"
+    verified = walg.run(["wal-verify", "integrity", "--timeline", "2", "--lsn", lsn], check=False)
+    assert verified.returncode == 1, (verified.stdout, verified.stderr)
+    assert "00000002.history.lz4" in verified.stderr
+    assert "checksum" in verified.stderr
+    shown = walg.run(["wal-show", "--detailed-json", "--without-backups"], check=False)
+    assert "00000002.history.lz4" in shown.stderr, (shown.stdout, shown.stderr)
+    assert "checksum" in shown.stderr
+    if shown.returncode == 0:
+        # Shown as timeline 2 of unknown parent, as for a history that does not parse.
+        assert [(t["id"], t["parent_id"]) for t in json.loads(shown.stdout)] == [(1, 0), (2, 0)]

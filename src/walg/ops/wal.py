@@ -145,8 +145,19 @@ def read_history(storage: Storage, timeline: int) -> History | None:
     if found is None:
         return None
     key, ext = found
+    parts: list[bytes] = []
+    size = 0
     with download(storage, key, codec_for_extension(ext), key, hash_stored=False) as dl:
-        data = dl.reader.read(HISTORY_SIZE_LIMIT + 1)
+        # To the end, not one read: a decompressor checks walg's checksum trailer only when
+        # asked for more after the content, and a damaged history read as sound would send
+        # recovery, the prefetcher and wal-verify down a timeline wal-fetch then refuses.
+        while size <= HISTORY_SIZE_LIMIT:
+            chunk = dl.reader.read(HISTORY_SIZE_LIMIT + 1 - size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    data = b"".join(parts)
     if len(data) > HISTORY_SIZE_LIMIT:
         raise IntegrityError(f"{key} is larger than {HISTORY_SIZE_LIMIT} bytes")
     try:
