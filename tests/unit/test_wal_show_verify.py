@@ -1292,3 +1292,28 @@ def test_old_timeline_segments_missing_after_a_failover_are_lost_on_a_primary(
     assert got[name(2, 9)] is SegmentStatus.FOUND
     expected = CheckStatus.FAILURE if status is SegmentStatus.MISSING_LOST else CheckStatus.WARNING
     assert result.status is expected
+
+
+def test_wal_show_warns_about_a_missing_history_of_a_later_timeline(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Timeline 3's segments without its ``00000003.history`` (deleted, never archived): WAL-G
+    prints parent 0 and switch point 0/0 as for a timeline with no parent, and so does walg,
+    but it says why on stderr instead of passing a forked timeline off as a root. Timeline 1
+    has no history, and needs none."""
+    put_segments(store, 1, [1, 2])
+    put_segments(store, 2, [2, 3])
+    put_segments(store, 3, [3, 4])
+    put_history(store, 2, [(1, "0/2000000")], "lz4")
+    code, out, err = run_cli(capsys, "wal-show", "--detailed-json", "--without-backups")
+    assert code == 0
+    doc = json.loads(out)
+    assert [(t["id"], t["parent_id"], t["switch_point_lsn"]) for t in doc] == [
+        (1, 0, 0),
+        (2, 1, 0x2000000),
+        (3, 0, 0),
+    ]
+    warnings = [line for line in err.splitlines() if "history" in line]
+    assert len(warnings) == 1, err
+    assert "timeline 3" in warnings[0] and "00000003.history" in warnings[0]
+    assert "not in storage" in warnings[0] and "without parent timeline" in warnings[0]

@@ -19,7 +19,8 @@ objects (the unfinished last segment of a timeline, which ``wal-fetch`` never se
 segment; stored bare with ``WALG_COMPRESSION_METHOD=none``); a backup without a readable
 ``metadata.json`` is skipped and named in the result instead of failing the whole listing; and
 a damaged ``.history`` file (one that does not decompress or parse) is named in the result, its
-timeline shown without parent (0) and switch point (0/0), instead of failing the whole listing;
+timeline shown without parent (0) and switch point (0/0), instead of failing the whole listing
+(a missing one of a timeline after the first is named too, where WAL-G is silent);
 a storage error reading one still fails it.
 
 The listing and the history files are read; nothing is written. The result is a snapshot: WAL
@@ -338,6 +339,11 @@ def wal_show(
         except IntegrityError as exc:
             history_errors.append(f"timeline {tli}: {exc}")
             history = None
+        else:
+            if history is None and tli > 1:
+                # Printed as WAL-G prints it (parent 0 at 0/0), which reads as a timeline
+                # that branched from nothing; a promotion always archives the history.
+                history_errors.append(f"timeline {tli}: {tli:08X}.history is not in storage")
         if low != high:
             _warn_of_two_systems(storage, tli, low, high, segment_size)
         parent, switch_lsn = 0, 0
