@@ -445,3 +445,30 @@ def test_latest_is_the_backup_checked_not_whatever_is_newest_when_the_restore_st
     chosen = backup_for_target(branched, "LATEST", RecoveryTarget("c"))
     _backup(branched, "base_000000010000000000000007", "2026-11-25T15:00:00+00:00", "0/7000100")
     assert catalog.resolve(branched, chosen) == B2
+
+
+def test_wal_of_a_timeline_whose_history_is_gone_is_never_passed_over(
+    branched: MemoryStorage,
+) -> None:
+    """Timeline 3's segments stored but 00000003.history not: following the newest timeline,
+    PostgreSQL stops on timeline 2 (it probes history files only) and promotes onto 3, whose
+    names are taken. Refused for every way of following the newest timeline; asked for by
+    number, timeline 2 is restored; a restore of the files alone is warned."""
+    branched.put_bytes("wal_005/000000030000000000000007.lz4", b"x")
+    for name, target in (
+        ("LATEST", RecoveryTarget("c")),
+        (B1, RecoveryTarget("c", timeline="latest")),
+        ("LATEST", RecoveryTarget("c", time="2026-11-25 14:00:00+00")),
+    ):
+        with pytest.raises(UsageError) as info:
+            backup_for_target(branched, name, target)
+        message = str(info.value)
+        assert "000000030000000000000007" in message and "00000003.history" in message
+        assert "--target-timeline 2" in message
+    assert backup_for_target(branched, "LATEST", RecoveryTarget("c", timeline="2")) == B2
+    problem = default_timeline_problem(branched, B2)
+    assert problem is not None and "00000003.history" in problem
+    # Its history back, timeline 3 is followed (and has no backup of its own: B2 is on 2).
+    _history(branched, 3, "1\t0/4000000\tpromoted\n2\t0/7000000\tpromoted\n")
+    assert backup_for_target(branched, "LATEST", RecoveryTarget("c")) == B2
+    assert default_timeline_problem(branched, B2) is None

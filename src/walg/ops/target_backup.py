@@ -171,7 +171,19 @@ class _Timelines:
         if asked != "latest":
             return int(asked)
         if end.timeline not in self._newest:
-            self._newest[end.timeline] = newest_timeline(self._storage, end.timeline)
+            newest = newest_timeline(self._storage, end.timeline)
+            unreachable = _archived_without_history(self._storage, newest + 1)
+            if unreachable is not None:
+                raise UsageError(
+                    f"storage holds WAL of timeline {newest + 1} ({unreachable}) but not "
+                    f"{history_file_name(newest + 1)}: recovery following the newest timeline "
+                    f"would stop on timeline {newest} without a word (PostgreSQL finds "
+                    f"timelines by their history files) and promote onto timeline "
+                    f"{newest + 1}, whose segment names are taken; put "
+                    f"{history_file_name(newest + 1)} back into storage, or give "
+                    f"--target-timeline {newest} to restore timeline {newest}"
+                )
+            self._newest[end.timeline] = newest
         return self._newest[end.timeline]
 
     def why_not(self, end: BackupEnd) -> str | None:
@@ -332,6 +344,23 @@ def _ns(moment: datetime, frac: str) -> int:
     return (delta.days * 86400 + delta.seconds) * _NS + int(frac)
 
 
+def _archived_without_history(storage: Storage, timeline: int) -> str | None:
+    """A stored segment of ``timeline`` (whose history file is not stored), or None.
+
+    One prefix listing: the timeline's own objects, not the whole archive's.
+    """
+    from walg.core.lsn import is_wal_file_name
+    from walg.core.naming import WAL
+    from walg.ops.wal_show import fetched_as
+
+    prefix = f"{timeline:08X}"
+    for info in storage.list(WAL + prefix, recursive=False):
+        name = fetched_as(info.key[len(WAL) :])
+        if name.startswith(prefix) and is_wal_file_name(name):
+            return info.key
+    return None
+
+
 def default_timeline_problem(storage: Storage, name: str) -> str | None:
     """Why recovery with PostgreSQL's default ``recovery_target_timeline`` (``latest`` from 12
     on) cannot start from backup ``name``, for a restore without recovery settings (which
@@ -347,7 +376,10 @@ def default_timeline_problem(storage: Storage, name: str) -> str | None:
     except (IntegrityError, BackupNotFound):
         return None
     timelines = _Timelines(storage, None)
-    reason = timelines.why_not(end)
+    try:
+        reason = timelines.why_not(end)
+    except UsageError as exc:
+        return str(exc)  # the files alone are restored: the operator's settings decide
     if reason is None:
         return None
     return (
