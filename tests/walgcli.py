@@ -117,10 +117,13 @@ def archive_now(cluster: Cluster, timeout: float = 60) -> str:
     # PostgreSQL 17 on returns a position inside that segment, which is never finished.
     cluster.psql("SELECT txid_current()")
     segment = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    done = cluster.datadir / "pg_wal" / "archive_status" / f"{segment}.done"
     deadline = time.monotonic() + timeout
     while True:
         last = cluster.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
-        if last and last >= segment:
+        # Its .done too: after a promotion an older timeline's segment (a copy the restore
+        # made) may be archived after it, and that name sorts below this one.
+        if (last and last >= segment) or done.exists():
             return segment
         if time.monotonic() > deadline:
             failed = cluster.psql("SELECT last_failed_wal, failed_count FROM pg_stat_archiver")
