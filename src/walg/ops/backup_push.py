@@ -664,8 +664,25 @@ def _upload_backup(
         deadline = max(stop_started + settings.stop_backup_timeout, time.monotonic() + 1.0)
         needed = _segments_needed(storage, start, stop, info.segment_size, deadline)
 
+        warned_abandoned = False
+
         def replan() -> list[Segment] | None:
-            return _segments_after_promotion(storage, start, stop, info.segment_size)
+            nonlocal warned_abandoned
+            histories = list(_later_histories(storage, stop.timeline))
+            abandoned = _abandoned_branch(histories, stop)
+            if abandoned is not None and not warned_abandoned:
+                # Said now, not only when the wait ends (30 min by default): the old primary
+                # may still archive that WAL (a restore elsewhere promoted into this storage
+                # while production goes on), so the wait goes on, but where that primary is
+                # gone the operator can stop it.
+                warned_abandoned = True
+                log.warning(
+                    "%s; waiting for the WAL of the backup's end until WALG_STOP_BACKUP_TIMEOUT "
+                    "in case the server that wrote timeline %d still archives it",
+                    abandoned,
+                    stop.timeline,
+                )
+            return _segments_after_promotion(histories, start, stop, info.segment_size)
 
         try:
             needed = _wait_for_archived(
@@ -680,7 +697,11 @@ def _upload_backup(
                 _RefusalJudge(settings, storage, os.path.join(pgdata, "pg_wal")),
             )
         except PostgresError as exc:
-            abandoned = _abandoned_branch(storage, stop) if info.in_recovery else None
+            abandoned = (
+                _abandoned_branch(list(_later_histories(storage, stop.timeline)), stop)
+                if info.in_recovery
+                else None
+            )
             if abandoned is None:
                 raise
             raise PostgresError(f"{abandoned} ({exc})") from None
@@ -835,7 +856,7 @@ def _segments_read(
 
 
 def _segments_after_promotion(
-    storage: Storage, start: BackupStart, stop: BackupStop, segment_size: int
+    histories: list[History], start: BackupStart, stop: BackupStop, segment_size: int
 ) -> list[Segment] | None:
     """The segments a standby's backup needs when a later timeline has branched off its end
     timeline at or after its end; None while there is none.
@@ -845,9 +866,9 @@ def _segments_after_promotion(
     promoted standby archives it only on its new timeline (the old one's copy as
     ``.partial``). Recovery onto the new timeline reads it from there and reaches the
     backup's end, which lies before the switch. The newest such timeline is taken, as
-    recovery follows the newest by default.
+    recovery follows the newest by default. ``histories``: what :func:`_later_histories` yields.
     """
-    for history in _later_histories(storage, stop.timeline):
+    for history in histories:
         left = history.end_lsn(stop.timeline)
         if left is None or left < stop.lsn or start.timeline not in history.timelines():
             continue
@@ -868,15 +889,16 @@ def _later_histories(storage: Storage, timeline: int) -> Iterator[History]:
             yield history
 
 
-def _abandoned_branch(storage: Storage, stop: BackupStop) -> str | None:
+def _abandoned_branch(histories: list[History], stop: BackupStop) -> str | None:
     """Why a standby's backup cannot finish, where a later timeline branched off its end
     timeline before its end; None otherwise.
 
     The standby was ahead of the one promoted: it replayed WAL of the old primary past the
     switch point, which no archive will hold once that primary is gone (only the segments
     it archived itself), and a backup ending there restores only onto the old timeline.
+    ``histories``: what :func:`_later_histories` yields.
     """
-    for history in _later_histories(storage, stop.timeline):
+    for history in histories:
         left = history.end_lsn(stop.timeline)
         if left is not None and left < stop.lsn:
             timeline = history.timeline
