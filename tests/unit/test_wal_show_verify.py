@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from walg.cli.main import main
+from countingstorage import CountingStorage
+from walg.cli.context import Context
+from walg.cli.main import build_parser, main
 from walg.cli.wal_show import Number, pretty_table
 from walg.core import naming
 from walg.core.gotime import GoTime
@@ -34,6 +36,7 @@ from walg.ops.wal_verify import (
     verify_timeline,
     wal_verify,
 )
+from walg.settings import load as load_settings
 from walg.storage.base import Storage
 from walg.storage.file import FileStorage
 from walg.storage.memory import MemoryStorage
@@ -764,6 +767,22 @@ def test_wal_verify_plain_output(store: FileStorage, capsys: pytest.CaptureFixtu
         "Current cluster timeline: 1\n"
     )
     assert "Current WAL segment: 00000001000000000000000A" in err
+
+
+def test_wal_verify_with_a_given_position_lists_wal_once(
+    store: FileStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --timeline and --lsn the command read the archive's segment size from one listing
+    of wal_005/ and checked on a second: on object storage, twice the requests for a busy
+    archive (200 LISTs for 100,000 segments), and two listings that may disagree."""
+    put_segments(store, 1, range(1, 10))
+    put_backup(store, 1, 2 * SEG + 0x28, 3 * SEG)
+    counting = CountingStorage(store)
+    ctx = Context(load_settings(environ={"WALG_FILE_PREFIX": str(store.root)}), _storage=counting)
+    args = build_parser().parse_args(["wal-verify", "--timeline", "1", "--lsn", "0/A000100"])
+    assert args.run(args, ctx) == 0
+    assert "integrity check status: OK" in capsys.readouterr().out
+    assert counting.listed.count(naming.WAL) == 1
 
 
 def test_wal_verify_json_and_fail_on_problem(

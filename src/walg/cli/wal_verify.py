@@ -161,6 +161,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     # no server is asked; taken as 16 MiB, a cluster made with initdb --wal-segsize=64 got
     # a wrong current segment and hundreds of segments called lost that cannot exist.
     position: ClusterPosition
+    # The listing the segment size is read from is the one checked: a second costs a busy
+    # archive as much again (a request per 1,000 objects on object storage).
+    names: list[str] | None = None
     if args.position_timeline is not None:
         position = position_from_args(args.position_timeline, args.position_lsn)
         from walg.ops.wal_show import (
@@ -193,6 +196,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         segment_size=segment_size,
         backup_name=args.backup_name,
         concurrency=ctx.settings.download_concurrency,
+        wal_names=names,
     )
     if result.integrity is not None and result.integrity.earliest_backup is not None:
         log.info("Detected earliest available backup: %s", result.integrity.earliest_backup)

@@ -830,13 +830,16 @@ def wal_verify(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     backup_name: str | None = None,
     concurrency: int = 10,
+    wal_names: Sequence[str] | None = None,
 ) -> WalVerifyResult:
-    """Run the named checks (both when ``checks`` is empty) on one listing of ``wal_005/``."""
+    """Run the named checks (both when ``checks`` is empty) on one listing of ``wal_005/``:
+    ``wal_names`` where the caller has made it (:func:`list_wal_object_names`), else made
+    here."""
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise UsageError(f"unknown check {unknown[0]!r} (available: {', '.join(CHECKS)})")
     wanted = set(checks) or set(CHECKS)
-    names = list_wal_object_names(storage)
+    names = list_wal_object_names(storage) if wal_names is None else wal_names
     integrity = timeline = None
     if INTEGRITY in wanted:
         integrity = verify_integrity(
