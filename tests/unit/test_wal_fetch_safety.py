@@ -825,6 +825,35 @@ def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
     assert not (root / name).exists()
 
 
+@pytest.mark.parametrize("ahead", [3600.0, 75 * 365 * 86400.0])
+def test_a_prefetched_file_dated_in_the_future_is_not_served(
+    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: float
+) -> None:
+    """The boot-time rule compares a file's mtime with this boot's start, both read from the
+    wall clock: a file prefetched, unsynced, by a system whose clock was ahead (a VM's clock
+    an hour fast, then a power loss and a reboot that set it right, or an RTC kept in local
+    time) is dated after the system started and was served, its tail zeros PostgreSQL takes
+    for the end of the WAL. A file dated after now cannot have been written by this boot's
+    clock as it stands: it is downloaded instead (a step back of the clock costs a download)."""
+    name = Segment(1, 2).name()
+    store = tmp_path / "store"
+    (store / "wal_005").mkdir(parents=True)
+    archived = segment_bytes(name, 5, fill=b"\1")
+    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(archived))
+    pgdata = _pgdata(tmp_path, 5)
+    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1")
+    monkeypatch.chdir(pgdata)
+    root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
+    root.mkdir(parents=True)
+    (root / name).write_bytes(segment_bytes(name, 5))  # first page sound, the rest zeros
+    later = time.time() + ahead
+    os.utime(root / name, (later, later))
+    done = run_walg([walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"], env, pgdata)
+    assert done.returncode == 0, done.stderr
+    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
+    assert not (root / name).exists()
+
+
 # --- what a recovery prefetched, once it has ended -------------------------------------------
 
 

@@ -4,11 +4,12 @@ Layout, as WAL-G's one folder further down: ``<dir of the destination>/.wal-g/pr
 <name>`` for complete files (or under ``WALG_PREFETCH_DIR``), ``…/<key>/running/<name>`` while
 downloading; ``<key>`` is the archive's destination key (see :func:`prefetch_root`). A file is
 written in ``running/`` and renamed into ``prefetch/`` only when complete and valid (not
-synced: one written before the system last started is never served), and before it is served
-it is checked again (size, WAL page magic, page address and segment size in its
-long page header, and the system identifier against the cluster's ``global/pg_control``), so a
-truncated, stale or foreign file is never handed to PostgreSQL: a prefetch folder shared by
-several clusters (``WALG_PREFETCH_DIR``) holds the same names for all of them.
+synced: one written before the system last started, or dated after now by a clock that was
+ahead, is never served), and before it is served it is checked again (size, WAL page magic,
+page address and segment size in its long page header, and the system identifier against the
+cluster's ``global/pg_control``), so a truncated, stale or foreign file is never handed to
+PostgreSQL: a prefetch folder shared by several clusters (``WALG_PREFETCH_DIR``) holds the
+same names for all of them.
 
 The next segment names follow the timeline history found in the archive: after a switch,
 segments past the switch point are taken from the newer timeline, as PostgreSQL reads them.
@@ -58,6 +59,9 @@ log = get_logger(__name__)
 
 STALE_RUNNING_SECONDS = 600
 RUNNING_STALL_SECONDS = 0.2
+# How far a prefetched file's mtime may lie after this process's clock: a file system whose
+# times come from another machine's clock (NFS) may be a little ahead.
+FUTURE_SLACK_SECONDS = 60.0
 
 
 def prefetch_root(settings: Settings, destination: str) -> str:
@@ -109,9 +113,19 @@ def take_prefetched(
     # A prefetched file is renamed into place unsynced (an fsync per segment would cost the
     # replay disk time): after a power loss its tail may be zeros, which PostgreSQL reads as
     # the end of the WAL, ending recovery early. The checks below see only the first page.
+    # Its mtime and the boot time are both wall-clock readings: a file dated after now was
+    # written by a clock that ran ahead of this one, perhaps before a reboot that set it
+    # right, so it is no proof of having been written since this boot (after a step back of
+    # this boot's clock, it costs a download).
     booted = boot_time()
     if booted is not None and written < booted:
         log.info("discarding %s, prefetched before the system last started", candidate)
+        _discard(candidate)
+        return False
+    if written > time.time() + FUTURE_SLACK_SECONDS:
+        log.info(
+            "discarding %s, dated in the future: written by a clock ahead of this one", candidate
+        )
         _discard(candidate)
         return False
     # Taken first, to a private name beside DEST: checked there, nothing can change it, and
