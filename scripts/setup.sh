@@ -26,7 +26,7 @@ declare -A PYPI_PG=([14]=14.23.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
 PG13_DEBS=(postgresql-13 postgresql-client-13 libicu67 libssl1.1 libldap-2.4-2)
 # Bump when the layout of $PG_ROOT/<major>/env changes: existing installs get rewritten.
 ENV_FORMAT=2
-APT_PACKAGES=(postgresql-15 python3-venv liblzo2-dev lz4 pgbackrest util-linux gcc libc6-dev strace iproute2)
+APT_PACKAGES=(postgresql-15 python3-venv liblzo2-dev lz4 pgbackrest util-linux gcc libc6-dev strace iproute2 faketime)
 
 T0=$(date +%s%N)
 CHANGED=0 # set when anything was installed: permissions are fixed up at the end

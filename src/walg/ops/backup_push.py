@@ -123,6 +123,37 @@ def _now_utc_us() -> GoTime:
     return GoTime(-(-ns // 1000) * 1000)
 
 
+# Past this difference between this host's clock and the server's, backup-push says so.
+CLOCK_SKEW_WARNING = 60.0
+
+
+def _server_stop_time(session: BackupSession) -> GoTime | None:
+    """When the backup stopped by the server's clock, the one its commit times (which
+    ``--target-time`` is compared with) are read from; None if it cannot be read.
+
+    Sentinel times are this host's, as in WAL-G. Where this host's clock is behind (a step
+    back, a VM resumed with a stale clock, backup-push run on another host than the
+    server), FinishTime would lie before commits the backup holds, and ``backup-fetch
+    --target-time`` between the two would restore them: a restore past its target, which
+    PostgreSQL does not notice. The later of the two is recorded; a difference is warned of.
+    """
+    try:
+        server_us = session.clock_us()
+    except PostgresError as exc:
+        log.warning("cannot read the server's clock (%s); FinishTime is this host's", exc)
+        return None
+    skew = server_us / 1e6 - time.time()
+    if abs(skew) > CLOCK_SKEW_WARNING:
+        log.warning(
+            "this host's clock is %.0f s %s the server's%s; check both hosts' time "
+            "synchronisation: --target-time restores choose backups by their FinishTime",
+            abs(skew),
+            "behind" if skew > 0 else "ahead of",
+            " (FinishTime is taken from the server's)" if skew > 0 else "",
+        )
+    return GoTime(server_us * 1000)
+
+
 def partition_workers(settings: Settings) -> int:
     if settings.upload_disk_concurrency is not None:
         return settings.upload_disk_concurrency
@@ -655,6 +686,7 @@ def _upload_backup(
     )
     baseline = session.archiver_status() if archiving else None
     stop = session.stop(settings.stop_backup_timeout)
+    server_stopped = _server_stop_time(session)
     # Read at once: a move after pg_backup_stop is ordinary WAL after the backup's end, and
     # the wait for the archive below may last long (a standby's idle primary).
     now_located = session.database_locations(pgdata)
@@ -746,6 +778,10 @@ def _upload_backup(
     files_sum = write_files_metadata(storage, name, files_meta)
     del files_meta
     finish_time = _now_utc_us()
+    if server_stopped is not None and server_stopped.ns > finish_time.ns:
+        # This host's clock is behind the server's: its time would date the backup's end
+        # before commits it holds, and a --target-time between the two would choose it.
+        finish_time = server_stopped
     hostname = socket.gethostname()
     data_dir = os.path.realpath(info.data_directory)
     metadata = BackupMetadata(

@@ -299,6 +299,16 @@ class BackupSession:
     def database_locations(self, pgdata: str) -> dict[int, DatabaseLocation]:
         return database_locations(self._conn, pgdata)
 
+    def clock_us(self) -> int:
+        """The server's clock now, in microseconds since the epoch; on a standby, the commit
+        time of the last transaction it replayed (its primary's clock) if that is later."""
+        (us,) = query_one(
+            self._conn,
+            "SELECT (extract(epoch FROM"
+            " greatest(clock_timestamp(), pg_last_xact_replay_timestamp())) * 1000000)::bigint",
+        )
+        return int(us)
+
     def archiver_status(self) -> ArchiverStatus:
         row = query_one(
             self._conn,
