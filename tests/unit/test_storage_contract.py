@@ -777,6 +777,15 @@ def test_remove_temporaries_takes_only_old_temporary_files_of_its_folder(
     assert storage.get_bytes("wal_005/000000010000000000000001.lz4") == b"archived"
     assert storage.remove_temporaries("nothing_here/", 0) == 0
 
+    # Dated ahead by a clock that was (an hour fast, or years off and set right): one that
+    # far ahead was kept until the clock reached its date, for good at 2100. A write the
+    # clock was stepped back under by less than the age is a live one.
+    ahead, far_ahead = temporary(wal, -7200), temporary(wal, time.time() - 4102444800.0)
+    stepped_back = temporary(wal, -600)
+    assert storage.remove_temporaries("wal_005/", 3600) == 2
+    assert not ahead.exists() and not far_ahead.exists()
+    assert stepped_back.exists()
+
 
 def test_a_temporary_file_that_could_not_be_removed_is_removed_later(tmp_path: Path) -> None:
     """A write fails, and its temporary file cannot be removed then (the folder was made

@@ -364,9 +364,10 @@ class FileStorage(Storage):
 
     def remove_temporaries(self, prefix: str, older_than: float) -> int:
         """Remove temporary files in the folder ``prefix`` names (not below it) whose name
-        stamp and modification time are both more than ``older_than`` seconds old, and those
-        of this instance's failed writes. Raises :class:`StorageError` after the sweep if some
-        could not be removed (they are tried again next time)."""
+        stamp and modification time are both more than ``older_than`` seconds from now (old,
+        or dated ahead by a clock since set back), and those of this instance's failed writes.
+        Raises :class:`StorageError` after the sweep if some could not be removed (they are
+        tried again next time)."""
         folder = os.path.join(self.root, check_prefix(prefix).rpartition("/")[0])
         removed = 0
         failed: list[str] = []
@@ -384,9 +385,13 @@ class FileStorage(Storage):
                 removed += 1
             self._left.discard(tmp)
         # Both clocks: the stamp is when the write began (a copy keeps no mtime from the
-        # original), the mtime when it last wrote.
-        cutoff = time.time() - older_than
+        # original), the mtime when it last wrote. Either way from now: one dated that far
+        # ahead was written by a clock since set back (by more than a live write outlasts),
+        # and would otherwise stay until the clock reached its date.
+        now = time.time()
+        cutoff, ahead = now - older_than, now + older_than
         stamp_cutoff = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(cutoff))
+        stamp_ahead = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ahead))
         try:
             entries = os.scandir(folder)
         except FileNotFoundError:
@@ -396,12 +401,12 @@ class FileStorage(Storage):
         with entries:
             for entry in entries:
                 stamp = temporary_stamp(entry.name)
-                if stamp is None or stamp >= stamp_cutoff:
+                if stamp is None or stamp_cutoff <= stamp <= stamp_ahead:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):
                         continue
-                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    if cutoff <= entry.stat(follow_symlinks=False).st_mtime <= ahead:
                         continue
                     os.unlink(entry.path)
                 except FileNotFoundError:
