@@ -429,6 +429,28 @@ def test_other_archives_stale_prefetch_files_are_cleared(tmp_path: Path) -> None
     assert (other / fresh).exists(), "another restore may still want a fresh one"
 
 
+def test_other_archives_prefetch_files_dated_ahead_are_cleared(tmp_path: Path) -> None:
+    """Dated hours ahead by a clock since set back (up to 64 segments of another archive,
+    a GB in pg_wal's file system), they stayed until the clock reached their date; one
+    dated a few minutes ahead (a step back during a restore) may be in use, and stays."""
+    settings = load(environ={"WALG_FILE_PREFIX": "/x", "WALG_PREFETCH_DIR": str(tmp_path)})
+    root = Path(prefetch_root(settings, str(tmp_path / "pg_wal" / "RECOVERYXLOG")))
+    other = root.parent / ("e" * 32)
+    (other / "running").mkdir(parents=True)
+    ahead, near = Segment(1, 7).name(), Segment(1, 8).name()
+    for path, seconds in (
+        (other / ahead, 7200),
+        (other / "running" / ahead, 7200),
+        (other / near, 120),
+    ):
+        path.write_bytes(b"x")
+        when = time.time() + seconds
+        os.utime(path, (when, when))
+    Prefetcher(settings, MemoryStorage(), str(root)).run(Segment(1, 5).name(), 2)
+    assert not (other / ahead).exists() and not (other / "running").exists()
+    assert (other / near).exists()
+
+
 def test_segments_of_a_cluster_made_with_another_segment_size(tmp_path: Path) -> None:
     """initdb --wal-segsize=64: WALG_PG_WAL_SIZE left at 16, the segments are fetched (their
     first page states their size) and prefetched by the names of that size."""

@@ -436,11 +436,13 @@ def clear_prefetched_after_recovery(wal_dir: str) -> int:
 
 
 def remove_stale_files(
-    folder: str, wanted: Callable[[str], bool], age: float, now: float
+    folder: str, wanted: Callable[[str], bool], age: float, now: float, ahead: bool = False
 ) -> list[str]:
     """Remove the files in ``folder`` whose names ``wanted`` takes and that nothing has
     written for ``age`` seconds before ``now``; the names removed. A folder or file that
-    cannot be looked at is left alone."""
+    cannot be looked at is left alone. ``ahead``: also those dated more than ``age`` after
+    ``now`` (by a clock since set back), where removing one still in use costs nothing
+    but a download."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
@@ -451,13 +453,17 @@ def remove_stale_files(
             if (
                 wanted(entry.name)
                 and entry.is_file(follow_symlinks=False)
-                and now - entry.stat(follow_symlinks=False).st_mtime > age
+                and _stale(now - entry.stat(follow_symlinks=False).st_mtime, age, ahead)
                 and remove(entry.path)
             ):
                 removed.append(entry.name)
         except OSError:
             continue
     return removed
+
+
+def _stale(elapsed: float, age: float, ahead: bool) -> bool:
+    return elapsed > age or (ahead and -elapsed > age)
 
 
 def remove(path: str) -> bool:

@@ -488,6 +488,6 @@ def _drop_stale(folder: str, now: float) -> None:
     """Remove segments in ``folder`` and its ``running/`` not touched for a while, then the
     folders themselves if empty (another restore may be using them: it downloads again)."""
     for directory in (os.path.join(folder, "running"), folder):
-        remove_stale_files(directory, is_segment_name, STALE_RUNNING_SECONDS, now)
+        remove_stale_files(directory, is_segment_name, STALE_RUNNING_SECONDS, now, ahead=True)
         with contextlib.suppress(OSError):
             os.rmdir(directory)
