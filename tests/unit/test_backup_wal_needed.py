@@ -11,7 +11,7 @@ import pytest
 
 from walg.core.lsn import Segment, parse_lsn
 from walg.errors import PostgresError
-from walg.ops.backup_push import _segments_after_promotion, _segments_needed
+from walg.ops.backup_push import _later_histories, _segments_after_promotion, _segments_needed
 from walg.postgres.backup_session import BackupStart, BackupStop, label_start_timeline
 from walg.storage.memory import MemoryStorage
 
@@ -106,6 +106,13 @@ def test_the_start_timeline_of_a_backup_label() -> None:
     assert label_start_timeline("") is None
 
 
+def _after_promotion(
+    storage: MemoryStorage, start: BackupStart, stop: BackupStop
+) -> list[Segment] | None:
+    histories = list(_later_histories(storage, stop.timeline))
+    return _segments_after_promotion(histories, start, stop, SIZE)
+
+
 def test_after_the_upstream_failed_the_segment_holding_the_end_comes_from_the_new_timeline() -> (
     None
 ):
@@ -113,11 +120,9 @@ def test_after_the_upstream_failed_the_segment_holding_the_end_comes_from_the_ne
     recovery onto timeline 2 reads segment 5 from it (the crashed primary never archived its
     own)."""
     storage = MemoryStorage()
-    assert (
-        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1), SIZE) is None
-    )
+    assert _after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1)) is None
     _history(storage, 2, "1\t0/50000A0\tno recovery target specified\n")
-    needed = _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1), SIZE)
+    needed = _after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1))
     assert needed is not None
     assert _names(needed) == [
         "000000010000000000000003",
@@ -127,10 +132,7 @@ def test_after_the_upstream_failed_the_segment_holding_the_end_comes_from_the_ne
     # Timeline 3 branched off timeline 1 before the end (a restore to an earlier point): its
     # history does not hold the backup's end, so timeline 2 is the one to follow.
     _history(storage, 3, "1\t0/4000000\tbefore 2016-01-01 00:00:00+00\n")
-    assert (
-        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1), SIZE)
-        == needed
-    )
+    assert _after_promotion(storage, _start("0/3000028"), _stop("0/5000090", 1)) == needed
 
 
 def test_a_new_timeline_that_branched_off_before_the_end_changes_nothing() -> None:
@@ -138,9 +140,7 @@ def test_a_new_timeline_that_branched_off_before_the_end_changes_nothing() -> No
     only timeline 1's own segments can restore it."""
     storage = MemoryStorage()
     _history(storage, 2, "1\t0/50000A0\tno recovery target specified\n")
-    assert (
-        _segments_after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1), SIZE) is None
-    )
+    assert _after_promotion(storage, _start("0/3000028"), _stop("0/5000100", 1)) is None
 
 
 def test_a_claim_naming_a_pid_no_process_can_have_is_not_alive() -> None:
