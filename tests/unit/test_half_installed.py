@@ -51,8 +51,21 @@ def _pgdata(tmp_path: Path) -> Path:
         ("walg_destination.py", ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG"], 128),
         ("walg/cli/main.py", ["wal-push", f"pg_wal/{NAME}"], 1),
         ("walg_destination.py", ["--config", "/nonexistent.json", "wal-push", f"pg_wal/{NAME}"], 1),
+        # Imported only once the command runs (the argument parser takes every command's).
+        ("walg/cli/wal_show.py", ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "--no-prefetch"], 128),
+        ("walg/core/log.py", ["wal-fetch", NAME, "pg_wal/RECOVERYXLOG", "--no-prefetch"], 128),
+        ("walg/cli/wal_push.py", ["wal-push", f"pg_wal/{NAME}"], 1),
     ],
-    ids=["fetch-main", "fetch-errors", "fetch-destination", "push-main", "push-destination"],
+    ids=[
+        "fetch-main",
+        "fetch-errors",
+        "fetch-destination",
+        "push-main",
+        "push-destination",
+        "fetch-parser",
+        "fetch-log",
+        "push-command",
+    ],
 )
 def test_a_module_truncated_by_an_upgrade_gets_the_broken_installation_code(
     walg_bin: str, tmp_path: Path, module: str, args: list[str], expected: int
@@ -78,7 +91,9 @@ def test_a_module_truncated_by_an_upgrade_gets_the_broken_installation_code(
         timeout=60,
     )
     assert called.returncode == expected, called.stderr
-    assert called.stderr.startswith("walg: cannot load walg:"), called.stderr
+    assert called.stderr.startswith(
+        ("walg: cannot load walg:", "walg: unexpected failure (a broken installation?):")
+    ), called.stderr
     assert "Traceback" not in called.stderr
 
 
