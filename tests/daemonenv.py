@@ -91,3 +91,29 @@ class Env:
             check=False,
             cwd=cwd,
         )
+
+
+def client_in_venv(venv: Path, walg_bin: str) -> Path:
+    """The installed Python ``walg-daemon-client`` script copied into ``venv``/bin, beside a
+    link to the installed interpreter: it loads walg from ``venv``'s own site-packages, which
+    the caller fills (or leaves without walg, as a broken upgrade does)."""
+    bindir = venv / "bin"
+    bindir.mkdir(parents=True)
+    script = bindir / "walg-daemon-client"
+    script.write_bytes(Path(walg_bin).with_name("walg-daemon-client").read_bytes())
+    script.chmod(0o755)
+    (bindir / "python3").symlink_to(Path(walg_bin).with_name("python3"))
+    return script
+
+
+def run_in(pgdata: Path, env: dict[str, str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as PostgreSQL runs its commands: through /bin/sh, in the data directory."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'"{argv[0]}" "$@"', "sh", *argv[1:]],
+        env=env,
+        cwd=pgdata,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )

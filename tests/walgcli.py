@@ -209,3 +209,22 @@ def normalized_dump(text: str) -> str:
     return "\n".join(
         line for line in text.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
     )
+
+
+def prefetched_after_fetch(
+    walg: WalgSetup, workdir: Path, name: str, wanted: Sequence[str], settle: float = 0.0
+) -> list[str]:
+    """``walg wal-fetch NAME`` into a fresh pg_wal under ``workdir``, three downloads at once;
+    waits (30 s at most) until each of ``wanted`` is prefetched, then ``settle`` seconds for
+    anything else to arrive, and returns the names prefetched."""
+    pg_wal = make_shared_dir(workdir / "prefetching" / "pg_wal", 0o700)
+    walg.run(
+        ["wal-fetch", name, str(pg_wal / "RECOVERYXLOG")], env={"WALG_DOWNLOAD_CONCURRENCY": "3"}
+    )
+    folders = pg_wal / ".wal-g" / "prefetch"
+    deadline = time.monotonic() + 30
+    while not all(any(folders.glob(f"*/{segment}")) for segment in wanted):
+        assert time.monotonic() < deadline, sorted(p.name for p in folders.rglob("*"))
+        time.sleep(0.05)
+    time.sleep(settle)
+    return sorted(p.name for p in folders.glob("*/0*"))

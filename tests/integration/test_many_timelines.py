@@ -17,14 +17,20 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
 from walg.core.lsn import Segment, parse_lsn
-from walgcli import WalgSetup, archive_now, normalized_dump, push_on_standby, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    normalized_dump,
+    prefetched_after_fetch,
+    push_on_standby,
+    restore_and_recover,
+)
 
 SEG = 16 << 20
 
@@ -121,18 +127,7 @@ def _prefetch_stays_on_timeline_2(walg: WalgSetup, workdir: Path, tl2_last: str)
     is timeline 2's, never the segments of the same numbers on timeline 3."""
     first = Segment(2, Segment.parse(tl2_last).segno - 2)
     after = [Segment(2, first.segno + i).name() for i in (1, 2)]
-    pg_wal = make_shared_dir(workdir / "prefetching" / "pg_wal", 0o700)
-    walg.run(
-        ["wal-fetch", first.name(), str(pg_wal / "RECOVERYXLOG")],
-        env={"WALG_DOWNLOAD_CONCURRENCY": "3"},
-    )
-    folders = pg_wal / ".wal-g" / "prefetch"
-    deadline = time.monotonic() + 30
-    while not all(any(folders.glob(f"*/{name}")) for name in after):
-        assert time.monotonic() < deadline, sorted(p.name for p in folders.rglob("*"))
-        time.sleep(0.05)
-    time.sleep(0.5)
-    prefetched = sorted(p.name for p in folders.glob("*/0*"))
+    prefetched = prefetched_after_fetch(walg, workdir, first.name(), after, settle=0.5)
     assert prefetched == after, prefetched
 
 

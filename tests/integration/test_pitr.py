@@ -18,8 +18,14 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
+from pgcluster import Cluster, CommandError, PgInstall
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    normalized_dump,
+    prefetched_after_fetch,
+    restore_and_recover,
+)
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
@@ -142,17 +148,7 @@ def _prefetch_crosses_onto_timeline_2(walg: WalgSetup, workdir: Path) -> None:
     segno = ((high << 32) | low) >> 24  # 16 MiB segments
     before = f"00000001{segno - 1 >> 8:08X}{segno - 1 & 0xFF:08X}"
     after = [f"00000002{n >> 8:08X}{n & 0xFF:08X}" for n in (segno, segno + 1)]
-    pg_wal = make_shared_dir(workdir / "prefetching" / "pg_wal", 0o700)
-    walg.run(
-        ["wal-fetch", before, str(pg_wal / "RECOVERYXLOG")],
-        env={"WALG_DOWNLOAD_CONCURRENCY": "3"},
-    )
-    folders = pg_wal / ".wal-g" / "prefetch"
-    deadline = time.monotonic() + 30
-    while not all(any(folders.glob(f"*/{name}")) for name in after):
-        assert time.monotonic() < deadline, sorted(p.name for p in folders.rglob("*"))
-        time.sleep(0.05)
-    prefetched = sorted(p.name for p in folders.glob("*/0*"))
+    prefetched = prefetched_after_fetch(walg, workdir, before, after)
     assert not [name for name in prefetched if name.startswith("00000001")], prefetched
 
 

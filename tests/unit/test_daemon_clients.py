@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from daemonenv import SEG, Client, Env
+from daemonenv import SEG, Client, Env, client_in_venv, run_in
 from fakewal import run_walg
 
 MISSING = "0000000100000000000000F0"
@@ -844,12 +844,7 @@ def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
     with 128 in archive recovery only. A standby given 128 stops (PostgreSQL takes it for a
     fatal signal) where 1 lets it retry and stream on. Before PostgreSQL 12 archive
     recovery is a recovery.conf without standby_mode on: the script exited 1 there."""
-    bindir = tmp_path / "venv" / "bin"
-    bindir.mkdir(parents=True)
-    script = bindir / "walg-daemon-client"
-    script.write_bytes(Path(walg_bin).with_name("walg-daemon-client").read_bytes())
-    script.chmod(0o755)
-    (bindir / "python3").symlink_to(Path(walg_bin).with_name("python3"))
+    script = client_in_venv(tmp_path / "venv", walg_bin)
     pgdata = tmp_path / "pgdata"
     (pgdata / "pg_wal").mkdir(parents=True)
     for name in signals:
@@ -859,15 +854,7 @@ def test_a_client_that_cannot_load_walg_exits_by_the_same_rule(
     env = {"PATH": os.environ.get("PATH", ""), "WALG_DAEMON_CLIENT_PYTHON": "1"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["/bin/sh", "-c", f'"{script}" "$@"', "sh", str(tmp_path / "sock"), *args],
-            env=env,
-            cwd=pgdata,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        return run_in(pgdata, env, [str(script), str(tmp_path / "sock"), *args])
 
     fetched = run("wal-fetch", SEG, "pg_wal/RECOVERYXLOG")
     assert "cannot load walg" in fetched.stderr

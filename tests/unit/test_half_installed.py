@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from daemonenv import client_in_venv, run_in
+
 NAME = "000000010000000000000003"
 
 
@@ -103,12 +105,7 @@ def test_a_daemon_client_truncated_by_an_upgrade_stops_archive_recovery(
     """The Python client script in a copy of the venv whose walg/daemon_client.py lost its
     tail: it exited 1 with a traceback, which ends archive recovery."""
     venv = tmp_path / "venv"
-    bindir = venv / "bin"
-    bindir.mkdir(parents=True)
-    script = bindir / "walg-daemon-client"
-    script.write_bytes(Path(walg_bin).with_name("walg-daemon-client").read_bytes())
-    script.chmod(0o755)
-    (bindir / "python3").symlink_to(Path(walg_bin).with_name("python3"))
+    script = client_in_venv(venv, walg_bin)
     installed = _site_packages(walg_bin)
     site = venv / installed.relative_to(Path(walg_bin).parent.parent)
     site.mkdir(parents=True)
@@ -118,15 +115,7 @@ def test_a_daemon_client_truncated_by_an_upgrade_stops_archive_recovery(
     env = {"PATH": os.environ.get("PATH", ""), "WALG_DAEMON_CLIENT_PYTHON": "1"}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["/bin/sh", "-c", f'"{script}" "$@"', "sh", str(tmp_path / "sock"), *args],
-            env=env,
-            cwd=pgdata,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        return run_in(pgdata, env, [str(script), str(tmp_path / "sock"), *args])
 
     fetched = run("wal-fetch", NAME, "pg_wal/RECOVERYXLOG")
     assert fetched.returncode == 128, fetched.stderr

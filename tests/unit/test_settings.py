@@ -529,6 +529,18 @@ def test_sentinel_user_data_in_a_file_that_contains_itself_is_a_config_error(
     assert len(warned) == 1 and warned[0].startswith("A in the config file")
 
 
+def _make_not_a_regular_file(path: Path, kind: str) -> None:
+    """A FIFO, a device (a link to /dev/zero) or a folder at ``path``."""
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+
+
 @pytest.mark.parametrize("how", ["--config", "WALG_CONFIG_PATH"])
 @pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
 def test_a_config_file_that_is_not_a_regular_file_is_refused_at_once(
@@ -541,12 +553,7 @@ def test_a_config_file_that_is_not_a_regular_file_is_refused_at_once(
     import sys
 
     path = tmp_path / "walg.json"
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "device":
-        path.symlink_to("/dev/zero")
-    else:
-        path.mkdir()
+    _make_not_a_regular_file(path, kind)
     environ = env(tmp_path, WALG_FILE_PREFIX="/b")
     if how == "WALG_CONFIG_PATH":
         environ["WALG_CONFIG_PATH"] = str(path)
@@ -987,12 +994,7 @@ def test_a_home_config_name_that_is_not_a_regular_file(tmp_path: Path, kind: str
     home = Path(environ["HOME"])
     (home / ".walg.yaml").write_text("WALG_FILE_PREFIX: /from/yaml\n")
     first = home / ".walg.json"
-    if kind == "fifo":
-        os.mkfifo(first)
-    elif kind == "device":
-        first.symlink_to("/dev/zero")
-    else:
-        first.mkdir()
+    _make_not_a_regular_file(first, kind)
     code = (
         "import json, sys; from walg.settings import load; from walg.errors import ConfigError\n"
         "try:\n"

@@ -824,10 +824,18 @@ def test_a_file_prefetched_before_the_system_started_is_not_served(tmp_path: Pat
     assert dest.read_bytes() == segment_bytes(NAME, 2222)
 
 
-def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
-    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("dated", ["before-boot", "an-hour-ahead", "75-years-ahead"])
+def test_wal_fetch_downloads_what_was_prefetched_before_boot_or_dated_ahead(
+    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dated: str
 ) -> None:
-    """The real command: the archived file is put in place, not the prefetched one."""
+    """The real command: the archived file is put in place, not the prefetched one (sound
+    first page, the rest zeros), when that was prefetched before the system started. Also
+    when it is dated after now: the boot-time rule compares the file's mtime with this boot's
+    start, both read from the wall clock, and a file prefetched unsynced by a system whose
+    clock was ahead (a VM's clock an hour fast, then a power loss and a reboot that set it
+    right, or an RTC kept in local time) is dated after the system started and was served, its
+    tail zeros PostgreSQL takes for the end of the WAL. A file dated after now cannot have been
+    written by this boot's clock as it stands (a step back of the clock costs a download)."""
     name = Segment(1, 2).name()
     store = tmp_path / "store"
     (store / "wal_005").mkdir(parents=True)
@@ -839,37 +847,9 @@ def test_wal_fetch_downloads_what_was_prefetched_before_the_system_started(
     root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
     root.mkdir(parents=True)
     (root / name).write_bytes(segment_bytes(name, 5))  # valid, but not what was archived
-    before = _before_boot()
-    os.utime(root / name, (before, before))
-    done = run_walg([walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"], env, pgdata)
-    assert done.returncode == 0, done.stderr
-    assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
-    assert not (root / name).exists()
-
-
-@pytest.mark.parametrize("ahead", [3600.0, 75 * 365 * 86400.0])
-def test_a_prefetched_file_dated_in_the_future_is_not_served(
-    walg_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: float
-) -> None:
-    """The boot-time rule compares a file's mtime with this boot's start, both read from the
-    wall clock: a file prefetched, unsynced, by a system whose clock was ahead (a VM's clock
-    an hour fast, then a power loss and a reboot that set it right, or an RTC kept in local
-    time) is dated after the system started and was served, its tail zeros PostgreSQL takes
-    for the end of the WAL. A file dated after now cannot have been written by this boot's
-    clock as it stands: it is downloaded instead (a step back of the clock costs a download)."""
-    name = Segment(1, 2).name()
-    store = tmp_path / "store"
-    (store / "wal_005").mkdir(parents=True)
-    archived = segment_bytes(name, 5, fill=b"\1")
-    (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(archived))
-    pgdata = _pgdata(tmp_path, 5)
-    env = walg_env(store, tmp_path, WALG_DOWNLOAD_CONCURRENCY="1")
-    monkeypatch.chdir(pgdata)
-    root = Path(prefetch_root(load(environ=env), "pg_wal/RECOVERYXLOG"))
-    root.mkdir(parents=True)
-    (root / name).write_bytes(segment_bytes(name, 5))  # first page sound, the rest zeros
-    later = time.time() + ahead
-    os.utime(root / name, (later, later))
+    ahead = {"an-hour-ahead": 3600.0, "75-years-ahead": 75 * 365 * 86400.0}
+    when = _before_boot() if dated == "before-boot" else time.time() + ahead[dated]
+    os.utime(root / name, (when, when))
     done = run_walg([walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"], env, pgdata)
     assert done.returncode == 0, done.stderr
     assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == archived
