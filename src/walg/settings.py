@@ -459,18 +459,15 @@ def flag_setting(flag: str) -> str | None:
     return name if _known_setting(name) else None
 
 
-def flag_look_alike(flag: str) -> str | None:
-    """The setting flag that ``flag``, one walg does not take, looks like a misspelling of."""
-    if not flag.startswith("--"):
-        return None
-    name = flag[2:].upper().replace("-", "_")
+def flag_look_alike(name: str) -> str | None:
+    """The setting with a flag whose name ``name`` (that of a flag walg does not take, upper
+    case, ``_`` for ``-``) looks like a misspelling of."""
     # The storage prefixes and libpq's settings too: --walg-file-prefix is the flag most set.
     prefixes = [f"WALG_{suffix}" for suffix, _ in STORAGE_PREFIX_KEYS]
     libpq = [k for k in (*LIBPQ_VARIABLES, "PGDATA") if k not in LIBPQ_ENVIRONMENT_ONLY]
     known = [*WALG_SETTINGS, *NOT_IMPLEMENTED, *WAL_G_STORAGE_FLAGS, *ENCRYPTION_KEYS]
     known = list(dict.fromkeys([*known, *prefixes, *libpq]))
-    close = _look_alike(name, [k for k in known if k not in _NO_FLAG])
-    return flag_name(close) if close else None
+    return _look_alike(name, [k for k in known if k not in _NO_FLAG])
 
 
 def split_setting_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -365,7 +365,7 @@ def _unrecognized(extras: list[str]) -> str:
     setting flag it looks like a misspelling of, and with the value of each flag that may hold
     a key or a password hidden (``--walg-libsodium-keyy=...``, ``--ssh-pasword ...``): the
     error goes to PostgreSQL's log under archive_command."""
-    from walg.settings import flag_look_alike, is_secret_setting
+    from walg.settings import flag_look_alike, flag_name, is_secret_setting
     from walg_destination import SECRET_WORDS
 
     shown: list[str] = []
@@ -378,18 +378,20 @@ def _unrecognized(extras: list[str]) -> str:
             continue
         flag, equals, _ = arg.partition("=")
         name = flag[2:].upper().replace("-", "_") if flag.startswith("--") else ""
-        close = flag_look_alike(flag) if name and flag not in _WAL_G_FLAGS_NOT_HAD else None
+        close = None
         if flag in _WAL_G_FLAGS_NOT_HAD:
             hints.append(f"{flag}: WAL-G's, for {_WAL_G_FLAGS_NOT_HAD[flag]}, not in walg yet")
-        elif close:
-            hints.append(f"{flag}: a misspelling of {close}?")
+        elif name:
+            close = flag_look_alike(name)
+            if close:
+                hints.append(f"{flag}: a misspelling of {flag_name(close)}?")
         # Wider than a setting's secrecy: a misspelt name (KEYY, TOKN) may hold one too, so
         # any name with a word that keeps a setting out of the destination key, or that looks
         # like a secret setting's (PASWORD).
         secret = bool(name) and (
             is_secret_setting(name)
             or any(w in name for w in SECRET_WORDS)
-            or (close is not None and is_secret_setting(close[2:].upper().replace("-", "_")))
+            or (close is not None and is_secret_setting(close))
         )
         if secret and equals:
             shown.append(f"{flag}=<hidden>")
