@@ -33,10 +33,15 @@ class CountingStorage(Storage):
         return self.inner.stat(key)
 
     def list(
-        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+        self,
+        prefix: str,
+        recursive: bool = True,
+        unlisted: list[str] | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[ObjectInfo]:
         self.listed.append(prefix)
-        return self.inner.list(prefix, recursive, unlisted)
+        return self.inner.list(prefix, recursive, unlisted, limit=limit)
 
     def delete(self, keys: Iterable[str]) -> None:
         self.inner.delete(keys)

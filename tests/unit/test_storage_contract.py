@@ -12,13 +12,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from walg.errors import ObjectNotFound, StorageError
 from walg.settings import load
-from walg.storage.base import Storage, check_key
+from walg.storage.base import ObjectInfo, Storage, check_key
 from walg.storage.file import (
     DIRECT_CHUNK,
     WRITEBACK_EVERY,
@@ -95,6 +96,21 @@ class TestStorageContract:
         with storage.open_read("big") as source:
             first = source.read(1 << 20)
             assert first == chunk
+
+    def test_list_with_a_limit_gives_at_most_that_many_of_the_listing(
+        self, storage: Storage
+    ) -> None:
+        populate(storage)
+        everything = keys(storage, "basebackups_005/")
+        for limit in (1, 2, len(everything), len(everything) + 5):
+            listed = [info.key for info in storage.list("basebackups_005/", limit=limit)]
+            assert len(listed) == min(limit, len(everything)), limit
+            assert len(set(listed)) == len(listed)
+            assert set(listed) <= set(everything)
+        assert storage.list("basebackups_005/", limit=0) == []
+        sentinels = storage.list("basebackups_005/", recursive=False, limit=1)
+        assert len(sentinels) == 1 and sentinels[0].key.endswith("_sentinel.json")
+        assert storage.list("nothing/", limit=1) == []
 
     def test_write_visible_only_after_clean_exit(self, storage: Storage) -> None:
         with storage.open_write("x/obj") as sink:
@@ -730,6 +746,55 @@ def test_file_list_memory_is_the_result_not_the_folder_twice(tmp_path: Path) -> 
         tracemalloc.stop()
     assert len(listed) == count
     assert peak / count < 600, f"{peak / count:.0f} bytes per object"
+
+
+def _many_wal_objects(root: Path, count: int) -> None:
+    wal = root / "wal_005"
+    wal.mkdir()
+    for n in range(count):
+        (wal / f"{n:024X}.lz4").touch()
+
+
+def _peak_bytes(call: Callable[[], object]) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def test_file_list_with_a_limit_stops_at_it(tmp_path: Path) -> None:
+    """A limited listing of a big folder holds what it returns, not the folder: the whole
+    listing of these 20,000 objects peaks at several MB."""
+    _many_wal_objects(tmp_path, 20_000)
+    storage = FileStorage(tmp_path)
+    storage.list("wal_005/0", limit=1)  # the imports of a first call are not the listing's
+    found: list[list[ObjectInfo]] = []
+    peak = _peak_bytes(lambda: found.append(storage.list("wal_005/", limit=1)))
+    assert len(found[0]) == 1
+    assert peak < 64 << 10, peak
+
+
+def test_the_archive_check_of_an_archive_without_backups_does_not_walk_its_wal(
+    tmp_path: Path,
+) -> None:
+    """The daemon's check whether storage can be the server's archive at all, after a fetch
+    found nothing, listed the whole WAL folder where there are no backups (73 MiB and 2.2 s at
+    200,000 objects). It needs one object to know the archive is not empty."""
+    from walg.ops.archive_check import archive_problem
+
+    _many_wal_objects(tmp_path, 20_000)
+    (tmp_path / "basebackups_005").mkdir()
+    storage = FileStorage(tmp_path)
+    assert archive_problem(storage, "0" * 23 + "9") is None  # the imports of a first call
+    answers: list[str | None] = []
+    peak = _peak_bytes(lambda: answers.append(archive_problem(storage, "0" * 23 + "9")))
+    assert answers == [None]
+    assert peak < 64 << 10, peak
 
 
 def test_a_relative_storage_folder_is_written_in_the_working_folder(

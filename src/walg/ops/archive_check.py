@@ -8,8 +8,8 @@ WAL went to: nothing stored at all, or no history file for the timeline the serv
 of (every timeline after the first starts by archiving one). It does not prove a prefix
 right: another cluster's archive on timeline 1 passes.
 
-It costs a listing of the backups' folder (one object per backup), and of the WAL folder only
-where there are no backups; the caller rate-limits it.
+It costs two listings that stop at the first object (of the backups' folder, and of the WAL
+folder where there are no backups), and at most one point lookup; the caller rate-limits it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def archive_problem(storage: Storage, asked: str) -> str | None:
     may well be the archive's end. Storage errors go to the caller; an entry that is not an
     object (a FIFO on local-folder storage) is no backup and no WAL, as for the listings."""
     odd: list[str] = []
-    if not storage.list(BASEBACKUPS, recursive=False, unlisted=odd) and not storage.list(
-        WAL, recursive=False, unlisted=odd
+    if not storage.list(BASEBACKUPS, recursive=False, unlisted=odd, limit=1) and not storage.list(
+        WAL, recursive=False, unlisted=odd, limit=1
     ):
         return f"{storage.location} holds no backups and no WAL at all"
     if is_segment_name(asked):

@@ -14,9 +14,11 @@ A backend MUST:
   entering if the key does not exist.
 * ``stat(key)``: return the object's size and modification time, or raise
   :class:`ObjectNotFound`; a point lookup, never a listing.
-* ``list(prefix, recursive=True)``: return every object whose key starts with ``prefix``
-  (``recursive=False``: only keys with no ``/`` after the prefix); a missing prefix is empty.
-  Order is unspecified.
+* ``list(prefix, recursive=True, limit=None)``: return every object whose key starts with
+  ``prefix`` (``recursive=False``: only keys with no ``/`` after the prefix); a missing prefix
+  is empty. Order is unspecified. With ``limit``, at most that many of them (which ones is
+  unspecified), and the backend stops listing once it has them: "is anything stored here?"
+  costs one request, not a walk of a folder of 10^5 objects.
 * ``delete(keys)``: remove the objects; keys that do not exist are ignored (idempotent).
 * ``remove_temporaries(prefix, older_than)`` (optional): remove what unfinished writes left
   behind under ``prefix`` (a folder: ``wal_005/``), temporary objects last written more than
@@ -54,9 +56,10 @@ if TYPE_CHECKING:
     from walg.streams.base import Sink, Source
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """An object in storage: its key, size and modification time."""
+    """An object in storage: its key, size and modification time. Slotted: a whole-archive
+    listing holds one per object (a fifth less memory than with a ``__dict__`` each)."""
 
     key: str
     size: int
@@ -82,10 +85,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list(
-        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+        self,
+        prefix: str,
+        recursive: bool = True,
+        unlisted: list[str] | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[ObjectInfo]:
-        """Every object under ``prefix``. An entry that is not an object (on a file system: a
-        FIFO, a socket, a device, a link to nothing) MUST fail the listing, unless
+        """Every object under ``prefix`` (at most ``limit`` of them). An entry that is not an
+        object (on a file system: a FIFO, a socket, a device, a link to nothing) MUST fail the
+        listing, unless
         ``unlisted`` is given: then it is left out and a line saying what it is is appended
         there, for a caller that can go on without it and warn."""
 

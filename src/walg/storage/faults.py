@@ -99,10 +99,15 @@ class FaultyStorage(Storage):
         return self._inner.stat(key)
 
     def list(
-        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+        self,
+        prefix: str,
+        recursive: bool = True,
+        unlisted: list[str] | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[ObjectInfo]:
         self._apply("list", prefix)
-        return self._inner.list(prefix, recursive, unlisted)
+        return self._inner.list(prefix, recursive, unlisted, limit=limit)
 
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)

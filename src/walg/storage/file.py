@@ -578,7 +578,12 @@ class FileStorage(Storage):
         return ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns))
 
     def list(
-        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+        self,
+        prefix: str,
+        recursive: bool = True,
+        unlisted: list[str] | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[ObjectInfo]:
         """Regular files are objects and folders are descended into (links to either are
         followed); any other entry whose name matches is a StorageError, as for ``stat``,
@@ -588,6 +593,8 @@ class FileStorage(Storage):
 
         start = os.path.join(self.root, folder) if folder else self.root
         out: list[ObjectInfo] = []
+        if limit is not None and limit < 1:
+            return out
         self._check_mounted(start)  # an unmounted volume's empty folder lists as empty
         try:
             top = os.scandir(start)
@@ -653,6 +660,8 @@ class FileStorage(Storage):
                     unlisted.append(str(_not_an_object(entry.path, st.st_mode)))
                     continue
                 out.append(ObjectInfo(key, st.st_size, GoTime(st.st_mtime_ns)))
+                if len(out) == limit:
+                    break
         finally:
             for _, entries, _ in stack:
                 entries.close()

@@ -61,14 +61,23 @@ class MemoryStorage(Storage):
         return ObjectInfo(key, len(item[0]), item[1])
 
     def list(
-        self, prefix: str, recursive: bool = True, unlisted: list[str] | None = None
+        self,
+        prefix: str,
+        recursive: bool = True,
+        unlisted: list[str] | None = None,
+        *,
+        limit: int | None = None,
     ) -> list[ObjectInfo]:
         with self._lock:
             items = list(self._objects.items())
-        out = []
+        out: list[ObjectInfo] = []
+        if limit is not None and limit < 1:
+            return out
         for key, (data, stamp) in items:
             if key.startswith(prefix) and (recursive or "/" not in key[len(prefix) :]):
                 out.append(ObjectInfo(key, len(data), stamp))
+                if len(out) == limit:
+                    break
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
