@@ -285,9 +285,20 @@ src_hash() {
             -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1
     )
 }
+# The installed modules' own hash is stamped too: a walg that pip replaced since (another
+# checkout's install into this venv, a downgrade) matches the sources' hash but is not them.
+installed_hash() {
+    local dir
+    dir=$("$VENV/bin/python" -c 'import os, walg; print(os.path.dirname(walg.__file__))' 2>/dev/null) ||
+        return 0
+    (
+        cd "$dir" && find . -type f -name '*.py' ! -path '*/__pycache__/*' -print0 |
+            LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1
+    )
+}
 STAMP=$VENV/.walg-source-hash
 want=$(src_hash)
-if [[ $(cat "$STAMP" 2>/dev/null) == "$want" ]] && "$VENV/bin/python" -c 'import walg' 2>/dev/null; then
+if [[ $(cat "$STAMP" 2>/dev/null) == "$want $(installed_hash)" ]]; then
     log "walg in $VENV is up to date"
 else
     log "installing walg[test] into $VENV"
@@ -314,7 +325,7 @@ else
         cat "$LOGDIR/pip.log" >&2
         die "pip install of $REPO[test] failed"
     fi
-    echo "$want" >"$STAMP"
+    echo "$want $(installed_hash)" >"$STAMP"
     CHANGED=1
     log "walg installed: $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("walg"))')"
 fi
