@@ -654,35 +654,43 @@ def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
 
 
 @pytest.mark.majors(13, 18)
+@pytest.mark.parametrize("conf", ["postgresql.conf", "conf.d/50-old-target.conf"])
 def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
-    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str, conf: str
 ) -> None:
     """WAL-G's recovery instructions put recovery_target_time in postgresql.conf, and after
     the point-in-time restore it stays there (ignored by a primary), in the data directory and
     in its later backups. Restored files only, with restore_command and recovery.signal added
     as those instructions say, such a backup stopped at the first commit after it became
     consistent (the old target lies before it) and promoted, without anything archived after
-    the backup, and without a word from walg: only postgresql.auto.conf was cleaned."""
+    the backup, and without a word from walg: only postgresql.auto.conf was cleaned. The same
+    held, after postgresql.conf was cleaned too, for a target in a file it includes."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
+    target = {
+        "recovery_target_time": "2020-01-01 00:00:00+00",
+        "recovery_target_action": "promote",
+    }
     src = Cluster.create(
         pg_install,
         pg_workdir / "src",
         conf={
             "archive_mode": "on",
             "archive_command": walg.command("wal-push", "%p"),
-            "recovery_target_time": "2020-01-01 00:00:00+00",
-            "recovery_target_action": "promote",
+            **(target if conf == "postgresql.conf" else {}),
         },
     )
+    if conf != "postgresql.conf":
+        (src.datadir / "conf.d").mkdir()
+        (src.datadir / conf).write_text("".join(f"{k} = '{v}'\n" for k, v in target.items()))
+        with (src.datadir / "postgresql.conf").open("a") as handle:
+            handle.write("include_dir 'conf.d'\n")
     src.start()
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     pushed = walg.run(["backup-push", str(src.datadir)], cluster=src)
     # As for one in postgresql.auto.conf: a standby cloned with pg_basebackup would stop
     # at it. backup-push said nothing of this one.
     warned = [line for line in pushed.stderr.splitlines() if line.startswith("WARNING")]
-    assert any("postgresql.conf sets recovery_target_time" in line for line in warned), (
-        pushed.stderr
-    )
+    assert any(f"{conf} sets recovery_target_time" in line for line in warned), pushed.stderr
     _mark(src, "a")
     _mark(src, "b")
     archive_now(src)

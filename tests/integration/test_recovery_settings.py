@@ -10,7 +10,12 @@ import pytest
 
 from pgcluster import Cluster, PgInstall
 from walg.errors import UsageError
-from walg.ops.recovery import RecoveryTarget, write_recovery_config
+from walg.ops.recovery import (
+    RecoveryTarget,
+    datadir_conf_files,
+    disable_inherited_targets,
+    write_recovery_config,
+)
 
 
 def _setting(cluster: Cluster, name: str) -> str:
@@ -82,6 +87,37 @@ def test_targets_left_in_postgresql_conf_do_not_apply(
     assert _setting(cluster, "recovery_target_time") == ""
     assert _setting(cluster, "recovery_target_name") == ""
     assert _setting(cluster, "recovery_target_action") == "promote"
+
+
+def test_targets_in_files_the_data_directory_includes_are_commented_out_there(
+    pg_install: PgInstall, pg_workdir: Path
+) -> None:
+    """A restore without recovery settings comments out the targets an earlier restore left
+    in the data directory's configuration: in files postgresql.conf includes too, or the
+    server stops at the old target. A file included from outside the data directory is the
+    restoring machine's own, maybe the operator's target for this restore: left as it is."""
+    cluster = Cluster.create(pg_install, pg_workdir / "data")
+    nested = cluster.datadir / "conf.d" / "old"
+    nested.mkdir(parents=True)
+    (cluster.datadir / "conf.d" / "recovery.conf").write_text(
+        "recovery_target_time = '2020-01-01 00:00:00+00'\ninclude 'old/more.conf'\n"
+    )
+    (nested / "more.conf").write_text("recovery_target_inclusive = off\n")
+    operator = pg_workdir / "operator.conf"
+    operator.write_text("recovery_target_action = 'shutdown'\n")
+    with (cluster.datadir / "postgresql.conf").open("a") as handle:
+        handle.write(f"include_dir 'conf.d'\ninclude '{operator}'\n")
+    assert _setting(cluster, "recovery_target_time") != ""
+    found = [
+        (conf, setting)
+        for conf in datadir_conf_files(cluster.datadir)
+        for setting in disable_inherited_targets(cluster.datadir, pg_install.major * 10000, conf)
+    ]
+    assert found == [("conf.d/recovery.conf", "recovery_target_time = '2020-01-01 00:00:00+00'")]
+    assert _setting(cluster, "recovery_target_time") == ""
+    assert _setting(cluster, "recovery_target_inclusive") == "on"
+    assert _setting(cluster, "recovery_target_action") == "shutdown"
+    assert "work_mem" in (cluster.datadir / "postgresql.conf").read_text()
 
 
 def test_postgres_reads_every_target_time_walg_accepts(

@@ -17,6 +17,7 @@ from walg.ops import catalog
 from walg.ops.recovery import (
     RecoveryTarget,
     active_targets,
+    datadir_conf_files,
     disable_inherited_targets,
     inherited_apply_delay,
 )
@@ -209,6 +210,44 @@ def test_a_files_only_restore_comments_out_inherited_targets(tmp_path: Path) -> 
     assert auto.stat().st_mtime_ns == before
     assert disable_inherited_targets(tmp_path / "nowhere", 160000) == []
     assert disable_inherited_targets(tmp_path, 110000) == []
+
+
+def test_the_data_directory_s_configuration_files_in_the_server_s_order(tmp_path: Path) -> None:
+    """postgresql.conf, what it includes in its place (include, include_if_exists,
+    include_dir's .conf files by name; relative to the including file), postgresql.auto.conf
+    last. Files outside the data directory, loops and FIFOs are passed over."""
+    import os
+
+    data = tmp_path / "data"
+    (data / "conf.d" / "deeper").mkdir(parents=True)
+    outside = tmp_path / "operator.conf"
+    outside.write_text("recovery_target_lsn = '0/5000000'\n")
+    (data / "postgresql.conf").write_text(
+        "work_mem = '4MB'\n"
+        "  INCLUDE_DIR = 'conf.d'  # comment\n"
+        f"include '{outside}'\n"
+        "include_if_exists 'missing.conf'\n"
+        "include first.conf\n"
+    )
+    (data / "first.conf").write_text("include 'postgresql.conf'\n")  # a loop
+    (data / "conf.d" / "20-b.conf").write_text("include 'deeper/x.conf'\n")
+    (data / "conf.d" / "10-a.conf").write_text("")
+    (data / "conf.d" / ".hidden.conf").write_text("")
+    (data / "conf.d" / "notes.txt").write_text("")
+    (data / "conf.d" / "deeper" / "x.conf").write_text("")
+    os.mkfifo(data / "conf.d" / "30-fifo.conf")
+    (data / "postgresql.auto.conf").write_text("")
+    assert datadir_conf_files(data) == [
+        "postgresql.conf",
+        "conf.d/10-a.conf",
+        "conf.d/20-b.conf",
+        "conf.d/deeper/x.conf",
+        "first.conf",
+        "postgresql.auto.conf",
+    ]
+    (data / "postgresql.conf").unlink()
+    assert datadir_conf_files(data) == ["postgresql.auto.conf"]
+    assert datadir_conf_files(tmp_path / "nowhere") == []
 
 
 def test_an_inherited_apply_delay_is_found_where_the_server_would_take_it(

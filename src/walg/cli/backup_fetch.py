@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(f"--restore-spec {args.restore_spec}: {exc}") from None
     from walg.ops import catalog
     from walg.ops.recovery import (
-        CONF_FILES,
+        datadir_conf_files,
         disable_archiving,
         disable_inherited_targets,
         inherited_apply_delay,
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         problem = default_timeline_problem(ctx.storage(), result.name)
         if problem is not None:
             log.warning("%s", problem)
-        for conf in CONF_FILES:
+        for conf in datadir_conf_files(dest):
             for setting in disable_inherited_targets(dest, pg_version, conf):
                 log.warning(
                     "%s of backup %s sets %s, left by an earlier point-in-time restore; "

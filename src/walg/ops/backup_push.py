@@ -352,15 +352,16 @@ def _clear_restore_prefetch(pgdata: str) -> None:
 
 def _warn_of_inherited_targets(pgdata: str) -> None:
     """Name a recovery target an earlier point-in-time restore left in postgresql.auto.conf,
-    or in the data directory's postgresql.conf (where WAL-G's instructions have it written).
+    or in the data directory's postgresql.conf (where WAL-G's instructions have it written)
+    or a file of the data directory it includes.
 
     PostgreSQL keeps it after promotion and ignores it on a primary; but a standby cloned
     from this server stops replicating there and promotes, and a restore of this backup that
     does not write its own recovery settings stops there (walg's backup-fetch comments it out).
     """
-    from walg.ops.recovery import CONF_FILES, active_targets
+    from walg.ops.recovery import active_targets, datadir_conf_files
 
-    for conf in CONF_FILES:
+    for conf in datadir_conf_files(pgdata):
         try:
             text = (Path(pgdata) / conf).read_bytes().decode("utf-8", "replace")
         except OSError:

@@ -320,6 +320,79 @@ def active_targets(text: str) -> list[str]:
 # setting of a name wins).
 CONF_FILES = ("postgresql.conf", "postgresql.auto.conf")
 
+# PostgreSQL's CONF_FILE_MAX_DEPTH: deeper nesting is an error to the server.
+_MAX_INCLUDE_DEPTH = 10
+
+
+def datadir_conf_files(dest: Path | str) -> list[str]:
+    """The configuration files of a data directory, relative to it, in the order the server
+    reads them: ``postgresql.conf`` with the files it includes (``include``,
+    ``include_if_exists``, ``include_dir``, as deep as the server goes) in their places,
+    then ``postgresql.auto.conf``.
+
+    Only files inside ``dest`` are named: they go with its backups (and its clones made with
+    pg_basebackup), like ``postgresql.conf``. A file included from elsewhere belongs to the
+    machine the server runs on: restored, it may well hold the operator's own settings for
+    this very restore.
+    """
+    root = os.path.realpath(dest)
+    out: list[str] = []
+
+    def inside(path: str) -> str | None:
+        real = os.path.realpath(path)
+        if real != root and real.startswith(root + os.sep):
+            return os.path.relpath(path, dest)
+        return None
+
+    def read(path: str, depth: int) -> None:
+        relative = inside(path)
+        if relative is None or relative in out or depth > _MAX_INCLUDE_DEPTH:
+            return
+        if not os.path.isfile(path):
+            return  # nothing, or a FIFO a blocking read would wait on for ever
+        try:
+            text = _read_conf(Path(path))
+        except OSError:
+            return  # the server fails on an unreadable include; its start says so
+        except IntegrityError:
+            text = ""  # named, for the reader that refuses it to say so
+        out.append(relative)
+        here = os.path.dirname(path)
+        for line in text.splitlines():
+            directive = _setting_name(line)
+            if directive not in ("include", "include_if_exists", "include_dir"):
+                continue
+            target = _directive_value(line[line.lower().index(directive) + len(directive) :])
+            if not target:
+                continue
+            target = os.path.join(here, target)  # an absolute one stays as it is
+            if directive != "include_dir":
+                read(target, depth + 1)
+                continue
+            try:
+                names = sorted(
+                    n for n in os.listdir(target) if n.endswith(".conf") and not n.startswith(".")
+                )
+            except OSError:
+                continue
+            for name in names:
+                read(os.path.join(target, name), depth + 1)
+
+    read(os.path.join(dest, CONF_FILES[0]), 0)
+    if os.path.isfile(os.path.join(dest, CONF_FILES[1])):
+        out.append(CONF_FILES[1])
+    return out
+
+
+def _directive_value(rest: str) -> str:
+    """The file name after an include directive's name: ``'file'``, ``= 'file'`` or bare."""
+    rest = rest.strip()
+    if rest.startswith("="):
+        rest = rest[1:].strip()
+    if rest.startswith("'"):
+        return _setting_value("=" + rest)
+    return rest.split("#", 1)[0].strip()
+
 
 def disable_inherited_targets(
     dest: Path, pg_version: int, file_name: str = "postgresql.auto.conf"
@@ -372,10 +445,9 @@ def inherited_apply_delay(dest: Path, pg_version: int) -> str | None:
 
 def _configured(dest: Path, parameter: str) -> str | None:
     """The value a restored data directory's own configuration gives ``parameter``
-    (``postgresql.conf``, then ``postgresql.auto.conf``; the last line wins; files they
-    include are not read), unquoted; None where neither sets it."""
+    (:func:`datadir_conf_files`; the last line wins), unquoted; None where none sets it."""
     value = None
-    for name in CONF_FILES:
+    for name in datadir_conf_files(dest):
         try:
             text = _read_conf(dest / name)
         except FileNotFoundError:
@@ -392,8 +464,8 @@ _ARCHIVING = ("on", "always", "true", "yes", "1")
 
 def inherited_archiving(dest: Path) -> str | None:
     """The ``archive_mode`` a restored data directory's own configuration turns archiving on
-    with (``postgresql.conf``, then ``postgresql.auto.conf``; the last line wins; files they
-    include are not read), as ``name = value`` for a message; None when it is off or unset.
+    with (:func:`datadir_conf_files`; the last line wins), as ``name = value`` for a
+    message; None when it is off or unset.
 
     Promoted, a restored server archives its new timeline wherever that configuration's
     archive_command says: for a test copy, the original's storage, whose later restores with
