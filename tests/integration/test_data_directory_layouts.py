@@ -333,6 +333,37 @@ def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
     restored.stop()
 
 
+def test_a_configuration_file_under_a_name_the_server_keeps_at_the_top_is_restored(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """walg dropped every file named recovery.conf, postmaster.pid, standby.signal... at any
+    depth, as WAL-G does; an operator's conf.d/recovery.conf, included from postgresql.conf,
+    was missing from the restore, and the restored server could not start."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    )
+    (src.datadir / "conf.d").mkdir()
+    (src.datadir / "conf.d" / "recovery.conf").write_text("work_mem = '7MB'\n")
+    with (src.datadir / "postgresql.conf").open("a") as handle:
+        handle.write("include 'conf.d/recovery.conf'\n")
+    src.start()
+    assert src.psql("SHOW work_mem") == "7MB"
+    _fill(src)
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+
+    restored = restore_and_recover(pg_install, pg_workdir, walg)
+    assert (restored.datadir / "conf.d" / "recovery.conf").read_text() == "work_mem = '7MB'\n"
+    assert restored.psql("SHOW work_mem") == "7MB"
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    restored.stop()
+
+
 @pytest.mark.parametrize("encoding", ["SQL_ASCII", "UTF8"])
 def test_cluster_with_a_tablespace_path_that_is_not_utf8(
     pg_workdir: Path, walg_bin: str, encoding: str

@@ -260,10 +260,14 @@ KEPT_FILES = [
 ]  # fmt: skip
 
 
-def test_excluded_names_are_dropped_at_any_depth_and_nothing_else_is(tmp_path: Path) -> None:
+def test_excluded_names_are_dropped_where_the_server_keeps_them_and_nothing_else_is(
+    tmp_path: Path,
+) -> None:
     """An excluded folder stays as an empty folder (PostgreSQL needs pg_wal, pg_notify... to
-    exist), an excluded file is dropped, at the top and deeper (pgsql_tmp in a tablespace's
-    database folder); every other file is archived."""
+    exist), at the top and deeper (pgsql_tmp in a tablespace's database folder); an excluded
+    file is dropped at the top only, where the server keeps it: deeper, a file of that name
+    is the operator's (conf.d/recovery.conf, included from postgresql.conf), and WAL-G's
+    dropping it there lost it from the restore. Every other file is archived."""
     pgdata = make_pgdata(tmp_path)
     for parent in ("", "base/1/"):
         for name in EXCLUDED_DIRS:
@@ -279,8 +283,9 @@ def test_excluded_names_are_dropped_at_any_depth_and_nothing_else_is(tmp_path: P
         for name in EXCLUDED_DIRS:
             assert f"{parent}{name}" in dirs, name
             assert f"{parent}{name}/inside" not in files, name
-        for name in EXCLUDED_FILES:
-            assert f"{parent}{name}" not in files | dirs, name
+    for name in EXCLUDED_FILES:
+        assert f"/{name}" not in files | dirs, name
+        assert f"/base/1/{name}" in files, name
     for rel in KEPT_FILES:
         assert f"/{rel}" in files, rel
     assert not walk.skipped

@@ -1,9 +1,12 @@
 """Walking a data directory the way WAL-G does.
 
 Yields one :class:`Entry` per tar member: the root directory ``/``, every directory and regular
-file, with member names relative to PGDATA and a leading ``/``. Names in
-:data:`EXCLUDED_NAMES` are matched against the basename at any depth: an excluded directory is
-kept as an empty directory member, an excluded file is dropped; a top-level ``pg_wal`` (or
+file, with member names relative to PGDATA and a leading ``/``. A directory named in
+:data:`EXCLUDED_NAMES` is kept as an empty directory member at any depth (``pgsql_tmp`` in a
+database's folder), as in WAL-G; a file so named is dropped at the top of PGDATA only, where
+the server keeps it (``postmaster.pid``, ``recovery.conf``). WAL-G drops it at any depth: an
+operator's ``conf.d/recovery.conf``, included from ``postgresql.conf``, was missing from the
+restore, its settings gone or the server unable to start. A top-level ``pg_wal`` (or
 ``pg_xlog``) that is a symbolic link to a directory is kept as an empty directory member too.
 ``pg_tblspc/<oid>`` links are followed and their targets walked under ``/pg_tblspc/<oid>/…``;
 the links themselves are not members but are returned as the tablespace spec.
@@ -154,7 +157,7 @@ def _walk_dir(path: str, member_dir: str, result: Walk) -> None:
         except FileNotFoundError:
             continue
         result.total_size += st.st_size
-        if name in EXCLUDED_NAMES:
+        if name in EXCLUDED_NAMES and (member_dir == "" or stat.S_ISDIR(st.st_mode)):
             if stat.S_ISDIR(st.st_mode):
                 result.entries.append(_entry(member, child_path, st, KIND_DIR))
             elif member in WAL_DIR_MEMBERS and stat.S_ISLNK(st.st_mode):
