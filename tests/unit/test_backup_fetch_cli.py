@@ -139,3 +139,32 @@ def test_latest_with_a_name_or_xid_target_says_which_backup_and_what_if_the_targ
     named = store.parent / "named"
     assert main(["backup-fetch", str(named), NAME, *options]) == 0
     assert "name an older backup" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "walg --config '/srv/50% full/walg.json' wal-fetch %f %p",
+        "walg --config /srv/walg%.json wal-fetch %f %p",
+        "walg wal-fetch %f %p 100%",
+        "walg wal-fetch %F %p",
+    ],
+)
+def test_a_percent_sign_postgresql_would_refuse_is_refused_before_anything_is_restored(
+    store: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """PostgreSQL 16 and later refuse to start recovery on a restore_command with a '%' that
+    is no placeholder (FATAL: String contains unexpected placeholder); 13 to 15 pass it on.
+    backup-fetch wrote such a command and exited 0, and the restored server would not start."""
+    dest = store.parent / "restore"
+    assert main(["backup-fetch", str(dest), "LATEST", "--restore-command", command]) == 2
+    err = capsys.readouterr().err
+    assert "%%" in err and "--restore-command" in err
+    assert not dest.exists()
+
+
+def test_doubled_percent_signs_and_every_placeholder_are_written_as_given(store: Path) -> None:
+    dest = store.parent / "restore"
+    command = "walg --config /srv/50%%full/walg.json wal-fetch %f %p # %r"
+    assert main(["backup-fetch", str(dest), "LATEST", "--restore-command", command]) == 0
+    assert auto_conf_settings(dest)["restore_command"] == command

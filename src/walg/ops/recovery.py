@@ -48,6 +48,7 @@ class RecoveryTarget:
             "--target-timeline": self.timeline,
         }
         refuse_empty(named)
+        check_placeholders(self.restore_command)
         targets = [t for t in (self.time, self.lsn, self.name, self.xid) if t]
         if len(targets) > 1:
             raise UsageError(
@@ -170,6 +171,30 @@ RECOVERY_KEYS = frozenset(
     )
 )
 DISABLED_PREFIX = "# disabled by walg backup-fetch: "
+
+
+# The placeholders PostgreSQL replaces in restore_command (%r: the last restart point's file).
+RESTORE_PLACEHOLDERS = "fpr%"
+
+
+def check_placeholders(command: str) -> None:
+    """Refuse a ``%`` that is no placeholder of restore_command.
+
+    PostgreSQL 16 and later refuse to start recovery on one ("String contains unexpected
+    placeholder"), found only when the restored server starts; 13 to 15 pass it on as it is.
+    A ``%%`` is one ``%`` to every major, so that is what a path or a word needs.
+    """
+    at = 0
+    while (at := command.find("%", at)) >= 0:
+        following = command[at + 1 : at + 2]
+        if not following or following not in RESTORE_PLACEHOLDERS:
+            shown = f"'%{following}'" if following else "a '%' at its end"
+            raise UsageError(
+                f"--restore-command {command!r} has {shown}, which is no placeholder "
+                "(%f, %p, %r): PostgreSQL 16 and later refuse to start recovery with it; "
+                "write a '%' that is part of a path or a word as '%%'"
+            )
+        at += 2
 
 
 def refuse_empty(options: Mapping[str, str | None]) -> None:
