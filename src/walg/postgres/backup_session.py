@@ -281,7 +281,7 @@ class BackupSession:
             ) from None
         except psycopg.Error as exc:
             message = first_line(exc)
-            if "promoted" in message:
+            if self._promoted():
                 raise PostgresError(
                     "the standby was promoted while the backup was running: "
                     f"the backup is not usable ({message})"
@@ -318,6 +318,17 @@ class BackupSession:
             " FROM pg_stat_archiver",
         )
         return ArchiverStatus(int(row[0]), row[1], row[2] or "", row[3], row[4] or "", bool(row[5]))
+
+    def _promoted(self) -> bool:
+        """Was this standby's backup ended by a promotion? Asked of the server's state, not
+        read from its error, whose words follow its ``lc_messages``."""
+        if not self._info.in_recovery:
+            return False
+        try:
+            (in_recovery,) = query_one(self._conn, "SELECT pg_is_in_recovery()")
+        except PostgresError:
+            return False  # the connection went with the error: the server's words stand
+        return not in_recovery
 
     def _standby_stop_timeline(self, label_file: str) -> int:
         """The timeline a standby's backup ends on; fails if it was promoted meanwhile.

@@ -1,0 +1,91 @@
+"""walg against servers that answer in another language (``lc_messages``).
+
+A server's messages follow its ``lc_messages``, which a DBA may set to the team's language;
+walg must tell what happened from what the server does, never from its English words.
+PostgreSQL 15 from Debian carries the server's translations (``/usr/share/locale``); the
+German locale they need is compiled here into a folder of the test's own (``LOCPATH``), as
+the machine may have none but C.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, PgInstall, make_shared_dir
+from walgcli import WalgSetup
+
+GERMAN = "de_DE.UTF-8"
+
+
+def _german_locales(workdir: Path) -> Path:
+    """A LOCPATH folder holding de_DE.UTF-8, or a skip where it cannot be made."""
+    if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales/de_DE").exists():
+        pytest.skip("no localedef or no de_DE locale source to build the server's locale from")
+    folder = make_shared_dir(workdir / "locales", 0o755)
+    made = subprocess.run(
+        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(folder / GERMAN)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if not (folder / GERMAN).is_dir():
+        pytest.skip(f"localedef could not build {GERMAN}: {made.stderr.strip()}")
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def test_a_standby_promoted_during_its_backup_is_named_as_such_in_another_language(
+    pg_workdir: Path, walg_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """walg told a promotion during a standby's backup by the word "promoted" in the
+    server's error: with lc_messages = 'de_DE.UTF-8' the operator got only "stopping the
+    backup failed" and the server's German, not that the backup was unusable and why."""
+    install = PgInstall.load(15)
+    # The servers read LOCPATH from the environment they start in (the test's).
+    monkeypatch.setenv("LOCPATH", str(_german_locales(pg_workdir)))
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    primary = Cluster.create(
+        install,
+        pg_workdir / "primary",
+        conf={
+            "archive_mode": "on",
+            "archive_command": walg.command("wal-push", "%p"),
+            "lc_messages": GERMAN,
+        },
+    )
+    primary.start()
+    assert primary.psql("SHOW lc_messages") == GERMAN
+    # The server really answers in German: walg's English words will not be in it.
+    german = primary.run([install.tool("psql"), "-X", "-c", "SELECT 1/0"], check=False)
+    assert "Division durch Null" in german.stderr, german.stderr
+    primary.pgbench(["-i", "-s", "2", "-q"])
+    standby = primary.make_standby(pg_workdir / "standby")
+    assert standby.psql("SHOW lc_messages") == GERMAN
+    # Hold the backup just before pg_control is written, long enough to promote the standby.
+    faults = json.dumps([{"op": "write", "key": "pg_control\\.tar", "delay": 6}])
+    proc = walg.popen(
+        ["backup-push", str(standby.datadir)],
+        cluster=standby,
+        env={"WALG_FAULT_INJECTION": faults},
+    )
+    deadline = time.monotonic() + 60
+    while not list(walg.store.rglob("part_*.tar.lz4")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "backup-push never wrote a partition"
+        time.sleep(0.05)
+    standby.promote()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "the standby was promoted while the backup was running" in stderr, stderr
+    assert "the backup is not usable" in stderr, stderr
+    assert not list(walg.store.rglob("*_backup_stop_sentinel.json")), "no backup may be listed"
+    standby.stop()
+    primary.stop()
