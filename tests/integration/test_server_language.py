@@ -1,15 +1,17 @@
-"""walg against servers that answer in another language (``lc_messages``).
+"""walg in other languages and locales: servers that answer in another language
+(``lc_messages``), and walg run under a locale whose encoding is not UTF-8.
 
 A server's messages follow its ``lc_messages``, which a DBA may set to the team's language;
 walg must tell what happened from what the server does, never from its English words.
-PostgreSQL 15 from Debian carries the server's translations (``/usr/share/locale``); the
-German locale they need is compiled here into a folder of the test's own (``LOCPATH``), as
-the machine may have none but C.
+PostgreSQL 15 from Debian carries the server's translations (``/usr/share/locale``). The
+locales needed are compiled here into a folder of the test's own (``LOCPATH``), as the machine
+may have none but C.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -18,25 +20,27 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup
+from walgcli import WalgSetup, archive_now, restore_and_recover
 
 GERMAN = "de_DE.UTF-8"
+LATIN1 = "de_DE.ISO-8859-1"
 
 
-def _german_locales(workdir: Path) -> Path:
-    """A LOCPATH folder holding de_DE.UTF-8, or a skip where it cannot be made."""
+def _german_locales(workdir: Path, name: str = GERMAN) -> Path:
+    """A LOCPATH folder holding the German locale ``name``, or a skip where it cannot be
+    made."""
     if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales/de_DE").exists():
-        pytest.skip("no localedef or no de_DE locale source to build the server's locale from")
+        pytest.skip("no localedef or no de_DE locale source to build the locale from")
     folder = make_shared_dir(workdir / "locales", 0o755)
     made = subprocess.run(
-        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(folder / GERMAN)],
+        ["localedef", "-i", "de_DE", "-f", name.split(".")[1], str(folder / name)],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    if not (folder / GERMAN).is_dir():
-        pytest.skip(f"localedef could not build {GERMAN}: {made.stderr.strip()}")
+    if not (folder / name).is_dir():
+        pytest.skip(f"localedef could not build {name}: {made.stderr.strip()}")
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return folder
@@ -89,3 +93,47 @@ def test_a_standby_promoted_during_its_backup_is_named_as_such_in_another_langua
     assert not list(walg.store.rglob("*_backup_stop_sentinel.json")), "no backup may be listed"
     standby.stop()
     primary.stop()
+
+
+def test_walg_under_a_latin1_locale_keeps_file_names_and_user_data_as_they_are(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """Under a locale whose encoding is not UTF-8 (a cron job's de_DE.ISO-8859-1) Python
+    reads file names in that encoding: walg stored a data directory's file named in UTF-8
+    under other bytes, restored elsewhere under another name."""
+    install = PgInstall.load(16)
+    latin1 = {"LOCPATH": str(_german_locales(pg_workdir, LATIN1)), "LC_ALL": LATIN1}
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    names = [b"caf\xc3\xa9 \xe2\x9c\x93.txt", b"raw \xe9\xff.txt"]
+    for name in names:
+        path = os.path.join(os.fsencode(src.datadir), name)
+        with open(path, "wb") as handle:
+            handle.write(name)
+        os.chown(path, src.datadir.stat().st_uid, src.datadir.stat().st_gid)
+    src.start()
+    src.psql("CREATE TABLE kept AS SELECT i, 'é ✓ ' || i AS v FROM generate_series(1, 1000) i")
+    user_data = {"note": "café ✓ \u0007"}
+    walg.run(
+        ["backup-push", str(src.datadir), "--add-user-data", json.dumps(user_data)],
+        cluster=src,
+        env=latin1,
+    )
+    listed = json.loads(walg.run(["backup-list", "--json", "--detail"], env=latin1).stdout)
+    assert [b["user_data"] for b in listed] == [user_data]
+    archive_now(src)
+    expected = src.psql("SELECT md5(string_agg(v, ',' ORDER BY i)) FROM kept")
+    src.stop()
+
+    restored = restore_and_recover(install, pg_workdir, walg)  # in the test's UTF-8 locale
+    on_disk = os.listdir(os.fsencode(restored.datadir))
+    for name in names:
+        assert name in on_disk, sorted(n for n in on_disk if n.endswith(b".txt"))
+        with open(os.path.join(os.fsencode(restored.datadir), name), "rb") as handle:
+            assert handle.read() == name
+    assert restored.psql("SELECT md5(string_agg(v, ',' ORDER BY i)) FROM kept") == expected
+    restored.stop()

@@ -75,7 +75,8 @@ class Context:
         (a pipe: anyone can read a command line, only its owner a pipe)."""
         import subprocess
 
-        argv = [sys.executable, "-m", "walg.cli"]
+        # In UTF-8 mode, as bin/walg runs: file names as bytes whatever the locale.
+        argv = [sys.executable, "-X", "utf8", "-m", "walg.cli"]
         if self.settings.config_file:
             argv += ["--config", self.settings.config_file]
         child = subprocess.Popen(
