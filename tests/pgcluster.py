@@ -563,7 +563,7 @@ class Cluster:
     def _configured(cls, install: PgInstall, path: Path, port: int | None) -> Cluster:
         sock = path.with_name(path.name + ".sock")
         # sun_path holds 107 bytes: "<dir>/.s.PGSQL.<port>.lock" must fit.
-        if len(str(sock).encode()) > 80:
+        if len(os.fsencode(sock)) > 80:
             sock = Path(tempfile.mkdtemp(prefix="walgsock-", dir="/tmp"))
             with _lock:
                 _socket_dirs.add(sock)
@@ -643,7 +643,8 @@ class Cluster:
     def postmaster_pid(self) -> int | None:
         """PID from postmaster.pid if that process exists, else None."""
         try:
-            first = (self.datadir / "postmaster.pid").read_text().split("\n", 1)[0]
+            # Bytes: its second line is the data directory's path, which may not be UTF-8.
+            first = (self.datadir / "postmaster.pid").read_bytes().split(b"\n", 1)[0]
             pid = int(first.strip())
         except (OSError, ValueError):
             return None
