@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, restore_and_recover
+from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
 
 GERMAN = "de_DE.UTF-8"
 LATIN1 = "de_DE.ISO-8859-1"
@@ -95,14 +95,18 @@ def test_a_standby_promoted_during_its_backup_is_named_as_such_in_another_langua
     primary.stop()
 
 
+@pytest.mark.parametrize("locale", ["C", LATIN1])
 def test_walg_under_a_latin1_locale_keeps_file_names_and_user_data_as_they_are(
-    pg_workdir: Path, walg_bin: str
+    pg_workdir: Path, walg_bin: str, locale: str
 ) -> None:
     """Under a locale whose encoding is not UTF-8 (a cron job's de_DE.ISO-8859-1) Python
-    reads file names in that encoding: walg stored a data directory's file named in UTF-8
-    under other bytes, restored elsewhere under another name."""
+    read file names in that encoding: walg stored a data directory's file named in UTF-8
+    under other bytes, restored elsewhere under another name. LC_ALL=C (ASCII) must keep
+    them too."""
     install = PgInstall.load(16)
-    latin1 = {"LOCPATH": str(_german_locales(pg_workdir, LATIN1)), "LC_ALL": LATIN1}
+    latin1 = {"LC_ALL": locale, "LANG": locale}
+    if locale != "C":
+        latin1["LOCPATH"] = str(_german_locales(pg_workdir, locale))
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = Cluster.create(
         install,
@@ -136,4 +140,53 @@ def test_walg_under_a_latin1_locale_keeps_file_names_and_user_data_as_they_are(
         with open(os.path.join(os.fsencode(restored.datadir), name), "rb") as handle:
             assert handle.read() == name
     assert restored.psql("SELECT md5(string_agg(v, ',' ORDER BY i)) FROM kept") == expected
+    restored.stop()
+
+
+def test_a_german_speaking_server_is_backed_up_and_restored_to_a_restore_point(
+    pg_workdir: Path, walg_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing walg does on its way through a backup and a point-in-time restore may hang
+    on the server's English; both servers here speak German."""
+    install = PgInstall.load(15)
+    monkeypatch.setenv("LOCPATH", str(_german_locales(pg_workdir)))
+    walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="60s")
+    src = Cluster.create(
+        install,
+        pg_workdir / "src",
+        conf={
+            "archive_mode": "on",
+            "archive_command": walg.command("wal-push", "%p"),
+            "lc_messages": GERMAN,
+        },
+    )
+    src.start()
+    src.psql("CREATE TABLE kept AS SELECT i, 'ä ' || i AS v FROM generate_series(1, 5000) i")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO kept VALUES (5001, 'vorher')")
+    src.psql("SELECT pg_create_restore_point('punkt')")
+    expected = normalized_dump(src.pg_dumpall())
+    src.psql("INSERT INTO kept VALUES (5002, 'nachher')")
+    archive_now(src)
+    src.stop()
+
+    dest = pg_workdir / "restored"
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+            "--target-name",
+            "punkt",
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert restored.psql("SHOW lc_messages") == GERMAN
+    assert normalized_dump(restored.pg_dumpall()) == expected
+    assert restored.psql("SELECT max(i) FROM kept") == "5001"
     restored.stop()
