@@ -78,7 +78,7 @@ def test_odd_paths_and_names_round_trip(
     ts = make_shared_dir(pg_workdir / TS / "ts", 0o700)
     src.start()
     src.psql(f"CREATE TABLESPACE odd_ts LOCATION {_literal(str(ts))}")
-    src.psql(f"CREATE ROLE {_ident(ROLE)} LOGIN")
+    src.psql(f"CREATE ROLE {_ident(ROLE)} LOGIN SUPERUSER")
     src.psql(f"CREATE DATABASE {_ident(DB)} OWNER {_ident(ROLE)} TABLESPACE odd_ts")
     src.psql(
         f"CREATE SCHEMA {_ident(SCHEMA)};"
@@ -88,8 +88,11 @@ def test_odd_paths_and_names_round_trip(
         dbname=DB,
     )
     user_data = {"note": "café \u0007 bell\nline 'q' \"d\" \\ ✓", "n": 1}
+    # Connected as a role, to a database, under such names.
     walg.run(
-        ["backup-push", str(src.datadir), "--add-user-data", json.dumps(user_data)], cluster=src
+        ["backup-push", str(src.datadir), "--add-user-data", json.dumps(user_data)],
+        cluster=src,
+        env={"PGUSER": ROLE, "PGDATABASE": DB, "PGAPPNAME": "app 'é' %"},
     )
 
     # backup-list keeps the user data exact, and its JSON stays JSON.
@@ -186,6 +189,7 @@ def test_odd_paths_through_the_daemon_and_its_client(
         return f"{env} {_for_server(client, str(socket))} {' '.join(args)}"
 
     pushing = make_shared_dir(odd / "p é", 0o700) / "s"
+    ts = make_shared_dir(pg_workdir / TS, 0o700)  # restored where it was
     src = Cluster.create(
         pg_install,
         odd / f"data {ODD}",
@@ -194,7 +198,11 @@ def test_odd_paths_through_the_daemon_and_its_client(
     daemon = start_daemon(walg, pushing, src.datadir)
     try:
         src.start()
-        src.psql("CREATE TABLE t AS SELECT i, 'é ' || i AS v FROM generate_series(1, 5000) i")
+        src.psql(f"CREATE TABLESPACE {_ident(ROLE)} LOCATION {_literal(str(ts))}")
+        src.psql(
+            f"CREATE TABLE t TABLESPACE {_ident(ROLE)}"
+            " AS SELECT i, 'é ' || i AS v FROM generate_series(1, 5000) i"
+        )
         user_data = "tab\tbell\u0007 é ✓ 'q' \"d\""  # not JSON: kept as text
         walg.run(
             ["backup-push", str(src.datadir)],
@@ -213,6 +221,7 @@ def test_odd_paths_through_the_daemon_and_its_client(
         src.stop()
     finally:
         stop_daemon(daemon)
+    shutil.rmtree(ts)  # a new host: restored at the location the backup names
 
     dest = odd / f"dest {ODD} %f"
     fetching = make_shared_dir(odd / "f é", 0o700) / "s"
@@ -229,6 +238,7 @@ def test_odd_paths_through_the_daemon_and_its_client(
         restored.wait_ready(timeout=300)
         restored.wait_for_recovery_end(timeout=300)
         assert normalized_dump(restored.pg_dumpall()) == expected
+        assert restored.tablespaces() == {ROLE: str(ts)}
         restored.stop()
     finally:
         log = stop_daemon(daemon)
