@@ -190,3 +190,35 @@ def test_a_german_speaking_server_is_backed_up_and_restored_to_a_restore_point(
     assert normalized_dump(restored.pg_dumpall()) == expected
     assert restored.psql("SELECT max(i) FROM kept") == "5001"
     restored.stop()
+
+
+def test_a_latin1_cluster_in_folders_named_in_utf8_is_backed_up_and_restored(
+    pg_workdir: Path, walg_bin: str
+) -> None:
+    """psycopg read a LATIN1 server's data_directory in that encoding: a cluster at
+    /…/café src (UTF-8 on disk) was refused as "not the data directory of the server walg
+    connected to (/…/cafÃ© src)", exit 2, so it could not be backed up at all."""
+    install = PgInstall.load(16)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        install,
+        pg_workdir / "café src",
+        initdb_args=["--encoding=LATIN1", "--locale=C"],
+        use_template=False,
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    ts = make_shared_dir(pg_workdir / "tš é", 0o700)
+    src.start()
+    assert src.psql("SHOW server_encoding") == "LATIN1"
+    src.psql(f"CREATE TABLESPACE t LOCATION '{ts}'")
+    src.psql("CREATE TABLE kept TABLESPACE t AS SELECT i FROM generate_series(1, 1000) i")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    archive_now(src)
+    src.stop()
+    shutil.rmtree(ts)  # the restore puts it back where the tablespace map says
+
+    restored = restore_and_recover(install, pg_workdir, walg)
+    [link] = (restored.datadir / "pg_tblspc").iterdir()
+    assert os.readlink(link) == str(ts)
+    assert restored.psql("SELECT count(*) FROM kept") == "1000"
+    restored.stop()

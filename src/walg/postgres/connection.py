@@ -14,7 +14,10 @@ connection fail rather than being dropped, since it may be a security setting.
 Text comes back as str whatever the client encoding: with SQL_ASCII (the encoding of clusters
 made by ``initdb`` under ``LANG=C``) psycopg would return bytes, so walg decodes them as UTF-8
 with surrogateescape, as Python decodes file names (a path that is not UTF-8 compares equal).
-The same for UTF8, where the server still hands over paths as bytes that need not be UTF-8.
+The same for every other encoding, where the server still hands over paths as the file system
+has them: psycopg would read a LATIN1 cluster's ``/srv/café`` (UTF-8 on disk) as
+``/srv/cafÃ©``. Names (a database's) in such an encoding then read as their bytes, which only
+messages show.
 """
 
 from __future__ import annotations
@@ -118,10 +121,9 @@ def connect(pg: PgConnection, answer_timeout: float, limit_name: str) -> Connect
         raise PostgresError(
             f"cannot connect to PostgreSQL at {_where(pg)}: {first_line(exc)}"
         ) from None
-    # SQL_ASCII: psycopg's text loaders return bytes. UTF8: the server passes paths (a data
-    # directory, a tablespace location) as the file system has them, which need not be UTF-8.
-    if conn.info.encoding in ("ascii", "utf-8"):
-        _load_text_as_str(conn)
+    # SQL_ASCII: psycopg's text loaders return bytes. Any encoding: the server passes paths
+    # (a data directory, a tablespace location) as the file system has them, unconverted.
+    _load_text_as_str(conn)
     return Connection(conn, answer_timeout, limit_name, _where(pg))
 
 
