@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    normalized_dump,
+    restore_and_recover,
+    start_daemon,
+    stop_daemon,
+)
 
 GERMAN = "de_DE.UTF-8"
 LATIN1 = "de_DE.ISO-8859-1"
@@ -222,3 +229,54 @@ def test_a_latin1_cluster_in_folders_named_in_utf8_is_backed_up_and_restored(
     assert os.readlink(link) == str(ts)
     assert restored.psql("SELECT count(*) FROM kept") == "1000"
     restored.stop()
+
+
+def test_a_server_and_daemon_under_a_latin1_locale_archive_and_restore(
+    pg_workdir: Path, walg_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything under de_DE.ISO-8859-1: initdb (a LATIN1 cluster) at a non-ASCII path, the
+    server, walg's daemon on a socket at a non-ASCII path, its client as archive_command and
+    restore_command, backup-push and backup-fetch."""
+    install = PgInstall.load(16)
+    monkeypatch.setenv("LOCPATH", str(_german_locales(pg_workdir, LATIN1)))
+    monkeypatch.setenv("LC_ALL", LATIN1)
+    monkeypatch.setenv("LANG", LATIN1)
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    client = str(Path(walg_bin).parent / "walg-daemon-client")
+    socket = make_shared_dir(pg_workdir / "sock é", 0o755) / "walg é.sock"
+    src = Cluster.create(
+        install,
+        pg_workdir / "données",
+        initdb_args=[f"--locale={LATIN1}", "--encoding=LATIN1"],
+        use_template=False,
+        conf={"archive_mode": "on", "archive_command": f"{client} '{socket}' wal-push %p"},
+    )
+    daemon = start_daemon(walg, socket, src.datadir)
+    src.start()
+    assert src.psql("SHOW server_encoding") == "LATIN1"
+    src.psql("CREATE TABLE kept AS SELECT i, 'é ' || i AS v FROM generate_series(1, 5000) i")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO kept VALUES (5001, 'après')")
+    archive_now(src)
+    expected = normalized_dump(src.pg_dumpall())
+    src.stop()
+    stop_log = stop_daemon(daemon)
+
+    dest = pg_workdir / "restauré"
+    daemon = start_daemon(walg, socket, dest)
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            f"{client} '{socket}' wal-fetch %f %p",
+        ]
+    )
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert normalized_dump(restored.pg_dumpall()) == expected, stop_log
+    restored.stop()
+    stop_daemon(daemon)
