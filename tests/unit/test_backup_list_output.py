@@ -272,3 +272,53 @@ def test_text_formats_byte_for_byte(store: Path, capsys: pytest.CaptureFixture[s
         "| true      |",
         border,
     ]
+
+
+def _utf8_locale(folder: Path) -> dict[str, str]:
+    """LANG and LOCPATH for en_US.UTF-8, compiled into ``folder`` (an operator's usual
+    locale; the test machines have only C and C.UTF-8, under which Python's standard output
+    takes surrogate escapes already)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("localedef") is None or not Path("/usr/share/i18n/locales/en_US").exists():
+        pytest.skip("no localedef or no en_US locale source to build the locale from")
+    made = subprocess.run(
+        ["localedef", "-i", "en_US", "-f", "UTF-8", str(folder / "en_US.UTF-8")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if not (folder / "en_US.UTF-8").is_dir():
+        pytest.skip(f"localedef could not build en_US.UTF-8: {made.stderr.strip()}")
+    return {"LANG": "en_US.UTF-8", "LOCPATH": str(folder)}
+
+
+def test_text_tables_print_names_that_are_not_utf8_under_a_utf8_locale(
+    store: Path, walg_bin: str
+) -> None:
+    """backup-push records a data directory named with bytes that are not UTF-8 as surrogate
+    escapes. Under en_US.UTF-8, where Python's standard output is strict, backup-list --detail
+    and --pretty --detail failed on such a backup with "unexpected UnicodeEncodeError" and
+    listed nothing; they print the name's bytes, as WAL-G and ls do. A lone surrogate that
+    stands for no byte (a forged "\\ud800" escape) is printed as U+FFFD, as in --json."""
+    import subprocess
+
+    put_backup(store, OLDER, 1_766_196_019, metadata_doc(data_dir=os.fsdecode(b"/srv/caf\xe9")))
+    put_backup(store, NEWER, 1_766_200_000, metadata_doc(hostname="db\ud800"))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ["HOME"],
+        "WALG_FILE_PREFIX": str(store),
+        **_utf8_locale(store.parent),
+    }
+    for pretty in ([], ["--pretty"]):
+        got = subprocess.run(
+            [walg_bin, "backup-list", "--detail", *pretty],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert got.returncode == 0, got.stderr
+        assert b" /srv/caf\xe9 " in got.stdout
+        assert b" db\xef\xbf\xbd " in got.stdout

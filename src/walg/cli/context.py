@@ -29,7 +29,10 @@ class Output:
         if self._stream is None:
             raise OutputError("standard output is closed; nothing was written")
         try:
-            written = self._stream.write(text)
+            try:
+                written = self._stream.write(text)
+            except UnicodeEncodeError:
+                written = self._write_bytes(text)
             self._stream.flush()
         except BrokenPipeError:
             raise
@@ -37,6 +40,25 @@ class Output:
             silence(1)
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
         return written
+
+    def _write_bytes(self, text: str) -> int:
+        """Write ``text`` where the stream's strict encoder refused it (a UTF-8 locale other
+        than C's): a name read from the file system or a document as surrogate escapes goes
+        out as its bytes, as WAL-G and ls print it, and a lone surrogate that stands for no
+        byte (a forged escape) as U+FFFD, as in JSON output."""
+        stream = self._stream
+        assert stream is not None
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        text = "".join(
+            "\ufffd" if "\ud800" <= c < "\udc80" or "\udd00" <= c <= "\udfff" else c for c in text
+        )
+        try:
+            data = text.encode(encoding, "surrogateescape")
+        except UnicodeEncodeError:
+            data = text.encode(encoding, "replace")
+        stream.flush()
+        stream.buffer.write(data)
+        return len(text)
 
 
 def silence(fd: int) -> None:
