@@ -1446,3 +1446,28 @@ def test_both_clients_read_go_durations_alike(
     res = env.run(client, str(env.socket), "check", f"-timeout={value}")
     assert res.returncode == (0 if taken else 2), res.stderr
     env.stop()
+
+
+def test_a_socket_and_data_directory_under_odd_names(
+    tmp_path: Path, walg_bin: str, client: Client
+) -> None:
+    """Spaces, quotes, '%', non-ASCII letters and bytes that are not UTF-8 in the socket's
+    and the data directory's paths: the clients pass them as bytes, and the daemon serves them."""
+    root = tmp_path / os.fsdecode(b"s 'q' \"d\" 50% \xc3\xa9 \xff")
+    root.mkdir()
+    odd = Env(root, walg_bin)
+    data = os.urandom(4096) * 64
+    (odd.pgdata / "pg_wal" / SEG).write_bytes(data)
+    odd.start()
+    try:
+        sock = str(odd.socket)
+        assert odd.run(client, sock, "check").returncode == 0
+        pushed = odd.run(client, sock, "wal-push", f"pg_wal/{SEG}", cwd=odd.pgdata)
+        assert pushed.returncode == 0, pushed.stderr
+        assert (odd.store / "wal_005" / f"{SEG}.lz4").is_file()
+        fetched = odd.run(client, sock, "wal-fetch", SEG, "pg_wal/RECOVERYXLOG", cwd=odd.pgdata)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (odd.pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == data
+    finally:
+        log = odd.stop()
+    assert "Error" not in log, log
