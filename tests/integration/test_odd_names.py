@@ -174,7 +174,7 @@ def test_odd_paths_and_names_round_trip(
     restored.stop()
 
 
-@pytest.mark.majors(16)
+@pytest.mark.majors(13, 16)
 def test_odd_paths_through_the_daemon_and_its_client(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
