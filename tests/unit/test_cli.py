@@ -311,6 +311,33 @@ def test_usage_errors_exit_2(clean_env: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["backup-fetch", "DEST", "LATEST", "--restore-c", "walg wal-fetch %f %p"], "--restore-c"),
+        (["backup-fetch", "DEST", "LATEST", "--restore-c=walg wal-fetch %f %p"], "--restore-c="),
+        (["backup-fetch", "DEST", "LATEST", "--restore-command=x", "--target-x=7"], "--target-x"),
+        (["backup-fetch", "DEST", "LATEST", "--arch", "off"], "--arch"),
+        (["backup-list", "--det"], "--det"),
+        (["wal-show", "--detailed"], "--detailed"),
+        (["--vers"], "usage: "),
+    ],
+)
+def test_abbreviated_flags_are_refused(
+    file_store: Path, capsys: pytest.CaptureFixture[str], argv: list[str], named: str
+) -> None:
+    """WAL-G's flag library (pflag) takes a flag by its whole name only. argparse took any
+    unambiguous prefix (--rest for --restore-command), which a flag added later can turn into
+    another flag, or into an ambiguity, under an archive or restore command already written."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert named in captured.err
+    assert captured.out == ""
+    assert not (file_store.parent / "DEST").exists()
+
+
+@pytest.mark.parametrize(
     ("command", "snippet"),
     [
         ("wal-push", "archive_command = 'walg wal-push %p'"),

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         import_module(f"walg.cli.{name}").register(sub)
+    # A flag by its whole name only, as WAL-G's pflag takes it: argparse's prefixes (--rest for
+    # --restore-command) would let a flag added later silently take over an abbreviation
+    # already written into an archive or restore command.
+    for each in (parser, *sub.choices.values()):
+        each.allow_abbrev = False
     return parser
 
 
