@@ -57,6 +57,12 @@ class ObjectNotFound(StorageError):
         self.key = key
 
 
+class NotAnObject(StorageError):
+    """Something that is no object stands at an object's key (on local-folder storage: a
+    folder, a FIFO, a socket, a link to nothing). Neither "not found" nor worth a retry; a
+    listing that meets one where a document would be may leave that entry out."""
+
+
 class ObjectTooLarge(StorageError):
     """An object read whole is larger than the caller allows."""
 

@@ -1,5 +1,6 @@
-"""A FIFO, socket or dangling link where a backup's sentinel would be, on local-folder storage:
-the listing commands skip that backup with a warning naming it, and never block on it."""
+"""A FIFO, socket or dangling link where a backup's sentinel (or its metadata.json) would be, on
+local-folder storage: the listing commands skip that backup with a warning naming it, and never
+block on it."""
 
 from __future__ import annotations
 
@@ -69,6 +70,49 @@ def test_listings_skip_a_backup_whose_sentinel_is_not_a_file(
     walg("wal-show")
     walg("backup-fetch", str(tmp_path / "dest"), "LATEST")
     assert_restored(tmp_path / "dest")
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.parametrize("make", [_fifo, _socket, _dangling_link, _folder])
+def test_wal_show_skips_a_backup_whose_metadata_is_not_a_file(
+    tmp_path: Path, walg_bin: str, make: Callable[[Path], None]
+) -> None:
+    """wal-show leaves out, with a warning, a backup whose metadata.json it cannot read (none,
+    or not JSON); one that is no object's file failed the whole listing instead. A command
+    that needs that backup's details still fails, naming the file, without waiting on it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    storage = FileStorage(store)
+    put_wal_g_backup(storage)
+    storage.put_bytes(f"{naming.WAL}000000010000000000000003", b"\0" * 16)
+    storage.put_bytes(naming.sentinel_key(ODD), storage.get_bytes(naming.sentinel_key(NAME)))
+    storage.close()
+    (store / naming.metadata_key(ODD)).parent.mkdir()
+    make(store / naming.metadata_key(ODD))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "WALG_FILE_PREFIX": str(store),
+    }
+
+    def walg(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [walg_bin, *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    shown = walg("wal-show", "--detailed-json")
+    assert shown.returncode == 0, shown.stderr
+    assert "WARNING: " in shown.stderr and f"{ODD}/metadata.json" in shown.stderr, shown.stderr
+    assert NAME in shown.stdout and ODD not in shown.stdout, shown.stdout
+    listed = walg("backup-list")
+    assert listed.returncode == 0, listed.stderr
+    assert NAME in listed.stdout and ODD in listed.stdout, listed.stdout
+    detail = walg("backup-list", "--detail")
+    assert detail.returncode == 1, detail.stderr
+    assert f"{ODD}/metadata.json" in detail.stderr, detail.stderr
 
 
 def test_wal_show_skips_a_fifo_among_wal_objects(tmp_path: Path, walg_bin: str) -> None:

@@ -25,6 +25,7 @@ from walg.errors import (
     BackupNotFound,
     FormatError,
     IntegrityError,
+    NotAnObject,
     ObjectNotFound,
     ObjectTooLarge,
 )
@@ -93,10 +94,16 @@ def read_sentinel(storage: Storage, name: str) -> Sentinel:
 
 
 def read_metadata(storage: Storage, name: str) -> BackupMetadata | None:
+    """The backup's metadata.json; None where there is none. One that cannot be read as such
+    (not JSON, or no object's file: a FIFO on local-folder storage) is an IntegrityError,
+    which the listings (wal-show, wal-verify) answer by leaving the backup out with a
+    warning, and the commands that need it by failing, naming it."""
     try:
         data = storage.get_bytes(metadata_key(name))
     except ObjectNotFound:
         return None
+    except NotAnObject as exc:
+        raise IntegrityError(f"metadata.json of backup {name} is unreadable: {exc}") from None
     try:
         return BackupMetadata.loads(data)
     except FormatError as exc:

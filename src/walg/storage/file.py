@@ -19,7 +19,7 @@ import time
 
 from walg.core.durable import fsync_path
 from walg.core.owner import own_like_folder
-from walg.errors import ObjectNotFound, StorageError
+from walg.errors import NotAnObject, ObjectNotFound, StorageError
 from walg.storage.base import ObjectInfo, Storage, check_key, check_prefix
 from walg.storage.mounts import FSTAB, MountCheck
 
@@ -109,7 +109,7 @@ def _missing_root(top: str) -> StorageError:
     )
 
 
-def _not_an_object(path: str, mode: int) -> StorageError:
+def _not_an_object(path: str, mode: int) -> NotAnObject:
     kind = {
         stat.S_IFDIR: "a folder",
         stat.S_IFIFO: "a FIFO",
@@ -117,7 +117,7 @@ def _not_an_object(path: str, mode: int) -> StorageError:
         stat.S_IFCHR: "a character device",
         stat.S_IFBLK: "a block device",
     }.get(stat.S_IFMT(mode), "not a regular file")
-    return StorageError(f"{path} is {kind}, not an object's file")
+    return NotAnObject(f"{path} is {kind}, not an object's file")
 
 
 class _LimitedReader:
@@ -442,6 +442,12 @@ class FileStorage(Storage):
         except FileNotFoundError:
             raise self._absent(path, key) from None
         except OSError as exc:
+            # A socket (ENXIO) or a device without its driver cannot be opened at all: named
+            # for what it is, as a FIFO is, not as a failing storage.
+            with contextlib.suppress(OSError):
+                mode = os.stat(path).st_mode
+                if not stat.S_ISREG(mode):
+                    raise _not_an_object(path, mode) from None
             raise _error(exc, f"cannot open {path}") from None
         try:
             mode = os.fstat(fd).st_mode
@@ -497,7 +503,7 @@ class FileStorage(Storage):
         (a symbolic link at it or at a folder above it whose target is missing, a missing
         storage folder) a :class:`StorageError` saying what was found."""
         if os.path.islink(path) and not os.path.exists(path):
-            return StorageError(f"{path} is a symbolic link to a missing file")
+            return NotAnObject(f"{path} is a symbolic link to a missing file")
         if os.path.lexists(path):
             # Stored since the look that found nothing (a wal-push committing the segment
             # backup-push waits for): it was absent at that look.
@@ -647,7 +653,7 @@ class FileStorage(Storage):
                     st = entry.stat()
                 except FileNotFoundError:
                     if os.path.lexists(entry.path):
-                        odd = StorageError(f"{entry.path} is a symbolic link to a missing file")
+                        odd = NotAnObject(f"{entry.path} is a symbolic link to a missing file")
                         if unlisted is None:
                             raise odd from None
                         unlisted.append(str(odd))
