@@ -21,6 +21,7 @@ import blake3
 import lz4.frame
 import pytest
 
+from loglines import undated
 from pgcluster import (
     Cluster,
     PgInstall,
@@ -181,7 +182,7 @@ def test_fetch_into_an_unusable_destination_names_it(
         make_shared_dir(pg_workdir / "ro", 0o555)
         dest, reason = pg_workdir / "ro" / "dest", "Permission denied"
     stderr = _fetch_fails(backup.walg, dest)
-    assert stderr.strip().splitlines()[-1] == (
+    assert undated(stderr).strip().splitlines()[-1] == (
         f"ERROR: cannot create the destination {dest}: {reason}"
     ), stderr
     assert "unexpected" not in stderr

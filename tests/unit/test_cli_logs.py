@@ -13,11 +13,9 @@ import pytest
 # A backup laid out as WAL-G writes it, to restore without PostgreSQL.
 from test_backup_fetch_wal_g_layout import put_wal_g_backup
 
+from loglines import STAMP
 from walg.cli.main import main
 from walg.storage.file import FileStorage
-
-# WAL-G's logger: "LEVEL: 2006/01/02 15:04:05.000000 message".
-STAMP = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6}"
 
 
 @pytest.fixture
@@ -120,3 +118,42 @@ def test_error_level_shows_errors_only(store: Path, walg_bin: str) -> None:
             rf"WARNING: {STAMP} WALG_FILE_PREFX_TYPO in the config file \S+ is unknown[^\n]*\n",
             configured.stderr,
         ), configured.stderr
+
+
+def test_a_command_s_failure_line_is_dated_as_wal_g_dates_it(store: Path, walg_bin: str) -> None:
+    """WAL-G writes a command's failure through its ERROR logger, dated as every other line;
+    walg's failure line had no date, so a log file (WALG_LOG_DESTINATION) could not say when
+    a command failed. The level still comes first, and the line shows at every level."""
+    log_file = store.parent / "walg.log"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(store.parent / "home"),
+        "WALG_FILE_PREFIX": str(store),
+    }
+    for extra in ({}, {"WALG_LOG_LEVEL": "ERROR"}, {"WALG_LOG_DESTINATION": str(log_file)}):
+        failed = subprocess.run(
+            [walg_bin, "backup-fetch", str(store.parent / "dest"), "base_x"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert failed.returncode == 74, failed.stderr
+        said = log_file.read_text() if extra.get("WALG_LOG_DESTINATION") else failed.stderr
+        assert re.fullmatch(
+            rf"ERROR: {STAMP} backup base_x does not exist in {re.escape(str(store))}\n", said
+        ), said
+    # And an error that stops the command before its settings are read.
+    refused = subprocess.run(
+        [walg_bin, "backup-list", "--walg-file-prefix="],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert re.fullmatch(rf"ERROR: {STAMP} [^\n]*--walg-file-prefix[^\n]*\n", refused.stderr), (
+        refused.stderr
+    )

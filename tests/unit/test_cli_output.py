@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from loglines import undated
+
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
@@ -39,7 +41,9 @@ def test_closed_standard_output(walg_bin: str, env: dict[str, str], args: list[s
     # File descriptor 1 closed in the child, as ``walg backup-list >&-`` does.
     code, err = _run(walg_bin, env, args, preexec_fn=lambda: os.close(1))
     assert code == 1, err
-    assert err.splitlines()[-1] == "ERROR: standard output is closed; nothing was written", err
+    assert undated(err).splitlines()[-1] == (
+        "ERROR: standard output is closed; nothing was written"
+    ), err
     assert "unexpected" not in err
 
 

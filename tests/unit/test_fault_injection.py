@@ -12,6 +12,7 @@ import lz4.frame
 import pytest
 
 from fakewal import run_walg, segment_bytes, walg_env
+from loglines import undated
 from walg.core.lsn import Segment
 from walg.errors import ConfigError
 from walg.storage.faults import parse_rules
@@ -42,7 +43,7 @@ def test_a_rule_walg_cannot_use_is_a_configuration_error(
         [walg_bin, "backup-list"], env=env, capture_output=True, text=True, check=False, timeout=60
     )
     assert listed.returncode == 78, listed.stderr
-    assert listed.stderr.startswith("ERROR: WALG_FAULT_INJECTION: bad rule"), listed.stderr
+    assert undated(listed.stderr).startswith("ERROR: WALG_FAULT_INJECTION: bad rule"), listed.stderr
     assert len(listed.stderr.splitlines()) == 1
 
 
@@ -80,12 +81,12 @@ def test_an_error_walg_does_not_expect_is_a_failure_of_the_wal_commands(
     env = walg_env(store, tmp_path, WALG_FAULT_INJECTION=_unexpected("write"))
     pushed = run_walg([walg_bin, "wal-push", f"pg_wal/{name}"], env, cwd=pgdata)
     assert pushed.returncode == 1, pushed.stderr
-    assert "ERROR: unexpected RuntimeError: SDK bug" in pushed.stderr, pushed.stderr
+    assert "ERROR: unexpected RuntimeError: SDK bug" in undated(pushed.stderr), pushed.stderr
     assert not list((store / "wal_005").iterdir())
 
     (store / "wal_005" / f"{name}.lz4").write_bytes(lz4.frame.compress(segment_bytes(name, 5)))
     env = walg_env(store, tmp_path, WALG_FAULT_INJECTION=_unexpected("read"))
     fetched = run_walg([walg_bin, "wal-fetch", name, "pg_wal/RECOVERYXLOG"], env, cwd=pgdata)
     assert fetched.returncode == fetch_code, fetched.stderr
-    assert "ERROR: unexpected RuntimeError: SDK bug" in fetched.stderr, fetched.stderr
+    assert "ERROR: unexpected RuntimeError: SDK bug" in undated(fetched.stderr), fetched.stderr
     assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from loglines import undated
 from pgcluster import make_shared_dir, pg_tmpdir, pg_user_env, run_as_pg
 
 HISTORY = "00000002.history"
@@ -49,6 +50,6 @@ def test_wal_fetch_into_a_folder_it_cannot_enter_names_dest(
         [walg_bin, "wal-fetch", "--no-prefetch", HISTORY, str(dest)], env=env, check=False
     )
     assert result.returncode == (128 if in_recovery else 1), result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    errors = [line for line in undated(result.stderr).splitlines() if line.startswith("ERROR")]
     assert errors == [f"ERROR: cannot write {dest}: Permission denied"], result.stderr
     assert ".RECOVERYXLOG.walg-" not in result.stderr

@@ -28,6 +28,7 @@ from fakewal import (
     small_tmpfs,
     walg_env,
 )
+from loglines import undated
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
@@ -658,7 +659,7 @@ def test_a_destination_that_cannot_be_written_is_named_and_stops_recovery(
     got = _fetch(walg_bin, store, pgdata, good, WALG_DOWNLOAD_CONCURRENCY="1")
     # Archive recovery: above 125, so PostgreSQL stops instead of promoting early.
     assert got.returncode == 128, got.stderr
-    lines = got.stderr.strip().splitlines()
+    lines = undated(got.stderr).strip().splitlines()
     assert len(lines) == 1, got.stderr
     # The path PostgreSQL gave, not the hidden temporary file beside it.
     assert lines[0].startswith("ERROR: cannot write pg_wal/RECOVERYXLOG: "), lines

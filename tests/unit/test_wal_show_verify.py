@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from countingstorage import CountingStorage
+from loglines import undated
 from walg.cli.context import Context
 from walg.cli.main import build_parser, main
 from walg.cli.wal_show import Number, pretty_table
@@ -893,7 +894,9 @@ def test_wal_verify_without_a_server_fails_with_one_line_naming_it(
     errors = [line for line in err.splitlines() if line.startswith("ERROR")]
     assert errors == [line for line in err.splitlines() if line.strip()], err
     assert len(errors) == 1, err
-    assert errors[0].startswith(f"ERROR: cannot connect to PostgreSQL at {tmp_path}:1: "), err
+    assert undated(errors[0]).startswith(
+        f"ERROR: cannot connect to PostgreSQL at {tmp_path}:1: "
+    ), err
 
 
 def test_wal_show_names_a_backup_it_leaves_out(

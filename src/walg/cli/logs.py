@@ -29,14 +29,10 @@ def setup(level_name: str) -> None:
 
     class _Formatter(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            import time
-
-            stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
-            micros = int((record.created % 1) * 1_000_000)
             level = {"WARNING": "WARNING", "CRITICAL": "ERROR"}.get(
                 record.levelname, record.levelname
             )
-            text = f"{level}: {stamp}.{micros:06d} {record.getMessage()}"
+            text = log.line(level, record.getMessage(), record.created)
             if record.exc_info:
                 text += "\n" + self.formatException(record.exc_info)
             return text

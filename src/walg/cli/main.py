@@ -183,7 +183,7 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
     try:
         arguments, flags = settings_module.split_setting_flags(arguments)
     except UsageError as exc:
-        _say(f"ERROR: {exc}\n")
+        _say_error(str(exc))
         failed = EXIT_ABORT_RECOVERY if _fetch_in_archive_recovery(arguments) else EXIT_USAGE
         return failed, False, False
     arguments = _boolean_flag_values(arguments)
@@ -211,13 +211,13 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
             from walg.cli.context import silence
 
             silence(1)
-            _say(f"ERROR: cannot write the help text: {exc.strerror or exc}\n")
+            _say_error(f"cannot write the help text: {exc.strerror or exc}")
             return EXIT_FAILURE, fast, False
     unresolvable = _relative_without_working_directory(args)
     if unresolvable is not None:
-        _say(
-            f"ERROR: {args.command}: {unresolvable} is relative and the working directory no"
-            " longer exists (was the data directory removed?); nothing was done\n"
+        _say_error(
+            f"{args.command}: {unresolvable} is relative and the working directory no"
+            " longer exists (was the data directory removed?); nothing was done"
         )
         if args.command == "wal-fetch":
             from walg.cli.wal_fetch import failure_exit_code
@@ -273,23 +273,23 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
             _say(f"walg: {exc}\n")
         code = EXIT_NOT_FOUND
     except WalgError as exc:
-        _say(f"ERROR: {exc}\n")
+        _say_error(str(exc))
         code = exc.exit_code
     except BrokenPipeError:
         code = _reader_gone()
     except _Terminated:
-        _say("ERROR: terminated\n")
+        _say_error("terminated")
         code = EXIT_TERMINATED
     except KeyboardInterrupt as exc:
         signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        _say(f"ERROR: interrupted ({signame})\n")
+        _say_error(f"interrupted ({signame})")
         code = EXIT_FAILURE
         interrupted = True
     except Exception as exc:
         from walg.core.log import get_logger
 
         get_logger("walg").debug("unexpected error", exc_info=True)
-        _say(f"ERROR: unexpected {type(exc).__name__}: {exc}\n")
+        _say_error(f"unexpected {type(exc).__name__}: {exc}")
         code = EXIT_FAILURE
     finally:
         if ctx is not None:
@@ -440,6 +440,16 @@ def _say(text: str) -> None:
 
     with contextlib.suppress(OSError, AttributeError, ValueError):
         sys.stderr.write(text)
+
+
+def _say_error(message: str) -> None:
+    """A command's failure line, dated as the log's lines are (walg.core.log.line): apart
+    from the log, so shown at every WALG_LOG_LEVEL, as WAL-G's fatal errors are."""
+    import time
+
+    from walg.core.log import line
+
+    _say(line("ERROR", message, time.time()) + "\n")
 
 
 class _Terminated(BaseException):

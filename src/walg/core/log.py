@@ -19,6 +19,22 @@ WARNING = 30
 ERROR = 40
 
 
+def line(level: str, message: str, when: float) -> str:
+    """One line of walg's log in WAL-G's shape, its tracelog's (Go's log package with
+    LstdFlags | Lmicroseconds, local time): ``LEVEL: 2006/01/02 15:04:05.000000 message``.
+
+    For the log's records and for a command's failure line alike, so that a log file
+    (``WALG_LOG_DESTINATION``) dates every line, and parsers made for WAL-G's log read
+    walg's. The level comes first: a line is still told by its start (``ERROR: ``).
+    ``when`` is seconds since the epoch: the caller reads the clock.
+    """
+    import time  # built in: nothing is read from disk
+
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(when))
+    micros = int(when % 1 * 1_000_000)  # truncated, as Go's log does
+    return f"{level}: {stamp}.{micros:06d} {message}"
+
+
 class _Pending:
     """Process-wide, as logging's own root logger is: the threshold and the set-up to run."""
 
