@@ -701,3 +701,65 @@ def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
     restored = restore_and_recover(pg_install, pg_workdir, walg)
     assert _phases(restored) == ["a", "b"]
     restored.stop()
+
+
+@pytest.mark.majors(13, 16)
+def test_a_target_time_in_the_future_is_warned_of_and_the_restore_can_go_on_to_the_end(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """A --target-time later than now (an offset typed wrong: local time given as +00) is
+    reached by no commit in the archive: recovery replays it all, and PostgreSQL 13+ stops with
+    FATAL instead of promoting. backup-fetch says so before restoring, and the README's way on
+    (the target line removed from postgresql.auto.conf, the server started again) recovers to
+    the end of the archive."""
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    future = src.psql("SELECT (now() + interval '3 hours')::timestamptz(0)")
+    archive_now(src)
+    src.stop()
+
+    dest = pg_workdir / "restored"
+    fetched = walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+            "--target-time",
+            future,
+        ]
+    )
+    assert f"--target-time '{future}' is in the future" in fetched.stderr, fetched.stderr
+    assert "recovery ended before configured recovery target was reached" in fetched.stderr
+    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    # pg_ctl may call the server started once it takes connections, before recovery ends.
+    with contextlib.suppress(CommandError):
+        restored.start(wait_ready=False)
+    deadline = time.monotonic() + 300
+    while restored.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not restored.is_running(), restored.log_tail()
+    log = restored.logfile.read_text(errors="replace")
+    assert "FATAL:  recovery ended before configured recovery target was reached" in log
+
+    auto = dest / "postgresql.auto.conf"
+    kept = [
+        line
+        for line in auto.read_text().splitlines(keepends=True)
+        if not line.startswith("recovery_target_time")
+    ]
+    auto.write_text("".join(kept))
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert _phases(restored) == ["a"]
+    restored.stop()

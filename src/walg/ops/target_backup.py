@@ -395,6 +395,8 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
     if target is None:
         return name
     bound = TargetBound.of(target)
+    if bound is not None:
+        _warn_of_a_future_time(bound)
     timelines = _Timelines(storage, target.timeline)
     if bound is None:
         chosen = _backup_on_timeline(storage, name, timelines)
@@ -491,6 +493,30 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             f"new one on timeline 1). Restore {live.name} with --target-timeline current"
         )
     raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
+
+
+def _warn_of_a_future_time(bound: TargetBound) -> None:
+    """Warn of a time target later than now (for a time without a zone, than all it may mean).
+
+    No commit in the archive is after it (an offset typed wrong is the likely cause: local time
+    given as +00), so recovery replays the whole archive: PostgreSQL 13 and later then stop
+    with FATAL rather than promote, after the whole download and replay, and earlier majors
+    promote at the end of the archive, later than the operator perhaps meant. Not refused: an
+    archive still being written may yet reach it, and a clock may be wrong.
+    """
+    import time
+
+    if bound.earliest_ns is None or bound.earliest_ns <= time.time_ns():
+        return
+    log.warning(
+        "%s is in the future by this host's clock (is its offset or zone right?): no commit "
+        "in the archive is after it, so recovery replays the whole archive, and PostgreSQL 13 "
+        "and later then stop with 'recovery ended before configured recovery target was "
+        "reached' instead of promoting (earlier majors promote at the end of the archive); to "
+        "recover to the end then, remove the recovery_target_time line from the restored "
+        "postgresql.auto.conf and start the server again",
+        bound.what,
+    )
 
 
 def _say_latest_for_unplaced_target(storage: Storage, chosen: str, target: RecoveryTarget) -> None:
