@@ -763,3 +763,85 @@ def test_a_target_time_in_the_future_is_warned_of_and_the_restore_can_go_on_to_t
     restored.wait_for_recovery_end(timeout=300)
     assert _phases(restored) == ["a"]
     restored.stop()
+
+
+def _start_until_it_stops(cluster: Cluster, timeout: float = 120) -> str:
+    """Start a restored server that stops by itself (a FATAL in recovery); its log."""
+    with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
+        cluster.start(wait_ready=False)
+    deadline = time.monotonic() + timeout
+    while cluster.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster.is_running(), cluster.log_tail(100)
+    return cluster.logfile.read_text(errors="replace")
+
+
+@pytest.mark.majors(13, 16)
+def test_a_target_past_the_end_of_the_archive_is_warned_of_before_recovery_stops_short(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    """A target after the last archived WAL (a time at the moment of a disaster, after the
+    lost primary's last archived commit) is never reached: PostgreSQL 13+ replays the whole
+    archive, then stops with "recovery ended before configured recovery target was reached"
+    and does not start. backup-fetch restored such a restore without a word; it now warns,
+    for a time and for an LSN, and says how to recover all that was archived instead, which
+    works. A target inside the archive gets no such warning and lands exactly."""
+    from walg.core.lsn import format_lsn, parse_lsn
+
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    _mark(src, "a")
+    within = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "b")
+    archive_now(src)
+    past_time = src.psql("SELECT clock_timestamp() + interval '1 hour'")
+    past_lsn = format_lsn(parse_lsn(src.psql("SELECT pg_current_wal_insert_lsn()")) + (64 << 20))
+    src.stop()
+    warning = "without reaching the target"
+    command = walg.command("wal-fetch", "%f", "%p")
+
+    def fetch(dest: Path, *target: str) -> str:
+        args = ["backup-fetch", str(dest), "LATEST", "--restore-command", command, *target]
+        return walg.run(args).stderr
+
+    assert warning not in fetch(pg_workdir / "within", "--target-time", within)
+    restored = Cluster.from_existing(
+        pg_install, pg_workdir / "within", conf={"archive_mode": "off"}
+    )
+    restored.start(wait_ready=False)
+    restored.wait_ready(timeout=300)
+    restored.wait_for_recovery_end(timeout=300)
+    assert _phases(restored) == ["a"]
+    restored.stop()
+
+    said = fetch(pg_workdir / "past-lsn", "--target-lsn", past_lsn)
+    assert warning in said and past_lsn in said, said
+
+    dest = pg_workdir / "past-time"
+    said = fetch(dest, "--target-time", past_time)
+    assert warning in said and "postgresql.auto.conf" in said, said
+    stopped = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    log = _start_until_it_stops(stopped)
+    assert "recovery ended before configured recovery target was reached" in log, log
+    # What the warning says to do: the target out, the same directory recovers to the end.
+    auto = dest / "postgresql.auto.conf"
+    auto.write_text(
+        "".join(
+            line
+            for line in auto.read_text().splitlines(keepends=True)
+            if not line.startswith("recovery_target_time")
+        )
+    )
+    stopped.start(wait_ready=False)
+    stopped.wait_ready(timeout=300)
+    stopped.wait_for_recovery_end(timeout=300)
+    assert _phases(stopped) == ["a", "b"]
+    stopped.stop()

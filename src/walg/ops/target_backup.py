@@ -433,6 +433,7 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 name,
                 bound.what,
             )
+        _warn_if_past_the_archive(storage, end, bound, timelines)
         return name
     ends = []
     written = {}
@@ -476,6 +477,7 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
                 "LATEST for %s: backup %s, which %s", bound.what, end.name,
                 bound.describe_end(end),
             )  # fmt: skip
+            _warn_if_past_the_archive(storage, end, bound, timelines)
             return end.name
         if fit is Fit.UNSURE:
             raise UsageError(
@@ -515,6 +517,70 @@ def _warn_of_a_future_time(bound: TargetBound) -> None:
         "reached' instead of promoting (earlier majors promote at the end of the archive); to "
         "recover to the end then, remove the recovery_target_time line from the restored "
         "postgresql.auto.conf and start the server again",
+        bound.what,
+    )
+
+
+def _warn_if_past_the_archive(
+    storage: Storage, end: BackupEnd, bound: TargetBound, timelines: _Timelines
+) -> None:
+    """Warn where the WAL stored on the timeline recovery follows ends before the target.
+
+    Recovery then replays to the end of the archive without reaching it, and PostgreSQL 13+
+    stops with "recovery ended before configured recovery target was reached" instead of
+    promoting: the usual case of a target at the moment of a disaster, after the last commit
+    the lost primary archived. Not refused: a primary still archiving may yet reach it.
+
+    An LSN is placed by the newest stored segment's name. A time by the newest segment's
+    storage time: WAL holding a commit after the target was stored after that commit, so
+    where every segment was stored before the target (by storage's clock) none holds one.
+    """
+    from walg.core.lsn import Segment, is_segment_name
+    from walg.core.naming import WAL
+    from walg.ops.wal_show import archived_segment_size, fetched_as
+
+    if end.timeline is None:
+        return
+    timeline = timelines.target(end)
+    prefix = f"{timeline:08X}"
+    newest: tuple[str, str] | None = None
+    stored: GoTime | None = None
+    for info in storage.list(WAL + prefix, recursive=False):
+        name = fetched_as(info.key[len(WAL) :])
+        if not (name.startswith(prefix) and is_segment_name(name)):
+            continue
+        if newest is None or name > newest[0]:
+            newest = (name, info.key[len(WAL) :])
+        if stored is None or info.modified.ns > stored.ns:
+            stored = info.modified
+    if newest is None or stored is None:
+        return  # nothing on that timeline yet: left to recovery
+    if bound.lsn is not None:
+        size = archived_segment_size(storage, [newest[1]])
+        if size is None:
+            return
+        archive_end = (Segment.parse(newest[0], size).segno + 1) * size
+        if bound.lsn < archive_end:
+            return
+        where = f"ends with segment {newest[0]}, before LSN {format_lsn(bound.lsn)}"
+    else:
+        assert bound.earliest_ns is not None
+        if stored.ns >= bound.earliest_ns:
+            return
+        where = (
+            f"was all stored by {stored.utc().format()} (storage's clock), before the target; "
+            "no commit after the target is archived"
+        )
+    log.warning(
+        "the WAL of timeline %d in %s %s: unless the server archives WAL past %s before "
+        "recovery gets there, recovery replays to the end of the archive without reaching "
+        "the target, and PostgreSQL 13 and later then stop with 'recovery ended before "
+        "configured recovery target was reached' instead of promoting; to recover all that "
+        "was archived, restore without a target (or remove the target from "
+        "postgresql.auto.conf and start the server again)",
+        timeline,
+        storage.location,
+        where,
         bound.what,
     )
 
