@@ -1,0 +1,96 @@
+"""--target-xid at its edges, on real clusters: the id of a transaction that aborted, of one
+numbered past the 32-bit wraparound (txid_current() counts epochs, the server's setting reads
+the id within one), and of a subtransaction.
+
+PostgreSQL stops at a transaction's end record, commit or abort, and compares only the id
+that record is written under: a top-level transaction's, or a savepoint's rolled back on its
+own. A subtransaction that committed with its parent ends in the parent's record, so its id
+(a row's xmin, where the row was written in a savepoint or a PL/pgSQL exception block) is
+never met: recovery replays the whole archive and PostgreSQL 13+ stops with FATAL. walg cannot
+tell such an id from another before the restore; the README says which id to give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, CommandError, PgInstall
+from walgcli import WalgSetup, archive_now
+
+
+def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str) -> Cluster:
+    walg.run(
+        [
+            "backup-fetch",
+            str(dest),
+            "LATEST",
+            "--restore-command",
+            walg.command("wal-fetch", "%f", "%p"),
+            "--target-xid",
+            xid,
+        ]
+    )
+    return Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+
+
+def _promoted(cluster: Cluster) -> list[str]:
+    cluster.start(wait_ready=False)
+    cluster.wait_ready(timeout=300)
+    cluster.wait_for_recovery_end(timeout=300)
+    phases = cluster.psql("SELECT phase FROM marks ORDER BY phase").splitlines()
+    cluster.stop()
+    return phases
+
+
+@pytest.mark.majors(13, 16)
+def test_xid_targets_of_an_abort_past_wraparound_and_of_a_subtransaction(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    # Epoch 1: every txid_current() is past 2^32, as on a server that wrapped around once.
+    src.run([src.install.tool("pg_resetwal"), "-e", "1", "-D", str(src.datadir)])
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO marks VALUES ('a')")
+    aborted = src.psql("BEGIN; INSERT INTO marks VALUES ('x'); SELECT txid_current(); ROLLBACK;")
+    committed = src.psql(
+        "WITH b AS (INSERT INTO marks VALUES ('b') RETURNING 1) SELECT txid_current() FROM b"
+    )
+    assert int(aborted) > 1 << 32 and int(committed) > 1 << 32
+    sub = src.psql(
+        "BEGIN; SELECT txid_current(); SAVEPOINT s; INSERT INTO marks VALUES ('c'); "
+        "RELEASE SAVEPOINT s; SELECT xmin FROM marks WHERE phase = 'c'; COMMIT;"
+    ).splitlines()
+    top, subxact = int(sub[0]) & 0xFFFFFFFF, sub[1]
+    assert int(subxact) != top
+    src.psql("INSERT INTO marks VALUES ('d')")
+    archive_now(src)
+    src.stop()
+
+    # An aborted transaction's end is its abort record: recovery stops there, so what it
+    # wrote is gone (as it was) and what committed after it is not replayed.
+    by_abort = _recover(pg_install, walg, pg_workdir / "abort", aborted)
+    assert _promoted(by_abort) == ["a"]
+    assert "recovery stopping after abort of transaction" in by_abort.logfile.read_text()
+    # Past the wraparound: the server reads the id within its epoch, the transaction meant.
+    assert _promoted(_recover(pg_install, walg, pg_workdir / "epoch", committed)) == ["a", "b"]
+
+    stuck = _recover(pg_install, walg, pg_workdir / "subxact", subxact)
+    with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
+        stuck.start(wait_ready=False)
+    deadline = time.monotonic() + 300
+    while stuck.is_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stuck.is_running(), stuck.log_tail()
+    log = stuck.logfile.read_text(errors="replace")
+    assert "recovery ended before configured recovery target was reached" in log, log
