@@ -468,6 +468,18 @@ def test_other_calls_go_to_argparse(argv: list[str]) -> None:
         ["--restore-command", "c", "--target-name", ""],
         ["--restore-command", "c", "--target-action", "shutdown"],
         ["--restore-command", "c", "--target-timeline", "010"],
+        # PostgreSQL refuses to start with two targets ("multiple recovery targets"), after
+        # the whole restore; and reads base prefixes (0x) in these numbers, an LSN of at most
+        # 8 hex digits a side and no spaces, and no abbreviation (Z) after a time.
+        ["--restore-command", "c", "--target-time", "2026-11-25 12:00+00", "--target-lsn", "0/1"],
+        ["--restore-command", "c", "--target-name", "rp", "--target-xid", "1234"],
+        ["--restore-command", "c", "--target-timeline", "0x2"],
+        ["--restore-command", "c", "--target-xid", "0x10"],
+        ["--restore-command", "c", "--target-xid", str(1 << 64)],
+        ["--restore-command", "c", "--target-lsn", "000000000/1"],
+        ["--restore-command", "c", "--target-lsn", "0/1 "],
+        ["--restore-command", "c", "--target-lsn", "zz/1"],
+        ["--restore-command", "c", "--target-time", "2026-11-25 12:00:00Z"],
         # Without --restore-command nothing would check these: a restore without the
         # recovery settings asked for, or with an empty target taken for none.
         ["--target-timeline", ""],
