@@ -99,6 +99,23 @@ def test_latest_for_a_target_is_the_newest_backup_that_reaches_it(storage: Memor
         chosen(lsn="0/1000000")
 
 
+def test_a_target_before_every_backup_s_end_is_refused_naming_the_earliest_end(
+    storage: MemoryStorage,
+) -> None:
+    """No backup can reach a target older than every backup's end: LATEST refuses, and says
+    which backup ended first and where, so that the operator sees why (an older backup is
+    needed, or the target is wrong) rather than a bare "no backup can reach"."""
+    for target, end in (
+        (RecoveryTarget("c", time="2026-11-25 09:00:00+00"), "finished at 2026-11-25T10:00:00Z"),
+        (RecoveryTarget("c", lsn="0/1"), "ends at LSN 0/2000100"),
+    ):
+        with pytest.raises(BackupNotFound) as info:
+            backup_for_target(storage, "LATEST", target)
+        message = str(info.value)
+        assert "every backup ended after it" in message, message
+        assert f"base_000000010000000000000002, {end}" in message, message
+
+
 def test_a_time_without_zone_chooses_only_when_every_reading_agrees(
     storage: MemoryStorage,
 ) -> None:

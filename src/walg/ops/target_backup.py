@@ -494,7 +494,12 @@ def backup_for_target(storage: Storage, name: str, target: RecoveryTarget | None
             "system's, whose WAL ended before (the cluster before a pg_upgrade, which starts the "
             f"new one on timeline 1). Restore {live.name} with --target-timeline current"
         )
-    raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}")
+    why = ""
+    if ends and all(bound.fit(end) is Fit.AFTER for end in ends):
+        first = min(ends, key=bound.order)
+        ended = bound.describe_end(first)
+        why = f": every backup ended after it, the earliest, {first.name}, {ended}"
+    raise BackupNotFound(f"no backup in {storage.location} can reach {bound.what}{why}")
 
 
 def _warn_of_a_future_time(bound: TargetBound) -> None:
