@@ -138,6 +138,12 @@ def test_backslashes_are_escaped_and_line_breaks_refused(tmp_path: Path) -> None
         RecoveryTarget("c", xid="0755"),
         RecoveryTarget("c", xid=str(1 << 64)),
         RecoveryTarget("c", xid="١٢"),  # digits, but not ASCII ones
+        # PostgreSQL keeps the low 32 bits: 0 (invalid), 1 and 2 (bootstrap, frozen) end no
+        # transaction, so recovery would replay the whole archive and fail short of them.
+        RecoveryTarget("c", xid="1"),
+        RecoveryTarget("c", xid="2"),
+        RecoveryTarget("c", xid=str(1 << 32)),
+        RecoveryTarget("c", xid=str((5 << 32) + 2)),
         # Refused by the server only when it starts.
         RecoveryTarget("c", lsn=" 0/3000028"),
         RecoveryTarget("c", lsn="0/3000028\n"),

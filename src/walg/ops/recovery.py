@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 RECOVERY_ACTIONS = ("pause", "promote", "shutdown")
 MAX_NAME_BYTES = 63
+FIRST_NORMAL_XID = 3  # PostgreSQL's FirstNormalTransactionId
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class RecoveryTarget:
         # decimal means what it says.
         if self.xid and not _plain_number(self.xid, 1 << 64):
             raise UsageError(f"--target-xid {self.xid!r} is not a transaction id")
+        # The server keeps the low 32 bits (the epoch txid_current() adds goes); 0, 1 and 2
+        # there are the invalid, bootstrap and frozen ids, which end no transaction: recovery
+        # would replay the whole archive and fail short of the target.
+        if self.xid and int(self.xid) & 0xFFFFFFFF < FIRST_NORMAL_XID:
+            raise UsageError(
+                f"--target-xid {self.xid} is transaction id {int(self.xid) & 0xFFFFFFFF} to "
+                "PostgreSQL (it keeps the low 32 bits), which no transaction has"
+            )
         if self.timeline and not (
             _plain_number(self.timeline, 1 << 32) or self.timeline in ("latest", "current")
         ):
