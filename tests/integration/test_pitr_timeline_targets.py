@@ -4,7 +4,8 @@ A restore promoted onto timeline 2 while the old primary went on writing and bac
 timeline 1 (a split brain, or a test restore archiving into production's storage). A time or
 LSN target on timeline 2 must be reached from the timeline-1 backup taken before the fork, not
 from a later timeline-1 backup that finished before the target: that one lies on the abandoned
-part of timeline 1, from which recovery cannot follow timeline 2.
+part of timeline 1, from which recovery cannot follow timeline 2. With --target-timeline
+current or 1, that later backup and timeline 1's own branch are what is restored.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def test_a_target_on_timeline_2_is_reached_from_the_backup_before_the_fork(
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     second = walg.run(["backup-list"]).stdout.splitlines()[-1].split()[0]
     assert second.startswith("base_00000001") and second != first
+    src_time = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    _mark(src, "t")
     archive_now(src)
     src_end = parse_lsn(src.psql("SELECT pg_current_wal_insert_lsn()"))
     src.stop()
@@ -108,4 +112,20 @@ def test_a_target_on_timeline_2_is_reached_from_the_backup_before_the_fork(
         assert _phases(restored) == ["a", "x", "y"], kind
         restored.checkpoint()
         assert restored.psql("SELECT timeline_id FROM pg_control_checkpoint()") == "3"
+        restored.stop()
+
+    # Timeline 1 as it went on after the fork, on purpose: by the backup's own timeline or by
+    # its number, from the later timeline-1 backup, landing on that branch's rows.
+    for timeline in ("current", "1"):
+        restored, said = _restore(
+            pg_install,
+            walg,
+            pg_workdir / f"timeline-{timeline}",
+            "--target-time",
+            src_time,
+            "--target-timeline",
+            timeline,
+        )
+        assert f"LATEST for --target-time '{src_time}': backup {second}" in said, said
+        assert _phases(restored) == ["a", "s"], timeline
         restored.stop()
