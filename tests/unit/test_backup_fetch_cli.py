@@ -168,3 +168,21 @@ def test_doubled_percent_signs_and_every_placeholder_are_written_as_given(store:
     command = "walg --config /srv/50%%full/walg.json wal-fetch %f %p # %r"
     assert main(["backup-fetch", str(dest), "LATEST", "--restore-command", command]) == 0
     assert auto_conf_settings(dest)["restore_command"] == command
+
+
+def test_an_odd_entry_among_the_wal_objects_does_not_stop_a_restore_to_a_target(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backup-fetch with a time or LSN target lists the WAL stored on the timeline recovery
+    follows, to warn of a target past its end. That look is advice: an entry there that is
+    no object (a FIFO, as wal-show skips it) must not stop the restore, which wal-fetch
+    would serve segment by segment."""
+    timeline = NAME.split("_")[1][:8]
+    (store / "wal_005").mkdir(exist_ok=True)
+    os.mkfifo(store / "wal_005" / f"{timeline}0000000000000009.lz4")
+    dest = store.parent / "restore"
+    options = ["--restore-command", "walg wal-fetch %f %p", "--target-time", "2100-01-01 00:00+00"]
+    assert main(["backup-fetch", str(dest), "LATEST", *options]) == 0
+    assert auto_conf_settings(dest)["recovery_target_time"] == "2100-01-01 00:00+00"
+    _, err = capsys.readouterr()
+    assert "000000010000000000000009.lz4" in err and "FIFO" in err, err

@@ -550,7 +550,17 @@ def _warn_if_past_the_archive(
     prefix = f"{timeline:08X}"
     newest: tuple[str, str] | None = None
     stored: GoTime | None = None
-    for info in storage.list(WAL + prefix, recursive=False):
+    # Advice only: an entry that is no object (a FIFO) is passed over, as wal-show does, and
+    # a listing that fails says so; neither stops the restore (wal-fetch judges each segment).
+    odd: list[str] = []
+    try:
+        infos = storage.list(WAL + prefix, recursive=False, unlisted=odd)
+    except WalgError as exc:
+        log.warning("cannot tell where the archive ends for %s: %s", bound.what, exc)
+        return
+    for line in odd:
+        log.warning("%s; not considered for where the archive ends", line)
+    for info in infos:
         name = fetched_as(info.key[len(WAL) :])
         if not (name.startswith(prefix) and is_segment_name(name)):
             continue
@@ -561,7 +571,7 @@ def _warn_if_past_the_archive(
     if newest is None or stored is None:
         return  # nothing on that timeline yet: left to recovery
     if bound.lsn is not None:
-        size = archived_segment_size(storage, [newest[1]])
+        size = archived_segment_size(storage, [newest[1]])  # warns itself where it cannot read
         if size is None:
             return
         archive_end = (Segment.parse(newest[0], size).segno + 1) * size
