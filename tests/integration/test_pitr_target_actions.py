@@ -1,0 +1,100 @@
+"""--target-action pause and shutdown land on the target too, and the documented way on works.
+
+With pause the restored server stays in recovery at the target, readable, until
+pg_wal_replay_resume() promotes it there. With shutdown it stops at the target, and keeps
+recovery.signal and the target: started again as it is, it would stop again, and without the
+target it would replay past it, so the way on is the action set to promote in the restored
+postgresql.auto.conf, the target kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgcluster import Cluster, CommandError, PgInstall
+from walgcli import WalgSetup, archive_now
+
+
+def _phases(cluster: Cluster) -> list[str]:
+    return cluster.psql("SELECT phase FROM marks ORDER BY phase").splitlines()
+
+
+def _wait(condition: str, check: Callable[[], bool], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not {condition} after {timeout} s")
+
+
+@pytest.mark.majors(13, 16)
+def test_pause_and_shutdown_stop_at_the_target(
+    pg_install: PgInstall, pg_workdir: Path, walg_bin: str
+) -> None:
+    walg = WalgSetup.create(walg_bin, pg_workdir)
+    src = Cluster.create(
+        pg_install,
+        pg_workdir / "src",
+        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
+    )
+    src.start()
+    src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO marks VALUES ('a')")
+    target = src.psql("SELECT clock_timestamp()")
+    time.sleep(0.2)
+    src.psql("INSERT INTO marks VALUES ('b')")
+    archive_now(src)
+    src.stop()
+
+    def restore(action: str) -> Cluster:
+        dest = pg_workdir / action
+        walg.run(
+            [
+                "backup-fetch",
+                str(dest),
+                "LATEST",
+                "--restore-command",
+                walg.command("wal-fetch", "%f", "%p"),
+                "--target-time",
+                target,
+                "--target-action",
+                action,
+            ]
+        )
+        return Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+
+    paused = restore("pause")
+    paused.start(wait_ready=False)
+    paused.wait_ready(timeout=300)
+    _wait("paused", lambda: paused.psql("SELECT pg_is_wal_replay_paused()") == "t")
+    assert paused.psql("SELECT pg_is_in_recovery()") == "t"
+    assert _phases(paused) == ["a"]
+    paused.psql("SELECT pg_wal_replay_resume()")
+    paused.wait_for_recovery_end(timeout=300)
+    assert _phases(paused) == ["a"]
+    paused.stop()
+
+    stopped = restore("shutdown")
+    with contextlib.suppress(CommandError):  # pg_ctl may report the start as failed
+        stopped.start(wait_ready=False)
+    _wait("stopped", lambda: not stopped.is_running())
+    assert "recovery stopping before commit" in stopped.logfile.read_text(errors="replace")
+    assert (stopped.datadir / "recovery.signal").exists()
+    auto = stopped.datadir / "postgresql.auto.conf"
+    text = auto.read_text()
+    assert "recovery_target_action = 'shutdown'" in text
+    auto.write_text(
+        text.replace("recovery_target_action = 'shutdown'", "recovery_target_action = 'promote'")
+    )
+    stopped.start(wait_ready=False)
+    stopped.wait_ready(timeout=300)
+    stopped.wait_for_recovery_end(timeout=300)
+    assert _phases(stopped) == ["a"]
+    stopped.stop()
