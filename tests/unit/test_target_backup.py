@@ -328,6 +328,22 @@ def test_only_backups_on_the_recovered_timeline_are_chosen(branched: MemoryStora
     assert "00000003.history" in str(info.value)
 
 
+def test_a_target_timeline_read_from_a_file_name_is_told_it_is_hex(branched: MemoryStorage) -> None:
+    """History and segment names show timelines in hex: 00000010.history is timeline 16. An
+    operator who gives --target-timeline 10 from that name asks PostgreSQL (which reads it in
+    decimal) for timeline 10; where none was archived, the refusal says which file the 10 he
+    read names."""
+    _history(branched, 16, "1\t0/4000000\tpromoted\n")
+    with pytest.raises(UsageError) as info:
+        backup_for_target(branched, B1, RecoveryTarget("c", timeline="10"))
+    message = str(info.value)
+    assert "0000000A.history is not in storage" in message, message
+    assert "--target-timeline 16" in message and "00000010.history" in message, message
+    with pytest.raises(UsageError) as other:
+        backup_for_target(branched, B1, RecoveryTarget("c", timeline="7"))
+    assert "--target-timeline 7" not in str(other.value) and "hex" not in str(other.value)
+
+
 def test_a_target_timeline_never_archived_is_named_as_such(branched: MemoryStorage) -> None:
     """--target-timeline 7 where no timeline 7 was archived: the refusal said "00000007.history
     cannot be read from storage" (as for a damaged file) and, for LATEST, to "name one with

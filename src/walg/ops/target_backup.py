@@ -216,7 +216,7 @@ class _Timelines:
         if history is None:
             return (
                 f"{history_file_name(target)} is not in storage: no timeline {target} was "
-                "archived there"
+                f"archived there{self._hex_hint(target)}"
             )
         for timeline in sorted({end.timeline, finish}):
             if timeline not in history.timelines():
@@ -228,6 +228,20 @@ class _Timelines:
                 f"off timeline {finish} at {format_lsn(left)}"
             )
         return None
+
+    def _hex_hint(self, target: int) -> str:
+        """Where ``--target-timeline``'s digits, read as the hex a file name shows them in,
+        name an archived timeline (10 from 00000010.history, timeline 16): say so."""
+        if self._asked is None or not self._asked.isdigit():
+            return ""
+        as_hex = int(self._asked, 16)
+        if as_hex == target or find_wal_object(self._storage, history_file_name(as_hex)) is None:
+            return ""
+        return (
+            f" ({history_file_name(as_hex)} is timeline {as_hex}: file names show timelines "
+            f"in hex, PostgreSQL reads --target-timeline in decimal; for that one give "
+            f"--target-timeline {as_hex})"
+        )
 
     def outlived_fork(self, end: BackupEnd, written: GoTime) -> int | None:
         """For a backup :meth:`why_not` left out for ending on its timeline after a later one
