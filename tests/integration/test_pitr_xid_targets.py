@@ -22,7 +22,7 @@ from pgcluster import Cluster, CommandError, PgInstall
 from walgcli import WalgSetup, archive_now
 
 
-def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str) -> Cluster:
+def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str, *more: str) -> Cluster:
     walg.run(
         [
             "backup-fetch",
@@ -32,6 +32,7 @@ def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str) -> Clust
             walg.command("wal-fetch", "%f", "%p"),
             "--target-xid",
             xid,
+            *more,
         ]
     )
     return Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
@@ -84,6 +85,10 @@ def test_xid_targets_of_an_abort_past_wraparound_and_of_a_subtransaction(
     assert "recovery stopping after abort of transaction" in by_abort.logfile.read_text()
     # Past the wraparound: the server reads the id within its epoch, the transaction meant.
     assert _promoted(_recover(pg_install, walg, pg_workdir / "epoch", committed)) == ["a", "b"]
+    # --target-exclusive (recovery_target_inclusive off): just before that commit instead.
+    before = _recover(pg_install, walg, pg_workdir / "exclusive", committed, "--target-exclusive")
+    assert _promoted(before) == ["a"]
+    assert "recovery stopping before commit of transaction" in before.logfile.read_text()
 
     stuck = _recover(pg_install, walg, pg_workdir / "subxact", subxact)
     with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
