@@ -280,7 +280,8 @@ def test_wal_push_in_process_honours_the_marker_too(tmp_path: Path) -> None:
     status = wal / "walg_data" / "walg_archive_status"
     status.mkdir(parents=True)
     name = "000000010000000000000007"
-    (wal / name).write_bytes(b"\0" * 8192)
+    # Not zeros: wal-push refuses a segment whose first page header is zeros.
+    (wal / name).write_bytes(b"\1" * 8192)
     store = tmp_path / "store"
     store.mkdir()
     code = f"from walg.cli.main import main; print(main(['wal-push', {str(wal / name)!r}]))"

@@ -147,3 +147,29 @@ def test_an_empty_file_under_a_segment_name_is_refused(tmp_path: Path, walg_bin:
     assert refused.returncode == 1, refused.stderr
     assert "is empty" in refused.stderr and "not archived" in refused.stderr, refused.stderr
     assert not [p for p in store.rglob("*") if p.is_file()], "nothing stored"
+
+
+def test_a_segment_file_postgresql_made_ahead_and_has_not_written_is_refused(
+    tmp_path: Path, walg_bin: str
+) -> None:
+    # PostgreSQL makes future segments ahead of use filled with zeros (wal_init_zero, on by
+    # default), and writes a segment's first page header before anything else in it. A push
+    # by hand that reaches such a file stored 16 MiB of zeros under the name, and PostgreSQL's
+    # own call for it, once written, was refused for ever as different content. pgBackRest
+    # refuses such a file too (its archive-push checks the first page header).
+    wal, store, env = _data_directory(tmp_path)
+    (wal / LATER).write_bytes(bytes(16 << 20))
+    refused = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert refused.returncode == 1, refused.stderr
+    assert "first page header is zeros" in refused.stderr, refused.stderr
+    assert "not archived" in refused.stderr, refused.stderr
+    assert not [p for p in store.rglob("*") if p.is_file()], "nothing stored"
+
+    (wal / LATER).write_bytes(segment_bytes(LATER, SYSID))
+    pushed = run_walg([walg_bin, "wal-push", str(wal / LATER)], env)
+    assert pushed.returncode == 0, pushed.stderr
+    # Not a segment's first page: zeros at the start of a .partial or .history file are
+    # not judged here.
+    partial = wal / f"{OLD}.partial"
+    partial.write_bytes(bytes(1 << 20))
+    assert run_walg([walg_bin, "wal-push", str(partial)], env).returncode == 0

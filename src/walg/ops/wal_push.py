@@ -354,8 +354,9 @@ def stored_refusal(settings: Settings, storage: Storage, source: str) -> WalOver
 
 
 def _refuse_another_segment(source: str, name: str) -> None:
-    """Refuse segment file ``source`` if it is empty, or if its first page header states
-    another segment's position than ``name``'s, or another size than the file's.
+    """Refuse segment file ``source`` if it is empty, if its first page header is zeros, or
+    if that header states another segment's position than ``name``'s, or another size than
+    the file's.
 
     PostgreSQL hands archive_command only segments it has written, but a push by hand (a
     loop over pg_wal) reaches the files it recycled for later use: an old segment's bytes
@@ -375,6 +376,13 @@ def _refuse_another_segment(source: str, name: str) -> None:
         raise WalgError(f"{source} is empty, which no WAL segment is; not archived")
     if len(head) < 40:
         return
+    if not any(head):
+        # PostgreSQL writes a segment's first page header before the rest, and makes future
+        # segments ahead of use full of zeros (wal_init_zero): a push by hand reached one.
+        raise WalgError(
+            f"{source}'s first page header is zeros: not a WAL segment PostgreSQL has written "
+            "(a file made ahead of use?); not archived"
+        )
     magic, info = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
     size = int.from_bytes(head[32:36], "little")
     # PostgreSQL 9.3's page magic and later; a long header; initdb --wal-segsize's sizes.
