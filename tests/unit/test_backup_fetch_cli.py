@@ -170,6 +170,23 @@ def test_doubled_percent_signs_and_every_placeholder_are_written_as_given(store:
     assert auto_conf_settings(dest)["restore_command"] == command
 
 
+def test_an_odd_entry_named_like_a_later_timeline_s_segment_does_not_stop_a_restore(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A restore following the latest timeline looks for WAL of the timeline after the
+    newest history it finds (stored without its history, recovery would land on the wrong
+    branch). An entry there that is no object is no WAL: it failed the whole restore."""
+    (store / "wal_005").mkdir(exist_ok=True)
+    os.mkfifo(store / "wal_005" / "00000002000000000000000A.lz4")
+    dest = store.parent / "restore"
+    assert (
+        main(["backup-fetch", str(dest), "LATEST", "--restore-command", "walg wal-fetch %f %p"])
+        == 0
+    )
+    _, err = capsys.readouterr()
+    assert "00000002000000000000000A.lz4" in err and "FIFO" in err, err
+
+
 def test_an_odd_entry_among_the_wal_objects_does_not_stop_a_restore_to_a_target(
     store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

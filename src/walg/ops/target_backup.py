@@ -361,14 +361,20 @@ def _ns(moment: datetime, frac: str) -> int:
 def _archived_without_history(storage: Storage, timeline: int) -> str | None:
     """A stored segment of ``timeline`` (whose history file is not stored), or None.
 
-    One prefix listing: the timeline's own objects, not the whole archive's.
+    One prefix listing: the timeline's own objects, not the whole archive's. An entry that
+    is no object (a FIFO on local-folder storage) is no WAL: passed over with a warning, as
+    the listings do.
     """
     from walg.core.lsn import is_wal_file_name
     from walg.core.naming import WAL
     from walg.ops.wal_show import fetched_as
 
     prefix = f"{timeline:08X}"
-    for info in storage.list(WAL + prefix, recursive=False):
+    odd: list[str] = []
+    infos = storage.list(WAL + prefix, recursive=False, unlisted=odd)
+    for line in odd:
+        log.warning("%s; not taken for WAL of timeline %d", line, timeline)
+    for info in infos:
         name = fetched_as(info.key[len(WAL) :])
         if name.startswith(prefix) and is_wal_file_name(name):
             return info.key
