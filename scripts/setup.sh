@@ -3,7 +3,8 @@
 #
 # Runs as root; idempotent and fast when everything is already in place.
 #   - Debian packages (PostgreSQL 15, python3-venv, liblzo2-dev, lz4, pgbackrest, util-linux,
-#     gcc for the native walg-daemon-client, strace for a durability test)
+#     gcc for the native walg-daemon-client, strace for a durability test, faketime for the
+#     clock-skew tests, locales for the sources the server-language tests build de_DE from)
 #   - user "pgtest" (initdb/postgres refuse to run as root)
 #   - virtual environment $WALG_OPT/venv (Debian's python3) with walg[test] installed
 #     non-editable (the checkout may sit under a mode-700 home that pgtest cannot read)
@@ -26,7 +27,7 @@ declare -A PYPI_PG=([14]=14.23.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
 PG13_DEBS=(postgresql-13 postgresql-client-13 libicu67 libssl1.1 libldap-2.4-2)
 # Bump when the layout of $PG_ROOT/<major>/env changes: existing installs get rewritten.
 ENV_FORMAT=2
-APT_PACKAGES=(postgresql-15 python3-venv liblzo2-dev lz4 pgbackrest util-linux gcc libc6-dev strace iproute2 faketime)
+APT_PACKAGES=(postgresql-15 python3-venv liblzo2-dev lz4 pgbackrest util-linux gcc libc6-dev strace iproute2 faketime locales)
 
 T0=$(date +%s%N)
 CHANGED=0 # set when anything was installed: permissions are fixed up at the end
