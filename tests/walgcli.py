@@ -71,6 +71,51 @@ class WalgSetup:
         return popen_as_pg(argv, self.env(cluster, env))
 
 
+def archiving_primary(
+    walg: WalgSetup,
+    install: PgInstall,
+    datadir: Path,
+    *,
+    daemon_socket: Path | None = None,
+    archive_command: str | None = None,
+    archive_timeout: str | None = None,
+    wal_level: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    initdb_args: Sequence[str] = (),
+    use_template: bool = True,
+    start: bool = True,
+) -> Cluster:
+    """A cluster of ``install`` in ``datadir`` with ``archive_mode = on``, archiving into
+    ``walg``'s storage; started unless ``start`` is false (to stage files or a daemon first).
+
+    Its archive_command is ``walg wal-push %p`` with ``walg``'s config file; with
+    ``daemon_socket``, the compiled walg-daemon-client beside ``walg`` on that socket (the
+    daemon is the caller's to start); or ``archive_command`` as given ("false" to hold a
+    backlog of .ready files, a gated command). ``archive_timeout`` and ``wal_level`` are set
+    when given, then ``conf``, in that order.
+    """
+    if archive_command is not None and daemon_socket is not None:
+        raise ValueError("archive_command and daemon_socket exclude each other")
+    if archive_command is None:
+        if daemon_socket is not None:
+            native = Path(walg.walg_bin).with_name("walg-daemon-client-native")
+            archive_command = f"{native} {daemon_socket} wal-push %p"
+        else:
+            archive_command = walg.command("wal-push", "%p")
+    settings = {"archive_mode": "on", "archive_command": archive_command}
+    if archive_timeout is not None:
+        settings["archive_timeout"] = archive_timeout
+    if wal_level is not None:
+        settings["wal_level"] = wal_level
+    settings.update(conf or {})
+    cluster = Cluster.create(
+        install, datadir, initdb_args=initdb_args, conf=settings, use_template=use_template
+    )
+    if start:
+        cluster.start()
+    return cluster
+
+
 def start_daemon(
     walg: WalgSetup, socket: Path, pgdata: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ import pytest
 
 from loglines import undated
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, finish_with_switches
+from walgcli import WalgSetup, archiving_primary, finish_with_switches
 
 # About 25 partitions of 1 MiB for a fresh cluster, one at a time.
 SMALL_PARTS = {"WALG_TAR_SIZE_THRESHOLD": str(1 << 20), "WALG_UPLOAD_DISK_CONCURRENCY": "1"}
@@ -31,12 +31,7 @@ def _slow(op: str, seconds: float) -> dict[str, str]:
 @pytest.fixture
 def setup(pg_workdir: Path, walg_bin: str) -> tuple[WalgSetup, Cluster]:
     walg = WalgSetup.create(walg_bin, pg_workdir, **SMALL_PARTS)
-    cluster = Cluster.create(
-        PgInstall.load(15),
-        pg_workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, PgInstall.load(15), pg_workdir / "data")
     return walg, cluster
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup
+from pgcluster import PgInstall
+from walgcli import WalgSetup, archiving_primary
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -44,12 +44,7 @@ def test_a_backup_pushed_by_a_host_whose_clock_is_behind_is_not_chosen_for_an_ea
     end) and exited 0. The end is now dated by the server's clock where it is later, which
     backup-push warns of, and no backup can reach that target (74)."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     target = src.psql("SELECT clock_timestamp()")
     time.sleep(0.1)  # 'after' commits strictly after the target

@@ -171,12 +171,10 @@ def test_archive_now_right_after_a_segment_switch(
     """walgcli.archive_now just after a switch (a primary's backup-push ends with one): from
     PostgreSQL 17 on, pg_switch_wal at a segment's first record switches nothing and returns
     a position inside that segment, and archive_now waited for it until its timeout."""
-    from walgcli import WalgSetup, archive_now
+    from walgcli import WalgSetup, archive_now, archiving_primary
 
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    cluster = Cluster.create(pg_install, pg_workdir / "c", conf=conf)
-    cluster.start()
+    cluster = archiving_primary(walg, pg_install, pg_workdir / "c")
     cluster.psql("CREATE TABLE t AS SELECT 1 AS x")
     cluster.switch_wal()
     first = archive_now(cluster, timeout=20)

@@ -221,12 +221,10 @@ def test_a_sentinel_without_the_version_gets_the_settings_of_the_restored_server
     refuses to start ("using recovery command file is not supported")."""
     import json
 
-    from walgcli import WalgSetup, archive_now
+    from walgcli import WalgSetup, archive_now, archiving_primary
 
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    src = Cluster.create(pg_install, pg_workdir / "src", conf=archiving)
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO marks VALUES ('after the backup')")

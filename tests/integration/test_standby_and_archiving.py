@@ -10,16 +10,18 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, run_as_pg
-from walgcli import WalgSetup, archive_now, normalized_dump, push_on_standby, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    normalized_dump,
+    push_on_standby,
+    restore_and_recover,
+)
 
 
 def _primary(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
-    cluster = Cluster.create(
-        install,
-        workdir / "primary",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, workdir / "primary")
     cluster.pgbench(["-i", "-s", "2", "-q"])
     return cluster
 
@@ -116,10 +118,7 @@ def test_standby_promoted_during_backup_fails(
 def test_broken_archiving_fails_stop_with_a_clear_message(pg_workdir: Path, walg_bin: str) -> None:
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="3s")
-    cluster = Cluster.create(
-        install, pg_workdir / "data", conf={"archive_mode": "on", "archive_command": "false"}
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "data", archive_command="false")
     started = time.monotonic()
     result = walg.run(["backup-push", str(cluster.datadir)], cluster=cluster, check=False)
     elapsed = time.monotonic() - started
@@ -217,12 +216,7 @@ def test_backup_waits_for_every_segment_it_needs_not_only_the_last(
     walg = WalgSetup.create(
         walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="4", WALG_STOP_BACKUP_TIMEOUT="8s"
     )
-    cluster = Cluster.create(
-        install,
-        pg_workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "data")
     cluster.psql("CREATE TABLE filler (x text)")
     # Held before pg_control is written, while WAL is switched past the starting segment.
     faults = json.dumps([{"op": "write", "key": "pg_control\\.tar", "delay": 4}])

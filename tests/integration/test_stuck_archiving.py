@@ -18,7 +18,7 @@ import pytest
 
 from fakewal import small_tmpfs
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
+from walgcli import WalgSetup, archive_now, archiving_primary, start_daemon, stop_daemon
 
 
 def _wait_for_archive_failure(cluster: Cluster, timeout: float = 60) -> str:
@@ -45,10 +45,9 @@ def test_backup_push_behind_a_split_brain_fails_at_once_naming_it(
     pg_stat_archiver with wal-push's own reason, and leaves no backup."""
     install = PgInstall.load(major)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
     # Both copies of one template: one database system, the same segment names.
-    ours = Cluster.create(install, pg_workdir / "ours", conf=conf)
-    theirs = Cluster.create(install, pg_workdir / "theirs", conf=conf)
+    ours = archiving_primary(walg, install, pg_workdir / "ours", start=False)
+    theirs = archiving_primary(walg, install, pg_workdir / "theirs", start=False)
     assert (
         ours.control_data()["Database system identifier"]
         == theirs.control_data()["Database system identifier"]
@@ -95,15 +94,9 @@ def test_the_daemon_logs_a_split_brain_refusal_whole_once_and_its_retries_short(
     server's log sends the operator to the daemon's log (the protocol carries no reason)."""
     install = PgInstall.load(16)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    theirs = Cluster.create(install, pg_workdir / "theirs", conf=conf)
-    native = Path(walg_bin).with_name("walg-daemon-client-native")
+    theirs = archiving_primary(walg, install, pg_workdir / "theirs", start=False)
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
-    ours = Cluster.create(
-        install,
-        pg_workdir / "ours",
-        conf={"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"},
-    )
+    ours = archiving_primary(walg, install, pg_workdir / "ours", daemon_socket=socket, start=False)
     theirs.start()
     theirs.psql("CREATE TABLE theirs AS SELECT generate_series(1, 5000) AS g")
     taken = archive_now(theirs)
@@ -143,11 +136,7 @@ def test_a_full_storage_volume_stops_archiving_cleanly_and_it_resumes_once_there
     walg = WalgSetup.create(walg_bin, pg_workdir)
     owner = walg.store.stat()
     options = f"size=4m,mode=0755,uid={owner.st_uid},gid={owner.st_gid}"
-    cluster = Cluster.create(
-        install,
-        pg_workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
+    cluster = archiving_primary(walg, install, pg_workdir / "data", start=False)
     with small_tmpfs(walg.store, options):
         cluster.start()
         archive_now(cluster)  # segment 1 (initdb's, compressible) fits

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
 from walg.core.lsn import Segment, parse_lsn
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def _switch(cluster: Cluster, n: int) -> str:
@@ -25,12 +25,7 @@ def _switch(cluster: Cluster, n: int) -> str:
 def test_wal_show_and_verify_on_a_real_archive(pg_workdir: Path, walg_bin: str) -> None:
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    cluster = Cluster.create(
-        install,
-        pg_workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "data")
     cluster.psql("CREATE TABLE t (id int, pad text)")
     _switch(cluster, 1000)
     pushed = walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
@@ -218,12 +213,7 @@ def test_wal_verify_on_a_standby_checks_up_to_the_received_wal(
     a segment lost after it was never examined and the check said OK."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    primary = Cluster.create(
-        install,
-        pg_workdir / "primary",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    primary.start()
+    primary = archiving_primary(walg, install, pg_workdir / "primary")
     primary.psql("CREATE TABLE t (id int, pad text)")
     archive_now(primary)
     standby = primary.make_standby(
@@ -262,9 +252,7 @@ def test_wal_verify_right_after_a_promotion_uses_the_new_timeline(
     just when a failover is being checked. On a primary the timeline is the one it writes."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    primary = Cluster.create(install, pg_workdir / "primary", conf=archiving)
-    primary.start()
+    primary = archiving_primary(walg, install, pg_workdir / "primary")
     primary.psql("CREATE TABLE t (id int, pad text)")
     walg.run(["backup-push", str(primary.datadir)], cluster=primary)
     standby = primary.make_standby(
@@ -325,12 +313,7 @@ def test_wal_show_lists_a_timelines_backups_as_wal_g_does(pg_workdir: Path, walg
     other end."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    cluster = Cluster.create(
-        install,
-        pg_workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "data")
     cluster.psql("CREATE TABLE t (id int, pad text)")
     for n in (1, 2, 3):
         _switch(cluster, 100 * n)
@@ -352,9 +335,7 @@ def test_wal_verify_on_a_standby_that_followed_a_promotion(pg_workdir: Path, wal
     receives (pg_stat_wal_receiver) is the newer one."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    primary = Cluster.create(install, pg_workdir / "primary", conf=archiving)
-    primary.start()
+    primary = archiving_primary(walg, install, pg_workdir / "primary")
     primary.psql("CREATE TABLE t (id int, pad text)")
     walg.run(["backup-push", str(primary.datadir)], cluster=primary)
     upstream = primary.make_standby(pg_workdir / "upstream")
