@@ -15,21 +15,20 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover, start_load
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    normalized_dump,
+    restore_and_recover,
+    start_load,
+)
 
 
 def _source(install: PgInstall, workdir: Path, walg: WalgSetup) -> Cluster:
-    cluster = Cluster.create(
-        install,
-        workdir / "src",
-        conf={
-            "archive_mode": "on",
-            "archive_command": walg.command("wal-push", "%p"),
-            "archive_timeout": "0",
-            "wal_level": "replica",
-        },
+    cluster = archiving_primary(
+        walg, install, workdir / "src", archive_timeout="0", wal_level="replica"
     )
-    cluster.start()
     return cluster
 
 

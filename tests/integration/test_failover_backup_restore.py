@@ -14,13 +14,9 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
+from walgcli import WalgSetup, archive_now, archiving_primary, normalized_dump, restore_and_recover
 
 STOP_TIMEOUT = {"WALG_STOP_BACKUP_TIMEOUT": "40s"}
-
-
-def _archiving(walg: WalgSetup) -> dict[str, str]:
-    return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
 
 
 def _sentinels(walg: WalgSetup) -> dict[str, dict[str, object]]:
@@ -40,8 +36,7 @@ def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover
     recovery onto the new timeline reads it from there. walg waited for the old timeline's
     copy until WALG_STOP_BACKUP_TIMEOUT and failed a backup that restores."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    primary = Cluster.create(pg_install, pg_workdir / "primary", conf=_archiving(walg))
-    primary.start()
+    primary = archiving_primary(walg, pg_install, pg_workdir / "primary")
     primary.pgbench(["-i", "-s", "2", "-q"])
     upstream = primary.make_standby(pg_workdir / "upstream")
     cascade = upstream.make_standby(pg_workdir / "cascade")
@@ -131,8 +126,7 @@ def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_ont
     a time target after the fork, without one, or when it is named; asked for timeline 1, it
     is the one to restore. (Coverage on real clusters: this passed before.)"""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    old = Cluster.create(pg_install, pg_workdir / "old", conf=_archiving(walg))
-    old.start()
+    old = archiving_primary(walg, pg_install, pg_workdir / "old")
     old.pgbench(["-i", "-s", "1", "-q"])
     new = old.make_standby(pg_workdir / "new")
     old.psql("CREATE TABLE mark_common AS SELECT generate_series(1, 100) AS g")
@@ -198,8 +192,7 @@ def test_a_standby_ahead_of_the_promoted_one_is_told_why_its_backup_cannot_finis
     branch, and warn of it while it waits (30 min by default)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    primary = Cluster.create(install, pg_workdir / "primary", conf=_archiving(walg))
-    primary.start()
+    primary = archiving_primary(walg, install, pg_workdir / "primary")
     primary.pgbench(["-i", "-s", "1", "-q"])
     ahead = primary.make_standby(pg_workdir / "ahead")
     behind = primary.make_standby(pg_workdir / "behind")

@@ -26,6 +26,7 @@ from walg.core.lsn import Segment, parse_lsn
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     normalized_dump,
     prefetched_after_fetch,
     push_on_standby,
@@ -269,9 +270,7 @@ def test_a_switchover_s_old_primary_backs_up_as_a_standby_on_timeline_3(
     segment as ``.partial``; then the primary of timeline 2, back as a standby of timeline 3's
     (a switchover), is backed up while its restartpoint is still on timeline 2."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    p = Cluster.create(pg_install, pg_workdir / "p", conf=archiving)
-    p.start()
+    p = archiving_primary(walg, pg_install, pg_workdir / "p")
     p.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     _mark(p, "a")
     s1 = p.make_standby(pg_workdir / "s1")

@@ -23,6 +23,7 @@ from pgcluster import Cluster, CommandError, PgInstall
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     normalized_dump,
     prefetched_after_fetch,
     restore_and_recover,
@@ -65,12 +66,7 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.pgbench(["-i", "-s", "1", "-q"])
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
@@ -222,12 +218,7 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     segment under this one's name (a second cluster given the same prefix) stop it too, with
     walg naming the object."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE t (i int)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
@@ -294,13 +285,7 @@ def _another_systems_segment(install: PgInstall, workdir: Path, walg_bin: str, n
     """The object another database system (its own initdb, not a copy of this one's
     template) archived under WAL segment ``name``."""
     other = WalgSetup.create(walg_bin, workdir / "other")
-    cluster = Cluster.create(
-        install,
-        workdir / "other" / "data",
-        conf={"archive_mode": "on", "archive_command": other.command("wal-push", "%p")},
-        use_template=False,
-    )
-    cluster.start()
+    cluster = archiving_primary(other, install, workdir / "other" / "data", use_template=False)
     while archive_now(cluster) < name:
         pass
     cluster.stop()
@@ -509,12 +494,7 @@ def test_a_delay_inherited_from_a_delayed_standby_does_not_hold_back_the_restore
     the primary (ignored there): its backup carries it as a delayed standby's would. Restored
     without recovery settings (files only), the delay is named in a warning."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     src.psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
@@ -562,16 +542,7 @@ def test_a_named_backup_with_a_time_without_zone_that_may_precede_its_end_is_ref
     same choice; a named backup is refused too (exit 2), before anything is restored."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={
-            "archive_mode": "on",
-            "archive_command": walg.command("wal-push", "%p"),
-            "timezone": "Asia/Tokyo",
-        },
-    )
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src", conf={"timezone": "Asia/Tokyo"})
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     target = src.psql("SELECT localtimestamp")  # the server's wall clock, no zone
     time.sleep(0.2)
@@ -672,14 +643,12 @@ def test_a_files_only_restore_leaves_no_target_from_postgresql_conf(
         "recovery_target_time": "2020-01-01 00:00:00+00",
         "recovery_target_action": "promote",
     }
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         pg_install,
         pg_workdir / "src",
-        conf={
-            "archive_mode": "on",
-            "archive_command": walg.command("wal-push", "%p"),
-            **(target if conf == "postgresql.conf" else {}),
-        },
+        conf=target if conf == "postgresql.conf" else {},
+        start=False,
     )
     if conf != "postgresql.conf":
         (src.datadir / "conf.d").mkdir()

@@ -22,11 +22,7 @@ import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
 from walg.core.lsn import Segment
-from walgcli import WalgSetup, archive_now, start_load
-
-
-def _archiving(walg: WalgSetup) -> dict[str, str]:
-    return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
+from walgcli import WalgSetup, archive_now, archiving_primary, start_load
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
@@ -68,8 +64,7 @@ def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mend
     kept. Once the segment is back in storage the same directory recovers to the target and
     takes its action."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     _mark(src, "a")
@@ -163,8 +158,7 @@ def test_a_restore_on_the_host_of_a_running_primary_leaves_its_tablespace_alone(
     location and --restore-spec, and the primary's files are as they were."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(install, pg_workdir / "src", conf=_archiving(walg))
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src")
     location = src.add_tablespace("ts", pg_workdir / "ts")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY) TABLESPACE ts")
     _mark(src, "a")
@@ -202,8 +196,7 @@ def test_two_servers_promoted_from_one_backup_into_one_archive_overwrite_nothing
     as they were."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(install, pg_workdir / "src", conf=_archiving(walg))
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     _mark(src, "a")
@@ -264,8 +257,7 @@ def test_a_backup_of_a_primary_that_crashed_right_after_it_restores(
     killed the moment it returns, its data directory lost, is restored from that backup and
     reaches a consistent state."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.pgbench(["-i", "-s", "1", "-q"])
     load = start_load(src, 30)
     try:
@@ -308,8 +300,7 @@ def test_a_test_restore_with_archive_mode_off_archives_nothing_into_the_original
     backup-fetch says so, and ``--archive-mode off`` (pgBackRest's option) writes
     archive_mode = 'off' so that the copy archives nothing."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(pg_install, pg_workdir / "src", conf=_archiving(walg))
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     _mark(src, "a")

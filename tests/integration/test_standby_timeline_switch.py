@@ -22,6 +22,7 @@ from pgcluster import Cluster, PgInstall
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     finish_with_switches,
     normalized_dump,
     push_on_standby,
@@ -35,9 +36,7 @@ STOP_TIMEOUT = {"WALG_STOP_BACKUP_TIMEOUT": "60s"}
 def _chain(install: PgInstall, workdir: Path, walg: WalgSetup) -> tuple[Cluster, Cluster, Cluster]:
     """A primary archiving with walg, its standby (the upstream) and a standby of that
     standby, without restartpoints of its own for an hour; all of them caught up."""
-    archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    primary = Cluster.create(install, workdir / "primary", conf=archiving)
-    primary.start()
+    primary = archiving_primary(walg, install, workdir / "primary")
     primary.pgbench(["-i", "-s", "2", "-q"])
     upstream = primary.make_standby(workdir / "upstream")
     cascade = upstream.make_standby(workdir / "cascade", conf={"checkpoint_timeout": "1h"})
