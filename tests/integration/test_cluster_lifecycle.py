@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
-from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
+from walgcli import WalgSetup, archive_now, archiving_primary, start_daemon, stop_daemon
 
 OLD_MAJOR, NEW_MAJOR = 14, 17
 
@@ -29,10 +29,6 @@ class Upgraded:
     new: Cluster  # the upgraded cluster, running and archiving
     old_backup: str  # the old system's backup on timeline 2
     new_backup: str  # the upgraded cluster's first backup
-
-
-def _archiving(walg: WalgSetup) -> dict[str, str]:
-    return {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
 
 
 def _pg_upgrade(old: Cluster, new: Cluster, workdir: Path, mode: str = "copy") -> None:
@@ -69,8 +65,7 @@ def _upgrade_from_timeline_2(workdir: Path, walg_bin: str) -> Upgraded:
     upgraded cluster writes on timeline 1 and takes its first backup."""
     walg = WalgSetup.create(walg_bin, workdir)
     old_install, new_install = PgInstall.load(OLD_MAJOR), PgInstall.load(NEW_MAJOR)
-    first = Cluster.create(old_install, workdir / "first", conf=_archiving(walg))
-    first.start()
+    first = archiving_primary(walg, old_install, workdir / "first")
     first.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS g")
     walg.run(["backup-push", str(first.datadir)], cluster=first)
     archive_now(first)
@@ -80,7 +75,11 @@ def _upgrade_from_timeline_2(workdir: Path, walg_bin: str) -> Upgraded:
     old = Cluster.from_existing(
         old_install,
         workdir / "old",
-        conf={**_archiving(walg), "restore_command": walg.command("wal-fetch", "%f", "%p")},
+        conf={
+            "archive_mode": "on",
+            "archive_command": walg.command("wal-push", "%p"),
+            "restore_command": walg.command("wal-fetch", "%f", "%p"),
+        },
     )
     old.touch("recovery.signal")
     old.start(wait_ready=False)
@@ -91,7 +90,7 @@ def _upgrade_from_timeline_2(workdir: Path, walg_bin: str) -> Upgraded:
     archive_now(old)
     old.stop()
 
-    new = Cluster.create(new_install, workdir / "new", conf=_archiving(walg), use_template=False)
+    new = archiving_primary(walg, new_install, workdir / "new", use_template=False, start=False)
     _pg_upgrade(old, new, workdir)
     new.start()
     new.psql("CREATE TABLE after_upgrade AS SELECT generate_series(1, 10) AS g")
@@ -195,8 +194,7 @@ def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
     system's, the check is FAILURE and says why."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
-    old.start()
+    old = archiving_primary(walg, install, pg_workdir / "old")
     old.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS g")
     walg.run(["backup-push", str(old.datadir)], cluster=old)
     archive_now(old)
@@ -204,8 +202,7 @@ def test_a_cluster_rebuilt_by_initdb_into_a_used_prefix_is_not_vouched_for(
     old.stop()
 
     # Not a copy of the test template: that would be the same system.
-    new = Cluster.create(install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
-    new.start()
+    new = archiving_primary(walg, install, pg_workdir / "new", use_template=False)
     system = new.control_data()["Database system identifier"]
     assert system != old.control_data()["Database system identifier"]
     new.psql("CREATE TABLE n AS SELECT generate_series(1, 1000) AS g")
@@ -259,8 +256,7 @@ def test_pg_resetwal_below_the_archive_s_last_segment_is_explained(
     segment name past the archive's last, archiving goes on."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    cluster = Cluster.create(install, pg_workdir / "data", conf=_archiving(walg))
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "data")
     walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
     archive_now(cluster)
     last = archive_now(cluster)
@@ -299,15 +295,14 @@ def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
     with the old binaries, to the end of the old system's WAL."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     old_install, new_install = PgInstall.load(OLD_MAJOR), PgInstall.load(NEW_MAJOR)
-    old = Cluster.create(old_install, pg_workdir / "old", conf=_archiving(walg))
-    old.start()
+    old = archiving_primary(walg, old_install, pg_workdir / "old")
     walg.run(["backup-push", str(old.datadir)], cluster=old)
     old.psql("CREATE TABLE before_upgrade AS SELECT generate_series(1, 10) AS g")
     archive_now(old)
     old.stop()
     archived_by_old = {p.name for p in (walg.store / "wal_005").iterdir()}
 
-    new = Cluster.create(new_install, pg_workdir / "new", conf=_archiving(walg), use_template=False)
+    new = archiving_primary(walg, new_install, pg_workdir / "new", use_template=False, start=False)
     _pg_upgrade(old, new, pg_workdir, mode)
     new.start()
     new.psql("CREATE TABLE after_upgrade AS SELECT generate_series(1, 10) AS g")
@@ -358,21 +353,20 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
     segments 4 and 5 there)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
-    old.start()
+    old = archiving_primary(walg, install, pg_workdir / "old")
     walg.run(["backup-push", str(old.datadir)], cluster=old)
     old.psql("CREATE TABLE before_rebuild AS SELECT generate_series(1, 10) AS g")
     archive_now(old)
     old.stop()
     archived_by_old = sorted(p.name for p in (walg.store / "wal_005").iterdir())
 
-    conf = _archiving(walg)
+    socket = None
     if via == "daemon":
-        native = Path(walg_bin).with_name("walg-daemon-client-native")
         socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
-        conf["archive_command"] = f"{native} {socket} wal-push %p"
-    new = Cluster.create(install, pg_workdir / "new", conf=conf, use_template=False)
-    daemon = start_daemon(walg, socket, new.datadir) if via == "daemon" else None
+    new = archiving_primary(
+        walg, install, pg_workdir / "new", daemon_socket=socket, use_template=False, start=False
+    )
+    daemon = start_daemon(walg, socket, new.datadir) if socket is not None else None
     new.start()
     for _ in range(5):  # segment 1, refused, and a backlog behind it
         new.psql("SELECT txid_current()")
@@ -412,18 +406,16 @@ def test_a_daemon_started_over_a_rebuilt_cluster_s_backlog_adds_nothing(
     on meeting another system's segment, and an upload in flight then commits nothing."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    old = Cluster.create(install, pg_workdir / "old", conf=_archiving(walg))
-    old.start()
+    old = archiving_primary(walg, install, pg_workdir / "old")
     walg.run(["backup-push", str(old.datadir)], cluster=old)
     archive_now(old)
     old.stop()
     archived_by_old = sorted(p.name for p in (walg.store / "wal_005").iterdir())
 
-    native = Path(walg_bin).with_name("walg-daemon-client-native")
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
-    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
-    new = Cluster.create(install, pg_workdir / "new", conf=conf, use_template=False)
-    new.start()
+    new = archiving_primary(
+        walg, install, pg_workdir / "new", daemon_socket=socket, use_template=False
+    )
     for _ in range(6):  # no daemon yet: every segment stays .ready
         new.psql("SELECT txid_current()")
         new.psql("SELECT pg_switch_wal()")

@@ -23,7 +23,14 @@ import pytest
 import pgcluster
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walg.ops.wal_push import uploader_running
-from walgcli import WalgSetup, archive_now, normalized_dump, start_daemon, stop_daemon
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    normalized_dump,
+    start_daemon,
+    stop_daemon,
+)
 
 MAJOR = 16
 
@@ -49,12 +56,7 @@ def pair(workdir: Path, walg_bin: str) -> tuple[WalgSetup, Cluster, Cluster]:
         WALG_TAR_SIZE_THRESHOLD=str(1 << 20),
         WALG_UPLOAD_DISK_CONCURRENCY="1",
     )
-    primary = Cluster.create(
-        PgInstall.load(MAJOR),
-        workdir / "primary",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    primary.start()
+    primary = archiving_primary(walg, PgInstall.load(MAJOR), workdir / "primary")
     primary.pgbench(["-i", "-s", "1", "-q"])
     standby = primary.make_standby(workdir / "standby")
     return walg, primary, standby

@@ -10,7 +10,7 @@ import pytest
 
 import pgcluster
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def test_storage_given_as_a_flag_serves_archiving_backup_and_restore(walg_bin: str) -> None:
@@ -23,12 +23,9 @@ def test_storage_given_as_a_flag_serves_archiving_backup_and_restore(walg_bin: s
         walg = WalgSetup.create(walg_bin, workdir)  # its config file names walg.store
         store_b = pgcluster.make_shared_dir(workdir / "store-b", 0o755)
         flag = f"--walg-file-prefix={store_b}"
-        cluster = Cluster.create(
-            install,
-            workdir / "data",
-            conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p", flag)},
+        cluster = archiving_primary(
+            walg, install, workdir / "data", archive_command=walg.command("wal-push", "%p", flag)
         )
-        cluster.start()
         cluster.psql("CREATE TABLE t AS SELECT 1 AS before_backup")
         done = walg.run(["backup-push", str(cluster.datadir), flag], cluster=cluster)
         assert done.returncode == 0, done.stderr

@@ -27,7 +27,7 @@ from pgcluster import Cluster, PgInstall, pg_tmpdir
 from walg.errors import PostgresError
 from walg.postgres.connection import connect, query_one
 from walg.settings import load
-from walgcli import WalgSetup
+from walgcli import WalgSetup, archiving_primary
 
 APP = "walg-stall-test"
 STOP_TIMEOUT = 3  # WALG_STOP_BACKUP_TIMEOUT, seconds
@@ -37,12 +37,7 @@ STOP_TIMEOUT = 3  # WALG_STOP_BACKUP_TIMEOUT, seconds
 def setup(walg_bin: str) -> Iterator[tuple[WalgSetup, Cluster]]:
     workdir = pg_tmpdir(prefix="postgres-stalls-")
     walg = WalgSetup.create(walg_bin, workdir, WALG_STOP_BACKUP_TIMEOUT=f"{STOP_TIMEOUT}s")
-    cluster = Cluster.create(
-        PgInstall.load(16),
-        workdir / "data",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, PgInstall.load(16), workdir / "data")
     try:
         yield walg, cluster
     finally:

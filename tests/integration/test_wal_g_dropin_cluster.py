@@ -11,7 +11,7 @@ import pytest
 
 import pgcluster
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def primary(walg_bin: str) -> Iterator[tuple[Cluster, WalgSetup]]:
     walg = WalgSetup.create(walg_bin, workdir)
     # WAL-G's own documentation's form: the flags after the command.
     archive = f"{walg_bin} wal-push %p --config {walg.config}"
-    cluster = Cluster.create(
-        install, workdir / "data", conf={"archive_mode": "on", "archive_command": archive}
-    )
-    cluster.start()
+    cluster = archiving_primary(walg, install, workdir / "data", archive_command=archive)
     yield cluster, walg
     pgcluster.stop_clusters_under(workdir, mode="immediate")
     shutil.rmtree(workdir, ignore_errors=True)
