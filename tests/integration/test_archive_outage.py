@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, start_daemon, stop_daemon
+from walgcli import WalgSetup, archiving_primary, start_daemon, stop_daemon
 
 
 def _backlog(cluster: Cluster, count: int) -> list[str]:
@@ -62,11 +62,9 @@ def test_a_half_written_object_left_in_storage_by_an_outage_is_replaced_by_the_g
     One whose bytes differ, or whose readable part is too short to tell, is still refused."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_PG_WAL_SIZE="1")
-    conf = {"archive_mode": "on", "archive_command": "false"}
-    cluster = Cluster.create(
-        install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
+    cluster = archiving_primary(
+        walg, install, pg_workdir / "src", archive_command="false", initdb_args=("--wal-segsize=1",)
     )
-    cluster.start()
     names = _backlog(cluster, 5)
     copies = make_shared_dir(pg_workdir / "copies", 0o755)
     for name in names:
@@ -120,9 +118,13 @@ def test_a_daemon_never_answers_for_an_object_storage_lost_while_postgresql_wait
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_PG_WAL_SIZE="1", WALG_UPLOAD_CONCURRENCY="3")
     native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
-    conf = {"archive_mode": "on", "archive_command": "false"}
-    cluster = Cluster.create(
-        install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
+    cluster = archiving_primary(
+        walg,
+        install,
+        pg_workdir / "src",
+        archive_command="false",
+        initdb_args=("--wal-segsize=1",),
+        start=False,
     )
     daemon = start_daemon(walg, socket, cluster.datadir)
     try:
@@ -155,11 +157,14 @@ def test_a_daemon_names_the_request_and_segment_that_failed(
     which file failed."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_PG_WAL_SIZE="1", WALG_UPLOAD_CONCURRENCY="1")
-    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
-    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
-    cluster = Cluster.create(
-        install, pg_workdir / "src", initdb_args=("--wal-segsize=1",), conf=conf
+    cluster = archiving_primary(
+        walg,
+        install,
+        pg_workdir / "src",
+        daemon_socket=socket,
+        initdb_args=("--wal-segsize=1",),
+        start=False,
     )
     full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
     daemon = start_daemon(walg, socket, cluster.datadir, env={"WALG_FAULT_INJECTION": full})

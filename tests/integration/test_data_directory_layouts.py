@@ -23,9 +23,7 @@ import lz4.frame
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, normalized_dump, restore_and_recover
-
-ARCHIVING = {"archive_mode": "on", "archive_timeout": "0", "wal_level": "replica"}
+from walgcli import WalgSetup, archive_now, archiving_primary, normalized_dump, restore_and_recover
 
 
 def _fill(cluster: Cluster, tablespace: str | None = None) -> None:
@@ -44,12 +42,15 @@ def test_cluster_with_symlinked_pg_wal_restores_and_starts(
     walg = WalgSetup.create(walg_bin, pg_workdir)
     waldir = pg_workdir / "waldir"
     # No template: a copy would share the template's WAL directory through the link.
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         pg_install,
         pg_workdir / "src",
         initdb_args=["--waldir", str(waldir)],
         use_template=False,
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+        archive_timeout="0",
+        wal_level="replica",
+        start=False,
     )
     assert (src.datadir / "pg_wal").is_symlink()
     src.start()
@@ -81,12 +82,9 @@ def test_tablespace_at_a_symlinked_path_restores_where_the_spec_says(
     real = make_shared_dir(pg_workdir / "mnt" / "real", 0o700)
     link = pg_workdir / "tslink"
     link.symlink_to(real)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    src = archiving_primary(
+        walg, pg_install, pg_workdir / "src", archive_timeout="0", wal_level="replica"
     )
-    src.start()
     src.psql(f"CREATE TABLESPACE ts LOCATION '{link}'")
     _fill(src, tablespace="ts")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
@@ -127,10 +125,13 @@ def test_backup_whose_file_list_exceeds_64_mib_restores(pg_workdir: Path, walg_b
     about 4,000 bytes make a document of over 64 MiB cheaply; the restore must bring them all
     back, checked against the checksums of a document the sentinel vouches for."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         PgInstall.load(15),
         pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+        archive_timeout="0",
+        wal_level="replica",
+        start=False,
     )
     deep = src.datadir / "extra"
     for level in range(15):
@@ -193,12 +194,9 @@ def test_database_moved_to_another_tablespace_during_backup_fails_it(
     its directory, made anew, tells."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    src = archiving_primary(
+        walg, install, pg_workdir / "src", archive_timeout="0", wal_level="replica"
     )
-    src.start()
     location = src.add_tablespace("ts1", pg_workdir / "ts1")
     src.pgbench(["-i", "-s", "2", "-q"])
     src.psql("CREATE DATABASE moved TABLESPACE ts1")
@@ -248,17 +246,16 @@ def test_database_moved_after_the_backup_stopped_keeps_the_backup(
     walg = WalgSetup.create(walg_bin, pg_workdir)
     gate = pg_workdir / "archive-open"
     gate.touch()
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         install,
         pg_workdir / "src",
-        conf={
-            **ARCHIVING,
-            # Failing, not waiting: an archiver inside a long command does not take the
-            # signal barrier ALTER DATABASE ... SET TABLESPACE waits for.
-            "archive_command": f"[ -e {gate} ] && {walg.command('wal-push', '%p')}",
-        },
+        # Failing, not waiting: an archiver inside a long command does not take the
+        # signal barrier ALTER DATABASE ... SET TABLESPACE waits for.
+        archive_command=f"[ -e {gate} ] && {walg.command('wal-push', '%p')}",
+        archive_timeout="0",
+        wal_level="replica",
     )
-    src.start()
     location = src.add_tablespace("ts1", pg_workdir / "ts1")
     src.psql("CREATE DATABASE moved TABLESPACE ts1")
     src.psql(
@@ -308,10 +305,8 @@ def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
     (UnicodeEncodeError writing files_metadata.json)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    src = archiving_primary(
+        walg, install, pg_workdir / "src", archive_timeout="0", wal_level="replica", start=False
     )
     name = b"stray\xff\xfe caf\xe9.txt"
     odd = os.path.join(os.fsencode(src.datadir), name)
@@ -340,10 +335,8 @@ def test_a_configuration_file_under_a_name_the_server_keeps_at_the_top_is_restor
     depth, as WAL-G does; an operator's conf.d/recovery.conf, included from postgresql.conf,
     was missing from the restore, and the restored server could not start."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    src = archiving_primary(
+        walg, pg_install, pg_workdir / "src", archive_timeout="0", wal_level="replica", start=False
     )
     (src.datadir / "conf.d").mkdir()
     (src.datadir / "conf.d" / "recovery.conf").write_text("work_mem = '7MB'\n")
@@ -375,12 +368,15 @@ def test_cluster_with_a_tablespace_path_that_is_not_utf8(
     could not be encoded) and with UTF8 (psycopg could not decode it)."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         install,
         pg_workdir / "src",
         initdb_args=[f"--encoding={encoding}", "--locale=C"],
         use_template=False,
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+        archive_timeout="0",
+        wal_level="replica",
+        start=False,
     )
     plain = make_shared_dir(pg_workdir / "ts", 0o700)
     src.start()
@@ -424,10 +420,8 @@ def test_pgdata_given_as_a_link_with_a_symlinked_postgresql_conf(
     with the link's mode (0777, group access on the restored root) instead of 0700."""
     install = PgInstall.load(15)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={**ARCHIVING, "archive_command": walg.command("wal-push", "%p")},
+    src = archiving_primary(
+        walg, install, pg_workdir / "src", archive_timeout="0", wal_level="replica", start=False
     )
     conf = pg_workdir / "etc-postgresql.conf"
     shutil.move(src.datadir / "postgresql.conf", conf)

@@ -16,6 +16,7 @@ from pgcluster import Cluster, PgInstall, make_shared_dir
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     normalized_dump,
     restore_and_recover,
     start_daemon,
@@ -50,9 +51,14 @@ def test_128_mib_segments_are_archived_and_restored_in_bounded_memory(
     peaks = make_shared_dir(pg_workdir / "peaks", 0o777) / "wal-push.kb"
     timed_push = f"/usr/bin/time -f %%M -a -o {peaks} {walg.command('wal-push', '%p')}"
     install = PgInstall.load(16)
-    conf = {"archive_mode": "on", "archive_command": timed_push, "max_wal_size": "1GB"}
-    cluster = Cluster.create(
-        install, pg_workdir / "src", conf=conf, initdb_args=(f"--wal-segsize={SEGMENT_MB}",)
+    cluster = archiving_primary(
+        walg,
+        install,
+        pg_workdir / "src",
+        archive_command=timed_push,
+        conf={"max_wal_size": "1GB"},
+        initdb_args=(f"--wal-segsize={SEGMENT_MB}",),
+        start=False,
     )
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
     cluster.start()

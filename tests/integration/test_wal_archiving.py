@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ from walg.ops.wal_push import uploader_running
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     normalized_dump,
     restore_and_recover,
     start_daemon,
@@ -33,13 +33,6 @@ from walgcli import (
 @pytest.fixture
 def install() -> PgInstall:
     return PgInstall.load(15)
-
-
-def _source(install: PgInstall, pg_workdir: Path, archive_command: str, **create: Any) -> Cluster:
-    """A new cluster in ``pg_workdir/src`` that archives with ``archive_command``, not started
-    (``create``: more of :meth:`Cluster.create`'s arguments)."""
-    conf = {"archive_mode": "on", "archive_command": archive_command}
-    return Cluster.create(install, pg_workdir / "src", conf=conf, **create)
 
 
 def _segments(cluster: Cluster, count: int) -> list[str]:
@@ -89,8 +82,7 @@ def archived(
     install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> Iterator[tuple[WalgSetup, list[str]]]:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    cluster = _source(install, pg_workdir, walg.command("wal-push", "%p"))
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "src")
     names = _segments(cluster, 5)
     archive_now(cluster)
     cluster.stop()
@@ -146,8 +138,7 @@ def test_lookahead_drains_a_backlog_without_touching_ready_files(
     install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="4")
-    cluster = _source(install, pg_workdir, "false")
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "src", archive_command="false")
     names = _segments(cluster, 8)
     ready = sorted(p.name for p in (cluster.datadir / "pg_wal" / "archive_status").glob("*.ready"))
     assert len(ready) >= 8
@@ -232,8 +223,7 @@ def test_a_standby_whose_daemon_has_a_wrong_prefix_is_told_in_the_daemon_s_log(
     for ever, and nothing said so anywhere. The daemon's log now does; with the right prefix
     the same standby goes on."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    cluster = _source(install, pg_workdir, walg.command("wal-push", "%p"))
-    cluster.start()
+    cluster = archiving_primary(walg, install, pg_workdir / "src")
     cluster.psql("CREATE TABLE marks AS SELECT 1 AS i")
     walg.run(["backup-push", str(pg_workdir / "src")], cluster=cluster)
     archive_now(cluster)
@@ -294,7 +284,7 @@ def test_daemon_archives_and_restores_through_the_tiny_client(
     sockets = make_shared_dir(pg_workdir / "sock", 0o755)
     src_dir = pg_workdir / "src"
     push_socket = sockets / "push.sock"
-    cluster = _source(install, pg_workdir, f"{native} {push_socket} wal-push %p")
+    cluster = archiving_primary(walg, install, src_dir, daemon_socket=push_socket, start=False)
     daemon = start_daemon(walg, push_socket, src_dir, env={"WALG_LOG_LEVEL": "DEVEL"})
     try:
         cluster.start()
@@ -348,11 +338,13 @@ def test_wal_g_own_daemon_client_archives_and_restores(
     sockets = make_shared_dir(pg_workdir / "sock", 0o755)
     src_dir = pg_workdir / "src"
     push_socket = sockets / "push.sock"
-    cluster = _source(
-        # %f, as WAL-G documents it (the daemon takes %p as well; the refusal below uses it).
+    cluster = archiving_primary(
+        walg,
         install,
-        pg_workdir,
-        f"{wal_g_client} {push_socket} wal-push %f",
+        src_dir,
+        # %f, as WAL-G documents it (the daemon takes %p as well; the refusal below uses it).
+        archive_command=f"{wal_g_client} {push_socket} wal-push %f",
+        start=False,
     )
     daemon = start_daemon(walg, push_socket, src_dir)
     try:
@@ -396,10 +388,7 @@ def test_a_cluster_with_64_mib_segments_is_restored_with_no_segment_size_set(
     """initdb --wal-segsize=64 and WALG_PG_WAL_SIZE not set (WAL-G needs it only for its
     prefetch): archived, restored through wal-fetch with prefetch, and the same data."""
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_DOWNLOAD_CONCURRENCY="3")
-    src = _source(
-        install, pg_workdir, walg.command("wal-push", "%p"), initdb_args=("--wal-segsize=64",)
-    )
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src", initdb_args=("--wal-segsize=64",))
     src.pgbench(["-i", "-s", "1", "-q"])
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     names = []
@@ -430,8 +419,7 @@ def test_daemon_restarts_do_not_stop_a_recovery(
     replays every segment; a fetch failing with 128 used to stop the server instead."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src_dir = pg_workdir / "src"
-    cluster = _source(install, pg_workdir, walg.command("wal-push", "%p"))
-    cluster.start()
+    cluster = archiving_primary(walg, install, src_dir)
     cluster.psql("CREATE TABLE marks (i int PRIMARY KEY)")
     walg.run(["backup-push", str(src_dir)], cluster=cluster)
     rows = 30
@@ -477,10 +465,9 @@ def test_a_daemon_on_failing_storage_backs_off_and_still_answers_postgresql(
     not retry each segment many times a second, logging each failure; PostgreSQL's own calls
     are still tried and fail. Once storage works again everything is archived."""
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_UPLOAD_CONCURRENCY="3")
-    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
     src_dir = pg_workdir / "src"
-    cluster = _source(install, pg_workdir, f"{native} {socket} wal-push %p")
+    cluster = archiving_primary(walg, install, src_dir, daemon_socket=socket, start=False)
     full = json.dumps([{"op": "write", "key": "^wal_005/", "fail": "No space left on device"}])
     daemon = start_daemon(walg, socket, src_dir, env={"WALG_FAULT_INJECTION": full})
     try:
@@ -552,8 +539,7 @@ def test_prefetch_leaves_room_for_the_segment_recovery_asks_for(
     every restart prefetched again and failed the same way: the restore could not finish,
     while it does with WALG_DOWNLOAD_CONCURRENCY=1."""
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_DOWNLOAD_CONCURRENCY="10")
-    src = _source(install, pg_workdir, walg.command("wal-push", "%p"))
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("CREATE TABLE filler (x text)")
     for _ in range(14):
@@ -601,8 +587,7 @@ def test_a_daemon_started_after_backup_fetch_archives_ahead_once_promoted(
     new timeline's segments all the same."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src_dir = pg_workdir / "src"
-    cluster = _source(install, pg_workdir, walg.command("wal-push", "%p"))
-    cluster.start()
+    cluster = archiving_primary(walg, install, src_dir)
     walg.run(["backup-push", str(src_dir)], cluster=cluster)
     archive_now(cluster)
     cluster.stop()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, pg_tmpdir, stop_clusters_under
-from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
+from walgcli import WalgSetup, archive_now, archiving_primary, start_daemon, stop_daemon
 
 
 @dataclass
@@ -31,9 +31,8 @@ class Archived:
 def archived(walg_bin: str) -> Iterator[Archived]:
     workdir = pg_tmpdir("segsizes-")
     walg = WalgSetup.create(walg_bin, workdir)  # WALG_PG_WAL_SIZE not set
-    conf = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
-    cluster = Cluster.create(
-        PgInstall.load(16), workdir / "src", conf=conf, initdb_args=("--wal-segsize=64",)
+    cluster = archiving_primary(
+        walg, PgInstall.load(16), workdir / "src", initdb_args=("--wal-segsize=64",), start=False
     )
     cluster.run(["pg_resetwal", "-l", "00000001000000000000003E", str(cluster.datadir)])
     cluster.start()
@@ -104,11 +103,14 @@ def test_the_daemon_follows_64_mib_segments_without_the_segment_size_set(
     files state. It took 16 MiB, found no segment valid at that size and silently never
     followed one (every segment was read whole at its .ready instead)."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    native = str(Path(walg_bin).with_name("walg-daemon-client-native"))
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "push.sock"
-    conf = {"archive_mode": "on", "archive_command": f"{native} {socket} wal-push %p"}
-    cluster = Cluster.create(
-        PgInstall.load(16), pg_workdir / "src", conf=conf, initdb_args=("--wal-segsize=64",)
+    cluster = archiving_primary(
+        walg,
+        PgInstall.load(16),
+        pg_workdir / "src",
+        daemon_socket=socket,
+        initdb_args=("--wal-segsize=64",),
+        start=False,
     )
     daemon = start_daemon(walg, socket, cluster.datadir, env={"WALG_LOG_LEVEL": "DEVEL"})
     try:
