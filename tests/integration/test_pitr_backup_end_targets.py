@@ -17,7 +17,7 @@ import pytest
 
 from pgcluster import Cluster, PgInstall
 from walg.core.lsn import format_lsn
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 @pytest.mark.majors(13, 16)
@@ -25,12 +25,7 @@ def test_a_target_at_the_backup_s_end_lands_there_and_one_before_is_refused(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     src.psql("INSERT INTO marks VALUES ('before')")
     walg.run(["backup-push", str(src.datadir)], cluster=src)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 @pytest.mark.majors(13, 16)
@@ -23,12 +23,7 @@ def test_a_restore_point_that_was_never_made_stops_recovery_at_the_end_of_the_ar
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO marks VALUES ('a')")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def _phases(cluster: Cluster) -> list[str]:
@@ -38,12 +38,7 @@ def test_pause_and_shutdown_stop_at_the_target(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO marks VALUES ('a')")

@@ -20,7 +20,7 @@ import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
 from walg.ops.target_backup import time_bounds
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def _logged_target(cluster: Cluster) -> str:
@@ -42,12 +42,7 @@ def test_the_server_recovers_to_the_instant_walg_read(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     archive_now(src)
     src.stop()

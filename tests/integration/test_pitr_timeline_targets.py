@@ -17,7 +17,7 @@ import pytest
 
 from pgcluster import Cluster, PgInstall
 from walg.core.lsn import parse_lsn
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
@@ -58,12 +58,7 @@ def test_a_target_on_timeline_2_is_reached_from_the_backup_before_the_fork(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
-    src.start()
+    src = archiving_primary(walg, pg_install, pg_workdir / "src")
     src.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     first = walg.run(["backup-list"]).stdout.splitlines()[-1].split()[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now
+from walgcli import WalgSetup, archive_now, archiving_primary
 
 
 def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str, *more: str) -> Cluster:
@@ -52,11 +52,7 @@ def test_xid_targets_of_an_abort_past_wraparound_and_of_a_subtransaction(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        pg_install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
+    src = archiving_primary(walg, pg_install, pg_workdir / "src", start=False)
     # Epoch 1: every txid_current() is past 2^32, as on a server that wrapped around once.
     src.run([src.install.tool("pg_resetwal"), "-e", "1", "-D", str(src.datadir)])
     src.start()

@@ -23,6 +23,7 @@ from pgcluster import Cluster, PgInstall, make_shared_dir
 from walgcli import (
     WalgSetup,
     archive_now,
+    archiving_primary,
     normalized_dump,
     restore_and_recover,
     start_daemon,
@@ -63,16 +64,7 @@ def test_a_standby_promoted_during_its_backup_is_named_as_such_in_another_langua
     # The servers read LOCPATH from the environment they start in (the test's).
     monkeypatch.setenv("LOCPATH", str(_german_locales(pg_workdir)))
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    primary = Cluster.create(
-        install,
-        pg_workdir / "primary",
-        conf={
-            "archive_mode": "on",
-            "archive_command": walg.command("wal-push", "%p"),
-            "lc_messages": GERMAN,
-        },
-    )
-    primary.start()
+    primary = archiving_primary(walg, install, pg_workdir / "primary", conf={"lc_messages": GERMAN})
     assert primary.psql("SHOW lc_messages") == GERMAN
     # The server really answers in German: walg's English words will not be in it.
     german = primary.run([install.tool("psql"), "-X", "-c", "SELECT 1/0"], check=False)
@@ -115,11 +107,7 @@ def test_walg_under_a_latin1_locale_keeps_file_names_and_user_data_as_they_are(
     if locale != "C":
         latin1["LOCPATH"] = str(_german_locales(pg_workdir, locale))
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
-    )
+    src = archiving_primary(walg, install, pg_workdir / "src", start=False)
     names = [b"caf\xc3\xa9 \xe2\x9c\x93.txt", b"raw \xe9\xff.txt"]
     for name in names:
         path = os.path.join(os.fsencode(src.datadir), name)
@@ -158,16 +146,7 @@ def test_a_german_speaking_server_is_backed_up_and_restored_to_a_restore_point(
     install = PgInstall.load(15)
     monkeypatch.setenv("LOCPATH", str(_german_locales(pg_workdir)))
     walg = WalgSetup.create(walg_bin, pg_workdir, WALG_STOP_BACKUP_TIMEOUT="60s")
-    src = Cluster.create(
-        install,
-        pg_workdir / "src",
-        conf={
-            "archive_mode": "on",
-            "archive_command": walg.command("wal-push", "%p"),
-            "lc_messages": GERMAN,
-        },
-    )
-    src.start()
+    src = archiving_primary(walg, install, pg_workdir / "src", conf={"lc_messages": GERMAN})
     src.psql("CREATE TABLE kept AS SELECT i, 'ä ' || i AS v FROM generate_series(1, 5000) i")
     walg.run(["backup-push", str(src.datadir)], cluster=src)
     src.psql("INSERT INTO kept VALUES (5001, 'vorher')")
@@ -207,15 +186,14 @@ def test_a_latin1_cluster_in_folders_named_in_utf8_is_backed_up_and_restored(
     connected to (/…/cafÃ© src)", exit 2, so it could not be backed up at all."""
     install = PgInstall.load(16)
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = Cluster.create(
+    ts = make_shared_dir(pg_workdir / "tš é", 0o700)
+    src = archiving_primary(
+        walg,
         install,
         pg_workdir / "café src",
         initdb_args=["--encoding=LATIN1", "--locale=C"],
         use_template=False,
-        conf={"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")},
     )
-    ts = make_shared_dir(pg_workdir / "tš é", 0o700)
-    src.start()
     assert src.psql("SHOW server_encoding") == "LATIN1"
     src.psql(f"CREATE TABLESPACE t LOCATION '{ts}'")
     src.psql("CREATE TABLE kept TABLESPACE t AS SELECT i FROM generate_series(1, 1000) i")
@@ -244,12 +222,14 @@ def test_a_server_and_daemon_under_a_latin1_locale_archive_and_restore(
     walg = WalgSetup.create(walg_bin, pg_workdir)
     client = str(Path(walg_bin).parent / "walg-daemon-client")
     socket = make_shared_dir(pg_workdir / "sock é", 0o755) / "walg é.sock"
-    src = Cluster.create(
+    src = archiving_primary(
+        walg,
         install,
         pg_workdir / "données",
+        archive_command=f"{client} '{socket}' wal-push %p",
         initdb_args=[f"--locale={LATIN1}", "--encoding=LATIN1"],
         use_template=False,
-        conf={"archive_mode": "on", "archive_command": f"{client} '{socket}' wal-push %p"},
+        start=False,
     )
     daemon = start_daemon(walg, socket, src.datadir)
     src.start()
