@@ -42,7 +42,7 @@ from walg.errors import BackupNotFound, IntegrityError, UsageError, WalgError
 from walg.ops import catalog
 from walg.ops.recovery import TIME_RE, TIME_SPACE, RecoveryTarget
 from walg.ops.wal import find_wal_object, newest_timeline, read_history
-from walg.storage.base import Storage
+from walg.storage.base import ObjectInfo, Storage
 
 log = get_logger(__name__)
 
@@ -358,12 +358,13 @@ def _ns(moment: datetime, frac: str) -> int:
     return (delta.days * 86400 + delta.seconds) * _NS + int(frac)
 
 
-def _archived_without_history(storage: Storage, timeline: int) -> str | None:
-    """A stored segment of ``timeline`` (whose history file is not stored), or None.
+def _timeline_wal(storage: Storage, timeline: int, unused: str) -> list[tuple[str, ObjectInfo]]:
+    """The WAL files stored for ``timeline`` (its segments, history, ``.partial`` and
+    ``.backup`` files), each as the name wal-fetch gives it and its object.
 
     One prefix listing: the timeline's own objects, not the whole archive's. An entry that
-    is no object (a FIFO on local-folder storage) is no WAL: passed over with a warning, as
-    the listings do.
+    is no object (a FIFO on local-folder storage) is no WAL: passed over with a warning
+    ending in ``unused``, as the listings do.
     """
     from walg.core.lsn import is_wal_file_name
     from walg.core.naming import WAL
@@ -373,12 +374,17 @@ def _archived_without_history(storage: Storage, timeline: int) -> str | None:
     odd: list[str] = []
     infos = storage.list(WAL + prefix, recursive=False, unlisted=odd)
     for line in odd:
-        log.warning("%s; not taken for WAL of timeline %d", line, timeline)
-    for info in infos:
-        name = fetched_as(info.key[len(WAL) :])
-        if name.startswith(prefix) and is_wal_file_name(name):
-            return info.key
-    return None
+        log.warning("%s; %s", line, unused)
+    found = ((fetched_as(info.key[len(WAL) :]), info) for info in infos)
+    return [
+        (name, info) for name, info in found if name.startswith(prefix) and is_wal_file_name(name)
+    ]
+
+
+def _archived_without_history(storage: Storage, timeline: int) -> str | None:
+    """A stored segment of ``timeline`` (whose history file is not stored), or None."""
+    stored = _timeline_wal(storage, timeline, f"not taken for WAL of timeline {timeline}")
+    return stored[0][1].key if stored else None
 
 
 def default_timeline_problem(storage: Storage, name: str) -> str | None:
@@ -562,27 +568,22 @@ def _warn_if_past_the_archive(
     """
     from walg.core.lsn import Segment, is_segment_name
     from walg.core.naming import WAL
-    from walg.ops.wal_show import archived_segment_size, fetched_as
+    from walg.ops.wal_show import archived_segment_size
 
     if end.timeline is None:
         return
     timeline = timelines.target(end)
-    prefix = f"{timeline:08X}"
     newest: tuple[str, str] | None = None
     stored: GoTime | None = None
     # Advice only: an entry that is no object (a FIFO) is passed over, as wal-show does, and
     # a listing that fails says so; neither stops the restore (wal-fetch judges each segment).
-    odd: list[str] = []
     try:
-        infos = storage.list(WAL + prefix, recursive=False, unlisted=odd)
+        wal = _timeline_wal(storage, timeline, "not considered for where the archive ends")
     except WalgError as exc:
         log.warning("cannot tell where the archive ends for %s: %s", bound.what, exc)
         return
-    for line in odd:
-        log.warning("%s; not considered for where the archive ends", line)
-    for info in infos:
-        name = fetched_as(info.key[len(WAL) :])
-        if not (name.startswith(prefix) and is_segment_name(name)):
+    for name, info in wal:
+        if not is_segment_name(name):
             continue
         if newest is None or name > newest[0]:
             newest = (name, info.key[len(WAL) :])
