@@ -239,7 +239,7 @@ class Settings:
     @property
     def fetch_target_user_data(self) -> str:
         """``WALG_FETCH_TARGET_USER_DATA``: backup-fetch's backup, chosen by its user data."""
-        return self.values.get("WALG_FETCH_TARGET_USER_DATA", "").strip()
+        return self.values.get("WALG_FETCH_TARGET_USER_DATA", "")
 
     def lookup(self, key: str) -> str | None:
         """A storage key as WAL-G resolves it: ``WALG_KEY``, then ``WALE_KEY``, then ``KEY``."""
@@ -1229,7 +1229,8 @@ def parse_user_data(raw: str) -> Any:
     """
     import json
 
-    raw = raw.strip()
+    # Kept exactly, as WAL-G keeps it: only an empty value is no user data (JSON may have
+    # whitespace around it; text that is not JSON keeps its own).
     if not raw:
         return None
     try:

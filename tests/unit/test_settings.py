@@ -233,6 +233,28 @@ def test_sentinel_user_data_not_json_is_kept_as_a_string(tmp_path: Path) -> None
     assert s.sentinel_user_data == "nightly backup"
 
 
+@pytest.mark.parametrize("raw", ["  nightly backup\n", "\x1c\x1dnightly\x1e\x1f", "\t", " "])
+def test_sentinel_user_data_not_json_is_kept_exactly_with_its_surrounding_whitespace(
+    tmp_path: Path, raw: str
+) -> None:
+    # WAL-G (before it refused text that is not JSON) stored the variable's text as it is:
+    # only an empty value is no user data.
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA=raw))
+    assert s.sentinel_user_data == raw
+
+
+def test_sentinel_user_data_json_with_surrounding_whitespace_is_the_json_value(
+    tmp_path: Path,
+) -> None:
+    s = load(environ=env(tmp_path, WALG_SENTINEL_USER_DATA=' \n{"env": "prod"}\t\r\n'))
+    assert s.sentinel_user_data == {"env": "prod"}
+
+
+def test_fetch_target_user_data_is_kept_exactly(tmp_path: Path) -> None:
+    s = load(environ=env(tmp_path, WALG_FETCH_TARGET_USER_DATA="  nightly "))
+    assert s.fetch_target_user_data == "  nightly "
+
+
 @pytest.mark.parametrize(
     "raw", ["NaN", '{"x": 1e400}', '{"x": -Infinity}', "[Infinity]", "1" + "0" * 400]
 )

@@ -122,7 +122,7 @@ def _recovery_target(args: argparse.Namespace) -> RecoveryTarget | None:
 def _named_backup(args: argparse.Namespace, ctx: Context) -> str:
     """NAME, or the backup ``--target-user-data`` (else WALG_FETCH_TARGET_USER_DATA) names;
     never both, as in WAL-G."""
-    wanted = args.target_user_data.strip() or ctx.settings.fetch_target_user_data
+    wanted = args.target_user_data or ctx.settings.fetch_target_user_data
     if args.name is not None and wanted:
         raise UsageError(
             "give the backup's NAME (or LATEST) or --target-user-data "
