@@ -120,6 +120,10 @@ def _not_an_object(path: str, mode: int) -> NotAnObject:
     return NotAnObject(f"{path} is {kind}, not an object's file")
 
 
+def _dangling_link(path: str) -> NotAnObject:
+    return NotAnObject(f"{path} is a symbolic link to a missing file")
+
+
 class _LimitedReader:
     """Reads an object's file, up to ``length`` bytes; a failing read (EIO) is a
     :class:`StorageError` naming the file."""
@@ -503,7 +507,7 @@ class FileStorage(Storage):
         (a symbolic link at it or at a folder above it whose target is missing, a missing
         storage folder) a :class:`StorageError` saying what was found."""
         if os.path.islink(path) and not os.path.exists(path):
-            return NotAnObject(f"{path} is a symbolic link to a missing file")
+            return _dangling_link(path)
         if os.path.lexists(path):
             # Stored since the look that found nothing (a wal-push committing the segment
             # backup-push waits for): it was absent at that look.
@@ -653,7 +657,7 @@ class FileStorage(Storage):
                     st = entry.stat()
                 except FileNotFoundError:
                     if os.path.lexists(entry.path):
-                        odd = NotAnObject(f"{entry.path} is a symbolic link to a missing file")
+                        odd = _dangling_link(entry.path)
                         if unlisted is None:
                             raise odd from None
                         unlisted.append(str(odd))
