@@ -7,6 +7,7 @@ run by the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,8 +15,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from pgcluster import Cluster, PgInstall, make_shared_dir, pg_user_env, run_as_pg
+from pgcluster import Cluster, CommandError, PgInstall, make_shared_dir, pg_user_env, run_as_pg
+
+#: What a restored server's start waits for: see :func:`start_recovery`.
+Outcome = Literal["promoted", "ready", "paused", "stopped"]
 
 
 @dataclass
@@ -230,8 +235,10 @@ def restore_and_recover(
     args: list[str] | None = None,
     name: str = "LATEST",
 ) -> Cluster:
+    """backup-fetch into ``workdir/restored`` (files only, unless ``args`` say more), then
+    archive recovery to the end of the WAL set up as by hand: restore_command in the
+    configuration, recovery.signal made. The server is promoted when it returns."""
     dest = workdir / "restored"
-    """backup-fetch into ``workdir/restored``, then archive recovery to the end of the WAL."""
     result = walg.run(["backup-fetch", str(dest), name, *(args or [])])
     assert "restored" in result.stderr
     restored = Cluster.from_existing(
@@ -243,9 +250,73 @@ def restore_and_recover(
         },
     )
     restored.touch("recovery.signal")
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
+    return restored
+
+
+def fetch_for_recovery(
+    walg: WalgSetup,
+    dest: Path,
+    *recovery: str,
+    name: str = "LATEST",
+    restore_command: str | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``backup-fetch DEST NAME --restore-command COMMAND RECOVERY...``: a restore that
+    writes recovery.signal and the recovery settings. COMMAND is ``walg wal-fetch %f %p``
+    with ``walg``'s config file unless ``restore_command`` is given; ``recovery`` holds the
+    other flags as given (``--target-time T``, ``--target-action pause``...)."""
+    if restore_command is None:
+        restore_command = walg.command("wal-fetch", "%f", "%p")
+    argv = ["backup-fetch", str(dest), name, "--restore-command", restore_command, *recovery]
+    return walg.run(argv, check=check)
+
+
+def start_recovery(cluster: Cluster, until: Outcome = "promoted", timeout: float = 300) -> None:
+    """Start a restored server and wait, ``timeout`` seconds at most for each step, until
+    its recovery comes to ``until``: "promoted" (recovery ended, the server takes writes),
+    "ready" (it takes connections: a hot standby, or a recovery the caller waits for),
+    "paused" (replay paused at the target, ``--target-action pause``) or "stopped" (the
+    server shut itself down: a FATAL in recovery, ``--target-action shutdown``)."""
+    if until == "stopped":
+        # pg_ctl may report a failed start: recovery can stop before the server is ready.
+        with contextlib.suppress(CommandError):
+            cluster.start(wait_ready=False)
+        deadline = time.monotonic() + timeout
+        while cluster.is_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not cluster.is_running(), cluster.log_tail(100)
+        return
+    cluster.start(wait_ready=False)
+    cluster.wait_ready(timeout=timeout)
+    if until == "promoted":
+        cluster.wait_for_recovery_end(timeout=timeout)
+    elif until == "paused":
+        deadline = time.monotonic() + timeout
+        while cluster.psql("SELECT pg_is_wal_replay_paused()") != "t":
+            assert time.monotonic() < deadline, cluster.log_tail(60)
+            time.sleep(0.2)
+
+
+def restore_to_target(
+    install: PgInstall,
+    walg: WalgSetup,
+    dest: Path,
+    *recovery: str,
+    name: str = "LATEST",
+    restore_command: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    until: Outcome | None = "promoted",
+    timeout: float = 300,
+) -> Cluster:
+    """:func:`fetch_for_recovery` into ``dest`` (no target flags: recovery to the end of
+    the archive), the restored folder adopted as a :class:`Cluster` with ``archive_mode =
+    off`` then ``conf`` (which may set it again) in postgresql.auto.conf, and started as
+    :func:`start_recovery` starts it until ``until``; not started when that is None."""
+    fetch_for_recovery(walg, dest, *recovery, name=name, restore_command=restore_command)
+    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off", **(conf or {})})
+    if until is not None:
+        start_recovery(restored, until, timeout)
     return restored
 
 

@@ -9,7 +9,6 @@ timeline 2.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -19,43 +18,22 @@ import lz4.frame
 import pytest
 
 from loglines import undated
-from pgcluster import Cluster, CommandError, PgInstall
+from pgcluster import Cluster, PgInstall
 from walgcli import (
     WalgSetup,
     archive_now,
     archiving_primary,
+    fetch_for_recovery,
     normalized_dump,
     prefetched_after_fetch,
     restore_and_recover,
+    restore_to_target,
+    start_recovery,
 )
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
     cluster.psql(f"INSERT INTO marks VALUES ('{phase}')")
-
-
-def _recover(
-    install: PgInstall,
-    walg: WalgSetup,
-    dest: Path,
-    *target: str,
-    conf: dict[str, str] | None = None,
-) -> Cluster:
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            *target,
-        ]
-    )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off", **(conf or {})})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
-    return restored
 
 
 def _phases(cluster: Cluster) -> list[str]:
@@ -92,19 +70,23 @@ def test_recovery_lands_exactly_on_time_lsn_and_restore_point(
     assert re.fullmatch(r"[0-9A-F]{24}\.[0-9A-F]{8}\.backup\.lz4", backup_file.name)
     assert lz4.frame.decompress(backup_file.read_bytes()).startswith(b"START WAL LOCATION: ")
 
-    by_time = _recover(pg_install, walg, pg_workdir / "by-time", "--target-time", target_time)
+    by_time = restore_to_target(
+        pg_install, walg, pg_workdir / "by-time", "--target-time", target_time
+    )
     assert _phases(by_time) == ["a"]
     by_time.stop()
 
-    by_lsn = _recover(pg_install, walg, pg_workdir / "by-lsn", "--target-lsn", target_lsn)
+    by_lsn = restore_to_target(pg_install, walg, pg_workdir / "by-lsn", "--target-lsn", target_lsn)
     assert _phases(by_lsn) == ["a", "b", "c"]
     by_lsn.stop()
 
-    by_xid = _recover(pg_install, walg, pg_workdir / "by-xid", "--target-xid", target_xid)
+    by_xid = restore_to_target(pg_install, walg, pg_workdir / "by-xid", "--target-xid", target_xid)
     assert _phases(by_xid) == ["a", "b", "c", "d"]
     by_xid.stop()
 
-    by_name = _recover(pg_install, walg, pg_workdir / "by-name", "--target-name", "walg_rp")
+    by_name = restore_to_target(
+        pg_install, walg, pg_workdir / "by-name", "--target-name", "walg_rp"
+    )
     assert _phases(by_name) == ["a", "b", "c", "d", "e"]
     assert by_name.psql("SELECT count(*) FROM pgbench_accounts") == "100000"
     by_name.stop()
@@ -165,7 +147,7 @@ def test_recovery_follows_a_timeline_switch(
 
     # A restored copy recovers to the end of timeline 1, is promoted onto timeline 2 and keeps
     # writing, archiving into the same storage (00000002.history included).
-    first = _recover(pg_install, walg, pg_workdir / "first", conf=archiving)
+    first = restore_to_target(pg_install, walg, pg_workdir / "first", conf=archiving)
     _quiet_at_the_end_of_the_archive(first)
     assert first.psql("SELECT timeline_id FROM pg_control_checkpoint()") in ("1", "2")
     first.checkpoint()
@@ -179,7 +161,9 @@ def test_recovery_follows_a_timeline_switch(
     _prefetch_crosses_onto_timeline_2(walg, pg_workdir)
 
     # The same timeline-1 backup, restored again, must follow the history onto timeline 2.
-    second = _recover(pg_install, walg, pg_workdir / "second", "--target-timeline", "latest")
+    second = restore_to_target(
+        pg_install, walg, pg_workdir / "second", "--target-timeline", "latest"
+    )
     assert _phases(second) == ["tl1", "tl2"]
     assert normalized_dump(second.pg_dumpall()) == expected
     second.checkpoint()
@@ -251,22 +235,7 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
             stored.symlink_to(f"/nonexistent/archive-volume/{damaged}.lz4")
 
     dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-        ]
-    )
-    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    # pg_ctl may report a failed start: recovery can stop before the server is ready.
-    with contextlib.suppress(CommandError):
-        restored.start(wait_ready=False)
-    deadline = time.monotonic() + 120
-    while restored.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    restored = restore_to_target(pg_install, walg, dest, until="stopped", timeout=120)
     log = restored.log_tail(200)
     assert not restored.is_running(), log
     assert f'could not restore file "{damaged}" from archive' in log, log
@@ -323,7 +292,7 @@ def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
     archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
     first_target = _backed_up_a_then_b(install, walg, pg_workdir / "src", archiving)
 
-    pitr = _recover(
+    pitr = restore_to_target(
         install, walg, pg_workdir / "pitr", "--target-time", first_target, conf=archiving
     )
     assert _phases(pitr) == ["a"]
@@ -342,7 +311,9 @@ def test_a_point_in_time_restore_leaves_no_target_for_later_restores(
 
     # The newest backup finished after second_target: LATEST means the first one, which
     # replays onto timeline 2 and stops there.
-    by_time = _recover(install, walg, pg_workdir / "by-time", "--target-time", second_target)
+    by_time = restore_to_target(
+        install, walg, pg_workdir / "by-time", "--target-time", second_target
+    )
     assert _phases(by_time) == ["a", "c"]
     by_time.stop()
 
@@ -363,13 +334,13 @@ def test_a_restore_that_stops_before_a_branch_leaves_a_history_walg_reads(
     archiving = {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
     target_time = _backed_up_a_then_b(install, walg, pg_workdir / "src", archiving)
 
-    first = _recover(install, walg, pg_workdir / "first", conf=archiving)
+    first = restore_to_target(install, walg, pg_workdir / "first", conf=archiving)
     first.checkpoint()
     _mark(first, "c")
     archive_now(first)
     first.stop()
 
-    second = _recover(
+    second = restore_to_target(
         install, walg, pg_workdir / "second", "--target-time", target_time, conf=archiving
     )
     assert _phases(second) == ["a"]
@@ -407,7 +378,7 @@ def test_a_restore_stopped_at_its_target_leaves_no_prefetched_wal_once_promoted(
         archive_now(src)
     src.stop()
 
-    restored = _recover(
+    restored = restore_to_target(
         pg_install, walg, pg_workdir / "pitr", "--target-lsn", target_lsn, conf=archiving
     )
     assert _phases(restored) == ["a"]
@@ -450,7 +421,7 @@ def test_latest_without_a_target_is_a_backup_on_the_timeline_recovery_follows(
     src.stop()
     first, newest = (ref.name for ref in catalog.list_backups(FileStorage(str(walg.store))))
 
-    pitr = _recover(
+    pitr = restore_to_target(
         install, walg, pg_workdir / "pitr", "--target-time", target_time, conf=archiving
     )
     assert _phases(pitr) == ["a"]
@@ -461,22 +432,13 @@ def test_latest_without_a_target_is_a_backup_on_the_timeline_recovery_follows(
     expected = normalized_dump(pitr.pg_dumpall())
     pitr.stop()
 
-    latest = _recover(install, walg, pg_workdir / "latest")
+    latest = restore_to_target(install, walg, pg_workdir / "latest")
     assert first[len("base_") :] in (latest.datadir / "backup_label.old").read_text()
     assert _phases(latest) == ["a", "d"]
     assert normalized_dump(latest.pg_dumpall()) == expected
     latest.stop()
 
-    refused = walg.run(
-        [
-            "backup-fetch",
-            str(pg_workdir / "named"),
-            newest,
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-        ],
-        check=False,
-    )
+    refused = fetch_for_recovery(walg, pg_workdir / "named", name=newest, check=False)
     assert refused.returncode == 2, refused.stderr
     assert "timeline 2" in refused.stderr, refused.stderr
     assert not (pg_workdir / "named").exists()
@@ -506,20 +468,9 @@ def test_a_delay_inherited_from_a_delayed_standby_does_not_hold_back_the_restore
     src.stop()
 
     dest = pg_workdir / "pitr"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-time",
-            target_time,
-        ]
+    restored = restore_to_target(
+        pg_install, walg, dest, "--target-time", target_time, until="ready", timeout=60
     )
-    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=60)
     # Recovery of these few records takes a second or two; the delay held it for an hour.
     restored.wait_for_recovery_end(timeout=45)
     assert _phases(restored) == ["a"]
@@ -555,18 +506,7 @@ def test_a_named_backup_with_a_time_without_zone_that_may_precede_its_end_is_ref
 
     for which in (name, "LATEST"):
         dest = pg_workdir / f"restore-{which}"
-        refused = walg.run(
-            [
-                "backup-fetch",
-                str(dest),
-                which,
-                "--restore-command",
-                walg.command("wal-fetch", "%f", "%p"),
-                "--target-time",
-                target,
-            ],
-            check=False,
-        )
+        refused = fetch_for_recovery(walg, dest, "--target-time", target, name=which, check=False)
         assert refused.returncode == 2, refused.stderr
         assert "has no time zone" in refused.stderr, refused.stderr
         assert not dest.exists()
@@ -594,7 +534,7 @@ def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
     _mark(prod, "a")
     archive_now(prod)
 
-    drill = _recover(install, walg, pg_workdir / "drill", conf=archiving)
+    drill = restore_to_target(install, walg, pg_workdir / "drill", conf=archiving)
     drill.checkpoint()
     _mark(drill, "drill")
     archive_now(drill)
@@ -609,19 +549,10 @@ def test_latest_warns_when_the_timeline_it_leaves_went_on_after_the_fork(
 
     for args in ([], ["--target-time", "2100-01-01 00:00:00+00"]):
         dest = pg_workdir / f"latest{len(args)}"
-        fetched = walg.run(
-            [
-                "backup-fetch",
-                str(dest),
-                "LATEST",
-                "--restore-command",
-                walg.command("wal-fetch", "%f", "%p"),
-                *args,
-            ]
-        )
+        fetched = fetch_for_recovery(walg, dest, *args)
         warnings = [line for line in fetched.stderr.splitlines() if line.startswith("WARNING")]
         assert any("--target-timeline 1" in line for line in warnings), fetched.stderr
-    restored = _recover(install, walg, pg_workdir / "timeline-1", "--target-timeline", "1")
+    restored = restore_to_target(install, walg, pg_workdir / "timeline-1", "--target-timeline", "1")
     assert _phases(restored) == ["a", "b", "c"]
     restored.stop()
 
@@ -696,27 +627,11 @@ def test_a_target_time_in_the_future_is_warned_of_and_the_restore_can_go_on_to_t
     src.stop()
 
     dest = pg_workdir / "restored"
-    fetched = walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-time",
-            future,
-        ]
-    )
+    fetched = fetch_for_recovery(walg, dest, "--target-time", future)
     assert f"--target-time '{future}' is in the future" in fetched.stderr, fetched.stderr
     assert "recovery ended before configured recovery target was reached" in fetched.stderr
     restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    # pg_ctl may call the server started once it takes connections, before recovery ends.
-    with contextlib.suppress(CommandError):
-        restored.start(wait_ready=False)
-    deadline = time.monotonic() + 300
-    while restored.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not restored.is_running(), restored.log_tail()
+    start_recovery(restored, "stopped")
     log = restored.logfile.read_text(errors="replace")
     assert "FATAL:  recovery ended before configured recovery target was reached" in log
 
@@ -727,22 +642,9 @@ def test_a_target_time_in_the_future_is_warned_of_and_the_restore_can_go_on_to_t
         if not line.startswith("recovery_target_time")
     ]
     auto.write_text("".join(kept))
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     assert _phases(restored) == ["a"]
     restored.stop()
-
-
-def _start_until_it_stops(cluster: Cluster, timeout: float = 120) -> str:
-    """Start a restored server that stops by itself (a FATAL in recovery); its log."""
-    with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
-        cluster.start(wait_ready=False)
-    deadline = time.monotonic() + timeout
-    while cluster.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not cluster.is_running(), cluster.log_tail(100)
-    return cluster.logfile.read_text(errors="replace")
 
 
 @pytest.mark.majors(13, 16)
@@ -775,30 +677,25 @@ def test_a_target_past_the_end_of_the_archive_is_warned_of_before_recovery_stops
     past_lsn = format_lsn(parse_lsn(src.psql("SELECT pg_current_wal_insert_lsn()")) + (64 << 20))
     src.stop()
     warning = "without reaching the target"
-    command = walg.command("wal-fetch", "%f", "%p")
 
-    def fetch(dest: Path, *target: str) -> str:
-        args = ["backup-fetch", str(dest), "LATEST", "--restore-command", command, *target]
-        return walg.run(args).stderr
-
-    assert warning not in fetch(pg_workdir / "within", "--target-time", within)
+    said = fetch_for_recovery(walg, pg_workdir / "within", "--target-time", within).stderr
+    assert warning not in said, said
     restored = Cluster.from_existing(
         pg_install, pg_workdir / "within", conf={"archive_mode": "off"}
     )
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     assert _phases(restored) == ["a"]
     restored.stop()
 
-    said = fetch(pg_workdir / "past-lsn", "--target-lsn", past_lsn)
+    said = fetch_for_recovery(walg, pg_workdir / "past-lsn", "--target-lsn", past_lsn).stderr
     assert warning in said and past_lsn in said, said
 
     dest = pg_workdir / "past-time"
-    said = fetch(dest, "--target-time", past_time)
+    said = fetch_for_recovery(walg, dest, "--target-time", past_time).stderr
     assert warning in said and "postgresql.auto.conf" in said, said
     stopped = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    log = _start_until_it_stops(stopped)
+    start_recovery(stopped, "stopped", timeout=120)
+    log = stopped.logfile.read_text(errors="replace")
     assert "recovery ended before configured recovery target was reached" in log, log
     # What the warning says to do: the target out, the same directory recovers to the end.
     auto = dest / "postgresql.auto.conf"
@@ -809,8 +706,6 @@ def test_a_target_past_the_end_of_the_archive_is_warned_of_before_recovery_stops
             if not line.startswith("recovery_target_time")
         )
     )
-    stopped.start(wait_ready=False)
-    stopped.wait_ready(timeout=300)
-    stopped.wait_for_recovery_end(timeout=300)
+    start_recovery(stopped)
     assert _phases(stopped) == ["a", "b"]
     stopped.stop()
