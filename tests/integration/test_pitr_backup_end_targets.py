@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall
+from pgcluster import PgInstall
 from walg.core.lsn import format_lsn
-from walgcli import WalgSetup, archive_now, archiving_primary
+from walgcli import WalgSetup, archive_now, archiving_primary, fetch_for_recovery, restore_to_target
 
 
 @pytest.mark.majors(13, 16)
@@ -43,7 +43,6 @@ def test_a_target_at_the_backup_s_end_lands_there_and_one_before_is_refused(
     finish = start + timedelta(microseconds=-(-ns // 1000))
     end_time = finish.strftime("%Y-%m-%d %H:%M:%S.%f+00")
     before_end = (finish - timedelta(microseconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-    command = walg.command("wal-fetch", "%f", "%p")
 
     for name, target in {
         "lsn": ["--target-lsn", end_lsn],
@@ -51,12 +50,7 @@ def test_a_target_at_the_backup_s_end_lands_there_and_one_before_is_refused(
         "time": ["--target-time", end_time],
         "time-exclusive": ["--target-time", end_time, "--target-exclusive"],
     }.items():
-        dest = pg_workdir / name
-        walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command, *target])
-        restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-        restored.start(wait_ready=False)
-        restored.wait_ready(timeout=300)
-        restored.wait_for_recovery_end(timeout=300)
+        restored = restore_to_target(pg_install, walg, pg_workdir / name, *target)
         assert restored.psql("SELECT phase FROM marks ORDER BY phase") == "before", name
         restored.stop()
         log = restored.logfile.read_text(errors="replace")
@@ -65,11 +59,7 @@ def test_a_target_at_the_backup_s_end_lands_there_and_one_before_is_refused(
 
     earlier = format_lsn(doc["FinishLSN"] - 1)
     for target in (["--target-lsn", earlier], ["--target-time", before_end]):
-        refused = walg.run(
-            ["backup-fetch", str(pg_workdir / "refused"), "LATEST", "--restore-command",
-             command, *target],
-            check=False,
-        )  # fmt: skip
+        refused = fetch_for_recovery(walg, pg_workdir / "refused", *target, check=False)
         assert refused.returncode == 74, refused.stderr
         assert "every backup ended after it" in refused.stderr, refused.stderr
         assert not (pg_workdir / "refused").exists()

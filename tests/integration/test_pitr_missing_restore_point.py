@@ -8,14 +8,12 @@ the target line taken out of postgresql.auto.conf, recovers to the end of the ar
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now, archiving_primary
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup, archive_now, archiving_primary, fetch_for_recovery, start_recovery
 
 
 @pytest.mark.majors(13, 16)
@@ -33,25 +31,11 @@ def test_a_restore_point_that_was_never_made_stops_recovery_at_the_end_of_the_ar
     src.stop()
 
     dest = pg_workdir / "restored"
-    fetched = walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-name",
-            "before-b",  # a typo: the point is before_b
-        ]
-    )
+    # A typo: the point is before_b.
+    fetched = fetch_for_recovery(walg, dest, "--target-name", "before-b")
     assert "recovery ended before configured recovery target was reached" in fetched.stderr
     restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
-        restored.start(wait_ready=False)
-    deadline = time.monotonic() + 300
-    while restored.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not restored.is_running(), restored.log_tail()
+    start_recovery(restored, "stopped")
     log = restored.logfile.read_text(errors="replace")
     assert "FATAL:  recovery ended before configured recovery target was reached" in log, log
     assert "selected new timeline ID" not in log, log
@@ -64,8 +48,6 @@ def test_a_restore_point_that_was_never_made_stops_recovery_at_the_end_of_the_ar
             if not line.startswith("recovery_target_name")
         )
     )
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     assert restored.psql("SELECT phase FROM marks ORDER BY phase").splitlines() == ["a", "b"]
     restored.stop()

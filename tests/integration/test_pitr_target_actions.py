@@ -9,28 +9,24 @@ postgresql.auto.conf, the target kept.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now, archiving_primary
+from pgcluster import Cluster, PgInstall
+from walgcli import (
+    Outcome,
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    restore_to_target,
+    start_recovery,
+)
 
 
 def _phases(cluster: Cluster) -> list[str]:
     return cluster.psql("SELECT phase FROM marks ORDER BY phase").splitlines()
-
-
-def _wait(condition: str, check: Callable[[], bool], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not {condition} after {timeout} s")
 
 
 @pytest.mark.majors(13, 16)
@@ -48,27 +44,11 @@ def test_pause_and_shutdown_stop_at_the_target(
     archive_now(src)
     src.stop()
 
-    def restore(action: str) -> Cluster:
-        dest = pg_workdir / action
-        walg.run(
-            [
-                "backup-fetch",
-                str(dest),
-                "LATEST",
-                "--restore-command",
-                walg.command("wal-fetch", "%f", "%p"),
-                "--target-time",
-                target,
-                "--target-action",
-                action,
-            ]
-        )
-        return Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
+    def restore(action: str, until: Outcome) -> Cluster:
+        flags = ("--target-time", target, "--target-action", action)
+        return restore_to_target(pg_install, walg, pg_workdir / action, *flags, until=until)
 
-    paused = restore("pause")
-    paused.start(wait_ready=False)
-    paused.wait_ready(timeout=300)
-    _wait("paused", lambda: paused.psql("SELECT pg_is_wal_replay_paused()") == "t")
+    paused = restore("pause", "paused")
     assert paused.psql("SELECT pg_is_in_recovery()") == "t"
     assert _phases(paused) == ["a"]
     paused.psql("SELECT pg_wal_replay_resume()")
@@ -76,10 +56,7 @@ def test_pause_and_shutdown_stop_at_the_target(
     assert _phases(paused) == ["a"]
     paused.stop()
 
-    stopped = restore("shutdown")
-    with contextlib.suppress(CommandError):  # pg_ctl may report the start as failed
-        stopped.start(wait_ready=False)
-    _wait("stopped", lambda: not stopped.is_running())
+    stopped = restore("shutdown", "stopped")
     assert "recovery stopping before commit" in stopped.logfile.read_text(errors="replace")
     assert (stopped.datadir / "recovery.signal").exists()
     auto = stopped.datadir / "postgresql.auto.conf"
@@ -88,8 +65,6 @@ def test_pause_and_shutdown_stop_at_the_target(
     auto.write_text(
         text.replace("recovery_target_action = 'shutdown'", "recovery_target_action = 'promote'")
     )
-    stopped.start(wait_ready=False)
-    stopped.wait_ready(timeout=300)
-    stopped.wait_for_recovery_end(timeout=300)
+    start_recovery(stopped)
     assert _phases(stopped) == ["a"]
     stopped.stop()

@@ -10,28 +10,21 @@ the restored server's own log, in UTC.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
+from pgcluster import Cluster, PgInstall
 from walg.ops.target_backup import time_bounds
-from walgcli import WalgSetup, archive_now, archiving_primary
+from walgcli import WalgSetup, archive_now, archiving_primary, restore_to_target, start_recovery
 
 
 def _logged_target(cluster: Cluster) -> str:
     """Start a restored server whose target lies past the archive (it stops with FATAL at
     the end); the target its startup process logged last."""
-    with contextlib.suppress(CommandError):
-        cluster.start(wait_ready=False)
-    deadline = time.monotonic() + 120
-    while cluster.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not cluster.is_running(), cluster.log_tail()
+    start_recovery(cluster, "stopped", timeout=120)
     found = re.findall(r"starting point-in-time recovery to (.+)", cluster.logfile.read_text())
     assert found, cluster.log_tail()
     return str(found[-1]).strip()
@@ -56,19 +49,8 @@ def test_the_server_recovers_to_the_instant_walg_read(
         "2027-07-01 12:00:00 EST",
     ]
     dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-time",
-            forms[0],
-        ]
-    )
-    restored = Cluster.from_existing(
-        pg_install, dest, conf={"archive_mode": "off", "log_timezone": "UTC"}
+    restored = restore_to_target(
+        pg_install, walg, dest, "--target-time", forms[0], conf={"log_timezone": "UTC"}, until=None
     )
     auto = dest / "postgresql.auto.conf"
     written = auto.read_text()

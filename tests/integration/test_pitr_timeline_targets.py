@@ -17,7 +17,7 @@ import pytest
 
 from pgcluster import Cluster, PgInstall
 from walg.core.lsn import parse_lsn
-from walgcli import WalgSetup, archive_now, archiving_primary
+from walgcli import WalgSetup, archive_now, archiving_primary, fetch_for_recovery, start_recovery
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
@@ -31,25 +31,14 @@ def _phases(cluster: Cluster) -> list[str]:
 def _restore(
     install: PgInstall, walg: WalgSetup, dest: Path, *target: str, archive: bool = False
 ) -> tuple[Cluster, str]:
-    fetched = walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            *target,
-        ]
-    )
+    fetched = fetch_for_recovery(walg, dest, *target)
     conf = (
         {"archive_mode": "on", "archive_command": walg.command("wal-push", "%p")}
         if archive
         else {"archive_mode": "off"}
     )
     restored = Cluster.from_existing(install, dest, conf=conf)
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     return restored, fetched.stderr
 
 

@@ -12,36 +12,20 @@ tell such an id from another before the restore; the README says which id to giv
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
-from walgcli import WalgSetup, archive_now, archiving_primary
+from pgcluster import Cluster, PgInstall
+from walgcli import WalgSetup, archive_now, archiving_primary, restore_to_target, start_recovery
 
 
 def _recover(install: PgInstall, walg: WalgSetup, dest: Path, xid: str, *more: str) -> Cluster:
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-xid",
-            xid,
-            *more,
-        ]
-    )
-    return Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    return restore_to_target(install, walg, dest, "--target-xid", xid, *more, until=None)
 
 
 def _promoted(cluster: Cluster) -> list[str]:
-    cluster.start(wait_ready=False)
-    cluster.wait_ready(timeout=300)
-    cluster.wait_for_recovery_end(timeout=300)
+    start_recovery(cluster)
     phases = cluster.psql("SELECT phase FROM marks ORDER BY phase").splitlines()
     cluster.stop()
     return phases
@@ -87,11 +71,6 @@ def test_xid_targets_of_an_abort_past_wraparound_and_of_a_subtransaction(
     assert "recovery stopping before commit of transaction" in before.logfile.read_text()
 
     stuck = _recover(pg_install, walg, pg_workdir / "subxact", subxact)
-    with contextlib.suppress(CommandError):  # pg_ctl may report the failed start
-        stuck.start(wait_ready=False)
-    deadline = time.monotonic() + 300
-    while stuck.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not stuck.is_running(), stuck.log_tail()
+    start_recovery(stuck, "stopped")
     log = stuck.logfile.read_text(errors="replace")
     assert "recovery ended before configured recovery target was reached" in log, log
