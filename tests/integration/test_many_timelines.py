@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,13 @@ from walgcli import (
     WalgSetup,
     archive_now,
     archiving_primary,
+    fetch_for_recovery,
     normalized_dump,
     prefetched_after_fetch,
     push_on_standby,
     restore_and_recover,
+    restore_to_target,
+    start_recovery,
 )
 
 SEG = 16 << 20
@@ -49,30 +51,15 @@ def _timeline(cluster: Cluster) -> int:
     return int(cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()"))
 
 
-def _restore(
-    install: PgInstall,
-    walg: WalgSetup,
-    dest: Path,
-    *options: str,
-    conf: dict[str, str] | None = None,
-    restore_command: bool = True,
-) -> Cluster:
-    if restore_command:
-        recovery = ["--restore-command", walg.command("wal-fetch", "%f", "%p"), *options]
-    else:
-        recovery = []
-    walg.run(["backup-fetch", str(dest), "LATEST", *recovery])
-    settings = {"archive_mode": "off", **(conf or {})}
-    if not restore_command:
-        # The operator's own way: restore_command in the configuration, recovery.signal made
-        # by hand, and PostgreSQL's default recovery_target_timeline (latest).
-        settings["restore_command"] = walg.command("wal-fetch", "%f", "%p")
+def _restore_by_hand(install: PgInstall, walg: WalgSetup, dest: Path) -> Cluster:
+    """The operator's own way: backup-fetch of the files only, restore_command in the
+    configuration, recovery.signal made by hand, and PostgreSQL's default
+    recovery_target_timeline (latest)."""
+    walg.run(["backup-fetch", str(dest), "LATEST"])
+    settings = {"archive_mode": "off", "restore_command": walg.command("wal-fetch", "%f", "%p")}
     restored = Cluster.from_existing(install, dest, conf=settings)
-    if not restore_command:
-        restored.touch("recovery.signal")
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    restored.touch("recovery.signal")
+    start_recovery(restored)
     return restored
 
 
@@ -148,7 +135,7 @@ def test_restores_of_a_forked_archive_land_on_the_branch_asked_for(
 
     # Timeline 2: the whole of timeline 1, then "b", a point to come back to, then "c" and
     # three more segments.
-    first = _restore(pg_install, walg, pg_workdir / "first", conf=archiving)
+    first = restore_to_target(pg_install, walg, pg_workdir / "first", conf=archiving)
     assert _timeline(first) == 2
     _mark(first, "b")
     fork = first.psql("SELECT pg_current_wal_insert_lsn()")
@@ -158,7 +145,7 @@ def test_restores_of_a_forked_archive_land_on_the_branch_asked_for(
 
     # Timeline 3: back to the point between "b" and "c" on timeline 2, then "d" and as many
     # segments, whose names timeline 2 holds too.
-    second = _restore(
+    second = restore_to_target(
         pg_install,
         walg,
         pg_workdir / "second",
@@ -185,25 +172,19 @@ def test_restores_of_a_forked_archive_land_on_the_branch_asked_for(
         ("current", ["--target-timeline", "current"], ["a"], 4),
     ]
     for name, options, rows, timeline in cases:
-        restored = _restore(pg_install, walg, pg_workdir / name, *options)
+        restored = restore_to_target(pg_install, walg, pg_workdir / name, *options)
         assert _phases(restored) == rows, name
         # Promoted onto the timeline after the newest one in storage, whichever it followed.
         assert _timeline(restored) == timeline, name
         restored.stop()
         shutil.rmtree(restored.datadir)
 
-    plain = _restore(pg_install, walg, pg_workdir / "plain", restore_command=False)
+    plain = _restore_by_hand(pg_install, walg, pg_workdir / "plain")
     assert _phases(plain) == ["a", "b", "d"]
     plain.stop()
     shutil.rmtree(plain.datadir)
 
     _a_lost_or_damaged_history_is_never_followed_silently(pg_install, walg, pg_workdir)
-
-
-def _fetch_latest(walg: WalgSetup, dest: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    restore = walg.command("wal-fetch", "%f", "%p")
-    args = ["backup-fetch", str(dest), "LATEST", "--restore-command", restore, *options]
-    return walg.run(args, check=False)
 
 
 def _a_lost_or_damaged_history_is_never_followed_silently(
@@ -216,11 +197,11 @@ def _a_lost_or_damaged_history_is_never_followed_silently(
     stored = walg.store / "wal_005" / "00000003.history.lz4"
     kept = stored.read_bytes()
     stored.unlink()
-    refused = _fetch_latest(walg, workdir / "missing")
+    refused = fetch_for_recovery(walg, workdir / "missing", check=False)
     assert refused.returncode == 2, refused.stderr
     assert "00000003.history" in refused.stderr and "--target-timeline 2" in refused.stderr
     assert not (workdir / "missing" / "PG_VERSION").exists()
-    on_purpose = _restore(install, walg, workdir / "on-purpose", "--target-timeline", "2")
+    on_purpose = restore_to_target(install, walg, workdir / "on-purpose", "--target-timeline", "2")
     assert _phases(on_purpose) == ["a", "b", "c"]
     on_purpose.stop()
 
@@ -228,7 +209,7 @@ def _a_lost_or_damaged_history_is_never_followed_silently(
     data[data.index(b"after LSN")] ^= 0x01
     stored.write_bytes(bytes(data))
     stored.chmod(0o644)
-    damaged = _fetch_latest(walg, workdir / "damaged")
+    damaged = fetch_for_recovery(walg, workdir / "damaged", check=False)
     assert damaged.returncode == 74, damaged.stderr
     assert "00000003.history" in damaged.stderr and "checksum" in damaged.stderr
 

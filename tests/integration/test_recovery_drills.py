@@ -11,7 +11,6 @@ backup reported done restores.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -20,24 +19,22 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, CommandError, PgInstall
+from pgcluster import Cluster, PgInstall
 from walg.core.lsn import Segment
-from walgcli import WalgSetup, archive_now, archiving_primary, start_load
+from walgcli import (
+    Outcome,
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    fetch_for_recovery,
+    restore_to_target,
+    start_load,
+    start_recovery,
+)
 
 
 def _mark(cluster: Cluster, phase: str) -> None:
     cluster.psql(f"INSERT INTO marks VALUES ('{phase}')")
-
-
-def _start_and_wait_until_stopped(cluster: Cluster, timeout: float = 120) -> None:
-    """Start a restored server that is expected to stop by itself (a FATAL in recovery)."""
-    # pg_ctl may report a failed start: recovery can stop before the server is ready.
-    with contextlib.suppress(CommandError):
-        cluster.start(wait_ready=False)
-    deadline = time.monotonic() + timeout
-    while cluster.is_running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not cluster.is_running(), cluster.log_tail(100)
 
 
 def _walg_lines(log: str) -> list[str]:
@@ -90,21 +87,8 @@ def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mend
     src.stop()
 
     dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-time",
-            target,
-            "--target-action",
-            action,
-        ]
-    )
-    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    _start_and_wait_until_stopped(restored)
+    flags = ("--target-time", target, "--target-action", action)
+    restored = restore_to_target(pg_install, walg, dest, *flags, until="stopped", timeout=120)
     log = restored.logfile.read_text(errors="replace")
     assert "FATAL:  recovery ended before configured recovery target was reached" in log, log
     assert "selected new timeline ID" not in log, log
@@ -130,20 +114,14 @@ def test_a_target_past_a_gap_in_the_archive_stops_recovery_until_the_gap_is_mend
     shutil.move(kept, stored)
     restored.logfile.write_text("")
     if action == "shutdown":
-        _start_and_wait_until_stopped(restored)
+        start_recovery(restored, "stopped", timeout=120)
         log = restored.logfile.read_text(errors="replace")
         assert "shutdown at recovery target" in log, log
         assert "selected new timeline ID" not in log, log
         return
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=120)
-    if action == "promote":
-        restored.wait_for_recovery_end(timeout=120)
-    else:
-        deadline = time.monotonic() + 120
-        while restored.psql("SELECT pg_is_wal_replay_paused()") != "t":
-            assert time.monotonic() < deadline, restored.log_tail(60)
-            time.sleep(0.2)
+    until: Outcome = "promoted" if action == "promote" else "paused"
+    start_recovery(restored, until, timeout=120)
+    if action == "pause":
         assert restored.is_in_recovery()
     assert restored.psql("SELECT string_agg(phase, ',' ORDER BY phase) FROM marks") == "a,b,c"
     restored.stop()
@@ -205,11 +183,8 @@ def test_two_servers_promoted_from_one_backup_into_one_archive_overwrite_nothing
 
     nodes = []
     for name in ("one", "two"):
-        dest = pg_workdir / name
-        fetch = ["backup-fetch", str(dest), "LATEST"]
-        walg.run([*fetch, "--restore-command", walg.command("wal-fetch", "%f", "%p")])
         conf = {"archive_mode": "on", "archive_command": "false"}
-        nodes.append(Cluster.from_existing(install, dest, conf=conf))
+        nodes.append(restore_to_target(install, walg, pg_workdir / name, conf=conf, until=None))
     for node in nodes:
         node.start(wait_ready=False)
     for name, node in zip(("one", "two"), nodes, strict=True):
@@ -268,20 +243,7 @@ def test_a_backup_of_a_primary_that_crashed_right_after_it_restores(
         load.communicate(timeout=60)
     shutil.rmtree(src.datadir)
 
-    dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-        ]
-    )
-    restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=120)
-    restored.wait_for_recovery_end(timeout=120)
+    restored = restore_to_target(pg_install, walg, pg_workdir / "restored", timeout=120)
     assert "consistent recovery state reached" in restored.logfile.read_text(errors="replace")
     assert int(restored.psql("SELECT count(*) FROM pgbench_accounts")) == 100000
     if pg_install.has_amcheck:
@@ -306,14 +268,13 @@ def test_a_test_restore_with_archive_mode_off_archives_nothing_into_the_original
     _mark(src, "a")
     archive_now(src)
     src.stop()
-    restore = ["--restore-command", walg.command("wal-fetch", "%f", "%p")]
 
-    kept = walg.run(["backup-fetch", str(pg_workdir / "kept"), "LATEST", *restore])
+    kept = fetch_for_recovery(walg, pg_workdir / "kept")
     assert "archive_mode" in kept.stderr and "--archive-mode off" in kept.stderr, kept.stderr
     shutil.rmtree(pg_workdir / "kept")
 
     dest = pg_workdir / "test-copy"
-    off = walg.run(["backup-fetch", str(dest), "LATEST", *restore, "--archive-mode", "off"])
+    off = fetch_for_recovery(walg, dest, "--archive-mode", "off")
     assert "--archive-mode off" not in off.stderr, off.stderr
     copy = Cluster.from_existing(pg_install, dest)
     copy.start()

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from pgcluster import Cluster, PgInstall, make_shared_dir
+from pgcluster import PgInstall, make_shared_dir
 from walgcli import (
     WalgSetup,
     archive_now,
     archiving_primary,
     normalized_dump,
     restore_and_recover,
+    restore_to_target,
     start_daemon,
     stop_daemon,
 )
@@ -156,22 +157,7 @@ def test_a_german_speaking_server_is_backed_up_and_restored_to_a_restore_point(
     archive_now(src)
     src.stop()
 
-    dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-name",
-            "punkt",
-        ]
-    )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    restored = restore_to_target(install, walg, pg_workdir / "restored", "--target-name", "punkt")
     assert restored.psql("SHOW lc_messages") == GERMAN
     assert normalized_dump(restored.pg_dumpall()) == expected
     assert restored.psql("SELECT max(i) FROM kept") == "5001"
@@ -244,19 +230,8 @@ def test_a_server_and_daemon_under_a_latin1_locale_archive_and_restore(
 
     dest = pg_workdir / "restauré"
     daemon = start_daemon(walg, socket, dest)
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            f"{client} '{socket}' wal-fetch %f %p",
-        ]
-    )
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    command = f"{client} '{socket}' wal-fetch %f %p"
+    restored = restore_to_target(install, walg, dest, restore_command=command)
     assert normalized_dump(restored.pg_dumpall()) == expected, stop_log
     restored.stop()
     stop_daemon(daemon)

@@ -23,9 +23,12 @@ from walgcli import (
     WalgSetup,
     archive_now,
     archiving_primary,
+    fetch_for_recovery,
     normalized_dump,
     restore_and_recover,
+    restore_to_target,
     start_daemon,
+    start_recovery,
     stop_daemon,
 )
 
@@ -198,15 +201,12 @@ def _restore_through_daemon(
     daemon serving the restored PGDATA; the recovered server's dump, and the daemon's log."""
     dest = pg_workdir / "restored"
     command = f"{client} {socket} wal-fetch %f %p"
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored = restore_to_target(install, walg, dest, restore_command=command, until=None)
     daemon = start_daemon(walg, socket, dest)
     try:
         if before_start is not None:
             before_start()
-        restored.start(wait_ready=False)
-        restored.wait_ready(timeout=300)
-        restored.wait_for_recovery_end(timeout=300)
+        start_recovery(restored)
         result = Restored(restored.pg_dumpall(), restored.log_tail(400))
         assert "restored log file" in result.tail
         restored.stop()
@@ -434,8 +434,7 @@ def test_daemon_restarts_do_not_stop_a_recovery(
     dest = pg_workdir / "restored"
     # The pause makes recovery outlast the restarts.
     command = f"sleep 0.2; {prefix}WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
+    restored = restore_to_target(install, walg, dest, restore_command=command, until=None)
     daemon = start_daemon(walg, socket, dest)
     try:
         restored.start(wait_ready=False)
@@ -551,15 +550,7 @@ def test_prefetch_leaves_room_for_the_segment_recovery_asks_for(
     src.stop()
 
     dest = pg_workdir / "restored"
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-        ]
-    )
+    fetch_for_recovery(walg, dest)
     assert not list((dest / "pg_wal").iterdir())
     mount_small_pg_wal(dest / "pg_wal")
     restored = Cluster.from_existing(
@@ -567,9 +558,7 @@ def test_prefetch_leaves_room_for_the_segment_recovery_asks_for(
         dest,
         conf={"archive_mode": "off", "max_wal_size": "32MB", "min_wal_size": "32MB"},
     )
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=120)
-    restored.wait_for_recovery_end(timeout=120)
+    start_recovery(restored, timeout=120)
     assert normalized_dump(restored.pg_dumpall()) == expected
     assert "No space left" not in restored.log_tail(400)
     assert "from archive" in restored.log_tail(400)
@@ -596,7 +585,7 @@ def test_a_daemon_started_after_backup_fetch_archives_ahead_once_promoted(
     socket = make_shared_dir(pg_workdir / "sock", 0o755) / "walg.sock"
     dest = pg_workdir / "restored"
     command = f"WALG_CONFIG_PATH={walg.config} {client} {socket} wal-fetch %f %p"
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    fetch_for_recovery(walg, dest, restore_command=command)
     assert not (dest / "pg_wal" / "archive_status").exists()
     daemon = start_daemon(
         walg, socket, dest, env={"WALG_UPLOAD_CONCURRENCY": "3", "WALG_DAEMON_FOLLOW_WAL": "false"}
