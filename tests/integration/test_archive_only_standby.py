@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, start_daemon, stop_daemon
+from walgcli import WalgSetup, archive_now, restore_to_target, start_daemon, stop_daemon
 
 CHECK = "SELECT count(*), sum(i), md5(string_agg(x, ',' ORDER BY i, x)) FROM t"
 
@@ -57,12 +57,17 @@ def test_an_archive_only_standby_keeps_up_survives_its_daemon_and_follows_a_prom
     # The configuration reaches the client's direct fetch while the daemon is down (README).
     command = f"WALG_CONFIG_PATH={walg.config} {native} {socket} wal-fetch %f %p"
     dest = pg_workdir / "standby"
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command, "--standby"])
     # At the archive's end the standby asks again every wal_retrieve_retry_interval (5 s by
     # default); 1 s lets it see each new segment sooner, and the quiet wait below spans
     # several of its calls.
-    standby = Cluster.from_existing(
-        install, dest, conf={"archive_mode": "off", "wal_retrieve_retry_interval": "1s"}
+    standby = restore_to_target(
+        install,
+        walg,
+        dest,
+        "--standby",
+        restore_command=command,
+        conf={"wal_retrieve_retry_interval": "1s"},
+        until=None,
     )
     daemon = start_daemon(walg, socket, dest)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pgcluster import PgInstall
-from walgcli import WalgSetup, archiving_primary
+from walgcli import WalgSetup, archiving_primary, fetch_for_recovery
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -51,18 +51,7 @@ def test_a_backup_pushed_by_a_host_whose_clock_is_behind_is_not_chosen_for_an_ea
     src.psql("INSERT INTO marks VALUES ('after')")
     pushed = walg.run(["backup-push", str(src.datadir)], cluster=src, env=_clock_behind(7200))
 
-    fetched = walg.run(
-        [
-            "backup-fetch",
-            str(pg_workdir / "restore"),
-            "LATEST",
-            "--restore-command",
-            walg.command("wal-fetch", "%f", "%p"),
-            "--target-time",
-            target,
-        ],
-        check=False,
-    )
+    fetched = fetch_for_recovery(walg, pg_workdir / "restore", "--target-time", target, check=False)
     assert fetched.returncode == 74, fetched.stderr
     assert not (pg_workdir / "restore" / "PG_VERSION").exists()
     assert "behind the server's" in pushed.stderr, pushed.stderr

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
-from walgcli import WalgSetup, archive_now, archiving_primary, start_daemon, stop_daemon
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    fetch_for_recovery,
+    restore_to_target,
+    start_daemon,
+    stop_daemon,
+)
 
 OLD_MAJOR, NEW_MAJOR = 14, 17
 
@@ -118,42 +126,23 @@ def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
     backup and --target-timeline current, which restores it."""
     up = _upgrade_from_timeline_2(pg_workdir, walg_bin)
     walg = up.walg
-    restore_command = walg.command("wal-fetch", "%f", "%p")
 
     dest = pg_workdir / "latest"
-    fetch = walg.run(
-        ["backup-fetch", str(dest), "LATEST", "--restore-command", restore_command], check=False
-    )
+    fetch = fetch_for_recovery(walg, dest, check=False)
     assert fetch.returncode == 74, fetch.stderr
     assert up.new_backup in fetch.stderr and "--target-timeline current" in fetch.stderr
     assert "another database system" in fetch.stderr
     assert not dest.exists() or not any(dest.iterdir())
     # A time target after the new system's backup, likewise.
     now = up.new.psql("SELECT now()")
-    timed = walg.run(
-        ["backup-fetch", str(dest), "LATEST", "--restore-command", restore_command,
-         "--target-time", now],
-        check=False,
-    )  # fmt: skip
+    timed = fetch_for_recovery(walg, dest, "--target-time", now, check=False)
     assert timed.returncode == 74, timed.stderr
     assert up.new_backup in timed.stderr and "--target-timeline current" in timed.stderr
     assert not dest.exists() or not any(dest.iterdir())
 
-    walg.run(
-        [
-            "backup-fetch",
-            str(dest),
-            "LATEST",
-            "--restore-command",
-            restore_command,
-            "--target-timeline",
-            "current",
-        ]
+    restored = restore_to_target(
+        up.new_install, walg, dest, "--target-timeline", "current", timeout=120
     )
-    restored = Cluster.from_existing(up.new_install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready()
-    restored.wait_for_recovery_end()
     assert restored.psql("SELECT count(*) FROM after_new_backup") == "10"
     assert restored.psql("SHOW server_version_num").startswith(str(NEW_MAJOR))
 
@@ -163,10 +152,7 @@ def test_latest_after_pg_upgrade_is_never_the_old_system_s_backup(
     assert "recovery_target_timeline = 'current'" in plain.stderr, plain.stderr
 
     # The old system's backup is still there to be asked for by name.
-    old = walg.run(
-        ["backup-fetch", str(pg_workdir / "old_again"), up.old_backup, "--restore-command",
-         restore_command]
-    )  # fmt: skip
+    old = fetch_for_recovery(walg, pg_workdir / "old_again", name=up.old_backup)
     assert up.old_backup in old.stderr
 
 
@@ -325,15 +311,13 @@ def test_after_pg_upgrade_the_archive_serves_both_systems_apart(
     assert backups[-1]["pg_version"] // 10000 == NEW_MAJOR
     assert backups[0]["system_identifier"] != system
 
-    dest = pg_workdir / "old_restored"
-    walg.run(
-        ["backup-fetch", str(dest), backups[0]["backup_name"], "--restore-command",
-         walg.command("wal-fetch", "%f", "%p")]
-    )  # fmt: skip
-    restored = Cluster.from_existing(old_install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready()
-    restored.wait_for_recovery_end()
+    restored = restore_to_target(
+        old_install,
+        walg,
+        pg_workdir / "old_restored",
+        name=backups[0]["backup_name"],
+        timeout=120,
+    )
     assert restored.psql("SELECT count(*) FROM before_upgrade") == "10"
     assert restored.psql("SELECT to_regclass('after_upgrade') IS NULL") == "t"
 
@@ -383,15 +367,7 @@ def test_a_rebuilt_cluster_adds_nothing_after_the_old_system_s_wal(
         stop_daemon(daemon)
     assert sorted(p.name for p in (walg.store / "wal_005").iterdir()) == archived_by_old
 
-    dest = pg_workdir / "old_restored"
-    walg.run(
-        ["backup-fetch", str(dest), "LATEST", "--restore-command",
-         walg.command("wal-fetch", "%f", "%p")]
-    )  # fmt: skip
-    restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready()
-    restored.wait_for_recovery_end()
+    restored = restore_to_target(install, walg, pg_workdir / "old_restored", timeout=120)
     assert restored.psql("SELECT count(*) FROM before_rebuild") == "10"
 
 

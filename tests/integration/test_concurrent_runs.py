@@ -28,6 +28,7 @@ from walgcli import (
     archive_now,
     archiving_primary,
     normalized_dump,
+    restore_and_recover,
     start_daemon,
     stop_daemon,
 )
@@ -135,25 +136,10 @@ def test_two_runs_taking_over_a_dead_runs_claim_at_once_leave_one_backup(
     # What is stored is one run's backup, whole: it restores and holds the primary's data.
     archive_now(primary)
     expected = normalized_dump(primary.pg_dumpall())
-    restored = _restore(walg, workdir)
+    restored = restore_and_recover(PgInstall.load(MAJOR), workdir, walg)
     assert normalized_dump(restored.pg_dumpall()) == expected
     restored.stop()
     shutil.rmtree(restored.datadir)
-
-
-def _restore(walg: WalgSetup, workdir: Path) -> Cluster:
-    dest = workdir / "restored"
-    walg.run(["backup-fetch", str(dest), "LATEST"])
-    restored = Cluster.from_existing(
-        PgInstall.load(MAJOR),
-        dest,
-        conf={"restore_command": walg.command("wal-fetch", "%f", "%p"), "archive_mode": "off"},
-    )
-    restored.touch("recovery.signal")
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
-    return restored
 
 
 def _stored_names(walg: WalgSetup) -> list[str]:
@@ -419,6 +405,6 @@ def test_archiving_switched_to_two_daemons_mid_backlog_beside_a_hand_wal_push(
         verified.stdout + verified.stderr
     )
     primary.stop()  # the restore below compares with what it had archived
-    restored = _restore(walg, workdir)
+    restored = restore_and_recover(PgInstall.load(MAJOR), workdir, walg)
     assert normalized_dump(restored.pg_dumpall()) == expected
     restored.stop()

@@ -7,14 +7,21 @@ where needed, a standby of that standby) and its own failover.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now, archiving_primary, normalized_dump, restore_and_recover
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    archiving_primary,
+    fetch_for_recovery,
+    normalized_dump,
+    restore_and_recover,
+    start_recovery,
+)
 
 STOP_TIMEOUT = {"WALG_STOP_BACKUP_TIMEOUT": "40s"}
 
@@ -79,7 +86,9 @@ def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover
     expected = normalized_dump(upstream.pg_dumpall())
     cascade.stop()
     upstream.stop()
-    refused = _fetch(walg, pg_workdir / "timeline_1", name, "--target-timeline", "1")
+    refused = fetch_for_recovery(
+        walg, pg_workdir / "timeline_1", "--target-timeline", "1", name=name, check=False
+    )
     assert refused.returncode == 2, refused.stderr
     assert not (pg_workdir / "timeline_1").exists()
     restored = restore_and_recover(
@@ -95,16 +104,9 @@ def test_a_standby_backup_waiting_for_its_last_segment_survives_a_crash_failover
     restored.stop()
 
 
-def _fetch(walg: WalgSetup, dest: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    restore = ["--restore-command", walg.command("wal-fetch", "%f", "%p")]
-    return walg.run(["backup-fetch", str(dest), name, *restore, *args], check=False)
-
-
 def _recovered(install: PgInstall, dest: Path) -> Cluster:
     restored = Cluster.from_existing(install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     return restored
 
 
@@ -153,12 +155,12 @@ def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_ont
     old.stop()
     new.stop()
 
-    refused = _fetch(walg, pg_workdir / "named", split)
+    refused = fetch_for_recovery(walg, pg_workdir / "named", name=split, check=False)
     assert refused.returncode == 2, refused.stderr
     assert "branched off timeline 1" in refused.stderr, refused.stderr
     assert not (pg_workdir / "named").exists()
 
-    timed = _fetch(walg, pg_workdir / "timed", "LATEST", "--target-time", target)
+    timed = fetch_for_recovery(walg, pg_workdir / "timed", "--target-time", target, check=False)
     assert timed.returncode == 0, timed.stderr
     assert f"backup {split} not considered" in timed.stderr, timed.stderr
     assert f"restored {before}" in timed.stderr, timed.stderr
@@ -169,11 +171,13 @@ def test_backups_of_the_old_primary_in_a_split_brain_window_are_not_restored_ont
         assert restored.amcheck() > 0
     restored.stop()
 
-    latest = _fetch(walg, pg_workdir / "latest", "LATEST")
+    latest = fetch_for_recovery(walg, pg_workdir / "latest", check=False)
     assert latest.returncode == 0, latest.stderr
     assert f"restored {before}" in latest.stderr, latest.stderr
 
-    abandoned = _fetch(walg, pg_workdir / "abandoned", "LATEST", "--target-timeline", "1")
+    abandoned = fetch_for_recovery(
+        walg, pg_workdir / "abandoned", "--target-timeline", "1", check=False
+    )
     assert abandoned.returncode == 0, abandoned.stderr
     assert f"restored {split}" in abandoned.stderr, abandoned.stderr
     restored = _recovered(pg_install, pg_workdir / "abandoned")

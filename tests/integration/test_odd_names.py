@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from pgcluster import Cluster, PgInstall, make_shared_dir
-from walgcli import WalgSetup, archive_now, normalized_dump, start_daemon, stop_daemon
+from walgcli import (
+    WalgSetup,
+    archive_now,
+    fetch_for_recovery,
+    normalized_dump,
+    start_daemon,
+    start_recovery,
+    stop_daemon,
+)
 
 # pg_ctl puts the data directory and its log file between double quotes in a shell command
 # line: a '"' there is PostgreSQL's limit, so only the paths pg_ctl never sees hold one.
@@ -163,9 +171,7 @@ def test_odd_paths_and_names_round_trip(
     assert _setting(restored, "recovery_target_name") == point
     with open(os.path.join(os.fsencode(dest), b"left\nover \xff 'q'.txt"), "rb") as handle:
         assert handle.read() == b"kept"
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     assert restored.psql(ROWS_SQL, dbname=DB) == expected_rows
     assert restored.tablespaces()["odd_ts"] == str(moved)
     got = normalized_dump(restored.pg_dumpall())
@@ -226,17 +232,13 @@ def test_odd_paths_through_the_daemon_and_its_client(
     dest = odd / f"dest {ODD} %f"
     fetching = make_shared_dir(odd / "f é", 0o700) / "s"
     command = through(fetching, "wal-fetch", "%f", "%p")
-    walg.run(
-        ["backup-fetch", str(dest), "LATEST", "--restore-command", command, "--target-lsn", target]
-    )
+    fetch_for_recovery(walg, dest, "--target-lsn", target, restore_command=command)
     assert f"restore_command = {_literal(command)}\n" in (dest / "postgresql.auto.conf").read_text()
     restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
     assert _setting(restored, "restore_command") == command
     daemon = start_daemon(walg, fetching, dest, env={"WALG_LOG_LEVEL": "DEVEL"})
     try:
-        restored.start(wait_ready=False)
-        restored.wait_ready(timeout=300)
-        restored.wait_for_recovery_end(timeout=300)
+        start_recovery(restored)
         assert normalized_dump(restored.pg_dumpall()) == expected
         assert restored.tablespaces() == {ROLE: str(ts)}
         restored.stop()

@@ -221,7 +221,13 @@ def test_a_sentinel_without_the_version_gets_the_settings_of_the_restored_server
     refuses to start ("using recovery command file is not supported")."""
     import json
 
-    from walgcli import WalgSetup, archive_now, archiving_primary
+    from walgcli import (
+        WalgSetup,
+        archive_now,
+        archiving_primary,
+        fetch_for_recovery,
+        start_recovery,
+    )
 
     walg = WalgSetup.create(walg_bin, pg_workdir)
     src = archiving_primary(walg, pg_install, pg_workdir / "src")
@@ -236,14 +242,11 @@ def test_a_sentinel_without_the_version_gets_the_settings_of_the_restored_server
     sentinel.write_text(json.dumps(doc))
 
     dest = pg_workdir / "restored"
-    command = walg.command("wal-fetch", "%f", "%p")
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", command])
+    fetch_for_recovery(walg, dest)
     assert not (dest / "recovery.conf").exists()
     assert (dest / "recovery.signal").exists()
     restored = Cluster.from_existing(pg_install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
-    restored.wait_ready(timeout=300)
-    restored.wait_for_recovery_end(timeout=300)
+    start_recovery(restored)
     assert restored.psql("SELECT phase FROM marks") == "after the backup"
     restored.stop()
 

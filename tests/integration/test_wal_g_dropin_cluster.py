@@ -11,7 +11,7 @@ import pytest
 
 import pgcluster
 from pgcluster import Cluster, PgInstall
-from walgcli import WalgSetup, archive_now, archiving_primary
+from walgcli import WalgSetup, archive_now, archiving_primary, restore_to_target, start_recovery
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +141,9 @@ def test_wal_g_command_lines_archive_and_restore(primary: tuple[Cluster, WalgSet
 
     dest = cluster.datadir.parent / "restored"
     fetch = f"{walg.walg_bin} wal-fetch %f %p --config {walg.config}"
-    walg.run(["backup-fetch", str(dest), "LATEST", "--restore-command", fetch])
-    restored = Cluster.from_existing(cluster.install, dest, conf={"archive_mode": "off"})
-    restored.start(wait_ready=False)
+    restored = restore_to_target(cluster.install, walg, dest, restore_command=fetch, until=None)
     try:
-        restored.wait_ready(timeout=120)
-        restored.wait_for_recovery_end(timeout=120)
+        start_recovery(restored, timeout=120)
         assert restored.psql("SELECT count(*) FROM dropin") == "150"
     finally:
         restored.stop(mode="immediate")
