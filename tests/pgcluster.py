@@ -963,8 +963,25 @@ class Cluster:
         return standby
 
     def wait_for_replay(self, standby: Cluster, timeout: float = 120.0) -> None:
-        """Wait until ``standby`` has replayed this primary's current WAL insert position."""
-        lsn = self.psql("SELECT pg_current_wal_insert_lsn()")
+        """Wait until ``standby`` has replayed this primary's current WAL insert position.
+
+        At the start of a page the insert position lies past the page's header, where no
+        record can end: a standby that replayed everything stands at the page's start, and
+        would reach the header's end only with the next record the primary writes (on an idle
+        primary, up to 15 s later, the background writer's snapshot). So the wait is for the
+        page's start there."""
+        row = self.query(
+            "SELECT l, (pg_walfile_name_offset(l)).file_offset, current_setting('wal_block_size')"
+            " FROM pg_current_wal_insert_lsn() AS l"
+        )[0]
+        lsn = row[0]
+        offset, block = int(row[1]), int(row[2])
+        # A segment's first page has the long header (40 bytes), the others the short (24).
+        header = 40 if offset < block else 24
+        if offset % block == header:
+            high, low = (int(part, 16) for part in lsn.split("/"))
+            start = ((high << 32) | low) - header
+            lsn = f"{start >> 32:X}/{start & 0xFFFFFFFF:X}"
         deadline = time.monotonic() + timeout
         while True:
             done = standby.psql(f"SELECT pg_last_wal_replay_lsn() >= {_literal(lsn)}::pg_lsn")

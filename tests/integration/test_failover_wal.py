@@ -44,6 +44,8 @@ def _failover(install: PgInstall, workdir: Path, walg: WalgSetup) -> Failover:
     new = old.make_standby(workdir / "new", conf={**conf, "restore_command": ""})
     old.pgbench(["-n", "-t", "300", "-c", "2"])
     archive_now(old)
+    # A record in the next segment, so that the timeline ends inside it, not at its start.
+    old.psql("SELECT txid_current()")
     old.wait_for_replay(new)
     new.stop_streaming()
     old.psql("CREATE TABLE diverged AS SELECT generate_series(1, 100) AS g")
@@ -135,6 +137,8 @@ def test_a_standby_archiving_always_is_not_stuck_on_the_segment_its_timeline_end
     cascade = new.make_standby(pg_workdir / "cascade", conf=always)
     old.pgbench(["-n", "-t", "300", "-c", "2"])
     archive_now(old)
+    # A record in the next segment, so that the timeline ends inside it, not at its start.
+    old.psql("SELECT txid_current()")
     old.wait_for_replay(cascade)
     new.stop_streaming()
     received = new.psql("SELECT pg_last_wal_receive_lsn()")
