@@ -24,6 +24,9 @@ def cluster(pg_install: PgInstall, pg_workdir: Path) -> Cluster:
     return src
 
 
+# One major: the settings are refused when read, before any connection or look at the files,
+# so no server's version takes part.
+@pytest.mark.majors(16)
 @pytest.mark.parametrize(
     ("where", "name"),
     [
@@ -90,6 +93,8 @@ def test_a_data_directory_the_server_does_not_run_is_refused(
     walg.run(["backup-push", str(cluster.datadir)], cluster=cluster)
 
 
+# One major: a folder without PG_VERSION is refused before walg connects to the server.
+@pytest.mark.majors(16)
 def test_a_folder_that_is_not_a_data_directory_is_refused(
     cluster: Cluster, pg_workdir: Path, walg_bin: str
 ) -> None:
