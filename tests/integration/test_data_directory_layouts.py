@@ -36,6 +36,9 @@ def _fill(cluster: Cluster, tablespace: str | None = None) -> None:
     )
 
 
+# The oldest and the newest major: walg stores a linked pg_wal as a folder by the same walk
+# on every major, and the two cover both backup start/stop functions (before 15 and after).
+@pytest.mark.majors(13, 18)
 def test_cluster_with_symlinked_pg_wal_restores_and_starts(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -75,6 +78,9 @@ def test_cluster_with_symlinked_pg_wal_restores_and_starts(
     restored.stop()
 
 
+# The oldest and the newest major: the tablespace_map checked here comes from pg_stop_backup
+# before 15 and from pg_backup_stop after, and walg's handling of it is the same on each.
+@pytest.mark.majors(13, 18)
 def test_tablespace_at_a_symlinked_path_restores_where_the_spec_says(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
@@ -328,6 +334,9 @@ def test_file_whose_name_is_not_utf8_is_restored_under_the_same_bytes(
     restored.stop()
 
 
+# The oldest and the newest major: walg's exclusions do not depend on the major, and every
+# major here (12 and later) reads an included conf.d/recovery.conf as any other file.
+@pytest.mark.majors(13, 18)
 def test_a_configuration_file_under_a_name_the_server_keeps_at_the_top_is_restored(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
