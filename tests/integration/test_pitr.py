@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lz4.frame
 import pytest
 
+import pgcluster
 from loglines import undated
-from pgcluster import Cluster, PgInstall
+from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walgcli import (
     WalgSetup,
     archive_now,
@@ -171,6 +175,48 @@ def test_recovery_follows_a_timeline_switch(
     second.stop()
 
 
+@dataclass(frozen=True)
+class _Archived:
+    """A stopped source's storage: a backup, then segment ``damaged``, then ``following``."""
+
+    store: Path
+    damaged: str
+    following: str
+
+
+def _archive_a_backup_and_two_segments(
+    install: PgInstall, workdir: Path, walg_bin: str
+) -> _Archived:
+    walg = WalgSetup.create(walg_bin, workdir)
+    src = archiving_primary(walg, install, workdir / "src")
+    src.psql("CREATE TABLE t (i int)")
+    walg.run(["backup-push", str(src.datadir)], cluster=src)
+    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
+    damaged = archive_now(src)
+    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
+    following = archive_now(src)
+    src.stop()
+    return _Archived(walg.store, damaged, following)
+
+
+@pytest.fixture(scope="module")
+def archived_source(walg_bin: str) -> Iterator[Callable[[PgInstall], _Archived]]:
+    """One source archive per major for the module, made on first use; each test damages
+    a copy of it in its own storage, so no test sees another's damage."""
+    workdir = pgcluster.pg_tmpdir(prefix="pitr-damage-")
+    made: dict[int, _Archived] = {}
+
+    def archived(install: PgInstall) -> _Archived:
+        if install.major not in made:
+            folder = make_shared_dir(workdir / f"pg{install.major}", 0o755)
+            made[install.major] = _archive_a_backup_and_two_segments(install, folder, walg_bin)
+        return made[install.major]
+
+    yield archived
+    pgcluster.stop_clusters_under(workdir, mode="immediate")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 # Seven kinds of damage on six majors made 42 restores; wal-fetch's answer does not depend on
 # the major, and what the server does with it is seen on both sides of each recovery change.
 @pytest.mark.majors(13, 15, 18)
@@ -187,7 +233,11 @@ def test_recovery_follows_a_timeline_switch(
     ],
 )
 def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
-    pg_install: PgInstall, pg_workdir: Path, walg_bin: str, damage: str
+    pg_install: PgInstall,
+    pg_workdir: Path,
+    walg_bin: str,
+    damage: str,
+    archived_source: Callable[[PgInstall], _Archived],
 ) -> None:
     """PostgreSQL takes a restore_command exit code up to 125 for the end of the archive: a
     corrupt segment must stop recovery with an error, not promote a server without the rest.
@@ -201,15 +251,10 @@ def test_a_corrupt_archived_segment_stops_recovery_instead_of_ending_it(
     (an upload that died, a copy that ran out of space) and another database system's
     segment under this one's name (a second cluster given the same prefix) stop it too, with
     walg naming the object."""
+    source = archived_source(pg_install)
+    damaged, following = source.damaged, source.following
     walg = WalgSetup.create(walg_bin, pg_workdir)
-    src = archiving_primary(walg, pg_install, pg_workdir / "src")
-    src.psql("CREATE TABLE t (i int)")
-    walg.run(["backup-push", str(src.datadir)], cluster=src)
-    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
-    damaged = archive_now(src)
-    src.psql("INSERT INTO t SELECT generate_series(1, 1000)")
-    following = archive_now(src)
-    src.stop()
+    run_as_pg(["cp", "-a", f"{source.store}/.", str(walg.store)])
     stored = walg.store / "wal_005" / f"{damaged}.lz4"
     if damage == "corrupt":
         data = bytearray(stored.read_bytes())
