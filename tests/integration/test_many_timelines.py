@@ -215,13 +215,19 @@ def _a_lost_or_damaged_history_is_never_followed_silently(
 
 
 def _partials_are_kept_apart(walg: WalgSetup) -> None:
-    """Each promotion stored the old timeline's last segment as ``<segment>.partial.lz4``
-    (WAL-G's name for it): wal-fetch never serves it for the segment, wal-show counts it in
-    no range, and it is fetched only under its own name (pg_rewind's way)."""
+    """The promotion after the lost primary stored timeline 1's last segment as
+    ``<segment>.partial.lz4`` (WAL-G's name for it), and the switchover's may have stored
+    timeline 2's: wal-fetch never serves one for the segment, wal-show counts it in no range,
+    and it is fetched only under its own name (pg_rewind's way).
+
+    After a clean shutdown (the switchover's) the old primary has switched to a new segment
+    and archived the last one whole; the standby makes a .partial only when it also received
+    the shutdown checkpoint written into the next segment, which PostgreSQL leaves to timing.
+    """
     wal = walg.store / "wal_005"
     folder = make_shared_dir(walg.store.parent / "fetched", 0o755)
     partials = sorted(p.name for p in wal.glob("*.partial*"))
-    assert [p[:8] for p in partials] == ["00000001", "00000002"], partials
+    assert [p[:8] for p in partials] in (["00000001"], ["00000001", "00000002"]), partials
     assert all(p.endswith(".partial.lz4") for p in partials), partials
     shown = json.loads(walg.run(["wal-show", "--detailed-json", "--without-backups"]).stdout)
     assert [(t["id"], t["parent_id"], t["status"]) for t in shown] == [
@@ -247,16 +253,23 @@ def _partials_are_kept_apart(walg: WalgSetup) -> None:
 def test_a_switchover_s_old_primary_backs_up_as_a_standby_on_timeline_3(
     pg_install: PgInstall, pg_workdir: Path, walg_bin: str
 ) -> None:
-    """Two failovers by promoting a streaming standby, each archiving the old timeline's last
-    segment as ``.partial``; then the primary of timeline 2, back as a standby of timeline 3's
-    (a switchover), is backed up while its restartpoint is still on timeline 2."""
+    """Two promotions of a streaming standby: a failover after the primary of timeline 1 is
+    lost, which archives that timeline's last segment as ``.partial``, then a switchover, after
+    which the primary of timeline 2, back as a standby of timeline 3's, is backed up while its
+    restartpoint is still on timeline 2."""
     walg = WalgSetup.create(walg_bin, pg_workdir)
     p = archiving_primary(walg, pg_install, pg_workdir / "p")
     p.psql("CREATE TABLE marks (phase text PRIMARY KEY)")
     _mark(p, "a")
     s1 = p.make_standby(pg_workdir / "s1")
+    # Lost at once, not shut down: a clean shutdown archives the last segment whole, and
+    # leaves to timing whether the standby makes a .partial (see _partials_are_kept_apart).
+    # Every finished segment is archived first, and a record written into the next one, so
+    # that timeline 1 ends inside it.
+    archive_now(p)
+    p.psql("SELECT txid_current()")
     p.wait_for_replay(s1)
-    p.stop()
+    p.stop(mode="immediate")
     s1.promote()
     # The end-of-recovery checkpoint marks ready the old timeline's segments pg_basebackup
     # copied; archived after the switch below, they would end archive_now's wait (by name).
