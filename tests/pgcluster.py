@@ -731,6 +731,17 @@ class Cluster:
                 raise TimeoutError(f"{self} kept streaming:\n{self.log_tail()}")
             time.sleep(0.1)
 
+    def wait_for_streaming(self, timeline: int, timeout: float = 60.0) -> None:
+        """Wait until this standby's walreceiver streams ``timeline`` from its upstream.
+
+        A standby with a restore_command may have replayed all there is from the archive
+        before its walreceiver connects: caught up is not yet streaming."""
+        deadline = time.monotonic() + timeout
+        while self.psql("SELECT received_tli FROM pg_stat_wal_receiver") != str(timeline):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self} not streaming timeline {timeline}:\n{self.log_tail()}")
+            time.sleep(0.1)
+
     def promote(self, timeout: float = 60.0) -> None:
         """Promote a standby and wait until it accepts writes."""
         res = self._pg_ctl("-w", "-t", str(int(timeout)), "promote", timeout=timeout)

@@ -109,7 +109,7 @@ def test_pg_rewind_fetching_the_old_primary_s_wal_through_wal_fetch_succeeds(
     assert old.psql("SELECT count(*) FROM on_timeline_2") == "1000"
     assert old.psql("SELECT count(*) FROM after_the_rewind") == "10"
     assert old.psql("SELECT to_regclass('diverged') IS NULL") == "t"
-    assert old.psql("SELECT received_tli FROM pg_stat_wal_receiver") == "2"
+    old.wait_for_streaming(2)
 
 
 @pytest.mark.parametrize("major", MAJORS, ids=[f"pg{m}" for m in MAJORS])
