@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from walg.core.lsn import format_lsn, parse_lsn
+
 DEFAULT_OPT = "/opt/walg"
 PG_USER = "pgtest"
 """OS user that runs the servers when we are root; also the database superuser's name."""
@@ -990,9 +992,7 @@ class Cluster:
         # A segment's first page has the long header (40 bytes), the others the short (24).
         header = 40 if offset < block else 24
         if offset % block == header:
-            high, low = (int(part, 16) for part in lsn.split("/"))
-            start = ((high << 32) | low) - header
-            lsn = f"{start >> 32:X}/{start & 0xFFFFFFFF:X}"
+            lsn = format_lsn(parse_lsn(lsn) - header)
         deadline = time.monotonic() + timeout
         while True:
             done = standby.psql(f"SELECT pg_last_wal_replay_lsn() >= {_literal(lsn)}::pg_lsn")
