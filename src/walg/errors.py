@@ -79,6 +79,11 @@ class WalNotFound(WalgError):
     exit_code = EXIT_NOT_FOUND
 
 
+class WalGap(WalNotFound):
+    """The WAL file asked for is not in the archive but a later segment is: a gap, not the
+    archive's end. The same exit code (PostgreSQL cannot be told apart), a louder line."""
+
+
 class RequestAbandoned(WalgError):
     """The daemon gave up on a request (or its caller did) before its work was committed: a
     wal-fetch's file put in place, a wal-push's object stored."""

@@ -21,7 +21,7 @@ import lz4.frame
 import pytest
 
 import pgcluster
-from loglines import undated
+from loglines import STAMP, undated
 from pgcluster import Cluster, PgInstall, make_shared_dir, run_as_pg
 from walgcli import (
     WalgSetup,
@@ -109,7 +109,8 @@ def _quiet_at_the_end_of_the_archive(restored: Cluster) -> None:
         if line.strip() and not line[:4].isdigit() and not line.startswith(("\t", " "))
     ]
     missing = [
-        re.fullmatch(r"walg: WAL file (\S+) is not in the archive", line) for line in foreign
+        re.fullmatch(rf"INFO: {STAMP} WAL file (\S+) is not in the archive", line)
+        for line in foreign
     ]
     assert all(missing), foreign
     # Recovery asks for one segment past the archive's end (and for history files, one

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from fakewal import (
     small_tmpfs,
     walg_env,
 )
-from loglines import undated
+from loglines import STAMP, undated
 from pgcluster import make_shared_dir, pg_user_env, run_as_pg
 from walg.core.lsn import Segment
 from walg.core.walpage import cluster_system_id
@@ -231,7 +232,7 @@ def test_a_standby_waiting_at_the_end_of_the_archive_is_not_told_so_each_time(
         missing = _fetch(walg_bin, store, pgdata, name, WALG_DOWNLOAD_CONCURRENCY="1")
         assert missing.returncode == 74, missing.stderr
         if said:
-            assert missing.stderr == f"walg: WAL file {name} is not in the archive\n"
+            assert undated(missing.stderr) == f"INFO: WAL file {name} is not in the archive\n"
         else:
             assert missing.stderr == ""
 
@@ -263,14 +264,17 @@ def test_a_segment_missing_before_a_stored_one_is_named_as_a_gap(
         assert missing.stderr == ""
         return
     assert missing.stderr.count("\n") == 1, missing.stderr
-    assert missing.stderr.startswith(
-        f"walg: WAL file {gap} is not in the archive, but {after} after it is: a gap in the "
+    assert undated(missing.stderr).startswith(
+        f"WARNING: WAL file {gap} is not in the archive, but {after} after it is: a gap in the "
         "archive, not its end."
     ), missing.stderr
     assert f"put {gap} back into storage" in missing.stderr
     # The end of the archive reads as before.
     end = _fetch(walg_bin, store, pgdata, Segment(1, 5).name(), WALG_DOWNLOAD_CONCURRENCY="1")
-    assert end.stderr == f"walg: WAL file {Segment(1, 5).name()} is not in the archive\n"
+    # Dated as walg's log lines are: PostgreSQL writes it into its log without a time.
+    assert re.fullmatch(
+        rf"INFO: {STAMP} WAL file {Segment(1, 5).name()} is not in the archive\n", end.stderr
+    ), end.stderr
 
 
 @pytest.mark.parametrize("entry", ["dangling-link", "folder", "fifo", "linked-wal-folder"])

@@ -17,6 +17,7 @@ from walg.errors import (
     EXIT_ABORT_RECOVERY,
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
+    WalGap,
     WalgError,
     WalNotFound,
 )
@@ -270,7 +271,7 @@ def _run(arguments: list[str]) -> tuple[int, bool, bool]:
         # WAL asks for the next segment and the next timeline's history every 5 s, and those
         # lines filled the server's log (the daemon's clients say nothing there either).
         if not (args.command == "wal-fetch" and _fetched_for_standby(args.destination)):
-            _say(f"walg: {exc}\n")
+            _say_dated("WARNING" if isinstance(exc, WalGap) else "INFO", str(exc))
         code = EXIT_NOT_FOUND
     except WalgError as exc:
         _say_error(str(exc))
@@ -445,11 +446,17 @@ def _say(text: str) -> None:
 def _say_error(message: str) -> None:
     """A command's failure line, dated as the log's lines are (walg.core.log.line): apart
     from the log, so shown at every WALG_LOG_LEVEL, as WAL-G's fatal errors are."""
+    _say_dated("ERROR", message)
+
+
+def _say_dated(level: str, message: str) -> None:
+    """A line on stderr in the log's shape (walg.core.log.line), at every WALG_LOG_LEVEL:
+    PostgreSQL writes a command's stderr into its own log without a time of its own."""
     import time
 
     from walg.core.log import line
 
-    _say(line("ERROR", message, time.time()) + "\n")
+    _say(line(level, message, time.time()) + "\n")
 
 
 class _Terminated(BaseException):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from walg.errors import WalgError, WalNotFound
+from walg.errors import WalGap, WalgError, WalNotFound
 
 TYPE_CHECKING = False  # not typing's: see walg.settings
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def _with_gap(ctx: Context, name: str, destination: str, exc: WalNotFound) -> Wa
         return exc  # a segment size that names no such segment, storage gone: no hint
     if later is None:
         return exc
-    return WalNotFound(
+    return WalGap(
         f"{exc}, but {later} after it is: a gap in the archive, not its end. Recovery cannot "
         f"replay past it (without a target, PostgreSQL ends recovery and promotes here); put "
         f"{name} back into storage to go on"
