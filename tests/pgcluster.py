@@ -727,21 +727,29 @@ class Cluster:
         walreceiver has gone: WAL written upstream from then on does not reach it."""
         self.set_conf({"primary_conninfo": ""})
         self.reload()
-        deadline = time.monotonic() + timeout
-        while self.psql("SELECT count(*) FROM pg_stat_wal_receiver") != "0":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self} kept streaming:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self._await_answer(
+            "SELECT count(*) FROM pg_stat_wal_receiver", "0", f"{self} kept streaming", timeout
+        )
 
     def wait_for_streaming(self, timeline: int, timeout: float = 60.0) -> None:
         """Wait until this standby's walreceiver streams ``timeline`` from its upstream.
 
         A standby with a restore_command may have replayed all there is from the archive
         before its walreceiver connects: caught up is not yet streaming."""
+        self._await_answer(
+            "SELECT received_tli FROM pg_stat_wal_receiver",
+            str(timeline),
+            f"{self} not streaming timeline {timeline}",
+            timeout,
+        )
+
+    def _await_answer(self, sql: str, expected: str, failure: str, timeout: float) -> None:
+        """Poll ``sql`` every 0.1 s until it answers ``expected``; past ``timeout`` seconds,
+        a TimeoutError that says ``failure`` and shows the tail of the server's log."""
         deadline = time.monotonic() + timeout
-        while self.psql("SELECT received_tli FROM pg_stat_wal_receiver") != str(timeline):
+        while self.psql(sql) != expected:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self} not streaming timeline {timeline}:\n{self.log_tail()}")
+                raise TimeoutError(f"{failure}:\n{self.log_tail()}")
             time.sleep(0.1)
 
     def promote(self, timeout: float = 60.0) -> None:
@@ -993,14 +1001,12 @@ class Cluster:
         header = 40 if offset < block else 24
         if offset % block == header:
             lsn = format_lsn(parse_lsn(lsn) - header)
-        deadline = time.monotonic() + timeout
-        while True:
-            done = standby.psql(f"SELECT pg_last_wal_replay_lsn() >= {_literal(lsn)}::pg_lsn")
-            if done == "t":
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{standby} did not replay {lsn}:\n{standby.log_tail()}")
-            time.sleep(0.1)
+        standby._await_answer(
+            f"SELECT pg_last_wal_replay_lsn() >= {_literal(lsn)}::pg_lsn",
+            "t",
+            f"{standby} did not replay {lsn}",
+            timeout,
+        )
 
     def control_data(self) -> dict[str, str]:
         """pg_controldata output as a dict."""
